@@ -1,0 +1,17 @@
+"""rfm: robot foundation-model library and inference server."""
+
+__version__ = "0.1.0"
+
+__all__ = ["RFMPolicy", "RobotInterface", "PolicyConfig", "ModelConfig", "preset", "__version__"]
+
+
+def __getattr__(name: str):  # lazy: `import rfm` stays cheap (no torch) for the client SDK
+    if name == "RFMPolicy":
+        from rfm.model.policy import RFMPolicy
+
+        return RFMPolicy
+    if name in ("RobotInterface", "PolicyConfig", "ModelConfig", "preset"):
+        from rfm import config
+
+        return getattr(config, name)
+    raise AttributeError(f"module 'rfm' has no attribute {name!r}")

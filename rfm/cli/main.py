@@ -1,0 +1,55 @@
+"""`rfm` command line: one subcommand per module in rfm.cli (info, data, train, eval, export, serve, bench)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+
+# subcommand -> module with add_parser(subparsers) and run(args) -> int
+COMMANDS = {
+    "info": "rfm.cli.info",
+    "data": "rfm.cli.data",
+    "train": "rfm.cli.train",
+    "eval": "rfm.cli.eval",
+    "export": "rfm.cli.export",
+    "serve": "rfm.cli.serve",
+    "bench": "rfm.cli.bench",
+}
+
+
+class CLIError(Exception):
+    """A user error: printed as 'rfm: error: ...' with exit code 2, never as a traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rfm", description="Robot foundation model: data, train, eval, export, serve.")
+    parser.add_argument("--version", action="version", version=f"rfm {importlib.import_module('rfm').__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module in COMMANDS.items():
+        if importlib.util.find_spec(module) is not None:
+            importlib.import_module(module).add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except CLIError as e:
+        print(f"rfm {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError) as e:  # config/checkpoint/data errors carry the file and field
+        print(f"rfm {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

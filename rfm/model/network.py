@@ -1,0 +1,136 @@
+"""The policy network: [language, state, camera tokens] -> fusion transformer -> action decoder -> action chunk.
+
+Everything between uint8 pixels / robot-unit state and robot-unit actions lives here (normalisation included),
+so the same module trains, runs eagerly, compiles, and exports to a single ONNX graph.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rfm.config import PolicyConfig
+from rfm.model.normalize import Normalizer
+from rfm.model.transformer import DecoderBlock, EncoderBlock
+from rfm.model.vision import build_vision
+
+
+def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal embedding of flow time t: (B,) -> (B, dim)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(1000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = t.float()[:, None] * 100.0 * freqs[None]
+    return torch.cat([torch.sin(args), torch.cos(args)], dim=-1)
+
+
+class PolicyNet(nn.Module):
+    """images (B, N_cam, 3, H, W) uint8, state (B, D_s), text (B, L, D_text) + mask (B, L) -> actions (B, H, D_a)."""
+
+    def __init__(self, config: PolicyConfig, text_dim: int) -> None:
+        super().__init__()
+        m, itf = config.model, config.interface
+        self.config, self.text_dim = config, text_dim
+        self.head_type, self.flow_steps = m.head, m.flow_steps
+        self.n_cam, self.chunk, self.action_dim, self.state_dim = (
+            len(itf.cameras), itf.chunk_size, itf.action_dim, itf.state_dim)
+        d = m.dim
+
+        self.state_norm = Normalizer(max(self.state_dim, 1))
+        self.action_norm = Normalizer(self.action_dim)
+
+        self.vision = build_vision(m)
+        if m.vision_backbone == "hf" and m.vision_hf_config is None:
+            m.vision_hf_config = self.vision.hf_config  # checkpoints rebuild the backbone without its directory
+        with torch.no_grad():
+            n_img_tokens = self.vision(torch.zeros(1, 3, *itf.image_size)).shape[1]
+        self.n_img_tokens = n_img_tokens
+        self.img_proj = nn.Linear(self.vision.out_channels, d)
+        self.img_pos = nn.Parameter(torch.randn(1, 1, n_img_tokens, d) * 0.02)
+        self.cam_embed = nn.Parameter(torch.randn(1, self.n_cam, 1, d) * 0.02)
+        self.text_proj = nn.Linear(text_dim, d)
+        self.text_pos = nn.Parameter(torch.randn(1, m.text_max_tokens, d) * 0.02)
+        self.state_proj = nn.Linear(self.state_dim, d) if self.state_dim > 0 else None
+        self.modality = nn.Parameter(torch.randn(3, d) * 0.02)  # language, state, image
+
+        self.encoder = nn.ModuleList(EncoderBlock(d, m.heads, m.mlp_ratio, m.dropout) for _ in range(m.encoder_layers))
+        self.enc_norm = nn.LayerNorm(d)
+        self.decoder = nn.ModuleList(DecoderBlock(d, m.heads, m.mlp_ratio, m.dropout) for _ in range(m.decoder_layers))
+        self.dec_norm = nn.LayerNorm(d)
+        self.action_pos = nn.Parameter(torch.randn(1, self.chunk, d) * 0.02)
+        if self.head_type == "flow":
+            self.action_in = nn.Linear(self.action_dim, d)
+            self.time_mlp = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
+        self.action_out = nn.Linear(d, self.action_dim)
+
+    # --- observation encoding -------------------------------------------------------------------------------
+    def encode(self, images: torch.Tensor, state: torch.Tensor, text: torch.Tensor,
+               text_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fused observation tokens (B, T, D) and their attention mask (B, 1, 1, T) (True = attend)."""
+        B = images.shape[0]
+        x = images.flatten(0, 1).float() / 255.0  # (B*N, 3, H, W) in [0, 1]
+        img = self.img_proj(self.vision(x)).view(B, self.n_cam, self.n_img_tokens, -1)  # (B, N, T_img, D)
+        img = (img + self.img_pos + self.cam_embed + self.modality[2]).flatten(1, 2)  # (B, N*T_img, D)
+        txt = self.text_proj(text.float()) + self.text_pos + self.modality[0]  # (B, L, D)
+        tokens, masks = [txt], [text_mask.bool()]
+        if self.state_proj is not None:
+            nstate = self.state_norm(state.float())
+            tokens.append((self.state_proj(nstate) + self.modality[1])[:, None])  # (B, 1, D)
+            masks.append(torch.ones(B, 1, dtype=torch.bool, device=images.device))
+        tokens.append(img)
+        masks.append(torch.ones(B, img.shape[1], dtype=torch.bool, device=images.device))
+        h, mask = torch.cat(tokens, 1), torch.cat(masks, 1)[:, None, None, :]  # (B, T, D), (B, 1, 1, T)
+        for blk in self.encoder:
+            h = blk(h, mask)
+        return self.enc_norm(h), mask
+
+    def decode(self, memory: torch.Tensor, mask: torch.Tensor, noisy: torch.Tensor | None = None,
+               t: torch.Tensor | None = None) -> torch.Tensor:
+        """Chunk head: normalised actions (B, H, D_a). Flow head: velocity at (noisy actions, time t)."""
+        B = memory.shape[0]
+        q = self.action_pos.expand(B, -1, -1)
+        if self.head_type == "flow":
+            temb = self.time_mlp(timestep_embedding(t, q.shape[-1]))  # (B, D)
+            q = q + self.action_in(noisy) + temb[:, None]
+        for blk in self.decoder:
+            q = blk(q, memory, mask)
+        return self.action_out(self.dec_norm(q))
+
+    # --- inference -----------------------------------------------------------------------------------------
+    def forward(self, images: torch.Tensor, state: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor,
+                noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Action chunk (B, H, D_a) in robot units. noise (B, H, D_a) makes the flow head deterministic."""
+        memory, mask = self.encode(images, state, text, text_mask)
+        if self.head_type == "chunk":
+            naction = self.decode(memory, mask)
+        else:
+            B = images.shape[0]
+            x = noise if noise is not None else torch.randn(B, self.chunk, self.action_dim, device=images.device)
+            x = x.to(memory.dtype)
+            dt = 1.0 / self.flow_steps
+            for k in range(self.flow_steps):  # Euler from t=1 (noise) to t=0 (actions); unrolled in ONNX
+                t = torch.full((B,), 1.0 - k * dt, device=images.device)
+                x = x - dt * self.decode(memory, mask, x, t)
+            naction = x
+        return self.action_norm.inverse(naction.float())
+
+    # --- training ------------------------------------------------------------------------------------------
+    def loss(self, images: torch.Tensor, state: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor,
+             actions: torch.Tensor, action_pad: torch.Tensor | None = None) -> torch.Tensor:
+        """Scalar loss. actions (B, H, D_a) in robot units; action_pad (B, H) True where padded past episode end."""
+        memory, mask = self.encode(images, state, text, text_mask)
+        naction = self.action_norm(actions.float())
+        if self.head_type == "chunk":
+            err = F.l1_loss(self.decode(memory, mask), naction, reduction="none")
+        else:
+            B = actions.shape[0]
+            eps = torch.randn_like(naction)
+            t = torch.distributions.Beta(1.5, 1.0).sample((B,)).to(actions.device) * 0.999 + 0.001
+            xt = t[:, None, None] * eps + (1 - t[:, None, None]) * naction
+            err = F.mse_loss(self.decode(memory, mask, xt, t), eps - naction, reduction="none")
+        if action_pad is None:
+            return err.mean()
+        valid = (~action_pad).float()[..., None].expand_as(err)
+        return (err * valid).sum() / valid.sum().clamp_min(1.0)

@@ -1,0 +1,107 @@
+"""RFMPolicy: the network, its frozen language encoder, and its normalisation stats, as one loadable unit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rfm.config import ModelConfig, PolicyConfig, RobotInterface
+from rfm.constants import ACTION, OBS_STATE
+from rfm.model.network import PolicyNet
+from rfm.model.text import TextEncoder
+
+_TEXT_ENCODERS: dict[tuple[str, int], TextEncoder] = {}
+
+
+def shared_text_encoder(name: str, max_tokens: int) -> TextEncoder:
+    """One frozen text encoder per (name, max_tokens) per process: policies and runners share it and its cache."""
+    key = (name, max_tokens)
+    if key not in _TEXT_ENCODERS:
+        _TEXT_ENCODERS[key] = TextEncoder(name, max_tokens)
+    return _TEXT_ENCODERS[key]
+
+
+class RFMPolicy:
+    """Build, run, save and load a behaviour policy.
+
+    `net` (a torch Module) holds every trainable weight and the state/action normalisation;
+    `text` is the frozen sentence encoder (shared, not saved: it is a packaged pretrained model).
+    """
+
+    def __init__(self, config: PolicyConfig, stats: dict | None = None, text: TextEncoder | None = None,
+                 meta: dict | None = None) -> None:
+        self.config = config
+        self.text = text or shared_text_encoder(config.model.text_encoder, config.model.text_max_tokens)
+        self.net = PolicyNet(config, self.text.dim)
+        self.stats: dict = {}
+        self.meta: dict = dict(meta or {})  # model id/version, training and eval info for the model card
+        if stats:
+            self.set_stats(stats)
+
+    @classmethod
+    def build(cls, preset: str = "small", interface: RobotInterface | None = None, stats: dict | None = None,
+              **model_overrides: Any) -> RFMPolicy:
+        """A freshly initialised policy from a preset name (see rfm.config.PRESETS)."""
+        from rfm.config import preset as make_preset
+
+        return cls(PolicyConfig(model=make_preset(preset, **model_overrides), interface=interface or RobotInterface()),
+                   stats=stats)
+
+    @property
+    def interface(self) -> RobotInterface:
+        return self.config.interface
+
+    @property
+    def model_config(self) -> ModelConfig:
+        return self.config.model
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.net.parameters()).device
+
+    def to(self, device: str | torch.device) -> RFMPolicy:
+        self.net.to(device)
+        return self
+
+    def set_stats(self, stats: dict) -> None:
+        """Normalise state and actions with dataset stats ({feature: {mean, std, min, max, q01, q99}})."""
+        mode = self.config.model.norm_mode
+        self.stats = {k: stats[k] for k in (OBS_STATE, ACTION) if k in stats}
+        if self.interface.state_dim > 0:
+            self.net.state_norm.set_stats(self.stats.get(OBS_STATE), mode)
+        self.net.action_norm.set_stats(self.stats.get(ACTION), mode)
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        return sum(p.numel() for p in self.net.parameters() if p.requires_grad or not trainable_only)
+
+    def encode_text(self, instructions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(features (B, L, D_text), mask (B, L)) on the policy's device, from the LRU cache when seen before."""
+        return self.text.encode_torch(list(instructions), self.device)
+
+    @torch.inference_mode()
+    def predict(self, images: np.ndarray | torch.Tensor, state: np.ndarray | torch.Tensor,
+                instructions: list[str], noise: np.ndarray | torch.Tensor | None = None) -> np.ndarray:
+        """images (B, N_cam, 3, H, W) uint8, state (B, D_s) -> actions (B, H, D_a) float32 in robot units."""
+        self.net.eval()
+        dev = self.device
+        img = torch.as_tensor(images, device=dev)
+        st = torch.as_tensor(state, dtype=torch.float32, device=dev)
+        txt, mask = self.encode_text(instructions)
+        nz = None if noise is None else torch.as_tensor(noise, dtype=torch.float32, device=dev)
+        return self.net(img, st, txt, mask, nz).float().cpu().numpy()
+
+    def save_pretrained(self, path: str | Path, weights_dtype: str = "float32", card: str | None = None) -> Path:
+        """Write config.json, model.safetensors, stats.json and README.md atomically to `path`."""
+        from rfm.checkpoint import save_checkpoint
+
+        return save_checkpoint(self, path, weights_dtype=weights_dtype, card=card)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> RFMPolicy:
+        """Load a checkpoint directory; errors name the file and what is wrong. Never unpickles."""
+        from rfm.checkpoint import load_checkpoint
+
+        return load_checkpoint(path, device=device)

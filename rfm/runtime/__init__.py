@@ -1,0 +1,18 @@
+"""Inference runtimes: one Runner per backend, one numpy pre/post-processing path."""
+
+from rfm.runtime.base import Runner
+from rfm.runtime.observation import Batch, ObservationError, make_batch
+
+__all__ = ["Runner", "Batch", "ObservationError", "make_batch", "TorchRunner", "load_runner"]
+
+
+def __getattr__(name: str):
+    if name == "TorchRunner":
+        from rfm.runtime.torch_runner import TorchRunner
+
+        return TorchRunner
+    if name == "load_runner":
+        from rfm.runtime.loader import load_runner
+
+        return load_runner
+    raise AttributeError(name)

@@ -1,0 +1,87 @@
+"""The Runner interface: numpy observations in, numpy action chunks out, whatever the backend.
+
+Pre-processing (validation, batching), text features and flow noise are shared here, so TorchRunner and
+OnnxRunner differ only in `_forward`, and the server and `rfm eval` never know which one they hold.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from rfm.config import RobotInterface
+from rfm.runtime.observation import Batch, make_batch
+
+
+class Runner(ABC):
+    """Runs a policy on observations. Subclasses implement `_forward` and `encode_text`."""
+
+    backend: str = "abstract"
+
+    def __init__(self, interface: RobotInterface, head: str, model_id: str, model_version: str,
+                 resize_images: bool = False, seed: int | None = None) -> None:
+        self.interface, self.head = interface, head
+        self.model_id, self.model_version = model_id, model_version
+        self.resize_images = resize_images
+        self.rng = np.random.default_rng(seed)
+
+    # --- to implement ----------------------------------------------------------------------------------------
+    @abstractmethod
+    def encode_text(self, instructions: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(features (B, L, D_text) float32, mask (B, L) bool)."""
+
+    @abstractmethod
+    def _forward(self, images: np.ndarray, state: np.ndarray, text: np.ndarray, text_mask: np.ndarray,
+                 noise: np.ndarray | None) -> np.ndarray:
+        """images (B, N, 3, H, W) uint8, state (B, D_s) float32 -> actions (B, H, D_a) float32."""
+
+    # --- shared ----------------------------------------------------------------------------------------------
+    def make_batch(self, observations: Sequence[Mapping[str, Any]]) -> Batch:
+        return make_batch(list(observations), self.interface, resize=self.resize_images)
+
+    def sample_noise(self, batch_size: int) -> np.ndarray | None:
+        """Standard normal noise (B, H, D_a) for the flow head; None for the chunk head."""
+        if self.head != "flow":
+            return None
+        return self.rng.standard_normal((batch_size, self.interface.chunk_size, self.interface.action_dim)
+                                        ).astype(np.float32)
+
+    def predict_batch(self, batch: Batch, noise: np.ndarray | None = None) -> np.ndarray:
+        """Action chunks (B, H, D_a) float32 in robot units for a validated batch."""
+        text, mask = self.encode_text(batch.instructions)
+        if noise is None:
+            noise = self.sample_noise(len(batch))
+        elif noise.shape != (len(batch), self.interface.chunk_size, self.interface.action_dim):
+            raise ValueError(f"noise has shape {noise.shape}, expected "
+                             f"({len(batch)}, {self.interface.chunk_size}, {self.interface.action_dim})")
+        out = self._forward(batch.images, batch.state, text, mask, noise)
+        return np.asarray(out, dtype=np.float32)
+
+    def predict(self, obs: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+                noise: np.ndarray | None = None) -> np.ndarray:
+        """One observation dict -> (H, D_a); a list of them -> (B, H, D_a)."""
+        single = isinstance(obs, Mapping)
+        batch = self.make_batch([obs] if single else obs)
+        if single and noise is not None and noise.ndim == 2:
+            noise = noise[None]
+        out = self.predict_batch(batch, noise)
+        return out[0] if single else out
+
+    def dummy_observation(self, instruction: str = "warm up") -> dict:
+        """A valid observation of zeros, for warm-up and smoke tests."""
+        h, w = self.interface.image_size
+        return {"images": {c: np.zeros((h, w, 3), np.uint8) for c in self.interface.cameras},
+                "state": np.zeros(self.interface.state_dim, np.float32), "instruction": instruction}
+
+    def warmup(self, batch_sizes: Sequence[int] = (1,)) -> None:
+        """Run once per batch size so allocations, kernels and caches are ready before traffic."""
+        for b in batch_sizes:
+            self.predict([self.dummy_observation()] * b)
+
+    def describe(self) -> dict:
+        """Robot interface and model identity, as served by GET /v1/models."""
+        itf = self.interface.to_dict()
+        return {**itf, "model_id": self.model_id, "model_version": self.model_version, "head": self.head,
+                "backend": self.backend}

@@ -1,0 +1,126 @@
+"""Numpy pre-processing shared by every runner: validate robot observations and stack them into a batch.
+
+An observation (one robot, one timestep) is a dict:
+    {"images": {camera: (H, W, 3) uint8}, "state": (D_s,) float, "instruction": str}
+Errors say what was expected and what arrived, and are raised before any model code runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+
+from rfm.config import RobotInterface, did_you_mean
+from rfm.constants import IMAGES, INSTRUCTION, STATE
+
+
+class ObservationError(ValueError):
+    """An observation does not match the robot interface; the message says what was expected and what arrived."""
+
+
+@dataclass
+class Batch:
+    """Model-ready arrays for B observations."""
+
+    images: np.ndarray  # (B, N_cam, 3, H, W) uint8
+    state: np.ndarray  # (B, D_s) float32
+    instructions: list[str]  # B strings
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+
+def _resize(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(img).resize((size[1], size[0]), Image.BILINEAR))
+
+
+def check_image(cam: str, img: Any, size: tuple[int, int], resize: bool = False, where: str = "") -> np.ndarray:
+    """(3, H, W) uint8 from an (H, W, 3) or (3, H, W) uint8 array; optional resize of HWC input."""
+    arr = np.asarray(img)
+    if arr.dtype != np.uint8:
+        raise ObservationError(f"{where}image {cam!r} has dtype {arr.dtype}, expected uint8 (0-255)")
+    if arr.ndim != 3 or 3 not in (arr.shape[0], arr.shape[-1]):
+        raise ObservationError(f"{where}image {cam!r} has shape {arr.shape}, expected (H, W, 3) = "
+                               f"({size[0]}, {size[1]}, 3)")
+    chw = arr.shape[0] == 3 and arr.shape[-1] != 3
+    hw = arr.shape[1:] if chw else arr.shape[:2]
+    if tuple(hw) != tuple(size):
+        if not resize:
+            raise ObservationError(f"{where}image {cam!r} is {hw[0]}x{hw[1]}, the model expects "
+                                   f"{size[0]}x{size[1]} (H x W)")
+        arr = _resize(arr.transpose(1, 2, 0) if chw else arr, size)
+        chw = False
+    return np.ascontiguousarray(arr if chw else arr.transpose(2, 0, 1))
+
+
+def check_state(state: Any, interface: RobotInterface, where: str = "") -> np.ndarray:
+    """(D_s,) float32, finite, of the interface's length."""
+    try:
+        arr = np.asarray(state, dtype=np.float32).reshape(-1)
+    except (TypeError, ValueError) as e:
+        raise ObservationError(f"{where}state must be a list of numbers ({e})") from e
+    if arr.shape[0] != interface.state_dim:
+        raise ObservationError(f"{where}state has {arr.shape[0]} values, the model expects {interface.state_dim} "
+                               f"({', '.join(interface.state_names)})")
+    if not np.all(np.isfinite(arr)):
+        bad = [interface.state_names[i] for i in np.flatnonzero(~np.isfinite(arr))]
+        raise ObservationError(f"{where}state has non-finite values (NaN/inf) in {bad}")
+    return arr
+
+
+def check_observation(obs: Mapping[str, Any], interface: RobotInterface, resize: bool = False,
+                      where: str = "") -> tuple[np.ndarray, np.ndarray, str]:
+    """Validate one observation -> (images (N, 3, H, W) uint8, state (D_s,) float32, instruction)."""
+    if not isinstance(obs, Mapping):
+        raise ObservationError(f"{where}observation must be a dict with {IMAGES!r}, {STATE!r}, {INSTRUCTION!r}")
+    images = obs.get(IMAGES)
+    if not isinstance(images, Mapping):
+        raise ObservationError(f"{where}{IMAGES!r} must be a dict of camera name -> image; expected cameras "
+                               f"{interface.cameras}")
+    for cam in images:
+        if cam not in interface.cameras:
+            raise ObservationError(f"{where}unknown camera {cam!r}: the model expects {interface.cameras}."
+                                   f"{did_you_mean(str(cam), interface.cameras)}")
+    missing = [c for c in interface.cameras if c not in images]
+    if missing:
+        raise ObservationError(f"{where}missing camera(s) {missing}: the model expects {interface.cameras}")
+    imgs = np.stack([check_image(c, images[c], interface.image_size, resize, where) for c in interface.cameras])
+    state = check_state(obs.get(STATE, []), interface, where)
+    instruction = obs.get(INSTRUCTION, "")
+    if not isinstance(instruction, str):
+        raise ObservationError(f"{where}{INSTRUCTION!r} must be a string, got {type(instruction).__name__}")
+    return imgs, state, instruction
+
+
+def make_batch(observations: list[Mapping[str, Any]], interface: RobotInterface, resize: bool = False) -> Batch:
+    """Stack validated observations into one Batch; the error names the index of a bad one."""
+    if len(observations) == 0:
+        raise ObservationError("empty batch: expected at least one observation")
+    imgs, states, texts = [], [], []
+    for i, obs in enumerate(observations):
+        im, st, tx = check_observation(obs, interface, resize, where=f"observation[{i}]: " if len(observations) > 1
+                                       else "")
+        imgs.append(im)
+        states.append(st)
+        texts.append(tx)
+    return Batch(np.stack(imgs), np.stack(states).reshape(len(observations), interface.state_dim), texts)
+
+
+def check_batch_arrays(images: Any, state: Any, interface: RobotInterface) -> tuple[np.ndarray, np.ndarray]:
+    """Validate already-stacked arrays: images (B, N_cam, 3, H, W) uint8, state (B, D_s) float32."""
+    images = np.asarray(images)
+    n, (h, w) = len(interface.cameras), interface.image_size
+    if images.dtype != np.uint8:
+        raise ObservationError(f"images have dtype {images.dtype}, expected uint8")
+    if images.ndim != 5 or images.shape[1:] != (n, 3, h, w):
+        raise ObservationError(f"images have shape {images.shape}, expected (B, {n}, 3, {h}, {w})")
+    state = np.asarray(state, dtype=np.float32)
+    if state.shape != (images.shape[0], interface.state_dim):
+        raise ObservationError(f"state has shape {state.shape}, expected ({images.shape[0]}, {interface.state_dim})")
+    if not np.all(np.isfinite(state)):
+        raise ObservationError("state has non-finite values (NaN/inf)")
+    return images, state
