@@ -1,0 +1,183 @@
+"""fp16 conversion and static int8 (QDQ) quantisation of policy.onnx, with per-target settings.
+
+Targets differ in what their int8 kernels accept:
+    cpu       u8 activations (asymmetric), s8 per-channel weights, QDQ around Conv/MatMul/Gemm (ORT fuses them).
+    openvino  8-bit QDQ around Conv/MatMul/Gemm only, symmetric per-channel weights (what the NPU plugin folds).
+    tensorrt  symmetric s8 activations and weights (zero point 0), per-channel weights, Conv/MatMul/Gemm.
+    qnn       16-bit activations (u16), u8 weights, every op quantised (HTP runs integer-only graphs), via
+              onnxruntime's QNN helper.
+LayerNorm, Softmax, GroupNorm (InstanceNormalization) and the state/action (un)normalisation stay float on the
+cpu/openvino/tensorrt targets: they are cheap, and quantising them costs accuracy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+import onnx
+
+TARGETS = ("cpu", "qnn", "openvino", "tensorrt")
+PRECISIONS = ("fp32", "fp16", "int8")
+FP16_KEEP_FLOAT = ["InstanceNormalization", "LayerNormalization", "Softmax", "Erf"]  # fp16 error hot spots
+
+
+@dataclass(frozen=True)
+class QuantSettings:
+    """How one target wants its int8 graph."""
+
+    target: str
+    activation_type: str = "QUInt8"
+    weight_type: str = "QInt8"
+    per_channel: bool = True
+    activation_symmetric: bool = False
+    weight_symmetric: bool = True
+    op_types: tuple[str, ...] = ("Conv", "MatMul", "Gemm")
+    weights_only_matmul: bool = True  # skip activation x activation MatMuls (attention scores / values)
+    notes: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["op_types"] = list(self.op_types)
+        return d
+
+
+QUANT_SETTINGS: dict[str, QuantSettings] = {
+    "cpu": QuantSettings("cpu", notes="ORT CPU: u8 activations, s8 per-channel weights, QDQ fused to QLinear ops"),
+    "openvino": QuantSettings("openvino", activation_type="QUInt8", weight_type="QInt8",
+                              notes="OpenVINO NPU: 8-bit QDQ around Conv/MatMul only"),
+    "tensorrt": QuantSettings("tensorrt", activation_type="QInt8", weight_type="QInt8", activation_symmetric=True,
+                              notes="TensorRT explicit quantisation: symmetric int8, zero point 0"),
+    "qnn": QuantSettings("qnn", activation_type="QUInt16", weight_type="QUInt8", per_channel=False,
+                         weight_symmetric=False, op_types=(), weights_only_matmul=False,
+                         notes="QNN HTP: 16-bit activations, 8-bit weights, whole graph quantised"),
+}
+
+
+def to_fp16(src: str | Path, dst: str | Path) -> dict:
+    """Convert weights and compute to float16, keeping float32 graph inputs/outputs and the ops in
+    FP16_KEEP_FLOAT in float32 (casts are inserted around them)."""
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+    from rfm.export.graph import save_model
+
+    model = onnx.load(str(src))
+    block = sorted(set(DEFAULT_OP_BLOCK_LIST) | set(FP16_KEEP_FLOAT))
+    model16 = convert_float_to_float16(model, keep_io_types=True, op_block_list=block)
+    _drop_duplicate_nodes(model16.graph)  # a shared weight read by two blocked ops gets two identical casts
+    _topological_sort(model16.graph)  # the converter appends its input casts after their consumers
+    onnx.checker.check_model(model16)
+    save_model(model16, dst)
+    return {"kept_float32_ops": FP16_KEEP_FLOAT, "io_types": "float32 (casts inside the graph)"}
+
+
+def _drop_duplicate_nodes(graph: onnx.GraphProto) -> None:
+    """Remove nodes that repeat an earlier node exactly (same op, inputs, outputs, attributes) (in place)."""
+    seen, keep = set(), []
+    for n in graph.node:
+        key = n.SerializeToString(deterministic=True) if n.name == "" else (
+            n.op_type, tuple(n.input), tuple(n.output), tuple(a.SerializeToString() for a in n.attribute))
+        if key in seen:
+            continue
+        seen.add(key)
+        keep.append(n)
+    del graph.node[:]
+    graph.node.extend(keep)
+
+
+def _topological_sort(graph: onnx.GraphProto) -> None:
+    """Reorder graph.node so every node comes after the producers of its inputs (in place)."""
+    ready = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        rest = [n for n in pending if not all(i in ready for i in n.input)]
+        done = [n for n in pending if all(i in ready for i in n.input)]
+        if not done:
+            raise ValueError(f"graph has a cycle or a dangling input near node {rest[0].name!r}")
+        for n in done:
+            ready.update(n.output)
+        ordered += done
+        pending = rest
+    del graph.node[:]
+    graph.node.extend(ordered)
+
+
+class FeedReader:
+    """onnxruntime CalibrationDataReader over a list of feed dicts ({input name: array})."""
+
+    def __init__(self, feeds: Iterable[dict[str, np.ndarray]]) -> None:
+        self.feeds = list(feeds)
+        self._it: Iterator[dict[str, np.ndarray]] = iter(self.feeds)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._it, None)
+
+    def rewind(self) -> None:
+        self._it = iter(self.feeds)
+
+
+def _activation_matmuls(model: onnx.ModelProto) -> list[str]:
+    """Names of MatMul nodes with no constant input (attention QK^T and AV)."""
+    consts = {i.name for i in model.graph.initializer}
+    consts |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    return [n.name for n in model.graph.node if n.op_type == "MatMul" and not any(i in consts for i in n.input)]
+
+
+def to_int8(src: str | Path, dst: str | Path, feeds: list[dict[str, np.ndarray]], target: str = "cpu") -> dict:
+    """Static QDQ quantisation of `src` calibrated on `feeds`; returns what was done (for export.json)."""
+    import tempfile
+
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quant_pre_process, quantize
+
+    if target not in QUANT_SETTINGS:
+        raise ValueError(f"target={target!r}: expected one of {TARGETS}")
+    if not feeds:
+        raise ValueError("int8 quantisation needs at least one calibration sample")
+    s = QUANT_SETTINGS[target]
+    with tempfile.TemporaryDirectory() as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        # Shape inference + graph cleanup first: onnxruntime's recommended input to the quantiser.
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=False)
+        model = onnx.load(str(pre))
+        for i, n in enumerate(model.graph.node):  # the quantiser keys on node names; make sure every node has one
+            if not n.name:
+                n.name = f"{n.op_type}_{i}"
+        onnx.save_model(model, str(pre))
+        reader = FeedReader(feeds)
+        if target == "qnn":
+            from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
+
+            config = get_qnn_qdq_config(str(pre), reader, activation_type=QuantType[s.activation_type],
+                                        weight_type=QuantType[s.weight_type], per_channel=s.per_channel)
+        else:
+            from onnxruntime.quantization import StaticQuantConfig
+
+            exclude = _activation_matmuls(model) if s.weights_only_matmul else []
+            config = StaticQuantConfig(
+                reader, calibrate_method=CalibrationMethod.MinMax, quant_format=QuantFormat.QDQ,
+                activation_type=QuantType[s.activation_type], weight_type=QuantType[s.weight_type],
+                op_types_to_quantize=list(s.op_types), nodes_to_exclude=exclude, per_channel=s.per_channel,
+                extra_options={"ActivationSymmetric": s.activation_symmetric, "WeightSymmetric": s.weight_symmetric,
+                               **s.extra})
+        quantize(str(pre), str(dst), config)
+    q = onnx.load(str(dst))
+    onnx.checker.check_model(q)
+    ops = [n.op_type for n in q.graph.node]
+    return {**s.to_dict(), "format": "QDQ", "calibrate_method": "MinMax",
+            "quantize_linear_nodes": ops.count("QuantizeLinear"),
+            "dequantize_linear_nodes": ops.count("DequantizeLinear"),
+            "quantized_ops": _quantized_op_counts(q)}
+
+
+def _quantized_op_counts(model: onnx.ModelProto) -> dict[str, int]:
+    """Nodes per op type whose every input comes from a DequantizeLinear: the ones ORT runs as integer kernels."""
+    dq_out = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    counts: dict[str, int] = {}
+    for n in model.graph.node:
+        inputs = [i for i in n.input if i]
+        if n.op_type not in ("QuantizeLinear", "DequantizeLinear") and inputs and all(i in dq_out for i in inputs):
+            counts[n.op_type] = counts.get(n.op_type, 0) + 1
+    return dict(sorted(counts.items()))

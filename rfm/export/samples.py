@@ -1,0 +1,118 @@
+"""Observations for int8 calibration and parity checks: real dataset frames when given, else synthetic ones.
+
+Calibration and parity never share a frame: calibration takes evenly spaced frames, parity takes the frames
+half-way between them (held out).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rfm.config import RobotInterface
+from rfm.constants import ACTION, IMAGES, INSTRUCTION, OBS_STATE, STATE
+
+log = logging.getLogger(__name__)
+
+SYNTHETIC_INSTRUCTIONS = ("pick up the red block", "push the button", "open the drawer", "close the door",
+                          "reach the target", "put the cube in the bowl")
+
+
+@dataclass
+class SampleSet:
+    """Calibration and held-out observations, and where they came from."""
+
+    calibration: list[dict]
+    held_out: list[dict]
+    source: str  # "dataset" or "synthetic"
+    dataset: str | None = None
+    action_range: np.ndarray | None = None  # (D_a,) max - min of dataset actions in robot units, when known
+
+
+def _smooth_image(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """A low-frequency random colour image (H, W, 3) uint8: closer to camera statistics than white noise."""
+    coarse = rng.uniform(0, 255, (max(2, h // 16), max(2, w // 16), 3))
+    yi = np.linspace(0, coarse.shape[0] - 1, h).round().astype(int)
+    xi = np.linspace(0, coarse.shape[1] - 1, w).round().astype(int)
+    img = coarse[yi][:, xi] + rng.normal(0, 12, (h, w, 3))
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def synthetic_observations(interface: RobotInterface, n: int, stats: dict | None = None,
+                           instructions: list[str] | None = None, seed: int = 0) -> list[dict]:
+    """n observations with smooth random images, state drawn from the state stats (or N(0, 1))."""
+    rng = np.random.default_rng(seed)
+    h, w = interface.image_size
+    st = (stats or {}).get(OBS_STATE) or {}
+    mean = np.asarray(st.get("mean", np.zeros(interface.state_dim)), np.float32).reshape(-1)
+    std = np.asarray(st.get("std", np.ones(interface.state_dim)), np.float32).reshape(-1)
+    if mean.shape[0] != interface.state_dim:
+        mean, std = np.zeros(interface.state_dim, np.float32), np.ones(interface.state_dim, np.float32)
+    texts = list(instructions or SYNTHETIC_INSTRUCTIONS)
+    return [{IMAGES: {c: _smooth_image(rng, h, w) for c in interface.cameras},
+             STATE: (mean + std * rng.standard_normal(interface.state_dim)).astype(np.float32),
+             INSTRUCTION: texts[i % len(texts)]} for i in range(n)]
+
+
+def _open_dataset(path: str | Path) -> Any:
+    try:
+        from rfm.data.lerobot import LeRobotDataset
+    except ImportError as e:
+        raise FileNotFoundError(f"--calib-dataset {path}: reading datasets needs rfm.data.lerobot ({e})") from e
+    if not Path(path).exists():
+        raise FileNotFoundError(f"--calib-dataset {path}: no such directory (expected a LeRobot dataset)")
+    return LeRobotDataset(path)
+
+
+def _num_frames(ds: Any) -> int:
+    for attr in ("num_frames", "total_frames"):
+        if isinstance(getattr(ds, attr, None), int):
+            return int(getattr(ds, attr))
+    return len(ds)
+
+
+def dataset_samples(path: str | Path, n_calib: int, n_held_out: int) -> SampleSet:
+    """Evenly spaced frames of a LeRobot dataset: calibration frames, and held-out frames between them."""
+    ds = _open_dataset(path)
+    total = _num_frames(ds)
+    if total < 2:
+        raise ValueError(f"--calib-dataset {path}: has {total} frame(s), need at least 2")
+    n_calib = max(1, min(n_calib, total // 2))
+    n_held_out = max(1, min(n_held_out, total - n_calib))
+    calib_idx = np.linspace(0, total - 1, n_calib).round().astype(int)
+    step = total / n_held_out
+    held = (np.arange(n_held_out) * step + step / 2).astype(int).clip(0, total - 1)
+    taken = set(calib_idx.tolist())
+    held = [int(i) if int(i) not in taken else min(int(i) + 1, total - 1) for i in held]
+    calib = [_frame(ds, int(i)) for i in calib_idx]
+    held_out = [_frame(ds, i) for i in held]
+    acts = np.stack([np.asarray(f.pop(ACTION), np.float32).reshape(-1) for f in calib + held_out if ACTION in f]) \
+        if any(ACTION in f for f in calib + held_out) else None
+    stats_range = _dataset_action_range(ds)
+    rng_ = stats_range if stats_range is not None else (None if acts is None else acts.max(0) - acts.min(0))
+    return SampleSet(calib, held_out, "dataset", str(path), rng_)
+
+
+def _frame(ds: Any, i: int) -> dict:
+    frame = dict(ds.get_frame(i))
+    return frame
+
+
+def _dataset_action_range(ds: Any) -> np.ndarray | None:
+    stats = getattr(ds, "stats", None)
+    a = (stats or {}).get(ACTION) if isinstance(stats, dict) else None
+    if a and "min" in a and "max" in a:
+        return np.asarray(a["max"], np.float32).reshape(-1) - np.asarray(a["min"], np.float32).reshape(-1)
+    return None
+
+
+def synthetic_samples(interface: RobotInterface, n_calib: int, n_held_out: int, stats: dict | None = None,
+                      instructions: list[str] | None = None) -> SampleSet:
+    log.warning("no --calib-dataset given: calibrating and checking parity on %d + %d SYNTHETIC observations; "
+                "int8 accuracy on real camera frames may differ", n_calib, n_held_out)
+    return SampleSet(synthetic_observations(interface, n_calib, stats, instructions, seed=1),
+                     synthetic_observations(interface, n_held_out, stats, instructions, seed=2), "synthetic")

@@ -1,0 +1,178 @@
+"""Dynamic batching: requests from the event loop are grouped and run on the runner in one worker thread.
+
+The worker takes up to `max_batch` queued requests, waiting at most `max_wait_ms` after the oldest one arrived,
+drops requests whose deadline has passed, runs `runner.predict_batch` once, and resolves each request's asyncio
+future with `loop.call_soon_threadsafe`. A failing batch fails only its own requests; the loop goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from rfm.runtime.observation import Batch
+
+log = logging.getLogger("rfm.serving")
+
+
+class QueueFull(Exception):
+    """The queue holds `queue_size` requests already; the client should retry later (503)."""
+
+
+class DeadlineExceeded(Exception):
+    """The request's deadline passed before inference started (504)."""
+
+
+class BatchFailed(Exception):
+    """The batch this request ran in raised; the message is short and safe to send to a client (500)."""
+
+
+class ShuttingDown(Exception):
+    """The server is stopping and takes no new work (503)."""
+
+
+@dataclass
+class BatchResult:
+    """What one request gets back from the worker."""
+
+    actions: np.ndarray  # (H, D_a) float32
+    batch_size: int
+    queue_ms: float  # arrival in the queue -> start of its batch
+    inference_ms: float  # runtime of the whole batch
+
+
+@dataclass
+class _Item:
+    images: np.ndarray  # (N_cam, 3, H, W) uint8, already validated
+    state: np.ndarray  # (D_s,) float32, already validated
+    instruction: str
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+    enqueued: float  # time.perf_counter() at submit
+    deadline: float  # time.perf_counter() after which the request is dropped
+
+
+def _resolve(fut: asyncio.Future, result: object = None, error: BaseException | None = None) -> None:
+    if fut.done():  # the handler gave up (timeout, client gone)
+        return
+    if error is not None:
+        fut.set_exception(error)
+    else:
+        fut.set_result(result)
+
+
+class Batcher:
+    """One bounded queue, one worker thread, one runner call per batch."""
+
+    def __init__(self, predict: Callable[[Batch], np.ndarray], max_batch: int = 32, max_wait_ms: float = 2.0,
+                 queue_size: int = 256, on_batch: Callable[[int, float], None] | None = None) -> None:
+        """`predict`: Batch -> actions (B, H, D_a); `on_batch(batch_size, seconds)` is called after each batch."""
+        self.predict, self.max_batch, self.max_wait = predict, max_batch, max_wait_ms / 1000.0
+        self.queue_size, self.on_batch = queue_size, on_batch
+        self._queue: deque[_Item] = deque()
+        self._cond = threading.Condition()
+        self._closing = False
+        self._company = False  # did the previous batch have company (size > 1, or requests queued meanwhile)?
+        self._thread = threading.Thread(target=self._run, name="rfm-batcher", daemon=True)
+        self._thread.start()
+
+    # --- event-loop side -------------------------------------------------------------------------------------
+    def depth(self) -> int:
+        """Requests waiting for a batch (not counting the one running)."""
+        return len(self._queue)
+
+    def submit(self, images: np.ndarray, state: np.ndarray, instruction: str, timeout_s: float) -> asyncio.Future:
+        """Queue one validated request; returns a future of BatchResult. Raises QueueFull or ShuttingDown."""
+        loop = asyncio.get_running_loop()
+        now = time.perf_counter()
+        item = _Item(images, state, instruction, loop.create_future(), loop, now, now + timeout_s)
+        with self._cond:
+            if self._closing:
+                raise ShuttingDown("the server is shutting down")
+            if len(self._queue) >= self.queue_size:
+                raise QueueFull(f"{len(self._queue)} requests are queued (limit {self.queue_size})")
+            self._queue.append(item)
+            self._cond.notify()
+        return item.future
+
+    def close(self, drain_timeout_s: float = 10.0) -> None:
+        """Stop taking work; finish what is queued (up to drain_timeout_s), then stop the worker."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        self._thread.join(drain_timeout_s)
+        with self._cond:  # anything left after the drain timeout fails cleanly
+            while self._queue:
+                item = self._queue.popleft()
+                item.loop.call_soon_threadsafe(_resolve, item.future, None, ShuttingDown("server shut down"))
+
+    # --- worker thread ---------------------------------------------------------------------------------------
+    def _take(self) -> list[_Item] | None:
+        """Block for the next batch: up to max_batch items, at most max_wait after the oldest arrived.
+
+        A lone request on a quiet server (the last batch was alone and nothing queued while it ran: one robot)
+        runs at once, since waiting would only add latency; otherwise it waits for company.
+        """
+        with self._cond:
+            while not self._queue:
+                if self._closing:
+                    return None
+                self._cond.wait()
+            wait = self.max_wait if (self._company or len(self._queue) > 1) else 0.0
+            until = self._queue[0].enqueued + wait
+            while len(self._queue) < self.max_batch and not self._closing:
+                left = until - time.perf_counter()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            n = min(self.max_batch, len(self._queue))
+            self._company = n > 1
+            return [self._queue.popleft() for _ in range(n)]
+
+    def _run(self) -> None:
+        while True:
+            items = self._take()
+            if items is None:
+                return
+            now = time.perf_counter()
+            live = []
+            for it in items:
+                if now > it.deadline:
+                    it.loop.call_soon_threadsafe(_resolve, it.future, None, DeadlineExceeded(
+                        f"request waited {1000 * (now - it.enqueued):.0f} ms in the queue, past its deadline"))
+                elif not it.future.done():  # skip requests whose client already gave up
+                    live.append(it)
+            if live:
+                self._run_batch(live, now)
+            with self._cond:
+                self._company = self._company or bool(self._queue)
+
+    def _run_batch(self, items: list[_Item], start: float) -> None:
+        batch = Batch(np.stack([it.images for it in items]), np.stack([it.state for it in items]),
+                      [it.instruction for it in items])
+        try:
+            actions = self.predict(batch)
+            if actions.shape[0] != len(items):
+                raise RuntimeError(f"runner returned {actions.shape[0]} action chunks for a batch of {len(items)}")
+        except Exception as e:  # noqa: BLE001 - one bad batch must not stop the server
+            log.exception("batch of %d failed", len(items))
+            err = BatchFailed(f"inference failed for this batch ({type(e).__name__})")
+            for it in items:
+                it.loop.call_soon_threadsafe(_resolve, it.future, None, err)
+            return
+        seconds = time.perf_counter() - start
+        if self.on_batch is not None:
+            try:
+                self.on_batch(len(items), seconds)
+            except Exception:  # noqa: BLE001 - metrics must never break inference
+                log.exception("on_batch callback failed")
+        for i, it in enumerate(items):
+            res = BatchResult(actions[i], len(items), 1000 * (start - it.enqueued), 1000 * seconds)
+            it.loop.call_soon_threadsafe(_resolve, it.future, res)

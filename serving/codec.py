@@ -1,0 +1,223 @@
+"""Wire formats of /v1/act and /v1/ws: JSON and msgpack bodies to observation dicts, results back. No pickle.
+
+An array on the wire (images and, optionally, state) is one of:
+  - msgpack/JSON map {"data": bytes (JSON: base64 string), "shape": [H, W, 3], "dtype": "uint8"}  (raw, no codec)
+  - msgpack bytes of exactly H*W*3 uint8 (the model's image size, HWC order)
+  - bytes (msgpack) or a base64 string (JSON, optionally a data: URL) of a JPEG or PNG file
+  - a nested list of numbers (JSON or msgpack)
+  - an openpi msgpack-numpy map {"__ndarray__": true, "data", "dtype", "shape"}
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from rfm.constants import IMAGES, INSTRUCTION, STATE
+
+MSGPACK = "application/msgpack"
+JSON = "application/json"
+MSGPACK_TYPES = ("application/msgpack", "application/x-msgpack", "application/vnd.msgpack")
+ALLOWED_DTYPES = ("uint8", "int8", "uint16", "int16", "int32", "int64", "float16", "float32", "float64", "bool")
+MAX_IMAGE_PIXELS = 4096 * 4096  # decoded JPEG/PNG size limit (decompression bombs)
+MAX_ID_LEN = 128
+
+
+class PayloadError(ValueError):
+    """A request body cannot be decoded; `status` is the HTTP code (415 content type, 422 content)."""
+
+    def __init__(self, message: str, status: int = 422) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class ActRequest:
+    """One decoded request: the observation plus optional identifiers."""
+
+    observation: dict  # {"images": {cam: array}, "state": array, "instruction": str}
+    request_id: str | None = None
+    robot_id: str | None = None
+    session_id: str | None = None
+
+
+# --- content types -----------------------------------------------------------------------------------------
+def body_format(content_type: str | None) -> str:
+    """'json' or 'msgpack' from a Content-Type header; PayloadError(415) otherwise."""
+    ct = (content_type or "").split(";")[0].strip().lower()
+    if ct in MSGPACK_TYPES:
+        return "msgpack"
+    if ct == JSON or ct.endswith("+json"):
+        return "json"
+    raise PayloadError(f"Content-Type {content_type or '(none)'!r} is not supported: send {JSON!r} or {MSGPACK!r}",
+                       status=415)
+
+
+def loads(body: bytes, fmt: str) -> Any:
+    """Parse a JSON or msgpack body; PayloadError(422) when it does not parse."""
+    if fmt == "msgpack":
+        try:
+            return msgpack.unpackb(body, raw=False, strict_map_key=True, object_hook=_ndarray_hook)
+        except PayloadError:
+            raise
+        except Exception as e:  # noqa: BLE001 - msgpack raises many types for bad input
+            raise PayloadError(f"body is not valid msgpack ({type(e).__name__}: {str(e)[:120]})") from e
+    try:
+        return json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise PayloadError(f"body is not valid JSON ({str(e)[:120]})") from e
+
+
+def dumps(obj: Any, fmt: str) -> bytes:
+    if fmt == "msgpack":
+        return msgpack.packb(obj, use_bin_type=True)
+    return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
+
+
+# --- arrays ------------------------------------------------------------------------------------------------
+def _ndarray_hook(obj: dict) -> Any:
+    """msgpack object_hook: openpi msgpack-numpy arrays ({b'__ndarray__': True, ...}) without pickle."""
+    if b"__ndarray__" in obj or "__ndarray__" in obj:
+        get = lambda k: obj.get(k.encode(), obj.get(k))  # noqa: E731 - keys may be bytes or str
+        return raw_array(get("data"), get("shape"), get("dtype"), "array")
+    if b"__npgeneric__" in obj or "__npgeneric__" in obj:
+        value = obj.get(b"data", obj.get("data"))
+        if not isinstance(value, (int, float, bool)):
+            raise PayloadError("msgpack-numpy scalar must hold a number")
+        return value
+    return obj
+
+
+def _dtype(name: Any, what: str) -> np.dtype:
+    try:
+        dt = np.dtype(name.decode() if isinstance(name, bytes) else str(name))
+    except TypeError as e:
+        raise PayloadError(f"{what}: dtype {name!r} is not a numpy dtype; expected one of {ALLOWED_DTYPES}") from e
+    if dt.name not in ALLOWED_DTYPES:
+        raise PayloadError(f"{what}: dtype {name!r} is not allowed; expected one of {ALLOWED_DTYPES}")
+    return dt
+
+
+def raw_array(data: Any, shape: Any, dtype: Any, what: str) -> np.ndarray:
+    """A numpy array over raw bytes, after checking dtype, shape and byte count agree."""
+    if isinstance(data, str):
+        data = b64decode(data, what)
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise PayloadError(f"{what}: 'data' must be bytes (msgpack) or base64 (JSON), got {type(data).__name__}")
+    dt = _dtype(dtype if dtype is not None else "uint8", what)
+    if not isinstance(shape, (list, tuple)) or len(shape) > 5 or not all(
+            isinstance(s, int) and not isinstance(s, bool) and 0 <= s for s in shape):
+        raise PayloadError(f"{what}: 'shape' must be a list of up to 5 non-negative integers, got {shape!r}")
+    need = math.prod(shape) * dt.itemsize
+    if need != len(data):
+        raise PayloadError(f"{what}: shape {list(shape)} of {dt.name} needs {need} bytes, 'data' has {len(data)}")
+    return np.frombuffer(bytes(data), dtype=dt).reshape(shape)
+
+
+def b64decode(text: str, what: str) -> bytes:
+    if text.startswith("data:"):
+        text = text.partition(",")[2]
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise PayloadError(f"{what}: invalid base64 ({e})") from e
+
+
+def decode_image_file(data: bytes, what: str) -> np.ndarray:
+    """(H, W, 3) uint8 from the bytes of a JPEG or PNG file."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data), formats=["JPEG", "PNG"]) as im:
+            if im.size[0] * im.size[1] > MAX_IMAGE_PIXELS:
+                raise PayloadError(f"{what}: image is {im.size[0]}x{im.size[1]} pixels, more than the "
+                                   f"{MAX_IMAGE_PIXELS} allowed")
+            return np.asarray(im.convert("RGB"))
+    except PayloadError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise PayloadError(f"{what}: cannot decode image ({len(data)} bytes): expected a JPEG or PNG file, or raw "
+                           f"uint8 pixels") from e
+
+
+def decode_image(value: Any, cam: str, image_size: tuple[int, int]) -> np.ndarray:
+    """Any image encoding listed in the module docstring -> numpy array (validated later by the runtime)."""
+    what = f"image {cam!r}"
+    if isinstance(value, np.ndarray):
+        return value
+    if isinstance(value, dict):
+        return raw_array(value.get("data"), value.get("shape"), value.get("dtype"), what)
+    if isinstance(value, (bytes, bytearray)):
+        h, w = image_size
+        if len(value) == h * w * 3:
+            return np.frombuffer(bytes(value), np.uint8).reshape(h, w, 3)
+        return decode_image_file(bytes(value), what)
+    if isinstance(value, str):
+        return decode_image_file(b64decode(value, what), what)
+    if isinstance(value, list):
+        return nested_uint8(value, what)
+    raise PayloadError(f"{what}: expected base64 JPEG/PNG, raw bytes, a {{data, shape, dtype}} map or a nested "
+                       f"list, got {type(value).__name__}")
+
+
+def nested_uint8(value: list, what: str) -> np.ndarray:
+    try:
+        arr = np.asarray(value)
+    except (ValueError, TypeError) as e:
+        raise PayloadError(f"{what}: nested list is ragged or not numeric ({e})") from e
+    if arr.dtype.kind not in "iu" or (arr.size and (arr.min() < 0 or arr.max() > 255)):
+        raise PayloadError(f"{what}: nested list must hold integers 0-255, got dtype {arr.dtype}"
+                           + (f" with range [{arr.min()}, {arr.max()}]" if arr.size and arr.dtype.kind in "iuf"
+                              else ""))
+    return arr.astype(np.uint8)
+
+
+def decode_state(value: Any) -> Any:
+    if isinstance(value, dict):
+        return raw_array(value.get("data"), value.get("shape"), value.get("dtype", "float32"), STATE)
+    return value
+
+
+def _ident(obj: dict, key: str) -> str | None:
+    v = obj.get(key)
+    if v is None:
+        return None
+    if not isinstance(v, str) or not (0 < len(v) <= MAX_ID_LEN) or not v.isprintable():
+        raise PayloadError(f"{key!r} must be a printable string of 1-{MAX_ID_LEN} characters, got {str(v)[:40]!r}")
+    return v
+
+
+def parse_act(obj: Any, cameras: list[str], image_size: tuple[int, int]) -> ActRequest:
+    """Decoded body -> ActRequest with numpy images; unknown cameras pass through (the runtime names them)."""
+    if not isinstance(obj, dict):
+        raise PayloadError(f"body must be an object with {IMAGES!r}, {STATE!r}, {INSTRUCTION!r}, got "
+                           f"{type(obj).__name__}")
+    images = obj.get(IMAGES)
+    if not isinstance(images, dict):
+        raise PayloadError(f"{IMAGES!r} must be an object of camera name -> image; the model expects cameras "
+                           f"{cameras}, got {type(images).__name__}")
+    if STATE not in obj:
+        raise PayloadError(f"{STATE!r} is missing: expected a list of numbers")
+    instruction = obj.get(INSTRUCTION, "")
+    if not isinstance(instruction, str) or len(instruction) > 4096:
+        raise PayloadError(f"{INSTRUCTION!r} must be a string of at most 4096 characters, got "
+                           f"{type(instruction).__name__}")
+    decoded = {str(cam): decode_image(img, str(cam), image_size) for cam, img in images.items()}
+    observation = {IMAGES: decoded, STATE: decode_state(obj[STATE]), INSTRUCTION: instruction}
+    return ActRequest(observation, _ident(obj, "request_id"), _ident(obj, "robot_id"), _ident(obj, "session_id"))
+
+
+def encode_actions(actions: np.ndarray, fmt: str) -> Any:
+    """(H, D_a) float32 -> nested lists (JSON) or a {data, shape, dtype} map (msgpack)."""
+    if fmt == "msgpack":
+        a = np.ascontiguousarray(actions, dtype=np.float32)
+        return {"data": a.tobytes(), "shape": list(a.shape), "dtype": "float32"}
+    return actions.astype(np.float64).round(6).tolist()

@@ -1,0 +1,66 @@
+"""Server settings: one dataclass, filled by `rfm serve` flags or by tests, validated up front."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import rfm
+from rfm.config import ConfigError
+
+DEFAULT_CHECKPOINT_ENV = "RFM_CHECKPOINT"
+
+
+def default_checkpoint() -> Path:
+    """$RFM_CHECKPOINT, else `checkpoints/default/` at the repository root (next to the rfm package)."""
+    env = os.environ.get(DEFAULT_CHECKPOINT_ENV)
+    if env:
+        return Path(env)
+    return Path(rfm.__file__).resolve().parents[1] / "checkpoints" / "default"
+
+
+@dataclass
+class ServerConfig:
+    """Batching, limits and safety settings of one server process."""
+
+    max_batch: int = 32  # most requests run in one forward pass; 1 turns batching off
+    max_wait_ms: float = 2.0  # longest a request waits for others to join its batch
+    queue_size: int = 256  # requests waiting for inference; beyond this, 503 + Retry-After
+    timeout_ms: float = 10_000.0  # per-request deadline from arrival (504 past it)
+    warmup_batch_sizes: tuple[int, ...] | None = None  # None: 1 and max_batch (and the powers of two between)
+    resize_images: bool = False  # resize wrong-size images instead of rejecting them (422)
+    max_body_bytes: int = 8 * 1024 * 1024  # HTTP request body limit (413)
+    max_ws_message_bytes: int = 8 * 1024 * 1024  # WebSocket message limit (connection closed with 1009)
+    api_keys_file: str | None = None  # one key per line; when set, /v1/* and /openpi need a key
+    audit_log: str | None = None  # JSON-lines audit log path
+    action_limits: str | None = None  # JSON file of per-dimension limits; else stats.json min/max with a margin
+    action_limit_margin: float = 0.1  # margin added to stats min/max, as a fraction of the range
+    openpi_mapping: str | None = None  # JSON file mapping openpi observation keys to cameras / state / prompt
+    retry_after_s: int = 1  # Retry-After value sent with 503
+    shutdown_drain_s: float = 10.0  # how long graceful shutdown waits for queued work
+    extra: dict = field(default_factory=dict)  # free-form (e.g. checkpoint path, for /v1/models)
+
+    def __post_init__(self) -> None:
+        def check(cond: bool, name: str, expected: str) -> None:
+            if not cond:
+                raise ConfigError(f"{name}={getattr(self, name)!r} is invalid: expected {expected}")
+
+        check(1 <= self.max_batch <= 1024, "max_batch", "an integer in [1, 1024]")
+        check(0 <= self.max_wait_ms <= 1000, "max_wait_ms", "milliseconds in [0, 1000]")
+        check(self.queue_size >= 1, "queue_size", "a positive integer")
+        check(self.timeout_ms > 0, "timeout_ms", "a positive number of milliseconds")
+        check(self.max_body_bytes >= 1024, "max_body_bytes", "at least 1024 bytes")
+        check(self.max_ws_message_bytes >= 1024, "max_ws_message_bytes", "at least 1024 bytes")
+        check(self.action_limit_margin >= 0, "action_limit_margin", "a non-negative fraction of the range")
+        check(self.retry_after_s >= 0, "retry_after_s", "a non-negative number of seconds")
+
+    def batch_sizes_to_warm(self) -> list[int]:
+        """1, the powers of two below max_batch, and max_batch: the shapes traffic will produce most."""
+        if self.warmup_batch_sizes is not None:
+            return sorted(set(self.warmup_batch_sizes))
+        sizes, b = {1, self.max_batch}, 2
+        while b < self.max_batch:
+            sizes.add(b)
+            b *= 2
+        return sorted(sizes)

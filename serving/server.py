@@ -1,0 +1,100 @@
+"""Run the app under uvicorn: as the `rfm serve` process, or in a background thread (tests, benchmarks)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import uvicorn
+
+from rfm.runtime import Runner
+from serving.app import create_app
+from serving.config import ServerConfig
+
+log = logging.getLogger("rfm.serving")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def set_threads(n: int | None) -> int:
+    """Intra-op threads of the torch backend (the event loop needs a core too on small machines)."""
+    n = n or max(1, os.cpu_count() or 1)
+    try:
+        import torch
+
+        torch.set_num_threads(n)
+    except ImportError:  # an ONNX-only deployment
+        pass
+    return n
+
+
+def runner_loader(checkpoint: str | Path, backend: str = "torch", **kw) -> Callable[[], Runner]:
+    """A callable loading the runner (called in the app's start-up thread)."""
+    from rfm.runtime import load_runner
+
+    return lambda: load_runner(checkpoint, backend=backend, **kw)
+
+
+def uvicorn_config(app, host: str, port: int, config: ServerConfig, log_level: str = "info") -> uvicorn.Config:
+    return uvicorn.Config(app, host=host, port=port, workers=1, log_level=log_level, access_log=False,
+                          ws_max_size=config.max_ws_message_bytes, ws_ping_interval=20.0, ws_ping_timeout=20.0,
+                          timeout_graceful_shutdown=int(config.shutdown_drain_s) + 1, server_header=False)
+
+
+def serve(runner: Runner | Callable[[], Runner], config: ServerConfig, host: str = "127.0.0.1", port: int = 8000,
+          checkpoint: str | Path | None = None, log_level: str = "info") -> None:
+    """Blocking: serve until SIGINT/SIGTERM, then drain in-flight work and exit."""
+    app = create_app(runner, config, checkpoint)
+    uvicorn.Server(uvicorn_config(app, host, port, config, log_level)).run()
+
+
+class ServerThread:
+    """A real uvicorn server on 127.0.0.1 in a daemon thread: `with ServerThread(runner, cfg) as s: s.url`."""
+
+    def __init__(self, runner: Runner | Callable[[], Runner], config: ServerConfig | None = None,
+                 checkpoint: str | Path | None = None, port: int | None = None, log_level: str = "warning") -> None:
+        self.config = config or ServerConfig()
+        self.app = create_app(runner, self.config, checkpoint)
+        self.port = port or free_port()
+        self.server = uvicorn.Server(uvicorn_config(self.app, "127.0.0.1", self.port, self.config, log_level))
+        self.server.install_signal_handlers = lambda: None  # type: ignore[method-assign] # not the main thread
+        self.thread = threading.Thread(target=self.server.run, name="rfm-uvicorn", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def state(self):
+        return self.app.state.rfm
+
+    def start(self, ready_timeout_s: float = 120.0) -> ServerThread:
+        """Start and wait until the model is warm (or loading failed)."""
+        self.thread.start()
+        t_end = time.monotonic() + ready_timeout_s
+        while time.monotonic() < t_end:
+            if self.server.started and (self.state.service is not None or self.state.load_error):
+                return self
+            if not self.thread.is_alive():
+                raise RuntimeError(f"server on port {self.port} exited during start-up")
+            time.sleep(0.02)
+        raise TimeoutError(f"server on port {self.port} not ready after {ready_timeout_s} s")
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+
+    def __enter__(self) -> ServerThread:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,90 @@
+"""The transport-independent core: validate one observation, queue it for a batch, clip, audit, time it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from rfm.runtime import Runner
+from rfm.runtime.observation import check_observation
+from serving.audit import AuditLog
+from serving.batcher import BatchFailed, Batcher
+from serving.codec import ActRequest, encode_actions
+from serving.config import ServerConfig
+from serving.limits import ActionLimits
+from serving.metrics import Metrics
+
+log = logging.getLogger("rfm.serving")
+
+
+@dataclass
+class ActResult:
+    """One answered request."""
+
+    actions: np.ndarray  # (H, D_a) float32, after clipping
+    request_id: str
+    batch_size: int
+    timings: dict  # queue_ms, inference_ms, total_ms
+    clipped_dims: list[str] = field(default_factory=list)
+
+    def to_wire(self, service: InferenceService, fmt: str) -> dict:
+        """The /v1/act response body (JSON or msgpack flavour)."""
+        return {"actions": encode_actions(self.actions, fmt), "action_names": service.interface.action_names,
+                "model_id": service.runner.model_id, "model_version": service.runner.model_version,
+                "request_id": self.request_id, "timings": self.timings, "batch_size": self.batch_size,
+                "clipped": bool(self.clipped_dims), "clipped_dims": self.clipped_dims}
+
+
+class InferenceService:
+    """Holds the warm runner, the batcher, limits and audit log; `act` is what every transport calls."""
+
+    def __init__(self, runner: Runner, config: ServerConfig, metrics: Metrics, limits: ActionLimits | None = None,
+                 audit: AuditLog | None = None) -> None:
+        self.runner, self.config, self.metrics = runner, config, metrics
+        self.interface = runner.interface
+        self.limits, self.audit = limits, audit
+        self.batcher = Batcher(runner.predict_batch, config.max_batch, config.max_wait_ms, config.queue_size,
+                               on_batch=metrics.observe_batch)
+
+    def describe(self) -> dict:
+        d = self.runner.describe()
+        d["server"] = {"max_batch": self.config.max_batch, "max_wait_ms": self.config.max_wait_ms,
+                       "queue_size": self.config.queue_size, "timeout_ms": self.config.timeout_ms,
+                       "resize_images": self.config.resize_images,
+                       "action_limits": self.limits.to_dict() if self.limits else None}
+        return d
+
+    async def act(self, req: ActRequest, client_id: str | None, endpoint: str, t0: float) -> ActResult:
+        """Validate -> batch -> clip -> audit. `t0` is time.perf_counter() when the request arrived."""
+        images, state, instruction = check_observation(req.observation, self.interface, self.config.resize_images)
+        request_id = req.request_id or uuid.uuid4().hex
+        remaining = self.config.timeout_ms / 1000.0 - (time.perf_counter() - t0)
+        fut = self.batcher.submit(images, state, instruction, max(remaining, 0.0))
+        self.metrics.queue_depth.set(self.batcher.depth())
+        res = await asyncio.wait_for(fut, timeout=max(remaining, 1e-3))
+        self.metrics.queue_depth.set(self.batcher.depth())
+        actions = res.actions
+        if not np.all(np.isfinite(actions)):
+            raise BatchFailed("the model produced non-finite actions")
+        clipped: list[str] = []
+        if self.limits is not None:
+            actions, clipped = self.limits.clip(actions)
+            if clipped:
+                self.metrics.clipped.inc()
+        timings = {"queue_ms": round(res.queue_ms, 3), "inference_ms": round(res.inference_ms, 3),
+                   "total_ms": round(1000 * (time.perf_counter() - t0), 3)}
+        if self.audit is not None:
+            self.audit.write({"request_id": request_id, "endpoint": endpoint, "model_id": self.runner.model_id,
+                              "model_version": self.runner.model_version, "client_id": client_id,
+                              "robot_id": req.robot_id, "session_id": req.session_id, "instruction": instruction,
+                              "actions": actions, "batch_size": res.batch_size, "timings": timings,
+                              "clipped_dims": clipped})
+        return ActResult(actions, request_id, res.batch_size, timings, clipped)
+
+    def close(self) -> None:
+        self.batcher.close(self.config.shutdown_drain_s)

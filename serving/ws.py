@@ -1,0 +1,121 @@
+"""WebSocket transports: /v1/ws (rfm payloads, JSON text or msgpack binary frames) and /openpi (openpi protocol)."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import FastAPI, WebSocket, WebSocketDisconnect
+
+from serving import codec, openpi
+from serving.app import ServerState, decode_act
+from serving.codec import ActRequest
+from serving.errors import ApiError, PayloadTooLarge, to_api_error
+
+POLICY_VIOLATION, MESSAGE_TOO_BIG, INTERNAL_ERROR, TRY_AGAIN_LATER = 1008, 1009, 1011, 1013
+
+
+async def _admit(ws: WebSocket, state: ServerState, endpoint: str) -> str | None | bool:
+    """Check key and readiness before accepting; on failure close (the client sees HTTP 403) and return False."""
+    try:
+        client_id = state.authorize(ws.headers.get("authorization"))
+        state.require_service()
+    except Exception as e:  # noqa: BLE001
+        err = to_api_error(e)
+        state.metrics.observe_request(endpoint, err.status, 0.0)
+        await ws.close(code=POLICY_VIOLATION if err.status == 401 else TRY_AGAIN_LATER, reason=err.message[:120])
+        return False
+    return client_id
+
+
+def _frame(message: dict) -> tuple[bytes | None, str]:
+    """(payload, 'msgpack' | 'json') of a received frame."""
+    if message.get("bytes") is not None:
+        return message["bytes"], "msgpack"
+    return (message.get("text") or "").encode(), "json"
+
+
+def add_websocket_routes(app: FastAPI, state: ServerState) -> None:
+    limit = state.config.max_ws_message_bytes
+
+    @app.websocket("/v1/ws")
+    async def ws_act(ws: WebSocket) -> None:
+        """One request per frame, answered in order in the same frame type; errors do not close the socket."""
+        client_id = await _admit(ws, state, "/v1/ws")
+        if client_id is False:
+            return
+        await ws.accept()
+        gauge = state.metrics.ws_connections.labels("/v1/ws")
+        gauge.inc()
+        try:
+            while True:
+                message = await ws.receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                t0 = time.perf_counter()
+                body, fmt = _frame(message)
+                try:
+                    if len(body) > limit:
+                        raise PayloadTooLarge(f"message is {len(body)} bytes, the limit is {limit}")
+                    service = state.require_service()
+                    req = await decode_act(service, body, fmt)
+                    result = await service.act(req, client_id, "/v1/ws", t0)
+                    out, status = result.to_wire(service, fmt), 200
+                except Exception as e:  # noqa: BLE001 - reported in-band, the connection stays open
+                    err = to_api_error(e, state.config.retry_after_s)
+                    out, status = {**err.body(), "status": err.status}, err.status
+                state.metrics.observe_request("/v1/ws", status, time.perf_counter() - t0)
+                if fmt == "msgpack":
+                    await ws.send_bytes(codec.dumps(out, "msgpack"))
+                else:
+                    await ws.send_text(codec.dumps(out, "json").decode())
+                if status == 413:
+                    await ws.close(code=MESSAGE_TOO_BIG)
+                    break
+        except WebSocketDisconnect:
+            pass
+        finally:
+            gauge.dec()
+
+    @app.websocket("/openpi")
+    async def ws_openpi(ws: WebSocket) -> None:
+        """openpi WebsocketPolicyServer protocol: metadata on connect, then msgpack-numpy obs -> actions."""
+        client_id = await _admit(ws, state, "/openpi")
+        if client_id is False:
+            return
+        await ws.accept()
+        service = state.require_service()
+        gauge = state.metrics.ws_connections.labels("/openpi")
+        gauge.inc()
+        try:
+            await ws.send_bytes(openpi.pack(service.describe()))
+            itf = service.interface
+            while True:
+                message = await ws.receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                t0 = time.perf_counter()
+                try:
+                    body, fmt = _frame(message)
+                    if fmt != "msgpack":
+                        raise ApiError(422, "invalid_payload", "openpi frames must be binary msgpack, got text")
+                    if len(body) > limit:
+                        raise PayloadTooLarge(f"message is {len(body)} bytes, the limit is {limit}")
+                    obs = state.openpi.to_observation(openpi.unpack(body), itf.cameras, itf.image_size)
+                    result = await service.act(ActRequest(obs), client_id, "/openpi", t0)
+                except Exception as e:  # noqa: BLE001 - openpi convention: text frame, then close 1011
+                    err = to_api_error(e, state.config.retry_after_s)
+                    state.metrics.observe_request("/openpi", err.status, time.perf_counter() - t0)
+                    await ws.send_text(f"{err.status} {err.code}: {err.message}")
+                    await ws.close(code=INTERNAL_ERROR, reason=err.code)
+                    break
+                timing = {"infer_ms": result.timings["inference_ms"], **result.timings,
+                          "batch_size": result.batch_size}
+                reply = {"actions": result.actions, "server_timing": timing}
+                if result.clipped_dims:
+                    reply["clipped_dims"] = result.clipped_dims
+                await ws.send_bytes(openpi.pack(reply))
+                state.metrics.observe_request("/openpi", 200, time.perf_counter() - t0)
+        except WebSocketDisconnect:
+            pass
+        finally:
+            gauge.dec()

@@ -1,0 +1,36 @@
+"""Shared fixtures: small interfaces and tiny policies built on the fly (no downloads, real components)."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("MUJOCO_GL", "osmesa")
+os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from rfm.config import RobotInterface  # noqa: E402
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def small_interface() -> RobotInterface:
+    """Two 64 px cameras, 3-d state, 2-d action, chunk of 8: fast and still exercises every path."""
+    return RobotInterface(cameras=["front", "wrist"], image_size=(64, 64), state_names=["x", "y", "z"],
+                          action_names=["vx", "vy"], chunk_size=8, control_hz=10.0, robot_type="test")
+
+
+def random_obs(interface: RobotInterface, rng: np.random.Generator, instruction: str = "pick up the cube") -> dict:
+    h, w = interface.image_size
+    return {"images": {c: rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for c in interface.cameras},
+            "state": rng.standard_normal(interface.state_dim).astype(np.float32), "instruction": instruction}
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)

@@ -1,0 +1,134 @@
+"""Checkpoints: self-describing, atomic, never unpickled, and loud about corruption."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from rfm import RFMPolicy
+from rfm.checkpoint import CheckpointError
+
+
+def _pred(policy, itf, seed=0):
+    g = np.random.default_rng(seed)
+    images = g.integers(0, 256, (2, len(itf.cameras), 3, *itf.image_size), dtype=np.uint8)
+    state = g.standard_normal((2, itf.state_dim)).astype(np.float32)
+    noise = g.standard_normal((2, itf.chunk_size, itf.action_dim)).astype(np.float32)
+    return policy.predict(images, state, ["stack the cups", "wipe the table"], noise=noise)
+
+
+STATS = {"observation.state": {"mean": [0.1, 0.2, 0.3], "std": [1, 2, 3], "min": [-1] * 3, "max": [1] * 3},
+         "action": {"mean": [1.0, 2.0], "std": [0.5, 0.25], "min": [-1, -1], "max": [3, 3]}}
+
+
+@pytest.mark.parametrize("head", ["chunk", "flow"])
+def test_save_load_gives_identical_outputs(tmp_path, small_interface, head):
+    policy = RFMPolicy.build("tiny", interface=small_interface, head=head, stats=STATS)
+    ref = _pred(policy, small_interface)
+    policy.save_pretrained(tmp_path / "ckpt")
+    files = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
+    assert files == ["README.md", "config.json", "model.safetensors", "stats.json"]
+    loaded = RFMPolicy.from_pretrained(tmp_path / "ckpt")
+    np.testing.assert_array_equal(_pred(loaded, small_interface), ref)
+    assert loaded.interface == small_interface
+    assert loaded.stats["action"]["mean"] == [1.0, 2.0]
+    cfg = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    assert cfg["interface"]["cameras"] == ["front", "wrist"] and cfg["interface"]["state_dim"] == 3
+    assert cfg["meta"]["model_version"] and cfg["model"]["head"] == head
+    assert "front, wrist" in (tmp_path / "ckpt" / "README.md").read_text()
+
+
+def test_fp16_weights_halve_the_file_and_stay_close(tmp_path, small_interface):
+    policy = RFMPolicy.build("tiny", interface=small_interface, stats=STATS)
+    policy.save_pretrained(tmp_path / "fp32")
+    policy.save_pretrained(tmp_path / "fp16", weights_dtype="float16")
+    s32 = (tmp_path / "fp32" / "model.safetensors").stat().st_size
+    s16 = (tmp_path / "fp16" / "model.safetensors").stat().st_size
+    assert s16 < 0.55 * s32
+    half = RFMPolicy.from_pretrained(tmp_path / "fp16")
+    np.testing.assert_allclose(_pred(half, small_interface), _pred(policy, small_interface), atol=2e-2)
+
+
+def test_crash_mid_save_leaves_previous_checkpoint_intact(tmp_path, small_interface, monkeypatch):
+    import rfm.checkpoint as ck
+
+    policy = RFMPolicy.build("tiny", interface=small_interface)
+    path = tmp_path / "ckpt"
+    policy.save_pretrained(path)
+    before = {p.name: p.read_bytes() for p in path.iterdir()}
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ck, "model_card", boom)  # fails after the weights were written to the temp dir
+    with pytest.raises(OSError, match="disk full"):
+        RFMPolicy.build("tiny", interface=small_interface).save_pretrained(path)
+    assert {p.name: p.read_bytes() for p in path.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]  # no temp dirs left behind
+    RFMPolicy.from_pretrained(path)
+
+
+@pytest.fixture
+def saved(tmp_path, small_interface):
+    path = tmp_path / "ckpt"
+    RFMPolicy.build("tiny", interface=small_interface).save_pretrained(path)
+    return path
+
+
+def test_missing_directory(tmp_path):
+    with pytest.raises(CheckpointError, match="checkpoint directory not found"):
+        RFMPolicy.from_pretrained(tmp_path / "nope")
+
+
+def test_missing_weights_file_is_named(saved):
+    (saved / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match=r"model.safetensors: missing"):
+        RFMPolicy.from_pretrained(saved)
+
+
+def test_truncated_weights_file_is_named(saved):
+    w = saved / "model.safetensors"
+    w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match=r"model.safetensors: corrupt or truncated"):
+        RFMPolicy.from_pretrained(saved)
+
+
+def test_invalid_json_config_is_named(saved):
+    (saved / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match=r"config.json: not valid JSON"):
+        RFMPolicy.from_pretrained(saved)
+
+
+def test_config_that_does_not_match_weights_names_the_tensor(saved):
+    cfg = json.loads((saved / "config.json").read_text())
+    cfg["interface"]["action_names"] = ["a", "b", "c"]
+    (saved / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match=r"tensor 'action_norm.offset' has shape \(2,\).*implies \(3,\)"):
+        RFMPolicy.from_pretrained(saved)
+
+
+def test_invalid_field_in_config_is_named(saved):
+    cfg = json.loads((saved / "config.json").read_text())
+    cfg["model"]["head"] = "diffusion"
+    (saved / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match=r"config.json: model.head='diffusion' is invalid"):
+        RFMPolicy.from_pretrained(saved)
+
+
+def test_foreign_format_is_rejected(saved):
+    cfg = json.loads((saved / "config.json").read_text())
+    cfg["format"] = "something-else"
+    (saved / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match=r"format='something-else'"):
+        RFMPolicy.from_pretrained(saved)
+
+
+def test_weights_are_never_unpickled(saved):
+    # a pickle disguised as the weights file must be rejected, not executed
+    import pickle
+
+    (saved / "model.safetensors").write_bytes(pickle.dumps({"x": 1}))
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        RFMPolicy.from_pretrained(saved)

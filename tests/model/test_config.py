@@ -1,0 +1,60 @@
+"""Config validation: errors name the field and value; typos get a 'did you mean'."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from rfm.config import ConfigError, ModelConfig, PolicyConfig, RobotInterface, preset
+
+
+def test_mistyped_preset_gets_did_you_mean():
+    with pytest.raises(ConfigError, match=r"unknown preset 'smal'.*Did you mean 'small'"):
+        preset("smal")
+
+
+def test_mistyped_override_gets_did_you_mean():
+    with pytest.raises(ConfigError, match=r"unknown model field 'hed'.*Did you mean 'head'"):
+        preset("tiny", hed="flow")
+
+
+@pytest.mark.parametrize("kw,pattern", [
+    (dict(head="diffusion"), r"model.head='diffusion' is invalid"),
+    (dict(head="flwo"), r"Did you mean 'flow'"),
+    (dict(dim=100, heads=8), r"model.dim=100 is invalid: expected an integer >= 16 divisible by model.heads=8"),
+    (dict(flow_steps=0), r"model.flow_steps=0"),
+    (dict(dropout=1.5), r"model.dropout=1.5"),
+    (dict(norm_mode="zscore"), r"model.norm_mode='zscore'"),
+    (dict(vision_backbone="hf"), r"model.vision_path=None is invalid"),
+])
+def test_model_config_errors_name_field_and_value(kw, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        ModelConfig(**kw)
+
+
+@pytest.mark.parametrize("kw,pattern", [
+    (dict(cameras=[]), r"interface.cameras=\[\]"),
+    (dict(cameras=["a", "a"]), r"unique names"),
+    (dict(image_size=(4, 4)), r"interface.image_size=\(4, 4\)"),
+    (dict(chunk_size=0), r"interface.chunk_size=0"),
+    (dict(control_hz=-1), r"interface.control_hz=-1"),
+])
+def test_interface_errors_name_field_and_value(kw, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        RobotInterface(**kw)
+
+
+def test_policy_config_round_trips_through_json():
+    cfg = PolicyConfig(model=preset("small", head="flow"),
+                       interface=RobotInterface(cameras=["c1", "c2"], image_size=(96, 128), chunk_size=12))
+    again = PolicyConfig.from_dict(json.loads(cfg.to_json()))
+    assert again == cfg
+    assert again.interface.image_size == (96, 128)
+
+
+def test_unknown_config_key_is_rejected_with_suggestion():
+    d = PolicyConfig().to_dict()
+    d["interface"]["camreas"] = ["x"]
+    with pytest.raises(ConfigError, match=r"unknown field interface.camreas.*Did you mean 'cameras'"):
+        PolicyConfig.from_dict(d)

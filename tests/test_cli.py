@@ -1,0 +1,30 @@
+"""The rfm command line: real subprocesses, real exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+
+def rfm(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "rfm.cli.main", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_help_lists_subcommands():
+    out = rfm("--help")
+    assert out.returncode == 0 and "info" in out.stdout
+
+
+def test_info_prints_params_and_flops():
+    out = rfm("info", "--preset", "tiny", "--json")
+    assert out.returncode == 0, out.stderr
+    info = json.loads(out.stdout)
+    assert 1_000_000 < info["params"] < 3_000_000
+    assert info["flops_per_chunk"] > 1e8 and info["text_encoder_flops"] > 1e8
+
+
+def test_info_typo_is_a_one_line_error():
+    out = rfm("info", "--preset", "smal")
+    assert out.returncode == 2
+    assert "Did you mean 'small'" in out.stderr and "Traceback" not in out.stderr
