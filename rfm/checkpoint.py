@@ -13,6 +13,7 @@ import shutil
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 import torch
 from safetensors import SafetensorError
@@ -45,9 +46,10 @@ class _AtomicDir:
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
             return
-        for f in self.tmp.iterdir():  # flush file contents before the rename makes them visible
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
+        for f in self.tmp.rglob("*"):  # flush file contents before the rename makes them visible
+            if f.is_file():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
         old = None
         if self.target.exists():
             old = self.target.parent / f".{self.target.name}.old-{os.getpid()}"
@@ -65,11 +67,18 @@ def _to_dtype(state: dict[str, torch.Tensor], dtype: str) -> dict[str, torch.Ten
             .detach().cpu().contiguous() for k, v in state.items()}
 
 
-def save_checkpoint(policy, path: str | Path, weights_dtype: str = "float32", card: str | None = None) -> Path:
-    """Write a policy to `path` atomically: a crash mid-save leaves the previous checkpoint intact."""
+def save_checkpoint(policy, path: str | Path, weights_dtype: str = "float32", card: str | None = None,
+                    state_dict: dict | None = None, extra: Callable[[Path], None] | None = None) -> Path:
+    """Write a policy to `path` atomically: a crash mid-save leaves the previous checkpoint intact.
+
+    state_dict overrides the network's weights (e.g. EMA weights); extra(tmp_dir) writes more files (training state)
+    into the same atomic directory.
+    """
     path = Path(path)
-    state = _to_dtype(policy.net.state_dict(), weights_dtype)
+    state = _to_dtype(state_dict if state_dict is not None else policy.net.state_dict(), weights_dtype)
     with atomic_dir(path) as tmp:
+        if extra is not None:
+            extra(tmp)
         save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "rfm_format": CHECKPOINT_FORMAT})
         version = hashlib.sha256((tmp / WEIGHTS_FILE).read_bytes()).hexdigest()[:12]
         policy.meta.setdefault("model_id", path.name)
@@ -81,12 +90,23 @@ def save_checkpoint(policy, path: str | Path, weights_dtype: str = "float32", ca
             "weights_dtype": weights_dtype,
             "text_dim": policy.text.dim,
             **policy.config.to_dict(),
-            "meta": policy.meta,
+            "meta": _jsonable(policy.meta),
         }
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2))
-        (tmp / STATS_FILE).write_text(json.dumps(policy.stats, indent=2))
+        (tmp / STATS_FILE).write_text(json.dumps(_jsonable(policy.stats), indent=2))
         (tmp / MODEL_CARD_FILE).write_text(card or model_card(policy, config))
     return path
+
+
+def _jsonable(obj):
+    """Stats may hold numpy arrays/scalars: turn them into plain lists/floats for JSON."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    return obj
 
 
 def _read_json(path: Path) -> dict:

@@ -69,7 +69,8 @@ class RFMPolicy:
     def set_stats(self, stats: dict) -> None:
         """Normalise state and actions with dataset stats ({feature: {mean, std, min, max, q01, q99}})."""
         mode = self.config.model.norm_mode
-        self.stats = {k: stats[k] for k in (OBS_STATE, ACTION) if k in stats}
+        self.stats = {k: {s: np.asarray(v).tolist() for s, v in stats[k].items()}
+                      for k in (OBS_STATE, ACTION) if k in stats}
         if self.interface.state_dim > 0:
             self.net.state_norm.set_stats(self.stats.get(OBS_STATE), mode)
         self.net.action_norm.set_stats(self.stats.get(ACTION), mode)
@@ -93,11 +94,12 @@ class RFMPolicy:
         nz = None if noise is None else torch.as_tensor(noise, dtype=torch.float32, device=dev)
         return self.net(img, st, txt, mask, nz).float().cpu().numpy()
 
-    def save_pretrained(self, path: str | Path, weights_dtype: str = "float32", card: str | None = None) -> Path:
+    def save_pretrained(self, path: str | Path, weights_dtype: str = "float32", card: str | None = None,
+                        **kw: Any) -> Path:
         """Write config.json, model.safetensors, stats.json and README.md atomically to `path`."""
         from rfm.checkpoint import save_checkpoint
 
-        return save_checkpoint(self, path, weights_dtype=weights_dtype, card=card)
+        return save_checkpoint(self, path, weights_dtype=weights_dtype, card=card, **kw)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> RFMPolicy:

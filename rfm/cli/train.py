@@ -1,0 +1,61 @@
+"""`rfm train`: fine-tune a policy on a LeRobot dataset (CPU, one GPU, or `accelerate launch` for many)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from rfm.cli.main import CLIError
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train or fine-tune a policy on a LeRobot dataset",
+                       description="Train a policy. Multi-GPU/multi-node: `accelerate launch -m rfm.cli.main train ...`.")
+    p.add_argument("--dataset", required=True, help="LeRobot v3.0/v2.1 dataset directory")
+    p.add_argument("--out", required=True, help="run directory (checkpoint/, logs/)")
+    p.add_argument("--preset", default="small", help="tiny | small | base")
+    p.add_argument("--head", default="chunk", choices=["chunk", "flow"])
+    p.add_argument("--steps", type=int, default=20_000)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--warmup-steps", type=int, default=500)
+    p.add_argument("--ema-decay", type=float, default=0.999, help="0 disables EMA")
+    p.add_argument("--chunk-size", type=int, default=16)
+    p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), default=None)
+    p.add_argument("--cameras", default=None, help="comma-separated camera names (default: all)")
+    p.add_argument("--no-augment", action="store_true", help="disable random shift and colour jitter")
+    p.add_argument("--num-workers", type=int, default=2)
+    p.add_argument("--val-episodes", type=int, default=0)
+    p.add_argument("--save-every", type=int, default=1000)
+    p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--init", default=None, help="checkpoint to fine-tune from (new robots: mismatched layers re-init)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
+    p.add_argument("--mixed-precision", default="auto", choices=["auto", "no", "bf16", "fp16"])
+    p.add_argument("--lora-rank", type=int, default=0, help="LoRA rank for a pretrained HF vision backbone")
+    p.add_argument("--weights-dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    p.add_argument("--model", default=None, help='JSON of model config overrides, e.g. \'{"dim": 192}\'')
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rfm.train.config import TrainConfig
+    from rfm.train.loop import train
+
+    try:
+        overrides = json.loads(args.model) if args.model else {}
+    except json.JSONDecodeError as e:
+        raise CLIError(f"--model is not valid JSON: {e}") from e
+    cfg = TrainConfig(
+        dataset=args.dataset, out=args.out, preset=args.preset, head=args.head, model_overrides=overrides,
+        chunk_size=args.chunk_size, image_size=tuple(args.image_size) if args.image_size else None,
+        cameras=args.cameras.split(",") if args.cameras else None, steps=args.steps, batch_size=args.batch_size,
+        grad_accum=args.grad_accum, lr=args.lr, warmup_steps=args.warmup_steps, ema_decay=args.ema_decay,
+        augment=not args.no_augment, num_workers=args.num_workers, val_episodes=args.val_episodes,
+        save_every=args.save_every, log_every=args.log_every, seed=args.seed, init=args.init, resume=args.resume,
+        mixed_precision=args.mixed_precision, lora_rank=args.lora_rank, weights_dtype=args.weights_dtype)
+    ckpt = train(cfg, progress=not args.no_progress)
+    print(f"checkpoint: {ckpt}")
+    return 0

@@ -1,0 +1,41 @@
+"""Image augmentation for small datasets: random shift (DrQ-style pad + crop) and colour jitter, on whole batches."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def random_shift(images: torch.Tensor, pad: int) -> torch.Tensor:
+    """images (B, N, 3, H, W) float -> same shape, each image shifted by up to `pad` pixels (edges replicated)."""
+    if pad <= 0:
+        return images
+    B, N, C, H, W = images.shape
+    x = F.pad(images.reshape(B * N, C, H, W), (pad,) * 4, mode="replicate")
+    # integer shifts via grid_sample on a normalised grid (one kernel for the whole batch)
+    eps = 1.0 / (H + 2 * pad)
+    ar = torch.linspace(-1.0 + eps, 1.0 - eps, H + 2 * pad, device=images.device)[:H]
+    ar_w = torch.linspace(-1.0 + eps, 1.0 - eps, W + 2 * pad, device=images.device)[:W]
+    grid = torch.stack(torch.meshgrid(ar, ar_w, indexing="ij")[::-1], dim=-1)[None].repeat(B * N, 1, 1, 1)
+    shift = torch.randint(0, 2 * pad + 1, (B * N, 1, 1, 2), device=images.device).float()
+    shift *= torch.tensor([2.0 / (W + 2 * pad), 2.0 / (H + 2 * pad)], device=images.device)
+    out = F.grid_sample(x, grid + shift, padding_mode="zeros", align_corners=False)
+    return out.reshape(B, N, C, H, W)
+
+
+def color_jitter(images: torch.Tensor, strength: float) -> torch.Tensor:
+    """Random per-image brightness and contrast in [1 - s, 1 + s]; images (B, N, 3, H, W) float in [0, 255]."""
+    if strength <= 0:
+        return images
+    B, N = images.shape[:2]
+    shape = (B, N, 1, 1, 1)
+    bright = 1 + (torch.rand(shape, device=images.device) * 2 - 1) * strength
+    contrast = 1 + (torch.rand(shape, device=images.device) * 2 - 1) * strength
+    mean = images.mean(dim=(2, 3, 4), keepdim=True)
+    return ((images - mean) * contrast + mean * bright).clamp(0, 255)
+
+
+def augment(images: torch.Tensor, shift_pad: int, jitter: float) -> torch.Tensor:
+    """uint8 (B, N, 3, H, W) -> augmented float in [0, 255] (the network accepts both)."""
+    x = images.float()
+    return color_jitter(random_shift(x, shift_pad), jitter)

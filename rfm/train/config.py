@@ -1,0 +1,62 @@
+"""TrainConfig: everything a training run needs, serialisable to JSON next to its outputs."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from rfm.config import ConfigError
+
+
+@dataclass
+class TrainConfig:
+    dataset: str  # LeRobot dataset directory
+    out: str  # run directory: checkpoint/, logs/, train_config.json
+    preset: str = "small"  # model preset (tiny / small / base)
+    head: str = "chunk"  # chunk | flow
+    model_overrides: dict[str, Any] = field(default_factory=dict)  # ModelConfig field overrides
+    chunk_size: int = 16  # H: actions per chunk
+    image_size: tuple[int, int] | None = None  # (H, W) fed to the model; None = the dataset's first camera size
+    cameras: list[str] | None = None  # cameras to use, in order; None = all
+    steps: int = 20_000  # optimizer steps
+    batch_size: int = 64  # samples per optimizer step per process (before accumulation)
+    grad_accum: int = 1  # gradient accumulation steps
+    lr: float = 3e-4  # peak learning rate (AdamW)
+    vision_lr_scale: float = 1.0  # lr multiplier for the vision encoder (e.g. 0.1 for a pretrained backbone)
+    weight_decay: float = 1e-4
+    warmup_steps: int = 500  # linear warmup, then cosine decay to 0
+    clip_grad: float = 1.0  # max gradient norm
+    ema_decay: float = 0.999  # EMA of weights (0 disables); the saved policy uses EMA weights
+    augment: bool = True  # random shift + colour jitter
+    shift_pad: int = 6  # random shift: pad then crop back, in pixels at model resolution
+    color_jitter: float = 0.2  # max relative brightness/contrast change
+    num_workers: int = 2  # DataLoader workers
+    val_episodes: int = 0  # episodes held out for a validation loss (0 = none)
+    save_every: int = 1000  # steps between atomic checkpoints
+    log_every: int = 50  # steps between log lines
+    seed: int = 0
+    init: str | None = None  # checkpoint to fine-tune from (mismatched layers are re-initialised)
+    resume: bool = False  # continue from out/checkpoint if it exists
+    mixed_precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | no | bf16 | fp16
+    lora_rank: int = 0  # LoRA rank on a pretrained HF vision backbone (0 = full fine-tuning)
+    weights_dtype: str = "float32"  # dtype of saved weights (float16 halves the checkpoint)
+
+    def __post_init__(self) -> None:
+        if self.image_size is not None:
+            self.image_size = tuple(int(v) for v in self.image_size)  # type: ignore[assignment]
+        for name in ("steps", "batch_size", "grad_accum", "chunk_size", "save_every", "log_every"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"train.{name}={getattr(self, name)!r} is invalid: expected a positive integer")
+        if not (0.0 <= self.ema_decay < 1.0):
+            raise ConfigError(f"train.ema_decay={self.ema_decay!r} is invalid: expected a number in [0, 1)")
+        if self.lr <= 0:
+            raise ConfigError(f"train.lr={self.lr!r} is invalid: expected a positive number")
+        if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
+            raise ConfigError(f"train.mixed_precision={self.mixed_precision!r}: expected auto, no, bf16 or fp16")
+        if self.warmup_steps < 0 or self.val_episodes < 0 or self.lora_rank < 0:
+            raise ConfigError("train.warmup_steps, train.val_episodes and train.lora_rank must be >= 0")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["image_size"] = list(self.image_size) if self.image_size else None
+        return d

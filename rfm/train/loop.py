@@ -1,0 +1,222 @@
+"""`train(cfg)`: the whole training run, top to bottom, on accelerate (CPU, one GPU, or DDP via accelerate launch)."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from rfm.checkpoint import save_checkpoint
+from rfm.config import PolicyConfig, preset
+from rfm.model.policy import RFMPolicy
+from rfm.train.augment import augment
+from rfm.train.config import TrainConfig
+from rfm.train.init import init_from_checkpoint
+from rfm.train.logs import TrainLogger
+from rfm.train.lora import plain_state_dict
+from rfm.train.state import STATE_DIR, load_training_state, save_training_state
+
+CHECKPOINT_DIR = "checkpoint"
+
+
+class LossModule(nn.Module):
+    """Wraps PolicyNet so DDP sees the loss computation as forward()."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, images, state, text, text_mask, actions, action_pad):
+        return self.net.loss(images, state, text, text_mask, actions, action_pad)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _param_groups(net: nn.Module, cfg: TrainConfig) -> list[dict]:
+    """AdamW groups: no weight decay on norms/biases/embeddings; optional lr scale for the vision encoder."""
+    groups: dict[tuple[bool, bool], list] = {}
+    for name, p in net.named_parameters():
+        if not p.requires_grad:
+            continue
+        decay = p.ndim >= 2 and not name.endswith(("_pos", "_embed", "modality"))
+        vision = name.startswith("vision.")
+        groups.setdefault((decay, vision), []).append(p)
+    return [{"params": ps, "weight_decay": cfg.weight_decay if decay else 0.0,
+             "lr": cfg.lr * (cfg.vision_lr_scale if vision else 1.0)} for (decay, vision), ps in groups.items()]
+
+
+def _mixed_precision(cfg: TrainConfig) -> str:
+    if cfg.mixed_precision != "auto":
+        return cfg.mixed_precision
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+
+
+def _infinite(loader: DataLoader):
+    epoch = 0
+    while True:
+        if hasattr(loader.sampler, "set_epoch"):
+            loader.sampler.set_epoch(epoch)
+        yield from loader
+        epoch += 1
+
+
+def train(cfg: TrainConfig, progress: bool = True) -> Path:
+    """Train a policy on a LeRobot dataset; returns the checkpoint directory (EMA weights, atomic saves)."""
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+
+    from rfm.data.lerobot import LeRobotDataset
+    from rfm.data.windows import WindowDataset, collate_windows, interface_from_dataset
+
+    out = Path(cfg.out)
+    ckpt_dir = out / CHECKPOINT_DIR
+    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=_mixed_precision(cfg))
+    _seed_everything(cfg.seed + accelerator.process_index)
+
+    # --- data ---------------------------------------------------------------------------------------------------
+    ds = LeRobotDataset(cfg.dataset)
+    interface = interface_from_dataset(ds, chunk_size=cfg.chunk_size, image_size=cfg.image_size, cameras=cfg.cameras)
+    episodes = list(range(ds.num_episodes))
+    val_eps = episodes[-cfg.val_episodes:] if cfg.val_episodes and cfg.val_episodes < len(episodes) else []
+    train_eps = [e for e in episodes if e not in val_eps]
+    train_set = WindowDataset(ds, interface, episodes=train_eps)
+    loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, drop_last=len(train_set) > cfg.batch_size,
+                        num_workers=cfg.num_workers, collate_fn=collate_windows,
+                        persistent_workers=cfg.num_workers > 0, pin_memory=torch.cuda.is_available())
+    val_loader = (DataLoader(WindowDataset(ds, interface, episodes=val_eps), batch_size=cfg.batch_size,
+                             collate_fn=collate_windows) if val_eps else None)
+
+    # --- model --------------------------------------------------------------------------------------------------
+    model_cfg = preset(cfg.preset, head=cfg.head, **cfg.model_overrides)
+    policy = RFMPolicy(PolicyConfig(model=model_cfg, interface=interface), stats=ds.stats)
+    init_report = init_from_checkpoint(policy.net, cfg.init) if cfg.init else None
+    if cfg.lora_rank:
+        from rfm.train.lora import apply_lora
+
+        apply_lora(policy.net, cfg.lora_rank)
+    policy.text.to(accelerator.device)
+    net = policy.net
+    ema = (torch.optim.swa_utils.AveragedModel(net, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(
+        cfg.ema_decay), use_buffers=True) if cfg.ema_decay > 0 else None)
+    optimizer = torch.optim.AdamW(_param_groups(net, cfg), lr=cfg.lr, betas=(0.9, 0.95))
+    from transformers import get_cosine_schedule_with_warmup
+
+    # accelerate steps a prepared scheduler once per process per optimizer step: scale so cfg.steps means steps
+    n_proc = accelerator.num_processes
+    scheduler = get_cosine_schedule_with_warmup(optimizer, min(cfg.warmup_steps, cfg.steps // 5) * n_proc,
+                                                cfg.steps * n_proc)
+
+    start_step = 0
+    if cfg.resume and (ckpt_dir / STATE_DIR).exists():
+        meta = load_training_state(ckpt_dir, net, ema.module if ema else None, optimizer, scheduler)
+        if ema is not None:
+            ema.n_averaged.fill_(max(1, meta["step"]))
+        start_step = meta["step"]
+        accelerator.print(f"resumed from {ckpt_dir} at step {start_step}")
+    if ema is not None:
+        ema.to(accelerator.device)
+
+    module = LossModule(net)
+    module, optimizer, loader, scheduler = accelerator.prepare(module, optimizer, loader, scheduler)
+
+    out.mkdir(parents=True, exist_ok=True)
+    if accelerator.is_main_process:
+        (out / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    logger = TrainLogger(out / "logs", enabled=accelerator.is_main_process, resume=start_step > 0)
+
+    def save(step: int, final_loss: float | None) -> None:
+        """Atomic checkpoint: EMA weights as the policy, raw weights + optimizer as training_state/."""
+        if not accelerator.is_main_process:
+            return
+        policy.meta.update(model_id=out.name, data=data_info, training={
+            **{k: v for k, v in cfg.to_dict().items() if k not in ("out",)},
+            "steps_done": step, "final_loss": final_loss, "wall_time_s": round(time.time() - t0 + prior_time, 1),
+            "device": str(accelerator.device), "processes": accelerator.num_processes,
+            "init_reinitialised": init_report["reinitialised"] if init_report else None})
+        weights = plain_state_dict(ema.module if ema is not None else net)
+        save_checkpoint(policy, ckpt_dir, weights_dtype=cfg.weights_dtype, state_dict=weights,
+                        extra=lambda tmp: save_training_state(tmp, net, ema.module if ema else None, optimizer,
+                                                              scheduler, step, {"wall_time_s": time.time() - t0
+                                                                                + prior_time}))
+
+    data_info = {"dataset": str(cfg.dataset), "episodes": len(train_eps), "val_episodes": len(val_eps),
+                 "frames": len(train_set), "tasks": ds.tasks, "fps": ds.fps}
+    prior_time = 0.0
+    if start_step:
+        prior_time = float(json.loads((ckpt_dir / STATE_DIR / "state.json").read_text()).get("wall_time_s", 0))
+
+    # --- loop ---------------------------------------------------------------------------------------------------
+    t0 = time.time()
+    batches = _infinite(loader)
+    bar = tqdm(total=cfg.steps, initial=start_step, disable=not (progress and accelerator.is_main_process),
+               desc="train", dynamic_ncols=True)
+    window_t, window_samples, loss_avg, loss = time.time(), 0, None, float("nan")
+    module.train()
+    for step in range(start_step + 1, cfg.steps + 1):
+        for _ in range(cfg.grad_accum):
+            batch = next(batches)
+            with accelerator.accumulate(module):
+                images = batch["images"].to(accelerator.device, non_blocking=True)
+                if cfg.augment:
+                    images = augment(images, cfg.shift_pad, cfg.color_jitter)
+                text, text_mask = policy.text.encode_torch(batch["instruction"], accelerator.device)
+                with accelerator.autocast():
+                    loss_t = module(images, batch["state"], text, text_mask, batch["actions"], batch["action_pad"])
+                accelerator.backward(loss_t)
+                grad_norm = (accelerator.clip_grad_norm_(module.parameters(), cfg.clip_grad)
+                             if accelerator.sync_gradients else None)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            window_samples += images.shape[0] * accelerator.num_processes
+        if ema is not None:
+            ema.update_parameters(net)
+        loss = loss_t.item()
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"loss became {loss} at step {step}; lower --lr or check the dataset stats")
+        loss_avg = loss if loss_avg is None else 0.95 * loss_avg + 0.05 * loss
+        bar.update(1)
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            sps = window_samples / max(time.time() - window_t, 1e-9)
+            val = _validate(module, val_loader, policy, accelerator) if val_loader and (
+                step % (cfg.log_every * 10) == 0 or step == cfg.steps) else None
+            bar.set_postfix(loss=f"{loss_avg:.4f}", samples_s=f"{sps:.1f}", **({"val": f"{val:.4f}"} if val else {}))
+            logger.log(step, loss=loss_avg, val_loss=val, lr=scheduler.get_last_lr()[0],
+                       grad_norm=float(grad_norm) if grad_norm is not None else None, samples_per_s=sps,
+                       elapsed_s=time.time() - t0 + prior_time)
+            window_t, window_samples = time.time(), 0
+        if step % cfg.save_every == 0 or step == cfg.steps:
+            accelerator.wait_for_everyone()
+            save(step, loss_avg)
+    bar.close()
+    logger.close()
+    if start_step >= cfg.steps:  # nothing to do: still make sure a checkpoint exists
+        save(start_step, None)
+    accelerator.end_training()
+    return ckpt_dir
+
+
+@torch.no_grad()
+def _validate(module, loader, policy, accelerator) -> float:
+    module.eval()
+    total, n = 0.0, 0
+    for batch in loader:
+        text, mask = policy.text.encode_torch(batch["instruction"], accelerator.device)
+        dev = accelerator.device
+        loss = module(batch["images"].to(dev), batch["state"].to(dev), text, mask, batch["actions"].to(dev),
+                      batch["action_pad"].to(dev))
+        total += loss.item() * len(batch["instruction"])
+        n += len(batch["instruction"])
+    module.train()
+    return total / max(n, 1)
