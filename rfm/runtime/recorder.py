@@ -1,0 +1,175 @@
+"""Recorder: write what a served fleet saw (observations + returned actions) into a LeRobot v3.0 dataset.
+
+One episode per robot session (split by an explicit `episode_end`, a reset, or an idle timeout). Recording never
+blocks inference: `record()` only enqueues; a background thread buffers per session and writes finished episodes
+through the incremental writer, so each finished episode is durable on its own and an unclean stop loses at most
+the unfinished ones. Outcome labels (success) and operator corrections are stored as extra columns.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from rfm.config import RobotInterface
+
+log = logging.getLogger("rfm.recorder")
+
+SUCCESS = "next.success"  # per-frame outcome label (LeRobot convention); episode success = any
+CORRECTED = "is_correction"  # 1 where the recorded action is an operator/expert correction
+CHUNK = "action_chunk"  # the whole predicted chunk (H * D_a), for offline analysis
+
+
+@dataclass
+class _Frame:
+    images: dict[str, np.ndarray]  # {cam: (H, W, 3) uint8}
+    state: np.ndarray  # (D_s,)
+    action: np.ndarray  # (D_a,) the action executed at this step
+    chunk: np.ndarray  # (H * D_a,) the predicted chunk
+    instruction: str
+    success: bool
+    corrected: bool
+
+
+@dataclass
+class _Session:
+    frames: list[_Frame] = field(default_factory=list)
+    last_seen: float = field(default_factory=time.monotonic)
+
+
+class Recorder:
+    """Thread-safe, non-blocking episode recorder for the server (or any robot loop)."""
+
+    def __init__(self, root: str | Path, interface: RobotInterface, max_queue: int = 4096,
+                 idle_timeout_s: float = 30.0, max_episode_frames: int = 10_000, use_videos: bool = True) -> None:
+        from rfm.data.lerobot import LeRobotDatasetWriter
+
+        self.root, self.interface = Path(root), interface
+        self.idle_timeout_s, self.max_episode_frames = idle_timeout_s, max_episode_frames
+        fps = max(1, int(round(interface.control_hz)))
+        if (self.root / "meta" / "info.json").exists():
+            self.writer = LeRobotDatasetWriter.append(self.root)
+            self._check_compatible()
+        else:
+            h, w = interface.image_size
+            extra = {SUCCESS: {"dtype": "bool", "shape": [1], "names": None},
+                     CORRECTED: {"dtype": "bool", "shape": [1], "names": None},
+                     CHUNK: {"dtype": "float32", "shape": [interface.chunk_size * interface.action_dim],
+                             "names": None}}
+            self.writer = LeRobotDatasetWriter(self.root, fps=fps, robot_type=interface.robot_type,
+                                               cameras={c: (h, w) for c in interface.cameras},
+                                               state_names=interface.state_names,
+                                               action_names=interface.action_names, use_videos=use_videos,
+                                               incremental=True, extra_features=extra)
+        self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
+        self._sessions: dict[str, _Session] = {}
+        self.dropped = self.episodes_written = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rfm-recorder", daemon=True)
+        self._thread.start()
+
+    def _check_compatible(self) -> None:
+        itf, w = self.interface, self.writer
+        if sorted(w.cameras) != sorted(itf.cameras) or any(tuple(s) != tuple(itf.image_size)
+                                                          for s in w.cameras.values()):
+            raise ValueError(f"{self.root}: recorded cameras {w.cameras} do not match the model's "
+                             f"{itf.cameras} at {itf.image_size}; record into a new directory")
+        if len(w.action_names) != itf.action_dim or len(w.state_names) != itf.state_dim:
+            raise ValueError(f"{self.root}: dataset state/action dims ({len(w.state_names)}, {len(w.action_names)}) "
+                             f"do not match the model's ({itf.state_dim}, {itf.action_dim})")
+
+    # --- producer side (request handlers): never blocks -----------------------------------------------------
+    def record(self, session: str, images: np.ndarray, state: np.ndarray, instruction: str, actions: np.ndarray,
+               success: bool | None = None, correction: np.ndarray | None = None, episode_end: bool = False) -> bool:
+        """Enqueue one served step. images (N_cam, 3, H, W) uint8 as validated; actions (H, D_a).
+
+        Returns False (and counts a drop) when the recorder is behind; inference is never slowed down.
+        """
+        item = ("frame", session, images, state, instruction, actions, success, correction, episode_end)
+        try:
+            self._queue.put_nowait(item)
+            return True
+        except queue.Full:
+            self.dropped += 1
+            return False
+
+    def end_episode(self, session: str, success: bool | None = None) -> None:
+        """Close the session's current episode (robot reset or task done)."""
+        try:
+            self._queue.put_nowait(("end", session, success))
+        except queue.Full:
+            self.dropped += 1
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Flush every open session as an episode and stop the thread (server shutdown)."""
+        if self._stop.is_set():
+            return
+        self._queue.put(("close",))
+        self._thread.join(timeout)
+        self._stop.set()
+
+    # --- consumer thread -------------------------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            try:
+                item = self._queue.get(timeout=1.0)
+            except queue.Empty:
+                self._flush_idle()
+                continue
+            try:
+                if item[0] == "close":
+                    for sid in list(self._sessions):
+                        self._write(sid)
+                    return
+                if item[0] == "end":
+                    _, sid, success = item
+                    if success is not None and sid in self._sessions and self._sessions[sid].frames:
+                        self._sessions[sid].frames[-1].success = bool(success)
+                    self._write(sid)
+                    continue
+                self._add(*item[1:])
+            except Exception:  # a bad item must not kill recording for the rest of the fleet
+                log.exception("recorder: failed to handle an item; continuing")
+
+    def _add(self, sid, images, state, instruction, actions, success, correction, episode_end) -> None:
+        itf = self.interface
+        cams = {c: np.ascontiguousarray(np.asarray(images[i]).transpose(1, 2, 0)) for i, c in enumerate(itf.cameras)}
+        actions = np.asarray(actions, np.float32).reshape(itf.chunk_size, itf.action_dim)
+        executed = actions[0] if correction is None else np.asarray(correction, np.float32).reshape(itf.action_dim)
+        sess = self._sessions.setdefault(sid, _Session())
+        if sess.frames and sess.frames[-1].instruction != instruction:
+            self._write(sid)  # a new instruction starts a new episode
+            sess = self._sessions.setdefault(sid, _Session())
+        sess.frames.append(_Frame(cams, np.asarray(state, np.float32), executed, actions.reshape(-1), instruction,
+                                  bool(success), correction is not None))
+        sess.last_seen = time.monotonic()
+        if episode_end or len(sess.frames) >= self.max_episode_frames:
+            self._write(sid)
+
+    def _flush_idle(self) -> None:
+        now = time.monotonic()
+        for sid, sess in list(self._sessions.items()):
+            if now - sess.last_seen > self.idle_timeout_s:
+                self._write(sid)
+
+    def _write(self, sid: str) -> None:
+        sess = self._sessions.pop(sid, None)
+        if sess is None or not sess.frames:
+            return
+        for f in sess.frames:
+            self.writer.add_frame(images=f.images, state=f.state, action=f.action, task=f.instruction or "unknown")
+        extra = {SUCCESS: np.array([f.success for f in sess.frames]),
+                 CORRECTED: np.array([f.corrected for f in sess.frames]),
+                 CHUNK: np.stack([f.chunk for f in sess.frames])}
+        self.writer.save_episode(extra=extra, meta={"session": str(sid)})
+        self.episodes_written += 1
+
+    @property
+    def open_sessions(self) -> int:
+        return len(self._sessions)

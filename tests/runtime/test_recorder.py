@@ -1,0 +1,80 @@
+"""Recorder: per-session episodes, outcome labels and corrections, durable across an unclean stop."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+
+from rfm.config import RobotInterface
+from rfm.data.lerobot import LeRobotDataset
+from rfm.runtime.recorder import Recorder
+
+ITF = RobotInterface(cameras=["a", "b"], image_size=(32, 32), state_names=["x", "y"], action_names=["u", "v", "w"],
+                     chunk_size=4, control_hz=10)
+
+
+def _step(rng):
+    return (rng.integers(0, 255, (2, 3, 32, 32), dtype=np.uint8), rng.standard_normal(2).astype(np.float32),
+            rng.standard_normal((4, 3)).astype(np.float32))
+
+
+def test_sessions_become_episodes_with_labels(tmp_path):
+    rng = np.random.default_rng(0)
+    rec = Recorder(tmp_path / "rec", ITF)
+    sent = {}
+    for sid in ("robot-1", "robot-2"):
+        for t in range(5):
+            images, state, actions = _step(rng)
+            sent.setdefault(sid, []).append((images, state, actions))
+            rec.record(sid, images, state, "open the drawer", actions, success=(t == 4),
+                       episode_end=(sid == "robot-1" and t == 4))
+    images, state, actions = _step(rng)
+    rec.record("robot-3", images, state, "close the drawer", actions, correction=np.array([1.0, 2.0, 3.0]))
+    rec.close()
+    ds = LeRobotDataset(tmp_path / "rec")
+    assert ds.num_episodes == 3 and ds.num_frames == 11
+    assert sorted(ds.tasks) == ["close the drawer", "open the drawer"]
+    sessions = [ds.episode_meta(e)["session"] for e in range(3)]
+    assert sessions == ["robot-1", "robot-2", "robot-3"]
+    start, stop = ds.episode_range(0)
+    np.testing.assert_allclose(ds.actions[start:stop], np.stack([a[0] for _, _, a in sent["robot-1"]]), atol=1e-6)
+    np.testing.assert_allclose(ds.states[start:stop], np.stack([s for _, s, _ in sent["robot-1"]]), atol=1e-6)
+    assert ds.extras["next.success"][start:stop].reshape(-1).tolist() == [False] * 4 + [True]
+    assert ds.extras["action_chunk"].shape == (11, 12)
+    np.testing.assert_allclose(ds.actions[-1], [1.0, 2.0, 3.0])  # the correction is what gets learned from
+    assert bool(ds.extras["is_correction"][-1])
+    frame = ds.get_frame(start)
+    assert frame["images"]["a"].shape == (32, 32, 3)
+
+
+def test_unclean_stop_keeps_every_finished_episode(tmp_path):
+    script = textwrap.dedent(f"""
+        import os, numpy as np
+        from rfm.config import RobotInterface
+        from rfm.runtime.recorder import Recorder
+        itf = RobotInterface(cameras=["a", "b"], image_size=(32, 32), state_names=["x", "y"],
+                             action_names=["u", "v", "w"], chunk_size=4, control_hz=10)
+        rec = Recorder({str(tmp_path / 'rec')!r}, itf)
+        rng = np.random.default_rng(0)
+        for ep in range(3):
+            for t in range(4):
+                img = rng.integers(0, 255, (2, 3, 32, 32), dtype=np.uint8)
+                rec.record("r", img, np.zeros(2), "push", np.zeros((4, 3)), episode_end=(t == 3 and ep < 2))
+        import time
+        while rec.episodes_written < 2:
+            time.sleep(0.05)
+        os._exit(1)  # crash: the third episode was still open
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1, out.stderr
+    ds = LeRobotDataset(tmp_path / "rec")
+    assert ds.num_episodes == 2 and ds.num_frames == 8
+    # and recording can continue into the same dataset
+    rec = Recorder(tmp_path / "rec", ITF)
+    images, state, actions = _step(np.random.default_rng(1))
+    rec.record("r2", images, state, "push", actions, episode_end=True)
+    rec.close()
+    assert LeRobotDataset(tmp_path / "rec").num_episodes == 3
