@@ -1,0 +1,114 @@
+"""Success rates per task over many closed-loop episodes, with evaluation seeds disjoint from training seeds."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+from pathlib import Path
+
+import numpy as np
+
+from rfm.eval.rollout import RolloutResult, rollout
+from rfm.runtime.base import Runner
+
+
+def _episodes(tasks: list[str], episodes: int, seed: int, paraphrase: bool) -> list[tuple[str, int, str]]:
+    from rfm.sim.metaworld import instructions_for
+
+    work = []
+    for k, task in enumerate(tasks):
+        texts = instructions_for(task, paraphrase=paraphrase)
+        for i in range(episodes):
+            work.append((task, seed + 1000 * k + i, texts[i % len(texts)]))
+    return work
+
+
+def _run(runner: Runner, work: list[tuple[str, int, str]], opts: dict, video_dir: Path | None,
+         progress: bool) -> list[RolloutResult]:
+    from tqdm.auto import tqdm
+
+    from rfm.sim.metaworld import MetaWorldEnv
+
+    itf = runner.interface
+    envs: dict[str, MetaWorldEnv] = {}
+    results = []
+    for task, seed, text in tqdm(work, desc="eval", disable=not progress, dynamic_ncols=True):
+        if task not in envs:
+            envs[task] = MetaWorldEnv(task, itf.cameras, itf.image_size[0], max_steps=opts["max_steps"])
+        env = envs[task]
+        env.instruction = text
+        first = video_dir is not None and not any(r.task == task for r in results)
+        res = rollout(runner, env, seed, opts["action_steps"], opts["ensemble"], opts["ensemble_m"], record=first)
+        if first and res.frames:
+            _save_video(res.frames, Path(video_dir) / f"{task}.gif", fps=int(round(itf.control_hz / 2)))
+            res.frames = []
+        results.append(res)
+    for env in envs.values():
+        env.close()
+    return results
+
+
+def _save_video(frames: list[np.ndarray], path: Path, fps: int) -> None:
+    import imageio.v2 as imageio
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    imageio.mimsave(path, frames[::2], duration=1000 / max(fps, 1), loop=0)
+
+
+def _worker(args: tuple) -> list[RolloutResult]:
+    path, backend, work, opts = args
+    import torch
+
+    from rfm.runtime import load_runner
+
+    torch.set_num_threads(1)
+    return _run(load_runner(path, backend=backend, device="cpu", seed=0), work, opts, None, False)
+
+
+def evaluate(runner: Runner | None, tasks: list[str], episodes: int, seed: int | None = None,
+             paraphrase: bool = False, ensemble: bool = False, ensemble_m: float = 0.01,
+             action_steps: int | None = None, max_steps: int | None = None, video_dir: str | Path | None = None,
+             workers: int = 1, checkpoint: str | None = None, backend: str = "torch",
+             progress: bool = True) -> dict:
+    """Closed-loop success rates. With workers > 1, each process loads its own runner from `checkpoint`."""
+    from rfm.sim.metaworld import EVAL_SEED_BASE, MAX_STEPS, expand_tasks
+
+    tasks = expand_tasks(tasks)
+    seed = EVAL_SEED_BASE if seed is None else seed
+    if seed < EVAL_SEED_BASE:
+        raise ValueError(f"seed={seed}: evaluation seeds must be >= {EVAL_SEED_BASE} (below are training seeds)")
+    opts = {"max_steps": max_steps or MAX_STEPS, "action_steps": action_steps, "ensemble": ensemble,
+            "ensemble_m": ensemble_m}
+    work = _episodes(tasks, episodes, seed, paraphrase)
+    t0 = time.time()
+    if workers > 1:
+        if checkpoint is None:
+            raise ValueError("workers > 1 needs checkpoint= (each process loads its own runner)")
+        shards = [work[i::workers] for i in range(workers)]
+        with mp.get_context("spawn").Pool(workers) as pool:
+            results = [r for part in pool.map(_worker, [(checkpoint, backend, s, opts) for s in shards]) for r in part]
+    else:
+        if runner is None:
+            from rfm.runtime import load_runner
+
+            runner = load_runner(checkpoint, backend=backend)
+        results = _run(runner, work, opts, Path(video_dir) if video_dir else None, progress)
+    per_task = {}
+    for task in tasks:
+        rs = [r for r in results if r.task == task]
+        per_task[task] = {"success_rate": float(np.mean([r.success for r in rs])), "episodes": len(rs),
+                          "successes": int(sum(r.success for r in rs)),
+                          "mean_steps": float(np.mean([r.steps for r in rs])),
+                          "mean_inferences": float(np.mean([r.inferences for r in rs]))}
+    return {"tasks": per_task, "mean_success_rate": float(np.mean([v["success_rate"] for v in per_task.values()])),
+            "checkpoint": checkpoint, "backend": getattr(runner, "backend", backend), "paraphrase": paraphrase,
+            "ensemble": ensemble, "action_steps": action_steps, "max_steps": opts["max_steps"],
+            "seeds": sorted({s for _, s, _ in work}), "wall_time_s": round(time.time() - t0, 1)}
+
+
+def format_table(results: dict) -> str:
+    rows = [f"{'task':<26}{'success':>9}{'episodes':>10}{'mean steps':>12}"]
+    for task, r in results["tasks"].items():
+        rows.append(f"{task:<26}{r['success_rate'] * 100:>8.0f}%{r['episodes']:>10}{r['mean_steps']:>12.1f}")
+    rows.append(f"{'mean':<26}{results['mean_success_rate'] * 100:>8.1f}%")
+    return "\n".join(rows)

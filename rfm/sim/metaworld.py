@@ -1,0 +1,207 @@
+"""Meta-World (MuJoCo) for rfm: a runtime-observation env wrapper and scripted-expert demonstration generation.
+
+Observations use rfm's runtime format: {"images": {cam: (H, W, 3) uint8}, "state": (4,) f32, "instruction": str}.
+The state is the robot's proprioception only (hand xyz + gripper opening); goals are seen, not given.
+Training seeds are < TRAIN_SEED_LIMIT; evaluation seeds start at EVAL_SEED_BASE, so they never overlap.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+
+from rfm.sim import render  # noqa: F401  (sets MUJOCO_GL before mujoco is imported)
+from rfm.sim.instructions import INSTRUCTIONS, instructions_for
+from rfm.sim.render import CameraRenderer
+
+MT10_TASKS = ["reach-v3", "push-v3", "pick-place-v3", "door-open-v3", "drawer-open-v3", "drawer-close-v3",
+              "button-press-topdown-v3", "peg-insert-side-v3", "window-open-v3", "window-close-v3"]
+STATE_NAMES = ["hand_x", "hand_y", "hand_z", "gripper_open"]
+ACTION_NAMES = ["dx", "dy", "dz", "gripper"]
+CONTROL_HZ = 80.0  # MuJoCo timestep 2.5 ms x frame_skip 5
+MAX_STEPS = 500  # Meta-World's episode limit
+TRAIN_SEED_LIMIT = 100_000
+EVAL_SEED_BASE = 1_000_000
+STEPS_AFTER_SUCCESS = 3  # keep a few frames of "holding still" after success
+
+__all__ = ["MetaWorldEnv", "Episode", "generate_episode", "generate_episodes", "expand_tasks", "instructions_for",
+           "MT10_TASKS", "STATE_NAMES", "ACTION_NAMES", "CONTROL_HZ", "INSTRUCTIONS"]
+
+
+def expand_tasks(tasks: list[str] | str) -> list[str]:
+    """'mt10' -> the ten MT10 tasks; validates names with a 'did you mean'."""
+    from metaworld.env_dict import ALL_V3_ENVIRONMENTS
+
+    from rfm.config import did_you_mean
+
+    names = tasks.split(",") if isinstance(tasks, str) else list(tasks)
+    out: list[str] = []
+    for t in names:
+        t = t.strip()
+        if t.lower() == "mt10":
+            out.extend(MT10_TASKS)
+        elif t in ALL_V3_ENVIRONMENTS:
+            out.append(t)
+        else:
+            raise ValueError(f"unknown Meta-World task {t!r}.{did_you_mean(t, list(ALL_V3_ENVIRONMENTS))}")
+    return list(dict.fromkeys(out))
+
+
+class MetaWorldEnv:
+    """One Meta-World task with rendered cameras; reset(seed) -> obs, step(action) -> (obs, reward, done, info)."""
+
+    def __init__(self, task: str, cameras: list[str], size: int = 128, seed: int = EVAL_SEED_BASE,
+                 instruction: str | None = None, max_steps: int = MAX_STEPS) -> None:
+        from metaworld.env_dict import ALL_V3_ENVIRONMENTS
+
+        self.task = expand_tasks([task])[0]
+        env = ALL_V3_ENVIRONMENTS[self.task]()
+        env._freeze_rand_vec = False  # new object/goal positions at every reset...
+        env.seeded_rand_vec = True  # ...drawn from the env's own seeded generator
+        env._set_task_called = True
+        env._partially_observable = False  # the scripted expert reads the goal from the full observation
+        try:
+            del env.sawyer_observation_space  # cached for the partially observable space: recompute
+        except AttributeError:
+            pass
+        self.env = env
+        self.renderer = CameraRenderer(env.model, size, cameras)
+        self.cameras, self.size = list(cameras), size
+        self.instruction = instruction or instructions_for(self.task)[0]
+        self.max_steps = min(max_steps, MAX_STEPS)
+        self.seed, self.steps, self._raw = seed, 0, None
+
+    def _obs(self) -> dict:
+        return {"images": self.renderer.render(self.env.data),
+                "state": np.asarray(self._raw[:4], np.float32), "instruction": self.instruction}
+
+    def reset(self, seed: int | None = None) -> dict:
+        if seed is not None:
+            self.seed = seed
+        self.env.seed(int(self.seed))
+        self._raw, _ = self.env.reset()
+        self.steps = 0
+        return self._obs()
+
+    def step(self, action: np.ndarray) -> tuple[dict, float, bool, dict]:
+        action = np.clip(np.asarray(action, np.float32).reshape(4), -1.0, 1.0)
+        self._raw, reward, _, truncated, info = self.env.step(action)
+        self.steps += 1
+        success = bool(info.get("success", 0.0))
+        done = success or truncated or self.steps >= self.max_steps
+        return self._obs(), float(reward), done, {**info, "success": success}
+
+    def expert_action(self) -> np.ndarray:
+        """The scripted expert's action for the current state (for demonstrations and DAgger corrections)."""
+        return np.clip(_expert(self.task).get_action(self._raw), -1.0, 1.0).astype(np.float32)
+
+    def close(self) -> None:
+        self.renderer.close()
+        self.env.close()
+
+
+_EXPERTS: dict = {}
+
+
+def _expert(task: str):
+    from metaworld.policies import ENV_POLICY_MAP
+
+    if task not in _EXPERTS:
+        _EXPERTS[task] = ENV_POLICY_MAP[task]()
+    return _EXPERTS[task]
+
+
+@dataclass
+class Episode:
+    task: str  # env name, e.g. "reach-v3"
+    instruction: str  # language instruction used for this episode
+    seed: int  # env seed: replaying it reproduces the episode
+    frames: dict[str, np.ndarray]  # {camera: (T, H, W, 3) uint8}; frame t is seen before action t
+    state: np.ndarray  # (T, 4) float32
+    action: np.ndarray  # (T, 4) float32
+    success: bool
+
+
+_WORKER_ENVS: dict = {}
+
+
+def generate_episode(task: str, seed: int, cameras: list[str], size: int, max_steps: int | None = None,
+                     env: MetaWorldEnv | None = None) -> Episode:
+    """Roll out the scripted expert once; success tells whether to keep it."""
+    own = env is None
+    env = env or MetaWorldEnv(task, cameras, size)
+    try:
+        obs = env.reset(seed)
+        frames: dict[str, list] = {c: [] for c in cameras}
+        states, actions = [], []
+        success, after = False, 0
+        for _ in range(max_steps or MAX_STEPS):
+            action = env.expert_action()
+            for c in cameras:
+                frames[c].append(obs["images"][c])
+            states.append(obs["state"])
+            actions.append(action)
+            obs, _, done, info = env.step(action)
+            success = success or info["success"]
+            if success:
+                after += 1
+                if after > STEPS_AFTER_SUCCESS:
+                    break
+            elif done:
+                break
+        return Episode(task, env.instruction, int(seed), {c: np.stack(v) for c, v in frames.items()},
+                       np.stack(states).astype(np.float32), np.stack(actions).astype(np.float32), success)
+    finally:
+        if own:
+            env.close()
+
+
+def _work(item: tuple) -> Episode:
+    task, seed, cameras, size, max_steps = item
+    key = (task, tuple(cameras), size)
+    if key not in _WORKER_ENVS:
+        _WORKER_ENVS[key] = MetaWorldEnv(task, cameras, size)
+    return generate_episode(task, seed, cameras, size, max_steps, env=_WORKER_ENVS[key])
+
+
+def generate_episodes(tasks: list[str] | str, episodes_per_task: int, cameras: list[str], size: int = 128,
+                      seed: int = 0, workers: int = 2, progress: bool = True,
+                      max_steps: int | None = None) -> Iterator[Episode]:
+    """Yield `episodes_per_task` successful expert episodes per task, in a deterministic order.
+
+    Seeds seed, seed+1, ... are tried per task (failures are skipped and replaced by the next seed); all stay below
+    TRAIN_SEED_LIMIT. Work runs in `workers` spawned processes, each with its own renderer.
+    """
+    from tqdm.auto import tqdm
+
+    tasks = expand_tasks(tasks)
+    if episodes_per_task < 1:
+        raise ValueError(f"episodes_per_task={episodes_per_task}: expected >= 1")
+    bar = tqdm(total=episodes_per_task * len(tasks), desc="episodes", disable=not progress, dynamic_ncols=True)
+    ctx = mp.get_context("spawn")
+    pool = ctx.Pool(workers) if workers > 1 else None
+    try:
+        for task in tasks:
+            kept, next_seed = 0, seed
+            while kept < episodes_per_task:
+                n = episodes_per_task - kept + max(2, (episodes_per_task - kept) // 10)  # a small margin for failures
+                seeds = list(range(next_seed, next_seed + n))
+                next_seed += n
+                if seeds[-1] >= TRAIN_SEED_LIMIT:
+                    raise RuntimeError(f"{task}: ran out of training seeds below {TRAIN_SEED_LIMIT}")
+                items = [(task, s, list(cameras), size, max_steps) for s in seeds]
+                results = pool.imap(_work, items) if pool else map(_work, items)
+                for ep in results:
+                    if ep.success and kept < episodes_per_task:
+                        kept += 1
+                        bar.update(1)
+                        yield ep
+                if kept == 0 and next_seed - seed > 50:
+                    raise RuntimeError(f"{task}: the scripted expert failed on 50 seeds in a row")
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.terminate()
