@@ -128,6 +128,16 @@ def read_parquet(path: Path, columns: list[str] | None = None, filters: Any = No
         raise DatasetError(path, None, f"cannot read parquet (truncated or corrupt?): {e}") from None
 
 
+def parquet_columns(path: Path) -> list[str]:
+    """Column names from the parquet footer (cheap); errors name the file."""
+    try:
+        return pq.read_schema(path).names
+    except FileNotFoundError:
+        raise DatasetError(path, None, "parquet file is missing") from None
+    except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as e:
+        raise DatasetError(path, None, f"cannot read parquet (truncated or corrupt?): {e}") from None
+
+
 def require(d: dict, key: str, path: Path, kind: type | tuple[type, ...], where: str = "") -> Any:
     """d[key], checked for presence and type; errors name file and field."""
     field = f"{where}{key}"

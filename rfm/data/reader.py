@@ -13,10 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from rfm.constants import ACTION, OBS_IMAGES, OBS_STATE
-from rfm.data import legacy
+from rfm.data import legacy, video
 from rfm.data import lerobot_meta as lm
 from rfm.data import stats as st
-from rfm.data import video
 from rfm.data.cache import ByteLRU
 from rfm.data.errors import DatasetError
 from rfm.data.frames import column_to_numpy, decode_image
@@ -155,14 +154,18 @@ class LeRobotDataset:
         cols: dict[str, list[np.ndarray]] = {k: [] for k in keys}
         offset = 0
         for path, eps in by_file.items():
-            table = lm.read_parquet(path)
+            names = lm.parquet_columns(path)
             for k in keys:
-                if k not in table.column_names:
+                if k not in names:
                     raise DatasetError(path, k, "column is missing (meta/info.json declares the feature)")
+            table = lm.read_parquet(path, columns=keys)  # numeric columns only: images stay on disk
             arrays = {k: column_to_numpy(table.column(k), self.features[k], k, path) for k in keys}
             ep_col = arrays["episode_index"]
+            by_ep = np.argsort(ep_col, kind="stable")  # rows grouped by episode, file order kept inside a group
+            sorted_eps = ep_col[by_ep]
             for ep in eps:
-                rows = np.flatnonzero(ep_col == ep.index)
+                lo, hi = np.searchsorted(sorted_eps, ep.index, "left"), np.searchsorted(sorted_eps, ep.index, "right")
+                rows = by_ep[lo:hi]
                 if len(rows) != ep.length:
                     raise DatasetError(path, "episode_index", f"episode {ep.index} has {len(rows)} rows, its episode "
                                                               f"metadata says length {ep.length}")
@@ -298,8 +301,8 @@ class LeRobotDataset:
         """One timestep: {"images": {cam: (H, W, 3) uint8}, "state", "action", "instruction", indices, time}."""
         e = self.frame_episode(i)
         return {
-            "images": {cam: self.episode_frames(e.index, cam)[i - e.start] for cam in self.cameras},
-            "state": self.states[i], "action": self.actions[i], "instruction": self.instruction(i),
+            "images": {cam: self.episode_frames(e.index, cam)[i - e.start].copy() for cam in self.cameras},
+            "state": self.states[i].copy(), "action": self.actions[i].copy(), "instruction": self.instruction(i),
             "episode_index": int(self.episode_index[i]), "frame_index": int(self.frame_index[i]),
             "timestamp": float(self.timestamps[i]),
         }

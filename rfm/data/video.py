@@ -14,7 +14,7 @@ from rfm.data.errors import DatasetError
 
 os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints a banner per encoder at its default level; keep errors only
 
-import av  # noqa: E402
+import av
 
 logging.getLogger("libav").setLevel(logging.ERROR)
 
@@ -28,7 +28,7 @@ def available_encoders() -> list[str]:
         try:
             av.codec.Codec(name, "w")
             out.append(name)
-        except Exception:  # noqa: BLE001 - PyAV raises several types for a missing codec
+        except Exception:  # noqa: BLE001, S110 - PyAV raises several types for a missing codec
             pass
     return out
 
@@ -69,6 +69,7 @@ class VideoFileWriter:
         self._stream.width, self._stream.height = self.width, self.height
         self._stream.time_base = Fraction(1, self.fps)
         self.num_frames = 0
+        self.bytes_written = 0  # muxed packet bytes (the file on disk lags behind the muxer's buffers)
 
     def write(self, frames: np.ndarray) -> tuple[float, float]:
         """Encode frames; returns (from_timestamp, to_timestamp) of this block in the file, in seconds."""
@@ -78,12 +79,13 @@ class VideoFileWriter:
             frame.pts = self.num_frames
             frame.time_base = Fraction(1, self.fps)
             for packet in self._stream.encode(frame):
+                self.bytes_written += packet.size
                 self._container.mux(packet)
             self.num_frames += 1
         return start / self.fps, self.num_frames / self.fps
 
     def size_bytes(self) -> int:
-        return self.path.stat().st_size if self.path.exists() else 0
+        return max(self.bytes_written, self.path.stat().st_size if self.path.exists() else 0)
 
     def close(self) -> None:
         if self._container is None:
@@ -98,7 +100,7 @@ class VideoFileWriter:
         if self._container is not None:
             try:
                 self._container.close()
-            except Exception:  # noqa: BLE001 - a half-written file may fail to close; it is deleted next
+            except Exception:  # noqa: BLE001, S110 - a half-written file may fail to close; it is deleted next
                 pass
             self._container = None
 
@@ -114,7 +116,7 @@ def probe(path: str | Path, field: str | None = None) -> dict:
                 float(c.duration / av.time_base) if c.duration else 0.0)
             return {"video.height": s.height, "video.width": s.width, "video.codec": s.codec.canonical_name,
                     "video.pix_fmt": s.pix_fmt, "video.is_depth_map": False,
-                    "video.fps": int(round(float(s.base_rate or s.average_rate or 0))), "video.channels": 3,
+                    "video.fps": round(float(s.base_rate or s.average_rate or 0)), "video.channels": 3,
                     "has_audio": bool(c.streams.audio), "frames": int(s.frames), "duration": duration}
     except DatasetError:
         raise

@@ -1,0 +1,117 @@
+"""`rfm data`: generate (Meta-World demonstrations), info, view (PNG contact sheet), import-hdf5."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from rfm.cli.main import CLIError
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="datasets: generate, info, view, import-hdf5")
+    dsub = p.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
+
+    g = dsub.add_parser("generate", help="generate demonstrations in simulation into a LeRobot v3.0 dataset")
+    g.add_argument("source", choices=["metaworld"], help="simulator")
+    g.add_argument("--tasks", type=_csv, required=True, help="comma-separated env tasks, e.g. reach-v3,button-press-topdown-v3 (or mt10)")
+    g.add_argument("--episodes", type=int, default=50, help="episodes per task (only successful ones are written)")
+    g.add_argument("--cameras", type=_csv, default=["corner2"], help="comma-separated camera names")
+    g.add_argument("--size", type=int, default=128, help="rendered image height and width")
+    g.add_argument("--out", required=True, help="output dataset directory (must not exist unless --overwrite)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--workers", type=int, default=2)
+    g.add_argument("--images", choices=["video", "image"], default="video", help="store cameras as mp4 or PNG")
+    g.add_argument("--vcodec", default=None, help="av1 | h264 (default: the first PyAV can encode, AV1 first)")
+    g.add_argument("--overwrite", action="store_true")
+    g.set_defaults(func=run_generate)
+
+    i = dsub.add_parser("info", help="summary of a dataset: episodes, frames, tasks, features, fps, size")
+    i.add_argument("path")
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(func=run_info)
+
+    v = dsub.add_parser("view", help="PNG contact sheet of an episode's frames plus state/action plots")
+    v.add_argument("path")
+    v.add_argument("--episode", type=int, default=0)
+    v.add_argument("--out", required=True, help="output PNG path")
+    v.add_argument("--frames", type=int, default=8, help="frames shown per camera")
+    v.set_defaults(func=run_view)
+
+    h = dsub.add_parser("import-hdf5", help="import ALOHA or robomimic HDF5 demonstrations")
+    h.add_argument("paths", nargs="+", help="HDF5 files or directories of them")
+    h.add_argument("--out", required=True)
+    h.add_argument("--fps", type=int, required=True, help="control rate of the recordings")
+    h.add_argument("--task", required=True, help="language instruction for every episode")
+    h.add_argument("--layout", choices=["auto", "aloha", "robomimic"], default="auto")
+    h.add_argument("--cameras", type=_csv, default=None, help="cameras to keep (default: all)")
+    h.add_argument("--state-keys", type=_csv, default=None, help="robomimic: low-dim obs keys forming the state")
+    h.add_argument("--robot-type", default="unknown")
+    h.add_argument("--images", choices=["video", "image"], default="video")
+    h.add_argument("--vcodec", default=None)
+    h.add_argument("--overwrite", action="store_true")
+    h.set_defaults(func=run_import)
+    p.set_defaults(func=lambda args: p.print_help() or 0)
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    from rfm.data.generate import write_metaworld
+
+    if args.episodes < 1 or args.size < 8:
+        raise CLIError(f"--episodes must be >= 1 and --size >= 8 (got {args.episodes}, {args.size})")
+    res = write_metaworld(args.out, args.tasks, args.episodes, args.cameras, args.size, seed=args.seed,
+                          workers=args.workers, use_videos=args.images == "video", vcodec=args.vcodec,
+                          overwrite=args.overwrite)
+    for task, tried in res["tried"].items():
+        print(f"{task}: kept {res['kept'].get(task, 0)}/{tried} episodes (successful ones only)")
+    print(f"wrote {res['episodes']} episodes, {res['frames']} frames at {res['fps']} Hz to {res['out']}")
+    return 0
+
+
+def run_info(args: argparse.Namespace) -> int:
+    from rfm.data.reader import LeRobotDataset
+    from rfm.data.view import summary
+
+    info = summary(LeRobotDataset(args.path))
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    width = max(len(k) for k in info)
+    for k, v in info.items():
+        if k == "features":
+            print(f"{k:<{width}}")
+            for fk, fv in v.items():
+                print(f"  {fk:<{width + 14}} {fv}")
+            continue
+        if k == "tasks":
+            v = f"{len(v)}: " + "; ".join(repr(t) for t in v[:10]) + (" ..." if len(v) > 10 else "")
+        print(f"{k:<{width}}  {v}")
+    return 0
+
+
+def run_view(args: argparse.Namespace) -> int:
+    from rfm.data.reader import LeRobotDataset
+    from rfm.data.view import contact_sheet
+
+    ds = LeRobotDataset(args.path)
+    if args.episode not in {e.index for e in ds.episodes}:
+        raise CLIError(f"--episode {args.episode} is not in {args.path} (episodes 0..{ds.num_episodes - 1})")
+    print(f"wrote {contact_sheet(ds, args.episode, args.out, args.frames)}")
+    return 0
+
+
+def run_import(args: argparse.Namespace) -> int:
+    from rfm.data.hdf5 import import_hdf5
+
+    root = import_hdf5(args.paths, args.out, fps=args.fps, task=args.task, layout=args.layout,
+                       robot_type=args.robot_type, cameras=args.cameras, state_keys=args.state_keys,
+                       use_videos=args.images == "video", vcodec=args.vcodec, overwrite=args.overwrite)
+    from rfm.data.reader import LeRobotDataset
+
+    ds = LeRobotDataset(root)
+    print(f"imported {ds.num_episodes} episodes, {ds.num_frames} frames into {root}")
+    return 0

@@ -1,0 +1,70 @@
+"""Human views of a dataset: a summary dict (`rfm data info`) and a PNG contact sheet (`rfm data view`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from rfm.data.reader import LeRobotDataset
+
+
+def summary(ds: LeRobotDataset) -> dict:
+    storage = {}
+    for cam in ds.cameras:
+        ft = ds.features[ds.camera_key(cam)]
+        codec = (ft.get("info") or {}).get("video.codec")
+        storage[cam] = f"{ft['dtype']}{f' ({codec})' if codec else ''} {'x'.join(map(str, ds.image_shape(cam)))}"
+    lengths = [e.length for e in ds.episodes]
+    return {
+        "path": str(ds.root), "codebase_version": ds.version, "robot_type": ds.robot_type, "fps": ds.fps,
+        "episodes": ds.num_episodes, "frames": ds.num_frames,
+        "episode_length": {"min": min(lengths), "mean": round(float(np.mean(lengths)), 1), "max": max(lengths)},
+        "duration_s": round(ds.num_frames / ds.fps, 1), "tasks": ds.tasks, "cameras": storage,
+        "state": ds.state_names, "action": ds.action_names,
+        "features": {k: f"{ft['dtype']} {list(ft['shape'])}" for k, ft in ds.features.items()},
+        "size_on_disk_mb": round(ds.size_bytes() / 2**20, 2),
+    }
+
+
+def contact_sheet(ds: LeRobotDataset, episode: int, out: str | Path, n_frames: int = 8) -> Path:
+    """PNG: per camera a row of n_frames evenly spaced frames, then state and action trajectories."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    start, stop = ds.episode_range(episode)
+    t = stop - start
+    picks = np.unique(np.linspace(0, t - 1, min(n_frames, t)).round().astype(int))
+    cams = ds.cameras
+    rows = len(cams) + 2
+    fig = Figure(figsize=(1.6 * len(picks) + 0.6, 1.7 * len(cams) + 5.0), dpi=100)
+    FigureCanvasAgg(fig)
+    grid = fig.add_gridspec(rows, len(picks), height_ratios=[1.0] * len(cams) + [1.4, 1.4])
+    for r, cam in enumerate(cams):
+        frames = ds.episode_frames(episode, cam)
+        for c, i in enumerate(picks):
+            ax = fig.add_subplot(grid[r, c])
+            ax.imshow(frames[i])
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(f"t={i / ds.fps:.2f}s", fontsize=8)
+            if c == 0:
+                ax.set_ylabel(cam, fontsize=9)
+    time = np.arange(t) / ds.fps
+    for r, (name, values, labels) in enumerate((("state", ds.states[start:stop], ds.state_names),
+                                                 ("action", ds.actions[start:stop], ds.action_names))):
+        ax = fig.add_subplot(grid[len(cams) + r, :])
+        for d in range(values.shape[1]):
+            ax.plot(time, values[:, d], label=labels[d] if d < len(labels) else str(d), linewidth=1.2)
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+        if values.shape[1] and values.shape[1] <= 12:
+            ax.legend(fontsize=7, ncol=min(6, values.shape[1]), loc="upper right")
+    fig.axes[-1].set_xlabel("time (s)")
+    fig.suptitle(f"{ds.root.name}: episode {episode} ({t} frames) — {ds.instruction(start)!r}", fontsize=10)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    return out

@@ -1,0 +1,123 @@
+"""Training windows: (images_t, state_t, instruction) -> actions t..t+H-1, from a LeRobotDataset.
+
+Each episode's camera streams are decoded once, resized to the model's image size, and kept as uint8 in a
+byte-bounded LRU cache, so video decoding is not the training bottleneck. Works with DataLoader workers
+(each worker fills its own cache).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from rfm.config import RobotInterface, did_you_mean
+from rfm.data.cache import ByteLRU
+from rfm.data.reader import LeRobotDataset
+
+RESIZE_BLOCK = 64  # frames resized per interpolate call (bounds the float32 working memory)
+
+
+def interface_from_dataset(ds: LeRobotDataset, chunk_size: int = 16, image_size: tuple[int, int] | None = None,
+                           cameras: list[str] | None = None) -> RobotInterface:
+    """The RobotInterface a policy trained on `ds` serves: its cameras, state/action names and control rate.
+
+    image_size None = the first chosen camera's recorded (H, W).
+    """
+    cams = list(cameras) if cameras else ds.cameras
+    for c in cams:
+        if c not in ds.cameras:
+            raise ValueError(f"camera {c!r} is not in dataset {ds.root}; cameras: {ds.cameras}.{did_you_mean(c, ds.cameras)}")
+    if image_size is None:
+        image_size = ds.image_shape(cams[0])[:2]
+    return RobotInterface(cameras=cams, image_size=tuple(image_size), state_names=ds.state_names,
+                          action_names=ds.action_names, chunk_size=chunk_size, control_hz=float(ds.fps),
+                          robot_type=ds.robot_type)
+
+
+def resize_frames(frames: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+    """(T, H, W, 3) uint8 -> (T, 3, h, w) uint8, antialiased bilinear."""
+    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
+    if tuple(x.shape[2:]) == tuple(size):
+        return x.contiguous()
+    out = []
+    for i in range(0, x.shape[0], RESIZE_BLOCK):
+        block = x[i:i + RESIZE_BLOCK].float()
+        block = F.interpolate(block, size=tuple(size), mode="bilinear", antialias=True, align_corners=False)
+        out.append(block.round_().clamp_(0, 255).to(torch.uint8))
+    return torch.cat(out)
+
+
+class WindowDataset(Dataset):
+    """One item per frame of the chosen episodes.
+
+    item = {"images": (N_cam, 3, H, W) uint8, "state": (D_s,) f32, "actions": (H, D_a) f32 (the last action
+    repeated past the episode end), "action_pad": (H,) bool (True where padded), "instruction": str,
+    "episode_index": int}
+    """
+
+    def __init__(self, ds: LeRobotDataset, interface: RobotInterface, episodes: list[int] | None = None,
+                 cache_bytes: int = 2 << 30) -> None:
+        self.ds, self.interface = ds, interface
+        for c in interface.cameras:
+            if c not in ds.cameras:
+                raise ValueError(f"interface camera {c!r} is not in dataset {ds.root}; cameras: {ds.cameras}")
+        if ds.states.shape[1] != interface.state_dim:
+            raise ValueError(f"dataset state has {ds.states.shape[1]} values, the interface expects {interface.state_dim}")
+        if ds.actions.shape[1] != interface.action_dim:
+            raise ValueError(f"dataset action has {ds.actions.shape[1]} values, the interface expects {interface.action_dim}")
+        eps = [e.index for e in ds.episodes] if episodes is None else list(episodes)
+        self.episodes = [ds.episode(e) for e in eps]
+        self.frames = np.concatenate([np.arange(e.start, e.stop) for e in self.episodes]) if self.episodes \
+            else np.zeros(0, np.int64)
+        self.frame_ep = np.concatenate([np.full(e.length, i) for i, e in enumerate(self.episodes)]) if self.episodes \
+            else np.zeros(0, np.int64)
+        self.cache = ByteLRU(cache_bytes)
+        h, w = interface.image_size
+        need = len(self.frames) * len(interface.cameras) * 3 * h * w
+        if need > cache_bytes:
+            warnings.warn(f"decoded frames of the chosen episodes need {need / 2**30:.1f} GiB, the frame cache holds "
+                          f"{cache_bytes / 2**30:.1f} GiB per worker: episodes will be decoded repeatedly; raise "
+                          f"cache_bytes or train on fewer episodes per run", stacklevel=2)
+        self._offsets = np.arange(interface.chunk_size)
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def episode_images(self, ep: int) -> torch.Tensor:
+        """(T, N_cam, 3, H, W) uint8 for one episode, decoded once and cached."""
+        def load() -> torch.Tensor:
+            cams = [resize_frames(self.ds.decode_episode(ep, c), self.interface.image_size)
+                    for c in self.interface.cameras]
+            return torch.stack(cams, dim=1)
+        return self.cache.get_or_compute(ep, load)
+
+    def __getitem__(self, i: int) -> dict:
+        g = int(self.frames[i])
+        e = self.episodes[int(self.frame_ep[i])]
+        idx = g + self._offsets
+        pad = idx >= e.stop
+        idx = np.minimum(idx, e.stop - 1)
+        return {
+            "images": self.episode_images(e.index)[g - e.start],
+            "state": torch.from_numpy(self.ds.states[g].copy()),
+            "actions": torch.from_numpy(self.ds.actions[idx]),
+            "action_pad": torch.from_numpy(pad),
+            "instruction": self.ds.instruction(g),
+            "episode_index": e.index,
+        }
+
+
+def collate_windows(items: list[dict]) -> dict:
+    """Stack items: images (B, N, 3, H, W) uint8, state (B, D_s), actions (B, H, D_a), action_pad (B, H)."""
+    return {
+        "images": torch.stack([it["images"] for it in items]),
+        "state": torch.stack([it["state"] for it in items]),
+        "actions": torch.stack([it["actions"] for it in items]),
+        "action_pad": torch.stack([it["action_pad"] for it in items]),
+        "instruction": [it["instruction"] for it in items],
+        "episode_index": torch.tensor([it["episode_index"] for it in items], dtype=torch.long),
+    }
