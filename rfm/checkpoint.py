@@ -198,3 +198,25 @@ def model_card(policy, config: dict) -> str:
               "runner = TorchRunner.from_checkpoint('<this directory>')",
               "chunk = runner.predict({'images': {...}, 'state': [...], 'instruction': '...'})", "```", ""]
     return "\n".join(lines)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def update_meta(path: str | Path, section: str, value: dict) -> None:
+    """Record e.g. evaluation results in a checkpoint's config.json meta and model card, each file replaced atomically.
+
+    Weights, stats and any other files (such as training_state/) are left untouched.
+    """
+    path = Path(path)
+    policy = load_checkpoint(path)
+    raw = _read_json(path / CONFIG_FILE)
+    raw.setdefault("meta", {})[section] = _jsonable(value)
+    policy.meta = raw["meta"]
+    _atomic_write_text(path / CONFIG_FILE, json.dumps(raw, indent=2))
+    _atomic_write_text(path / MODEL_CARD_FILE, model_card(policy, raw))

@@ -25,6 +25,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--video-dir", default=None, help="write a GIF of the first episode per task here")
     p.add_argument("--workers", type=int, default=1, help="parallel processes, each with its own runner")
     p.add_argument("--out", default=None, help="write results JSON here")
+    p.add_argument("--update-card", action="store_true",
+                   help="record the results in the checkpoint's config.json meta and model card")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
 
@@ -45,4 +47,17 @@ def run(args: argparse.Namespace) -> int:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(results, indent=2))
         print(f"wrote {args.out}")
+    if args.update_card:
+        if args.backend != "torch":
+            raise CLIError("--update-card needs --backend torch (a checkpoint directory)")
+        from rfm.checkpoint import read_config, update_meta
+
+        cfg_meta = read_config(args.checkpoint)[1].get("meta", {})
+        evals = dict(cfg_meta.get("evaluation", {}))
+        key = f"metaworld{'-paraphrase' if args.paraphrase else ''}{'-ensemble' if args.ensemble else ''}"
+        evals[key] = {"mean_success_rate": results["mean_success_rate"],
+                      "tasks": {t: r["success_rate"] for t, r in results["tasks"].items()},
+                      "episodes_per_task": args.episodes, "seed": min(results["seeds"])}
+        update_meta(args.checkpoint, "evaluation", evals)
+        print(f"recorded in {args.checkpoint}/config.json and README.md")
     return 0

@@ -72,3 +72,19 @@ def test_chunk_queue_executes_n_then_replans():
     assert q.needs_chunk()
     q.push(np.arange(5.0)[:, None])
     assert [q.pop()[0], q.pop()[0]] == [0.0, 1.0] and q.needs_chunk()
+
+
+def test_update_card_records_results_without_touching_weights(ckpt, tmp_path):
+    import shutil
+
+    local = tmp_path / "ck"
+    shutil.copytree(ckpt, local)
+    before = (local / "model.safetensors").read_bytes()
+    proc = subprocess.run([sys.executable, "-m", "rfm.cli.main", "eval", "--checkpoint", str(local), "--tasks",
+                           "reach-v3", "--episodes", "1", "--max-steps", "5", "--no-progress", "--update-card"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    meta = json.loads((local / "config.json").read_text())["meta"]
+    assert set(meta["evaluation"]["metaworld"]["tasks"]) == {"reach-v3"}
+    assert "Evaluation" in (local / "README.md").read_text()
+    assert (local / "model.safetensors").read_bytes() == before
