@@ -6,9 +6,9 @@ import asyncio
 import logging
 import threading
 import time
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Callable
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -20,14 +20,16 @@ from serving.auth import ApiKeys
 from serving.config import ServerConfig
 from serving.errors import ApiError, NotReady, PayloadTooLarge, to_api_error
 from serving.limits import ActionLimits
+from serving.memory import HeapTrimmer
 from serving.metrics import Metrics
 from serving.openpi import OpenpiMapping
-from serving.schemas import ERROR_RESPONSES, ActRequestBody, ActResponseBody
+from serving.schemas import ERROR_RESPONSES, ActRequestBody, ActResponseBody, EpisodeEndBody
 from serving.service import InferenceService
 
 log = logging.getLogger("rfm.serving")
-ROUTES = ("/v1/act", "/v1/models", "/healthz", "/readyz", "/metrics", "/docs", "/openapi.json")
+ROUTES = ("/v1/act", "/v1/episodes/end", "/v1/models", "/healthz", "/readyz", "/metrics", "/docs", "/openapi.json")
 JSON_DECODE_IN_THREAD_BYTES = 16 * 1024  # bigger JSON bodies (base64 images) are decoded off the event loop
+DECODE_IN_THREAD_BYTES = 1024 * 1024  # msgpack too when this big (nested lists, JPEG/PNG bytes)
 
 
 class ServerState:
@@ -60,7 +62,11 @@ class ServerState:
             t = time.perf_counter()
             r = self._runner_or_loader
             runner = r if isinstance(r, Runner) else r()
-            runner.warmup(self.config.batch_sizes_to_warm())
+            trim = HeapTrimmer(0.0).maybe_trim  # give back what loading and each warm-up batch left behind,
+            trim()  # so the resident peak is the model plus one batch, not the sum of transients
+            for b in self.config.batch_sizes_to_warm():
+                runner.warmup([b])
+                trim()
             names = runner.interface.action_names
             if self.config.action_limits:
                 limits = ActionLimits.from_file(self.config.action_limits, names)
@@ -70,12 +76,18 @@ class ServerState:
                 limits = None
             self.openpi = (OpenpiMapping.from_file(self.config.openpi_mapping, runner.interface.cameras)
                            if self.config.openpi_mapping else OpenpiMapping.default(runner.interface.cameras))
-            self.service = InferenceService(runner, self.config, self.metrics, limits, self.audit)
+            recorder = None
+            if self.config.record_dir:
+                from rfm.runtime.recorder import Recorder
+
+                recorder = Recorder(self.config.record_dir, runner.interface,
+                                    idle_timeout_s=self.config.record_idle_timeout_s)
+            self.service = InferenceService(runner, self.config, self.metrics, limits, self.audit, recorder)
             self.metrics.ready.set(1)
             log.info("model %s@%s ready (warm-up %.1f s, batch sizes %s, limits %s)", runner.model_id,
                      runner.model_version, time.perf_counter() - t, self.config.batch_sizes_to_warm(),
                      limits.source if limits else "none")
-        except Exception as e:  # noqa: BLE001 - reported by /readyz, the server stays alive for diagnosis
+        except Exception as e:  # reported by /readyz; the process stays up for diagnosis
             log.exception("model failed to load")
             self.load_error = f"model failed to load: {type(e).__name__}: {str(e)[:300]}"
 
@@ -141,13 +153,13 @@ def error_response(err: ApiError, request_id: str | None = None) -> JSONResponse
 
 
 async def decode_act(service: InferenceService, body: bytes, fmt: str) -> codec.ActRequest:
-    """Body bytes -> ActRequest; large JSON bodies (base64 images) are decoded in a worker thread."""
+    """Body bytes -> ActRequest; large bodies are decoded in a worker thread, raw msgpack pixels inline."""
     itf = service.interface
 
     def decode() -> codec.ActRequest:
         return codec.parse_act(codec.loads(body, fmt), itf.cameras, itf.image_size)
 
-    if fmt == "json" and len(body) > JSON_DECODE_IN_THREAD_BYTES:
+    if len(body) > (JSON_DECODE_IN_THREAD_BYTES if fmt == "json" else DECODE_IN_THREAD_BYTES):
         return await asyncio.to_thread(decode)
     return decode()
 
@@ -200,12 +212,26 @@ def create_app(runner: Runner | Callable[[], Runner], config: ServerConfig | Non
                         media_type=codec.MSGPACK if out == "msgpack" else codec.JSON,
                         headers={"X-Request-ID": result.request_id})
 
+    @app.post("/v1/episodes/end", responses=ERROR_RESPONSES,
+              summary="End a robot session's recorded episode (robot reset), with an optional success label")
+    async def end_episode(request: Request, body: EpisodeEndBody):
+        try:
+            client_id = state.authorize(request.headers.get("authorization"))
+            service = state.require_service()
+            if service.recorder is None:
+                raise ApiError(409, "not_recording", "this server was started without --record")
+            key = body.session_id or body.robot_id or client_id or "default"
+            service.recorder.end_episode(key, success=body.success)
+            return {"session": key, "recording": True}
+        except Exception as e:  # noqa: BLE001 - becomes a clean status + message
+            return error_response(to_api_error(e, state.config.retry_after_s))
+
     @app.get("/v1/models", summary="The served model: robot interface, identity, server settings")
     async def models(request: Request):
         try:
             state.authorize(request.headers.get("authorization"))
             return state.require_service().describe()
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:  # noqa: BLE001 - becomes a clean status + message
             return error_response(to_api_error(e, state.config.retry_after_s))
 
     @app.get("/healthz", summary="Liveness: the process is up")

@@ -17,7 +17,7 @@ log = logging.getLogger("rfm.serving")
 
 def action_summary(actions: np.ndarray) -> dict:
     """Small, fixed-size record of a chunk (H, D_a): first action and per-dim min/max, rounded."""
-    r = lambda a: [round(float(v), 5) for v in a]  # noqa: E731
+    r = lambda a: [round(float(v), 5) for v in a]
     return {"shape": list(actions.shape), "first": r(actions[0]), "min": r(actions.min(0)), "max": r(actions.max(0))}
 
 

@@ -12,8 +12,8 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -72,10 +72,13 @@ class Batcher:
     """One bounded queue, one worker thread, one runner call per batch."""
 
     def __init__(self, predict: Callable[[Batch], np.ndarray], max_batch: int = 32, max_wait_ms: float = 2.0,
-                 queue_size: int = 256, on_batch: Callable[[int, float], None] | None = None) -> None:
-        """`predict`: Batch -> actions (B, H, D_a); `on_batch(batch_size, seconds)` is called after each batch."""
+                 queue_size: int = 256, on_batch: Callable[[int, float], None] | None = None,
+                 on_idle: Callable[[], None] | None = None, idle_s: float = 1.0) -> None:
+        """`predict`: Batch -> actions (B, H, D_a); `on_batch(batch_size, seconds)` is called after each batch,
+        `on_idle()` when a batch is done and nothing is queued, and every `idle_s` while idle (housekeeping
+        off the hot path)."""
         self.predict, self.max_batch, self.max_wait = predict, max_batch, max_wait_ms / 1000.0
-        self.queue_size, self.on_batch = queue_size, on_batch
+        self.queue_size, self.on_batch, self.on_idle, self.idle_s = queue_size, on_batch, on_idle, idle_s
         self._queue: deque[_Item] = deque()
         self._cond = threading.Condition()
         self._closing = False
@@ -114,7 +117,7 @@ class Batcher:
                 item.loop.call_soon_threadsafe(_resolve, item.future, None, ShuttingDown("server shut down"))
 
     # --- worker thread ---------------------------------------------------------------------------------------
-    def _take(self) -> list[_Item] | None:
+    def _take(self) -> list[_Item] | None:  # None: closing; []: idle
         """Block for the next batch: up to max_batch items, at most max_wait after the oldest arrived.
 
         A lone request on a quiet server (the last batch was alone and nothing queued while it ran: one robot)
@@ -124,7 +127,8 @@ class Batcher:
             while not self._queue:
                 if self._closing:
                     return None
-                self._cond.wait()
+                if not self._cond.wait(self.idle_s) and self.on_idle is not None:
+                    return []  # idle for idle_s: the caller runs on_idle outside the lock
             wait = self.max_wait if (self._company or len(self._queue) > 1) else 0.0
             until = self._queue[0].enqueued + wait
             while len(self._queue) < self.max_batch and not self._closing:
@@ -141,6 +145,9 @@ class Batcher:
             items = self._take()
             if items is None:
                 return
+            if not items:
+                self._idle()
+                continue
             now = time.perf_counter()
             live = []
             for it in items:
@@ -153,6 +160,16 @@ class Batcher:
                 self._run_batch(live, now)
             with self._cond:
                 self._company = self._company or bool(self._queue)
+                idle = not self._queue
+            if idle:
+                self._idle()
+
+    def _idle(self) -> None:
+        if self.on_idle is not None:
+            try:
+                self.on_idle()
+            except Exception:  # housekeeping must never stop the worker
+                log.exception("on_idle callback failed")
 
     def _run_batch(self, items: list[_Item], start: float) -> None:
         batch = Batch(np.stack([it.images for it in items]), np.stack([it.state for it in items]),
@@ -161,7 +178,7 @@ class Batcher:
             actions = self.predict(batch)
             if actions.shape[0] != len(items):
                 raise RuntimeError(f"runner returned {actions.shape[0]} action chunks for a batch of {len(items)}")
-        except Exception as e:  # noqa: BLE001 - one bad batch must not stop the server
+        except Exception as e:  # one bad batch must not stop the server
             log.exception("batch of %d failed", len(items))
             err = BatchFailed(f"inference failed for this batch ({type(e).__name__})")
             for it in items:
@@ -171,7 +188,7 @@ class Batcher:
         if self.on_batch is not None:
             try:
                 self.on_batch(len(items), seconds)
-            except Exception:  # noqa: BLE001 - metrics must never break inference
+            except Exception:  # metrics must never break inference
                 log.exception("on_batch callback failed")
         for i, it in enumerate(items):
             res = BatchResult(actions[i], len(items), 1000 * (start - it.enqueued), 1000 * seconds)

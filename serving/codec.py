@@ -47,6 +47,9 @@ class ActRequest:
     request_id: str | None = None
     robot_id: str | None = None
     session_id: str | None = None
+    episode_end: bool = False  # recorder: this step ends the robot's episode
+    success: bool | None = None  # recorder: outcome label for this step / episode
+    correction: np.ndarray | None = None  # recorder: operator/expert action (D_a,) to learn from instead
 
 
 # --- content types -----------------------------------------------------------------------------------------
@@ -68,7 +71,7 @@ def loads(body: bytes, fmt: str) -> Any:
             return msgpack.unpackb(body, raw=False, strict_map_key=True, object_hook=_ndarray_hook)
         except PayloadError:
             raise
-        except Exception as e:  # noqa: BLE001 - msgpack raises many types for bad input
+        except Exception as e:  # msgpack raises many types for bad input
             raise PayloadError(f"body is not valid msgpack ({type(e).__name__}: {str(e)[:120]})") from e
     try:
         return json.loads(body)
@@ -86,7 +89,7 @@ def dumps(obj: Any, fmt: str) -> bytes:
 def _ndarray_hook(obj: dict) -> Any:
     """msgpack object_hook: openpi msgpack-numpy arrays ({b'__ndarray__': True, ...}) without pickle."""
     if b"__ndarray__" in obj or "__ndarray__" in obj:
-        get = lambda k: obj.get(k.encode(), obj.get(k))  # noqa: E731 - keys may be bytes or str
+        get = lambda k: obj.get(k.encode(), obj.get(k))
         return raw_array(get("data"), get("shape"), get("dtype"), "array")
     if b"__npgeneric__" in obj or "__npgeneric__" in obj:
         value = obj.get(b"data", obj.get("data"))
@@ -212,7 +215,25 @@ def parse_act(obj: Any, cameras: list[str], image_size: tuple[int, int]) -> ActR
                            f"{type(instruction).__name__}")
     decoded = {str(cam): decode_image(img, str(cam), image_size) for cam, img in images.items()}
     observation = {IMAGES: decoded, STATE: decode_state(obj[STATE]), INSTRUCTION: instruction}
-    return ActRequest(observation, _ident(obj, "request_id"), _ident(obj, "robot_id"), _ident(obj, "session_id"))
+    return ActRequest(observation, _ident(obj, "request_id"), _ident(obj, "robot_id"), _ident(obj, "session_id"),
+                      *_labels(obj))
+
+
+def _labels(obj: dict) -> tuple[bool, bool | None, np.ndarray | None]:
+    """Optional recording labels: episode_end (bool), success (bool), correction (list of D_a numbers)."""
+    end, success, correction = obj.get("episode_end", False), obj.get("success"), obj.get("correction")
+    if not isinstance(end, bool):
+        raise PayloadError(f"'episode_end' must be true or false, got {str(end)[:40]!r}")
+    if success is not None and not isinstance(success, bool):
+        raise PayloadError(f"'success' must be true, false or null, got {str(success)[:40]!r}")
+    if correction is not None:
+        try:
+            correction = np.asarray(decode_state(correction), np.float32).reshape(-1)
+        except (TypeError, ValueError) as e:
+            raise PayloadError(f"'correction' must be a list of numbers (one per action dimension): {e}") from e
+        if not np.all(np.isfinite(correction)):
+            raise PayloadError("'correction' has non-finite values (NaN/inf)")
+    return end, success, correction
 
 
 def encode_actions(actions: np.ndarray, fmt: str) -> Any:

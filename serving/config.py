@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import rfm
@@ -37,9 +37,10 @@ class ServerConfig:
     action_limits: str | None = None  # JSON file of per-dimension limits; else stats.json min/max with a margin
     action_limit_margin: float = 0.1  # margin added to stats min/max, as a fraction of the range
     openpi_mapping: str | None = None  # JSON file mapping openpi observation keys to cameras / state / prompt
+    record_dir: str | None = None  # record served observations + actions into this LeRobot v3.0 dataset
+    record_idle_timeout_s: float = 30.0  # a robot session idle this long ends its recorded episode
     retry_after_s: int = 1  # Retry-After value sent with 503
     shutdown_drain_s: float = 10.0  # how long graceful shutdown waits for queued work
-    extra: dict = field(default_factory=dict)  # free-form (e.g. checkpoint path, for /v1/models)
 
     def __post_init__(self) -> None:
         def check(cond: bool, name: str, expected: str) -> None:

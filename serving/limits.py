@@ -40,7 +40,8 @@ class ActionLimits:
         return out, [self.names[i] for i in np.flatnonzero(changed)]
 
     def to_dict(self) -> dict:
-        return {"source": self.source, "min": self.low.tolist(), "max": self.high.tolist()}
+        r = lambda a: [round(float(v), 6) for v in a]
+        return {"source": self.source, "min": r(self.low), "max": r(self.high)}
 
     @classmethod
     def from_file(cls, path: str | Path, names: list[str]) -> ActionLimits:

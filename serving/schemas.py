@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Union
-
 from pydantic import BaseModel, Field
 
 
@@ -15,7 +13,7 @@ class RawArray(BaseModel):
     dtype: str = Field("uint8", description="numpy dtype name: uint8 for images, float32 for state")
 
 
-ImageValue = Union[str, RawArray, list]
+ImageValue = str | RawArray | list
 
 
 class ActRequestBody(BaseModel):
@@ -23,11 +21,16 @@ class ActRequestBody(BaseModel):
 
     images: dict[str, ImageValue] = Field(description="camera name -> base64 JPEG/PNG, raw array, or nested list "
                                                       "(H, W, 3) of 0-255 integers")
-    state: Union[list[float], RawArray] = Field(description="robot state, D_s numbers")
+    state: list[float] | RawArray = Field(description="robot state, D_s numbers")
     instruction: str = Field("", description="language instruction", max_length=4096)
     request_id: str | None = Field(None, description="echoed back; generated when absent", max_length=128)
     robot_id: str | None = Field(None, description="for the audit log", max_length=128)
-    session_id: str | None = Field(None, description="for the audit log", max_length=128)
+    session_id: str | None = Field(None, description="for the audit log and the recorder (one episode per session)",
+                                   max_length=128)
+    episode_end: bool = Field(False, description="recorder: this step ends the robot's current episode")
+    success: bool | None = Field(None, description="recorder: outcome label (task succeeded)")
+    correction: list[float] | None = Field(None, description="recorder: operator/expert action (D_a numbers) "
+                                                             "recorded instead of the model's, DAgger-style")
 
 
 class Timings(BaseModel):
@@ -60,3 +63,11 @@ ERROR_RESPONSES = {code: {"model": ErrorBody, "description": desc} for code, des
     401: "missing or invalid API key", 413: "body over the size limit", 415: "unsupported Content-Type",
     422: "observation does not match the model", 500: "inference failed for this request's batch",
     503: "not ready, overloaded (see Retry-After) or shutting down", 504: "deadline exceeded"}.items()}
+
+
+class EpisodeEndBody(BaseModel):
+    """Close a robot session's recorded episode (servers started with --record)."""
+
+    session_id: str | None = Field(None, max_length=128, description="the session to close (else robot_id)")
+    robot_id: str | None = Field(None, max_length=128)
+    success: bool | None = Field(None, description="outcome label for the episode")

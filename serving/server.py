@@ -5,16 +5,18 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import uvicorn
 
 from rfm.runtime import Runner
 from serving.app import create_app
 from serving.config import ServerConfig
+from serving.memory import limit_arenas
 
 log = logging.getLogger("rfm.serving")
 
@@ -26,8 +28,13 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def set_threads(n: int | None) -> int:
-    """Intra-op threads of the torch backend (the event loop needs a core too on small machines)."""
-    n = n or max(1, os.cpu_count() or 1)
+    """Intra-op threads of the torch backend; default: all cores but one, which the event loop keeps.
+
+    On a 2-core machine 2 threads are ~1.5x faster at batch 32 when nothing else runs, but as soon as anything
+    else wants a core (the event loop decoding requests, a neighbour) OpenMP's barriers stall: 60-100x slower
+    in our measurements (docs/BENCHMARKS.md). One thread degrades gracefully instead.
+    """
+    n = n or max(1, (os.cpu_count() or 1) - 1)
     try:
         import torch
 
@@ -53,6 +60,10 @@ def uvicorn_config(app, host: str, port: int, config: ServerConfig, log_level: s
 def serve(runner: Runner | Callable[[], Runner], config: ServerConfig, host: str = "127.0.0.1", port: int = 8000,
           checkpoint: str | Path | None = None, log_level: str = "info") -> None:
     """Blocking: serve until SIGINT/SIGTERM, then drain in-flight work and exit."""
+    limit_arenas(2)
+    # The batcher thread re-takes the GIL between torch ops; a busy event loop would hold it for up to the default
+    # 5 ms switch interval each time. 1 ms keeps the model running while requests are being decoded.
+    sys.setswitchinterval(0.001)
     app = create_app(runner, config, checkpoint)
     uvicorn.Server(uvicorn_config(app, host, port, config, log_level)).run()
 
@@ -77,12 +88,13 @@ class ServerThread:
     def state(self):
         return self.app.state.rfm
 
-    def start(self, ready_timeout_s: float = 120.0) -> ServerThread:
-        """Start and wait until the model is warm (or loading failed)."""
+    def start(self, ready_timeout_s: float = 120.0, wait_ready: bool = True) -> ServerThread:
+        """Start; wait until it listens and (with wait_ready) until the model is warm or failed to load."""
         self.thread.start()
         t_end = time.monotonic() + ready_timeout_s
         while time.monotonic() < t_end:
-            if self.server.started and (self.state.service is not None or self.state.load_error):
+            loaded = self.state.service is not None or self.state.load_error is not None
+            if self.server.started and (loaded or not wait_ready):
                 return self
             if not self.thread.is_alive():
                 raise RuntimeError(f"server on port {self.port} exited during start-up")
@@ -93,7 +105,7 @@ class ServerThread:
         self.server.should_exit = True
         self.thread.join(30)
 
-    def __enter__(self) -> ServerThread:
+    def __enter__(self) -> ServerThread:  # noqa: PYI034
         return self.start()
 
     def __exit__(self, *exc) -> None:

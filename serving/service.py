@@ -11,12 +11,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from rfm.runtime import Runner
-from rfm.runtime.observation import check_observation
+from rfm.runtime.observation import ObservationError, check_observation
+from rfm.runtime.recorder import Recorder
 from serving.audit import AuditLog
-from serving.batcher import BatchFailed, Batcher
+from serving.batcher import Batcher, BatchFailed
 from serving.codec import ActRequest, encode_actions
 from serving.config import ServerConfig
 from serving.limits import ActionLimits
+from serving.memory import HeapTrimmer
 from serving.metrics import Metrics
 
 log = logging.getLogger("rfm.serving")
@@ -44,12 +46,14 @@ class InferenceService:
     """Holds the warm runner, the batcher, limits and audit log; `act` is what every transport calls."""
 
     def __init__(self, runner: Runner, config: ServerConfig, metrics: Metrics, limits: ActionLimits | None = None,
-                 audit: AuditLog | None = None) -> None:
+                 audit: AuditLog | None = None, recorder: Recorder | None = None) -> None:
         self.runner, self.config, self.metrics = runner, config, metrics
+        self.recorder = recorder
         self.interface = runner.interface
         self.limits, self.audit = limits, audit
+        self.trimmer = HeapTrimmer()
         self.batcher = Batcher(runner.predict_batch, config.max_batch, config.max_wait_ms, config.queue_size,
-                               on_batch=metrics.observe_batch)
+                               on_batch=metrics.observe_batch, on_idle=self.trimmer.maybe_trim)
 
     def describe(self) -> dict:
         d = self.runner.describe()
@@ -84,7 +88,20 @@ class InferenceService:
                               "robot_id": req.robot_id, "session_id": req.session_id, "instruction": instruction,
                               "actions": actions, "batch_size": res.batch_size, "timings": timings,
                               "clipped_dims": clipped})
+        if self.recorder is not None:  # enqueue only: recording never slows the answer down
+            if req.correction is not None and req.correction.shape != (self.interface.action_dim,):
+                raise ObservationError(f"correction has {req.correction.size} values, the model has "
+                                 f"{self.interface.action_dim} action dims ({', '.join(self.interface.action_names)})")
+            self.recorder.record(self.session_key(req, client_id), images, state, instruction, actions,
+                                 success=req.success, correction=req.correction, episode_end=req.episode_end)
         return ActResult(actions, request_id, res.batch_size, timings, clipped)
+
+    @staticmethod
+    def session_key(req: ActRequest, client_id: str | None) -> str:
+        """Which recorded episode stream a request belongs to: session, else robot, else client."""
+        return req.session_id or req.robot_id or client_id or "default"
 
     def close(self) -> None:
         self.batcher.close(self.config.shutdown_drain_s)
+        if self.recorder is not None:
+            self.recorder.close()  # flush open sessions as episodes

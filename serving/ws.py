@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 
@@ -19,7 +20,7 @@ async def _admit(ws: WebSocket, state: ServerState, endpoint: str) -> str | None
     try:
         client_id = state.authorize(ws.headers.get("authorization"))
         state.require_service()
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:  # noqa: BLE001 - becomes a clean status + message
         err = to_api_error(e)
         state.metrics.observe_request(endpoint, err.status, 0.0)
         await ws.close(code=POLICY_VIOLATION if err.status == 401 else TRY_AGAIN_LATER, reason=err.message[:120])
@@ -86,6 +87,7 @@ def add_websocket_routes(app: FastAPI, state: ServerState) -> None:
         service = state.require_service()
         gauge = state.metrics.ws_connections.labels("/openpi")
         gauge.inc()
+        session = f"openpi-{uuid.uuid4().hex[:12]}"  # one recorded episode per connection
         try:
             await ws.send_bytes(openpi.pack(service.describe()))
             itf = service.interface
@@ -101,7 +103,7 @@ def add_websocket_routes(app: FastAPI, state: ServerState) -> None:
                     if len(body) > limit:
                         raise PayloadTooLarge(f"message is {len(body)} bytes, the limit is {limit}")
                     obs = state.openpi.to_observation(openpi.unpack(body), itf.cameras, itf.image_size)
-                    result = await service.act(ActRequest(obs), client_id, "/openpi", t0)
+                    result = await service.act(ActRequest(obs, session_id=session), client_id, "/openpi", t0)
                 except Exception as e:  # noqa: BLE001 - openpi convention: text frame, then close 1011
                     err = to_api_error(e, state.config.retry_after_s)
                     state.metrics.observe_request("/openpi", err.status, time.perf_counter() - t0)
@@ -119,3 +121,5 @@ def add_websocket_routes(app: FastAPI, state: ServerState) -> None:
             pass
         finally:
             gauge.dec()
+            if service.recorder is not None:
+                service.recorder.end_episode(session)

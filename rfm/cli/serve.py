@@ -1,0 +1,70 @@
+"""`rfm serve`: the batched inference server (FastAPI + uvicorn) for a checkpoint or ONNX export directory."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="serve a policy over HTTP/WebSocket (batched; openpi-compatible)",
+                       description="Serve a checkpoint: POST /v1/act, WebSocket /v1/ws and /openpi, /metrics.")
+    p.add_argument("--checkpoint", default=None,
+                   help="checkpoint (torch) or export (onnx) directory; default $RFM_CHECKPOINT or checkpoints/default")
+    p.add_argument("--backend", default="torch", choices=["torch", "onnx"])
+    p.add_argument("--device", default="auto", help="torch device: auto | cpu | cuda | cuda:N")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-batch", type=int, default=32, help="largest batch; 1 turns batching off")
+    p.add_argument("--max-wait-ms", type=float, default=2.0, help="longest a request waits for a batch to fill")
+    p.add_argument("--queue-size", type=int, default=256, help="queued requests before 503 + Retry-After")
+    p.add_argument("--timeout-ms", type=float, default=10_000.0, help="per-request deadline (504 past it)")
+    p.add_argument("--api-key-file", default=None, help="file with one API key per line; enables auth")
+    p.add_argument("--resize-images", action="store_true", help="resize wrong-size images instead of a 422")
+    p.add_argument("--audit-log", default=None, help="JSON-lines audit log file")
+    p.add_argument("--action-limits", default=None,
+                   help="JSON action limits {min: [...], max: [...]}; default: stats.json min/max with a margin")
+    p.add_argument("--action-margin", type=float, default=0.1, help="margin on stats min/max (fraction of range)")
+    p.add_argument("--openpi-mapping", default=None, help="JSON mapping of openpi keys to cameras/state/prompt")
+    p.add_argument("--max-body-mb", type=float, default=8.0, help="HTTP body and WebSocket message limit")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: all cores but one)")
+    p.add_argument("--record", default=None, metavar="DIR",
+                   help="record served observations and actions into this LeRobot v3.0 dataset (one episode per "
+                        "robot session; appends if it exists)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rfm.cli.main import CLIError
+    from serving.config import ServerConfig, default_checkpoint
+    from serving.server import runner_loader, serve, set_threads
+
+    ckpt = Path(args.checkpoint) if args.checkpoint else default_checkpoint()
+    if not ckpt.is_dir():
+        raise CLIError(f"checkpoint directory {ckpt} not found: pass --checkpoint DIR or set RFM_CHECKPOINT "
+                       f"(train one with `rfm train`, or save one with RFMPolicy.build(...).save_pretrained(DIR))")
+    for flag, path in (("--api-key-file", args.api_key_file), ("--action-limits", args.action_limits),
+                       ("--openpi-mapping", args.openpi_mapping)):
+        if path and not Path(path).is_file():
+            raise CLIError(f"{flag} {path}: file not found")
+    limit = int(args.max_body_mb * 1024 * 1024)
+    config = ServerConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, queue_size=args.queue_size,
+                          timeout_ms=args.timeout_ms, resize_images=args.resize_images, max_body_bytes=limit,
+                          max_ws_message_bytes=limit, api_keys_file=args.api_key_file, audit_log=args.audit_log,
+                          action_limits=args.action_limits, action_limit_margin=args.action_margin,
+                          openpi_mapping=args.openpi_mapping, record_dir=args.record)
+    if config.api_keys_file:  # fail now, not in the server's start-up thread
+        from serving.auth import ApiKeys
+
+        ApiKeys.from_file(config.api_keys_file)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    set_threads(args.threads)
+    if args.backend == "torch":
+        kw: dict = {"device": args.device}
+    else:
+        kw = {"intra_op_threads": args.threads} if args.threads else {}
+    serve(runner_loader(ckpt, args.backend, resize_images=args.resize_images, **kw), config, args.host, args.port,
+          checkpoint=ckpt, log_level=args.log_level)
+    return 0

@@ -1,0 +1,164 @@
+"""RFMClient / AsyncRFMClient: `act(obs) -> (H, D_a)` over HTTP, msgpack by default, retrying 503s politely."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+import numpy as np
+
+from rfm.client.wire import JSON, MSGPACK, decode_response, encode_observation
+
+RETRYABLE = (503,)
+
+
+class RFMError(Exception):
+    """The server answered with an error; `status`, `code` and `detail` say which and why."""
+
+    def __init__(self, status: int, code: str, detail: str, request_id: str | None = None) -> None:
+        super().__init__(f"{status} {code}: {detail}")
+        self.status, self.code, self.detail, self.request_id = status, code, detail, request_id
+
+
+def _error(resp: httpx.Response) -> RFMError:
+    try:
+        body = resp.json()
+        return RFMError(resp.status_code, str(body.get("error", "error")), str(body.get("detail", body)),
+                        body.get("request_id"))
+    except ValueError:
+        return RFMError(resp.status_code, "error", resp.text[:300])
+
+
+def _retry_after(resp: httpx.Response | None, attempt: int, cap: float) -> float:
+    """Seconds to wait before the next try: the server's Retry-After, else exponential backoff from 50 ms."""
+    if resp is not None:
+        try:
+            return min(cap, max(0.0, float(resp.headers.get("retry-after", ""))))
+        except ValueError:
+            pass
+    return min(cap, 0.05 * 2 ** attempt)
+
+
+class _Base:
+    def __init__(self, url: str = "http://127.0.0.1:8000", api_key: str | None = None, format: str = "msgpack",
+                 timeout: float = 10.0, retries: int = 3, max_retry_wait: float = 5.0, robot_id: str | None = None,
+                 session_id: str | None = None) -> None:
+        if format not in ("msgpack", "json"):
+            raise ValueError(f"format={format!r}: expected 'msgpack' or 'json'")
+        self.url, self.format, self.timeout = url.rstrip("/"), format, timeout
+        self.retries, self.max_retry_wait = retries, max_retry_wait
+        self.robot_id, self.session_id = robot_id, session_id
+        self.headers = {"Content-Type": MSGPACK if format == "msgpack" else JSON}
+        if api_key:
+            self.headers["Authorization"] = f"Bearer {api_key}"
+
+    def _body(self, obs: Mapping[str, Any], request_id: str | None) -> bytes:
+        return encode_observation(obs, self.format, request_id=request_id, robot_id=self.robot_id,
+                                  session_id=self.session_id)
+
+
+class RFMClient(_Base):
+    """Synchronous client. `act(obs)` returns the action chunk; `infer(obs)` the whole response dict."""
+
+    def __init__(self, url: str = "http://127.0.0.1:8000", **kw: Any) -> None:
+        super().__init__(url, **kw)
+        self._http = httpx.Client(base_url=self.url, timeout=self.timeout)
+
+    def infer(self, obs: Mapping[str, Any], request_id: str | None = None) -> dict:
+        body = self._body(obs, request_id)
+        for attempt in range(self.retries + 1):
+            resp = None
+            try:
+                resp = self._http.post("/v1/act", content=body, headers=self.headers)
+            except (httpx.ConnectError, httpx.RemoteProtocolError):
+                if attempt == self.retries:
+                    raise
+            if resp is not None and resp.status_code == 200:
+                return decode_response(resp.content, resp.headers.get("content-type"))
+            if resp is not None and (resp.status_code not in RETRYABLE or attempt == self.retries):
+                raise _error(resp)
+            time.sleep(_retry_after(resp, attempt, self.max_retry_wait))
+        raise AssertionError("unreachable")
+
+    def act(self, obs: Mapping[str, Any], request_id: str | None = None) -> np.ndarray:
+        """One observation -> action chunk (H, D_a) float32 in robot units."""
+        return self.infer(obs, request_id)["actions"]
+
+    def models(self) -> dict:
+        resp = self._http.get("/v1/models", headers=self.headers)
+        if resp.status_code != 200:
+            raise _error(resp)
+        return resp.json()
+
+    def ready(self) -> bool:
+        try:
+            return self._http.get("/readyz").status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        t_end = time.monotonic() + timeout
+        while not self.ready():
+            if time.monotonic() > t_end:
+                raise TimeoutError(f"{self.url} not ready after {timeout} s")
+            time.sleep(0.2)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> RFMClient:  # noqa: PYI034
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncRFMClient(_Base):
+    """asyncio client with the same methods as RFMClient, as coroutines."""
+
+    def __init__(self, url: str = "http://127.0.0.1:8000", **kw: Any) -> None:
+        super().__init__(url, **kw)
+        self._http = httpx.AsyncClient(base_url=self.url, timeout=self.timeout)
+
+    async def infer(self, obs: Mapping[str, Any], request_id: str | None = None) -> dict:
+        body = self._body(obs, request_id)
+        for attempt in range(self.retries + 1):
+            resp = None
+            try:
+                resp = await self._http.post("/v1/act", content=body, headers=self.headers)
+            except (httpx.ConnectError, httpx.RemoteProtocolError):
+                if attempt == self.retries:
+                    raise
+            if resp is not None and resp.status_code == 200:
+                return decode_response(resp.content, resp.headers.get("content-type"))
+            if resp is not None and (resp.status_code not in RETRYABLE or attempt == self.retries):
+                raise _error(resp)
+            await asyncio.sleep(_retry_after(resp, attempt, self.max_retry_wait))
+        raise AssertionError("unreachable")
+
+    async def act(self, obs: Mapping[str, Any], request_id: str | None = None) -> np.ndarray:
+        return (await self.infer(obs, request_id))["actions"]
+
+    async def models(self) -> dict:
+        resp = await self._http.get("/v1/models", headers=self.headers)
+        if resp.status_code != 200:
+            raise _error(resp)
+        return resp.json()
+
+    async def ready(self) -> bool:
+        try:
+            return (await self._http.get("/readyz")).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncRFMClient:  # noqa: PYI034
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

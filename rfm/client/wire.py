@@ -1,0 +1,57 @@
+"""The client side of the wire format (see docs/API.md): observations to request bodies, responses to numpy."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import msgpack
+import numpy as np
+
+MSGPACK = "application/msgpack"
+JSON = "application/json"
+OPTIONAL_FIELDS = ("request_id", "robot_id", "session_id")
+
+
+def _image(img: Any, fmt: str) -> Any:
+    """(H, W, 3) uint8 array -> raw {data, shape, dtype}; bytes/str (already encoded JPEG/PNG) pass through."""
+    if isinstance(img, (bytes, str)):
+        return base64.b64encode(img).decode() if (fmt == "json" and isinstance(img, bytes)) else img
+    arr = np.ascontiguousarray(img)
+    if arr.dtype != np.uint8:
+        raise ValueError(f"image has dtype {arr.dtype}, expected uint8 (H, W, 3)")
+    data = arr.tobytes()
+    return {"data": base64.b64encode(data).decode() if fmt == "json" else data, "shape": list(arr.shape),
+            "dtype": "uint8"}
+
+
+def encode_observation(obs: Mapping[str, Any], fmt: str = "msgpack", **ids: str | None) -> bytes:
+    """{"images": {cam: (H, W, 3) uint8}, "state": (D_s,), "instruction": str} -> request body bytes."""
+    body: dict[str, Any] = {
+        "images": {str(cam): _image(img, fmt) for cam, img in obs["images"].items()},
+        "state": np.asarray(obs["state"], dtype=np.float64).reshape(-1).tolist(),
+        "instruction": str(obs.get("instruction", "")),
+    }
+    for key in OPTIONAL_FIELDS:
+        value = ids.get(key) or obs.get(key)
+        if value:
+            body[key] = value
+    if fmt == "msgpack":
+        return msgpack.packb(body, use_bin_type=True)
+    return json.dumps(body, allow_nan=True).encode()
+
+
+def decode_response(content: bytes, content_type: str | None) -> dict:
+    """Response body -> dict with "actions" as a (H, D_a) float32 array."""
+    if (content_type or "").startswith(MSGPACK):
+        out = msgpack.unpackb(content, raw=False)
+    else:
+        out = json.loads(content)
+    a = out.get("actions") if isinstance(out, dict) else None
+    if isinstance(a, dict):
+        out["actions"] = np.frombuffer(a["data"], dtype=np.dtype(a.get("dtype", "float32"))).reshape(a["shape"])
+    elif a is not None:
+        out["actions"] = np.asarray(a, dtype=np.float32)
+    return out

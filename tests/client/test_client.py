@@ -1,0 +1,110 @@
+"""RFMClient / AsyncRFMClient / ChunkExecutor against a real server, and the SDK's import footprint."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from rfm.client import AsyncRFMClient, ChunkExecutor, RFMClient, RFMError
+from serving.config import ServerConfig
+from serving.server import ServerThread
+from tests.serving.helpers import observation
+
+
+def test_client_sdk_imports_neither_torch_nor_the_server():
+    code = ("import sys, rfm.client; bad = [m for m in ('torch', 'serving', 'fastapi', 'rfm.runtime') "
+            "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_act_msgpack_and_json_agree(server):
+    obs = observation()
+    with RFMClient(server.url) as mp, RFMClient(server.url, format="json", robot_id="arm-1") as js:
+        a, b = mp.act(obs), js.act(obs)
+        assert a.shape == (8, 2) and a.dtype == np.float32
+        np.testing.assert_allclose(a, b, atol=1e-5)
+        full = mp.infer(obs, request_id="sdk-1")
+        assert full["request_id"] == "sdk-1" and full["action_names"] == ["vx", "vy"]
+        assert mp.models()["cameras"] == ["front", "wrist"] and mp.ready()
+
+
+def test_errors_raise_rfm_error_with_the_servers_message(server):
+    with RFMClient(server.url) as c:
+        with pytest.raises(RFMError, match="state has 2 values, the model expects 3") as info:
+            c.act({**observation(), "state": [1.0, 2.0]})
+        assert info.value.status == 422 and info.value.code == "invalid_observation"
+
+
+def test_retries_on_503_honour_retry_after(tiny_runner):
+    gate = threading.Event()
+    s = ServerThread(lambda: (gate.wait(10), tiny_runner)[1],
+                     ServerConfig(max_batch=2, warmup_batch_sizes=(1,))).start(wait_ready=False)
+    try:
+        with RFMClient(s.url, retries=0) as impatient:
+            with pytest.raises(RFMError) as info:
+                impatient.act(observation())
+            assert info.value.status == 503 and info.value.code == "not_ready"
+        threading.Timer(0.3, gate.set).start()
+        t = time.monotonic()
+        with RFMClient(s.url, retries=5) as patient:
+            assert patient.act(observation()).shape == (8, 2)
+        assert time.monotonic() - t >= 0.9  # waited the server's Retry-After: 1 at least once
+    finally:
+        gate.set()
+        s.stop()
+
+
+def test_async_client(server):
+    async def main():
+        async with AsyncRFMClient(server.url) as c:
+            rng = np.random.default_rng(5)
+            chunks = await asyncio.gather(*[c.act(observation(rng)) for _ in range(6)])
+            return chunks, await c.models(), await c.ready()
+
+    chunks, models, ready = asyncio.run(main())
+    assert all(ch.shape == (8, 2) for ch in chunks) and models["action_dim"] == 2 and ready
+
+
+def test_chunk_executor_against_the_server(server):
+    with RFMClient(server.url) as c, ChunkExecutor(c, prefetch_steps=4) as ex:
+        rng = np.random.default_rng(2)
+        actions = []
+        for _ in range(24):
+            actions.append(ex.step(observation(rng)))
+            time.sleep(0.01)
+        assert np.stack(actions).shape == (24, 2)
+        assert 3 <= ex.requests < 24  # one request per chunk, not per tick
+
+
+def fake_act(obs):
+    """Chunk of 4 whose action j at start tick t is 100 * t + j (so the tick it belongs to is readable)."""
+    return np.array([[100.0 * obs["t"] + j] for j in range(4)], np.float32)
+
+
+def test_chunk_executor_prefetches_and_skips_stale_actions():
+    ex = ChunkExecutor(fake_act, prefetch_steps=2)
+    got = []
+    for t in range(8):
+        got.append(float(ex.step({"t": t})[0]))
+        time.sleep(0.02)  # the prefetch lands before the next tick
+    # tick 0 blocks for chunk@0; at tick 2 (2 left) chunk@2 is requested; from tick 3 it is used, and so on
+    assert got == [0, 1, 2, 201, 202, 401, 402, 601]
+    assert ex.requests == 4 and ex.waits == 1
+    ex.close()
+
+
+def test_chunk_executor_temporal_ensembling():
+    ex = ChunkExecutor(fake_act, prefetch_steps=2, ensemble_decay=0.0)
+    got = []
+    for t in range(4):
+        got.append(float(ex.step({"t": t})[0]))
+        time.sleep(0.02)
+    assert got == [0, 1, 2, pytest.approx((3 + 201) / 2)]  # equal weights: mean of chunk@0[3] and chunk@2[1]
+    ex.close()

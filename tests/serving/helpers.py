@@ -1,0 +1,74 @@
+"""Shared test helpers: a tiny checkpoint, fault-injecting runners, request bodies."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import msgpack
+import numpy as np
+
+from rfm import RFMPolicy
+from rfm.config import RobotInterface
+from rfm.runtime import Runner, load_runner
+
+INTERFACE = {"cameras": ["front", "wrist"], "image_size": (64, 64), "state_names": ["x", "y", "z"],
+             "action_names": ["vx", "vy"], "chunk_size": 8, "control_hz": 10.0, "robot_type": "test"}
+
+
+def make_checkpoint(path: Path) -> Path:
+    RFMPolicy.build("tiny", interface=RobotInterface(**INTERFACE)).save_pretrained(path)
+    return path
+
+
+def load_tiny(path: Path) -> Runner:
+    return load_runner(path, backend="torch", device="cpu", seed=0)
+
+
+class FaultyRunner(Runner):
+    """Delegates to a real runner; can be armed to raise for the next n batches, or to sleep per batch."""
+
+    backend = "torch-faulty"
+
+    def __init__(self, inner: Runner, delay_s: float = 0.0) -> None:
+        super().__init__(inner.interface, inner.head, inner.model_id, inner.model_version)
+        self.inner, self.delay_s, self.failures = inner, delay_s, 0
+        self.batch_sizes: list[int] = []
+        self._lock = threading.Lock()
+
+    def arm(self, failures: int) -> None:
+        with self._lock:
+            self.failures = failures
+
+    def encode_text(self, instructions):
+        return self.inner.encode_text(instructions)
+
+    def _forward(self, images, state, text, text_mask, noise):
+        self.batch_sizes.append(images.shape[0])
+        with self._lock:
+            fail = self.failures > 0
+            self.failures -= int(fail)
+        if fail:
+            raise RuntimeError("injected failure: /secret/path/model.py line 42")
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        return self.inner._forward(images, state, text, text_mask, noise)
+
+
+def observation(rng: np.random.Generator | None = None, instruction: str = "pick up the cube") -> dict:
+    rng = rng or np.random.default_rng(0)
+    h, w = INTERFACE["image_size"]
+    return {"images": {c: rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for c in INTERFACE["cameras"]},
+            "state": rng.standard_normal(3).astype(np.float32), "instruction": instruction}
+
+
+def msgpack_body(obs: dict, **extra) -> bytes:
+    images = {c: {"data": v.tobytes(), "shape": list(v.shape), "dtype": "uint8"} for c, v in obs["images"].items()}
+    return msgpack.packb({"images": images, "state": [float(x) for x in obs["state"]],
+                          "instruction": obs["instruction"], **extra}, use_bin_type=True)
+
+
+def json_body(obs: dict, **extra) -> dict:
+    return {"images": {c: v.tolist() for c, v in obs["images"].items()},
+            "state": [float(x) for x in obs["state"]], "instruction": obs["instruction"], **extra}

@@ -1,0 +1,55 @@
+"""`rfm serve` as a real subprocess: starts, reports ready, serves, and stops on SIGTERM; clear CLI errors."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+
+from serving.server import free_port
+from tests.serving.helpers import msgpack_body, observation
+
+RFM = [sys.executable, "-c", "import sys; from rfm.cli.main import main; sys.exit(main())"]
+
+
+def test_rfm_serve_subprocess(tiny_checkpoint, tmp_path):
+    port = free_port()
+    limits = tmp_path / "limits.json"
+    limits.write_text('{"min": [-1, -1], "max": [1, 1]}')
+    cmd = [*RFM, "serve", "--checkpoint", str(tiny_checkpoint), "--port", str(port),
+           "--max-batch", "4", "--threads", "1", "--action-limits", str(limits), "--log-level", "warning"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert proc.poll() is None, proc.stdout.read().decode()
+            try:
+                if httpx.get(url + "/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "server not ready in 90 s"
+            time.sleep(0.2)
+        r = httpx.post(url + "/v1/act", content=msgpack_body(observation()),
+                       headers={"content-type": "application/msgpack"})
+        assert r.status_code == 200
+        assert httpx.get(url + "/v1/models").json()["server"]["action_limits"]["max"] == [1.0, 1.0]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) in (0, -signal.SIGTERM)  # uvicorn drains, then re-raises the signal it caught
+
+
+def test_rfm_serve_errors_are_one_line(tmp_path):
+    env = {**os.environ, "RFM_CHECKPOINT": str(tmp_path / "none")}
+    r = subprocess.run([*RFM, "serve"], env=env, capture_output=True, text=True, check=False)
+    assert r.returncode == 2 and "checkpoint directory" in r.stderr and "not found" in r.stderr
+    assert "Traceback" not in r.stderr
+    r = subprocess.run([*RFM, "serve", "--checkpoint", str(tmp_path),
+                        "--api-key-file", str(tmp_path / "keys")], capture_output=True, text=True, check=False)
+    assert r.returncode == 2 and "--api-key-file" in r.stderr and "Traceback" not in r.stderr

@@ -1,0 +1,235 @@
+"""POST /v1/act and the GET endpoints against a real uvicorn server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import msgpack
+import numpy as np
+import pytest
+from PIL import Image
+
+from serving.config import ServerConfig
+from serving.server import ServerThread
+from tests.serving.helpers import json_body, msgpack_body, observation
+
+MP = {"content-type": "application/msgpack"}
+
+
+def post(server, body, headers=None, **kw) -> httpx.Response:
+    if isinstance(body, (bytes, bytearray)):
+        return httpx.post(server.url + "/v1/act", content=body, headers=headers or MP, timeout=30, **kw)
+    return httpx.post(server.url + "/v1/act", json=body, headers=headers, timeout=30, **kw)
+
+
+def png_b64(img: np.ndarray, fmt: str = "PNG") -> str:
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format=fmt)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def test_msgpack_request_gets_msgpack_actions(server):
+    obs = observation()
+    r = post(server, msgpack_body(obs, request_id="req-1", robot_id="arm-7"))
+    assert r.status_code == 200 and r.headers["content-type"] == "application/msgpack"
+    out = msgpack.unpackb(r.content)
+    actions = np.frombuffer(out["actions"]["data"], np.float32).reshape(out["actions"]["shape"])
+    assert actions.shape == (8, 2) and out["action_names"] == ["vx", "vy"]
+    assert out["request_id"] == "req-1" and r.headers["x-request-id"] == "req-1"
+    assert out["model_id"] == "tiny" and len(out["model_version"]) == 12 and out["batch_size"] >= 1
+    assert set(out["timings"]) == {"queue_ms", "inference_ms", "total_ms"}
+    assert out["timings"]["total_ms"] >= out["timings"]["inference_ms"]
+
+
+def test_json_request_gets_json_and_clipping_is_flagged(server, tiny_runner):
+    obs = observation()
+    r = post(server, json_body(obs))
+    assert r.status_code == 200 and r.headers["content-type"].startswith("application/json")
+    out = r.json()
+    actions = np.asarray(out["actions"])
+    assert actions.shape == (8, 2) and len(out["request_id"]) == 32
+    raw = tiny_runner.predict(obs)
+    np.testing.assert_allclose(actions[:, 0], raw[:, 0], atol=1e-4)  # vx limits are wide: untouched
+    assert np.all(np.abs(actions[:, 1]) <= 0.01 + 1e-6)  # vy clipped to [-0.01, 0.01]
+    assert out["clipped"] is True and out["clipped_dims"] == ["vy"]
+
+
+@pytest.mark.parametrize("encoding", ["png", "jpeg", "raw_b64", "data_url", "raw_bytes_msgpack"])
+def test_image_encodings(server, encoding):
+    obs = observation()
+    if encoding == "raw_bytes_msgpack":
+        body = msgpack.packb({"images": {c: v.tobytes() for c, v in obs["images"].items()}, "state": [0, 0, 0]})
+        assert post(server, body).status_code == 200
+        return
+    enc = {"png": lambda v: png_b64(v), "jpeg": lambda v: png_b64(v, "JPEG"),
+           "data_url": lambda v: "data:image/png;base64," + png_b64(v),
+           "raw_b64": lambda v: {"data": base64.b64encode(v.tobytes()).decode(), "shape": [64, 64, 3]}}[encoding]
+    body = {"images": {c: enc(v) for c, v in obs["images"].items()}, "state": [0.1, 0.2, 0.3], "instruction": "go"}
+    r = post(server, body)
+    assert r.status_code == 200, r.text
+
+
+def _bad_cases():
+    obs = observation()
+    good = json_body(obs)
+    img = obs["images"]["front"]
+
+    def with_images(**images):
+        return {**good, "images": {**good["images"], **images}}
+
+    return [
+        ("unknown camera", {**good, "images": {"frnt": good["images"]["front"], "wrist": good["images"]["wrist"]}},
+         None, 422, r"unknown camera 'frnt'.*expects \['front', 'wrist'\].*Did you mean 'front'"),
+        ("missing camera", {**good, "images": {"front": good["images"]["front"]}}, None, 422,
+         r"missing camera\(s\) \['wrist'\]"),
+        ("wrong image size", with_images(front=img[:32].tolist()), None, 422,
+         r"image 'front' is 32x64, the model expects 64x64"),
+        ("wrong state length", {**good, "state": [1.0, 2.0]}, None, 422, r"state has 2 values, the model expects 3"),
+        ("NaN state", json.dumps({**good, "state": [1.0, float("nan"), 0.0]}).encode(),
+         {"content-type": "application/json"}, 422, r"non-finite values \(NaN/inf\) in \['y'\]"),
+        ("inf state (msgpack)", msgpack_body({**obs, "state": np.array([np.inf, 0, 0])}), MP, 422, r"NaN/inf"),
+        ("undecodable image", with_images(front=base64.b64encode(b"not an image at all").decode()), None, 422,
+         r"image 'front': cannot decode image \(19 bytes\): expected a JPEG or PNG"),
+        ("bad base64", with_images(front="!!!not base64!!!"), None, 422, r"image 'front': invalid base64"),
+        ("pixel out of range", with_images(front=[[[300, 0, 0]] * 64] * 64), None, 422, r"integers 0-255"),
+        ("raw size mismatch", with_images(front={"data": base64.b64encode(b"xx").decode(), "shape": [64, 64, 3]}),
+         None, 422, r"needs 12288 bytes, 'data' has 2"),
+        ("object dtype", with_images(front={"data": "", "shape": [0], "dtype": "object"}), None, 422,
+         r"dtype 'object' is not allowed"),
+        ("missing state", {"images": good["images"]}, None, 422, r"'state' is missing"),
+        ("images not a map", {**good, "images": [1, 2]}, None, 422, r"'images' must be an object"),
+        ("bad request_id", {**good, "request_id": "x" * 500}, None, 422, r"'request_id' must be a printable string"),
+        ("body not an object", [1, 2, 3], None, 422, r"body must be an object"),
+        ("invalid JSON", b"{not json", {"content-type": "application/json"}, 422, r"body is not valid JSON"),
+        ("invalid msgpack", b"\xc1\xc1\xc1", MP, 422, r"body is not valid msgpack"),
+        ("wrong content type", b"images=1", {"content-type": "text/plain"}, 415,
+         r"Content-Type 'text/plain' is not supported: send 'application/json' or 'application/msgpack'"),
+        ("no content type", b"{}", {"content-type": ""}, 415, r"is not supported"),
+        ("body too large", b"x" * (3 * 1024 * 1024), MP, 413, r"body is 3145728 bytes, the limit is 2097152"),
+    ]
+
+
+@pytest.mark.parametrize("name,body,headers,status,pattern", _bad_cases(), ids=[c[0] for c in _bad_cases()])
+def test_bad_input_gets_status_and_message_and_server_goes_on(server, name, body, headers, status, pattern):
+    import re
+
+    r = post(server, body, headers)
+    assert r.status_code == status, r.text
+    err = r.json()
+    assert re.search(pattern, err["detail"]), err["detail"]
+    assert "Traceback" not in r.text and 'File "' not in r.text
+    assert post(server, msgpack_body(observation())).status_code == 200  # the next good request still works
+
+
+def test_concurrent_requests_are_batched_and_routed_back_correctly(server, tiny_runner):
+    rng = np.random.default_rng(1)
+    observations = [observation(rng, instruction=f"task {i % 3}") for i in range(16)]
+    barrier = threading.Barrier(16)
+
+    def one(i):
+        barrier.wait()
+        return post(server, msgpack_body(observations[i], request_id=f"r{i}"))
+
+    with ThreadPoolExecutor(16) as pool:
+        responses = list(pool.map(one, range(16)))
+    outs = [msgpack.unpackb(r.content) for r in responses]
+    assert all(r.status_code == 200 for r in responses)
+    assert [o["request_id"] for o in outs] == [f"r{i}" for i in range(16)]
+    assert max(o["batch_size"] for o in outs) > 1
+    expected = tiny_runner.predict(observations)
+    for i, o in enumerate(outs):
+        got = np.frombuffer(o["actions"]["data"], np.float32).reshape(8, 2)
+        np.testing.assert_allclose(got[:, 0], expected[i, :, 0], atol=1e-4)
+
+
+def test_models_health_ready_docs(server):
+    m = httpx.get(server.url + "/v1/models").json()
+    assert m["cameras"] == ["front", "wrist"] and m["image_size"] == [64, 64]
+    assert m["state_dim"] == 3 and m["action_dim"] == 2 and m["chunk_size"] == 8 and m["control_hz"] == 10.0
+    assert m["state_names"] == ["x", "y", "z"] and m["action_names"] == ["vx", "vy"]
+    assert m["model_id"] == "tiny" and m["server"]["max_batch"] == 8
+    assert m["server"]["action_limits"]["max"] == [100.0, 0.01]
+    assert httpx.get(server.url + "/healthz").json()["status"] == "ok"
+    assert httpx.get(server.url + "/readyz").json()["status"] == "ready"
+    assert httpx.get(server.url + "/docs").status_code == 200
+    spec = httpx.get(server.url + "/openapi.json").json()
+    content = spec["paths"]["/v1/act"]["post"]["requestBody"]["content"]
+    assert set(content) == {"application/json", "application/msgpack"}
+    assert "ActRequestBody" in spec["components"]["schemas"]
+
+
+def test_metrics_reflect_traffic(server):
+    post(server, msgpack_body(observation()))
+    post(server, {"images": {}, "state": []})
+    text = httpx.get(server.url + "/metrics").text
+    for needle in ['rfm_requests_total{endpoint="/v1/act",status="200"}',
+                   'rfm_requests_total{endpoint="/v1/act",status="422"}',
+                   'rfm_request_latency_seconds_bucket{endpoint="/v1/act"', "rfm_batch_size_bucket",
+                   "rfm_inference_seconds_count", "rfm_queue_depth", "rfm_ready 1.0", "rfm_actions_clipped_total"]:
+        assert needle in text, needle
+    count = float(text.split('rfm_requests_total{endpoint="/v1/act",status="200"} ')[1].split()[0])
+    post(server, msgpack_body(observation()))
+    text2 = httpx.get(server.url + "/metrics").text
+    assert float(text2.split('rfm_requests_total{endpoint="/v1/act",status="200"} ')[1].split()[0]) == count + 1
+
+
+def test_audit_log_records_requests_without_secrets(server):
+    post(server, msgpack_body(observation(instruction="audit me"), request_id="audit-1", robot_id="arm-3",
+                              session_id="s-9"))
+    deadline = time.monotonic() + 5
+    rec = None
+    while rec is None and time.monotonic() < deadline:
+        lines = server.audit_path.read_text().splitlines() if server.audit_path.exists() else []
+        rec = next((json.loads(ln) for ln in lines if '"audit-1"' in ln), None)
+        time.sleep(0.05)
+    assert rec is not None
+    assert rec["robot_id"] == "arm-3" and rec["session_id"] == "s-9" and rec["instruction"] == "audit me"
+    assert rec["model_version"] and rec["client_id"] is None and rec["endpoint"] == "/v1/act"
+    assert rec["actions"]["shape"] == [8, 2] and len(rec["actions"]["first"]) == 2
+    assert rec["clipped_dims"] == ["vy"] and "total_ms" in rec["timings"] and rec["time"].endswith("+00:00")
+
+
+def test_resize_images_option(tiny_runner):
+    obs = observation()
+    big = {c: np.zeros((96, 128, 3), np.uint8) for c in obs["images"]}
+    with ServerThread(tiny_runner, ServerConfig(max_batch=2, resize_images=True, warmup_batch_sizes=(1,))) as s:
+        r = post(s, msgpack_body({**obs, "images": big}))
+        assert r.status_code == 200, r.text
+
+
+def test_readyz_is_503_until_warm_and_reports_load_failures(tiny_runner):
+    gate = threading.Event()
+
+    def slow_loader():
+        gate.wait(10)
+        return tiny_runner
+
+    s = ServerThread(slow_loader, ServerConfig(max_batch=2, warmup_batch_sizes=(1,))).start(wait_ready=False)
+    try:
+        assert httpx.get(s.url + "/healthz").status_code == 200
+        r = httpx.get(s.url + "/readyz")
+        assert r.status_code == 503 and r.json()["status"] == "loading"
+        r = post(s, msgpack_body(observation()))
+        assert r.status_code == 503 and r.headers["retry-after"] == "1" and r.json()["error"] == "not_ready"
+        gate.set()
+        deadline = time.monotonic() + 30
+        while httpx.get(s.url + "/readyz").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert post(s, msgpack_body(observation())).status_code == 200
+    finally:
+        s.stop()
+
+    def broken_loader():
+        raise FileNotFoundError("/nowhere/ckpt: checkpoint directory not found")
+
+    with ServerThread(broken_loader, ServerConfig(max_batch=2)) as s:
+        r = httpx.get(s.url + "/readyz")
+        assert r.status_code == 503 and r.json()["status"] == "failed"
+        assert "checkpoint directory not found" in r.json()["detail"]

@@ -1,0 +1,93 @@
+"""WebSocket /v1/ws (JSON and msgpack frames) and /openpi with the real openpi-client package."""
+
+from __future__ import annotations
+
+import json
+
+import msgpack
+import numpy as np
+import pytest
+import websockets.sync.client as wsc
+from websockets.exceptions import ConnectionClosed
+
+from tests.serving.helpers import json_body, msgpack_body, observation
+
+
+def ws_url(server, path: str) -> str:
+    return server.url.replace("http://", "ws://") + path
+
+
+def test_v1_ws_json_and_msgpack_frames_and_errors_keep_the_connection(server):
+    with wsc.connect(ws_url(server, "/v1/ws"), max_size=None) as ws:
+        ws.send(json.dumps(json_body(observation(), request_id="w1")))
+        out = json.loads(ws.recv())
+        assert out["request_id"] == "w1" and np.asarray(out["actions"]).shape == (8, 2)
+        ws.send(msgpack_body(observation(), request_id="w2"))
+        out = msgpack.unpackb(ws.recv())
+        assert out["request_id"] == "w2" and out["actions"]["shape"] == [8, 2]
+        ws.send(msgpack_body({**observation(), "state": np.zeros(5)}))
+        err = msgpack.unpackb(ws.recv())
+        assert err["status"] == 422 and "state has 5 values, the model expects 3" in err["detail"]
+        ws.send("{broken")
+        err = json.loads(ws.recv())
+        assert err["status"] == 422 and "not valid JSON" in err["detail"]
+        ws.send(msgpack_body(observation(), request_id="w3"))  # still open and working
+        assert msgpack.unpackb(ws.recv())["request_id"] == "w3"
+
+
+def test_v1_ws_message_size_limit_closes_with_1009(server):
+    with wsc.connect(ws_url(server, "/v1/ws"), max_size=None) as ws:
+        ws.send(b"\x00" * (3 * 1024 * 1024))
+        with pytest.raises(ConnectionClosed) as info:
+            ws.recv()
+        assert info.value.rcvd is not None and info.value.rcvd.code == 1009
+
+
+def openpi_obs(obs: dict) -> dict:
+    return {"observation/image": obs["images"]["front"], "observation/wrist_image": obs["images"]["wrist"],
+            "observation/state": np.asarray(obs["state"], np.float64), "prompt": obs["instruction"]}
+
+
+def test_real_openpi_client_gets_actions(server, tiny_runner):
+    from openpi_client.websocket_client_policy import WebsocketClientPolicy
+
+    policy = WebsocketClientPolicy(host=ws_url(server, "/openpi"))
+    meta = policy.get_server_metadata()
+    assert meta["cameras"] == ["front", "wrist"] and meta["action_dim"] == 2
+    obs = observation()
+    out = policy.infer(openpi_obs(obs))
+    assert isinstance(out["actions"], np.ndarray) and out["actions"].shape == (8, 2)
+    assert out["actions"].dtype == np.float32 and "infer_ms" in out["server_timing"]
+    np.testing.assert_allclose(out["actions"][:, 0], tiny_runner.predict(obs)[:, 0], atol=1e-4)
+    out2 = policy.infer(openpi_obs(observation(np.random.default_rng(3))))  # the connection is reused
+    assert out2["actions"].shape == (8, 2)
+
+
+def test_openpi_errors_are_a_text_frame_then_close_1011_without_traceback(server):
+    from openpi_client.websocket_client_policy import WebsocketClientPolicy
+
+    policy = WebsocketClientPolicy(host=ws_url(server, "/openpi"))
+    bad = openpi_obs(observation())
+    bad["observation/state"] = np.zeros(7)
+    with pytest.raises(RuntimeError, match="state has 7 values, the model expects 3") as info:
+        policy.infer(bad)
+    assert "Traceback" not in str(info.value)
+    with pytest.raises(ConnectionClosed) as closed:
+        policy._ws.recv()
+    assert closed.value.rcvd.code == 1011
+    missing = openpi_obs(observation())
+    del missing["observation/wrist_image"]
+    with pytest.raises(RuntimeError, match=r"no image for camera 'wrist': expected one of the keys"):
+        WebsocketClientPolicy(host=ws_url(server, "/openpi")).infer(missing)
+    assert WebsocketClientPolicy(host=ws_url(server, "/openpi")).infer(openpi_obs(observation()))["actions"].shape \
+        == (8, 2)
+
+
+def test_openpi_object_arrays_are_refused_not_unpickled(server):
+    frame = msgpack.packb({"observation/image": {b"__ndarray__": True, b"data": b"\x80\x04K\x01.",
+                                                 b"dtype": "|O", b"shape": [1]}}, use_bin_type=True)
+    with wsc.connect(ws_url(server, "/openpi"), max_size=None) as ws:
+        ws.recv()  # metadata
+        ws.send(frame)
+        msg = ws.recv()
+        assert isinstance(msg, str) and "not allowed" in msg
