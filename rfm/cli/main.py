@@ -16,6 +16,7 @@ COMMANDS = {
     "export": "rfm.cli.export",
     "serve": "rfm.cli.serve",
     "bench": "rfm.cli.bench",
+    "fleet": "rfm.cli.fleet",
 }
 
 

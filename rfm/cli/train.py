@@ -13,8 +13,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="Train a policy. Multi-GPU/multi-node: `accelerate launch -m rfm.cli.main train ...`.")
     p.add_argument("--dataset", required=True, help="LeRobot v3.0/v2.1 dataset directory")
     p.add_argument("--out", required=True, help="run directory (checkpoint/, logs/)")
-    p.add_argument("--preset", default="small", help="tiny | small | base")
-    p.add_argument("--head", default="chunk", choices=["chunk", "flow"])
+    p.add_argument("--preset", default=None, help="tiny | small | base (default: the --init model, else small)")
+    p.add_argument("--head", default=None, choices=["chunk", "flow"], help="default: the --init head, else chunk")
     p.add_argument("--steps", type=int, default=20_000)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--grad-accum", type=int, default=1)
@@ -31,6 +31,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--init", default=None, help="checkpoint to fine-tune from (new robots: mismatched layers re-init)")
+    p.add_argument("--keep-init-stats", action="store_true",
+                   help="normalise with the --init checkpoint's stats instead of this dataset's (same robot)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
     p.add_argument("--mixed-precision", default="auto", choices=["auto", "no", "bf16", "fp16"])
     p.add_argument("--lora-rank", type=int, default=0, help="LoRA rank for a pretrained HF vision backbone")
@@ -55,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
         grad_accum=args.grad_accum, lr=args.lr, warmup_steps=args.warmup_steps, ema_decay=args.ema_decay,
         augment=not args.no_augment, num_workers=args.num_workers, val_episodes=args.val_episodes,
         save_every=args.save_every, log_every=args.log_every, seed=args.seed, init=args.init, resume=args.resume,
+        keep_init_stats=args.keep_init_stats,
         mixed_precision=args.mixed_precision, lora_rank=args.lora_rank, weights_dtype=args.weights_dtype)
     ckpt = train(cfg, progress=not args.no_progress)
     print(f"checkpoint: {ckpt}")

@@ -12,8 +12,8 @@ from rfm.config import ConfigError
 class TrainConfig:
     dataset: str  # LeRobot dataset directory
     out: str  # run directory: checkpoint/, logs/, train_config.json
-    preset: str = "small"  # model preset (tiny / small / base)
-    head: str = "chunk"  # chunk | flow
+    preset: str | None = None  # model preset (tiny / small / base); None: the --init checkpoint's model, else small
+    head: str | None = None  # chunk | flow; None: the --init checkpoint's head, else chunk
     model_overrides: dict[str, Any] = field(default_factory=dict)  # ModelConfig field overrides
     chunk_size: int = 16  # H: actions per chunk
     image_size: tuple[int, int] | None = None  # (H, W) fed to the model; None = the dataset's first camera size
@@ -36,6 +36,7 @@ class TrainConfig:
     log_every: int = 50  # steps between log lines
     seed: int = 0
     init: str | None = None  # checkpoint to fine-tune from (mismatched layers are re-initialised)
+    keep_init_stats: bool = False  # normalise with the init checkpoint's stats (same robot, e.g. DAgger data)
     resume: bool = False  # continue from out/checkpoint if it exists
     mixed_precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | no | bf16 | fp16
     lora_rank: int = 0  # LoRA rank on a pretrained HF vision backbone (0 = full fine-tuning)

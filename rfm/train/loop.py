@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from rfm.checkpoint import save_checkpoint
+from rfm.checkpoint import read_config, save_checkpoint
 from rfm.config import PolicyConfig, preset
 from rfm.model.policy import RFMPolicy
 from rfm.train.augment import augment
@@ -98,9 +98,18 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
                              collate_fn=collate_windows) if val_eps else None)
 
     # --- model --------------------------------------------------------------------------------------------------
-    model_cfg = preset(cfg.preset, head=cfg.head, **cfg.model_overrides)
+    if cfg.init and cfg.preset is None:  # fine-tuning: same architecture as the init checkpoint by default
+        from dataclasses import replace
+
+        model_cfg = replace(read_config(cfg.init)[0].model, **({"head": cfg.head} if cfg.head else {}),
+                            **cfg.model_overrides)
+    else:
+        model_cfg = preset(cfg.preset or "small", head=cfg.head or "chunk", **cfg.model_overrides)
     policy = RFMPolicy(PolicyConfig(model=model_cfg, interface=interface), stats=ds.stats)
     init_report = init_from_checkpoint(policy.net, cfg.init) if cfg.init else None
+    if cfg.init and cfg.keep_init_stats:
+        init_stats = json.loads((Path(cfg.init) / "stats.json").read_text())
+        policy.set_stats(init_stats)  # raises if the init robot's dims differ
     if cfg.lora_rank:
         from rfm.train.lora import apply_lora
 

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The deployment flywheel, end to end on one machine:
+#   serve a policy with recording on -> a simulated fleet acts through it (the scripted expert labels each step,
+#   DAgger-style) -> fine-tune on what the fleet saw -> evaluate before/after on unseen seeds -> export for the edge.
+# Usage: examples/flywheel.sh [CHECKPOINT] [TASKS] [EPISODES] [STEPS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RFM=${RFM:-.venv/bin/rfm}
+CKPT=${1:-checkpoints/default}
+TASKS=${2:-reach-v3,drawer-open-v3,push-v3}
+EPISODES=${3:-10}
+STEPS=${4:-400}
+OUT=${OUT:-runs/flywheel}
+PORT=${PORT:-8765}
+export MUJOCO_GL=${MUJOCO_GL:-osmesa} HF_HUB_OFFLINE=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+rm -rf "$OUT" && mkdir -p "$OUT"
+
+echo "== 1. before: closed-loop success of $CKPT"
+$RFM eval --checkpoint "$CKPT" --tasks "$TASKS" --episodes "$EPISODES" --out "$OUT/before.json" --no-progress
+
+echo "== 2. serve with recording on, and let the fleet work (expert corrections recorded)"
+$RFM serve --checkpoint "$CKPT" --port "$PORT" --max-batch 8 --threads 1 --record "$OUT/recorded" \
+  --log-level warning &
+SERVER=$!
+trap 'kill $SERVER 2>/dev/null || true' EXIT
+for _ in $(seq 1 120); do curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null && break; sleep 1; done
+$RFM fleet --url "http://127.0.0.1:$PORT" --tasks "$TASKS" --episodes "$EPISODES" --robots 2 --dagger \
+  --out "$OUT/fleet.json"
+kill -TERM $SERVER && wait $SERVER || true   # graceful stop flushes open episodes
+trap - EXIT
+$RFM data info "$OUT/recorded"
+
+echo "== 3. fine-tune on what the fleet saw"
+$RFM train --dataset "$OUT/recorded" --init "$CKPT" --keep-init-stats --out "$OUT/run" --steps "$STEPS" \
+  --batch-size 32 --lr 2e-4 --warmup-steps 20 --ema-decay 0.99 --save-every "$STEPS" --num-workers 0 --no-progress \
+  --chunk-size "$(python3 -c "import json,sys; print(json.load(open('$CKPT/config.json'))['interface']['chunk_size'])")"
+
+echo "== 4. after: same tasks, same unseen seeds"
+$RFM eval --checkpoint "$OUT/run/checkpoint" --tasks "$TASKS" --episodes "$EPISODES" --out "$OUT/after.json" \
+  --no-progress
+
+echo "== 5. export the improved policy for the edge"
+$RFM export --checkpoint "$OUT/run/checkpoint" --out "$OUT/export-int8" --precision int8 \
+  --calib-dataset "$OUT/recorded" --calib-samples 64
+
+python3 - "$OUT" <<'PY'
+import json, sys
+out = sys.argv[1]
+b, a = json.load(open(f"{out}/before.json")), json.load(open(f"{out}/after.json"))
+print(f"\n{'task':<26}{'before':>8}{'after':>8}")
+for t in b["tasks"]:
+    print(f"{t:<26}{b['tasks'][t]['success_rate'] * 100:>7.0f}%{a['tasks'][t]['success_rate'] * 100:>7.0f}%")
+print(f"{'mean':<26}{b['mean_success_rate'] * 100:>7.1f}%{a['mean_success_rate'] * 100:>7.1f}%")
+PY
