@@ -12,6 +12,7 @@ import numpy as np
 
 MSGPACK = "application/msgpack"
 JSON = "application/json"
+LABEL_FIELDS = ("episode_end", "success", "correction")
 OPTIONAL_FIELDS = ("request_id", "robot_id", "session_id")
 
 
@@ -38,6 +39,10 @@ def encode_observation(obs: Mapping[str, Any], fmt: str = "msgpack", **ids: str 
         value = ids.get(key) or obs.get(key)
         if value:
             body[key] = value
+    for key in LABEL_FIELDS:  # recording labels (servers started with --record)
+        value = obs.get(key)
+        if value is not None:
+            body[key] = np.asarray(value, np.float64).reshape(-1).tolist() if key == "correction" else bool(value)
     if fmt == "msgpack":
         return msgpack.packb(body, use_bin_type=True)
     return json.dumps(body, allow_nan=True).encode()

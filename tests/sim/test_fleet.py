@@ -1,0 +1,28 @@
+"""A simulated fleet acting through a real server with recording on: the flywheel's collection step."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from rfm import RFMPolicy
+from rfm.config import RobotInterface
+from rfm.data.lerobot import LeRobotDataset
+from rfm.runtime import load_runner
+from rfm.sim.fleet import drive_fleet
+from rfm.sim.metaworld import ACTION_NAMES, CONTROL_HZ, STATE_NAMES
+from serving.config import ServerConfig
+from serving.server import ServerThread
+
+
+def test_fleet_records_dagger_episodes(tmp_path):
+    itf = RobotInterface(cameras=["corner2"], image_size=(32, 32), state_names=STATE_NAMES, action_names=ACTION_NAMES,
+                         chunk_size=4, control_hz=CONTROL_HZ)
+    RFMPolicy.build("tiny", interface=itf).save_pretrained(tmp_path / "ck")
+    cfg = ServerConfig(max_batch=2, warmup_batch_sizes=(1,), record_dir=str(tmp_path / "rec"))
+    with ServerThread(load_runner(tmp_path / "ck", device="cpu"), cfg) as server:
+        res = drive_fleet(server.url, ["reach-v3"], episodes=2, robots=2, dagger=True, max_steps=5)
+    assert res["episodes"] == 2 and res["steps"] == 10 and 0.0 <= res["mean_success_rate"] <= 1.0
+    ds = LeRobotDataset(tmp_path / "rec")
+    assert ds.num_episodes == 2 and ds.num_frames == 10
+    assert ds.extras["is_correction"].all() and ds.tasks == ["reach the red target"]
+    assert np.abs(ds.actions).max() <= 1.0  # expert actions, clipped to the action space
