@@ -1,10 +1,26 @@
-"""Edge export: policy.onnx (fp32/fp16/int8) + text_encoder.onnx + tokenizer + export.json with a parity report.
+"""Edge export: policy.onnx (fp32/fp16/int8) + text_encoder.onnx + tokenizer + export.json (with parity).
 
 Importing this package does not import torch (OnnxRunner reads export.json through it); exporting does.
 """
 
-from rfm.export.exporter import (EXPORT_FILE, EXPORT_FORMAT, INSTRUCTIONS_FILE, POLICY_FILE, TEXT_FILE,
-                                 ExportConfig, export_checkpoint, read_manifest)
+from rfm.export.exporter import (
+    EXPORT_FILE,
+    EXPORT_FORMAT,
+    INSTRUCTIONS_FILE,
+    POLICY_FILE,
+    TEXT_FILE,
+    ExportConfig,
+    export_checkpoint,
+    read_manifest,
+)
 
-__all__ = ["ExportConfig", "export_checkpoint", "read_manifest", "EXPORT_FILE", "EXPORT_FORMAT", "POLICY_FILE",
-           "TEXT_FILE", "INSTRUCTIONS_FILE"]
+__all__ = [
+    "EXPORT_FILE",
+    "EXPORT_FORMAT",
+    "INSTRUCTIONS_FILE",
+    "POLICY_FILE",
+    "TEXT_FILE",
+    "ExportConfig",
+    "export_checkpoint",
+    "read_manifest",
+]

@@ -5,7 +5,7 @@ Export dir layout (flat, written atomically):
     text_encoder.onnx   the frozen sentence encoder, fp32 (run once per new instruction, then cached)
     tokenizer.json ...  the text encoder's tokenizer files
     instructions.npz    optional precomputed text features for a fixed instruction set
-    export.json         I/O spec, robot interface, model identity, precision/target, quantisation, parity report
+    export.json         I/O spec, robot interface, model identity, precision/target, quantisation, parity
 """
 
 from __future__ import annotations
@@ -38,7 +38,10 @@ class ExportConfig:
     calib_dataset: str | None = None  # LeRobot dataset dir for int8 calibration and parity (else synthetic)
     calib_samples: int = 64  # frames used to calibrate int8 activation ranges
     parity_samples: int = 16  # held-out frames for the parity report
-    parity_batch_sizes: tuple[int, ...] = (1, 3)  # batch sizes the parity check runs (plus all samples at once)
+    parity_batch_sizes: tuple[int, ...] = (
+        1,
+        3,
+    )  # batch sizes the parity check runs (plus all samples at once)
     instructions: list[str] = field(default_factory=list)  # precompute these into instructions.npz
     opset: int = 18
     exporter: str = "dynamo"  # torch.onnx path: "dynamo" (torch.export + onnxscript) or "torchscript"
@@ -48,23 +51,37 @@ class ExportConfig:
         from rfm.config import did_you_mean
 
         if self.precision not in PRECISIONS:
-            raise ValueError(f"precision={self.precision!r}: expected one of {PRECISIONS}."
-                             f"{did_you_mean(self.precision, list(PRECISIONS))}")
+            raise ValueError(
+                f"precision={self.precision!r}: expected one of {PRECISIONS}."
+                f"{did_you_mean(self.precision, list(PRECISIONS))}"
+            )
         if self.target not in TARGETS:
-            raise ValueError(f"target={self.target!r}: expected one of {TARGETS}.{did_you_mean(self.target, list(TARGETS))}")
+            raise ValueError(
+                f"target={self.target!r}: expected one of {TARGETS}."
+                f"{did_you_mean(self.target, list(TARGETS))}"
+            )
         if self.opset < 17:
             raise ValueError(f"opset={self.opset}: expected >= 17 (LayerNormalization)")
         if self.calib_samples < 1 or self.parity_samples < 1:
-            raise ValueError(f"calib_samples={self.calib_samples}, parity_samples={self.parity_samples}: expected >= 1")
+            raise ValueError(
+                f"calib_samples={self.calib_samples}, parity_samples={self.parity_samples}: expected >= 1"
+            )
         self.instructions = [s for s in (t.strip() for t in self.instructions) if s]
+        if not self.text_encoder and not self.instructions:
+            raise ValueError(
+                "text_encoder=False needs instructions: without the text graph only a precomputed "
+                "instruction table can be served"
+            )
 
 
 def _check_out_dir(out: Path, checkpoint: Path | None) -> None:
     if checkpoint is not None and out.resolve() == checkpoint.resolve():
         raise ValueError(f"--out {out}: is the checkpoint directory itself; choose another directory")
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / EXPORT_FILE).exists())):
-        raise ValueError(f"--out {out}: exists and is not an rfm export directory (no {EXPORT_FILE}); refusing to "
-                         "replace it")
+        raise ValueError(
+            f"--out {out}: exists and is not an rfm export directory (no {EXPORT_FILE}); refusing to "
+            "replace it"
+        )
 
 
 def _write_tokenizer(text, tmp: Path) -> dict:
@@ -74,13 +91,24 @@ def _write_tokenizer(text, tmp: Path) -> dict:
     tok.save_pretrained(str(tmp))
     written = sorted(p.name for p in set(tmp.iterdir()) - before)
     if not (tmp / "tokenizer.json").exists():
-        raise RuntimeError(f"text encoder {text.name!r} has no fast tokenizer (tokenizer.json); OnnxRunner needs one")
-    return {"files": written, "max_tokens": text.max_tokens, "pad_token": tok.pad_token,
-            "pad_id": int(tok.pad_token_id), "pad_type_id": 0}
+        raise RuntimeError(
+            f"text encoder {text.name!r} has no fast tokenizer (tokenizer.json); OnnxRunner needs one"
+        )
+    return {
+        "files": written,
+        "max_tokens": text.max_tokens,
+        "pad_token": tok.pad_token,
+        "pad_id": int(tok.pad_token_id),
+        "pad_type_id": 0,
+    }
 
 
 def _text_parity(text, session) -> float:
-    texts = ["pick up the red block", "push", "open the top drawer and put the sponge inside it, then close it"]
+    texts = [
+        "pick up the red block",
+        "push",
+        "open the top drawer and put the sponge inside it, then close it",
+    ]
     ref, _ = text._encode_uncached(texts)
     out = session.run(["features"], text.tokenize(texts))[0]
     return float(np.abs(out - ref).max())
@@ -110,47 +138,70 @@ def export_checkpoint(checkpoint, out: str | Path, config: ExportConfig | None =
     itf, m = policy.interface, policy.model_config
 
     if cfg.calib_dataset:
-        samples = dataset_samples(cfg.calib_dataset, cfg.calib_samples, cfg.parity_samples)
+        samples = dataset_samples(
+            cfg.calib_dataset, cfg.calib_samples if cfg.precision == "int8" else 1, cfg.parity_samples, itf
+        )
     else:
-        samples = synthetic_samples(itf, cfg.calib_samples if cfg.precision == "int8" else 0, cfg.parity_samples,
-                                    policy.stats, cfg.instructions or None)
+        samples = synthetic_samples(
+            itf,
+            cfg.calib_samples if cfg.precision == "int8" else 0,
+            cfg.parity_samples,
+            policy.stats,
+            cfg.instructions or None,
+        )
 
     with atomic_dir(out) as tmp:
         tmp.chmod(0o755)  # mkdtemp creates 0700; the export dir is meant to be shipped
         fp32 = tmp / (POLICY_FILE if cfg.precision == "fp32" else "policy_fp32.onnx")
         log.info("exporting policy graph (%s, %s head)", m.preset, m.head)
-        exporter = export_policy_graph(policy.net, fp32, policy.text.dim, m.text_max_tokens, cfg.opset, cfg.exporter)
+        exporter = export_policy_graph(
+            policy.net, fp32, policy.text.dim, m.text_max_tokens, cfg.opset, cfg.exporter
+        )
         quant: dict | None = None
         if cfg.precision == "fp16":
             quant = to_fp16(fp32, tmp / POLICY_FILE)
         elif cfg.precision == "int8":
-            log.info("calibrating int8 (%s) on %d %s samples", cfg.target, len(samples.calibration), samples.source)
+            log.info(
+                "calibrating int8 (%s) on %d %s samples", cfg.target, len(samples.calibration), samples.source
+            )
             calib = split_feed(observation_arrays(policy, samples.calibration, seed=1), 8)
             quant = to_int8(fp32, tmp / POLICY_FILE, calib, cfg.target)
-            quant["calibration"] = {"source": samples.source, "dataset": samples.dataset,
-                                    "samples": len(samples.calibration)}
+            quant["calibration"] = {
+                "source": samples.source,
+                "dataset": samples.dataset,
+                "samples": len(samples.calibration),
+            }
         if fp32.name != POLICY_FILE:
             fp32.unlink()
 
-        text_info: dict = {"encoder": m.text_encoder, "dim": policy.text.dim, "max_tokens": m.text_max_tokens,
-                           "graph": None, "instructions": None}
+        text_info: dict = {
+            "encoder": m.text_encoder,
+            "dim": policy.text.dim,
+            "max_tokens": m.text_max_tokens,
+            "graph": None,
+            "instructions": None,
+        }
         text_err = None
         if cfg.text_encoder:
             export_text_graph(policy.text, tmp / TEXT_FILE, cfg.opset, cfg.exporter)
             text_info["graph"] = TEXT_FILE
             text_info["tokenizer"] = _write_tokenizer(policy.text, tmp)
             text_info["io"] = io_spec(tmp / TEXT_FILE)
-            text_err = _text_parity(policy.text, ort.InferenceSession(str(tmp / TEXT_FILE),
-                                                                      providers=["CPUExecutionProvider"]))
+            text_err = _text_parity(
+                policy.text, ort.InferenceSession(str(tmp / TEXT_FILE), providers=["CPUExecutionProvider"])
+            )
         if cfg.instructions:
             feats, mask = policy.text.encode(cfg.instructions)
-            np.savez(tmp / INSTRUCTIONS_FILE, instructions=np.array(cfg.instructions), features=feats, mask=mask)
+            np.savez(
+                tmp / INSTRUCTIONS_FILE, instructions=np.array(cfg.instructions), features=feats, mask=mask
+            )
             text_info["instructions"] = {"file": INSTRUCTIONS_FILE, "count": len(cfg.instructions)}
 
         session = ort.InferenceSession(str(tmp / POLICY_FILE), providers=["CPUExecutionProvider"])
         held = observation_arrays(policy, samples.held_out, seed=2)
-        parity = parity_report(policy, session, held, cfg.precision, samples.source, cfg.parity_batch_sizes,
-                               samples.action_range)
+        parity = parity_report(
+            policy, session, held, cfg.precision, samples.source, cfg.parity_batch_sizes, samples.action_range
+        )
         if text_err is not None:
             parity["text_encoder_max_abs_error"] = text_err
 
@@ -162,14 +213,23 @@ def export_checkpoint(checkpoint, out: str | Path, config: ExportConfig | None =
             "model_id": policy.meta.get("model_id", "rfm"),
             "model_version": policy.meta.get("model_version", "unsaved"),
             "checkpoint": str(ckpt_dir) if ckpt_dir else None,
-            "preset": m.preset, "head": m.head, "flow_steps": m.flow_steps if m.head == "flow" else None,
-            "precision": cfg.precision, "target": cfg.target, "opset": cfg.opset, "exporter": exporter,
+            "preset": m.preset,
+            "head": m.head,
+            "flow_steps": m.flow_steps if m.head == "flow" else None,
+            "precision": cfg.precision,
+            "target": cfg.target,
+            "opset": cfg.opset,
+            "exporter": exporter,
             "policy": POLICY_FILE,
-            "inputs": spec["inputs"], "outputs": spec["outputs"],
+            "inputs": spec["inputs"],
+            "outputs": spec["outputs"],
             "interface": itf.to_dict(),
-            "normalization": {"mode": m.norm_mode, "inside_graph": True,
-                              "action_offset": policy.net.action_norm.offset.tolist(),
-                              "action_scale": policy.net.action_norm.scale.tolist()},
+            "normalization": {
+                "mode": m.norm_mode,
+                "inside_graph": True,
+                "action_offset": policy.net.action_norm.offset.tolist(),
+                "action_scale": policy.net.action_norm.scale.tolist(),
+            },
             "text": text_info,
             "quantization": quant,
             "parity": parity,
@@ -191,8 +251,10 @@ def read_manifest(export_dir: str | Path) -> dict:
     if not Path(export_dir).is_dir():
         raise FileNotFoundError(f"{export_dir}: export directory not found")
     if not path.exists():
-        raise FileNotFoundError(f"{path}: missing (an export directory is written by `rfm export` and holds "
-                                f"{POLICY_FILE} and {EXPORT_FILE})")
+        raise FileNotFoundError(
+            f"{path}: missing (an export directory is written by `rfm export` and holds "
+            f"{POLICY_FILE} and {EXPORT_FILE})"
+        )
     try:
         manifest = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -201,4 +263,3 @@ def read_manifest(export_dir: str | Path) -> dict:
         fmt = manifest.get("format") if isinstance(manifest, dict) else None
         raise ValueError(f"{path}: format={fmt!r}, expected {EXPORT_FORMAT!r}")
     return manifest
-

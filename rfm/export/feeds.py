@@ -9,13 +9,17 @@ from rfm.runtime.observation import make_batch
 
 def observation_arrays(policy, observations: list[dict], seed: int = 0) -> dict[str, np.ndarray]:
     """All observations as one feed: images (N, N_cam, 3, H, W) uint8, state (N, D_s) f32, text (N, L, D_text)
-    f32, text_mask (N, L) f32, plus noise (N, H, D_a) f32 for the flow head (seeded, so parity is reproducible).
+    f32, text_mask (N, L) f32, plus noise (N, H, D_a) f32 for the flow head (seeded: reproducible parity).
     Images of another size are resized (dataset frames may be stored larger than the model input)."""
     itf = policy.interface
     batch = make_batch(observations, itf, resize=True)
     text, mask = policy.text.encode(batch.instructions)
-    feed = {"images": batch.images, "state": batch.state.astype(np.float32), "text": text.astype(np.float32),
-            "text_mask": mask.astype(np.float32)}
+    feed = {
+        "images": batch.images,
+        "state": batch.state.astype(np.float32),
+        "text": text.astype(np.float32),
+        "text_mask": mask.astype(np.float32),
+    }
     if policy.model_config.head == "flow":
         rng = np.random.default_rng(seed)
         feed["noise"] = rng.standard_normal((len(batch), itf.chunk_size, itf.action_dim)).astype(np.float32)
@@ -25,4 +29,4 @@ def observation_arrays(policy, observations: list[dict], seed: int = 0) -> dict[
 def split_feed(feed: dict[str, np.ndarray], batch_size: int) -> list[dict[str, np.ndarray]]:
     """Cut one feed of N samples into consecutive feeds of at most batch_size samples."""
     n = len(next(iter(feed.values())))
-    return [{k: v[i:i + batch_size] for k, v in feed.items()} for i in range(0, n, batch_size)]
+    return [{k: v[i : i + batch_size] for k, v in feed.items()} for i in range(0, n, batch_size)]

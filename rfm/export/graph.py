@@ -58,27 +58,39 @@ class TextGraph(nn.Module):
         self.model = model
 
     def forward(self, input_ids, attention_mask, token_type_ids):
-        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask,
-                            token_type_ids=token_type_ids).last_hidden_state  # (B, L, D_text)
+        hidden = self.model(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+        ).last_hidden_state  # (B, L, D_text)
         return hidden * attention_mask.unsqueeze(-1).to(hidden.dtype)
 
 
-def policy_example(net: PolicyNet, text_dim: int, max_tokens: int, batch: int = 2) -> tuple[torch.Tensor, ...]:
+def policy_example(
+    net: PolicyNet, text_dim: int, max_tokens: int, batch: int = 2
+) -> tuple[torch.Tensor, ...]:
     """Example inputs (batch >= 2 so the exporter keeps the batch axis symbolic)."""
     itf = net.config.interface
     g = torch.Generator().manual_seed(0)
-    args = [torch.randint(0, 256, (batch, len(itf.cameras), 3, *itf.image_size), dtype=torch.uint8, generator=g),
-            torch.randn(batch, itf.state_dim, generator=g),
-            torch.randn(batch, max_tokens, text_dim, generator=g),
-            torch.ones(batch, max_tokens)]
-    args[3][:, max_tokens // 2:] = 0.0
+    args = [
+        torch.randint(0, 256, (batch, len(itf.cameras), 3, *itf.image_size), dtype=torch.uint8, generator=g),
+        torch.randn(batch, itf.state_dim, generator=g),
+        torch.randn(batch, max_tokens, text_dim, generator=g),
+        torch.ones(batch, max_tokens),
+    ]
+    args[3][:, max_tokens // 2 :] = 0.0
     if net.head_type == "flow":
         args.append(torch.randn(batch, itf.chunk_size, itf.action_dim, generator=g))
     return tuple(args)
 
 
-def _export(module: nn.Module, args: tuple, path: Path, input_names: list[str], output_name: str,
-            opset: int, exporter: str) -> str:
+def _export(
+    module: nn.Module,
+    args: tuple,
+    path: Path,
+    input_names: list[str],
+    output_name: str,
+    opset: int,
+    exporter: str,
+) -> str:
     """Export with the chosen exporter (falling back to the other on failure); returns the one that worked."""
     if exporter not in EXPORTERS:
         raise ValueError(f"exporter={exporter!r}: expected one of {EXPORTERS}")
@@ -90,18 +102,36 @@ def _export(module: nn.Module, args: tuple, path: Path, input_names: list[str], 
                 warnings.simplefilter("ignore")
                 if name == "dynamo":
                     batch = torch.export.Dim("batch", min=1, max=4096)
-                    torch.onnx.export(module, args, str(path), input_names=input_names, output_names=[output_name],
-                                      opset_version=opset, dynamo=True, external_data=False, verbose=False,
-                                      dynamic_shapes={n: {0: batch} for n in _arg_names(module)})
+                    torch.onnx.export(
+                        module,
+                        args,
+                        str(path),
+                        input_names=input_names,
+                        output_names=[output_name],
+                        opset_version=opset,
+                        dynamo=True,
+                        external_data=False,
+                        verbose=False,
+                        dynamic_shapes={n: {0: batch} for n in _arg_names(module)},
+                    )
                 else:
-                    torch.onnx.export(module, args, str(path), input_names=input_names, output_names=[output_name],
-                                      opset_version=opset, dynamo=False,
-                                      dynamic_axes={n: {0: "batch"} for n in [*input_names, output_name]})
+                    torch.onnx.export(
+                        module,
+                        args,
+                        str(path),
+                        input_names=input_names,
+                        output_names=[output_name],
+                        opset_version=opset,
+                        dynamo=False,
+                        dynamic_axes={n: {0: "batch"} for n in [*input_names, output_name]},
+                    )
             onnx.checker.check_model(str(path), full_check=True)
             return name
         except Exception as e:  # noqa: BLE001 - try the other exporter, report both if both fail
             errors.append(f"{name}: {type(e).__name__}: {str(e)[:500]}")
-    raise RuntimeError(f"ONNX export of {type(module).__name__} failed with every exporter:\n" + "\n".join(errors))
+    raise RuntimeError(
+        f"ONNX export of {type(module).__name__} failed with every exporter:\n" + "\n".join(errors)
+    )
 
 
 def _arg_names(module: nn.Module) -> list[str]:
@@ -110,8 +140,14 @@ def _arg_names(module: nn.Module) -> list[str]:
     return [p for p in inspect.signature(module.forward).parameters]
 
 
-def export_policy_graph(net: PolicyNet, path: str | Path, text_dim: int, max_tokens: int, opset: int = OPSET,
-                        exporter: str = "dynamo") -> str:
+def export_policy_graph(
+    net: PolicyNet,
+    path: str | Path,
+    text_dim: int,
+    max_tokens: int,
+    opset: int = OPSET,
+    exporter: str = "dynamo",
+) -> str:
     """Write policy.onnx (fp32) for `net`; returns the exporter used."""
     net = net.eval().cpu()
     module = (FlowGraph if net.head_type == "flow" else ChunkGraph)(net).eval()
@@ -123,7 +159,9 @@ def export_policy_graph(net: PolicyNet, path: str | Path, text_dim: int, max_tok
     return used
 
 
-def export_text_graph(text: TextEncoder, path: str | Path, opset: int = OPSET, exporter: str = "dynamo") -> str:
+def export_text_graph(
+    text: TextEncoder, path: str | Path, opset: int = OPSET, exporter: str = "dynamo"
+) -> str:
     """Write text_encoder.onnx (fp32) for the frozen sentence encoder; returns the exporter used."""
     module = TextGraph(text.model.cpu()).eval()
     tok = text.tokenize(["pick up the red block", "push"])
@@ -158,8 +196,14 @@ def save_model(model: onnx.ModelProto, path: str | Path) -> None:
             os.remove(tmp)
 
 
-_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16", onnx.TensorProto.UINT8: "uint8",
-           onnx.TensorProto.INT64: "int64", onnx.TensorProto.INT32: "int32", onnx.TensorProto.BOOL: "bool"}
+_DTYPES = {
+    onnx.TensorProto.FLOAT: "float32",
+    onnx.TensorProto.FLOAT16: "float16",
+    onnx.TensorProto.UINT8: "uint8",
+    onnx.TensorProto.INT64: "int64",
+    onnx.TensorProto.INT32: "int32",
+    onnx.TensorProto.BOOL: "bool",
+}
 
 
 def io_spec(path: str | Path) -> dict:
@@ -172,5 +216,7 @@ def io_spec(path: str | Path) -> dict:
         return {"name": vi.name, "shape": shape, "dtype": _DTYPES.get(t.elem_type, str(t.elem_type))}
 
     inits = {i.name for i in model.graph.initializer}
-    return {"inputs": [one(v) for v in model.graph.input if v.name not in inits],
-            "outputs": [one(v) for v in model.graph.output]}
+    return {
+        "inputs": [one(v) for v in model.graph.input if v.name not in inits],
+        "outputs": [one(v) for v in model.graph.output],
+    }

@@ -1,6 +1,6 @@
 """Parity of an exported graph against the PyTorch policy on held-out samples, in normalised action units.
 
-Normalised units are (action - offset) / scale with the policy's own action normaliser, so one number means the
+Normalised units are (action - offset) / scale with the policy's own action normaliser, so one number means
 same thing for every robot. Errors are also given as % of each action dimension's range.
 """
 
@@ -12,8 +12,11 @@ import torch
 from rfm.constants import ACTION
 
 # Goals per precision (measured and reported; the export does not fail on them).
-GOALS = {"fp32": ("max_abs_error", 1e-4), "fp16": ("max_abs_error", 1e-2),
-         "int8": ("mean_abs_error_pct_of_range_max", 2.0)}
+GOALS = {
+    "fp32": ("max_abs_error", 1e-4),
+    "fp16": ("max_abs_error", 1e-2),
+    "int8": ("mean_abs_error_pct_of_range_max", 2.0),
+}
 
 
 @torch.no_grad()
@@ -26,9 +29,18 @@ def torch_reference(policy, feed: dict[str, np.ndarray], batch_size: int = 16) -
     for i in range(0, n, batch_size):
         sl = slice(i, i + batch_size)
         noise = torch.from_numpy(feed["noise"][sl]).to(dev) if "noise" in feed else None
-        outs.append(net(torch.from_numpy(feed["images"][sl]).to(dev), torch.from_numpy(feed["state"][sl]).to(dev),
-                        torch.from_numpy(feed["text"][sl]).to(dev),
-                        torch.from_numpy(feed["text_mask"][sl] > 0.5).to(dev), noise).float().cpu().numpy())
+        outs.append(
+            net(
+                torch.from_numpy(feed["images"][sl]).to(dev),
+                torch.from_numpy(feed["state"][sl]).to(dev),
+                torch.from_numpy(feed["text"][sl]).to(dev),
+                torch.from_numpy(feed["text_mask"][sl] > 0.5).to(dev),
+                noise,
+            )
+            .float()
+            .cpu()
+            .numpy()
+        )
     return np.concatenate(outs)
 
 
@@ -36,7 +48,9 @@ def _action_range(policy, known: np.ndarray | None, scale: np.ndarray) -> tuple[
     """Per-dimension range of actions in normalised units, and where it came from."""
     stats = (policy.stats or {}).get(ACTION) or {}
     if "min" in stats and "max" in stats:
-        rng = np.asarray(stats["max"], np.float32).reshape(-1) - np.asarray(stats["min"], np.float32).reshape(-1)
+        rng = np.asarray(stats["max"], np.float32).reshape(-1) - np.asarray(stats["min"], np.float32).reshape(
+            -1
+        )
         source = "checkpoint stats (max - min)"
     elif known is not None:
         rng, source = np.asarray(known, np.float32).reshape(-1), "dataset actions (max - min)"
@@ -45,8 +59,15 @@ def _action_range(policy, known: np.ndarray | None, scale: np.ndarray) -> tuple[
     return np.maximum(rng / scale, 1e-6), source
 
 
-def parity_report(policy, session, feed: dict[str, np.ndarray], precision: str, source: str,
-                  batch_sizes: tuple[int, ...] = (1, 3), action_range: np.ndarray | None = None) -> dict:
+def parity_report(
+    policy,
+    session,
+    feed: dict[str, np.ndarray],
+    precision: str,
+    source: str,
+    batch_sizes: tuple[int, ...] = (1, 3),
+    action_range: np.ndarray | None = None,
+) -> dict:
     """Compare an onnxruntime session with PyTorch on `feed`, run at each batch size (dynamic batch axis)."""
     n = len(feed["images"])
     ref = torch_reference(policy, feed)
@@ -57,8 +78,12 @@ def parity_report(policy, session, feed: dict[str, np.ndarray], precision: str, 
     sizes = sorted({min(b, n) for b in (*batch_sizes, n)})
     per_batch, worst = {}, None
     for b in sizes:
-        out = np.concatenate([session.run(["actions"], {k: v[i:i + b] for k, v in feed.items() if k in names})[0]
-                              for i in range(0, n, b)])
+        out = np.concatenate(
+            [
+                session.run(["actions"], {k: v[i : i + b] for k, v in feed.items() if k in names})[0]
+                for i in range(0, n, b)
+            ]
+        )
         err = np.abs((out - offset) / scale - nref)  # (N, H, D_a) normalised units
         per_batch[str(b)] = {"max_abs_error": float(err.max()), "mean_abs_error": float(err.mean())}
         if worst is None or err.max() > worst[0].max():
@@ -72,11 +97,16 @@ def parity_report(policy, session, feed: dict[str, np.ndarray], precision: str, 
     max_pct = err.max(axis=(0, 1)) / rng * 100
     report = {
         "reference": "PyTorch fp32 eager (same inputs, same noise)",
-        "precision": precision, "source": source, "samples": n, "batch_sizes": sizes,
+        "precision": precision,
+        "source": source,
+        "samples": n,
+        "batch_sizes": sizes,
         "units": "normalised action units ((action - offset) / scale of the policy's action normaliser)",
-        "max_abs_error": float(err.max()), "mean_abs_error": float(err.mean()),
+        "max_abs_error": float(err.max()),
+        "mean_abs_error": float(err.mean()),
         "max_abs_error_robot_units": float(np.abs(out - ref).max()),
-        "cosine_similarity_mean": float(cos.mean()), "cosine_similarity_min": float(cos.min()),
+        "cosine_similarity_mean": float(cos.mean()),
+        "cosine_similarity_min": float(cos.min()),
         "range_source": rng_source,
         "mean_abs_error_pct_of_range": [float(v) for v in mean_pct],
         "max_abs_error_pct_of_range": [float(v) for v in max_pct],
@@ -92,13 +122,26 @@ def format_report(report: dict, action_names: list[str] | None = None) -> str:
     """The parity report as a few human-readable lines."""
     g = report["goal"]
     names = action_names or [f"a{i}" for i in range(len(report["mean_abs_error_pct_of_range"]))]
-    pct = ", ".join(f"{nm} {m:.3f}%/{x:.3f}%" for nm, m, x in zip(names, report["mean_abs_error_pct_of_range"],
-                                                                  report["max_abs_error_pct_of_range"]))
+    pct = ", ".join(
+        f"{nm} {m:.3f}%/{x:.3f}%"
+        for nm, m, x in zip(
+            names, report["mean_abs_error_pct_of_range"], report["max_abs_error_pct_of_range"]
+        )
+    )
     lines = [
-        f"parity vs PyTorch ({report['precision']}, {report['samples']} held-out {report['source']} samples, "
-        f"batch sizes {report['batch_sizes']}):",
-        f"  max |err| {report['max_abs_error']:.3g}   mean |err| {report['mean_abs_error']:.3g}   (normalised units)",
-        f"  cosine similarity mean {report['cosine_similarity_mean']:.6f}   min {report['cosine_similarity_min']:.6f}",
+        (
+            f"parity vs PyTorch ({report['precision']}, {report['samples']} held-out "
+            f"{report['source']} samples, "
+            f"batch sizes {report['batch_sizes']}):"
+        ),
+        (
+            f"  max |err| {report['max_abs_error']:.3g}   mean |err| {report['mean_abs_error']:.3g}"
+            "   (normalised units)"
+        ),
+        (
+            f"  cosine similarity mean {report['cosine_similarity_mean']:.6f}"
+            f"   min {report['cosine_similarity_min']:.6f}"
+        ),
         f"  error % of range (mean/max) per dim: {pct}   [{report['range_source']}]",
     ]
     if "text_encoder_max_abs_error" in report:

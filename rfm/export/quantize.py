@@ -1,8 +1,8 @@
 """fp16 conversion and static int8 (QDQ) quantisation of policy.onnx, with per-target settings.
 
 Targets differ in what their int8 kernels accept:
-    cpu       u8 activations (asymmetric), s8 per-channel weights, QDQ around Conv/MatMul/Gemm (ORT fuses them).
-    openvino  8-bit QDQ around Conv/MatMul/Gemm only, symmetric per-channel weights (what the NPU plugin folds).
+    cpu       u8 activations (asymmetric), s8 per-channel weights, QDQ around Conv/MatMul/Gemm (ORT fuses).
+    openvino  8-bit QDQ around Conv/MatMul/Gemm only, symmetric per-channel weights (the NPU plugin folds).
     tensorrt  symmetric s8 activations and weights (zero point 0), per-channel weights, Conv/MatMul/Gemm.
     qnn       16-bit activations (u16), u8 weights, every op quantised (HTP runs integer-only graphs), via
               onnxruntime's QNN helper.
@@ -12,9 +12,9 @@ cpu/openvino/tensorrt targets: they are cheap, and quantising them costs accurac
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 import onnx
@@ -46,14 +46,32 @@ class QuantSettings:
 
 
 QUANT_SETTINGS: dict[str, QuantSettings] = {
-    "cpu": QuantSettings("cpu", notes="ORT CPU: u8 activations, s8 per-channel weights, QDQ fused to QLinear ops"),
-    "openvino": QuantSettings("openvino", activation_type="QUInt8", weight_type="QInt8",
-                              notes="OpenVINO NPU: 8-bit QDQ around Conv/MatMul only"),
-    "tensorrt": QuantSettings("tensorrt", activation_type="QInt8", weight_type="QInt8", activation_symmetric=True,
-                              notes="TensorRT explicit quantisation: symmetric int8, zero point 0"),
-    "qnn": QuantSettings("qnn", activation_type="QUInt16", weight_type="QUInt8", per_channel=False,
-                         weight_symmetric=False, op_types=(), weights_only_matmul=False,
-                         notes="QNN HTP: 16-bit activations, 8-bit weights, whole graph quantised"),
+    "cpu": QuantSettings(
+        "cpu", notes="ORT CPU: u8 activations, s8 per-channel weights, QDQ fused to QLinear ops"
+    ),
+    "openvino": QuantSettings(
+        "openvino",
+        activation_type="QUInt8",
+        weight_type="QInt8",
+        notes="OpenVINO NPU: 8-bit QDQ around Conv/MatMul only",
+    ),
+    "tensorrt": QuantSettings(
+        "tensorrt",
+        activation_type="QInt8",
+        weight_type="QInt8",
+        activation_symmetric=True,
+        notes="TensorRT explicit quantisation: symmetric int8, zero point 0",
+    ),
+    "qnn": QuantSettings(
+        "qnn",
+        activation_type="QUInt16",
+        weight_type="QUInt8",
+        per_channel=False,
+        weight_symmetric=False,
+        op_types=(),
+        weights_only_matmul=False,
+        notes="QNN HTP: 16-bit activations, 8-bit weights, whole graph quantised",
+    ),
 }
 
 
@@ -78,8 +96,16 @@ def _drop_duplicate_nodes(graph: onnx.GraphProto) -> None:
     """Remove nodes that repeat an earlier node exactly (same op, inputs, outputs, attributes) (in place)."""
     seen, keep = set(), []
     for n in graph.node:
-        key = n.SerializeToString(deterministic=True) if n.name == "" else (
-            n.op_type, tuple(n.input), tuple(n.output), tuple(a.SerializeToString() for a in n.attribute))
+        key = (
+            n.SerializeToString(deterministic=True)
+            if n.name == ""
+            else (
+                n.op_type,
+                tuple(n.input),
+                tuple(n.output),
+                tuple(a.SerializeToString() for a in n.attribute),
+            )
+        )
         if key in seen:
             continue
         seen.add(key)
@@ -123,14 +149,49 @@ def _activation_matmuls(model: onnx.ModelProto) -> list[str]:
     """Names of MatMul nodes with no constant input (attention QK^T and AV)."""
     consts = {i.name for i in model.graph.initializer}
     consts |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
-    return [n.name for n in model.graph.node if n.op_type == "MatMul" and not any(i in consts for i in n.input)]
+    return [
+        n.name for n in model.graph.node if n.op_type == "MatMul" and not any(i in consts for i in n.input)
+    ]
 
 
-def to_int8(src: str | Path, dst: str | Path, feeds: list[dict[str, np.ndarray]], target: str = "cpu") -> dict:
+def _unshare_initializers(model: onnx.ModelProto, max_elements: int = 1 << 20) -> int:
+    """Give each consumer its own copy of an initializer read by several nodes (the exporter deduplicates
+    equal constants, e.g. zero biases); the quantiser fails on shared ones. In place; returns #copies."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in model.graph.node:
+        for i in dict.fromkeys(n.input):
+            if i in inits:
+                consumers.setdefault(i, []).append(n)
+    copies = 0
+    for name, nodes in consumers.items():
+        if len(nodes) < 2 or int(np.prod(inits[name].dims, dtype=np.int64)) > max_elements:
+            continue
+        value = numpy_helper.to_array(inits[name])
+        for k, node in enumerate(nodes[1:], start=1):
+            new = f"{name}__copy{k}"
+            model.graph.initializer.append(numpy_helper.from_array(value.copy(), new))
+            node.input[:] = [new if i == name else i for i in node.input]
+            copies += 1
+    return copies
+
+
+def to_int8(
+    src: str | Path, dst: str | Path, feeds: list[dict[str, np.ndarray]], target: str = "cpu"
+) -> dict:
     """Static QDQ quantisation of `src` calibrated on `feeds`; returns what was done (for export.json)."""
     import tempfile
 
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quant_pre_process, quantize
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quant_pre_process,
+        quantize,
+    )
 
     if target not in QUANT_SETTINGS:
         raise ValueError(f"target={target!r}: expected one of {TARGETS}")
@@ -142,42 +203,67 @@ def to_int8(src: str | Path, dst: str | Path, feeds: list[dict[str, np.ndarray]]
         # Shape inference + graph cleanup first: onnxruntime's recommended input to the quantiser.
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=False)
         model = onnx.load(str(pre))
-        for i, n in enumerate(model.graph.node):  # the quantiser keys on node names; make sure every node has one
+        for i, n in enumerate(
+            model.graph.node
+        ):  # the quantiser keys on node names; make sure every node has one
             if not n.name:
                 n.name = f"{n.op_type}_{i}"
+        _unshare_initializers(model)
         onnx.save_model(model, str(pre))
         reader = FeedReader(feeds)
         if target == "qnn":
             from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
 
-            config = get_qnn_qdq_config(str(pre), reader, activation_type=QuantType[s.activation_type],
-                                        weight_type=QuantType[s.weight_type], per_channel=s.per_channel)
+            config = get_qnn_qdq_config(
+                str(pre),
+                reader,
+                activation_type=QuantType[s.activation_type],
+                weight_type=QuantType[s.weight_type],
+                per_channel=s.per_channel,
+            )
         else:
             from onnxruntime.quantization import StaticQuantConfig
 
             exclude = _activation_matmuls(model) if s.weights_only_matmul else []
             config = StaticQuantConfig(
-                reader, calibrate_method=CalibrationMethod.MinMax, quant_format=QuantFormat.QDQ,
-                activation_type=QuantType[s.activation_type], weight_type=QuantType[s.weight_type],
-                op_types_to_quantize=list(s.op_types), nodes_to_exclude=exclude, per_channel=s.per_channel,
-                extra_options={"ActivationSymmetric": s.activation_symmetric, "WeightSymmetric": s.weight_symmetric,
-                               **s.extra})
+                reader,
+                calibrate_method=CalibrationMethod.MinMax,
+                quant_format=QuantFormat.QDQ,
+                activation_type=QuantType[s.activation_type],
+                weight_type=QuantType[s.weight_type],
+                op_types_to_quantize=list(s.op_types),
+                nodes_to_exclude=exclude,
+                per_channel=s.per_channel,
+                extra_options={
+                    "ActivationSymmetric": s.activation_symmetric,
+                    "WeightSymmetric": s.weight_symmetric,
+                    **s.extra,
+                },
+            )
         quantize(str(pre), str(dst), config)
     q = onnx.load(str(dst))
     onnx.checker.check_model(q)
     ops = [n.op_type for n in q.graph.node]
-    return {**s.to_dict(), "format": "QDQ", "calibrate_method": "MinMax",
-            "quantize_linear_nodes": ops.count("QuantizeLinear"),
-            "dequantize_linear_nodes": ops.count("DequantizeLinear"),
-            "quantized_ops": _quantized_op_counts(q)}
+    return {
+        **s.to_dict(),
+        "format": "QDQ",
+        "calibrate_method": "MinMax",
+        "quantize_linear_nodes": ops.count("QuantizeLinear"),
+        "dequantize_linear_nodes": ops.count("DequantizeLinear"),
+        "quantized_ops": _quantized_op_counts(q),
+    }
 
 
 def _quantized_op_counts(model: onnx.ModelProto) -> dict[str, int]:
-    """Nodes per op type whose every input comes from a DequantizeLinear: the ones ORT runs as integer kernels."""
+    """Nodes per op type whose every input comes from a DequantizeLinear (run as integer kernels)."""
     dq_out = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
     counts: dict[str, int] = {}
     for n in model.graph.node:
         inputs = [i for i in n.input if i]
-        if n.op_type not in ("QuantizeLinear", "DequantizeLinear") and inputs and all(i in dq_out for i in inputs):
+        if (
+            n.op_type not in ("QuantizeLinear", "DequantizeLinear", "Shape")
+            and inputs
+            and all(i in dq_out for i in inputs)
+        ):
             counts[n.op_type] = counts.get(n.op_type, 0) + 1
     return dict(sorted(counts.items()))

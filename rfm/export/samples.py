@@ -18,8 +18,14 @@ from rfm.constants import ACTION, IMAGES, INSTRUCTION, OBS_STATE, STATE
 
 log = logging.getLogger(__name__)
 
-SYNTHETIC_INSTRUCTIONS = ("pick up the red block", "push the button", "open the drawer", "close the door",
-                          "reach the target", "put the cube in the bowl")
+SYNTHETIC_INSTRUCTIONS = (
+    "pick up the red block",
+    "push the button",
+    "open the drawer",
+    "close the door",
+    "reach the target",
+    "put the cube in the bowl",
+)
 
 
 @dataclass
@@ -42,8 +48,13 @@ def _smooth_image(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def synthetic_observations(interface: RobotInterface, n: int, stats: dict | None = None,
-                           instructions: list[str] | None = None, seed: int = 0) -> list[dict]:
+def synthetic_observations(
+    interface: RobotInterface,
+    n: int,
+    stats: dict | None = None,
+    instructions: list[str] | None = None,
+    seed: int = 0,
+) -> list[dict]:
     """n observations with smooth random images, state drawn from the state stats (or N(0, 1))."""
     rng = np.random.default_rng(seed)
     h, w = interface.image_size
@@ -53,16 +64,23 @@ def synthetic_observations(interface: RobotInterface, n: int, stats: dict | None
     if mean.shape[0] != interface.state_dim:
         mean, std = np.zeros(interface.state_dim, np.float32), np.ones(interface.state_dim, np.float32)
     texts = list(instructions or SYNTHETIC_INSTRUCTIONS)
-    return [{IMAGES: {c: _smooth_image(rng, h, w) for c in interface.cameras},
-             STATE: (mean + std * rng.standard_normal(interface.state_dim)).astype(np.float32),
-             INSTRUCTION: texts[i % len(texts)]} for i in range(n)]
+    return [
+        {
+            IMAGES: {c: _smooth_image(rng, h, w) for c in interface.cameras},
+            STATE: (mean + std * rng.standard_normal(interface.state_dim)).astype(np.float32),
+            INSTRUCTION: texts[i % len(texts)],
+        }
+        for i in range(n)
+    ]
 
 
 def _open_dataset(path: str | Path) -> Any:
     try:
         from rfm.data.lerobot import LeRobotDataset
     except ImportError as e:
-        raise FileNotFoundError(f"--calib-dataset {path}: reading datasets needs rfm.data.lerobot ({e})") from e
+        raise FileNotFoundError(
+            f"--calib-dataset {path}: reading datasets needs rfm.data.lerobot ({e})"
+        ) from e
     if not Path(path).exists():
         raise FileNotFoundError(f"--calib-dataset {path}: no such directory (expected a LeRobot dataset)")
     return LeRobotDataset(path)
@@ -75,9 +93,12 @@ def _num_frames(ds: Any) -> int:
     return len(ds)
 
 
-def dataset_samples(path: str | Path, n_calib: int, n_held_out: int) -> SampleSet:
+def dataset_samples(path: str | Path, n_calib: int, n_held_out: int, interface: RobotInterface) -> SampleSet:
     """Evenly spaced frames of a LeRobot dataset: calibration frames, and held-out frames between them."""
     ds = _open_dataset(path)
+    cams = list(getattr(ds, "cameras", interface.cameras))
+    if sorted(cams) != sorted(interface.cameras):
+        raise ValueError(f"--calib-dataset {path}: has cameras {cams}, the model expects {interface.cameras}")
     total = _num_frames(ds)
     if total < 2:
         raise ValueError(f"--calib-dataset {path}: has {total} frame(s), need at least 2")
@@ -90,16 +111,20 @@ def dataset_samples(path: str | Path, n_calib: int, n_held_out: int) -> SampleSe
     held = [int(i) if int(i) not in taken else min(int(i) + 1, total - 1) for i in held]
     calib = [_frame(ds, int(i)) for i in calib_idx]
     held_out = [_frame(ds, i) for i in held]
-    acts = np.stack([np.asarray(f.pop(ACTION), np.float32).reshape(-1) for f in calib + held_out if ACTION in f]) \
-        if any(ACTION in f for f in calib + held_out) else None
+    acts = (
+        np.stack([np.asarray(f.pop(ACTION), np.float32).reshape(-1) for f in calib + held_out if ACTION in f])
+        if any(ACTION in f for f in calib + held_out)
+        else None
+    )
     stats_range = _dataset_action_range(ds)
     rng_ = stats_range if stats_range is not None else (None if acts is None else acts.max(0) - acts.min(0))
     return SampleSet(calib, held_out, "dataset", str(path), rng_)
 
 
 def _frame(ds: Any, i: int) -> dict:
-    frame = dict(ds.get_frame(i))
-    return frame
+    """A runtime observation (+ "action") for frame i; bookkeeping keys (episode_index, ...) are dropped."""
+    frame = ds.get_frame(i)
+    return {k: frame[k] for k in (IMAGES, STATE, INSTRUCTION, ACTION) if k in frame}
 
 
 def _dataset_action_range(ds: Any) -> np.ndarray | None:
@@ -110,9 +135,24 @@ def _dataset_action_range(ds: Any) -> np.ndarray | None:
     return None
 
 
-def synthetic_samples(interface: RobotInterface, n_calib: int, n_held_out: int, stats: dict | None = None,
-                      instructions: list[str] | None = None) -> SampleSet:
-    log.warning("no --calib-dataset given: calibrating and checking parity on %d + %d SYNTHETIC observations; "
-                "int8 accuracy on real camera frames may differ", n_calib, n_held_out)
-    return SampleSet(synthetic_observations(interface, n_calib, stats, instructions, seed=1),
-                     synthetic_observations(interface, n_held_out, stats, instructions, seed=2), "synthetic")
+def synthetic_samples(
+    interface: RobotInterface,
+    n_calib: int,
+    n_held_out: int,
+    stats: dict | None = None,
+    instructions: list[str] | None = None,
+) -> SampleSet:
+    if n_calib:
+        log.warning(
+            "no --calib-dataset given: calibrating int8 on %d SYNTHETIC observations (and checking parity on "
+            "%d more); int8 accuracy on real camera frames may differ",
+            n_calib,
+            n_held_out,
+        )
+    else:
+        log.info("no --calib-dataset given: checking parity on %d synthetic observations", n_held_out)
+    return SampleSet(
+        synthetic_observations(interface, n_calib, stats, instructions, seed=1),
+        synthetic_observations(interface, n_held_out, stats, instructions, seed=2),
+        "synthetic",
+    )
