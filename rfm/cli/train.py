@@ -38,12 +38,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lora-rank", type=int, default=0, help="LoRA rank for a pretrained HF vision backbone")
     p.add_argument("--weights-dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     p.add_argument("--model", default=None, help='JSON of model config overrides, e.g. \'{"dim": 192}\'')
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's choice; lower it when other jobs share the cores)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from rfm.train.config import TrainConfig
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
     from rfm.train.loop import train
 
     try:

@@ -1,0 +1,125 @@
+"""OnnxRunner: same interface and same observation errors as TorchRunner, no torch import, cached text."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from rfm import RFMPolicy
+from rfm.config import RobotInterface
+from rfm.runtime import ObservationError, TorchRunner, load_runner
+from rfm.runtime.onnx_runner import OnnxRunner, resolve_providers
+from tests.conftest import random_obs
+
+ITF = RobotInterface(
+    cameras=["front", "wrist"],
+    image_size=(64, 64),
+    state_names=["x", "y", "z"],
+    action_names=["vx", "vy"],
+    chunk_size=8,
+)
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory) -> tuple:
+    from rfm.export import ExportConfig, export_checkpoint
+
+    root = tmp_path_factory.mktemp("onnx-runner")
+    ckpt = RFMPolicy.build("tiny", interface=ITF, head="flow").save_pretrained(root / "tiny-flow")
+    # The TorchScript exporter here (the default dynamo path is covered in tests/export): fast, and it checks
+    # that the fallback path yields a working export too.
+    export_checkpoint(ckpt, root / "export", ExportConfig(exporter="torchscript", parity_samples=2))
+    return ckpt, root / "export"
+
+
+@pytest.fixture(scope="module")
+def runners(dirs) -> tuple[TorchRunner, OnnxRunner]:
+    ckpt, export = dirs
+    return TorchRunner.from_checkpoint(ckpt, device="cpu"), load_runner(export, backend="onnx", seed=0)
+
+
+def test_load_runner_gives_an_onnx_runner_with_the_same_description(runners):
+    torch_runner, onnx_runner = runners
+    assert isinstance(onnx_runner, OnnxRunner)
+    d, ref = onnx_runner.describe(), torch_runner.describe()
+    for key in (
+        "cameras",
+        "image_size",
+        "state_names",
+        "action_names",
+        "chunk_size",
+        "model_id",
+        "model_version",
+        "head",
+    ):
+        assert d[key] == ref[key], key
+    assert d["backend"] == "onnx" and d["precision"] == "fp32" and d["providers"] == ["CPUExecutionProvider"]
+
+
+def test_predictions_match_torch_runner(runners, rng):
+    torch_runner, onnx_runner = runners
+    obs = [random_obs(ITF, rng, t) for t in ("pick", "place")]
+    noise = rng.standard_normal((2, 8, 2)).astype(np.float32)
+    np.testing.assert_allclose(
+        onnx_runner.predict(obs, noise=noise), torch_runner.predict(obs, noise=noise), atol=1e-4
+    )
+    single = onnx_runner.predict(obs[0], noise=noise[0])
+    assert single.shape == (8, 2)
+    onnx_runner.warmup((1, 2))
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda o: o["images"].pop("wrist"),
+        lambda o: o["images"].update(wirst=o["images"].pop("wrist")),
+        lambda o: o["images"].update(front=np.zeros((64, 64, 3), np.float32)),
+        lambda o: o["images"].update(front=np.zeros((32, 64, 3), np.uint8)),
+        lambda o: o.update(state=[1.0, 2.0]),
+        lambda o: o.update(state=[1.0, float("nan"), 0.0]),
+        lambda o: o.update(instruction=5),
+    ],
+)
+def test_bad_observations_give_the_same_error_as_torch(runners, rng, mutate):
+    torch_runner, onnx_runner = runners
+    messages = []
+    for runner in (torch_runner, onnx_runner):
+        obs = random_obs(ITF, np.random.default_rng(0))
+        mutate(obs)
+        with pytest.raises(ObservationError) as info:
+            runner.predict(obs)
+        messages.append(str(info.value))
+    assert messages[0] == messages[1]
+
+
+def test_text_cache_counts_hits(runners):
+    _, onnx_runner = runners
+    enc = onnx_runner.text
+    enc.encode(["cache me"])
+    hits = enc.hits
+    feats, mask = onnx_runner.encode_text(["cache me", "cache me"])
+    assert enc.hits == hits + 1 and feats.shape == (2, 24, 384) and mask.dtype == bool
+    np.testing.assert_array_equal(feats[0], feats[1])
+
+
+def test_runs_without_torch(dirs):
+    code = (
+        "import sys, numpy as np; from rfm.runtime.loader import load_runner; "
+        f"r = load_runner({str(dirs[1])!r}, backend='onnx'); out = r.predict(r.dummy_observation('push')); "
+        "assert out.shape == (8, 2), out.shape; assert 'torch' not in sys.modules, 'torch was imported'"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120
+    )
+    assert res.returncode == 0, res.stderr
+
+
+def test_unknown_provider_and_missing_dir_are_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="execution provider 'openvinoo' is not available"):
+        resolve_providers(["openvinoo"])
+    assert resolve_providers(None) == ["CPUExecutionProvider"]
+    with pytest.raises(FileNotFoundError, match="export.json: missing"):
+        OnnxRunner.from_dir(tmp_path)
