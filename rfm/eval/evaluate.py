@@ -40,7 +40,7 @@ def _run(runner: Runner, work: list[tuple[str, int, str]], opts: dict, video_dir
         first = video_dir is not None and not any(r.task == task for r in results)
         res = rollout(runner, env, seed, opts["action_steps"], opts["ensemble"], opts["ensemble_m"], record=first)
         if first and res.frames:
-            _save_video(res.frames, Path(video_dir) / f"{task}.gif", fps=int(round(itf.control_hz / 2)))
+            _save_video(res.frames, Path(video_dir) / f"{task}.gif", fps=round(itf.control_hz / 2))
             res.frames = []
         results.append(res)
     for env in envs.values():

@@ -8,8 +8,8 @@ Training seeds are < TRAIN_SEED_LIMIT; evaluation seeds start at EVAL_SEED_BASE,
 from __future__ import annotations
 
 import multiprocessing as mp
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 
@@ -27,8 +27,19 @@ TRAIN_SEED_LIMIT = 100_000
 EVAL_SEED_BASE = 1_000_000
 STEPS_AFTER_SUCCESS = 3  # keep a few frames of "holding still" after success
 
-__all__ = ["MetaWorldEnv", "Episode", "generate_episode", "generate_episodes", "expand_tasks", "instructions_for",
-           "MT10_TASKS", "STATE_NAMES", "ACTION_NAMES", "CONTROL_HZ", "INSTRUCTIONS"]
+__all__ = [
+    "ACTION_NAMES",
+    "CONTROL_HZ",
+    "INSTRUCTIONS",
+    "MT10_TASKS",
+    "STATE_NAMES",
+    "Episode",
+    "MetaWorldEnv",
+    "expand_tasks",
+    "generate_episode",
+    "generate_episodes",
+    "instructions_for",
+]
 
 
 def expand_tasks(tasks: list[str] | str) -> list[str]:

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import os
 
-if "MUJOCO_GL" not in os.environ:  # headless default; respect the user's choice (egl on GPU machines)
-    os.environ["MUJOCO_GL"] = "osmesa"
-    os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
+if "MUJOCO_GL" not in os.environ:  # headless default; respect the user's choice
+    _gpu = os.path.exists("/dev/nvidia0") or os.path.exists("/dev/dri/renderD128")
+    os.environ["MUJOCO_GL"] = "egl" if _gpu else "osmesa"  # EGL on GPU machines, software OSMesa elsewhere
+    os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
 
-import mujoco  # noqa: E402
-import numpy as np  # noqa: E402
+import mujoco
+import numpy as np
 
-# Meta-World's corner cameras are mounted upside down: rotate their images by 180 degrees.
-ROTATE_180 = frozenset({"corner", "corner2", "corner3"})
+# Meta-World's corner cameras are mounted upside down (their image "up" axis points below the horizon in
+# world coordinates): rotate their images by 180 degrees, a camera roll, so the image is upright and not mirrored.
+ROTATE_180 = frozenset({"corner", "corner2", "corner3", "corner4"})
 CAMERAS = ("corner", "corner2", "corner3", "topview", "behindGripper", "gripperPOV")
 
 

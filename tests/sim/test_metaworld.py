@@ -5,8 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rfm.sim.metaworld import (ACTION_NAMES, EVAL_SEED_BASE, MT10_TASKS, STATE_NAMES, MetaWorldEnv, expand_tasks,
-                               generate_episode, generate_episodes, instructions_for)
+from rfm.sim.metaworld import (
+    ACTION_NAMES,
+    EVAL_SEED_BASE,
+    MT10_TASKS,
+    STATE_NAMES,
+    MetaWorldEnv,
+    expand_tasks,
+    generate_episode,
+    generate_episodes,
+    instructions_for,
+)
 
 
 def test_env_gives_runtime_observations():
@@ -15,7 +24,7 @@ def test_env_gives_runtime_observations():
     assert set(obs) == {"images", "state", "instruction"}
     assert obs["images"]["corner2"].shape == (64, 64, 3) and obs["images"]["corner2"].dtype == np.uint8
     assert obs["state"].shape == (4,) and obs["instruction"] == "reach the red target"
-    obs2, reward, done, info = env.step(np.zeros(4))
+    _, _, done, info = env.step(np.zeros(4))
     assert "success" in info and not done
     env.close()
 
@@ -55,7 +64,7 @@ def test_images_are_upright():
     env = MetaWorldEnv("reach-v3", ["corner2"], size=64)
     img = env.reset(0)["images"]["corner2"].astype(float)
     env.close()
-    brownness = lambda part: (part[..., 0] - part[..., 2]).mean()  # noqa: E731
+    brownness = lambda part: (part[..., 0] - part[..., 2]).mean()
     assert brownness(img[40:]) > brownness(img[:16])
 
 
