@@ -47,14 +47,15 @@ class Recorder:
     """Thread-safe, non-blocking episode recorder for the server (or any robot loop)."""
 
     def __init__(self, root: str | Path, interface: RobotInterface, max_queue: int = 4096,
-                 idle_timeout_s: float = 30.0, max_episode_frames: int = 10_000, use_videos: bool = True) -> None:
+                 idle_timeout_s: float = 30.0, max_episode_frames: int = 10_000, use_videos: bool = True,
+                 vcodec: str | None = "h264") -> None:
         from rfm.data.lerobot import LeRobotDatasetWriter
 
         self.root, self.interface = Path(root), interface
         self.idle_timeout_s, self.max_episode_frames = idle_timeout_s, max_episode_frames
         fps = max(1, int(round(interface.control_hz)))
         if (self.root / "meta" / "info.json").exists():
-            self.writer = LeRobotDatasetWriter.append(self.root)
+            self.writer = LeRobotDatasetWriter.append(self.root, vcodec=vcodec)
             self._check_compatible()
         else:
             h, w = interface.image_size
@@ -66,7 +67,7 @@ class Recorder:
                                                cameras={c: (h, w) for c in interface.cameras},
                                                state_names=interface.state_names,
                                                action_names=interface.action_names, use_videos=use_videos,
-                                               incremental=True, extra_features=extra)
+                                               vcodec=vcodec, incremental=True, extra_features=extra)
         self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
         self._sessions: dict[str, _Session] = {}
         self.dropped = self.episodes_written = 0
@@ -106,13 +107,22 @@ class Recorder:
         except queue.Full:
             self.dropped += 1
 
-    def close(self, timeout: float = 30.0) -> None:
-        """Flush every open session as an episode and stop the thread (server shutdown)."""
+    def close(self, timeout: float | None = None) -> None:
+        """Write everything still queued, flush every open session as an episode, stop the thread.
+
+        Waits for the backlog by default (a slower shutdown beats losing recorded data)."""
         if self._stop.is_set():
             return
         self._queue.put(("close",))
         self._thread.join(timeout)
         self._stop.set()
+        log.info("recorder closed: %d episodes written, %d steps dropped (queue full), %s still queued",
+                 self.episodes_written, self.dropped, self._queue.qsize())
+
+    @property
+    def backlog(self) -> int:
+        """Queued items not yet written (exposed so servers can report it)."""
+        return self._queue.qsize()
 
     # --- consumer thread -------------------------------------------------------------------------------------
     def _run(self) -> None:
