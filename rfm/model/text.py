@@ -6,15 +6,14 @@ Instruction features are cached, so a fleet repeating the same instruction pays 
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from pathlib import Path
-from threading import Lock
 
 import numpy as np
 import torch
 from torch import nn
 
 from rfm.constants import DEFAULT_TEXT_ENCODER
+from rfm.runtime.text_cache import InstructionCache
 
 
 def resolve_text_encoder(name: str) -> Path:
@@ -53,9 +52,7 @@ class TextEncoder:
         self.model.requires_grad_(False)
         self.model.to(device)
         self.dim = int(self.model.config.hidden_size)
-        self._cache: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
-        self._lock = Lock()
-        self.hits = self.misses = 0
+        self.cache = InstructionCache(max_tokens, self.dim, cache_size)
 
     @property
     def device(self) -> torch.device:
@@ -83,30 +80,19 @@ class TextEncoder:
 
     def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """(features (B, L, D_text) float32, mask (B, L) bool) for a list of instructions."""
-        feats = np.zeros((len(texts), self.max_tokens, self.dim), np.float32)
-        mask = np.zeros((len(texts), self.max_tokens), bool)
-        missing: list[str] = []
-        found: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        with self._lock:
-            for t in dict.fromkeys(texts):
-                if t in self._cache:
-                    self._cache.move_to_end(t)
-                    found[t] = self._cache[t]
-                    self.hits += 1
-                else:
-                    missing.append(t)
-                    self.misses += 1
-        if missing:
-            f, m = self._encode_uncached(missing)
-            with self._lock:
-                for i, t in enumerate(missing):
-                    self._cache[t] = (f[i], m[i])
-                    if len(self._cache) > self.cache_size:
-                        self._cache.popitem(last=False)
-            found.update({t: (f[i], m[i]) for i, t in enumerate(missing)})
-        for i, t in enumerate(texts):
-            feats[i], mask[i] = found[t]
-        return feats, mask
+        def missing(ts: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+            f, m = self._encode_uncached(ts)
+            return list(zip(f, m))
+
+        return self.cache.encode(list(texts), missing)
+
+    @property
+    def hits(self) -> int:
+        return self.cache.hits
+
+    @property
+    def misses(self) -> int:
+        return self.cache.misses
 
     def encode_torch(self, texts: list[str], device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
         f, m = self.encode(texts)

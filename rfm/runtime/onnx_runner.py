@@ -7,15 +7,14 @@ is in that table, else from text_encoder.onnx, and are kept in an LRU cache.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
-from threading import Lock
 
 import numpy as np
 
 from rfm.config import RobotInterface
 from rfm.runtime.base import Runner
+from rfm.runtime.text_cache import InstructionCache
 
 # Short names accepted for `providers`, mapped to onnxruntime execution providers.
 PROVIDER_ALIASES = {
@@ -86,9 +85,7 @@ class OnnxTextEncoder:
                 pad_token=str(tk.get("pad_token", "[PAD]")),
                 pad_type_id=int(tk.get("pad_type_id", 0)),
             )
-        self._cache: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
-        self._lock = Lock()
-        self.hits = self.misses = 0
+        self.cache = InstructionCache(self.max_tokens, self.dim, cache_size)
 
     def tokenize(self, texts: list[str]) -> dict[str, np.ndarray]:
         """input_ids / attention_mask / token_type_ids (B, max_tokens) int64, like TextEncoder.tokenize."""
@@ -119,28 +116,15 @@ class OnnxTextEncoder:
 
     def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """(features (B, L, D_text) float32, mask (B, L) bool)."""
-        found: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        with self._lock:
-            for t in dict.fromkeys(texts):
-                if t in self._cache:
-                    self._cache.move_to_end(t)
-                    found[t] = self._cache[t]
-                    self.hits += 1
-        missing = [t for t in dict.fromkeys(texts) if t not in found]
-        if missing:
-            new = self._encode_uncached(missing)
-            with self._lock:
-                self.misses += len(missing)
-                for t, fm in zip(missing, new):
-                    self._cache[t] = fm
-                    if len(self._cache) > self.cache_size:
-                        self._cache.popitem(last=False)
-            found.update(zip(missing, new))
-        feats = np.zeros((len(texts), self.max_tokens, self.dim), np.float32)
-        mask = np.zeros((len(texts), self.max_tokens), bool)
-        for i, t in enumerate(texts):
-            feats[i], mask[i] = found[t]
-        return feats, mask
+        return self.cache.encode(list(texts), self._encode_uncached)
+
+    @property
+    def hits(self) -> int:
+        return self.cache.hits
+
+    @property
+    def misses(self) -> int:
+        return self.cache.misses
 
 
 class OnnxRunner(Runner):
