@@ -55,6 +55,14 @@ class _Base:
         if api_key:
             self.headers["Authorization"] = f"Bearer {api_key}"
 
+    def _outcome(self, resp: httpx.Response | None, attempt: int) -> dict | float:
+        """The decoded answer on 200; else seconds to wait before retrying; raises RFMError when not retryable."""
+        if resp is not None and resp.status_code == 200:
+            return decode_response(resp.content, resp.headers.get("content-type"))
+        if resp is not None and (resp.status_code not in RETRYABLE or attempt == self.retries):
+            raise _error(resp)
+        return _retry_after(resp, attempt, self.max_retry_wait)
+
     def _body(self, obs: Mapping[str, Any], request_id: str | None) -> bytes:
         return encode_observation(obs, self.format, request_id=request_id, robot_id=self.robot_id,
                                   session_id=self.session_id)
@@ -76,11 +84,10 @@ class RFMClient(_Base):
             except (httpx.ConnectError, httpx.RemoteProtocolError):
                 if attempt == self.retries:
                     raise
-            if resp is not None and resp.status_code == 200:
-                return decode_response(resp.content, resp.headers.get("content-type"))
-            if resp is not None and (resp.status_code not in RETRYABLE or attempt == self.retries):
-                raise _error(resp)
-            time.sleep(_retry_after(resp, attempt, self.max_retry_wait))
+            out = self._outcome(resp, attempt)
+            if isinstance(out, dict):
+                return out
+            time.sleep(out)
         raise AssertionError("unreachable")
 
     def act(self, obs: Mapping[str, Any], request_id: str | None = None) -> np.ndarray:
@@ -132,11 +139,10 @@ class AsyncRFMClient(_Base):
             except (httpx.ConnectError, httpx.RemoteProtocolError):
                 if attempt == self.retries:
                     raise
-            if resp is not None and resp.status_code == 200:
-                return decode_response(resp.content, resp.headers.get("content-type"))
-            if resp is not None and (resp.status_code not in RETRYABLE or attempt == self.retries):
-                raise _error(resp)
-            await asyncio.sleep(_retry_after(resp, attempt, self.max_retry_wait))
+            out = self._outcome(resp, attempt)
+            if isinstance(out, dict):
+                return out
+            await asyncio.sleep(out)
         raise AssertionError("unreachable")
 
     async def act(self, obs: Mapping[str, Any], request_id: str | None = None) -> np.ndarray:
