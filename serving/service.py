@@ -66,6 +66,10 @@ class InferenceService:
     async def act(self, req: ActRequest, client_id: str | None, endpoint: str, t0: float) -> ActResult:
         """Validate -> batch -> clip -> audit. `t0` is time.perf_counter() when the request arrived."""
         images, state, instruction = check_observation(req.observation, self.interface, self.config.resize_images)
+        if self.recorder is not None and req.correction is not None \
+                and req.correction.shape != (self.interface.action_dim,):  # before queueing: costs no inference
+            raise ObservationError(f"correction has {req.correction.size} values, the model has "
+                                   f"{self.interface.action_dim} action dims ({', '.join(self.interface.action_names)})")
         request_id = req.request_id or uuid.uuid4().hex
         remaining = self.config.timeout_ms / 1000.0 - (time.perf_counter() - t0)
         fut = self.batcher.submit(images, state, instruction, max(remaining, 0.0))
@@ -89,9 +93,6 @@ class InferenceService:
                               "actions": actions, "batch_size": res.batch_size, "timings": timings,
                               "clipped_dims": clipped})
         if self.recorder is not None:  # enqueue only: recording never slows the answer down
-            if req.correction is not None and req.correction.shape != (self.interface.action_dim,):
-                raise ObservationError(f"correction has {req.correction.size} values, the model has "
-                                 f"{self.interface.action_dim} action dims ({', '.join(self.interface.action_names)})")
             self.recorder.record(self.session_key(req, client_id), images, state, instruction, actions,
                                  success=req.success, correction=req.correction, episode_end=req.episode_end)
         return ActResult(actions, request_id, res.batch_size, timings, clipped)
