@@ -11,7 +11,9 @@ from rfm.cli.main import CLIError
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train or fine-tune a policy on a LeRobot dataset",
                        description="Train a policy. Multi-GPU/multi-node: `accelerate launch -m rfm.cli.main train ...`.")
-    p.add_argument("--dataset", required=True, help="LeRobot v3.0/v2.1 dataset directory")
+    p.add_argument("--dataset", required=True,
+                   help="LeRobot v3.0/v2.1 dataset directory; comma-separate several to train on them together "
+                        "(e.g. the original demos plus fleet recordings)")
     p.add_argument("--out", required=True, help="run directory (checkpoint/, logs/)")
     p.add_argument("--preset", default=None, help="tiny | small | base (default: the --init model, else small)")
     p.add_argument("--head", default=None, choices=["chunk", "flow"], help="default: the --init head, else chunk")
@@ -25,6 +27,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), default=None)
     p.add_argument("--cameras", default=None, help="comma-separated camera names (default: all)")
     p.add_argument("--no-augment", action="store_true", help="disable random shift and colour jitter")
+    p.add_argument("--shift-pad", type=int, default=6, help="random-shift augmentation, pixels at model resolution")
+    p.add_argument("--color-jitter", type=float, default=0.2, help="max relative brightness/contrast change")
+    p.add_argument("--balance", default="none", choices=["none", "tasks"],
+                   help="tasks: each task gets the same share of samples (short tasks are not drowned out)")
     p.add_argument("--num-workers", type=int, default=2)
     p.add_argument("--val-episodes", type=int, default=0)
     p.add_argument("--save-every", type=int, default=1000)
@@ -62,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
         chunk_size=args.chunk_size, image_size=tuple(args.image_size) if args.image_size else None,
         cameras=args.cameras.split(",") if args.cameras else None, steps=args.steps, batch_size=args.batch_size,
         grad_accum=args.grad_accum, lr=args.lr, warmup_steps=args.warmup_steps, ema_decay=args.ema_decay,
-        augment=not args.no_augment, num_workers=args.num_workers, val_episodes=args.val_episodes,
+        augment=not args.no_augment, shift_pad=args.shift_pad, color_jitter=args.color_jitter, balance=args.balance,
+        num_workers=args.num_workers, val_episodes=args.val_episodes,
         save_every=args.save_every, log_every=args.log_every, seed=args.seed, init=args.init, resume=args.resume,
         keep_init_stats=args.keep_init_stats,
         mixed_precision=args.mixed_precision, lora_rank=args.lora_rank, weights_dtype=args.weights_dtype)

@@ -10,7 +10,7 @@ from rfm.config import ConfigError
 
 @dataclass
 class TrainConfig:
-    dataset: str  # LeRobot dataset directory
+    dataset: str | list[str]  # LeRobot dataset directory; several (a list or "A,B") are trained on together
     out: str  # run directory: checkpoint/, logs/, train_config.json
     preset: str | None = None  # model preset (tiny / small / base); None: the --init checkpoint's model, else small
     head: str | None = None  # chunk | flow; None: the --init checkpoint's head, else chunk
@@ -30,6 +30,7 @@ class TrainConfig:
     augment: bool = True  # random shift + colour jitter
     shift_pad: int = 6  # random shift: pad then crop back, in pixels at model resolution
     color_jitter: float = 0.2  # max relative brightness/contrast change
+    balance: str = "none"  # none: frames drawn uniformly | tasks: every task (instruction) gets the same share
     num_workers: int = 2  # DataLoader workers
     val_episodes: int = 0  # episodes held out for a validation loss (0 = none)
     save_every: int = 1000  # steps between atomic checkpoints
@@ -43,6 +44,12 @@ class TrainConfig:
     weights_dtype: str = "float32"  # dtype of saved weights (float16 halves the checkpoint)
 
     def __post_init__(self) -> None:
+        if not self.datasets:
+            raise ConfigError("train.dataset is empty: expected a LeRobot dataset directory")
+        if self.balance not in ("none", "tasks"):
+            raise ConfigError(f"train.balance={self.balance!r} is invalid: expected none or tasks")
+        if self.shift_pad < 0 or self.color_jitter < 0:
+            raise ConfigError("train.shift_pad and train.color_jitter must be >= 0")
         if self.image_size is not None:
             self.image_size = tuple(int(v) for v in self.image_size)  # type: ignore[assignment]
         for name in ("steps", "batch_size", "grad_accum", "chunk_size", "save_every", "log_every"):
@@ -56,6 +63,12 @@ class TrainConfig:
             raise ConfigError(f"train.mixed_precision={self.mixed_precision!r}: expected auto, no, bf16 or fp16")
         if self.warmup_steps < 0 or self.val_episodes < 0 or self.lora_rank < 0:
             raise ConfigError("train.warmup_steps, train.val_episodes and train.lora_rank must be >= 0")
+
+    @property
+    def datasets(self) -> list[str]:
+        """The dataset directories, first one defining the robot interface."""
+        items = self.dataset.split(",") if isinstance(self.dataset, str) else list(self.dataset)
+        return [str(d).strip() for d in items if str(d).strip()]
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -76,8 +76,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     from accelerate import Accelerator
     from tqdm.auto import tqdm
 
-    from rfm.data.lerobot import LeRobotDataset
-    from rfm.data.windows import WindowDataset, collate_windows, interface_from_dataset
+    from rfm.data.windows import collate_windows
+    from rfm.train.data import build_training_data, make_sampler, task_shares
 
     out = Path(cfg.out)
     ckpt_dir = out / CHECKPOINT_DIR
@@ -85,17 +85,15 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     _seed_everything(cfg.seed + accelerator.process_index)
 
     # --- data ---------------------------------------------------------------------------------------------------
-    ds = LeRobotDataset(cfg.dataset)
-    interface = interface_from_dataset(ds, chunk_size=cfg.chunk_size, image_size=cfg.image_size, cameras=cfg.cameras)
-    episodes = list(range(ds.num_episodes))
-    val_eps = episodes[-cfg.val_episodes:] if cfg.val_episodes and cfg.val_episodes < len(episodes) else []
-    train_eps = [e for e in episodes if e not in val_eps]
-    train_set = WindowDataset(ds, interface, episodes=train_eps)
-    loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, drop_last=len(train_set) > cfg.batch_size,
-                        num_workers=cfg.num_workers, collate_fn=collate_windows,
-                        persistent_workers=cfg.num_workers > 0, pin_memory=torch.cuda.is_available())
-    val_loader = (DataLoader(WindowDataset(ds, interface, episodes=val_eps), batch_size=cfg.batch_size,
-                             collate_fn=collate_windows) if val_eps else None)
+    data = build_training_data(cfg.datasets, cfg.chunk_size, cfg.image_size, cfg.cameras, cfg.val_episodes)
+    interface, train_set = data.interface, data.train_set
+    sampler = make_sampler(train_set, cfg.balance, cfg.seed)
+    loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
+                        drop_last=len(train_set) > cfg.batch_size, num_workers=cfg.num_workers,
+                        collate_fn=collate_windows, persistent_workers=cfg.num_workers > 0,
+                        pin_memory=torch.cuda.is_available())
+    val_loader = (DataLoader(data.val_set, batch_size=cfg.batch_size, collate_fn=collate_windows)
+                  if data.val_set is not None else None)
 
     # --- model --------------------------------------------------------------------------------------------------
     if cfg.init and cfg.preset is None:  # fine-tuning: same architecture as the init checkpoint by default
@@ -105,7 +103,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
                             **cfg.model_overrides)
     else:
         model_cfg = preset(cfg.preset or "small", head=cfg.head or "chunk", **cfg.model_overrides)
-    policy = RFMPolicy(PolicyConfig(model=model_cfg, interface=interface), stats=ds.stats)
+    policy = RFMPolicy(PolicyConfig(model=model_cfg, interface=interface), stats=data.stats)
     init_report = init_from_checkpoint(policy.net, cfg.init) if cfg.init else None
     if cfg.init and cfg.keep_init_stats:
         init_stats = json.loads((Path(cfg.init) / "stats.json").read_text())
@@ -159,8 +157,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
                                                               scheduler, step, {"wall_time_s": time.time() - t0
                                                                                 + prior_time}))
 
-    data_info = {"dataset": str(cfg.dataset), "episodes": len(train_eps), "val_episodes": len(val_eps),
-                 "frames": len(train_set), "tasks": ds.tasks, "fps": ds.fps}
+    data_info = {**data.info, "balance": cfg.balance, "task_shares": task_shares(train_set, cfg.balance)}
     prior_time = 0.0
     if start_step:
         prior_time = float(json.loads((ckpt_dir / STATE_DIR / "state.json").read_text()).get("wall_time_s", 0))

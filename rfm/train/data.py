@@ -1,0 +1,124 @@
+"""Training data: one or more LeRobot datasets -> one window set, merged normalisation stats, and a sampler.
+
+Several datasets let the flywheel aggregate (DAgger): the original demonstrations plus what the fleet recorded,
+trained together so fine-tuning on field data does not forget the rest. Task balancing gives every task the same
+share of each batch, so short tasks (few frames per episode) are not drowned out by long ones.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import ConcatDataset, Sampler, WeightedRandomSampler
+
+from rfm.config import RobotInterface
+from rfm.constants import ACTION, OBS_STATE
+from rfm.data.reader import LeRobotDataset
+from rfm.data.stats import aggregate
+from rfm.data.windows import WindowDataset, interface_from_dataset
+
+BALANCE_MODES = ("none", "tasks")
+
+
+@dataclass
+class TrainingData:
+    """Everything the training loop needs from its datasets."""
+
+    interface: RobotInterface
+    train_set: ConcatDataset
+    val_set: ConcatDataset | None
+    stats: dict  # merged {feature: {stat: array}} for observation.state and action
+    info: dict  # recorded in the checkpoint's meta
+
+
+def open_datasets(paths: list[str]) -> list[LeRobotDataset]:
+    """Open each dataset; the first one defines the robot, the others must match it (names the mismatch)."""
+    datasets = [LeRobotDataset(p) for p in paths]
+    first = datasets[0]
+    for ds in datasets[1:]:
+        for what in ("state_names", "action_names"):
+            if list(getattr(ds, what)) != list(getattr(first, what)):
+                raise ValueError(f"dataset {ds.root}: {what} {list(getattr(ds, what))} differ from {first.root}'s "
+                                 f"{list(getattr(first, what))}; datasets trained together must share the robot")
+        if float(ds.fps) != float(first.fps):
+            raise ValueError(f"dataset {ds.root}: fps {ds.fps} differs from {first.root}'s {first.fps}")
+    return datasets
+
+
+def merged_stats(datasets: list[LeRobotDataset]) -> dict:
+    """Count-weighted merge of the datasets' state/action stats (exact mean, std, min, max)."""
+    if len(datasets) == 1:
+        return datasets[0].stats
+    out = {}
+    for key in (OBS_STATE, ACTION):
+        parts = [{**ds.stats[key], "count": np.array([len(ds.actions)])} for ds in datasets if key in ds.stats]
+        if len(parts) == len(datasets):
+            out[key] = aggregate(parts)
+    return out
+
+
+def build_training_data(paths: list[str], chunk_size: int, image_size: tuple[int, int] | None,
+                        cameras: list[str] | None, val_episodes: int) -> TrainingData:
+    """Window sets over all datasets; validation holds out the last `val_episodes` of the first dataset."""
+    datasets = open_datasets(paths)
+    interface = interface_from_dataset(datasets[0], chunk_size=chunk_size, image_size=image_size, cameras=cameras)
+    train_parts, val_parts, n_train_eps = [], [], 0
+    for i, ds in enumerate(datasets):
+        episodes = [e.index for e in ds.episodes]
+        held = episodes[-val_episodes:] if i == 0 and val_episodes and val_episodes < len(episodes) else []
+        train_eps = [e for e in episodes if e not in held]
+        n_train_eps += len(train_eps)
+        train_parts.append(WindowDataset(ds, interface, episodes=train_eps))
+        if held:
+            val_parts.append(WindowDataset(ds, interface, episodes=held))
+    train_set = ConcatDataset(train_parts)
+    tasks = list(dict.fromkeys(t for ds in datasets for t in ds.tasks))
+    info = {"dataset": ",".join(str(p) for p in paths), "episodes": n_train_eps,
+            "val_episodes": sum(len(v.episodes) for v in val_parts), "frames": len(train_set), "tasks": tasks,
+            "fps": datasets[0].fps}
+    if len(datasets) > 1:
+        info["datasets"] = [{"path": str(p), "frames": len(w)} for p, w in zip(paths, train_parts)]
+    return TrainingData(interface, train_set, ConcatDataset(val_parts) if val_parts else None,
+                        merged_stats(datasets), info)
+
+
+def frame_tasks(train_set: ConcatDataset) -> list[str]:
+    """The instruction (LeRobot task) of every frame of the training set, in index order."""
+    out: list[str] = []
+    for part in train_set.datasets:
+        ds = part.ds
+        out.extend(ds.tasks[int(t)] for t in ds.task_index[part.frames])
+    return out
+
+
+def task_balanced_weights(tasks: list[str]) -> torch.Tensor:
+    """Per-frame sampling weights that give each task the same total weight."""
+    counts = Counter(tasks)
+    return torch.tensor([1.0 / counts[t] for t in tasks], dtype=torch.double)
+
+
+def make_sampler(train_set: ConcatDataset, balance: str, seed: int) -> Sampler | None:
+    """None (shuffle uniformly over frames) or a weighted sampler drawing len(train_set) frames per epoch."""
+    if balance == "none":
+        return None
+    if balance != "tasks":
+        raise ValueError(f"balance={balance!r}: expected one of {', '.join(BALANCE_MODES)}")
+    g = torch.Generator().manual_seed(seed)
+    return WeightedRandomSampler(task_balanced_weights(frame_tasks(train_set)), num_samples=len(train_set),
+                                 replacement=True, generator=g)
+
+
+def task_shares(train_set: ConcatDataset, balance: str) -> dict[str, float]:
+    """Expected fraction of samples per task under `balance` (for logs and the model card)."""
+    tasks = frame_tasks(train_set)
+    counts = Counter(tasks)
+    if balance == "tasks":
+        return {t: round(1.0 / len(counts), 4) for t in counts}
+    return {t: round(c / len(tasks), 4) for t, c in counts.items()}
+
+
+__all__ = ["BALANCE_MODES", "TrainingData", "build_training_data", "make_sampler", "merged_stats",
+           "open_datasets", "task_balanced_weights", "task_shares"]

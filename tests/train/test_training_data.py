@@ -1,0 +1,88 @@
+"""Several datasets trained together (flywheel aggregation) and task-balanced sampling, on real files on disk."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rfm.data.lerobot import LeRobotDataset, LeRobotDatasetWriter
+from rfm.train.config import TrainConfig
+from rfm.train.data import build_training_data, frame_tasks, make_sampler, merged_stats
+from rfm.train.loop import train
+
+
+def _write(root: Path, lengths: tuple[int, ...], tasks: list[str], state_names=("x", "y"), offset: float = 0.0,
+           seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    w = LeRobotDatasetWriter(root, fps=10, cameras={"cam": (32, 32)}, state_names=list(state_names),
+                             action_names=["a", "b"], use_videos=False)
+    for ep, n in enumerate(lengths):
+        for _ in range(n):
+            w.add_frame(images={"cam": rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)},
+                        state=rng.standard_normal(len(state_names)).astype(np.float32),
+                        action=(rng.standard_normal(2) + offset).astype(np.float32), task=tasks[ep % len(tasks)])
+        w.save_episode()
+    w.finalize()
+    return root
+
+
+@pytest.fixture(scope="module")
+def two(tmp_path_factory) -> tuple[Path, Path]:
+    base = tmp_path_factory.mktemp("multi")
+    # "reach" episodes are short, "door" long: uniform sampling sees door 4x as often
+    demos = _write(base / "demos", (5, 20, 5, 20), ["reach", "door"])
+    field = _write(base / "field", (10, 10), ["reach"], offset=3.0, seed=1)
+    return demos, field
+
+
+def test_two_datasets_make_one_training_set_with_merged_stats(two):
+    demos, field = two
+    data = build_training_data([str(demos), str(field)], chunk_size=4, image_size=None, cameras=None, val_episodes=1)
+    assert len(data.train_set) == 50 - 20 + 20  # last demo episode held out for validation
+    assert len(data.val_set) == 20
+    assert data.info["episodes"] == 5 and data.info["frames"] == 30 + 20
+    assert [d["frames"] for d in data.info["datasets"]] == [30, 20]
+    a = np.concatenate([LeRobotDataset(demos).actions, LeRobotDataset(field).actions])
+    np.testing.assert_allclose(data.stats["action"]["mean"], a.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(data.stats["action"]["std"], a.std(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(data.stats["action"]["max"], a.max(0))
+    # an item from the second dataset comes with its own instruction and actions
+    item = data.train_set[len(data.train_set) - 1]
+    assert item["instruction"] == "reach" and item["images"].shape == (1, 3, 32, 32)
+
+
+def test_single_dataset_keeps_its_own_stats(two):
+    ds = LeRobotDataset(two[0])
+    assert merged_stats([ds]) is ds.stats
+
+
+def test_task_balanced_sampler_gives_each_task_the_same_share(two):
+    data = build_training_data([str(two[0])], 4, None, None, 0)
+    tasks = frame_tasks(data.train_set)
+    assert Counter(tasks) == {"reach": 10, "door": 40}
+    sampler = make_sampler(data.train_set, "tasks", seed=0)
+    drawn = Counter(tasks[i] for _ in range(40) for i in sampler)
+    share = drawn["reach"] / sum(drawn.values())
+    assert 0.45 < share < 0.55  # uniform sampling would give 0.2
+    assert make_sampler(data.train_set, "none", seed=0) is None
+
+
+def test_mismatched_robot_is_refused_with_the_dataset_named(two, tmp_path):
+    other = _write(tmp_path / "other_robot", (5,), ["reach"], state_names=("q1", "q2"))
+    with pytest.raises(ValueError, match="other_robot.*state_names"):
+        build_training_data([str(two[0]), str(other)], 4, None, None, 0)
+
+
+def test_train_on_two_datasets_records_them_in_the_checkpoint(two, tmp_path):
+    demos, field = two
+    cfg = TrainConfig(dataset=f"{demos},{field}", out=str(tmp_path / "run"), preset="tiny", steps=4, batch_size=8,
+                      chunk_size=4, num_workers=0, save_every=4, log_every=2, warmup_steps=1, balance="tasks")
+    ckpt = train(cfg, progress=False)
+    meta = json.loads((ckpt / "config.json").read_text())["meta"]
+    assert meta["data"]["dataset"] == f"{demos},{field}"
+    assert meta["data"]["balance"] == "tasks" and meta["data"]["task_shares"] == {"reach": 0.5, "door": 0.5}
+    assert meta["training"]["steps_done"] == 4
