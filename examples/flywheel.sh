@@ -2,6 +2,8 @@
 # The deployment flywheel, end to end on one machine:
 #   serve a policy with recording on -> a simulated fleet acts through it (the scripted expert labels each step,
 #   DAgger-style) -> fine-tune on what the fleet saw -> evaluate before/after on unseen seeds -> export for the edge.
+# Fine-tuning aggregates (DAgger): the checkpoint's own training data (DEMOS, read from its model card) plus the
+# recording, so what the fleet taught is added without forgetting the rest. DEMOS=none trains on the recording alone.
 # Usage: examples/flywheel.sh [CHECKPOINT] [TASKS] [EPISODES] [STEPS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +15,12 @@ STEPS=${4:-400}
 OUT=${OUT:-runs/flywheel}
 PORT=${PORT:-8765}
 export MUJOCO_GL=${MUJOCO_GL:-osmesa} HF_HUB_OFFLINE=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+DEMOS=${DEMOS:-$(python3 -c "import json,sys; print(json.load(open('$CKPT/config.json'))['meta'].get('data', {}).get('dataset', ''))")}
+if [ "$DEMOS" = "none" ] || [ -z "$DEMOS" ]; then DEMOS=""; fi
+if [ -n "$DEMOS" ] && ! [ -d "${DEMOS%%,*}" ]; then
+  echo "the checkpoint was trained on $DEMOS, which is not here: regenerate it (see docs/RESULTS.md) or set DEMOS=none" >&2
+  exit 2
+fi
 rm -rf "$OUT" && mkdir -p "$OUT"
 
 echo "== 1. before: closed-loop success of $CKPT"
@@ -30,8 +38,8 @@ kill -TERM $SERVER && wait $SERVER || true   # graceful stop flushes open episod
 trap - EXIT
 $RFM data info "$OUT/recorded"
 
-echo "== 3. fine-tune on what the fleet saw"
-$RFM train --dataset "$OUT/recorded" --init "$CKPT" --keep-init-stats --out "$OUT/run" --steps "$STEPS" \
+echo "== 3. fine-tune on what the fleet saw${DEMOS:+, aggregated with $DEMOS}"
+$RFM train --dataset "${DEMOS:+$DEMOS,}$OUT/recorded" --balance tasks --init "$CKPT" --keep-init-stats --out "$OUT/run" --steps "$STEPS" \
   --batch-size 32 --lr 2e-4 --warmup-steps 20 --ema-decay 0.99 --save-every "$STEPS" --num-workers 0 --no-progress \
   --chunk-size "$(python3 -c "import json,sys; print(json.load(open('$CKPT/config.json'))['interface']['chunk_size'])")"
 

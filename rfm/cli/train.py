@@ -32,6 +32,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--balance", default="none", choices=["none", "tasks"],
                    help="tasks: each task gets the same share of samples (short tasks are not drowned out)")
     p.add_argument("--num-workers", type=int, default=2)
+    p.add_argument("--frame-cache-gb", type=float, default=4.0,
+                   help="decoded-frame cache per DataLoader worker (GiB); frames that do not fit are decoded again")
     p.add_argument("--val-episodes", type=int, default=0)
     p.add_argument("--save-every", type=int, default=1000)
     p.add_argument("--log-every", type=int, default=50)
@@ -69,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         cameras=args.cameras.split(",") if args.cameras else None, steps=args.steps, batch_size=args.batch_size,
         grad_accum=args.grad_accum, lr=args.lr, warmup_steps=args.warmup_steps, ema_decay=args.ema_decay,
         augment=not args.no_augment, shift_pad=args.shift_pad, color_jitter=args.color_jitter, balance=args.balance,
-        num_workers=args.num_workers, val_episodes=args.val_episodes,
+        num_workers=args.num_workers, frame_cache_gb=args.frame_cache_gb, val_episodes=args.val_episodes,
         save_every=args.save_every, log_every=args.log_every, seed=args.seed, init=args.init, resume=args.resume,
         keep_init_stats=args.keep_init_stats,
         mixed_precision=args.mixed_precision, lora_rank=args.lora_rank, weights_dtype=args.weights_dtype)

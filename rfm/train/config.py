@@ -32,6 +32,7 @@ class TrainConfig:
     color_jitter: float = 0.2  # max relative brightness/contrast change
     balance: str = "none"  # none: frames drawn uniformly | tasks: every task (instruction) gets the same share
     num_workers: int = 2  # DataLoader workers
+    frame_cache_gb: float = 4.0  # decoded-frame cache per DataLoader worker; size it to hold the whole dataset
     val_episodes: int = 0  # episodes held out for a validation loss (0 = none)
     save_every: int = 1000  # steps between atomic checkpoints
     log_every: int = 50  # steps between log lines

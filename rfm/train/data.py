@@ -61,9 +61,10 @@ def merged_stats(datasets: list[LeRobotDataset]) -> dict:
 
 
 def build_training_data(paths: list[str], chunk_size: int, image_size: tuple[int, int] | None,
-                        cameras: list[str] | None, val_episodes: int) -> TrainingData:
+                        cameras: list[str] | None, val_episodes: int, frame_cache_gb: float = 4.0) -> TrainingData:
     """Window sets over all datasets; validation holds out the last `val_episodes` of the first dataset."""
     datasets = open_datasets(paths)
+    cache = int(frame_cache_gb * 2**30 / len(datasets))
     interface = interface_from_dataset(datasets[0], chunk_size=chunk_size, image_size=image_size, cameras=cameras)
     train_parts, val_parts, n_train_eps = [], [], 0
     for i, ds in enumerate(datasets):
@@ -71,9 +72,9 @@ def build_training_data(paths: list[str], chunk_size: int, image_size: tuple[int
         held = episodes[-val_episodes:] if i == 0 and val_episodes and val_episodes < len(episodes) else []
         train_eps = [e for e in episodes if e not in held]
         n_train_eps += len(train_eps)
-        train_parts.append(WindowDataset(ds, interface, episodes=train_eps))
+        train_parts.append(WindowDataset(ds, interface, episodes=train_eps, cache_bytes=cache))
         if held:
-            val_parts.append(WindowDataset(ds, interface, episodes=held))
+            val_parts.append(WindowDataset(ds, interface, episodes=held, cache_bytes=cache))
     train_set = ConcatDataset(train_parts)
     tasks = list(dict.fromkeys(t for ds in datasets for t in ds.tasks))
     info = {"dataset": ",".join(str(p) for p in paths), "episodes": n_train_eps,

@@ -85,7 +85,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     _seed_everything(cfg.seed + accelerator.process_index)
 
     # --- data ---------------------------------------------------------------------------------------------------
-    data = build_training_data(cfg.datasets, cfg.chunk_size, cfg.image_size, cfg.cameras, cfg.val_episodes)
+    data = build_training_data(cfg.datasets, cfg.chunk_size, cfg.image_size, cfg.cameras, cfg.val_episodes,
+                               cfg.frame_cache_gb)
     interface, train_set = data.interface, data.train_set
     sampler = make_sampler(train_set, cfg.balance, cfg.seed)
     loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
