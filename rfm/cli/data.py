@@ -25,7 +25,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--out", required=True, help="output dataset directory (must not exist unless --overwrite)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--workers", type=int, default=2)
-    g.add_argument("--images", choices=["video", "image"], default="video", help="store cameras as mp4 or PNG")
+    g.add_argument("--images", choices=["video", "image"], default="image",
+                   help="store cameras as lossless PNG (default) or mp4. Video's 4:2:0 chroma erases details of "
+                        "a pixel or two (Meta-World's reach goal is one): fine for viewing, not for small-image training")
     g.add_argument("--vcodec", default=None, help="av1 | h264 (default: the first PyAV can encode, AV1 first)")
     g.add_argument("--overwrite", action="store_true")
     g.set_defaults(func=run_generate)

@@ -112,4 +112,13 @@ def test_generate_real_metaworld_into_windows(tmp_path):
     batch = collate_windows([wd[0], wd[len(wd) - 1]])
     assert batch["images"].shape == (2, 1, 3, 64, 64) and batch["actions"].shape == (2, 8, 4)
     assert batch["action_pad"][1, 1:].all() and batch["images"].float().std() > 1.0  # real rendered pixels
+    # stored losslessly by default: a training frame is exactly what the policy will see live. (4:2:0 video turns
+    # reach's one-pixel red goal into a faint smudge, and a policy trained on that never finds the goal.)
+    from rfm.sim.metaworld import MetaWorldEnv
+
+    assert ds.features[ds.camera_key("corner2")]["dtype"] == "image"
+    env = MetaWorldEnv("reach-v3", ["corner2"], 64)
+    live = env.reset(ds.episode_meta(0)["seed"])["images"]["corner2"]
+    env.close()
+    np.testing.assert_array_equal(ds.decode_episode(0, "corner2")[0], live)
     print(f"real metaworld generate + load: {time.time() - t0:.1f}s")
