@@ -81,7 +81,8 @@ class ServerState:
                 from rfm.runtime.recorder import Recorder
 
                 recorder = Recorder(self.config.record_dir, runner.interface,
-                                    idle_timeout_s=self.config.record_idle_timeout_s)
+                                    idle_timeout_s=self.config.record_idle_timeout_s,
+                                    use_videos=self.config.record_images == "video")
             self.service = InferenceService(runner, self.config, self.metrics, limits, self.audit, recorder)
             self.metrics.ready.set(1)
             log.info("model %s@%s ready (warm-up %.1f s, batch sizes %s, limits %s)", runner.model_id,

@@ -38,6 +38,7 @@ class ServerConfig:
     action_limit_margin: float = 0.1  # margin added to stats min/max, as a fraction of the range
     openpi_mapping: str | None = None  # JSON file mapping openpi observation keys to cameras / state / prompt
     record_dir: str | None = None  # record served observations + actions into this LeRobot v3.0 dataset
+    record_images: str = "video"  # video (h264, compact) | image (lossless PNG: small targets survive)
     record_idle_timeout_s: float = 30.0  # a robot session idle this long ends its recorded episode
     retry_after_s: int = 1  # Retry-After value sent with 503
     shutdown_drain_s: float = 10.0  # how long graceful shutdown waits for queued work
@@ -55,6 +56,7 @@ class ServerConfig:
         check(self.max_ws_message_bytes >= 1024, "max_ws_message_bytes", "at least 1024 bytes")
         check(self.action_limit_margin >= 0, "action_limit_margin", "a non-negative fraction of the range")
         check(self.retry_after_s >= 0, "retry_after_s", "a non-negative number of seconds")
+        check(self.record_images in ("video", "image"), "record_images", "video or image")
 
     def batch_sizes_to_warm(self) -> list[int]:
         """1, the powers of two below max_batch, and max_batch: the shapes traffic will produce most."""

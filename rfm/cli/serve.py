@@ -32,6 +32,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--record", default=None, metavar="DIR",
                    help="record served observations and actions into this LeRobot v3.0 dataset (one episode per "
                         "robot session; appends if it exists)")
+    p.add_argument("--record-images", default="video", choices=["video", "image"],
+                   help="how --record stores camera frames: h264 video (compact) or lossless PNG (keeps targets of "
+                        "a pixel or two, which 4:2:0 video blurs away; use it for small images)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=run)
 
@@ -54,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
                           timeout_ms=args.timeout_ms, resize_images=args.resize_images, max_body_bytes=limit,
                           max_ws_message_bytes=limit, api_keys_file=args.api_key_file, audit_log=args.audit_log,
                           action_limits=args.action_limits, action_limit_margin=args.action_margin,
-                          openpi_mapping=args.openpi_mapping, record_dir=args.record)
+                          openpi_mapping=args.openpi_mapping, record_dir=args.record,
+                          record_images=args.record_images)
     if config.api_keys_file:  # fail now, not in the server's start-up thread
         from serving.auth import ApiKeys
 

@@ -22,10 +22,10 @@ RFM = [sys.executable, "-c", "import sys; from rfm.cli.main import main; sys.exi
 MSGPACK = {"content-type": "application/msgpack"}
 
 
-def _start(checkpoint, record_dir):
+def _start(checkpoint, record_dir, *extra):
     port = free_port()
     cmd = [*RFM, "serve", "--checkpoint", str(checkpoint), "--port", str(port), "--max-batch", "4", "--threads", "1",
-           "--record", str(record_dir), "--log-level", "warning"]
+           "--record", str(record_dir), "--log-level", "warning", *extra]
     proc = subprocess.Popen(cmd, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -80,6 +80,22 @@ def test_served_episodes_are_recorded_and_load(tiny_checkpoint, tmp_path):
     assert ds.extras["is_correction"][b0:b1].all()
     assert ds.tasks[:2] == ["open the drawer", "close the drawer"]
     assert ds.get_frame(0)["images"]["front"].shape == (64, 64, 3)
+
+
+def test_lossless_recording_keeps_every_pixel(tiny_checkpoint, tmp_path):
+    rng = np.random.default_rng(1)
+    proc, _, url = _start(tiny_checkpoint, tmp_path / "rec", "--record-images", "image")
+    sent = observation(rng, "open the drawer")
+    try:
+        r = httpx.post(url + "/v1/act", content=msgpack_body(sent, robot_id="r", episode_end=True), headers=MSGPACK)
+        assert r.status_code == 200, r.text
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    ds = LeRobotDataset(tmp_path / "rec")
+    assert ds.features[ds.camera_key("front")]["dtype"] == "image"
+    for cam in ("front", "wrist"):
+        np.testing.assert_array_equal(ds.get_frame(0)["images"][cam], sent["images"][cam])
 
 
 def test_killed_server_keeps_finished_episodes(tiny_checkpoint, tmp_path):
