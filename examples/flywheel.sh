@@ -27,7 +27,7 @@ echo "== 1. before: closed-loop success of $CKPT"
 $RFM eval --checkpoint "$CKPT" --tasks "$TASKS" --episodes "$EPISODES" --out "$OUT/before.json" --no-progress
 
 echo "== 2. serve with recording on, and let the fleet work (expert corrections recorded)"
-$RFM serve --checkpoint "$CKPT" --port "$PORT" --max-batch 8 --threads 1 --record "$OUT/recorded" \
+$RFM serve --checkpoint "$CKPT" --port "$PORT" --max-batch 8 --threads 1 --record "$OUT/recorded" --record-images image \
   --log-level warning &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null || true' EXIT
