@@ -35,6 +35,18 @@ def color_jitter(images: torch.Tensor, strength: float) -> torch.Tensor:
     return ((images - mean) * contrast + mean * bright).clamp(0, 255)
 
 
+def state_noise(state: torch.Tensor, scale: torch.Tensor, sigma: float) -> torch.Tensor:
+    """state (B, D) + Gaussian noise of sigma x the dataset std per dimension.
+
+    Against copycat shortcuts: when every demo starts from the same pose, how far the arm has moved tells the
+    policy where the goal is, and it learns to read that instead of the camera; closed loop, its own first
+    motion then "tells" it a wrong goal. Noise on the state makes the image the reliable source.
+    """
+    if sigma <= 0:
+        return state
+    return state + torch.randn_like(state) * scale.to(state.device) * sigma
+
+
 def augment(images: torch.Tensor, shift_pad: int, jitter: float) -> torch.Tensor:
     """uint8 (B, N, 3, H, W) -> augmented float in [0, 255] (the network accepts both)."""
     x = images.float()

@@ -15,8 +15,9 @@ from torch.utils.data import DataLoader
 
 from rfm.checkpoint import read_config, save_checkpoint
 from rfm.config import PolicyConfig, preset
+from rfm.constants import OBS_STATE
 from rfm.model.policy import RFMPolicy
-from rfm.train.augment import augment
+from rfm.train.augment import augment, state_noise
 from rfm.train.config import TrainConfig
 from rfm.train.init import init_from_checkpoint
 from rfm.train.logs import TrainLogger
@@ -164,6 +165,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         prior_time = float(json.loads((ckpt_dir / STATE_DIR / "state.json").read_text()).get("wall_time_s", 0))
 
     # --- loop ---------------------------------------------------------------------------------------------------
+    state_std = torch.as_tensor(np.asarray(policy.stats.get(OBS_STATE, {}).get("std", [0.0] * interface.state_dim),
+                                           dtype=np.float32))
     t0 = time.time()
     batches = _infinite(loader)
     bar = tqdm(total=cfg.steps, initial=start_step, disable=not (progress and accelerator.is_main_process),
@@ -177,9 +180,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
                 images = batch["images"].to(accelerator.device, non_blocking=True)
                 if cfg.augment:
                     images = augment(images, cfg.shift_pad, cfg.color_jitter)
+                state = state_noise(batch["state"].to(accelerator.device), state_std, cfg.state_noise)
                 text, text_mask = policy.text.encode_torch(batch["instruction"], accelerator.device)
                 with accelerator.autocast():
-                    loss_t = module(images, batch["state"], text, text_mask, batch["actions"], batch["action_pad"])
+                    loss_t = module(images, state, text, text_mask, batch["actions"], batch["action_pad"])
                 accelerator.backward(loss_t)
                 grad_norm = (accelerator.clip_grad_norm_(module.parameters(), cfg.clip_grad)
                              if accelerator.sync_gradients else None)
