@@ -94,6 +94,11 @@ class MetaWorldEnv:
             self.seed = seed
         self.env.seed(int(self.seed))
         self._raw, _ = self.env.reset()
+        # Meta-World moves goal sites in reset_model without recomputing positions, so the first frame would show
+        # the previous episode's goal (reach's red sphere, push's target). Recompute before rendering.
+        import mujoco
+
+        mujoco.mj_forward(self.env.model, self.env.data)
         self.steps = 0
         return self._obs()
 

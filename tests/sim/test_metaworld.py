@@ -29,6 +29,19 @@ def test_env_gives_runtime_observations():
     env.close()
 
 
+def test_first_frame_shows_this_episodes_goal():
+    # Meta-World sets the goal site in reset_model without recomputing positions: without a forward pass the first
+    # frame of every episode showed the previous episode's goal.
+    env = MetaWorldEnv("reach-v3", ["corner2"], size=64)
+    env.reset(EVAL_SEED_BASE)
+    first = env.reset(EVAL_SEED_BASE + 1)["images"]["corner2"]
+    site = env.env.data.site_xpos[env.env.model.site("goal").id]
+    np.testing.assert_allclose(site, env.env._target_pos, atol=1e-9)
+    again = env.step(np.zeros(4))[0]["images"]["corner2"]  # a zero action barely moves the arm; the goal stays put
+    assert np.abs(first.astype(int) - again.astype(int)).mean() < 2.0
+    env.close()
+
+
 def test_seeds_change_the_scene():
     env = MetaWorldEnv("reach-v3", ["topview"], size=32)
     env.reset(1)
