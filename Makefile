@@ -43,9 +43,10 @@ bench: install
 # The bundled default checkpoint, reproducible from one command (CPU: about 1.5 h on 2 cores).
 DEFAULT_DATA ?= data/mt10-20-96
 DEFAULT_RUN  ?= runs/mt10-tiny
+# Reproduces checkpoints/default as trained (AV1 video data, as in session 1; new datasets default to lossless PNG)
 default-checkpoint: install
 	test -d $(DEFAULT_DATA) || $(BIN)/rfm data generate metaworld --tasks mt10 --episodes 20 \
-	  --cameras corner2,gripperPOV --size 96 --out $(DEFAULT_DATA)
+	  --cameras corner2,gripperPOV --size 96 --images video --out $(DEFAULT_DATA)
 	$(BIN)/rfm train --dataset $(DEFAULT_DATA) --out $(DEFAULT_RUN) --preset tiny --head chunk --steps 3000 \
 	  --batch-size 32 --lr 5e-4 --warmup-steps 200 --ema-decay 0.995 --chunk-size 16 --save-every 250 --resume
 	rm -rf checkpoints/default.new && cp -r $(DEFAULT_RUN)/checkpoint checkpoints/default.new
