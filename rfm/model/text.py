@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from rfm.constants import DEFAULT_TEXT_ENCODER
-from rfm.runtime.text_cache import InstructionCache
+from rfm.runtime.text_cache import CachedTextEncoder, InstructionCache
 
 
 def resolve_text_encoder(name: str) -> Path:
@@ -35,7 +35,7 @@ def resolve_text_encoder(name: str) -> Path:
     return path
 
 
-class TextEncoder:
+class TextEncoder(CachedTextEncoder):
     """Tokenise + encode instructions to fixed-length token features; thread-safe LRU cache per instruction."""
 
     def __init__(self, name: str = DEFAULT_TEXT_ENCODER, max_tokens: int = 24, cache_size: int = 4096,
@@ -85,14 +85,6 @@ class TextEncoder:
             return list(zip(f, m))
 
         return self.cache.encode(list(texts), missing)
-
-    @property
-    def hits(self) -> int:
-        return self.cache.hits
-
-    @property
-    def misses(self) -> int:
-        return self.cache.misses
 
     def encode_torch(self, texts: list[str], device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
         f, m = self.encode(texts)

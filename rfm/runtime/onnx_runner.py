@@ -14,7 +14,7 @@ import numpy as np
 
 from rfm.config import RobotInterface
 from rfm.runtime.base import Runner
-from rfm.runtime.text_cache import InstructionCache
+from rfm.runtime.text_cache import CachedTextEncoder, InstructionCache
 
 # Short names accepted for `providers`, mapped to onnxruntime execution providers.
 PROVIDER_ALIASES = {
@@ -51,7 +51,7 @@ def resolve_providers(providers: Sequence[str] | str | None) -> list[str]:
     return out
 
 
-class OnnxTextEncoder:
+class OnnxTextEncoder(CachedTextEncoder):
     """Tokenise with `tokenizers`, encode with text_encoder.onnx or the instruction table; thread-safe LRU."""
 
     def __init__(
@@ -117,14 +117,6 @@ class OnnxTextEncoder:
     def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """(features (B, L, D_text) float32, mask (B, L) bool)."""
         return self.cache.encode(list(texts), self._encode_uncached)
-
-    @property
-    def hits(self) -> int:
-        return self.cache.hits
-
-    @property
-    def misses(self) -> int:
-        return self.cache.misses
 
 
 class OnnxRunner(Runner):

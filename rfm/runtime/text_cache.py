@@ -6,8 +6,8 @@ A fleet repeats a handful of instructions: each is encoded once per process, the
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from threading import Lock
-from typing import Callable
 
 import numpy as np
 
@@ -47,3 +47,17 @@ class InstructionCache:
         for i, t in enumerate(texts):
             feats[i], mask[i] = found[t]
         return feats, mask
+
+
+class CachedTextEncoder:
+    """Base of the text encoders that keep an InstructionCache in `self.cache`: its hit/miss counters."""
+
+    cache: InstructionCache
+
+    @property
+    def hits(self) -> int:
+        return self.cache.hits
+
+    @property
+    def misses(self) -> int:
+        return self.cache.misses
