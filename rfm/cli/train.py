@@ -6,6 +6,7 @@ import argparse
 import json
 
 from rfm.cli.main import CLIError
+from rfm.train.config import BALANCE_MODES
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -32,7 +33,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--state-noise", type=float, default=0.0,
                    help="Gaussian noise on the robot state while training, in dataset stds (e.g. 0.5): makes the "
                         "policy read goals from the cameras instead of from how far the arm has moved")
-    p.add_argument("--balance", default="none", choices=["none", "tasks"],
+    p.add_argument("--balance", default="none", choices=list(BALANCE_MODES),
                    help="tasks: each task gets the same share of samples (short tasks are not drowned out)")
     p.add_argument("--num-workers", type=int, default=2)
     p.add_argument("--frame-cache-gb", type=float, default=4.0,

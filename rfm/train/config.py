@@ -7,6 +7,8 @@ from typing import Any
 
 from rfm.config import ConfigError
 
+BALANCE_MODES = ("none", "tasks")  # how training frames are drawn (see rfm.train.data.make_sampler)
+
 
 @dataclass
 class TrainConfig:
@@ -48,8 +50,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if not self.datasets:
             raise ConfigError("train.dataset is empty: expected a LeRobot dataset directory")
-        if self.balance not in ("none", "tasks"):
-            raise ConfigError(f"train.balance={self.balance!r} is invalid: expected none or tasks")
+        if self.balance not in BALANCE_MODES:
+            raise ConfigError(f"train.balance={self.balance!r} is invalid: expected one of {', '.join(BALANCE_MODES)}")
         if self.shift_pad < 0 or self.color_jitter < 0 or self.state_noise < 0:
             raise ConfigError("train.shift_pad, train.color_jitter and train.state_noise must be >= 0")
         if self.image_size is not None:

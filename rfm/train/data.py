@@ -19,8 +19,7 @@ from rfm.constants import ACTION, OBS_STATE
 from rfm.data.reader import LeRobotDataset
 from rfm.data.stats import aggregate
 from rfm.data.windows import WindowDataset, interface_from_dataset
-
-BALANCE_MODES = ("none", "tasks")
+from rfm.train.config import BALANCE_MODES
 
 
 @dataclass
@@ -101,25 +100,26 @@ def task_balanced_weights(tasks: list[str]) -> torch.Tensor:
     return torch.tensor([1.0 / counts[t] for t in tasks], dtype=torch.double)
 
 
-def make_sampler(train_set: ConcatDataset, balance: str, seed: int) -> Sampler | None:
-    """None (shuffle uniformly over frames) or a weighted sampler drawing len(train_set) frames per epoch."""
+def make_sampler(tasks: list[str], balance: str, seed: int) -> Sampler | None:
+    """None (shuffle uniformly over frames) or a weighted sampler drawing one epoch's worth of frames.
+
+    tasks: the task of every training frame (`frame_tasks`).
+    """
     if balance == "none":
         return None
     if balance != "tasks":
         raise ValueError(f"balance={balance!r}: expected one of {', '.join(BALANCE_MODES)}")
     g = torch.Generator().manual_seed(seed)
-    return WeightedRandomSampler(task_balanced_weights(frame_tasks(train_set)), num_samples=len(train_set),
-                                 replacement=True, generator=g)
+    return WeightedRandomSampler(task_balanced_weights(tasks), num_samples=len(tasks), replacement=True, generator=g)
 
 
-def task_shares(train_set: ConcatDataset, balance: str) -> dict[str, float]:
+def task_shares(tasks: list[str], balance: str) -> dict[str, float]:
     """Expected fraction of samples per task under `balance` (for logs and the model card)."""
-    tasks = frame_tasks(train_set)
     counts = Counter(tasks)
     if balance == "tasks":
         return {t: round(1.0 / len(counts), 4) for t in counts}
     return {t: round(c / len(tasks), 4) for t, c in counts.items()}
 
 
-__all__ = ["BALANCE_MODES", "TrainingData", "build_training_data", "make_sampler", "merged_stats",
-           "open_datasets", "task_balanced_weights", "task_shares"]
+__all__ = ["TrainingData", "build_training_data", "frame_tasks", "make_sampler", "merged_stats", "open_datasets",
+           "task_balanced_weights", "task_shares"]

@@ -78,7 +78,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     from tqdm.auto import tqdm
 
     from rfm.data.windows import collate_windows
-    from rfm.train.data import build_training_data, make_sampler, task_shares
+    from rfm.train.data import build_training_data, frame_tasks, make_sampler, task_shares
 
     out = Path(cfg.out)
     ckpt_dir = out / CHECKPOINT_DIR
@@ -89,7 +89,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     data = build_training_data(cfg.datasets, cfg.chunk_size, cfg.image_size, cfg.cameras, cfg.val_episodes,
                                cfg.frame_cache_gb)
     interface, train_set = data.interface, data.train_set
-    sampler = make_sampler(train_set, cfg.balance, cfg.seed)
+    tasks = frame_tasks(train_set)  # the task of every frame: sampler weights and the card's task shares
+    sampler = make_sampler(tasks, cfg.balance, cfg.seed)
     loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
                         drop_last=len(train_set) > cfg.batch_size, num_workers=cfg.num_workers,
                         collate_fn=collate_windows, persistent_workers=cfg.num_workers > 0,
@@ -159,7 +160,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
                                                               scheduler, step, {"wall_time_s": time.time() - t0
                                                                                 + prior_time}))
 
-    data_info = {**data.info, "balance": cfg.balance, "task_shares": task_shares(train_set, cfg.balance)}
+    data_info = {**data.info, "balance": cfg.balance, "task_shares": task_shares(tasks, cfg.balance)}
     prior_time = 0.0
     if start_step:
         prior_time = float(json.loads((ckpt_dir / STATE_DIR / "state.json").read_text()).get("wall_time_s", 0))

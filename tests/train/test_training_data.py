@@ -64,11 +64,11 @@ def test_task_balanced_sampler_gives_each_task_the_same_share(two):
     data = build_training_data([str(two[0])], 4, None, None, 0)
     tasks = frame_tasks(data.train_set)
     assert Counter(tasks) == {"reach": 10, "door": 40}
-    sampler = make_sampler(data.train_set, "tasks", seed=0)
+    sampler = make_sampler(tasks, "tasks", seed=0)
     drawn = Counter(tasks[i] for _ in range(40) for i in sampler)
     share = drawn["reach"] / sum(drawn.values())
     assert 0.45 < share < 0.55  # uniform sampling would give 0.2
-    assert make_sampler(data.train_set, "none", seed=0) is None
+    assert make_sampler(tasks, "none", seed=0) is None
 
 
 def test_mismatched_robot_is_refused_with_the_dataset_named(two, tmp_path):
