@@ -93,6 +93,7 @@ class ModelConfig:
     vision_backbone: str = "resnet"  # "resnet" (GroupNorm ResNet from scratch) or "hf" (local HF vision model)
     vision_widths: tuple[int, ...] = (32, 64, 128, 256)  # channels of the ResNet stages (each halves resolution)
     vision_blocks: int = 1  # residual blocks per ResNet stage
+    vision_keypoints: int = 0  # K spatial-softmax keypoints per camera (one extra token): finds small objects
     vision_path: str | None = None  # local directory of a Hugging Face vision model (vision_backbone="hf")
     vision_hf_config: dict | None = None  # HF config dict, stored so checkpoints rebuild without vision_path
     text_encoder: str = DEFAULT_TEXT_ENCODER  # "all-MiniLM-L6-v2" (packaged) or a local sentence-encoder dir
@@ -116,6 +117,7 @@ class ModelConfig:
         _check(len(self.vision_widths) >= 1 and all(w >= 8 for w in self.vision_widths),
                "model.vision_widths", self.vision_widths, "one or more stage widths, each >= 8")
         _check(self.vision_blocks >= 1, "model.vision_blocks", self.vision_blocks, "a positive integer")
+        _check(0 <= self.vision_keypoints <= 256, "model.vision_keypoints", self.vision_keypoints, "in [0, 256]")
         if self.vision_backbone == "hf":
             _check(self.vision_path is not None or self.vision_hf_config is not None, "model.vision_path",
                    self.vision_path, "a local Hugging Face model directory when vision_backbone='hf'")
@@ -136,13 +138,13 @@ class ModelConfig:
 PRESETS: dict[str, dict[str, Any]] = {
     # CI and unit tests: about 1-2 M trainable parameters.
     "tiny": dict(dim=128, encoder_layers=2, decoder_layers=2, heads=4, vision_widths=(16, 32, 64, 128),
-                 flow_steps=4),
+                 vision_keypoints=16, flow_steps=4),
     # Default: fits a 30 MB fp16 checkpoint, runs at interactive rates on a laptop CPU.
     "small": dict(dim=256, encoder_layers=4, decoder_layers=4, heads=8, vision_widths=(32, 64, 128, 256),
-                  vision_blocks=2, flow_steps=10),
+                  vision_blocks=2, vision_keypoints=16, flow_steps=10),
     # About 100 M parameters: for GPU training on larger datasets.
     "base": dict(dim=768, encoder_layers=8, decoder_layers=6, heads=12, vision_widths=(64, 128, 256, 512),
-                 vision_blocks=2, flow_steps=10),
+                 vision_blocks=2, vision_keypoints=32, flow_steps=10),
 }
 
 

@@ -24,7 +24,7 @@ def make_sawyer_example() -> tuple[RobotInterface, dict]:
     """Meta-World Sawyer (the simulator rfm evaluates in): 2 cameras, hand xyz + gripper, delta-xyz + grip at 80 Hz."""
     from rfm.sim.metaworld import ACTION_NAMES, CONTROL_HZ, STATE_NAMES
 
-    itf = RobotInterface(cameras=["corner2", "gripperPOV"], image_size=(96, 96), state_names=STATE_NAMES,
+    itf = RobotInterface(cameras=["corner", "topview"], image_size=(128, 128), state_names=STATE_NAMES,
                          action_names=ACTION_NAMES, chunk_size=16, control_hz=CONTROL_HZ, robot_type="sawyer")
     return itf, _obs(itf, "open the drawer")
 

@@ -20,7 +20,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("source", choices=["metaworld"], help="simulator")
     g.add_argument("--tasks", type=_csv, required=True, help="comma-separated env tasks, e.g. reach-v3,button-press-topdown-v3 (or mt10)")
     g.add_argument("--episodes", type=int, default=50, help="episodes per task (only successful ones are written)")
-    g.add_argument("--cameras", type=_csv, default=["corner2"], help="comma-separated camera names")
+    g.add_argument("--cameras", type=_csv, default=["corner", "topview"],
+                   help="comma-separated camera names (default corner,topview: at 128 px they show reach's goal in "
+                        "about 10 and 16 pixels; corner2 shows it in 4, gripperPOV often not at all)")
     g.add_argument("--size", type=int, default=128, help="rendered image height and width")
     g.add_argument("--out", required=True, help="output dataset directory (must not exist unless --overwrite)")
     g.add_argument("--seed", type=int, default=0)
@@ -29,6 +31,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="store cameras as lossless PNG (default) or mp4. Video's 4:2:0 chroma erases details of "
                         "a pixel or two (Meta-World's reach goal is one): fine for viewing, not for small-image training")
     g.add_argument("--vcodec", default=None, help="av1 | h264 (default: the first PyAV can encode, AV1 first)")
+    g.add_argument("--start-jitter", type=int, default=0, metavar="STEPS",
+                   help="start each episode after 0..STEPS random hand steps. Meta-World always starts from one pose, "
+                        "so a policy can infer the goal from how far the hand has moved instead of seeing it; varied "
+                        "starts remove that shortcut (15 is a good value)")
     g.add_argument("--overwrite", action="store_true")
     g.set_defaults(func=run_generate)
 
@@ -67,7 +73,7 @@ def run_generate(args: argparse.Namespace) -> int:
         raise CLIError(f"--episodes must be >= 1 and --size >= 8 (got {args.episodes}, {args.size})")
     res = write_metaworld(args.out, args.tasks, args.episodes, args.cameras, args.size, seed=args.seed,
                           workers=args.workers, use_videos=args.images == "video", vcodec=args.vcodec,
-                          overwrite=args.overwrite)
+                          overwrite=args.overwrite, start_jitter=args.start_jitter)
     for task, tried in res["tried"].items():
         print(f"{task}: kept {res['kept'].get(task, 0)}/{tried} episodes (successful ones only)")
     print(f"wrote {res['episodes']} episodes, {res['frames']} frames at {res['fps']} Hz to {res['out']}")

@@ -11,7 +11,7 @@ from rfm.data.writer import LeRobotDatasetWriter
 
 def write_metaworld(out: str | Path, tasks: list[str], episodes: int, cameras: list[str], size: int, seed: int = 0,
                     workers: int = 2, use_videos: bool = True, vcodec: str | None = None, overwrite: bool = False,
-                    progress: bool = True, sim: ModuleType | Any = None) -> dict:
+                    progress: bool = True, sim: ModuleType | Any = None, start_jitter: int = 0) -> dict:
     """Generate `episodes` scripted-expert episodes per task (the simulator may already retry failed seeds) and
     write the successful ones, atomically.
 
@@ -28,14 +28,15 @@ def write_metaworld(out: str | Path, tasks: list[str], episodes: int, cameras: l
     kept: dict[str, int] = {}
     try:
         for ep in sim.generate_episodes(tasks=tasks, episodes_per_task=episodes, cameras=cameras, size=size,
-                                        seed=seed, workers=workers, progress=progress):
+                                        seed=seed, workers=workers, progress=progress,
+                                        **({"start_jitter": start_jitter} if start_jitter else {})):
             tried[ep.task] = tried.get(ep.task, 0) + 1
             if not ep.success:
                 continue
             for i in range(len(ep.action)):
                 writer.add_frame(images={c: ep.frames[c][i] for c in cameras}, state=ep.state[i],
                                  action=ep.action[i], task=ep.instruction)
-            writer.save_episode(meta={"env_task": ep.task, "seed": int(ep.seed)})
+            writer.save_episode(meta={"env_task": ep.task, "seed": int(ep.seed), "start_jitter": int(start_jitter)})
             kept[ep.task] = kept.get(ep.task, 0) + 1
         if writer.num_episodes == 0:
             raise ValueError(f"no successful episode among {sum(tried.values())} generated; nothing written to {out}")

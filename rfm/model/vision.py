@@ -35,10 +35,38 @@ class BasicBlock(nn.Module):
         return F.relu(self.norm2(self.conv2(y)) + self.skip(x))
 
 
-class ResNetGN(nn.Module):
-    """Stem (stride 2) then one stride-2 stage per width: 128 px -> 4 stages -> 4x4... grid of tokens."""
+class SpatialSoftmax(nn.Module):
+    """K heatmaps -> their expected (x, y) in [-1, 1]: coordinates a policy can read directly (Levine et al. 2016).
 
-    def __init__(self, widths: tuple[int, ...], blocks: int) -> None:
+    A 1-2 px goal marker is nearly invisible to a grid of 16x16-px tokens, but one heatmap channel that fires on
+    it puts its position straight into the features.
+    """
+
+    def __init__(self, channels: int, keypoints: int) -> None:
+        super().__init__()
+        self.heatmaps = nn.Conv2d(channels, keypoints, 1)
+        # sharp from the start: over thousands of positions a temperature of 1 averages a few-pixel peak away, and
+        # the gradient that would sharpen it is then too weak to act within a short fine-tune
+        self.log_temperature = nn.Parameter(torch.tensor(math.log(0.1)))
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        h, w = f.shape[-2:]
+        logits = self.heatmaps(f).flatten(2) / self.log_temperature.exp()  # (B, K, h*w)
+        p = torch.softmax(logits, dim=-1)
+        ys = torch.linspace(-1.0, 1.0, h, device=f.device, dtype=p.dtype)
+        xs = torch.linspace(-1.0, 1.0, w, device=f.device, dtype=p.dtype)
+        grid = torch.stack([xs.repeat(h), ys.repeat_interleave(w)], dim=-1)  # (h*w, 2) as (x, y)
+        return (p @ grid).flatten(1)  # (B, 2K)
+
+
+class ResNetGN(nn.Module):
+    """Stem (stride 2) then one stride-2 stage per width: 128 px -> 4 stages -> 8x8 grid of tokens.
+
+    With keypoints > 0, spatial-softmax keypoints of the stem's stride-2 features become one extra token: the
+    full-resolution colour/edge features where a goal marker of a few pixels is still a peak.
+    """
+
+    def __init__(self, widths: tuple[int, ...], blocks: int, keypoints: int = 0) -> None:
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(3, widths[0], 3, 2, 1, bias=False),
                                   nn.GroupNorm(_groups(widths[0]), widths[0]), nn.ReLU())
@@ -49,13 +77,22 @@ class ResNetGN(nn.Module):
                 cin = w
         self.layers = nn.Sequential(*layers)
         self.out_channels = widths[-1]
+        if keypoints > 0:
+            self.keypoints = SpatialSoftmax(widths[0], keypoints)
+            self.keypoint_proj = nn.Linear(2 * keypoints, self.out_channels)
+        else:
+            self.keypoints = None
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # x: (B, 3, H, W) float in [0, 1] -> (B, h*w, C)
-        f = self.layers(self.stem((x - self.mean) / self.std))  # (B, C, h, w)
-        return f.flatten(2).transpose(1, 2)
+        # x: (B, 3, H, W) float in [0, 1] -> (B, h*w [+ 1], C)
+        f = self.stem((x - self.mean) / self.std)
+        if self.keypoints is None:
+            return self.layers(f).flatten(2).transpose(1, 2)
+        grid = self.layers(f).flatten(2).transpose(1, 2)  # (B, h*w, C)
+        kp = self.keypoint_proj(self.keypoints(f))[:, None]  # (B, 1, C)
+        return torch.cat([grid, kp], dim=1)
 
 
 class HFVisionEncoder(nn.Module):
@@ -110,4 +147,4 @@ def _processor_stats(path: str | None) -> tuple[list[float], list[float]]:
 def build_vision(cfg: ModelConfig) -> nn.Module:
     if cfg.vision_backbone == "hf":
         return HFVisionEncoder(cfg.vision_path if cfg.vision_hf_config is None else None, cfg.vision_hf_config)
-    return ResNetGN(cfg.vision_widths, cfg.vision_blocks)
+    return ResNetGN(cfg.vision_widths, cfg.vision_blocks, cfg.vision_keypoints)

@@ -110,6 +110,25 @@ class MetaWorldEnv:
         done = success or truncated or self.steps >= self.max_steps
         return self._obs(), float(reward), done, {**info, "success": success}
 
+    def goal_pixels(self) -> dict[str, int]:
+        """Pixels each camera spends on the task's goal marker in the current frame (0 = not visible).
+
+        Rendered twice, with and without the goal sites: a camera that shows a goal in 1-2 pixels cannot teach a
+        policy where the goal is (reach in corner2 at 96 px), so pick cameras and sizes with this before collecting.
+        """
+        import mujoco
+
+        m = self.env.model
+        goal = [i for i in range(m.nsite) if "goal" in (mujoco.mj_id2name(m, mujoco.mjtObj.mjOBJ_SITE, i) or "")]
+        shown = self.renderer.render(self.env.data)
+        alpha = m.site_rgba[goal, 3].copy()
+        m.site_rgba[goal, 3] = 0.0
+        try:
+            hidden = self.renderer.render(self.env.data)
+        finally:
+            m.site_rgba[goal, 3] = alpha
+        return {c: int((np.abs(shown[c].astype(np.int16) - hidden[c]).sum(-1) > 30).sum()) for c in self.cameras}
+
     def expert_action(self) -> np.ndarray:
         """The scripted expert's action for the current state (for demonstrations and DAgger corrections)."""
         return np.clip(_expert(self.task).get_action(self._raw), -1.0, 1.0).astype(np.float32)
@@ -144,13 +163,32 @@ class Episode:
 _WORKER_ENVS: dict = {}
 
 
+def jittered_start(env: MetaWorldEnv, seed: int, max_steps: int) -> dict:
+    """Reset, then move the hand 0..max_steps steps in one random direction (seeded): a varied start pose.
+
+    Every Meta-World episode starts from the same hand pose, so a policy can tell where the goal is from how far
+    the hand has already moved (a copycat shortcut) and never learns to see it; demos from varied starts remove
+    that shortcut. Falls back to the plain reset if the motion already solved the task.
+    """
+    obs = env.reset(seed)
+    rng = np.random.default_rng([seed, 7])
+    n = int(rng.integers(0, max_steps + 1))
+    push = np.append(rng.uniform(-1.0, 1.0, 3), -1.0).astype(np.float32)  # gripper open
+    for _ in range(n):
+        obs, _, _, info = env.step(push)
+        if info["success"]:
+            return env.reset(seed)
+    env.steps = 0
+    return obs
+
+
 def generate_episode(task: str, seed: int, cameras: list[str], size: int, max_steps: int | None = None,
-                     env: MetaWorldEnv | None = None) -> Episode:
-    """Roll out the scripted expert once; success tells whether to keep it."""
+                     env: MetaWorldEnv | None = None, start_jitter: int = 0) -> Episode:
+    """Roll out the scripted expert once; success tells whether to keep it. start_jitter: see jittered_start."""
     own = env is None
     env = env or MetaWorldEnv(task, cameras, size)
     try:
-        obs = env.reset(seed)
+        obs = jittered_start(env, seed, start_jitter) if start_jitter > 0 else env.reset(seed)
         frames: dict[str, list] = {c: [] for c in cameras}
         states, actions = [], []
         success, after = False, 0
@@ -176,16 +214,16 @@ def generate_episode(task: str, seed: int, cameras: list[str], size: int, max_st
 
 
 def _work(item: tuple) -> Episode:
-    task, seed, cameras, size, max_steps = item
+    task, seed, cameras, size, max_steps, start_jitter = item
     key = (task, tuple(cameras), size)
     if key not in _WORKER_ENVS:
         _WORKER_ENVS[key] = MetaWorldEnv(task, cameras, size)
-    return generate_episode(task, seed, cameras, size, max_steps, env=_WORKER_ENVS[key])
+    return generate_episode(task, seed, cameras, size, max_steps, env=_WORKER_ENVS[key], start_jitter=start_jitter)
 
 
 def generate_episodes(tasks: list[str] | str, episodes_per_task: int, cameras: list[str], size: int = 128,
                       seed: int = 0, workers: int = 2, progress: bool = True,
-                      max_steps: int | None = None) -> Iterator[Episode]:
+                      max_steps: int | None = None, start_jitter: int = 0) -> Iterator[Episode]:
     """Yield `episodes_per_task` successful expert episodes per task, in a deterministic order.
 
     Seeds seed, seed+1, ... are tried per task (failures are skipped and replaced by the next seed); all stay below
@@ -208,7 +246,7 @@ def generate_episodes(tasks: list[str] | str, episodes_per_task: int, cameras: l
                 next_seed += n
                 if seeds[-1] >= TRAIN_SEED_LIMIT:
                     raise RuntimeError(f"{task}: ran out of training seeds below {TRAIN_SEED_LIMIT}")
-                items = [(task, s, list(cameras), size, max_steps) for s in seeds]
+                items = [(task, s, list(cameras), size, max_steps, start_jitter) for s in seeds]
                 results = pool.imap(_work, items) if pool else map(_work, items)
                 for ep in results:
                     if ep.success and kept < episodes_per_task:

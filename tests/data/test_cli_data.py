@@ -122,3 +122,22 @@ def test_generate_real_metaworld_into_windows(tmp_path):
     env.close()
     np.testing.assert_array_equal(ds.decode_episode(0, "corner2")[0], live)
     print(f"real metaworld generate + load: {time.time() - t0:.1f}s")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("rfm.sim.metaworld") is None, reason="rfm.sim.metaworld not written yet")
+def test_generate_with_start_jitter_records_varied_starts(tmp_path):
+    """--start-jitter: episodes start from different hand poses, reproducibly, and the dataset says so."""
+    from rfm.sim.metaworld import MetaWorldEnv, jittered_start
+
+    rc = main(["data", "generate", "metaworld", "--tasks", "reach-v3", "--episodes", "2", "--size", "32",
+               "--start-jitter", "10", "--workers", "1", "--out", str(tmp_path / "mw")])
+    assert rc == 0
+    ds = LeRobotDataset(tmp_path / "mw")
+    assert ds.cameras == ["corner", "topview"]  # the default cameras see reach's goal
+    starts = [ds.states[e.start] for e in ds.episodes]
+    assert np.abs(starts[0][:3] - starts[1][:3]).max() > 1e-3
+    meta = ds.episode_meta(0)
+    assert meta["start_jitter"] == 10
+    env = MetaWorldEnv("reach-v3", ["topview"], 32)
+    np.testing.assert_array_equal(jittered_start(env, meta["seed"], 10)["state"], starts[0])
+    env.close()

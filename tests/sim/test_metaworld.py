@@ -15,6 +15,7 @@ from rfm.sim.metaworld import (
     generate_episode,
     generate_episodes,
     instructions_for,
+    jittered_start,
 )
 
 
@@ -39,6 +40,31 @@ def test_first_frame_shows_this_episodes_goal():
     np.testing.assert_allclose(site, env.env._target_pos, atol=1e-9)
     again = env.step(np.zeros(4))[0]["images"]["corner2"]  # a zero action barely moves the arm; the goal stays put
     assert np.abs(first.astype(int) - again.astype(int)).mean() < 2.0
+    env.close()
+
+
+def test_goal_pixels_measure_how_much_of_the_goal_each_camera_sees():
+    env = MetaWorldEnv("reach-v3", ["corner2", "topview"], size=96)
+    before = env.reset(EVAL_SEED_BASE)["images"]
+    px = env.goal_pixels()
+    assert 0 < px["corner2"] <= 4  # why corner2 at 96 px could not teach reach: the goal is a pixel or two
+    assert px["topview"] >= 6
+    after = env._obs()["images"]  # the goal marker is shown again afterwards
+    np.testing.assert_array_equal(before["topview"], after["topview"])
+    env.close()
+
+
+def test_jittered_start_varies_the_hand_pose_reproducibly():
+    env = MetaWorldEnv("reach-v3", ["topview"], size=32)
+    plain = env.reset(3)["state"]
+    starts = [jittered_start(env, seed, 15)["state"] for seed in range(6)]
+    assert env.steps == 0  # the jitter does not count against the episode
+    assert np.std([s[:3] for s in starts], axis=0).min() > 0.005  # metres: the start pose now varies per seed
+    np.testing.assert_array_equal(jittered_start(env, 4, 15)["state"], starts[4])  # same seed, same start
+    assert np.abs(starts[0][:3] - plain[:3]).max() > 0 or np.abs(starts[1][:3] - plain[:3]).max() > 0
+    ep = generate_episode("reach-v3", seed=4, cameras=["topview"], size=32, env=env, start_jitter=15)
+    assert ep.success
+    np.testing.assert_array_equal(ep.state[0], starts[4])
     env.close()
 
 
