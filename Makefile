@@ -41,14 +41,15 @@ bench: install
 	$(BIN)/python bench/latency.py
 
 # The bundled default checkpoint, reproducible from one command (CPU: about 1.5 h on 2 cores).
-DEFAULT_DATA ?= data/mt10-20-96
-DEFAULT_RUN  ?= runs/mt10-tiny
-# Reproduces checkpoints/default as trained (AV1 video data, as in session 1; new datasets default to lossless PNG)
+DEFAULT_DATA ?= data/mt10-20-128ct-j15
+DEFAULT_RUN  ?= runs/mt10-kp
+# Reproduces checkpoints/default: MT10, 20 demos/task from jittered starts, 2 x 128 px (corner, topview), lossless
 default-checkpoint: install
 	test -d $(DEFAULT_DATA) || $(BIN)/rfm data generate metaworld --tasks mt10 --episodes 20 \
-	  --cameras corner2,gripperPOV --size 96 --images video --out $(DEFAULT_DATA)
-	$(BIN)/rfm train --dataset $(DEFAULT_DATA) --out $(DEFAULT_RUN) --preset tiny --head chunk --steps 3000 \
-	  --batch-size 32 --lr 5e-4 --warmup-steps 200 --ema-decay 0.995 --chunk-size 16 --save-every 250 --resume
+	  --cameras corner,topview --size 128 --start-jitter 15 --out $(DEFAULT_DATA)
+	$(BIN)/rfm train --dataset $(DEFAULT_DATA) --out $(DEFAULT_RUN) --preset tiny --head chunk --steps 4000 \
+	  --batch-size 32 --lr 5e-4 --warmup-steps 200 --ema-decay 0.995 --chunk-size 16 --save-every 250 \
+	  --balance tasks --resume
 	rm -rf checkpoints/default.new && cp -r $(DEFAULT_RUN)/checkpoint checkpoints/default.new
 	rm -rf checkpoints/default.new/training_state checkpoints/default && mv checkpoints/default.new checkpoints/default
 	$(BIN)/rfm eval --checkpoint checkpoints/default --tasks mt10 --episodes 10 --out docs/results/default-mt10.json \
