@@ -71,6 +71,8 @@ def run_generate(args: argparse.Namespace) -> int:
 
     if args.episodes < 1 or args.size < 8:
         raise CLIError(f"--episodes must be >= 1 and --size >= 8 (got {args.episodes}, {args.size})")
+    if not 0 <= args.start_jitter <= 100:
+        raise CLIError(f"--start-jitter must be in [0, 100] steps (got {args.start_jitter})")
     res = write_metaworld(args.out, args.tasks, args.episodes, args.cameras, args.size, seed=args.seed,
                           workers=args.workers, use_videos=args.images == "video", vcodec=args.vcodec,
                           overwrite=args.overwrite, start_jitter=args.start_jitter)

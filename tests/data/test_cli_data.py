@@ -125,13 +125,16 @@ def test_generate_real_metaworld_into_windows(tmp_path):
 
 
 @pytest.mark.skipif(importlib.util.find_spec("rfm.sim.metaworld") is None, reason="rfm.sim.metaworld not written yet")
-def test_generate_with_start_jitter_records_varied_starts(tmp_path):
+def test_generate_with_start_jitter_records_varied_starts(tmp_path, capsys):
     """--start-jitter: episodes start from different hand poses, reproducibly, and the dataset says so."""
     from rfm.sim.metaworld import MetaWorldEnv, jittered_start
 
     rc = main(["data", "generate", "metaworld", "--tasks", "reach-v3", "--episodes", "2", "--size", "32",
                "--start-jitter", "10", "--workers", "1", "--out", str(tmp_path / "mw")])
     assert rc == 0
+    assert main(["data", "generate", "metaworld", "--tasks", "reach-v3", "--start-jitter", "-1", "--out",
+                 str(tmp_path / "bad")]) == 2
+    assert "--start-jitter must be in [0, 100] steps (got -1)" in capsys.readouterr().err
     ds = LeRobotDataset(tmp_path / "mw")
     assert ds.cameras == ["corner", "topview"]  # the default cameras see reach's goal
     starts = [ds.states[e.start] for e in ds.episodes]
