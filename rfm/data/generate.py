@@ -28,8 +28,7 @@ def write_metaworld(out: str | Path, tasks: list[str], episodes: int, cameras: l
     kept: dict[str, int] = {}
     try:
         for ep in sim.generate_episodes(tasks=tasks, episodes_per_task=episodes, cameras=cameras, size=size,
-                                        seed=seed, workers=workers, progress=progress,
-                                        **({"start_jitter": start_jitter} if start_jitter else {})):
+                                        seed=seed, workers=workers, progress=progress, start_jitter=start_jitter):
             tried[ep.task] = tried.get(ep.task, 0) + 1
             if not ep.success:
                 continue

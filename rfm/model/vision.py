@@ -88,9 +88,9 @@ class ResNetGN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: (B, 3, H, W) float in [0, 1] -> (B, h*w [+ 1], C)
         f = self.stem((x - self.mean) / self.std)
-        if self.keypoints is None:
-            return self.layers(f).flatten(2).transpose(1, 2)
         grid = self.layers(f).flatten(2).transpose(1, 2)  # (B, h*w, C)
+        if self.keypoints is None:
+            return grid
         kp = self.keypoint_proj(self.keypoints(f))[:, None]  # (B, 1, C)
         return torch.cat([grid, kp], dim=1)
 

@@ -62,7 +62,7 @@ def test_import_hdf5_cli(tmp_path):
 
 def fake_sim(n_frames: int = 6):
     """Stands in for rfm.sim.metaworld: same names, episodes with a deterministic success pattern."""
-    def generate_episodes(tasks, episodes_per_task, cameras, size, seed, workers, progress):
+    def generate_episodes(tasks, episodes_per_task, cameras, size, seed, workers, progress, start_jitter=0):
         for task in tasks:
             for k in range(episodes_per_task):
                 t = n_frames + k
