@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-__all__ = ["RFMPolicy", "RobotInterface", "PolicyConfig", "ModelConfig", "preset", "__version__"]
+__all__ = ["ModelConfig", "PolicyConfig", "RFMPolicy", "RobotInterface", "__version__", "preset"]
 
 
 def __getattr__(name: str):  # lazy: `import rfm` stays cheap (no torch) for the client SDK

@@ -137,14 +137,14 @@ class ModelConfig:
 
 PRESETS: dict[str, dict[str, Any]] = {
     # CI and unit tests: about 1-2 M trainable parameters.
-    "tiny": dict(dim=128, encoder_layers=2, decoder_layers=2, heads=4, vision_widths=(16, 32, 64, 128),
-                 vision_keypoints=16, flow_steps=4),
+    "tiny": {"dim": 128, "encoder_layers": 2, "decoder_layers": 2, "heads": 4, "vision_widths": (16, 32, 64, 128),
+             "vision_keypoints": 16, "flow_steps": 4},
     # Default: fits a 30 MB fp16 checkpoint, runs at interactive rates on a laptop CPU.
-    "small": dict(dim=256, encoder_layers=4, decoder_layers=4, heads=8, vision_widths=(32, 64, 128, 256),
-                  vision_blocks=2, vision_keypoints=16, flow_steps=10),
+    "small": {"dim": 256, "encoder_layers": 4, "decoder_layers": 4, "heads": 8, "vision_widths": (32, 64, 128, 256),
+              "vision_blocks": 2, "vision_keypoints": 16, "flow_steps": 10},
     # About 100 M parameters: for GPU training on larger datasets.
-    "base": dict(dim=768, encoder_layers=8, decoder_layers=6, heads=12, vision_widths=(64, 128, 256, 512),
-                 vision_blocks=2, vision_keypoints=32, flow_steps=10),
+    "base": {"dim": 768, "encoder_layers": 8, "decoder_layers": 6, "heads": 12, "vision_widths": (64, 128, 256, 512),
+             "vision_blocks": 2, "vision_keypoints": 32, "flow_steps": 10},
 }
 
 

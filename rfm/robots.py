@@ -6,7 +6,7 @@ layouts, so a new integration can be checked against a policy before any real da
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

@@ -9,11 +9,11 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("MUJOCO_GL", "osmesa")
 os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import pytest
+import torch
 
-from rfm.config import RobotInterface  # noqa: E402
+from rfm.config import RobotInterface
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 

@@ -8,7 +8,7 @@ import sys
 
 
 def rfm(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "rfm.cli.main", *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "rfm.cli.main", *args], capture_output=True, text=True, check=False, timeout=300)
 
 
 def test_help_lists_subcommands():

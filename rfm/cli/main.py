@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rfm", description="Robot foundation model: data, train, eval, export, serve.")
     parser.add_argument("--version", action="version", version=f"rfm {importlib.import_module('rfm').__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, module in COMMANDS.items():
+    for module in COMMANDS.values():
         if importlib.util.find_spec(module) is not None:
             importlib.import_module(module).add_parser(sub)
     return parser

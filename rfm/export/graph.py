@@ -100,13 +100,13 @@ def _export(
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                common = dict(input_names=input_names, output_names=[output_name], opset_version=opset)
+                common = {"input_names": input_names, "output_names": [output_name], "opset_version": opset}
                 if name == "dynamo":
                     batch = torch.export.Dim("batch", min=1, max=4096)
-                    extra = dict(dynamo=True, external_data=False, verbose=False,
-                                 dynamic_shapes={n: {0: batch} for n in _arg_names(module)})
+                    extra = {"dynamo": True, "external_data": False, "verbose": False,
+                             "dynamic_shapes": {n: {0: batch} for n in _arg_names(module)}}
                 else:
-                    extra = dict(dynamo=False, dynamic_axes={n: {0: "batch"} for n in [*input_names, output_name]})
+                    extra = {"dynamo": False, "dynamic_axes": {n: {0: "batch"} for n in [*input_names, output_name]}}
                 torch.onnx.export(module, args, str(path), **common, **extra)
             onnx.checker.check_model(str(path), full_check=True)
             return name

@@ -124,7 +124,7 @@ class HFVisionEncoder(nn.Module):
         if h.dim() == 4:  # conv backbone: (B, C, h, w)
             return h.flatten(2).transpose(1, 2)
         n = h.shape[1]
-        grid = int(math.isqrt(n - 1)) if n > 1 else 0
+        grid = math.isqrt(n - 1) if n > 1 else 0
         if grid * grid == n - 1:  # ViT with a CLS token: keep the patch grid
             h = h[:, 1:]
         return h

@@ -3,7 +3,7 @@
 from rfm.runtime.base import Runner
 from rfm.runtime.observation import Batch, ObservationError, make_batch
 
-__all__ = ["Runner", "Batch", "ObservationError", "make_batch", "TorchRunner", "load_runner"]
+__all__ = ["Batch", "ObservationError", "Runner", "TorchRunner", "load_runner", "make_batch"]
 
 
 def __getattr__(name: str):

@@ -7,7 +7,8 @@ OnnxRunner differ only in `_forward`, and the server and `rfm eval` never know w
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -7,8 +7,9 @@ Errors say what was expected and what arrived, and are raised before any model c
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 

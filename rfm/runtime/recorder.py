@@ -53,7 +53,7 @@ class Recorder:
 
         self.root, self.interface = Path(root), interface
         self.idle_timeout_s, self.max_episode_frames = idle_timeout_s, max_episode_frames
-        fps = max(1, int(round(interface.control_hz)))
+        fps = max(1, round(interface.control_hz))
         if (self.root / "meta" / "info.json").exists():
             self.writer = LeRobotDatasetWriter.append(self.root, vcodec=vcodec)
             self._check_compatible()

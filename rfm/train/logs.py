@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
+from typing import ClassVar
 
 
 class TrainLogger:
     """Append metrics per step to logs/train.csv and TensorBoard; plot logs/loss.png on close."""
 
-    FIELDS = ["step", "loss", "val_loss", "lr", "grad_norm", "samples_per_s", "elapsed_s"]
+    FIELDS: ClassVar[list[str]] = ["step", "loss", "val_loss", "lr", "grad_norm", "samples_per_s", "elapsed_s"]
 
     def __init__(self, logdir: Path, enabled: bool = True, resume: bool = False) -> None:
         self.logdir, self.enabled = Path(logdir), enabled
@@ -19,7 +21,7 @@ class TrainLogger:
         self.logdir.mkdir(parents=True, exist_ok=True)
         self.csv_path = self.logdir / "train.csv"
         new = not (resume and self.csv_path.exists())
-        self._f = open(self.csv_path, "w" if new else "a", newline="")
+        self._f = open(self.csv_path, "w" if new else "a", newline="")  # noqa: SIM115 - open for the whole run
         self._w = csv.DictWriter(self._f, fieldnames=self.FIELDS)
         if new:
             self._w.writeheader()
@@ -38,7 +40,7 @@ class TrainLogger:
         self._f.flush()
         if self.tb is not None:
             for k, v in metrics.items():
-                if v is not None and v == v:
+                if v is not None and not math.isnan(v):
                     self.tb.add_scalar(f"train/{k}", v, step)
 
     def close(self) -> Path | None:
@@ -56,7 +58,8 @@ def plot_loss(csv_path: Path, out: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = list(csv.DictReader(open(csv_path)))
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
     steps = [int(r["step"]) for r in rows]
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
     ax.plot(steps, [float(r["loss"]) for r in rows], label="train loss")

@@ -20,13 +20,13 @@ def test_mistyped_override_gets_did_you_mean():
 
 
 @pytest.mark.parametrize("kw,pattern", [
-    (dict(head="diffusion"), r"model.head='diffusion' is invalid"),
-    (dict(head="flwo"), r"Did you mean 'flow'"),
-    (dict(dim=100, heads=8), r"model.dim=100 is invalid: expected an integer >= 16 divisible by model.heads=8"),
-    (dict(flow_steps=0), r"model.flow_steps=0"),
-    (dict(dropout=1.5), r"model.dropout=1.5"),
-    (dict(norm_mode="zscore"), r"model.norm_mode='zscore'"),
-    (dict(vision_backbone="hf"), r"model.vision_path=None is invalid"),
+    ({"head": "diffusion"}, r"model.head='diffusion' is invalid"),
+    ({"head": "flwo"}, r"Did you mean 'flow'"),
+    ({"dim": 100, "heads": 8}, r"model.dim=100 is invalid: expected an integer >= 16 divisible by model.heads=8"),
+    ({"flow_steps": 0}, r"model.flow_steps=0"),
+    ({"dropout": 1.5}, r"model.dropout=1.5"),
+    ({"norm_mode": "zscore"}, r"model.norm_mode='zscore'"),
+    ({"vision_backbone": "hf"}, r"model.vision_path=None is invalid"),
 ])
 def test_model_config_errors_name_field_and_value(kw, pattern):
     with pytest.raises(ConfigError, match=pattern):
@@ -34,11 +34,11 @@ def test_model_config_errors_name_field_and_value(kw, pattern):
 
 
 @pytest.mark.parametrize("kw,pattern", [
-    (dict(cameras=[]), r"interface.cameras=\[\]"),
-    (dict(cameras=["a", "a"]), r"unique names"),
-    (dict(image_size=(4, 4)), r"interface.image_size=\(4, 4\)"),
-    (dict(chunk_size=0), r"interface.chunk_size=0"),
-    (dict(control_hz=-1), r"interface.control_hz=-1"),
+    ({"cameras": []}, r"interface.cameras=\[\]"),
+    ({"cameras": ["a", "a"]}, r"unique names"),
+    ({"image_size": (4, 4)}, r"interface.image_size=\(4, 4\)"),
+    ({"chunk_size": 0}, r"interface.chunk_size=0"),
+    ({"control_hz": -1}, r"interface.control_hz=-1"),
 ])
 def test_interface_errors_name_field_and_value(kw, pattern):
     with pytest.raises(ConfigError, match=pattern):

@@ -165,7 +165,7 @@ def test_text_encoder_cache_makes_repeats_free(small_interface):
     te = policy.text
     h0, m0 = te.hits, te.misses
     f1, k1 = te.encode(["a never seen instruction 123", "a never seen instruction 123"])
-    f2, k2 = te.encode(["a never seen instruction 123"])
+    f2, _k2 = te.encode(["a never seen instruction 123"])
     assert te.misses - m0 == 1 and te.hits - h0 == 1
     np.testing.assert_array_equal(f1[0], f2[0])
     np.testing.assert_array_equal(f1[0], f1[1])

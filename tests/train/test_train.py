@@ -21,8 +21,8 @@ if not FIXTURE.exists():
 
 
 def _cfg(out: Path, **kw) -> TrainConfig:
-    base = dict(dataset=str(FIXTURE), out=str(out), preset="tiny", steps=12, batch_size=8, chunk_size=8,
-                image_size=(48, 48), num_workers=0, save_every=6, log_every=3, warmup_steps=2, val_episodes=1)
+    base = {"dataset": str(FIXTURE), "out": str(out), "preset": "tiny", "steps": 12, "batch_size": 8, "chunk_size": 8,
+                "image_size": (48, 48), "num_workers": 0, "save_every": 6, "log_every": 3, "warmup_steps": 2, "val_episodes": 1}
     return TrainConfig(**{**base, **kw})
 
 
@@ -37,7 +37,7 @@ def test_run_writes_checkpoint_logs_and_curve(run):
     ckpt = run / "checkpoint"
     assert {p.name for p in ckpt.iterdir()} >= {"config.json", "model.safetensors", "stats.json", "README.md",
                                                 "training_state"}
-    rows = list(csv.DictReader(open(run / "logs" / "train.csv")))
+    rows = list(csv.DictReader((run / "logs" / "train.csv").read_text().splitlines()))
     assert [int(r["step"]) for r in rows] == [3, 6, 9, 12]
     assert all(float(r["loss"]) > 0 for r in rows) and rows[-1]["val_loss"]
     assert (run / "logs" / "loss.png").stat().st_size > 1000
@@ -59,7 +59,7 @@ def test_resume_continues_from_the_saved_step(run, tmp_path):
     out = tmp_path / "resumed"
     shutil.copytree(run, out)
     train(_cfg(out, steps=15, resume=True), progress=False)
-    rows = list(csv.DictReader(open(out / "logs" / "train.csv")))
+    rows = list(csv.DictReader((out / "logs" / "train.csv").read_text().splitlines()))
     assert [int(r["step"]) for r in rows] == [3, 6, 9, 12, 15]  # appended, not restarted
     meta = json.loads((out / "checkpoint" / "config.json").read_text())["meta"]
     assert meta["training"]["steps_done"] == 15
