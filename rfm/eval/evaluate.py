@@ -95,11 +95,12 @@ def evaluate(runner: Runner | None, tasks: list[str], episodes: int, seed: int |
         results = _run(runner, work, opts, Path(video_dir) if video_dir else None, progress)
     per_task = {}
     for task in tasks:
-        rs = [r for r in results if r.task == task]
+        rs = sorted((r for r in results if r.task == task), key=lambda r: r.seed)
         per_task[task] = {"success_rate": float(np.mean([r.success for r in rs])), "episodes": len(rs),
                           "successes": int(sum(r.success for r in rs)),
                           "mean_steps": float(np.mean([r.steps for r in rs])),
-                          "mean_inferences": float(np.mean([r.inferences for r in rs]))}
+                          "mean_inferences": float(np.mean([r.inferences for r in rs])),
+                          "rollouts": [{"seed": r.seed, "success": bool(r.success), "steps": r.steps} for r in rs]}
     return {"tasks": per_task, "mean_success_rate": float(np.mean([v["success_rate"] for v in per_task.values()])),
             "checkpoint": checkpoint, "backend": getattr(runner, "backend", backend), "paraphrase": paraphrase,
             "ensemble": ensemble, "action_steps": action_steps, "max_steps": opts["max_steps"],

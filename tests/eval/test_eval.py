@@ -34,6 +34,8 @@ def test_cli_writes_results_json(ckpt, tmp_path):
     res = json.loads(out.read_text())
     assert res["tasks"]["reach-v3"]["episodes"] == 1 and 0.0 <= res["mean_success_rate"] <= 1.0
     assert res["tasks"]["reach-v3"]["mean_steps"] == 20 and res["tasks"]["reach-v3"]["mean_inferences"] == 3
+    (ep,) = res["tasks"]["reach-v3"]["rollouts"]  # one record per episode: which seed, whether it succeeded
+    assert ep["seed"] == 1_000_000 and ep["steps"] == 20 and isinstance(ep["success"], bool)
     assert min(res["seeds"]) >= 1_000_000
     assert (tmp_path / "videos" / "reach-v3.gif").stat().st_size > 0
     assert "reach-v3" in proc.stdout and "mean" in proc.stdout
