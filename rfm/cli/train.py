@@ -33,6 +33,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--state-noise", type=float, default=0.0,
                    help="Gaussian noise on the robot state while training, in dataset stds (e.g. 0.5): makes the "
                         "policy read goals from the cameras instead of from how far the arm has moved")
+    p.add_argument("--instruction-variants", default=None, metavar="FILE|metaworld",
+                   help="instruction augmentation: JSON {instruction: [variants]}, or 'metaworld' for the built-in "
+                        "variants of the Meta-World instructions (never the evaluation paraphrases)")
+    p.add_argument("--variant-prob", type=float, default=0.5,
+                   help="chance that a sample's instruction is replaced by one of its variants")
     p.add_argument("--balance", default="none", choices=list(BALANCE_MODES),
                    help="tasks: each task gets the same share of samples (short tasks are not drowned out)")
     p.add_argument("--num-workers", type=int, default=2)
@@ -75,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         cameras=args.cameras.split(",") if args.cameras else None, steps=args.steps, batch_size=args.batch_size,
         grad_accum=args.grad_accum, lr=args.lr, warmup_steps=args.warmup_steps, ema_decay=args.ema_decay,
         augment=not args.no_augment, shift_pad=args.shift_pad, color_jitter=args.color_jitter, balance=args.balance,
-        state_noise=args.state_noise,
+        state_noise=args.state_noise, instruction_variants=args.instruction_variants, variant_prob=args.variant_prob,
         num_workers=args.num_workers, frame_cache_gb=args.frame_cache_gb, val_episodes=args.val_episodes,
         save_every=args.save_every, log_every=args.log_every, seed=args.seed, init=args.init, resume=args.resume,
         keep_init_stats=args.keep_init_stats,

@@ -33,6 +33,8 @@ class TrainConfig:
     shift_pad: int = 6  # random shift: pad then crop back, in pixels at model resolution
     color_jitter: float = 0.2  # max relative brightness/contrast change
     state_noise: float = 0.0  # Gaussian noise on the state, in dataset stds (against copycat shortcuts)
+    instruction_variants: str | None = None  # JSON {instruction: [variants]} or "metaworld": instruction augmentation
+    variant_prob: float = 0.5  # chance that a sample's instruction is replaced by one of its variants
     balance: str = "none"  # none: frames drawn uniformly | tasks: every task (instruction) gets the same share
     num_workers: int = 2  # DataLoader workers
     frame_cache_gb: float = 4.0  # decoded-frame cache per DataLoader worker; size it to hold the whole dataset
@@ -54,6 +56,8 @@ class TrainConfig:
             raise ConfigError(f"train.balance={self.balance!r} is invalid: expected one of {', '.join(BALANCE_MODES)}")
         if self.shift_pad < 0 or self.color_jitter < 0 or self.state_noise < 0:
             raise ConfigError("train.shift_pad, train.color_jitter and train.state_noise must be >= 0")
+        if not (0.0 <= self.variant_prob <= 1.0):
+            raise ConfigError(f"train.variant_prob={self.variant_prob!r} is invalid: expected a number in [0, 1]")
         if self.image_size is not None:
             self.image_size = tuple(int(v) for v in self.image_size)  # type: ignore[assignment]
         for name in ("steps", "batch_size", "grad_accum", "chunk_size", "save_every", "log_every"):

@@ -20,6 +20,7 @@ from rfm.model.policy import RFMPolicy
 from rfm.train.augment import augment, state_noise
 from rfm.train.config import TrainConfig
 from rfm.train.init import init_from_checkpoint
+from rfm.train.instructions import InstructionVariator, check_coverage, load_variants
 from rfm.train.logs import TrainLogger
 from rfm.train.lora import plain_state_dict
 from rfm.train.state import STATE_DIR, load_training_state, save_training_state
@@ -90,6 +91,11 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
                                cfg.frame_cache_gb)
     interface, train_set = data.interface, data.train_set
     tasks = frame_tasks(train_set)  # the task of every frame: sampler weights and the card's task shares
+    vary = None
+    if cfg.instruction_variants:
+        variants = load_variants(cfg.instruction_variants)
+        covered = check_coverage(variants, data.info["tasks"], cfg.instruction_variants)
+        vary = InstructionVariator({t: variants[t] for t in covered}, cfg.variant_prob, cfg.seed)
     sampler = make_sampler(tasks, cfg.balance, cfg.seed)
     loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
                         drop_last=len(train_set) > cfg.batch_size, num_workers=cfg.num_workers,
@@ -182,7 +188,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
                 if cfg.augment:
                     images = augment(images, cfg.shift_pad, cfg.color_jitter)
                 state = state_noise(batch["state"].to(accelerator.device), state_std, cfg.state_noise)
-                text, text_mask = policy.text.encode_torch(batch["instruction"], accelerator.device)
+                instructions = vary(batch["instruction"]) if vary else batch["instruction"]
+                text, text_mask = policy.text.encode_torch(instructions, accelerator.device)
                 with accelerator.autocast():
                     loss_t = module(images, state, text, text_mask, batch["actions"], batch["action_pad"])
                 accelerator.backward(loss_t)

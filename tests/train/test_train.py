@@ -75,6 +75,13 @@ def test_finetune_a_new_robot_reinitialises_only_mismatched_layers(run, tmp_path
     assert reinit == {"cam_embed", "action_pos"}
 
 
+def test_instruction_variants_train_and_are_recorded_in_the_card(tmp_path):
+    out = tmp_path / "variants"
+    train(_cfg(out, steps=3, val_episodes=0, instruction_variants="metaworld", variant_prob=1.0), progress=False)
+    training = json.loads((out / "checkpoint" / "config.json").read_text())["meta"]["training"]
+    assert training["instruction_variants"] == "metaworld" and training["variant_prob"] == 1.0
+
+
 def test_bad_dataset_path_is_named(tmp_path):
     with pytest.raises((FileNotFoundError, ValueError), match="nope"):
         train(_cfg(tmp_path / "x", dataset=str(tmp_path / "nope")), progress=False)

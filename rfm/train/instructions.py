@@ -1,0 +1,64 @@
+"""Instruction augmentation: train on several phrasings of each task, so new wordings land near a trained one.
+
+A dataset usually carries one sentence per task. With a frozen text encoder the policy then learns that one point
+of the sentence-embedding space, and a paraphrase at evaluation (or from a user) can fall outside what it learned.
+Replacing each sample's instruction, with some probability, by one of its variants teaches a neighbourhood instead.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from rfm.config import ConfigError
+
+BUILTIN = "metaworld"  # the built-in variants of rfm's Meta-World instructions (disjoint from the eval paraphrases)
+
+
+def load_variants(source: str) -> dict[str, list[str]]:
+    """{instruction: [variants]} from a JSON file, or the built-in Meta-World table for source == "metaworld"."""
+    if source == BUILTIN:
+        from rfm.sim.instructions import training_variants
+
+        return training_variants()
+    path = Path(source)
+    if not path.is_file():
+        raise ConfigError(f"train.instruction_variants: {source} is neither a JSON file nor {BUILTIN!r}")
+    try:
+        table = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{source}: not valid JSON ({e})") from e
+    if not isinstance(table, dict) or not all(
+            isinstance(k, str) and isinstance(v, list) and all(isinstance(s, str) and s.strip() for s in v)
+            for k, v in table.items()):
+        raise ConfigError(f"{source}: expected an object mapping each instruction to a list of non-empty strings")
+    return {k: list(v) for k, v in table.items()}
+
+
+def check_coverage(variants: dict[str, list[str]], tasks: list[str], source: str) -> list[str]:
+    """The dataset instructions that have variants; an error if none has (the table was meant for other data)."""
+    covered = [t for t in tasks if variants.get(t)]
+    if not covered:
+        raise ConfigError(f"train.instruction_variants={source}: none of the dataset's instructions has variants "
+                          f"(dataset instructions: {tasks[:5]}{' ...' if len(tasks) > 5 else ''})")
+    return covered
+
+
+class InstructionVariator:
+    """Replaces each instruction of a batch by one of its variants with probability `prob` (seeded)."""
+
+    def __init__(self, variants: dict[str, list[str]], prob: float, seed: int = 0) -> None:
+        self.variants = variants
+        self.prob = prob
+        self.rng = random.Random(seed)
+
+    def __call__(self, instructions: list[str]) -> list[str]:
+        out = []
+        for text in instructions:
+            options = self.variants.get(text)
+            out.append(self.rng.choice(options) if options and self.rng.random() < self.prob else text)
+        return out
+
+
+__all__ = ["BUILTIN", "InstructionVariator", "check_coverage", "load_variants"]

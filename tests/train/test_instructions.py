@@ -1,0 +1,46 @@
+"""Instruction augmentation: variants replace instructions at the configured rate, never leak eval paraphrases,
+and a table that does not fit the dataset is a clear error."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+
+from rfm.config import ConfigError
+from rfm.sim.instructions import INSTRUCTIONS, TRAINING_VARIANTS, training_variants
+from rfm.train.instructions import InstructionVariator, check_coverage, load_variants
+
+
+def test_variator_replaces_at_the_configured_rate_and_keeps_unknown_instructions():
+    table = {"open the drawer": ["pull the drawer open", "draw the drawer out"]}
+    batch = ["open the drawer"] * 2000 + ["close the door"] * 10
+    out = InstructionVariator(table, prob=0.5, seed=0)(batch)
+    counts = Counter(out[:2000])
+    assert 900 < 2000 - counts["open the drawer"] < 1100  # about half replaced
+    assert set(counts) == {"open the drawer", "pull the drawer open", "draw the drawer out"}
+    assert out[2000:] == ["close the door"] * 10  # no variants: unchanged
+    assert InstructionVariator(table, prob=0.0)(batch) == batch
+    assert InstructionVariator(table, prob=0.3, seed=7)(batch) == InstructionVariator(table, prob=0.3, seed=7)(batch)
+
+
+def test_builtin_variants_never_contain_an_evaluation_paraphrase():
+    assert set(TRAINING_VARIANTS) == set(INSTRUCTIONS)
+    for task, variants in TRAINING_VARIANTS.items():
+        assert len(variants) >= 3 and not set(variants) & set(INSTRUCTIONS[task]), task
+    table = load_variants("metaworld")
+    assert table == training_variants() and "reach the red target" in table
+
+
+def test_a_table_that_fits_no_instruction_or_is_malformed_is_named(tmp_path):
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"fold the towel": ["fold the cloth"]}))
+    with pytest.raises(ConfigError, match="other.json: none of the dataset's instructions"):
+        check_coverage(load_variants(str(other)), ["open the drawer"], str(other))
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"open the drawer": "pull it"}))
+    with pytest.raises(ConfigError, match="bad.json: expected an object"):
+        load_variants(str(bad))
+    with pytest.raises(ConfigError, match="missing.json is neither"):
+        load_variants(str(tmp_path / "missing.json"))
