@@ -26,30 +26,17 @@ rm -rf "$OUT" && mkdir -p "$OUT"
 echo "== 1. before: closed-loop success of $CKPT"
 $RFM eval --checkpoint "$CKPT" --tasks "$TASKS" --episodes "$EPISODES" --out "$OUT/before.json" --no-progress
 
-echo "== 2. serve with recording on, and let the fleet work (expert corrections recorded)"
-$RFM serve --checkpoint "$CKPT" --port "$PORT" --max-batch 8 --threads 1 --record "$OUT/recorded" --record-images image \
-  --log-level warning &
-SERVER=$!
-trap 'kill $SERVER 2>/dev/null || true' EXIT
-for _ in $(seq 1 120); do curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null && break; sleep 1; done
-$RFM fleet --url "http://127.0.0.1:$PORT" --tasks "$TASKS" --episodes "$EPISODES" --robots 2 --dagger \
-  --out "$OUT/fleet.json"
-kill -TERM $SERVER && wait $SERVER || true   # graceful stop flushes open episodes
-trap - EXIT
-$RFM data info "$OUT/recorded"
-
-echo "== 3. fine-tune on what the fleet saw${DEMOS:+, aggregated with $DEMOS}"
-$RFM train --dataset "${DEMOS:+$DEMOS,}$OUT/recorded" --balance tasks --init "$CKPT" --keep-init-stats --out "$OUT/run" --steps "$STEPS" \
-  --batch-size 32 --lr 2e-4 --warmup-steps 20 --ema-decay 0.99 --save-every "$STEPS" --num-workers 0 --no-progress \
-  --chunk-size "$(python3 -c "import json,sys; print(json.load(open('$CKPT/config.json'))['interface']['chunk_size'])")"
+echo "== 2-3. serve with recording on, the fleet works (expert corrections recorded), fine-tune${DEMOS:+ aggregated with $DEMOS}"
+ROBOTS=2 MAX_STEPS=500 PORT=$PORT RFM=$RFM TRAIN_ARGS="--warmup-steps 20 --ema-decay 0.99 --save-every $STEPS --num-workers 0" \
+  examples/dagger_round.sh "$CKPT" "${DEMOS:-none}" "$OUT/round" "$TASKS" "$EPISODES" "$STEPS"
 
 echo "== 4. after: same tasks, same unseen seeds"
-$RFM eval --checkpoint "$OUT/run/checkpoint" --tasks "$TASKS" --episodes "$EPISODES" --out "$OUT/after.json" \
+$RFM eval --checkpoint "$OUT/round/checkpoint" --tasks "$TASKS" --episodes "$EPISODES" --out "$OUT/after.json" \
   --no-progress
 
 echo "== 5. export the improved policy for the edge"
-$RFM export --checkpoint "$OUT/run/checkpoint" --out "$OUT/export-int8" --precision int8 \
-  --calib-dataset "$OUT/recorded" --calib-samples 64
+$RFM export --checkpoint "$OUT/round/checkpoint" --out "$OUT/export-int8" --precision int8 \
+  --calib-dataset "$OUT/round/recorded" --calib-samples 64
 
 python3 - "$OUT" <<'PY'
 import json, sys

@@ -191,7 +191,7 @@ def model_card(policy, config: dict) -> str:
         f"| version | {meta.get('model_version', '?')} |",
         f"| weights dtype | {config.get('weights_dtype')} |",
     ]
-    for section in ("data", "training", "evaluation"):
+    for section in ("data", "training", "lineage", "evaluation"):
         if section in meta:
             lines += ["", f"## {section.capitalize()}", "", "```json", json.dumps(meta[section], indent=2), "```"]
     lines += ["", "## Use", "", "```python", "from rfm.runtime import TorchRunner",

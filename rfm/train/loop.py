@@ -64,6 +64,15 @@ def _mixed_precision(cfg: TrainConfig) -> str:
     return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
 
 
+def _lineage(init: str) -> list[dict]:
+    """The checkpoints this one was fine-tuned from, newest first: id, version, data and steps of each."""
+    meta = json.loads((Path(init) / "config.json").read_text()).get("meta", {})
+    here = {"model_id": meta.get("model_id", Path(init).name), "model_version": meta.get("model_version"),
+            "path": str(init), "dataset": meta.get("data", {}).get("dataset"),
+            "steps": meta.get("training", {}).get("steps_done")}
+    return [here, *meta.get("lineage", [])]
+
+
 def _infinite(loader: DataLoader):
     epoch = 0
     while True:
@@ -114,6 +123,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         model_cfg = preset(cfg.preset or "small", head=cfg.head or "chunk", **cfg.model_overrides)
     policy = RFMPolicy(PolicyConfig(model=model_cfg, interface=interface), stats=data.stats)
     init_report = init_from_checkpoint(policy.net, cfg.init) if cfg.init else None
+    lineage = _lineage(cfg.init) if cfg.init else []
     if cfg.init and cfg.keep_init_stats:
         init_stats = json.loads((Path(cfg.init) / "stats.json").read_text())
         policy.set_stats(init_stats)  # raises if the init robot's dims differ
@@ -160,6 +170,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
             "steps_done": step, "final_loss": final_loss, "wall_time_s": round(time.time() - t0 + prior_time, 1),
             "device": str(accelerator.device), "processes": accelerator.num_processes,
             "init_reinitialised": init_report["reinitialised"] if init_report else None})
+        if lineage:
+            policy.meta["lineage"] = lineage
         weights = plain_state_dict(ema.module if ema is not None else net)
         save_checkpoint(policy, ckpt_dir, weights_dtype=cfg.weights_dtype, state_dict=weights,
                         extra=lambda tmp: save_training_state(tmp, net, ema.module if ema else None, optimizer,
