@@ -64,9 +64,8 @@ def _mixed_precision(cfg: TrainConfig) -> str:
     return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
 
 
-def _lineage(init: str) -> list[dict]:
+def _lineage(init: str, meta: dict) -> list[dict]:
     """The checkpoints this one was fine-tuned from, newest first: id, version, data and steps of each."""
-    meta = json.loads((Path(init) / "config.json").read_text()).get("meta", {})
     here = {"model_id": meta.get("model_id", Path(init).name), "model_version": meta.get("model_version"),
             "path": str(init), "dataset": meta.get("data", {}).get("dataset"),
             "steps": meta.get("training", {}).get("steps_done")}
@@ -103,8 +102,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     vary = None
     if cfg.instruction_variants:
         variants = load_variants(cfg.instruction_variants)
-        covered = check_coverage(variants, data.info["tasks"], cfg.instruction_variants)
-        vary = InstructionVariator({t: variants[t] for t in covered}, cfg.variant_prob, cfg.seed)
+        check_coverage(variants, data.info["tasks"], cfg.instruction_variants)
+        vary = InstructionVariator(variants, cfg.variant_prob, cfg.seed)
     sampler = make_sampler(tasks, cfg.balance, cfg.seed)
     loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
                         drop_last=len(train_set) > cfg.batch_size, num_workers=cfg.num_workers,
@@ -114,16 +113,17 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
                   if data.val_set is not None else None)
 
     # --- model --------------------------------------------------------------------------------------------------
-    if cfg.init and cfg.preset is None:  # fine-tuning: same architecture as the init checkpoint by default
+    init_config, init_raw = read_config(cfg.init) if cfg.init else (None, {})
+    if init_config and cfg.preset is None:  # fine-tuning: same architecture as the init checkpoint by default
         from dataclasses import replace
 
-        model_cfg = replace(read_config(cfg.init)[0].model, **({"head": cfg.head} if cfg.head else {}),
+        model_cfg = replace(init_config.model, **({"head": cfg.head} if cfg.head else {}),
                             **cfg.model_overrides)
     else:
         model_cfg = preset(cfg.preset or "small", head=cfg.head or "chunk", **cfg.model_overrides)
     policy = RFMPolicy(PolicyConfig(model=model_cfg, interface=interface), stats=data.stats)
     init_report = init_from_checkpoint(policy.net, cfg.init) if cfg.init else None
-    lineage = _lineage(cfg.init) if cfg.init else []
+    lineage = _lineage(cfg.init, init_raw.get("meta", {})) if cfg.init else []
     if cfg.init and cfg.keep_init_stats:
         init_stats = json.loads((Path(cfg.init) / "stats.json").read_text())
         policy.set_stats(init_stats)  # raises if the init robot's dims differ
