@@ -100,6 +100,7 @@ class ModelConfig:
     text_max_tokens: int = 24  # instruction tokens kept (padded/truncated)
     freeze_text_encoder: bool = True  # keep the pretrained language encoder frozen
     norm_mode: str = "mean_std"  # how state/actions are normalised: mean_std, quantile (q01..q99) or min_max
+    env_state_dim: int = 0  # auxiliary head predicting the privileged environment state (training only; 0 = none)
 
     def __post_init__(self) -> None:
         self.vision_widths = tuple(int(w) for w in self.vision_widths)
@@ -121,6 +122,7 @@ class ModelConfig:
         if self.vision_backbone == "hf":
             _check(self.vision_path is not None or self.vision_hf_config is not None, "model.vision_path",
                    self.vision_path, "a local Hugging Face model directory when vision_backbone='hf'")
+        _check(0 <= self.env_state_dim <= 256, "model.env_state_dim", self.env_state_dim, "in [0, 256]")
         _check(4 <= self.text_max_tokens <= 256, "model.text_max_tokens", self.text_max_tokens, "in [4, 256]")
         _check(self.norm_mode in NORM_MODES, "model.norm_mode", self.norm_mode,
                f"one of {NORM_MODES}.{did_you_mean(self.norm_mode, list(NORM_MODES))}")

@@ -3,6 +3,7 @@
 # LeRobot-style feature keys.
 OBS_IMAGES = "observation.images"  # prefix: observation.images.<camera>
 OBS_STATE = "observation.state"
+OBS_ENV_STATE = "observation.environment_state"  # privileged sim state (objects, goal): a training target only
 ACTION = "action"
 TASK = "task"
 

@@ -33,6 +33,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--state-noise", type=float, default=0.0,
                    help="Gaussian noise on the robot state while training, in dataset stds (e.g. 0.5): makes the "
                         "policy read goals from the cameras instead of from how far the arm has moved")
+    p.add_argument("--env-state-loss", type=float, default=0.0, metavar="W",
+                   help="weight of an auxiliary loss predicting observation.environment_state (simulated demos "
+                        "record object and goal positions): teaches the encoder to find them; 0 = off")
     p.add_argument("--instruction-variants", default=None, metavar="FILE|metaworld",
                    help="instruction augmentation: JSON {instruction: [variants]}, or 'metaworld' for the built-in "
                         "variants of the Meta-World instructions (never the evaluation paraphrases)")
@@ -80,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
         cameras=args.cameras.split(",") if args.cameras else None, steps=args.steps, batch_size=args.batch_size,
         grad_accum=args.grad_accum, lr=args.lr, warmup_steps=args.warmup_steps, ema_decay=args.ema_decay,
         augment=not args.no_augment, shift_pad=args.shift_pad, color_jitter=args.color_jitter, balance=args.balance,
-        state_noise=args.state_noise, instruction_variants=args.instruction_variants, variant_prob=args.variant_prob,
+        state_noise=args.state_noise, env_state_loss=args.env_state_loss,
+        instruction_variants=args.instruction_variants, variant_prob=args.variant_prob,
         num_workers=args.num_workers, frame_cache_gb=args.frame_cache_gb, val_episodes=args.val_episodes,
         save_every=args.save_every, log_every=args.log_every, seed=args.seed, init=args.init, resume=args.resume,
         keep_init_stats=args.keep_init_stats,

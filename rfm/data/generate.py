@@ -6,6 +6,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from rfm.constants import OBS_ENV_STATE
 from rfm.data.writer import LeRobotDatasetWriter
 
 
@@ -16,14 +17,19 @@ def write_metaworld(out: str | Path, tasks: list[str], episodes: int, cameras: l
     write the successful ones, atomically.
 
     Task column = the language instruction; the env task name and seed are episode metadata columns
-    (`env_task`, `seed`). `sim` defaults to rfm.sim.metaworld (tests inject a fake with the same names).
+    (`env_task`, `seed`); the simulator's object and goal positions are the `observation.environment_state` column
+    (a privileged training target, never a policy input). `sim` defaults to rfm.sim.metaworld (tests inject a fake with the same names).
     """
     if sim is None:
         from rfm.sim import metaworld as sim
     fps = round(float(sim.CONTROL_HZ))
+    env_names = list(getattr(sim, "ENV_STATE_NAMES", []))
+    extra_features = {OBS_ENV_STATE: {"dtype": "float32", "shape": [len(env_names)], "names": env_names}} \
+        if env_names else None
     writer = LeRobotDatasetWriter(out, fps=fps, robot_type="sawyer", cameras={c: (size, size) for c in cameras},
                                   state_names=list(sim.STATE_NAMES), action_names=list(sim.ACTION_NAMES),
-                                  use_videos=use_videos, vcodec=vcodec, overwrite=overwrite)
+                                  use_videos=use_videos, vcodec=vcodec, overwrite=overwrite,
+                                  extra_features=extra_features)
     tried: dict[str, int] = {}
     kept: dict[str, int] = {}
     try:
@@ -35,7 +41,7 @@ def write_metaworld(out: str | Path, tasks: list[str], episodes: int, cameras: l
             for i in range(len(ep.action)):
                 writer.add_frame(images={c: ep.frames[c][i] for c in cameras}, state=ep.state[i],
                                  action=ep.action[i], task=ep.instruction)
-            writer.save_episode(meta={"env_task": ep.task, "seed": int(ep.seed), "start_jitter": int(start_jitter)})
+            writer.save_episode(extra={OBS_ENV_STATE: ep.env_state} if env_names else None, meta={"env_task": ep.task, "seed": int(ep.seed), "start_jitter": int(start_jitter)})
             kept[ep.task] = kept.get(ep.task, 0) + 1
         if writer.num_episodes == 0:
             raise ValueError(f"no successful episode among {sum(tried.values())} generated; nothing written to {out}")

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from rfm.config import RobotInterface, did_you_mean
+from rfm.constants import OBS_ENV_STATE
 from rfm.data.cache import ByteLRU
 from rfm.data.reader import LeRobotDataset
 
@@ -56,12 +57,20 @@ class WindowDataset(Dataset):
 
     item = {"images": (N_cam, 3, H, W) uint8, "state": (D_s,) f32, "actions": (H, D_a) f32 (the last action
     repeated past the episode end), "action_pad": (H,) bool (True where padded), "instruction": str,
-    "episode_index": int}
+    "episode_index": int}; with env_state_dim > 0 also "env_state": (D_env,) f32 and "env_valid": bool (False, with
+    zeros, where the dataset has no observation.environment_state, e.g. fleet recordings)
     """
 
     def __init__(self, ds: LeRobotDataset, interface: RobotInterface, episodes: list[int] | None = None,
-                 cache_bytes: int = 2 << 30) -> None:
+                 cache_bytes: int = 2 << 30, env_state_dim: int = 0) -> None:
         self.ds, self.interface = ds, interface
+        self.env_state_dim = env_state_dim
+        self.env_states = ds.extras.get(OBS_ENV_STATE) if env_state_dim else None
+        if self.env_states is not None:
+            self.env_states = self.env_states.astype(np.float32).reshape(len(ds.actions), -1)
+            if self.env_states.shape[1] != env_state_dim:
+                raise ValueError(f"dataset {ds.root}: {OBS_ENV_STATE} has {self.env_states.shape[1]} values, "
+                                 f"expected {env_state_dim} (as in the first dataset that has it)")
         for c in interface.cameras:
             if c not in ds.cameras:
                 raise ValueError(f"interface camera {c!r} is not in dataset {ds.root}; cameras: {ds.cameras}")
@@ -101,7 +110,7 @@ class WindowDataset(Dataset):
         idx = g + self._offsets
         pad = idx >= e.stop
         idx = np.minimum(idx, e.stop - 1)
-        return {
+        item = {
             "images": self.episode_images(e.index)[g - e.start],
             "state": torch.from_numpy(self.ds.states[g].copy()),
             "actions": torch.from_numpy(self.ds.actions[idx]),
@@ -109,11 +118,19 @@ class WindowDataset(Dataset):
             "instruction": self.ds.instruction(g),
             "episode_index": e.index,
         }
+        if self.env_state_dim:
+            has = self.env_states is not None
+            item["env_state"] = torch.from_numpy(self.env_states[g].copy()) if has \
+                else torch.zeros(self.env_state_dim)
+            item["env_valid"] = has
+        return item
 
 
 def collate_windows(items: list[dict]) -> dict:
     """Stack items: images (B, N, 3, H, W) uint8, state (B, D_s), actions (B, H, D_a), action_pad (B, H)."""
-    return {
+    env = {"env_state": torch.stack([it["env_state"] for it in items]),
+           "env_valid": torch.tensor([it["env_valid"] for it in items])} if "env_state" in items[0] else {}
+    return env | {
         "images": torch.stack([it["images"] for it in items]),
         "state": torch.stack([it["state"] for it in items]),
         "actions": torch.stack([it["actions"] for it in items]),

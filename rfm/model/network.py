@@ -64,6 +64,12 @@ class PolicyNet(nn.Module):
             self.action_in = nn.Linear(self.action_dim, d)
             self.time_mlp = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
         self.action_out = nn.Linear(d, self.action_dim)
+        self.env_state_dim = m.env_state_dim
+        if self.env_state_dim:  # auxiliary: where objects and goal are, read from the fused tokens (training only)
+            self.env_norm = Normalizer(self.env_state_dim)
+            self.env_query = nn.Parameter(torch.randn(1, 1, d) * 0.02)
+            self.env_attn = nn.MultiheadAttention(d, m.heads, batch_first=True)
+            self.env_out = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d), nn.GELU(), nn.Linear(d, self.env_state_dim))
 
     # --- observation encoding -------------------------------------------------------------------------------
     def encode(self, images: torch.Tensor, state: torch.Tensor, text: torch.Tensor,
@@ -116,11 +122,37 @@ class PolicyNet(nn.Module):
             naction = x
         return self.action_norm.inverse(naction.float())
 
+    def predict_env_state(self, memory: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Normalised environment state (B, D_env) from the fused tokens: one learned query attends over them."""
+        q = self.env_query.expand(memory.shape[0], -1, -1)
+        pooled, _ = self.env_attn(q, memory, memory, key_padding_mask=~mask[:, 0, 0, :], need_weights=False)
+        return self.env_out(pooled[:, 0])
+
     # --- training ------------------------------------------------------------------------------------------
+    def losses(self, images: torch.Tensor, state: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor,
+               actions: torch.Tensor, action_pad: torch.Tensor | None = None, env_state: torch.Tensor | None = None,
+               env_valid: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """{"action": scalar, "env_state": scalar (only with an env-state head and targets)}.
+
+        env_state (B, D_env) in simulator units; env_valid (B,) False for samples without one (e.g. fleet recordings
+        beside simulated demos): they add nothing to the auxiliary loss.
+        """
+        memory, mask = self.encode(images, state, text, text_mask)
+        out = {"action": self._action_loss(memory, mask, actions, action_pad)}
+        if self.env_state_dim and env_state is not None:
+            err = F.l1_loss(self.predict_env_state(memory, mask), self.env_norm(env_state.float()),
+                            reduction="none").mean(-1)
+            valid = torch.ones_like(err) if env_valid is None else env_valid.float()
+            out["env_state"] = (err * valid).sum() / valid.sum().clamp_min(1.0)
+        return out
+
     def loss(self, images: torch.Tensor, state: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor,
              actions: torch.Tensor, action_pad: torch.Tensor | None = None) -> torch.Tensor:
-        """Scalar loss. actions (B, H, D_a) in robot units; action_pad (B, H) True where padded past episode end."""
-        memory, mask = self.encode(images, state, text, text_mask)
+        """Scalar action loss. actions (B, H, D_a) in robot units; action_pad (B, H) True where padded past the end."""
+        return self.losses(images, state, text, text_mask, actions, action_pad)["action"]
+
+    def _action_loss(self, memory: torch.Tensor, mask: torch.Tensor, actions: torch.Tensor,
+                     action_pad: torch.Tensor | None) -> torch.Tensor:
         naction = self.action_norm(actions.float())
         if self.head_type == "chunk":
             err = F.l1_loss(self.decode(memory, mask), naction, reduction="none")

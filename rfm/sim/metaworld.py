@@ -21,6 +21,10 @@ MT10_TASKS = ["reach-v3", "push-v3", "pick-place-v3", "door-open-v3", "drawer-op
               "button-press-topdown-v3", "peg-insert-side-v3", "window-open-v3", "window-close-v3"]
 STATE_NAMES = ["hand_x", "hand_y", "hand_z", "gripper_open"]
 ACTION_NAMES = ["dx", "dy", "dz", "gripper"]
+# Privileged simulator state recorded beside each demo frame (observation.environment_state): where the objects and
+# the goal are. Never an input to the policy; an auxiliary training target that teaches the encoder to find them.
+ENV_STATE_NAMES = ["obj1_x", "obj1_y", "obj1_z", "obj2_x", "obj2_y", "obj2_z", "goal_x", "goal_y", "goal_z"]
+_ENV_STATE_SLICES = (slice(4, 7), slice(11, 14), slice(36, 39))  # in Meta-World's full 39-d observation
 CONTROL_HZ = 80.0  # MuJoCo timestep 2.5 ms x frame_skip 5
 MAX_STEPS = 500  # Meta-World's episode limit
 TRAIN_SEED_LIMIT = 100_000
@@ -30,6 +34,7 @@ STEPS_AFTER_SUCCESS = 3  # keep a few frames of "holding still" after success
 __all__ = [
     "ACTION_NAMES",
     "CONTROL_HZ",
+    "ENV_STATE_NAMES",
     "INSTRUCTIONS",
     "MT10_TASKS",
     "STATE_NAMES",
@@ -102,6 +107,10 @@ class MetaWorldEnv:
         self.steps = 0
         return self._obs()
 
+    def env_state(self) -> np.ndarray:
+        """(9,) float32: object 1, object 2 and goal positions (ENV_STATE_NAMES); zeros where a task has none."""
+        return np.concatenate([self._raw[s] for s in _ENV_STATE_SLICES]).astype(np.float32)
+
     def step(self, action: np.ndarray) -> tuple[dict, float, bool, dict]:
         action = np.clip(np.asarray(action, np.float32).reshape(4), -1.0, 1.0)
         self._raw, reward, _, truncated, info = self.env.step(action)
@@ -158,6 +167,7 @@ class Episode:
     state: np.ndarray  # (T, 4) float32
     action: np.ndarray  # (T, 4) float32
     success: bool
+    env_state: np.ndarray | None = None  # (T, 9) float32 privileged positions (ENV_STATE_NAMES)
 
 
 _WORKER_ENVS: dict = {}
@@ -190,13 +200,14 @@ def generate_episode(task: str, seed: int, cameras: list[str], size: int, max_st
     try:
         obs = jittered_start(env, seed, start_jitter) if start_jitter > 0 else env.reset(seed)
         frames: dict[str, list] = {c: [] for c in cameras}
-        states, actions = [], []
+        states, actions, env_states = [], [], []
         success, after = False, 0
         for _ in range(max_steps or MAX_STEPS):
             action = env.expert_action()
             for c in cameras:
                 frames[c].append(obs["images"][c])
             states.append(obs["state"])
+            env_states.append(env.env_state())
             actions.append(action)
             obs, _, done, info = env.step(action)
             success = success or info["success"]
@@ -207,7 +218,8 @@ def generate_episode(task: str, seed: int, cameras: list[str], size: int, max_st
             elif done:
                 break
         return Episode(task, env.instruction, int(seed), {c: np.stack(v) for c, v in frames.items()},
-                       np.stack(states).astype(np.float32), np.stack(actions).astype(np.float32), success)
+                       np.stack(states).astype(np.float32), np.stack(actions).astype(np.float32), success,
+                       np.stack(env_states))
     finally:
         if own:
             env.close()

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import ConcatDataset, Sampler, WeightedRandomSampler
 
 from rfm.config import RobotInterface
-from rfm.constants import ACTION, OBS_STATE
+from rfm.constants import ACTION, OBS_ENV_STATE, OBS_STATE
 from rfm.data.reader import LeRobotDataset
 from rfm.data.stats import aggregate
 from rfm.data.windows import WindowDataset, interface_from_dataset
@@ -29,8 +29,9 @@ class TrainingData:
     interface: RobotInterface
     train_set: ConcatDataset
     val_set: ConcatDataset | None
-    stats: dict  # merged {feature: {stat: array}} for observation.state and action
+    stats: dict  # merged {feature: {stat: array}} for observation.state, action (and environment_state)
     info: dict  # recorded in the checkpoint's meta
+    env_state_dim: int = 0  # size of observation.environment_state when it is a training target
 
 
 def open_datasets(paths: list[str]) -> list[LeRobotDataset]:
@@ -48,21 +49,40 @@ def open_datasets(paths: list[str]) -> list[LeRobotDataset]:
 
 
 def merged_stats(datasets: list[LeRobotDataset]) -> dict:
-    """Count-weighted merge of the datasets' state/action stats (exact mean, std, min, max)."""
+    """Count-weighted merge of the datasets' state/action stats (exact mean, std, min, max).
+
+    The environment state (a training target some datasets lack) is merged over the datasets that have it.
+    """
     if len(datasets) == 1:
         return datasets[0].stats
     out = {}
-    for key in (OBS_STATE, ACTION):
+    for key in (OBS_STATE, ACTION, OBS_ENV_STATE):
         parts = [{**ds.stats[key], "count": np.array([len(ds.actions)])} for ds in datasets if key in ds.stats]
-        if len(parts) == len(datasets):
+        if len(parts) == len(datasets) or (key == OBS_ENV_STATE and parts):
             out[key] = aggregate(parts)
     return out
 
 
+def env_state_dim(datasets: list[LeRobotDataset]) -> int:
+    """Size of observation.environment_state in the first dataset that records it; a clear error if none does."""
+    for ds in datasets:
+        ft = ds.features.get(OBS_ENV_STATE)
+        if ft is not None:
+            return int(np.prod(ft["shape"]))
+    raise ValueError(f"an environment-state loss needs {OBS_ENV_STATE} in at least one dataset, and none of "
+                     f"{', '.join(str(ds.root) for ds in datasets)} has it (rfm data generate records it for "
+                     f"simulated demos)")
+
+
 def build_training_data(paths: list[str], chunk_size: int, image_size: tuple[int, int] | None,
-                        cameras: list[str] | None, val_episodes: int, frame_cache_gb: float = 4.0) -> TrainingData:
-    """Window sets over all datasets; validation holds out the last `val_episodes` of the first dataset."""
+                        cameras: list[str] | None, val_episodes: int, frame_cache_gb: float = 4.0,
+                        env_state: bool = False) -> TrainingData:
+    """Window sets over all datasets; validation holds out the last `val_episodes` of the first dataset.
+
+    env_state: also yield observation.environment_state (an auxiliary target) where a dataset records it.
+    """
     datasets = open_datasets(paths)
+    env_dim = env_state_dim(datasets) if env_state else 0
     cache = int(frame_cache_gb * 2**30 / len(datasets))
     interface = interface_from_dataset(datasets[0], chunk_size=chunk_size, image_size=image_size, cameras=cameras)
     train_parts, val_parts, n_train_eps = [], [], 0
@@ -71,9 +91,9 @@ def build_training_data(paths: list[str], chunk_size: int, image_size: tuple[int
         held = episodes[-val_episodes:] if i == 0 and val_episodes and val_episodes < len(episodes) else []
         train_eps = [e for e in episodes if e not in held]
         n_train_eps += len(train_eps)
-        train_parts.append(WindowDataset(ds, interface, episodes=train_eps, cache_bytes=cache))
+        train_parts.append(WindowDataset(ds, interface, episodes=train_eps, cache_bytes=cache, env_state_dim=env_dim))
         if held:
-            val_parts.append(WindowDataset(ds, interface, episodes=held, cache_bytes=cache))
+            val_parts.append(WindowDataset(ds, interface, episodes=held, cache_bytes=cache, env_state_dim=env_dim))
     train_set = ConcatDataset(train_parts)
     tasks = list(dict.fromkeys(t for ds in datasets for t in ds.tasks))
     info = {"dataset": ",".join(str(p) for p in paths), "episodes": n_train_eps,
@@ -81,8 +101,10 @@ def build_training_data(paths: list[str], chunk_size: int, image_size: tuple[int
             "fps": datasets[0].fps}
     if len(datasets) > 1:
         info["datasets"] = [{"path": str(p), "frames": len(w)} for p, w in zip(paths, train_parts)]
+    if env_dim:
+        info["env_state"] = {"dim": env_dim, "datasets": [str(ds.root) for ds in datasets if OBS_ENV_STATE in ds.features]}
     return TrainingData(interface, train_set, ConcatDataset(val_parts) if val_parts else None,
-                        merged_stats(datasets), info)
+                        merged_stats(datasets), info, env_dim)
 
 
 def frame_tasks(train_set: ConcatDataset) -> list[str]:
@@ -121,5 +143,5 @@ def task_shares(tasks: list[str], balance: str) -> dict[str, float]:
     return {t: round(c / len(tasks), 4) for t, c in counts.items()}
 
 
-__all__ = ["TrainingData", "build_training_data", "frame_tasks", "make_sampler", "merged_stats", "open_datasets",
+__all__ = ["TrainingData", "build_training_data", "env_state_dim", "frame_tasks", "make_sampler", "merged_stats", "open_datasets",
            "task_balanced_weights", "task_shares"]

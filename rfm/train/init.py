@@ -13,6 +13,8 @@ from safetensors.torch import load_file
 from rfm.checkpoint import read_config
 from rfm.constants import WEIGHTS_FILE
 
+NORM_PREFIXES = ("state_norm.", "action_norm.", "env_norm.")
+
 
 def init_from_checkpoint(net, path: str | Path) -> dict:
     """Load matching tensors of checkpoint `path` into `net`; returns {"loaded": [...], "reinitialised": [...]}."""
@@ -23,10 +25,10 @@ def init_from_checkpoint(net, path: str | Path) -> dict:
     loaded, skipped = [], []
     for k, v in dst.items():
         # normalisation buffers always come from the new dataset's stats
-        if k in src and tuple(src[k].shape) == tuple(v.shape) and not k.startswith(("state_norm.", "action_norm.")):
+        if k in src and tuple(src[k].shape) == tuple(v.shape) and not k.startswith(NORM_PREFIXES):
             dst[k] = src[k].to(v.dtype)
             loaded.append(k)
-        elif not k.startswith(("state_norm.", "action_norm.")):
+        elif not k.startswith(NORM_PREFIXES):
             skipped.append(k)
     net.load_state_dict(dst)
     return {"loaded": loaded, "reinitialised": skipped}

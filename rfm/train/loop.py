@@ -29,14 +29,17 @@ CHECKPOINT_DIR = "checkpoint"
 
 
 class LossModule(nn.Module):
-    """Wraps PolicyNet so DDP sees the loss computation as forward()."""
+    """Wraps PolicyNet so DDP sees the loss computation as forward(): (total loss, {name: part})."""
 
-    def __init__(self, net: nn.Module) -> None:
+    def __init__(self, net: nn.Module, env_state_weight: float = 0.0) -> None:
         super().__init__()
-        self.net = net
+        self.net, self.env_state_weight = net, env_state_weight
 
-    def forward(self, images, state, text, text_mask, actions, action_pad):
-        return self.net.loss(images, state, text, text_mask, actions, action_pad)
+    def forward(self, images, state, text, text_mask, actions, action_pad, env_state=None, env_valid=None):
+        parts = self.net.losses(images, state, text, text_mask, actions, action_pad, env_state, env_valid)
+        total = parts["action"] + self.env_state_weight * parts["env_state"] if "env_state" in parts \
+            else parts["action"]
+        return total, parts
 
 
 def _seed_everything(seed: int) -> None:
@@ -96,7 +99,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
 
     # --- data ---------------------------------------------------------------------------------------------------
     data = build_training_data(cfg.datasets, cfg.chunk_size, cfg.image_size, cfg.cameras, cfg.val_episodes,
-                               cfg.frame_cache_gb)
+                               cfg.frame_cache_gb, env_state=cfg.env_state_loss > 0)
     interface, train_set = data.interface, data.train_set
     tasks = frame_tasks(train_set)  # the task of every frame: sampler weights and the card's task shares
     vary = None
@@ -114,19 +117,19 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
 
     # --- model --------------------------------------------------------------------------------------------------
     init_config, init_raw = read_config(cfg.init) if cfg.init else (None, {})
+    overrides = {**cfg.model_overrides, **({"env_state_dim": data.env_state_dim} if data.env_state_dim else {})}
     if init_config and cfg.preset is None:  # fine-tuning: same architecture as the init checkpoint by default
         from dataclasses import replace
 
-        model_cfg = replace(init_config.model, **({"head": cfg.head} if cfg.head else {}),
-                            **cfg.model_overrides)
+        model_cfg = replace(init_config.model, **({"head": cfg.head} if cfg.head else {}), **overrides)
     else:
-        model_cfg = preset(cfg.preset or "small", head=cfg.head or "chunk", **cfg.model_overrides)
+        model_cfg = preset(cfg.preset or "small", head=cfg.head or "chunk", **overrides)
     policy = RFMPolicy(PolicyConfig(model=model_cfg, interface=interface), stats=data.stats)
     init_report = init_from_checkpoint(policy.net, cfg.init) if cfg.init else None
     lineage = _lineage(cfg.init, init_raw.get("meta", {})) if cfg.init else []
     if cfg.init and cfg.keep_init_stats:
         init_stats = json.loads((Path(cfg.init) / "stats.json").read_text())
-        policy.set_stats(init_stats)  # raises if the init robot's dims differ
+        policy.set_stats({**data.stats, **init_stats})  # raises if the init robot's dims differ
     if cfg.lora_rank:
         from rfm.train.lora import apply_lora
 
@@ -153,7 +156,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     if ema is not None:
         ema.to(accelerator.device)
 
-    module = LossModule(net)
+    module = LossModule(net, cfg.env_state_loss)
     module, optimizer, loader, scheduler = accelerator.prepare(module, optimizer, loader, scheduler)
 
     out.mkdir(parents=True, exist_ok=True)
@@ -190,7 +193,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     batches = _infinite(loader)
     bar = tqdm(total=cfg.steps, initial=start_step, disable=not (progress and accelerator.is_main_process),
                desc="train", dynamic_ncols=True)
-    window_t, window_samples, loss_avg, loss = time.time(), 0, None, float("nan")
+    window_t, window_samples, loss_avg, loss, env_avg = time.time(), 0, None, float("nan"), None
     module.train()
     for step in range(start_step + 1, cfg.steps + 1):
         for _ in range(cfg.grad_accum):
@@ -203,7 +206,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
                 instructions = vary(batch["instruction"]) if vary else batch["instruction"]
                 text, text_mask = policy.text.encode_torch(instructions, accelerator.device)
                 with accelerator.autocast():
-                    loss_t = module(images, state, text, text_mask, batch["actions"], batch["action_pad"])
+                    loss_t, parts = module(images, state, text, text_mask, batch["actions"], batch["action_pad"],
+                                           batch.get("env_state"), batch.get("env_valid"))
                 accelerator.backward(loss_t)
                 grad_norm = (accelerator.clip_grad_norm_(module.parameters(), cfg.clip_grad)
                              if accelerator.sync_gradients else None)
@@ -217,13 +221,17 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         if not math.isfinite(loss):
             raise FloatingPointError(f"loss became {loss} at step {step}; lower --lr or check the dataset stats")
         loss_avg = loss if loss_avg is None else 0.95 * loss_avg + 0.05 * loss
+        if "env_state" in parts:
+            env_loss = parts["env_state"].item()
+            env_avg = env_loss if env_avg is None else 0.95 * env_avg + 0.05 * env_loss
         bar.update(1)
         if step % cfg.log_every == 0 or step == cfg.steps:
             sps = window_samples / max(time.time() - window_t, 1e-9)
             val = _validate(module, val_loader, policy, accelerator) if val_loader and (
                 step % (cfg.log_every * 10) == 0 or step == cfg.steps) else None
-            bar.set_postfix(loss=f"{loss_avg:.4f}", samples_s=f"{sps:.1f}", **({"val": f"{val:.4f}"} if val else {}))
-            logger.log(step, loss=loss_avg, val_loss=val, lr=scheduler.get_last_lr()[0],
+            bar.set_postfix(loss=f"{loss_avg:.4f}", samples_s=f"{sps:.1f}", **({"val": f"{val:.4f}"} if val else {}),
+                            **({"env": f"{env_avg:.3f}"} if env_avg is not None else {}))
+            logger.log(step, loss=loss_avg, env_state_loss=env_avg, val_loss=val, lr=scheduler.get_last_lr()[0],
                        grad_norm=float(grad_norm) if grad_norm is not None else None, samples_per_s=sps,
                        elapsed_s=time.time() - t0 + prior_time)
             window_t, window_samples = time.time(), 0
@@ -245,8 +253,8 @@ def _validate(module, loader, policy, accelerator) -> float:
     for batch in loader:
         text, mask = policy.text.encode_torch(batch["instruction"], accelerator.device)
         dev = accelerator.device
-        loss = module(batch["images"].to(dev), batch["state"].to(dev), text, mask, batch["actions"].to(dev),
-                      batch["action_pad"].to(dev))
+        loss, _ = module(batch["images"].to(dev), batch["state"].to(dev), text, mask, batch["actions"].to(dev),
+                         batch["action_pad"].to(dev))
         total += loss.item() * len(batch["instruction"])
         n += len(batch["instruction"])
     module.train()

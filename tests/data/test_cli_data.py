@@ -112,6 +112,10 @@ def test_generate_real_metaworld_into_windows(tmp_path):
     batch = collate_windows([wd[0], wd[len(wd) - 1]])
     assert batch["images"].shape == (2, 1, 3, 64, 64) and batch["actions"].shape == (2, 8, 4)
     assert batch["action_pad"][1, 1:].all() and batch["images"].float().std() > 1.0  # real rendered pixels
+    # object and goal positions ride along as observation.environment_state (a training target, never an input)
+    env_ft = ds.features["observation.environment_state"]
+    assert env_ft["shape"] == [9] and env_ft["names"][6:] == ["goal_x", "goal_y", "goal_z"]
+    assert "observation.environment_state" in ds.stats
     # stored losslessly by default: a training frame is exactly what the policy will see live. (4:2:0 video turns
     # reach's one-pixel red goal into a faint smudge, and a policy trained on that never finds the goal.)
     from rfm.sim.metaworld import MetaWorldEnv

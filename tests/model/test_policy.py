@@ -142,6 +142,38 @@ def test_padded_actions_do_not_contribute_to_the_loss(small_interface):
                                net.loss(images, state, text, mask, garbage, pad))
 
 
+def test_env_state_head_is_a_masked_training_target_only(small_interface, tmp_path):
+    torch.manual_seed(0)
+    plain = RFMPolicy.build("tiny", interface=small_interface, dropout=0.0)
+    torch.manual_seed(0)
+    policy = RFMPolicy.build("tiny", interface=small_interface, dropout=0.0, env_state_dim=3)
+    stats = {"observation.environment_state": {"mean": [1.0, 2.0, 3.0], "std": [0.5, 0.5, 0.5]}}
+    policy.set_stats(stats)
+    net = policy.net.eval()
+    images = torch.zeros(2, 2, 3, 64, 64, dtype=torch.uint8)
+    state = torch.zeros(2, 3)
+    text, mask = policy.encode_text(["a", "b"])
+    actions = torch.randn(2, 8, 2)
+    env = torch.tensor([[1.0, 2.0, 3.0], [9.0, 9.0, 9.0]])
+    parts = net.losses(images, state, text, mask, actions, env_state=env)
+    assert set(parts) == {"action", "env_state"} and parts["env_state"] > 0
+    # a sample without a recorded environment state adds nothing: garbage there changes nothing
+    valid = torch.tensor([True, False])
+    garbage = env.clone()
+    garbage[1] = 1e6
+    torch.testing.assert_close(net.losses(images, state, text, mask, actions, env_state=env, env_valid=valid),
+                               net.losses(images, state, text, mask, actions, env_state=garbage, env_valid=valid))
+    # the head never touches the action path: same weights elsewhere give the same chunk
+    plain.net.load_state_dict({k: v for k, v in net.state_dict().items() if not k.startswith("env_")})
+    obs = (np.zeros((1, 2, 3, 64, 64), np.uint8), np.zeros((1, 3), np.float32), ["a"])
+    np.testing.assert_allclose(policy.predict(*obs), plain.predict(*obs), atol=1e-6)
+    # and it round-trips through a checkpoint with its normalisation
+    policy.save_pretrained(tmp_path / "ckpt")
+    back = RFMPolicy.from_pretrained(tmp_path / "ckpt")
+    assert back.config.model.env_state_dim == 3
+    torch.testing.assert_close(back.net.env_norm.offset, torch.tensor([1.0, 2.0, 3.0]))
+
+
 def test_hf_vision_backbone_from_a_local_directory(tmp_path, small_interface):
     from transformers import Dinov2Config, Dinov2Model
 

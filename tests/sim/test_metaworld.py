@@ -84,6 +84,12 @@ def test_expert_succeeds_and_frames_precede_actions():
     assert ep.success and 10 < len(ep.action) < 200
     assert ep.frames["corner2"].shape == (len(ep.action), 32, 32, 3)
     assert ep.state.shape == (len(ep.action), 4)
+    # the privileged positions recorded beside each frame: reach's goal is where the simulator put it
+    assert ep.env_state.shape == (len(ep.action), 9) and ep.env_state.dtype == np.float32
+    env = MetaWorldEnv("reach-v3", ["corner2"], size=32)
+    env.reset(0)
+    np.testing.assert_allclose(ep.env_state[0, 6:], env.env._target_pos, atol=1e-6)
+    env.close()
     # state t+1 follows from action t: the hand moves in the direction it was told to
     moved = ep.state[1:, :3] - ep.state[:-1, :3]
     assert (np.sign(moved[:10, 1]) == np.sign(ep.action[:10, 1])).mean() > 0.7

@@ -90,3 +90,42 @@ def test_instruction_variants_train_and_are_recorded_in_the_card(tmp_path):
 def test_bad_dataset_path_is_named(tmp_path):
     with pytest.raises((FileNotFoundError, ValueError), match="nope"):
         train(_cfg(tmp_path / "x", dataset=str(tmp_path / "nope")), progress=False)
+
+
+def _env_state_dataset(root: Path, episodes: int = 2, length: int = 12) -> Path:
+    """A small dataset for the fixture's robot that also records a 3-d environment state (like simulated demos)."""
+    from rfm.data.writer import LeRobotDatasetWriter
+
+    rng = np.random.default_rng(0)
+    w = LeRobotDatasetWriter(root, fps=10, cameras={"top": (96, 96), "wrist": (96, 96)}, state_names=["x", "y", "z", "g"],
+                             action_names=["dx", "dy", "dz", "dg"], use_videos=False,
+                             extra_features={"observation.environment_state":
+                                             {"dtype": "float32", "shape": [3], "names": ["gx", "gy", "gz"]}})
+    for _ in range(episodes):
+        goal = rng.uniform(-1, 1, 3).astype(np.float32)
+        for _ in range(length):
+            w.add_frame(images={c: rng.integers(0, 256, (96, 96, 3), dtype=np.uint8) for c in ("top", "wrist")},
+                        state=rng.standard_normal(4), action=rng.standard_normal(4), task="reach the red target")
+        w.save_episode(extra={"observation.environment_state": np.tile(goal, (length, 1))})
+    return w.finalize()
+
+
+def test_env_state_loss_trains_beside_datasets_without_it(tmp_path):
+    sim = _env_state_dataset(tmp_path / "sim")
+    out = tmp_path / "env"
+    # the fixture has no environment state: its samples are masked out of the auxiliary loss, not an error
+    train(_cfg(out, dataset=f"{sim},{FIXTURE}", steps=4, log_every=2, val_episodes=0, env_state_loss=1.0),
+          progress=False)
+    rows = list(csv.DictReader((out / "logs" / "train.csv").read_text().splitlines()))
+    assert all(float(r["env_state_loss"]) > 0 for r in rows)
+    meta = json.loads((out / "checkpoint" / "config.json").read_text())
+    assert meta["model"]["env_state_dim"] == 3 and meta["meta"]["data"]["env_state"]["datasets"] == [str(sim)]
+    policy = RFMPolicy.from_pretrained(out / "checkpoint")
+    assert "observation.environment_state" in policy.stats  # its normalisation travels with the checkpoint
+    out2 = policy.predict(np.zeros((1, 2, 3, 48, 48), np.uint8), np.zeros((1, 4), np.float32), ["reach"])
+    assert out2.shape == (1, 8, 4)
+
+
+def test_env_state_loss_without_any_env_state_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="observation.environment_state.*" + FIXTURE.name):
+        train(_cfg(tmp_path / "x", env_state_loss=1.0), progress=False)
