@@ -65,20 +65,28 @@ class PolicyNet(nn.Module):
             self.time_mlp = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
         self.action_out = nn.Linear(d, self.action_dim)
         self.env_state_dim = m.env_state_dim
-        if self.env_state_dim:  # auxiliary: where objects and goal are, read from the fused tokens (training only)
+        if self.env_state_dim:  # auxiliary: where objects and goal are, from the camera tokens (training only)
             self.env_norm = Normalizer(self.env_state_dim)
             self.env_query = nn.Parameter(torch.randn(1, 1, d) * 0.02)
             self.env_attn = nn.MultiheadAttention(d, m.heads, batch_first=True)
             self.env_out = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d), nn.GELU(), nn.Linear(d, self.env_state_dim))
 
     # --- observation encoding -------------------------------------------------------------------------------
-    def encode(self, images: torch.Tensor, state: torch.Tensor, text: torch.Tensor,
-               text_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Fused observation tokens (B, T, D) and their attention mask (B, 1, 1, T) (True = attend)."""
+    def image_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """Camera tokens (B, N*T_img, D) with position and camera embeddings, before fusion with language and state."""
         B = images.shape[0]
         x = images.flatten(0, 1).float() / 255.0  # (B*N, 3, H, W) in [0, 1]
         img = self.img_proj(self.vision(x)).view(B, self.n_cam, self.n_img_tokens, -1)  # (B, N, T_img, D)
-        img = (img + self.img_pos + self.cam_embed + self.modality[2]).flatten(1, 2)  # (B, N*T_img, D)
+        return (img + self.img_pos + self.cam_embed + self.modality[2]).flatten(1, 2)  # (B, N*T_img, D)
+
+    def encode(self, images: torch.Tensor, state: torch.Tensor, text: torch.Tensor,
+               text_mask: torch.Tensor, img: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fused observation tokens (B, T, D) and their attention mask (B, 1, 1, T) (True = attend).
+
+        img: precomputed image_tokens(images), when the caller needs them too.
+        """
+        B = images.shape[0]
+        img = self.image_tokens(images) if img is None else img
         txt = self.text_proj(text.float()) + self.text_pos + self.modality[0]  # (B, L, D)
         tokens, masks = [txt], [text_mask.bool()]
         if self.state_proj is not None:
@@ -122,10 +130,14 @@ class PolicyNet(nn.Module):
             naction = x
         return self.action_norm.inverse(naction.float())
 
-    def predict_env_state(self, memory: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Normalised environment state (B, D_env) from the fused tokens: one learned query attends over them."""
-        q = self.env_query.expand(memory.shape[0], -1, -1)
-        pooled, _ = self.env_attn(q, memory, memory, key_padding_mask=~mask[:, 0, 0, :], need_weights=False)
+    def predict_env_state(self, img: torch.Tensor) -> torch.Tensor:
+        """Normalised environment state (B, D_env) from the camera tokens alone: one learned query attends over them.
+
+        Not from the fused tokens: there the robot state is one attention hop away, and mid-episode the hand's
+        position already tells where the object it holds is, so the head would learn that instead of looking.
+        """
+        q = self.env_query.expand(img.shape[0], -1, -1)
+        pooled, _ = self.env_attn(q, img, img, need_weights=False)
         return self.env_out(pooled[:, 0])
 
     # --- training ------------------------------------------------------------------------------------------
@@ -137,10 +149,11 @@ class PolicyNet(nn.Module):
         env_state (B, D_env) in simulator units; env_valid (B,) False for samples without one (e.g. fleet recordings
         beside simulated demos): they add nothing to the auxiliary loss.
         """
-        memory, mask = self.encode(images, state, text, text_mask)
+        img = self.image_tokens(images)
+        memory, mask = self.encode(images, state, text, text_mask, img)
         out = {"action": self._action_loss(memory, mask, actions, action_pad)}
         if self.env_state_dim and env_state is not None:
-            err = F.l1_loss(self.predict_env_state(memory, mask), self.env_norm(env_state.float()),
+            err = F.l1_loss(self.predict_env_state(img), self.env_norm(env_state.float()),
                             reduction="none").mean(-1)
             valid = torch.ones_like(err) if env_valid is None else env_valid.float()
             out["env_state"] = (err * valid).sum() / valid.sum().clamp_min(1.0)
