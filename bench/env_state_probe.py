@@ -1,7 +1,7 @@
 """How well does a policy's encoder know where the objects and the goal are? Reads its environment-state head.
 
 Only checkpoints trained with `rfm train --env-state-loss` have the head. For each task and unseen evaluation seed,
-the scene is reset and the head predicts object 1 and goal positions from the camera tokens alone (it never sees
+the scene is reset (and optionally the expert drives k steps) and the head predicts object 1 and goal positions from the camera tokens alone (it never sees
 the robot state), and the error is compared with the simulator's truth. The
 baseline is the error of always answering the task's mean position over the same seeds (knowing the task but not
 where things are this time): an error near the baseline means the encoder does not localise that thing; near 0,
@@ -36,18 +36,20 @@ def predict_env_state(policy: RFMPolicy, obs: dict) -> np.ndarray:
     return net.env_norm.inverse(net.predict_env_state(net.image_tokens(images)))[0].numpy()
 
 
-def probe(checkpoint: str, tasks: list[str], seeds: int, first_seed: int = EVAL_SEED_BASE) -> dict:
+def probe(checkpoint: str, tasks: list[str], seeds: int, first_seed: int = EVAL_SEED_BASE, k: int = 0) -> dict:
     policy = RFMPolicy.from_pretrained(checkpoint)
     if not policy.net.env_state_dim:
         raise SystemExit(f"{checkpoint}: no environment-state head (train with --env-state-loss)")
     itf = policy.interface
-    out: dict = {"checkpoint": checkpoint, "seeds": seeds, "first_seed": first_seed, "tasks": {}}
+    out: dict = {"checkpoint": checkpoint, "seeds": seeds, "first_seed": first_seed, "k": k, "tasks": {}}
     for task in tasks:
         env = MetaWorldEnv(task, itf.cameras, itf.image_size[0])
         pred, true = [], []
         try:
             for i in range(seeds):
                 obs = env.reset(first_seed + i)
+                for _ in range(k):
+                    obs, *_ = env.step(env.expert_action())
                 pred.append(predict_env_state(policy, obs))
                 true.append(env.env_state())
         finally:
@@ -70,9 +72,10 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, default=20)
     ap.add_argument("--first-seed", type=int, default=EVAL_SEED_BASE,
                     help="first seed (default: unseen evaluation seeds; 0 = the training demos' scenes)")
+    ap.add_argument("--k", type=int, default=0, help="scripted-expert steps before probing (0: the start pose)")
     args = ap.parse_args()
-    res = probe(args.checkpoint, expand_tasks(args.tasks), args.seeds, args.first_seed)
-    print(f"{args.checkpoint}: mean |error| in cm over {args.seeds} seeds from {args.first_seed} at the start pose "
+    res = probe(args.checkpoint, expand_tasks(args.tasks), args.seeds, args.first_seed, args.k)
+    print(f"{args.checkpoint}: mean |error| in cm over {args.seeds} seeds from {args.first_seed} after {args.k} expert steps "
           f"(baseline: the task's mean position)")
     print(f"{'task':<26} {'obj1 x/y/z':>20} {'baseline':>20} {'goal x/y/z':>20} {'baseline':>20}")
     for task, row in res["tasks"].items():

@@ -122,9 +122,13 @@ class MetaWorldEnv:
     def goal_pixels(self) -> dict[str, int]:
         """Pixels each camera spends on the task's goal marker in the current frame (0 = not visible).
 
-        Rendered twice, with and without the goal sites: a camera that shows a goal in 1-2 pixels cannot teach a
-        policy where the goal is (reach in corner2 at 96 px), so pick cameras and sizes with this before collecting.
+        A camera that shows a goal in 1-2 pixels cannot teach a policy where the goal is (reach in corner2 at 96 px),
+        so pick cameras and sizes with this before collecting.
         """
+        return {c: int(m.sum()) for c, m in self.goal_mask().items()}
+
+    def goal_mask(self) -> dict[str, np.ndarray]:
+        """(H, W) bool per camera: where the goal marker is drawn, found by rendering with and without it."""
         import mujoco
 
         m = self.env.model
@@ -136,7 +140,7 @@ class MetaWorldEnv:
             hidden = self.renderer.render(self.env.data)
         finally:
             m.site_rgba[goal, 3] = alpha
-        return {c: int((np.abs(shown[c].astype(np.int16) - hidden[c]).sum(-1) > 30).sum()) for c in self.cameras}
+        return {c: np.abs(shown[c].astype(np.int16) - hidden[c]).sum(-1) > 30 for c in self.cameras}
 
     def expert_action(self) -> np.ndarray:
         """The scripted expert's action for the current state (for demonstrations and DAgger corrections)."""
