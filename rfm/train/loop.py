@@ -117,7 +117,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
 
     # --- model --------------------------------------------------------------------------------------------------
     init_config, init_raw = read_config(cfg.init) if cfg.init else (None, {})
-    overrides = {**cfg.model_overrides, **({"env_state_dim": data.env_state_dim} if data.env_state_dim else {})}
+    # the environment-state head exists only while it is trained (a fine-tune without the loss drops it)
+    overrides = {**cfg.model_overrides, "env_state_dim": data.env_state_dim}
     if init_config and cfg.preset is None:  # fine-tuning: same architecture as the init checkpoint by default
         from dataclasses import replace
 
@@ -217,9 +218,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
             window_samples += images.shape[0] * accelerator.num_processes
         if ema is not None:
             ema.update_parameters(net)
-        loss = loss_t.item()
-        if not math.isfinite(loss):
-            raise FloatingPointError(f"loss became {loss} at step {step}; lower --lr or check the dataset stats")
+        if not math.isfinite(loss_t.item()):
+            raise FloatingPointError(f"loss became {loss_t.item()} at step {step}; lower --lr or check the dataset "
+                                     f"stats")
+        loss = parts["action"].item()  # logged apart from the auxiliary loss, so runs (and val_loss) compare
         loss_avg = loss if loss_avg is None else 0.95 * loss_avg + 0.05 * loss
         if "env_state" in parts:
             env_loss = parts["env_state"].item()

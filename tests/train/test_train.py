@@ -124,6 +124,11 @@ def test_env_state_loss_trains_beside_datasets_without_it(tmp_path):
     assert "observation.environment_state" in policy.stats  # its normalisation travels with the checkpoint
     out2 = policy.predict(np.zeros((1, 2, 3, 48, 48), np.uint8), np.zeros((1, 4), np.float32), ["reach"])
     assert out2.shape == (1, 8, 4)
+    # fine-tuning it without the loss drops the head (nothing would train it) and keeps everything else
+    ft = tmp_path / "ft"
+    train(_cfg(ft, steps=2, val_episodes=0, init=str(out / "checkpoint")), progress=False)
+    cfg = json.loads((ft / "checkpoint" / "config.json").read_text())
+    assert cfg["model"]["env_state_dim"] == 0 and cfg["meta"]["training"]["init_reinitialised"] == []
 
 
 def test_env_state_loss_without_any_env_state_is_a_clear_error(tmp_path):
