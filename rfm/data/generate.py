@@ -18,7 +18,8 @@ def write_metaworld(out: str | Path, tasks: list[str], episodes: int, cameras: l
 
     Task column = the language instruction; the env task name and seed are episode metadata columns
     (`env_task`, `seed`); the simulator's object and goal positions are the `observation.environment_state` column
-    (a privileged training target, never a policy input). `sim` defaults to rfm.sim.metaworld (tests inject a fake with the same names).
+    (a privileged training target, never a policy input). `sim` defaults to rfm.sim.metaworld (tests inject a fake
+    with the same names).
     """
     if sim is None:
         from rfm.sim import metaworld as sim
@@ -41,7 +42,8 @@ def write_metaworld(out: str | Path, tasks: list[str], episodes: int, cameras: l
             for i in range(len(ep.action)):
                 writer.add_frame(images={c: ep.frames[c][i] for c in cameras}, state=ep.state[i],
                                  action=ep.action[i], task=ep.instruction)
-            writer.save_episode(extra={OBS_ENV_STATE: ep.env_state} if env_names else None, meta={"env_task": ep.task, "seed": int(ep.seed), "start_jitter": int(start_jitter)})
+            writer.save_episode(extra={OBS_ENV_STATE: ep.env_state} if env_names else None,
+                                meta={"env_task": ep.task, "seed": int(ep.seed), "start_jitter": int(start_jitter)})
             kept[ep.task] = kept.get(ep.task, 0) + 1
         if writer.num_episodes == 0:
             raise ValueError(f"no successful episode among {sum(tried.values())} generated; nothing written to {out}")
