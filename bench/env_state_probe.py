@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from rfm.model.policy import RFMPolicy
+from rfm.runtime.observation import make_batch
 from rfm.sim.metaworld import ENV_STATE_NAMES, EVAL_SEED_BASE, MetaWorldEnv, expand_tasks
 
 RESULTS = Path(__file__).parent / "results" / "env_state_probe.json"
@@ -31,8 +32,7 @@ GROUPS = {"obj1": slice(0, 3), "goal": slice(6, 9)}  # obj2 is unused by the MT1
 def predict_env_state(policy: RFMPolicy, obs: dict) -> np.ndarray:
     """(D_env,) environment state in simulator units, from one runtime observation."""
     net = policy.net.eval()
-    itf = policy.interface
-    images = torch.from_numpy(np.stack([obs["images"][c] for c in itf.cameras])).permute(0, 3, 1, 2)[None]
+    images = torch.from_numpy(make_batch([obs], policy.interface).images)
     return net.env_norm.inverse(net.predict_env_state(net.image_tokens(images)))[0].numpy()
 
 

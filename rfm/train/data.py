@@ -93,7 +93,7 @@ def build_training_data(paths: list[str], chunk_size: int, image_size: tuple[int
         n_train_eps += len(train_eps)
         train_parts.append(WindowDataset(ds, interface, episodes=train_eps, cache_bytes=cache, env_state_dim=env_dim))
         if held:
-            val_parts.append(WindowDataset(ds, interface, episodes=held, cache_bytes=cache, env_state_dim=env_dim))
+            val_parts.append(WindowDataset(ds, interface, episodes=held, cache_bytes=cache))  # scores actions only
     train_set = ConcatDataset(train_parts)
     tasks = list(dict.fromkeys(t for ds in datasets for t in ds.tasks))
     info = {"dataset": ",".join(str(p) for p in paths), "episodes": n_train_eps,

@@ -218,9 +218,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
             window_samples += images.shape[0] * accelerator.num_processes
         if ema is not None:
             ema.update_parameters(net)
-        if not math.isfinite(loss_t.item()):
-            raise FloatingPointError(f"loss became {loss_t.item()} at step {step}; lower --lr or check the dataset "
-                                     f"stats")
+        total = loss_t.item()
+        if not math.isfinite(total):
+            raise FloatingPointError(f"loss became {total} at step {step}; lower --lr or check the dataset stats")
         loss = parts["action"].item()  # logged apart from the auxiliary loss, so runs (and val_loss) compare
         loss_avg = loss if loss_avg is None else 0.95 * loss_avg + 0.05 * loss
         if "env_state" in parts:
