@@ -75,6 +75,7 @@ class RobotInterface:
 HEADS = ("chunk", "flow")
 VISION_BACKBONES = ("resnet", "hf")
 NORM_MODES = ("mean_std", "quantile", "min_max")
+KEYPOINT_SOURCES = ("stem", "block")
 
 
 @dataclass
@@ -94,6 +95,7 @@ class ModelConfig:
     vision_widths: tuple[int, ...] = (32, 64, 128, 256)  # channels of the ResNet stages (each halves resolution)
     vision_blocks: int = 1  # residual blocks per ResNet stage
     vision_keypoints: int = 0  # K spatial-softmax keypoints per camera (one extra token): finds small objects
+    vision_keypoint_source: str = "stem"  # features the keypoint heatmaps read: "stem" (one conv) or "block" (+1 block)
     vision_path: str | None = None  # local directory of a Hugging Face vision model (vision_backbone="hf")
     vision_hf_config: dict | None = None  # HF config dict, stored so checkpoints rebuild without vision_path
     text_encoder: str = DEFAULT_TEXT_ENCODER  # "all-MiniLM-L6-v2" (packaged) or a local sentence-encoder dir
@@ -119,6 +121,8 @@ class ModelConfig:
                "model.vision_widths", self.vision_widths, "one or more stage widths, each >= 8")
         _check(self.vision_blocks >= 1, "model.vision_blocks", self.vision_blocks, "a positive integer")
         _check(0 <= self.vision_keypoints <= 256, "model.vision_keypoints", self.vision_keypoints, "in [0, 256]")
+        _check(self.vision_keypoint_source in KEYPOINT_SOURCES, "model.vision_keypoint_source",
+               self.vision_keypoint_source, f"one of {KEYPOINT_SOURCES}")
         if self.vision_backbone == "hf":
             _check(self.vision_path is not None or self.vision_hf_config is not None, "model.vision_path",
                    self.vision_path, "a local Hugging Face model directory when vision_backbone='hf'")

@@ -36,6 +36,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--env-state-loss", type=float, default=0.0, metavar="W",
                    help="weight of an auxiliary loss predicting observation.environment_state (simulated demos "
                         "record object and goal positions): teaches the encoder to find them; 0 = off")
+    p.add_argument("--keypoint-loss", type=float, default=0.0, metavar="W",
+                   help="weight of an auxiliary loss putting spatial-softmax keypoint p on point p of "
+                        "observation.environment_state (object 1, object 2, goal) in every camera, through the "
+                        "camera projections simulated demos record: teaches the encoder to find them; 0 = off")
     p.add_argument("--instruction-variants", default=None, metavar="FILE|metaworld",
                    help="instruction augmentation: JSON {instruction: [variants]}, or 'metaworld' for the built-in "
                         "variants of the Meta-World instructions (never the evaluation paraphrases)")
@@ -83,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         cameras=args.cameras.split(",") if args.cameras else None, steps=args.steps, batch_size=args.batch_size,
         grad_accum=args.grad_accum, lr=args.lr, warmup_steps=args.warmup_steps, ema_decay=args.ema_decay,
         augment=not args.no_augment, shift_pad=args.shift_pad, color_jitter=args.color_jitter, balance=args.balance,
-        state_noise=args.state_noise, env_state_loss=args.env_state_loss,
+        state_noise=args.state_noise, env_state_loss=args.env_state_loss, keypoint_loss=args.keypoint_loss,
         instruction_variants=args.instruction_variants, variant_prob=args.variant_prob,
         num_workers=args.num_workers, frame_cache_gb=args.frame_cache_gb, val_episodes=args.val_episodes,
         save_every=args.save_every, log_every=args.log_every, seed=args.seed, init=args.init, resume=args.resume,

@@ -18,15 +18,18 @@ def write_metaworld(out: str | Path, tasks: list[str], episodes: int, cameras: l
 
     Task column = the language instruction; the env task name and seed are episode metadata columns
     (`env_task`, `seed`); the simulator's object and goal positions are the `observation.environment_state` column
-    (a privileged training target, never a policy input). `sim` defaults to rfm.sim.metaworld (tests inject a fake
+    (a privileged training target, never a policy input), with each camera's projection matrix in its feature info. `sim` defaults to rfm.sim.metaworld (tests inject a fake
     with the same names).
     """
     if sim is None:
         from rfm.sim import metaworld as sim
     fps = round(float(sim.CONTROL_HZ))
     env_names = list(getattr(sim, "ENV_STATE_NAMES", []))
-    extra_features = {OBS_ENV_STATE: {"dtype": "float32", "shape": [len(env_names)], "names": env_names}} \
-        if env_names else None
+    extra_features = None
+    if env_names:
+        extra_features = {OBS_ENV_STATE: {"dtype": "float32", "shape": [len(env_names)], "names": env_names}}
+        if hasattr(sim, "camera_projections"):  # where each xyz triple appears in each camera (keypoint targets)
+            extra_features[OBS_ENV_STATE]["info"] = {"camera_projection": sim.camera_projections(tasks, cameras)}
     writer = LeRobotDatasetWriter(out, fps=fps, robot_type="sawyer", cameras={c: (size, size) for c in cameras},
                                   state_names=list(sim.STATE_NAMES), action_names=list(sim.ACTION_NAMES),
                                   use_videos=use_videos, vcodec=vcodec, overwrite=overwrite,

@@ -26,6 +26,28 @@ def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat([torch.sin(args), torch.cos(args)], dim=-1)
 
 
+def heatmap_loss(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor, sigma: float = 1.0) -> torch.Tensor:
+    """KL(target || softmax(heatmap)) of keypoint p's heatmap against a Gaussian (sigma in heatmap cells) at target p.
+
+    logits (B, N, K, h, w); targets (B, N, P, 2) in normalised image coordinates, P <= K; valid (B, N, P).
+    A loss on the heatmap itself, not on its expected position: an L1 on the expectation only moves its mean, and
+    (measured) the keypoints settle on a blurry average that sits at the task's mean position whatever the scene.
+    """
+    n, (h, w) = targets.shape[2], logits.shape[-2:]
+    if logits.shape[2] < n:
+        raise ValueError(f"{n} keypoint targets need model.vision_keypoints >= {n} (it is {logits.shape[2]})")
+    cells = ((targets.float() + 1) / 2 * targets.new_tensor([w, h]) - 0.5)  # (B, N, P, 2) in cell units (x, y)
+    xs = torch.arange(w, device=logits.device, dtype=torch.float32)
+    ys = torch.arange(h, device=logits.device, dtype=torch.float32)
+    gx = -((xs - cells[..., :1]) ** 2) / (2 * sigma**2)  # (B, N, P, w)
+    gy = -((ys - cells[..., 1:]) ** 2) / (2 * sigma**2)  # (B, N, P, h)
+    target = torch.softmax((gy[..., :, None] + gx[..., None, :]).flatten(-2), dim=-1)  # (B, N, P, h*w)
+    log_p = torch.log_softmax(logits[:, :, :n].float().flatten(-2), dim=-1)
+    kl = (target * (torch.log(target.clamp_min(1e-12)) - log_p)).sum(-1)  # (B, N, P)
+    weight = valid.float()
+    return (kl * weight).sum() / weight.sum().clamp_min(1.0)
+
+
 class PolicyNet(nn.Module):
     """images (B, N_cam, 3, H, W) uint8, state (B, D_s), text (B, L, D_text) + mask (B, L) -> actions (B, H, D_a)."""
 
@@ -72,12 +94,25 @@ class PolicyNet(nn.Module):
             self.env_out = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d), nn.GELU(), nn.Linear(d, self.env_state_dim))
 
     # --- observation encoding -------------------------------------------------------------------------------
-    def image_tokens(self, images: torch.Tensor) -> torch.Tensor:
-        """Camera tokens (B, N*T_img, D) with position and camera embeddings, before fusion with language and state."""
+    def image_tokens(self, images: torch.Tensor, with_keypoints: bool = False):
+        """Camera tokens (B, N*T_img, D) with position and camera embeddings, before fusion with language and state.
+
+        with_keypoints: also the spatial-softmax keypoints (B, N, K, 2) in normalised image coordinates and their
+        heatmap logits (B, N, K, h, w).
+        """
         B = images.shape[0]
         x = images.flatten(0, 1).float() / 255.0  # (B*N, 3, H, W) in [0, 1]
-        img = self.img_proj(self.vision(x)).view(B, self.n_cam, self.n_img_tokens, -1)  # (B, N, T_img, D)
-        return (img + self.img_pos + self.cam_embed + self.modality[2]).flatten(1, 2)  # (B, N*T_img, D)
+        if not with_keypoints:
+            img = self.vision(x)
+        elif getattr(self.vision, "keypoints", None) is None:
+            raise ValueError("keypoint targets need a resnet vision encoder with model.vision_keypoints > 0")
+        else:
+            img, points, logits = self.vision(x, with_keypoints=True)
+        img = self.img_proj(img).view(B, self.n_cam, self.n_img_tokens, -1)  # (B, N, T_img, D)
+        img = (img + self.img_pos + self.cam_embed + self.modality[2]).flatten(1, 2)  # (B, N*T_img, D)
+        if with_keypoints:
+            return img, points.unflatten(0, (B, self.n_cam)), logits.unflatten(0, (B, self.n_cam))
+        return img
 
     def encode(self, images: torch.Tensor, state: torch.Tensor, text: torch.Tensor,
                text_mask: torch.Tensor, img: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -143,15 +178,23 @@ class PolicyNet(nn.Module):
     # --- training ------------------------------------------------------------------------------------------
     def losses(self, images: torch.Tensor, state: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor,
                actions: torch.Tensor, action_pad: torch.Tensor | None = None, env_state: torch.Tensor | None = None,
-               env_valid: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """{"action": scalar, "env_state": scalar (only with an env-state head and targets)}.
+               env_valid: torch.Tensor | None = None, keypoint_targets: torch.Tensor | None = None,
+               keypoint_valid: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """{"action": scalar, "env_state": scalar (with an env-state head and targets), "keypoints": scalar (with
+        keypoint targets)}.
 
         env_state (B, D_env) in simulator units; env_valid (B,) False for samples without one (e.g. fleet recordings
-        beside simulated demos): they add nothing to the auxiliary loss.
+        beside simulated demos): they add nothing to the auxiliary loss. keypoint_targets (B, N_cam, P, 2): where
+        keypoint p should be in each camera (normalised image coordinates); keypoint_valid (B, N_cam, P).
         """
-        img = self.image_tokens(images)
+        if keypoint_targets is not None:
+            img, _, logits = self.image_tokens(images, with_keypoints=True)
+        else:
+            img = self.image_tokens(images)
         memory, mask = self.encode(images, state, text, text_mask, img)
         out = {"action": self._action_loss(memory, mask, actions, action_pad)}
+        if keypoint_targets is not None:
+            out["keypoints"] = heatmap_loss(logits, keypoint_targets, keypoint_valid)
         if self.env_state_dim and env_state is not None:
             err = F.l1_loss(self.predict_env_state(img), self.env_norm(env_state.float()),
                             reduction="none").mean(-1)

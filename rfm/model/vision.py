@@ -49,25 +49,36 @@ class SpatialSoftmax(nn.Module):
         # the gradient that would sharpen it is then too weak to act within a short fine-tune
         self.log_temperature = nn.Parameter(torch.tensor(math.log(0.1)))
 
-    def forward(self, f: torch.Tensor) -> torch.Tensor:
+    def forward(self, f: torch.Tensor, with_logits: bool = False):
+        """(B, C, h, w) features -> (B, K, 2) expected (x, y), -1/+1 at the first/last feature's centre;
+        with_logits: also the heatmaps' logits (B, K, h, w), for a loss on where they peak."""
         h, w = f.shape[-2:]
         logits = self.heatmaps(f).flatten(2) / self.log_temperature.exp()  # (B, K, h*w)
         p = torch.softmax(logits, dim=-1)
         ys = torch.linspace(-1.0, 1.0, h, device=f.device, dtype=p.dtype)
         xs = torch.linspace(-1.0, 1.0, w, device=f.device, dtype=p.dtype)
         grid = torch.stack([xs.repeat(h), ys.repeat_interleave(w)], dim=-1)  # (h*w, 2) as (x, y)
-        return (p @ grid).flatten(1)  # (B, 2K)
+        return (p @ grid, logits.unflatten(-1, (h, w))) if with_logits else p @ grid
+
+    @staticmethod
+    def to_image(points: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """forward()'s (x, y) on an h x w map -> normalised image coordinates (edges at +-1), any stride."""
+        size = points.new_tensor([w, h])
+        return ((points + 1) / 2 * (size - 1) + 0.5) / size * 2 - 1
 
 
 class ResNetGN(nn.Module):
     """Stem (stride 2) then one stride-2 stage per width: 128 px -> 4 stages -> 8x8 grid of tokens.
 
-    With keypoints > 0, spatial-softmax keypoints of the stem's stride-2 features become one extra token: the
-    full-resolution colour/edge features where a goal marker of a few pixels is still a peak.
+    With keypoints > 0, spatial-softmax keypoints of stride-2 features become one extra token: features where a
+    goal marker of a few pixels is still a peak. keypoint_source "stem" reads the stem's (3 px of context: colour
+    and edges); "block" reads them after the first residual block (11 px), enough to tell a small red sphere from
+    the red arm beside it.
     """
 
-    def __init__(self, widths: tuple[int, ...], blocks: int, keypoints: int = 0) -> None:
+    def __init__(self, widths: tuple[int, ...], blocks: int, keypoints: int = 0, keypoint_source: str = "stem") -> None:
         super().__init__()
+        self.keypoint_source = keypoint_source
         self.stem = nn.Sequential(nn.Conv2d(3, widths[0], 3, 2, 1, bias=False),
                                   nn.GroupNorm(_groups(widths[0]), widths[0]), nn.ReLU())
         layers, cin = [], widths[0]
@@ -85,14 +96,24 @@ class ResNetGN(nn.Module):
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # x: (B, 3, H, W) float in [0, 1] -> (B, h*w [+ 1], C)
+    def forward(self, x: torch.Tensor, with_keypoints: bool = False):
+        """x: (B, 3, H, W) float in [0, 1] -> tokens (B, h*w [+ 1], C); with_keypoints: also the keypoints' image
+        coordinates (B, K, 2) and heatmap logits (B, K, h, w), for a loss that tells them where to look."""
         f = self.stem((x - self.mean) / self.std)
-        grid = self.layers(f).flatten(2).transpose(1, 2)  # (B, h*w, C)
+        if self.keypoint_source == "block":  # same stride-2 resolution, more context for the heatmaps
+            f = self.layers[0](f)
+            grid = self.layers[1:](f).flatten(2).transpose(1, 2)  # (B, h*w, C)
+        else:
+            grid = self.layers(f).flatten(2).transpose(1, 2)
         if self.keypoints is None:
+            if with_keypoints:
+                raise ValueError("this vision encoder has no keypoints (model.vision_keypoints = 0)")
             return grid
-        kp = self.keypoint_proj(self.keypoints(f))[:, None]  # (B, 1, C)
-        return torch.cat([grid, kp], dim=1)
+        points, logits = self.keypoints(f, with_logits=True)  # (B, K, 2), (B, K, h, w)
+        tokens = torch.cat([grid, self.keypoint_proj(points.flatten(1))[:, None]], dim=1)  # keypoints: 1 more token
+        if with_keypoints:
+            return tokens, SpatialSoftmax.to_image(points, *f.shape[-2:]), logits
+        return tokens
 
 
 class HFVisionEncoder(nn.Module):
@@ -147,4 +168,4 @@ def _processor_stats(path: str | None) -> tuple[list[float], list[float]]:
 def build_vision(cfg: ModelConfig) -> nn.Module:
     if cfg.vision_backbone == "hf":
         return HFVisionEncoder(cfg.vision_path if cfg.vision_hf_config is None else None, cfg.vision_hf_config)
-    return ResNetGN(cfg.vision_widths, cfg.vision_blocks, cfg.vision_keypoints)
+    return ResNetGN(cfg.vision_widths, cfg.vision_blocks, cfg.vision_keypoints, cfg.vision_keypoint_source)

@@ -15,7 +15,7 @@ import numpy as np
 
 from rfm.sim import render  # noqa: F401  (sets MUJOCO_GL before mujoco is imported)
 from rfm.sim.instructions import INSTRUCTIONS, instructions_for
-from rfm.sim.render import CameraRenderer
+from rfm.sim.render import CameraRenderer, camera_projection
 
 MT10_TASKS = ["reach-v3", "push-v3", "pick-place-v3", "door-open-v3", "drawer-open-v3", "drawer-close-v3",
               "button-press-topdown-v3", "peg-insert-side-v3", "window-open-v3", "window-close-v3"]
@@ -40,6 +40,7 @@ __all__ = [
     "STATE_NAMES",
     "Episode",
     "MetaWorldEnv",
+    "camera_projections",
     "expand_tasks",
     "generate_episode",
     "generate_episodes",
@@ -111,6 +112,10 @@ class MetaWorldEnv:
         """(9,) float32: object 1, object 2 and goal positions (ENV_STATE_NAMES); zeros where a task has none."""
         return np.concatenate([self._raw[s] for s in _ENV_STATE_SLICES]).astype(np.float32)
 
+    def camera_projections(self) -> dict[str, list[list[float]]]:
+        """{camera: (3, 4) matrix} taking world points to normalised image coordinates (render.camera_projection)."""
+        return {c: camera_projection(self.env.model, self.env.data, c).round(6).tolist() for c in self.cameras}
+
     def step(self, action: np.ndarray) -> tuple[dict, float, bool, dict]:
         action = np.clip(np.asarray(action, np.float32).reshape(4), -1.0, 1.0)
         self._raw, reward, _, truncated, info = self.env.step(action)
@@ -152,6 +157,17 @@ class MetaWorldEnv:
 
 
 _EXPERTS: dict = {}
+
+
+def camera_projections(tasks: list[str] | str, cameras: list[str]) -> dict[str, list[list[float]]]:
+    """Where world points appear in each camera: the cameras are fixed to the world, so every episode of every
+    task shares these matrices (checked over MT10); computed on the first task."""
+    env = MetaWorldEnv(expand_tasks(tasks)[0], cameras, size=16)
+    try:
+        env.reset(0)
+        return env.camera_projections()
+    finally:
+        env.close()
 
 
 def _expert(task: str):

@@ -44,3 +44,23 @@ class CameraRenderer:
 
     def close(self) -> None:
         self.renderer.close()
+
+
+def camera_projection(model: mujoco.MjModel, data: mujoco.MjData, camera: str) -> np.ndarray:
+    """(3, 4) matrix P taking world points (x, y, z, 1) to (u w, v w, w) in the upright rendered image.
+
+    u, v are normalised image coordinates in [-1, 1] (u right, v down, pixel edges at +-1, as grid_sample with
+    align_corners=False), so one matrix serves every image size. Lets training tell where a simulator position
+    appears in each camera (keypoint targets) without rendering anything.
+    """
+    cam = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, camera)
+    if cam < 0:
+        raise ValueError(f"unknown camera {camera!r}: expected one of {list(CAMERAS)}")
+    pos, rot = data.cam_xpos[cam], data.cam_xmat[cam].reshape(3, 3)  # rot's columns: camera x (right), y (up), z (back)
+    focal = 1.0 / np.tan(np.deg2rad(model.cam_fovy[cam]) / 2.0)
+    # camera frame: x right, y up, looking down -z -> image u = f x / -z, v = -f y / -z (rows grow downwards)
+    k = np.array([[focal, 0.0, 0.0], [0.0, -focal, 0.0], [0.0, 0.0, -1.0]])
+    if camera in ROTATE_180:
+        k[:2] *= -1.0  # the image was rotated by 180 degrees: both axes flip
+    world_to_cam = np.concatenate([rot.T, -rot.T @ pos[:, None]], axis=1)  # (3, 4)
+    return k @ world_to_cam

@@ -34,6 +34,7 @@ class TrainConfig:
     color_jitter: float = 0.2  # max relative brightness/contrast change
     state_noise: float = 0.0  # Gaussian noise on the state, in dataset stds (against copycat shortcuts)
     env_state_loss: float = 0.0  # weight of the auxiliary loss predicting observation.environment_state (0 = off)
+    keypoint_loss: float = 0.0  # weight of the loss putting keypoint p on point p of the environment state (0 = off)
     instruction_variants: str | None = None  # JSON {instruction: [variants]} or "metaworld": instruction augmentation
     variant_prob: float = 0.5  # chance that a sample's instruction is replaced by one of its variants
     balance: str = "none"  # none: frames drawn uniformly | tasks: every task (instruction) gets the same share
@@ -55,9 +56,9 @@ class TrainConfig:
             raise ConfigError("train.dataset is empty: expected a LeRobot dataset directory")
         if self.balance not in BALANCE_MODES:
             raise ConfigError(f"train.balance={self.balance!r} is invalid: expected one of {', '.join(BALANCE_MODES)}")
-        if self.shift_pad < 0 or self.color_jitter < 0 or self.state_noise < 0 or self.env_state_loss < 0:
-            raise ConfigError("train.shift_pad, train.color_jitter, train.state_noise and train.env_state_loss "
-                              "must be >= 0")
+        if min(self.shift_pad, self.color_jitter, self.state_noise, self.env_state_loss, self.keypoint_loss) < 0:
+            raise ConfigError("train.shift_pad, train.color_jitter, train.state_noise, train.env_state_loss and "
+                              "train.keypoint_loss must be >= 0")
         if not (0.0 <= self.variant_prob <= 1.0):
             raise ConfigError(f"train.variant_prob={self.variant_prob!r} is invalid: expected a number in [0, 1]")
         if self.image_size is not None:

@@ -20,6 +20,7 @@ from rfm.data.reader import LeRobotDataset
 from rfm.data.stats import aggregate
 from rfm.data.windows import WindowDataset, interface_from_dataset
 from rfm.train.config import BALANCE_MODES
+from rfm.train.keypoints import dataset_projections
 
 
 @dataclass
@@ -32,6 +33,7 @@ class TrainingData:
     stats: dict  # merged {feature: {stat: array}} for observation.state, action (and environment_state)
     info: dict  # recorded in the checkpoint's meta
     env_state_dim: int = 0  # size of observation.environment_state when it is a training target
+    projections: np.ndarray | None = None  # (N_cam, 3, 4) camera projections, for keypoint targets
 
 
 def open_datasets(paths: list[str]) -> list[LeRobotDataset]:
@@ -74,22 +76,36 @@ def env_state_dim(datasets: list[LeRobotDataset]) -> int:
                      f"simulated demos)")
 
 
+def split_cache(total: int, needs: list[int]) -> list[int]:
+    """Share `total` cache bytes among datasets in proportion to what each needs decoded (a small recording beside
+    large demo sets should not leave the large ones re-decoding while its share sits empty)."""
+    if sum(needs) <= total:
+        return [n + (total - sum(needs)) // len(needs) for n in needs]
+    return [total * n // max(sum(needs), 1) for n in needs]
+
+
 def build_training_data(paths: list[str], chunk_size: int, image_size: tuple[int, int] | None,
                         cameras: list[str] | None, val_episodes: int, frame_cache_gb: float = 4.0,
-                        env_state: bool = False) -> TrainingData:
+                        env_state: bool = False, keypoints: bool = False) -> TrainingData:
     """Window sets over all datasets; validation holds out the last `val_episodes` of the first dataset.
 
-    env_state: also yield observation.environment_state (an auxiliary target) where a dataset records it.
+    env_state: also yield observation.environment_state (an auxiliary target) where a dataset records it;
+    keypoints: that too, and the camera projections that turn it into keypoint targets.
     """
     datasets = open_datasets(paths)
-    env_dim = env_state_dim(datasets) if env_state else 0
-    cache = int(frame_cache_gb * 2**30 / len(datasets))
+    env_dim = env_state_dim(datasets) if env_state or keypoints else 0
     interface = interface_from_dataset(datasets[0], chunk_size=chunk_size, image_size=image_size, cameras=cameras)
-    train_parts, val_parts, n_train_eps = [], [], 0
+    projections = dataset_projections(datasets, interface.cameras) if keypoints else None
+    splits = []
     for i, ds in enumerate(datasets):
         episodes = [e.index for e in ds.episodes]
         held = episodes[-val_episodes:] if i == 0 and val_episodes and val_episodes < len(episodes) else []
-        train_eps = [e for e in episodes if e not in held]
+        splits.append(([e for e in episodes if e not in held], held))
+    frame_bytes = len(interface.cameras) * 3 * interface.image_size[0] * interface.image_size[1]
+    caches = split_cache(int(frame_cache_gb * 2**30),
+                         [frame_bytes * sum(ds.episode(e).length for e in train) for ds, (train, _) in zip(datasets, splits)])
+    train_parts, val_parts, n_train_eps = [], [], 0
+    for ds, (train_eps, held), cache in zip(datasets, splits, caches):
         n_train_eps += len(train_eps)
         train_parts.append(WindowDataset(ds, interface, episodes=train_eps, cache_bytes=cache, env_state_dim=env_dim))
         if held:
@@ -104,7 +120,7 @@ def build_training_data(paths: list[str], chunk_size: int, image_size: tuple[int
     if env_dim:
         info["env_state"] = {"dim": env_dim, "datasets": [str(ds.root) for ds in datasets if OBS_ENV_STATE in ds.features]}
     return TrainingData(interface, train_set, ConcatDataset(val_parts) if val_parts else None,
-                        merged_stats(datasets), info, env_dim)
+                        merged_stats(datasets), info, env_dim, projections)
 
 
 def frame_tasks(train_set: ConcatDataset) -> list[str]:
@@ -143,5 +159,5 @@ def task_shares(tasks: list[str], balance: str) -> dict[str, float]:
     return {t: round(c / len(tasks), 4) for t, c in counts.items()}
 
 
-__all__ = ["TrainingData", "build_training_data", "env_state_dim", "frame_tasks", "make_sampler", "merged_stats", "open_datasets",
+__all__ = ["TrainingData", "build_training_data", "split_cache", "env_state_dim", "frame_tasks", "make_sampler", "merged_stats", "open_datasets",
            "task_balanced_weights", "task_shares"]

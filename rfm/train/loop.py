@@ -21,6 +21,7 @@ from rfm.train.augment import augment, state_noise
 from rfm.train.config import TrainConfig
 from rfm.train.init import init_from_checkpoint
 from rfm.train.instructions import InstructionVariator, check_coverage, load_variants
+from rfm.train.keypoints import keypoint_targets
 from rfm.train.logs import TrainLogger
 from rfm.train.lora import plain_state_dict
 from rfm.train.state import STATE_DIR, load_training_state, save_training_state
@@ -29,16 +30,30 @@ CHECKPOINT_DIR = "checkpoint"
 
 
 class LossModule(nn.Module):
-    """Wraps PolicyNet so DDP sees the loss computation as forward(): (total loss, {name: part})."""
+    """Wraps PolicyNet so DDP sees the loss computation as forward(): (total loss, {name: part}).
 
-    def __init__(self, net: nn.Module, env_state_weight: float = 0.0) -> None:
+    Auxiliary losses (training only): the environment-state head, and keypoint targets projected from the
+    environment state through the cameras (`projections`, (N_cam, 3, 4)).
+    """
+
+    def __init__(self, net: nn.Module, env_state_weight: float = 0.0, keypoint_weight: float = 0.0,
+                 projections: np.ndarray | None = None) -> None:
         super().__init__()
-        self.net, self.env_state_weight = net, env_state_weight
+        self.net, self.weights = net, {"env_state": env_state_weight, "keypoints": keypoint_weight}
+        self.register_buffer("projections", None if projections is None else torch.as_tensor(projections),
+                             persistent=False)
 
-    def forward(self, images, state, text, text_mask, actions, action_pad, env_state=None, env_valid=None):
-        parts = self.net.losses(images, state, text, text_mask, actions, action_pad, env_state, env_valid)
-        total = parts["action"] + self.env_state_weight * parts["env_state"] if "env_state" in parts \
-            else parts["action"]
+    def forward(self, images, state, text, text_mask, actions, action_pad, env_state=None, env_valid=None,
+                offsets=None):
+        kp_targets = kp_valid = None
+        if self.weights["keypoints"] and env_state is not None:
+            kp_targets, kp_valid = keypoint_targets(env_state, env_valid, self.projections, offsets)
+        parts = self.net.losses(images, state, text, text_mask, actions, action_pad, env_state, env_valid,
+                                kp_targets, kp_valid)
+        total = parts["action"]
+        for name, w in self.weights.items():
+            if name in parts:
+                total = total + w * parts[name]
         return total, parts
 
 
@@ -99,7 +114,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
 
     # --- data ---------------------------------------------------------------------------------------------------
     data = build_training_data(cfg.datasets, cfg.chunk_size, cfg.image_size, cfg.cameras, cfg.val_episodes,
-                               cfg.frame_cache_gb, env_state=cfg.env_state_loss > 0)
+                               cfg.frame_cache_gb, env_state=cfg.env_state_loss > 0,
+                               keypoints=cfg.keypoint_loss > 0)
     interface, train_set = data.interface, data.train_set
     tasks = frame_tasks(train_set)  # the task of every frame: sampler weights and the card's task shares
     vary = None
@@ -118,7 +134,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     # --- model --------------------------------------------------------------------------------------------------
     init_config, init_raw = read_config(cfg.init) if cfg.init else (None, {})
     # the environment-state head exists only while it is trained (a fine-tune without the loss drops it)
-    overrides = {**cfg.model_overrides, "env_state_dim": data.env_state_dim}
+    overrides = {**cfg.model_overrides, "env_state_dim": data.env_state_dim if cfg.env_state_loss > 0 else 0}
     if init_config and cfg.preset is None:  # fine-tuning: same architecture as the init checkpoint by default
         from dataclasses import replace
 
@@ -157,7 +173,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     if ema is not None:
         ema.to(accelerator.device)
 
-    module = LossModule(net, cfg.env_state_loss)
+    module = LossModule(net, cfg.env_state_loss, cfg.keypoint_loss, data.projections)
     module, optimizer, loader, scheduler = accelerator.prepare(module, optimizer, loader, scheduler)
 
     out.mkdir(parents=True, exist_ok=True)
@@ -194,21 +210,23 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     batches = _infinite(loader)
     bar = tqdm(total=cfg.steps, initial=start_step, disable=not (progress and accelerator.is_main_process),
                desc="train", dynamic_ncols=True)
-    window_t, window_samples, loss_avg, loss, env_avg = time.time(), 0, None, float("nan"), None
+    window_t, window_samples, loss_avg, loss = time.time(), 0, None, float("nan")
+    aux_avg: dict[str, float] = {}  # running averages of the auxiliary losses, logged as <name>_loss
     module.train()
     for step in range(start_step + 1, cfg.steps + 1):
         for _ in range(cfg.grad_accum):
             batch = next(batches)
             with accelerator.accumulate(module):
                 images = batch["images"].to(accelerator.device, non_blocking=True)
+                offsets = None  # how far augmentation moved each image (keypoint targets move with it)
                 if cfg.augment:
-                    images = augment(images, cfg.shift_pad, cfg.color_jitter)
+                    images, offsets = augment(images, cfg.shift_pad, cfg.color_jitter, with_offsets=True)
                 state = state_noise(batch["state"].to(accelerator.device), state_std, cfg.state_noise)
                 instructions = vary(batch["instruction"]) if vary else batch["instruction"]
                 text, text_mask = policy.text.encode_torch(instructions, accelerator.device)
                 with accelerator.autocast():
                     loss_t, parts = module(images, state, text, text_mask, batch["actions"], batch["action_pad"],
-                                           batch.get("env_state"), batch.get("env_valid"))
+                                           batch.get("env_state"), batch.get("env_valid"), offsets)
                 accelerator.backward(loss_t)
                 grad_norm = (accelerator.clip_grad_norm_(module.parameters(), cfg.clip_grad)
                              if accelerator.sync_gradients else None)
@@ -223,17 +241,19 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
             raise FloatingPointError(f"loss became {total} at step {step}; lower --lr or check the dataset stats")
         loss = parts["action"].item()  # logged apart from the auxiliary loss, so runs (and val_loss) compare
         loss_avg = loss if loss_avg is None else 0.95 * loss_avg + 0.05 * loss
-        if "env_state" in parts:
-            env_loss = parts["env_state"].item()
-            env_avg = env_loss if env_avg is None else 0.95 * env_avg + 0.05 * env_loss
+        for name in ("env_state", "keypoints"):
+            if name in parts:
+                v = parts[name].item()
+                aux_avg[name] = v if name not in aux_avg else 0.95 * aux_avg[name] + 0.05 * v
         bar.update(1)
         if step % cfg.log_every == 0 or step == cfg.steps:
             sps = window_samples / max(time.time() - window_t, 1e-9)
             val = _validate(module, val_loader, policy, accelerator) if val_loader and (
                 step % (cfg.log_every * 10) == 0 or step == cfg.steps) else None
             bar.set_postfix(loss=f"{loss_avg:.4f}", samples_s=f"{sps:.1f}", **({"val": f"{val:.4f}"} if val else {}),
-                            **({"env": f"{env_avg:.3f}"} if env_avg is not None else {}))
-            logger.log(step, loss=loss_avg, env_state_loss=env_avg, val_loss=val, lr=scheduler.get_last_lr()[0],
+                            **{("env" if k == "env_state" else "kp"): f"{v:.3f}" for k, v in aux_avg.items()})
+            logger.log(step, loss=loss_avg, **{f"{k}_loss": v for k, v in aux_avg.items()}, val_loss=val,
+                       lr=scheduler.get_last_lr()[0],
                        grad_norm=float(grad_norm) if grad_norm is not None else None, samples_per_s=sps,
                        elapsed_s=time.time() - t0 + prior_time)
             window_t, window_samples = time.time(), 0

@@ -116,6 +116,8 @@ def test_generate_real_metaworld_into_windows(tmp_path):
     env_ft = ds.features["observation.environment_state"]
     assert env_ft["shape"] == [9] and env_ft["names"][6:] == ["goal_x", "goal_y", "goal_z"]
     assert "observation.environment_state" in ds.stats
+    proj = np.asarray(env_ft["info"]["camera_projection"]["corner2"])  # where those points appear (keypoint targets)
+    assert proj.shape == (3, 4)
     # stored losslessly by default: a training frame is exactly what the policy will see live. (4:2:0 video turns
     # reach's one-pixel red goal into a faint smudge, and a policy trained on that never finds the goal.)
     from rfm.sim.metaworld import MetaWorldEnv

@@ -21,8 +21,24 @@ def test_spatial_softmax_returns_the_position_of_a_peak(row, col):
     f = torch.zeros(1, 2, 32, 32)
     f[0, 0] = torch.rand(32, 32)  # clutter on the other channel is ignored
     f[0, 1, row, col] = 1.0  # a one-pixel marker
-    x, y = ss(f)[0].tolist()
+    x, y = ss(f)[0, 0].tolist()
     assert x == pytest.approx(-1 + 2 * col / 31, abs=0.02) and y == pytest.approx(-1 + 2 * row / 31, abs=0.02)
+
+
+def test_keypoint_image_coordinates_follow_pixel_edges_at_any_stride():
+    # a peak on feature (row 3, col 5) of a 32 x 32 map from a 64-px image covers pixels 10-11 and 6-7
+    pts = torch.tensor([[[-1 + 2 * 5 / 31, -1 + 2 * 3 / 31]]])
+    u, v = SpatialSoftmax.to_image(pts, 32, 32)[0, 0].tolist()
+    assert u == pytest.approx((11 / 64) * 2 - 1) and v == pytest.approx((7 / 64) * 2 - 1)
+
+
+@pytest.mark.parametrize("source", ["stem", "block"])
+def test_encoder_returns_keypoints_in_image_coordinates(source):
+    enc = ResNetGN((16, 32), 1, keypoints=4, keypoint_source=source)
+    x = torch.rand(2, 3, 64, 64)
+    tokens, points, logits = enc(x, with_keypoints=True)
+    assert torch.equal(tokens, enc(x)) and points.shape == (2, 4, 2) and points.abs().max() <= 1
+    assert logits.shape == (2, 4, 32, 32)
 
 
 def test_keypoints_add_one_token_per_camera_and_get_gradients():

@@ -11,6 +11,7 @@ from rfm.sim.metaworld import (
     MT10_TASKS,
     STATE_NAMES,
     MetaWorldEnv,
+    camera_projections,
     expand_tasks,
     generate_episode,
     generate_episodes,
@@ -51,6 +52,20 @@ def test_goal_pixels_measure_how_much_of_the_goal_each_camera_sees():
     assert px["topview"] >= 6
     after = env._obs()["images"]  # the goal marker is shown again afterwards
     np.testing.assert_array_equal(before["topview"], after["topview"])
+    env.close()
+
+
+def test_camera_projection_puts_the_goal_on_its_rendered_marker():
+    env = MetaWorldEnv("reach-v3", ["corner", "topview"], size=128)
+    for seed in (EVAL_SEED_BASE, EVAL_SEED_BASE + 1):
+        env.reset(seed)
+        proj, masks, goal = env.camera_projections(), env.goal_mask(), env.env_state()[6:9]
+        for cam in env.cameras:
+            u, v, w = np.asarray(proj[cam]) @ np.r_[goal, 1.0]
+            rows, cols = np.nonzero(masks[cam])
+            centroid = (cols.mean() + 0.5) / 128 * 2 - 1, (rows.mean() + 0.5) / 128 * 2 - 1
+            assert w > 0 and np.allclose((u / w, v / w), centroid, atol=1 / 64)  # within half a pixel
+    assert camera_projections("mt10", ["topview"])["topview"] == env.camera_projections()["topview"]
     env.close()
 
 

@@ -92,15 +92,19 @@ def test_bad_dataset_path_is_named(tmp_path):
         train(_cfg(tmp_path / "x", dataset=str(tmp_path / "nope")), progress=False)
 
 
-def _env_state_dataset(root: Path, episodes: int = 2, length: int = 12) -> Path:
-    """A small dataset for the fixture's robot that also records a 3-d environment state (like simulated demos)."""
+def _env_state_dataset(root: Path, episodes: int = 2, length: int = 12, projections: bool = False) -> Path:
+    """A small dataset for the fixture's robot that also records a 3-d environment state (like simulated demos),
+    with the cameras' projections (a camera 2 m behind the origin, looking along +z) if asked."""
     from rfm.data.writer import LeRobotDatasetWriter
 
     rng = np.random.default_rng(0)
+    env_ft = {"dtype": "float32", "shape": [3], "names": ["gx", "gy", "gz"]}
+    if projections:
+        proj = [[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 2.0]]
+        env_ft["info"] = {"camera_projection": {"top": proj, "wrist": proj}}
     w = LeRobotDatasetWriter(root, fps=10, cameras={"top": (96, 96), "wrist": (96, 96)}, state_names=["x", "y", "z", "g"],
                              action_names=["dx", "dy", "dz", "dg"], use_videos=False,
-                             extra_features={"observation.environment_state":
-                                             {"dtype": "float32", "shape": [3], "names": ["gx", "gy", "gz"]}})
+                             extra_features={"observation.environment_state": env_ft})
     for _ in range(episodes):
         goal = rng.uniform(-1, 1, 3).astype(np.float32)
         for _ in range(length):
@@ -134,3 +138,19 @@ def test_env_state_loss_trains_beside_datasets_without_it(tmp_path):
 def test_env_state_loss_without_any_env_state_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="observation.environment_state.*" + FIXTURE.name):
         train(_cfg(tmp_path / "x", env_state_loss=1.0), progress=False)
+
+
+def test_keypoint_loss_trains_beside_datasets_without_it(tmp_path):
+    sim = _env_state_dataset(tmp_path / "sim", projections=True)
+    out = tmp_path / "kp"
+    train(_cfg(out, dataset=f"{sim},{FIXTURE}", steps=4, log_every=2, val_episodes=0, keypoint_loss=1.0,
+               model_overrides={"vision_keypoint_source": "block"}), progress=False)
+    rows = list(csv.DictReader((out / "logs" / "train.csv").read_text().splitlines()))
+    assert all(float(r["keypoints_loss"]) > 0 for r in rows) and not any(r["env_state_loss"] for r in rows)
+    cfg = json.loads((out / "checkpoint" / "config.json").read_text())
+    assert cfg["model"]["env_state_dim"] == 0 and cfg["model"]["vision_keypoint_source"] == "block"
+    assert cfg["meta"]["training"]["keypoint_loss"] == 1.0
+    # a dataset with an environment state but no projections cannot place keypoints: say which and why
+    bare = _env_state_dataset(tmp_path / "bare")
+    with pytest.raises(ValueError, match="camera_projection.*" + bare.name):
+        train(_cfg(tmp_path / "x", dataset=str(bare), keypoint_loss=1.0), progress=False)

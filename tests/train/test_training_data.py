@@ -11,7 +11,7 @@ import pytest
 
 from rfm.data.lerobot import LeRobotDataset, LeRobotDatasetWriter
 from rfm.train.config import TrainConfig
-from rfm.train.data import build_training_data, frame_tasks, make_sampler, merged_stats
+from rfm.train.data import build_training_data, frame_tasks, make_sampler, merged_stats, split_cache
 from rfm.train.loop import train
 
 
@@ -86,3 +86,9 @@ def test_train_on_two_datasets_records_them_in_the_checkpoint(two, tmp_path):
     assert meta["data"]["dataset"] == f"{demos},{field}"
     assert meta["data"]["balance"] == "tasks" and meta["data"]["task_shares"] == {"reach": 0.5, "door": 0.5}
     assert meta["training"]["steps_done"] == 4
+
+
+def test_frame_cache_is_shared_in_proportion_to_what_each_dataset_needs():
+    assert split_cache(100, [10, 30]) == [40, 60]  # room for everything: the spare is split evenly
+    assert split_cache(100, [300, 100]) == [75, 25]  # too small: each gets the same fraction of its need
+    assert split_cache(100, [0, 0]) == [50, 50]

@@ -1,0 +1,118 @@
+"""Do a policy's keypoints find the objects and the goal? Compares them with the simulator's truth on unseen scenes.
+
+For checkpoints trained with `rfm train --keypoint-loss` (keypoint p <- point p of the environment state: object 1,
+object 2, goal). For each task and unseen evaluation seed, the scene is reset (optionally the expert drives k steps),
+the encoder's keypoints are read per camera and compared with where the point projects (error in pixels at model
+resolution), and the two cameras' keypoints are triangulated back to 3-D (error in cm per axis). The baseline
+always answers the task's mean position over the same seeds: near it, the encoder does not localise that thing.
+
+    .venv/bin/python bench/keypoint_probe.py --checkpoint runs/X/checkpoint --tasks mt10 --seeds 20
+Prints a table and writes bench/results/keypoint_probe.json (appended).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rfm.model.policy import RFMPolicy
+from rfm.runtime.observation import make_batch
+from rfm.sim.metaworld import EVAL_SEED_BASE, MetaWorldEnv, expand_tasks
+
+RESULTS = Path(__file__).parent / "results" / "keypoint_probe.json"
+POINTS = {"obj1": 0, "goal": 2}  # obj2 is unused by the MT10 tasks (always zero)
+
+
+@torch.inference_mode()
+def keypoints(policy: RFMPolicy, obs: dict) -> np.ndarray:
+    """(N_cam, K, 2) keypoints in normalised image coordinates, from one runtime observation."""
+    images = torch.from_numpy(make_batch([obs], policy.interface).images)
+    return policy.net.eval().image_tokens(images, with_keypoints=True)[1][0].numpy()
+
+
+def project(proj: np.ndarray, xyz: np.ndarray) -> np.ndarray:
+    """(N_cam, 3, 4) x (3,) -> (N_cam, 2) normalised image coordinates."""
+    p = proj @ np.r_[xyz, 1.0]
+    return p[:, :2] / p[:, 2:]
+
+
+def triangulate(proj: np.ndarray, uv: np.ndarray) -> np.ndarray:
+    """Least-squares 3-D point seen at uv (N_cam, 2) by cameras proj (N_cam, 3, 4)."""
+    rows = [r for P, (u, v) in zip(proj, uv) for r in (u * P[2] - P[0], v * P[2] - P[1])]
+    a = np.array(rows)
+    return np.linalg.lstsq(a[:, :3], -a[:, 3], rcond=None)[0]
+
+
+def _pixels(err: np.ndarray, size: int) -> list[float]:
+    """(S, N_cam, 2) errors in normalised coordinates -> mean |error| in pixels per camera."""
+    return [round(float(v), 2) for v in np.abs(err).mean((0, 2)) * size / 2]
+
+
+def _fmt(values: list[float]) -> str:
+    return "/".join(f"{v:.1f}" for v in values)
+
+
+def probe(checkpoint: str, tasks: list[str], seeds: int, first_seed: int = EVAL_SEED_BASE, k: int = 0) -> dict:
+    policy = RFMPolicy.from_pretrained(checkpoint)
+    itf = policy.interface
+    size = itf.image_size[0]
+    out: dict = {"checkpoint": checkpoint, "seeds": seeds, "first_seed": first_seed, "k": k, "tasks": {}}
+    for task in tasks:
+        env = MetaWorldEnv(task, itf.cameras, size)
+        kps, truth = [], []
+        try:
+            for i in range(seeds):
+                obs = env.reset(first_seed + i)
+                for _ in range(k):
+                    obs, *_ = env.step(env.expert_action())
+                kps.append(keypoints(policy, obs))
+                truth.append(env.env_state())
+            proj = np.array([env.camera_projections()[c] for c in itf.cameras])
+        finally:
+            env.close()
+        row = {}
+        for name, p in POINTS.items():
+            xyz = np.array([t[3 * p:3 * p + 3] for t in truth])
+            if not np.abs(xyz).sum(1).all():
+                continue
+            seen = np.array([kp[:, p] for kp in kps])  # (S, N_cam, 2)
+            true_uv = np.array([project(proj, x) for x in xyz])
+            tri = np.array([triangulate(proj, s) for s in seen])
+            row[name] = {"px": _pixels(seen - true_uv, size), "px_baseline": _pixels(true_uv.mean(0) - true_uv, size),
+                         "cm": [round(float(v), 2) for v in np.abs(tri - xyz).mean(0) * 100],
+                         "cm_baseline": [round(float(v), 2) for v in np.abs(xyz.mean(0) - xyz).mean(0) * 100]}
+        out["tasks"][task] = row
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", required=True)
+    ap.add_argument("--tasks", default="mt10")
+    ap.add_argument("--seeds", type=int, default=20)
+    ap.add_argument("--first-seed", type=int, default=EVAL_SEED_BASE,
+                    help="first seed (default: unseen evaluation seeds; 0 = the training demos' scenes)")
+    ap.add_argument("--k", type=int, default=0, help="scripted-expert steps before probing (0: the start pose)")
+    args = ap.parse_args()
+    res = probe(args.checkpoint, expand_tasks(args.tasks), args.seeds, args.first_seed, args.k)
+    cams = RFMPolicy.from_pretrained(args.checkpoint).interface.cameras
+    print(f"{args.checkpoint}: mean |error| over {args.seeds} seeds from {args.first_seed} after {args.k} expert steps; "
+          f"pixels per camera ({'/'.join(cams)}), triangulated cm (x/y/z); (baseline: the task's mean position)")
+    print(f"{'task':<24} {'point':<5} {'px':>11} {'(base)':>11} {'cm x/y/z':>16} {'(base)':>16}")
+    for task, row in res["tasks"].items():
+        for name, r in row.items():
+            print(f"{task:<24} {name:<5} {_fmt(r['px']):>11} {_fmt(r['px_baseline']):>11} {_fmt(r['cm']):>16} "
+                  f"{_fmt(r['cm_baseline']):>16}")
+    RESULTS.parent.mkdir(exist_ok=True)
+    old = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
+    RESULTS.write_text(json.dumps([*old, res], indent=2))
+    print(f"wrote {RESULTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
