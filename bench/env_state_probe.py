@@ -13,16 +13,15 @@ Prints a table (mean absolute error in cm per axis) and writes bench/results/env
 
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
+from scene_probe import append_result, parse_args, read_scenes
 
 from rfm.model.policy import RFMPolicy
 from rfm.runtime.observation import make_batch
-from rfm.sim.metaworld import ENV_STATE_NAMES, EVAL_SEED_BASE, MetaWorldEnv, expand_tasks
+from rfm.sim.metaworld import ENV_STATE_NAMES, EVAL_SEED_BASE, expand_tasks
 
 RESULTS = Path(__file__).parent / "results" / "env_state_probe.json"
 GROUPS = {"obj1": slice(0, 3), "goal": slice(6, 9)}  # obj2 is unused by the MT10 tasks (always zero)
@@ -43,18 +42,7 @@ def probe(checkpoint: str, tasks: list[str], seeds: int, first_seed: int = EVAL_
     itf = policy.interface
     out: dict = {"checkpoint": checkpoint, "seeds": seeds, "first_seed": first_seed, "k": k, "tasks": {}}
     for task in tasks:
-        env = MetaWorldEnv(task, itf.cameras, itf.image_size[0])
-        pred, true = [], []
-        try:
-            for i in range(seeds):
-                obs = env.reset(first_seed + i)
-                for _ in range(k):
-                    obs, *_ = env.step(env.expert_action())
-                pred.append(predict_env_state(policy, obs))
-                true.append(env.env_state())
-        finally:
-            env.close()
-        p, t = np.array(pred), np.array(true)
+        p, t, _ = read_scenes(task, itf, seeds, first_seed, k, lambda obs: predict_env_state(policy, obs))
         row = {}
         for group, sl in GROUPS.items():
             err = np.abs(p[:, sl] - t[:, sl]).mean(0) * 100  # cm
@@ -66,14 +54,7 @@ def probe(checkpoint: str, tasks: list[str], seeds: int, first_seed: int = EVAL_
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", required=True)
-    ap.add_argument("--tasks", default="mt10")
-    ap.add_argument("--seeds", type=int, default=20)
-    ap.add_argument("--first-seed", type=int, default=EVAL_SEED_BASE,
-                    help="first seed (default: unseen evaluation seeds; 0 = the training demos' scenes)")
-    ap.add_argument("--k", type=int, default=0, help="scripted-expert steps before probing (0: the start pose)")
-    args = ap.parse_args()
+    args = parse_args(__doc__)
     res = probe(args.checkpoint, expand_tasks(args.tasks), args.seeds, args.first_seed, args.k)
     print(f"{args.checkpoint}: mean |error| in cm over {args.seeds} seeds from {args.first_seed} after {args.k} expert steps "
           f"(baseline: the task's mean position)")
@@ -81,10 +62,7 @@ def main() -> int:
     for task, row in res["tasks"].items():
         cells = ["/".join(f"{v:.1f}" for v in row[g][k]) for g in GROUPS for k in ("mae_cm", "baseline_cm")]
         print(f"{task:<26} " + " ".join(f"{c:>20}" for c in cells))
-    RESULTS.parent.mkdir(exist_ok=True)
-    old = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
-    RESULTS.write_text(json.dumps([*old, res], indent=2))
-    print(f"wrote {RESULTS}")
+    append_result(RESULTS, res)
     return 0
 
 

@@ -12,16 +12,15 @@ Prints a table and writes bench/results/keypoint_probe.json (appended).
 
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
+from scene_probe import append_result, parse_args, read_scenes
 
 from rfm.model.policy import RFMPolicy
 from rfm.runtime.observation import make_batch
-from rfm.sim.metaworld import EVAL_SEED_BASE, MetaWorldEnv, expand_tasks
+from rfm.sim.metaworld import EVAL_SEED_BASE, expand_tasks
 
 RESULTS = Path(__file__).parent / "results" / "keypoint_probe.json"
 POINTS = {"obj1": 0, "goal": 2}  # obj2 is unused by the MT10 tasks (always zero)
@@ -62,24 +61,13 @@ def probe(checkpoint: str, tasks: list[str], seeds: int, first_seed: int = EVAL_
     size = itf.image_size[0]
     out: dict = {"checkpoint": checkpoint, "seeds": seeds, "first_seed": first_seed, "k": k, "tasks": {}}
     for task in tasks:
-        env = MetaWorldEnv(task, itf.cameras, size)
-        kps, truth = [], []
-        try:
-            for i in range(seeds):
-                obs = env.reset(first_seed + i)
-                for _ in range(k):
-                    obs, *_ = env.step(env.expert_action())
-                kps.append(keypoints(policy, obs))
-                truth.append(env.env_state())
-            proj = np.array([env.camera_projections()[c] for c in itf.cameras])
-        finally:
-            env.close()
+        seen_all, truth, proj = read_scenes(task, itf, seeds, first_seed, k, lambda obs: keypoints(policy, obs))
         row = {}
         for name, p in POINTS.items():
-            xyz = np.array([t[3 * p:3 * p + 3] for t in truth])
+            xyz = truth[:, 3 * p:3 * p + 3]
             if not np.abs(xyz).sum(1).all():
                 continue
-            seen = np.array([kp[:, p] for kp in kps])  # (S, N_cam, 2)
+            seen = seen_all[:, :, p]  # (S, N_cam, 2)
             true_uv = np.array([project(proj, x) for x in xyz])
             tri = np.array([triangulate(proj, s) for s in seen])
             row[name] = {"px": _pixels(seen - true_uv, size), "px_baseline": _pixels(true_uv.mean(0) - true_uv, size),
@@ -90,14 +78,7 @@ def probe(checkpoint: str, tasks: list[str], seeds: int, first_seed: int = EVAL_
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", required=True)
-    ap.add_argument("--tasks", default="mt10")
-    ap.add_argument("--seeds", type=int, default=20)
-    ap.add_argument("--first-seed", type=int, default=EVAL_SEED_BASE,
-                    help="first seed (default: unseen evaluation seeds; 0 = the training demos' scenes)")
-    ap.add_argument("--k", type=int, default=0, help="scripted-expert steps before probing (0: the start pose)")
-    args = ap.parse_args()
+    args = parse_args(__doc__)
     res = probe(args.checkpoint, expand_tasks(args.tasks), args.seeds, args.first_seed, args.k)
     cams = RFMPolicy.from_pretrained(args.checkpoint).interface.cameras
     print(f"{args.checkpoint}: mean |error| over {args.seeds} seeds from {args.first_seed} after {args.k} expert steps; "
@@ -107,10 +88,7 @@ def main() -> int:
         for name, r in row.items():
             print(f"{task:<24} {name:<5} {_fmt(r['px']):>11} {_fmt(r['px_baseline']):>11} {_fmt(r['cm']):>16} "
                   f"{_fmt(r['cm_baseline']):>16}")
-    RESULTS.parent.mkdir(exist_ok=True)
-    old = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
-    RESULTS.write_text(json.dumps([*old, res], indent=2))
-    print(f"wrote {RESULTS}")
+    append_result(RESULTS, res)
     return 0
 
 

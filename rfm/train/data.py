@@ -159,5 +159,5 @@ def task_shares(tasks: list[str], balance: str) -> dict[str, float]:
     return {t: round(c / len(tasks), 4) for t, c in counts.items()}
 
 
-__all__ = ["TrainingData", "build_training_data", "split_cache", "env_state_dim", "frame_tasks", "make_sampler", "merged_stats", "open_datasets",
-           "task_balanced_weights", "task_shares"]
+__all__ = ["TrainingData", "build_training_data", "env_state_dim", "frame_tasks", "make_sampler", "merged_stats",
+           "open_datasets", "split_cache", "task_balanced_weights", "task_shares"]
