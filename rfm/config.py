@@ -75,7 +75,7 @@ class RobotInterface:
 HEADS = ("chunk", "flow")
 VISION_BACKBONES = ("resnet", "hf")
 NORM_MODES = ("mean_std", "quantile", "min_max")
-KEYPOINT_SOURCES = ("stem", "block")
+KEYPOINT_SOURCES = ("stem", "block", "branch")
 
 
 @dataclass
@@ -95,7 +95,7 @@ class ModelConfig:
     vision_widths: tuple[int, ...] = (32, 64, 128, 256)  # channels of the ResNet stages (each halves resolution)
     vision_blocks: int = 1  # residual blocks per ResNet stage
     vision_keypoints: int = 0  # K spatial-softmax keypoints per camera (one extra token): finds small objects
-    vision_keypoint_source: str = "stem"  # features the keypoint heatmaps read: "stem" (one conv) or "block" (+1 block)
+    vision_keypoint_source: str = "stem"  # keypoint heatmaps read: "stem" (one conv), "block" (+1 block), "branch" (own convs)
     vision_path: str | None = None  # local directory of a Hugging Face vision model (vision_backbone="hf")
     vision_hf_config: dict | None = None  # HF config dict, stored so checkpoints rebuild without vision_path
     text_encoder: str = DEFAULT_TEXT_ENCODER  # "all-MiniLM-L6-v2" (packaged) or a local sentence-encoder dir

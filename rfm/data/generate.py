@@ -18,8 +18,8 @@ def write_metaworld(out: str | Path, tasks: list[str], episodes: int, cameras: l
 
     Task column = the language instruction; the env task name and seed are episode metadata columns
     (`env_task`, `seed`); the simulator's object and goal positions are the `observation.environment_state` column
-    (a privileged training target, never a policy input), with each camera's projection matrix in its feature info. `sim` defaults to rfm.sim.metaworld (tests inject a fake
-    with the same names).
+    (a privileged training target, never a policy input), with each camera's projection matrix in its feature
+    info. `sim` defaults to rfm.sim.metaworld (tests inject a fake with the same names).
     """
     if sim is None:
         from rfm.sim import metaworld as sim

@@ -73,7 +73,8 @@ class ResNetGN(nn.Module):
     With keypoints > 0, spatial-softmax keypoints of stride-2 features become one extra token: features where a
     goal marker of a few pixels is still a peak. keypoint_source "stem" reads the stem's (3 px of context: colour
     and edges); "block" reads them after the first residual block (11 px), enough to tell a small red sphere from
-    the red arm beside it.
+    the red arm beside it; "branch" reads them from two convolutions of their own on the stem's output (11 px too),
+    so training the keypoints does not repurpose the channels the token grid is built from.
     """
 
     def __init__(self, widths: tuple[int, ...], blocks: int, keypoints: int = 0, keypoint_source: str = "stem") -> None:
@@ -88,6 +89,11 @@ class ResNetGN(nn.Module):
                 cin = w
         self.layers = nn.Sequential(*layers)
         self.out_channels = widths[-1]
+        if keypoints > 0 and keypoint_source == "branch":  # own channels: the keypoint loss leaves the grid's alone
+            self.keypoint_branch = nn.Sequential(
+                nn.Conv2d(widths[0], widths[0], 3, 1, 1, bias=False), nn.GroupNorm(_groups(widths[0]), widths[0]),
+                nn.ReLU(), nn.Conv2d(widths[0], widths[0], 3, 1, 1, bias=False),
+                nn.GroupNorm(_groups(widths[0]), widths[0]), nn.ReLU())
         if keypoints > 0:
             self.keypoints = SpatialSoftmax(widths[0], keypoints)
             self.keypoint_proj = nn.Linear(2 * keypoints, self.out_channels)
@@ -105,6 +111,8 @@ class ResNetGN(nn.Module):
             grid = self.layers[1:](f).flatten(2).transpose(1, 2)  # (B, h*w, C)
         else:
             grid = self.layers(f).flatten(2).transpose(1, 2)
+            if self.keypoint_source == "branch" and self.keypoints is not None:
+                f = self.keypoint_branch(f)
         if self.keypoints is None:
             if with_keypoints:
                 raise ValueError("this vision encoder has no keypoints (model.vision_keypoints = 0)")

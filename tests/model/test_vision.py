@@ -32,7 +32,7 @@ def test_keypoint_image_coordinates_follow_pixel_edges_at_any_stride():
     assert u == pytest.approx((11 / 64) * 2 - 1) and v == pytest.approx((7 / 64) * 2 - 1)
 
 
-@pytest.mark.parametrize("source", ["stem", "block"])
+@pytest.mark.parametrize("source", ["stem", "block", "branch"])
 def test_encoder_returns_keypoints_in_image_coordinates(source):
     enc = ResNetGN((16, 32), 1, keypoints=4, keypoint_source=source)
     x = torch.rand(2, 3, 64, 64)
