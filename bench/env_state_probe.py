@@ -1,8 +1,8 @@
 """How well does a policy's encoder know where the objects and the goal are? Reads its environment-state head.
 
 Only checkpoints trained with `rfm train --env-state-loss` have the head. For each task and unseen evaluation seed,
-the scene is reset (and optionally the expert drives k steps) and the head predicts object 1 and goal positions from the camera tokens alone (it never sees
-the robot state), and the error is compared with the simulator's truth. The
+the scene is reset (and optionally the expert drives k steps), the head predicts object 1 and goal positions from
+the camera tokens alone (it never sees the robot state), and the error is compared with the simulator's truth. The
 baseline is the error of always answering the task's mean position over the same seeds (knowing the task but not
 where things are this time): an error near the baseline means the encoder does not localise that thing; near 0,
 it does.

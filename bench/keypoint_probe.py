@@ -21,6 +21,7 @@ from scene_probe import append_result, parse_args, read_scenes
 from rfm.model.policy import RFMPolicy
 from rfm.runtime.observation import make_batch
 from rfm.sim.metaworld import EVAL_SEED_BASE, expand_tasks
+from rfm.train.keypoints import keypoint_targets
 
 RESULTS = Path(__file__).parent / "results" / "keypoint_probe.json"
 POINTS = {"obj1": 0, "goal": 2}  # obj2 is unused by the MT10 tasks (always zero)
@@ -31,12 +32,6 @@ def keypoints(policy: RFMPolicy, obs: dict) -> np.ndarray:
     """(N_cam, K, 2) keypoints in normalised image coordinates, from one runtime observation."""
     images = torch.from_numpy(make_batch([obs], policy.interface).images)
     return policy.net.eval().image_tokens(images, with_keypoints=True)[1][0].numpy()
-
-
-def project(proj: np.ndarray, xyz: np.ndarray) -> np.ndarray:
-    """(N_cam, 3, 4) x (3,) -> (N_cam, 2) normalised image coordinates."""
-    p = proj @ np.r_[xyz, 1.0]
-    return p[:, :2] / p[:, 2:]
 
 
 def triangulate(proj: np.ndarray, uv: np.ndarray) -> np.ndarray:
@@ -62,13 +57,16 @@ def probe(checkpoint: str, tasks: list[str], seeds: int, first_seed: int = EVAL_
     out: dict = {"checkpoint": checkpoint, "seeds": seeds, "first_seed": first_seed, "k": k, "tasks": {}}
     for task in tasks:
         seen_all, truth, proj = read_scenes(task, itf, seeds, first_seed, k, lambda obs: keypoints(policy, obs))
+        # where each point really is in each camera: the same projection the training targets use
+        uv_all = keypoint_targets(torch.as_tensor(truth), torch.ones(len(truth), dtype=torch.bool),
+                                  torch.as_tensor(proj))[0].numpy()  # (S, N_cam, P, 2)
         row = {}
         for name, p in POINTS.items():
             xyz = truth[:, 3 * p:3 * p + 3]
             if not np.abs(xyz).sum(1).all():
                 continue
             seen = seen_all[:, :, p]  # (S, N_cam, 2)
-            true_uv = np.array([project(proj, x) for x in xyz])
+            true_uv = uv_all[:, :, p]
             tri = np.array([triangulate(proj, s) for s in seen])
             row[name] = {"px": _pixels(seen - true_uv, size), "px_baseline": _pixels(true_uv.mean(0) - true_uv, size),
                          "cm": [round(float(v), 2) for v in np.abs(tri - xyz).mean(0) * 100],

@@ -117,10 +117,11 @@ class ResNetGN(nn.Module):
             if with_keypoints:
                 raise ValueError("this vision encoder has no keypoints (model.vision_keypoints = 0)")
             return grid
-        if not with_keypoints:  # the served/exported path: no heatmap outputs in the graph
-            return torch.cat([grid, self.keypoint_proj(self.keypoints(f).flatten(1))[:, None]], dim=1)
-        points, logits = self.keypoints(f, with_logits=True)  # (B, K, 2), (B, K, h, w)
+        out = self.keypoints(f, with_logits=with_keypoints)  # (B, K, 2) [, (B, K, h, w)]
+        points, logits = out if with_keypoints else (out, None)
         tokens = torch.cat([grid, self.keypoint_proj(points.flatten(1))[:, None]], dim=1)  # keypoints: 1 more token
+        if not with_keypoints:  # the served/exported path: no heatmap outputs in the graph
+            return tokens
         return tokens, SpatialSoftmax.to_image(points, *f.shape[-2:]), logits
 
 

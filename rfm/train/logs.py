@@ -11,8 +11,8 @@ from typing import ClassVar
 class TrainLogger:
     """Append metrics per step to logs/train.csv and TensorBoard; plot logs/loss.png on close."""
 
-    FIELDS: ClassVar[list[str]] = ["step", "loss", "env_state_loss", "keypoints_loss", "val_loss", "lr", "grad_norm", "samples_per_s",
-                                   "elapsed_s"]
+    FIELDS: ClassVar[list[str]] = ["step", "loss", "env_state_loss", "keypoints_loss", "val_loss", "lr", "grad_norm",
+                                   "samples_per_s", "elapsed_s"]
 
     def __init__(self, logdir: Path, enabled: bool = True, resume: bool = False) -> None:
         self.logdir, self.enabled = Path(logdir), enabled

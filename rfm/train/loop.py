@@ -236,15 +236,14 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
             window_samples += images.shape[0] * accelerator.num_processes
         if ema is not None:
             ema.update_parameters(net)
-        total = loss_t.item()
+        total, *values = torch.stack([loss_t.detach().float(), *(v.detach().float() for v in parts.values())]).tolist()  # 1 sync
         if not math.isfinite(total):
             raise FloatingPointError(f"loss became {total} at step {step}; lower --lr or check the dataset stats")
-        loss = parts["action"].item()  # logged apart from the auxiliary loss, so runs (and val_loss) compare
+        named = dict(zip(parts, values))
+        loss = named.pop("action")  # logged apart from the auxiliary losses, so runs (and val_loss) compare
         loss_avg = loss if loss_avg is None else 0.95 * loss_avg + 0.05 * loss
-        for name in ("env_state", "keypoints"):
-            if name in parts:
-                v = parts[name].item()
-                aux_avg[name] = v if name not in aux_avg else 0.95 * aux_avg[name] + 0.05 * v
+        for name, v in named.items():
+            aux_avg[name] = v if name not in aux_avg else 0.95 * aux_avg[name] + 0.05 * v
         bar.update(1)
         if step % cfg.log_every == 0 or step == cfg.steps:
             sps = window_samples / max(time.time() - window_t, 1e-9)
