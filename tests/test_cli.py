@@ -28,3 +28,12 @@ def test_info_typo_is_a_one_line_error():
     out = rfm("info", "--preset", "smal")
     assert out.returncode == 2
     assert "Did you mean 'small'" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_train_dataset_weights_mismatch_is_a_one_line_error_naming_the_datasets(tmp_path):
+    a, b = tmp_path / "demos", tmp_path / "field"
+    out = rfm("train", "--dataset", f"{a},{b}", "--out", str(tmp_path / "run"), "--dataset-weights", "1")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "dataset_weights has 1 values for 2 datasets" in out.stderr and str(b) in out.stderr
+    out = rfm("train", "--dataset", str(a), "--out", str(tmp_path / "run"), "--dataset-weights", "half")
+    assert out.returncode == 2 and "--dataset-weights 'half'" in out.stderr

@@ -58,4 +58,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # run the package's module, not this __main__ copy, so subcommands' CLIError is the class caught above
+    from rfm.cli.main import main as package_main
+
+    sys.exit(package_main())

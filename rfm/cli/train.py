@@ -47,6 +47,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="chance that a sample's instruction is replaced by one of its variants")
     p.add_argument("--balance", default="none", choices=list(BALANCE_MODES),
                    help="tasks: each task gets the same share of samples (short tasks are not drowned out)")
+    p.add_argument("--dataset-weights", default=None, metavar="W1,W2,...",
+                   help="share of samples from each --dataset, in order (normalised; e.g. 0.7,0.3 for demos and a "
+                        "fleet recording); default: in proportion to their frames")
     p.add_argument("--num-workers", type=int, default=2)
     p.add_argument("--frame-cache-gb", type=float, default=4.0,
                    help="decoded-frame cache per DataLoader worker (GiB); frames that do not fit are decoded again")
@@ -81,12 +84,17 @@ def run(args: argparse.Namespace) -> int:
         overrides = json.loads(args.model) if args.model else {}
     except json.JSONDecodeError as e:
         raise CLIError(f"--model is not valid JSON: {e}") from e
+    try:
+        dataset_weights = [float(w) for w in args.dataset_weights.split(",")] if args.dataset_weights else None
+    except ValueError as e:
+        raise CLIError(f"--dataset-weights {args.dataset_weights!r}: expected comma-separated numbers ({e})") from e
     cfg = TrainConfig(
         dataset=args.dataset, out=args.out, preset=args.preset, head=args.head, model_overrides=overrides,
         chunk_size=args.chunk_size, image_size=tuple(args.image_size) if args.image_size else None,
         cameras=args.cameras.split(",") if args.cameras else None, steps=args.steps, batch_size=args.batch_size,
         grad_accum=args.grad_accum, lr=args.lr, warmup_steps=args.warmup_steps, ema_decay=args.ema_decay,
         augment=not args.no_augment, shift_pad=args.shift_pad, color_jitter=args.color_jitter, balance=args.balance,
+        dataset_weights=dataset_weights,
         state_noise=args.state_noise, env_state_loss=args.env_state_loss, keypoint_loss=args.keypoint_loss,
         instruction_variants=args.instruction_variants, variant_prob=args.variant_prob,
         num_workers=args.num_workers, frame_cache_gb=args.frame_cache_gb, val_episodes=args.val_episodes,

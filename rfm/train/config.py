@@ -38,6 +38,7 @@ class TrainConfig:
     instruction_variants: str | None = None  # JSON {instruction: [variants]} or "metaworld": instruction augmentation
     variant_prob: float = 0.5  # chance that a sample's instruction is replaced by one of its variants
     balance: str = "none"  # none: frames drawn uniformly | tasks: every task (instruction) gets the same share
+    dataset_weights: list[float] | None = None  # share of samples per dataset (normalised); None: by frame count
     num_workers: int = 2  # DataLoader workers
     frame_cache_gb: float = 4.0  # decoded-frame cache per DataLoader worker; size it to hold the whole dataset
     val_episodes: int = 0  # episodes held out for a validation loss (0 = none)
@@ -59,6 +60,14 @@ class TrainConfig:
         if min(self.shift_pad, self.color_jitter, self.state_noise, self.env_state_loss, self.keypoint_loss) < 0:
             raise ConfigError("train.shift_pad, train.color_jitter, train.state_noise, train.env_state_loss and "
                               "train.keypoint_loss must be >= 0")
+        if self.dataset_weights is not None:
+            self.dataset_weights = [float(w) for w in self.dataset_weights]
+            if len(self.dataset_weights) != len(self.datasets):
+                raise ConfigError(f"train.dataset_weights has {len(self.dataset_weights)} values for "
+                                  f"{len(self.datasets)} datasets ({', '.join(self.datasets)}): give one per dataset")
+            if min(self.dataset_weights) < 0 or sum(self.dataset_weights) <= 0:
+                raise ConfigError(f"train.dataset_weights={self.dataset_weights} is invalid: expected numbers >= 0, "
+                                  f"at least one positive")
         if not (0.0 <= self.variant_prob <= 1.0):
             raise ConfigError(f"train.variant_prob={self.variant_prob!r} is invalid: expected a number in [0, 1]")
         if self.image_size is not None:

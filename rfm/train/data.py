@@ -138,26 +138,50 @@ def task_balanced_weights(tasks: list[str]) -> torch.Tensor:
     return torch.tensor([1.0 / counts[t] for t in tasks], dtype=torch.double)
 
 
-def make_sampler(tasks: list[str], balance: str, seed: int) -> Sampler | None:
-    """None (shuffle uniformly over frames) or a weighted sampler drawing one epoch's worth of frames.
+def sampling_weights(tasks: list[str], sizes: list[int], balance: str,
+                     dataset_weights: list[float] | None = None) -> torch.Tensor | None:
+    """Per-frame sampling weights, or None where frames are simply shuffled.
 
-    tasks: the task of every training frame (`frame_tasks`).
+    tasks: the task of every training frame (`frame_tasks`); sizes: frames per dataset, in order.
+    balance=tasks gives every task the same share. dataset_weights gives dataset i the share w_i / sum(w) of the
+    samples (e.g. 0.7 demos, 0.3 fleet recordings), with frames, or tasks under balance=tasks, balanced within it.
     """
-    if balance == "none":
-        return None
-    if balance != "tasks":
+    if balance not in BALANCE_MODES:
         raise ValueError(f"balance={balance!r}: expected one of {', '.join(BALANCE_MODES)}")
+    if dataset_weights is None:
+        return task_balanced_weights(tasks) if balance == "tasks" else None
+    if len(dataset_weights) != len(sizes):
+        raise ValueError(f"{len(dataset_weights)} dataset weights for {len(sizes)} datasets: give one per dataset")
+    total = sum(w for w, n in zip(dataset_weights, sizes) if n)
+    if total <= 0:
+        raise ValueError(f"dataset weights {list(dataset_weights)} give no dataset with frames a positive weight")
+    parts, start = [], 0
+    for n, w in zip(sizes, dataset_weights):
+        own = tasks[start:start + n]
+        start += n
+        base = task_balanced_weights(own) / len(set(own)) if balance == "tasks" else torch.full((n,), 1.0 / max(n, 1),
+                                                                                                dtype=torch.double)
+        parts.append(base * (w / total))
+    return torch.cat(parts)
+
+
+def make_sampler(weights: torch.Tensor | None, seed: int) -> Sampler | None:
+    """None (shuffle uniformly over frames) or a weighted sampler drawing one epoch's worth of frames."""
+    if weights is None:
+        return None
     g = torch.Generator().manual_seed(seed)
-    return WeightedRandomSampler(task_balanced_weights(tasks), num_samples=len(tasks), replacement=True, generator=g)
+    return WeightedRandomSampler(weights, num_samples=len(weights), replacement=True, generator=g)
 
 
-def task_shares(tasks: list[str], balance: str) -> dict[str, float]:
-    """Expected fraction of samples per task under `balance` (for logs and the model card)."""
-    counts = Counter(tasks)
-    if balance == "tasks":
-        return {t: round(1.0 / len(counts), 4) for t in counts}
-    return {t: round(c / len(tasks), 4) for t, c in counts.items()}
+def task_shares(tasks: list[str], weights: torch.Tensor | None) -> dict[str, float]:
+    """Expected fraction of samples per task under the sampling weights (for logs and the model card)."""
+    w = torch.ones(len(tasks), dtype=torch.double) if weights is None else weights
+    total = float(w.sum())
+    shares: dict[str, float] = {}
+    for t, wi in zip(tasks, w.tolist()):
+        shares[t] = shares.get(t, 0.0) + wi
+    return {t: round(v / total, 4) for t, v in shares.items()}
 
 
 __all__ = ["TrainingData", "build_training_data", "env_state_dim", "frame_tasks", "make_sampler", "merged_stats",
-           "open_datasets", "split_cache", "task_balanced_weights", "task_shares"]
+           "open_datasets", "sampling_weights", "split_cache", "task_balanced_weights", "task_shares"]

@@ -105,7 +105,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     from tqdm.auto import tqdm
 
     from rfm.data.windows import collate_windows
-    from rfm.train.data import build_training_data, frame_tasks, make_sampler, task_shares
+    from rfm.train.data import build_training_data, frame_tasks, make_sampler, sampling_weights, task_shares
 
     out = Path(cfg.out)
     ckpt_dir = out / CHECKPOINT_DIR
@@ -123,7 +123,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         variants = load_variants(cfg.instruction_variants)
         check_coverage(variants, data.info["tasks"], cfg.instruction_variants)
         vary = InstructionVariator(variants, cfg.variant_prob, cfg.seed)
-    sampler = make_sampler(tasks, cfg.balance, cfg.seed)
+    sizes = [len(part) for part in train_set.datasets]
+    frame_weights = sampling_weights(tasks, sizes, cfg.balance, cfg.dataset_weights)
+    sampler = make_sampler(frame_weights, cfg.seed)
     loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
                         drop_last=len(train_set) > cfg.batch_size, num_workers=cfg.num_workers,
                         collate_fn=collate_windows, persistent_workers=cfg.num_workers > 0,
@@ -198,7 +200,11 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
                                                               scheduler, step, {"wall_time_s": time.time() - t0
                                                                                 + prior_time}))
 
-    data_info = {**data.info, "balance": cfg.balance, "task_shares": task_shares(tasks, cfg.balance)}
+    data_info = {**data.info, "balance": cfg.balance, "task_shares": task_shares(tasks, frame_weights)}
+    if frame_weights is not None and "datasets" in data_info:  # each dataset's expected share of the samples
+        ends = np.cumsum(sizes)
+        for entry, end, n in zip(data_info["datasets"], ends, sizes):
+            entry["share"] = round(float(frame_weights[end - n:end].sum() / frame_weights.sum()), 4)
     prior_time = 0.0
     if start_step:
         prior_time = float(json.loads((ckpt_dir / STATE_DIR / "state.json").read_text()).get("wall_time_s", 0))

@@ -11,7 +11,9 @@ import pytest
 
 from rfm.data.lerobot import LeRobotDataset, LeRobotDatasetWriter
 from rfm.train.config import TrainConfig
-from rfm.train.data import build_training_data, frame_tasks, make_sampler, merged_stats, split_cache
+from rfm.config import ConfigError
+from rfm.train.data import (build_training_data, frame_tasks, make_sampler, merged_stats, sampling_weights,
+                            split_cache, task_shares)
 from rfm.train.loop import train
 
 
@@ -64,11 +66,37 @@ def test_task_balanced_sampler_gives_each_task_the_same_share(two):
     data = build_training_data([str(two[0])], 4, None, None, 0)
     tasks = frame_tasks(data.train_set)
     assert Counter(tasks) == {"reach": 10, "door": 40}
-    sampler = make_sampler(tasks, "tasks", seed=0)
+    sampler = make_sampler(sampling_weights(tasks, [len(tasks)], "tasks"), seed=0)
     drawn = Counter(tasks[i] for _ in range(40) for i in sampler)
     share = drawn["reach"] / sum(drawn.values())
     assert 0.45 < share < 0.55  # uniform sampling would give 0.2
-    assert make_sampler(tasks, "none", seed=0) is None
+    assert sampling_weights(tasks, [len(tasks)], "none") is None and make_sampler(None, seed=0) is None
+
+
+def test_dataset_weights_set_each_datasets_share_of_the_samples(two):
+    demos, field = two
+    data = build_training_data([str(demos), str(field)], 4, None, None, 0)
+    tasks, sizes = frame_tasks(data.train_set), [len(p) for p in data.train_set.datasets]
+    assert sizes == [50, 20]
+    sampler = make_sampler(sampling_weights(tasks, sizes, "none", [3, 1]), seed=0)
+    drawn = [i for _ in range(20) for i in sampler]
+    from_field = sum(i >= 50 for i in drawn) / len(drawn)
+    assert 0.22 < from_field < 0.28  # a quarter, where frame counts alone would give 20/70 = 0.29
+    # tasks balanced inside each dataset: the demos' three quarters split evenly between reach and door
+    weights = sampling_weights(tasks, sizes, "tasks", [3, 1])
+    assert task_shares(tasks, weights) == {"reach": 0.625, "door": 0.375}
+    assert task_shares(tasks, None) == {"reach": round(30 / 70, 4), "door": round(40 / 70, 4)}
+    assert float(sampling_weights(tasks, sizes, "none", [1, 0])[50:].sum()) == 0.0  # weight 0: never drawn
+    with pytest.raises(ValueError, match="2 dataset weights for 3 datasets"):
+        sampling_weights(tasks, sizes + [0], "none", [1, 1])
+
+
+def test_dataset_weights_are_checked_against_the_datasets(two):
+    demos, field = two
+    with pytest.raises(ConfigError, match="dataset_weights has 1 values for 2 datasets"):
+        TrainConfig(dataset=f"{demos},{field}", out="x", dataset_weights=[1.0])
+    with pytest.raises(ConfigError, match="dataset_weights"):
+        TrainConfig(dataset=f"{demos},{field}", out="x", dataset_weights=[-1, 2])
 
 
 def test_mismatched_robot_is_refused_with_the_dataset_named(two, tmp_path):
@@ -80,11 +108,14 @@ def test_mismatched_robot_is_refused_with_the_dataset_named(two, tmp_path):
 def test_train_on_two_datasets_records_them_in_the_checkpoint(two, tmp_path):
     demos, field = two
     cfg = TrainConfig(dataset=f"{demos},{field}", out=str(tmp_path / "run"), preset="tiny", steps=4, batch_size=8,
-                      chunk_size=4, num_workers=0, save_every=4, log_every=2, warmup_steps=1, balance="tasks")
+                      chunk_size=4, num_workers=0, save_every=4, log_every=2, warmup_steps=1, balance="tasks",
+                      dataset_weights=[0.8, 0.2])
     ckpt = train(cfg, progress=False)
     meta = json.loads((ckpt / "config.json").read_text())["meta"]
     assert meta["data"]["dataset"] == f"{demos},{field}"
-    assert meta["data"]["balance"] == "tasks" and meta["data"]["task_shares"] == {"reach": 0.5, "door": 0.5}
+    assert meta["data"]["balance"] == "tasks" and meta["data"]["task_shares"] == {"reach": 0.6, "door": 0.4}
+    assert [d["share"] for d in meta["data"]["datasets"]] == [0.8, 0.2]
+    assert meta["training"]["dataset_weights"] == [0.8, 0.2]
     assert meta["training"]["steps_done"] == 4
 
 
