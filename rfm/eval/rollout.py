@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,8 +23,12 @@ class RolloutResult:
 
 
 def rollout(runner: Runner, env, seed: int, action_steps: int | None = None, ensemble: bool = False,
-            ensemble_m: float = 0.01, record: bool = False) -> RolloutResult:
-    """Run one episode: predict a chunk, execute `action_steps` of it (or ensemble every step), until done."""
+            ensemble_m: float = 0.01, record: bool = False,
+            on_step: Callable[[object, int], None] | None = None) -> RolloutResult:
+    """Run one episode: predict a chunk, execute `action_steps` of it (or ensemble every step), until done.
+
+    on_step(env, step) is called after every environment step (diagnostics read the simulator there).
+    """
     obs = env.reset(seed)
     ens, queue = TemporalEnsembler(ensemble_m), ChunkQueue(action_steps)
     frames = [obs["images"][env.cameras[0]]] if record else []
@@ -39,6 +44,8 @@ def rollout(runner: Runner, env, seed: int, action_steps: int | None = None, ens
             action = queue.pop()
         obs, _, done, info = env.step(np.clip(action, -1.0, 1.0))
         steps += 1
+        if on_step is not None:
+            on_step(env, steps)
         if record:
             frames.append(obs["images"][env.cameras[0]])
         if info["success"]:

@@ -50,6 +50,22 @@ def test_ensembled_rollout_predicts_every_step(ckpt):
     assert res["tasks"]["drawer-close-v3"]["mean_inferences"] == 6 and res["paraphrase"]
 
 
+def test_rollout_reports_every_step_to_its_observer(ckpt):
+    from rfm.eval.rollout import rollout
+    from rfm.runtime import load_runner
+    from rfm.sim.metaworld import MetaWorldEnv
+
+    runner = load_runner(ckpt)
+    env = MetaWorldEnv("reach-v3", ["corner2"], 48, max_steps=7)
+    seen = []
+    try:
+        res = rollout(runner, env, 1_000_000, on_step=lambda e, step: seen.append((step, e.steps, e.env_state()[6:9])))
+    finally:
+        env.close()
+    assert [s for s, _, _ in seen] == list(range(1, 8)) == [n for _, n, _ in seen] and res.steps == 7
+    assert all(np.allclose(goal, seen[0][2]) for _, _, goal in seen)  # the goal stays put within an episode
+
+
 def test_training_seeds_are_refused(ckpt):
     from rfm.eval import evaluate
 

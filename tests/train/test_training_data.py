@@ -9,11 +9,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from rfm.config import ConfigError
 from rfm.data.lerobot import LeRobotDataset, LeRobotDatasetWriter
 from rfm.train.config import TrainConfig
-from rfm.config import ConfigError
-from rfm.train.data import (build_training_data, frame_tasks, make_sampler, merged_stats, sampling_weights,
-                            split_cache, task_shares)
+from rfm.train.data import (
+    build_training_data,
+    frame_tasks,
+    make_sampler,
+    merged_stats,
+    sampling_weights,
+    split_cache,
+    task_shares,
+)
 from rfm.train.loop import train
 
 

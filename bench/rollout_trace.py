@@ -1,0 +1,85 @@
+"""Where does a policy's hand (or object) end up? Closed-loop rollouts on unseen seeds, traced against the goal.
+
+A success rate says how often a task fails, not how. For each seed this runs the same rollout as `rfm eval`
+(whole chunks) and records the offset of the tracked point from the goal every `--every` steps, in cm (x/y/z):
+`tcp` is Meta-World's success point for reach (the gripper's centre), `obj1` the puck or object for push and
+pick-place. A policy that stops at a steady offset believes it has arrived; one that wanders has no target.
+
+    .venv/bin/python bench/rollout_trace.py --checkpoint checkpoints/default --task reach-v3 --seeds 10
+Prints a table and writes bench/results/rollout_trace.json (one entry per checkpoint and task, appended).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from rfm.eval.rollout import rollout
+from rfm.runtime import load_runner
+from rfm.sim.metaworld import EVAL_SEED_BASE, MetaWorldEnv
+
+RESULTS = Path(__file__).parent / "results" / "rollout_trace.json"
+
+
+def tracked(env: MetaWorldEnv, point: str) -> np.ndarray:
+    """The tracked point's world position: the gripper's centre (tcp) or object 1."""
+    return np.asarray(env.env.tcp_center if point == "tcp" else env.env_state()[0:3], dtype=np.float64)
+
+
+def offset_cm(env: MetaWorldEnv, point: str) -> list[float]:
+    """Tracked point minus the goal, in cm."""
+    return (100 * (tracked(env, point) - env.env_state()[6:9])).round(1).tolist()
+
+
+def recorder(offsets: dict[int, list[float]], every: int, point: str):
+    """An on_step observer storing the offset every `every` steps into `offsets`."""
+    def record(env: MetaWorldEnv, step: int) -> None:
+        if step % every == 0:
+            offsets[step] = offset_cm(env, point)
+    return record
+
+
+def trace(checkpoint: str, task: str, seeds: int, first_seed: int, every: int, point: str) -> dict:
+    runner = load_runner(checkpoint)
+    env = MetaWorldEnv(task, runner.interface.cameras, runner.interface.image_size[0])
+    rows = []
+    try:
+        for i in range(seeds):
+            offsets: dict[int, list[float]] = {}
+            res = rollout(runner, env, first_seed + i, on_step=recorder(offsets, every, point))
+            rows.append({"seed": first_seed + i, "success": res.success, "steps": res.steps,
+                         "goal": env.env_state()[6:9].round(3).tolist(), "final_offset_cm": offset_cm(env, point),
+                         "offsets_cm": offsets})
+    finally:
+        env.close()
+    return {"checkpoint": checkpoint, "task": task, "point": point, "every": every, "rollouts": rows}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", required=True)
+    ap.add_argument("--task", default="reach-v3")
+    ap.add_argument("--seeds", type=int, default=10)
+    ap.add_argument("--first-seed", type=int, default=EVAL_SEED_BASE)
+    ap.add_argument("--every", type=int, default=50, help="record the offset every N steps")
+    ap.add_argument("--point", default="tcp", choices=["tcp", "obj1"])
+    args = ap.parse_args()
+    out = trace(args.checkpoint, args.task, args.seeds, args.first_seed, args.every, args.point)
+    print(f"{args.checkpoint}, {args.task}: {args.point} - goal in cm (x/y/z), every {args.every} steps")
+    print(f"{'seed':>8} {'ok':>3} {'steps':>5}  {'goal (m)':<22} {'final offset (cm)':<22} offsets along the way")
+    for r in out["rollouts"]:
+        along = "  ".join("/".join(f"{v:+.0f}" for v in o) for o in r["offsets_cm"].values())
+        print(f"{r['seed']:>8} {'yes' if r['success'] else 'no':>3} {r['steps']:>5}  "
+              f"{'/'.join(f'{v:.3f}' for v in r['goal']):<22} {'/'.join(f'{v:+.1f}' for v in r['final_offset_cm']):<22} "
+              f"{along}")
+    RESULTS.parent.mkdir(exist_ok=True)
+    prior = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
+    RESULTS.write_text(json.dumps(prior + [out], indent=1) + "\n")
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
