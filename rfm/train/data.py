@@ -159,7 +159,9 @@ def sampling_weights(tasks: list[str], sizes: list[int], balance: str,
     for n, w in zip(sizes, dataset_weights):
         own = tasks[start:start + n]
         start += n
-        base = task_balanced_weights(own) / len(set(own)) if balance == "tasks" else torch.full((n,), 1.0 / max(n, 1),
+        if not n:  # nothing to draw from this dataset
+            continue
+        base = task_balanced_weights(own) / len(set(own)) if balance == "tasks" else torch.full((n,), 1.0 / n,
                                                                                                 dtype=torch.double)
         parts.append(base * (w / total))
     return torch.cat(parts)

@@ -94,6 +94,8 @@ def test_dataset_weights_set_each_datasets_share_of_the_samples(two):
     assert task_shares(tasks, weights) == {"reach": 0.625, "door": 0.375}
     assert task_shares(tasks, None) == {"reach": round(30 / 70, 4), "door": round(40 / 70, 4)}
     assert float(sampling_weights(tasks, sizes, "none", [1, 0])[50:].sum()) == 0.0  # weight 0: never drawn
+    empty_third = sampling_weights(tasks, sizes + [0], "tasks", [3, 1, 5])  # a dataset without frames takes no share
+    assert len(empty_third) == 70 and task_shares(tasks, empty_third) == {"reach": 0.625, "door": 0.375}
     with pytest.raises(ValueError, match="2 dataset weights for 3 datasets"):
         sampling_weights(tasks, sizes + [0], "none", [1, 1])
 
