@@ -15,10 +15,10 @@ Prints a table and writes bench/results/goal_probe.json (one entry per checkpoin
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
+from scene_probe import append_result
 
 from rfm.runtime import load_runner
 from rfm.sim.metaworld import EVAL_SEED_BASE, MetaWorldEnv
@@ -69,11 +69,7 @@ def main() -> int:
                      for v in dims.values()]
             print(f"{r['checkpoint'][-44:]:<44}{k:>4}  " + "  ".join(f"{c:>18}" for c in cells))
     print("cells: correlation with the expert (prediction std / expert std), across seeds")
-    path = Path(args.out)
-    old = json.loads(path.read_text()) if path.exists() else []
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(old + rows, indent=2))
-    print(f"wrote {path}")
+    append_result(Path(args.out), *rows)
     return 0
 
 

@@ -12,10 +12,10 @@ Prints a table and writes bench/results/rollout_trace.json (one entry per checkp
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
+from scene_probe import append_result
 
 from rfm.eval.rollout import rollout
 from rfm.runtime import load_runner
@@ -75,10 +75,7 @@ def main() -> None:
         print(f"{r['seed']:>8} {'yes' if r['success'] else 'no':>3} {r['steps']:>5}  "
               f"{'/'.join(f'{v:.3f}' for v in r['goal']):<22} {'/'.join(f'{v:+.1f}' for v in r['final_offset_cm']):<22} "
               f"{along}")
-    RESULTS.parent.mkdir(exist_ok=True)
-    prior = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
-    RESULTS.write_text(json.dumps(prior + [out], indent=1) + "\n")
-    print(f"wrote {RESULTS}")
+    append_result(RESULTS, out)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Shared by the probes that ask what a policy's encoder knows about unseen scenes (env_state_probe, keypoint_probe):
-their command line, the scenes they look at, and the JSON file they append to."""
+their command line, the scenes they look at, and the JSON file they append to (`append_result`, which goal_probe and
+rollout_trace use too)."""
 
 from __future__ import annotations
 
@@ -46,9 +47,9 @@ def read_scenes(task: str, interface: RobotInterface, seeds: int, first_seed: in
     return np.array(readings), np.array(truth), proj
 
 
-def append_result(path: Path, result: dict) -> None:
-    """Append one run's result to the JSON list at path (the probes keep every run)."""
-    path.parent.mkdir(exist_ok=True)
+def append_result(path: Path, *results: dict) -> None:
+    """Append results to the JSON list at path (the probes keep every run)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     old = json.loads(path.read_text()) if path.exists() else []
-    path.write_text(json.dumps([*old, result], indent=2))
+    path.write_text(json.dumps([*old, *results], indent=2))
     print(f"wrote {path}")
