@@ -3,7 +3,8 @@
 For checkpoints trained with `rfm train --keypoint-loss` (keypoint p <- point p of the environment state: object 1,
 object 2, goal). For each task and unseen evaluation seed, the scene is reset (optionally the expert drives k steps),
 the encoder's keypoints are read per camera and compared with where the point projects (error in pixels at model
-resolution), and the two cameras' keypoints are triangulated back to 3-D (error in cm per axis). The baseline
+resolution), and the two cameras' keypoints are triangulated back to 3-D (error in cm per axis; a model with
+`vision_points` reports the points its own token reads, weighted by its heatmaps' spread). The baseline
 always answers the task's mean position over the same seeds: near it, the encoder does not localise that thing.
 
     .venv/bin/python bench/keypoint_probe.py --checkpoint runs/X/checkpoint --tasks mt10 --seeds 20
@@ -19,6 +20,7 @@ import torch
 from scene_probe import append_result, parse_args, read_scenes
 
 from rfm.model.policy import RFMPolicy
+from rfm.model.triangulate import triangulate, workspace_frame
 from rfm.runtime.observation import make_batch
 from rfm.sim.metaworld import EVAL_SEED_BASE, expand_tasks
 from rfm.train.keypoints import keypoint_targets
@@ -28,17 +30,21 @@ POINTS = {"obj1": 0, "goal": 2}  # obj2 is unused by the MT10 tasks (always zero
 
 
 @torch.inference_mode()
-def keypoints(policy: RFMPolicy, obs: dict) -> np.ndarray:
-    """(N_cam, K, 2) keypoints in normalised image coordinates, from one runtime observation."""
+def keypoints(policy: RFMPolicy, obs: dict) -> tuple[np.ndarray, np.ndarray | None]:
+    """(N_cam, K, 2) keypoints in normalised image coordinates from one runtime observation, and (P, 3) the world
+    points the model's own point token triangulates from them (None without vision_points)."""
     images = torch.from_numpy(make_batch([obs], policy.interface).images)
-    return policy.net.eval().image_tokens(images, with_keypoints=True)[1][0].numpy()
+    _, uv, logits = policy.net.eval().image_tokens(images, with_keypoints=True)
+    token = policy.net.point_token
+    world = token.world_points(uv, logits)[0][0].numpy() if token is not None else None
+    return uv[0].numpy(), world
 
 
-def triangulate(proj: np.ndarray, uv: np.ndarray) -> np.ndarray:
-    """Least-squares 3-D point seen at uv (N_cam, 2) by cameras proj (N_cam, 3, 4)."""
-    rows = [r for P, (u, v) in zip(proj, uv) for r in (u * P[2] - P[0], v * P[2] - P[1])]
-    a = np.array(rows)
-    return np.linalg.lstsq(a[:, :3], -a[:, 3], rcond=None)[0]
+def triangulated(proj: np.ndarray, uv: np.ndarray) -> np.ndarray:
+    """(S, N_cam, 2) keypoints of one point in cameras proj (N_cam, 3, 4) -> (S, 3), every camera weighted alike."""
+    centre = torch.as_tensor(workspace_frame(proj)[0], dtype=torch.float32)
+    uv_t = torch.as_tensor(uv)[:, :, None]  # (S, N_cam, 1, 2)
+    return triangulate(uv_t, torch.ones(uv_t.shape[:3]), torch.as_tensor(proj), centre)[:, 0].numpy()
 
 
 def _pixels(err: np.ndarray, size: int) -> list[float]:
@@ -56,7 +62,8 @@ def probe(checkpoint: str, tasks: list[str], seeds: int, first_seed: int = EVAL_
     size = itf.image_size[0]
     out: dict = {"checkpoint": checkpoint, "seeds": seeds, "first_seed": first_seed, "k": k, "tasks": {}}
     for task in tasks:
-        seen_all, truth, proj = read_scenes(task, itf, seeds, first_seed, k, lambda obs: keypoints(policy, obs))
+        reads, truth, proj = read_scenes(task, itf, seeds, first_seed, k, lambda obs: keypoints(policy, obs))
+        seen_all = np.stack([r[0] for r in reads])  # (S, N_cam, K, 2)
         # where each point really is in each camera: the same projection the training targets use
         uv_all = keypoint_targets(torch.as_tensor(truth), torch.ones(len(truth), dtype=torch.bool),
                                   torch.as_tensor(proj))[0].numpy()  # (S, N_cam, P, 2)
@@ -67,7 +74,8 @@ def probe(checkpoint: str, tasks: list[str], seeds: int, first_seed: int = EVAL_
                 continue
             seen = seen_all[:, :, p]  # (S, N_cam, 2)
             true_uv = uv_all[:, :, p]
-            tri = np.array([triangulate(proj, s) for s in seen])
+            tri = (np.stack([r[1][p] for r in reads]) if reads[0][1] is not None and p < len(reads[0][1])
+                   else triangulated(proj, seen))
             row[name] = {"px": _pixels(seen - true_uv, size), "px_baseline": _pixels(true_uv.mean(0) - true_uv, size),
                          "cm": [round(float(v), 2) for v in np.abs(tri - xyz).mean(0) * 100],
                          "cm_baseline": [round(float(v), 2) for v in np.abs(xyz.mean(0) - xyz).mean(0) * 100]}

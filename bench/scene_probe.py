@@ -8,6 +8,7 @@ import argparse
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -27,10 +28,11 @@ def parse_args(doc: str) -> argparse.Namespace:
 
 
 def read_scenes(task: str, interface: RobotInterface, seeds: int, first_seed: int, k: int,
-                read: Callable[[dict], np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                read: Callable[[dict], Any]) -> tuple[np.ndarray | list, np.ndarray, np.ndarray]:
     """For each seed: reset, let the expert drive k steps, then read(observation).
 
-    Returns (readings (S, ...), environment states (S, 9), camera projections (N_cam, 3, 4)).
+    Returns (readings (S, ...) stacked when read returns arrays, else their list; environment states (S, 9);
+    camera projections (N_cam, 3, 4)).
     """
     env = MetaWorldEnv(task, interface.cameras, interface.image_size[0])
     readings, truth = [], []
@@ -44,7 +46,8 @@ def read_scenes(task: str, interface: RobotInterface, seeds: int, first_seed: in
         proj = np.array([env.camera_projections()[c] for c in interface.cameras])
     finally:
         env.close()
-    return np.array(readings), np.array(truth), proj
+    stacked = isinstance(readings[0], np.ndarray) if readings else True
+    return (np.array(readings) if stacked else readings), np.array(truth), proj
 
 
 def append_result(path: Path, *results: dict) -> None:

@@ -7,6 +7,8 @@ import json
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
+import numpy as np
+
 from rfm.constants import DEFAULT_TEXT_ENCODER
 
 
@@ -96,6 +98,8 @@ class ModelConfig:
     vision_blocks: int = 1  # residual blocks per ResNet stage
     vision_keypoints: int = 0  # K spatial-softmax keypoints per camera (one extra token): finds small objects
     vision_keypoint_source: str = "stem"  # keypoint heatmaps read: "stem" (one conv), "block" (+1 block), "branch" (own convs)
+    vision_points: int = 0  # the first P keypoints, triangulated across cameras into world-frame points (0 = off)
+    camera_projections: list | None = None  # (N_cam, 3, 4) world -> normalised image, for vision_points (calibration)
     vision_path: str | None = None  # local directory of a Hugging Face vision model (vision_backbone="hf")
     vision_hf_config: dict | None = None  # HF config dict, stored so checkpoints rebuild without vision_path
     text_encoder: str = DEFAULT_TEXT_ENCODER  # "all-MiniLM-L6-v2" (packaged) or a local sentence-encoder dir
@@ -123,6 +127,13 @@ class ModelConfig:
         _check(0 <= self.vision_keypoints <= 256, "model.vision_keypoints", self.vision_keypoints, "in [0, 256]")
         _check(self.vision_keypoint_source in KEYPOINT_SOURCES, "model.vision_keypoint_source",
                self.vision_keypoint_source, f"one of {KEYPOINT_SOURCES}")
+        _check(0 <= self.vision_points <= self.vision_keypoints, "model.vision_points", self.vision_points,
+               f"in [0, model.vision_keypoints={self.vision_keypoints}]")
+        if self.camera_projections is not None:
+            shape = np.shape(self.camera_projections)
+            _check(len(shape) == 3 and shape[1:] == (3, 4) and shape[0] >= 2, "model.camera_projections",
+                   f"an array of shape {list(shape)}", "one 3 x 4 projection per camera, at least two cameras")
+            self.camera_projections = np.asarray(self.camera_projections, dtype=float).tolist()
         if self.vision_backbone == "hf":
             _check(self.vision_path is not None or self.vision_hf_config is not None, "model.vision_path",
                    self.vision_path, "a local Hugging Face model directory when vision_backbone='hf'")
@@ -171,6 +182,14 @@ class PolicyConfig:
 
     model: ModelConfig = field(default_factory=ModelConfig)
     interface: RobotInterface = field(default_factory=RobotInterface)
+
+    def __post_init__(self) -> None:
+        proj = self.model.camera_projections
+        _check(proj is None or len(proj) == len(self.interface.cameras), "model.camera_projections",
+               f"{len(proj or [])} projections", f"one per camera in interface.cameras {self.interface.cameras}")
+        _check(self.model.vision_points == 0 or proj is not None, "model.camera_projections", proj,
+               "the cameras' projections when model.vision_points > 0 (rfm train reads them from a dataset that "
+               "records features.observation.environment_state.info.camera_projection)")
 
     def to_dict(self) -> dict:
         return {"model": self.model.to_dict(), "interface": self.interface.to_dict()}

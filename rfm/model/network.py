@@ -15,6 +15,7 @@ from torch import nn
 from rfm.config import PolicyConfig
 from rfm.model.normalize import Normalizer
 from rfm.model.transformer import DecoderBlock, EncoderBlock
+from rfm.model.triangulate import PointToken
 from rfm.model.vision import build_vision
 
 
@@ -76,6 +77,9 @@ class PolicyNet(nn.Module):
         self.text_pos = nn.Parameter(torch.randn(1, m.text_max_tokens, d) * 0.02)
         self.state_proj = nn.Linear(self.state_dim, d) if self.state_dim > 0 else None
         self.modality = nn.Parameter(torch.randn(3, d) * 0.02)  # language, state, image
+        # triangulated keypoints join the state token (where the hand is and where the goal is, side by side)
+        self.point_token = (PointToken(m.camera_projections, m.vision_points, self.state_dim, d)
+                            if m.vision_points else None)
 
         self.encoder = nn.ModuleList(EncoderBlock(d, m.heads, m.mlp_ratio, m.dropout) for _ in range(m.encoder_layers))
         self.enc_norm = nn.LayerNorm(d)
@@ -114,19 +118,27 @@ class PolicyNet(nn.Module):
             return img, points.unflatten(0, (B, self.n_cam)), logits.unflatten(0, (B, self.n_cam))
         return img
 
-    def encode(self, images: torch.Tensor, state: torch.Tensor, text: torch.Tensor,
-               text_mask: torch.Tensor, img: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(self, images: torch.Tensor, state: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor,
+               img: torch.Tensor | None = None, keypoints: tuple | None = None,
+               offsets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Fused observation tokens (B, T, D) and their attention mask (B, 1, 1, T) (True = attend).
 
-        img: precomputed image_tokens(images), when the caller needs them too.
+        img, keypoints: precomputed image_tokens(images, with_keypoints) outputs, when the caller needs them too
+        (keypoints = (points, logits)). offsets (B, N, 2): training's image shift, undone before triangulating.
         """
         B = images.shape[0]
-        img = self.image_tokens(images) if img is None else img
+        if img is None and self.point_token is not None:
+            img, *keypoints = self.image_tokens(images, with_keypoints=True)
+        elif img is None:
+            img = self.image_tokens(images)
         txt = self.text_proj(text.float()) + self.text_pos + self.modality[0]  # (B, L, D)
         tokens, masks = [txt], [text_mask.bool()]
-        if self.state_proj is not None:
-            nstate = self.state_norm(state.float())
-            tokens.append((self.state_proj(nstate) + self.modality[1])[:, None])  # (B, 1, D)
+        nstate = self.state_norm(state.float()) if self.state_proj is not None else None
+        point = self.point_token(*keypoints, nstate, offsets) if self.point_token is not None else None  # (B, 1, D)
+        if self.state_proj is not None or point is not None:
+            st = self.modality[1].expand(B, 1, -1)
+            st = st + self.state_proj(nstate)[:, None] if nstate is not None else st
+            tokens.append(st + point if point is not None else st)  # (B, 1, D)
             masks.append(torch.ones(B, 1, dtype=torch.bool, device=images.device))
         tokens.append(img)
         masks.append(torch.ones(B, img.shape[1], dtype=torch.bool, device=images.device))
@@ -179,19 +191,23 @@ class PolicyNet(nn.Module):
     def losses(self, images: torch.Tensor, state: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor,
                actions: torch.Tensor, action_pad: torch.Tensor | None = None, env_state: torch.Tensor | None = None,
                env_valid: torch.Tensor | None = None, keypoint_targets: torch.Tensor | None = None,
-               keypoint_valid: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+               keypoint_valid: torch.Tensor | None = None, offsets: torch.Tensor | None = None
+               ) -> dict[str, torch.Tensor]:
         """{"action": scalar, "env_state": scalar (with an env-state head and targets), "keypoints": scalar (with
         keypoint targets)}.
 
         env_state (B, D_env) in simulator units; env_valid (B,) False for samples without one (e.g. fleet recordings
         beside simulated demos): they add nothing to the auxiliary loss. keypoint_targets (B, N_cam, P, 2): where
         keypoint p should be in each camera (normalised image coordinates); keypoint_valid (B, N_cam, P).
+        offsets (B, N_cam, 2): how far augmentation shifted each image (the triangulated points undo it).
         """
-        if keypoint_targets is not None:
-            img, _, logits = self.image_tokens(images, with_keypoints=True)
+        keypoints = None
+        if keypoint_targets is not None or self.point_token is not None:
+            img, *keypoints = self.image_tokens(images, with_keypoints=True)
+            logits = keypoints[1]
         else:
             img = self.image_tokens(images)
-        memory, mask = self.encode(images, state, text, text_mask, img)
+        memory, mask = self.encode(images, state, text, text_mask, img, keypoints, offsets)
         out = {"action": self._action_loss(memory, mask, actions, action_pad)}
         if keypoint_targets is not None:
             out["keypoints"] = heatmap_loss(logits, keypoint_targets, keypoint_valid)

@@ -86,16 +86,17 @@ def split_cache(total: int, needs: list[int]) -> list[int]:
 
 def build_training_data(paths: list[str], chunk_size: int, image_size: tuple[int, int] | None,
                         cameras: list[str] | None, val_episodes: int, frame_cache_gb: float = 4.0,
-                        env_state: bool = False, keypoints: bool = False) -> TrainingData:
+                        env_state: bool = False, keypoints: bool = False, projections: bool = False) -> TrainingData:
     """Window sets over all datasets; validation holds out the last `val_episodes` of the first dataset.
 
     env_state: also yield observation.environment_state (an auxiliary target) where a dataset records it;
     keypoints: that too, and the camera projections that turn it into keypoint targets.
+    projections: the camera projections (keypoint targets, and triangulating keypoints in the model).
     """
     datasets = open_datasets(paths)
     env_dim = env_state_dim(datasets) if env_state or keypoints else 0
     interface = interface_from_dataset(datasets[0], chunk_size=chunk_size, image_size=image_size, cameras=cameras)
-    projections = dataset_projections(datasets, interface.cameras) if keypoints else None
+    projections = dataset_projections(datasets, interface.cameras) if keypoints or projections else None
     splits = []
     for i, ds in enumerate(datasets):
         episodes = [e.index for e in ds.episodes]

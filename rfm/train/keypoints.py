@@ -38,8 +38,8 @@ def dataset_projections(datasets: list, cameras: list[str]) -> np.ndarray:
             raise ValueError(f"datasets {source} and {ds.root} record different camera projections; keypoint "
                              f"targets need the same cameras")
     if found is None:
-        raise ValueError(f"a keypoint loss needs camera projections in features.{OBS_ENV_STATE}.info.camera_projection "
-                         f"of at least one dataset, and none of {', '.join(str(ds.root) for ds in datasets)} has them "
+        raise ValueError(f"keypoint targets and model.vision_points need camera projections in "
+                         f"features.{OBS_ENV_STATE}.info.camera_projection of at least one dataset, and none of {', '.join(str(ds.root) for ds in datasets)} has them "
                          f"(rfm data generate metaworld records them)")
     return found
 

@@ -49,7 +49,7 @@ class LossModule(nn.Module):
         if self.weights["keypoints"] and env_state is not None:
             kp_targets, kp_valid = keypoint_targets(env_state, env_valid, self.projections, offsets)
         parts = self.net.losses(images, state, text, text_mask, actions, action_pad, env_state, env_valid,
-                                kp_targets, kp_valid)
+                                kp_targets, kp_valid, offsets)
         total = parts["action"]
         for name, w in self.weights.items():
             if name in parts:
@@ -113,9 +113,12 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     _seed_everything(cfg.seed + accelerator.process_index)
 
     # --- data ---------------------------------------------------------------------------------------------------
+    init_config, init_raw = read_config(cfg.init) if cfg.init else (None, {})
+    points = cfg.model_overrides.get("vision_points", init_config.model.vision_points if init_config else 0)
+    calibrated = bool(init_config and init_config.model.camera_projections) or "camera_projections" in cfg.model_overrides
     data = build_training_data(cfg.datasets, cfg.chunk_size, cfg.image_size, cfg.cameras, cfg.val_episodes,
-                               cfg.frame_cache_gb, env_state=cfg.env_state_loss > 0,
-                               keypoints=cfg.keypoint_loss > 0)
+                               cfg.frame_cache_gb, env_state=cfg.env_state_loss > 0, keypoints=cfg.keypoint_loss > 0,
+                               projections=bool(points) and not calibrated)
     interface, train_set = data.interface, data.train_set
     tasks = frame_tasks(train_set)  # the task of every frame: sampler weights and the card's task shares
     vary = None
@@ -134,9 +137,11 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
                   if data.val_set is not None else None)
 
     # --- model --------------------------------------------------------------------------------------------------
-    init_config, init_raw = read_config(cfg.init) if cfg.init else (None, {})
     # the environment-state head exists only while it is trained (a fine-tune without the loss drops it)
     overrides = {**cfg.model_overrides, "env_state_dim": data.env_state_dim if cfg.env_state_loss > 0 else 0}
+    if points and "camera_projections" not in overrides:  # triangulation: the cameras the data recorded, else the init's
+        overrides["camera_projections"] = (data.projections.tolist() if data.projections is not None
+                                           else init_config.model.camera_projections)
     if init_config and cfg.preset is None:  # fine-tuning: same architecture as the init checkpoint by default
         from dataclasses import replace
 

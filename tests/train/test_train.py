@@ -94,14 +94,15 @@ def test_bad_dataset_path_is_named(tmp_path):
 
 def _env_state_dataset(root: Path, episodes: int = 2, length: int = 12, projections: bool = False) -> Path:
     """A small dataset for the fixture's robot that also records a 3-d environment state (like simulated demos),
-    with the cameras' projections (a camera 2 m behind the origin, looking along +z) if asked."""
+    with the cameras' projections if asked (2 m from the origin, looking at it along +z and +x)."""
     from rfm.data.writer import LeRobotDatasetWriter
 
     rng = np.random.default_rng(0)
     env_ft = {"dtype": "float32", "shape": [3], "names": ["gx", "gy", "gz"]}
     if projections:
-        proj = [[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 2.0]]
-        env_ft["info"] = {"camera_projection": {"top": proj, "wrist": proj}}
+        top = [[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 2.0]]
+        side = [[0.0, 0.0, 1.0, 0.0], [0.0, 1.0, 0.0, 0.0], [1.0, 0.0, 0.0, 2.0]]
+        env_ft["info"] = {"camera_projection": {"top": top, "wrist": side}}
     w = LeRobotDatasetWriter(root, fps=10, cameras={"top": (96, 96), "wrist": (96, 96)}, state_names=["x", "y", "z", "g"],
                              action_names=["dx", "dy", "dz", "dg"], use_videos=False,
                              extra_features={"observation.environment_state": env_ft})
@@ -154,3 +155,23 @@ def test_keypoint_loss_trains_beside_datasets_without_it(tmp_path):
     bare = _env_state_dataset(tmp_path / "bare")
     with pytest.raises(ValueError, match="camera_projection.*" + bare.name):
         train(_cfg(tmp_path / "x", dataset=str(bare), keypoint_loss=1.0), progress=False)
+
+
+def test_triangulated_points_take_the_calibration_from_the_data_and_keep_it_when_fine_tuning(tmp_path):
+    sim = _env_state_dataset(tmp_path / "sim", projections=True)
+    out = tmp_path / "pts"
+    train(_cfg(out, dataset=str(sim), steps=3, val_episodes=0, keypoint_loss=1.0, model_overrides={"vision_points": 1}),
+          progress=False)
+    model = json.loads((out / "checkpoint" / "config.json").read_text())["model"]
+    recorded = json.loads((sim / "meta" / "info.json").read_text())["features"]["observation.environment_state"]
+    assert model["vision_points"] == 1
+    assert model["camera_projections"] == [recorded["info"]["camera_projection"][c] for c in ("top", "wrist")]
+    # field data records no calibration: a fine-tune keeps the cameras of the checkpoint it starts from
+    ft = tmp_path / "ft"
+    train(_cfg(ft, steps=2, val_episodes=0, init=str(out / "checkpoint"), preset=None), progress=False)
+    cfg = json.loads((ft / "checkpoint" / "config.json").read_text())
+    assert cfg["model"]["camera_projections"] == model["camera_projections"]
+    assert cfg["meta"]["training"]["init_reinitialised"] == []
+    # from scratch it needs a dataset that records the cameras, and says so
+    with pytest.raises(ValueError, match="vision_points need camera projections.*" + FIXTURE.name):
+        train(_cfg(tmp_path / "x", model_overrides={"vision_points": 1}), progress=False)

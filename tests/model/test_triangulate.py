@@ -1,0 +1,121 @@
+"""Triangulated keypoints: world points from calibrated cameras, and the policy token built from them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from rfm import RFMPolicy
+from rfm.config import ConfigError, RobotInterface
+from rfm.model.triangulate import PointToken, triangulate, workspace_frame
+
+# two pinhole cameras 2 m from the origin: one looking along +z (u = x / (z + 2), v = y / (z + 2)), one along +x
+# (u = z / (x + 2), v = y / (x + 2)); both look at the origin
+STEREO = torch.tensor([[[1.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 1.0, 2.0]],
+                       [[0, 0, 1.0, 0], [0, 1.0, 0, 0], [1.0, 0, 0, 2.0]]])
+
+
+def _project(points: torch.Tensor) -> torch.Tensor:
+    """(B, P, 3) -> (B, N, P, 2) normalised image coordinates in STEREO's cameras."""
+    homog = torch.cat([points, torch.ones_like(points[..., :1])], -1)
+    proj = torch.einsum("nij,bpj->bnpi", STEREO, homog)
+    return proj[..., :2] / proj[..., 2:]
+
+
+def test_triangulation_recovers_world_points_from_two_cameras():
+    pts = torch.tensor([[[0.1, -0.2, 0.3], [-0.4, 0.25, 0.0]], [[0.0, 0.0, 0.0], [0.3, 0.3, -0.3]]])
+    got = triangulate(_project(pts), torch.ones(2, 2, 2), STEREO, torch.zeros(3))
+    torch.testing.assert_close(got, pts, atol=2e-3, rtol=0)  # the ridge toward the prior costs under 2 mm
+
+
+def test_a_camera_with_little_weight_cannot_pull_the_point_off_the_trusted_ray():
+    pts = torch.tensor([[[0.2, 0.1, -0.1]]])
+    uv = _project(pts)
+    uv[:, 1] += 0.2  # camera 1 is wrong about where the point is
+    even = triangulate(uv, torch.ones(1, 2, 1), STEREO, torch.zeros(3))
+    trusted = triangulate(uv, torch.tensor([[[1.0], [0.01]]]), STEREO, torch.zeros(3))
+    # camera 0 still sees the point where it is; only the depth along its ray is camera 1's to say
+    off_ray = (_project(trusted)[:, 0] - uv[:, 0]).norm()
+    assert off_ray < 0.1 * (_project(even)[:, 0] - uv[:, 0]).norm() and off_ray < 0.01
+    # with no weight anywhere the answer is the prior, not a division by zero
+    prior = torch.tensor([0.5, 0.5, 0.5])
+    torch.testing.assert_close(triangulate(uv, torch.zeros(1, 2, 1), STEREO, prior)[0, 0], prior)
+
+
+def test_workspace_frame_is_where_the_cameras_look():
+    centre, scale = workspace_frame(STEREO.numpy())
+    np.testing.assert_allclose(centre, [0, 0, 0], atol=1e-9)
+    assert scale == pytest.approx(1.0)  # half the 2 m from each camera to it
+    with pytest.raises(ValueError, match="at least two cameras"):
+        workspace_frame(STEREO.numpy()[:1])
+
+
+def _peaked_logits(uv: torch.Tensor, h: int = 16, w: int = 16) -> torch.Tensor:
+    """Heatmap logits (B, N, K, h, w) peaked at the cell under each (u, v)."""
+    col = ((uv[..., 0] + 1) / 2 * w).long().clamp(0, w - 1)
+    row = ((uv[..., 1] + 1) / 2 * h).long().clamp(0, h - 1)
+    logits = torch.full((*uv.shape[:-1], h, w), -50.0)
+    logits.view(-1, h * w)[torch.arange(col.numel()), (row * w + col).flatten()] = 50.0
+    return logits
+
+
+def test_point_token_undoes_the_training_shift():
+    tok = PointToken(STEREO, points=1, state_dim=0, dim=8)
+    pts = torch.tensor([[[0.1, 0.2, -0.1]]])
+    uv = _project(pts)
+    shift = torch.tensor([[[0.1, -0.05], [0.0, 0.08]]])  # (B, N, 2): the augmentation moved both images
+    seen = uv + shift[:, :, None]
+    logits = _peaked_logits(uv)
+    moved, _ = tok.world_points(seen, logits)
+    undone, spread = tok.world_points(seen - shift[:, :, None], logits)
+    torch.testing.assert_close(undone, pts, atol=2e-3, rtol=0)
+    assert (moved - pts).norm() > 0.05 and spread.max() < 0.1  # peaked heatmaps: spread well under a cell
+
+
+def _interface() -> RobotInterface:
+    return RobotInterface(cameras=["a", "b"], image_size=(32, 32), state_names=["x", "y", "z"],
+                          action_names=["dx", "dy", "dz"], chunk_size=4)
+
+
+def test_policy_with_points_starts_as_the_policy_without_them_and_round_trips(tmp_path):
+    torch.manual_seed(0)
+    base = RFMPolicy.build("tiny", interface=_interface(), vision_keypoints=4)
+    torch.manual_seed(0)
+    pointed = RFMPolicy.build("tiny", interface=_interface(), vision_keypoints=4, vision_points=2,
+                              camera_projections=STEREO.tolist())
+    missing = pointed.net.load_state_dict(base.net.state_dict(), strict=False).missing_keys
+    assert missing and all(k.startswith("point_token.") for k in missing)
+    images = np.random.default_rng(0).integers(0, 256, (2, 2, 3, 32, 32), dtype=np.uint8)
+    state = np.random.default_rng(1).standard_normal((2, 3)).astype(np.float32)
+    np.testing.assert_allclose(pointed.predict(images, state, ["reach"] * 2), base.predict(images, state, ["reach"] * 2),
+                               atol=1e-6)  # the token's output layer starts at zero
+    torch.nn.init.normal_(pointed.net.point_token.mlp[-1].weight)
+    out = pointed.predict(images, state, ["reach"] * 2)
+    pointed.save_pretrained(tmp_path / "ckpt")  # the calibration travels in config.json
+    again = RFMPolicy.from_pretrained(tmp_path / "ckpt")
+    assert again.config.model.camera_projections == STEREO.tolist()
+    np.testing.assert_allclose(again.predict(images, state, ["reach"] * 2), out, atol=1e-6)
+
+
+def test_points_get_gradients_through_the_keypoints():
+    torch.manual_seed(0)
+    net = RFMPolicy.build("tiny", interface=_interface(), vision_keypoints=4, vision_points=2,
+                          camera_projections=STEREO.tolist()).net
+    torch.nn.init.normal_(net.point_token.mlp[-1].weight, std=0.1)
+    args = (torch.randint(0, 256, (2, 2, 3, 32, 32), dtype=torch.uint8), torch.zeros(2, 3), torch.randn(2, 24, 384),
+            torch.ones(2, 24, dtype=torch.bool), torch.randn(2, 4, 3))
+    net.losses(*args, offsets=torch.zeros(2, 2, 2))["action"].backward()
+    assert net.point_token.mlp[0].weight.grad.abs().sum() > 0
+    assert net.vision.keypoints.heatmaps.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("kw, pattern", [
+    ({"vision_points": 2}, "camera_projections=None.*vision_points"),
+    ({"vision_points": 5, "camera_projections": STEREO.tolist()}, r"vision_points=5.*\[0, model.vision_keypoints=4\]"),
+    ({"vision_points": 2, "camera_projections": STEREO[:, :2].tolist()}, "camera_projections.*3 x 4"),
+    ({"vision_points": 2, "camera_projections": [STEREO[0].tolist()] * 3}, "3 projections.*one per camera"),
+])
+def test_bad_point_config_names_the_field(kw, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        RFMPolicy.build("tiny", interface=_interface(), vision_keypoints=4, **kw)
