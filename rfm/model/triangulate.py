@@ -61,9 +61,10 @@ def triangulate(uv: torch.Tensor, weights: torch.Tensor, projections: torch.Tens
     w = weights.float()[..., None, None]  # (B, N, P, 1, 1): both rows of a camera
     ata = (w[..., None] * a[..., :, None] * a[..., None, :]).sum(dim=(1, 3))  # (B, P, 3, 3)
     atb = -(w * a * c[..., None]).sum(dim=(1, 3))  # (B, P, 3)
-    lam = ridge * (ata.diagonal(dim1=-2, dim2=-1).sum(-1) / 3)[..., None] + 1e-9  # (B, P, 1); no weight: the prior
+    # scaled to unit mean diagonal (entries and determinant near 1, also in an fp16 graph); no weight: the prior
+    norm = (ata.diagonal(dim1=-2, dim2=-1).sum(-1) / 3).clamp_min(1e-9)[..., None]  # (B, P, 1)
     eye = torch.eye(3, device=uv.device, dtype=ata.dtype)
-    return _solve3(ata + lam[..., None] * eye, atb + lam * prior.float())
+    return _solve3(ata / norm[..., None] + ridge * eye, atb / norm + ridge * prior.float())
 
 
 class PointToken(nn.Module):

@@ -317,3 +317,17 @@ def test_export_refuses_to_replace_a_foreign_directory(checkpoints, tmp_path):
 def test_bad_export_config(kw, pattern):
     with pytest.raises(ValueError, match=pattern):
         ExportConfig(**kw)
+
+
+def test_triangulated_points_export_with_parity(tmp_path):
+    """The point token's closed-form 3 x 3 solve runs in ONNX as it does in PyTorch, in fp32 and fp16."""
+    from tests.model.test_triangulate import STEREO
+
+    torch.manual_seed(0)
+    policy = RFMPolicy.build("tiny", interface=ITF, stats=STATS, vision_points=3, camera_projections=STEREO.tolist())
+    torch.nn.init.normal_(policy.net.point_token.mlp[-1].weight, std=0.1)  # trained: its output is not zero
+    ckpt = policy.save_pretrained(tmp_path / "pts")
+    for precision, limit in (("fp32", 1e-4), ("fp16", 1e-2)):
+        m = export_checkpoint(ckpt, tmp_path / precision, ExportConfig(precision=precision, parity_samples=4,
+                                                                       text_encoder=False, instructions=["push"]))
+        assert m["parity"]["max_abs_error"] <= limit, precision
