@@ -69,13 +69,16 @@ class RFMPolicy:
     def set_stats(self, stats: dict) -> None:
         """Normalise state and actions with dataset stats ({feature: {mean, std, min, max, q01, q99}})."""
         mode = self.config.model.norm_mode
-        keys = (OBS_STATE, ACTION, OBS_ENV_STATE) if self.net.env_state_dim else (OBS_STATE, ACTION)
+        env = self.net.env_state_dim or self.net.point_token is not None
+        keys = (OBS_STATE, ACTION, OBS_ENV_STATE) if env else (OBS_STATE, ACTION)
         self.stats = {k: {s: np.asarray(v).tolist() for s, v in stats[k].items()} for k in keys if k in stats}
         if self.interface.state_dim > 0:
             self.net.state_norm.set_stats(self.stats.get(OBS_STATE), mode)
         self.net.action_norm.set_stats(self.stats.get(ACTION), mode)
         if self.net.env_state_dim:
             self.net.env_norm.set_stats(self.stats.get(OBS_ENV_STATE), "mean_std")
+        if self.net.point_token is not None:  # without environment-state stats the points keep their frame
+            self.net.point_token.set_stats(self.stats.get(OBS_ENV_STATE))
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.net.parameters() if p.requires_grad or not trainable_only)

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from rfm.model.normalize import Normalizer
+
 RIDGE = 1e-3  # pull toward the workspace centre, relative to the system's scale: keeps near-parallel rays finite
 
 
@@ -73,8 +75,10 @@ class PointToken(nn.Module):
 
     The state is an input so that the offsets that matter (goal minus hand) are linear in the token's inputs.
     A camera's rows are weighted by how peaked its heatmap is: a keypoint a camera has lost (blurry heatmap)
-    moves the point less. The output layer starts at zero, so adding the token to a trained policy changes
-    nothing until training uses it.
+    moves the point less. The points are normalised like the state (`set_stats` with the environment state's
+    stats: point p is environment point p); the cameras' workspace frame is only the fallback. Measured: normalised
+    by the workspace (0.7 m) reach's goals spanned +-0.2 and after 2,000 steps the policy's actions did not move
+    when the goal did.
     """
 
     def __init__(self, projections: list | np.ndarray, points: int, state_dim: int, dim: int) -> None:
@@ -84,11 +88,17 @@ class PointToken(nn.Module):
         self.points = points
         self.register_buffer("projections", torch.from_numpy(proj), persistent=False)  # from the config, not weights
         self.register_buffer("centre", torch.tensor(centre, dtype=torch.float32), persistent=False)
-        self.scale = scale
+        self.norm = Normalizer(3 * points)  # saved with the weights: a fine-tune keeps the frame it learned in
+        self.norm.offset.copy_(torch.tensor(centre, dtype=torch.float32).repeat(points))
+        self.norm.scale.fill_(scale)
         n_in = points * 3 + len(proj) * points + state_dim
         self.mlp = nn.Sequential(nn.Linear(n_in, dim), nn.GELU(), nn.Linear(dim, dim))
-        nn.init.zeros_(self.mlp[-1].weight)
-        nn.init.zeros_(self.mlp[-1].bias)
+
+    def set_stats(self, stats: dict | None) -> None:
+        """Normalise point p by the stats of environment-state point p (mean_std), when they cover the points."""
+        if stats and len(stats.get("mean", [])) >= 3 * self.points:
+            part = {k: np.asarray(stats[k]).reshape(-1)[:3 * self.points] for k in ("mean", "std")}
+            self.norm.set_stats(part, "mean_std")
 
     def world_points(self, uv: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """uv (B, N, K, 2) image coordinates and logits (B, N, K, h, w) of the keypoints -> world points (B, P, 3)
@@ -111,8 +121,7 @@ class PointToken(nn.Module):
         if offsets is not None:
             uv = uv - offsets[:, :, None, :].to(uv.dtype)
         points, spread = self.world_points(uv, logits)
-        npoints = (points - self.centre) / self.scale
-        parts = [npoints.flatten(1), torch.log1p(spread).flatten(1)]
+        parts = [self.norm(points.flatten(1)), torch.log1p(spread).flatten(1)]
         if nstate is not None:
             parts.append(nstate)
         return self.mlp(torch.cat(parts, dim=-1).to(self.mlp[0].weight.dtype))[:, None]

@@ -78,31 +78,35 @@ def _interface() -> RobotInterface:
                           action_names=["dx", "dy", "dz"], chunk_size=4)
 
 
-def test_policy_with_points_starts_as_the_policy_without_them_and_round_trips(tmp_path):
-    torch.manual_seed(0)
-    base = RFMPolicy.build("tiny", interface=_interface(), vision_keypoints=4)
-    torch.manual_seed(0)
-    pointed = RFMPolicy.build("tiny", interface=_interface(), vision_keypoints=4, vision_points=2,
-                              camera_projections=STEREO.tolist())
-    missing = pointed.net.load_state_dict(base.net.state_dict(), strict=False).missing_keys
-    assert missing and all(k.startswith("point_token.") for k in missing)
+def test_policy_with_points_round_trips_with_its_calibration_and_point_frame(tmp_path):
+    env_stats = {"mean": [0.1, 0.2, 0.3, 0.0, 0.0, 0.0, -0.1, 0.6, 0.15], "std": [0.05] * 6 + [0.1, 0.02, 0.07]}
+    stats = {"observation.environment_state": env_stats}
+    pointed = RFMPolicy.build("tiny", interface=_interface(), vision_keypoints=4, vision_points=3,
+                              camera_projections=STEREO.tolist(), stats=stats)
+    norm = pointed.net.point_token.norm  # point p is normalised like environment point p
+    np.testing.assert_allclose(norm.offset.numpy(), env_stats["mean"], atol=1e-7)
+    np.testing.assert_allclose(norm.scale.numpy(), [0.05] * 6 + [0.1, 0.02, 0.07], atol=1e-7)
     images = np.random.default_rng(0).integers(0, 256, (2, 2, 3, 32, 32), dtype=np.uint8)
     state = np.random.default_rng(1).standard_normal((2, 3)).astype(np.float32)
-    np.testing.assert_allclose(pointed.predict(images, state, ["reach"] * 2), base.predict(images, state, ["reach"] * 2),
-                               atol=1e-6)  # the token's output layer starts at zero
-    torch.nn.init.normal_(pointed.net.point_token.mlp[-1].weight)
     out = pointed.predict(images, state, ["reach"] * 2)
-    pointed.save_pretrained(tmp_path / "ckpt")  # the calibration travels in config.json
+    pointed.save_pretrained(tmp_path / "ckpt")  # the calibration travels in config.json, the frame in the weights
     again = RFMPolicy.from_pretrained(tmp_path / "ckpt")
     assert again.config.model.camera_projections == STEREO.tolist()
     np.testing.assert_allclose(again.predict(images, state, ["reach"] * 2), out, atol=1e-6)
+    # stats without an environment state (field data) leave the points' frame as it was
+    again.set_stats({"action": {"mean": [0.0] * 3, "std": [1.0] * 3}})
+    np.testing.assert_allclose(again.net.point_token.norm.offset.numpy(), env_stats["mean"], atol=1e-7)
+    # without any stats the frame is the cameras' workspace: where they look, in units of their distance
+    bare = RFMPolicy.build("tiny", interface=_interface(), vision_keypoints=4, vision_points=1,
+                           camera_projections=STEREO.tolist())
+    np.testing.assert_allclose(bare.net.point_token.norm.offset.numpy(), [0, 0, 0], atol=1e-7)
+    np.testing.assert_allclose(bare.net.point_token.norm.scale.numpy(), [1, 1, 1], atol=1e-6)
 
 
 def test_points_get_gradients_through_the_keypoints():
     torch.manual_seed(0)
     net = RFMPolicy.build("tiny", interface=_interface(), vision_keypoints=4, vision_points=2,
                           camera_projections=STEREO.tolist()).net
-    torch.nn.init.normal_(net.point_token.mlp[-1].weight, std=0.1)
     args = (torch.randint(0, 256, (2, 2, 3, 32, 32), dtype=torch.uint8), torch.zeros(2, 3), torch.randn(2, 24, 384),
             torch.ones(2, 24, dtype=torch.bool), torch.randn(2, 4, 3))
     net.losses(*args, offsets=torch.zeros(2, 2, 2))["action"].backward()
