@@ -16,8 +16,11 @@ from rfm.config import RobotInterface
 from rfm.sim.metaworld import EVAL_SEED_BASE, MetaWorldEnv
 
 
-def parse_args(doc: str) -> argparse.Namespace:
+def parse_args(doc: str, extra: Callable[[argparse.ArgumentParser], Any] | None = None) -> argparse.Namespace:
+    """The probes' common options; `extra` adds a probe's own."""
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    if extra is not None:
+        extra(ap)
     ap.add_argument("--checkpoint", required=True)
     ap.add_argument("--tasks", default="mt10")
     ap.add_argument("--seeds", type=int, default=20)
