@@ -40,19 +40,17 @@ lint: install
 bench: install
 	$(BIN)/python bench/latency.py
 
-# The bundled default checkpoint, reproducible from one command (CPU: about 3 h on 2 cores).
-# 1. MT10, 50 demos/task from jittered starts (seeds 0.. and 1000..), 2 x 128 px (corner, topview), lossless;
-#    tiny + keypoints, 6,000 steps (the session-4 default, mt10-50-kp).
-# 2. One DAgger round through the server (examples/dagger_round.sh): 4 simulated robots act through `rfm serve
-#    --record` for 20 episodes per task while the scripted expert labels every step; then 2,000 steps of fine-tuning
-#    on the demos + the recording, with instruction variants. (A second round on the four weakest tasks scored
-#    lower; docs/RESULTS.md.)
-# 3. Evaluated on 50 unseen seeds per task, and with paraphrased instructions on the first 10.
-DEFAULT_DATA   ?= data/mt10-20-128ct-j15
-DEFAULT_DATA2  ?= data/mt10-30-128ct-j15-s1000
-DEFAULT_RUN    ?= runs/mt10-50-kp
-DEFAULT_DAGGER ?= runs/mt10-50-dagger
-DAGGER_TRAIN   ?= --instruction-variants metaworld --frame-cache-gb 12 --num-workers 1
+# The bundled default checkpoint, reproducible from one command (CPU: about 1.5 h on 2 cores).
+# MT10, 50 demos/task from jittered starts (seeds 0.. and 1000..), 2 x 128 px (corner, topview), lossless, with the
+# simulator's object/goal positions and camera projections; tiny + 16 keypoints per camera trained onto the objects
+# and the goal (--keypoint-loss, heatmaps on their own channels), 3 of them triangulated into world-frame points
+# (vision_points), 6,000 steps (session 9, mt10-50-kppoints). Evaluated on 50 unseen seeds per task, and with
+# paraphrased instructions on the first 10. (The session-5 default added a DAgger round, examples/dagger_round.sh;
+# docs/RESULTS.md has both.)
+DEFAULT_DATA   ?= data/mt10-20-128ct-j15-env
+DEFAULT_DATA2  ?= data/mt10-30-128ct-j15-s1000-env
+DEFAULT_RUN    ?= runs/mt10-50-kppoints
+
 default-checkpoint: install
 	test -d $(DEFAULT_DATA) || $(BIN)/rfm data generate metaworld --tasks mt10 --episodes 20 \
 	  --cameras corner,topview --size 128 --start-jitter 15 --out $(DEFAULT_DATA)
@@ -60,10 +58,9 @@ default-checkpoint: install
 	  --cameras corner,topview --size 128 --start-jitter 15 --out $(DEFAULT_DATA2)
 	$(BIN)/rfm train --dataset $(DEFAULT_DATA),$(DEFAULT_DATA2) --out $(DEFAULT_RUN) --preset tiny --head chunk \
 	  --steps 6000 --batch-size 32 --lr 5e-4 --warmup-steps 200 --ema-decay 0.995 --chunk-size 16 --save-every 250 \
-	  --balance tasks --frame-cache-gb 3 --resume
-	RFM=$(BIN)/rfm TRAIN_ARGS="$(DAGGER_TRAIN)" examples/dagger_round.sh $(DEFAULT_RUN)/checkpoint \
-	  $(DEFAULT_DATA),$(DEFAULT_DATA2) $(DEFAULT_DAGGER)1 mt10 20 2000
-	rm -rf checkpoints/default.new && cp -r $(DEFAULT_DAGGER)1/checkpoint checkpoints/default.new
+	  --balance tasks --keypoint-loss 1 --model '{"vision_keypoint_source": "branch", "vision_points": 3}' \
+	  --frame-cache-gb 5 --resume
+	rm -rf checkpoints/default.new && cp -r $(DEFAULT_RUN)/checkpoint checkpoints/default.new
 	rm -rf checkpoints/default.new/training_state checkpoints/default && mv checkpoints/default.new checkpoints/default
 	$(BIN)/rfm eval --checkpoint checkpoints/default --tasks mt10 --episodes 50 --workers 2 \
 	  --out docs/results/default-mt10.json --update-card
