@@ -109,8 +109,10 @@ class PointToken(nn.Module):
         ys = torch.arange(h, device=logits.device, dtype=prob.dtype)
         xs = torch.arange(w, device=logits.device, dtype=prob.dtype)
         grid = torch.stack([xs.repeat(h), ys.repeat_interleave(w)], dim=-1)  # (h*w, 2) in cells
-        mean = prob @ grid
-        spread = (prob @ grid.square() - mean.square()).sum(-1).clamp_min(0.0)  # (B, N, P)
+        mean = prob @ grid  # (B, N, P, 2)
+        # centred, not E[x^2] - E[x]^2: that cancels ~4,000 against ~4,000 and ONNX Runtime's summation order then
+        # moved the spread (and the actions, by up to 6e-3) away from PyTorch's
+        spread = (prob[..., None] * (grid - mean[..., None, :]).square()).sum(dim=(-2, -1))  # (B, N, P)
         weights = 1.0 / (spread + 1.0)  # a peak of about one cell weighs ~1; a lost keypoint, little
         return triangulate(uv, weights, self.projections, self.centre), spread
 

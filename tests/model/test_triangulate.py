@@ -123,3 +123,17 @@ def test_points_get_gradients_through_the_keypoints():
 def test_bad_point_config_names_the_field(kw, pattern):
     with pytest.raises(ConfigError, match=pattern):
         RFMPolicy.build("tiny", interface=_interface(), vision_keypoints=4, **kw)
+
+
+def test_heatmap_spread_is_exact_far_from_the_origin():
+    """The spread is a centred second moment: E[x^2] - E[x]^2 would cancel ~4,000 against ~4,000 at cell 60 of a
+    64-cell map, and ONNX Runtime's summation order then moved it (and the actions) away from PyTorch's."""
+    tok = PointToken(STEREO, points=1, state_dim=0, dim=8)
+    logits = torch.full((1, 2, 1, 64, 64), -30.0)
+    logits[..., 60, 60], logits[..., 60, 61] = 0.0, -0.5  # two neighbouring cells share the mass
+    _, spread = tok.world_points(torch.zeros(1, 2, 1, 2), logits)
+    p = torch.softmax(logits[0, 0, 0].double().flatten(), -1).view(64, 64)
+    ys, xs = torch.meshgrid(torch.arange(64.0).double(), torch.arange(64.0).double(), indexing="ij")
+    mx, my = (p * xs).sum(), (p * ys).sum()
+    exact = (p * ((xs - mx) ** 2 + (ys - my) ** 2)).sum()
+    torch.testing.assert_close(spread[0, 0, 0].double(), exact, atol=1e-6, rtol=1e-5)
