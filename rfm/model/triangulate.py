@@ -71,7 +71,7 @@ def triangulate(uv: torch.Tensor, weights: torch.Tensor, projections: torch.Tens
 
 class PointToken(nn.Module):
     """Spatial-softmax keypoints of every camera -> one token: the first `points` keypoints triangulated into the
-    world frame, normalised by the cameras' workspace, with each camera's heatmap spread and the robot state.
+    world frame and normalised, with each camera's heatmap spread and the normalised robot state.
 
     The state is an input so that the offsets that matter (goal minus hand) are linear in the token's inputs.
     A camera's rows are weighted by how peaked its heatmap is: a keypoint a camera has lost (blurry heatmap)
