@@ -68,8 +68,9 @@ def probe(checkpoint: str, tasks: list[str], seeds: int, first_seed: int, k: int
         raise SystemExit(f"{checkpoint}: model.vision_points is 0 (no triangulated points to move)")
     if not 0 <= point < policy.net.point_token.points:
         raise SystemExit(f"--point {point}: the model triangulates points 0..{policy.net.point_token.points - 1}")
-    out: dict = {"checkpoint": checkpoint, "steps_done": policy.meta.get("training", {}).get("steps_done"), "seeds": seeds, "first_seed": first_seed, "k": k, "point": point,
-                 "delta_m": delta, "first_actions": n, "units": "action per cm", "tasks": {}}
+    out: dict = {"checkpoint": checkpoint, "steps_done": policy.meta.get("training", {}).get("steps_done"),
+                 "seeds": seeds, "first_seed": first_seed, "k": k, "point": point, "delta_m": delta,
+                 "first_actions": n, "units": "action per cm", "tasks": {}}
     for task in tasks:
         instruction = instructions_for(task)[0]  # the training instruction, as rfm eval uses
         reads, _, _ = read_scenes(task, policy.interface, seeds, first_seed, k,
@@ -85,8 +86,8 @@ def main() -> int:
     args = parse_args(__doc__, lambda ap: ap.add_argument("--point", type=int, default=2,
                                                           help="which triangulated point to move (2: the goal)"))
     res = probe(args.checkpoint, expand_tasks(args.tasks), args.seeds, args.first_seed, args.k, args.point)
-    print(f"{args.checkpoint} (step {res['steps_done']}): point {args.point} moved, mean of the first {res['first_actions']} actions, "
-          f"per cm, over {args.seeds} seeds from {args.first_seed} after {args.k} expert steps")
+    print(f"{args.checkpoint} (step {res['steps_done']}): point {args.point} moved, mean of the first "
+          f"{res['first_actions']} actions, per cm, over {args.seeds} seeds from {args.first_seed} after {args.k} expert steps")
     for task, rows in res["tasks"].items():
         names = list(next(iter(rows.values())))
         print(f"{task:<24} " + " ".join(f"{n:>9}" for n in names))
