@@ -35,6 +35,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="start each episode after 0..STEPS random hand steps. Meta-World always starts from one pose, "
                         "so a policy can infer the goal from how far the hand has moved instead of seeing it; varied "
                         "starts remove that shortcut (15 is a good value)")
+    g.add_argument("--steps-after-success", type=int, default=3, metavar="STEPS",
+                   help="expert steps kept after the task succeeds (default 3). Success is a threshold (reach: hand "
+                        "within 5 cm of the goal); a longer tail shows the last cm and holding still at the goal")
     g.add_argument("--overwrite", action="store_true")
     g.set_defaults(func=run_generate)
 
@@ -73,9 +76,12 @@ def run_generate(args: argparse.Namespace) -> int:
         raise CLIError(f"--episodes must be >= 1 and --size >= 8 (got {args.episodes}, {args.size})")
     if not 0 <= args.start_jitter <= 100:
         raise CLIError(f"--start-jitter must be in [0, 100] steps (got {args.start_jitter})")
+    if not 0 <= args.steps_after_success <= 200:
+        raise CLIError(f"--steps-after-success must be in [0, 200] steps (got {args.steps_after_success})")
     res = write_metaworld(args.out, args.tasks, args.episodes, args.cameras, args.size, seed=args.seed,
                           workers=args.workers, use_videos=args.images == "video", vcodec=args.vcodec,
-                          overwrite=args.overwrite, start_jitter=args.start_jitter)
+                          overwrite=args.overwrite, start_jitter=args.start_jitter,
+                          steps_after_success=args.steps_after_success)
     for task, tried in res["tried"].items():
         print(f"{task}: kept {res['kept'].get(task, 0)}/{tried} episodes (successful ones only)")
     print(f"wrote {res['episodes']} episodes, {res['frames']} frames at {res['fps']} Hz to {res['out']}")

@@ -12,14 +12,16 @@ from rfm.data.writer import LeRobotDatasetWriter
 
 def write_metaworld(out: str | Path, tasks: list[str], episodes: int, cameras: list[str], size: int, seed: int = 0,
                     workers: int = 2, use_videos: bool = True, vcodec: str | None = None, overwrite: bool = False,
-                    progress: bool = True, sim: ModuleType | Any = None, start_jitter: int = 0) -> dict:
+                    progress: bool = True, sim: ModuleType | Any = None, start_jitter: int = 0,
+                    steps_after_success: int = 3) -> dict:
     """Generate `episodes` scripted-expert episodes per task (the simulator may already retry failed seeds) and
     write the successful ones, atomically.
 
     Task column = the language instruction; the env task name and seed are episode metadata columns
     (`env_task`, `seed`); the simulator's object and goal positions are the `observation.environment_state` column
     (a privileged training target, never a policy input), with each camera's projection matrix in its feature
-    info. `sim` defaults to rfm.sim.metaworld (tests inject a fake with the same names).
+    info. `sim` defaults to rfm.sim.metaworld (tests inject a fake with the same names). steps_after_success: expert
+    steps kept past the success threshold (rfm.sim.metaworld.generate_episode).
     """
     if sim is None:
         from rfm.sim import metaworld as sim
@@ -38,7 +40,8 @@ def write_metaworld(out: str | Path, tasks: list[str], episodes: int, cameras: l
     kept: dict[str, int] = {}
     try:
         for ep in sim.generate_episodes(tasks=tasks, episodes_per_task=episodes, cameras=cameras, size=size,
-                                        seed=seed, workers=workers, progress=progress, start_jitter=start_jitter):
+                                        seed=seed, workers=workers, progress=progress, start_jitter=start_jitter,
+                                        steps_after_success=steps_after_success):
             tried[ep.task] = tried.get(ep.task, 0) + 1
             if not ep.success:
                 continue
@@ -46,7 +49,8 @@ def write_metaworld(out: str | Path, tasks: list[str], episodes: int, cameras: l
                 writer.add_frame(images={c: ep.frames[c][i] for c in cameras}, state=ep.state[i],
                                  action=ep.action[i], task=ep.instruction)
             writer.save_episode(extra={OBS_ENV_STATE: ep.env_state} if env_names else None,
-                                meta={"env_task": ep.task, "seed": int(ep.seed), "start_jitter": int(start_jitter)})
+                                meta={"env_task": ep.task, "seed": int(ep.seed), "start_jitter": int(start_jitter),
+                                      "steps_after_success": int(steps_after_success)})
             kept[ep.task] = kept.get(ep.task, 0) + 1
         if writer.num_episodes == 0:
             raise ValueError(f"no successful episode among {sum(tried.values())} generated; nothing written to {out}")

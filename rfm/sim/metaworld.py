@@ -29,7 +29,7 @@ CONTROL_HZ = 80.0  # MuJoCo timestep 2.5 ms x frame_skip 5
 MAX_STEPS = 500  # Meta-World's episode limit
 TRAIN_SEED_LIMIT = 100_000
 EVAL_SEED_BASE = 1_000_000
-STEPS_AFTER_SUCCESS = 3  # keep a few frames of "holding still" after success
+STEPS_AFTER_SUCCESS = 3  # default frames kept after success (see generate_episode's steps_after_success)
 
 __all__ = [
     "ACTION_NAMES",
@@ -213,8 +213,13 @@ def jittered_start(env: MetaWorldEnv, seed: int, max_steps: int) -> dict:
 
 
 def generate_episode(task: str, seed: int, cameras: list[str], size: int, max_steps: int | None = None,
-                     env: MetaWorldEnv | None = None, start_jitter: int = 0) -> Episode:
-    """Roll out the scripted expert once; success tells whether to keep it. start_jitter: see jittered_start."""
+                     env: MetaWorldEnv | None = None, start_jitter: int = 0,
+                     steps_after_success: int = STEPS_AFTER_SUCCESS) -> Episode:
+    """Roll out the scripted expert once; success tells whether to keep it. start_jitter: see jittered_start.
+
+    steps_after_success: expert steps kept once the task succeeds. Success is a threshold (reach: the hand within
+    5 cm of the goal), so an episode cut there never shows the last few cm nor holding still at the goal.
+    """
     own = env is None
     env = env or MetaWorldEnv(task, cameras, size)
     try:
@@ -233,7 +238,7 @@ def generate_episode(task: str, seed: int, cameras: list[str], size: int, max_st
             success = success or info["success"]
             if success:
                 after += 1
-                if after > STEPS_AFTER_SUCCESS:
+                if after > steps_after_success:
                     break
             elif done:
                 break
@@ -246,16 +251,18 @@ def generate_episode(task: str, seed: int, cameras: list[str], size: int, max_st
 
 
 def _work(item: tuple) -> Episode:
-    task, seed, cameras, size, max_steps, start_jitter = item
+    task, seed, cameras, size, max_steps, start_jitter, steps_after_success = item
     key = (task, tuple(cameras), size)
     if key not in _WORKER_ENVS:
         _WORKER_ENVS[key] = MetaWorldEnv(task, cameras, size)
-    return generate_episode(task, seed, cameras, size, max_steps, env=_WORKER_ENVS[key], start_jitter=start_jitter)
+    return generate_episode(task, seed, cameras, size, max_steps, env=_WORKER_ENVS[key], start_jitter=start_jitter,
+                            steps_after_success=steps_after_success)
 
 
 def generate_episodes(tasks: list[str] | str, episodes_per_task: int, cameras: list[str], size: int = 128,
                       seed: int = 0, workers: int = 2, progress: bool = True,
-                      max_steps: int | None = None, start_jitter: int = 0) -> Iterator[Episode]:
+                      max_steps: int | None = None, start_jitter: int = 0,
+                      steps_after_success: int = STEPS_AFTER_SUCCESS) -> Iterator[Episode]:
     """Yield `episodes_per_task` successful expert episodes per task, in a deterministic order.
 
     Seeds seed, seed+1, ... are tried per task (failures are skipped and replaced by the next seed); all stay below
@@ -278,7 +285,7 @@ def generate_episodes(tasks: list[str] | str, episodes_per_task: int, cameras: l
                 next_seed += n
                 if seeds[-1] >= TRAIN_SEED_LIMIT:
                     raise RuntimeError(f"{task}: ran out of training seeds below {TRAIN_SEED_LIMIT}")
-                items = [(task, s, list(cameras), size, max_steps, start_jitter) for s in seeds]
+                items = [(task, s, list(cameras), size, max_steps, start_jitter, steps_after_success) for s in seeds]
                 results = pool.imap(_work, items) if pool else map(_work, items)
                 for ep in results:
                     if ep.success and kept < episodes_per_task:

@@ -62,7 +62,8 @@ def test_import_hdf5_cli(tmp_path):
 
 def fake_sim(n_frames: int = 6):
     """Stands in for rfm.sim.metaworld: same names, episodes with a deterministic success pattern."""
-    def generate_episodes(tasks, episodes_per_task, cameras, size, seed, workers, progress, start_jitter=0):
+    def generate_episodes(tasks, episodes_per_task, cameras, size, seed, workers, progress, start_jitter=0,
+                          steps_after_success=3):
         for task in tasks:
             for k in range(episodes_per_task):
                 t = n_frames + k
@@ -91,10 +92,14 @@ def test_generate_cli_wiring(tmp_path, monkeypatch, capsys):
     import rfm.sim
     monkeypatch.setattr(rfm.sim, "metaworld", sim, raising=False)
     rc = main(["data", "generate", "metaworld", "--tasks", "reach-v3", "--episodes", "2", "--cameras", "corner2",
-               "--size", "16", "--out", str(tmp_path / "ds")])
+               "--size", "16", "--steps-after-success", "7", "--out", str(tmp_path / "ds")])
     assert rc == 0
     assert "reach-v3: kept 1/2 episodes" in capsys.readouterr().out
-    assert LeRobotDataset(tmp_path / "ds").num_episodes == 1
+    ds = LeRobotDataset(tmp_path / "ds")
+    assert ds.num_episodes == 1 and ds.episode_meta(0)["steps_after_success"] == 7  # the dataset says how it was cut
+    assert main(["data", "generate", "metaworld", "--tasks", "reach-v3", "--steps-after-success", "-1", "--out",
+                 str(tmp_path / "bad")]) == 2
+    assert "--steps-after-success must be in [0, 200] steps (got -1)" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(importlib.util.find_spec("rfm.sim.metaworld") is None, reason="rfm.sim.metaworld not written yet")

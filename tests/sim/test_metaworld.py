@@ -83,6 +83,18 @@ def test_jittered_start_varies_the_hand_pose_reproducibly():
     env.close()
 
 
+def test_steps_after_success_extends_the_episode_toward_the_goal():
+    """A longer tail repeats the same episode up to success, then shows the expert closing the last cm."""
+    env = MetaWorldEnv("reach-v3", ["topview"], size=32)
+    short = generate_episode("reach-v3", seed=2, cameras=["topview"], size=32, env=env, steps_after_success=0)
+    long = generate_episode("reach-v3", seed=2, cameras=["topview"], size=32, env=env, steps_after_success=20)
+    env.close()
+    assert short.success and long.success and len(long.action) == len(short.action) + 20
+    np.testing.assert_array_equal(long.state[:len(short.state)], short.state)
+    goal = long.env_state[-1, 6:9]
+    assert np.linalg.norm(long.state[-1, :3] - goal) < np.linalg.norm(short.state[-1, :3] - goal)
+
+
 def test_seeds_change_the_scene():
     env = MetaWorldEnv("reach-v3", ["topview"], size=32)
     env.reset(1)
