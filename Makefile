@@ -61,8 +61,8 @@ default-checkpoint: install
 	$(BIN)/rfm train --dataset $(DEFAULT_DATA),$(DEFAULT_DATA2) --out $(DEFAULT_SCRATCH) --preset tiny --head chunk \
 	  --steps 6000 --batch-size 32 --lr 5e-4 --warmup-steps 200 --ema-decay 0.995 --chunk-size 16 --save-every 250 \
 	  --balance tasks --keypoint-loss 1 --model '{"vision_keypoint_source": "branch", "vision_points": 3}' \
-	  --frame-cache-gb 5 --resume
-	RFM=$(BIN)/rfm TRAIN_ARGS="--instruction-variants metaworld --keypoint-loss 1 --frame-cache-gb 9" \
+	  --num-workers 1 --frame-cache-gb 5 --resume
+	RFM=$(BIN)/rfm TRAIN_ARGS="--instruction-variants metaworld --keypoint-loss 1 --num-workers 1 --frame-cache-gb 9" \
 	  examples/dagger_round.sh \
 	  $(DEFAULT_SCRATCH)/checkpoint $(DEFAULT_DATA),$(DEFAULT_DATA2) $(DEFAULT_RUN)
 	rm -rf checkpoints/default.new && cp -r $(DEFAULT_RUN)/checkpoint checkpoints/default.new

@@ -26,6 +26,10 @@ DEFAULT_TEXT_ENCODER = "all-MiniLM-L6-v2"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+# Expert steps a generated demonstration keeps past the simulator's success threshold (`rfm data generate
+# --steps-after-success`); here, not in rfm.sim, so the CLI can show it without importing MuJoCo.
+STEPS_AFTER_SUCCESS = 3
+
 
 def image_key(camera: str) -> str:
     """Dataset feature key for one camera."""

@@ -6,6 +6,7 @@ import argparse
 import json
 
 from rfm.cli.main import CLIError
+from rfm.constants import STEPS_AFTER_SUCCESS
 
 
 def _csv(text: str) -> list[str]:
@@ -35,9 +36,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="start each episode after 0..STEPS random hand steps. Meta-World always starts from one pose, "
                         "so a policy can infer the goal from how far the hand has moved instead of seeing it; varied "
                         "starts remove that shortcut (15 is a good value)")
-    g.add_argument("--steps-after-success", type=int, default=3, metavar="STEPS",
-                   help="expert steps kept after the task succeeds (default 3). Success is a threshold (reach: hand "
-                        "within 5 cm of the goal); a longer tail shows the last cm and holding still at the goal")
+    g.add_argument("--steps-after-success", type=int, default=STEPS_AFTER_SUCCESS, metavar="STEPS",
+                   help=f"expert steps kept after the task succeeds (default {STEPS_AFTER_SUCCESS}). Success is a "
+                        "threshold (reach: hand within 5 cm of the goal); a longer tail shows the last cm and holding "
+                        "still at the goal")
     g.add_argument("--overwrite", action="store_true")
     g.set_defaults(func=run_generate)
 

@@ -52,7 +52,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "fleet recording); default: in proportion to their frames")
     p.add_argument("--num-workers", type=int, default=2)
     p.add_argument("--frame-cache-gb", type=float, default=4.0,
-                   help="decoded-frame cache per DataLoader worker (GiB); frames that do not fit are decoded again")
+                   help="decoded-frame cache (GiB), shared out among the DataLoader workers (each keeps its own); "
+                        "frames that do not fit are decoded again. Size it to hold the data set once per worker: 50 demos "
+                        "per task of MT10 at 2 x 128 px decode to 3.6 GiB")
     p.add_argument("--val-episodes", type=int, default=0)
     p.add_argument("--save-every", type=int, default=1000)
     p.add_argument("--log-every", type=int, default=50)

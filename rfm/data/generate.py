@@ -6,14 +6,14 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from rfm.constants import OBS_ENV_STATE
+from rfm.constants import OBS_ENV_STATE, STEPS_AFTER_SUCCESS
 from rfm.data.writer import LeRobotDatasetWriter
 
 
 def write_metaworld(out: str | Path, tasks: list[str], episodes: int, cameras: list[str], size: int, seed: int = 0,
                     workers: int = 2, use_videos: bool = True, vcodec: str | None = None, overwrite: bool = False,
                     progress: bool = True, sim: ModuleType | Any = None, start_jitter: int = 0,
-                    steps_after_success: int = 3) -> dict:
+                    steps_after_success: int = STEPS_AFTER_SUCCESS) -> dict:
     """Generate `episodes` scripted-expert episodes per task (the simulator may already retry failed seeds) and
     write the successful ones, atomically.
 

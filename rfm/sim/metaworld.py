@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from rfm.constants import STEPS_AFTER_SUCCESS
 from rfm.sim import render  # noqa: F401  (sets MUJOCO_GL before mujoco is imported)
 from rfm.sim.instructions import INSTRUCTIONS, instructions_for
 from rfm.sim.render import CameraRenderer, camera_projection
@@ -29,7 +30,6 @@ CONTROL_HZ = 80.0  # MuJoCo timestep 2.5 ms x frame_skip 5
 MAX_STEPS = 500  # Meta-World's episode limit
 TRAIN_SEED_LIMIT = 100_000
 EVAL_SEED_BASE = 1_000_000
-STEPS_AFTER_SUCCESS = 3  # default frames kept after success (see generate_episode's steps_after_success)
 
 __all__ = [
     "ACTION_NAMES",

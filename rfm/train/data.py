@@ -86,8 +86,13 @@ def split_cache(total: int, needs: list[int]) -> list[int]:
 
 def build_training_data(paths: list[str], chunk_size: int, image_size: tuple[int, int] | None,
                         cameras: list[str] | None, val_episodes: int, frame_cache_gb: float = 4.0,
-                        env_state: bool = False, keypoints: bool = False, projections: bool = False) -> TrainingData:
+                        env_state: bool = False, keypoints: bool = False, projections: bool = False,
+                        cache_copies: int = 1) -> TrainingData:
     """Window sets over all datasets; validation holds out the last `val_episodes` of the first dataset.
+
+    frame_cache_gb is the memory all copies of the window sets may hold decoded (each DataLoader worker process
+    has its own copy, `cache_copies` of them): a budget per worker multiplied unseen with the workers (2 x 8 GiB
+    on a 24 GiB machine beside another job ran it out of memory).
 
     env_state: also yield observation.environment_state (an auxiliary target) where a dataset records it;
     keypoints: that too, and the camera projections that turn it into keypoint targets.
@@ -103,7 +108,7 @@ def build_training_data(paths: list[str], chunk_size: int, image_size: tuple[int
         held = episodes[-val_episodes:] if i == 0 and val_episodes and val_episodes < len(episodes) else []
         splits.append(([e for e in episodes if e not in held], held))
     frame_bytes = len(interface.cameras) * 3 * interface.image_size[0] * interface.image_size[1]
-    caches = split_cache(int(frame_cache_gb * 2**30),
+    caches = split_cache(int(frame_cache_gb * 2**30) // max(cache_copies, 1),
                          [frame_bytes * sum(ds.episode(e).length for e in train) for ds, (train, _) in zip(datasets, splits)])
     train_parts, val_parts, n_train_eps = [], [], 0
     for ds, (train_eps, held), cache in zip(datasets, splits, caches):

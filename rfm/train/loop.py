@@ -118,7 +118,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     calibrated = bool(init_config and init_config.model.camera_projections) or "camera_projections" in cfg.model_overrides
     data = build_training_data(cfg.datasets, cfg.chunk_size, cfg.image_size, cfg.cameras, cfg.val_episodes,
                                cfg.frame_cache_gb, env_state=cfg.env_state_loss > 0, keypoints=cfg.keypoint_loss > 0,
-                               projections=bool(points) and not calibrated)
+                               projections=bool(points) and not calibrated, cache_copies=max(cfg.num_workers, 1))
     interface, train_set = data.interface, data.train_set
     tasks = frame_tasks(train_set)  # the task of every frame: sampler weights and the card's task shares
     vary = None

@@ -132,3 +132,13 @@ def test_frame_cache_is_shared_in_proportion_to_what_each_dataset_needs():
     assert split_cache(100, [10, 30]) == [40, 60]  # room for everything: the spare is split evenly
     assert split_cache(100, [300, 100]) == [75, 25]  # too small: each gets the same fraction of its need
     assert split_cache(100, [0, 0]) == [50, 50]
+
+
+def test_frame_cache_budget_is_shared_by_the_loader_workers(two):
+    """--frame-cache-gb bounds the memory of all workers together: each worker process keeps its own copy."""
+    budget = 1.0
+    one = build_training_data([str(p) for p in two], 4, None, None, 0, frame_cache_gb=budget)
+    both = build_training_data([str(p) for p in two], 4, None, None, 0, frame_cache_gb=budget, cache_copies=2)
+    held = [sum(part.cache.max_bytes for part in d.train_set.datasets) for d in (one, both)]
+    assert held[0] <= budget * 2**30 and 2 * held[1] <= budget * 2**30
+    assert held[1] >= held[0] // 2 - 2
