@@ -91,8 +91,8 @@ def build_training_data(paths: list[str], chunk_size: int, image_size: tuple[int
     """Window sets over all datasets; validation holds out the last `val_episodes` of the first dataset.
 
     frame_cache_gb is the memory all copies of the window sets may hold decoded (each DataLoader worker process
-    has its own copy, `cache_copies` of them): a budget per worker multiplied unseen with the workers (2 x 8 GiB
-    on a 24 GiB machine beside another job ran it out of memory).
+    has its own copy, `cache_copies` of them). A budget per worker multiplied unseen with the workers: 2 x 8 GiB
+    beside another job left 4 GiB of a 24 GiB machine.
 
     env_state: also yield observation.environment_state (an auxiliary target) where a dataset records it;
     keypoints: that too, and the camera projections that turn it into keypoint targets.
