@@ -40,7 +40,7 @@ lint: install
 bench: install
 	$(BIN)/python bench/latency.py
 
-# The bundled default checkpoint, reproducible from one command (CPU: about 1.5 h on 2 cores).
+# The bundled default checkpoint, reproducible from one command (CPU: about 3-4 h on 2 cores, evaluations included).
 # MT10, 50 demos/task from jittered starts (seeds 0.. and 1000..), 2 x 128 px (corner, topview), lossless, with the
 # simulator's object/goal positions and camera projections; tiny + 16 keypoints per camera trained onto the objects
 # and the goal (--keypoint-loss, heatmaps on their own channels), 3 of them triangulated into world-frame points
