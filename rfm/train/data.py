@@ -91,7 +91,7 @@ def build_training_data(paths: list[str], chunk_size: int, image_size: tuple[int
     """Window sets over all datasets; validation holds out the last `val_episodes` of the first dataset.
 
     frame_cache_gb is the memory all copies of the window sets may hold decoded (each DataLoader worker process
-    has its own copy, `cache_copies` of them). A budget per worker multiplied unseen with the workers: 2 x 8 GiB
+    has its own copy, `cache_copies` of them; 1 when the main process loads). A budget per worker multiplied unseen with the workers: 2 x 8 GiB
     beside another job left 4 GiB of a 24 GiB machine.
 
     env_state: also yield observation.environment_state (an auxiliary target) where a dataset records it;
@@ -108,7 +108,7 @@ def build_training_data(paths: list[str], chunk_size: int, image_size: tuple[int
         held = episodes[-val_episodes:] if i == 0 and val_episodes and val_episodes < len(episodes) else []
         splits.append(([e for e in episodes if e not in held], held))
     frame_bytes = len(interface.cameras) * 3 * interface.image_size[0] * interface.image_size[1]
-    caches = split_cache(int(frame_cache_gb * 2**30) // max(cache_copies, 1),
+    caches = split_cache(int(frame_cache_gb * 2**30) // cache_copies,
                          [frame_bytes * sum(ds.episode(e).length for e in train) for ds, (train, _) in zip(datasets, splits)])
     train_parts, val_parts, n_train_eps = [], [], 0
     for ds, (train_eps, held), cache in zip(datasets, splits, caches):
