@@ -4,6 +4,10 @@ A success rate says how often a task fails, not how. For each seed this runs the
 (whole chunks) and records the offset of the tracked point from the goal every `--every` steps, in cm (x/y/z):
 `tcp` is Meta-World's success point for reach (the gripper's centre), `obj1` the puck or object for push and
 pick-place. A policy that stops at a steady offset believes it has arrived; one that wanders has no target.
+`--gripper` also records, at the same steps, the policy's gripper command (the executed chunk step), the gripper's
+opening (the state's 4th value), the hand's distance from object 1 in cm, and the scripted expert's gripper command
+there (Meta-World: +1 closes): a carried object that falls back to the table while the expert still says close is
+a grasp the policy let go of.
 
     .venv/bin/python bench/rollout_trace.py --checkpoint checkpoints/default --task reach-v3 --seeds 10
 Prints a table and writes bench/results/rollout_trace.json (one entry per checkpoint and task, appended).
@@ -34,25 +38,57 @@ def offset_cm(env: MetaWorldEnv, point: str) -> list[float]:
     return (100 * (tracked(env, point) - env.env_state()[6:9])).round(1).tolist()
 
 
-def recorder(offsets: dict[int, list[float]], every: int, point: str):
-    """An on_step observer storing the offset every `every` steps into `offsets`."""
+class ChunkTap:
+    """Wraps a runner's predict to keep the last chunk, so an observer knows the command just executed."""
+
+    def __init__(self, runner):
+        self.runner, self.chunk = runner, None
+
+    def __getattr__(self, name):
+        return getattr(self.runner, name)
+
+    def predict(self, obs):
+        self.chunk = self.runner.predict(obs)
+        return self.chunk
+
+
+def grip(env: MetaWorldEnv, tap: ChunkTap, step: int) -> list[float]:
+    """[policy's gripper command, gripper opening, hand-to-object-1 distance in cm, the expert's gripper command].
+
+    Rollouts here execute whole chunks, so step s executed row (s - 1) % H of the last chunk."""
+    command = float(tap.chunk[(step - 1) % len(tap.chunk), 3])
+    hand_obj = 100 * np.linalg.norm(np.asarray(env.env.tcp_center) - env.env_state()[0:3])
+    return [round(command, 2), round(float(env._raw[3]), 2), round(float(hand_obj), 1),
+            round(float(env.expert_action()[3]), 2)]
+
+
+def recorder(offsets: dict[int, list[float]], grips: dict[int, list[float]] | None, every: int, point: str,
+             tap: ChunkTap | None = None):
+    """An on_step observer storing the offset (and, given `grips`, the gripper's state) every `every` steps."""
     def record(env: MetaWorldEnv, step: int) -> None:
         if step % every == 0:
             offsets[step] = offset_cm(env, point)
+            if grips is not None:
+                grips[step] = grip(env, tap, step)
     return record
 
 
-def trace(checkpoint: str, task: str, seeds: int, first_seed: int, every: int, point: str) -> dict:
-    runner = load_runner(checkpoint)
+def trace(checkpoint: str, task: str, seeds: int, first_seed: int, every: int, point: str,
+          gripper: bool = False) -> dict:
+    runner = ChunkTap(load_runner(checkpoint))
     env = MetaWorldEnv(task, runner.interface.cameras, runner.interface.image_size[0])
     rows = []
     try:
         for i in range(seeds):
             offsets: dict[int, list[float]] = {}
-            res = rollout(runner, env, first_seed + i, on_step=recorder(offsets, every, point))
-            rows.append({"seed": first_seed + i, "success": res.success, "steps": res.steps,
-                         "goal": env.env_state()[6:9].round(3).tolist(), "final_offset_cm": offset_cm(env, point),
-                         "offsets_cm": offsets})
+            grips: dict[int, list[float]] | None = {} if gripper else None
+            res = rollout(runner, env, first_seed + i, on_step=recorder(offsets, grips, every, point, runner))
+            row = {"seed": first_seed + i, "success": res.success, "steps": res.steps,
+                   "goal": env.env_state()[6:9].round(3).tolist(), "final_offset_cm": offset_cm(env, point),
+                   "offsets_cm": offsets}
+            if grips is not None:
+                row["grip_command_opening_hand_obj_cm_expert"] = grips
+            rows.append(row)
     finally:
         env.close()
     return {"checkpoint": checkpoint, "task": task, "point": point, "every": every, "rollouts": rows}
@@ -66,8 +102,10 @@ def main() -> None:
     ap.add_argument("--first-seed", type=int, default=EVAL_SEED_BASE)
     ap.add_argument("--every", type=int, default=50, help="record the offset every N steps")
     ap.add_argument("--point", default="tcp", choices=["tcp", "obj1"])
+    ap.add_argument("--gripper", action="store_true",
+                    help="also record the gripper's opening, hand-to-object distance and the expert's grip command")
     args = ap.parse_args()
-    out = trace(args.checkpoint, args.task, args.seeds, args.first_seed, args.every, args.point)
+    out = trace(args.checkpoint, args.task, args.seeds, args.first_seed, args.every, args.point, args.gripper)
     print(f"{args.checkpoint}, {args.task}: {args.point} - goal in cm (x/y/z), every {args.every} steps")
     print(f"{'seed':>8} {'ok':>3} {'steps':>5}  {'goal (m)':<22} {'final offset (cm)':<22} offsets along the way")
     for r in out["rollouts"]:
@@ -75,6 +113,10 @@ def main() -> None:
         print(f"{r['seed']:>8} {'yes' if r['success'] else 'no':>3} {r['steps']:>5}  "
               f"{'/'.join(f'{v:.3f}' for v in r['goal']):<22} {'/'.join(f'{v:+.1f}' for v in r['final_offset_cm']):<22} "
               f"{along}")
+        if "grip_command_opening_hand_obj_cm_expert" in r:
+            grips = "  ".join(f"{c:+.1f}/{o:.1f}/{d:.0f}/{e:+.1f}"
+                              for c, o, d, e in r["grip_command_opening_hand_obj_cm_expert"].values())
+            print(f"{'':>8} grip command / opening / hand-object cm / expert's command: {grips}")
     append_result(RESULTS, out)
 
 
