@@ -37,3 +37,10 @@ def test_train_dataset_weights_mismatch_is_a_one_line_error_naming_the_datasets(
     assert "dataset_weights has 1 values for 2 datasets" in out.stderr and str(b) in out.stderr
     out = rfm("train", "--dataset", str(a), "--out", str(tmp_path / "run"), "--dataset-weights", "half")
     assert out.returncode == 2 and "--dataset-weights 'half'" in out.stderr
+
+
+def test_train_action_loss_weights_malformed_is_a_one_line_error(tmp_path):
+    out = rfm("train", "--dataset", str(tmp_path / "demos"), "--out", str(tmp_path / "run"),
+              "--action-loss-weights", "gripper")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "--action-loss-weights 'gripper': item 'gripper' is not NAME=WEIGHT" in out.stderr

@@ -40,6 +40,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="weight of an auxiliary loss putting spatial-softmax keypoint p on point p of "
                         "observation.environment_state (object 1, object 2, goal) in every camera, through the "
                         "camera projections simulated demos record: teaches the encoder to find them; 0 = off")
+    p.add_argument("--action-loss-weights", default=None, metavar="NAME=W,...",
+                   help="weight of named action dimensions in the action loss, the rest 1 (e.g. gripper=4: a "
+                        "gripper's open/close is one of several dimensions, but a wrong one drops the object)")
     p.add_argument("--instruction-variants", default=None, metavar="FILE|metaworld",
                    help="instruction augmentation: JSON {instruction: [variants]}, or 'metaworld' for the built-in "
                         "variants of the Meta-World instructions (never the evaluation paraphrases)")
@@ -90,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
         dataset_weights = [float(w) for w in args.dataset_weights.split(",")] if args.dataset_weights else None
     except ValueError as e:
         raise CLIError(f"--dataset-weights {args.dataset_weights!r}: expected comma-separated numbers ({e})") from e
+    action_weights = _named_weights(args.action_loss_weights) if args.action_loss_weights else None
     cfg = TrainConfig(
         dataset=args.dataset, out=args.out, preset=args.preset, head=args.head, model_overrides=overrides,
         chunk_size=args.chunk_size, image_size=tuple(args.image_size) if args.image_size else None,
@@ -98,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
         augment=not args.no_augment, shift_pad=args.shift_pad, color_jitter=args.color_jitter, balance=args.balance,
         dataset_weights=dataset_weights,
         state_noise=args.state_noise, env_state_loss=args.env_state_loss, keypoint_loss=args.keypoint_loss,
+        action_loss_weights=action_weights,
         instruction_variants=args.instruction_variants, variant_prob=args.variant_prob,
         num_workers=args.num_workers, frame_cache_gb=args.frame_cache_gb, val_episodes=args.val_episodes,
         save_every=args.save_every, log_every=args.log_every, seed=args.seed, init=args.init, resume=args.resume,
@@ -106,3 +111,17 @@ def run(args: argparse.Namespace) -> int:
     ckpt = train(cfg, progress=not args.no_progress)
     print(f"checkpoint: {ckpt}")
     return 0
+
+
+def _named_weights(text: str) -> dict[str, float]:
+    """'gripper=4,dz=2' -> {"gripper": 4.0, "dz": 2.0}; a malformed item is a CLI error naming the flag."""
+    weights = {}
+    for item in (t.strip() for t in text.split(",") if t.strip()):
+        name, sep, value = item.partition("=")
+        try:
+            if not sep or not name.strip():
+                raise ValueError("expected NAME=WEIGHT")
+            weights[name.strip()] = float(value)
+        except ValueError as e:
+            raise CLIError(f"--action-loss-weights {text!r}: item {item!r} is not NAME=WEIGHT ({e})") from e
+    return weights

@@ -191,8 +191,8 @@ class PolicyNet(nn.Module):
     def losses(self, images: torch.Tensor, state: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor,
                actions: torch.Tensor, action_pad: torch.Tensor | None = None, env_state: torch.Tensor | None = None,
                env_valid: torch.Tensor | None = None, keypoint_targets: torch.Tensor | None = None,
-               keypoint_valid: torch.Tensor | None = None, offsets: torch.Tensor | None = None
-               ) -> dict[str, torch.Tensor]:
+               keypoint_valid: torch.Tensor | None = None, offsets: torch.Tensor | None = None,
+               action_weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """{"action": scalar, "env_state": scalar (with an env-state head and targets), "keypoints": scalar (with
         keypoint targets)}.
 
@@ -200,6 +200,7 @@ class PolicyNet(nn.Module):
         beside simulated demos): they add nothing to the auxiliary loss. keypoint_targets (B, N_cam, P, 2): where
         keypoint p should be in each camera (normalised image coordinates); keypoint_valid (B, N_cam, P).
         offsets (B, N_cam, 2): how far augmentation shifted each image (the triangulated points undo it).
+        action_weights (D_a,): relative weight of each action dimension in the action loss (mean 1 after scaling).
         """
         keypoints = None
         if keypoint_targets is not None or self.point_token is not None:
@@ -208,7 +209,7 @@ class PolicyNet(nn.Module):
         else:
             img = self.image_tokens(images)
         memory, mask = self.encode(images, state, text, text_mask, img, keypoints, offsets)
-        out = {"action": self._action_loss(memory, mask, actions, action_pad)}
+        out = {"action": self._action_loss(memory, mask, actions, action_pad, action_weights)}
         if keypoint_targets is not None:
             out["keypoints"] = heatmap_loss(logits, keypoint_targets, keypoint_valid)
         if self.env_state_dim and env_state is not None:
@@ -224,7 +225,7 @@ class PolicyNet(nn.Module):
         return self.losses(images, state, text, text_mask, actions, action_pad)["action"]
 
     def _action_loss(self, memory: torch.Tensor, mask: torch.Tensor, actions: torch.Tensor,
-                     action_pad: torch.Tensor | None) -> torch.Tensor:
+                     action_pad: torch.Tensor | None, action_weights: torch.Tensor | None = None) -> torch.Tensor:
         naction = self.action_norm(actions.float())
         if self.head_type == "chunk":
             err = F.l1_loss(self.decode(memory, mask), naction, reduction="none")
@@ -234,6 +235,9 @@ class PolicyNet(nn.Module):
             t = torch.distributions.Beta(1.5, 1.0).sample((B,)).to(actions.device) * 0.999 + 0.001
             xt = t[:, None, None] * eps + (1 - t[:, None, None]) * naction
             err = F.mse_loss(self.decode(memory, mask, xt, t), eps - naction, reduction="none")
+        if action_weights is not None:  # e.g. a gripper whose open/close errors matter more than its share of dims
+            w = action_weights.to(err)
+            err = err * (w / w.mean())
         if action_pad is None:
             return err.mean()
         valid = (~action_pad).float()[..., None].expand_as(err)

@@ -35,6 +35,7 @@ class TrainConfig:
     state_noise: float = 0.0  # Gaussian noise on the state, in dataset stds (against copycat shortcuts)
     env_state_loss: float = 0.0  # weight of the auxiliary loss predicting observation.environment_state (0 = off)
     keypoint_loss: float = 0.0  # weight of the loss putting keypoint p on point p of the environment state (0 = off)
+    action_loss_weights: dict[str, float] | None = None  # {action name: weight}, others 1 (e.g. {"gripper": 4})
     instruction_variants: str | None = None  # JSON {instruction: [variants]} or "metaworld": instruction augmentation
     variant_prob: float = 0.5  # chance that a sample's instruction is replaced by one of its variants
     balance: str = "none"  # none: frames drawn uniformly | tasks: every task (instruction) gets the same share
@@ -68,6 +69,11 @@ class TrainConfig:
             if min(self.dataset_weights) < 0 or sum(self.dataset_weights) <= 0:
                 raise ConfigError(f"train.dataset_weights={self.dataset_weights} is invalid: expected numbers >= 0, "
                                   f"at least one positive")
+        if self.action_loss_weights is not None:
+            self.action_loss_weights = {str(k): float(v) for k, v in dict(self.action_loss_weights).items()}
+            if min(self.action_loss_weights.values(), default=1.0) < 0:
+                raise ConfigError(f"train.action_loss_weights={self.action_loss_weights} is invalid: expected "
+                                  f"weights >= 0")
         if not (0.0 <= self.variant_prob <= 1.0):
             raise ConfigError(f"train.variant_prob={self.variant_prob!r} is invalid: expected a number in [0, 1]")
         if self.image_size is not None:
@@ -89,6 +95,20 @@ class TrainConfig:
         """The dataset directories, first one defining the robot interface."""
         items = self.dataset.split(",") if isinstance(self.dataset, str) else list(self.dataset)
         return [str(d).strip() for d in items if str(d).strip()]
+
+    def action_weights(self, action_names: list[str]) -> list[float] | None:
+        """One loss weight per action dimension of this robot (named ones as given, the rest 1); None: all equal."""
+        if not self.action_loss_weights:
+            return None
+        unknown = sorted(set(self.action_loss_weights) - set(action_names))
+        if unknown:
+            raise ConfigError(f"train.action_loss_weights names {', '.join(map(repr, unknown))}, not an action of "
+                              f"this robot: its actions are {', '.join(action_names)}")
+        weights = [self.action_loss_weights.get(name, 1.0) for name in action_names]
+        if max(weights) <= 0:
+            raise ConfigError(f"train.action_loss_weights={self.action_loss_weights} leaves every action dimension "
+                              f"at weight 0")
+        return weights
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -33,14 +33,17 @@ class LossModule(nn.Module):
     """Wraps PolicyNet so DDP sees the loss computation as forward(): (total loss, {name: part}).
 
     Auxiliary losses (training only): the environment-state head, and keypoint targets projected from the
-    environment state through the cameras (`projections`, (N_cam, 3, 4)).
+    environment state through the cameras (`projections`, (N_cam, 3, 4)). `action_weights`: one weight per
+    action dimension in the action loss (None: all equal).
     """
 
     def __init__(self, net: nn.Module, env_state_weight: float = 0.0, keypoint_weight: float = 0.0,
-                 projections: np.ndarray | None = None) -> None:
+                 projections: np.ndarray | None = None, action_weights: list[float] | None = None) -> None:
         super().__init__()
         self.net, self.weights = net, {"env_state": env_state_weight, "keypoints": keypoint_weight}
         self.register_buffer("projections", None if projections is None else torch.as_tensor(projections),
+                             persistent=False)
+        self.register_buffer("action_weights", None if action_weights is None else torch.tensor(action_weights),
                              persistent=False)
 
     def forward(self, images, state, text, text_mask, actions, action_pad, env_state=None, env_valid=None,
@@ -49,7 +52,7 @@ class LossModule(nn.Module):
         if self.weights["keypoints"] and env_state is not None:
             kp_targets, kp_valid = keypoint_targets(env_state, env_valid, self.projections, offsets)
         parts = self.net.losses(images, state, text, text_mask, actions, action_pad, env_state, env_valid,
-                                kp_targets, kp_valid, offsets)
+                                kp_targets, kp_valid, offsets, self.action_weights)
         total = parts["action"]
         for name, w in self.weights.items():
             if name in parts:
@@ -120,6 +123,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
                                cfg.frame_cache_gb, env_state=cfg.env_state_loss > 0, keypoints=cfg.keypoint_loss > 0,
                                projections=bool(points) and not calibrated, cache_copies=max(cfg.num_workers, 1))
     interface, train_set = data.interface, data.train_set
+    action_weights = cfg.action_weights(interface.action_names)  # a misnamed action fails before any training
     tasks = frame_tasks(train_set)  # the task of every frame: sampler weights and the card's task shares
     vary = None
     if cfg.instruction_variants:
@@ -180,7 +184,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     if ema is not None:
         ema.to(accelerator.device)
 
-    module = LossModule(net, cfg.env_state_loss, cfg.keypoint_loss, data.projections)
+    module = LossModule(net, cfg.env_state_loss, cfg.keypoint_loss, data.projections, action_weights)
     module, optimizer, loader, scheduler = accelerator.prepare(module, optimizer, loader, scheduler)
 
     out.mkdir(parents=True, exist_ok=True)

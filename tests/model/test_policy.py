@@ -142,6 +142,26 @@ def test_padded_actions_do_not_contribute_to_the_loss(small_interface):
                                net.loss(images, state, text, mask, garbage, pad))
 
 
+def test_action_weights_scale_each_dimension_of_the_loss(small_interface):
+    torch.manual_seed(0)
+    policy = RFMPolicy.build("tiny", interface=small_interface, dropout=0.0)
+    net = policy.net.eval()
+    images = torch.zeros(2, 2, 3, 64, 64, dtype=torch.uint8)
+    state = torch.zeros(2, 3)
+    text, mask = policy.encode_text(["a", "b"])
+    actions = torch.randn(2, 8, 2)
+    with torch.no_grad():
+        err = (net(images, state, text, mask) - actions).abs()  # identity stats: robot units are normalised units
+
+        def loss(w):
+            return net.losses(images, state, text, mask, actions,
+                              action_weights=None if w is None else torch.tensor(w))["action"]
+
+        torch.testing.assert_close(loss([3.0, 3.0]), loss(None))  # only relative weights count
+        torch.testing.assert_close(loss([0.0, 1.0]), err[..., 1].mean())  # scaled to mean 1: [0, 2]
+        torch.testing.assert_close(loss([1.0, 3.0]), ((0.5 * err[..., 0] + 1.5 * err[..., 1]) / 2).mean())
+
+
 def test_env_state_head_is_a_masked_training_target_only(small_interface, tmp_path):
     torch.manual_seed(0)
     plain = RFMPolicy.build("tiny", interface=small_interface, dropout=0.0)

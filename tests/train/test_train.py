@@ -87,6 +87,19 @@ def test_instruction_variants_train_and_are_recorded_in_the_card(tmp_path):
     assert training["instruction_variants"] == "metaworld" and training["variant_prob"] == 1.0
 
 
+def test_action_loss_weights_train_by_name_and_a_wrong_name_lists_the_robots_actions(tmp_path):
+    out = tmp_path / "weighted"
+    train(_cfg(out, steps=2, val_episodes=0, action_loss_weights={"dg": 4}), progress=False)
+    training = json.loads((out / "checkpoint" / "config.json").read_text())["meta"]["training"]
+    assert training["action_loss_weights"] == {"dg": 4.0}
+    with pytest.raises(ValueError, match="'gripper', not an action of this robot: its actions are dx, dy, dz, dg"):
+        train(_cfg(tmp_path / "x", action_loss_weights={"gripper": 4}), progress=False)
+    with pytest.raises(ValueError, match="every action dimension at weight 0"):
+        train(_cfg(tmp_path / "y", action_loss_weights=dict.fromkeys(["dx", "dy", "dz", "dg"], 0)), progress=False)
+    with pytest.raises(ValueError, match="action_loss_weights.*>= 0"):
+        _cfg(tmp_path / "z", action_loss_weights={"dg": -1})
+
+
 def test_bad_dataset_path_is_named(tmp_path):
     with pytest.raises((FileNotFoundError, ValueError), match="nope"):
         train(_cfg(tmp_path / "x", dataset=str(tmp_path / "nope")), progress=False)
