@@ -54,10 +54,13 @@ def run(args: argparse.Namespace) -> int:
 
         cfg_meta = read_config(args.checkpoint)[1].get("meta", {})
         evals = dict(cfg_meta.get("evaluation", {}))
-        key = f"metaworld{'-paraphrase' if args.paraphrase else ''}{'-ensemble' if args.ensemble else ''}"
+        # one entry per execution mode: a run with --action-steps 8 must not overwrite the whole-chunk result
+        steps = f"-steps{args.action_steps}" if args.action_steps and not args.ensemble else ""
+        key = f"metaworld{'-paraphrase' if args.paraphrase else ''}{'-ensemble' if args.ensemble else ''}{steps}"
         evals[key] = {"mean_success_rate": results["mean_success_rate"],
                       "tasks": {t: r["success_rate"] for t, r in results["tasks"].items()},
-                      "episodes_per_task": args.episodes, "seed": min(results["seeds"])}
+                      "episodes_per_task": args.episodes, "seed": min(results["seeds"]),
+                      "action_steps": results.get("action_steps"), "ensemble": bool(args.ensemble)}
         update_meta(args.checkpoint, "evaluation", evals)
         print(f"recorded in {args.checkpoint}/config.json and README.md")
     return 0

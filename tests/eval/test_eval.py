@@ -107,3 +107,10 @@ def test_update_card_records_results_without_touching_weights(ckpt, tmp_path):
     assert set(meta["evaluation"]["metaworld"]["tasks"]) == {"reach-v3"}
     assert "Evaluation" in (local / "README.md").read_text()
     assert (local / "model.safetensors").read_bytes() == before
+    # another execution mode gets its own entry instead of overwriting the whole-chunk result
+    proc = subprocess.run([sys.executable, "-m", "rfm.cli.main", "eval", "--checkpoint", str(local), "--tasks",
+                           "reach-v3", "--episodes", "1", "--max-steps", "5", "--no-progress", "--update-card",
+                           "--action-steps", "2"], capture_output=True, text=True, check=False, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    evals = json.loads((local / "config.json").read_text())["meta"]["evaluation"]
+    assert set(evals) == {"metaworld", "metaworld-steps2"} and evals["metaworld-steps2"]["action_steps"] == 2
