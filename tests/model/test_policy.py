@@ -126,14 +126,17 @@ def test_flow_head_learns_to_sample_the_demonstrated_chunk(small_interface):
     assert sample_error() < first / 1.4  # flow matching converges slower than L1 regression
 
 
-def test_padded_actions_do_not_contribute_to_the_loss(small_interface):
+def _loss_batch(interface: RobotInterface):
+    """A tiny policy in eval mode (no dropout) and a fixed batch of two: (net, images, state, text, mask, actions)."""
     torch.manual_seed(0)
-    policy = RFMPolicy.build("tiny", interface=small_interface, dropout=0.0)
-    net = policy.net.eval()
+    policy = RFMPolicy.build("tiny", interface=interface, dropout=0.0)
     images = torch.zeros(2, 2, 3, 64, 64, dtype=torch.uint8)
-    state = torch.zeros(2, 3)
     text, mask = policy.encode_text(["a", "b"])
-    actions = torch.randn(2, 8, 2)
+    return policy.net.eval(), images, torch.zeros(2, 3), text, mask, torch.randn(2, 8, 2)
+
+
+def test_padded_actions_do_not_contribute_to_the_loss(small_interface):
+    net, images, state, text, mask, actions = _loss_batch(small_interface)
     pad = torch.zeros(2, 8, dtype=torch.bool)
     pad[:, 5:] = True
     garbage = actions.clone()
@@ -143,13 +146,7 @@ def test_padded_actions_do_not_contribute_to_the_loss(small_interface):
 
 
 def test_action_weights_scale_each_dimension_of_the_loss(small_interface):
-    torch.manual_seed(0)
-    policy = RFMPolicy.build("tiny", interface=small_interface, dropout=0.0)
-    net = policy.net.eval()
-    images = torch.zeros(2, 2, 3, 64, 64, dtype=torch.uint8)
-    state = torch.zeros(2, 3)
-    text, mask = policy.encode_text(["a", "b"])
-    actions = torch.randn(2, 8, 2)
+    net, images, state, text, mask, actions = _loss_batch(small_interface)
     with torch.no_grad():
         err = (net(images, state, text, mask) - actions).abs()  # identity stats: robot units are normalised units
 
