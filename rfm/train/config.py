@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -35,7 +36,7 @@ class TrainConfig:
     state_noise: float = 0.0  # Gaussian noise on the state, in dataset stds (against copycat shortcuts)
     env_state_loss: float = 0.0  # weight of the auxiliary loss predicting observation.environment_state (0 = off)
     keypoint_loss: float = 0.0  # weight of the loss putting keypoint p on point p of the environment state (0 = off)
-    action_loss_weights: dict[str, float] | None = None  # {action name: weight}, others 1 (e.g. {"gripper": 4})
+    action_loss_weights: dict[str, float] | None = None  # {action name: weight}, others 1; the logged loss is weighted
     instruction_variants: str | None = None  # JSON {instruction: [variants]} or "metaworld": instruction augmentation
     variant_prob: float = 0.5  # chance that a sample's instruction is replaced by one of its variants
     balance: str = "none"  # none: frames drawn uniformly | tasks: every task (instruction) gets the same share
@@ -71,9 +72,9 @@ class TrainConfig:
                                   f"at least one positive")
         if self.action_loss_weights is not None:
             self.action_loss_weights = {str(k): float(v) for k, v in dict(self.action_loss_weights).items()}
-            if min(self.action_loss_weights.values(), default=1.0) < 0:
+            if not all(math.isfinite(w) and w >= 0 for w in self.action_loss_weights.values()):
                 raise ConfigError(f"train.action_loss_weights={self.action_loss_weights} is invalid: expected "
-                                  f"weights >= 0")
+                                  f"finite weights >= 0")
         if not (0.0 <= self.variant_prob <= 1.0):
             raise ConfigError(f"train.variant_prob={self.variant_prob!r} is invalid: expected a number in [0, 1]")
         if self.image_size is not None:

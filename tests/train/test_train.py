@@ -96,8 +96,9 @@ def test_action_loss_weights_train_by_name_and_a_wrong_name_lists_the_robots_act
         train(_cfg(tmp_path / "x", action_loss_weights={"gripper": 4}), progress=False)
     with pytest.raises(ValueError, match="every action dimension at weight 0"):
         train(_cfg(tmp_path / "y", action_loss_weights=dict.fromkeys(["dx", "dy", "dz", "dg"], 0)), progress=False)
-    with pytest.raises(ValueError, match="action_loss_weights.*>= 0"):
-        _cfg(tmp_path / "z", action_loss_weights={"dg": -1})
+    for bad in (-1, float("nan")):
+        with pytest.raises(ValueError, match="action_loss_weights.*finite weights >= 0"):
+            _cfg(tmp_path / "z", action_loss_weights={"dg": bad})
 
 
 def test_bad_dataset_path_is_named(tmp_path):
