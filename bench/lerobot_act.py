@@ -7,13 +7,15 @@ scene, which Meta-World's ten tasks make possible (each has its own objects).
 
     .venv/bin/python bench/lerobot_act.py --lerobot-python /tmp/lerobot-venv/bin/python \
         --dataset data/mt10-50-96 --steps 9000 --batch-size 32 --tasks mt10 --episodes 10 \
-        [--rfm-checkpoint checkpoints/default]
+        [--rfm-checkpoint checkpoints/default] [--action-steps 8] [--act-arg=--policy.optimizer_lr=1e-4 ...]
 
 ACT runs with lerobot's defaults except: chunk_size = n_action_steps = the rfm run's chunk (16), no ImageNet
-weights (nothing may be downloaded here), CPU. Training goes through `lerobot-train`; evaluation sends each
-observation to a small worker process in the lerobot venv (pipes, numpy arrays) that runs lerobot's
-pre-processor -> ACTPolicy.predict_action_chunk -> post-processor, so rfm's rollout code executes the chunks
-exactly as it does for rfm checkpoints. Prints a table and writes bench/results/lerobot_act.json.
+weights (nothing may be downloaded here), CPU, and whatever `--act-arg` overrides (recorded in the JSON); lerobot's
+defaults (lr 1e-5, batch 8) are tuned for 100k-step runs, so a short budget may want a larger learning rate.
+Training goes through `lerobot-train`; evaluation sends each observation to a small worker process in the lerobot
+venv (pipes, numpy arrays) that runs lerobot's pre-processor -> ACTPolicy.predict_action_chunk -> post-processor,
+so rfm's rollout code executes the chunks exactly as it does for rfm checkpoints. Prints a table and writes
+bench/results/lerobot_act.json (or --results).
 """
 
 from __future__ import annotations
@@ -120,14 +122,14 @@ class LerobotACTRunner(Runner):
 
 
 def train_act(python: str, dataset: Path, out: Path, steps: int, batch_size: int, chunk: int, workers: int,
-              threads: int) -> tuple[Path, float]:
-    """lerobot-train for ACT; returns (pretrained_model dir, wall seconds)."""
+              threads: int, extra: list[str]) -> tuple[Path, float]:
+    """lerobot-train for ACT (`extra`: more lerobot-train arguments); returns (pretrained_model dir, wall seconds)."""
     cmd = [python, "-c", TRAIN, "--policy.type=act", "--policy.device=cpu",
            "--policy.push_to_hub=false", "--policy.pretrained_backbone_weights=null",
            f"--policy.chunk_size={chunk}", f"--policy.n_action_steps={chunk}",
            f"--dataset.repo_id=local/{dataset.name}", f"--dataset.root={dataset.resolve()}",
            f"--output_dir={out}", f"--steps={steps}", f"--batch_size={batch_size}", f"--save_freq={steps}",
-           f"--log_freq={max(1, steps // 20)}", f"--num_workers={workers}", "--wandb.enable=false", "--seed=0"]
+           f"--log_freq={max(1, steps // 20)}", f"--num_workers={workers}", "--wandb.enable=false", "--seed=0", *extra]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     t0 = time.time()
     subprocess.run(cmd, check=True, env=env)
@@ -143,6 +145,10 @@ def main() -> int:
     p.add_argument("--chunk-size", type=int, default=16)
     p.add_argument("--tasks", default="mt10")
     p.add_argument("--episodes", type=int, default=10)
+    p.add_argument("--action-steps", type=int, default=None,
+                   help="actions executed per inference for both policies (default: whole chunks)")
+    p.add_argument("--act-arg", action="append", default=[], metavar="ARG",
+                   help="extra lerobot-train argument, e.g. --act-arg=--policy.optimizer_lr=1e-4 (repeatable)")
     p.add_argument("--rfm-checkpoint", default=None, help="also evaluate this rfm checkpoint on the same seeds")
     p.add_argument("--out", default="runs/lerobot-act", help="lerobot-train output directory")
     p.add_argument("--reuse", action="store_true", help="evaluate an existing OUT instead of training again")
@@ -159,20 +165,23 @@ def main() -> int:
         if out.exists():
             sys.exit(f"{out} exists: pass --reuse to evaluate it, or choose another --out")
         pretrained, train_s = train_act(args.lerobot_python, dataset, out, args.steps, args.batch_size,
-                                        args.chunk_size, args.num_workers, args.threads)
+                                        args.chunk_size, args.num_workers, args.threads, args.act_arg)
     runner = LerobotACTRunner(args.lerobot_python, pretrained, interface, args.threads)
     try:
-        act = evaluate(runner, args.tasks.split(","), args.episodes, progress=False)
+        act = evaluate(runner, args.tasks.split(","), args.episodes, action_steps=args.action_steps, progress=False)
     finally:
         runner.close()
     rows = {"lerobot ACT": act}
     if args.rfm_checkpoint:
         rows["rfm " + Path(args.rfm_checkpoint).name] = evaluate(None, args.tasks.split(","), args.episodes,
+                                                                  action_steps=args.action_steps,
                                                                   checkpoint=args.rfm_checkpoint, progress=False)
     for name, res in rows.items():
         print(f"\n{name}\n{format_table(res)}")
     result = {"dataset": str(dataset), "steps": args.steps, "batch_size": args.batch_size,
-              "chunk_size": args.chunk_size, "episodes_per_task": args.episodes, "act_train_wall_s": train_s,
+              "chunk_size": args.chunk_size, "episodes_per_task": args.episodes, "action_steps": args.action_steps,
+              "act_extra_args": args.act_arg, "act_train_wall_s": train_s,
+              "act_train_samples_per_s": round(args.steps * args.batch_size / train_s, 2) if train_s else None,
               "act_checkpoint": str(pretrained), "results": rows}
     Path(args.results).parent.mkdir(parents=True, exist_ok=True)
     Path(args.results).write_text(json.dumps(result, indent=2))
