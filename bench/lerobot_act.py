@@ -10,7 +10,9 @@ scene, which Meta-World's ten tasks make possible (each has its own objects).
         [--rfm-checkpoint checkpoints/default] [--action-steps 8] [--act-arg=--policy.optimizer_lr=1e-4 ...]
 
 ACT runs with lerobot's defaults except: chunk_size = n_action_steps = the rfm run's chunk (16), no ImageNet
-weights (nothing may be downloaded here), CPU, and whatever `--act-arg` overrides (recorded in the JSON); lerobot's
+weights (nothing may be downloaded here), CPU, a copy of the dataset without observation.environment_state (lerobot
+makes every feature an input, and that one is the simulator's object positions, which rfm's policy never sees;
+`--act-privileged` keeps it), and whatever `--act-arg` overrides (recorded in the JSON); lerobot's
 defaults (lr 1e-5, batch 8) are tuned for 100k-step runs, so a short budget may want a larger learning rate.
 Training goes through `lerobot-train`; evaluation sends each observation to a small worker process in the lerobot
 venv (pipes, numpy arrays) that runs lerobot's pre-processor -> ACTPolicy.predict_action_chunk -> post-processor,
@@ -28,6 +30,7 @@ import struct
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +42,7 @@ from rfm.eval.evaluate import evaluate, format_table
 from rfm.runtime.base import Runner
 
 RESULTS = Path(__file__).parent / "results" / "lerobot_act.json"
+PRIVILEGED = "observation.environment_state"  # the simulator's object positions, recorded beside every demo frame
 
 # PyPI has only CUDA builds of torchvision, whose kernels cannot load beside a CPU-only torch; torchvision then
 # fails at import registering fake kernels for ops it could not load. ACT only needs torchvision's ResNet (plain
@@ -72,7 +76,8 @@ path, cameras = sys.argv[1], sys.argv[2].split(",")
 policy = ACTPolicy.from_pretrained(path).eval()
 pre, post = make_pre_post_processors(policy.config, pretrained_path=path)
 inp = sys.stdin.buffer
-out.write(b"ready\n"); out.flush()
+env_key = "observation.environment_state"
+out.write(b"ready env\n" if env_key in policy.config.input_features else b"ready\n"); out.flush()
 while True:
     head = inp.read(8)
     if len(head) < 8:
@@ -81,6 +86,8 @@ while True:
     images, state = arrays["images"], arrays["state"]  # (B, N, 3, H, W) uint8, (B, D)
     batch = {f"observation.images.{c}": torch.from_numpy(images[:, i]).float() / 255.0 for i, c in enumerate(cameras)}
     batch["observation.state"] = torch.from_numpy(state).float()
+    if "env_state" in arrays.files:
+        batch[env_key] = torch.from_numpy(arrays["env_state"]).float()
     with torch.inference_mode():
         chunk = post(policy.predict_action_chunk(pre(batch)))
     buf = io.BytesIO(); np.save(buf, chunk.float().numpy()); data = buf.getvalue()
@@ -97,8 +104,19 @@ class LerobotACTRunner(Runner):
         super().__init__(interface, head="chunk", model_id="lerobot-act", model_version=pretrained.name)
         self.proc = subprocess.Popen([python, "-c", WORKER, str(pretrained), ",".join(interface.cameras),
                                       str(threads)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        if self.proc.stdout.readline().strip() != b"ready":
+        ready = self.proc.stdout.readline().split()
+        if not ready or ready[0] != b"ready":
             raise RuntimeError(f"the lerobot worker did not start (exit code {self.proc.poll()})")
+        # lerobot makes every dataset feature an input: ACT trained on a dataset with the simulator's privileged
+        # object positions (observation.environment_state) takes them as input, and rollouts must then supply them
+        self.privileged = ready[1:] == [b"env"]
+        self._env_state: np.ndarray | None = None
+
+    def predict(self, obs, noise=None):
+        many = [obs] if isinstance(obs, Mapping) else obs
+        if self.privileged:
+            self._env_state = np.stack([o["environment_state"] for o in many]).astype(np.float32)
+        return super().predict(obs, noise)
 
     def encode_text(self, instructions: list[str]) -> tuple[np.ndarray, np.ndarray]:
         n = len(instructions)  # ACT has no language input
@@ -106,7 +124,8 @@ class LerobotACTRunner(Runner):
 
     def _forward(self, images, state, text, text_mask, noise) -> np.ndarray:
         buf = io.BytesIO()
-        np.savez(buf, images=np.ascontiguousarray(images), state=np.ascontiguousarray(state, np.float32))
+        extra = {"env_state": self._env_state} if self.privileged else {}
+        np.savez(buf, images=np.ascontiguousarray(images), state=np.ascontiguousarray(state, np.float32), **extra)
         data = buf.getvalue()
         self.proc.stdin.write(struct.pack("<Q", len(data)) + data)
         self.proc.stdin.flush()
@@ -119,6 +138,40 @@ class LerobotACTRunner(Runner):
     def close(self) -> None:
         self.proc.stdin.close()
         self.proc.wait(timeout=30)
+
+
+def without_feature(src: Path, key: str, dst: Path) -> Path:
+    """A copy of the LeRobot dataset at src without feature `key` (its column, stats and info entry); videos are
+    linked, not copied. Returns dst."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    if dst.exists():
+        shutil.rmtree(dst)
+    for f in sorted(src.rglob("*.parquet")):
+        table = pq.read_table(f)
+        keep = [c for c in table.column_names if c != key and not c.startswith(f"stats/{key}/")]
+        (dst / f.relative_to(src)).parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table.select(keep), dst / f.relative_to(src))
+    info = json.loads((src / "meta" / "info.json").read_text())
+    info["features"].pop(key)
+    (dst / "meta" / "info.json").write_text(json.dumps(info, indent=4))
+    stats = json.loads((src / "meta" / "stats.json").read_text())
+    stats.pop(key, None)
+    (dst / "meta" / "stats.json").write_text(json.dumps(stats, indent=4))
+    if (src / "videos").exists():
+        (dst / "videos").symlink_to((src / "videos").resolve())
+    return dst
+
+
+def expose_env_state() -> None:
+    """Add the simulator's privileged object positions to every Meta-World observation (key environment_state),
+    for an ACT trained with them as input; rfm's policies ignore the key."""
+    from rfm.sim.metaworld import MetaWorldEnv
+
+    plain = MetaWorldEnv._obs
+    MetaWorldEnv._obs = lambda self: {**plain(self), "environment_state": self.env_state()}
 
 
 def train_act(python: str, dataset: Path, out: Path, steps: int, batch_size: int, chunk: int, workers: int,
@@ -149,6 +202,9 @@ def main() -> int:
                    help="actions executed per inference for both policies (default: whole chunks)")
     p.add_argument("--act-arg", action="append", default=[], metavar="ARG",
                    help="extra lerobot-train argument, e.g. --act-arg=--policy.optimizer_lr=1e-4 (repeatable)")
+    p.add_argument("--act-privileged", action="store_true",
+                   help=f"let ACT take the dataset's {PRIVILEGED} (simulator object positions) as input; by default "
+                        "it is removed so that ACT sees what rfm's policy sees")
     p.add_argument("--rfm-checkpoint", default=None, help="also evaluate this rfm checkpoint on the same seeds")
     p.add_argument("--out", default="runs/lerobot-act", help="lerobot-train output directory")
     p.add_argument("--reuse", action="store_true", help="evaluate an existing OUT instead of training again")
@@ -164,9 +220,17 @@ def main() -> int:
     else:
         if out.exists():
             sys.exit(f"{out} exists: pass --reuse to evaluate it, or choose another --out")
+        features = json.loads((dataset / "meta" / "info.json").read_text())["features"]
+        if PRIVILEGED in features and not args.act_privileged:
+            # lerobot makes every dataset feature an input: train ACT on a copy without the simulator's state
+            dataset = without_feature(dataset, PRIVILEGED, Path(f"{out}-dataset"))
         pretrained, train_s = train_act(args.lerobot_python, dataset, out, args.steps, args.batch_size,
                                         args.chunk_size, args.num_workers, args.threads, args.act_arg)
     runner = LerobotACTRunner(args.lerobot_python, pretrained, interface, args.threads)
+    if runner.privileged:
+        print("note: this ACT takes observation.environment_state (the simulator's object positions) as input, "
+              "because the dataset has it; it is given them in evaluation, which rfm's policy is not", file=sys.stderr)
+        expose_env_state()
     try:
         act = evaluate(runner, args.tasks.split(","), args.episodes, action_steps=args.action_steps, progress=False)
     finally:
@@ -178,9 +242,10 @@ def main() -> int:
                                                                   checkpoint=args.rfm_checkpoint, progress=False)
     for name, res in rows.items():
         print(f"\n{name}\n{format_table(res)}")
-    result = {"dataset": str(dataset), "steps": args.steps, "batch_size": args.batch_size,
+    result = {"dataset": str(args.dataset), "act_dataset": str(dataset), "steps": args.steps, "batch_size": args.batch_size,
               "chunk_size": args.chunk_size, "episodes_per_task": args.episodes, "action_steps": args.action_steps,
-              "act_extra_args": args.act_arg, "act_train_wall_s": train_s,
+              "act_extra_args": args.act_arg, "act_privileged_env_state": runner.privileged,
+              "act_train_wall_s": train_s,
               "act_train_samples_per_s": round(args.steps * args.batch_size / train_s, 2) if train_s else None,
               "act_checkpoint": str(pretrained), "results": rows}
     Path(args.results).parent.mkdir(parents=True, exist_ok=True)
