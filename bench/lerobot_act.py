@@ -242,7 +242,8 @@ def main() -> int:
                                                                   checkpoint=args.rfm_checkpoint, progress=False)
     for name, res in rows.items():
         print(f"\n{name}\n{format_table(res)}")
-    result = {"dataset": str(args.dataset), "act_dataset": str(dataset), "steps": args.steps, "batch_size": args.batch_size,
+    result = {"dataset": str(args.dataset), "act_dataset": None if args.reuse else str(dataset),
+              "steps": args.steps, "batch_size": args.batch_size,
               "chunk_size": args.chunk_size, "episodes_per_task": args.episodes, "action_steps": args.action_steps,
               "act_extra_args": args.act_arg, "act_privileged_env_state": runner.privileged,
               "act_train_wall_s": train_s,
