@@ -141,25 +141,27 @@ class LerobotACTRunner(Runner):
 
 
 def without_feature(src: Path, key: str, dst: Path) -> Path:
-    """A copy of the LeRobot dataset at src without feature `key` (its column, stats and info entry); videos are
-    linked, not copied. Returns dst."""
+    """A copy of the LeRobot dataset at src without feature `key` (its column, stats, info entry and the data files'
+    `huggingface` schema metadata); videos are linked, not copied. Returns dst."""
     import shutil
 
-    import pyarrow.parquet as pq
+    from rfm.data import lerobot_meta as lm
 
     if dst.exists():
         shutil.rmtree(dst)
-    for f in sorted(src.rglob("*.parquet")):
-        table = pq.read_table(f)
-        keep = [c for c in table.column_names if c != key and not c.startswith(f"stats/{key}/")]
-        (dst / f.relative_to(src)).parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(table.select(keep), dst / f.relative_to(src))
-    info = json.loads((src / "meta" / "info.json").read_text())
+    info = lm.read_json(src / "meta" / "info.json")
     info["features"].pop(key)
-    (dst / "meta" / "info.json").write_text(json.dumps(info, indent=4))
-    stats = json.loads((src / "meta" / "stats.json").read_text())
+    hf_meta = {b"huggingface": lm.hf_features_metadata(info["features"])}
+    for f in sorted(src.rglob("*.parquet")):
+        table = lm.read_parquet(f)
+        table = table.select([c for c in table.column_names if c != key and not c.startswith(f"stats/{key}/")])
+        if table.schema.metadata and b"huggingface" in table.schema.metadata:
+            table = table.replace_schema_metadata(hf_meta)
+        lm.atomic_write_parquet(dst / f.relative_to(src), table)
+    lm.atomic_write_json(dst / "meta" / "info.json", info)
+    stats = lm.read_json(src / "meta" / "stats.json")
     stats.pop(key, None)
-    (dst / "meta" / "stats.json").write_text(json.dumps(stats, indent=4))
+    lm.atomic_write_json(dst / "meta" / "stats.json", stats)
     if (src / "videos").exists():
         (dst / "videos").symlink_to((src / "videos").resolve())
     return dst
@@ -214,21 +216,21 @@ def main() -> int:
     args = p.parse_args()
 
     dataset, out = Path(args.dataset), Path(args.out)
-    interface = interface_from_dataset(LeRobotDataset(dataset), chunk_size=args.chunk_size)
+    source = LeRobotDataset(dataset)
+    interface = interface_from_dataset(source, chunk_size=args.chunk_size)
     if args.reuse:
         pretrained, train_s = out / "checkpoints" / "last" / "pretrained_model", None
     else:
         if out.exists():
             sys.exit(f"{out} exists: pass --reuse to evaluate it, or choose another --out")
-        features = json.loads((dataset / "meta" / "info.json").read_text())["features"]
-        if PRIVILEGED in features and not args.act_privileged:
+        if PRIVILEGED in source.features and not args.act_privileged:
             # lerobot makes every dataset feature an input: train ACT on a copy without the simulator's state
             dataset = without_feature(dataset, PRIVILEGED, Path(f"{out}-dataset"))
         pretrained, train_s = train_act(args.lerobot_python, dataset, out, args.steps, args.batch_size,
                                         args.chunk_size, args.num_workers, args.threads, args.act_arg)
     runner = LerobotACTRunner(args.lerobot_python, pretrained, interface, args.threads)
     if runner.privileged:
-        print("note: this ACT takes observation.environment_state (the simulator's object positions) as input, "
+        print(f"note: this ACT takes {PRIVILEGED} (the simulator's object positions) as input, "
               "because the dataset has it; it is given them in evaluation, which rfm's policy is not", file=sys.stderr)
         expose_env_state()
     try:
