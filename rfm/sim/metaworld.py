@@ -138,13 +138,32 @@ class MetaWorldEnv:
 
         m = self.env.model
         goal = [i for i in range(m.nsite) if "goal" in (mujoco.mj_id2name(m, mujoco.mjtObj.mjOBJ_SITE, i) or "")]
+        return self._drawn(m.site_rgba, goal)
+
+    def object_pixels(self) -> dict[str, int]:
+        """Pixels each camera spends on object 1 (the puck, the peg) in the current frame (0 = hidden, e.g. under
+        the hand in a top view): a camera that loses the object while the hand grasps it cannot locate it then."""
+        return {c: int(m.sum()) for c, m in self.object_mask().items()}
+
+    def object_mask(self) -> dict[str, np.ndarray]:
+        """(H, W) bool per camera: where object 1's body is drawn (its geoms hidden and shown)."""
+        m = self.env.model
+        name = _OBJECT_BODIES.get(self.task, "obj")
+        try:
+            body = m.body(name).id
+        except KeyError:
+            raise ValueError(f"{self.task}: no object body {name!r} to mask") from None
+        return self._drawn(m.geom_rgba, [g for g in range(m.ngeom) if m.geom_bodyid[g] == body])
+
+    def _drawn(self, rgba: np.ndarray, index: list[int]) -> dict[str, np.ndarray]:
+        """Per camera, the pixels that change when the elements `index` of `rgba` (site or geom colours) are hidden."""
         shown = self.renderer.render(self.env.data)
-        alpha = m.site_rgba[goal, 3].copy()
-        m.site_rgba[goal, 3] = 0.0
+        alpha = rgba[index, 3].copy()
+        rgba[index, 3] = 0.0
         try:
             hidden = self.renderer.render(self.env.data)
         finally:
-            m.site_rgba[goal, 3] = alpha
+            rgba[index, 3] = alpha
         return {c: np.abs(shown[c].astype(np.int16) - hidden[c]).sum(-1) > 30 for c in self.cameras}
 
     def expert_action(self) -> np.ndarray:
@@ -157,6 +176,7 @@ class MetaWorldEnv:
 
 
 _EXPERTS: dict = {}
+_OBJECT_BODIES = {"peg-insert-side-v3": "peg"}  # object 1's body where it is not "obj"
 
 
 def camera_projections(tasks: list[str] | str, cameras: list[str]) -> dict[str, list[list[float]]]:

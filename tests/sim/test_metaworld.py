@@ -55,6 +55,38 @@ def test_goal_pixels_measure_how_much_of_the_goal_each_camera_sees():
     env.close()
 
 
+def test_object_pixels_show_the_top_view_losing_the_puck_under_the_hand():
+    env = MetaWorldEnv("push-v3", ["corner", "topview"], size=128)
+    env.reset(EVAL_SEED_BASE)
+    for _ in range(20):  # the expert's approach: the hand is over the puck
+        env.step(env.expert_action())
+    shown = env._obs()["images"]
+    px = env.object_pixels()
+    assert px["corner"] >= 5 and px["topview"] == 0  # why corner + topview triangulates the puck badly mid-grasp
+    np.testing.assert_array_equal(shown["corner"], env._obs()["images"]["corner"])  # the puck is drawn again
+    env.close()
+    door = MetaWorldEnv("door-open-v3", ["corner"], size=32)
+    with pytest.raises(ValueError, match="no object body"):
+        door.object_pixels()
+    door.close()
+
+
+def test_an_env_dropped_without_close_leaves_the_others_frames_intact():
+    import gc
+
+    alone = MetaWorldEnv("reach-v3", ["corner", "topview"], size=64)
+    expected = alone.reset(EVAL_SEED_BASE)["images"]
+    alone.close()
+    env = MetaWorldEnv("push-v3", ["corner"], size=64)
+    env.reset(EVAL_SEED_BASE)
+    env = MetaWorldEnv("reach-v3", ["corner", "topview"], size=64)  # the push env is garbage now, never closed
+    gc.collect()
+    frames = env.reset(EVAL_SEED_BASE)["images"]
+    for cam in expected:
+        np.testing.assert_array_equal(frames[cam], expected[cam])
+    env.close()
+
+
 def test_camera_projection_puts_the_goal_on_its_rendered_marker():
     env = MetaWorldEnv("reach-v3", ["corner", "topview"], size=128)
     for seed in (EVAL_SEED_BASE, EVAL_SEED_BASE + 1):
