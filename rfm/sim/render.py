@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 if "MUJOCO_GL" not in os.environ:  # headless default; respect the user's choice
     _gpu = os.path.exists("/dev/nvidia0") or os.path.exists("/dev/dri/renderD128")
@@ -51,12 +52,13 @@ class CameraRenderer:
         images). Making ours current first keeps the free to our own objects.
         """
         gl = getattr(self.renderer, "_gl_context", None)
-        if gl is not None and getattr(self.renderer, "_mjr_context", None) is not None:
+        if getattr(gl, "_context", None) and getattr(self.renderer, "_mjr_context", None) is not None:
             gl.make_current()
         self.renderer.close()
 
     def __del__(self) -> None:
-        if hasattr(self, "renderer"):
+        # at interpreter exit the GL modules may already be torn down, and every context goes with the process
+        if hasattr(self, "renderer") and not sys.is_finalizing():
             self.close()
 
 
