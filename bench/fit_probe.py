@@ -57,7 +57,7 @@ def chunk_errors(policy: RFMPolicy, ds: LeRobotDataset, episodes: list[int], eve
 def probe(checkpoint: str, seen: str, held: str, every: int) -> dict:
     policy = RFMPolicy.from_pretrained(checkpoint)
     seen_ds = LeRobotDataset(seen)
-    held_ds = seen_ds if held == seen else LeRobotDataset(held)
+    held_ds = LeRobotDataset(held)
     seen_keys = {scene_key(e) for e in seen_ds.episodes}
     held_eps = [e.index for e in held_ds.episodes if scene_key(e) not in seen_keys]
     if not held_eps:
