@@ -87,6 +87,8 @@ def evaluate(runner: Runner | None, tasks: list[str], episodes: int, seed: int |
         shards = [work[i::workers] for i in range(workers)]
         with mp.get_context("spawn").Pool(workers) as pool:
             results = [r for part in pool.map(_worker, [(checkpoint, backend, s, opts) for s in shards]) for r in part]
+            pool.close()  # let the workers exit on their own: the context's terminate() can leak their semaphores
+            pool.join()
     else:
         if runner is None:
             from rfm.runtime import load_runner

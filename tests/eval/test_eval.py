@@ -66,6 +66,19 @@ def test_rollout_reports_every_step_to_its_observer(ckpt):
     assert all(np.allclose(goal, seen[0][2]) for _, _, goal in seen)  # the goal stays put within an episode
 
 
+def test_worker_processes_run_the_same_episodes_as_one(ckpt):
+    """--workers shards the episodes over processes; every episode's outcome matches the single-process run."""
+    from rfm.eval import evaluate
+
+    tasks = ["reach-v3", "drawer-close-v3"]
+    one = evaluate(None, tasks, 2, max_steps=8, checkpoint=str(ckpt), progress=False)
+    two = evaluate(None, tasks, 2, max_steps=8, checkpoint=str(ckpt), workers=2, progress=False)
+    for task in tasks:
+        assert two["tasks"][task]["episodes"] == 2
+        assert two["tasks"][task]["rollouts"] == one["tasks"][task]["rollouts"]
+    assert two["seeds"] == one["seeds"] and len(two["seeds"]) == 4
+
+
 def test_training_seeds_are_refused(ckpt):
     from rfm.eval import evaluate
 
