@@ -120,11 +120,13 @@ class PolicyNet(nn.Module):
 
     def encode(self, images: torch.Tensor, state: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor,
                img: torch.Tensor | None = None, keypoints: tuple | None = None,
-               offsets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+               offsets: torch.Tensor | None = None,
+               point_shift: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Fused observation tokens (B, T, D) and their attention mask (B, 1, 1, T) (True = attend).
 
         img, keypoints: precomputed image_tokens(images, with_keypoints) outputs, when the caller needs them too
         (keypoints = (points, logits)). offsets (B, N, 2): training's image shift, undone before triangulating.
+        point_shift (B, 3): training's scene shift, added to the triangulated points (the caller moved the state).
         """
         B = images.shape[0]
         if img is None and self.point_token is not None:
@@ -134,7 +136,8 @@ class PolicyNet(nn.Module):
         txt = self.text_proj(text.float()) + self.text_pos + self.modality[0]  # (B, L, D)
         tokens, masks = [txt], [text_mask.bool()]
         nstate = self.state_norm(state.float()) if self.state_proj is not None else None
-        point = self.point_token(*keypoints, nstate, offsets) if self.point_token is not None else None  # (B, 1, D)
+        point = (self.point_token(*keypoints, nstate, offsets, point_shift)
+                 if self.point_token is not None else None)  # (B, 1, D)
         if self.state_proj is not None or point is not None:
             st = self.modality[1].expand(B, 1, -1)
             st = st + self.state_proj(nstate)[:, None] if nstate is not None else st
@@ -192,7 +195,8 @@ class PolicyNet(nn.Module):
                actions: torch.Tensor, action_pad: torch.Tensor | None = None, env_state: torch.Tensor | None = None,
                env_valid: torch.Tensor | None = None, keypoint_targets: torch.Tensor | None = None,
                keypoint_valid: torch.Tensor | None = None, offsets: torch.Tensor | None = None,
-               action_weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+               action_weights: torch.Tensor | None = None,
+               point_shift: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """{"action": scalar, "env_state": scalar (with an env-state head and targets), "keypoints": scalar (with
         keypoint targets)}.
 
@@ -201,6 +205,7 @@ class PolicyNet(nn.Module):
         keypoint p should be in each camera (normalised image coordinates); keypoint_valid (B, N_cam, P).
         offsets (B, N_cam, 2): how far augmentation shifted each image (the triangulated points undo it).
         action_weights (D_a,): relative weight of each action dimension in the action loss (mean 1 after scaling).
+        point_shift (B, 3): training's scene shift of the triangulated points (see rfm.train.augment.scene_shift).
         """
         keypoints = None
         if keypoint_targets is not None or self.point_token is not None:
@@ -208,7 +213,7 @@ class PolicyNet(nn.Module):
             logits = keypoints[1]
         else:
             img = self.image_tokens(images)
-        memory, mask = self.encode(images, state, text, text_mask, img, keypoints, offsets)
+        memory, mask = self.encode(images, state, text, text_mask, img, keypoints, offsets, point_shift)
         out = {"action": self._action_loss(memory, mask, actions, action_pad, action_weights)}
         if keypoint_targets is not None:
             out["keypoints"] = heatmap_loss(logits, keypoint_targets, keypoint_valid)

@@ -117,12 +117,15 @@ class PointToken(nn.Module):
         return triangulate(uv, weights, self.projections, self.centre), spread
 
     def forward(self, uv: torch.Tensor, logits: torch.Tensor, nstate: torch.Tensor | None,
-                offsets: torch.Tensor | None = None) -> torch.Tensor:
+                offsets: torch.Tensor | None = None, shift: torch.Tensor | None = None) -> torch.Tensor:
         """-> (B, 1, D). offsets (B, N, 2): how far training's random shift moved each image (normalised
-        coordinates); the keypoints moved with it, and the triangulation must undo that. None when serving."""
+        coordinates); the keypoints moved with it, and the triangulation must undo that. shift (B, 3): training's
+        scene shift, added to every point (the state was moved by it already). Both None when serving."""
         if offsets is not None:
             uv = uv - offsets[:, :, None, :].to(uv.dtype)
         points, spread = self.world_points(uv, logits)
+        if shift is not None:
+            points = points + shift[:, None, :].to(points.dtype)
         parts = [self.norm(points.flatten(1)), torch.log1p(spread).flatten(1)]
         if nstate is not None:
             parts.append(nstate)

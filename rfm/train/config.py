@@ -34,6 +34,7 @@ class TrainConfig:
     shift_pad: int = 6  # random shift: pad then crop back, in pixels at model resolution
     color_jitter: float = 0.2  # max relative brightness/contrast change
     state_noise: float = 0.0  # Gaussian noise on the state, in dataset stds (against copycat shortcuts)
+    scene_shift: float = 0.0  # metres: move the hand position and the triangulated points together (0 = off)
     env_state_loss: float = 0.0  # weight of the auxiliary loss predicting observation.environment_state (0 = off)
     keypoint_loss: float = 0.0  # weight of the loss putting keypoint p on point p of the environment state (0 = off)
     action_loss_weights: dict[str, float] | None = None  # {action name: weight}, others 1; the logged loss is weighted
@@ -59,9 +60,10 @@ class TrainConfig:
             raise ConfigError("train.dataset is empty: expected a LeRobot dataset directory")
         if self.balance not in BALANCE_MODES:
             raise ConfigError(f"train.balance={self.balance!r} is invalid: expected one of {', '.join(BALANCE_MODES)}")
-        if min(self.shift_pad, self.color_jitter, self.state_noise, self.env_state_loss, self.keypoint_loss) < 0:
-            raise ConfigError("train.shift_pad, train.color_jitter, train.state_noise, train.env_state_loss and "
-                              "train.keypoint_loss must be >= 0")
+        if min(self.shift_pad, self.color_jitter, self.state_noise, self.scene_shift, self.env_state_loss,
+               self.keypoint_loss) < 0:
+            raise ConfigError("train.shift_pad, train.color_jitter, train.state_noise, train.scene_shift, "
+                              "train.env_state_loss and train.keypoint_loss must be >= 0")
         if self.dataset_weights is not None:
             self.dataset_weights = [float(w) for w in self.dataset_weights]
             if len(self.dataset_weights) != len(self.datasets):

@@ -14,10 +14,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from rfm.checkpoint import read_config, save_checkpoint
-from rfm.config import PolicyConfig, preset
+from rfm.config import ConfigError, PolicyConfig, preset
 from rfm.constants import OBS_STATE
 from rfm.model.policy import RFMPolicy
-from rfm.train.augment import augment, state_noise
+from rfm.train.augment import augment, position_dims, scene_shift, state_noise
 from rfm.train.config import TrainConfig
 from rfm.train.init import init_from_checkpoint
 from rfm.train.instructions import InstructionVariator, check_coverage, load_variants
@@ -47,12 +47,12 @@ class LossModule(nn.Module):
                              persistent=False)
 
     def forward(self, images, state, text, text_mask, actions, action_pad, env_state=None, env_valid=None,
-                offsets=None):
+                offsets=None, point_shift=None):
         kp_targets = kp_valid = None
         if self.weights["keypoints"] and env_state is not None:
             kp_targets, kp_valid = keypoint_targets(env_state, env_valid, self.projections, offsets)
         parts = self.net.losses(images, state, text, text_mask, actions, action_pad, env_state, env_valid,
-                                kp_targets, kp_valid, offsets, self.action_weights)
+                                kp_targets, kp_valid, offsets, self.action_weights, point_shift)
         total = parts["action"]
         for name, w in self.weights.items():
             if name in parts:
@@ -102,6 +102,19 @@ def _infinite(loader: DataLoader):
         epoch += 1
 
 
+def _scene_shift_dims(cfg: TrainConfig, state_names: list[str], points: int) -> list[int]:
+    """The state dims --scene-shift moves ([] when off); a ConfigError when the model or the state cannot take it."""
+    if cfg.scene_shift <= 0:
+        return []
+    if not points:
+        raise ConfigError(f"train.scene_shift={cfg.scene_shift} needs a model with triangulated points "
+                          "(model.vision_points > 0)")
+    try:
+        return position_dims(state_names)
+    except ValueError as e:
+        raise ConfigError(f"train.scene_shift: {e}") from e
+
+
 def train(cfg: TrainConfig, progress: bool = True) -> Path:
     """Train a policy on a LeRobot dataset; returns the checkpoint directory (EMA weights, atomic saves)."""
     from accelerate import Accelerator
@@ -124,6 +137,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
                                projections=bool(points) and not calibrated, cache_copies=max(cfg.num_workers, 1))
     interface, train_set = data.interface, data.train_set
     action_weights = cfg.action_weights(interface.action_names)  # a misnamed action fails before any training
+    shift_dims = _scene_shift_dims(cfg, interface.state_names, points)  # so does a scene shift with nothing to move
     tasks = frame_tasks(train_set)  # the task of every frame: sampler weights and the card's task shares
     vary = None
     if cfg.instruction_variants:
@@ -237,11 +251,12 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
                 if cfg.augment:
                     images, offsets = augment(images, cfg.shift_pad, cfg.color_jitter, with_offsets=True)
                 state = state_noise(batch["state"].to(accelerator.device), state_std, cfg.state_noise)
+                state, point_shift = scene_shift(state, shift_dims, cfg.scene_shift)
                 instructions = vary(batch["instruction"]) if vary else batch["instruction"]
                 text, text_mask = policy.text.encode_torch(instructions, accelerator.device)
                 with accelerator.autocast():
                     loss_t, parts = module(images, state, text, text_mask, batch["actions"], batch["action_pad"],
-                                           batch.get("env_state"), batch.get("env_valid"), offsets)
+                                           batch.get("env_state"), batch.get("env_valid"), offsets, point_shift)
                 accelerator.backward(loss_t)
                 grad_norm = (accelerator.clip_grad_norm_(module.parameters(), cfg.clip_grad)
                              if accelerator.sync_gradients else None)

@@ -137,3 +137,19 @@ def test_heatmap_spread_is_exact_far_from_the_origin():
     mx, my = (p * xs).sum(), (p * ys).sum()
     exact = (p * ((xs - mx) ** 2 + (ys - my) ** 2)).sum()
     torch.testing.assert_close(spread[0, 0, 0].double(), exact, atol=1e-6, rtol=1e-5)
+
+
+def test_scene_shift_moves_every_triangulated_point_by_the_same_offset():
+    token = PointToken(STEREO, points=2, state_dim=3, dim=16)
+    n_in = token.mlp[0].in_features  # read the token's inputs (normalised points, spreads, state) through an identity
+    token.mlp = torch.nn.Sequential(torch.nn.Linear(n_in, n_in))
+    with torch.no_grad():
+        token.mlp[0].weight.copy_(torch.eye(n_in))
+        token.mlp[0].bias.zero_()
+    pts = torch.tensor([[[0.1, -0.2, 0.3], [-0.4, 0.25, 0.0]]])
+    uv, logits = _project(pts), torch.zeros(1, 2, 2, 4, 4)
+    shift = torch.tensor([[0.05, -0.02, 0.01]])
+    plain, shifted = token(uv, logits, torch.zeros(1, 3))[0, 0], token(uv, logits, torch.zeros(1, 3), shift=shift)[0, 0]
+    scale = token.norm.scale[:3]
+    torch.testing.assert_close((shifted - plain)[:6], (shift / scale).repeat(1, 2)[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(shifted[6:], plain[6:])  # spreads and state as they were

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from rfm import RFMPolicy
+from rfm.config import ConfigError
 from rfm.train.config import TrainConfig
 from rfm.train.loop import train
 
@@ -174,11 +175,12 @@ def test_keypoint_loss_trains_beside_datasets_without_it(tmp_path):
 def test_triangulated_points_take_the_calibration_from_the_data_and_keep_it_when_fine_tuning(tmp_path):
     sim = _env_state_dataset(tmp_path / "sim", projections=True)
     out = tmp_path / "pts"
-    train(_cfg(out, dataset=str(sim), steps=3, val_episodes=0, keypoint_loss=1.0, model_overrides={"vision_points": 1}),
-          progress=False)
+    train(_cfg(out, dataset=str(sim), steps=3, val_episodes=0, keypoint_loss=1.0, model_overrides={"vision_points": 1},
+               scene_shift=0.05), progress=False)
     model = json.loads((out / "checkpoint" / "config.json").read_text())["model"]
     recorded = json.loads((sim / "meta" / "info.json").read_text())["features"]["observation.environment_state"]
     assert model["vision_points"] == 1
+    assert json.loads((out / "checkpoint" / "config.json").read_text())["meta"]["training"]["scene_shift"] == 0.05
     assert model["camera_projections"] == [recorded["info"]["camera_projection"][c] for c in ("top", "wrist")]
     # field data records no calibration: a fine-tune keeps the cameras of the checkpoint it starts from
     ft = tmp_path / "ft"
@@ -189,3 +191,6 @@ def test_triangulated_points_take_the_calibration_from_the_data_and_keep_it_when
     # from scratch it needs a dataset that records the cameras, and says so
     with pytest.raises(ValueError, match="vision_points need camera projections.*" + FIXTURE.name):
         train(_cfg(tmp_path / "x", model_overrides={"vision_points": 1}), progress=False)
+    # a scene shift moves triangulated points: without them it is an error, not a silent no-op
+    with pytest.raises(ConfigError, match="scene_shift=0.05 needs a model with triangulated points"):
+        train(_cfg(tmp_path / "y", dataset=str(sim), scene_shift=0.05), progress=False)
