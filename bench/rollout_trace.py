@@ -8,6 +8,9 @@ pick-place. A policy that stops at a steady offset believes it has arrived; one 
 opening (the state's 4th value), the hand's distance from object 1 in cm, and the scripted expert's gripper command
 there (Meta-World: +1 closes): a carried object that falls back to the table while the expert still says close is
 a grasp the policy let go of.
+`--points` also records, at every inference, where the model's own triangulated points put the goal (the world point
+its point token reads; checkpoints with `vision_points`) minus where it is, in cm: a goal estimate that drifts once
+the arm moves in front of a camera shows up there.
 
     .venv/bin/python bench/rollout_trace.py --checkpoint checkpoints/default --task reach-v3 --seeds 10
 Prints a table and writes bench/results/rollout_trace.json (one entry per checkpoint and task, appended).
@@ -39,17 +42,29 @@ def offset_cm(env: MetaWorldEnv, point: str) -> list[float]:
 
 
 class ChunkTap:
-    """Wraps a runner's predict to keep the last chunk, so an observer knows the command just executed."""
+    """Wraps a runner's predict to keep the last chunk, so an observer knows the command just executed; with
+    `goal_of` (observation -> the model's goal point, metres) also the model's goal at every inference."""
 
-    def __init__(self, runner):
-        self.runner, self.chunk = runner, None
+    def __init__(self, runner, goal_of=None):
+        self.runner, self.chunk, self.goal_of, self.goals = runner, None, goal_of, []
 
     def __getattr__(self, name):
         return getattr(self.runner, name)
 
     def predict(self, obs):
         self.chunk = self.runner.predict(obs)
+        if self.goal_of is not None:
+            self.goals.append(self.goal_of(obs))
         return self.chunk
+
+
+def model_goal(policy) -> callable:
+    """observation -> the world goal point (metres) the policy's point token triangulates (keypoint_probe's reading)."""
+    from keypoint_probe import POINTS, keypoints
+
+    if policy.net.point_token is None:
+        raise SystemExit("--points needs a checkpoint with triangulated points (model.vision_points > 0)")
+    return lambda obs: keypoints(policy, obs)[1][POINTS["goal"]]
 
 
 def grip(env: MetaWorldEnv, tap: ChunkTap, step: int) -> list[float]:
@@ -74,13 +89,15 @@ def recorder(offsets: dict[int, list[float]], grips: dict[int, list[float]] | No
 
 
 def trace(checkpoint: str, task: str, seeds: int, first_seed: int, every: int, point: str,
-          gripper: bool = False) -> dict:
-    runner = ChunkTap(load_runner(checkpoint))
+          gripper: bool = False, points: bool = False) -> dict:
+    base = load_runner(checkpoint)
+    runner = ChunkTap(base, model_goal(base.policy) if points else None)
     env = MetaWorldEnv(task, runner.interface.cameras, runner.interface.image_size[0])
     rows = []
     try:
         for i in range(seeds):
             offsets: dict[int, list[float]] = {}
+            runner.goals = []
             grips: dict[int, list[float]] | None = {} if gripper else None
             res = rollout(runner, env, first_seed + i, on_step=recorder(offsets, grips, every, point, runner))
             row = {"seed": first_seed + i, "success": res.success, "steps": res.steps,
@@ -88,6 +105,8 @@ def trace(checkpoint: str, task: str, seeds: int, first_seed: int, every: int, p
                    "offsets_cm": offsets}
             if grips is not None:
                 row["grip_command_opening_hand_obj_cm_expert"] = grips
+            if points:  # the goal is fixed during an episode: compare every estimate with where it is
+                row["model_goal_error_cm"] = (100 * (np.array(runner.goals) - row["goal"])).round(1).tolist()
             rows.append(row)
     finally:
         env.close()
@@ -104,8 +123,11 @@ def main() -> None:
     ap.add_argument("--point", default="tcp", choices=["tcp", "obj1"])
     ap.add_argument("--gripper", action="store_true",
                     help="also record the gripper's opening, hand-to-object distance and the expert's grip command")
+    ap.add_argument("--points", action="store_true",
+                    help="also record the model's triangulated goal minus the true goal (cm) at every inference")
     args = ap.parse_args()
-    out = trace(args.checkpoint, args.task, args.seeds, args.first_seed, args.every, args.point, args.gripper)
+    out = trace(args.checkpoint, args.task, args.seeds, args.first_seed, args.every, args.point, args.gripper,
+                args.points)
     print(f"{args.checkpoint}, {args.task}: {args.point} - goal in cm (x/y/z), every {args.every} steps")
     print(f"{'seed':>8} {'ok':>3} {'steps':>5}  {'goal (m)':<22} {'final offset (cm)':<22} offsets along the way")
     for r in out["rollouts"]:
@@ -117,6 +139,11 @@ def main() -> None:
             grips = "  ".join(f"{c:+.1f}/{o:.1f}/{d:.0f}/{e:+.1f}"
                               for c, o, d, e in r["grip_command_opening_hand_obj_cm_expert"].values())
             print(f"{'':>8} grip command / opening / hand-object cm / expert's command: {grips}")
+        if "model_goal_error_cm" in r:
+            errs = r["model_goal_error_cm"]
+            stride = max(1, len(errs) // 8)  # at most ~8 of them on the line
+            goals = "  ".join("/".join(f"{v:+.0f}" for v in e) for e in errs[::stride])
+            print(f"{'':>8} model's goal - goal (cm), every {stride} inference(s): {goals}")
     append_result(RESULTS, out)
 
 
