@@ -36,7 +36,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scene-shift", type=float, default=0.0, metavar="METRES",
                    help="move the robot's position (state dims <name>_x/_y/_z) and the triangulated points "
                         "(model.vision_points) by one random offset per sample, up to METRES per axis: keeps the "
-                        "offsets between hand and goal, hides absolute positions (small data; e.g. 0.05); 0 = off")
+                        "offsets between hand and goal, hides absolute positions; 0 = off. Measured at 10 demos "
+                        "per MT10 task (0.1): reach follows the goal closer open loop, 3 points worse closed loop "
+                        "(docs/RESULTS.md, session 19)")
     p.add_argument("--env-state-loss", type=float, default=0.0, metavar="W",
                    help="weight of an auxiliary loss predicting observation.environment_state (simulated demos "
                         "record object and goal positions): teaches the encoder to find them; 0 = off")
@@ -105,7 +107,8 @@ def run(args: argparse.Namespace) -> int:
         grad_accum=args.grad_accum, lr=args.lr, warmup_steps=args.warmup_steps, ema_decay=args.ema_decay,
         augment=not args.no_augment, shift_pad=args.shift_pad, color_jitter=args.color_jitter, balance=args.balance,
         dataset_weights=dataset_weights,
-        state_noise=args.state_noise, scene_shift=args.scene_shift, env_state_loss=args.env_state_loss, keypoint_loss=args.keypoint_loss,
+        state_noise=args.state_noise, scene_shift=args.scene_shift, env_state_loss=args.env_state_loss,
+        keypoint_loss=args.keypoint_loss,
         action_loss_weights=action_weights,
         instruction_variants=args.instruction_variants, variant_prob=args.variant_prob,
         num_workers=args.num_workers, frame_cache_gb=args.frame_cache_gb, val_episodes=args.val_episodes,
