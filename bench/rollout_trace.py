@@ -19,6 +19,7 @@ Prints a table and writes bench/results/rollout_trace.json (one entry per checkp
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -58,7 +59,7 @@ class ChunkTap:
         return self.chunk
 
 
-def model_goal(policy) -> callable:
+def model_goal(policy) -> Callable[[dict], np.ndarray]:
     """observation -> the world goal point (metres) the policy's point token triangulates (keypoint_probe's reading)."""
     from keypoint_probe import POINTS, keypoints
 
