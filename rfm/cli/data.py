@@ -40,6 +40,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help=f"expert steps kept after the task succeeds (default {STEPS_AFTER_SUCCESS}). Success is a "
                         "threshold (reach: hand within 5 cm of the goal); a longer tail shows the last cm and holding "
                         "still at the goal")
+    g.add_argument("--action-noise", type=float, default=0.0, metavar="STD",
+                   help="add Gaussian noise of this std (action units; 1 = the largest step) to the hand motion the "
+                        "expert executes, recording the expert's own action (DART): demos that show recovering from "
+                        "slips. A failed noisy rollout is retried on the same seed (default 0: off)")
+    g.add_argument("--noise-correlation", type=float, default=0.9, metavar="RHO",
+                   help="step-to-step correlation of --action-noise in [0, 1): 0 is white noise, 0.9 drifts the hand "
+                        "off the path for ~10 steps (default 0.9)")
     g.add_argument("--overwrite", action="store_true")
     g.set_defaults(func=run_generate)
 
@@ -80,10 +87,14 @@ def run_generate(args: argparse.Namespace) -> int:
         raise CLIError(f"--start-jitter must be in [0, 100] steps (got {args.start_jitter})")
     if not 0 <= args.steps_after_success <= 200:
         raise CLIError(f"--steps-after-success must be in [0, 200] steps (got {args.steps_after_success})")
+    if not 0.0 <= args.action_noise <= 1.0 or not 0.0 <= args.noise_correlation < 1.0:
+        raise CLIError(f"--action-noise must be in [0, 1] and --noise-correlation in [0, 1) "
+                       f"(got {args.action_noise}, {args.noise_correlation})")
     res = write_metaworld(args.out, args.tasks, args.episodes, args.cameras, args.size, seed=args.seed,
                           workers=args.workers, use_videos=args.images == "video", vcodec=args.vcodec,
                           overwrite=args.overwrite, start_jitter=args.start_jitter,
-                          steps_after_success=args.steps_after_success)
+                          steps_after_success=args.steps_after_success, action_noise=args.action_noise,
+                          noise_correlation=args.noise_correlation)
     for task, tried in res["tried"].items():
         print(f"{task}: kept {res['kept'].get(task, 0)}/{tried} episodes (successful ones only)")
     print(f"wrote {res['episodes']} episodes, {res['frames']} frames at {res['fps']} Hz to {res['out']}")

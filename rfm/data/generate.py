@@ -13,7 +13,8 @@ from rfm.data.writer import LeRobotDatasetWriter
 def write_metaworld(out: str | Path, tasks: list[str], episodes: int, cameras: list[str], size: int, seed: int = 0,
                     workers: int = 2, use_videos: bool = True, vcodec: str | None = None, overwrite: bool = False,
                     progress: bool = True, sim: ModuleType | Any = None, start_jitter: int = 0,
-                    steps_after_success: int = STEPS_AFTER_SUCCESS) -> dict:
+                    steps_after_success: int = STEPS_AFTER_SUCCESS, action_noise: float = 0.0,
+                    noise_correlation: float = 0.9) -> dict:
     """Generate `episodes` scripted-expert episodes per task (the simulator may already retry failed seeds) and
     write the successful ones, atomically.
 
@@ -21,7 +22,8 @@ def write_metaworld(out: str | Path, tasks: list[str], episodes: int, cameras: l
     (`env_task`, `seed`); the simulator's object and goal positions are the `observation.environment_state` column
     (a privileged training target, never a policy input), with each camera's projection matrix in its feature
     info. `sim` defaults to rfm.sim.metaworld (tests inject a fake with the same names). steps_after_success: expert
-    steps kept past the success threshold (rfm.sim.metaworld.generate_episode).
+    steps kept past the success threshold; action_noise, noise_correlation: noise on the executed hand motion, the
+    expert's own action recorded (rfm.sim.metaworld.generate_episode). Both are recorded per episode.
     """
     if sim is None:
         from rfm.sim import metaworld as sim
@@ -41,16 +43,19 @@ def write_metaworld(out: str | Path, tasks: list[str], episodes: int, cameras: l
     try:
         for ep in sim.generate_episodes(tasks=tasks, episodes_per_task=episodes, cameras=cameras, size=size,
                                         seed=seed, workers=workers, progress=progress, start_jitter=start_jitter,
-                                        steps_after_success=steps_after_success):
+                                        steps_after_success=steps_after_success, action_noise=action_noise,
+                                        noise_correlation=noise_correlation):
             tried[ep.task] = tried.get(ep.task, 0) + 1
             if not ep.success:
                 continue
             for i in range(len(ep.action)):
                 writer.add_frame(images={c: ep.frames[c][i] for c in cameras}, state=ep.state[i],
                                  action=ep.action[i], task=ep.instruction)
-            writer.save_episode(extra={OBS_ENV_STATE: ep.env_state} if env_names else None,
-                                meta={"env_task": ep.task, "seed": int(ep.seed), "start_jitter": int(start_jitter),
-                                      "steps_after_success": int(steps_after_success)})
+            meta = {"env_task": ep.task, "seed": int(ep.seed), "start_jitter": int(start_jitter),
+                    "steps_after_success": int(steps_after_success)}
+            if action_noise > 0:
+                meta.update(action_noise=float(action_noise), noise_correlation=float(noise_correlation))
+            writer.save_episode(extra={OBS_ENV_STATE: ep.env_state} if env_names else None, meta=meta)
             kept[ep.task] = kept.get(ep.task, 0) + 1
         if writer.num_episodes == 0:
             raise ValueError(f"no successful episode among {sum(tried.values())} generated; nothing written to {out}")

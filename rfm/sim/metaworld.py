@@ -16,6 +16,7 @@ import numpy as np
 from rfm.constants import STEPS_AFTER_SUCCESS
 from rfm.sim import render  # noqa: F401  (sets MUJOCO_GL before mujoco is imported)
 from rfm.sim.instructions import INSTRUCTIONS, instructions_for
+from rfm.sim.noise import CorrelatedNoise
 from rfm.sim.render import CameraRenderer, camera_projection
 
 MT10_TASKS = ["reach-v3", "push-v3", "pick-place-v3", "door-open-v3", "drawer-open-v3", "drawer-close-v3",
@@ -30,6 +31,7 @@ CONTROL_HZ = 80.0  # MuJoCo timestep 2.5 ms x frame_skip 5
 MAX_STEPS = 500  # Meta-World's episode limit
 TRAIN_SEED_LIMIT = 100_000
 EVAL_SEED_BASE = 1_000_000
+NOISE_TRIES = 5  # noisy rollouts per seed before the seed counts as failed
 
 __all__ = [
     "ACTION_NAMES",
@@ -234,55 +236,75 @@ def jittered_start(env: MetaWorldEnv, seed: int, max_steps: int) -> dict:
 
 def generate_episode(task: str, seed: int, cameras: list[str], size: int, max_steps: int | None = None,
                      env: MetaWorldEnv | None = None, start_jitter: int = 0,
-                     steps_after_success: int = STEPS_AFTER_SUCCESS) -> Episode:
-    """Roll out the scripted expert once; success tells whether to keep it. start_jitter: see jittered_start.
+                     steps_after_success: int = STEPS_AFTER_SUCCESS, action_noise: float = 0.0,
+                     noise_correlation: float = 0.9) -> Episode:
+    """Roll out the scripted expert on `seed`; success tells whether to keep it. start_jitter: see jittered_start.
 
     steps_after_success: expert steps kept once the task succeeds. Success is a threshold (reach: the hand within
     5 cm of the goal), so an episode cut there never shows the last few cm nor holding still at the goal.
+    action_noise: std (action units) of rfm.sim.noise.CorrelatedNoise added to the executed hand motion; the
+    recorded action stays the expert's. A noisy rollout that fails is retried on the same seed with fresh noise
+    (up to NOISE_TRIES times), so noise changes the trajectories, not which scenes are demonstrated.
     """
     own = env is None
     env = env or MetaWorldEnv(task, cameras, size)
     try:
-        obs = jittered_start(env, seed, start_jitter) if start_jitter > 0 else env.reset(seed)
-        frames: dict[str, list] = {c: [] for c in cameras}
-        states, actions, env_states = [], [], []
-        success, after = False, 0
-        for _ in range(max_steps or MAX_STEPS):
-            action = env.expert_action()
-            for c in cameras:
-                frames[c].append(obs["images"][c])
-            states.append(obs["state"])
-            env_states.append(env.env_state())
-            actions.append(action)
-            obs, _, done, info = env.step(action)
-            success = success or info["success"]
-            if success:
-                after += 1
-                if after > steps_after_success:
-                    break
-            elif done:
+        for attempt in range(NOISE_TRIES if action_noise > 0 else 1):
+            noise = None
+            if action_noise > 0:  # hand motion only (dx, dy, dz): a noisy gripper command would drop what it holds
+                noise = CorrelatedNoise(action_noise, noise_correlation, 3, [seed, 11, attempt])
+            ep = _rollout(env, seed, cameras, max_steps, start_jitter, steps_after_success, noise)
+            if ep.success:
                 break
-        return Episode(task, env.instruction, int(seed), {c: np.stack(v) for c, v in frames.items()},
-                       np.stack(states).astype(np.float32), np.stack(actions).astype(np.float32), success,
-                       np.stack(env_states))
+        return ep
     finally:
         if own:
             env.close()
 
 
+def _rollout(env: MetaWorldEnv, seed: int, cameras: list[str], max_steps: int | None, start_jitter: int,
+             steps_after_success: int, noise: CorrelatedNoise | None) -> Episode:
+    """One expert rollout, recording frame, state and the expert's action at every step; `noise` perturbs what
+    is executed."""
+    obs = jittered_start(env, seed, start_jitter) if start_jitter > 0 else env.reset(seed)
+    frames: dict[str, list] = {c: [] for c in cameras}
+    states, actions, env_states = [], [], []
+    success, after = False, 0
+    for _ in range(max_steps or MAX_STEPS):
+        action = env.expert_action()
+        for c in cameras:
+            frames[c].append(obs["images"][c])
+        states.append(obs["state"])
+        env_states.append(env.env_state())
+        actions.append(action)
+        obs, _, done, info = env.step(noise(action) if noise is not None else action)
+        success = success or info["success"]
+        if success:
+            after += 1
+            if after > steps_after_success:
+                break
+        elif done:
+            break
+    return Episode(env.task, env.instruction, int(seed), {c: np.stack(v) for c, v in frames.items()},
+                   np.stack(states).astype(np.float32), np.stack(actions).astype(np.float32), success,
+                   np.stack(env_states))
+
+
 def _work(item: tuple) -> Episode:
-    task, seed, cameras, size, max_steps, start_jitter, steps_after_success = item
+    task, seed, cameras, size, max_steps, start_jitter, steps_after_success, action_noise, noise_correlation = item
     key = (task, tuple(cameras), size)
     if key not in _WORKER_ENVS:
         _WORKER_ENVS[key] = MetaWorldEnv(task, cameras, size)
     return generate_episode(task, seed, cameras, size, max_steps, env=_WORKER_ENVS[key], start_jitter=start_jitter,
-                            steps_after_success=steps_after_success)
+                            steps_after_success=steps_after_success, action_noise=action_noise,
+                            noise_correlation=noise_correlation)
 
 
 def generate_episodes(tasks: list[str] | str, episodes_per_task: int, cameras: list[str], size: int = 128,
                       seed: int = 0, workers: int = 2, progress: bool = True,
                       max_steps: int | None = None, start_jitter: int = 0,
-                      steps_after_success: int = STEPS_AFTER_SUCCESS) -> Iterator[Episode]:
+                      steps_after_success: int = STEPS_AFTER_SUCCESS, action_noise: float = 0.0,
+                      noise_correlation: float = 0.9) -> Iterator[Episode]:
     """Yield `episodes_per_task` successful expert episodes per task, in a deterministic order.
 
     Seeds seed, seed+1, ... are tried per task (failures are skipped and replaced by the next seed); all stay below
@@ -305,7 +327,8 @@ def generate_episodes(tasks: list[str] | str, episodes_per_task: int, cameras: l
                 next_seed += n
                 if seeds[-1] >= TRAIN_SEED_LIMIT:
                     raise RuntimeError(f"{task}: ran out of training seeds below {TRAIN_SEED_LIMIT}")
-                items = [(task, s, list(cameras), size, max_steps, start_jitter, steps_after_success) for s in seeds]
+                items = [(task, s, list(cameras), size, max_steps, start_jitter, steps_after_success, action_noise,
+                          noise_correlation) for s in seeds]
                 results = pool.imap(_work, items) if pool else map(_work, items)
                 for ep in results:
                     if ep.success and kept < episodes_per_task:

@@ -63,7 +63,7 @@ def test_import_hdf5_cli(tmp_path):
 def fake_sim(n_frames: int = 6):
     """Stands in for rfm.sim.metaworld: same names, episodes with a deterministic success pattern."""
     def generate_episodes(tasks, episodes_per_task, cameras, size, seed, workers, progress, start_jitter=0,
-                          steps_after_success=3):
+                          steps_after_success=3, action_noise=0.0, noise_correlation=0.9):
         for task in tasks:
             for k in range(episodes_per_task):
                 t = n_frames + k
@@ -100,6 +100,16 @@ def test_generate_cli_wiring(tmp_path, monkeypatch, capsys):
     assert main(["data", "generate", "metaworld", "--tasks", "reach-v3", "--steps-after-success", "-1", "--out",
                  str(tmp_path / "bad")]) == 2
     assert "--steps-after-success must be in [0, 200] steps (got -1)" in capsys.readouterr().err
+    # demos collected with noise on the executed motion say so per episode; a plain dataset has no such column
+    assert "action_noise" not in ds.episode_meta(0)
+    assert main(["data", "generate", "metaworld", "--tasks", "reach-v3", "--episodes", "1", "--cameras", "corner2",
+                 "--size", "16", "--action-noise", "0.2", "--noise-correlation", "0.5",
+                 "--out", str(tmp_path / "noisy")]) == 0
+    meta = LeRobotDataset(tmp_path / "noisy").episode_meta(0)
+    assert meta["action_noise"] == 0.2 and meta["noise_correlation"] == 0.5
+    assert main(["data", "generate", "metaworld", "--tasks", "reach-v3", "--noise-correlation", "1", "--out",
+                 str(tmp_path / "bad")]) == 2
+    assert "--noise-correlation in [0, 1) (got 0.0, 1.0)" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(importlib.util.find_spec("rfm.sim.metaworld") is None, reason="rfm.sim.metaworld not written yet")

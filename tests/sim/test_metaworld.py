@@ -186,3 +186,56 @@ def test_task_names_and_constants():
     with pytest.raises(ValueError, match="Did you mean 'push-v3'"):
         expand_tasks(["psuh-v3"])
     assert len(STATE_NAMES) == 4 and len(ACTION_NAMES) == 4
+
+
+class _SpyEnv(MetaWorldEnv):
+    """Records what the expert asked for and what was executed, per rollout."""
+
+    def reset(self, seed=None):
+        self.asked, self.executed = [], []
+        return super().reset(seed)
+
+    def expert_action(self):
+        self.asked.append(super().expert_action())
+        return self.asked[-1]
+
+    def step(self, action):
+        self.executed.append(np.array(action, np.float32))
+        return super().step(action)
+
+
+def test_action_noise_perturbs_what_is_executed_and_records_the_experts_action():
+    env = _SpyEnv("reach-v3", ["topview"], size=32)
+    clean = generate_episode("reach-v3", seed=3, cameras=["topview"], size=32, env=env)
+    noisy = generate_episode("reach-v3", seed=3, cameras=["topview"], size=32, env=env, action_noise=0.2,
+                             noise_correlation=0.9)
+    assert clean.success and noisy.success
+    np.testing.assert_array_equal(noisy.state[0], clean.state[0])  # the same scene and start...
+    n = min(len(clean.state), len(noisy.state))
+    assert np.abs(noisy.state[:n, :3] - clean.state[:n, :3]).max() > 0.01  # ...a different path (metres)
+    asked, executed = np.stack(env.asked), np.stack(env.executed)
+    np.testing.assert_array_equal(noisy.action, asked)  # the labels are the expert's own actions
+    np.testing.assert_array_equal(executed[:, 3], asked[:, 3])  # the gripper as asked
+    assert 0.05 < (executed[:, :3] - asked[:, :3]).std() < 0.4
+    assert np.array_equal(noisy.env_state[0], clean.env_state[0])
+    env.close()
+
+
+def test_a_failed_noisy_rollout_is_retried_on_the_same_seed():
+    class FailsFirst(_SpyEnv):
+        resets = 0
+
+        def reset(self, seed=None):
+            FailsFirst.resets += 1
+            return super().reset(seed)
+
+        def step(self, action):
+            obs, reward, done, info = super().step(action)
+            if FailsFirst.resets == 1:  # the first rollout never succeeds and ends after 5 steps
+                return obs, reward, self.steps >= 5, {**info, "success": False}
+            return obs, reward, done, info
+
+    env = FailsFirst("reach-v3", ["topview"], size=32)
+    ep = generate_episode("reach-v3", seed=6, cameras=["topview"], size=32, env=env, action_noise=0.1)
+    env.close()
+    assert FailsFirst.resets == 2 and ep.success and ep.seed == 6
