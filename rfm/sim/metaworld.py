@@ -291,13 +291,12 @@ def _rollout(env: MetaWorldEnv, seed: int, cameras: list[str], max_steps: int | 
 
 
 def _work(item: tuple) -> Episode:
-    task, seed, cameras, size, max_steps, start_jitter, steps_after_success, action_noise, noise_correlation = item
+    """(task, seed, cameras, size, generate_episode's keyword options) -> the episode, on this worker's env."""
+    task, seed, cameras, size, options = item
     key = (task, tuple(cameras), size)
     if key not in _WORKER_ENVS:
         _WORKER_ENVS[key] = MetaWorldEnv(task, cameras, size)
-    return generate_episode(task, seed, cameras, size, max_steps, env=_WORKER_ENVS[key], start_jitter=start_jitter,
-                            steps_after_success=steps_after_success, action_noise=action_noise,
-                            noise_correlation=noise_correlation)
+    return generate_episode(task, seed, cameras, size, env=_WORKER_ENVS[key], **options)
 
 
 def generate_episodes(tasks: list[str] | str, episodes_per_task: int, cameras: list[str], size: int = 128,
@@ -315,6 +314,8 @@ def generate_episodes(tasks: list[str] | str, episodes_per_task: int, cameras: l
     tasks = expand_tasks(tasks)
     if episodes_per_task < 1:
         raise ValueError(f"episodes_per_task={episodes_per_task}: expected >= 1")
+    options = {"max_steps": max_steps, "start_jitter": start_jitter, "steps_after_success": steps_after_success,
+               "action_noise": action_noise, "noise_correlation": noise_correlation}
     bar = tqdm(total=episodes_per_task * len(tasks), desc="episodes", disable=not progress, dynamic_ncols=True)
     ctx = mp.get_context("spawn")
     pool = ctx.Pool(workers) if workers > 1 else None
@@ -327,8 +328,7 @@ def generate_episodes(tasks: list[str] | str, episodes_per_task: int, cameras: l
                 next_seed += n
                 if seeds[-1] >= TRAIN_SEED_LIMIT:
                     raise RuntimeError(f"{task}: ran out of training seeds below {TRAIN_SEED_LIMIT}")
-                items = [(task, s, list(cameras), size, max_steps, start_jitter, steps_after_success, action_noise,
-                          noise_correlation) for s in seeds]
+                items = [(task, s, list(cameras), size, options) for s in seeds]
                 results = pool.imap(_work, items) if pool else map(_work, items)
                 for ep in results:
                     if ep.success and kept < episodes_per_task:

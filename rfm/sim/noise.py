@@ -20,15 +20,13 @@ class CorrelatedNoise:
             raise ValueError(f"action noise std {std} must be >= 0 and its correlation {correlation} in [0, 1)")
         self.std, self.rho, self.dims = float(std), float(correlation), int(dims)
         self.rng = np.random.default_rng(seed)
-        self.state = np.zeros(self.dims)
-        self.fresh = True
+        self.state: np.ndarray | None = None  # None until the first sample
 
     def __call__(self, action: np.ndarray) -> np.ndarray:
         """The action to execute: `action` with the next noise sample added to its first `dims` entries."""
         e = self.rng.standard_normal(self.dims) * self.std
         # the first sample is drawn at the stationary std, not grown into it
-        self.state = e if self.fresh else self.rho * self.state + np.sqrt(1.0 - self.rho ** 2) * e
-        self.fresh = False
+        self.state = e if self.state is None else self.rho * self.state + np.sqrt(1.0 - self.rho ** 2) * e
         out = np.array(action, dtype=np.float32, copy=True)
         out[:self.dims] += self.state.astype(np.float32)
         return out
