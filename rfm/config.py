@@ -100,6 +100,7 @@ class ModelConfig:
     vision_keypoint_source: str = "stem"  # keypoint heatmaps read: "stem" (one conv), "block" (+1 block), "branch" (own convs)
     vision_points: int = 0  # the first P keypoints, triangulated across cameras into world-frame points (0 = off)
     camera_projections: list | None = None  # (N_cam, 3, 4) world -> normalised image, for vision_points (calibration)
+    relative_points: bool = False  # the point token also gets each point minus the hand and minus each other point
     vision_path: str | None = None  # local directory of a Hugging Face vision model (vision_backbone="hf")
     vision_hf_config: dict | None = None  # HF config dict, stored so checkpoints rebuild without vision_path
     text_encoder: str = DEFAULT_TEXT_ENCODER  # "all-MiniLM-L6-v2" (packaged) or a local sentence-encoder dir
@@ -190,6 +191,10 @@ class PolicyConfig:
         _check(self.model.vision_points == 0 or proj is not None, "model.camera_projections", proj,
                "the cameras' projections when model.vision_points > 0 (rfm train reads them from a dataset that "
                "records features.observation.environment_state.info.camera_projection)")
+        _check(not self.model.relative_points or (self.model.vision_points > 0 and self.interface.state_dim >= 3),
+               "model.relative_points", self.model.relative_points,
+               "false unless model.vision_points > 0 and the state starts with the hand's x, y, z in the cameras' "
+               f"world frame (state_dim={self.interface.state_dim})")
 
     def to_dict(self) -> dict:
         return {"model": self.model.to_dict(), "interface": self.interface.to_dict()}

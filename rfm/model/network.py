@@ -78,7 +78,7 @@ class PolicyNet(nn.Module):
         self.state_proj = nn.Linear(self.state_dim, d) if self.state_dim > 0 else None
         self.modality = nn.Parameter(torch.randn(3, d) * 0.02)  # language, state, image
         # triangulated keypoints join the state token (where the hand is and where the goal is, side by side)
-        self.point_token = (PointToken(m.camera_projections, m.vision_points, self.state_dim, d)
+        self.point_token = (PointToken(m.camera_projections, m.vision_points, self.state_dim, d, m.relative_points)
                             if m.vision_points else None)
 
         self.encoder = nn.ModuleList(EncoderBlock(d, m.heads, m.mlp_ratio, m.dropout) for _ in range(m.encoder_layers))
@@ -136,7 +136,7 @@ class PolicyNet(nn.Module):
         txt = self.text_proj(text.float()) + self.text_pos + self.modality[0]  # (B, L, D)
         tokens, masks = [txt], [text_mask.bool()]
         nstate = self.state_norm(state.float()) if self.state_proj is not None else None
-        point = (self.point_token(*keypoints, nstate, offsets, point_shift)
+        point = (self.point_token(*keypoints, nstate, offsets, point_shift, state.float())
                  if self.point_token is not None else None)  # (B, 1, D)
         if self.state_proj is not None or point is not None:
             st = self.modality[1].expand(B, 1, -1)

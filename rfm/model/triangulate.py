@@ -16,6 +16,7 @@ from torch import nn
 
 from rfm.model.normalize import Normalizer
 
+RELATIVE_SCALE = 0.1  # metres per unit of relative_points' offsets: Meta-World's goals lie within +-0.3 m of the hand
 RIDGE = 1e-3  # pull toward the workspace centre, relative to the system's scale: keeps near-parallel rays finite
 
 
@@ -81,7 +82,8 @@ class PointToken(nn.Module):
     when the goal did.
     """
 
-    def __init__(self, projections: list | np.ndarray, points: int, state_dim: int, dim: int) -> None:
+    def __init__(self, projections: list | np.ndarray, points: int, state_dim: int, dim: int,
+                 relative: bool = False) -> None:
         super().__init__()
         proj = np.asarray(projections, np.float32)
         centre, scale = workspace_frame(proj)
@@ -93,6 +95,14 @@ class PointToken(nn.Module):
         self.norm.scale.fill_(scale)
         n_in = points * 3 + len(proj) * points + state_dim
         self.mlp = nn.Sequential(nn.Linear(n_in, dim), nn.GELU(), nn.Linear(dim, dim))
+        # relative: each point minus the hand and minus each other point, in RELATIVE_SCALE units; a separate branch
+        # whose output layer starts at zero, so adding it to a trained token changes nothing until it learns
+        self.relative = None
+        if relative:
+            n_rel = 3 * points + 3 * points * (points - 1) // 2
+            self.relative = nn.Sequential(nn.Linear(n_rel, dim), nn.GELU(), nn.Linear(dim, dim))
+            nn.init.zeros_(self.relative[2].weight)
+            nn.init.zeros_(self.relative[2].bias)
 
     def set_stats(self, stats: dict | None) -> None:
         """Normalise point p by the stats of environment-state point p (mean_std), when they cover the points."""
@@ -117,10 +127,12 @@ class PointToken(nn.Module):
         return triangulate(uv, weights, self.projections, self.centre), spread
 
     def forward(self, uv: torch.Tensor, logits: torch.Tensor, nstate: torch.Tensor | None,
-                offsets: torch.Tensor | None = None, shift: torch.Tensor | None = None) -> torch.Tensor:
+                offsets: torch.Tensor | None = None, shift: torch.Tensor | None = None,
+                state: torch.Tensor | None = None) -> torch.Tensor:
         """-> (B, 1, D). offsets (B, N, 2): how far training's random shift moved each image (normalised
         coordinates); the keypoints moved with it, and the triangulation must undo that. shift (B, 3): training's
-        scene shift, added to every point (the state was moved by it already). Both None when serving."""
+        scene shift, added to every point (the state was moved by it already). Both None when serving.
+        state (B, S): the raw robot state, whose first three values are the hand (needed with `relative`)."""
         if offsets is not None:
             uv = uv - offsets[:, :, None, :].to(uv.dtype)
         points, spread = self.world_points(uv, logits)
@@ -129,4 +141,17 @@ class PointToken(nn.Module):
         parts = [self.norm(points.flatten(1)), torch.log1p(spread).flatten(1)]
         if nstate is not None:
             parts.append(nstate)
-        return self.mlp(torch.cat(parts, dim=-1).to(self.mlp[0].weight.dtype))[:, None]
+        token = self.mlp(torch.cat(parts, dim=-1).to(self.mlp[0].weight.dtype))
+        if self.relative is not None:
+            token = token + self.relative(relative_points(points, state[:, :3].to(points.dtype)).to(token.dtype))
+        return token[:, None]
+
+
+def relative_points(points: torch.Tensor, hand: torch.Tensor) -> torch.Tensor:
+    """points (B, P, 3) and hand (B, 3) in metres -> (B, 3P + 3P(P-1)/2): each point minus the hand, then each
+    pair's difference, in RELATIVE_SCALE units. What an action is a function of (reach: goal - hand; push: object -
+    hand, then goal - object) does not change when the whole scene moves, so a policy fed these need not have seen
+    each place to act there."""
+    P = points.shape[1]
+    pairs = [points[:, j] - points[:, i] for i in range(P) for j in range(i + 1, P)]  # unrolled: plain ops in ONNX
+    return torch.cat([(points - hand[:, None]).flatten(1), *pairs], dim=-1) / RELATIVE_SCALE

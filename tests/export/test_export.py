@@ -319,12 +319,17 @@ def test_bad_export_config(kw, pattern):
         ExportConfig(**kw)
 
 
-def test_triangulated_points_export_with_parity(tmp_path):
-    """The point token's closed-form 3 x 3 solve runs in ONNX as it does in PyTorch, in fp32 and fp16."""
+@pytest.mark.parametrize("relative", [False, True])
+def test_triangulated_points_export_with_parity(tmp_path, relative):
+    """The point token's closed-form 3 x 3 solve (and its points relative to the hand) runs in ONNX as it does in
+    PyTorch, in fp32 and fp16."""
     from tests.model.test_triangulate import STEREO
 
     torch.manual_seed(0)
-    policy = RFMPolicy.build("tiny", interface=ITF, stats=STATS, vision_points=3, camera_projections=STEREO.tolist())
+    policy = RFMPolicy.build("tiny", interface=ITF, stats=STATS, vision_points=3, camera_projections=STEREO.tolist(),
+                             relative_points=relative)
+    if relative:  # the branch starts at zero; give it weights so that parity covers it
+        torch.nn.init.normal_(policy.net.point_token.relative[2].weight, std=0.05)
     ckpt = policy.save_pretrained(tmp_path / "pts")
     for precision, limit in (("fp32", 1e-4), ("fp16", 1e-2)):
         m = export_checkpoint(ckpt, tmp_path / precision, ExportConfig(precision=precision, parity_samples=4,

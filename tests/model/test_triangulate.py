@@ -8,7 +8,7 @@ import torch
 
 from rfm import RFMPolicy
 from rfm.config import ConfigError, RobotInterface
-from rfm.model.triangulate import PointToken, triangulate, workspace_frame
+from rfm.model.triangulate import RELATIVE_SCALE, PointToken, relative_points, triangulate, workspace_frame
 
 # two pinhole cameras 2 m from the origin: one looking along +z (u = x / (z + 2), v = y / (z + 2)), one along +x
 # (u = z / (x + 2), v = y / (x + 2)); both look at the origin
@@ -119,6 +119,7 @@ def test_points_get_gradients_through_the_keypoints():
     ({"vision_points": 5, "camera_projections": STEREO.tolist()}, r"vision_points=5.*\[0, model.vision_keypoints=4\]"),
     ({"vision_points": 2, "camera_projections": STEREO[:, :2].tolist()}, "camera_projections.*3 x 4"),
     ({"vision_points": 2, "camera_projections": [STEREO[0].tolist()] * 3}, "3 projections.*one per camera"),
+    ({"relative_points": True}, "relative_points=True.*vision_points > 0"),
 ])
 def test_bad_point_config_names_the_field(kw, pattern):
     with pytest.raises(ConfigError, match=pattern):
@@ -153,3 +154,33 @@ def test_scene_shift_moves_every_triangulated_point_by_the_same_offset():
     scale = token.norm.scale[:3]
     torch.testing.assert_close((shifted - plain)[:6], (shift / scale).repeat(1, 2)[0], atol=1e-5, rtol=0)
     torch.testing.assert_close(shifted[6:], plain[6:])  # spreads and state as they were
+
+
+def test_relative_points_are_offsets_that_a_moved_scene_leaves_alone():
+    pts = torch.tensor([[[0.1, 0.6, 0.05], [0.0, 0.0, 0.0], [-0.1, 0.8, 0.25]]])  # object, absent object, goal
+    hand = torch.tensor([[0.0, 0.6, 0.2]])
+    rel = relative_points(pts, hand) * RELATIVE_SCALE
+    assert rel.shape == (1, 9 + 9)  # three points minus the hand, then the three pairs (0-1, 0-2, 1-2)
+    torch.testing.assert_close(rel[0, 6:9], torch.tensor([-0.1, 0.2, 0.05]))  # goal - hand
+    torch.testing.assert_close(rel[0, 12:15], torch.tensor([-0.2, 0.2, 0.2]))  # goal - object
+    moved = torch.tensor([0.07, -0.03, 0.02])
+    torch.testing.assert_close(relative_points(pts + moved, hand + moved), relative_points(pts, hand))
+
+
+def test_relative_points_join_a_trained_policy_without_changing_it():
+    """The relative branch's output layer starts at zero: a fine-tune that adds it (`--init` a checkpoint without
+    it) starts from the checkpoint's actions, and training reaches the branch."""
+    torch.manual_seed(0)
+    kw = dict(interface=_interface(), vision_keypoints=4, vision_points=2, camera_projections=STEREO.tolist())
+    plain = RFMPolicy.build("tiny", **kw)
+    rel = RFMPolicy.build("tiny", relative_points=True, **kw)
+    missing, unexpected = rel.net.load_state_dict(plain.net.state_dict(), strict=False)
+    assert not unexpected and missing and all(k.startswith("point_token.relative.") for k in missing)
+    images = np.random.default_rng(0).integers(0, 256, (2, 2, 3, 32, 32), dtype=np.uint8)
+    state = np.random.default_rng(1).standard_normal((2, 3)).astype(np.float32)
+    np.testing.assert_allclose(rel.predict(images, state, ["reach"] * 2), plain.predict(images, state, ["reach"] * 2),
+                               atol=1e-6)
+    args = (torch.from_numpy(images), torch.from_numpy(state), torch.randn(2, 24, 384),
+            torch.ones(2, 24, dtype=torch.bool), torch.randn(2, 4, 3))
+    rel.net.losses(*args)["action"].backward()
+    assert rel.net.point_token.relative[2].weight.grad.abs().sum() > 0
