@@ -171,7 +171,8 @@ def test_relative_points_join_a_trained_policy_without_changing_it():
     """The relative branch's output layer starts at zero: a fine-tune that adds it (`--init` a checkpoint without
     it) starts from the checkpoint's actions, and training reaches the branch."""
     torch.manual_seed(0)
-    kw = dict(interface=_interface(), vision_keypoints=4, vision_points=2, camera_projections=STEREO.tolist())
+    kw = {"interface": _interface(), "vision_keypoints": 4, "vision_points": 2,
+          "camera_projections": STEREO.tolist()}
     plain = RFMPolicy.build("tiny", **kw)
     rel = RFMPolicy.build("tiny", relative_points=True, **kw)
     missing, unexpected = rel.net.load_state_dict(plain.net.state_dict(), strict=False)
