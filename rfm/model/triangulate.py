@@ -16,7 +16,7 @@ from torch import nn
 
 from rfm.model.normalize import Normalizer
 
-RELATIVE_SCALE = 0.1  # metres per unit of relative_points' offsets: Meta-World's goals lie within +-0.3 m of the hand
+RELATIVE_SCALE = 0.1  # metres per unit of relative_points' offsets: table-top offsets come out a few units
 RIDGE = 1e-3  # pull toward the workspace centre, relative to the system's scale: keeps near-parallel rays finite
 
 
@@ -143,6 +143,8 @@ class PointToken(nn.Module):
             parts.append(nstate)
         token = self.mlp(torch.cat(parts, dim=-1).to(self.mlp[0].weight.dtype))
         if self.relative is not None:
+            if state is None:
+                raise ValueError("relative points need the raw robot state (its first three values: the hand)")
             token = token + self.relative(relative_points(points, state[:, :3].to(points.dtype)).to(token.dtype))
         return token[:, None]
 
