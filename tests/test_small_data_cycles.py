@@ -1,0 +1,38 @@
+"""examples/small_data_cycles.sh, the 10-demo recipe in one command, on 2 generated demos and a few steps per cycle:
+each cycle starts from the previous one's checkpoint at the right learning rate, and a rerun skips finished cycles.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_cycles_chain_and_rerun_skips_finished(tmp_path: Path):
+    data, out = tmp_path / "demos", tmp_path / "run"
+    subprocess.run([sys.executable, "-m", "rfm.cli.main", "data", "generate", "metaworld", "--tasks", "reach-v3",
+                    "--episodes", "2", "--cameras", "corner,topview", "--size", "48", "--out", str(data),
+                    "--workers", "1"], check=True, capture_output=True, timeout=600)
+    env = {**os.environ, "RFM": str(Path(sys.executable).parent / "rfm"), "THREADS": "1", "EPISODES": "0"}
+    cmd = [str(ROOT / "examples" / "small_data_cycles.sh"), str(data), str(out), "2", "12"]
+    proc = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+
+    first = json.loads((tmp_path / "run-c1" / "checkpoint" / "config.json").read_text())
+    second = json.loads((tmp_path / "run-c2" / "checkpoint" / "config.json").read_text())
+    assert first["model"]["relative_points"] and first["model"]["vision_points"] == 3
+    assert first["meta"]["training"]["lr"] == 5e-4 and first["meta"]["training"]["steps_done"] == 12
+    assert second["meta"]["training"]["init"] == str(tmp_path / "run-c1" / "checkpoint")
+    assert second["meta"]["training"]["lr"] == 2.5e-4 and second["model"]["dropout"] == 0.0
+    assert second["model"]["relative_points"]  # carried over from the first cycle's checkpoint
+
+    weights = tmp_path / "run-c2" / "checkpoint" / "model.safetensors"
+    before = weights.stat().st_mtime_ns
+    proc = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0 and proc.stdout.count("already finished") == 2
+    assert weights.stat().st_mtime_ns == before
