@@ -45,9 +45,9 @@ for k in $(seq 1 "$CYCLES"); do
   if finished "$RUN"; then
     echo "== cycle $k/$CYCLES: $RUN already finished"
   else
-    resume=(); [ -f "$RUN/checkpoint/training_state/state.json" ] && resume=(--resume)
     echo "== cycle $k/$CYCLES: $RUN, $STEPS x 8 at lr $lr ${PREV:+from $PREV}"
-    $RFM train --dataset "$DATA" --out "$RUN" "${start[@]}" "${resume[@]}" --head chunk --steps "$STEPS" \
+    # --resume continues an interrupted cycle from its last checkpoint and starts fresh where there is none
+    $RFM train --dataset "$DATA" --out "$RUN" "${start[@]}" --resume --head chunk --steps "$STEPS" \
       --batch-size 8 --lr "$lr" --warmup-steps 200 --ema-decay 0.995 --chunk-size 16 --save-every 500 \
       --balance tasks --keypoint-loss 1 --frame-cache-gb 3 --threads "$THREADS" --num-workers 1 --no-progress
   fi

@@ -10,14 +10,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.test_pipeline import rfm
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_cycles_chain_and_rerun_skips_finished(tmp_path: Path):
     data, out = tmp_path / "demos", tmp_path / "run"
-    subprocess.run([sys.executable, "-m", "rfm.cli.main", "data", "generate", "metaworld", "--tasks", "reach-v3",
-                    "--episodes", "2", "--cameras", "corner,topview", "--size", "48", "--out", str(data),
-                    "--workers", "1"], check=True, capture_output=True, timeout=600)
+    rfm("data", "generate", "metaworld", "--tasks", "reach-v3", "--episodes", "2", "--cameras", "corner,topview",
+        "--size", "48", "--out", str(data), "--workers", "1")
     env = {**os.environ, "RFM": str(Path(sys.executable).parent / "rfm"), "THREADS": "1", "EPISODES": "0"}
     cmd = [str(ROOT / "examples" / "small_data_cycles.sh"), str(data), str(out), "2", "12"]
     proc = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=600)
