@@ -1,4 +1,4 @@
-"""`rfm` command line: one subcommand per module in rfm.cli (info, data, train, eval, export, serve, bench)."""
+"""`rfm` command line: one subcommand per module in rfm.cli (info, data, train, eval, compare, export, serve, bench, fleet)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ COMMANDS = {
     "data": "rfm.cli.data",
     "train": "rfm.cli.train",
     "eval": "rfm.cli.eval",
+    "compare": "rfm.cli.compare",
     "export": "rfm.cli.export",
     "serve": "rfm.cli.serve",
     "bench": "rfm.cli.bench",

@@ -1,0 +1,77 @@
+"""`rfm compare`: two evaluation results paired by seed — counts, exact McNemar p, skipped tasks, clear errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rfm.eval.compare import PairedCounts, compare, format_comparison
+
+RESULTS = Path(__file__).resolve().parents[2] / "docs" / "results"
+
+
+def _write(path: Path, outcomes: dict[str, dict[int, bool]]) -> Path:
+    tasks = {t: {"success_rate": sum(r.values()) / len(r), "episodes": len(r),
+                 "rollouts": [{"seed": s, "success": ok, "steps": 10} for s, ok in r.items()]}
+             for t, r in outcomes.items()}
+    path.write_text(json.dumps({"tasks": tasks, "mean_success_rate": 0.0}))
+    return path
+
+
+def _rfm_compare(*args) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "rfm.cli.main", "compare", *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=120)
+
+
+def test_counts_pair_episodes_by_seed_and_skip_what_only_one_ran(tmp_path):
+    a = _write(tmp_path / "a.json", {"reach-v3": {1: True, 2: True, 3: False, 4: False, 9: True},
+                                     "push-v3": {1: True}, "peg-insert-side-v3": {5: True}})
+    b = _write(tmp_path / "b.json", {"reach-v3": {4: True, 3: False, 2: True, 1: False},  # seed 9 missing
+                                     "push-v3": {2: True}, "door-open-v3": {1: True}})
+    cmp = compare(a, b)
+    assert cmp.tasks == {"reach-v3": PairedCounts(both=1, only_a=1, only_b=1, neither=1)}
+    assert cmp.skipped == {"push-v3": "no seed in common", "peg-insert-side-v3": "only in A",
+                           "door-open-v3": "only in B"}
+    text = format_comparison(cmp)
+    assert "reach-v3" in text and "skipped door-open-v3: only in B" in text
+
+
+def test_mcnemar_p_value_and_paired_standard_error():
+    assert PairedCounts(both=28, only_a=0, only_b=4, neither=18).p_value == pytest.approx(2 / 16)
+    assert PairedCounts(both=5, neither=5).p_value == 1.0  # no discordant episode: no evidence either way
+    assert PairedCounts(only_b=10).p_value == pytest.approx(2 / 1024)
+    c = PairedCounts(both=40, only_a=2, only_b=6, neither=52)
+    assert c.rate_b - c.rate_a == pytest.approx(0.04)
+    assert c.diff_se == pytest.approx(((8 / 100 - 0.04**2) / 100) ** 0.5)
+
+
+def test_shipped_results_compare_as_documented():
+    """The session-23 four-cycle model, whole chunks against 8 actions per inference (docs/RESULTS.md)."""
+    cmp = compare(RESULTS / "mt10-10demo-relative-4cycles-last-two-lr25-mt10-50ep.json",
+                  RESULTS / "mt10-10demo-relative-4cycles-last-two-lr25-action-steps-8-mt10-50ep.json")
+    assert len(cmp.tasks) == 10 and not cmp.skipped
+    assert cmp.mean_a == pytest.approx(0.748) and cmp.mean_b == pytest.approx(0.754)
+    pooled = cmp.pooled
+    assert (pooled.episodes, pooled.only_a, pooled.only_b) == (500, 14, 17) and pooled.p_value > 0.5
+
+
+def test_cli_writes_comparison_json_and_names_bad_files(tmp_path):
+    a = _write(tmp_path / "a.json", {"reach-v3": {1: True, 2: False}})
+    b = _write(tmp_path / "b.json", {"reach-v3": {1: True, 2: True}})
+    out = tmp_path / "cmp.json"
+    proc = _rfm_compare(a, b, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(out.read_text())
+    assert res["tasks"]["reach-v3"]["only_b"] == 1 and res["mean_success_rate_b"] == 1.0
+    assert res["pooled"]["diff"] == pytest.approx(0.5) and "reach-v3" in proc.stdout
+
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"tasks": {"reach-v3": {"success_rate": 0.5, "episodes": 2}}}))
+    proc = _rfm_compare(a, old)
+    assert proc.returncode == 2 and "old.json: tasks.reach-v3 has no 'rollouts'" in proc.stderr
+    proc = _rfm_compare(a, tmp_path / "missing.json")
+    assert proc.returncode == 2 and "missing.json: results file not found" in proc.stderr
