@@ -4,10 +4,12 @@
 # (`--init --keep-init-stats`: fresh optimizer, 200-step warm-up, cosine decay, dropout 0), the last at LAST_LR;
 # then a closed-loop evaluation of the last cycle on EPISODES unseen seeds per MT10 task.
 # Usage: examples/small_data_cycles.sh DATA OUT [CYCLES] [STEPS]
-#   DATA is generated (10 demos per task, 2 x 128 px) when it does not exist. Cycle k's run is OUT-c<k>; a finished
+#   DATA is a dataset or a comma-separated list of them; a single one is generated (10 demos per task, 2 x 128 px)
+#   when it does not exist. Cycle k's run is OUT-c<k>; a finished
 #   cycle is skipped and an interrupted one resumed, so rerunning the command continues where it stopped.
 #   MODEL: the first cycle's model overrides (JSON; default: 3 triangulated points, relative to the hand).
-#   THREADS (default 2), LR (default 5e-4), LAST_LR (default 2.5e-4), EPISODES (default 50; 0 skips the evaluation).
+#   THREADS (default 2), LR (default 5e-4), LAST_LR (default 2.5e-4), EPISODES (default 50; 0 skips the evaluation),
+#   CACHE_GB (decoded-frame cache, default 3: holds 10 demos per task; 50 need ~4).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RFM=${RFM:-.venv/bin/rfm}
@@ -20,9 +22,13 @@ THREADS=${THREADS:-2}
 LR=${LR:-5e-4}
 LAST_LR=${LAST_LR:-2.5e-4}
 EPISODES=${EPISODES:-50}
+CACHE_GB=${CACHE_GB:-3}
 export MUJOCO_GL=${MUJOCO_GL:-osmesa} HF_HUB_OFFLINE=1 OMP_NUM_THREADS=$THREADS
 
-if [ ! -d "$DATA" ]; then
+if [[ "$DATA" == *,* ]]; then
+  IFS=, read -ra parts <<< "$DATA"
+  for d in "${parts[@]}"; do [ -d "$d" ] || { echo "error: dataset $d (in DATA) does not exist" >&2; exit 2; }; done
+elif [ ! -d "$DATA" ]; then
   echo "== generate $DATA: 10 scripted demos per MT10 task, corner + topview at 128 px"
   $RFM data generate metaworld --tasks mt10 --episodes 10 --cameras corner,topview --size 128 --start-jitter 15 \
     --workers "$THREADS" --out "$DATA"
@@ -49,7 +55,7 @@ for k in $(seq 1 "$CYCLES"); do
     # --resume continues an interrupted cycle from its last checkpoint and starts fresh where there is none
     $RFM train --dataset "$DATA" --out "$RUN" "${start[@]}" --resume --head chunk --steps "$STEPS" \
       --batch-size 8 --lr "$lr" --warmup-steps 200 --ema-decay 0.995 --chunk-size 16 --save-every 500 \
-      --balance tasks --keypoint-loss 1 --frame-cache-gb 3 --threads "$THREADS" --num-workers 1 --no-progress
+      --balance tasks --keypoint-loss 1 --frame-cache-gb "$CACHE_GB" --threads "$THREADS" --num-workers 1 --no-progress
   fi
   PREV=$RUN
 done
