@@ -40,10 +40,10 @@ def test_cycles_chain_and_rerun_skips_finished(tmp_path: Path):
 
 
 def test_dataset_list_with_a_missing_member_is_refused_before_training(tmp_path: Path):
-    (tmp_path / "a").mkdir()
-    missing = tmp_path / "b"
+    missing, other = tmp_path / "a", tmp_path / "b"
     env = {**os.environ, "RFM": str(Path(sys.executable).parent / "rfm"), "EPISODES": "0"}
-    cmd = [str(ROOT / "examples" / "small_data_cycles.sh"), f"{tmp_path / 'a'},{missing}", str(tmp_path / "run")]
+    cmd = [str(ROOT / "examples" / "small_data_cycles.sh"), f"{missing},{other}", str(tmp_path / "run")]
     proc = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2 and f"dataset {missing} (in DATA) does not exist" in proc.stderr
-    assert not missing.exists() and not (tmp_path / "run-c1").exists()  # nothing generated, nothing trained
+    assert proc.returncode == 2 and f"dataset directory {missing} does not exist" in proc.stderr
+    assert not missing.exists() and not other.exists()  # a list is never generated
+    assert not (tmp_path / "run-c1").exists()  # nothing trained
