@@ -5,8 +5,8 @@
 # then a closed-loop evaluation of the last cycle on EPISODES unseen seeds per MT10 task.
 # Usage: examples/small_data_cycles.sh DATA OUT [CYCLES] [STEPS]
 #   DATA is a dataset or a comma-separated list of them; a single one is generated (10 demos per task, 2 x 128 px)
-#   when it does not exist, a list is used as given. Cycle k's run is OUT-c<k>; a finished cycle is skipped and an interrupted one resumed,
-#   so rerunning the command continues where it stopped.
+#   when it does not exist, a list is used as given. Cycle k's run is OUT-c<k>; a finished cycle is skipped and an
+#   interrupted one resumed, so rerunning the command continues where it stopped.
 #   MODEL: the first cycle's model overrides (JSON; default: 3 triangulated points, relative to the hand).
 #   THREADS (default 2), LR (default 5e-4), LAST_LR (default 2.5e-4), EPISODES (default 50; 0 skips the evaluation),
 #   CACHE_GB (decoded-frame cache, default 3: holds 10 demos per task; 50 need ~4).

@@ -13,14 +13,16 @@ from pathlib import Path
 from tests.test_pipeline import rfm
 
 ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = str(ROOT / "examples" / "small_data_cycles.sh")
+SCRIPT_ENV = {**os.environ, "RFM": str(Path(sys.executable).parent / "rfm"), "EPISODES": "0"}  # no closed-loop eval
 
 
 def test_cycles_chain_and_rerun_skips_finished(tmp_path: Path):
     data, out = tmp_path / "demos", tmp_path / "run"
     rfm("data", "generate", "metaworld", "--tasks", "reach-v3", "--episodes", "2", "--cameras", "corner,topview",
         "--size", "48", "--out", str(data), "--workers", "1")
-    env = {**os.environ, "RFM": str(Path(sys.executable).parent / "rfm"), "THREADS": "1", "EPISODES": "0"}
-    cmd = [str(ROOT / "examples" / "small_data_cycles.sh"), str(data), str(out), "2", "12"]
+    env = {**SCRIPT_ENV, "THREADS": "1"}
+    cmd = [SCRIPT, str(data), str(out), "2", "12"]
     proc = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
 
@@ -41,9 +43,8 @@ def test_cycles_chain_and_rerun_skips_finished(tmp_path: Path):
 
 def test_dataset_list_with_a_missing_member_is_refused_before_training(tmp_path: Path):
     missing, other = tmp_path / "a", tmp_path / "b"
-    env = {**os.environ, "RFM": str(Path(sys.executable).parent / "rfm"), "EPISODES": "0"}
-    cmd = [str(ROOT / "examples" / "small_data_cycles.sh"), f"{missing},{other}", str(tmp_path / "run")]
-    proc = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=60)
+    cmd = [SCRIPT, f"{missing},{other}", str(tmp_path / "run")]
+    proc = subprocess.run(cmd, check=False, env=SCRIPT_ENV, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and f"dataset directory {missing} does not exist" in proc.stderr
     assert not missing.exists() and not other.exists()  # a list is never generated
     assert not (tmp_path / "run-c1").exists()  # nothing trained
