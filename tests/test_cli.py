@@ -44,3 +44,9 @@ def test_train_action_loss_weights_malformed_is_a_one_line_error(tmp_path):
               "--action-loss-weights", "gripper")
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "--action-loss-weights 'gripper': item 'gripper' is not NAME=WEIGHT" in out.stderr
+
+
+def test_missing_checkpoint_is_a_one_line_error():
+    out = rfm("info", "--checkpoint", "/nonexistent/ckpt")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "/nonexistent/ckpt: checkpoint directory not found" in out.stderr

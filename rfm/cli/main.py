@@ -1,4 +1,5 @@
-"""`rfm` command line: one subcommand per module in rfm.cli (info, data, train, eval, compare, export, serve, bench, fleet)."""
+"""`rfm` command line: one subcommand per module in rfm.cli (info, data, train, eval, compare, average, export, serve,
+bench, fleet)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ COMMANDS = {
     "train": "rfm.cli.train",
     "eval": "rfm.cli.eval",
     "compare": "rfm.cli.compare",
+    "average": "rfm.cli.average",
     "export": "rfm.cli.export",
     "serve": "rfm.cli.serve",
     "bench": "rfm.cli.bench",
@@ -40,6 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _is_checkpoint_error(e: BaseException) -> bool:
+    """A missing or corrupt checkpoint (its message names the file); checked without importing torch up front."""
+    checkpoint = sys.modules.get("rfm.checkpoint")
+    return checkpoint is not None and isinstance(e, checkpoint.CheckpointError)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -52,6 +60,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rfm {args.command}: error: {e}", file=sys.stderr)
         return 2
     except (FileNotFoundError, ValueError) as e:  # config/checkpoint/data errors carry the file and field
+        print(f"rfm {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:
+        if not _is_checkpoint_error(e):
+            raise
         print(f"rfm {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
