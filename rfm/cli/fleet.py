@@ -14,6 +14,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--episodes", type=int, default=5, help="episodes per task")
     p.add_argument("--robots", type=int, default=2, help="concurrent robots")
     p.add_argument("--dagger", action="store_true", help="send the scripted expert's action as a correction")
+    p.add_argument("--takeover-error", type=float, default=None, metavar="E",
+                   help="with --dagger: the expert takes the controls when the policy's action differs from its own "
+                        "by more than E in any dimension (HG-DAgger), so the recording holds the expert's own "
+                        "plans from the states the policy reached")
+    p.add_argument("--takeover-steps", type=int, default=16, help="steps the expert keeps the controls (default: 16)")
     p.add_argument("--seed", type=int, default=200_000)
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--api-key-file", default=None, help="file whose first line is the API key")
@@ -22,13 +27,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rfm.sim.fleet import drive_fleet
+    from rfm.cli.main import CLIError
+    from rfm.sim.fleet import Takeover, drive_fleet
 
+    if args.takeover_error is not None and not args.dagger:
+        raise CLIError("--takeover-error needs --dagger (the expert's action is what a takeover executes)")
+    takeover = Takeover(args.takeover_error, args.takeover_steps) if args.takeover_error is not None else None
     key = Path(args.api_key_file).read_text().split()[0] if args.api_key_file else None
     res = drive_fleet(args.url, args.tasks, args.episodes, robots=args.robots, dagger=args.dagger, seed=args.seed,
-                      max_steps=args.max_steps, api_key=key)
+                      max_steps=args.max_steps, api_key=key, takeover=takeover)
     for task, r in res["tasks"].items():
-        print(f"{task:<26}{r['success_rate'] * 100:>6.0f}%  ({r['episodes']} episodes)")
+        helped = f", expert drove {r['expert_share'] * 100:.0f}% of steps" if takeover else ""
+        print(f"{task:<26}{r['success_rate'] * 100:>6.0f}%  ({r['episodes']} episodes{helped})")
     print(f"{'mean':<26}{res['mean_success_rate'] * 100:>6.1f}%  {res['steps']} steps in {res['wall_time_s']} s")
     if args.out:
         Path(args.out).write_text(json.dumps(res, indent=2))

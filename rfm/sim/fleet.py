@@ -4,6 +4,11 @@ Each robot thread owns an env and an HTTP client, asks the server for a chunk ev
 first action (receding horizon), and tells the server when its episode ends and whether it succeeded. With
 `dagger=True` every request carries the scripted expert's action as a correction, so a server started with
 `--record` collects DAgger-labelled data: states the policy visits, actions the expert would take.
+
+With `takeover_error` set (HG-DAgger, a human operator's habit) the expert also takes the controls for
+`takeover_steps` steps whenever the policy's action strays from its own by more than that (max over action dims):
+the recording then holds stretches of the expert's own trajectory from states the policy reached, so the chunk of
+actions a frame is trained to predict is one consistent plan, not expert labels along the policy's path.
 """
 
 from __future__ import annotations
@@ -11,14 +16,29 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
 FLEET_SEED_BASE = 200_000  # neither training (< 100_000) nor evaluation (>= 1_000_000) seeds
 
 
+@dataclass(frozen=True)
+class Takeover:
+    """When the expert takes the controls: policy action off by more than `error` (max over dims), for `steps`."""
+
+    error: float
+    steps: int = 16
+
+    def __post_init__(self) -> None:
+        if not self.error > 0:
+            raise ValueError(f"takeover error={self.error}: must be > 0 (max action difference that triggers it)")
+        if self.steps < 1:
+            raise ValueError(f"takeover steps={self.steps}: must be >= 1")
+
+
 def _robot(url: str, robot_id: str, work: list[tuple[str, int]], dagger: bool, max_steps: int | None,
-           api_key: str | None, results: list, lock: threading.Lock) -> None:
+           api_key: str | None, results: list, lock: threading.Lock, takeover: Takeover | None = None) -> None:
     import httpx
 
     from rfm.client import RFMClient
@@ -36,12 +56,18 @@ def _robot(url: str, robot_id: str, work: list[tuple[str, int]], dagger: bool, m
             session = f"{robot_id}-ep{k}"
             obs = env.reset(seed)
             success, steps, t0 = False, 0, time.perf_counter()
+            expert_left, expert_steps, takeovers = 0, 0, 0
             while True:
                 extra = {"robot_id": robot_id, "session_id": session}
-                if dagger:
-                    extra["correction"] = env.expert_action().tolist()
-                action = client.act({**obs, **extra})[0]
-                obs, _, done, info = env.step(np.clip(action, -1.0, 1.0))
+                expert = env.expert_action() if dagger else None
+                if expert is not None:
+                    extra["correction"] = expert.tolist()
+                action = np.clip(client.act({**obs, **extra})[0], -1.0, 1.0)
+                if takeover and not expert_left and np.abs(action - expert).max() > takeover.error:
+                    expert_left, takeovers = takeover.steps, takeovers + 1
+                if expert_left:
+                    action, expert_left, expert_steps = expert, expert_left - 1, expert_steps + 1
+                obs, _, done, info = env.step(action)
                 steps += 1
                 success = success or info["success"]
                 if done:
@@ -50,6 +76,7 @@ def _robot(url: str, robot_id: str, work: list[tuple[str, int]], dagger: bool, m
                        timeout=30).raise_for_status()
             with lock:
                 results.append({"task": task, "seed": seed, "robot": robot_id, "success": success, "steps": steps,
+                                "expert_steps": expert_steps, "takeovers": takeovers,
                                 "seconds": time.perf_counter() - t0})
     finally:
         client.close()
@@ -58,10 +85,16 @@ def _robot(url: str, robot_id: str, work: list[tuple[str, int]], dagger: bool, m
 
 
 def drive_fleet(url: str, tasks: list[str] | str, episodes: int, robots: int = 2, dagger: bool = False,
-                seed: int = FLEET_SEED_BASE, max_steps: int | None = None, api_key: str | None = None) -> dict:
-    """Run `episodes` episodes per task spread over `robots` concurrent robots; success rates per task."""
+                seed: int = FLEET_SEED_BASE, max_steps: int | None = None, api_key: str | None = None,
+                takeover: Takeover | None = None) -> dict:
+    """Run `episodes` episodes per task spread over `robots` concurrent robots; success rates per task.
+
+    With `takeover`, success counts episodes the expert helped; `expert_steps` says how much it drove.
+    """
     from rfm.sim.metaworld import expand_tasks
 
+    if takeover is not None and not dagger:
+        raise ValueError("takeover needs dagger=True: a takeover executes the expert's action")
     tasks = expand_tasks(tasks)
     work = [(t, seed + 1000 * k + i) for k, t in enumerate(tasks) for i in range(episodes)]
     shards = [work[i::robots] for i in range(robots)]
@@ -69,12 +102,18 @@ def drive_fleet(url: str, tasks: list[str] | str, episodes: int, robots: int = 2
     lock = threading.Lock()
     t0 = time.time()
     with ThreadPoolExecutor(robots) as pool:
-        futures = [pool.submit(_robot, url, f"robot-{i}", shard, dagger, max_steps, api_key, results, lock)
+        futures = [pool.submit(_robot, url, f"robot-{i}", shard, dagger, max_steps, api_key, results, lock, takeover)
                    for i, shard in enumerate(shards) if shard]
         for f in futures:
             f.result()
-    per_task = {t: {"success_rate": float(np.mean([r["success"] for r in results if r["task"] == t])),
-                    "episodes": sum(r["task"] == t for r in results)} for t in tasks}
+    per_task = {}
+    for t in tasks:
+        mine = [r for r in results if r["task"] == t]
+        driven = sum(r["expert_steps"] for r in mine) / max(1, sum(r["steps"] for r in mine))
+        per_task[t] = {"success_rate": float(np.mean([r["success"] for r in mine])), "episodes": len(mine),
+                       "expert_share": round(driven, 4), "takeovers": sum(r["takeovers"] for r in mine)}
+    steps = int(sum(r["steps"] for r in results))
     return {"tasks": per_task, "mean_success_rate": float(np.mean([v["success_rate"] for v in per_task.values()])),
-            "episodes": len(results), "steps": int(sum(r["steps"] for r in results)), "dagger": dagger,
-            "wall_time_s": round(time.time() - t0, 1)}
+            "episodes": len(results), "steps": steps, "dagger": dagger,
+            "takeover": asdict(takeover) if takeover else None,
+            "expert_steps": int(sum(r["expert_steps"] for r in results)), "wall_time_s": round(time.time() - t0, 1)}

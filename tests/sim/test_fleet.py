@@ -26,3 +26,27 @@ def test_fleet_records_dagger_episodes(tmp_path):
     assert ds.num_episodes == 2 and ds.num_frames == 10
     assert ds.extras["is_correction"].all() and ds.tasks == ["reach the red target"]
     assert np.abs(ds.actions).max() <= 1.0  # expert actions, clipped to the action space
+
+
+def test_takeover_lets_the_expert_drive_when_the_policy_strays(tmp_path):
+    import pytest
+
+    from rfm.sim.fleet import Takeover
+
+    itf = RobotInterface(cameras=["corner2"], image_size=(32, 32), state_names=STATE_NAMES, action_names=ACTION_NAMES,
+                         chunk_size=4, control_hz=CONTROL_HZ)
+    RFMPolicy.build("tiny", interface=itf).save_pretrained(tmp_path / "ck")
+    cfg = ServerConfig(max_batch=2, warmup_batch_sizes=(1,), record_dir=str(tmp_path / "rec"))
+    with ServerThread(load_runner(tmp_path / "ck", device="cpu"), cfg) as server:
+        # an untrained policy always strays by more than 1e-6: the expert drives every step, 3 at a time
+        res = drive_fleet(server.url, ["reach-v3"], episodes=1, robots=1, dagger=True, max_steps=150,
+                          takeover=Takeover(error=1e-6, steps=3))
+        with pytest.raises(ValueError, match="takeover needs dagger=True"):
+            drive_fleet(server.url, ["reach-v3"], episodes=1, dagger=False, takeover=Takeover(error=0.5))
+    task = res["tasks"]["reach-v3"]
+    assert task["success_rate"] == 1.0, "the scripted expert reaches the target when it drives"
+    assert res["expert_steps"] == res["steps"] and task["expert_share"] == 1.0
+    assert task["takeovers"] == -(-res["steps"] // 3) and res["takeover"] == {"error": 1e-6, "steps": 3}
+    assert LeRobotDataset(tmp_path / "rec").num_frames == res["steps"]
+    with pytest.raises(ValueError, match="error=0: must be > 0"):
+        Takeover(error=0)
