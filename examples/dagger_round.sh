@@ -5,6 +5,7 @@
 # recording. The recording is OUT/recorded, the fine-tuned checkpoint OUT/checkpoint (its model id is OUT's name).
 # Usage: examples/dagger_round.sh CHECKPOINT DATA OUT [TASKS] [EPISODES] [STEPS]
 #   DATA=none fine-tunes on the recording alone. Training flags: TRAIN_ARGS (appended; later flags win).
+#   Fleet flags: FLEET_ARGS, e.g. "--takeover-error 1.0" (the expert drives 16 steps whenever the policy strays).
 #   A later round should pass a new FLEET_SEED (e.g. 300000), so its robots meet new goal and object positions.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,8 +30,9 @@ $RFM serve --checkpoint "$CKPT" --port "$PORT" --max-batch 8 --threads 1 --recor
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null || true' EXIT
 for _ in $(seq 1 120); do curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null && break; sleep 1; done
+# shellcheck disable=SC2086
 $RFM fleet --url "http://127.0.0.1:$PORT" --tasks "$TASKS" --episodes "$EPISODES" --robots "$ROBOTS" --dagger \
-  --seed "$FLEET_SEED" --max-steps "$MAX_STEPS" --out "$OUT/fleet.json"
+  --seed "$FLEET_SEED" --max-steps "$MAX_STEPS" --out "$OUT/fleet.json" ${FLEET_ARGS:-}
 kill -TERM $SERVER && wait $SERVER || true   # graceful stop flushes open episodes
 trap - EXIT
 $RFM data info "$OUT/recorded"
