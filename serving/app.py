@@ -62,6 +62,8 @@ class ServerState:
             t = time.perf_counter()
             r = self._runner_or_loader
             runner = r if isinstance(r, Runner) else r()
+            if self.config.snap_instructions is not None:
+                runner.snap_instructions(self.config.snap_instructions)
             trim = HeapTrimmer(0.0).maybe_trim  # give back what loading and each warm-up batch left behind,
             trim()  # so the resident peak is the model plus one batch, not the sum of transients
             for b in self.config.batch_sizes_to_warm():

@@ -39,6 +39,7 @@ class ServerConfig:
     openpi_mapping: str | None = None  # JSON file mapping openpi observation keys to cameras / state / prompt
     record_dir: str | None = None  # record served observations + actions into this LeRobot v3.0 dataset
     record_images: str = "video"  # video (h264, compact) | image (lossless PNG: small targets survive)
+    snap_instructions: float | None = None  # cosine threshold: untrained instructions -> nearest trained one
     record_idle_timeout_s: float = 30.0  # a robot session idle this long ends its recorded episode
     retry_after_s: int = 1  # Retry-After value sent with 503
     shutdown_drain_s: float = 10.0  # how long graceful shutdown waits for queued work
@@ -57,6 +58,8 @@ class ServerConfig:
         check(self.action_limit_margin >= 0, "action_limit_margin", "a non-negative fraction of the range")
         check(self.retry_after_s >= 0, "retry_after_s", "a non-negative number of seconds")
         check(self.record_images in ("video", "image"), "record_images", "video or image")
+        check(self.snap_instructions is None or -1 <= self.snap_instructions <= 1, "snap_instructions",
+              "a cosine similarity in [-1, 1] (e.g. 0.5), or None for off")
 
     def batch_sizes_to_warm(self) -> list[int]:
         """1, the powers of two below max_batch, and max_batch: the shapes traffic will produce most."""

@@ -20,6 +20,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ensemble", action="store_true", help="ACT temporal ensembling (predict every step)")
     p.add_argument("--ensemble-m", type=float, default=0.01)
     p.add_argument("--action-steps", type=int, default=None, help="actions executed per chunk (default: all)")
+    p.add_argument("--snap-instructions", type=float, default=None, metavar="SIM",
+                   help="map instructions the model never trained on to the nearest trained one at cosine "
+                        "similarity >= SIM (what `rfm serve --snap-instructions` does); the JSON lists each mapping")
     p.add_argument("--seed", type=int, default=None, help="first evaluation seed (>= 1000000)")
     p.add_argument("--max-steps", type=int, default=None, help="episode step limit (default: 500)")
     p.add_argument("--video-dir", default=None, help="write a GIF of the first episode per task here")
@@ -41,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
     results = evaluate(None, args.tasks, args.episodes, seed=args.seed, paraphrase=args.paraphrase,
                        ensemble=args.ensemble, ensemble_m=args.ensemble_m, action_steps=args.action_steps,
                        max_steps=args.max_steps, video_dir=args.video_dir, workers=args.workers,
-                       checkpoint=args.checkpoint, backend=args.backend, progress=not args.no_progress)
+                       checkpoint=args.checkpoint, backend=args.backend, progress=not args.no_progress,
+                       snap_instructions=args.snap_instructions)
     print(format_table(results))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -56,11 +60,13 @@ def run(args: argparse.Namespace) -> int:
         evals = dict(cfg_meta.get("evaluation", {}))
         # one entry per execution mode: a run with --action-steps 8 must not overwrite the whole-chunk result
         steps = f"-steps{args.action_steps}" if args.action_steps and not args.ensemble else ""
-        key = f"metaworld{'-paraphrase' if args.paraphrase else ''}{'-ensemble' if args.ensemble else ''}{steps}"
+        snap = f"-snap{args.snap_instructions:g}" if args.snap_instructions is not None else ""
+        key = f"metaworld{'-paraphrase' if args.paraphrase else ''}{snap}{'-ensemble' if args.ensemble else ''}{steps}"
         evals[key] = {"mean_success_rate": results["mean_success_rate"],
                       "tasks": {t: r["success_rate"] for t, r in results["tasks"].items()},
                       "episodes_per_task": args.episodes, "seed": min(results["seeds"]),
-                      "action_steps": results.get("action_steps"), "ensemble": bool(args.ensemble)}
+                      "action_steps": results.get("action_steps"), "ensemble": bool(args.ensemble),
+                      "snap_instructions": args.snap_instructions}
         update_meta(args.checkpoint, "evaluation", evals)
         print(f"recorded in {args.checkpoint}/config.json and README.md")
     return 0

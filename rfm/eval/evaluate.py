@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,8 @@ def _run(runner: Runner, work: list[tuple[str, int, str]], opts: dict, video_dir
     from rfm.sim.metaworld import MetaWorldEnv
 
     itf = runner.interface
+    if opts.get("snap_instructions") is not None and runner.snapper is None:
+        runner.snap_instructions(opts["snap_instructions"])
     envs: dict[str, MetaWorldEnv] = {}
     results = []
     for task, seed, text in tqdm(work, desc="eval", disable=not progress, dynamic_ncols=True):
@@ -69,8 +72,12 @@ def evaluate(runner: Runner | None, tasks: list[str], episodes: int, seed: int |
              paraphrase: bool = False, ensemble: bool = False, ensemble_m: float = 0.01,
              action_steps: int | None = None, max_steps: int | None = None, video_dir: str | Path | None = None,
              workers: int = 1, checkpoint: str | None = None, backend: str = "torch",
-             progress: bool = True) -> dict:
-    """Closed-loop success rates. With workers > 1, each process loads its own runner from `checkpoint`."""
+             progress: bool = True, snap_instructions: float | None = None) -> dict:
+    """Closed-loop success rates. With workers > 1, each process loads its own runner from `checkpoint`.
+
+    snap_instructions: the runner maps untrained instructions to the nearest trained one at this cosine similarity
+    (rfm.runtime.snap); the results then say where each instruction went (`instruction_matches`).
+    """
     from rfm.sim.metaworld import EVAL_SEED_BASE, MAX_STEPS, expand_tasks
 
     tasks = expand_tasks(tasks)
@@ -78,7 +85,7 @@ def evaluate(runner: Runner | None, tasks: list[str], episodes: int, seed: int |
     if seed < EVAL_SEED_BASE:
         raise ValueError(f"seed={seed}: evaluation seeds must be >= {EVAL_SEED_BASE} (below are training seeds)")
     opts = {"max_steps": max_steps or MAX_STEPS, "action_steps": action_steps, "ensemble": ensemble,
-            "ensemble_m": ensemble_m}
+            "ensemble_m": ensemble_m, "snap_instructions": snap_instructions}
     work = _episodes(tasks, episodes, seed, paraphrase)
     t0 = time.time()
     if workers > 1:
@@ -95,6 +102,14 @@ def evaluate(runner: Runner | None, tasks: list[str], episodes: int, seed: int |
 
             runner = load_runner(checkpoint, backend=backend)
         results = _run(runner, work, opts, Path(video_dir) if video_dir else None, progress)
+    matches = None
+    if snap_instructions is not None:  # where each instruction went, from this process's runner
+        if runner is None:
+            from rfm.runtime import load_runner
+
+            runner = load_runner(checkpoint, backend=backend, device="cpu")
+        snapper = runner.snapper or runner.snap_instructions(snap_instructions)
+        matches = {t: asdict(snapper.match(t)) for t in sorted({text for _, _, text in work})}
     per_task = {}
     for task in tasks:
         rs = sorted((r for r in results if r.task == task), key=lambda r: r.seed)
@@ -106,6 +121,7 @@ def evaluate(runner: Runner | None, tasks: list[str], episodes: int, seed: int |
     return {"tasks": per_task, "mean_success_rate": float(np.mean([v["success_rate"] for v in per_task.values()])),
             "checkpoint": checkpoint, "backend": getattr(runner, "backend", backend), "paraphrase": paraphrase,
             "ensemble": ensemble, "action_steps": action_steps, "max_steps": opts["max_steps"],
+            "snap_instructions": snap_instructions, "instruction_matches": matches,
             "seeds": sorted({s for _, s, _ in work}), "wall_time_s": round(time.time() - t0, 1)}
 
 
@@ -114,4 +130,8 @@ def format_table(results: dict) -> str:
     for task, r in results["tasks"].items():
         rows.append(f"{task:<26}{r['success_rate'] * 100:>8.0f}%{r['episodes']:>10}{r['mean_steps']:>12.1f}")
     rows.append(f"{'mean':<26}{results['mean_success_rate'] * 100:>8.1f}%")
+    if results.get("instruction_matches"):
+        m = results["instruction_matches"]
+        rows.append(f"instructions snapped to a trained one (similarity >= {results['snap_instructions']:g}): "
+                    f"{sum(v['snapped'] for v in m.values())} of {len(m)}")
     return "\n".join(rows)

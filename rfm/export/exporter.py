@@ -212,6 +212,7 @@ def export_checkpoint(checkpoint, out: str | Path, config: ExportConfig | None =
             "rfm_version": _rfm_version(),
             "model_id": policy.meta.get("model_id", "rfm"),
             "model_version": policy.meta.get("model_version", "unsaved"),
+            "trained_instructions": list(policy.meta.get("data", {}).get("tasks", [])),  # for instruction snapping
             "checkpoint": str(ckpt_dir) if ckpt_dir else None,
             "preset": m.preset,
             "head": m.head,

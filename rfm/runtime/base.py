@@ -14,6 +14,7 @@ import numpy as np
 
 from rfm.config import RobotInterface
 from rfm.runtime.observation import Batch, make_batch
+from rfm.runtime.snap import InstructionSnapper
 
 
 class Runner(ABC):
@@ -27,6 +28,8 @@ class Runner(ABC):
         self.model_id, self.model_version = model_id, model_version
         self.resize_images = resize_images
         self.rng = np.random.default_rng(seed)
+        self.trained_instructions: list[str] = []  # as the checkpoint/export records them (subclasses fill it)
+        self.snapper: InstructionSnapper | None = None
 
     # --- to implement ----------------------------------------------------------------------------------------
     @abstractmethod
@@ -49,9 +52,16 @@ class Runner(ABC):
         return self.rng.standard_normal((batch_size, self.interface.chunk_size, self.interface.action_dim)
                                         ).astype(np.float32)
 
+    def snap_instructions(self, threshold: float) -> InstructionSnapper:
+        """From now on, an untrained instruction whose embedding is within `threshold` cosine similarity of a
+        trained one is replaced by it (rfm.runtime.snap); returns the snapper (its `match` explains a mapping)."""
+        self.snapper = InstructionSnapper(self.trained_instructions, self.encode_text, threshold)
+        return self.snapper
+
     def predict_batch(self, batch: Batch, noise: np.ndarray | None = None) -> np.ndarray:
         """Action chunks (B, H, D_a) float32 in robot units for a validated batch."""
-        text, mask = self.encode_text(batch.instructions)
+        instructions = self.snapper(batch.instructions) if self.snapper else batch.instructions
+        text, mask = self.encode_text(instructions)
         if noise is None:
             noise = self.sample_noise(len(batch))
         elif noise.shape != (len(batch), self.interface.chunk_size, self.interface.action_dim):
@@ -85,4 +95,4 @@ class Runner(ABC):
         """Robot interface and model identity, as served by GET /v1/models."""
         itf = self.interface.to_dict()
         return {**itf, "model_id": self.model_id, "model_version": self.model_version, "head": self.head,
-                "backend": self.backend}
+                "backend": self.backend, "snap_instructions": self.snapper.describe() if self.snapper else None}

@@ -162,6 +162,7 @@ class OnnxRunner(Runner):
         self.session = ort.InferenceSession(str(policy_path), sess_options=opts, providers=self.providers)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.text = OnnxTextEncoder(self.export_dir, m["text"], self.providers, cache_size, opts)
+        self.trained_instructions = list(m.get("trained_instructions", []))
 
     @classmethod
     def from_dir(

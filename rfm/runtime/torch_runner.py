@@ -27,6 +27,7 @@ class TorchRunner(Runner):
                          policy.meta.get("model_version", "unsaved"), resize_images, seed)
         self.device = pick_device(device)
         self.policy = policy.to(self.device)
+        self.trained_instructions = list(policy.meta.get("data", {}).get("tasks", []))
         self.policy.net.eval()
         self.bf16 = (self.device.type == "cuda") if bf16 is None else bf16
         self._fn = torch.compile(self.policy.net, dynamic=True) if compile else self.policy.net

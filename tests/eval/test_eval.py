@@ -79,6 +79,22 @@ def test_worker_processes_run_the_same_episodes_as_one(ckpt):
     assert two["seeds"] == one["seeds"] and len(two["seeds"]) == 4
 
 
+def test_snapped_paraphrases_are_listed_with_where_they_went(tmp_path):
+    from rfm.eval import evaluate, format_table
+
+    itf = RobotInterface(cameras=["corner2"], image_size=(48, 48), state_names=STATE_NAMES,
+                         action_names=ACTION_NAMES, chunk_size=8, control_hz=CONTROL_HZ)
+    policy = RFMPolicy.build("tiny", interface=itf)
+    policy.meta["data"] = {"tasks": ["close the drawer", "open the window"]}
+    path = policy.save_pretrained(tmp_path / "ck")
+    res = evaluate(None, ["drawer-close-v3"], 3, max_steps=4, checkpoint=str(path), workers=2, paraphrase=True,
+                   snap_instructions=0.5, progress=False)
+    matches = res["instruction_matches"]
+    assert len(matches) == 3 and "close the drawer" not in matches  # the three held-out paraphrases
+    assert all(m["nearest"] == "close the drawer" and m["snapped"] for m in matches.values()), matches
+    assert res["snap_instructions"] == 0.5 and "snapped to a trained one" in format_table(res)
+
+
 def test_training_seeds_are_refused(ckpt):
     from rfm.eval import evaluate
 
