@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -58,12 +59,26 @@ def _save_video(frames: list[np.ndarray], path: Path, fps: int) -> None:
     imageio.mimsave(path, frames[::2], duration=1000 / max(fps, 1), loop=0)
 
 
+def _exit_with_parent(parent_pid: int, poll_s: float = 1.0) -> None:
+    """Daemon thread in a worker: exit when the parent is gone (killed `rfm eval`), instead of finishing its shard."""
+    import threading
+
+    def watch() -> None:
+        while True:
+            time.sleep(poll_s)
+            if os.getppid() != parent_pid:
+                os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
+
+
 def _worker(args: tuple) -> list[RolloutResult]:
-    path, backend, work, opts = args
+    path, backend, work, opts, parent_pid = args
     import torch
 
     from rfm.runtime import load_runner
 
+    _exit_with_parent(parent_pid)
     torch.set_num_threads(1)
     return _run(load_runner(path, backend=backend, device="cpu", seed=0), work, opts, None, False)
 
@@ -93,7 +108,8 @@ def evaluate(runner: Runner | None, tasks: list[str], episodes: int, seed: int |
             raise ValueError("workers > 1 needs checkpoint= (each process loads its own runner)")
         shards = [work[i::workers] for i in range(workers)]
         with mp.get_context("spawn").Pool(workers) as pool:
-            results = [r for part in pool.map(_worker, [(checkpoint, backend, s, opts) for s in shards]) for r in part]
+            jobs = [(checkpoint, backend, s, opts, os.getpid()) for s in shards]
+            results = [r for part in pool.map(_worker, jobs) for r in part]
             pool.close()  # let the workers exit on their own: the context's terminate() can leak their semaphores
             pool.join()
     else:

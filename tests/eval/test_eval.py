@@ -143,3 +143,30 @@ def test_update_card_records_results_without_touching_weights(ckpt, tmp_path):
     assert proc.returncode == 0, proc.stderr
     evals = json.loads((local / "config.json").read_text())["meta"]["evaluation"]
     assert set(evals) == {"metaworld", "metaworld-steps2"} and evals["metaworld-steps2"]["action_steps"] == 2
+
+
+def test_killing_eval_stops_its_worker_processes(ckpt):
+    """A killed `rfm eval --workers 2` must not leave its workers running their shards for minutes."""
+    import os
+    import signal
+    import time
+
+    import psutil
+
+    proc = subprocess.Popen([sys.executable, "-m", "rfm.cli.main", "eval", "--checkpoint", str(ckpt), "--tasks",
+                             "reach-v3", "--episodes", "20", "--workers", "2", "--no-progress"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    parent = psutil.Process(proc.pid)
+    deadline = time.time() + 120
+    workers = []
+    while time.time() < deadline and len(workers) < 2:
+        workers = [c for c in parent.children() if "spawn_main" in " ".join(c.cmdline())]
+        time.sleep(0.5)
+    assert len(workers) == 2, "the pool's two workers started"
+    time.sleep(3)  # let them load the model and start rolling out
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    _, alive = psutil.wait_procs(workers, timeout=15)
+    for p in alive:
+        p.kill()
+    assert not alive, f"{len(alive)} worker(s) outlived the killed eval"
