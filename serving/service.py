@@ -90,12 +90,17 @@ class InferenceService:
             self.audit.write({"request_id": request_id, "endpoint": endpoint, "model_id": self.runner.model_id,
                               "model_version": self.runner.model_version, "client_id": client_id,
                               "robot_id": req.robot_id, "session_id": req.session_id, "instruction": instruction,
-                              "actions": actions, "batch_size": res.batch_size, "timings": timings,
+                              "instruction_run": self.instruction_run(instruction), "actions": actions, "batch_size": res.batch_size, "timings": timings,
                               "clipped_dims": clipped})
         if self.recorder is not None:  # enqueue only: recording never slows the answer down
             self.recorder.record(self.session_key(req, client_id), images, state, instruction, actions,
                                  success=req.success, correction=req.correction, episode_end=req.episode_end)
         return ActResult(actions, request_id, res.batch_size, timings, clipped)
+
+    def instruction_run(self, instruction: str) -> str:
+        """The instruction the model ran: the trained one it was snapped to (--snap-instructions), else as sent."""
+        snapper = self.runner.snapper
+        return snapper([instruction])[0] if snapper is not None else instruction
 
     @staticmethod
     def session_key(req: ActRequest, client_id: str | None) -> str:

@@ -66,18 +66,23 @@ def test_onnx_exports_carry_the_trained_instructions(checkpoint, tmp_path, rng):
                                   runner.predict({**obs, "instruction": "press the button from above"}))
 
 
-def test_server_snaps_when_configured(checkpoint, rng):
+def test_server_snaps_when_configured_and_audits_what_ran(checkpoint, rng, tmp_path):
+    import json
+
     from serving.config import ServerConfig
     from serving.server import ServerThread
     from tests.serving.helpers import json_body
 
     obs = random_obs(ITF, rng, "shut the window")
-    cfg = ServerConfig(max_batch=2, warmup_batch_sizes=(1,), snap_instructions=0.5)
+    audit = tmp_path / "audit.jsonl"
+    cfg = ServerConfig(max_batch=2, warmup_batch_sizes=(1,), snap_instructions=0.5, audit_log=str(audit))
     with ServerThread(load_runner(checkpoint, device="cpu"), cfg) as s:
         info = httpx.get(s.url + "/v1/models", timeout=30).json()
-        paraphrased = httpx.post(s.url + "/v1/act", json=json_body(obs), timeout=30)
+        paraphrased = httpx.post(s.url + "/v1/act", json=json_body(obs, request_id="para"), timeout=30)
         trained = httpx.post(s.url + "/v1/act", json=json_body({**obs, "instruction": "close the window"}),
                              timeout=30)
     assert paraphrased.status_code == trained.status_code == 200, paraphrased.text
     assert paraphrased.json()["actions"] == trained.json()["actions"]
     assert info["snap_instructions"]["threshold"] == 0.5
+    record = next(json.loads(line) for line in audit.read_text().splitlines() if '"para"' in line)
+    assert record["instruction"] == "shut the window" and record["instruction_run"] == "close the window"

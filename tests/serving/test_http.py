@@ -190,6 +190,7 @@ def test_audit_log_records_requests_without_secrets(server):
         time.sleep(0.05)
     assert rec is not None
     assert rec["robot_id"] == "arm-3" and rec["session_id"] == "s-9" and rec["instruction"] == "audit me"
+    assert rec["instruction_run"] == "audit me"  # no --snap-instructions: the model runs what was sent
     assert rec["model_version"] and rec["client_id"] is None and rec["endpoint"] == "/v1/act"
     assert rec["actions"]["shape"] == [8, 2] and len(rec["actions"]["first"]) == 2
     assert rec["clipped_dims"] == ["vy"] and "total_ms" in rec["timings"] and rec["time"].endswith("+00:00")
