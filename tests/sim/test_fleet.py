@@ -14,12 +14,17 @@ from serving.config import ServerConfig
 from serving.server import ServerThread
 
 
-def test_fleet_records_dagger_episodes(tmp_path):
+def _recording_server(tmp_path) -> ServerThread:
+    """A real server on loopback for an untrained tiny Meta-World policy, recording into tmp_path/rec."""
     itf = RobotInterface(cameras=["corner2"], image_size=(32, 32), state_names=STATE_NAMES, action_names=ACTION_NAMES,
                          chunk_size=4, control_hz=CONTROL_HZ)
     RFMPolicy.build("tiny", interface=itf).save_pretrained(tmp_path / "ck")
     cfg = ServerConfig(max_batch=2, warmup_batch_sizes=(1,), record_dir=str(tmp_path / "rec"))
-    with ServerThread(load_runner(tmp_path / "ck", device="cpu"), cfg) as server:
+    return ServerThread(load_runner(tmp_path / "ck", device="cpu"), cfg)
+
+
+def test_fleet_records_dagger_episodes(tmp_path):
+    with _recording_server(tmp_path) as server:
         res = drive_fleet(server.url, ["reach-v3"], episodes=2, robots=2, dagger=True, max_steps=5)
     assert res["episodes"] == 2 and res["steps"] == 10 and 0.0 <= res["mean_success_rate"] <= 1.0
     ds = LeRobotDataset(tmp_path / "rec")
@@ -33,11 +38,7 @@ def test_takeover_lets_the_expert_drive_when_the_policy_strays(tmp_path):
 
     from rfm.sim.fleet import Takeover
 
-    itf = RobotInterface(cameras=["corner2"], image_size=(32, 32), state_names=STATE_NAMES, action_names=ACTION_NAMES,
-                         chunk_size=4, control_hz=CONTROL_HZ)
-    RFMPolicy.build("tiny", interface=itf).save_pretrained(tmp_path / "ck")
-    cfg = ServerConfig(max_batch=2, warmup_batch_sizes=(1,), record_dir=str(tmp_path / "rec"))
-    with ServerThread(load_runner(tmp_path / "ck", device="cpu"), cfg) as server:
+    with _recording_server(tmp_path) as server:
         # an untrained policy always strays by more than 1e-6: the expert drives every step, 3 at a time
         res = drive_fleet(server.url, ["reach-v3"], episodes=1, robots=1, dagger=True, max_steps=150,
                           takeover=Takeover(error=1e-6, steps=3))
