@@ -5,8 +5,8 @@ first action (receding horizon), and tells the server when its episode ends and 
 `dagger=True` every request carries the scripted expert's action as a correction, so a server started with
 `--record` collects DAgger-labelled data: states the policy visits, actions the expert would take.
 
-With `takeover_error` set (HG-DAgger, a human operator's habit) the expert also takes the controls for
-`takeover_steps` steps whenever the policy's action strays from its own by more than that (max over action dims):
+With `takeover=Takeover(error, steps)` (HG-DAgger, a human operator's habit) the expert also takes the controls for
+`steps` steps whenever the policy's action strays from its own by more than `error` (max over action dims):
 the recording then holds stretches of the expert's own trajectory from states the policy reached, so the chunk of
 actions a frame is trained to predict is one consistent plan, not expert labels along the policy's path.
 """
