@@ -24,8 +24,10 @@ from rfm.config import ConfigError, PolicyConfig
 from rfm.constants import CHECKPOINT_FORMAT, CONFIG_FILE, MODEL_CARD_FILE, STATS_FILE, WEIGHTS_FILE
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, corrupt, or does not match its config. The message names the file."""
+class CheckpointError(RuntimeError, ValueError):
+    """A checkpoint is missing, corrupt, or does not match its config. The message names the file.
+
+    Also a ValueError, so the CLI reports it like every other bad-input error: one line, exit code 2."""
 
 
 def atomic_dir(target: Path):

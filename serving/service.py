@@ -90,7 +90,8 @@ class InferenceService:
             self.audit.write({"request_id": request_id, "endpoint": endpoint, "model_id": self.runner.model_id,
                               "model_version": self.runner.model_version, "client_id": client_id,
                               "robot_id": req.robot_id, "session_id": req.session_id, "instruction": instruction,
-                              "instruction_run": self.instruction_run(instruction), "actions": actions, "batch_size": res.batch_size, "timings": timings,
+                              "instruction_run": self.instruction_run(instruction), "actions": actions,
+                              "batch_size": res.batch_size, "timings": timings,
                               "clipped_dims": clipped})
         if self.recorder is not None:  # enqueue only: recording never slows the answer down
             self.recorder.record(self.session_key(req, client_id), images, state, instruction, actions,

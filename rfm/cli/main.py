@@ -42,12 +42,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _is_checkpoint_error(e: BaseException) -> bool:
-    """A missing or corrupt checkpoint (its message names the file); checked without importing torch up front."""
-    checkpoint = sys.modules.get("rfm.checkpoint")
-    return checkpoint is not None and isinstance(e, checkpoint.CheckpointError)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -60,11 +54,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rfm {args.command}: error: {e}", file=sys.stderr)
         return 2
     except (FileNotFoundError, ValueError) as e:  # config/checkpoint/data errors carry the file and field
-        print(f"rfm {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except RuntimeError as e:
-        if not _is_checkpoint_error(e):
-            raise
         print(f"rfm {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -9,10 +9,9 @@ threshold the instruction passes through unchanged: an unrelated request is neve
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from threading import Lock
+from functools import lru_cache
 
 import numpy as np
 
@@ -47,30 +46,15 @@ class InstructionSnapper:
             raise ValueError(f"snap threshold={threshold}: a cosine similarity, expected -1..1 (e.g. 0.5)")
         self.trained, self.threshold, self.encode = list(dict.fromkeys(trained)), float(threshold), encode
         self.embeddings = sentence_embeddings(*encode(self.trained))  # (K, D)
-        self.cache_size = cache_size
-        self._cache: OrderedDict[str, Match] = OrderedDict()
-        self._lock = Lock()
-        self.snapped = self.passed = 0  # distinct instructions seen (not requests), by outcome
+        self.match = lru_cache(maxsize=cache_size)(self._match)  # a fleet repeats a handful of instructions
 
-    def match(self, instruction: str) -> Match:
-        """The nearest trained instruction and whether it is close enough to use (cached per instruction)."""
-        with self._lock:
-            if instruction in self._cache:
-                self._cache.move_to_end(instruction)
-                return self._cache[instruction]
+    def _match(self, instruction: str) -> Match:
+        """The nearest trained instruction and whether it is close enough to use (`match` caches it)."""
         if instruction in self.trained:
-            found = Match(instruction, instruction, 1.0, False)
-        else:
-            sims = self.embeddings @ sentence_embeddings(*self.encode([instruction]))[0]
-            k = int(np.argmax(sims))
-            found = Match(instruction, self.trained[k], float(sims[k]), bool(sims[k] >= self.threshold))
-        with self._lock:
-            self._cache[instruction] = found
-            if len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
-            self.snapped += found.snapped
-            self.passed += not found.snapped
-        return found
+            return Match(instruction, instruction, 1.0, False)
+        sims = self.embeddings @ sentence_embeddings(*self.encode([instruction]))[0]
+        k = int(np.argmax(sims))
+        return Match(instruction, self.trained[k], float(sims[k]), bool(sims[k] >= self.threshold))
 
     def __call__(self, instructions: Sequence[str]) -> list[str]:
         return [m.nearest if m.snapped else m.instruction for m in map(self.match, instructions)]
