@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 
 if "MUJOCO_GL" not in os.environ:  # headless default; respect the user's choice
     _gpu = os.path.exists("/dev/nvidia0") or os.path.exists("/dev/dri/renderD128")
@@ -18,6 +19,11 @@ import numpy as np
 ROTATE_180 = frozenset({"corner", "corner2", "corner3", "corner4"})
 CAMERAS = ("corner", "corner2", "corner3", "topview", "behindGripper", "gripperPOV")
 
+# One GL call sequence at a time per process: a renderer created or freed while another thread renders crashed the
+# process (segmentation fault, with OSMesa and with EGL; measured with four fleet robots threads switching tasks).
+# Rendering is serialised; simulation, HTTP and the policy still overlap across threads.
+_GL_LOCK = threading.RLock()
+
 
 class CameraRenderer:
     """Render named cameras of (model, data) to (H, W, 3) uint8 arrays, upright."""
@@ -28,19 +34,21 @@ class CameraRenderer:
                 raise ValueError(f"unknown camera {cam!r}: expected one of {list(CAMERAS)}")
         model.vis.quality.offsamples = 0  # no anti-aliasing
         self.cameras = list(cameras)
-        self.renderer = mujoco.Renderer(model, size, size)
+        with _GL_LOCK:
+            self.renderer = mujoco.Renderer(model, size, size)
         self._opt = mujoco.MjvOption()
 
     def render(self, data: mujoco.MjData) -> dict[str, np.ndarray]:
         out = {}
-        for cam in self.cameras:
-            self.renderer.update_scene(data, camera=cam, scene_option=self._opt)
-            flags = self.renderer.scene.flags
-            flags[mujoco.mjtRndFlag.mjRND_SHADOW] = False
-            flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = False
-            flags[mujoco.mjtRndFlag.mjRND_SKYBOX] = False
-            img = self.renderer.render()
-            out[cam] = np.ascontiguousarray(img[::-1, ::-1] if cam in ROTATE_180 else img)
+        with _GL_LOCK:
+            for cam in self.cameras:
+                self.renderer.update_scene(data, camera=cam, scene_option=self._opt)
+                flags = self.renderer.scene.flags
+                flags[mujoco.mjtRndFlag.mjRND_SHADOW] = False
+                flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = False
+                flags[mujoco.mjtRndFlag.mjRND_SKYBOX] = False
+                img = self.renderer.render()
+                out[cam] = np.ascontiguousarray(img[::-1, ::-1] if cam in ROTATE_180 else img)
         return out
 
     def close(self) -> None:
@@ -51,10 +59,11 @@ class CameraRenderer:
         its frames come out as garbage (measured: a MetaWorldEnv replaced without close() corrupted the next one's
         images). Making ours current first keeps the free to our own objects.
         """
-        gl = getattr(self.renderer, "_gl_context", None)
-        if getattr(gl, "_context", None) and getattr(self.renderer, "_mjr_context", None) is not None:
-            gl.make_current()
-        self.renderer.close()
+        with _GL_LOCK:
+            gl = getattr(self.renderer, "_gl_context", None)
+            if getattr(gl, "_context", None) and getattr(self.renderer, "_mjr_context", None) is not None:
+                gl.make_current()
+            self.renderer.close()
 
     def __del__(self) -> None:
         # at interpreter exit the GL modules may already be torn down, and every context goes with the process
