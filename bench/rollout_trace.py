@@ -1,7 +1,7 @@
 """Where does a policy's hand (or object) end up? Closed-loop rollouts on unseen seeds, traced against the goal.
 
 A success rate says how often a task fails, not how. For each seed this runs the same rollout as `rfm eval`
-(whole chunks) and records the offset of the tracked point from the goal every `--every` steps, in cm (x/y/z):
+(whole chunks, or `--action-steps K` as its flag) and records the offset of the tracked point from the goal every `--every` steps, in cm (x/y/z):
 `tcp` is Meta-World's success point for reach (the gripper's centre), `obj1` the puck or object for push and
 pick-place. A policy that stops at a steady offset believes it has arrived; one that wanders has no target.
 `--gripper` also records, at the same steps, the policy's gripper command (the executed chunk step), the gripper's
@@ -46,8 +46,9 @@ class ChunkTap:
     """Wraps a runner's predict to keep the last chunk, so an observer knows the command just executed; with
     `goal_of` (observation -> the model's goal point, metres) also the model's goal at every inference."""
 
-    def __init__(self, runner, goal_of=None):
+    def __init__(self, runner, goal_of=None, action_steps: int | None = None):
         self.runner, self.chunk, self.goal_of, self.goals = runner, None, goal_of, []
+        self.action_steps = action_steps  # executed per inference (None: whole chunks), to know the row executed
 
     def __getattr__(self, name):
         return getattr(self.runner, name)
@@ -71,8 +72,8 @@ def model_goal(policy) -> Callable[[dict], np.ndarray]:
 def grip(env: MetaWorldEnv, tap: ChunkTap, step: int) -> list[float]:
     """[policy's gripper command, gripper opening, hand-to-object-1 distance in cm, the expert's gripper command].
 
-    Rollouts here execute whole chunks, so step s executed row (s - 1) % H of the last chunk."""
-    command = float(tap.chunk[(step - 1) % len(tap.chunk), 3])
+    Step s executed row (s - 1) % K of the last chunk, K the actions executed per inference (whole chunks: H)."""
+    command = float(tap.chunk[(step - 1) % (tap.action_steps or len(tap.chunk)), 3])
     hand_obj = 100 * np.linalg.norm(np.asarray(env.env.tcp_center) - env.env_state()[0:3])
     return [round(command, 2), round(float(env._raw[3]), 2), round(float(hand_obj), 1),
             round(float(env.expert_action()[3]), 2)]
@@ -90,9 +91,9 @@ def recorder(offsets: dict[int, list[float]], grips: dict[int, list[float]] | No
 
 
 def trace(checkpoint: str, task: str, seeds: int, first_seed: int, every: int, point: str,
-          gripper: bool = False, points: bool = False) -> dict:
+          gripper: bool = False, points: bool = False, action_steps: int | None = None) -> dict:
     base = load_runner(checkpoint)
-    runner = ChunkTap(base, model_goal(base.policy) if points else None)
+    runner = ChunkTap(base, model_goal(base.policy) if points else None, action_steps)
     env = MetaWorldEnv(task, runner.interface.cameras, runner.interface.image_size[0])
     rows = []
     try:
@@ -100,7 +101,8 @@ def trace(checkpoint: str, task: str, seeds: int, first_seed: int, every: int, p
             offsets: dict[int, list[float]] = {}
             runner.goals = []
             grips: dict[int, list[float]] | None = {} if gripper else None
-            res = rollout(runner, env, first_seed + i, on_step=recorder(offsets, grips, every, point, runner))
+            res = rollout(runner, env, first_seed + i, action_steps=action_steps,
+                          on_step=recorder(offsets, grips, every, point, runner))
             row = {"seed": first_seed + i, "success": res.success, "steps": res.steps,
                    "goal": env.env_state()[6:9].round(3).tolist(), "final_offset_cm": offset_cm(env, point),
                    "offsets_cm": offsets}
@@ -111,7 +113,8 @@ def trace(checkpoint: str, task: str, seeds: int, first_seed: int, every: int, p
             rows.append(row)
     finally:
         env.close()
-    return {"checkpoint": checkpoint, "task": task, "point": point, "every": every, "rollouts": rows}
+    return {"checkpoint": checkpoint, "task": task, "point": point, "every": every, "action_steps": action_steps,
+            "rollouts": rows}
 
 
 def main() -> None:
@@ -124,11 +127,13 @@ def main() -> None:
     ap.add_argument("--point", default="tcp", choices=["tcp", "obj1"])
     ap.add_argument("--gripper", action="store_true",
                     help="also record the gripper's opening, hand-to-object distance and the expert's grip command")
+    ap.add_argument("--action-steps", type=int, default=None,
+                    help="actions executed per inference, as rfm eval's (default: whole chunks)")
     ap.add_argument("--points", action="store_true",
                     help="also record the model's triangulated goal minus the true goal (cm) at every inference")
     args = ap.parse_args()
     out = trace(args.checkpoint, args.task, args.seeds, args.first_seed, args.every, args.point, args.gripper,
-                args.points)
+                args.points, args.action_steps)
     print(f"{args.checkpoint}, {args.task}: {args.point} - goal in cm (x/y/z), every {args.every} steps")
     print(f"{'seed':>8} {'ok':>3} {'steps':>5}  {'goal (m)':<22} {'final offset (cm)':<22} offsets along the way")
     for r in out["rollouts"]:
