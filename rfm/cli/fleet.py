@@ -17,7 +17,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--takeover-error", type=float, default=None, metavar="E",
                    help="with --dagger: the expert takes the controls when the policy's action differs from its own "
                         "by more than E in any dimension (HG-DAgger), so the recording holds the expert's own "
-                        "plans from the states the policy reached")
+                        "plans from the states the policy reached; E < 1 also catches a gripper closed where the "
+                        "expert keeps it open (Meta-World pick-place: +1 against 0)")
     p.add_argument("--takeover-steps", type=int, default=16, help="steps the expert keeps the controls (default: 16)")
     p.add_argument("--seed", type=int, default=200_000)
     p.add_argument("--max-steps", type=int, default=None)
