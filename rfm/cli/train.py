@@ -49,6 +49,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--action-loss-weights", default=None, metavar="NAME=W,...",
                    help="weight of named action dimensions in the action loss, the rest 1 (e.g. gripper=4: a "
                         "gripper's open/close is one of several dimensions, but a wrong one drops the object)")
+    p.add_argument("--relabel-action", action="append", default=None, metavar="NAME:OLD=NEW",
+                   help="map an exact action value before training, in memory (repeatable; e.g. gripper:0=-1 turns "
+                        "Meta-World pick-place's slow 'no grip' label into an open command); stats follow")
     p.add_argument("--instruction-variants", default=None, metavar="FILE|metaworld",
                    help="instruction augmentation: JSON {instruction: [variants]}, or 'metaworld' for the built-in "
                         "variants of the Meta-World instructions (never the evaluation paraphrases)")
@@ -109,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
         dataset_weights=dataset_weights,
         state_noise=args.state_noise, scene_shift=args.scene_shift, env_state_loss=args.env_state_loss,
         keypoint_loss=args.keypoint_loss,
-        action_loss_weights=action_weights,
+        action_loss_weights=action_weights, relabel_actions=args.relabel_action,
         instruction_variants=args.instruction_variants, variant_prob=args.variant_prob,
         num_workers=args.num_workers, frame_cache_gb=args.frame_cache_gb, val_episodes=args.val_episodes,
         save_every=args.save_every, log_every=args.log_every, seed=args.seed, init=args.init, resume=args.resume,

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from rfm.config import ConfigError
+from rfm.train.relabel import Relabel
 
 BALANCE_MODES = ("none", "tasks")  # how training frames are drawn (see rfm.train.data.make_sampler)
 
@@ -38,6 +39,7 @@ class TrainConfig:
     env_state_loss: float = 0.0  # weight of the auxiliary loss predicting observation.environment_state (0 = off)
     keypoint_loss: float = 0.0  # weight of the loss putting keypoint p on point p of the environment state (0 = off)
     action_loss_weights: dict[str, float] | None = None  # {action name: weight}, others 1; the logged loss is weighted
+    relabel_actions: list[str] | None = None  # ["gripper:0=-1"]: exact action values mapped before training
     instruction_variants: str | None = None  # JSON {instruction: [variants]} or "metaworld": instruction augmentation
     variant_prob: float = 0.5  # chance that a sample's instruction is replaced by one of its variants
     balance: str = "none"  # none: frames drawn uniformly | tasks: every task (instruction) gets the same share
@@ -77,6 +79,8 @@ class TrainConfig:
             if not all(math.isfinite(w) and w >= 0 for w in self.action_loss_weights.values()):
                 raise ConfigError(f"train.action_loss_weights={self.action_loss_weights} is invalid: expected "
                                   f"finite weights >= 0")
+        if self.relabel_actions is not None:
+            self.relabel_actions = [str(r) for r in self.relabel_rules()]  # validated, normalised
         if not (0.0 <= self.variant_prob <= 1.0):
             raise ConfigError(f"train.variant_prob={self.variant_prob!r} is invalid: expected a number in [0, 1]")
         if self.image_size is not None:
@@ -112,6 +116,10 @@ class TrainConfig:
             raise ConfigError(f"train.action_loss_weights={self.action_loss_weights} leaves every action dimension "
                               f"at weight 0")
         return weights
+
+    def relabel_rules(self) -> list[Relabel]:
+        """The parsed `relabel_actions` (empty when none)."""
+        return [Relabel.parse(r) for r in self.relabel_actions or []]
 
     def to_dict(self) -> dict:
         d = asdict(self)

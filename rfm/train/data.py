@@ -21,6 +21,7 @@ from rfm.data.stats import aggregate
 from rfm.data.windows import WindowDataset, interface_from_dataset
 from rfm.train.config import BALANCE_MODES
 from rfm.train.keypoints import dataset_projections
+from rfm.train.relabel import Relabel, relabel_actions
 
 
 @dataclass
@@ -87,7 +88,7 @@ def split_cache(total: int, needs: list[int]) -> list[int]:
 def build_training_data(paths: list[str], chunk_size: int, image_size: tuple[int, int] | None,
                         cameras: list[str] | None, val_episodes: int, frame_cache_gb: float = 4.0,
                         env_state: bool = False, keypoints: bool = False, projections: bool = False,
-                        cache_copies: int = 1) -> TrainingData:
+                        cache_copies: int = 1, relabel: list[Relabel] | None = None) -> TrainingData:
     """Window sets over all datasets; validation holds out the last `val_episodes` of the first dataset.
 
     frame_cache_gb is the memory all copies of the window sets may hold decoded (each DataLoader worker process
@@ -97,8 +98,10 @@ def build_training_data(paths: list[str], chunk_size: int, image_size: tuple[int
     env_state: also yield observation.environment_state (an auxiliary target) where a dataset records it;
     keypoints: that too, and the camera projections that turn it into keypoint targets.
     projections: the camera projections (keypoint targets, and triangulating keypoints in the model).
+    relabel: action value rules applied to every dataset in memory (rfm.train.relabel), stats refreshed.
     """
     datasets = open_datasets(paths)
+    relabelled = relabel_actions(datasets, relabel) if relabel else None
     env_dim = env_state_dim(datasets) if env_state or keypoints else 0
     interface = interface_from_dataset(datasets[0], chunk_size=chunk_size, image_size=image_size, cameras=cameras)
     projections = dataset_projections(datasets, interface.cameras) if keypoints or projections else None
@@ -123,6 +126,8 @@ def build_training_data(paths: list[str], chunk_size: int, image_size: tuple[int
             "fps": datasets[0].fps}
     if len(datasets) > 1:
         info["datasets"] = [{"path": str(p), "frames": len(w)} for p, w in zip(paths, train_parts)]
+    if relabelled is not None:
+        info["relabelled_actions"] = relabelled  # {rule: frames changed}
     if env_dim:
         info["env_state"] = {"dim": env_dim, "datasets": [str(ds.root) for ds in datasets if OBS_ENV_STATE in ds.features]}
     return TrainingData(interface, train_set, ConcatDataset(val_parts) if val_parts else None,

@@ -134,7 +134,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     calibrated = bool(init_config and init_config.model.camera_projections) or "camera_projections" in cfg.model_overrides
     data = build_training_data(cfg.datasets, cfg.chunk_size, cfg.image_size, cfg.cameras, cfg.val_episodes,
                                cfg.frame_cache_gb, env_state=cfg.env_state_loss > 0, keypoints=cfg.keypoint_loss > 0,
-                               projections=bool(points) and not calibrated, cache_copies=max(cfg.num_workers, 1))
+                               projections=bool(points) and not calibrated, cache_copies=max(cfg.num_workers, 1),
+                               relabel=cfg.relabel_rules())
     interface, train_set = data.interface, data.train_set
     action_weights = cfg.action_weights(interface.action_names)  # a misnamed action fails before any training
     shift_dims = _scene_shift_dims(cfg, interface.state_names, points)  # so does a scene shift with nothing to move

@@ -1,0 +1,52 @@
+"""Action relabelling before training (rfm.train.relabel), on a real dataset on disk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rfm.config import ConfigError
+from rfm.data.lerobot import LeRobotDataset, LeRobotDatasetWriter
+from rfm.train.config import TrainConfig
+from rfm.train.data import build_training_data
+from rfm.train.relabel import Relabel
+
+
+@pytest.fixture(scope="module")
+def grip_data(tmp_path_factory) -> Path:
+    """Two episodes whose gripper label is 0.0 ("no grip") for the first half and 1.0 (close) after."""
+    root = tmp_path_factory.mktemp("relabel") / "demos"
+    rng = np.random.default_rng(0)
+    w = LeRobotDatasetWriter(root, fps=10, cameras={"cam": (32, 32)}, state_names=["x"],
+                             action_names=["dx", "gripper"], use_videos=False)
+    for _ in range(2):
+        for t in range(10):
+            w.add_frame(images={"cam": rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)},
+                        state=np.zeros(1, np.float32), action=np.array([0.0, float(t >= 5)], np.float32),
+                        task="pick")
+        w.save_episode()
+    w.finalize()
+    return root
+
+
+def test_relabel_maps_exact_values_in_targets_and_stats_and_leaves_the_files(grip_data):
+    data = build_training_data([str(grip_data)], chunk_size=4, image_size=None, cameras=None, val_episodes=0,
+                               relabel=[Relabel.parse("gripper:0=-1")])
+    targets = data.train_set[0]["actions"].numpy()  # frames 0..3 of the first episode
+    np.testing.assert_array_equal(targets[:, 1], [-1, -1, -1, -1])
+    np.testing.assert_array_equal(targets[:, 0], [0, 0, 0, 0])  # dx is 0.0 too, but not named by the rule
+    np.testing.assert_array_equal(data.train_set[5]["actions"].numpy()[:, 1], [1, 1, 1, 1])
+    assert data.info["relabelled_actions"] == {"gripper:0=-1": 10}
+    assert data.stats["action"]["mean"][1] == pytest.approx(0.0) and data.stats["action"]["min"][1] == -1
+    assert (LeRobotDataset(grip_data).actions[:, 1] == 0).sum() == 10  # the dataset on disk is unchanged
+
+
+def test_bad_rules_are_config_errors_that_say_what_was_expected(grip_data):
+    with pytest.raises(ConfigError, match="NAME:OLD=NEW"):
+        TrainConfig(dataset=str(grip_data), out="x", relabel_actions=["gripper=-1"])
+    with pytest.raises(ConfigError, match="its actions are dx, gripper"):
+        build_training_data([str(grip_data)], chunk_size=4, image_size=None, cameras=None, val_episodes=0,
+                            relabel=[Relabel.parse("grip:0=-1")])
+    assert TrainConfig(dataset="d", out="x", relabel_actions=[" gripper : 0 = -1 "]).relabel_actions == ["gripper:0=-1"]
