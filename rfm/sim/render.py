@@ -20,7 +20,7 @@ ROTATE_180 = frozenset({"corner", "corner2", "corner3", "corner4"})
 CAMERAS = ("corner", "corner2", "corner3", "topview", "behindGripper", "gripperPOV")
 
 # One GL call sequence at a time per process: a renderer created or freed while another thread renders crashed the
-# process (segmentation fault, with OSMesa and with EGL; measured with four fleet robots threads switching tasks).
+# process (segmentation fault, with OSMesa and with EGL; measured with four fleet robot threads switching tasks).
 # Rendering is serialised; simulation, HTTP and the policy still overlap across threads.
 _GL_LOCK = threading.RLock()
 
