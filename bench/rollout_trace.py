@@ -1,7 +1,8 @@
 """Where does a policy's hand (or object) end up? Closed-loop rollouts on unseen seeds, traced against the goal.
 
 A success rate says how often a task fails, not how. For each seed this runs the same rollout as `rfm eval`
-(whole chunks, or `--action-steps K` as its flag) and records the offset of the tracked point from the goal every `--every` steps, in cm (x/y/z):
+(whole chunks, or K actions per inference with `--action-steps K`) and records the offset of the tracked point
+from the goal every `--every` steps, in cm (x/y/z):
 `tcp` is Meta-World's success point for reach (the gripper's centre), `obj1` the puck or object for push and
 pick-place. A policy that stops at a steady offset believes it has arrived; one that wanders has no target.
 `--gripper` also records, at the same steps, the policy's gripper command (the executed chunk step), the gripper's

@@ -47,14 +47,15 @@ def relabel_actions(datasets: list, rules: list[Relabel]) -> dict[str, int]:
 
     Returns {rule: frames changed over all datasets}; a rule naming no action of the robot is a ConfigError.
     """
+    names = list(datasets[0].action_names)  # datasets trained together share them (open_datasets checks)
+    unknown = [r.name for r in rules if r.name not in names]
+    if unknown:
+        raise ConfigError(f"train.relabel_actions names {unknown[0]!r}, not an action of {datasets[0].root}: its "
+                          f"actions are {', '.join(names)}")
     changed = {str(r): 0 for r in rules}
     for ds in datasets:
-        names = list(ds.action_names)
         actions = np.array(ds.actions, dtype=np.float32)  # a writable copy
         for r in rules:
-            if r.name not in names:
-                raise ConfigError(f"train.relabel_actions names {r.name!r}, not an action of {ds.root}: its actions "
-                                  f"are {', '.join(names)}")
             col = names.index(r.name)
             hit = actions[:, col] == np.float32(r.old)
             actions[hit, col] = r.new
