@@ -49,9 +49,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--action-loss-weights", default=None, metavar="NAME=W,...",
                    help="weight of named action dimensions in the action loss, the rest 1 (e.g. gripper=4: a "
                         "gripper's open/close is one of several dimensions, but a wrong one drops the object)")
-    p.add_argument("--relabel-action", action="append", default=None, metavar="NAME:OLD=NEW",
+    p.add_argument("--relabel-action", action="append", default=None, metavar="NAME:OLD=NEW[@TASK]",
                    help="map an exact action value before training, in memory (repeatable; e.g. gripper:0=-1 turns "
-                        "Meta-World pick-place's slow 'no grip' label into an open command); stats follow")
+                        "Meta-World pick-place's slow 'no grip' label into an open command); stats follow. @TASK "
+                        "limits it to one task: a task string as stored, or a Meta-World name (@pick-place-v3)")
     p.add_argument("--instruction-variants", default=None, metavar="FILE|metaworld",
                    help="instruction augmentation: JSON {instruction: [variants]}, or 'metaworld' for the built-in "
                         "variants of the Meta-World instructions (never the evaluation paraphrases)")

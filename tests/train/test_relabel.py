@@ -16,16 +16,16 @@ from rfm.train.relabel import Relabel
 
 @pytest.fixture(scope="module")
 def grip_data(tmp_path_factory) -> Path:
-    """Two episodes whose gripper label is 0.0 ("no grip") for the first half and 1.0 (close) after."""
+    """Two episodes ("pick", then Meta-World push's instruction) whose gripper label is 0.0 ("no grip") for the first half and 1.0 (close) after."""
     root = tmp_path_factory.mktemp("relabel") / "demos"
     rng = np.random.default_rng(0)
     w = LeRobotDatasetWriter(root, fps=10, cameras={"cam": (32, 32)}, state_names=["x"],
                              action_names=["dx", "gripper"], use_videos=False)
-    for _ in range(2):
+    for task in ("pick", "push the puck to the goal"):
         for t in range(10):
             w.add_frame(images={"cam": rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)},
                         state=np.zeros(1, np.float32), action=np.array([0.0, float(t >= 5)], np.float32),
-                        task="pick")
+                        task=task)
         w.save_episode()
     w.finalize()
     return root
@@ -50,3 +50,20 @@ def test_bad_rules_are_config_errors_that_say_what_was_expected(grip_data):
         build_training_data([str(grip_data)], chunk_size=4, image_size=None, cameras=None, val_episodes=0,
                             relabel=[Relabel.parse("grip:0=-1")])
     assert TrainConfig(dataset="d", out="x", relabel_actions=[" gripper : 0 = -1 "]).relabel_actions == ["gripper:0=-1"]
+
+
+def test_a_rule_scoped_to_a_task_changes_only_that_tasks_frames(grip_data):
+    for scope in ("pick", "push-v3"):  # a task string as stored, or a Meta-World task name for its instruction
+        data = build_training_data([str(grip_data)], chunk_size=4, image_size=None, cameras=None, val_episodes=0,
+                                   relabel=[Relabel.parse(f"gripper:0=-1@{scope}")])
+        first, second = data.train_set[0]["actions"].numpy()[:, 1], data.train_set[10]["actions"].numpy()[:, 1]
+        hit, kept = (first, second) if scope == "pick" else (second, first)
+        np.testing.assert_array_equal(hit, [-1, -1, -1, -1])
+        np.testing.assert_array_equal(kept, [0, 0, 0, 0])
+        assert data.info["relabelled_actions"] == {f"gripper:0=-1@{scope}": 5}
+    with pytest.raises(ConfigError, match="no training frame has task 'pik'; the datasets' tasks are 'pick', 'push"):
+        build_training_data([str(grip_data)], chunk_size=4, image_size=None, cameras=None, val_episodes=0,
+                            relabel=[Relabel.parse("gripper:0=-1@pik")])
+    with pytest.raises(ConfigError, match="NAME:OLD=NEW@TASK"):
+        Relabel.parse("gripper:0=-1@ ")
+    assert str(Relabel.parse("gripper:0=-1@ pick-place-v3")) == "gripper:0=-1@pick-place-v3"
