@@ -39,7 +39,7 @@ class TrainConfig:
     env_state_loss: float = 0.0  # weight of the auxiliary loss predicting observation.environment_state (0 = off)
     keypoint_loss: float = 0.0  # weight of the loss putting keypoint p on point p of the environment state (0 = off)
     action_loss_weights: dict[str, float] | None = None  # {action name: weight}, others 1; the logged loss is weighted
-    relabel_actions: list[str] | None = None  # ["gripper:0=-1"]: exact action values mapped before training
+    relabel_actions: list[str] | None = None  # ["gripper:0=-1@push-v3"]: exact values mapped before training
     instruction_variants: str | None = None  # JSON {instruction: [variants]} or "metaworld": instruction augmentation
     variant_prob: float = 0.5  # chance that a sample's instruction is replaced by one of its variants
     balance: str = "none"  # none: frames drawn uniformly | tasks: every task (instruction) gets the same share
