@@ -45,16 +45,18 @@ class Relabel:
     def __str__(self) -> str:
         return f"{self.name}:{self.old:g}={self.new:g}" + (f"@{self.task}" if self.task else "")
 
-    def task_strings(self, known: set[str]) -> set[str] | None:
-        """The task strings this rule applies to (None: every task); a Meta-World name maps to its instruction."""
-        if self.task is None:
-            return None
-        if self.task in known:
-            return {self.task}
-        from rfm.sim.instructions import INSTRUCTIONS  # plain data, no simulator import
+    def task_string(self, known: set[str]) -> str | None:
+        """The task string this rule applies to (None: every task); a Meta-World name maps to its instruction."""
+        if self.task is None or self.task in known:
+            return self.task
+        from rfm.sim.instructions import instructions_for  # plain data, no simulator import
 
-        if self.task in INSTRUCTIONS and INSTRUCTIONS[self.task][0] in known:
-            return {INSTRUCTIONS[self.task][0]}
+        try:
+            instruction = instructions_for(self.task)[0]
+        except KeyError:
+            instruction = None
+        if instruction in known:
+            return instruction
         raise ConfigError(f"train.relabel_actions item {str(self)!r}: no training frame has task {self.task!r}; "
                           f"the datasets' tasks are {', '.join(repr(t) for t in sorted(known))}")
 
@@ -71,7 +73,7 @@ def relabel_actions(datasets: list, rules: list[Relabel]) -> dict[str, int]:
         raise ConfigError(f"train.relabel_actions names {unknown[0]!r}, not an action of {datasets[0].root}: its "
                           f"actions are {', '.join(names)}")
     known = {t for ds in datasets for t in ds.tasks}
-    scopes = [r.task_strings(known) for r in rules]
+    scopes = [r.task_string(known) for r in rules]
     changed = {str(r): 0 for r in rules}
     for ds in datasets:
         actions = np.array(ds.actions, dtype=np.float32)  # a writable copy
@@ -79,7 +81,7 @@ def relabel_actions(datasets: list, rules: list[Relabel]) -> dict[str, int]:
             col = names.index(r.name)
             hit = actions[:, col] == np.float32(r.old)
             if scope is not None:
-                hit &= np.isin(ds.task_index, [i for i, t in enumerate(ds.tasks) if t in scope])
+                hit &= np.isin(ds.task_index, [i for i, t in enumerate(ds.tasks) if t == scope])
             actions[hit, col] = r.new
             changed[str(r)] += int(hit.sum())
         ds.actions = actions

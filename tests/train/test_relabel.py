@@ -16,7 +16,8 @@ from rfm.train.relabel import Relabel
 
 @pytest.fixture(scope="module")
 def grip_data(tmp_path_factory) -> Path:
-    """Two episodes ("pick", then Meta-World push's instruction) whose gripper label is 0.0 ("no grip") for the first half and 1.0 (close) after."""
+    """Two episodes ("pick", then Meta-World push's instruction) whose gripper label is 0.0 ("no grip") for the
+    first half and 1.0 (close) after."""
     root = tmp_path_factory.mktemp("relabel") / "demos"
     rng = np.random.default_rng(0)
     w = LeRobotDatasetWriter(root, fps=10, cameras={"cam": (32, 32)}, state_names=["x"],
