@@ -41,6 +41,8 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--episodes {args.episodes}: expected >= 1")
     if not Path(args.checkpoint).is_dir():
         raise CLIError(f"{args.checkpoint}: checkpoint directory not found")
+    if args.update_card and args.backend != "torch":  # said before the rollouts, not after half an hour of them
+        raise CLIError("--update-card needs --backend torch (a checkpoint directory)")
     results = evaluate(None, args.tasks, args.episodes, seed=args.seed, paraphrase=args.paraphrase,
                        ensemble=args.ensemble, ensemble_m=args.ensemble_m, action_steps=args.action_steps,
                        max_steps=args.max_steps, video_dir=args.video_dir, workers=args.workers,
@@ -52,21 +54,11 @@ def run(args: argparse.Namespace) -> int:
         Path(args.out).write_text(json.dumps(results, indent=2))
         print(f"wrote {args.out}")
     if args.update_card:
-        if args.backend != "torch":
-            raise CLIError("--update-card needs --backend torch (a checkpoint directory)")
-        from rfm.checkpoint import read_config, update_meta
+        from rfm.eval.card import CardError, record_in_card
 
-        cfg_meta = read_config(args.checkpoint)[1].get("meta", {})
-        evals = dict(cfg_meta.get("evaluation", {}))
-        # one entry per execution mode: a run with --action-steps 8 must not overwrite the whole-chunk result
-        steps = f"-steps{args.action_steps}" if args.action_steps and not args.ensemble else ""
-        snap = f"-snap{args.snap_instructions:g}" if args.snap_instructions is not None else ""
-        key = f"metaworld{'-paraphrase' if args.paraphrase else ''}{snap}{'-ensemble' if args.ensemble else ''}{steps}"
-        evals[key] = {"mean_success_rate": results["mean_success_rate"],
-                      "tasks": {t: r["success_rate"] for t, r in results["tasks"].items()},
-                      "episodes_per_task": args.episodes, "seed": min(results["seeds"]),
-                      "action_steps": results.get("action_steps"), "ensemble": bool(args.ensemble),
-                      "snap_instructions": args.snap_instructions}
-        update_meta(args.checkpoint, "evaluation", evals)
-        print(f"recorded in {args.checkpoint}/config.json and README.md")
+        try:
+            key = record_in_card(args.checkpoint, results)
+        except CardError as e:  # e.g. the weights were replaced while the rollouts ran
+            raise CLIError(str(e)) from e
+        print(f"recorded as {key!r} in {args.checkpoint}/config.json and README.md")
     return 0

@@ -1,5 +1,5 @@
-"""`rfm` command line: one subcommand per module in rfm.cli (info, data, train, eval, compare, average, export, serve,
-bench, fleet)."""
+"""`rfm` command line: one subcommand per module in rfm.cli (info, data, train, eval, compare, card, average, export,
+serve, bench, fleet)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ COMMANDS = {
     "train": "rfm.cli.train",
     "eval": "rfm.cli.eval",
     "compare": "rfm.cli.compare",
+    "card": "rfm.cli.card",
     "average": "rfm.cli.average",
     "export": "rfm.cli.export",
     "serve": "rfm.cli.serve",

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rfm.eval.card import weights_digest
 from rfm.eval.rollout import RolloutResult, rollout
 from rfm.runtime.base import Runner
 
@@ -102,6 +103,8 @@ def evaluate(runner: Runner | None, tasks: list[str], episodes: int, seed: int |
     opts = {"max_steps": max_steps or MAX_STEPS, "action_steps": action_steps, "ensemble": ensemble,
             "ensemble_m": ensemble_m, "snap_instructions": snap_instructions}
     work = _episodes(tasks, episodes, seed, paraphrase)
+    # which weights these numbers belong to, taken before the rollouts, so a card can check them (rfm.eval.card)
+    digest = weights_digest(checkpoint) if checkpoint is not None and backend == "torch" else None
     t0 = time.time()
     if workers > 1:
         if checkpoint is None:
@@ -135,7 +138,8 @@ def evaluate(runner: Runner | None, tasks: list[str], episodes: int, seed: int |
                           "mean_inferences": float(np.mean([r.inferences for r in rs])),
                           "rollouts": [{"seed": r.seed, "success": bool(r.success), "steps": r.steps} for r in rs]}
     return {"tasks": per_task, "mean_success_rate": float(np.mean([v["success_rate"] for v in per_task.values()])),
-            "checkpoint": checkpoint, "backend": getattr(runner, "backend", backend), "paraphrase": paraphrase,
+            "checkpoint": checkpoint, "weights_sha256": digest, "backend": getattr(runner, "backend", backend),
+            "paraphrase": paraphrase,
             "ensemble": ensemble, "action_steps": action_steps, "max_steps": opts["max_steps"],
             "snap_instructions": snap_instructions, "instruction_matches": matches,
             "seeds": sorted({s for _, s, _ in work}), "wall_time_s": round(time.time() - t0, 1)}

@@ -11,6 +11,7 @@ import pytest
 
 from rfm import RFMPolicy
 from rfm.config import RobotInterface
+from rfm.eval.card import weights_digest
 from rfm.eval.ensemble import ChunkQueue, TemporalEnsembler
 from rfm.sim.metaworld import ACTION_NAMES, CONTROL_HZ, STATE_NAMES
 
@@ -137,12 +138,55 @@ def test_update_card_records_results_without_touching_weights(ckpt, tmp_path):
     assert "Evaluation" in (local / "README.md").read_text()
     assert (local / "model.safetensors").read_bytes() == before
     # another execution mode gets its own entry instead of overwriting the whole-chunk result
+    out = tmp_path / "steps2.json"
     proc = subprocess.run([sys.executable, "-m", "rfm.cli.main", "eval", "--checkpoint", str(local), "--tasks",
                            "reach-v3", "--episodes", "1", "--max-steps", "5", "--no-progress", "--update-card",
-                           "--action-steps", "2"], capture_output=True, text=True, check=False, timeout=300)
+                           "--action-steps", "2", "--out", str(out)],
+                          capture_output=True, text=True, check=False, timeout=300)
     assert proc.returncode == 0, proc.stderr
     evals = json.loads((local / "config.json").read_text())["meta"]["evaluation"]
     assert set(evals) == {"metaworld", "metaworld-steps2"} and evals["metaworld-steps2"]["action_steps"] == 2
+    assert json.loads(out.read_text())["weights_sha256"] == weights_digest(local)
+
+    # the saved results go into a copy's card (a checkpoint promoted elsewhere) without rerunning the rollouts
+    copy = tmp_path / "promoted"
+    shutil.copytree(ckpt, copy)
+    proc = _rfm("card", str(copy), "--add", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((copy / "config.json").read_text())["meta"]["evaluation"] == {
+        "metaworld-steps2": evals["metaworld-steps2"]}
+    assert "metaworld-steps2" in proc.stdout and "Evaluation" in (copy / "README.md").read_text()
+
+
+def _rfm(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "rfm.cli.main", *argv], capture_output=True, text=True, check=False,
+                          timeout=300)
+
+
+def test_card_refuses_results_measured_on_other_weights(ckpt, tmp_path):
+    """Numbers from one model must never land in another's card: the weights' sha256 decides."""
+    other = tmp_path / "other"
+    itf = RobotInterface(cameras=["corner2"], image_size=(48, 48), state_names=STATE_NAMES,
+                         action_names=ACTION_NAMES, chunk_size=8, control_hz=CONTROL_HZ)
+    RFMPolicy.build("tiny", interface=itf).save_pretrained(other)  # freshly initialised: other weights
+    results = {"tasks": {"reach-v3": {"success_rate": 1.0, "episodes": 1}}, "mean_success_rate": 1.0,
+               "seeds": [1_000_000], "checkpoint": str(ckpt), "weights_sha256": weights_digest(ckpt)}
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(results))
+    before = (other / "config.json").read_text()
+    proc = _rfm("card", str(other), "--add", str(path))
+    assert proc.returncode == 2 and "measured on other weights" in proc.stderr and str(path) in proc.stderr
+    # results without a digest whose checkpoint is gone cannot be tied to any weights
+    del results["weights_sha256"]
+    results["checkpoint"] = str(tmp_path / "deleted")
+    path.write_text(json.dumps(results))
+    proc = _rfm("card", str(other), "--add", str(path))
+    assert proc.returncode == 2 and "cannot be tied" in proc.stderr
+    # a file that is not eval results is named with the field it lacks
+    path.write_text(json.dumps({"tasks": {}}))
+    proc = _rfm("card", str(other), "--add", str(path))
+    assert proc.returncode == 2 and "'mean_success_rate'" in proc.stderr
+    assert (other / "config.json").read_text() == before
 
 
 def test_killing_eval_stops_its_worker_processes(ckpt):

@@ -1,0 +1,52 @@
+"""`rfm card`: a checkpoint's recorded evaluations, and recording saved `rfm eval --out` results into it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from rfm.cli.main import CLIError
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("card", help="show a checkpoint's recorded evaluations; --add records saved eval results")
+    p.add_argument("checkpoint", help="checkpoint directory")
+    p.add_argument("--add", nargs="+", default=[], metavar="RESULTS",
+                   help="`rfm eval --out` JSON files to record (each must have been measured on these weights)")
+    p.set_defaults(func=run)
+
+
+def _load_results(path: str) -> dict:
+    try:
+        results = json.loads(Path(path).read_text())
+    except FileNotFoundError as e:
+        raise CLIError(f"{path}: file not found") from e
+    except json.JSONDecodeError as e:
+        raise CLIError(f"{path}: not JSON ({e})") from e
+    for field in ("tasks", "mean_success_rate", "seeds"):
+        if field not in results:
+            raise CLIError(f"{path}: no {field!r} field; expected the JSON `rfm eval --out` writes")
+    return results
+
+
+def run(args: argparse.Namespace) -> int:
+    from rfm.checkpoint import read_config
+    from rfm.eval.card import CardError, record_in_card
+
+    if not (Path(args.checkpoint) / "config.json").is_file():
+        raise CLIError(f"{args.checkpoint}: not a checkpoint directory (no config.json)")
+    loaded = [(path, _load_results(path)) for path in args.add]  # all read and checked before any is written
+    for path, results in loaded:
+        try:
+            key = record_in_card(args.checkpoint, results, source=path)
+        except CardError as e:
+            raise CLIError(str(e)) from e
+        print(f"recorded {path} as {key!r}")
+    evals = read_config(args.checkpoint)[1].get("meta", {}).get("evaluation", {})
+    if not evals:
+        print(f"{args.checkpoint}: no evaluations recorded (rfm eval --update-card, or rfm card --add)")
+    for key, e in evals.items():
+        print(f"{key:<40}{e['mean_success_rate'] * 100:6.1f}%  {e['episodes_per_task']} episodes x "
+              f"{len(e['tasks'])} tasks, seeds from {e['seed']}")
+    return 0
