@@ -32,17 +32,18 @@ def _load_results(path: str) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     from rfm.checkpoint import read_config
-    from rfm.eval.card import CardError, record_in_card
+    from rfm.eval.card import CardError, check_same_weights, record_in_card
 
     if not (Path(args.checkpoint) / "config.json").is_file():
         raise CLIError(f"{args.checkpoint}: not a checkpoint directory (no config.json)")
-    loaded = [(path, _load_results(path)) for path in args.add]  # all read and checked before any is written
-    for path, results in loaded:
-        try:
-            key = record_in_card(args.checkpoint, results, source=path)
-        except CardError as e:
-            raise CLIError(str(e)) from e
-        print(f"recorded {path} as {key!r}")
+    loaded = [(path, _load_results(path)) for path in args.add]
+    try:
+        for path, results in loaded:  # every file read and tied to these weights before any is written
+            check_same_weights(args.checkpoint, results, source=path)
+        for path, results in loaded:
+            print(f"recorded {path} as {record_in_card(args.checkpoint, results, source=path)!r}")
+    except CardError as e:
+        raise CLIError(str(e)) from e
     evals = read_config(args.checkpoint)[1].get("meta", {}).get("evaluation", {})
     if not evals:
         print(f"{args.checkpoint}: no evaluations recorded (rfm eval --update-card, or rfm card --add)")

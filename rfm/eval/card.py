@@ -56,7 +56,10 @@ def check_same_weights(checkpoint: str | Path, results: dict, source: str = "res
     if mine is None:
         raise CardError(f"{checkpoint}: no {WEIGHTS_FILE} (only torch checkpoints have a card)")
     theirs = results.get("weights_sha256")
-    if theirs is None and results.get("checkpoint") and results.get("backend", "torch") == "torch":
+    if results.get("backend", "torch") != "torch":
+        raise CardError(f"{source}: measured with the {results['backend']} backend, not on {checkpoint}'s torch "
+                        f"weights; evaluate the checkpoint directory itself")
+    if theirs is None and results.get("checkpoint"):
         theirs = weights_digest(results["checkpoint"])
     if theirs is None:
         raise CardError(f"{source}: no weights_sha256 and its checkpoint {results.get('checkpoint')!r} is gone, so "
@@ -66,12 +69,11 @@ def check_same_weights(checkpoint: str | Path, results: dict, source: str = "res
                         f"({mine[:12]}…)")
 
 
-def record_in_card(checkpoint: str | Path, results: dict, source: str = "results", verify: bool = True) -> str:
+def record_in_card(checkpoint: str | Path, results: dict, source: str = "results") -> str:
     """Add (or replace) the results' entry in the checkpoint's config.json meta and README; returns its key."""
     from rfm.checkpoint import read_config, update_meta
 
-    if verify:
-        check_same_weights(checkpoint, results, source)
+    check_same_weights(checkpoint, results, source)
     evals = dict(read_config(checkpoint)[1].get("meta", {}).get("evaluation", {}))
     key = card_key(results)
     evals[key] = card_entry(results)

@@ -139,9 +139,8 @@ def evaluate(runner: Runner | None, tasks: list[str], episodes: int, seed: int |
                           "rollouts": [{"seed": r.seed, "success": bool(r.success), "steps": r.steps} for r in rs]}
     return {"tasks": per_task, "mean_success_rate": float(np.mean([v["success_rate"] for v in per_task.values()])),
             "checkpoint": checkpoint, "weights_sha256": digest, "backend": getattr(runner, "backend", backend),
-            "paraphrase": paraphrase,
-            "ensemble": ensemble, "action_steps": action_steps, "max_steps": opts["max_steps"],
-            "snap_instructions": snap_instructions, "instruction_matches": matches,
+            "paraphrase": paraphrase, "ensemble": ensemble, "action_steps": action_steps,
+            "max_steps": opts["max_steps"], "snap_instructions": snap_instructions, "instruction_matches": matches,
             "seeds": sorted({s for _, s, _ in work}), "wall_time_s": round(time.time() - t0, 1)}
 
 

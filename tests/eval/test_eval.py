@@ -176,6 +176,17 @@ def test_card_refuses_results_measured_on_other_weights(ckpt, tmp_path):
     before = (other / "config.json").read_text()
     proc = _rfm("card", str(other), "--add", str(path))
     assert proc.returncode == 2 and "measured on other weights" in proc.stderr and str(path) in proc.stderr
+    # one good file beside a bad one: nothing is written, not even the good one
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps({**results, "checkpoint": str(other), "weights_sha256": weights_digest(other)}))
+    proc = _rfm("card", str(other), "--add", str(good), str(path))
+    assert proc.returncode == 2 and str(path) in proc.stderr
+    assert (other / "config.json").read_text() == before
+    # an ONNX evaluation measured no torch weights
+    onnx = tmp_path / "onnx.json"
+    onnx.write_text(json.dumps({**results, "backend": "onnx", "weights_sha256": None}))
+    proc = _rfm("card", str(other), "--add", str(onnx))
+    assert proc.returncode == 2 and "onnx backend" in proc.stderr
     # results without a digest whose checkpoint is gone cannot be tied to any weights
     del results["weights_sha256"]
     results["checkpoint"] = str(tmp_path / "deleted")
