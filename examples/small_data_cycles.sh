@@ -8,6 +8,7 @@
 #   when it does not exist, a list is used as given. Cycle k's run is OUT-c<k>; a finished cycle is skipped and an
 #   interrupted one resumed, so rerunning the command continues where it stopped.
 #   MODEL: the first cycle's model overrides (JSON; default: 3 triangulated points, relative to the hand).
+#   PRESET (default tiny; small is the GPU-sized model, 10.5 M parameters with MODEL), BATCH (default 8).
 #   THREADS (default 2), LR (default 5e-4), LAST_LR (default 2.5e-4), EPISODES (default 50; 0 skips the evaluation),
 #   CACHE_GB (decoded-frame cache, default 3: holds 10 demos per task; 50 need ~4).
 set -euo pipefail
@@ -17,6 +18,8 @@ DATA=$1
 OUT=$2
 CYCLES=${3:-5}
 STEPS=${4:-6000}
+PRESET=${PRESET:-tiny}
+BATCH=${BATCH:-8}
 MODEL=${MODEL:-'{"vision_keypoint_source": "branch", "vision_points": 3, "relative_points": true}'}
 THREADS=${THREADS:-2}
 LR=${LR:-5e-4}
@@ -41,17 +44,17 @@ for k in $(seq 1 "$CYCLES"); do
   RUN="$OUT-c$k"
   lr=$LR; [ "$k" -eq "$CYCLES" ] && [ "$CYCLES" -gt 1 ] && lr=$LAST_LR
   if [ -z "$PREV" ]; then
-    start=(--preset tiny --model "$MODEL")
+    start=(--preset "$PRESET" --model "$MODEL")
   else
     start=(--init "$PREV/checkpoint" --keep-init-stats --model '{"dropout": 0.0}')
   fi
   if finished "$RUN"; then
     echo "== cycle $k/$CYCLES: $RUN already finished"
   else
-    echo "== cycle $k/$CYCLES: $RUN, $STEPS x 8 at lr $lr ${PREV:+from $PREV}"
+    echo "== cycle $k/$CYCLES: $RUN, $STEPS x $BATCH at lr $lr ${PREV:+from $PREV}"
     # --resume continues an interrupted cycle from its last checkpoint and starts fresh where there is none
     $RFM train --dataset "$DATA" --out "$RUN" "${start[@]}" --resume --head chunk --steps "$STEPS" \
-      --batch-size 8 --lr "$lr" --warmup-steps 200 --ema-decay 0.995 --chunk-size 16 --save-every 500 \
+      --batch-size "$BATCH" --lr "$lr" --warmup-steps 200 --ema-decay 0.995 --chunk-size 16 --save-every 500 \
       --balance tasks --keypoint-loss 1 --frame-cache-gb "$CACHE_GB" --threads "$THREADS" --num-workers 1 --no-progress
   fi
   PREV=$RUN
