@@ -1,5 +1,6 @@
 """Paired comparison of two `rfm eval` results on the same seeds: which episodes each one alone solved, and whether
-the difference is more than noise (exact McNemar test), since 50-episode success rates differ by chance alone."""
+the difference is more than noise (exact McNemar test), since 50-episode success rates differ by chance alone.
+Either side may pool several results files run on different seed blocks ("a.json,a2.json")."""
 
 from __future__ import annotations
 
@@ -112,9 +113,28 @@ def load_rollouts(path: str | Path) -> dict[str, dict[int, bool]]:
     return out
 
 
+def load_pooled(spec: str | Path) -> dict[str, dict[int, bool]]:
+    """The rollouts of one results file, or of several joined by commas (seed blocks of one model, pooled);
+    a seed that two of them both ran is an error, since pooling would count that episode twice."""
+    merged: dict[str, dict[int, bool]] = {}
+    origin: dict[tuple[str, int], str] = {}
+    for path in [p for p in str(spec).split(",") if p]:
+        for task, seeds in load_rollouts(path).items():
+            for seed, ok in seeds.items():
+                if (task, seed) in origin:
+                    raise ValueError(f"{path}: {task} seed {seed} is also in {origin[task, seed]}; "
+                                     "pool only results of different seeds")
+                origin[task, seed] = path
+                merged.setdefault(task, {})[seed] = ok
+    if not merged:
+        raise ValueError(f"{spec!r}: no results file named")
+    return merged
+
+
 def compare(a: str | Path, b: str | Path) -> Comparison:
-    """Pair the episodes of results A and B by task and seed; tasks or seeds only one of them ran are left out."""
-    ra, rb = load_rollouts(a), load_rollouts(b)
+    """Pair the episodes of results A and B by task and seed; tasks or seeds only one of them ran are left out.
+    A and B are each one results file or several joined by commas (see `load_pooled`)."""
+    ra, rb = load_pooled(a), load_pooled(b)
     tasks, skipped = {}, {}
     for task in list(ra) + [t for t in rb if t not in ra]:
         if task not in ra or task not in rb:

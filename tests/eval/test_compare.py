@@ -40,6 +40,19 @@ def test_counts_pair_episodes_by_seed_and_skip_what_only_one_ran(tmp_path):
     assert "reach-v3" in text and "skipped door-open-v3: only in B" in text
 
 
+def test_seed_blocks_pool_and_a_seed_run_twice_is_refused(tmp_path):
+    a1 = _write(tmp_path / "a1.json", {"reach-v3": {1: True, 2: False}, "push-v3": {1: False}})
+    a2 = _write(tmp_path / "a2.json", {"reach-v3": {51: True, 52: True}})
+    b1 = _write(tmp_path / "b1.json", {"reach-v3": {1: True, 2: True}, "push-v3": {1: True}})
+    b2 = _write(tmp_path / "b2.json", {"reach-v3": {51: False, 52: True}})
+    cmp = compare(f"{a1},{a2}", f"{b1},{b2}")
+    assert cmp.tasks == {"reach-v3": PairedCounts(both=2, only_a=1, only_b=1, neither=0),
+                         "push-v3": PairedCounts(only_b=1)}
+    assert cmp.pooled.episodes == 5
+    with pytest.raises(ValueError, match=r"a1.json: reach-v3 seed 1 is also in .*a1.json"):
+        compare(f"{a1},{a1}", b1)
+
+
 def test_mcnemar_p_value_and_paired_standard_error():
     assert PairedCounts(both=28, only_a=0, only_b=4, neither=18).p_value == pytest.approx(2 / 16)
     assert PairedCounts(both=5, neither=5).p_value == 1.0  # no discordant episode: no evidence either way
