@@ -29,12 +29,17 @@ def weights_digest(checkpoint: str | Path) -> str | None:
 
 
 def card_key(results: dict) -> str:
-    """The card entry's name, one per execution mode, so --action-steps 8 never overwrites the whole-chunk result."""
+    """The card entry's name, one per execution mode and seed block, so --action-steps 8 never overwrites the
+    whole-chunk result, nor a second block of seeds (`rfm eval --seed`) the first."""
+    from rfm.sim.metaworld import EVAL_SEED_BASE
+
     steps = f"-steps{results['action_steps']}" if results.get("action_steps") and not results.get("ensemble") else ""
     snap = results.get("snap_instructions")
     snap = f"-snap{snap:g}" if snap is not None else ""
+    first = min(results.get("seeds") or [EVAL_SEED_BASE])
+    block = f"-seed{first}" if first != EVAL_SEED_BASE else ""
     return (f"metaworld{'-paraphrase' if results.get('paraphrase') else ''}{snap}"
-            f"{'-ensemble' if results.get('ensemble') else ''}{steps}")
+            f"{'-ensemble' if results.get('ensemble') else ''}{steps}{block}")
 
 
 def card_entry(results: dict) -> dict:

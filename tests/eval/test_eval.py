@@ -156,6 +156,13 @@ def test_update_card_records_results_without_touching_weights(ckpt, tmp_path):
     assert json.loads((copy / "config.json").read_text())["meta"]["evaluation"] == {
         "metaworld-steps2": evals["metaworld-steps2"]}
     assert "metaworld-steps2" in proc.stdout and "Evaluation" in (copy / "README.md").read_text()
+    # a second block of seeds (`rfm eval --seed`) sits beside the first
+    block = json.loads(out.read_text())
+    block["seeds"] = [s + 50 for s in block["seeds"]]
+    (tmp_path / "block2.json").write_text(json.dumps(block))
+    assert _rfm("card", str(copy), "--add", str(tmp_path / "block2.json")).returncode == 0
+    evals = json.loads((copy / "config.json").read_text())["meta"]["evaluation"]
+    assert set(evals) == {"metaworld-steps2", "metaworld-steps2-seed1000050"}
 
 
 def _rfm(*argv: str) -> subprocess.CompletedProcess:
