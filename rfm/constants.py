@@ -34,3 +34,7 @@ STEPS_AFTER_SUCCESS = 3
 def image_key(camera: str) -> str:
     """Dataset feature key for one camera."""
     return f"{OBS_IMAGES}.{camera}"
+
+# First Meta-World evaluation seed; training seeds stay below 100,000, so the two never overlap. Here, not in
+# rfm.sim, so model cards can name seed blocks without importing MuJoCo.
+EVAL_SEED_BASE = 1_000_000

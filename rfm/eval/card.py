@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-WEIGHTS_FILE = "model.safetensors"
+from rfm.constants import EVAL_SEED_BASE, WEIGHTS_FILE
 
 
 class CardError(ValueError):
@@ -31,8 +31,6 @@ def weights_digest(checkpoint: str | Path) -> str | None:
 def card_key(results: dict) -> str:
     """The card entry's name, one per execution mode and seed block, so --action-steps 8 never overwrites the
     whole-chunk result, nor a second block of seeds (`rfm eval --seed`) the first."""
-    from rfm.sim.metaworld import EVAL_SEED_BASE
-
     steps = f"-steps{results['action_steps']}" if results.get("action_steps") and not results.get("ensemble") else ""
     snap = results.get("snap_instructions")
     snap = f"-snap{snap:g}" if snap is not None else ""

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rfm.constants import STEPS_AFTER_SUCCESS
+from rfm.constants import EVAL_SEED_BASE, STEPS_AFTER_SUCCESS
 from rfm.sim import render  # noqa: F401  (sets MUJOCO_GL before mujoco is imported)
 from rfm.sim.instructions import INSTRUCTIONS, instructions_for
 from rfm.sim.noise import CorrelatedNoise
@@ -30,7 +30,6 @@ _ENV_STATE_SLICES = (slice(4, 7), slice(11, 14), slice(36, 39))  # in Meta-World
 CONTROL_HZ = 80.0  # MuJoCo timestep 2.5 ms x frame_skip 5
 MAX_STEPS = 500  # Meta-World's episode limit
 TRAIN_SEED_LIMIT = 100_000
-EVAL_SEED_BASE = 1_000_000
 NOISE_TRIES = 5  # noisy rollouts per seed before the seed counts as failed
 
 __all__ = [
