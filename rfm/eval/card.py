@@ -42,7 +42,7 @@ def card_key(results: dict) -> str:
 
 def card_entry(results: dict) -> dict:
     """What the card keeps of an `rfm eval` results dict: rates per task, not every rollout."""
-    return {"mean_success_rate": results["mean_success_rate"],
+    return {"mean_success_rate": round(results["mean_success_rate"], 6),
             "tasks": {t: r["success_rate"] for t, r in results["tasks"].items()},
             "episodes_per_task": max(r["episodes"] for r in results["tasks"].values()),
             "seed": min(results["seeds"]), "action_steps": results.get("action_steps"),

@@ -159,10 +159,12 @@ def test_update_card_records_results_without_touching_weights(ckpt, tmp_path):
     # a second block of seeds (`rfm eval --seed`) sits beside the first
     block = json.loads(out.read_text())
     block["seeds"] = [s + 50 for s in block["seeds"]]
+    block["mean_success_rate"] = 0.8140000000000001  # a float mean as older `rfm eval` wrote it
     (tmp_path / "block2.json").write_text(json.dumps(block))
     assert _rfm("card", str(copy), "--add", str(tmp_path / "block2.json")).returncode == 0
     evals = json.loads((copy / "config.json").read_text())["meta"]["evaluation"]
     assert set(evals) == {"metaworld-steps2", "metaworld-steps2-seed1000050"}
+    assert evals["metaworld-steps2-seed1000050"]["mean_success_rate"] == 0.814  # the card shows it rounded
 
 
 def _rfm(*argv: str) -> subprocess.CompletedProcess:
