@@ -137,7 +137,7 @@ def evaluate(runner: Runner | None, tasks: list[str], episodes: int, seed: int |
                           "mean_steps": float(np.mean([r.steps for r in rs])),
                           "mean_inferences": float(np.mean([r.inferences for r in rs])),
                           "rollouts": [{"seed": r.seed, "success": bool(r.success), "steps": r.steps} for r in rs]}
-    return {"tasks": per_task, "mean_success_rate": round(float(np.mean([v["success_rate"] for v in per_task.values()])), 6),
+    return {"tasks": per_task, "mean_success_rate": float(np.mean([v["success_rate"] for v in per_task.values()])),
             "checkpoint": checkpoint, "weights_sha256": digest, "backend": getattr(runner, "backend", backend),
             "paraphrase": paraphrase, "ensemble": ensemble, "action_steps": action_steps,
             "max_steps": opts["max_steps"], "snap_instructions": snap_instructions, "instruction_matches": matches,
