@@ -28,10 +28,14 @@ RUN if [ "$VARIANT" = "cpu" ]; then \
       pip install "torch==${TORCH_VERSION}"; \
     else echo "VARIANT must be cpu or gpu, got ${VARIANT}" >&2; exit 1; fi
 
-# Then the project (its constraints keep torch at the version above); the torch layer above stays cached.
+# Then the project with the `serve` extra only: the server and both runners (torch, ONNX); no training,
+# simulator or export packages (pyproject.toml lists the extras). Its constraints keep torch at the version
+# above, whose layer stays cached. The build fails here if the image cannot load its default checkpoint.
 COPY . .
-RUN pip install -c constraints.txt . \
-    && python -c "import torch, rfm, serving; assert torch.__version__.startswith('${TORCH_VERSION}'), torch.__version__" \
+RUN pip install -c constraints.txt ".[serve]" \
+    && python -c "import torch, serving.server, rfm.runtime.onnx_runner; \
+from rfm.runtime import load_runner; load_runner('${RFM_CHECKPOINT}', device='cpu'); \
+assert torch.__version__.startswith('${TORCH_VERSION}'), torch.__version__" \
     && useradd --create-home --uid 10001 rfm
 
 USER rfm

@@ -10,7 +10,7 @@ export PYOPENGL_PLATFORM ?= osmesa
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install serve test test-all lint bench clean default-checkpoint
+.PHONY: install serve test test-unit test-integration test-all lint bench clean default-checkpoint
 
 install: $(STAMP)
 
@@ -22,14 +22,22 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"
+	$(BIN)/pip install -q -c constraints.txt -e ".[all,dev]"
 	touch $(STAMP)
 
 serve: install
 	$(BIN)/rfm serve --host $${HOST:-0.0.0.0} --port $${PORT:-8000}
 
+# Tiers: unit (in-process, fast: under 3 min on 2 cores) and integration (real servers, subprocess CLI runs,
+# MuJoCo rollouts, notebooks, training runs). `make test` runs both; slow and compat tests only in test-all.
 test: install
 	$(BIN)/python -m pytest -q
+
+test-unit: install
+	$(BIN)/python -m pytest -q -m "not integration and not slow and not compat"
+
+test-integration: install
+	$(BIN)/python -m pytest -q -m "integration and not slow and not compat"
 
 test-all: install
 	$(BIN)/python -m pytest -q -m ""
@@ -43,7 +51,7 @@ bench: install
 # The bundled default checkpoint, reproducible from one command (CPU: about 3 h on 2 cores, plus ~1 h of evaluation):
 # 50 scripted demos per MT10 task, the relative-points chain of three 6,000 x 8 cycles, one DAgger round on all ten
 # tasks and one on reach, all through the server (examples/default_checkpoint.sh says each stage; docs/RESULTS.md
-# sessions 26-28 have their numbers). Evaluated on 50 unseen seeds per task re-planning every step and executing
+# has its numbers). Evaluated on 50 unseen seeds per task re-planning every step and executing
 # 8 actions per request, and with paraphrased instructions.
 DEFAULT_RUNS ?= runs/default-recipe
 

@@ -5,12 +5,12 @@
 #      with the simulator's object/goal positions and camera projections.
 #   2. examples/small_data_cycles.sh: tiny preset, keypoints trained onto the objects and the goal, 3 of them
 #      triangulated into world-frame points relative to the hand; three cycles of 6,000 x 8 with warm restarts, the
-#      last at lr 2.5e-4 (docs/RESULTS.md session 26).
+#      last at lr 2.5e-4.
 #   3. examples/dagger_round.sh on all ten tasks: the chain serves 4 simulated robots (one action per request,
 #      10 episodes per task, seeds 420,000..), the scripted expert labels what they see; 3,000 x 8 fine-tune on the
-#      demos + that recording (session 27).
+#      demos + that recording.
 #   4. a second round on reach alone from that model: 40 episodes (seeds 440,000..), 1,500 x 8 at lr 1e-4 on the
-#      demos + both recordings (session 28).
+#      demos + both recordings. docs/RESULTS.md has how the result scores, and the commands.
 # Usage: examples/default_checkpoint.sh [RUNS_DIR] (default runs/default-recipe)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,7 +32,7 @@ test -d $D2 || $RFM data generate metaworld --tasks mt10 --episodes 30 --seed 10
 
 RFM=$RFM CACHE_GB=5 EPISODES=0 examples/small_data_cycles.sh $D1,$D2 "$OUT/chain" 3
 
-FINETUNE='--batch-size 8 --warmup-steps 200 --model {"dropout":0.0} --keypoint-loss 1 --frame-cache-gb 6 --threads 2 --num-workers 1'
+FINETUNE='--batch-size 8 --warmup-steps 200 --model {"dropout":0.0} --set aids.keypoints.weight=1 --frame-cache-gb 6 --threads 2 --num-workers 1'
 [ "$(steps_done "$OUT/round1")" = 3000 ] || \
   RFM=$RFM FLEET_SEED=420000 TRAIN_ARGS="$FINETUNE --lr 2.5e-4" \
   examples/dagger_round.sh "$OUT/chain-c3/checkpoint" $D1,$D2 "$OUT/round1" mt10 10 3000

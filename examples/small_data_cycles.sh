@@ -55,7 +55,7 @@ for k in $(seq 1 "$CYCLES"); do
     # --resume continues an interrupted cycle from its last checkpoint and starts fresh where there is none
     $RFM train --dataset "$DATA" --out "$RUN" "${start[@]}" --resume --head chunk --steps "$STEPS" \
       --batch-size "$BATCH" --lr "$lr" --warmup-steps 200 --ema-decay 0.995 --chunk-size 16 --save-every 500 \
-      --balance tasks --keypoint-loss 1 --frame-cache-gb "$CACHE_GB" --threads "$THREADS" --num-workers 1 --no-progress
+      --balance tasks --set aids.keypoints.weight=1 --frame-cache-gb "$CACHE_GB" --threads "$THREADS" --num-workers 1 --no-progress
   fi
   PREV=$RUN
 done

@@ -1,6 +1,6 @@
 """rfm: robot foundation-model library and inference server."""
 
-__version__ = "0.1.0"
+from rfm._version import __version__
 
 __all__ = ["ModelConfig", "PolicyConfig", "RFMPolicy", "RobotInterface", "__version__", "preset"]
 

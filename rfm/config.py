@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from rfm.calibration import ASPECT_MODES, check_calibration, model_projection
 from rfm.constants import DEFAULT_TEXT_ENCODER
 
 
@@ -29,15 +30,19 @@ def did_you_mean(name: str, choices: list[str]) -> str:
 
 @dataclass
 class RobotInterface:
-    """What a robot sends and receives: cameras, state and action layout, timing."""
+    """What a robot sends and receives: cameras, state and action layout, timing, and (optionally) its geometry."""
 
     cameras: list[str] = field(default_factory=lambda: ["front"])  # camera names, in model input order
-    image_size: tuple[int, int] = (128, 128)  # (H, W) of every camera image the model takes
+    image_size: tuple[int, int] = (128, 128)  # (H, W) the model takes: every frame is fitted to it (rfm.imaging)
     state_names: list[str] = field(default_factory=lambda: [f"s{i}" for i in range(4)])  # one per state dim
     action_names: list[str] = field(default_factory=lambda: [f"a{i}" for i in range(4)])  # one per action dim
     chunk_size: int = 16  # H: actions predicted per call
     control_hz: float = 10.0  # rate at which the robot executes actions
     robot_type: str = "unknown"  # free-form robot description (e.g. "sawyer")
+    native_sizes: dict[str, tuple[int, int]] | None = None  # {camera: (H, W)} the robot's frames arrive at
+    aspect: str = "resize"  # native -> model size when aspects differ: resize (stretch) | pad | crop
+    calibration: dict[str, dict] | None = None  # {camera: calibration} (rfm.calibration): optional robot geometry
+    ee_position: list[str] | None = None  # the 3 state names that are the end effector's x, y, z in that world frame
 
     def __post_init__(self) -> None:
         self.cameras = list(self.cameras)
@@ -53,6 +58,35 @@ class RobotInterface:
         _check(len(self.action_names) >= 1, "interface.action_names", self.action_names, "at least one action")
         _check(1 <= self.chunk_size <= 256, "interface.chunk_size", self.chunk_size, "an integer in [1, 256]")
         _check(self.control_hz > 0, "interface.control_hz", self.control_hz, "a positive rate in Hz")
+        _check(self.aspect in ASPECT_MODES, "interface.aspect", self.aspect,
+               f"one of {ASPECT_MODES}.{did_you_mean(str(self.aspect), list(ASPECT_MODES))}")
+        if self.native_sizes is not None:
+            sizes = {}
+            for cam, hw in dict(self.native_sizes).items():
+                self._known_camera("native_sizes", cam)
+                _check(len(hw) == 2 and all(8 <= int(v) <= 8192 for v in hw), f"interface.native_sizes.{cam}", hw,
+                       "(H, W) with each between 8 and 8192")
+                sizes[cam] = (int(hw[0]), int(hw[1]))
+            self.native_sizes = sizes or None
+        if self.calibration is not None:
+            cal = {}
+            for cam, c in dict(self.calibration).items():
+                self._known_camera("calibration", cam)
+                try:
+                    cal[cam] = check_calibration(c, cam, self.native_size(cam) if self.native_sizes else None)
+                except ValueError as e:
+                    raise ConfigError(str(e)) from e
+            self.calibration = cal or None
+        if self.ee_position is not None:
+            self.ee_position = [str(n) for n in self.ee_position]
+            _check(len(self.ee_position) == 3 and all(n in self.state_names for n in self.ee_position),
+                   "interface.ee_position", self.ee_position,
+                   f"three names from interface.state_names {self.state_names} (the end effector's x, y, z)")
+
+    def _known_camera(self, what: str, cam: str) -> None:
+        if cam not in self.cameras:
+            raise ConfigError(f"interface.{what} names camera {cam!r}, which is not in interface.cameras "
+                              f"{self.cameras}.{did_you_mean(str(cam), self.cameras)}")
 
     @property
     def state_dim(self) -> int:
@@ -62,9 +96,28 @@ class RobotInterface:
     def action_dim(self) -> int:
         return len(self.action_names)
 
+    def native_size(self, camera: str) -> tuple[int, int]:
+        """(H, W) the robot sends for `camera`: its declared native size, else the model's input size."""
+        return tuple((self.native_sizes or {}).get(camera, self.image_size))  # type: ignore[return-value]
+
+    def projections(self) -> np.ndarray | None:
+        """(N_cam, 3, 4) world -> normalised model-input coordinates, in camera order; None unless every camera is
+        calibrated."""
+        if not self.calibration or any(c not in self.calibration for c in self.cameras):
+            return None
+        native = self.native_sizes or {}
+        return np.stack([model_projection(self.calibration[c], native.get(c), self.image_size, self.aspect)
+                         for c in self.cameras])
+
+    def ee_indices(self) -> list[int] | None:
+        """Indices of the end effector's x, y, z in the state (None when the interface does not declare them)."""
+        return [self.state_names.index(n) for n in self.ee_position] if self.ee_position else None
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["image_size"] = list(self.image_size)
+        if self.native_sizes:
+            d["native_sizes"] = {k: list(v) for k, v in self.native_sizes.items()}
         d["state_dim"] = self.state_dim
         d["action_dim"] = self.action_dim
         return d
@@ -98,16 +151,13 @@ class ModelConfig:
     vision_blocks: int = 1  # residual blocks per ResNet stage
     vision_keypoints: int = 0  # K spatial-softmax keypoints per camera (one extra token): finds small objects
     vision_keypoint_source: str = "stem"  # keypoint heatmaps read: "stem" (one conv), "block" (+1 block), "branch" (own convs)
-    vision_points: int = 0  # the first P keypoints, triangulated across cameras into world-frame points (0 = off)
-    camera_projections: list | None = None  # (N_cam, 3, 4) world -> normalised image, for vision_points (calibration)
-    relative_points: bool = False  # the point token also gets each point minus the hand and minus each other point
+    vision_points: int = 0  # the first P keypoints, triangulated through interface.calibration (0 = off)
+    relative_points: bool = False  # the point token also gets each point minus interface.ee_position and each other
     vision_path: str | None = None  # local directory of a Hugging Face vision model (vision_backbone="hf")
     vision_hf_config: dict | None = None  # HF config dict, stored so checkpoints rebuild without vision_path
     text_encoder: str = DEFAULT_TEXT_ENCODER  # "all-MiniLM-L6-v2" (packaged) or a local sentence-encoder dir
     text_max_tokens: int = 24  # instruction tokens kept (padded/truncated)
-    freeze_text_encoder: bool = True  # keep the pretrained language encoder frozen
     norm_mode: str = "mean_std"  # how state/actions are normalised: mean_std, quantile (q01..q99) or min_max
-    env_state_dim: int = 0  # auxiliary head predicting the privileged environment state (training only; 0 = none)
 
     def __post_init__(self) -> None:
         self.vision_widths = tuple(int(w) for w in self.vision_widths)
@@ -130,15 +180,9 @@ class ModelConfig:
                self.vision_keypoint_source, f"one of {KEYPOINT_SOURCES}")
         _check(0 <= self.vision_points <= self.vision_keypoints, "model.vision_points", self.vision_points,
                f"in [0, model.vision_keypoints={self.vision_keypoints}]")
-        if self.camera_projections is not None:
-            shape = np.shape(self.camera_projections)
-            _check(len(shape) == 3 and shape[1:] == (3, 4) and shape[0] >= 2, "model.camera_projections",
-                   f"an array of shape {list(shape)}", "one 3 x 4 projection per camera, at least two cameras")
-            self.camera_projections = np.asarray(self.camera_projections, dtype=float).tolist()
         if self.vision_backbone == "hf":
             _check(self.vision_path is not None or self.vision_hf_config is not None, "model.vision_path",
                    self.vision_path, "a local Hugging Face model directory when vision_backbone='hf'")
-        _check(0 <= self.env_state_dim <= 256, "model.env_state_dim", self.env_state_dim, "in [0, 256]")
         _check(4 <= self.text_max_tokens <= 256, "model.text_max_tokens", self.text_max_tokens, "in [4, 256]")
         _check(self.norm_mode in NORM_MODES, "model.norm_mode", self.norm_mode,
                f"one of {NORM_MODES}.{did_you_mean(self.norm_mode, list(NORM_MODES))}")
@@ -166,6 +210,14 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+PRESET_IMAGE_SIZE: dict[str, tuple[int, int]] = {"tiny": (128, 128), "small": (128, 128), "base": (224, 224)}
+
+
+def preset_image_size(name: str | None) -> tuple[int, int]:
+    """The input resolution (H, W) a preset is built for; cameras of any native size are fitted to it."""
+    return PRESET_IMAGE_SIZE.get(name or "small", PRESET_IMAGE_SIZE["small"])
+
+
 def preset(name: str, **overrides: Any) -> ModelConfig:
     """ModelConfig of a named preset, with field overrides; unknown names get a 'did you mean'."""
     if name not in PRESETS:
@@ -185,16 +237,14 @@ class PolicyConfig:
     interface: RobotInterface = field(default_factory=RobotInterface)
 
     def __post_init__(self) -> None:
-        proj = self.model.camera_projections
-        _check(proj is None or len(proj) == len(self.interface.cameras), "model.camera_projections",
-               f"{len(proj or [])} projections", f"one per camera in interface.cameras {self.interface.cameras}")
-        _check(self.model.vision_points == 0 or proj is not None, "model.camera_projections", proj,
-               "the cameras' projections when model.vision_points > 0 (rfm train reads them from a dataset that "
-               "records features.observation.environment_state.info.camera_projection)")
-        _check(not self.model.relative_points or (self.model.vision_points > 0 and self.interface.state_dim >= 3),
-               "model.relative_points", self.model.relative_points,
-               "false unless model.vision_points > 0 and the state starts with the hand's x, y, z in the cameras' "
-               f"world frame (state_dim={self.interface.state_dim})")
+        m, itf = self.model, self.interface
+        if m.vision_points:
+            _check(len(itf.cameras) >= 2 and itf.projections() is not None, "interface.calibration",
+                   sorted(itf.calibration or {}),
+                   f"a calibration for every camera of {itf.cameras} (at least two) when model.vision_points > 0")
+        _check(not m.relative_points or (m.vision_points > 0 and itf.ee_position is not None),
+               "model.relative_points", m.relative_points,
+               "false unless model.vision_points > 0 and interface.ee_position names the end effector's x, y, z")
 
     def to_dict(self) -> dict:
         return {"model": self.model.to_dict(), "interface": self.interface.to_dict()}
@@ -204,13 +254,27 @@ class PolicyConfig:
         for key in ("model", "interface"):
             if key not in d or not isinstance(d[key], dict):
                 raise ConfigError(f"config is missing the {key!r} section")
-        return cls(model=ModelConfig.from_dict(d["model"]), interface=RobotInterface.from_dict(d["interface"]))
+        model, interface = _upgrade(dict(d["model"]), dict(d["interface"]))
+        return cls(model=ModelConfig.from_dict(model), interface=RobotInterface.from_dict(interface))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
 
     def with_interface(self, **kw: Any) -> PolicyConfig:
         return PolicyConfig(model=self.model, interface=replace(self.interface, **kw))
+
+
+def _upgrade(model: dict, interface: dict) -> tuple[dict, dict]:
+    """Configs written before robot geometry moved to the interface: projections listed in camera order become a
+    calibration by camera name, and relative points read the first three state values (as they did)."""
+    proj = model.pop("camera_projections", None)
+    if proj is not None and "calibration" not in interface:
+        interface["calibration"] = {c: {"projection": p} for c, p in zip(interface.get("cameras", []), proj)}
+        if model.get("relative_points") and "ee_position" not in interface:
+            interface["ee_position"] = list(interface.get("state_names", []))[:3]
+    model.pop("freeze_text_encoder", None)  # always frozen; the field was never read
+    model.pop("env_state_dim", None)  # the environment-state head is a training aid now, not part of the policy
+    return model, interface
 
 
 def _known(cls: type, d: dict, section: str) -> dict:

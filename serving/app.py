@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import threading
 import time
 from collections.abc import Callable
@@ -15,90 +14,14 @@ from fastapi.responses import JSONResponse, Response
 
 from rfm.runtime import Runner
 from serving import codec
-from serving.audit import AuditLog
-from serving.auth import ApiKeys
 from serving.config import ServerConfig
-from serving.errors import ApiError, NotReady, PayloadTooLarge, to_api_error
-from serving.limits import ActionLimits
-from serving.memory import HeapTrimmer
+from serving.errors import ApiError, PayloadTooLarge, to_api_error
 from serving.metrics import Metrics
-from serving.openpi import OpenpiMapping
 from serving.schemas import ERROR_RESPONSES, ActRequestBody, ActResponseBody, EpisodeEndBody
-from serving.service import InferenceService
+from serving.state import ServerState, decode_act
+from serving.ws import add_websocket_routes
 
-log = logging.getLogger("rfm.serving")
 ROUTES = ("/v1/act", "/v1/episodes/end", "/v1/models", "/healthz", "/readyz", "/metrics", "/docs", "/openapi.json")
-JSON_DECODE_IN_THREAD_BYTES = 16 * 1024  # bigger JSON bodies (base64 images) are decoded off the event loop
-DECODE_IN_THREAD_BYTES = 1024 * 1024  # msgpack too when this big (nested lists, JPEG/PNG bytes)
-
-
-class ServerState:
-    """Everything one app holds: config, metrics, keys, and the service once the model is warm."""
-
-    def __init__(self, config: ServerConfig, runner: Runner | Callable[[], Runner],
-                 checkpoint: str | Path | None = None) -> None:
-        self.config, self.checkpoint = config, checkpoint
-        self._runner_or_loader = runner
-        self.metrics = Metrics()
-        self.keys = ApiKeys.from_file(config.api_keys_file) if config.api_keys_file else None
-        self.audit = AuditLog(config.audit_log) if config.audit_log else None
-        self.service: InferenceService | None = None
-        self.openpi: OpenpiMapping | None = None
-        self.load_error: str | None = None
-        self.started = time.time()
-
-    def authorize(self, authorization: str | None) -> str | None:
-        """Key id of the caller, None when keys are off; raises AuthError."""
-        return self.keys.check(authorization) if self.keys is not None else None
-
-    def require_service(self) -> InferenceService:
-        if self.service is None:
-            raise NotReady(self.load_error or "the model is loading and warming up")
-        return self.service
-
-    def load(self) -> None:
-        """Load the runner, warm every batch size, build limits and the batcher; then mark ready."""
-        try:
-            t = time.perf_counter()
-            r = self._runner_or_loader
-            runner = r if isinstance(r, Runner) else r()
-            if self.config.snap_instructions is not None:
-                runner.snap_instructions(self.config.snap_instructions)
-            trim = HeapTrimmer(0.0).maybe_trim  # give back what loading and each warm-up batch left behind,
-            trim()  # so the resident peak is the model plus one batch, not the sum of transients
-            for b in self.config.batch_sizes_to_warm():
-                runner.warmup([b])
-                trim()
-            names = runner.interface.action_names
-            if self.config.action_limits:
-                limits = ActionLimits.from_file(self.config.action_limits, names)
-            elif self.checkpoint is not None:
-                limits = ActionLimits.from_stats(self.checkpoint, names, self.config.action_limit_margin)
-            else:
-                limits = None
-            self.openpi = (OpenpiMapping.from_file(self.config.openpi_mapping, runner.interface.cameras)
-                           if self.config.openpi_mapping else OpenpiMapping.default(runner.interface.cameras))
-            recorder = None
-            if self.config.record_dir:
-                from rfm.runtime.recorder import Recorder
-
-                recorder = Recorder(self.config.record_dir, runner.interface,
-                                    idle_timeout_s=self.config.record_idle_timeout_s,
-                                    use_videos=self.config.record_images == "video")
-            self.service = InferenceService(runner, self.config, self.metrics, limits, self.audit, recorder)
-            self.metrics.ready.set(1)
-            log.info("model %s@%s ready (warm-up %.1f s, batch sizes %s, limits %s)", runner.model_id,
-                     runner.model_version, time.perf_counter() - t, self.config.batch_sizes_to_warm(),
-                     limits.source if limits else "none")
-        except Exception as e:  # reported by /readyz; the process stays up for diagnosis
-            log.exception("model failed to load")
-            self.load_error = f"model failed to load: {type(e).__name__}: {str(e)[:300]}"
-
-    def close(self) -> None:
-        if self.service is not None:
-            self.service.close()
-        if self.audit is not None:
-            self.audit.close()
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -153,18 +76,6 @@ def response_format(accept: str | None, default: str) -> str:
 
 def error_response(err: ApiError, request_id: str | None = None) -> JSONResponse:
     return JSONResponse(err.body(request_id), status_code=err.status, headers=err.headers)
-
-
-async def decode_act(service: InferenceService, body: bytes, fmt: str) -> codec.ActRequest:
-    """Body bytes -> ActRequest; large bodies are decoded in a worker thread, raw msgpack pixels inline."""
-    itf = service.interface
-
-    def decode() -> codec.ActRequest:
-        return codec.parse_act(codec.loads(body, fmt), itf.cameras, itf.image_size)
-
-    if len(body) > (JSON_DECODE_IN_THREAD_BYTES if fmt == "json" else DECODE_IN_THREAD_BYTES):
-        return await asyncio.to_thread(decode)
-    return decode()
 
 
 def create_app(runner: Runner | Callable[[], Runner], config: ServerConfig | None = None,
@@ -255,8 +166,6 @@ def create_app(runner: Runner | Callable[[], Runner], config: ServerConfig | Non
         if state.service is not None:
             state.metrics.queue_depth.set(state.service.batcher.depth())
         return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
-
-    from serving.ws import add_websocket_routes
 
     add_websocket_routes(app, state)
     app.openapi_schema = None

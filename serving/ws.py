@@ -8,9 +8,9 @@ import uuid
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 
 from serving import codec, openpi
-from serving.app import ServerState, decode_act
 from serving.codec import ActRequest
 from serving.errors import ApiError, PayloadTooLarge, to_api_error
+from serving.state import ServerState, decode_act
 
 POLICY_VIOLATION, MESSAGE_TOO_BIG, INTERNAL_ERROR, TRY_AGAIN_LATER = 1008, 1009, 1011, 1013
 

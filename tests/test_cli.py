@@ -6,6 +6,10 @@ import json
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.integration  # real `rfm` subprocesses
+
 
 def rfm(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "rfm.cli.main", *args], capture_output=True, text=True, check=False, timeout=300)

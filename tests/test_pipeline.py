@@ -12,6 +12,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.integration  # generate, train, resume, evaluate through the CLI
+
 
 def rfm(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     proc = subprocess.run([sys.executable, "-m", "rfm.cli.main", *args], capture_output=True, text=True,

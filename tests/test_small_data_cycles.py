@@ -10,7 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.test_pipeline import rfm
+
+pytestmark = pytest.mark.integration  # the example script end to end
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = str(ROOT / "examples" / "small_data_cycles.sh")

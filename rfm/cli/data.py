@@ -43,8 +43,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--action-noise", type=float, default=0.0, metavar="STD",
                    help="add Gaussian noise of this std (action units; 1 = the largest step) to the hand motion the "
                         "expert executes, recording the expert's own action (DART): demos that show recovering from "
-                        "slips. A failed noisy rollout is retried on the same seed (default 0: off; on MT10 at 10 "
-                        "demos 0.1 scored as the plain demos and 0.3 white noise 5 points worse: docs/RESULTS.md)")
+                        "slips. A failed noisy rollout is retried on the same seed (default 0: off)")
     g.add_argument("--noise-correlation", type=float, default=0.9, metavar="RHO",
                    help="step-to-step correlation of --action-noise in [0, 1): 0 is white noise, 0.9 drifts the hand "
                         "off the path for ~10 steps (default 0.9)")
@@ -80,7 +79,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from rfm.data.generate import write_metaworld
+    from rfm.sim.generate import write_metaworld
 
     if args.episodes < 1 or args.size < 8:
         raise CLIError(f"--episodes must be >= 1 and --size >= 8 (got {args.episodes}, {args.size})")

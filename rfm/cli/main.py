@@ -1,11 +1,10 @@
 """`rfm` command line: one subcommand per module in rfm.cli (info, data, train, eval, compare, card, average, export,
-serve, bench, fleet)."""
+serve, fleet)."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import os
 import sys
 
@@ -24,9 +23,13 @@ COMMANDS = {
     "average": "rfm.cli.average",
     "export": "rfm.cli.export",
     "serve": "rfm.cli.serve",
-    "bench": "rfm.cli.bench",
     "fleet": "rfm.cli.fleet",
 }
+
+
+# the install extra each command needs (pyproject.toml); `pip install rfm` alone is the robot-side client
+EXTRAS = {"serve": "serve", "train": "train", "data": "train,sim", "info": "train", "average": "train",
+          "export": "export", "fleet": "sim", "eval": "sim,train", "card": "train", "compare": "train"}
 
 
 class CLIError(Exception):
@@ -38,8 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"rfm {importlib.import_module('rfm').__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in COMMANDS.values():
-        if importlib.util.find_spec(module) is not None:
-            importlib.import_module(module).add_parser(sub)
+        importlib.import_module(module).add_parser(sub)
     return parser
 
 
@@ -56,6 +58,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except (FileNotFoundError, ValueError) as e:  # config/checkpoint/data errors carry the file and field
         print(f"rfm {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:  # a package of an extra this install lacks (pyproject.toml)
+        extra = EXTRAS.get(args.command, "all")
+        print(f"rfm {args.command}: error: {e}; this command needs pip install 'rfm[{extra}]'", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

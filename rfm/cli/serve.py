@@ -38,7 +38,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--snap-instructions", type=float, default=None, metavar="SIM",
                    help="replace an instruction the model never trained on by the trained one nearest in meaning "
                         "when their sentence embeddings' cosine similarity is >= SIM (e.g. 0.5); below it the "
-                        "instruction passes unchanged (docs/RESULTS.md: paraphrase success with and without)")
+                        "instruction passes unchanged")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=run)
 

@@ -1,4 +1,10 @@
-"""`rfm train`: fine-tune a policy on a LeRobot dataset (CPU, one GPU, or `accelerate launch` for many)."""
+"""`rfm train`: fine-tune a policy on a LeRobot dataset (CPU, one GPU, or `accelerate launch` for many).
+
+Settings come from, in rising precedence: TrainConfig's defaults, `--config FILE` (YAML or JSON; a run's written
+train_config.json reproduces it), the flags below, and `--set FIELD=VALUE` (any TrainConfig field, dotted for
+nested ones: `--set aids.keypoints.weight=1`). Research knobs (training aids, augmentation details) live in the
+config file, not in the flags.
+"""
 
 from __future__ import annotations
 
@@ -6,122 +12,137 @@ import argparse
 import json
 
 from rfm.cli.main import CLIError
-from rfm.train.config import BALANCE_MODES
+from rfm.train.config import BALANCE_MODES, TrainConfig, read_config_file
+
+NOT_CONFIG = ("config", "set", "threads", "no_progress", "func", "command")  # flags that are not TrainConfig fields
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train or fine-tune a policy on a LeRobot dataset",
-                       description="Train a policy. Multi-GPU/multi-node: `accelerate launch -m rfm.cli.main train ...`.")
-    p.add_argument("--dataset", required=True,
-                   help="LeRobot v3.0/v2.1 dataset directory; comma-separate several to train on them together "
-                        "(e.g. the original demos plus fleet recordings)")
-    p.add_argument("--out", required=True, help="run directory (checkpoint/, logs/)")
-    p.add_argument("--preset", default=None, help="tiny | small | base (default: the --init model, else small)")
-    p.add_argument("--head", default=None, choices=["chunk", "flow"], help="default: the --init head, else chunk")
-    p.add_argument("--steps", type=int, default=20_000)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--grad-accum", type=int, default=1)
-    p.add_argument("--lr", type=float, default=3e-4)
-    p.add_argument("--warmup-steps", type=int, default=500)
-    p.add_argument("--ema-decay", type=float, default=0.999, help="0 disables EMA")
-    p.add_argument("--chunk-size", type=int, default=16)
-    p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), default=None)
-    p.add_argument("--cameras", default=None, help="comma-separated camera names (default: all)")
+                       description="Train a policy. Multi-GPU/multi-node: `accelerate launch -m rfm.cli.main train ...`. "
+                                   "Every TrainConfig field is settable from --config FILE or --set FIELD=VALUE.",
+                       argument_default=argparse.SUPPRESS)  # only flags given override the config file
+    p.add_argument("--config", default=None, metavar="FILE",
+                   help="YAML or JSON train config (e.g. a run's train_config.json); flags override it")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="set any config field (YAML value; dotted for nested: aids.keypoints.weight=1); repeatable")
+    p.add_argument("--dataset", help="LeRobot v3.0/v2.1 dataset directory; comma-separate several to train on them "
+                                     "together (e.g. the original demos plus fleet recordings)")
+    p.add_argument("--out", help="run directory (checkpoint/, logs/, train_config.json)")
+    p.add_argument("--init", help="checkpoint to fine-tune from (a new robot: layers that do not fit are re-initialised, "
+                                  "geometry it does not declare is dropped)")
+    p.add_argument("--preset", help="tiny | small | base (default: the --init model, else small)")
+    p.add_argument("--head", choices=["chunk", "flow"], help="default: the --init head, else chunk")
+    p.add_argument("--interface", metavar="FILE",
+                   help="YAML/JSON of robot interface fields the dataset lacks: calibration (by camera name), "
+                        "ee_position, aspect (resize|pad|crop)")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--grad-accum", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--clip-grad", type=float, help="max gradient norm")
+    p.add_argument("--vision-lr-scale", type=float, help="lr multiplier of the vision encoder (e.g. 0.1)")
+    p.add_argument("--warmup-steps", type=int)
+    p.add_argument("--ema-decay", type=float, help="0 disables EMA")
+    p.add_argument("--chunk-size", type=int)
+    p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"),
+                   help="model input size (default: the --init model's, else the preset's; frames are resized to it)")
+    p.add_argument("--cameras", help="comma-separated camera names (default: all)")
     p.add_argument("--no-augment", action="store_true", help="disable random shift and colour jitter")
-    p.add_argument("--shift-pad", type=int, default=6, help="random-shift augmentation, pixels at model resolution")
-    p.add_argument("--color-jitter", type=float, default=0.2, help="max relative brightness/contrast change")
-    p.add_argument("--state-noise", type=float, default=0.0,
-                   help="Gaussian noise on the robot state while training, in dataset stds (e.g. 0.5): makes the "
-                        "policy read goals from the cameras instead of from how far the arm has moved")
-    p.add_argument("--scene-shift", type=float, default=0.0, metavar="METRES",
-                   help="move the robot's position (state dims <name>_x/_y/_z) and the triangulated points "
-                        "(model.vision_points) by one random offset per sample, up to METRES per axis: keeps the "
-                        "offsets between hand and goal, hides absolute positions; 0 = off. Measured at 10 demos "
-                        "per MT10 task (0.1): reach follows the goal closer open loop, 3 points worse closed loop "
-                        "(docs/RESULTS.md, session 19)")
-    p.add_argument("--env-state-loss", type=float, default=0.0, metavar="W",
-                   help="weight of an auxiliary loss predicting observation.environment_state (simulated demos "
-                        "record object and goal positions): teaches the encoder to find them; 0 = off")
-    p.add_argument("--keypoint-loss", type=float, default=0.0, metavar="W",
-                   help="weight of an auxiliary loss putting spatial-softmax keypoint p on point p of "
-                        "observation.environment_state (object 1, object 2, goal) in every camera, through the "
-                        "camera projections simulated demos record: teaches the encoder to find them; 0 = off")
-    p.add_argument("--action-loss-weights", default=None, metavar="NAME=W,...",
-                   help="weight of named action dimensions in the action loss, the rest 1 (e.g. gripper=4: a "
-                        "gripper's open/close is one of several dimensions, but a wrong one drops the object)")
-    p.add_argument("--relabel-action", action="append", default=None, metavar="NAME:OLD=NEW[@TASK]",
-                   help="map an exact action value before training, in memory (repeatable; e.g. gripper:0=-1 turns "
-                        "Meta-World pick-place's slow 'no grip' label into an open command); stats follow. @TASK "
-                        "limits it to one task: a task string as stored, or a Meta-World name (@pick-place-v3)")
-    p.add_argument("--instruction-variants", default=None, metavar="FILE|metaworld",
-                   help="instruction augmentation: JSON {instruction: [variants]}, or 'metaworld' for the built-in "
-                        "variants of the Meta-World instructions (never the evaluation paraphrases)")
-    p.add_argument("--variant-prob", type=float, default=0.5,
-                   help="chance that a sample's instruction is replaced by one of its variants")
-    p.add_argument("--balance", default="none", choices=list(BALANCE_MODES),
+    p.add_argument("--action-loss-weights", metavar="NAME=W,...",
+                   help="weight of named action dimensions in the action loss, the rest 1 (e.g. gripper=4)")
+    p.add_argument("--instruction-variants", metavar="FILE|NAME",
+                   help="instruction augmentation: JSON {instruction: [variants]} or a built-in table (metaworld)")
+    p.add_argument("--balance", choices=list(BALANCE_MODES),
                    help="tasks: each task gets the same share of samples (short tasks are not drowned out)")
-    p.add_argument("--dataset-weights", default=None, metavar="W1,W2,...",
-                   help="share of samples from each --dataset, in order (normalised; e.g. 0.7,0.3 for demos and a "
-                        "fleet recording); default: in proportion to their frames")
-    p.add_argument("--num-workers", type=int, default=2)
-    p.add_argument("--frame-cache-gb", type=float, default=4.0,
-                   help="decoded-frame cache (GiB), shared out among the DataLoader workers (each keeps its own); "
-                        "frames that do not fit are decoded again. Size it to hold the data set once per worker: 50 demos "
-                        "per task of MT10 at 2 x 128 px decode to 3.6 GiB")
-    p.add_argument("--val-episodes", type=int, default=0)
-    p.add_argument("--save-every", type=int, default=1000)
-    p.add_argument("--log-every", type=int, default=50)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--init", default=None, help="checkpoint to fine-tune from (new robots: mismatched layers re-init)")
+    p.add_argument("--dataset-weights", metavar="W1,W2,...",
+                   help="share of samples from each --dataset, in order (default: in proportion to their frames)")
+    p.add_argument("--num-workers", type=int)
+    p.add_argument("--frame-cache-gb", type=float, help="decoded-frame cache (GiB), shared by the DataLoader workers")
+    p.add_argument("--val-episodes", type=int, help="hold out the last N episodes; report their loss while training")
+    p.add_argument("--save-every", type=int)
+    p.add_argument("--log-every", type=int)
+    p.add_argument("--seed", type=int)
     p.add_argument("--keep-init-stats", action="store_true",
                    help="normalise with the --init checkpoint's stats instead of this dataset's (same robot)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
-    p.add_argument("--mixed-precision", default="auto", choices=["auto", "no", "bf16", "fp16"])
-    p.add_argument("--lora-rank", type=int, default=0, help="LoRA rank for a pretrained HF vision backbone")
-    p.add_argument("--weights-dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    p.add_argument("--model", default=None, help='JSON of model config overrides, e.g. \'{"dim": 192}\'')
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--mixed-precision", choices=["auto", "no", "bf16", "fp16"])
+    p.add_argument("--lora-rank", type=int, help="LoRA rank for a pretrained HF vision backbone")
+    p.add_argument("--weights-dtype", choices=["float32", "float16", "bfloat16"])
+    p.add_argument("--model", metavar="JSON", help='model config overrides, e.g. \'{"dim": 192}\'')
+    p.add_argument("--threads", type=int,
                    help="torch CPU threads (default: torch's choice; lower it when other jobs share the cores)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
 
 
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """TrainConfig from --config, the flags given, then --set; errors name the flag, file or field."""
+    d = read_config_file(args.config) if getattr(args, "config", None) else {}
+    given = {k: v for k, v in vars(args).items() if k not in NOT_CONFIG}
+    for key, value in given.items():
+        if key == "no_augment":
+            d["augment"] = not value
+        elif key == "cameras":
+            d["cameras"] = [c.strip() for c in value.split(",") if c.strip()]
+        elif key == "image_size":
+            d["image_size"] = list(value)
+        elif key == "dataset_weights":
+            try:
+                d["dataset_weights"] = [float(w) for w in value.split(",")]
+            except ValueError as e:
+                raise CLIError(f"--dataset-weights {value!r}: expected comma-separated numbers ({e})") from e
+        elif key == "action_loss_weights":
+            d["action_loss_weights"] = _named_weights(value)
+        elif key == "model":
+            try:
+                d["model_overrides"] = {**d.get("model_overrides", {}), **json.loads(value)}
+            except json.JSONDecodeError as e:
+                raise CLIError(f"--model is not valid JSON: {e}") from e
+        elif key == "interface":
+            d["interface"] = {**d.get("interface", {}), **read_config_file(value)}
+        else:
+            d[key] = value
+    for item in getattr(args, "set", []):
+        _set(d, item)
+    where = f"--config {args.config}" if getattr(args, "config", None) else "rfm train"
+    if "dataset" not in d or "out" not in d:
+        raise CLIError(f"{where}: give --dataset and --out (or dataset and out in the --config file)")
+    return TrainConfig.from_dict(d, where)
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from rfm.train.config import TrainConfig
-
-    if args.threads:
+    cfg = config_from_args(args)
+    if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
     from rfm.train.loop import train
 
-    try:
-        overrides = json.loads(args.model) if args.model else {}
-    except json.JSONDecodeError as e:
-        raise CLIError(f"--model is not valid JSON: {e}") from e
-    try:
-        dataset_weights = [float(w) for w in args.dataset_weights.split(",")] if args.dataset_weights else None
-    except ValueError as e:
-        raise CLIError(f"--dataset-weights {args.dataset_weights!r}: expected comma-separated numbers ({e})") from e
-    action_weights = _named_weights(args.action_loss_weights) if args.action_loss_weights else None
-    cfg = TrainConfig(
-        dataset=args.dataset, out=args.out, preset=args.preset, head=args.head, model_overrides=overrides,
-        chunk_size=args.chunk_size, image_size=tuple(args.image_size) if args.image_size else None,
-        cameras=args.cameras.split(",") if args.cameras else None, steps=args.steps, batch_size=args.batch_size,
-        grad_accum=args.grad_accum, lr=args.lr, warmup_steps=args.warmup_steps, ema_decay=args.ema_decay,
-        augment=not args.no_augment, shift_pad=args.shift_pad, color_jitter=args.color_jitter, balance=args.balance,
-        dataset_weights=dataset_weights,
-        state_noise=args.state_noise, scene_shift=args.scene_shift, env_state_loss=args.env_state_loss,
-        keypoint_loss=args.keypoint_loss,
-        action_loss_weights=action_weights, relabel_actions=args.relabel_action,
-        instruction_variants=args.instruction_variants, variant_prob=args.variant_prob,
-        num_workers=args.num_workers, frame_cache_gb=args.frame_cache_gb, val_episodes=args.val_episodes,
-        save_every=args.save_every, log_every=args.log_every, seed=args.seed, init=args.init, resume=args.resume,
-        keep_init_stats=args.keep_init_stats,
-        mixed_precision=args.mixed_precision, lora_rank=args.lora_rank, weights_dtype=args.weights_dtype)
-    ckpt = train(cfg, progress=not args.no_progress)
+    ckpt = train(cfg, progress=not getattr(args, "no_progress", False))
     print(f"checkpoint: {ckpt}")
     return 0
+
+
+def _set(d: dict, item: str) -> None:
+    """'aids.keypoints.weight=1' -> d["aids"]["keypoints"]["weight"] = 1 (the value parsed as YAML)."""
+    import yaml
+
+    path, sep, text = item.partition("=")
+    if not sep or not path.strip():
+        raise CLIError(f"--set {item!r}: expected FIELD=VALUE, e.g. aids.keypoints.weight=1")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError as e:
+        raise CLIError(f"--set {item!r}: the value is not valid YAML ({e})") from e
+    keys = path.strip().split(".")
+    node = d
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise CLIError(f"--set {item!r}: {k} is not a nested field")
+    node[keys[-1]] = value
 
 
 def _named_weights(text: str) -> dict[str, float]:

@@ -1,4 +1,7 @@
-"""Client SDK for the rfm inference server (httpx + msgpack; imports neither torch nor the server)."""
+"""Client SDK for the rfm inference server: all that a plain `pip install rfm` brings (on numpy, httpx,
+websockets and msgpack). Imports neither torch nor the server; the wire codec is rfm.client.wire. The model,
+server, trainer and simulator come with the extras: rfm[serve], rfm[train], rfm[sim], rfm[export], rfm[all].
+"""
 
 from rfm.client.client import AsyncRFMClient, RFMClient, RFMError
 from rfm.client.executor import ChunkExecutor

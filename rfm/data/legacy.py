@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rfm.data.episode import Episode
 from rfm.data.errors import DatasetError
 
 EPISODES_JSONL = "meta/episodes.jsonl"
@@ -33,10 +34,8 @@ def read_jsonl(path: Path) -> list[dict]:
     return out
 
 
-def read_v21_meta(root: Path, info: dict) -> tuple[list[str], list]:
+def read_v21_meta(root: Path, info: dict) -> tuple[list[str], list[Episode]]:
     """(tasks ordered by task_index, episodes) of a v2.x dataset."""
-    from rfm.data.reader import Episode  # local: reader imports this module
-
     tasks_path = root / TASKS_JSONL
     rows = read_jsonl(tasks_path)
     tasks = [""] * len(rows)

@@ -7,7 +7,6 @@ LRU cache, so random access does not re-decode an episode each time.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,26 +16,12 @@ from rfm.data import legacy, video
 from rfm.data import lerobot_meta as lm
 from rfm.data import stats as st
 from rfm.data.cache import ByteLRU
+from rfm.data.episode import Episode
 from rfm.data.errors import DatasetError
 from rfm.data.frames import column_to_numpy, decode_image
 
 EPISODE_COLUMNS = {"episode_index", "tasks", "length", "data/chunk_index", "data/file_index", "dataset_from_index",
                    "dataset_to_index", "meta/episodes/chunk_index", "meta/episodes/file_index"}
-
-
-@dataclass
-class Episode:
-    """Where one episode lives: rows [start, stop) of the frame arrays, its data file, its video segments."""
-
-    index: int  # episode_index as stored
-    length: int
-    start: int = 0
-    stop: int = 0
-    tasks: list[str] = field(default_factory=list)
-    data_file: Path = Path()
-    videos: dict[str, tuple[Path, float]] = field(default_factory=dict)  # feature key -> (mp4, from_timestamp)
-    meta: dict = field(default_factory=dict)  # extra episode-level columns (e.g. seed, env_task)
-    stats: dict = field(default_factory=dict)  # per-episode stats when the metadata has them
 
 
 def _camera_name(key: str) -> str:

@@ -1,6 +1,7 @@
 """Training windows: (images_t, state_t, instruction) -> actions t..t+H-1, from a LeRobotDataset.
 
-Each episode's camera streams are decoded once, resized to the model's image size, and kept as uint8 in a
+Each episode's camera streams are decoded once, fitted to the model's image size (rfm.imaging, the same path as
+serving), and kept as uint8 in a
 byte-bounded LRU cache, so video decoding is not the training bottleneck. Works with DataLoader workers
 (each worker fills its own cache).
 """
@@ -11,22 +12,22 @@ import warnings
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from rfm.config import RobotInterface, did_you_mean
-from rfm.constants import OBS_ENV_STATE
+from rfm.constants import OBS_ENV_STATE, OBS_STATE
 from rfm.data.cache import ByteLRU
 from rfm.data.reader import LeRobotDataset
-
-RESIZE_BLOCK = 64  # frames resized per interpolate call (bounds the float32 working memory)
+from rfm.imaging import fit_frames
 
 
 def interface_from_dataset(ds: LeRobotDataset, chunk_size: int = 16, image_size: tuple[int, int] | None = None,
-                           cameras: list[str] | None = None) -> RobotInterface:
-    """The RobotInterface a policy trained on `ds` serves: its cameras, state/action names and control rate.
+                           cameras: list[str] | None = None, overrides: dict | None = None) -> RobotInterface:
+    """The RobotInterface a policy trained on `ds` serves: its cameras (with their recorded native sizes and, where
+    the dataset records it, their calibration), state/action names, control rate, and the model's input size.
 
-    image_size None = the first chosen camera's recorded (H, W).
+    image_size None = the first chosen camera's recorded (H, W). overrides: interface fields given by the user
+    (calibration, ee_position, aspect, native_sizes) over what the dataset records.
     """
     cams = list(cameras) if cameras else ds.cameras
     for c in cams:
@@ -34,22 +35,37 @@ def interface_from_dataset(ds: LeRobotDataset, chunk_size: int = 16, image_size:
             raise ValueError(f"camera {c!r} is not in dataset {ds.root}; cameras: {ds.cameras}.{did_you_mean(c, ds.cameras)}")
     if image_size is None:
         image_size = ds.image_shape(cams[0])[:2]
+    geometry = {"native_sizes": {c: list(ds.image_shape(c)[:2]) for c in cams}, **recorded_geometry(ds, cams),
+                **(overrides or {})}
     return RobotInterface(cameras=cams, image_size=tuple(image_size), state_names=ds.state_names,
                           action_names=ds.action_names, chunk_size=chunk_size, control_hz=float(ds.fps),
-                          robot_type=ds.robot_type)
+                          robot_type=ds.robot_type, **geometry)
 
 
-def resize_frames(frames: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
-    """(T, H, W, 3) uint8 -> (T, 3, h, w) uint8, antialiased bilinear."""
-    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
-    if tuple(x.shape[2:]) == tuple(size):
-        return x.contiguous()
-    out = []
-    for i in range(0, x.shape[0], RESIZE_BLOCK):
-        block = x[i:i + RESIZE_BLOCK].float()
-        block = F.interpolate(block, size=tuple(size), mode="bilinear", antialias=True, align_corners=False)
-        out.append(block.round_().clamp_(0, 255).to(torch.uint8))
-    return torch.cat(out)
+def recorded_geometry(ds: LeRobotDataset, cameras: list[str]) -> dict:
+    """Camera calibration and end-effector position the dataset's metadata records (none for most field data).
+
+    features.observation.images.<cam>.info.calibration and features.observation.state.info.ee_position; datasets
+    rfm generated in simulation before those keys record projections with the environment state
+    (features.observation.environment_state.info.camera_projection) and the hand's x, y, z first in the state.
+    """
+    out: dict = {}
+    cal = {c: ds.features[ds.camera_key(c)].get("info", {}).get("calibration") for c in cameras}
+    legacy = ds.features.get(OBS_ENV_STATE, {}).get("info", {}).get("camera_projection") or {}
+    cal = {c: v if v is not None else ({"projection": legacy[c]} if c in legacy else None) for c, v in cal.items()}
+    if any(v is not None for v in cal.values()):
+        out["calibration"] = {c: v for c, v in cal.items() if v is not None}
+    ee = ds.features.get(OBS_STATE, {}).get("info", {}).get("ee_position")
+    if ee is None and legacy and list(ds.state_names[:3]) == ["hand_x", "hand_y", "hand_z"]:
+        ee = list(ds.state_names[:3])
+    if ee is not None:
+        out["ee_position"] = list(ee)
+    return out
+
+
+def resize_frames(frames: np.ndarray, size: tuple[int, int], aspect: str = "resize") -> torch.Tensor:
+    """(T, H, W, 3) uint8 -> (T, 3, h, w) uint8 through rfm.imaging.fit_frames (the path serving uses too)."""
+    return torch.from_numpy(np.ascontiguousarray(fit_frames(frames, size, aspect))).permute(0, 3, 1, 2).contiguous()
 
 
 class WindowDataset(Dataset):
@@ -99,7 +115,7 @@ class WindowDataset(Dataset):
     def episode_images(self, ep: int) -> torch.Tensor:
         """(T, N_cam, 3, H, W) uint8 for one episode, decoded once and cached."""
         def load() -> torch.Tensor:
-            cams = [resize_frames(self.ds.decode_episode(ep, c), self.interface.image_size)
+            cams = [resize_frames(self.ds.decode_episode(ep, c), self.interface.image_size, self.interface.aspect)
                     for c in self.interface.cameras]
             return torch.stack(cams, dim=1)
         return self.cache.get_or_compute(ep, load)

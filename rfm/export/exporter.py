@@ -19,14 +19,15 @@ from pathlib import Path
 import numpy as np
 
 from rfm.export.quantize import PRECISIONS, TARGETS
+from rfm.runtime.manifest import (  # the export directory's format: written here, read by the ONNX runner
+    EXPORT_FILE,
+    EXPORT_FORMAT,
+    INSTRUCTIONS_FILE,
+    POLICY_FILE,
+    TEXT_FILE,
+)
 
 log = logging.getLogger(__name__)
-
-EXPORT_FORMAT = "rfm-export-v1"
-EXPORT_FILE = "export.json"
-POLICY_FILE = "policy.onnx"
-TEXT_FILE = "text_encoder.onnx"
-INSTRUCTIONS_FILE = "instructions.npz"
 
 
 @dataclass
@@ -241,26 +242,6 @@ def export_checkpoint(checkpoint, out: str | Path, config: ExportConfig | None =
 
 
 def _rfm_version() -> str:
-    from rfm import __version__
+    from rfm._version import __version__
 
     return __version__
-
-
-def read_manifest(export_dir: str | Path) -> dict:
-    """export.json of an export dir, checked for format; errors name the file."""
-    path = Path(export_dir) / EXPORT_FILE
-    if not Path(export_dir).is_dir():
-        raise FileNotFoundError(f"{export_dir}: export directory not found")
-    if not path.exists():
-        raise FileNotFoundError(
-            f"{path}: missing (an export directory is written by `rfm export` and holds "
-            f"{POLICY_FILE} and {EXPORT_FILE})"
-        )
-    try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from e
-    if not isinstance(manifest, dict) or manifest.get("format") != EXPORT_FORMAT:
-        fmt = manifest.get("format") if isinstance(manifest, dict) else None
-        raise ValueError(f"{path}: format={fmt!r}, expected {EXPORT_FORMAT!r}")
-    return manifest

@@ -11,6 +11,7 @@ import torch
 from rfm.config import ModelConfig, PolicyConfig, RobotInterface
 from rfm.constants import ACTION, OBS_ENV_STATE, OBS_STATE
 from rfm.model.network import PolicyNet
+from rfm.model.serialization import load_into, read_checkpoint, save_checkpoint
 from rfm.model.text import TextEncoder
 
 _TEXT_ENCODERS: dict[tuple[str, int], TextEncoder] = {}
@@ -69,14 +70,11 @@ class RFMPolicy:
     def set_stats(self, stats: dict) -> None:
         """Normalise state and actions with dataset stats ({feature: {mean, std, min, max, q01, q99}})."""
         mode = self.config.model.norm_mode
-        env = self.net.env_state_dim or self.net.point_token is not None
-        keys = (OBS_STATE, ACTION, OBS_ENV_STATE) if env else (OBS_STATE, ACTION)
+        keys = (OBS_STATE, ACTION, OBS_ENV_STATE) if self.net.point_token is not None else (OBS_STATE, ACTION)
         self.stats = {k: {s: np.asarray(v).tolist() for s, v in stats[k].items()} for k in keys if k in stats}
         if self.interface.state_dim > 0:
             self.net.state_norm.set_stats(self.stats.get(OBS_STATE), mode)
         self.net.action_norm.set_stats(self.stats.get(ACTION), mode)
-        if self.net.env_state_dim:
-            self.net.env_norm.set_stats(self.stats.get(OBS_ENV_STATE), "mean_std")
         if self.net.point_token is not None:  # without environment-state stats the points keep their frame
             self.net.point_token.set_stats(self.stats.get(OBS_ENV_STATE))
 
@@ -102,13 +100,12 @@ class RFMPolicy:
     def save_pretrained(self, path: str | Path, weights_dtype: str = "float32", card: str | None = None,
                         **kw: Any) -> Path:
         """Write config.json, model.safetensors, stats.json and README.md atomically to `path`."""
-        from rfm.checkpoint import save_checkpoint
-
         return save_checkpoint(self, path, weights_dtype=weights_dtype, card=card, **kw)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> RFMPolicy:
         """Load a checkpoint directory; errors name the file and what is wrong. Never unpickles."""
-        from rfm.checkpoint import load_checkpoint
-
-        return load_checkpoint(path, device=device)
+        config, raw, stats, state = read_checkpoint(path)
+        policy = cls(config, meta=raw.get("meta", {}))
+        load_into(policy, path, raw, stats, state)
+        return policy.to(device)

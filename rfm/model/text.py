@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from rfm.constants import DEFAULT_TEXT_ENCODER
-from rfm.runtime.text_cache import CachedTextEncoder, InstructionCache
+from rfm.model.text_cache import CachedTextEncoder, InstructionCache
 
 
 def resolve_text_encoder(name: str) -> Path:

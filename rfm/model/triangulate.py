@@ -1,8 +1,8 @@
 """Keypoints seen by several calibrated cameras -> 3-D points in the world frame, as one policy token.
 
 A policy told where the goal is in two images must still learn, from a few dozen demonstrations, the division
-that turns two pixel positions into a height. Measured (docs/RESULTS.md, session 8): keypoints found reach's goal
-to 7 mm, yet the policy's first vertical action correlated 0.37 with the expert's. Triangulating with the
+that turns two pixel positions into a height: with keypoints that found reach's goal to 7 mm, the policy's first
+vertical action still correlated only 0.37 with the expert's. Triangulating with the
 cameras' recorded projections does that geometry in closed form, in the robot state's frame, so goal minus hand
 is one linear layer away. A weighted least-squares solve of a 3 x 3 system per point, written out (adjugate over
 determinant) so it exports to ONNX as elementwise ops.
@@ -83,7 +83,7 @@ class PointToken(nn.Module):
     """
 
     def __init__(self, projections: list | np.ndarray, points: int, state_dim: int, dim: int,
-                 relative: bool = False) -> None:
+                 ee_indices: list[int] | None = None) -> None:
         super().__init__()
         proj = np.asarray(projections, np.float32)
         centre, scale = workspace_frame(proj)
@@ -98,7 +98,8 @@ class PointToken(nn.Module):
         # relative: each point minus the hand and minus each other point, in RELATIVE_SCALE units; a separate branch
         # whose output layer starts at zero, so adding it to a trained token changes nothing until it learns
         self.relative = None
-        if relative:
+        self.ee_indices = list(ee_indices) if ee_indices else None  # where the end effector's x, y, z sit in the state
+        if self.ee_indices:
             n_rel = 3 * points + 3 * points * (points - 1) // 2
             self.relative = nn.Sequential(nn.Linear(n_rel, dim), nn.GELU(), nn.Linear(dim, dim))
             nn.init.zeros_(self.relative[2].weight)
@@ -132,7 +133,7 @@ class PointToken(nn.Module):
         """-> (B, 1, D). offsets (B, N, 2): how far training's random shift moved each image (normalised
         coordinates); the keypoints moved with it, and the triangulation must undo that. shift (B, 3): training's
         scene shift, added to every point (the state was moved by it already). Both None when serving.
-        state (B, S): the raw robot state, whose first three values are the hand (needed with `relative`)."""
+        state (B, S): the raw robot state, holding the end effector's position at `ee_indices` (with `relative`)."""
         if offsets is not None:
             uv = uv - offsets[:, :, None, :].to(uv.dtype)
         points, spread = self.world_points(uv, logits)
@@ -144,8 +145,9 @@ class PointToken(nn.Module):
         token = self.mlp(torch.cat(parts, dim=-1).to(self.mlp[0].weight.dtype))
         if self.relative is not None:
             if state is None:
-                raise ValueError("relative points need the raw robot state (its first three values: the hand)")
-            token = token + self.relative(relative_points(points, state[:, :3].to(points.dtype)).to(token.dtype))
+                raise ValueError("relative points need the raw robot state (its end effector position)")
+            hand = state[:, self.ee_indices] if self.ee_indices != [0, 1, 2] else state[:, :3]
+            token = token + self.relative(relative_points(points, hand.to(points.dtype)).to(token.dtype))
         return token[:, None]
 
 

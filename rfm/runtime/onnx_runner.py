@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from rfm.config import RobotInterface
+from rfm.model.text_cache import CachedTextEncoder, InstructionCache
 from rfm.runtime.base import Runner
-from rfm.runtime.text_cache import CachedTextEncoder, InstructionCache
+from rfm.runtime.manifest import read_manifest
 
 # Short names accepted for `providers`, mapped to onnxruntime execution providers.
 PROVIDER_ALIASES = {
@@ -135,8 +136,6 @@ class OnnxRunner(Runner):
         allow_spinning: bool = True,
     ) -> None:
         import onnxruntime as ort
-
-        from rfm.export.exporter import read_manifest
 
         self.export_dir = Path(export_dir)
         self.manifest = m = read_manifest(self.export_dir)

@@ -1,7 +1,7 @@
 """Instruction snapping: an instruction the policy never trained on is replaced by the trained one nearest in meaning.
 
 A policy fine-tuned on a few sentences per task follows those sentences, and a paraphrase lands near them in the
-frozen encoder's space but not on them (RESULTS.md: the default loses 19 points on paraphrases). The checkpoint
+frozen encoder's space but not on them, and success on paraphrases drops. The checkpoint
 records the instructions it trained on, so the runner can compare sentence embeddings (mean of the encoder's token
 features, cosine similarity) and hand the policy the trained sentence when the match is close enough. Below the
 threshold the instruction passes through unchanged: an unrelated request is never silently turned into a task.

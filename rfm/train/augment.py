@@ -55,35 +55,6 @@ def state_noise(state: torch.Tensor, scale: torch.Tensor, sigma: float) -> torch
     return state + torch.randn_like(state) * scale.to(state.device) * sigma
 
 
-def position_dims(state_names: list[str]) -> list[int]:
-    """Indices of the state's world-frame position, three adjacent dims named x, y, z or <name>_x, _y, _z (e.g.
-    hand_x, hand_y, hand_z): the dims `scene_shift` moves with the triangulated points. A clear error if none."""
-    for i, name in enumerate(state_names):
-        stem = name[:-1]
-        if (name == "x" or name.endswith("_x")) and [stem + "y", stem + "z"] == list(state_names[i + 1:i + 3]):
-            return [i, i + 1, i + 2]
-    raise ValueError(f"scene shift needs the robot state's world position as three adjacent dims named x, y, z or "
-                     f"<name>_x, _y, _z (e.g. hand_x, hand_y, hand_z); interface.state_names is {list(state_names)}")
-
-
-def scene_shift(state: torch.Tensor, dims: list[int], metres: float) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Moves the robot's position (state[:, dims]) by a random offset per sample, uniform in +-metres per axis, and
-    returns the offset (B, 3) for the triangulated points to move by too.
-
-    A translation-invariance prior for small data: with ten demos, ten goal positions are too few to tell "move
-    toward the goal" from "the goal's x predicts its height"; shifting the hand and the points together keeps every
-    offset between them (what a reach or push depends on) and makes absolute positions unreliable. Measured (0.1 m,
-    10 demos per MT10 task): reach's first action follows the goal's height far closer, but closed loop the mean
-    fell 72.4 -> 69.4% (pick-place and peg need absolute positions); docs/RESULTS.md, session 19. Off by default.
-    """
-    if metres <= 0:
-        return state, None
-    delta = (torch.rand(state.shape[0], 3, device=state.device) * 2 - 1) * metres
-    state = state.clone()
-    state[:, dims] += delta.to(state.dtype)
-    return state, delta
-
-
 def augment(images: torch.Tensor, shift_pad: int, jitter: float, with_offsets: bool = False):
     """uint8 (B, N, 3, H, W) -> augmented float in [0, 255] (the network accepts both); with_offsets: also the
     shift of each image (random_shift)."""

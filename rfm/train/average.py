@@ -2,8 +2,8 @@
 weighted mean of theirs.
 
 Fine-tunes that started from the same weights stay in one loss basin, so their average often keeps what each learned
-(RESULTS.md session 27: a DAgger fine-tune and its init averaged kept the fine-tune's peg-insert and half the init's
-reach). Parameters are averaged; buffers (normalisation statistics, fixed tables) must agree and are copied, since
+(a DAgger fine-tune averaged with its init can keep the fine-tune's new skill and part of what the init did better).
+Parameters are averaged; buffers (normalisation statistics, fixed tables) must agree and are copied, since
 averaging two normalisations would match neither model's training data.
 """
 

@@ -1,13 +1,15 @@
-"""TrainConfig: everything a training run needs, serialisable to JSON next to its outputs."""
+"""TrainConfig: everything a training run needs, serialisable to JSON next to its outputs and read back from
+JSON or YAML (`rfm train --config FILE`): the written train_config.json reproduces the run."""
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
-from rfm.config import ConfigError
-from rfm.train.relabel import Relabel
+from rfm.config import ConfigError, did_you_mean
 
 BALANCE_MODES = ("none", "tasks")  # how training frames are drawn (see rfm.train.data.make_sampler)
 
@@ -20,7 +22,7 @@ class TrainConfig:
     head: str | None = None  # chunk | flow; None: the --init checkpoint's head, else chunk
     model_overrides: dict[str, Any] = field(default_factory=dict)  # ModelConfig field overrides
     chunk_size: int = 16  # H: actions per chunk
-    image_size: tuple[int, int] | None = None  # (H, W) fed to the model; None = the dataset's first camera size
+    image_size: tuple[int, int] | None = None  # (H, W) the model takes; None = the --init model's, else the preset's
     cameras: list[str] | None = None  # cameras to use, in order; None = all
     steps: int = 20_000  # optimizer steps
     batch_size: int = 64  # samples per optimizer step per process (before accumulation)
@@ -35,12 +37,11 @@ class TrainConfig:
     shift_pad: int = 6  # random shift: pad then crop back, in pixels at model resolution
     color_jitter: float = 0.2  # max relative brightness/contrast change
     state_noise: float = 0.0  # Gaussian noise on the state, in dataset stds (against copycat shortcuts)
-    scene_shift: float = 0.0  # metres: move the hand position and the triangulated points together (0 = off)
-    env_state_loss: float = 0.0  # weight of the auxiliary loss predicting observation.environment_state (0 = off)
-    keypoint_loss: float = 0.0  # weight of the loss putting keypoint p on point p of the environment state (0 = off)
     action_loss_weights: dict[str, float] | None = None  # {action name: weight}, others 1; the logged loss is weighted
-    relabel_actions: list[str] | None = None  # ["gripper:0=-1@push-v3"]: exact values mapped before training
-    instruction_variants: str | None = None  # JSON {instruction: [variants]} or "metaworld": instruction augmentation
+    aids: dict[str, dict] = field(default_factory=dict)  # training aids by name (rfm.train.aids): {"keypoints": {}}
+    interface: dict[str, Any] = field(default_factory=dict)  # robot interface fields over the dataset's (calibration,
+    #   ee_position, aspect, native_sizes): the robot's geometry when the dataset does not record it
+    instruction_variants: str | None = None  # JSON {instruction: [variants]} or a registered table ("metaworld")
     variant_prob: float = 0.5  # chance that a sample's instruction is replaced by one of its variants
     balance: str = "none"  # none: frames drawn uniformly | tasks: every task (instruction) gets the same share
     dataset_weights: list[float] | None = None  # share of samples per dataset (normalised); None: by frame count
@@ -62,10 +63,16 @@ class TrainConfig:
             raise ConfigError("train.dataset is empty: expected a LeRobot dataset directory")
         if self.balance not in BALANCE_MODES:
             raise ConfigError(f"train.balance={self.balance!r} is invalid: expected one of {', '.join(BALANCE_MODES)}")
-        if min(self.shift_pad, self.color_jitter, self.state_noise, self.scene_shift, self.env_state_loss,
-               self.keypoint_loss) < 0:
-            raise ConfigError("train.shift_pad, train.color_jitter, train.state_noise, train.scene_shift, "
-                              "train.env_state_loss and train.keypoint_loss must be >= 0")
+        if min(self.shift_pad, self.color_jitter, self.state_noise) < 0:
+            raise ConfigError("train.shift_pad, train.color_jitter and train.state_noise must be >= 0")
+        if not isinstance(self.aids, dict) or not all(isinstance(v, dict | None) for v in self.aids.values()):
+            raise ConfigError(f"train.aids={self.aids!r} is invalid: expected {{name: {{option: value}}}}")
+        self.aids = {str(k): dict(v or {}) for k, v in self.aids.items()}
+        allowed = {"calibration", "ee_position", "aspect", "native_sizes"}
+        if not isinstance(self.interface, dict) or set(self.interface) - allowed:
+            bad = sorted(set(self.interface) - allowed) if isinstance(self.interface, dict) else [self.interface]
+            raise ConfigError(f"train.interface has {bad[0]!r}: expected only {', '.join(sorted(allowed))}."
+                              f"{did_you_mean(str(bad[0]), sorted(allowed))}")
         if self.dataset_weights is not None:
             self.dataset_weights = [float(w) for w in self.dataset_weights]
             if len(self.dataset_weights) != len(self.datasets):
@@ -79,8 +86,6 @@ class TrainConfig:
             if not all(math.isfinite(w) and w >= 0 for w in self.action_loss_weights.values()):
                 raise ConfigError(f"train.action_loss_weights={self.action_loss_weights} is invalid: expected "
                                   f"finite weights >= 0")
-        if self.relabel_actions is not None:
-            self.relabel_actions = [str(r) for r in self.relabel_rules()]  # validated, normalised
         if not (0.0 <= self.variant_prob <= 1.0):
             raise ConfigError(f"train.variant_prob={self.variant_prob!r} is invalid: expected a number in [0, 1]")
         if self.image_size is not None:
@@ -117,11 +122,42 @@ class TrainConfig:
                               f"at weight 0")
         return weights
 
-    def relabel_rules(self) -> list[Relabel]:
-        """The parsed `relabel_actions` (empty when none)."""
-        return [Relabel.parse(r) for r in self.relabel_actions or []]
-
     def to_dict(self) -> dict:
         d = asdict(self)
         d["image_size"] = list(self.image_size) if self.image_size else None
         return d
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "train config") -> TrainConfig:
+        """From a dict (a config file's contents); unknown keys are errors naming the key and the file."""
+        names = [f.name for f in fields(cls)]
+        for key in d:
+            if key not in names:
+                raise ConfigError(f"{where}: unknown field {key!r}.{did_you_mean(str(key), names)}")
+        for key in ("dataset", "out"):
+            if key not in d:
+                raise ConfigError(f"{where}: missing required field {key!r}")
+        try:
+            return cls(**d)
+        except TypeError as e:
+            raise ConfigError(f"{where}: {e}") from e
+
+
+def read_config_file(path: str | Path) -> dict:
+    """A train config file (JSON, or YAML for .yaml / .yml) as a dict; errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    text = path.read_text()
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as e:  # yaml.YAMLError / json.JSONDecodeError: both say line and column
+        raise ConfigError(f"{path}: not valid {'YAML' if path.suffix in ('.yaml', '.yml') else 'JSON'} ({e})") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of train config fields, got {type(data).__name__}")
+    return data

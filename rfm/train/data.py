@@ -8,7 +8,8 @@ share of each batch, so short tasks (few frames per episode) are not drowned out
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -20,8 +21,6 @@ from rfm.data.reader import LeRobotDataset
 from rfm.data.stats import aggregate
 from rfm.data.windows import WindowDataset, interface_from_dataset
 from rfm.train.config import BALANCE_MODES
-from rfm.train.keypoints import dataset_projections
-from rfm.train.relabel import Relabel, relabel_actions
 
 
 @dataclass
@@ -33,8 +32,7 @@ class TrainingData:
     val_set: ConcatDataset | None
     stats: dict  # merged {feature: {stat: array}} for observation.state, action (and environment_state)
     info: dict  # recorded in the checkpoint's meta
-    env_state_dim: int = 0  # size of observation.environment_state when it is a training target
-    projections: np.ndarray | None = None  # (N_cam, 3, 4) camera projections, for keypoint targets
+    feature_dims: dict[str, int] = field(default_factory=dict)  # extra features the batches carry, and their sizes
 
 
 def open_datasets(paths: list[str]) -> list[LeRobotDataset]:
@@ -66,15 +64,13 @@ def merged_stats(datasets: list[LeRobotDataset]) -> dict:
     return out
 
 
-def env_state_dim(datasets: list[LeRobotDataset]) -> int:
-    """Size of observation.environment_state in the first dataset that records it; a clear error if none does."""
+def feature_dim(datasets: list[LeRobotDataset], key: str) -> int:
+    """Size of feature `key` in the first dataset that records it (0 when none does)."""
     for ds in datasets:
-        ft = ds.features.get(OBS_ENV_STATE)
+        ft = ds.features.get(key)
         if ft is not None:
             return int(np.prod(ft["shape"]))
-    raise ValueError(f"an environment-state loss needs {OBS_ENV_STATE} in at least one dataset, and none of "
-                     f"{', '.join(str(ds.root) for ds in datasets)} has it (rfm data generate records it for "
-                     f"simulated demos)")
+    return 0
 
 
 def split_cache(total: int, needs: list[int]) -> list[int]:
@@ -87,24 +83,28 @@ def split_cache(total: int, needs: list[int]) -> list[int]:
 
 def build_training_data(paths: list[str], chunk_size: int, image_size: tuple[int, int] | None,
                         cameras: list[str] | None, val_episodes: int, frame_cache_gb: float = 4.0,
-                        env_state: bool = False, keypoints: bool = False, projections: bool = False,
-                        cache_copies: int = 1, relabel: list[Relabel] | None = None) -> TrainingData:
+                        features: tuple[str, ...] = (), cache_copies: int = 1,
+                        prepare: Callable[[list[LeRobotDataset]], dict] | None = None,
+                        interface: dict | None = None) -> TrainingData:
     """Window sets over all datasets; validation holds out the last `val_episodes` of the first dataset.
 
     frame_cache_gb is the memory all copies of the window sets may hold decoded (each DataLoader worker process
     has its own copy, `cache_copies` of them; 1 when the main process loads). A budget per worker multiplied unseen with the workers: 2 x 8 GiB
     beside another job left 4 GiB of a 24 GiB machine.
 
-    env_state: also yield observation.environment_state (an auxiliary target) where a dataset records it;
-    keypoints: that too, and the camera projections that turn it into keypoint targets.
-    projections: the camera projections (keypoint targets, and triangulating keypoints in the model).
-    relabel: action value rules applied to every dataset in memory (rfm.train.relabel), stats refreshed.
+    features: extra dataset features the batches carry (only observation.environment_state so far: "env_state" and
+    "env_valid", for training aids). prepare: called on the opened datasets before windows are cut (training aids
+    that change data in memory); what it returns goes into info. interface: robot interface fields over the
+    dataset's (the robot's geometry, when the dataset does not record it).
     """
     datasets = open_datasets(paths)
-    relabelled = relabel_actions(datasets, relabel) if relabel else None
-    env_dim = env_state_dim(datasets) if env_state or keypoints else 0
-    interface = interface_from_dataset(datasets[0], chunk_size=chunk_size, image_size=image_size, cameras=cameras)
-    projections = dataset_projections(datasets, interface.cameras) if keypoints or projections else None
+    prepared = prepare(datasets) if prepare else {}
+    unknown = [f for f in features if f != OBS_ENV_STATE]
+    if unknown:
+        raise ValueError(f"training batches can carry {OBS_ENV_STATE}, not {unknown[0]}")
+    env_dim = feature_dim(datasets, OBS_ENV_STATE) if OBS_ENV_STATE in features else 0
+    interface = interface_from_dataset(datasets[0], chunk_size=chunk_size, image_size=image_size, cameras=cameras,
+                                       overrides=interface)
     splits = []
     for i, ds in enumerate(datasets):
         episodes = [e.index for e in ds.episodes]
@@ -126,12 +126,11 @@ def build_training_data(paths: list[str], chunk_size: int, image_size: tuple[int
             "fps": datasets[0].fps}
     if len(datasets) > 1:
         info["datasets"] = [{"path": str(p), "frames": len(w)} for p, w in zip(paths, train_parts)]
-    if relabelled is not None:
-        info["relabelled_actions"] = relabelled  # {rule: frames changed}
+    info.update(prepared)
     if env_dim:
         info["env_state"] = {"dim": env_dim, "datasets": [str(ds.root) for ds in datasets if OBS_ENV_STATE in ds.features]}
     return TrainingData(interface, train_set, ConcatDataset(val_parts) if val_parts else None,
-                        merged_stats(datasets), info, env_dim, projections)
+                        merged_stats(datasets), info, {OBS_ENV_STATE: env_dim} if env_dim else {})
 
 
 def frame_tasks(train_set: ConcatDataset) -> list[str]:
@@ -196,5 +195,5 @@ def task_shares(tasks: list[str], weights: torch.Tensor | None) -> dict[str, flo
     return {t: round(v / total, 4) for t, v in shares.items()}
 
 
-__all__ = ["TrainingData", "build_training_data", "env_state_dim", "frame_tasks", "make_sampler", "merged_stats",
+__all__ = ["TrainingData", "build_training_data", "feature_dim", "frame_tasks", "make_sampler", "merged_stats",
            "open_datasets", "sampling_weights", "split_cache", "task_balanced_weights", "task_shares"]

@@ -9,22 +9,29 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 from rfm.config import ConfigError
+from rfm.train.aids import load_plugins
 
-BUILTIN = "metaworld"  # the built-in variants of rfm's Meta-World instructions (disjoint from the eval paraphrases)
+_TABLES: dict[str, Callable[[], dict[str, list[str]]]] = {}  # named variant tables, registered by plug-ins
+
+
+def register_variants(name: str, table: Callable[[], dict[str, list[str]]]) -> None:
+    """Make a built-in table of {instruction: [variants]} available as train.instruction_variants=name."""
+    _TABLES[name] = table
 
 
 def load_variants(source: str) -> dict[str, list[str]]:
-    """{instruction: [variants]} from a JSON file, or the built-in Meta-World table for source == "metaworld"."""
-    if source == BUILTIN:
-        from rfm.sim.instructions import training_variants
-
-        return training_variants()
+    """{instruction: [variants]} from a JSON file, or a registered table (e.g. "metaworld", from rfm.sim)."""
     path = Path(source)
     if not path.is_file():
-        raise ConfigError(f"train.instruction_variants: {source} is neither a JSON file nor {BUILTIN!r}")
+        load_plugins()
+        if source in _TABLES:
+            return _TABLES[source]()
+        raise ConfigError(f"train.instruction_variants: {source} is neither a JSON file nor a registered table "
+                          f"({', '.join(sorted(_TABLES)) or 'none registered'})")
     try:
         table = json.loads(path.read_text())
     except json.JSONDecodeError as e:
@@ -59,4 +66,4 @@ class InstructionVariator:
         return out
 
 
-__all__ = ["BUILTIN", "InstructionVariator", "check_coverage", "load_variants"]
+__all__ = ["InstructionVariator", "check_coverage", "load_variants", "register_variants"]

@@ -11,11 +11,12 @@ from typing import ClassVar
 class TrainLogger:
     """Append metrics per step to logs/train.csv and TensorBoard; plot logs/loss.png on close."""
 
-    FIELDS: ClassVar[list[str]] = ["step", "loss", "env_state_loss", "keypoints_loss", "val_loss", "lr", "grad_norm",
-                                   "samples_per_s", "elapsed_s"]
+    BASE: ClassVar[list[str]] = ["step", "loss", "val_loss", "lr", "grad_norm", "samples_per_s", "elapsed_s"]
 
-    def __init__(self, logdir: Path, enabled: bool = True, resume: bool = False) -> None:
+    def __init__(self, logdir: Path, enabled: bool = True, resume: bool = False, extra: list[str] = ()) -> None:
+        """extra: more columns after loss, e.g. the training aids' `<name>_loss`."""
         self.logdir, self.enabled = Path(logdir), enabled
+        self.FIELDS = [*self.BASE[:2], *extra, *self.BASE[2:]]
         self.tb = None
         if not enabled:
             return

@@ -6,6 +6,7 @@ import json
 import math
 import random
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,14 +15,14 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from rfm.checkpoint import read_config, save_checkpoint
-from rfm.config import ConfigError, PolicyConfig, preset
+from rfm.config import PolicyConfig, RobotInterface, preset, preset_image_size
 from rfm.constants import OBS_STATE
 from rfm.model.policy import RFMPolicy
-from rfm.train.augment import augment, position_dims, scene_shift, state_noise
+from rfm.train.aids import TrainBatch, TrainingAid, build_aids
+from rfm.train.augment import augment, state_noise
 from rfm.train.config import TrainConfig
 from rfm.train.init import init_from_checkpoint
 from rfm.train.instructions import InstructionVariator, check_coverage, load_variants
-from rfm.train.keypoints import keypoint_targets
 from rfm.train.logs import TrainLogger
 from rfm.train.lora import plain_state_dict
 from rfm.train.state import STATE_DIR, load_training_state, save_training_state
@@ -30,33 +31,26 @@ CHECKPOINT_DIR = "checkpoint"
 
 
 class LossModule(nn.Module):
-    """Wraps PolicyNet so DDP sees the loss computation as forward(): (total loss, {name: part}).
+    """The policy net and the run's training aids, so DDP sees the loss computation as forward():
+    (total loss, {name: unweighted part}). `action_weights`: one weight per action dimension (None: all equal)."""
 
-    Auxiliary losses (training only): the environment-state head, and keypoint targets projected from the
-    environment state through the cameras (`projections`, (N_cam, 3, 4)). `action_weights`: one weight per
-    action dimension in the action loss (None: all equal).
-    """
-
-    def __init__(self, net: nn.Module, env_state_weight: float = 0.0, keypoint_weight: float = 0.0,
-                 projections: np.ndarray | None = None, action_weights: list[float] | None = None) -> None:
+    def __init__(self, net: nn.Module, aids: list[TrainingAid], action_weights: list[float] | None = None) -> None:
         super().__init__()
-        self.net, self.weights = net, {"env_state": env_state_weight, "keypoints": keypoint_weight}
-        self.register_buffer("projections", None if projections is None else torch.as_tensor(projections),
-                             persistent=False)
+        self.net, self.aids = net, nn.ModuleList(aids)
+        self.keypoints = any(a.keypoints for a in aids) or net.point_token is not None
         self.register_buffer("action_weights", None if action_weights is None else torch.tensor(action_weights),
                              persistent=False)
 
-    def forward(self, images, state, text, text_mask, actions, action_pad, env_state=None, env_valid=None,
-                offsets=None, point_shift=None):
-        kp_targets = kp_valid = None
-        if self.weights["keypoints"] and env_state is not None:
-            kp_targets, kp_valid = keypoint_targets(env_state, env_valid, self.projections, offsets)
-        parts = self.net.losses(images, state, text, text_mask, actions, action_pad, env_state, env_valid,
-                                kp_targets, kp_valid, offsets, self.action_weights, point_shift)
+    def forward(self, batch: TrainBatch):
+        feats = self.net.image_features(batch.images, keypoints=self.keypoints)
+        memory, mask = self.net.fuse(feats, batch.state, batch.text, batch.text_mask, batch.image_offsets,
+                                     batch.point_shift)
+        parts = {"action": self.net.action_loss(memory, mask, batch.actions, batch.action_pad, self.action_weights)}
         total = parts["action"]
-        for name, w in self.weights.items():
-            if name in parts:
-                total = total + w * parts[name]
+        for aid in self.aids:
+            for name, value in aid.losses(self.net, feats, batch).items():
+                parts[name] = value
+                total = total + aid.weight * value
         return total, parts
 
 
@@ -102,17 +96,56 @@ def _infinite(loader: DataLoader):
         epoch += 1
 
 
-def _scene_shift_dims(cfg: TrainConfig, state_names: list[str], points: int) -> list[int]:
-    """The state dims --scene-shift moves ([] when off); a ConfigError when the model or the state cannot take it."""
-    if cfg.scene_shift <= 0:
-        return []
-    if not points:
-        raise ConfigError(f"train.scene_shift={cfg.scene_shift} needs a model with triangulated points "
-                          "(model.vision_points > 0)")
-    try:
-        return position_dims(state_names)
-    except ValueError as e:
-        raise ConfigError(f"train.scene_shift: {e}") from e
+def _model_config(cfg: TrainConfig, init_config: PolicyConfig | None, interface: RobotInterface):
+    """The model to train and what was dropped from the --init model because this robot lacks the geometry for it.
+
+    Triangulated points need every camera calibrated (interface.calibration); relative points also need the end
+    effector's position (interface.ee_position). Inherited from --init, they are dropped when the new robot does not
+    declare them; asked for by --model overrides, a missing calibration stays an error.
+    """
+    overrides = dict(cfg.model_overrides)
+    if init_config and cfg.preset is None:  # fine-tuning: same architecture as the init checkpoint by default
+        model_cfg = replace(init_config.model, **({"head": cfg.head} if cfg.head else {}), **overrides)
+    else:
+        model_cfg = preset(cfg.preset or "small", head=cfg.head or "chunk", **overrides)
+    dropped = []
+    if model_cfg.vision_points and "vision_points" not in overrides and (
+            len(interface.cameras) < 2 or interface.projections() is None):
+        dropped.append(f"triangulated points (model.vision_points={model_cfg.vision_points}): this robot declares no "
+                       f"calibration for every camera of {interface.cameras}")
+        model_cfg = replace(model_cfg, vision_points=0, relative_points=False)
+    if model_cfg.relative_points and "relative_points" not in overrides and interface.ee_position is None:
+        dropped.append("hand-relative points (model.relative_points): this robot declares no interface.ee_position")
+        model_cfg = replace(model_cfg, relative_points=False)
+    return model_cfg, dropped
+
+
+def _inherit_geometry(interface: RobotInterface, init: PolicyConfig | None) -> tuple[RobotInterface, list[str]]:
+    """Geometry the dataset does not record, taken from the --init checkpoint's interface when it is the same robot
+    (same robot_type): calibration of cameras of the same name, the end effector if the state names it."""
+    if init is None or init.interface.robot_type != interface.robot_type or interface.robot_type == "unknown":
+        return interface, []
+    src, notes, changes = init.interface, [], {}
+    cal = dict(interface.calibration or {})
+    for cam in interface.cameras:
+        if cam not in cal and cam in (src.calibration or {}):
+            cal[cam] = src.calibration[cam]
+            notes.append(f"calibration of camera {cam!r}")
+    if cal != (interface.calibration or {}):
+        changes["calibration"] = cal
+    if interface.ee_position is None and src.ee_position and all(n in interface.state_names for n in src.ee_position):
+        changes["ee_position"] = list(src.ee_position)
+        notes.append(f"end effector {src.ee_position}")
+    return (replace(interface, **changes) if changes else interface), notes
+
+
+def _image_size(cfg: TrainConfig, init_config: PolicyConfig | None) -> tuple[int, int]:
+    """The model's input resolution: --image-size, else the --init model's, else the preset's."""
+    if cfg.image_size:
+        return tuple(cfg.image_size)
+    if init_config is not None and cfg.preset is None:
+        return tuple(init_config.interface.image_size)
+    return preset_image_size(cfg.preset)
 
 
 def train(cfg: TrainConfig, progress: bool = True) -> Path:
@@ -130,15 +163,23 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
 
     # --- data ---------------------------------------------------------------------------------------------------
     init_config, init_raw = read_config(cfg.init) if cfg.init else (None, {})
-    points = cfg.model_overrides.get("vision_points", init_config.model.vision_points if init_config else 0)
-    calibrated = bool(init_config and init_config.model.camera_projections) or "camera_projections" in cfg.model_overrides
-    data = build_training_data(cfg.datasets, cfg.chunk_size, cfg.image_size, cfg.cameras, cfg.val_episodes,
-                               cfg.frame_cache_gb, env_state=cfg.env_state_loss > 0, keypoints=cfg.keypoint_loss > 0,
-                               projections=bool(points) and not calibrated, cache_copies=max(cfg.num_workers, 1),
-                               relabel=cfg.relabel_rules())
-    interface, train_set = data.interface, data.train_set
+    aids = build_aids(cfg.aids)  # an unknown aid or option fails before any data is read
+
+    def prepare(datasets: list) -> dict:
+        info: dict = {}
+        for aid in aids:
+            info.update(aid.prepare_data(datasets))
+        return info
+
+    features = tuple(dict.fromkeys(f for aid in aids for f in aid.features))
+    data = build_training_data(cfg.datasets, cfg.chunk_size, _image_size(cfg, init_config), cfg.cameras,
+                               cfg.val_episodes, cfg.frame_cache_gb, features=features,
+                               cache_copies=max(cfg.num_workers, 1), prepare=prepare, interface=cfg.interface)
+    interface, inherited = _inherit_geometry(data.interface, init_config)
+    train_set = data.train_set
+    for note in inherited:
+        accelerator.print(f"--init {cfg.init}: same robot ({interface.robot_type}), kept its {note}")
     action_weights = cfg.action_weights(interface.action_names)  # a misnamed action fails before any training
-    shift_dims = _scene_shift_dims(cfg, interface.state_names, points)  # so does a scene shift with nothing to move
     tasks = frame_tasks(train_set)  # the task of every frame: sampler weights and the card's task shares
     vary = None
     if cfg.instruction_variants:
@@ -156,32 +197,35 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
                   if data.val_set is not None else None)
 
     # --- model --------------------------------------------------------------------------------------------------
-    # the environment-state head exists only while it is trained (a fine-tune without the loss drops it)
-    overrides = {**cfg.model_overrides, "env_state_dim": data.env_state_dim if cfg.env_state_loss > 0 else 0}
-    if points and "camera_projections" not in overrides:  # triangulation: the cameras the data recorded, else the init's
-        overrides["camera_projections"] = (data.projections.tolist() if data.projections is not None
-                                           else init_config.model.camera_projections)
-    if init_config and cfg.preset is None:  # fine-tuning: same architecture as the init checkpoint by default
-        from dataclasses import replace
-
-        model_cfg = replace(init_config.model, **({"head": cfg.head} if cfg.head else {}), **overrides)
-    else:
-        model_cfg = preset(cfg.preset or "small", head=cfg.head or "chunk", **overrides)
+    model_cfg, dropped = _model_config(cfg, init_config, interface)
+    for note in dropped:
+        accelerator.print(f"--init {cfg.init}: dropped {note}; those layers are left out of the fine-tuned model")
     policy = RFMPolicy(PolicyConfig(model=model_cfg, interface=interface), stats=data.stats)
     init_report = init_from_checkpoint(policy.net, cfg.init) if cfg.init else None
     lineage = _lineage(cfg.init, init_raw.get("meta", {})) if cfg.init else []
     if cfg.init and cfg.keep_init_stats:
+        for field in ("state_names", "action_names"):
+            ours, theirs = getattr(interface, field), getattr(init_config.interface, field)
+            if list(ours) != list(theirs):
+                raise ValueError(f"--keep-init-stats: interface.{field} of the dataset {list(ours)} differ from "
+                                 f"{cfg.init}'s {list(theirs)}; the init's stats fit only the same robot")
         init_stats = json.loads((Path(cfg.init) / "stats.json").read_text())
-        policy.set_stats({**data.stats, **init_stats})  # raises if the init robot's dims differ
+        policy.set_stats({**data.stats, **init_stats})
     if cfg.lora_rank:
         from rfm.train.lora import apply_lora
 
         apply_lora(policy.net, cfg.lora_rank)
     policy.text.to(accelerator.device)
     net = policy.net
+    for aid in aids:
+        aid.setup(policy, data)  # heads, calibration; a ConfigError when the run cannot use the aid
     ema = (torch.optim.swa_utils.AveragedModel(net, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(
         cfg.ema_decay), use_buffers=True) if cfg.ema_decay > 0 else None)
-    optimizer = torch.optim.AdamW(_param_groups(net, cfg), lr=cfg.lr, betas=(0.9, 0.95))
+    module = LossModule(net, aids, action_weights)
+    aid_params = [p for p in module.aids.parameters() if p.requires_grad]
+    groups = _param_groups(net, cfg) + ([{"params": aid_params, "weight_decay": cfg.weight_decay, "lr": cfg.lr}]
+                                        if aid_params else [])
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
     from transformers import get_cosine_schedule_with_warmup
 
     # accelerate steps a prepared scheduler once per process per optimizer step: scale so cfg.steps means steps
@@ -191,7 +235,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
 
     start_step = 0
     if cfg.resume and (ckpt_dir / STATE_DIR).exists():
-        meta = load_training_state(ckpt_dir, net, ema.module if ema else None, optimizer, scheduler)
+        meta = load_training_state(ckpt_dir, net, ema.module if ema else None, optimizer, scheduler, module.aids)
         if ema is not None:
             ema.n_averaged.fill_(max(1, meta["step"]))
         start_step = meta["step"]
@@ -199,13 +243,14 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     if ema is not None:
         ema.to(accelerator.device)
 
-    module = LossModule(net, cfg.env_state_loss, cfg.keypoint_loss, data.projections, action_weights)
+    aids_module = module.aids
     module, optimizer, loader, scheduler = accelerator.prepare(module, optimizer, loader, scheduler)
 
     out.mkdir(parents=True, exist_ok=True)
     if accelerator.is_main_process:
         (out / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-    logger = TrainLogger(out / "logs", enabled=accelerator.is_main_process, resume=start_step > 0)
+    logger = TrainLogger(out / "logs", enabled=accelerator.is_main_process, resume=start_step > 0,
+                         extra=[f"{name}_loss" for aid in aids for name in aid.loss_names])
 
     def save(step: int, final_loss: float | None) -> None:
         """Atomic checkpoint: EMA weights as the policy, raw weights + optimizer as training_state/."""
@@ -215,14 +260,15 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
             **{k: v for k, v in cfg.to_dict().items() if k not in ("out",)},
             "steps_done": step, "final_loss": final_loss, "wall_time_s": round(time.time() - t0 + prior_time, 1),
             "device": str(accelerator.device), "processes": accelerator.num_processes,
-            "init_reinitialised": init_report["reinitialised"] if init_report else None})
+            "init_reinitialised": init_report["reinitialised"] if init_report else None,
+            **({"init_dropped": dropped} if dropped else {})})
         if lineage:
             policy.meta["lineage"] = lineage
         weights = plain_state_dict(ema.module if ema is not None else net)
         save_checkpoint(policy, ckpt_dir, weights_dtype=cfg.weights_dtype, state_dict=weights,
                         extra=lambda tmp: save_training_state(tmp, net, ema.module if ema else None, optimizer,
                                                               scheduler, step, {"wall_time_s": time.time() - t0
-                                                                                + prior_time}))
+                                                                                + prior_time}, aids_module))
 
     data_info = {**data.info, "balance": cfg.balance, "task_shares": task_shares(tasks, frame_weights)}
     if frame_weights is not None and "datasets" in data_info:  # each dataset's expected share of the samples
@@ -248,16 +294,18 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
             batch = next(batches)
             with accelerator.accumulate(module):
                 images = batch["images"].to(accelerator.device, non_blocking=True)
-                offsets = None  # how far augmentation moved each image (keypoint targets move with it)
+                offsets = None  # how far augmentation moved each image (points and keypoint targets move with it)
                 if cfg.augment:
                     images, offsets = augment(images, cfg.shift_pad, cfg.color_jitter, with_offsets=True)
-                state = state_noise(batch["state"].to(accelerator.device), state_std, cfg.state_noise)
-                state, point_shift = scene_shift(state, shift_dims, cfg.scene_shift)
                 instructions = vary(batch["instruction"]) if vary else batch["instruction"]
                 text, text_mask = policy.text.encode_torch(instructions, accelerator.device)
+                tb = _train_batch(batch, accelerator.device, images=images, text=text, text_mask=text_mask,
+                                  image_offsets=offsets,
+                                  state=state_noise(batch["state"].to(accelerator.device), state_std, cfg.state_noise))
+                for aid in aids:
+                    tb = aid.transform(tb)
                 with accelerator.autocast():
-                    loss_t, parts = module(images, state, text, text_mask, batch["actions"], batch["action_pad"],
-                                           batch.get("env_state"), batch.get("env_valid"), offsets, point_shift)
+                    loss_t, parts = module(tb)
                 accelerator.backward(loss_t)
                 grad_norm = (accelerator.clip_grad_norm_(module.parameters(), cfg.clip_grad)
                              if accelerator.sync_gradients else None)
@@ -281,7 +329,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
             val = _validate(module, val_loader, policy, accelerator) if val_loader and (
                 step % (cfg.log_every * 10) == 0 or step == cfg.steps) else None
             bar.set_postfix(loss=f"{loss_avg:.4f}", samples_s=f"{sps:.1f}", **({"val": f"{val:.4f}"} if val else {}),
-                            **{("env" if k == "env_state" else "kp"): f"{v:.3f}" for k, v in aux_avg.items()})
+                            **{k: f"{v:.3f}" for k, v in aux_avg.items()})
             logger.log(step, loss=loss_avg, **{f"{k}_loss": v for k, v in aux_avg.items()}, val_loss=val,
                        lr=scheduler.get_last_lr()[0],
                        grad_norm=float(grad_norm) if grad_norm is not None else None, samples_per_s=sps,
@@ -298,16 +346,24 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     return ckpt_dir
 
 
+def _train_batch(batch: dict, device, **fields) -> TrainBatch:
+    """A collated window batch on `device` as a TrainBatch; `fields` (already on device) replace its own."""
+    extras = {k: batch[k].to(device) for k in ("env_state", "env_valid") if k in batch}
+    base = {"images": batch["images"], "state": batch["state"], "actions": batch["actions"],
+            "action_pad": batch["action_pad"]}
+    base = {k: v.to(device, non_blocking=True) for k, v in base.items() if k not in fields}
+    return TrainBatch(**base, **fields, extras=extras)
+
+
 @torch.no_grad()
 def _validate(module, loader, policy, accelerator) -> float:
+    """Mean action loss over the held-out episodes (no augmentation, no aids' transforms)."""
     module.eval()
     total, n = 0.0, 0
     for batch in loader:
         text, mask = policy.text.encode_torch(batch["instruction"], accelerator.device)
-        dev = accelerator.device
-        loss, _ = module(batch["images"].to(dev), batch["state"].to(dev), text, mask, batch["actions"].to(dev),
-                         batch["action_pad"].to(dev))
-        total += loss.item() * len(batch["instruction"])
+        _, parts = module(_train_batch(batch, accelerator.device, text=text, text_mask=mask))
+        total += parts["action"].item() * len(batch["instruction"])
         n += len(batch["instruction"])
     module.train()
     return total / max(n, 1)

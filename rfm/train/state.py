@@ -14,12 +14,16 @@ STATE_DIR = "training_state"
 
 
 def save_training_state(dirpath: Path, net: torch.nn.Module, ema: torch.nn.Module | None,
-                        optimizer: torch.optim.Optimizer, scheduler, step: int, extra: dict) -> None:
+                        optimizer: torch.optim.Optimizer, scheduler, step: int, extra: dict,
+                        aids: torch.nn.Module | None = None) -> None:
+    """Everything --resume needs; `aids`: the training aids' own parameters (never part of the saved policy)."""
     d = Path(dirpath) / STATE_DIR
     d.mkdir(parents=True, exist_ok=True)
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     if ema is not None:
         tensors.update({f"ema.{k}": v.detach().cpu().contiguous() for k, v in ema.state_dict().items()})
+    if aids is not None:
+        tensors.update({f"aids.{k}": v.detach().cpu().contiguous() for k, v in aids.state_dict().items()})
     opt = optimizer.state_dict()
     for pid, st in opt["state"].items():
         for k, v in st.items():
@@ -41,7 +45,7 @@ def save_training_state(dirpath: Path, net: torch.nn.Module, ema: torch.nn.Modul
 
 
 def load_training_state(dirpath: Path, net: torch.nn.Module, ema: torch.nn.Module | None,
-                        optimizer: torch.optim.Optimizer, scheduler) -> dict:
+                        optimizer: torch.optim.Optimizer, scheduler, aids: torch.nn.Module | None = None) -> dict:
     """Restore in place; returns the JSON metadata (step, ...)."""
     d = Path(dirpath) / STATE_DIR
     if not (d / "state.json").exists():
@@ -51,6 +55,8 @@ def load_training_state(dirpath: Path, net: torch.nn.Module, ema: torch.nn.Modul
     net.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     if ema is not None and any(k.startswith("ema.") for k in tensors):
         ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+    if aids is not None and len(aids.state_dict()):
+        aids.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("aids.")})
     state: dict = {}
     for pid, scalars in meta["optim_scalars"].items():
         state[int(pid)] = dict(scalars)

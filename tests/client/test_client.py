@@ -17,6 +17,7 @@ from serving.server import ServerThread
 from tests.serving.helpers import observation
 
 
+@pytest.mark.integration
 def test_client_sdk_imports_neither_torch_nor_the_server():
     code = ("import sys, rfm.client; bad = [m for m in ('torch', 'serving', 'fastapi', 'rfm.runtime') "
             "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
@@ -24,6 +25,7 @@ def test_client_sdk_imports_neither_torch_nor_the_server():
     assert r.returncode == 0, r.stdout + r.stderr
 
 
+@pytest.mark.integration
 def test_act_msgpack_and_json_agree(server):
     obs = observation()
     with RFMClient(server.url) as mp, RFMClient(server.url, format="json", robot_id="arm-1") as js:
@@ -35,6 +37,7 @@ def test_act_msgpack_and_json_agree(server):
         assert mp.models()["cameras"] == ["front", "wrist"] and mp.ready()
 
 
+@pytest.mark.integration
 def test_errors_raise_rfm_error_with_the_servers_message(server):
     with RFMClient(server.url) as c:
         with pytest.raises(RFMError, match="state has 2 values, the model expects 3") as info:
@@ -42,6 +45,7 @@ def test_errors_raise_rfm_error_with_the_servers_message(server):
         assert info.value.status == 422 and info.value.code == "invalid_observation"
 
 
+@pytest.mark.integration
 def test_retries_on_503_honour_retry_after(tiny_runner):
     gate = threading.Event()
     s = ServerThread(lambda: (gate.wait(10), tiny_runner)[1],
@@ -61,6 +65,7 @@ def test_retries_on_503_honour_retry_after(tiny_runner):
         s.stop()
 
 
+@pytest.mark.integration
 def test_async_client(server):
     async def main():
         async with AsyncRFMClient(server.url) as c:
@@ -72,6 +77,7 @@ def test_async_client(server):
     assert all(ch.shape == (8, 2) for ch in chunks) and models["action_dim"] == 2 and ready
 
 
+@pytest.mark.integration
 def test_chunk_executor_against_the_server(server):
     with RFMClient(server.url) as c, ChunkExecutor(c, prefetch_steps=4) as ex:
         rng = np.random.default_rng(2)

@@ -16,9 +16,9 @@ import pytest
 from PIL import Image
 
 from rfm.cli.main import main
-from rfm.data.generate import write_metaworld
 from rfm.data.lerobot import LeRobotDataset
 from rfm.data.windows import WindowDataset, collate_windows, interface_from_dataset
+from rfm.sim.generate import write_metaworld
 
 from .conftest import square_frame
 
@@ -46,6 +46,7 @@ def test_view_png(image_dataset, tmp_path, capsys):
     assert main(["data", "view", str(image_dataset.root), "--episode", "7", "--out", str(out)]) == 2
 
 
+@pytest.mark.integration
 def test_import_hdf5_cli(tmp_path):
     path = tmp_path / "ep0.hdf5"
     with h5py.File(path, "w") as f:
@@ -112,6 +113,7 @@ def test_generate_cli_wiring(tmp_path, monkeypatch, capsys):
     assert "--noise-correlation in [0, 1) (got 0.0, 1.0)" in capsys.readouterr().err
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(importlib.util.find_spec("rfm.sim.metaworld") is None, reason="rfm.sim.metaworld not written yet")
 def test_generate_real_metaworld_into_windows(tmp_path):
     """The real simulator: 2 episodes of reach-v3 at 64 px, one camera, through the CLI, then into windows."""
@@ -145,6 +147,7 @@ def test_generate_real_metaworld_into_windows(tmp_path):
     print(f"real metaworld generate + load: {time.time() - t0:.1f}s")
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(importlib.util.find_spec("rfm.sim.metaworld") is None, reason="rfm.sim.metaworld not written yet")
 def test_generate_with_start_jitter_records_varied_starts(tmp_path, capsys):
     """--start-jitter: episodes start from different hand poses, reproducibly, and the dataset says so."""

@@ -33,6 +33,7 @@ RECORDER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("use_videos", [True, False])
 def test_killed_recorder_keeps_finished_episodes(tmp_path, use_videos):
     root = tmp_path / "rec"
@@ -114,6 +115,7 @@ def test_save_from_background_thread(tmp_path):
     assert LeRobotDataset(root).num_episodes == 2
 
 
+@pytest.mark.integration
 def test_atomic_writer_killed_leaves_no_dataset(tmp_path):
     root = tmp_path / "gen"
     script = RECORDER.replace("incremental=True", "incremental=False")

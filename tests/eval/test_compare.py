@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -10,8 +11,6 @@ from pathlib import Path
 import pytest
 
 from rfm.eval.compare import PairedCounts, compare, format_comparison
-
-RESULTS = Path(__file__).resolve().parents[2] / "docs" / "results"
 
 
 def _write(path: Path, outcomes: dict[str, dict[int, bool]]) -> Path:
@@ -62,16 +61,29 @@ def test_mcnemar_p_value_and_paired_standard_error():
     assert c.diff_se == pytest.approx(((8 / 100 - 0.04**2) / 100) ** 0.5)
 
 
-def test_shipped_results_compare_as_documented():
-    """The session-23 four-cycle model, whole chunks against 8 actions per inference (docs/RESULTS.md)."""
-    cmp = compare(RESULTS / "mt10-10demo-relative-4cycles-last-two-lr25-mt10-50ep.json",
-                  RESULTS / "mt10-10demo-relative-4cycles-last-two-lr25-action-steps-8-mt10-50ep.json")
+def test_means_and_pooled_counts_follow_from_the_paired_rollouts(tmp_path):
+    """Ten tasks of 50 seeds (an MT10 evaluation's shape): the means are the mean per-task success rates over the
+    seeds both ran, and the pooled counts add up the paired outcomes."""
+    rng = random.Random(23)
+    seeds = range(1_000_000, 1_000_050)
+    a = {f"task{i}-v3": {s: rng.random() < 0.2 + 0.07 * i for s in seeds} for i in range(10)}
+    b = {t: {s: ok if rng.random() < 0.9 else not ok for s, ok in runs.items()} for t, runs in a.items()}
+    a["task0-v3"][2_000_000] = True  # a seed only A ran: left out of both means and the counts
+    cmp = compare(_write(tmp_path / "a.json", a), _write(tmp_path / "b.json", b))
     assert len(cmp.tasks) == 10 and not cmp.skipped
-    assert cmp.mean_a == pytest.approx(0.748) and cmp.mean_b == pytest.approx(0.754)
+    paired = {t: [(a[t][s], b[t][s]) for s in seeds] for t in a}
+    assert cmp.mean_a == pytest.approx(sum(sum(x for x, _ in p) / len(p) for p in paired.values()) / 10)
+    assert cmp.mean_b == pytest.approx(sum(sum(y for _, y in p) / len(p) for p in paired.values()) / 10)
+    pairs = [xy for p in paired.values() for xy in p]
     pooled = cmp.pooled
-    assert (pooled.episodes, pooled.only_a, pooled.only_b) == (500, 14, 17) and pooled.p_value > 0.5
+    assert (pooled.episodes, pooled.both, pooled.only_a, pooled.only_b, pooled.neither) == (
+        500, pairs.count((True, True)), pairs.count((True, False)), pairs.count((False, True)),
+        pairs.count((False, False)))
+    assert pooled.only_a + pooled.only_b > 0 and cmp.mean_b - cmp.mean_a == pytest.approx(
+        (pooled.only_b - pooled.only_a) / 500)  # equal-sized tasks: the mean difference is the pooled one
 
 
+@pytest.mark.integration
 def test_cli_writes_comparison_json_and_names_bad_files(tmp_path):
     a = _write(tmp_path / "a.json", {"reach-v3": {1: True, 2: False}})
     b = _write(tmp_path / "b.json", {"reach-v3": {1: True, 2: True}})

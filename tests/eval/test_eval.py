@@ -25,6 +25,7 @@ def ckpt(tmp_path_factory):
     return path
 
 
+@pytest.mark.integration
 def test_cli_writes_results_json(ckpt, tmp_path):
     out = tmp_path / "results.json"
     proc = subprocess.run([sys.executable, "-m", "rfm.cli.main", "eval", "--checkpoint", str(ckpt), "--tasks",
@@ -42,6 +43,7 @@ def test_cli_writes_results_json(ckpt, tmp_path):
     assert "reach-v3" in proc.stdout and "mean" in proc.stdout
 
 
+@pytest.mark.integration
 def test_ensembled_rollout_predicts_every_step(ckpt):
     from rfm.eval import evaluate
     from rfm.runtime import load_runner
@@ -51,6 +53,7 @@ def test_ensembled_rollout_predicts_every_step(ckpt):
     assert res["tasks"]["drawer-close-v3"]["mean_inferences"] == 6 and res["paraphrase"]
 
 
+@pytest.mark.integration
 def test_rollout_reports_every_step_to_its_observer(ckpt):
     from rfm.eval.rollout import rollout
     from rfm.runtime import load_runner
@@ -67,6 +70,7 @@ def test_rollout_reports_every_step_to_its_observer(ckpt):
     assert all(np.allclose(goal, seen[0][2]) for _, _, goal in seen)  # the goal stays put within an episode
 
 
+@pytest.mark.integration
 def test_worker_processes_run_the_same_episodes_as_one(ckpt):
     """--workers shards the episodes over processes; every episode's outcome matches the single-process run."""
     from rfm.eval import evaluate
@@ -80,6 +84,7 @@ def test_worker_processes_run_the_same_episodes_as_one(ckpt):
     assert two["seeds"] == one["seeds"] and len(two["seeds"]) == 4
 
 
+@pytest.mark.integration
 def test_snapped_paraphrases_are_listed_with_where_they_went(tmp_path):
     from rfm.eval import evaluate, format_table
 
@@ -123,6 +128,7 @@ def test_chunk_queue_executes_n_then_replans():
     assert [q.pop()[0], q.pop()[0]] == [0.0, 1.0] and q.needs_chunk()
 
 
+@pytest.mark.integration
 def test_update_card_records_results_without_touching_weights(ckpt, tmp_path):
     import shutil
 
@@ -172,6 +178,7 @@ def _rfm(*argv: str) -> subprocess.CompletedProcess:
                           timeout=300)
 
 
+@pytest.mark.integration
 def test_card_refuses_results_measured_on_other_weights(ckpt, tmp_path):
     """Numbers from one model must never land in another's card: the weights' sha256 decides."""
     other = tmp_path / "other"
@@ -209,6 +216,7 @@ def test_card_refuses_results_measured_on_other_weights(ckpt, tmp_path):
     assert (other / "config.json").read_text() == before
 
 
+@pytest.mark.integration
 def test_killing_eval_stops_its_worker_processes(ckpt):
     """A killed `rfm eval --workers 2` must not leave its workers running their shards for minutes."""
     import os

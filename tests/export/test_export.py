@@ -6,6 +6,7 @@ Each export runs once per module (fixtures); the fp32 chunk export goes through 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -326,8 +327,9 @@ def test_triangulated_points_export_with_parity(tmp_path, relative):
     from tests.model.test_triangulate import STEREO
 
     torch.manual_seed(0)
-    policy = RFMPolicy.build("tiny", interface=ITF, stats=STATS, vision_points=3, camera_projections=STEREO.tolist(),
-                             relative_points=relative)
+    itf = replace(ITF, calibration={c: {"projection": p.tolist()} for c, p in zip(ITF.cameras, STEREO)},
+                  ee_position=ITF.state_names[:3])
+    policy = RFMPolicy.build("tiny", interface=itf, stats=STATS, vision_points=3, relative_points=relative)
     if relative:  # the branch starts at zero; give it weights so that parity covers it
         torch.nn.init.normal_(policy.net.point_token.relative[2].weight, std=0.05)
     ckpt = policy.save_pretrained(tmp_path / "pts")

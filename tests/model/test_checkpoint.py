@@ -52,7 +52,7 @@ def test_fp16_weights_halve_the_file_and_stay_close(tmp_path, small_interface):
 
 
 def test_crash_mid_save_leaves_previous_checkpoint_intact(tmp_path, small_interface, monkeypatch):
-    import rfm.checkpoint as ck
+    import rfm.model.serialization as ck
 
     policy = RFMPolicy.build("tiny", interface=small_interface)
     path = tmp_path / "ckpt"

@@ -92,6 +92,7 @@ def _one_batch(itf, head):
     return policy, (images, state, text, mask), actions
 
 
+@pytest.mark.integration
 def test_tiny_model_overfits_one_batch(small_interface):
     policy, obs, actions = _one_batch(small_interface, "chunk")
     net = policy.net.train()
@@ -104,6 +105,7 @@ def test_tiny_model_overfits_one_batch(small_interface):
     assert net.loss(*obs, actions).item() < first / 10
 
 
+@pytest.mark.integration
 def test_flow_head_learns_to_sample_the_demonstrated_chunk(small_interface):
     policy, obs, actions = _one_batch(small_interface, "flow")
     net = policy.net
@@ -150,45 +152,47 @@ def test_action_weights_scale_each_dimension_of_the_loss(small_interface):
     with torch.no_grad():
         err = (net(images, state, text, mask) - actions).abs()  # identity stats: robot units are normalised units
 
+        memory, enc_mask = net.encode(images, state, text, mask)
+
         def loss(w):
-            return net.losses(images, state, text, mask, actions,
-                              action_weights=None if w is None else torch.tensor(w))["action"]
+            return net.action_loss(memory, enc_mask, actions, action_weights=None if w is None else torch.tensor(w))
 
         torch.testing.assert_close(loss([3.0, 3.0]), loss(None))  # only relative weights count
         torch.testing.assert_close(loss([0.0, 1.0]), err[..., 1].mean())  # scaled to mean 1: [0, 2]
         torch.testing.assert_close(loss([1.0, 3.0]), ((0.5 * err[..., 0] + 1.5 * err[..., 1]) / 2).mean())
 
 
-def test_env_state_head_is_a_masked_training_target_only(small_interface, tmp_path):
+def test_env_state_aid_is_a_masked_training_target_outside_the_policy(small_interface):
+    from types import SimpleNamespace
+
+    from rfm.train.aids import TrainBatch, build_aid
+
     torch.manual_seed(0)
-    plain = RFMPolicy.build("tiny", interface=small_interface, dropout=0.0)
-    torch.manual_seed(0)
-    policy = RFMPolicy.build("tiny", interface=small_interface, dropout=0.0, env_state_dim=3)
+    policy = RFMPolicy.build("tiny", interface=small_interface, dropout=0.0)
+    before = {k: v.clone() for k, v in policy.net.state_dict().items()}
+    aid = build_aid("env_state", {"weight": 1.0})
     stats = {"observation.environment_state": {"mean": [1.0, 2.0, 3.0], "std": [0.5, 0.5, 0.5]}}
-    policy.set_stats(stats)
+    aid.setup(policy, SimpleNamespace(feature_dims={"observation.environment_state": 3}, stats=stats))
     net = policy.net.eval()
     images = torch.zeros(2, 2, 3, 64, 64, dtype=torch.uint8)
-    state = torch.zeros(2, 3)
     text, mask = policy.encode_text(["a", "b"])
-    actions = torch.randn(2, 8, 2)
     env = torch.tensor([[1.0, 2.0, 3.0], [9.0, 9.0, 9.0]])
-    parts = net.losses(images, state, text, mask, actions, env_state=env)
-    assert set(parts) == {"action", "env_state"} and parts["env_state"] > 0
+    batch = TrainBatch(images, torch.zeros(2, 3), text, mask, torch.randn(2, 8, 2), torch.zeros(2, 8, dtype=torch.bool))
+    feats = net.image_features(images)
+
+    def loss(env_state, valid):
+        return aid.losses(net, feats, batch.replace(extras={"env_state": env_state, "env_valid": valid}))["env_state"]
+
+    assert loss(env, torch.tensor([True, True])) > 0
     # a sample without a recorded environment state adds nothing: garbage there changes nothing
-    valid = torch.tensor([True, False])
     garbage = env.clone()
     garbage[1] = 1e6
-    torch.testing.assert_close(net.losses(images, state, text, mask, actions, env_state=env, env_valid=valid),
-                               net.losses(images, state, text, mask, actions, env_state=garbage, env_valid=valid))
-    # the head never touches the action path: same weights elsewhere give the same chunk
-    plain.net.load_state_dict({k: v for k, v in net.state_dict().items() if not k.startswith("env_")})
-    obs = (np.zeros((1, 2, 3, 64, 64), np.uint8), np.zeros((1, 3), np.float32), ["a"])
-    np.testing.assert_allclose(policy.predict(*obs), plain.predict(*obs), atol=1e-6)
-    # and it round-trips through a checkpoint with its normalisation
-    policy.save_pretrained(tmp_path / "ckpt")
-    back = RFMPolicy.from_pretrained(tmp_path / "ckpt")
-    assert back.config.model.env_state_dim == 3
-    torch.testing.assert_close(back.net.env_norm.offset, torch.tensor([1.0, 2.0, 3.0]))
+    valid = torch.tensor([True, False])
+    torch.testing.assert_close(loss(env, valid), loss(garbage, valid))
+    torch.testing.assert_close(aid.norm.offset, torch.tensor([1.0, 2.0, 3.0]))
+    # the head is the aid's own: the policy's weights (what is saved and served) are untouched
+    assert all(torch.equal(v, before[k]) for k, v in policy.net.state_dict().items())
+
 
 
 def test_hf_vision_backbone_from_a_local_directory(tmp_path, small_interface):

@@ -73,16 +73,21 @@ def test_point_token_undoes_the_training_shift():
     assert (moved - pts).norm() > 0.05 and spread.max() < 0.1  # peaked heatmaps: spread well under a cell
 
 
-def _interface() -> RobotInterface:
-    return RobotInterface(cameras=["a", "b"], image_size=(32, 32), state_names=["x", "y", "z"],
-                          action_names=["dx", "dy", "dz"], chunk_size=4)
+CALIBRATION = {"a": {"projection": STEREO[0].tolist()}, "b": {"projection": STEREO[1].tolist()}}
+
+
+def _interface(**kw) -> RobotInterface:
+    """Two calibrated cameras (by name) and a state that is the end effector's position."""
+    base = {"cameras": ["a", "b"], "image_size": (32, 32), "state_names": ["x", "y", "z"],
+            "action_names": ["dx", "dy", "dz"], "chunk_size": 4, "calibration": CALIBRATION,
+            "ee_position": ["x", "y", "z"]}
+    return RobotInterface(**{**base, **kw})
 
 
 def test_policy_with_points_round_trips_with_its_calibration_and_point_frame(tmp_path):
     env_stats = {"mean": [0.1, 0.2, 0.3, 0.0, 0.0, 0.0, -0.1, 0.6, 0.15], "std": [0.05] * 6 + [0.1, 0.02, 0.07]}
     stats = {"observation.environment_state": env_stats}
-    pointed = RFMPolicy.build("tiny", interface=_interface(), vision_keypoints=4, vision_points=3,
-                              camera_projections=STEREO.tolist(), stats=stats)
+    pointed = RFMPolicy.build("tiny", interface=_interface(), vision_keypoints=4, vision_points=3, stats=stats)
     norm = pointed.net.point_token.norm  # point p is normalised like environment point p
     np.testing.assert_allclose(norm.offset.numpy(), env_stats["mean"], atol=1e-7)
     np.testing.assert_allclose(norm.scale.numpy(), [0.05] * 6 + [0.1, 0.02, 0.07], atol=1e-7)
@@ -91,39 +96,59 @@ def test_policy_with_points_round_trips_with_its_calibration_and_point_frame(tmp
     out = pointed.predict(images, state, ["reach"] * 2)
     pointed.save_pretrained(tmp_path / "ckpt")  # the calibration travels in config.json, the frame in the weights
     again = RFMPolicy.from_pretrained(tmp_path / "ckpt")
-    assert again.config.model.camera_projections == STEREO.tolist()
+    assert again.config.interface.calibration == CALIBRATION
     np.testing.assert_allclose(again.predict(images, state, ["reach"] * 2), out, atol=1e-6)
     # stats without an environment state (field data) leave the points' frame as it was
     again.set_stats({"action": {"mean": [0.0] * 3, "std": [1.0] * 3}})
     np.testing.assert_allclose(again.net.point_token.norm.offset.numpy(), env_stats["mean"], atol=1e-7)
     # without any stats the frame is the cameras' workspace: where they look, in units of their distance
-    bare = RFMPolicy.build("tiny", interface=_interface(), vision_keypoints=4, vision_points=1,
-                           camera_projections=STEREO.tolist())
+    bare = RFMPolicy.build("tiny", interface=_interface(), vision_keypoints=4, vision_points=1)
     np.testing.assert_allclose(bare.net.point_token.norm.offset.numpy(), [0, 0, 0], atol=1e-7)
     np.testing.assert_allclose(bare.net.point_token.norm.scale.numpy(), [1, 1, 1], atol=1e-6)
 
 
 def test_points_get_gradients_through_the_keypoints():
     torch.manual_seed(0)
-    net = RFMPolicy.build("tiny", interface=_interface(), vision_keypoints=4, vision_points=2,
-                          camera_projections=STEREO.tolist()).net
-    args = (torch.randint(0, 256, (2, 2, 3, 32, 32), dtype=torch.uint8), torch.zeros(2, 3), torch.randn(2, 24, 384),
-            torch.ones(2, 24, dtype=torch.bool), torch.randn(2, 4, 3))
-    net.losses(*args, offsets=torch.zeros(2, 2, 2))["action"].backward()
+    net = RFMPolicy.build("tiny", interface=_interface(), vision_keypoints=4, vision_points=2).net
+    images = torch.randint(0, 256, (2, 2, 3, 32, 32), dtype=torch.uint8)
+    memory, mask = net.fuse(net.image_features(images), torch.zeros(2, 3), torch.randn(2, 24, 384),
+                            torch.ones(2, 24, dtype=torch.bool), image_offsets=torch.zeros(2, 2, 2))
+    net.action_loss(memory, mask, torch.randn(2, 4, 3)).backward()
     assert net.point_token.mlp[0].weight.grad.abs().sum() > 0
     assert net.vision.keypoints.heatmaps.weight.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("kw, pattern", [
-    ({"vision_points": 2}, "camera_projections=None.*vision_points"),
-    ({"vision_points": 5, "camera_projections": STEREO.tolist()}, r"vision_points=5.*\[0, model.vision_keypoints=4\]"),
-    ({"vision_points": 2, "camera_projections": STEREO[:, :2].tolist()}, "camera_projections.*3 x 4"),
-    ({"vision_points": 2, "camera_projections": [STEREO[0].tolist()] * 3}, "3 projections.*one per camera"),
-    ({"relative_points": True}, "relative_points=True.*vision_points > 0"),
+@pytest.mark.parametrize("itf, kw, pattern", [
+    ({"calibration": None}, {"vision_points": 2}, "interface.calibration.*a calibration for every camera"),
+    ({"calibration": {"a": CALIBRATION["a"]}}, {"vision_points": 2}, r"interface.calibration=\['a'\]"),
+    ({}, {"vision_points": 5}, r"vision_points=5.*\[0, model.vision_keypoints=4\]"),
+    ({"calibration": {"a": {"projection": STEREO[0, :2].tolist()}}}, {}, "calibration.a.projection.*3 x 4"),
+    ({"calibration": {"c": CALIBRATION["a"]}}, {}, "interface.calibration names camera 'c'.*not in interface.cameras"),
+    ({"calibration": {"a": {"intrinsics": np.eye(3).tolist(), "extrinsics": STEREO[0].tolist()}}}, {},
+     "native frame size in interface.native_sizes.a"),
+    ({"ee_position": ["x", "y"]}, {}, "interface.ee_position.*three names"),
+    ({}, {"relative_points": True}, "relative_points=True.*vision_points > 0"),
+    ({"ee_position": None}, {"vision_points": 2, "relative_points": True}, "relative_points=True.*ee_position"),
 ])
-def test_bad_point_config_names_the_field(kw, pattern):
+def test_bad_geometry_names_the_field(itf, kw, pattern):
     with pytest.raises(ConfigError, match=pattern):
-        RFMPolicy.build("tiny", interface=_interface(), vision_keypoints=4, **kw)
+        RFMPolicy.build("tiny", interface=_interface(**itf), vision_keypoints=4, **kw)
+
+
+def test_pixel_calibration_and_aspect_give_the_model_inputs_projection():
+    """OpenCV intrinsics in pixels of a 480 x 640 frame, the frame stretched, padded or cropped to 96 x 96: the
+    projection maps a world point to where it lands in the model's input."""
+    K = np.array([[500.0, 0, 319.5], [0, 500.0, 239.5], [0, 0, 1]])  # principal point at the frame's centre
+    E = np.hstack([np.eye(3), [[0.0], [0.0], [2.0]]])  # camera 2 m in front of the origin, looking along +z
+    point = np.array([0.3, -0.2, 0.0, 1.0])
+    px = K @ E @ point
+    u, v = px[:2] / px[2]  # pixel (col, row) in the native frame: (394.5, 189.5)
+    native_uv = np.array([(u + 0.5) / 640 * 2 - 1, (v + 0.5) / 480 * 2 - 1])
+    for aspect, expect in (("resize", native_uv), ("pad", native_uv * [1, 0.75]), ("crop", native_uv * [4 / 3, 1])):
+        itf = _interface(native_sizes={"a": (480, 640), "b": (480, 640)}, aspect=aspect, image_size=(96, 96),
+                         calibration={c: {"intrinsics": K.tolist(), "extrinsics": E.tolist()} for c in "ab"})
+        p = itf.projections()[0] @ point
+        np.testing.assert_allclose(p[:2] / p[2], expect, atol=1e-9)
 
 
 def test_heatmap_spread_is_exact_far_from_the_origin():
@@ -171,8 +196,7 @@ def test_relative_points_join_a_trained_policy_without_changing_it():
     """The relative branch's output layer starts at zero: a fine-tune that adds it (`--init` a checkpoint without
     it) starts from the checkpoint's actions, and training reaches the branch."""
     torch.manual_seed(0)
-    kw = {"interface": _interface(), "vision_keypoints": 4, "vision_points": 2,
-          "camera_projections": STEREO.tolist()}
+    kw = {"interface": _interface(), "vision_keypoints": 4, "vision_points": 2}
     plain = RFMPolicy.build("tiny", **kw)
     rel = RFMPolicy.build("tiny", relative_points=True, **kw)
     missing, unexpected = rel.net.load_state_dict(plain.net.state_dict(), strict=False)
@@ -181,7 +205,6 @@ def test_relative_points_join_a_trained_policy_without_changing_it():
     state = np.random.default_rng(1).standard_normal((2, 3)).astype(np.float32)
     np.testing.assert_allclose(rel.predict(images, state, ["reach"] * 2), plain.predict(images, state, ["reach"] * 2),
                                atol=1e-6)
-    args = (torch.from_numpy(images), torch.from_numpy(state), torch.randn(2, 24, 384),
-            torch.ones(2, 24, dtype=torch.bool), torch.randn(2, 4, 3))
-    rel.net.losses(*args)["action"].backward()
+    rel.net.loss(torch.from_numpy(images), torch.from_numpy(state), torch.randn(2, 24, 384),
+                 torch.ones(2, 24, dtype=torch.bool), torch.randn(2, 4, 3)).backward()
     assert rel.net.point_token.relative[2].weight.grad.abs().sum() > 0

@@ -105,6 +105,7 @@ def test_text_cache_counts_hits(runners):
     np.testing.assert_array_equal(feats[0], feats[1])
 
 
+@pytest.mark.integration
 def test_runs_without_torch(dirs):
     code = (
         "import sys, numpy as np; from rfm.runtime.loader import load_runner; "

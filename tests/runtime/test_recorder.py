@@ -7,6 +7,7 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 
 from rfm.config import RobotInterface
 from rfm.data.lerobot import LeRobotDataset
@@ -50,6 +51,7 @@ def test_sessions_become_episodes_with_labels(tmp_path):
     assert frame["images"]["a"].shape == (32, 32, 3)
 
 
+@pytest.mark.integration
 def test_unclean_stop_keeps_every_finished_episode(tmp_path):
     script = textwrap.dedent(f"""
         import os, numpy as np

@@ -66,6 +66,7 @@ def test_onnx_exports_carry_the_trained_instructions(checkpoint, tmp_path, rng):
                                   runner.predict({**obs, "instruction": "press the button from above"}))
 
 
+@pytest.mark.integration
 def test_server_snaps_when_configured_and_audits_what_ran(checkpoint, rng, tmp_path):
     import json
 

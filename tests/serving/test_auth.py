@@ -19,6 +19,7 @@ def act(server, auth: str | None) -> httpx.Response:
     return httpx.post(server.url + "/v1/act", content=msgpack_body(observation()), headers=headers, timeout=30)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("auth,status", [(None, 401), ("Bearer wrong-key-0123456789", 401), (API_KEY, 401),
                                          (f"Basic {API_KEY}", 401), (f"Bearer {API_KEY}", 200),
                                          (f"Api-Key {API_KEY}", 200), ("Bearer another-key-abcdefghijklmnop", 200)])
@@ -30,6 +31,7 @@ def test_http_keys(auth_server, auth, status):
         assert API_KEY not in r.text
 
 
+@pytest.mark.integration
 def test_probes_are_open_and_models_needs_a_key(auth_server):
     assert httpx.get(auth_server.url + "/healthz").status_code == 200
     assert httpx.get(auth_server.url + "/readyz").status_code == 200
@@ -38,6 +40,7 @@ def test_probes_are_open_and_models_needs_a_key(auth_server):
     assert r.status_code == 200
 
 
+@pytest.mark.integration
 def test_websockets_need_a_key(auth_server):
     from openpi_client.websocket_client_policy import WebsocketClientPolicy
 

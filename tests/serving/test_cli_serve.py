@@ -9,9 +9,12 @@ import sys
 import time
 
 import httpx
+import pytest
 
 from serving.server import free_port
 from tests.serving.helpers import msgpack_body, observation
+
+pytestmark = pytest.mark.integration  # `rfm serve` as a subprocess
 
 RFM = [sys.executable, "-c", "import sys; from rfm.cli.main import main; sys.exit(main())"]
 

@@ -13,6 +13,8 @@ from serving.config import ServerConfig
 from serving.server import ServerThread
 from tests.serving.helpers import FaultyRunner, msgpack_body, observation
 
+pytestmark = pytest.mark.integration  # real uvicorn servers
+
 MP = {"content-type": "application/msgpack"}
 
 

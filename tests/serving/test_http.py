@@ -19,6 +19,8 @@ from serving.config import ServerConfig
 from serving.server import ServerThread
 from tests.serving.helpers import json_body, msgpack_body, observation
 
+pytestmark = pytest.mark.integration  # a real uvicorn server
+
 MP = {"content-type": "application/msgpack"}
 
 

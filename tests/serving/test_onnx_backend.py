@@ -13,6 +13,8 @@ from serving.config import ServerConfig
 from serving.server import ServerThread, runner_loader
 from tests.serving.helpers import observation
 
+pytestmark = pytest.mark.integration  # `rfm export` subprocess and a real server
+
 RFM = [sys.executable, "-c", "import sys; from rfm.cli.main import main; sys.exit(main())"]
 
 

@@ -18,6 +18,8 @@ from rfm.data.lerobot import LeRobotDataset
 from serving.server import free_port
 from tests.serving.helpers import msgpack_body, observation
 
+pytestmark = pytest.mark.integration  # real servers, one killed
+
 RFM = [sys.executable, "-c", "import sys; from rfm.cli.main import main; sys.exit(main())"]
 MSGPACK = {"content-type": "application/msgpack"}
 

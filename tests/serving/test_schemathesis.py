@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.integration  # schemathesis against a real server
+
 
 def test_schemathesis_finds_no_server_errors(server, tmp_path):
     exe = shutil.which("schemathesis") or str(Path(sys.executable).parent / "schemathesis")

@@ -12,6 +12,8 @@ from websockets.exceptions import ConnectionClosed
 
 from tests.serving.helpers import json_body, msgpack_body, observation
 
+pytestmark = pytest.mark.integration  # a real uvicorn server
+
 
 def ws_url(server, path: str) -> str:
     return server.url.replace("http://", "ws://") + path

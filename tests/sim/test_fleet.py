@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from rfm import RFMPolicy
 from rfm.config import RobotInterface
@@ -12,6 +13,8 @@ from rfm.sim.fleet import drive_fleet
 from rfm.sim.metaworld import ACTION_NAMES, CONTROL_HZ, STATE_NAMES
 from serving.config import ServerConfig
 from serving.server import ServerThread
+
+pytestmark = pytest.mark.integration  # MuJoCo robots against a real server
 
 
 def _recording_server(tmp_path) -> ServerThread:

@@ -19,6 +19,8 @@ from rfm.sim.metaworld import (
     jittered_start,
 )
 
+pytestmark = pytest.mark.integration  # real MuJoCo rendering and rollouts
+
 
 def test_env_gives_runtime_observations():
     env = MetaWorldEnv("reach-v3", ["corner2", "gripperPOV"], size=64)

@@ -3,10 +3,9 @@ scene shift moves only the robot's position, by the offset it returns."""
 
 from __future__ import annotations
 
-import pytest
 import torch
 
-from rfm.train.augment import augment, position_dims, random_shift, scene_shift, state_noise
+from rfm.train.augment import augment, random_shift, state_noise
 
 
 def test_random_shift_moves_content_by_at_most_pad_pixels():
@@ -32,22 +31,3 @@ def test_state_noise_scales_per_dimension_and_is_off_at_zero():
     noisy = state_noise(state, scale, 0.5)
     std = noisy.std(0)
     assert abs(float(std[0]) - 0.5) < 0.02 and abs(float(std[1]) - 0.05) < 0.002 and float(std[2]) == 0.0
-
-
-def test_scene_shift_moves_the_position_dims_by_the_offset_it_returns():
-    torch.manual_seed(0)
-    state = torch.rand(500, 5)
-    dims = position_dims(["gripper_open", "hand_x", "hand_y", "hand_z", "wrist"])
-    assert dims == [1, 2, 3] and position_dims(["x", "y", "z", "g"]) == [0, 1, 2]
-    assert scene_shift(state, dims, 0.0) == (state, None)
-    moved, delta = scene_shift(state, dims, 0.1)
-    torch.testing.assert_close(moved[:, dims] - state[:, dims], delta)
-    assert torch.equal(moved[:, [0, 4]], state[:, [0, 4]]) and not torch.equal(moved, state)
-    assert float(delta.abs().max()) <= 0.1 and float(delta.abs().max()) > 0.09  # uniform in +-0.1 per axis
-
-
-def test_scene_shift_names_the_state_it_cannot_use():
-    with pytest.raises(ValueError, match=r"x, y, z.*\['j0', 'j1'\]"):
-        position_dims(["j0", "j1"])
-    with pytest.raises(ValueError, match="hand_x"):  # the three must be adjacent and in order
-        position_dims(["hand_x", "hand_z", "hand_y"])

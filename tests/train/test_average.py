@@ -45,6 +45,7 @@ def test_parameters_are_the_weighted_mean_and_buffers_are_copied(tmp_path, small
     torch.testing.assert_close(got["action_norm.offset"], wa["action_norm.offset"])
 
 
+@pytest.mark.integration
 def test_cli_writes_a_loadable_checkpoint_naming_its_sources(tmp_path, small_interface):
     a = _checkpoint(tmp_path / "a", small_interface, seed=0)
     b = _checkpoint(tmp_path / "b", small_interface, seed=1)
@@ -80,6 +81,7 @@ def test_different_normalisation_is_refused_with_the_remedy(tmp_path, small_inte
         average_checkpoints([a, b])
 
 
+@pytest.mark.integration
 def test_different_architectures_are_one_line_cli_errors(tmp_path, small_interface):
     from dataclasses import replace
 

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 from rfm import RFMPolicy
-from rfm.config import ConfigError
 from rfm.train.config import TrainConfig
 from rfm.train.loop import train
 
@@ -105,92 +104,3 @@ def test_action_loss_weights_train_by_name_and_a_wrong_name_lists_the_robots_act
 def test_bad_dataset_path_is_named(tmp_path):
     with pytest.raises((FileNotFoundError, ValueError), match="nope"):
         train(_cfg(tmp_path / "x", dataset=str(tmp_path / "nope")), progress=False)
-
-
-def _env_state_dataset(root: Path, episodes: int = 2, length: int = 12, projections: bool = False) -> Path:
-    """A small dataset for the fixture's robot that also records a 3-d environment state (like simulated demos),
-    with the cameras' projections if asked (2 m from the origin, looking at it along +z and +x)."""
-    from rfm.data.writer import LeRobotDatasetWriter
-
-    rng = np.random.default_rng(0)
-    env_ft = {"dtype": "float32", "shape": [3], "names": ["gx", "gy", "gz"]}
-    if projections:
-        top = [[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 2.0]]
-        side = [[0.0, 0.0, 1.0, 0.0], [0.0, 1.0, 0.0, 0.0], [1.0, 0.0, 0.0, 2.0]]
-        env_ft["info"] = {"camera_projection": {"top": top, "wrist": side}}
-    w = LeRobotDatasetWriter(root, fps=10, cameras={"top": (96, 96), "wrist": (96, 96)}, state_names=["x", "y", "z", "g"],
-                             action_names=["dx", "dy", "dz", "dg"], use_videos=False,
-                             extra_features={"observation.environment_state": env_ft})
-    for _ in range(episodes):
-        goal = rng.uniform(-1, 1, 3).astype(np.float32)
-        for _ in range(length):
-            w.add_frame(images={c: rng.integers(0, 256, (96, 96, 3), dtype=np.uint8) for c in ("top", "wrist")},
-                        state=rng.standard_normal(4), action=rng.standard_normal(4), task="reach the red target")
-        w.save_episode(extra={"observation.environment_state": np.tile(goal, (length, 1))})
-    return w.finalize()
-
-
-def test_env_state_loss_trains_beside_datasets_without_it(tmp_path):
-    sim = _env_state_dataset(tmp_path / "sim")
-    out = tmp_path / "env"
-    # the fixture has no environment state: its samples are masked out of the auxiliary loss, not an error
-    train(_cfg(out, dataset=f"{sim},{FIXTURE}", steps=4, log_every=2, val_episodes=0, env_state_loss=1.0),
-          progress=False)
-    rows = list(csv.DictReader((out / "logs" / "train.csv").read_text().splitlines()))
-    assert all(float(r["env_state_loss"]) > 0 for r in rows)
-    meta = json.loads((out / "checkpoint" / "config.json").read_text())
-    assert meta["model"]["env_state_dim"] == 3 and meta["meta"]["data"]["env_state"]["datasets"] == [str(sim)]
-    policy = RFMPolicy.from_pretrained(out / "checkpoint")
-    assert "observation.environment_state" in policy.stats  # its normalisation travels with the checkpoint
-    out2 = policy.predict(np.zeros((1, 2, 3, 48, 48), np.uint8), np.zeros((1, 4), np.float32), ["reach"])
-    assert out2.shape == (1, 8, 4)
-    # fine-tuning it without the loss drops the head (nothing would train it) and keeps everything else
-    ft = tmp_path / "ft"
-    train(_cfg(ft, steps=2, val_episodes=0, init=str(out / "checkpoint")), progress=False)
-    cfg = json.loads((ft / "checkpoint" / "config.json").read_text())
-    assert cfg["model"]["env_state_dim"] == 0 and cfg["meta"]["training"]["init_reinitialised"] == []
-
-
-def test_env_state_loss_without_any_env_state_is_a_clear_error(tmp_path):
-    with pytest.raises(ValueError, match="observation.environment_state.*" + FIXTURE.name):
-        train(_cfg(tmp_path / "x", env_state_loss=1.0), progress=False)
-
-
-def test_keypoint_loss_trains_beside_datasets_without_it(tmp_path):
-    sim = _env_state_dataset(tmp_path / "sim", projections=True)
-    out = tmp_path / "kp"
-    train(_cfg(out, dataset=f"{sim},{FIXTURE}", steps=4, log_every=2, val_episodes=0, keypoint_loss=1.0,
-               model_overrides={"vision_keypoint_source": "block"}), progress=False)
-    rows = list(csv.DictReader((out / "logs" / "train.csv").read_text().splitlines()))
-    assert all(float(r["keypoints_loss"]) > 0 for r in rows) and not any(r["env_state_loss"] for r in rows)
-    cfg = json.loads((out / "checkpoint" / "config.json").read_text())
-    assert cfg["model"]["env_state_dim"] == 0 and cfg["model"]["vision_keypoint_source"] == "block"
-    assert cfg["meta"]["training"]["keypoint_loss"] == 1.0
-    # a dataset with an environment state but no projections cannot place keypoints: say which and why
-    bare = _env_state_dataset(tmp_path / "bare")
-    with pytest.raises(ValueError, match="camera_projection.*" + bare.name):
-        train(_cfg(tmp_path / "x", dataset=str(bare), keypoint_loss=1.0), progress=False)
-
-
-def test_triangulated_points_take_the_calibration_from_the_data_and_keep_it_when_fine_tuning(tmp_path):
-    sim = _env_state_dataset(tmp_path / "sim", projections=True)
-    out = tmp_path / "pts"
-    train(_cfg(out, dataset=str(sim), steps=3, val_episodes=0, keypoint_loss=1.0, model_overrides={"vision_points": 1},
-               scene_shift=0.05), progress=False)
-    model = json.loads((out / "checkpoint" / "config.json").read_text())["model"]
-    recorded = json.loads((sim / "meta" / "info.json").read_text())["features"]["observation.environment_state"]
-    assert model["vision_points"] == 1
-    assert json.loads((out / "checkpoint" / "config.json").read_text())["meta"]["training"]["scene_shift"] == 0.05
-    assert model["camera_projections"] == [recorded["info"]["camera_projection"][c] for c in ("top", "wrist")]
-    # field data records no calibration: a fine-tune keeps the cameras of the checkpoint it starts from
-    ft = tmp_path / "ft"
-    train(_cfg(ft, steps=2, val_episodes=0, init=str(out / "checkpoint"), preset=None), progress=False)
-    cfg = json.loads((ft / "checkpoint" / "config.json").read_text())
-    assert cfg["model"]["camera_projections"] == model["camera_projections"]
-    assert cfg["meta"]["training"]["init_reinitialised"] == []
-    # from scratch it needs a dataset that records the cameras, and says so
-    with pytest.raises(ValueError, match="vision_points need camera projections.*" + FIXTURE.name):
-        train(_cfg(tmp_path / "x", model_overrides={"vision_points": 1}), progress=False)
-    # a scene shift moves triangulated points: without them it is an error, not a silent no-op
-    with pytest.raises(ConfigError, match="scene_shift=0.05 needs a model with triangulated points"):
-        train(_cfg(tmp_path / "y", dataset=str(sim), scene_shift=0.05), progress=False)

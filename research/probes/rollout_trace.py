@@ -13,8 +13,8 @@ a grasp the policy let go of.
 its point token reads; checkpoints with `vision_points`) minus where it is, in cm: a goal estimate that drifts once
 the arm moves in front of a camera shows up there.
 
-    .venv/bin/python bench/rollout_trace.py --checkpoint checkpoints/default --task reach-v3 --seeds 10
-Prints a table and writes bench/results/rollout_trace.json (one entry per checkpoint and task, appended).
+    .venv/bin/python research/probes/rollout_trace.py --checkpoint checkpoints/default --task reach-v3 --seeds 10
+Prints a table and writes research/probes/results/rollout_trace.json (one entry per checkpoint and task, appended).
 """
 
 from __future__ import annotations

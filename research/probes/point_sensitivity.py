@@ -6,8 +6,8 @@ actions is compared with the unshifted prediction. The table is d(action) / d(po
 (point 2) the scripted expert moves with 5 x (goal - hand) clipped to +-1, i.e. 0.05 per cm on the matching axis:
 a policy near 0 there ignores the token (the goal then reaches it only through the image tokens, if at all).
 
-    .venv/bin/python bench/point_sensitivity.py --checkpoint runs/X/checkpoint --tasks reach-v3 --seeds 10
-Prints a table and writes bench/results/point_sensitivity.json (appended).
+    .venv/bin/python research/probes/point_sensitivity.py --checkpoint runs/X/checkpoint --tasks reach-v3 --seeds 10
+Prints a table and writes research/probes/results/point_sensitivity.json (appended).
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ resolution), and the two cameras' keypoints are triangulated back to 3-D (error 
 `vision_points` reports the points its own token reads, weighted by its heatmaps' spread). The baseline
 always answers the task's mean position over the same seeds: near it, the encoder does not localise that thing.
 
-    .venv/bin/python bench/keypoint_probe.py --checkpoint runs/X/checkpoint --tasks mt10 --seeds 20
-Prints a table and writes bench/results/keypoint_probe.json (appended).
+    .venv/bin/python research/probes/keypoint_probe.py --checkpoint runs/X/checkpoint --tasks mt10 --seeds 20
+Prints a table and writes research/probes/results/keypoint_probe.json (appended).
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from scene_probe import append_result, parse_args, read_scenes
 from rfm.model.policy import RFMPolicy
 from rfm.model.triangulate import triangulate, workspace_frame
 from rfm.runtime.observation import make_batch
+from rfm.sim.keypoints import keypoint_targets
 from rfm.sim.metaworld import EVAL_SEED_BASE, expand_tasks
-from rfm.train.keypoints import keypoint_targets
 
 RESULTS = Path(__file__).parent / "results" / "keypoint_probe.json"
 POINTS = {"obj1": 0, "goal": 2}  # obj2 is unused by the MT10 tasks (always zero)

@@ -2,8 +2,8 @@
 without keypoints, with `vision_keypoints=16`, and with 3 of them triangulated (`vision_points=3`, the point token),
 timed side by side (alternating rounds, one torch thread, median of 15).
 
-    .venv/bin/python bench/keypoints_cost.py
-Prints a table and writes bench/results/keypoints_cost.json.
+    .venv/bin/python research/probes/keypoints_cost.py
+Prints a table and writes research/probes/results/keypoints_cost.json.
 """
 
 from __future__ import annotations

@@ -9,9 +9,16 @@ import pytest
 
 from rfm.config import ConfigError
 from rfm.data.lerobot import LeRobotDataset, LeRobotDatasetWriter
-from rfm.train.config import TrainConfig
+from rfm.sim.relabel import Relabel
+from rfm.train.aids import build_aid
 from rfm.train.data import build_training_data
-from rfm.train.relabel import Relabel
+
+
+def _relabelled(root: Path, *rules: str):
+    """Training data with the relabel aid applied, as rfm train does (TrainConfig.aids = {"relabel": ...})."""
+    aid = build_aid("relabel", {"rules": list(rules)})
+    return build_training_data([str(root)], chunk_size=4, image_size=None, cameras=None, val_episodes=0,
+                               prepare=aid.prepare_data)
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +40,7 @@ def grip_data(tmp_path_factory) -> Path:
 
 
 def test_relabel_maps_exact_values_in_targets_and_stats_and_leaves_the_files(grip_data):
-    data = build_training_data([str(grip_data)], chunk_size=4, image_size=None, cameras=None, val_episodes=0,
-                               relabel=[Relabel.parse("gripper:0=-1")])
+    data = _relabelled(grip_data, "gripper:0=-1")
     targets = data.train_set[0]["actions"].numpy()  # frames 0..3 of the first episode
     np.testing.assert_array_equal(targets[:, 1], [-1, -1, -1, -1])
     np.testing.assert_array_equal(targets[:, 0], [0, 0, 0, 0])  # dx is 0.0 too, but not named by the rule
@@ -45,26 +51,23 @@ def test_relabel_maps_exact_values_in_targets_and_stats_and_leaves_the_files(gri
 
 
 def test_bad_rules_are_config_errors_that_say_what_was_expected(grip_data):
-    with pytest.raises(ConfigError, match="NAME:OLD=NEW"):
-        TrainConfig(dataset=str(grip_data), out="x", relabel_actions=["gripper=-1"])
+    with pytest.raises(ConfigError, match="train.aids.relabel.rules item 'gripper=-1'.*NAME:OLD=NEW"):
+        build_aid("relabel", {"rules": ["gripper=-1"]})
     with pytest.raises(ConfigError, match="its actions are dx, gripper"):
-        build_training_data([str(grip_data)], chunk_size=4, image_size=None, cameras=None, val_episodes=0,
-                            relabel=[Relabel.parse("grip:0=-1")])
-    assert TrainConfig(dataset="d", out="x", relabel_actions=[" gripper : 0 = -1 "]).relabel_actions == ["gripper:0=-1"]
+        _relabelled(grip_data, "grip:0=-1")
+    assert [str(r) for r in build_aid("relabel", {"rules": [" gripper : 0 = -1 "]}).rules] == ["gripper:0=-1"]
 
 
 def test_a_rule_scoped_to_a_task_changes_only_that_tasks_frames(grip_data):
     for scope in ("pick", "push-v3"):  # a task string as stored, or a Meta-World task name for its instruction
-        data = build_training_data([str(grip_data)], chunk_size=4, image_size=None, cameras=None, val_episodes=0,
-                                   relabel=[Relabel.parse(f"gripper:0=-1@{scope}")])
+        data = _relabelled(grip_data, f"gripper:0=-1@{scope}")
         first, second = data.train_set[0]["actions"].numpy()[:, 1], data.train_set[10]["actions"].numpy()[:, 1]
         hit, kept = (first, second) if scope == "pick" else (second, first)
         np.testing.assert_array_equal(hit, [-1, -1, -1, -1])
         np.testing.assert_array_equal(kept, [0, 0, 0, 0])
         assert data.info["relabelled_actions"] == {f"gripper:0=-1@{scope}": 5}
     with pytest.raises(ConfigError, match="no training frame has task 'pik'; the datasets' tasks are 'pick', 'push"):
-        build_training_data([str(grip_data)], chunk_size=4, image_size=None, cameras=None, val_episodes=0,
-                            relabel=[Relabel.parse("gripper:0=-1@pik")])
+        _relabelled(grip_data, "gripper:0=-1@pik")
     with pytest.raises(ConfigError, match="NAME:OLD=NEW@TASK"):
         Relabel.parse("gripper:0=-1@ ")
     assert str(Relabel.parse("gripper:0=-1@ pick-place-v3")) == "gripper:0=-1@pick-place-v3"

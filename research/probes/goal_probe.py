@@ -8,8 +8,8 @@ the spread of the predictions. Reading the table:
     own first motion then points it the wrong way;
   - prediction spread much smaller than the expert's: the policy mostly ignores the goal and averages.
 
-    .venv/bin/python bench/goal_probe.py --checkpoint checkpoints/default --task reach-v3 --seeds 20 --k 0,10
-Prints a table and writes bench/results/goal_probe.json (one entry per checkpoint, appended).
+    .venv/bin/python research/probes/goal_probe.py --checkpoint checkpoints/default --task reach-v3 --seeds 20 --k 0,10
+Prints a table and writes research/probes/results/goal_probe.json (one entry per checkpoint, appended).
 """
 
 from __future__ import annotations

@@ -2,8 +2,7 @@
 
 A scripted expert's labels can mean something other than what a policy needs to imitate: Meta-World's pick-place
 expert says 0.0 ("no grip") while approaching, which reopens a closed gripper only slowly (0.3 -> 0.4 open in 30
-steps, where -1 opens it fully), so a policy that closed on nothing has no decisive reopen to learn (RESULTS.md
-session 29). `gripper:0=-1` turns those labels into an open command. Stats are recomputed from the new labels.
+steps, where -1 opens it fully), so a policy that closed on nothing has no decisive reopen to learn. `gripper:0=-1` turns those labels into an open command. Stats are recomputed from the new labels.
 A rule can be scoped to one task (`gripper:0=-1@push the puck to the goal`, or a Meta-World task name such as
 `@push-v3` for its training instruction), so tasks whose labels mean something else keep them.
 """
@@ -17,6 +16,7 @@ import numpy as np
 from rfm.config import ConfigError
 from rfm.constants import ACTION
 from rfm.data import stats as st
+from rfm.sim.instructions import instructions_for
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class Relabel:
                 raise ValueError
             return cls(name.strip(), float(old), float(new), task.strip() or None)
         except ValueError:
-            raise ConfigError(f"train.relabel_actions item {text!r} is invalid: expected NAME:OLD=NEW or "
+            raise ConfigError(f"train.aids.relabel.rules item {text!r} is invalid: expected NAME:OLD=NEW or "
                               f"NAME:OLD=NEW@TASK, e.g. gripper:0=-1 or gripper:0=-1@push-v3") from None
 
     def __str__(self) -> str:
@@ -49,15 +49,13 @@ class Relabel:
         """The task string this rule applies to (None: every task); a Meta-World name maps to its instruction."""
         if self.task is None or self.task in known:
             return self.task
-        from rfm.sim.instructions import instructions_for  # plain data, no simulator import
-
         try:
             instruction = instructions_for(self.task)[0]
         except KeyError:
             instruction = None
         if instruction in known:
             return instruction
-        raise ConfigError(f"train.relabel_actions item {str(self)!r}: no training frame has task {self.task!r}; "
+        raise ConfigError(f"train.aids.relabel.rules item {str(self)!r}: no training frame has task {self.task!r}; "
                           f"the datasets' tasks are {', '.join(repr(t) for t in sorted(known))}")
 
 
@@ -70,7 +68,7 @@ def relabel_actions(datasets: list, rules: list[Relabel]) -> dict[str, int]:
     names = list(datasets[0].action_names)  # datasets trained together share them (open_datasets checks)
     unknown = [r.name for r in rules if r.name not in names]
     if unknown:
-        raise ConfigError(f"train.relabel_actions names {unknown[0]!r}, not an action of {datasets[0].root}: its "
+        raise ConfigError(f"train.aids.relabel.rules names {unknown[0]!r}, not an action of {datasets[0].root}: its "
                           f"actions are {', '.join(names)}")
     known = {t for ds in datasets for t in ds.tasks}
     scopes = [r.task_string(known) for r in rules]

@@ -10,9 +10,9 @@ import torch
 
 from rfm import RFMPolicy
 from rfm.config import RobotInterface
-from rfm.model.network import heatmap_loss
+from rfm.sim.keypoints import heatmap_loss, keypoint_targets
+from rfm.train.aids import TrainBatch, build_aid
 from rfm.train.augment import random_shift
-from rfm.train.keypoints import dataset_projections, keypoint_targets
 
 # a pinhole camera at the origin looking down +z (u = x / z, v = y / z), and one that sees everything at half scale
 PROJ = torch.tensor([[[1.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 1.0, 0]],
@@ -46,34 +46,27 @@ def test_targets_move_with_the_image_shift():
         torch.testing.assert_close(seen, torch.tensor([20.5 / 16 - 1, 10.5 / 16 - 1]) + offsets[b, 0])
 
 
-def test_dataset_projections_need_one_dataset_with_them():
-    ft = {"observation.environment_state": {"info": {"camera_projection": {"a": PROJ[0].tolist(),
-                                                                           "b": PROJ[1].tolist()}}}}
-    with_proj, without = SimpleNamespace(root="sim", features=ft), SimpleNamespace(root="field", features={})
-    got = dataset_projections([without, with_proj], ["b", "a"])
-    np.testing.assert_array_equal(got, PROJ.numpy()[[1, 0]])
-    with pytest.raises(ValueError, match="none of field has them"):
-        dataset_projections([without], ["a"])
-    with pytest.raises(ValueError, match="sim.*no camera c"):
-        dataset_projections([with_proj], ["a", "c"])
-
-
-def test_keypoint_loss_pulls_keypoints_to_their_targets_and_ignores_invalid_ones():
+def test_keypoint_aid_pulls_keypoints_to_their_targets_and_ignores_invalid_ones():
+    proj = {c: {"projection": PROJ[i].tolist()} for i, c in enumerate("ab")}
     itf = RobotInterface(cameras=["a", "b"], image_size=(32, 32), state_names=["s0"], action_names=["a0"],
-                         chunk_size=2)
-    net = RFMPolicy.build("tiny", interface=itf, vision_keypoints=4, vision_keypoint_source="block").net
-    args = (torch.randint(0, 256, (2, 2, 3, 32, 32), dtype=torch.uint8), torch.zeros(2, 1), torch.zeros(2, 24, 384),
-            torch.ones(2, 24, dtype=torch.bool), torch.zeros(2, 2, 1))
-    targets = torch.full((2, 2, 3, 2), 0.5)
-    valid = torch.zeros(2, 2, 3, dtype=torch.bool)
-    assert net.losses(*args, keypoint_targets=targets, keypoint_valid=valid)["keypoints"] == 0
-    valid[0, 1, 2] = True
-    loss = net.losses(*args, keypoint_targets=targets, keypoint_valid=valid)["keypoints"]
+                         chunk_size=2, calibration=proj)
+    policy = RFMPolicy.build("tiny", interface=itf, vision_keypoints=4, vision_keypoint_source="block")
+    aid = build_aid("keypoints", {"weight": 1.0})
+    aid.setup(policy, SimpleNamespace(feature_dims={"observation.environment_state": 9}))
+    images = torch.randint(0, 256, (2, 2, 3, 32, 32), dtype=torch.uint8)
+    batch = TrainBatch(images, torch.zeros(2, 1), torch.zeros(2, 24, 384), torch.ones(2, 24, dtype=torch.bool),
+                       torch.zeros(2, 2, 1), torch.zeros(2, 2, dtype=torch.bool))
+    feats = policy.net.image_features(images, keypoints=True)
+    env = torch.tensor([[0.2, -0.4, 2.0, 0.0, 0.0, 0.0, 3.0, 0.0, 1.0]] * 2)
+    none = batch.replace(extras={"env_state": env, "env_valid": torch.tensor([False, False])})
+    assert aid.losses(policy.net, feats, none)["keypoints"] == 0  # no sample records an environment state
+    some = batch.replace(extras={"env_state": env, "env_valid": torch.tensor([True, False])})
+    loss = aid.losses(policy.net, feats, some)["keypoints"]
     loss.backward()
-    assert loss > 0 and net.vision.keypoints.heatmaps.weight.grad.abs().sum() > 0
-    assert "keypoints" not in net.losses(*args)  # without targets the loss is the action loss alone
+    assert loss > 0 and policy.net.vision.keypoints.heatmaps.weight.grad.abs().sum() > 0
+    assert aid.losses(policy.net, feats, batch) == {}  # batches without environment state: no keypoint loss
     with pytest.raises(ValueError, match="vision_keypoints >= 5"):
-        net.losses(*args, keypoint_targets=torch.zeros(2, 2, 5, 2), keypoint_valid=torch.ones(2, 2, 5, dtype=torch.bool))
+        heatmap_loss(feats.logits, torch.zeros(2, 2, 5, 2), torch.ones(2, 2, 5, dtype=torch.bool))
 
 
 def test_heatmap_loss_is_lowest_for_a_peak_on_the_target():

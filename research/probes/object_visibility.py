@@ -6,8 +6,8 @@ episode and, every `--every` steps, `MetaWorldEnv.object_pixels` counts the pixe
 (rendered with and without it). Only cameras fixed to the world are worth comparing here: behindGripper and
 gripperPOV ride on the hand, and the model's triangulation assumes fixed camera matrices.
 
-    .venv/bin/python bench/object_visibility.py --cameras corner,topview,corner2,corner3 --seeds 5
-Prints a table and writes bench/results/object_visibility.json (appended).
+    .venv/bin/python research/probes/object_visibility.py --cameras corner,topview,corner2,corner3 --seeds 5
+Prints a table and writes research/probes/results/object_visibility.json (appended).
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@ leave-one-out R^2 (1 = the pixels determine that coordinate; 0 = no better than 
 what its cameras show: if z has a low R^2 for a camera set, no amount of training on it will place the gripper at
 the right height.
 
-    .venv/bin/python bench/goal_geometry.py --cameras corner,topview,corner2,corner3 --seeds 60
-Prints a table and writes bench/results/goal_geometry.json.
+    .venv/bin/python research/probes/goal_geometry.py --cameras corner,topview,corner2,corner3 --seeds 60
+Prints a table and writes research/probes/results/goal_geometry.json.
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ baseline is the error of always answering the task's mean position over the same
 where things are this time): an error near the baseline means the encoder does not localise that thing; near 0,
 it does.
 
-    .venv/bin/python bench/env_state_probe.py --checkpoint runs/X/checkpoint --tasks mt10 --seeds 20
-Prints a table (mean absolute error in cm per axis) and writes bench/results/env_state_probe.json (appended).
+    .venv/bin/python research/probes/env_state_probe.py --checkpoint runs/X/checkpoint --tasks mt10 --seeds 20
+Prints a table (mean absolute error in cm per axis) and writes research/probes/results/env_state_probe.json (appended).
 """
 
 from __future__ import annotations

@@ -7,9 +7,9 @@ and seed with a seen one (the same scene) are dropped, so a larger demo set gene
 as the held-out set. Near-equal seen and held-out errors mean the model is not memorising: it underfits, and more
 training (or capacity) is what lowers both.
 
-    .venv/bin/python bench/fit_probe.py --checkpoint runs/X/checkpoint --seen data/mt10-10-128ct-j15-env \
+    .venv/bin/python research/probes/fit_probe.py --checkpoint runs/X/checkpoint --seen data/mt10-10-128ct-j15-env \
         --held data/mt10-20-128ct-j15-env --every 3
-Prints a table and appends to bench/results/fit_probe.json.
+Prints a table and appends to research/probes/results/fit_probe.json.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Instruction augmentation must not make the paraphrase test trivial: this prints, per MT10 paraphrase, the cosine
 (mean-pooled frozen text-encoder features) to the training instruction and to the closest built-in variant.
-Usage: python bench/instruction_similarity.py  -> table + bench/results/instruction_similarity.json
+Usage: python research/probes/instruction_similarity.py  -> table + research/probes/results/instruction_similarity.json
 """
 
 from __future__ import annotations

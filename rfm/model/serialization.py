@@ -1,0 +1,220 @@
+"""How a policy is written to and read from a checkpoint directory (Hugging Face save_pretrained style).
+
+Layout: config.json (format, model config, robot interface, id/version), model.safetensors, stats.json, README.md.
+Written atomically; loading never unpickles; every failure names the file and the problem. The policy is passed in
+(this module does not import RFMPolicy): `RFMPolicy.save_pretrained` / `from_pretrained` call it, and rfm.checkpoint
+offers the same as functions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from rfm._version import __version__
+from rfm.config import ConfigError, PolicyConfig
+from rfm.constants import CHECKPOINT_FORMAT, CONFIG_FILE, MODEL_CARD_FILE, STATS_FILE, WEIGHTS_FILE
+
+
+class CheckpointError(RuntimeError, ValueError):
+    """A checkpoint is missing, corrupt, or does not match its config. The message names the file.
+
+    Also a ValueError, so the CLI reports it like every other bad-input error: one line, exit code 2."""
+
+
+def atomic_dir(target: Path):
+    """Context manager yielding a temp dir next to `target` that replaces `target` only on success."""
+    return _AtomicDir(target)
+
+
+class _AtomicDir:
+    def __init__(self, target: Path) -> None:
+        self.target = Path(target)
+
+    def __enter__(self) -> Path:
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.tmp-", dir=self.target.parent))
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return
+        for f in self.tmp.rglob("*"):  # flush file contents before the rename makes them visible
+            if f.is_file():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+        old = None
+        if self.target.exists():
+            old = self.target.parent / f".{self.target.name}.old-{os.getpid()}"
+            os.replace(self.target, old)
+        os.replace(self.tmp, self.target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _to_dtype(state: dict[str, torch.Tensor], dtype: str) -> dict[str, torch.Tensor]:
+    if dtype not in ("float32", "float16", "bfloat16"):
+        raise ValueError(f"weights_dtype={dtype!r}: expected float32, float16 or bfloat16")
+    target = getattr(torch, dtype)
+    return {k: (v.to(target) if v.is_floating_point() and k.split(".")[-1] not in ("offset", "scale") else v)
+            .detach().cpu().contiguous() for k, v in state.items()}
+
+
+def save_checkpoint(policy, path: str | Path, weights_dtype: str = "float32", card: str | None = None,
+                    state_dict: dict | None = None, extra: Callable[[Path], None] | None = None) -> Path:
+    """Write a policy to `path` atomically: a crash mid-save leaves the previous checkpoint intact.
+
+    state_dict overrides the network's weights (e.g. EMA weights); extra(tmp_dir) writes more files (training state)
+    into the same atomic directory.
+    """
+    path = Path(path)
+    state = _to_dtype(state_dict if state_dict is not None else policy.net.state_dict(), weights_dtype)
+    with atomic_dir(path) as tmp:
+        if extra is not None:
+            extra(tmp)
+        save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "rfm_format": CHECKPOINT_FORMAT})
+        version = hashlib.sha256((tmp / WEIGHTS_FILE).read_bytes()).hexdigest()[:12]
+        policy.meta.setdefault("model_id", path.name)
+        policy.meta["model_version"] = version
+        config = {
+            "format": CHECKPOINT_FORMAT,
+            "rfm_version": __version__,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "weights_dtype": weights_dtype,
+            "text_dim": policy.text.dim,
+            **policy.config.to_dict(),
+            "meta": jsonable(policy.meta),
+        }
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+        (tmp / STATS_FILE).write_text(json.dumps(jsonable(policy.stats), indent=2))
+        (tmp / MODEL_CARD_FILE).write_text(card or model_card(policy, config))
+    return path
+
+
+def jsonable(obj):
+    """Stats may hold numpy arrays/scalars: turn them into plain lists/floats for JSON."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    return obj
+
+
+def read_json(path: Path) -> dict:
+    if not path.exists():
+        raise CheckpointError(f"{path}: missing (a checkpoint directory needs {CONFIG_FILE}, {WEIGHTS_FILE}, "
+                              f"{STATS_FILE})")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def read_config(path: str | Path) -> tuple[PolicyConfig, dict]:
+    """(PolicyConfig, raw config dict) of a checkpoint directory, validated."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: checkpoint directory not found")
+    raw = read_json(path / CONFIG_FILE)
+    if raw.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path / CONFIG_FILE}: format={raw.get('format')!r}, expected {CHECKPOINT_FORMAT!r}")
+    try:
+        return PolicyConfig.from_dict(raw), raw
+    except (ConfigError, TypeError) as e:
+        raise CheckpointError(f"{path / CONFIG_FILE}: {e}") from e
+
+
+def read_checkpoint(path: str | Path) -> tuple[PolicyConfig, dict, dict, dict[str, torch.Tensor]]:
+    """(PolicyConfig, raw config.json, stats.json, weights) of a checkpoint directory, each file checked."""
+    path = Path(path)
+    config, raw = read_config(path)
+    stats = read_json(path / STATS_FILE)
+    weights = path / WEIGHTS_FILE
+    if not weights.exists():
+        raise CheckpointError(f"{weights}: missing")
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{weights}: corrupt or truncated safetensors file ({e})") from e
+    return config, raw, stats, state
+
+
+LEGACY_TRAINING_ONLY = ("env_norm.", "env_query", "env_attn.", "env_out.")
+
+
+def load_into(policy, path: str | Path, raw: dict, stats: dict, state: dict[str, torch.Tensor]) -> None:
+    """Check a checkpoint's text_dim and weights against a freshly built `policy` (an RFMPolicy), then load them."""
+    path = Path(path)
+    weights = path / WEIGHTS_FILE
+    if raw.get("text_dim") not in (None, policy.text.dim):
+        raise CheckpointError(f"{path / CONFIG_FILE}: text_dim={raw['text_dim']} but text encoder "
+                              f"{policy.model_config.text_encoder!r} gives {policy.text.dim}")
+    expected = policy.net.state_dict()
+    # checkpoints from before training aids left the policy carry a training-only environment-state head: not the policy's
+    state = {k: v for k, v in state.items() if not k.startswith(LEGACY_TRAINING_ONLY)}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(f"{weights}: weights do not match {CONFIG_FILE}: missing {missing[:5]}"
+                              f"{' ...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
+                              f"{' ...' if len(unexpected) > 5 else ''}")
+    for k, v in expected.items():
+        if tuple(state[k].shape) != tuple(v.shape):
+            raise CheckpointError(f"{weights}: tensor {k!r} has shape {tuple(state[k].shape)}, "
+                                  f"{CONFIG_FILE} implies {tuple(v.shape)}")
+    policy.net.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
+    policy.stats = {k: v for k, v in stats.items()}  # buffers already hold the normalisation; keep stats for cards
+    policy.meta.setdefault("model_id", path.name)
+
+
+def model_card(policy, config: dict) -> str:
+    """Markdown model card: what the model is, its interface, and whatever training/eval info meta holds."""
+    itf, m, meta = policy.interface, policy.model_config, policy.meta
+    lines = [
+        f"# {meta.get('model_id', 'rfm policy')}",
+        "",
+        "An rfm robot behaviour policy (camera frames + instruction + state -> action chunk).",
+        "",
+        "| field | value |", "|---|---|",
+        f"| preset | {m.preset} |", f"| head | {m.head} |",
+        f"| parameters (trainable) | {policy.num_parameters():,} |",
+        f"| text encoder (frozen, not in this file) | {m.text_encoder} |",
+        f"| cameras | {', '.join(itf.cameras)} at {itf.image_size[0]}x{itf.image_size[1]} |",
+        f"| state | {itf.state_dim}: {', '.join(itf.state_names)} |",
+        f"| action | {itf.action_dim}: {', '.join(itf.action_names)} |",
+        f"| chunk size | {itf.chunk_size} at {itf.control_hz} Hz |",
+        f"| robot type | {itf.robot_type} |",
+        f"| version | {meta.get('model_version', '?')} |",
+        f"| weights dtype | {config.get('weights_dtype')} |",
+    ]
+    for section in ("data", "training", "lineage", "evaluation"):
+        if section in meta:
+            lines += ["", f"## {section.capitalize()}", "", "```json", json.dumps(meta[section], indent=2), "```"]
+    lines += ["", "## Use", "", "```python", "from rfm.runtime import TorchRunner",
+              "runner = TorchRunner.from_checkpoint('<this directory>')",
+              "chunk = runner.predict({'images': {...}, 'state': [...], 'instruction': '...'})", "```", ""]
+    return "\n".join(lines)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)

@@ -1,0 +1,199 @@
+"""`pip install rfm` with no extras is the robot side: the client SDK on numpy + httpx + websockets + msgpack.
+
+The integration tests install the project into a fresh virtualenv (no system site packages) and, from there,
+get action chunks from a real server on the bundled default checkpoint, served from this (full) environment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rfm.client import RFMClient
+from serving.config import ServerConfig
+from serving.server import ServerThread, runner_loader
+
+ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_CHECKPOINT = ROOT / "checkpoints" / "default"
+BASE_DEPENDENCIES = {"numpy", "httpx", "websockets", "msgpack"}
+# Never imported by `import rfm.client`, and never installed by `pip install rfm`.
+HEAVY_MODULES = ("torch", "pyarrow", "fastapi", "uvicorn", "mujoco", "transformers", "onnxruntime")
+RFM_SERVER_SIDE = ("serving", "rfm.runtime", "rfm.model")
+
+
+def _name(requirement: str) -> str:
+    """'uvicorn[standard]>=0.29 ; extra == "serve"' -> 'uvicorn'."""
+    return re.split(r"[\s\[<>=!~;]", requirement.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_import_rfm_client_loads_no_heavy_module():
+    """Here every extra is installed, so this is where importing the SDK could drag one in."""
+    code = (f"import sys, rfm.client; print([m for m in {HEAVY_MODULES + RFM_SERVER_SIDE!r} "
+            "if any(k == m or k.startswith(m + '.') for k in sys.modules)])")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert r.stdout.strip() == "[]", f"import rfm.client imported {r.stdout.strip()}"
+
+
+def test_dependencies_are_the_client_and_extras_hold_the_rest():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert {_name(r) for r in project["dependencies"]} == BASE_DEPENDENCIES
+    extras = project["optional-dependencies"]
+    assert {"serve", "train", "sim", "export", "all", "dev"} <= set(extras)
+
+    def expand(extra: str) -> set[str]:  # an extra's requirement names, self-references ("rfm[a,b]") resolved
+        names = set()
+        for r in extras[extra]:
+            ref = re.fullmatch(r"\s*rfm\[([^\]]+)\].*", r)
+            names |= set().union(*(expand(e.strip()) for e in ref.group(1).split(","))) if ref else {_name(r)}
+        return names
+
+    assert expand("all") == set().union(*(expand(e) for e in extras if e not in ("all", "dev")))
+    # torch, wherever an extra needs it, is the one pinned version that constraints.txt holds too
+    assert {r for reqs in extras.values() for r in reqs if _name(r) == "torch"} == {"torch==2.13.0"}
+    assert "torch==2.13.0" in (ROOT / "constraints.txt").read_text().split()
+
+
+# --- a fresh virtualenv with `pip install <repo>` -----------------------------------------------------------
+
+
+def _source_copy(dest: Path) -> Path:
+    """What a clean checkout holds (tracked and new files, not ignored ones), copied so that the build writes
+    nothing (build/, *.egg-info) into this working tree and cannot package stale files of an old build/."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                            capture_output=True, check=True).stdout.decode().split("\0")
+    for rel in filter(None, listed):
+        src = ROOT / rel
+        if src.is_file():  # a tracked file deleted in the working tree is not part of it
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    return dest
+
+
+def _clean_env() -> dict[str, str]:
+    """No PYTHONPATH (it would put this checkout on sys.path) and no user site packages."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+    return {**env, "PYTHONNOUSERSITE": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+
+
+def _run(args: list, cwd: Path, timeout: float) -> subprocess.CompletedProcess:
+    return subprocess.run([str(a) for a in args], cwd=cwd, env=_clean_env(), capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+@pytest.fixture(scope="module")
+def client_python(tmp_path_factory) -> Path:
+    """The python of a fresh virtualenv holding `pip install rfm` (this repository, no extras)."""
+    root = tmp_path_factory.mktemp("client-install")
+    r = _run([sys.executable, "-m", "venv", root / "venv"], root, 120)
+    assert r.returncode == 0, r.stderr
+    python = root / "venv" / "bin" / "python"
+    # with build isolation: pip fetches the declared setuptools>=68 (the venv's own setuptools is older)
+    r = _run([python, "-m", "pip", "install", "-q", _source_copy(root / "src")], root, 420)
+    if r.returncode != 0:
+        probe = _run([python, "-m", "pip", "download", "-q", "--no-deps", "-d", root / "probe", "msgpack"],
+                     root, 120)
+        if probe.returncode != 0:
+            pytest.skip(f"package registry unreachable (pip download msgpack failed): {probe.stderr[-500:]}")
+        pytest.fail(f"pip install <repo> failed (registry reachable):\n{r.stdout[-2000:]}{r.stderr[-3000:]}")
+    return python
+
+
+@pytest.fixture(scope="module")
+def default_server():
+    with ServerThread(runner_loader(DEFAULT_CHECKPOINT, device="cpu"),
+                      ServerConfig(max_batch=4, warmup_batch_sizes=(1,))) as s:
+        assert s.state.load_error is None, s.state.load_error
+        yield s
+
+
+@pytest.mark.integration
+def test_plain_install_is_the_client_sdk_without_torch(client_python):
+    code = textwrap.dedent(f"""
+        import json, sys
+        from importlib.metadata import distributions, requires
+        import rfm.client
+        from rfm.client import AsyncRFMClient, ChunkExecutor, RFMClient, RFMError
+        from rfm.client.wire import decode_response, encode_observation
+        print(json.dumps({{
+            "rfm_file": rfm.client.__file__,
+            "requires": [r for r in requires("rfm") if "extra ==" not in r],
+            "installed": sorted(d.metadata["Name"].lower() for d in distributions()),
+            "loaded": [m for m in {HEAVY_MODULES + RFM_SERVER_SIDE!r} if m in sys.modules],
+        }}))
+    """)
+    r = _run([client_python, "-c", code], client_python.parent, 120)
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert Path(info["rfm_file"]).is_relative_to(client_python.parents[1]), info["rfm_file"]  # venv, not ROOT
+    assert {_name(x) for x in info["requires"]} == BASE_DEPENDENCIES
+    assert not set(info["installed"]) & {m.replace("_", "-") for m in HEAVY_MODULES}, info["installed"]
+    assert info["loaded"] == []
+
+
+@pytest.mark.integration
+def test_plain_install_rfm_command_lists_its_subcommands(client_python):
+    """The console script comes with every install: building its parser must not need an extra's package."""
+    r = _run([client_python.parent / "rfm", "--help"], client_python.parent, 60)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "serve" in r.stdout and "train" in r.stdout
+
+
+ROBOT_SCRIPT = """
+import asyncio, json, sys
+import numpy as np
+from rfm.client import AsyncRFMClient, ChunkExecutor, RFMClient
+
+url, obs_file = sys.argv[1:3]
+with RFMClient(url, timeout=30) as client:
+    client.wait_ready(30)
+    m = client.models()
+    h, w = m["image_size"]
+    rng = np.random.default_rng(0)
+    obs = {"images": {cam: rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for cam in m["cameras"]},
+           "state": rng.standard_normal(m["state_dim"]).astype(np.float32), "instruction": "open the drawer"}
+    np.savez(obs_file, state=obs["state"], **{"image_" + cam: img for cam, img in obs["images"].items()})
+    chunk = client.act(obs)  # (H, D_a) float32
+
+    async def async_act():
+        async with AsyncRFMClient(url, format="json") as c:
+            return await c.act(obs)
+
+    json_chunk = asyncio.run(async_act())
+    with ChunkExecutor(client, prefetch_steps=4) as ex:
+        steps = [ex.step(obs).shape for _ in range(3)]
+print(json.dumps({"shape": chunk.shape, "dtype": str(chunk.dtype), "chunk": chunk.tolist(),
+                  "json_chunk": json_chunk.tolist(), "steps": steps, "torch": "torch" in sys.modules}))
+"""
+
+
+@pytest.mark.integration
+def test_plain_install_gets_chunks_from_a_real_server(client_python, default_server, tmp_path):
+    (tmp_path / "robot.py").write_text(ROBOT_SCRIPT)
+    r = _run([client_python, tmp_path / "robot.py", default_server.url, tmp_path / "obs.npz"], tmp_path, 120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout)
+
+    interface = json.loads((DEFAULT_CHECKPOINT / "config.json").read_text())["interface"]
+    expected = (interface["chunk_size"], len(interface["action_names"]))  # (16, 4) for checkpoints/default
+    assert tuple(out["shape"]) == expected and out["dtype"] == "float32" and not out["torch"]
+    assert [tuple(s) for s in out["steps"]] == [(expected[1],)] * 3  # ChunkExecutor: one action per tick
+    chunk = np.asarray(out["chunk"], np.float32)
+    assert np.isfinite(chunk).all()
+    np.testing.assert_allclose(np.asarray(out["json_chunk"], np.float32), chunk, atol=1e-5)
+
+    # the robot-side install gets what this environment's client gets for the same observation
+    with np.load(tmp_path / "obs.npz") as f:
+        obs = {"images": {k[len("image_"):]: f[k] for k in f.files if k.startswith("image_")},
+               "state": f["state"], "instruction": "open the drawer"}
+    with RFMClient(default_server.url) as here:
+        np.testing.assert_allclose(here.act(obs), chunk, atol=1e-5)
