@@ -1,6 +1,12 @@
 """Inference latency per action chunk: TorchRunner (eager, torch.compile) vs OnnxRunner (fp32, fp16, int8).
 
     python bench/latency.py [--presets tiny,small] [--heads chunk,flow] [--batch-sizes 1,8,32] [--quick]
+    python bench/latency.py --presets "" --native-frames   # a field robot's native 480 x 640 frames vs the default
+
+--native-frames: the bundled default (2 cameras at 128 x 128) beside a model fine-tuned from it on 480 x 640 data
+(the ALOHA-shaped fixture: 3 cameras, 14 joints; `rfm train --init checkpoints/default`, a few steps: weights do
+not change latency) and served native frames, which the runner fits to the model's 128 x 128; the same model given
+frames already at 128 x 128, and the fitting alone (rfm.imaging.fit_frame, 3 frames), all at batch 1, same run.
 
 Every backend runs the same observations through the full runner path (`runner.predict`: validation, batching,
 cached text features, the network) and is timed side by side in one process; rounds alternate between backends
@@ -180,6 +186,67 @@ def bench_policy(preset: str, head: str, args: argparse.Namespace, peak: float) 
     return rows
 
 
+ROOT = Path(__file__).resolve().parents[1]
+ALOHA = ROOT.parent / "shared" / "fixtures" / "lerobot-v3.0" / "aloha-480x640"
+
+
+def native_checkpoint(workdir: Path) -> Path:
+    """A model fine-tuned on 480 x 640 data: 2 steps of rfm train --init checkpoints/default on the ALOHA fixture."""
+    from rfm.train.config import TrainConfig
+    from rfm.train.loop import train
+
+    cfg = TrainConfig(dataset=str(ALOHA), out=str(workdir / "native"), init=str(ROOT / "checkpoints" / "default"),
+                      steps=2, batch_size=2, num_workers=0, warmup_steps=0, save_every=2, log_every=1)
+    return train(cfg, progress=False)
+
+
+def bench_native(args: argparse.Namespace) -> list[dict]:
+    """Rows: the default at its own frames, the 480 x 640 fine-tune at native and at model-size frames, the fit."""
+    from rfm.imaging import fit_frame
+    from rfm.runtime import TorchRunner
+
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = Path(args.native_checkpoint) if args.native_checkpoint else native_checkpoint(Path(tmp))
+        default = TorchRunner.from_checkpoint(ROOT / "checkpoints" / "default")
+        native = TorchRunner.from_checkpoint(ckpt)
+
+    def obs(itf, native_frames: bool) -> list[dict]:
+        size = {c: (itf.native_size(c) if native_frames else tuple(itf.image_size)) for c in itf.cameras}
+        return [{"images": {c: rng.integers(0, 256, (*size[c], 3), dtype=np.uint8) for c in itf.cameras},
+                 "state": rng.standard_normal(itf.state_dim).astype(np.float32).tolist(), "instruction": INSTRUCTION}]
+
+    itf = native.interface
+    cases = {"default@128x128": (default, obs(default.interface, False)),
+             "native@480x640": (native, obs(itf, True)),
+             "native@128x128": (native, obs(itf, False))}
+    frames = [o for o in cases["native@480x640"][1][0]["images"].values()]
+    for runner, o in cases.values():  # warm-up
+        for _ in range(3):
+            runner.predict(o)
+    times: dict[str, list[float]] = {k: [] for k in [*cases, "fit 3 frames"]}
+    for _ in range(args.rounds):
+        for name, (runner, o) in cases.items():
+            for _ in range(args.iters):
+                t = time.perf_counter()
+                runner.predict(o)
+                times[name].append(time.perf_counter() - t)
+        for _ in range(args.iters):
+            t = time.perf_counter()
+            for f in frames:
+                fit_frame(f, tuple(itf.image_size), itf.aspect)
+            times["fit 3 frames"].append(time.perf_counter() - t)
+    base = float(np.median(times["default@128x128"]))
+    rows = []
+    for name, ts in times.items():
+        p50, p99 = float(np.median(ts)), float(np.percentile(ts, 99))
+        rows.append({"case": name, "p50_ms": 1e3 * p50, "p99_ms": 1e3 * p99, "vs_default": p50 / base,
+                     "cameras": len(itf.cameras) if name != "default@128x128" else 2})
+        print(f"native-frames {name:<16} p50 {1e3 * p50:7.2f} ms  p99 {1e3 * p99:7.2f} ms  "
+              f"{p50 / base:5.2f}x the default", flush=True)
+    return rows
+
+
 def print_rows(rows: list[dict]) -> None:
     for r in rows:
         head = f"{r['preset']:<6} {r['head']:<5} B={r['batch']:<3} {r['backend']:<14}"
@@ -242,6 +309,10 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="smoke test: tiny preset, chunk head, batch 1 and 8, few iterations",
     )
+    ap.add_argument("--native-frames", action="store_true",
+                    help="also time a model fine-tuned on 480 x 640 data served native frames, beside the default")
+    ap.add_argument("--native-checkpoint", default=None,
+                    help="that model (default: fine-tuned here from checkpoints/default on the ALOHA fixture)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "latency.json"))
     args = ap.parse_args(argv)
     if args.quick:
@@ -285,6 +356,7 @@ def main(argv: list[str] | None = None) -> int:
         for h in args.heads:
             rows += bench_policy(p, h, args, max(peaks))
             peaks.append(peak_matmul_flops())  # re-probed between configs: other load only lowers it
+    native_rows = bench_native(args) if args.native_frames else None
     info["peak_matmul_gflops_fp32_probes"] = [round(v / 1e9, 1) for v in peaks]
     info["peak_matmul_gflops_fp32"] = max(peaks) / 1e9
     for r in rows:  # % of the best probe: the closest this shared machine came to its real ceiling
@@ -299,6 +371,7 @@ def main(argv: list[str] | None = None) -> int:
         "method": "runner.predict() p50/p99 over alternating rounds; text features cached; synthetic obs",
         "reference": "LeRobot ACT (51.6 M params, one 224 px camera): ~108 ms/chunk, PyTorch, this machine",
         "rows": rows,
+        **({"native_frames": native_rows} if native_rows is not None else {}),
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -151,17 +151,19 @@ def decode_image_file(data: bytes, what: str) -> np.ndarray:
                            f"uint8 pixels") from e
 
 
-def decode_image(value: Any, cam: str, image_size: tuple[int, int]) -> np.ndarray:
-    """Any image encoding listed in the module docstring -> numpy array (validated later by the runtime)."""
+def decode_image(value: Any, cam: str, sizes: list[tuple[int, int]]) -> np.ndarray:
+    """Any image encoding listed in the module docstring -> numpy array (validated later by the runtime).
+
+    sizes: the (H, W) this camera may send (native, then the model's), for raw bytes that carry no shape."""
     what = f"image {cam!r}"
     if isinstance(value, np.ndarray):
         return value
     if isinstance(value, dict):
         return raw_array(value.get("data"), value.get("shape"), value.get("dtype"), what)
     if isinstance(value, (bytes, bytearray)):
-        h, w = image_size
-        if len(value) == h * w * 3:
-            return np.frombuffer(bytes(value), np.uint8).reshape(h, w, 3)
+        for h, w in sizes:
+            if len(value) == h * w * 3:
+                return np.frombuffer(bytes(value), np.uint8).reshape(h, w, 3)
         return decode_image_file(bytes(value), what)
     if isinstance(value, str):
         return decode_image_file(b64decode(value, what), what)
@@ -198,7 +200,7 @@ def _ident(obj: dict, key: str) -> str | None:
     return v
 
 
-def parse_act(obj: Any, cameras: list[str], image_size: tuple[int, int]) -> ActRequest:
+def parse_act(obj: Any, cameras: list[str], sizes: dict[str, list[tuple[int, int]]]) -> ActRequest:
     """Decoded body -> ActRequest with numpy images; unknown cameras pass through (the runtime names them)."""
     if not isinstance(obj, dict):
         raise PayloadError(f"body must be an object with {IMAGES!r}, {STATE!r}, {INSTRUCTION!r}, got "
@@ -213,7 +215,7 @@ def parse_act(obj: Any, cameras: list[str], image_size: tuple[int, int]) -> ActR
     if not isinstance(instruction, str) or len(instruction) > 4096:
         raise PayloadError(f"{INSTRUCTION!r} must be a string of at most 4096 characters, got "
                            f"{type(instruction).__name__}")
-    decoded = {str(cam): decode_image(img, str(cam), image_size) for cam, img in images.items()}
+    decoded = {str(cam): decode_image(img, str(cam), sizes.get(str(cam), [])) for cam, img in images.items()}
     observation = {IMAGES: decoded, STATE: decode_state(obj[STATE]), INSTRUCTION: instruction}
     return ActRequest(observation, _ident(obj, "request_id"), _ident(obj, "robot_id"), _ident(obj, "session_id"),
                       *_labels(obj))

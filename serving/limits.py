@@ -1,7 +1,8 @@
 """Per-dimension action limits: clip every chunk before it leaves the server, and say which dims were clipped.
 
-Limits come from a JSON file ({"min": [...], "max": [...]} or {action_name: [lo, hi]}) or from the checkpoint's
-stats.json (action min/max, widened by a margin that is a fraction of the range).
+Limits come from a JSON file ({"min": [...], "max": [...]} or {action_name: [lo, hi]}) or from the stats.json of the
+checkpoint or of its `rfm export` directory, which carries the same file (action min/max, widened by a margin that
+is a fraction of the range): one path, so both clip identically.
 """
 
 from __future__ import annotations
@@ -63,7 +64,8 @@ class ActionLimits:
 
     @classmethod
     def from_stats(cls, checkpoint: str | Path, names: list[str], margin: float = 0.1) -> ActionLimits | None:
-        """Limits from stats.json action min/max plus margin*(max-min); None when the stats have no min/max."""
+        """Limits from stats.json (checkpoint or export dir) action min/max plus margin*(max-min); None when the
+        directory has no stats.json or the stats have no action min/max."""
         path = Path(checkpoint) / STATS_FILE
         if not path.is_file():
             return None

@@ -90,7 +90,7 @@ class OpenpiMapping:
     def to_dict(self) -> dict:
         return {"images": self.images, "state": self.state, "prompt": self.prompt}
 
-    def to_observation(self, obs: Any, cameras: list[str], image_size: tuple[int, int]) -> dict:
+    def to_observation(self, obs: Any, cameras: list[str], sizes: dict[str, list[tuple[int, int]]]) -> dict:
         """openpi observation dict -> rfm observation {"images", "state", "instruction"}; errors name the keys."""
         if not isinstance(obs, dict):
             raise PayloadError(f"openpi observation must be a map of key -> value, got {type(obs).__name__}")
@@ -101,7 +101,7 @@ class OpenpiMapping:
             if found is None:
                 raise PayloadError(f"no image for camera {cam!r}: expected one of the keys {keys}; got keys "
                                    f"{sorted(map(str, obs))[:12]}")
-            images[cam] = decode_image(found, cam, image_size)
+            images[cam] = decode_image(found, cam, sizes[cam])
         parts = []
         for k in self.state:
             v = _lookup(obs, k)

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from rfm.runtime import Runner
+from rfm.runtime.observation import accepted_sizes
 from serving import codec
 from serving.audit import AuditLog
 from serving.auth import ApiKeys
@@ -100,7 +101,7 @@ async def decode_act(service: InferenceService, body: bytes, fmt: str) -> codec.
     itf = service.interface
 
     def decode() -> codec.ActRequest:
-        return codec.parse_act(codec.loads(body, fmt), itf.cameras, itf.image_size)
+        return codec.parse_act(codec.loads(body, fmt), itf.cameras, accepted_sizes(itf))
 
     if len(body) > (JSON_DECODE_IN_THREAD_BYTES if fmt == "json" else DECODE_IN_THREAD_BYTES):
         return await asyncio.to_thread(decode)

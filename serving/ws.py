@@ -7,6 +7,7 @@ import uuid
 
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 
+from rfm.runtime.observation import accepted_sizes
 from serving import codec, openpi
 from serving.codec import ActRequest
 from serving.errors import ApiError, PayloadTooLarge, to_api_error
@@ -102,7 +103,7 @@ def add_websocket_routes(app: FastAPI, state: ServerState) -> None:
                         raise ApiError(422, "invalid_payload", "openpi frames must be binary msgpack, got text")
                     if len(body) > limit:
                         raise PayloadTooLarge(f"message is {len(body)} bytes, the limit is {limit}")
-                    obs = state.openpi.to_observation(openpi.unpack(body), itf.cameras, itf.image_size)
+                    obs = state.openpi.to_observation(openpi.unpack(body), itf.cameras, accepted_sizes(itf))
                     result = await service.act(ActRequest(obs, session_id=session), client_id, "/openpi", t0)
                 except Exception as e:  # noqa: BLE001 - openpi convention: text frame, then close 1011
                     err = to_api_error(e, state.config.retry_after_s)

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from rfm.cli.main import CLIError
+from rfm.cli.errors import CLIError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -24,7 +24,8 @@ def _load_results(path: str) -> dict:
         raise CLIError(f"{path}: file not found") from e
     except json.JSONDecodeError as e:
         raise CLIError(f"{path}: not JSON ({e})") from e
-    for field in ("tasks", "mean_success_rate", "seeds"):
+    offline = ("dataset", "mae", "nmae", "mean_nmae")  # `rfm eval --dataset --out`
+    for field in offline if results.get("kind") == "offline" else ("tasks", "mean_success_rate", "seeds"):
         if field not in results:
             raise CLIError(f"{path}: no {field!r} field; expected the JSON `rfm eval --out` writes")
     return results
@@ -48,6 +49,10 @@ def run(args: argparse.Namespace) -> int:
     if not evals:
         print(f"{args.checkpoint}: no evaluations recorded (rfm eval --update-card, or rfm card --add)")
     for key, e in evals.items():
+        if e.get("kind") == "offline":
+            nmae = "-" if e["mean_nmae"] is None else f"{e['mean_nmae']:.3f}"
+            print(f"{key:<40}nMAE {nmae}  {e['frames']} frames of {len(e['episodes'])} episodes (offline)")
+            continue
         print(f"{key:<40}{e['mean_success_rate'] * 100:6.1f}%  {e['episodes_per_task']} episodes x "
               f"{len(e['tasks'])} tasks, seeds from {e['seed']}")
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from rfm.cli.main import CLIError
+from rfm.cli.errors import CLIError
 from rfm.constants import STEPS_AFTER_SUCCESS
 
 

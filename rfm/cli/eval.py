@@ -1,4 +1,5 @@
-"""`rfm eval`: closed-loop success rates of a checkpoint (or ONNX export) in simulation."""
+"""`rfm eval`: closed-loop success rates of a checkpoint (or ONNX export) in simulation, or with --dataset the
+open-loop action error on recorded episodes of a real dataset (rfm.eval.offline), no simulator needed."""
 
 from __future__ import annotations
 
@@ -6,16 +7,26 @@ import argparse
 import json
 from pathlib import Path
 
-from rfm.cli.main import CLIError
+from rfm.cli.errors import CLIError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="closed-loop evaluation in simulation (success rate per task)")
+    p = sub.add_parser("eval", help="closed-loop evaluation in simulation (success rate per task); with --dataset, "
+                                    "open-loop action error on a recorded dataset")
     p.add_argument("--checkpoint", required=True, help="checkpoint dir (torch) or export dir (onnx)")
     p.add_argument("--backend", default="torch", choices=["torch", "onnx"])
     p.add_argument("--env", default="metaworld", choices=["metaworld"])
     p.add_argument("--tasks", default="mt10", help="comma-separated tasks, or mt10")
-    p.add_argument("--episodes", type=int, default=50, help="episodes per task")
+    p.add_argument("--episodes", default=None,
+                   help="episodes per task (default 50); with --dataset, the episode indices, e.g. 0,3,5 (default: "
+                        "those the checkpoint's training held out of it, else all)")
+    p.add_argument("--dataset", default=None, metavar="DIR",
+                   help="offline: compare each frame's predicted chunk with the recorded actions of this LeRobot "
+                        "dataset (same robot as the checkpoint)")
+    p.add_argument("--last", type=int, default=None, metavar="N", help="with --dataset: its last N episodes")
+    p.add_argument("--stride", type=int, default=1, metavar="K", help="with --dataset: every K-th frame")
+    p.add_argument("--plot", default=None, metavar="PNG",
+                   help="with --dataset: predicted vs recorded actions of the worst and a typical episode")
     p.add_argument("--paraphrase", action="store_true", help="use instructions never seen in training")
     p.add_argument("--ensemble", action="store_true", help="ACT temporal ensembling (predict every step)")
     p.add_argument("--ensemble-m", type=float, default=0.01)
@@ -34,9 +45,31 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+# simulation-only options and their defaults: given with --dataset, they would silently do nothing
+SIM_ONLY = {"tasks": "mt10", "paraphrase": False, "ensemble": False, "action_steps": None, "snap_instructions": None,
+            "seed": None, "max_steps": None, "video_dir": None, "workers": 1}
+
+
+def _int_list(text: str, flag: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError as e:
+        raise CLIError(f"{flag} {text!r}: expected comma-separated episode indices, e.g. 0,3,5") from e
+
+
 def run(args: argparse.Namespace) -> int:
     from rfm.eval import evaluate, format_table
 
+    if args.dataset is not None:
+        return run_offline(args)
+    given = [f"--{k}" for k in ("last", "plot") if getattr(args, k) is not None]
+    given += ["--stride"] if args.stride != 1 else []
+    if given:
+        raise CLIError(f"{', '.join(given)}: only with --dataset")
+    try:
+        args.episodes = 50 if args.episodes is None else int(args.episodes)
+    except ValueError as e:
+        raise CLIError(f"--episodes {args.episodes!r}: expected a number of episodes per task") from e
     if args.episodes < 1:
         raise CLIError(f"--episodes {args.episodes}: expected >= 1")
     if not Path(args.checkpoint).is_dir():
@@ -54,11 +87,49 @@ def run(args: argparse.Namespace) -> int:
         Path(args.out).write_text(json.dumps(results, indent=2))
         print(f"wrote {args.out}")
     if args.update_card:
-        from rfm.eval.card import CardError, record_in_card
-
-        try:
-            key = record_in_card(args.checkpoint, results)
-        except CardError as e:  # e.g. the weights were replaced while the rollouts ran
-            raise CLIError(str(e)) from e
-        print(f"recorded as {key!r} in {args.checkpoint}/config.json and README.md")
+        _record(args.checkpoint, results)
     return 0
+
+
+def run_offline(args: argparse.Namespace) -> int:
+    """rfm eval --dataset: open-loop errors of the checkpoint's chunks against the recorded actions."""
+    from rfm.eval.offline import format_offline, offline_eval
+
+    given = [f"--{k.replace('_', '-')}" for k, v in SIM_ONLY.items() if getattr(args, k) != v]
+    if given:
+        raise CLIError(f"{', '.join(given)}: simulation only, not with --dataset")
+    if not Path(args.dataset).is_dir():
+        raise CLIError(f"{args.dataset}: dataset directory not found")
+    if not Path(args.checkpoint).is_dir():
+        raise CLIError(f"{args.checkpoint}: checkpoint directory not found")
+    if args.update_card and args.backend != "torch":
+        raise CLIError("--update-card needs --backend torch (a checkpoint directory)")
+    if args.stride < 1:
+        raise CLIError(f"--stride {args.stride}: expected >= 1")
+    if args.episodes is not None and args.last is not None:
+        raise CLIError("--episodes and --last: give one of them")
+    episodes = _int_list(args.episodes, "--episodes") if args.episodes is not None else None
+    results, preds = offline_eval(args.checkpoint, args.dataset, episodes=episodes, last=args.last,
+                                  stride=args.stride, backend=args.backend, progress=not args.no_progress)
+    print(format_offline(results))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(results, indent=2))
+        print(f"wrote {args.out}")
+    if args.plot:
+        from rfm.eval.offline_plot import plot_offline
+
+        print(f"wrote {plot_offline(preds, results, args.plot)}")
+    if args.update_card:
+        _record(args.checkpoint, results)
+    return 0
+
+
+def _record(checkpoint: str, results: dict) -> None:
+    from rfm.eval.card import CardError, record_in_card
+
+    try:
+        key = record_in_card(checkpoint, results)
+    except CardError as e:  # e.g. the weights were replaced while the evaluation ran
+        raise CLIError(str(e)) from e
+    print(f"recorded as {key!r} in {checkpoint}/config.json and README.md")

@@ -92,6 +92,10 @@ def run(args: argparse.Namespace) -> int:
             f"{q['quantized_ops']}, calibrated on {q['calibration']['samples']} {q['calibration']['source']} "
             "samples"
         )
+    calibration = manifest.get("calibration")
+    if calibration:
+        note = " (not camera frames: pass --calib-dataset for a more accurate int8 graph)"
+        print(f"  calibration: {calibration}{note if calibration == 'synthetic' else ''}")
     print(f"  files: {', '.join(files)}")
     print(format_report(manifest["parity"], manifest["interface"]["action_names"]))
     return 0

@@ -8,6 +8,8 @@ import importlib
 import os
 import sys
 
+from rfm.cli.errors import CLIError
+
 # Idle OpenMP threads sleep instead of spinning: with spinning, two torch processes on a small CPU slow each other
 # down by 10-100x (measured: 7 ms -> 1 s per chunk). Must be set before torch is imported; users can override.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -31,9 +33,6 @@ COMMANDS = {
 EXTRAS = {"serve": "serve", "train": "train", "data": "train,sim", "info": "train", "average": "train",
           "export": "export", "fleet": "sim", "eval": "sim,train", "card": "train", "compare": "train"}
 
-
-class CLIError(Exception):
-    """A user error: printed as 'rfm: error: ...' with exit code 2, never as a traceback."""
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -24,7 +24,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resize-images", action="store_true", help="resize wrong-size images instead of a 422")
     p.add_argument("--audit-log", default=None, help="JSON-lines audit log file")
     p.add_argument("--action-limits", default=None,
-                   help="JSON action limits {min: [...], max: [...]}; default: stats.json min/max with a margin")
+                   help="JSON action limits {min: [...], max: [...]}; default: the stats.json min/max (of the "
+                        "checkpoint or export dir) with a margin")
     p.add_argument("--action-margin", type=float, default=0.1, help="margin on stats min/max (fraction of range)")
     p.add_argument("--openpi-mapping", default=None, help="JSON mapping of openpi keys to cameras/state/prompt")
     p.add_argument("--max-body-mb", type=float, default=8.0, help="HTTP body and WebSocket message limit")
@@ -45,6 +46,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from rfm.cli.main import CLIError
+    from rfm.constants import STATS_FILE
     from serving.config import ServerConfig, default_checkpoint
     from serving.server import runner_loader, serve, set_threads
 
@@ -68,6 +70,9 @@ def run(args: argparse.Namespace) -> int:
 
         ApiKeys.from_file(config.api_keys_file)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.action_limits and not (ckpt / STATS_FILE).is_file():  # e.g. an export from an older rfm
+        logging.getLogger("rfm.serving").warning("%s has no %s: serving WITHOUT action limits (pass "
+                                                 "--action-limits, or export the checkpoint again)", ckpt, STATS_FILE)
     set_threads(args.threads)
     if args.backend == "torch":
         kw: dict = {"device": args.device}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from rfm.cli.main import CLIError
+from rfm.cli.errors import CLIError
 from rfm.train.config import BALANCE_MODES, TrainConfig, read_config_file
 
 NOT_CONFIG = ("config", "set", "threads", "no_progress", "func", "command")  # flags that are not TrainConfig fields

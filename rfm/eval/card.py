@@ -30,7 +30,10 @@ def weights_digest(checkpoint: str | Path) -> str | None:
 
 def card_key(results: dict) -> str:
     """The card entry's name, one per execution mode and seed block, so --action-steps 8 never overwrites the
-    whole-chunk result, nor a second block of seeds (`rfm eval --seed`) the first."""
+    whole-chunk result, nor a second block of seeds (`rfm eval --seed`) the first. Offline results
+    (`rfm eval --dataset`): one entry per dataset."""
+    if results.get("kind") == "offline":
+        return f"offline-{Path(results['dataset']).resolve().name}"
     steps = f"-steps{results['action_steps']}" if results.get("action_steps") and not results.get("ensemble") else ""
     snap = results.get("snap_instructions")
     snap = f"-snap{snap:g}" if snap is not None else ""
@@ -41,12 +44,25 @@ def card_key(results: dict) -> str:
 
 
 def card_entry(results: dict) -> dict:
-    """What the card keeps of an `rfm eval` results dict: rates per task, not every rollout."""
+    """What the card keeps of an `rfm eval` results dict: rates per task, not every rollout (offline: the errors
+    per action dimension and chunk step, not the worst episodes)."""
+    if results.get("kind") == "offline":
+        keep = ("kind", "dataset", "episodes", "stride", "frames", "mae", "mean_mae", "mae_by_step", "nmae", "mean_nmae")
+        return {k: _rounded(results[k]) for k in keep}
     return {"mean_success_rate": round(results["mean_success_rate"], 6),
             "tasks": {t: r["success_rate"] for t, r in results["tasks"].items()},
             "episodes_per_task": max(r["episodes"] for r in results["tasks"].values()),
             "seed": min(results["seeds"]), "action_steps": results.get("action_steps"),
             "ensemble": bool(results.get("ensemble")), "snap_instructions": results.get("snap_instructions")}
+
+
+def _rounded(v):
+    """Floats (also inside lists and dicts) to 6 digits, as the card shows means."""
+    if isinstance(v, float):
+        return round(v, 6)
+    if isinstance(v, dict):
+        return {k: _rounded(x) for k, x in v.items()}
+    return [_rounded(x) for x in v] if isinstance(v, list) else v
 
 
 def check_same_weights(checkpoint: str | Path, results: dict, source: str = "results") -> None:

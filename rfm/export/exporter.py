@@ -4,8 +4,12 @@ Export dir layout (flat, written atomically):
     policy.onnx         the policy at the requested precision (see rfm.export.graph for its I/O)
     text_encoder.onnx   the frozen sentence encoder, fp32 (run once per new instruction, then cached)
     tokenizer.json ...  the text encoder's tokenizer files
-    instructions.npz    optional precomputed text features for a fixed instruction set
-    export.json         I/O spec, robot interface, model identity, precision/target, quantisation, parity
+    instructions.npz    precomputed text features: the trained instructions (config.json meta.data.tasks) plus
+                        any asked for (ExportConfig.instructions); absent when there are none
+    stats.json          the checkpoint's normalisation stats, as in the checkpoint: `rfm serve` derives its
+                        action limits from them exactly as for the checkpoint (serving.limits)
+    export.json         I/O spec, robot interface, model identity, precision/target, calibration, quantisation,
+                        parity
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rfm.constants import STATS_FILE
 from rfm.export.quantize import PRECISIONS, TARGETS
 from rfm.runtime.manifest import (  # the export directory's format: written here, read by the ONNX runner
     EXPORT_FILE,
@@ -104,6 +109,13 @@ def _write_tokenizer(text, tmp: Path) -> dict:
     }
 
 
+def calibration_source(cfg: ExportConfig) -> str | None:
+    """What int8 activation ranges were calibrated on: "synthetic" or "dataset: PATH"; None for fp32/fp16."""
+    if cfg.precision != "int8":
+        return None
+    return f"dataset: {cfg.calib_dataset}" if cfg.calib_dataset else "synthetic"
+
+
 def _text_parity(text, session) -> float:
     texts = [
         "pick up the red block",
@@ -126,6 +138,7 @@ def export_checkpoint(checkpoint, out: str | Path, config: ExportConfig | None =
     from rfm.export.quantize import to_fp16, to_int8
     from rfm.export.samples import dataset_samples, synthetic_samples
     from rfm.model.policy import RFMPolicy
+    from rfm.model.serialization import jsonable
 
     cfg = config or ExportConfig()
     out = Path(out)
@@ -137,6 +150,9 @@ def export_checkpoint(checkpoint, out: str | Path, config: ExportConfig | None =
     policy.to("cpu")
     _check_out_dir(out, ckpt_dir)
     itf, m = policy.interface, policy.model_config
+    calibration = calibration_source(cfg)  # "synthetic": synthetic_samples logs a warning
+    trained = list(policy.meta.get("data", {}).get("tasks", []))  # for instruction snapping
+    table = list(dict.fromkeys([*cfg.instructions, *trained]))  # precomputed into instructions.npz
 
     if cfg.calib_dataset:
         samples = dataset_samples(
@@ -191,12 +207,12 @@ def export_checkpoint(checkpoint, out: str | Path, config: ExportConfig | None =
             text_err = _text_parity(
                 policy.text, ort.InferenceSession(str(tmp / TEXT_FILE), providers=["CPUExecutionProvider"])
             )
-        if cfg.instructions:
-            feats, mask = policy.text.encode(cfg.instructions)
-            np.savez(
-                tmp / INSTRUCTIONS_FILE, instructions=np.array(cfg.instructions), features=feats, mask=mask
-            )
-            text_info["instructions"] = {"file": INSTRUCTIONS_FILE, "count": len(cfg.instructions)}
+        if table:
+            feats, mask = policy.text.encode(table)
+            np.savez(tmp / INSTRUCTIONS_FILE, instructions=np.array(table), features=feats, mask=mask)
+            text_info["instructions"] = {"file": INSTRUCTIONS_FILE, "count": len(table)}
+        # the same file the checkpoint holds, written the same way: serving derives limits from it (one path)
+        (tmp / STATS_FILE).write_text(json.dumps(jsonable(policy.stats), indent=2))
 
         session = ort.InferenceSession(str(tmp / POLICY_FILE), providers=["CPUExecutionProvider"])
         held = observation_arrays(policy, samples.held_out, seed=2)
@@ -213,19 +229,21 @@ def export_checkpoint(checkpoint, out: str | Path, config: ExportConfig | None =
             "rfm_version": _rfm_version(),
             "model_id": policy.meta.get("model_id", "rfm"),
             "model_version": policy.meta.get("model_version", "unsaved"),
-            "trained_instructions": list(policy.meta.get("data", {}).get("tasks", [])),  # for instruction snapping
+            "trained_instructions": trained,
             "checkpoint": str(ckpt_dir) if ckpt_dir else None,
             "preset": m.preset,
             "head": m.head,
             "flow_steps": m.flow_steps if m.head == "flow" else None,
             "precision": cfg.precision,
             "target": cfg.target,
+            "calibration": calibration,
             "opset": cfg.opset,
             "exporter": exporter,
             "policy": POLICY_FILE,
             "inputs": spec["inputs"],
             "outputs": spec["outputs"],
             "interface": itf.to_dict(),
+            "stats": STATS_FILE,
             "normalization": {
                 "mode": m.norm_mode,
                 "inside_graph": True,

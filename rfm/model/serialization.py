@@ -195,7 +195,10 @@ def model_card(policy, config: dict) -> str:
         f"| preset | {m.preset} |", f"| head | {m.head} |",
         f"| parameters (trainable) | {policy.num_parameters():,} |",
         f"| text encoder (frozen, not in this file) | {m.text_encoder} |",
-        f"| cameras | {', '.join(itf.cameras)} at {itf.image_size[0]}x{itf.image_size[1]} |",
+        f"| cameras | {', '.join(itf.cameras)}, fitted ({itf.aspect}) to {itf.image_size[0]}x{itf.image_size[1]} |",
+        f"| native frames | {_sizes(itf)} |",
+        f"| calibrated cameras | {', '.join(sorted(itf.calibration or {})) or 'none'} |",
+        f"| end effector | {', '.join(itf.ee_position or []) or 'none'} |",
         f"| state | {itf.state_dim}: {', '.join(itf.state_names)} |",
         f"| action | {itf.action_dim}: {', '.join(itf.action_names)} |",
         f"| chunk size | {itf.chunk_size} at {itf.control_hz} Hz |",
@@ -203,6 +206,9 @@ def model_card(policy, config: dict) -> str:
         f"| version | {meta.get('model_version', '?')} |",
         f"| weights dtype | {config.get('weights_dtype')} |",
     ]
+    dropped = meta.get("training", {}).get("init_dropped")
+    if dropped:
+        lines += ["", "## Dropped from the init checkpoint", ""] + [f"- {d}" for d in dropped]
     for section in ("data", "training", "lineage", "evaluation"):
         if section in meta:
             lines += ["", f"## {section.capitalize()}", "", "```json", json.dumps(meta[section], indent=2), "```"]
@@ -210,6 +216,11 @@ def model_card(policy, config: dict) -> str:
               "runner = TorchRunner.from_checkpoint('<this directory>')",
               "chunk = runner.predict({'images': {...}, 'state': [...], 'instruction': '...'})", "```", ""]
     return "\n".join(lines)
+
+
+def _sizes(itf) -> str:
+    sizes = {c: itf.native_size(c) for c in itf.cameras}
+    return ", ".join(f"{c} {h}x{w}" for c, (h, w) in sizes.items())
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -2,6 +2,8 @@
 
 An observation (one robot, one timestep) is a dict:
     {"images": {camera: (H, W, 3) uint8}, "state": (D_s,) float, "instruction": str}
+with each camera's frame at its native size (interface.native_sizes) or the model's input size; frames are fitted to
+the model's size here, by rfm.imaging, the same path training took.
 Errors say what was expected and what arrived, and are raised before any model code runs.
 """
 
@@ -15,6 +17,7 @@ import numpy as np
 
 from rfm.config import RobotInterface, did_you_mean
 from rfm.constants import IMAGES, INSTRUCTION, STATE
+from rfm.imaging import fit_frame
 
 
 class ObservationError(ValueError):
@@ -33,29 +36,36 @@ class Batch:
         return self.images.shape[0]
 
 
-def _resize(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    from PIL import Image
+def check_image(cam: str, img: Any, interface: RobotInterface, resize: bool = False, where: str = "") -> np.ndarray:
+    """(3, h, w) uint8 at the model's input size from an (H, W, 3) or (3, H, W) uint8 frame.
 
-    return np.asarray(Image.fromarray(img).resize((size[1], size[0]), Image.BILINEAR))
-
-
-def check_image(cam: str, img: Any, size: tuple[int, int], resize: bool = False, where: str = "") -> np.ndarray:
-    """(3, H, W) uint8 from an (H, W, 3) or (3, H, W) uint8 array; optional resize of HWC input."""
+    A frame of the camera's declared native size (interface.native_sizes) or already of the model's size is
+    accepted and fitted with rfm.imaging (the path training used); any other size is an error, unless `resize`
+    (the server's --resize-images) fits it anyway.
+    """
+    size, native = tuple(interface.image_size), tuple(interface.native_size(cam))
     arr = np.asarray(img)
     if arr.dtype != np.uint8:
         raise ObservationError(f"{where}image {cam!r} has dtype {arr.dtype}, expected uint8 (0-255)")
     if arr.ndim != 3 or 3 not in (arr.shape[0], arr.shape[-1]):
         raise ObservationError(f"{where}image {cam!r} has shape {arr.shape}, expected (H, W, 3) = "
-                               f"({size[0]}, {size[1]}, 3)")
+                               f"({native[0]}, {native[1]}, 3)")
     chw = arr.shape[0] == 3 and arr.shape[-1] != 3
-    hw = arr.shape[1:] if chw else arr.shape[:2]
-    if tuple(hw) != tuple(size):
-        if not resize:
-            raise ObservationError(f"{where}image {cam!r} is {hw[0]}x{hw[1]}, the model expects "
-                                   f"{size[0]}x{size[1]} (H x W)")
-        arr = _resize(arr.transpose(1, 2, 0) if chw else arr, size)
-        chw = False
-    return np.ascontiguousarray(arr if chw else arr.transpose(2, 0, 1))
+    hw = tuple(arr.shape[1:] if chw else arr.shape[:2])
+    if hw == size:
+        return np.ascontiguousarray(arr if chw else arr.transpose(2, 0, 1))
+    if hw != native and not resize:
+        expected = f"{native[0]}x{native[1]} (interface.native_sizes.{cam})" if native != size else ""
+        raise ObservationError(f"{where}image {cam!r} is {hw[0]}x{hw[1]} (H x W): expected "
+                               f"{expected + ' or ' if expected else ''}the model's input size {size[0]}x{size[1]}")
+    fitted = fit_frame(np.ascontiguousarray(arr.transpose(1, 2, 0)) if chw else arr, size, interface.aspect)
+    return np.ascontiguousarray(fitted.transpose(2, 0, 1))
+
+
+def accepted_sizes(interface: RobotInterface) -> dict[str, list[tuple[int, int]]]:
+    """{camera: [(H, W), ...]} the frames a robot may send: its native size, then the model's input size."""
+    return {c: list(dict.fromkeys([tuple(interface.native_size(c)), tuple(interface.image_size)]))
+            for c in interface.cameras}
 
 
 def check_state(state: Any, interface: RobotInterface, where: str = "") -> np.ndarray:
@@ -89,7 +99,7 @@ def check_observation(obs: Mapping[str, Any], interface: RobotInterface, resize:
     missing = [c for c in interface.cameras if c not in images]
     if missing:
         raise ObservationError(f"{where}missing camera(s) {missing}: the model expects {interface.cameras}")
-    imgs = np.stack([check_image(c, images[c], interface.image_size, resize, where) for c in interface.cameras])
+    imgs = np.stack([check_image(c, images[c], interface, resize, where) for c in interface.cameras])
     state = check_state(obs.get(STATE, []), interface, where)
     instruction = obs.get(INSTRUCTION, "")
     if not isinstance(instruction, str):

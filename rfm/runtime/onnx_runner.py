@@ -173,6 +173,12 @@ class OnnxRunner(Runner):
     def encode_text(self, instructions: list[str]) -> tuple[np.ndarray, np.ndarray]:
         return self.text.encode(list(instructions))
 
+    def dummy_observation(self, instruction: str = "warm up") -> dict:
+        """As Runner's; an export without a text graph knows only its table, so it warms up on a table entry."""
+        if self.text.session is None and self.text.table and instruction not in self.text.table:
+            instruction = next(iter(self.text.table))
+        return super().dummy_observation(instruction)
+
     def _forward(self, images, state, text, text_mask, noise):
         feed = {
             "images": np.ascontiguousarray(images, np.uint8),

@@ -11,7 +11,7 @@ from typing import ClassVar
 class TrainLogger:
     """Append metrics per step to logs/train.csv and TensorBoard; plot logs/loss.png on close."""
 
-    BASE: ClassVar[list[str]] = ["step", "loss", "val_loss", "lr", "grad_norm", "samples_per_s", "elapsed_s"]
+    BASE: ClassVar[list[str]] = ["step", "loss", "val_loss", "val_mae", "lr", "grad_norm", "samples_per_s", "elapsed_s"]
 
     def __init__(self, logdir: Path, enabled: bool = True, resume: bool = False, extra: list[str] = ()) -> None:
         """extra: more columns after loss, e.g. the training aids' `<name>_loss`."""

@@ -326,11 +326,12 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         bar.update(1)
         if step % cfg.log_every == 0 or step == cfg.steps:
             sps = window_samples / max(time.time() - window_t, 1e-9)
-            val = _validate(module, val_loader, policy, accelerator) if val_loader and (
-                step % (cfg.log_every * 10) == 0 or step == cfg.steps) else None
-            bar.set_postfix(loss=f"{loss_avg:.4f}", samples_s=f"{sps:.1f}", **({"val": f"{val:.4f}"} if val else {}),
+            val, val_mae = _validate(module, val_loader, policy, accelerator) if val_loader and (
+                step % (cfg.log_every * 10) == 0 or step == cfg.steps) else (None, None)
+            bar.set_postfix(loss=f"{loss_avg:.4f}", samples_s=f"{sps:.1f}",
+                            **({"val": f"{val:.4f}", "val_mae": f"{val_mae:.4g}"} if val is not None else {}),
                             **{k: f"{v:.3f}" for k, v in aux_avg.items()})
-            logger.log(step, loss=loss_avg, **{f"{k}_loss": v for k, v in aux_avg.items()}, val_loss=val,
+            logger.log(step, loss=loss_avg, **{f"{k}_loss": v for k, v in aux_avg.items()}, val_loss=val, val_mae=val_mae,
                        lr=scheduler.get_last_lr()[0],
                        grad_norm=float(grad_norm) if grad_norm is not None else None, samples_per_s=sps,
                        elapsed_s=time.time() - t0 + prior_time)
@@ -356,14 +357,25 @@ def _train_batch(batch: dict, device, **fields) -> TrainBatch:
 
 
 @torch.no_grad()
-def _validate(module, loader, policy, accelerator) -> float:
-    """Mean action loss over the held-out episodes (no augmentation, no aids' transforms)."""
+def _validate(module, loader, policy, accelerator) -> tuple[float, float]:
+    """(mean action loss, mean absolute action error) over the held-out episodes (no augmentation, no aids'
+    transforms). The error is the predicted chunks' against the recorded actions, in robot units over the steps
+    before the episode end, as `rfm eval --dataset` measures it (rfm.eval.offline)."""
     module.eval()
-    total, n = 0.0, 0
+    net = accelerator.unwrap_model(module).net
+    gen = torch.Generator().manual_seed(0)  # the flow head's noise: the same each time, the training RNG untouched
+    total, n, abs_err, n_err = 0.0, 0, 0.0, 0
     for batch in loader:
         text, mask = policy.text.encode_torch(batch["instruction"], accelerator.device)
-        _, parts = module(_train_batch(batch, accelerator.device, text=text, text_mask=mask))
+        tb = _train_batch(batch, accelerator.device, text=text, text_mask=mask)
+        _, parts = module(tb)
         total += parts["action"].item() * len(batch["instruction"])
         n += len(batch["instruction"])
+        with accelerator.autocast():
+            noise = torch.randn(tb.actions.shape, generator=gen).to(accelerator.device)
+            pred = net(tb.images, tb.state, tb.text, tb.text_mask, noise).float()  # (B, H, D_a) robot units
+        keep = ~tb.action_pad  # (B, H)
+        abs_err += ((pred - tb.actions).abs() * keep[..., None]).sum().item()
+        n_err += int(keep.sum().item()) * pred.shape[-1]
     module.train()
-    return total / max(n, 1)
+    return total / max(n, 1), abs_err / max(n_err, 1)

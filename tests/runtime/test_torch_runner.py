@@ -48,7 +48,7 @@ def test_describe_has_the_robot_interface(runner):
 @pytest.mark.parametrize("mutate,pattern", [
     (lambda o: o["images"].pop("wrist"), r"missing camera\(s\) \['wrist'\]"),
     (lambda o: o["images"].update(wirst=o["images"].pop("wrist")), r"unknown camera 'wirst'.*Did you mean 'wrist'"),
-    (lambda o: o["images"].update(front=np.zeros((32, 64, 3), np.uint8)), r"image 'front' is 32x64, the model expects 64x64"),
+    (lambda o: o["images"].update(front=np.zeros((32, 64, 3), np.uint8)), r"image 'front' is 32x64 \(H x W\): expected the model's input size 64x64"),
     (lambda o: o["images"].update(front=np.zeros((64, 64, 3), np.float32)), r"image 'front' has dtype float32, expected uint8"),
     (lambda o: o["images"].update(front=np.zeros((64, 64), np.uint8)), r"image 'front' has shape \(64, 64\)"),
     (lambda o: o.update(state=[1.0, 2.0]), r"state has 2 values, the model expects 3 \(x, y, z\)"),

@@ -48,7 +48,8 @@ def test_openpi_mapping_default_file_and_nested_keys(tmp_path):
                              "state": ["observation/joint_position", "observation/gripper_position"]}))
     m = OpenpiMapping.from_file(f, ["front", "wrist"])
     obs = m.to_observation({"images": {"cam_high": img, "cam_wrist": img}, "observation/joint_position": [1, 2],
-                            "observation/gripper_position": [3], "prompt": "fold"}, ["front", "wrist"], (4, 4))
+                            "observation/gripper_position": [3], "prompt": "fold"}, ["front", "wrist"],
+                           {"front": [(4, 4)], "wrist": [(4, 4)]})
     assert obs["state"].tolist() == [1, 2, 3] and obs["instruction"] == "fold" and set(obs["images"]) == {
         "front", "wrist"}
     f.write_text(json.dumps({"images": {"observation/image": "top"}}))

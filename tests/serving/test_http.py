@@ -91,7 +91,7 @@ def _bad_cases():
         ("missing camera", {**good, "images": {"front": good["images"]["front"]}}, None, 422,
          r"missing camera\(s\) \['wrist'\]"),
         ("wrong image size", with_images(front=img[:32].tolist()), None, 422,
-         r"image 'front' is 32x64, the model expects 64x64"),
+         r"image 'front' is 32x64 \(H x W\): expected the model's input size 64x64"),
         ("wrong state length", {**good, "state": [1.0, 2.0]}, None, 422, r"state has 2 values, the model expects 3"),
         ("NaN state", json.dumps({**good, "state": [1.0, float("nan"), 0.0]}).encode(),
          {"content-type": "application/json"}, 422, r"non-finite values \(NaN/inf\) in \['y'\]"),
