@@ -39,7 +39,7 @@ def plot_offline(preds: list[EpisodePrediction], results: dict, out: str | Path)
     names = list(results["mae"])
     shown = pick_episodes(preds, results)
     fig, axes = plt.subplots(len(names), len(shown), figsize=(5.5 * len(shown), 1.6 * len(names) + 0.8),
-                             dpi=110, sharex="col", squeeze=False)
+                             dpi=110, sharex="col", squeeze=False, layout="constrained")
     for col, (label, ep) in enumerate(shown):
         every = max(1, len(ep.frames) // CHUNKS_SHOWN)
         stop = len(ep.recorded)
@@ -60,7 +60,6 @@ def plot_offline(preds: list[EpisodePrediction], results: dict, out: str | Path)
     ckpt = "/".join(Path(results["checkpoint"]).parts[-2:])
     fig.suptitle(f"{ckpt} on {Path(results['dataset']).name}: predicted vs recorded "
                  f"actions (faint: full chunks)", fontsize=10)
-    fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)
