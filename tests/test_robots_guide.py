@@ -1,0 +1,211 @@
+"""docs/ROBOTS.md, run as written: a new robot (native 480 x 640 cameras, its own joints) from dataset to a served
+checkpoint and a served int8 export, on the ALOHA-shaped fixture written by the real lerobot (3 cameras, 14
+joints, 50 fps) and on a 1-camera dataset written here. The guide's bash blocks run unchanged with its variables
+set; the requests come from the rfm client and the real openpi client, with native frames."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[1]
+GUIDE = ROOT / "docs" / "ROBOTS.md"
+ALOHA = ROOT.parent / "shared" / "fixtures" / "lerobot-v3.0" / "aloha-480x640"
+if not ALOHA.exists():
+    ALOHA = Path("/work/shared/fixtures/lerobot-v3.0/aloha-480x640")
+BIN = Path(sys.executable).parent
+
+
+def guide_blocks() -> dict[str, list[str]]:
+    """{step heading: [bash block, ...]} of the guide's numbered steps."""
+    steps, current = {}, None
+    for part in re.split(r"(^## .*$)", GUIDE.read_text(), flags=re.M):
+        if part.startswith("## "):
+            current = part[3:].strip()
+        elif current:
+            steps[current] = re.findall(r"```bash\n(.*?)```", part, flags=re.S)
+    return steps
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(data: Path, run: Path, port: int) -> dict:
+    env = {**os.environ, "DATA": str(data), "RUN": str(run), "STEPS": "3", "PORT": str(port),
+           "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env.pop("RFM_CHECKPOINT", None)
+    return env
+
+
+def run_block(block: str, env: dict) -> str:
+    out = subprocess.run(["bash", "-euo", "pipefail", "-c", block], env=env, cwd=ROOT, capture_output=True,
+                         text=True, timeout=400)
+    assert out.returncode == 0, f"{block}\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    return out.stdout + out.stderr
+
+
+class Served:
+    """The guide's `rfm serve` line, in the background until the block exits."""
+
+    def __init__(self, block: str, env: dict, port: int) -> None:
+        self.proc = subprocess.Popen(["bash", "-c", "exec " + block.strip()], env=env, cwd=ROOT,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.url = f"http://127.0.0.1:{port}"
+
+    def __enter__(self) -> Served:
+        import httpx
+
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"rfm serve exited: {self.proc.stdout.read()[-3000:]}")
+            try:
+                if httpx.get(self.url + "/ready", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        raise AssertionError("rfm serve did not become ready in 120 s")
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+def native_obs(itf: dict, rng: np.random.Generator) -> dict:
+    """An observation at the cameras' native sizes, as a robot sends it."""
+    return {"images": {c: rng.integers(0, 256, (*itf["native_sizes"][c], 3), dtype=np.uint8) for c in itf["cameras"]},
+            "state": rng.standard_normal(len(itf["state_names"])).astype(np.float32).tolist(),
+            "instruction": "transfer the cube from the left arm to the right arm"}
+
+
+def request_both_ways(url: str, itf: dict) -> np.ndarray:
+    """A chunk from the rfm client and from the real openpi client, both sent native frames."""
+    from openpi_client.websocket_client_policy import WebsocketClientPolicy
+
+    from rfm.client import RFMClient
+
+    obs = native_obs(itf, np.random.default_rng(0))
+    with RFMClient(url) as client:
+        res = client.infer(obs)
+    actions = np.asarray(res["actions"], np.float32)
+    shape = (itf["chunk_size"], len(itf["action_names"]))
+    assert actions.shape == shape and np.isfinite(actions).all()
+    policy = WebsocketClientPolicy(host=url.replace("http", "ws") + "/openpi")
+    openpi_obs = {f"observation/{c}": img for c, img in obs["images"].items()}
+    openpi_obs.update({"observation/state": np.asarray(obs["state"], np.float32), "prompt": obs["instruction"]})
+    out = policy.infer(openpi_obs)
+    assert out["actions"].shape == shape
+    np.testing.assert_allclose(out["actions"], actions, atol=1e-4)  # same frames, same fitting, same chunk
+    return res
+
+
+def one_camera_dataset(root: Path) -> Path:
+    """A 1-camera arm at 240 x 320, 6 joints in degrees, 30 fps: 3 episodes of 20 frames."""
+    from rfm.data.lerobot import LeRobotDatasetWriter
+
+    rng = np.random.default_rng(0)
+    names = ["shoulder_pan", "shoulder_lift", "elbow_flex", "wrist_flex", "wrist_roll", "gripper"]
+    w = LeRobotDatasetWriter(root, fps=30, robot_type="so100", cameras={"front": (240, 320)}, state_names=names,
+                             action_names=names, use_videos=True)
+    for _ in range(3):
+        q = rng.uniform(-90, 90, 6)
+        for _ in range(20):
+            target = q + rng.normal(0, 2, 6)
+            w.add_frame(images={"front": rng.integers(0, 256, (240, 320, 3), dtype=np.uint8)},
+                        state=q.astype(np.float32), action=target.astype(np.float32), task="pick up the bolt")
+            q = target
+        w.save_episode()
+    return w.finalize()
+
+
+@pytest.fixture(scope="module")
+def steps() -> dict[str, list[str]]:
+    steps = guide_blocks()
+    assert {"2. Look at it", "3. Fine-tune from the default", "4. Evaluate offline", "5. Serve",
+            "6. Export for the edge, and serve the export"} <= set(steps)
+    return steps
+
+
+def test_the_guide_on_a_three_camera_480x640_robot(steps, tmp_path):
+    port = _free_port()
+    run = tmp_path / "aloha"
+    env = _env(ALOHA, run, port)
+    assert "14" in run_block(steps["2. Look at it"][0], env)
+    log = run_block(steps["3. Fine-tune from the default"][0], env)
+    assert "dropped triangulated points" in log  # the default's Sawyer geometry does not follow a new robot
+    cfg = json.loads((run / "checkpoint" / "config.json").read_text())
+    itf = cfg["interface"]
+    assert itf["image_size"] == [128, 128] and itf["native_sizes"]["cam_high"] == [480, 640]
+    assert cfg["model"]["vision_points"] == 0 and itf["calibration"] is None
+    assert "Dropped from the init checkpoint" in (run / "checkpoint" / "README.md").read_text()
+    run_block(steps["4. Evaluate offline"][0], env)
+    offline = json.loads((run / "offline.json").read_text())
+    assert set(offline["mae"]) == set(itf["action_names"]) and (run / "offline.png").stat().st_size > 1000
+    with Served(steps["5. Serve"][0], env, port) as srv:
+        request_both_ways(srv.url, itf)
+    export_block, serve_export = steps["6. Export for the edge, and serve the export"][0].strip().splitlines()
+    run_block(export_block, env)
+    limits_file = next(p for p in (run / "int8").iterdir() if "limit" in p.name)
+    with Served(serve_export, env, port) as srv:
+        res = request_both_ways(srv.url, itf)
+        assert not res.get("clipped")
+    # the export's own limits are what the server clips with: narrow them, and the same request is clipped
+    limits = json.loads(limits_file.read_text())
+    narrowed = _narrow(limits)
+    limits_file.write_text(json.dumps(narrowed))
+    with Served(serve_export, env, port) as srv:
+        res = request_both_ways(srv.url, itf)
+        assert res["clipped"] and res["clipped_dims"]
+
+
+def _narrow(limits: dict) -> dict:
+    """Limits of the same shape pinched to [0, 0]: any prediction that is not exactly 0 is out of range."""
+    def pinch(v):
+        if isinstance(v, dict):
+            return {k: pinch(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [pinch(x) for x in v]
+        return 0.0 if isinstance(v, float | int) and not isinstance(v, bool) else v
+    return pinch(limits)
+
+
+def test_the_guide_on_a_one_camera_robot(steps, tmp_path):
+    port = _free_port()
+    data = one_camera_dataset(tmp_path / "so100")
+    run = tmp_path / "so100-run"
+    env = _env(data, run, port)
+    run_block(steps["3. Fine-tune from the default"][0], env)
+    itf = json.loads((run / "checkpoint" / "config.json").read_text())["interface"]
+    assert itf["cameras"] == ["front"] and itf["native_sizes"] == {"front": [240, 320]}
+    with Served(steps["5. Serve"][0], env, port) as srv:
+        request_both_ways(srv.url, itf)
+        from rfm.client import RFMClient, RFMError
+
+        bad = native_obs(itf, np.random.default_rng(1))
+        bad["images"]["front"] = np.zeros((480, 640, 3), np.uint8)
+        with RFMClient(srv.url) as client, pytest.raises(RFMError, match="interface.native_sizes.front") as e:
+            client.infer(bad)
+        assert e.value.status == 422
+        assert client_ok(srv.url, itf)  # the server keeps serving
+
+
+def client_ok(url: str, itf: dict) -> bool:
+    from rfm.client import RFMClient
+
+    with RFMClient(url) as client:
+        return client.act(native_obs(itf, np.random.default_rng(2))).shape == (itf["chunk_size"], 6)
