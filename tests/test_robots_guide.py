@@ -45,7 +45,7 @@ def _free_port() -> int:
 
 
 def _env(data: Path, run: Path, port: int) -> dict:
-    env = {**os.environ, "DATA": str(data), "RUN": str(run), "STEPS": "3", "PORT": str(port),
+    env = {**os.environ, "DATA": str(data), "RUN": str(run), "STEPS": "3", "BATCH": "4", "PORT": str(port),
            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     env.pop("RFM_CHECKPOINT", None)
     return env
@@ -79,6 +79,7 @@ class Served:
             except httpx.HTTPError:
                 pass
             time.sleep(0.3)
+        self.__exit__()
         raise AssertionError("rfm serve did not become ready in 120 s")
 
     def __exit__(self, *exc: object) -> None:
@@ -160,15 +161,15 @@ def test_the_guide_walks_a_new_robot_from_data_to_a_served_int8_export(steps, tm
     offline = json.loads((run / "offline.json").read_text())
     assert set(offline["mae"]) == set(itf["action_names"]) and (run / "offline.png").stat().st_size > 1000
     with Served(steps["5. Serve"][0], env, port) as srv:
-        request_both_ways(srv.url, itf)
+        res = request_both_ways(srv.url, itf)
+        assert not res["clipped"]
+        if robot.startswith("arm"):  # a frame of another size: a 422 naming the field, and the server keeps serving
+            wrong_size_is_a_clear_error(srv.url, itf)
     export_block, serve_export = steps["6. Export for the edge, and serve the export"][0].strip().splitlines()
     run_block(export_block, env)
     stats_file = run / "int8" / "stats.json"  # the export carries the training stats its limits come from
     assert json.loads(stats_file.read_text()) == json.loads((run / "checkpoint" / "stats.json").read_text())
-    with Served(serve_export, env, port) as srv:
-        res = request_both_ways(srv.url, itf)
-        assert not res.get("clipped")
-    # those are what the served export clips with: pinch the action range to [0, 0] and the same request is clipped
+    # those are what the served export clips with: pinch the action range to [0, 0] and every request is clipped
     stats = json.loads(stats_file.read_text())
     stats["action"]["min"] = stats["action"]["max"] = [0.0] * len(itf["action_names"])
     stats_file.write_text(json.dumps(stats))
@@ -178,26 +179,15 @@ def test_the_guide_walks_a_new_robot_from_data_to_a_served_int8_export(steps, tm
         assert np.abs(np.asarray(res["actions"])).max() == 0.0
 
 
-def test_a_frame_of_another_size_is_a_422_naming_the_field_and_the_server_keeps_serving(steps, tmp_path):
-    port = _free_port()
-    data = one_camera_dataset(tmp_path / "data")
-    run = tmp_path / "arm"
-    env = {**_env(data, run, port), "STEPS": "1"}
-    run_block(steps["3. Fine-tune from the default"][0], env)
-    itf = json.loads((run / "checkpoint" / "config.json").read_text())["interface"]
-    with Served(steps["5. Serve"][0], env, port) as srv:
-        from rfm.client import RFMClient, RFMError
+def wrong_size_is_a_clear_error(url: str, itf: dict) -> None:
+    from rfm.client import RFMClient, RFMError
 
-        bad = native_obs(itf, np.random.default_rng(1))
-        bad["images"]["front"] = np.zeros((480, 640, 3), np.uint8)
-        with RFMClient(srv.url) as client, pytest.raises(RFMError, match="interface.native_sizes.front") as e:
+    bad = native_obs(itf, np.random.default_rng(1))
+    cam = itf["cameras"][0]
+    bad["images"][cam] = np.zeros((480, 640, 3), np.uint8)
+    with RFMClient(url) as client:
+        with pytest.raises(RFMError, match=f"interface.native_sizes.{cam}") as e:
             client.infer(bad)
         assert e.value.status == 422
-        assert client_ok(srv.url, itf)  # the server keeps serving
-
-
-def client_ok(url: str, itf: dict) -> bool:
-    from rfm.client import RFMClient
-
-    with RFMClient(url) as client:
-        return client.act(native_obs(itf, np.random.default_rng(2))).shape == (itf["chunk_size"], 6)
+        assert client.act(native_obs(itf, np.random.default_rng(2))).shape == (itf["chunk_size"],
+                                                                                len(itf["action_names"]))
