@@ -13,6 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from rfm.runtime import Runner
+from rfm.runtime.observation import accepted_sizes
 from serving import codec
 from serving.config import ServerConfig
 from serving.errors import ApiError, PayloadTooLarge, to_api_error
@@ -21,7 +22,7 @@ from serving.schemas import ERROR_RESPONSES, ActRequestBody, ActResponseBody, Ep
 from serving.state import ServerState, decode_act
 from serving.ws import add_websocket_routes
 
-ROUTES = ("/v1/act", "/v1/episodes/end", "/v1/models", "/healthz", "/readyz", "/metrics", "/docs", "/openapi.json")
+ROUTES = ("/v1/act", "/v1/ticks", "/v1/episodes/end", "/v1/models", "/healthz", "/readyz", "/metrics", "/docs", "/openapi.json")
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -125,6 +126,23 @@ def create_app(runner: Runner | Callable[[], Runner], config: ServerConfig | Non
         return Response(codec.dumps(result.to_wire(service, out), out),
                         media_type=codec.MSGPACK if out == "msgpack" else codec.JSON,
                         headers={"X-Request-ID": result.request_id})
+
+    @app.post("/v1/ticks", responses=ERROR_RESPONSES,
+              summary="Record the control ticks a robot executed (servers started with --record): one frame each")
+    async def ticks(request: Request):
+        try:
+            client_id = state.authorize(request.headers.get("authorization"))
+            fmt = codec.body_format(request.headers.get("content-type"))
+            service = state.require_service()
+            body = await read_body(request, state.config.max_body_bytes)
+            itf = service.interface
+            req = await asyncio.to_thread(
+                lambda: codec.parse_ticks(codec.loads(body, fmt), itf.cameras, accepted_sizes(itf)))
+            n = await service.record_ticks(req, client_id)
+            return {"session": req.session_id or req.robot_id or client_id or "default", "ticks": n,
+                    "episode_end": req.episode_end}
+        except Exception as e:  # noqa: BLE001 - becomes a clean status + message
+            return error_response(to_api_error(e, state.config.retry_after_s))
 
     @app.post("/v1/episodes/end", responses=ERROR_RESPONSES,
               summary="End a robot session's recorded episode (robot reset), with an optional success label")

@@ -50,6 +50,28 @@ class ActRequest:
     episode_end: bool = False  # recorder: this step ends the robot's episode
     success: bool | None = None  # recorder: outcome label for this step / episode
     correction: np.ndarray | None = None  # recorder: operator/expert action (D_a,) to learn from instead
+    record: bool = True  # recorder: False when the robot reports its executed ticks on POST /v1/ticks instead
+
+
+@dataclass
+class Tick:
+    """One control tick a robot executed: its observation, the action, the chunk it came from, a correction."""
+
+    observation: dict
+    action: np.ndarray  # (D_a,) executed
+    chunk: np.ndarray | None = None  # (H * D_a,) the predicted chunk the action came from
+    label: np.ndarray | None = None  # (D_a,) the action to learn from instead (operator / expert)
+
+
+@dataclass
+class TicksRequest:
+    """POST /v1/ticks: a batch of one session's executed ticks, in order."""
+
+    session_id: str | None
+    robot_id: str | None
+    ticks: list[Tick]
+    episode_end: bool = False
+    success: bool | None = None
 
 
 # --- content types -----------------------------------------------------------------------------------------
@@ -217,8 +239,43 @@ def parse_act(obj: Any, cameras: list[str], sizes: dict[str, list[tuple[int, int
                            f"{type(instruction).__name__}")
     decoded = {str(cam): decode_image(img, str(cam), sizes.get(str(cam), [])) for cam, img in images.items()}
     observation = {IMAGES: decoded, STATE: decode_state(obj[STATE]), INSTRUCTION: instruction}
+    record = obj.get("record", True)
+    if not isinstance(record, bool):
+        raise PayloadError(f"'record' must be true or false, got {str(record)[:40]!r}")
     return ActRequest(observation, _ident(obj, "request_id"), _ident(obj, "robot_id"), _ident(obj, "session_id"),
-                      *_labels(obj))
+                      *_labels(obj), record=record)
+
+
+MAX_TICKS = 1024  # per POST /v1/ticks (the body limit bounds it too)
+
+
+def parse_ticks(obj: Any, cameras: list[str], sizes: dict[str, list[tuple[int, int]]]) -> TicksRequest:
+    """Decoded POST /v1/ticks body -> TicksRequest; errors name the tick index and the field."""
+    if not isinstance(obj, dict) or not isinstance(obj.get("ticks"), list):
+        raise PayloadError("body must be an object with 'session_id' and 'ticks': a list of {images, state, "
+                           "instruction, action[, chunk, label]}")
+    n = len(obj["ticks"])
+    if n > MAX_TICKS or (n == 0 and obj.get("episode_end") is not True):
+        raise PayloadError(f"'ticks' must hold 1-{MAX_TICKS} ticks (0 only with episode_end), got {n}")
+    ticks = []
+    for i, t in enumerate(obj["ticks"]):
+        try:
+            act = parse_act(t, cameras, sizes)
+            arrays = {}
+            for key in ("action", "chunk", "label"):
+                if key not in t or t[key] is None:
+                    if key == "action":
+                        raise PayloadError("'action' is missing: the action executed at this tick")
+                    continue
+                arr = np.asarray(decode_state(t[key]), np.float32).reshape(-1)
+                if not np.all(np.isfinite(arr)):
+                    raise PayloadError(f"{key!r} has non-finite values (NaN/inf)")
+                arrays[key] = arr
+        except (PayloadError, TypeError, ValueError) as e:
+            raise PayloadError(f"ticks[{i}]: {e}") from e
+        ticks.append(Tick(act.observation, arrays["action"], arrays.get("chunk"), arrays.get("label")))
+    end, success, _ = _labels({k: obj.get(k) for k in ("episode_end", "success") if k in obj})
+    return TicksRequest(_ident(obj, "session_id"), _ident(obj, "robot_id"), ticks, end, success)
 
 
 def _labels(obj: dict) -> tuple[bool, bool | None, np.ndarray | None]:

@@ -15,8 +15,9 @@ from rfm.runtime.observation import ObservationError, check_observation
 from rfm.runtime.recorder import Recorder
 from serving.audit import AuditLog
 from serving.batcher import Batcher, BatchFailed
-from serving.codec import ActRequest, encode_actions
+from serving.codec import ActRequest, TicksRequest, encode_actions
 from serving.config import ServerConfig
+from serving.errors import ApiError
 from serving.limits import ActionLimits
 from serving.memory import HeapTrimmer
 from serving.metrics import Metrics
@@ -59,7 +60,7 @@ class InferenceService:
         d = self.runner.describe()
         d["server"] = {"max_batch": self.config.max_batch, "max_wait_ms": self.config.max_wait_ms,
                        "queue_size": self.config.queue_size, "timeout_ms": self.config.timeout_ms,
-                       "resize_images": self.config.resize_images,
+                       "resize_images": self.config.resize_images, "recording": self.recorder is not None,
                        "action_limits": self.limits.to_dict() if self.limits else None}
         return d
 
@@ -93,10 +94,38 @@ class InferenceService:
                               "instruction_run": self.instruction_run(instruction), "actions": actions,
                               "batch_size": res.batch_size, "timings": timings,
                               "clipped_dims": clipped})
-        if self.recorder is not None:  # enqueue only: recording never slows the answer down
+        if self.recorder is not None and req.record:  # enqueue only: recording never slows the answer down
             self.recorder.record(self.session_key(req, client_id), images, state, instruction, actions,
                                  success=req.success, correction=req.correction, episode_end=req.episode_end)
         return ActResult(actions, request_id, res.batch_size, timings, clipped)
+
+    async def record_ticks(self, req: TicksRequest, client_id: str | None) -> int:
+        """Validate a batch of executed ticks and enqueue them for the recorder (one frame per tick)."""
+        if self.recorder is None:
+            raise ApiError(409, "not_recording", "this server was started without --record")
+        itf = self.interface
+
+        def check() -> list[tuple]:  # fitting frames costs CPU: off the event loop
+            out = []
+            for i, t in enumerate(req.ticks):
+                where = f"ticks[{i}]: "
+                images, state, instruction = check_observation(t.observation, itf, self.config.resize_images, where)
+                for name, arr, n in (("action", t.action, itf.action_dim), ("label", t.label, itf.action_dim),
+                                     ("chunk", t.chunk, itf.chunk_size * itf.action_dim)):
+                    if arr is not None and arr.size != n:
+                        raise ObservationError(f"{where}{name} has {arr.size} values, expected {n}")
+                out.append((images, state, instruction, t))
+            return out
+
+        checked = await asyncio.to_thread(check)
+        key = req.session_id or req.robot_id or client_id or "default"
+        for k, (images, state, instruction, t) in enumerate(checked):
+            last = k == len(checked) - 1
+            self.recorder.record_tick(key, images, state, instruction, t.action, t.chunk, t.label,
+                                      success=req.success if last else None, episode_end=req.episode_end and last)
+        if req.episode_end and not checked:
+            self.recorder.end_episode(key, success=req.success)
+        return len(checked)
 
     def instruction_run(self, instruction: str) -> str:
         """The instruction the model ran: the trained one it was snapped to (--snap-instructions), else as sent."""

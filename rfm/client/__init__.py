@@ -5,5 +5,6 @@ server, trainer and simulator come with the extras: rfm[serve], rfm[train], rfm[
 
 from rfm.client.client import AsyncRFMClient, RFMClient, RFMError
 from rfm.client.executor import ChunkExecutor
+from rfm.client.ticks import TickRecorder
 
-__all__ = ["AsyncRFMClient", "ChunkExecutor", "RFMClient", "RFMError"]
+__all__ = ["AsyncRFMClient", "ChunkExecutor", "RFMClient", "RFMError", "TickRecorder"]

@@ -12,7 +12,7 @@ import numpy as np
 
 MSGPACK = "application/msgpack"
 JSON = "application/json"
-LABEL_FIELDS = ("episode_end", "success", "correction")
+LABEL_FIELDS = ("episode_end", "success", "correction", "record")
 OPTIONAL_FIELDS = ("request_id", "robot_id", "session_id")
 
 
@@ -43,9 +43,39 @@ def encode_observation(obs: Mapping[str, Any], fmt: str = "msgpack", **ids: str 
         value = obs.get(key)
         if value is not None:
             body[key] = np.asarray(value, np.float64).reshape(-1).tolist() if key == "correction" else bool(value)
+    return _pack(body, fmt)
+
+
+def _pack(body: dict, fmt: str) -> bytes:
     if fmt == "msgpack":
         return msgpack.packb(body, use_bin_type=True)
     return json.dumps(body, allow_nan=True).encode()
+
+
+def _floats(value: Any) -> list[float]:
+    return np.asarray(value, np.float64).reshape(-1).tolist()
+
+
+def encode_ticks(ticks: list[Mapping[str, Any]], session_id: str, fmt: str = "msgpack", robot_id: str | None = None,
+                 episode_end: bool = False, success: bool | None = None) -> bytes:
+    """Control ticks a robot executed -> a POST /v1/ticks body. Each tick: its observation ("images", "state",
+    "instruction"), the "action" executed, optionally the "chunk" it came from and a "label" (a correction to
+    learn from instead)."""
+    out = []
+    for t in ticks:
+        item: dict[str, Any] = {"images": {str(c): _image(img, fmt) for c, img in t["images"].items()},
+                                "state": _floats(t["state"]), "instruction": str(t.get("instruction", "")),
+                                "action": _floats(t["action"])}
+        for key in ("chunk", "label"):
+            if t.get(key) is not None:
+                item[key] = _floats(t[key])
+        out.append(item)
+    body: dict[str, Any] = {"session_id": session_id, "ticks": out, "episode_end": bool(episode_end)}
+    if robot_id:
+        body["robot_id"] = robot_id
+    if success is not None:
+        body["success"] = bool(success)
+    return _pack(body, fmt)
 
 
 def decode_response(content: bytes, content_type: str | None) -> dict:

@@ -45,17 +45,18 @@ def interface_from_dataset(ds: LeRobotDataset, chunk_size: int = 16, image_size:
 def recorded_geometry(ds: LeRobotDataset, cameras: list[str]) -> dict:
     """Camera calibration and end-effector position the dataset's metadata records (none for most field data).
 
-    features.observation.images.<cam>.info.calibration and features.observation.state.info.ee_position; datasets
+    features.observation.images.<cam>.calibration and features.observation.state.ee_position (rfm's writer puts
+    them there: the recorder from the served interface, the simulator's generator from its cameras); datasets
     rfm generated in simulation before those keys record projections with the environment state
     (features.observation.environment_state.info.camera_projection) and the hand's x, y, z first in the state.
     """
     out: dict = {}
-    cal = {c: ds.features[ds.camera_key(c)].get("info", {}).get("calibration") for c in cameras}
+    cal = {c: ds.features[ds.camera_key(c)].get("calibration") for c in cameras}
     legacy = ds.features.get(OBS_ENV_STATE, {}).get("info", {}).get("camera_projection") or {}
     cal = {c: v if v is not None else ({"projection": legacy[c]} if c in legacy else None) for c, v in cal.items()}
     if any(v is not None for v in cal.values()):
         out["calibration"] = {c: v for c, v in cal.items() if v is not None}
-    ee = ds.features.get(OBS_STATE, {}).get("info", {}).get("ee_position")
+    ee = ds.features.get(OBS_STATE, {}).get("ee_position")
     if ee is None and legacy and list(ds.state_names[:3]) == ["hand_x", "hand_y", "hand_z"]:
         ee = list(ds.state_names[:3])
     if ee is not None:

@@ -70,6 +70,7 @@ class LeRobotDatasetWriter:
                  cameras: dict[str, tuple[int, int]] | None = None, state_names: list[str] | None = None,
                  action_names: list[str] | None = None, use_videos: bool = True, incremental: bool = False,
                  vcodec: str | None = None, overwrite: bool = False, extra_features: dict | None = None,
+                 calibration: dict | None = None, ee_position: list[str] | None = None,
                  data_file_mb: int = lm.DATA_FILE_MB, video_file_mb: int = lm.VIDEO_FILE_MB) -> None:
         self.root = Path(root)
         self.fps = int(fps)
@@ -92,8 +93,14 @@ class LeRobotDatasetWriter:
         for cam, (h, w) in self.cameras.items():
             features[image_key(cam)] = {"dtype": "video" if use_videos else "image", "shape": [h, w, 3],
                                         "names": ["height", "width", "channels"]}
+        for cam, cal in (calibration or {}).items():  # the robot's geometry, read back as its interface's
+            if cam not in self.cameras:
+                raise ValueError(f"calibration names camera {cam!r}, not one of the dataset's {list(self.cameras)}")
+            features[image_key(cam)]["calibration"] = cal
         if self.state_names:
             features[OBS_STATE] = {"dtype": "float32", "shape": [len(self.state_names)], "names": self.state_names}
+            if ee_position:
+                features[OBS_STATE]["ee_position"] = list(ee_position)
         features[ACTION] = {"dtype": "float32", "shape": [len(self.action_names)], "names": self.action_names}
         features.update(extra_features or {})
         self.info = lm.new_info(self.fps, robot_type, features, use_videos and bool(self.cameras))

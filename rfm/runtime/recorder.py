@@ -1,6 +1,9 @@
-"""Recorder: write what a served fleet saw (observations + returned actions) into a LeRobot v3.0 dataset.
+"""Recorder: write what a served fleet did into a LeRobot v3.0 dataset.
 
-One episode per robot session (split by an explicit `episode_end`, a reset, or an idle timeout). Recording never
+Two sources: robots that report the ticks they executed (`record_tick`, from POST /v1/ticks: one frame per control
+tick, the action executed or the correction given, the chunk it came from) and, for clients that do not, each
+request (`record`: one frame per request, labelled with the chunk's first action; right only for a robot that asks
+for a chunk every tick). One episode per robot session (split by an explicit `episode_end`, a reset, or an idle timeout). Recording never
 blocks inference: `record()` only enqueues; a background thread buffers per session and writes finished episodes
 through the incremental writer, so each finished episode is durable on its own and an unclean stop loses at most
 the unfinished ones. Outcome labels (success) and operator corrections are stored as extra columns.
@@ -24,17 +27,19 @@ log = logging.getLogger("rfm.recorder")
 SUCCESS = "next.success"  # per-frame outcome label (LeRobot convention); episode success = any
 CORRECTED = "is_correction"  # 1 where the recorded action is an operator/expert correction
 CHUNK = "action_chunk"  # the whole predicted chunk (H * D_a), for offline analysis
+EXECUTED = "action_executed"  # what the robot executed at the tick (differs from `action` where a label was given)
 
 
 @dataclass
 class _Frame:
     images: dict[str, np.ndarray]  # {cam: (H, W, 3) uint8}
     state: np.ndarray  # (D_s,)
-    action: np.ndarray  # (D_a,) the action executed at this step
-    chunk: np.ndarray  # (H * D_a,) the predicted chunk
+    action: np.ndarray  # (D_a,) the action to learn from: the correction where one was given, else the executed one
+    chunk: np.ndarray  # (H * D_a,) the predicted chunk (zeros when the tick did not come from one)
     instruction: str
     success: bool
     corrected: bool
+    executed: np.ndarray | None = None  # (D_a,) the action the robot executed
 
 
 @dataclass
@@ -62,12 +67,17 @@ class Recorder:
             extra = {SUCCESS: {"dtype": "bool", "shape": [1], "names": None},
                      CORRECTED: {"dtype": "bool", "shape": [1], "names": None},
                      CHUNK: {"dtype": "float32", "shape": [interface.chunk_size * interface.action_dim],
-                             "names": None}}
+                             "names": None},
+                     EXECUTED: {"dtype": "float32", "shape": [interface.action_dim], "names": interface.action_names}}
+            # frames are recorded as the model saw them: the calibration recorded is the model input's projection
+            proj = interface.projections()
+            cal = {c: {"projection": p.tolist()} for c, p in zip(interface.cameras, proj)} if proj is not None else None
             self.writer = LeRobotDatasetWriter(self.root, fps=fps, robot_type=interface.robot_type,
                                                cameras={c: (h, w) for c in interface.cameras},
                                                state_names=interface.state_names,
                                                action_names=interface.action_names, use_videos=use_videos,
-                                               vcodec=vcodec, incremental=True, extra_features=extra)
+                                               vcodec=vcodec, incremental=True, extra_features=extra,
+                                               calibration=cal, ee_position=interface.ee_position)
         self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
         self._sessions: dict[str, _Session] = {}
         self.dropped = self.episodes_written = 0
@@ -93,6 +103,19 @@ class Recorder:
         Returns False (and counts a drop) when the recorder is behind; inference is never slowed down.
         """
         item = ("frame", session, images, state, instruction, actions, success, correction, episode_end)
+        try:
+            self._queue.put_nowait(item)
+            return True
+        except queue.Full:
+            self.dropped += 1
+            return False
+
+    def record_tick(self, session: str, images: np.ndarray, state: np.ndarray, instruction: str, action: np.ndarray,
+                    chunk: np.ndarray | None = None, label: np.ndarray | None = None, success: bool | None = None,
+                    episode_end: bool = False) -> bool:
+        """Enqueue one control tick the robot executed: images (N_cam, 3, H, W) uint8, the executed action (D_a,),
+        the chunk it came from (H * D_a,) and an optional label (D_a,) to learn from instead. Never blocks."""
+        item = ("tick", session, images, state, instruction, action, chunk, label, success, episode_end)
         try:
             self._queue.put_nowait(item)
             return True
@@ -143,6 +166,9 @@ class Recorder:
                         self._sessions[sid].frames[-1].success = bool(success)
                     self._write(sid)
                     continue
+                if item[0] == "tick":
+                    self._add_tick(*item[1:])
+                    continue
                 self._add(*item[1:])
             except Exception:  # a bad item must not kill recording for the rest of the fleet
                 log.exception("recorder: failed to handle an item; continuing")
@@ -151,13 +177,26 @@ class Recorder:
         itf = self.interface
         cams = {c: np.ascontiguousarray(np.asarray(images[i]).transpose(1, 2, 0)) for i, c in enumerate(itf.cameras)}
         actions = np.asarray(actions, np.float32).reshape(itf.chunk_size, itf.action_dim)
-        executed = actions[0] if correction is None else np.asarray(correction, np.float32).reshape(itf.action_dim)
+        learn = actions[0] if correction is None else np.asarray(correction, np.float32).reshape(itf.action_dim)
+        self._append(sid, _Frame(cams, np.asarray(state, np.float32), learn, actions.reshape(-1), instruction,
+                                 bool(success), correction is not None, actions[0]), episode_end)
+
+    def _add_tick(self, sid, images, state, instruction, action, chunk, label, success, episode_end) -> None:
+        itf = self.interface
+        cams = {c: np.ascontiguousarray(np.asarray(images[i]).transpose(1, 2, 0)) for i, c in enumerate(itf.cameras)}
+        executed = np.asarray(action, np.float32).reshape(itf.action_dim)
+        learn = executed if label is None else np.asarray(label, np.float32).reshape(itf.action_dim)
+        chunk = (np.zeros(itf.chunk_size * itf.action_dim, np.float32) if chunk is None
+                 else np.asarray(chunk, np.float32).reshape(-1))
+        self._append(sid, _Frame(cams, np.asarray(state, np.float32), learn, chunk, instruction, bool(success),
+                                 label is not None, executed), episode_end)
+
+    def _append(self, sid: str, frame: _Frame, episode_end: bool) -> None:
         sess = self._sessions.setdefault(sid, _Session())
-        if sess.frames and sess.frames[-1].instruction != instruction:
+        if sess.frames and sess.frames[-1].instruction != frame.instruction:
             self._write(sid)  # a new instruction starts a new episode
             sess = self._sessions.setdefault(sid, _Session())
-        sess.frames.append(_Frame(cams, np.asarray(state, np.float32), executed, actions.reshape(-1), instruction,
-                                  bool(success), correction is not None))
+        sess.frames.append(frame)
         sess.last_seen = time.monotonic()
         if episode_end or len(sess.frames) >= self.max_episode_frames:
             self._write(sid)
@@ -177,6 +216,8 @@ class Recorder:
         extra = {SUCCESS: np.array([f.success for f in sess.frames]),
                  CORRECTED: np.array([f.corrected for f in sess.frames]),
                  CHUNK: np.stack([f.chunk for f in sess.frames])}
+        if EXECUTED in self.writer.info["features"]:  # recordings started before this column lack it
+            extra[EXECUTED] = np.stack([f.executed for f in sess.frames])
         self.writer.save_episode(extra=extra, meta={"session": str(sid)})
         self.episodes_written += 1
 

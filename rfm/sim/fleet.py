@@ -1,9 +1,11 @@
 """A simulated fleet: Meta-World robots that act through a running rfm server over HTTP.
 
-Each robot thread owns an env and an HTTP client, asks the server for a chunk every control step and executes its
-first action (receding horizon), and tells the server when its episode ends and whether it succeeded. With
-`dagger=True` every request carries the scripted expert's action as a correction, so a server started with
-`--record` collects DAgger-labelled data: states the policy visits, actions the expert would take.
+Each robot thread owns an env and an HTTP client and runs the robot SDK's ChunkExecutor: a new chunk every
+`action_steps` control ticks (1: receding horizon), the robot waiting for it. When the server records (`--record`),
+the robot reports every tick it executed through a TickRecorder, so the recording holds one frame per control tick
+with the action executed, and tells the server when its episode ends and whether it succeeded. With `dagger=True`
+every tick is labelled with the scripted expert's action, so the recording holds DAgger data: states the policy
+visits, actions the expert would take.
 
 With `takeover=Takeover(error, steps)` (HG-DAgger, a human operator's habit) the expert also takes the controls for
 `steps` steps whenever the policy's action strays from its own by more than `error` (max over action dims):
@@ -38,15 +40,14 @@ class Takeover:
 
 
 def _robot(url: str, robot_id: str, work: list[tuple[str, int]], dagger: bool, max_steps: int | None,
-           api_key: str | None, results: list, lock: threading.Lock, takeover: Takeover | None = None) -> None:
-    import httpx
-
-    from rfm.client import RFMClient
+           api_key: str | None, results: list, lock: threading.Lock, takeover: Takeover | None = None,
+           action_steps: int = 1) -> None:
+    from rfm.client import ChunkExecutor, RFMClient, TickRecorder
     from rfm.sim.metaworld import MetaWorldEnv
 
     client = RFMClient(url, api_key=api_key)
     itf = client.models()
-    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+    recording = bool(itf.get("server", {}).get("recording"))
     envs: dict[str, MetaWorldEnv] = {}
     try:
         for k, (task, seed) in enumerate(work):
@@ -54,30 +55,41 @@ def _robot(url: str, robot_id: str, work: list[tuple[str, int]], dagger: bool, m
                 envs[task] = MetaWorldEnv(task, itf["cameras"], itf["image_size"][0], max_steps=max_steps or 500)
             env = envs[task]
             session = f"{robot_id}-ep{k}"
+            recorder = TickRecorder(client, session, robot_id) if recording else None
+            executor = ChunkExecutor(client, action_steps=action_steps, recorder=recorder)
             obs = env.reset(seed)
             success, steps, t0 = False, 0, time.perf_counter()
             expert_left, expert_steps, takeovers = 0, 0, 0
-            while True:
-                extra = {"robot_id": robot_id, "session_id": session}
-                expert = env.expert_action() if dagger else None
-                if expert is not None:
-                    extra["correction"] = expert.tolist()
-                action = np.clip(client.act({**obs, **extra})[0], -1.0, 1.0)
-                if takeover and not expert_left and np.abs(action - expert).max() > takeover.error:
-                    expert_left, takeovers = takeover.steps, takeovers + 1
-                if expert_left:
-                    action, expert_left, expert_steps = expert, expert_left - 1, expert_steps + 1
-                obs, _, done, info = env.step(action)
-                steps += 1
-                success = success or info["success"]
-                if done:
-                    break
-            httpx.post(f"{url}/v1/episodes/end", json={"session_id": session, "success": success}, headers=headers,
-                       timeout=30).raise_for_status()
+            try:
+                while True:
+                    expert = env.expert_action() if dagger else None
+                    action = np.clip(executor.step({**obs, "robot_id": robot_id, "session_id": session}), -1.0, 1.0)
+                    if takeover and not expert_left and np.abs(action - expert).max() > takeover.error:
+                        expert_left, takeovers = takeover.steps, takeovers + 1
+                    taken = bool(expert_left)  # the expert has the controls this tick
+                    if taken:
+                        action, expert_left, expert_steps = expert, expert_left - 1, expert_steps + 1
+                    if recorder is not None:  # what the robot executed; the expert's action as the label
+                        executor.executed(action)
+                        if expert is not None:
+                            executor.correct(expert, executed=taken)
+                    obs, _, done, info = env.step(action)
+                    steps += 1
+                    success = success or info["success"]
+                    if done:
+                        break
+                if recorder is not None:
+                    recorder.end_episode(success)
+                    if recorder.errors:
+                        raise RuntimeError(f"{robot_id}: {recorder.errors} tick uploads failed: {recorder.last_error}")
+            finally:
+                executor.close()
+                if recorder is not None:
+                    recorder.close()
             with lock:
                 results.append({"task": task, "seed": seed, "robot": robot_id, "success": success, "steps": steps,
                                 "expert_steps": expert_steps, "takeovers": takeovers,
-                                "seconds": time.perf_counter() - t0})
+                                "requests": executor.requests, "seconds": time.perf_counter() - t0})
     finally:
         client.close()
         for env in envs.values():
@@ -86,8 +98,9 @@ def _robot(url: str, robot_id: str, work: list[tuple[str, int]], dagger: bool, m
 
 def drive_fleet(url: str, tasks: list[str] | str, episodes: int, robots: int = 2, dagger: bool = False,
                 seed: int = FLEET_SEED_BASE, max_steps: int | None = None, api_key: str | None = None,
-                takeover: Takeover | None = None) -> dict:
+                takeover: Takeover | None = None, action_steps: int = 1) -> dict:
     """Run `episodes` episodes per task spread over `robots` concurrent robots; success rates per task.
+    action_steps: actions each robot executes per request (the robot waits for each chunk).
 
     With `takeover`, success counts episodes the expert helped; `expert_steps` says how much it drove.
     """
@@ -102,8 +115,8 @@ def drive_fleet(url: str, tasks: list[str] | str, episodes: int, robots: int = 2
     lock = threading.Lock()
     t0 = time.time()
     with ThreadPoolExecutor(robots) as pool:
-        futures = [pool.submit(_robot, url, f"robot-{i}", shard, dagger, max_steps, api_key, results, lock, takeover)
-                   for i, shard in enumerate(shards) if shard]
+        futures = [pool.submit(_robot, url, f"robot-{i}", shard, dagger, max_steps, api_key, results, lock, takeover,
+                               action_steps) for i, shard in enumerate(shards) if shard]
         for f in futures:
             f.result()
     per_task = {}
@@ -114,6 +127,7 @@ def drive_fleet(url: str, tasks: list[str] | str, episodes: int, robots: int = 2
                        "expert_share": round(driven, 4), "takeovers": sum(r["takeovers"] for r in mine)}
     steps = int(sum(r["steps"] for r in results))
     return {"tasks": per_task, "mean_success_rate": float(np.mean([v["success_rate"] for v in per_task.values()])),
-            "episodes": len(results), "steps": steps, "dagger": dagger,
+            "episodes": len(results), "steps": steps, "requests": int(sum(r["requests"] for r in results)),
+            "action_steps": action_steps, "dagger": dagger,
             "takeover": asdict(takeover) if takeover else None,
             "expert_steps": int(sum(r["expert_steps"] for r in results)), "wall_time_s": round(time.time() - t0, 1)}

@@ -20,8 +20,8 @@ def write_metaworld(out: str | Path, tasks: list[str], episodes: int, cameras: l
 
     Task column = the language instruction; the env task name and seed are episode metadata columns
     (`env_task`, `seed`); the simulator's object and goal positions are the `observation.environment_state` column
-    (a privileged training target, never a policy input), with each camera's projection matrix in its feature
-    info. `sim` defaults to rfm.sim.metaworld (tests inject a fake with the same names). steps_after_success: expert
+    (a privileged training target, never a policy input); each camera's calibration and the hand's place in the
+    state are recorded as robot geometry (features.<camera>.calibration, features.observation.state.ee_position). `sim` defaults to rfm.sim.metaworld (tests inject a fake with the same names). steps_after_success: expert
     steps kept past the success threshold; action_noise, noise_correlation: noise on the executed hand motion, the
     expert's own action recorded (rfm.sim.metaworld.generate_episode). Both are recorded per episode.
     """
@@ -30,14 +30,18 @@ def write_metaworld(out: str | Path, tasks: list[str], episodes: int, cameras: l
     fps = round(float(sim.CONTROL_HZ))
     env_names = list(getattr(sim, "ENV_STATE_NAMES", []))
     extra_features = None
+    projections = sim.camera_projections(tasks, cameras) if hasattr(sim, "camera_projections") else None
     if env_names:
         extra_features = {OBS_ENV_STATE: {"dtype": "float32", "shape": [len(env_names)], "names": env_names}}
-        if hasattr(sim, "camera_projections"):  # where each xyz triple appears in each camera (keypoint targets)
-            extra_features[OBS_ENV_STATE]["info"] = {"camera_projection": sim.camera_projections(tasks, cameras)}
+        if projections:  # also here, where rfm versions before robot geometry in the interface read them
+            extra_features[OBS_ENV_STATE]["info"] = {"camera_projection": projections}
+    # the simulated robot's geometry, recorded as robot data: each camera's calibration, the hand in the state
     writer = LeRobotDatasetWriter(out, fps=fps, robot_type="sawyer", cameras={c: (size, size) for c in cameras},
                                   state_names=list(sim.STATE_NAMES), action_names=list(sim.ACTION_NAMES),
                                   use_videos=use_videos, vcodec=vcodec, overwrite=overwrite,
-                                  extra_features=extra_features)
+                                  extra_features=extra_features,
+                                  calibration={c: {"projection": p} for c, p in (projections or {}).items()},
+                                  ee_position=getattr(sim, "EE_POSITION", None))
     tried: dict[str, int] = {}
     kept: dict[str, int] = {}
     try:

@@ -23,6 +23,7 @@ MT10_TASKS = ["reach-v3", "push-v3", "pick-place-v3", "door-open-v3", "drawer-op
               "button-press-topdown-v3", "peg-insert-side-v3", "window-open-v3", "window-close-v3"]
 STATE_NAMES = ["hand_x", "hand_y", "hand_z", "gripper_open"]
 ACTION_NAMES = ["dx", "dy", "dz", "gripper"]
+EE_POSITION = STATE_NAMES[:3]  # the hand's x, y, z: the end effector, in the cameras' world frame
 # Privileged simulator state recorded beside each demo frame (observation.environment_state): where the objects and
 # the goal are. Never an input to the policy; an auxiliary training target that teaches the encoder to find them.
 ENV_STATE_NAMES = ["obj1_x", "obj1_y", "obj1_z", "obj2_x", "obj2_y", "obj2_z", "goal_x", "goal_y", "goal_z"]

@@ -97,7 +97,7 @@ def client_python(tmp_path_factory) -> Path:
     r = _run([sys.executable, "-m", "venv", root / "venv"], root, 120)
     assert r.returncode == 0, r.stderr
     python = root / "venv" / "bin" / "python"
-    # with build isolation: pip fetches the declared setuptools>=68 (the venv's own setuptools is older)
+    # with build isolation: pip fetches the declared setuptools>=77 (the venv's own setuptools is older)
     r = _run([python, "-m", "pip", "install", "-q", _source_copy(root / "src")], root, 420)
     if r.returncode != 0:
         probe = _run([python, "-m", "pip", "download", "-q", "--no-deps", "-d", root / "probe", "msgpack"],

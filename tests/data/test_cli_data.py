@@ -135,6 +135,10 @@ def test_generate_real_metaworld_into_windows(tmp_path):
     assert "observation.environment_state" in ds.stats
     proj = np.asarray(env_ft["info"]["camera_projection"]["corner2"])  # where those points appear (keypoint targets)
     assert proj.shape == (3, 4)
+    # the simulated robot's geometry is recorded as robot data: the camera's calibration and the hand in the state
+    itf = interface_from_dataset(ds)
+    np.testing.assert_allclose(itf.projections()[0], proj)
+    assert itf.ee_position == ["hand_x", "hand_y", "hand_z"]
     # stored losslessly by default: a training frame is exactly what the policy will see live. (4:2:0 video turns
     # reach's one-pixel red goal into a faint smudge, and a policy trained on that never finds the goal.)
     from rfm.sim.metaworld import MetaWorldEnv

@@ -54,3 +54,50 @@ def test_takeover_lets_the_expert_drive_when_the_policy_strays(tmp_path):
     assert LeRobotDataset(tmp_path / "rec").num_frames == res["steps"]
     with pytest.raises(ValueError, match="error=0: must be > 0"):
         Takeover(error=0)
+
+
+def test_a_robot_executing_8_actions_per_request_records_every_tick_it_executed(tmp_path):
+    """Through a real recording server: a simulated robot runs the SDK's ChunkExecutor (8 actions per request) and
+    reports its ticks. The recorded episode has one frame per tick run, its actions are the executed ones tick by
+    tick, and replaying them open loop from the episode's seed reproduces the recorded states."""
+    from rfm.client import ChunkExecutor, RFMClient, TickRecorder
+    from rfm.sim.metaworld import MetaWorldEnv
+
+    itf = RobotInterface(cameras=["corner2"], image_size=(32, 32), state_names=STATE_NAMES, action_names=ACTION_NAMES,
+                         chunk_size=16, control_hz=CONTROL_HZ)
+    RFMPolicy.build("tiny", interface=itf).save_pretrained(tmp_path / "ck")
+    cfg = ServerConfig(max_batch=2, warmup_batch_sizes=(1,), record_dir=str(tmp_path / "rec"))
+    seed, ticks = 1_000_007, 30
+    executed, states = [], []
+    env = MetaWorldEnv("reach-v3", ["corner2"], 32, max_steps=ticks)
+    with ServerThread(load_runner(tmp_path / "ck", device="cpu"), cfg) as server:
+        with RFMClient(server.url) as client, TickRecorder(client, "robot-1") as recorder, \
+                ChunkExecutor(client, action_steps=8, recorder=recorder) as executor:
+            obs = env.reset(seed)
+            while True:
+                states.append(np.asarray(obs["state"], np.float32))
+                action = np.clip(executor.step(obs), -1.0, 1.0)
+                executor.executed(action)  # what the robot really ran, after its own clipping
+                executed.append(action)
+                obs, _, done, _ = env.step(action)
+                if done:
+                    break
+            recorder.end_episode(success=False)
+            assert recorder.errors == 0 and executor.requests == -(-len(executed) // 8)
+    ds = LeRobotDataset(tmp_path / "rec")
+    assert ds.num_episodes == 1 and ds.num_frames == len(executed) == ticks  # one frame per control tick
+    assert ds.fps == round(CONTROL_HZ)
+    np.testing.assert_allclose(ds.actions, np.stack(executed), atol=1e-6)
+    np.testing.assert_allclose(ds.extras["action_executed"], np.stack(executed), atol=1e-6)
+    np.testing.assert_allclose(ds.states, np.stack(states), atol=1e-6)
+    assert not ds.extras["is_correction"].any()
+    chunks = ds.extras["action_chunk"].reshape(ticks, 16, 4)  # each tick's action came from its chunk, 8 per chunk
+    for t in range(ticks):
+        np.testing.assert_allclose(np.clip(chunks[t, t % 8], -1, 1), executed[t], atol=1e-6)
+    # the recording replays: the recorded actions, open loop from the seed, give the recorded states
+    obs, replayed = env.reset(seed), []
+    for a in ds.actions:
+        replayed.append(np.asarray(obs["state"], np.float32))
+        obs, *_ = env.step(a)
+    np.testing.assert_allclose(np.stack(replayed), ds.states, atol=1e-5)
+    env.close()

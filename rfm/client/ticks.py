@@ -1,0 +1,131 @@
+"""TickRecorder: stream what the robot executed, one entry per control tick, to a recording server (POST /v1/ticks).
+
+A robot that executes action chunks asks for a new chunk every few ticks, so the requests a server sees are not
+what the robot did: recording them gives episodes compressed in time whose labels are the first action of each
+chunk. The robot's control loop knows every tick, so it reports them on a side channel: `add()` only appends to
+a queue, and a background thread posts batches, so neither inference nor the control loop ever waits for
+recording. The server writes one frame per tick at the robot's control rate: the observation of that tick, the
+action executed (or the correction given for it), and the chunk it came from.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from rfm.client.wire import encode_ticks
+
+log = logging.getLogger("rfm.client.ticks")
+
+
+class TickRecorder:
+    """Per-tick recording of one robot session, posted in batches from a background thread.
+
+    `client`: an RFMClient (its URL, API key and format are reused). Call `add()` once per tick with what was
+    executed, `correct(action)` to label the latest tick with an operator's or expert's action, and
+    `end_episode(success)` when the episode ends; `close()` flushes everything.
+    """
+
+    def __init__(self, client: Any, session_id: str, robot_id: str | None = None, batch_ticks: int = 8) -> None:
+        import httpx
+
+        self.session_id, self.robot_id, self.batch_ticks = session_id, robot_id, max(1, batch_ticks)
+        self.format, self.headers = client.format, dict(client.headers)
+        self._http = httpx.Client(base_url=client.url, timeout=client.timeout)
+        self._ticks: list[dict] = []  # the newest tick waits here: correct() may still label it
+        self._outbox: list[tuple[list[dict], bool, bool | None]] = []
+        self._cond = threading.Condition()
+        self._closed = False
+        self.sent = self.errors = 0
+        self.last_error: str | None = None
+        self._thread = threading.Thread(target=self._run, name="rfm-ticks", daemon=True)
+        self._thread.start()
+
+    def add(self, obs: Mapping[str, Any], action: np.ndarray, chunk: np.ndarray | None = None) -> None:
+        """This tick's observation and the action executed at it (and the chunk it came from). Never blocks."""
+        tick = {"images": dict(obs["images"]), "state": np.asarray(obs["state"], np.float32).copy(),
+                "instruction": obs.get("instruction", ""), "action": np.asarray(action, np.float32).copy(),
+                "chunk": None if chunk is None else np.asarray(chunk, np.float32).copy()}
+        with self._cond:
+            self._ticks.append(tick)
+            if len(self._ticks) > self.batch_ticks:  # all but the newest are final
+                self._outbox.append((self._ticks[:-1], False, None))
+                self._ticks = self._ticks[-1:]
+                self._cond.notify()
+
+    def correct(self, action: np.ndarray, executed: bool = False) -> None:
+        """Label the latest tick with the action to learn from (an operator's or expert's); `executed`: the robot
+        also executed it instead of the policy's (a takeover)."""
+        with self._cond:
+            if not self._ticks:
+                raise RuntimeError("correct() before any add(): nothing to label")
+            self._ticks[-1]["label"] = np.asarray(action, np.float32).copy()
+            if executed:
+                self._ticks[-1]["action"] = self._ticks[-1]["label"]
+
+    def executed(self, action: np.ndarray) -> None:
+        """The robot executed `action` at the latest tick (e.g. after clipping it): record that one."""
+        with self._cond:
+            if not self._ticks:
+                raise RuntimeError("executed() before any add(): no tick to update")
+            self._ticks[-1]["action"] = np.asarray(action, np.float32).copy()
+
+    def end_episode(self, success: bool | None = None, wait: bool = True) -> None:
+        """Send the remaining ticks and close the episode on the server; with `wait`, until the server has them."""
+        with self._cond:
+            self._outbox.append((self._ticks, True, success))
+            self._ticks = []
+            self._cond.notify()
+        if wait:
+            self.flush()
+
+    def flush(self, timeout: float = 60.0) -> None:
+        """Wait until every queued batch was posted (or failed)."""
+        with self._cond:
+            self._cond.wait_for(lambda: not self._outbox and not self._busy, timeout)
+
+    _busy = False
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._outbox or self._closed)
+                if not self._outbox:
+                    return
+                ticks, end, success = self._outbox[0]
+                self._busy = True
+            try:
+                body = encode_ticks(ticks, self.session_id, self.format, self.robot_id, end, success)
+                resp = self._http.post("/v1/ticks", content=body, headers=self.headers)
+                if resp.status_code != 200:
+                    raise RuntimeError(f"POST /v1/ticks: {resp.status_code} {resp.text[:300]}")
+                self.sent += len(ticks)
+            except Exception as e:  # noqa: BLE001 - recording must not take the robot down; counted and logged
+                self.errors += 1
+                self.last_error = str(e)
+                log.warning("tick recording failed (%d ticks lost): %s", len(ticks), e)
+            with self._cond:
+                self._outbox.pop(0)
+                self._busy = False
+                self._cond.notify_all()
+
+    def close(self) -> None:
+        """Post what is left (as an unfinished episode the server closes on idle) and stop the thread."""
+        with self._cond:
+            if self._ticks:
+                self._outbox.append((self._ticks, False, None))
+                self._ticks = []
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join()
+        self._http.close()
+
+    def __enter__(self) -> TickRecorder:  # noqa: PYI034
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
