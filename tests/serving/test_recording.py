@@ -131,3 +131,31 @@ def _committed_episodes(path) -> int:
 def test_bad_labels_are_422(server, field, value, message):
     r = httpx.post(server.url + "/v1/act", content=msgpack_body(observation(), **{field: value}), headers=MSGPACK)
     assert r.status_code == 422 and message in r.text
+
+
+def test_ticks_errors_name_the_tick_and_field_and_a_server_without_record_says_so(server, tiny_checkpoint, tmp_path):
+    """POST /v1/ticks: a bad tick is a 422 naming its index and field, and nothing of the batch is recorded; a
+    server started without --record answers 409."""
+    from rfm.client.wire import encode_ticks
+    from serving.config import ServerConfig
+    from serving.server import ServerThread
+    from tests.serving.helpers import load_tiny
+
+    obs = observation()
+    good = {**obs, "action": [0.1, 0.2]}
+    body = encode_ticks([good, {**good, "state": [1.0]}], "s1")
+    r = httpx.post(server.url + "/v1/ticks", content=body, headers=MSGPACK)
+    assert r.status_code == 409 and "without --record" in r.json()["detail"]  # the shared fixture does not record
+    cfg = ServerConfig(max_batch=2, warmup_batch_sizes=(1,), record_dir=str(tmp_path / "rec"))
+    with ServerThread(load_tiny(tiny_checkpoint), cfg) as rec:
+        r = httpx.post(rec.url + "/v1/ticks", content=body, headers=MSGPACK)
+        assert r.status_code == 422 and r.json()["detail"].startswith("ticks[1]: state has 1 values")
+        r = httpx.post(rec.url + "/v1/ticks", content=encode_ticks([{**good, "action": [0.1]}], "s1"),
+                       headers=MSGPACK)
+        assert r.status_code == 422 and "ticks[0]: action has 1 values, expected 2" in r.json()["detail"]
+        r = httpx.post(rec.url + "/v1/ticks", content=encode_ticks([good, good], "s1", episode_end=True),
+                       headers=MSGPACK)
+        assert r.status_code == 200 and r.json()["ticks"] == 2
+    ds = LeRobotDataset(tmp_path / "rec")
+    assert ds.num_episodes == 1 and ds.num_frames == 2  # only the good batch
+    np.testing.assert_allclose(ds.extras["action_executed"], [[0.1, 0.2], [0.1, 0.2]], atol=1e-6)

@@ -70,20 +70,20 @@ def test_a_robot_executing_8_actions_per_request_records_every_tick_it_executed(
     seed, ticks = 1_000_007, 30
     executed, states = [], []
     env = MetaWorldEnv("reach-v3", ["corner2"], 32, max_steps=ticks)
-    with ServerThread(load_runner(tmp_path / "ck", device="cpu"), cfg) as server:
-        with RFMClient(server.url) as client, TickRecorder(client, "robot-1") as recorder, \
-                ChunkExecutor(client, action_steps=8, recorder=recorder) as executor:
-            obs = env.reset(seed)
-            while True:
-                states.append(np.asarray(obs["state"], np.float32))
-                action = np.clip(executor.step(obs), -1.0, 1.0)
-                executor.executed(action)  # what the robot really ran, after its own clipping
-                executed.append(action)
-                obs, _, done, _ = env.step(action)
-                if done:
-                    break
-            recorder.end_episode(success=False)
-            assert recorder.errors == 0 and executor.requests == -(-len(executed) // 8)
+    server = ServerThread(load_runner(tmp_path / "ck", device="cpu"), cfg)
+    with server, RFMClient(server.url) as client, TickRecorder(client, "robot-1") as recorder, \
+            ChunkExecutor(client, action_steps=8, recorder=recorder) as executor:
+        obs = env.reset(seed)
+        while True:
+            states.append(np.asarray(obs["state"], np.float32))
+            action = np.clip(executor.step(obs), -1.0, 1.0)
+            executor.executed(action)  # what the robot really ran, after its own clipping
+            executed.append(action)
+            obs, _, done, _ = env.step(action)
+            if done:
+                break
+        recorder.end_episode(success=False)
+        assert recorder.errors == 0 and executor.requests == -(-len(executed) // 8)
     ds = LeRobotDataset(tmp_path / "rec")
     assert ds.num_episodes == 1 and ds.num_frames == len(executed) == ticks  # one frame per control tick
     assert ds.fps == round(CONTROL_HZ)

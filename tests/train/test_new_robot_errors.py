@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-
 from rfm.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[2]
