@@ -31,6 +31,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ensemble", action="store_true", help="ACT temporal ensembling (predict every step)")
     p.add_argument("--ensemble-m", type=float, default=0.01)
     p.add_argument("--action-steps", type=int, default=None, help="actions executed per chunk (default: all)")
+    p.add_argument("--delay", type=int, default=0, metavar="D",
+                   help="simulated inference delay in control ticks: a chunk is usable D ticks after its observation, "
+                        "the robot executing the previous one meanwhile (default 0)")
     p.add_argument("--snap-instructions", type=float, default=None, metavar="SIM",
                    help="map instructions the model never trained on to the nearest trained one at cosine "
                         "similarity >= SIM (what `rfm serve --snap-instructions` does); the JSON lists each mapping")
@@ -46,7 +49,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 # simulation-only options and their defaults: given with --dataset, they would silently do nothing
-SIM_ONLY = {"tasks": "mt10", "paraphrase": False, "ensemble": False, "action_steps": None, "snap_instructions": None,
+SIM_ONLY = {"tasks": "mt10", "paraphrase": False, "ensemble": False, "action_steps": None, "delay": 0,
+            "snap_instructions": None,
             "seed": None, "max_steps": None, "video_dir": None, "workers": 1}
 
 
@@ -80,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
                        ensemble=args.ensemble, ensemble_m=args.ensemble_m, action_steps=args.action_steps,
                        max_steps=args.max_steps, video_dir=args.video_dir, workers=args.workers,
                        checkpoint=args.checkpoint, backend=args.backend, progress=not args.no_progress,
-                       snap_instructions=args.snap_instructions)
+                       snap_instructions=args.snap_instructions, delay=args.delay)
     print(format_table(results))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

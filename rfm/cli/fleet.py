@@ -22,6 +22,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--takeover-steps", type=int, default=16, help="steps the expert keeps the controls (default: 16)")
     p.add_argument("--action-steps", type=int, default=1, metavar="K",
                    help="actions each robot executes per request, waiting for the next chunk (default 1: every tick)")
+    p.add_argument("--delay", type=int, default=0, metavar="D",
+                   help="simulated inference delay in control ticks (with --action-steps): a chunk is usable D ticks "
+                        "after its observation, the robot executing the previous one meanwhile")
     p.add_argument("--seed", type=int, default=200_000)
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--api-key-file", default=None, help="file whose first line is the API key")
@@ -38,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     takeover = Takeover(args.takeover_error, args.takeover_steps) if args.takeover_error is not None else None
     key = Path(args.api_key_file).read_text().split()[0] if args.api_key_file else None
     res = drive_fleet(args.url, args.tasks, args.episodes, robots=args.robots, dagger=args.dagger, seed=args.seed,
-                      action_steps=args.action_steps,
+                      action_steps=args.action_steps, delay=args.delay,
                       max_steps=args.max_steps, api_key=key, takeover=takeover)
     for task, r in res["tasks"].items():
         helped = f", expert drove {r['expert_share'] * 100:.0f}% of steps" if takeover else ""

@@ -43,7 +43,8 @@ def _run(runner: Runner, work: list[tuple[str, int, str]], opts: dict, video_dir
         env = envs[task]
         env.instruction = text
         first = video_dir is not None and not any(r.task == task for r in results)
-        res = rollout(runner, env, seed, opts["action_steps"], opts["ensemble"], opts["ensemble_m"], record=first)
+        res = rollout(runner, env, seed, opts["action_steps"], opts["ensemble"], opts["ensemble_m"], record=first,
+                      delay=opts.get("delay", 0))
         if first and res.frames:
             _save_video(res.frames, Path(video_dir) / f"{task}.gif", fps=round(itf.control_hz / 2))
             res.frames = []
@@ -88,8 +89,11 @@ def evaluate(runner: Runner | None, tasks: list[str], episodes: int, seed: int |
              paraphrase: bool = False, ensemble: bool = False, ensemble_m: float = 0.01,
              action_steps: int | None = None, max_steps: int | None = None, video_dir: str | Path | None = None,
              workers: int = 1, checkpoint: str | None = None, backend: str = "torch",
-             progress: bool = True, snap_instructions: float | None = None) -> dict:
+             progress: bool = True, snap_instructions: float | None = None, delay: int = 0) -> dict:
     """Closed-loop success rates. With workers > 1, each process loads its own runner from `checkpoint`.
+
+    delay: simulated inference delay in control ticks: each chunk is usable `delay` ticks after the observation it
+    was computed from, the robot executing the previous one meanwhile (rfm.client.ChunkExecutor).
 
     snap_instructions: the runner maps untrained instructions to the nearest trained one at this cosine similarity
     (rfm.runtime.snap); the results then say where each instruction went (`instruction_matches`).
@@ -100,8 +104,10 @@ def evaluate(runner: Runner | None, tasks: list[str], episodes: int, seed: int |
     seed = EVAL_SEED_BASE if seed is None else seed
     if seed < EVAL_SEED_BASE:
         raise ValueError(f"seed={seed}: evaluation seeds must be >= {EVAL_SEED_BASE} (below are training seeds)")
+    if delay < 0:
+        raise ValueError(f"delay={delay}: expected a number of control ticks >= 0")
     opts = {"max_steps": max_steps or MAX_STEPS, "action_steps": action_steps, "ensemble": ensemble,
-            "ensemble_m": ensemble_m, "snap_instructions": snap_instructions}
+            "ensemble_m": ensemble_m, "snap_instructions": snap_instructions, "delay": delay}
     work = _episodes(tasks, episodes, seed, paraphrase)
     # which weights these numbers belong to, taken before the rollouts, so a card can check them (rfm.eval.card)
     digest = weights_digest(checkpoint) if checkpoint is not None and backend == "torch" else None
@@ -139,7 +145,7 @@ def evaluate(runner: Runner | None, tasks: list[str], episodes: int, seed: int |
                           "rollouts": [{"seed": r.seed, "success": bool(r.success), "steps": r.steps} for r in rs]}
     return {"tasks": per_task, "mean_success_rate": float(np.mean([v["success_rate"] for v in per_task.values()])),
             "checkpoint": checkpoint, "weights_sha256": digest, "backend": getattr(runner, "backend", backend),
-            "paraphrase": paraphrase, "ensemble": ensemble, "action_steps": action_steps,
+            "paraphrase": paraphrase, "ensemble": ensemble, "action_steps": action_steps, "delay": delay,
             "max_steps": opts["max_steps"], "snap_instructions": snap_instructions, "instruction_matches": matches,
             "seeds": sorted({s for _, s, _ in work}), "wall_time_s": round(time.time() - t0, 1)}
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from rfm.eval.ensemble import ChunkQueue, TemporalEnsembler
+from rfm.client.executor import ChunkExecutor
 from rfm.runtime.base import Runner
 
 
@@ -24,32 +24,31 @@ class RolloutResult:
 
 def rollout(runner: Runner, env, seed: int, action_steps: int | None = None, ensemble: bool = False,
             ensemble_m: float = 0.01, record: bool = False,
-            on_step: Callable[[object, int], None] | None = None) -> RolloutResult:
-    """Run one episode: predict a chunk, execute `action_steps` of it (or ensemble every step), until done.
+            on_step: Callable[[object, int], None] | None = None, delay: int = 0) -> RolloutResult:
+    """Run one episode through the robot SDK's ChunkExecutor: a chunk every `action_steps` ticks (default: whole
+    chunks; with `ensemble`, every tick, temporally ensembled), each usable `delay` ticks after the observation it
+    was computed from (the robot executing the previous chunk meanwhile), until done.
 
     on_step(env, step) is called after every environment step (diagnostics read the simulator there).
     """
     obs = env.reset(seed)
-    ens, queue = TemporalEnsembler(ensemble_m), ChunkQueue(action_steps)
+    steps_per_request = 1 if ensemble else (action_steps or runner.interface.chunk_size)
+    executor = ChunkExecutor(runner.predict, action_steps=steps_per_request, delay_ticks=delay,
+                             ensemble_decay=ensemble_m if ensemble else None)
     frames = [obs["images"][env.cameras[0]]] if record else []
-    success, steps, inferences = False, 0, 0
-    while True:
-        if ensemble:
-            action = ens.update(runner.predict(obs))
-            inferences += 1
-        else:
-            if queue.needs_chunk():
-                queue.push(runner.predict(obs))
-                inferences += 1
-            action = queue.pop()
-        obs, _, done, info = env.step(np.clip(action, -1.0, 1.0))
-        steps += 1
-        if on_step is not None:
-            on_step(env, steps)
-        if record:
-            frames.append(obs["images"][env.cameras[0]])
-        if info["success"]:
-            success = True
-        if done:
-            break
-    return RolloutResult(env.task, seed, env.instruction, success, steps, inferences, frames)
+    success, steps = False, 0
+    try:
+        while True:
+            obs, _, done, info = env.step(np.clip(executor.step(obs), -1.0, 1.0))
+            steps += 1
+            if on_step is not None:
+                on_step(env, steps)
+            if record:
+                frames.append(obs["images"][env.cameras[0]])
+            if info["success"]:
+                success = True
+            if done:
+                break
+    finally:
+        executor.close()
+    return RolloutResult(env.task, seed, env.instruction, success, steps, executor.requests, frames)

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from rfm import RFMPolicy
+from rfm.client.executor import ChunkExecutor
 from rfm.config import RobotInterface
 from rfm.eval.card import weights_digest
-from rfm.eval.ensemble import ChunkQueue, TemporalEnsembler
 from rfm.sim.metaworld import ACTION_NAMES, CONTROL_HZ, STATE_NAMES
 
 
@@ -108,24 +108,41 @@ def test_training_seeds_are_refused(ckpt):
         evaluate(None, ["reach-v3"], 1, seed=3, checkpoint=str(ckpt))
 
 
+def _chunks(values: list[np.ndarray]):
+    """An act() that returns the given chunks in order, and counts its calls."""
+    it = iter(values)
+    return lambda obs: next(it)
+
+
 def test_temporal_ensembling_weights_oldest_most():
-    ens = TemporalEnsembler(m=0.5)
-    a0 = ens.update(np.full((3, 1), 1.0))  # only chunk 0 covers step 0
-    assert a0[0] == 1.0
-    a1 = ens.update(np.full((3, 1), 3.0))  # chunks 0 and 1 cover step 1
-    w = np.exp(-0.5 * np.arange(2))
-    assert a1[0] == pytest.approx((w[0] * 1 + w[1] * 3) / w.sum())
-    ens.update(np.full((3, 1), 5.0))
-    a3 = ens.update(np.full((3, 1), 7.0))  # chunk 0 (len 3) has expired at step 3
-    w = np.exp(-0.5 * np.arange(3))
-    assert a3[0] == pytest.approx((w[0] * 3 + w[1] * 5 + w[2] * 7) / w.sum())
+    with ChunkExecutor(_chunks([np.full((3, 1), v) for v in (1.0, 3.0, 5.0, 7.0)]), action_steps=1,
+                       ensemble_decay=0.5) as ex:
+        a0 = ex.step({})  # only chunk 0 covers tick 0
+        assert a0[0] == 1.0
+        a1 = ex.step({})  # chunks 0 and 1 cover tick 1
+        w = np.exp(-0.5 * np.arange(2))
+        assert a1[0] == pytest.approx((w[0] * 1 + w[1] * 3) / w.sum())
+        ex.step({})
+        a3 = ex.step({})  # chunk 0 (len 3) has expired at tick 3
+        w = np.exp(-0.5 * np.arange(3))
+        assert a3[0] == pytest.approx((w[0] * 3 + w[1] * 5 + w[2] * 7) / w.sum())
+        assert ex.requests == 4
 
 
-def test_chunk_queue_executes_n_then_replans():
-    q = ChunkQueue(2)
-    assert q.needs_chunk()
-    q.push(np.arange(5.0)[:, None])
-    assert [q.pop()[0], q.pop()[0]] == [0.0, 1.0] and q.needs_chunk()
+def test_action_steps_execute_k_then_replan():
+    with ChunkExecutor(_chunks([np.arange(5.0)[:, None], 10 + np.arange(5.0)[:, None]]), action_steps=2) as ex:
+        assert [ex.step({})[0] for _ in range(4)] == [0.0, 1.0, 10.0, 11.0] and ex.requests == 2
+
+
+def test_a_simulated_delay_keeps_executing_the_previous_chunk_until_the_new_one_is_usable():
+    """K = 4 actions per request, D = 2 ticks of latency, H = 8: the chunk computed from tick 4's observation is
+    usable from tick 6, where its action for tick 6 (index 2) runs; ticks 4 and 5 finish the previous chunk."""
+    first, second = np.arange(8.0)[:, None], 100 + np.arange(8.0)[:, None]
+    with ChunkExecutor(_chunks([first, second, second + 100]), action_steps=4, delay_ticks=2) as ex:
+        got = [ex.step({})[0] for _ in range(8)]
+    assert got == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 102.0, 103.0] and ex.waits == 0
+    with pytest.raises(ValueError, match="delay_ticks=2: a simulated delay needs action_steps"):
+        ChunkExecutor(lambda obs: first, delay_ticks=2)
 
 
 @pytest.mark.integration
