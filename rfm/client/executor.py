@@ -53,6 +53,7 @@ class ChunkExecutor:
         self._chunks: list[tuple[int, int, np.ndarray]] = []  # (start tick, usable from tick, (H, D_a)), oldest first
         self._pending: tuple[int, Future] | None = None
         self._next_request = 0
+        self.source: int | None = None
         self.requests = 0
         self.waits = 0  # ticks that had to block for a chunk (the robot would stall)
 
@@ -84,8 +85,9 @@ class ChunkExecutor:
         else:
             self._schedule_prefetch(obs)
         action = self._action()
+        cover = self._covering()
+        self.source = cover[-1][0]  # the start tick of the newest chunk this action came from (a switch: it changed)
         if self.recorder is not None:
-            cover = self._covering()
             self.recorder.add(obs, action, None if self.ensemble_decay is not None else cover[-1][2])
         self.tick += 1
         return action

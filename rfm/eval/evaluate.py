@@ -142,12 +142,20 @@ def evaluate(runner: Runner | None, tasks: list[str], episodes: int, seed: int |
                           "successes": int(sum(r.success for r in rs)),
                           "mean_steps": float(np.mean([r.steps for r in rs])),
                           "mean_inferences": float(np.mean([r.inferences for r in rs])),
+                          **_jerk([j for r in rs for j in r.jerk_switch], [j for r in rs for j in r.jerk_within]),
                           "rollouts": [{"seed": r.seed, "success": bool(r.success), "steps": r.steps} for r in rs]}
     return {"tasks": per_task, "mean_success_rate": float(np.mean([v["success_rate"] for v in per_task.values()])),
+            **_jerk([j for r in results for j in r.jerk_switch], [j for r in results for j in r.jerk_within]),
             "checkpoint": checkpoint, "weights_sha256": digest, "backend": getattr(runner, "backend", backend),
             "paraphrase": paraphrase, "ensemble": ensemble, "action_steps": action_steps, "delay": delay,
             "max_steps": opts["max_steps"], "snap_instructions": snap_instructions, "instruction_matches": matches,
             "seeds": sorted({s for _, s, _ in work}), "wall_time_s": round(time.time() - t0, 1)}
+
+
+def _jerk(switch: list[float], within: list[float]) -> dict:
+    """Mean |a_t - a_t-1| (action units, mean over dims) where a new chunk took over, and inside chunks."""
+    return {"jerk_switch": round(float(np.mean(switch)), 6) if switch else None,
+            "jerk_within": round(float(np.mean(within)), 6) if within else None}
 
 
 def format_table(results: dict) -> str:

@@ -20,6 +20,8 @@ class RolloutResult:
     steps: int
     inferences: int
     frames: list[np.ndarray] = field(default_factory=list)  # (H, W, 3) of the first camera, if recorded
+    jerk_switch: list[float] = field(default_factory=list)  # mean |a_t - a_t-1| where a new chunk took over
+    jerk_within: list[float] = field(default_factory=list)  # the same between actions of one chunk
 
 
 def rollout(runner: Runner, env, seed: int, action_steps: int | None = None, ensemble: bool = False,
@@ -37,9 +39,14 @@ def rollout(runner: Runner, env, seed: int, action_steps: int | None = None, ens
                              ensemble_decay=ensemble_m if ensemble else None)
     frames = [obs["images"][env.cameras[0]]] if record else []
     success, steps = False, 0
+    prev, source, switch, within = None, None, [], []
     try:
         while True:
-            obs, _, done, info = env.step(np.clip(executor.step(obs), -1.0, 1.0))
+            action = np.clip(executor.step(obs), -1.0, 1.0)
+            if prev is not None:  # action jerk, at chunk switches and inside chunks
+                (switch if executor.source != source else within).append(float(np.abs(action - prev).mean()))
+            prev, source = action, executor.source
+            obs, _, done, info = env.step(action)
             steps += 1
             if on_step is not None:
                 on_step(env, steps)
@@ -51,4 +58,4 @@ def rollout(runner: Runner, env, seed: int, action_steps: int | None = None, ens
                 break
     finally:
         executor.close()
-    return RolloutResult(env.task, seed, env.instruction, success, steps, executor.requests, frames)
+    return RolloutResult(env.task, seed, env.instruction, success, steps, executor.requests, frames, switch, within)

@@ -39,6 +39,8 @@ def test_cli_writes_results_json(ckpt, tmp_path):
     (ep,) = res["tasks"]["reach-v3"]["rollouts"]  # one record per episode: which seed, whether it succeeded
     assert ep["seed"] == 1_000_000 and ep["steps"] == 20 and isinstance(ep["success"], bool)
     assert min(res["seeds"]) >= 1_000_000
+    # whole chunks of 8 over 20 ticks: 2 switches to a new chunk, 17 steps inside one; jerk measured at both
+    assert res["jerk_switch"] is not None and res["jerk_within"] is not None and res["delay"] == 0
     assert (tmp_path / "videos" / "reach-v3.gif").stat().st_size > 0
     assert "reach-v3" in proc.stdout and "mean" in proc.stdout
 
