@@ -5,7 +5,9 @@
 # recording. The recording is OUT/recorded, the fine-tuned checkpoint OUT/checkpoint (its model id is OUT's name).
 # Usage: examples/dagger_round.sh CHECKPOINT DATA OUT [TASKS] [EPISODES] [STEPS]
 #   DATA=none fine-tunes on the recording alone. Training flags: TRAIN_ARGS (appended; later flags win).
-#   Fleet flags: FLEET_ARGS, e.g. "--takeover-error 1.0" (the expert drives 16 steps whenever the policy strays).
+#   Fleet flags: FLEET_ARGS, e.g. "--takeover-error 1.0" (the expert drives 16 steps whenever the policy strays),
+#   or "--action-steps 8 --delay 4" (robots executing 8 actions per request with 50 ms of latency at 80 Hz: every
+#   tick they execute is recorded, through the SDK's ChunkExecutor and TickRecorder).
 #   A later round should pass a new FLEET_SEED (e.g. 300000), so its robots meet new goal and object positions.
 set -euo pipefail
 cd "$(dirname "$0")/.."
