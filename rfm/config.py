@@ -109,6 +109,10 @@ class RobotInterface:
         return np.stack([model_projection(self.calibration[c], native.get(c), self.image_size, self.aspect)
                          for c in self.cameras])
 
+    def can_triangulate(self) -> bool:
+        """Whether keypoints can be triangulated: at least two cameras, every one calibrated."""
+        return len(self.cameras) >= 2 and self.projections() is not None
+
     def ee_indices(self) -> list[int] | None:
         """Indices of the end effector's x, y, z in the state (None when the interface does not declare them)."""
         return [self.state_names.index(n) for n in self.ee_position] if self.ee_position else None
@@ -239,7 +243,7 @@ class PolicyConfig:
     def __post_init__(self) -> None:
         m, itf = self.model, self.interface
         if m.vision_points:
-            _check(len(itf.cameras) >= 2 and itf.projections() is not None, "interface.calibration",
+            _check(itf.can_triangulate(), "interface.calibration",
                    sorted(itf.calibration or {}),
                    f"a calibration for every camera of {itf.cameras} (at least two) when model.vision_points > 0")
         _check(not m.relative_points or (m.vision_points > 0 and itf.ee_position is not None),

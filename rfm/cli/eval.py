@@ -76,10 +76,7 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--episodes {args.episodes!r}: expected a number of episodes per task") from e
     if args.episodes < 1:
         raise CLIError(f"--episodes {args.episodes}: expected >= 1")
-    if not Path(args.checkpoint).is_dir():
-        raise CLIError(f"{args.checkpoint}: checkpoint directory not found")
-    if args.update_card and args.backend != "torch":  # said before the rollouts, not after half an hour of them
-        raise CLIError("--update-card needs --backend torch (a checkpoint directory)")
+    _check_checkpoint(args)
     results = evaluate(None, args.tasks, args.episodes, seed=args.seed, paraphrase=args.paraphrase,
                        ensemble=args.ensemble, ensemble_m=args.ensemble_m, action_steps=args.action_steps,
                        max_steps=args.max_steps, video_dir=args.video_dir, workers=args.workers,
@@ -87,9 +84,7 @@ def run(args: argparse.Namespace) -> int:
                        snap_instructions=args.snap_instructions, delay=args.delay)
     print(format_table(results))
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(results, indent=2))
-        print(f"wrote {args.out}")
+        _write(args.out, results)
     if args.update_card:
         _record(args.checkpoint, results)
     return 0
@@ -104,10 +99,7 @@ def run_offline(args: argparse.Namespace) -> int:
         raise CLIError(f"{', '.join(given)}: simulation only, not with --dataset")
     if not Path(args.dataset).is_dir():
         raise CLIError(f"{args.dataset}: dataset directory not found")
-    if not Path(args.checkpoint).is_dir():
-        raise CLIError(f"{args.checkpoint}: checkpoint directory not found")
-    if args.update_card and args.backend != "torch":
-        raise CLIError("--update-card needs --backend torch (a checkpoint directory)")
+    _check_checkpoint(args)
     if args.stride < 1:
         raise CLIError(f"--stride {args.stride}: expected >= 1")
     if args.episodes is not None and args.last is not None:
@@ -117,9 +109,7 @@ def run_offline(args: argparse.Namespace) -> int:
                                   stride=args.stride, backend=args.backend, progress=not args.no_progress)
     print(format_offline(results))
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(results, indent=2))
-        print(f"wrote {args.out}")
+        _write(args.out, results)
     if args.plot:
         from rfm.eval.offline_plot import plot_offline
 
@@ -127,6 +117,20 @@ def run_offline(args: argparse.Namespace) -> int:
     if args.update_card:
         _record(args.checkpoint, results)
     return 0
+
+
+def _check_checkpoint(args: argparse.Namespace) -> None:
+    """Before any rollout or prediction, not after half an hour of them."""
+    if not Path(args.checkpoint).is_dir():
+        raise CLIError(f"{args.checkpoint}: checkpoint directory not found")
+    if args.update_card and args.backend != "torch":
+        raise CLIError("--update-card needs --backend torch (a checkpoint directory)")
+
+
+def _write(path: str, results: dict) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(results, indent=2))
+    print(f"wrote {path}")
 
 
 def _record(checkpoint: str, results: dict) -> None:

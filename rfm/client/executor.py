@@ -58,20 +58,29 @@ class ChunkExecutor:
         self.waits = 0  # ticks that had to block for a chunk (the robot would stall)
 
     # --- requests -------------------------------------------------------------------------------------------
-    def _submit(self, obs: Mapping[str, Any]) -> None:
-        snapshot = {k: (copy.deepcopy(v) if isinstance(v, dict) else v) for k, v in obs.items()}
+    def _request(self, obs: Mapping[str, Any], snapshot: bool) -> dict:
+        """The request body's observation; a snapshot (copied) when another thread sends it while the robot moves on."""
+        body = {k: (copy.deepcopy(v) if snapshot and isinstance(v, dict) else v) for k, v in obs.items()}
         if self.recorder is not None:
-            snapshot["record"] = False  # the ticks are recorded, not the requests
-        self._pending = (self.tick, self._pool.submit(self._act, snapshot))
+            body["record"] = False  # the ticks are recorded, not the requests
         self.requests += 1
+        return body
 
-    def _collect(self, block: bool, delay: int = 0) -> None:
+    def _submit(self, obs: Mapping[str, Any]) -> None:
+        self._pending = (self.tick, self._pool.submit(self._act, self._request(obs, snapshot=True)))
+
+    def _collect(self, block: bool) -> None:
         if self._pending is None or not (block or self._pending[1].done()):
             return
         start, fut = self._pending
         self._pending = None
-        chunk = np.asarray(fut.result(), dtype=np.float32)  # re-raises the request's error here
-        usable = start + delay if self._chunks else start  # the first chunk of an episode is waited for
+        self._add_chunk(start, fut.result())  # re-raises the request's error here
+
+    def _add_chunk(self, start: int, chunk: Any, delay: int = 0) -> None:
+        """A chunk computed from the observation of tick `start`, usable `delay` ticks later (the first of an
+        episode is waited for); chunks that can no longer cover a tick are dropped."""
+        usable = start + delay if self._chunks else start
+        chunk = np.asarray(chunk, dtype=np.float32)
         self._chunks = [c for c in self._chunks if c[0] + len(c[2]) > self.tick] + [(start, usable, chunk)]
 
     def _covering(self) -> list[tuple[int, int, np.ndarray]]:
@@ -84,8 +93,8 @@ class ChunkExecutor:
             self._schedule_blocking(obs)
         else:
             self._schedule_prefetch(obs)
-        action = self._action()
         cover = self._covering()
+        action = self._action(cover)
         self.source = cover[-1][0]  # the start tick of the newest chunk this action came from (a switch: it changed)
         if self.recorder is not None:
             self.recorder.add(obs, action, None if self.ensemble_decay is not None else cover[-1][2])
@@ -93,9 +102,8 @@ class ChunkExecutor:
         return action
 
     def _schedule_blocking(self, obs: Mapping[str, Any]) -> None:
-        if self.tick >= self._next_request:
-            self._submit(obs)
-            self._collect(block=True, delay=self.delay_ticks)
+        if self.tick >= self._next_request:  # the robot waits: asked here, in this thread
+            self._add_chunk(self.tick, self._act(self._request(obs, snapshot=False)), self.delay_ticks)
             self._next_request = self.tick + self.action_steps
         if not self._covering():  # the previous chunk ran out before the new one became usable: wait for it
             self.waits += 1
@@ -117,8 +125,7 @@ class ChunkExecutor:
         if self._pending is None and remaining <= (self.prefetch_steps or max(1, len(newest) // 2)):
             self._submit(obs)
 
-    def _action(self) -> np.ndarray:
-        cover = self._covering()
+    def _action(self, cover: list[tuple[int, int, np.ndarray]]) -> np.ndarray:
         if self.ensemble_decay is None:
             s, _, c = cover[-1]
             return c[self.tick - s].copy()

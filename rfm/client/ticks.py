@@ -15,6 +15,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
+import httpx
 import numpy as np
 
 from rfm.client.wire import encode_ticks
@@ -31,8 +32,6 @@ class TickRecorder:
     """
 
     def __init__(self, client: Any, session_id: str, robot_id: str | None = None, batch_ticks: int = 8) -> None:
-        import httpx
-
         self.session_id, self.robot_id, self.batch_ticks = session_id, robot_id, max(1, batch_ticks)
         self.format, self.headers = client.format, dict(client.headers)
         self._http = httpx.Client(base_url=client.url, timeout=client.timeout)
@@ -40,6 +39,7 @@ class TickRecorder:
         self._outbox: list[tuple[list[dict], bool, bool | None]] = []
         self._cond = threading.Condition()
         self._closed = False
+        self._busy = False  # a batch is being posted
         self.sent = self.errors = 0
         self.last_error: str | None = None
         self._thread = threading.Thread(target=self._run, name="rfm-ticks", daemon=True)
@@ -87,8 +87,6 @@ class TickRecorder:
         """Wait until every queued batch was posted (or failed)."""
         with self._cond:
             self._cond.wait_for(lambda: not self._outbox and not self._busy, timeout)
-
-    _busy = False
 
     def _run(self) -> None:
         while True:

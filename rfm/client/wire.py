@@ -32,7 +32,7 @@ def encode_observation(obs: Mapping[str, Any], fmt: str = "msgpack", **ids: str 
     """{"images": {cam: (H, W, 3) uint8}, "state": (D_s,), "instruction": str} -> request body bytes."""
     body: dict[str, Any] = {
         "images": {str(cam): _image(img, fmt) for cam, img in obs["images"].items()},
-        "state": np.asarray(obs["state"], dtype=np.float64).reshape(-1).tolist(),
+        "state": _floats(obs["state"]),
         "instruction": str(obs.get("instruction", "")),
     }
     for key in OPTIONAL_FIELDS:
@@ -42,7 +42,7 @@ def encode_observation(obs: Mapping[str, Any], fmt: str = "msgpack", **ids: str 
     for key in LABEL_FIELDS:  # recording labels (servers started with --record)
         value = obs.get(key)
         if value is not None:
-            body[key] = np.asarray(value, np.float64).reshape(-1).tolist() if key == "correction" else bool(value)
+            body[key] = _floats(value) if key == "correction" else bool(value)
     return _pack(body, fmt)
 
 

@@ -146,7 +146,8 @@ class PointToken(nn.Module):
         if self.relative is not None:
             if state is None:
                 raise ValueError("relative points need the raw robot state (its end effector position)")
-            hand = state[:, self.ee_indices] if self.ee_indices != [0, 1, 2] else state[:, :3]
+            i = self.ee_indices[0]  # adjacent x, y, z (the usual layout) slice: a Slice in ONNX, not a Gather
+            hand = state[:, i:i + 3] if self.ee_indices == [i, i + 1, i + 2] else state[:, self.ee_indices]
             token = token + self.relative(relative_points(points, hand.to(points.dtype)).to(token.dtype))
         return token[:, None]
 

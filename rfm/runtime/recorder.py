@@ -102,33 +102,27 @@ class Recorder:
 
         Returns False (and counts a drop) when the recorder is behind; inference is never slowed down.
         """
-        item = ("frame", session, images, state, instruction, actions, success, correction, episode_end)
-        try:
-            self._queue.put_nowait(item)
-            return True
-        except queue.Full:
-            self.dropped += 1
-            return False
+        return self._put(("frame", session, images, state, instruction, actions, success, correction, episode_end))
 
     def record_tick(self, session: str, images: np.ndarray, state: np.ndarray, instruction: str, action: np.ndarray,
                     chunk: np.ndarray | None = None, label: np.ndarray | None = None, success: bool | None = None,
                     episode_end: bool = False) -> bool:
         """Enqueue one control tick the robot executed: images (N_cam, 3, H, W) uint8, the executed action (D_a,),
         the chunk it came from (H * D_a,) and an optional label (D_a,) to learn from instead. Never blocks."""
-        item = ("tick", session, images, state, instruction, action, chunk, label, success, episode_end)
+        return self._put(("tick", session, images, state, instruction, action, chunk, label, success, episode_end))
+
+    def end_episode(self, session: str, success: bool | None = None) -> None:
+        """Close the session's current episode (robot reset or task done)."""
+        self._put(("end", session, success))
+
+    def _put(self, item: tuple) -> bool:
+        """Enqueue without waiting; False (and a counted drop) when the recorder is behind."""
         try:
             self._queue.put_nowait(item)
             return True
         except queue.Full:
             self.dropped += 1
             return False
-
-    def end_episode(self, session: str, success: bool | None = None) -> None:
-        """Close the session's current episode (robot reset or task done)."""
-        try:
-            self._queue.put_nowait(("end", session, success))
-        except queue.Full:
-            self.dropped += 1
 
     def close(self, timeout: float | None = None) -> None:
         """Write everything still queued, flush every open session as an episode, stop the thread.
@@ -173,9 +167,14 @@ class Recorder:
             except Exception:  # a bad item must not kill recording for the rest of the fleet
                 log.exception("recorder: failed to handle an item; continuing")
 
+    def _frames(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """(N_cam, 3, H, W) as validated -> {camera: (H, W, 3)}, as the writer takes them."""
+        return {c: np.ascontiguousarray(np.asarray(images[i]).transpose(1, 2, 0))
+                for i, c in enumerate(self.interface.cameras)}
+
     def _add(self, sid, images, state, instruction, actions, success, correction, episode_end) -> None:
         itf = self.interface
-        cams = {c: np.ascontiguousarray(np.asarray(images[i]).transpose(1, 2, 0)) for i, c in enumerate(itf.cameras)}
+        cams = self._frames(images)
         actions = np.asarray(actions, np.float32).reshape(itf.chunk_size, itf.action_dim)
         learn = actions[0] if correction is None else np.asarray(correction, np.float32).reshape(itf.action_dim)
         self._append(sid, _Frame(cams, np.asarray(state, np.float32), learn, actions.reshape(-1), instruction,
@@ -183,7 +182,7 @@ class Recorder:
 
     def _add_tick(self, sid, images, state, instruction, action, chunk, label, success, episode_end) -> None:
         itf = self.interface
-        cams = {c: np.ascontiguousarray(np.asarray(images[i]).transpose(1, 2, 0)) for i, c in enumerate(itf.cameras)}
+        cams = self._frames(images)
         executed = np.asarray(action, np.float32).reshape(itf.action_dim)
         learn = executed if label is None else np.asarray(label, np.float32).reshape(itf.action_dim)
         chunk = (np.zeros(itf.chunk_size * itf.action_dim, np.float32) if chunk is None

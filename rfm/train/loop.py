@@ -109,8 +109,7 @@ def _model_config(cfg: TrainConfig, init_config: PolicyConfig | None, interface:
     else:
         model_cfg = preset(cfg.preset or "small", head=cfg.head or "chunk", **overrides)
     dropped = []
-    if model_cfg.vision_points and "vision_points" not in overrides and (
-            len(interface.cameras) < 2 or interface.projections() is None):
+    if model_cfg.vision_points and "vision_points" not in overrides and not interface.can_triangulate():
         dropped.append(f"triangulated points (model.vision_points={model_cfg.vision_points}): this robot declares no "
                        f"calibration for every camera of {interface.cameras}")
         model_cfg = replace(model_cfg, vision_points=0, relative_points=False)
