@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from rfm.runtime.observation import Batch
+from serving.admission import BatchCostModel, WouldMissDeadline, expected_finish
 
 log = logging.getLogger("rfm.serving")
 
@@ -83,6 +84,8 @@ class Batcher:
         self._cond = threading.Condition()
         self._closing = False
         self._company = False  # did the previous batch have company (size > 1, or requests queued meanwhile)?
+        self.cost = BatchCostModel()  # seconds per batch size, for admission by deadline
+        self._running: tuple[float, int] | None = None  # (start, size) of the batch being run
         self._thread = threading.Thread(target=self._run, name="rfm-batcher", daemon=True)
         self._thread.start()
 
@@ -92,7 +95,11 @@ class Batcher:
         return len(self._queue)
 
     def submit(self, images: np.ndarray, state: np.ndarray, instruction: str, timeout_s: float) -> asyncio.Future:
-        """Queue one validated request; returns a future of BatchResult. Raises QueueFull or ShuttingDown."""
+        """Queue one validated request; returns a future of BatchResult.
+
+        Raises QueueFull, ShuttingDown, or WouldMissDeadline when the work ahead of it (by the batch cost model)
+        would not let it finish within `timeout_s`.
+        """
         loop = asyncio.get_running_loop()
         now = time.perf_counter()
         item = _Item(images, state, instruction, loop.create_future(), loop, now, now + timeout_s)
@@ -101,6 +108,12 @@ class Batcher:
                 raise ShuttingDown("the server is shutting down")
             if len(self._queue) >= self.queue_size:
                 raise QueueFull(f"{len(self._queue)} requests are queued (limit {self.queue_size})")
+            finish = expected_finish(self.cost, now, self._running, len(self._queue), self.max_batch)
+            if finish is not None and finish > item.deadline:
+                raise WouldMissDeadline(
+                    f"the server expects to answer in {1000 * (finish - now):.0f} ms ({len(self._queue)} requests "
+                    f"queued), after this request's deadline of {1000 * timeout_s:.0f} ms",
+                    retry_after_s=finish - now)
             self._queue.append(item)
             self._cond.notify()
         return item.future
@@ -174,6 +187,7 @@ class Batcher:
     def _run_batch(self, items: list[_Item], start: float) -> None:
         batch = Batch(np.stack([it.images for it in items]), np.stack([it.state for it in items]),
                       [it.instruction for it in items])
+        self._running = (start, len(items))
         try:
             actions = self.predict(batch)
             if actions.shape[0] != len(items):
@@ -184,7 +198,10 @@ class Batcher:
             for it in items:
                 it.loop.call_soon_threadsafe(_resolve, it.future, None, err)
             return
+        finally:
+            self._running = None
         seconds = time.perf_counter() - start
+        self.cost.observe(len(items), seconds)
         if self.on_batch is not None:
             try:
                 self.on_batch(len(items), seconds)

@@ -29,6 +29,7 @@ MSGPACK_TYPES = ("application/msgpack", "application/x-msgpack", "application/vn
 ALLOWED_DTYPES = ("uint8", "int8", "uint16", "int16", "int32", "int64", "float16", "float32", "float64", "bool")
 MAX_IMAGE_PIXELS = 4096 * 4096  # decoded JPEG/PNG size limit (decompression bombs)
 MAX_ID_LEN = 128
+MAX_DEADLINE_MS = 600_000
 
 
 class PayloadError(ValueError):
@@ -51,6 +52,7 @@ class ActRequest:
     success: bool | None = None  # recorder: outcome label for this step / episode
     correction: np.ndarray | None = None  # recorder: operator/expert action (D_a,) to learn from instead
     record: bool = True  # recorder: False when the robot reports its executed ticks on POST /v1/ticks instead
+    deadline_ms: float | None = None  # answer within this many ms of arrival, else 503 at once (or 504); None: server's
 
 
 @dataclass
@@ -242,8 +244,13 @@ def parse_act(obj: Any, cameras: list[str], sizes: dict[str, list[tuple[int, int
     record = obj.get("record", True)
     if not isinstance(record, bool):
         raise PayloadError(f"'record' must be true or false, got {str(record)[:40]!r}")
+    deadline = obj.get("deadline_ms")
+    if deadline is not None and (isinstance(deadline, bool) or not isinstance(deadline, (int, float))
+                                 or not 0 < deadline <= MAX_DEADLINE_MS):
+        raise PayloadError(f"'deadline_ms' must be a number of milliseconds in (0, {MAX_DEADLINE_MS}], got "
+                           f"{str(deadline)[:40]!r}")
     return ActRequest(observation, _ident(obj, "request_id"), _ident(obj, "robot_id"), _ident(obj, "session_id"),
-                      *_labels(obj), record=record)
+                      *_labels(obj), record=record, deadline_ms=None if deadline is None else float(deadline))
 
 
 MAX_TICKS = 1024  # per POST /v1/ticks (the body limit bounds it too)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from dataclasses import dataclass, field
 
 from rfm.runtime.observation import ObservationError
+from serving.admission import WouldMissDeadline
 from serving.auth import AuthError
 from serving.batcher import BatchFailed, DeadlineExceeded, QueueFull, ShuttingDown
 from serving.codec import PayloadError
@@ -50,6 +52,8 @@ def to_api_error(exc: BaseException, retry_after_s: int = 1) -> ApiError:
         return ApiError(401, "unauthorized", str(exc), {"WWW-Authenticate": "Bearer"})
     if isinstance(exc, PayloadTooLarge):
         return ApiError(413, "payload_too_large", str(exc))
+    if isinstance(exc, WouldMissDeadline):  # Retry-After: whole seconds (RFC 9110), at least 1
+        return ApiError(503, "overloaded", str(exc), {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))})
     if isinstance(exc, (QueueFull, ShuttingDown, NotReady)):
         code = {QueueFull: "overloaded", ShuttingDown: "shutting_down", NotReady: "not_ready"}[type(exc)]
         return ApiError(503, code, str(exc), {"Retry-After": str(retry_after_s)})

@@ -31,9 +31,15 @@ class ActRequestBody(BaseModel):
     success: bool | None = Field(None, description="recorder: outcome label (task succeeded)")
     correction: list[float] | None = Field(None, description="recorder: operator/expert action (D_a numbers) "
                                                              "recorded instead of the model's, DAgger-style")
+    record: bool = Field(True, description="recorder: false when the robot reports its executed ticks on "
+                                           "POST /v1/ticks instead")
+    deadline_ms: float | None = Field(None, gt=0, le=600_000, description=(
+        "answer within this many ms of arrival (capped by the server's --timeout-ms); a request the server cannot "
+        "answer in time is refused at once with 503 + Retry-After"))
 
 
 class Timings(BaseModel):
+    decode_ms: float = Field(description="arrival to queued: body read, decoding, validation")
     queue_ms: float = Field(description="time waiting for a batch")
     inference_ms: float = Field(description="runner time of the whole batch")
     total_ms: float = Field(description="server time from arrival to response")

@@ -72,7 +72,9 @@ class InferenceService:
             raise ObservationError(f"correction has {req.correction.size} values, the model has "
                                    f"{self.interface.action_dim} action dims ({', '.join(self.interface.action_names)})")
         request_id = req.request_id or uuid.uuid4().hex
-        remaining = self.config.timeout_ms / 1000.0 - (time.perf_counter() - t0)
+        budget_ms = self.config.timeout_ms if req.deadline_ms is None else min(req.deadline_ms, self.config.timeout_ms)
+        t_submit = time.perf_counter()
+        remaining = budget_ms / 1000.0 - (t_submit - t0)
         fut = self.batcher.submit(images, state, instruction, max(remaining, 0.0))
         self.metrics.queue_depth.set(self.batcher.depth())
         res = await asyncio.wait_for(fut, timeout=max(remaining, 1e-3))
@@ -85,7 +87,8 @@ class InferenceService:
             actions, clipped = self.limits.clip(actions)
             if clipped:
                 self.metrics.clipped.inc()
-        timings = {"queue_ms": round(res.queue_ms, 3), "inference_ms": round(res.inference_ms, 3),
+        timings = {"decode_ms": round(1000 * (t_submit - t0), 3), "queue_ms": round(res.queue_ms, 3),
+                   "inference_ms": round(res.inference_ms, 3),
                    "total_ms": round(1000 * (time.perf_counter() - t0), 3)}
         if self.audit is not None:
             self.audit.write({"request_id": request_id, "endpoint": endpoint, "model_id": self.runner.model_id,

@@ -61,8 +61,12 @@ class ServerState:
                 runner.snap_instructions(self.config.snap_instructions)
             trim = HeapTrimmer(0.0).maybe_trim  # give back what loading and each warm-up batch left behind,
             trim()  # so the resident peak is the model plus one batch, not the sum of transients
+            costs = {}  # seconds per warm batch size: the admission model's first estimate
             for b in self.config.batch_sizes_to_warm():
+                runner.warmup([b])  # the first call of a shape pays one-time costs: time the second
+                tb = time.perf_counter()
                 runner.warmup([b])
+                costs[b] = time.perf_counter() - tb
                 trim()
             names = runner.interface.action_names
             if self.config.action_limits:
@@ -81,6 +85,8 @@ class ServerState:
                                     idle_timeout_s=self.config.record_idle_timeout_s,
                                     use_videos=self.config.record_images == "video")
             self.service = InferenceService(runner, self.config, self.metrics, limits, self.audit, recorder)
+            for b, seconds in costs.items():
+                self.service.batcher.cost.observe(b, seconds)
             self.metrics.ready.set(1)
             log.info("model %s@%s ready (warm-up %.1f s, batch sizes %s, limits %s)", runner.model_id,
                      runner.model_version, time.perf_counter() - t, self.config.batch_sizes_to_warm(),

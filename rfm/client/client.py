@@ -45,12 +45,14 @@ def _retry_after(resp: httpx.Response | None, attempt: int, cap: float) -> float
 class _Base:
     def __init__(self, url: str = "http://127.0.0.1:8000", api_key: str | None = None, format: str = "msgpack",
                  timeout: float = 10.0, retries: int = 3, max_retry_wait: float = 5.0, robot_id: str | None = None,
-                 session_id: str | None = None) -> None:
+                 session_id: str | None = None, deadline_ms: float | None = None) -> None:
+        """`deadline_ms`: each request is answered within it or refused at once with 503 (a robot acting in real
+        time would rather act on its next observation than wait for this one)."""
         if format not in ("msgpack", "json"):
             raise ValueError(f"format={format!r}: expected 'msgpack' or 'json'")
         self.url, self.format, self.timeout = url.rstrip("/"), format, timeout
         self.retries, self.max_retry_wait = retries, max_retry_wait
-        self.robot_id, self.session_id = robot_id, session_id
+        self.robot_id, self.session_id, self.deadline_ms = robot_id, session_id, deadline_ms
         self.headers = {"Content-Type": MSGPACK if format == "msgpack" else JSON}
         if api_key:
             self.headers["Authorization"] = f"Bearer {api_key}"
@@ -64,7 +66,7 @@ class _Base:
         return _retry_after(resp, attempt, self.max_retry_wait)
 
     def _body(self, obs: Mapping[str, Any], request_id: str | None) -> bytes:
-        return encode_observation(obs, self.format, request_id=request_id, robot_id=self.robot_id,
+        return encode_observation(obs, self.format, self.deadline_ms, request_id=request_id, robot_id=self.robot_id,
                                   session_id=self.session_id)
 
 

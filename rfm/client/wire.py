@@ -28,8 +28,11 @@ def _image(img: Any, fmt: str) -> Any:
             "dtype": "uint8"}
 
 
-def encode_observation(obs: Mapping[str, Any], fmt: str = "msgpack", **ids: str | None) -> bytes:
-    """{"images": {cam: (H, W, 3) uint8}, "state": (D_s,), "instruction": str} -> request body bytes."""
+def encode_observation(obs: Mapping[str, Any], fmt: str = "msgpack", deadline_ms: float | None = None,
+                       **ids: str | None) -> bytes:
+    """{"images": {cam: (H, W, 3) uint8}, "state": (D_s,), "instruction": str} -> request body bytes.
+
+    `deadline_ms`: the server answers within it or refuses at once (503 + Retry-After)."""
     body: dict[str, Any] = {
         "images": {str(cam): _image(img, fmt) for cam, img in obs["images"].items()},
         "state": _floats(obs["state"]),
@@ -39,6 +42,8 @@ def encode_observation(obs: Mapping[str, Any], fmt: str = "msgpack", **ids: str 
         value = ids.get(key) or obs.get(key)
         if value:
             body[key] = value
+    if deadline_ms is not None:
+        body["deadline_ms"] = float(deadline_ms)
     for key in LABEL_FIELDS:  # recording labels (servers started with --record)
         value = obs.get(key)
         if value is not None:

@@ -1,0 +1,97 @@
+"""Admission by deadline: a request that cannot be answered in time is refused at once (503 + Retry-After), and the
+requests the server accepts are answered within their deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+
+from serving.admission import BatchCostModel, WouldMissDeadline, expected_finish
+from serving.batcher import Batcher
+from serving.config import ServerConfig
+from serving.server import ServerThread
+from tests.serving.helpers import FaultyRunner, msgpack_body, observation
+
+MP = {"content-type": "application/msgpack", "accept": "application/json"}
+
+
+def test_cost_model_fits_a_line_through_the_batch_sizes_it_saw():
+    m = BatchCostModel(alpha=0.5)
+    assert m.predict(4) is None  # nothing seen: admit everything
+    m.observe(2, 0.020)
+    assert m.predict(8) == pytest.approx(0.080)  # one size: proportional
+    m.observe(8, 0.050)
+    assert m.predict(4) == pytest.approx(0.030)  # 0.010 + 0.005 * b
+    m.observe(8, 0.070)  # a slowdown counts at once
+    assert m.predict(8) == pytest.approx(0.070)
+    m.observe(8, 0.030)  # a speed-up through the running average: (0.060 + 0.030) / 2
+    assert m.predict(8) == pytest.approx(0.045)
+
+
+def test_expected_finish_counts_the_running_batch_and_full_batches_ahead():
+    m = BatchCostModel()
+    m.observe(1, 0.010)
+    m.observe(4, 0.040)
+    # running batch of 4 started 10 ms ago (30 ms left), 9 queued: 2 full batches ahead, then a batch of 2
+    t = expected_finish(m, now=1.0, running=(0.99, 4), queued=9, max_batch=4)
+    assert t == pytest.approx(1.0 + 0.030 + 2 * 0.040 + 0.020)
+    assert expected_finish(BatchCostModel(), 1.0, None, 5, 4) is None
+
+
+def test_batcher_refuses_what_it_cannot_finish_in_time_and_meets_what_it_accepts():
+    def slow(batch):
+        time.sleep(0.03 * len(batch))  # 30 ms per request, batch or not
+        return np.zeros((len(batch), 1, 1), np.float32)
+
+    b = Batcher(slow, max_batch=2, max_wait_ms=0)
+    b.cost.observe(1, 0.03)
+    b.cost.observe(2, 0.06)
+
+    async def main():
+        t0 = time.perf_counter()
+        accepted, refused = [], []
+        for i in range(12):  # a burst: 12 requests with a 150 ms deadline
+            try:
+                accepted.append(b.submit(np.zeros((1, 3, 4, 4), np.uint8), np.zeros(2, np.float32), "x", 0.15))
+            except WouldMissDeadline as e:
+                refused.append(e)
+        await asyncio.gather(*accepted)
+        return time.perf_counter() - t0, len(accepted), refused
+
+    took, n_ok, refused = asyncio.run(main())
+    b.close()
+    assert 2 <= n_ok <= 6 and len(refused) == 12 - n_ok  # the rest were refused at once, not queued to fail
+    assert took < 0.15 + 0.05  # everything accepted was answered within its deadline (+ scheduling slack)
+    assert "deadline of 150 ms" in str(refused[0]) and refused[0].retry_after_s > 0.1
+
+
+@pytest.mark.integration
+def test_server_refuses_with_503_and_retry_after_and_honours_deadline_ms(tiny_runner):
+    runner = FaultyRunner(tiny_runner)
+    cfg = ServerConfig(max_batch=1, queue_size=64, timeout_ms=10_000, warmup_batch_sizes=(1,))
+    with ServerThread(runner, cfg) as s:
+        runner.delay_s = 0.1
+        for _ in range(3):  # the cost model learns the new speed from finished batches
+            assert httpx.post(s.url + "/v1/act", content=msgpack_body(observation()), headers=MP).status_code == 200
+        body = msgpack_body(observation(), deadline_ms=250)
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(8) as pool:
+            responses = list(pool.map(lambda _: httpx.post(s.url + "/v1/act", content=body, headers=MP, timeout=30),
+                                      range(8)))
+        codes = [r.status_code for r in responses]
+        assert codes.count(200) >= 1 and codes.count(503) >= 4 and set(codes) <= {200, 503}, codes
+        busy = next(r for r in responses if r.status_code == 503)
+        assert busy.json()["error"] == "overloaded" and "deadline of 250 ms" in busy.json()["detail"]
+        assert int(busy.headers["retry-after"]) >= 1
+        assert all(r.json()["timings"]["total_ms"] < 250 + 100 for r in responses if r.status_code == 200)
+        assert time.perf_counter() - t0 < 5
+        bad = httpx.post(s.url + "/v1/act", content=msgpack_body(observation(), deadline_ms=-5), headers=MP)
+        assert bad.status_code == 422 and "deadline_ms" in bad.json()["detail"]
+        runner.delay_s = 0.0
+        ok = httpx.post(s.url + "/v1/act", content=msgpack_body(observation(), deadline_ms=5000), headers=MP)
+        assert ok.status_code == 200 and ok.json()["timings"]["decode_ms"] >= 0
