@@ -1,4 +1,5 @@
-"""Inference latency per action chunk: TorchRunner (eager, torch.compile) vs OnnxRunner (fp32, fp16, int8).
+"""Inference latency per action chunk: TorchRunner (eager, torch.compile), OnnxRunner (fp32, fp16, int8) and
+OpenVinoRunner (fp32, int8: the IR of `rfm export --target openvino`).
 
     python bench/latency.py [--presets tiny,small] [--heads chunk,flow] [--batch-sizes 1,8,32] [--quick]
     python bench/latency.py --presets "" --native-frames   # a field robot's native 480 x 640 frames vs the default
@@ -42,7 +43,9 @@ from rfm.config import RobotInterface
 from rfm.runtime.base import Runner
 
 INSTRUCTION = "push the puck to the goal"
-BACKENDS = ("torch-eager", "torch-compile", "onnx-fp32", "onnx-fp16", "onnx-int8")
+BACKENDS = (
+    "torch-eager", "torch-compile", "onnx-fp32", "onnx-fp16", "onnx-int8", "openvino-fp32", "openvino-int8"
+)
 
 
 def peak_matmul_flops(n: int = 2048, reps: int = 10) -> float:
@@ -65,6 +68,7 @@ def make_runners(
     """Every requested backend for one policy; a backend that fails to build is skipped with the reason."""
     from rfm.export import ExportConfig, export_checkpoint
     from rfm.runtime.onnx_runner import OnnxRunner
+    from rfm.runtime.openvino_runner import OpenVinoRunner
     from rfm.runtime.torch_runner import TorchRunner
 
     ckpt = policy.save_pretrained(workdir / "ckpt")
@@ -79,22 +83,26 @@ def make_runners(
                 r.warmup((1,))  # compiles here; a failure skips the backend instead of the benchmark
                 runners[name] = r
             else:
-                precision = name.split("-")[1]
+                runtime, precision = name.split("-")
                 # text features are cached by every runner, so the table (no text graph) keeps the export fast
                 export_checkpoint(
                     ckpt,
                     workdir / name,
                     ExportConfig(
                         precision=precision,
+                        target="openvino" if runtime == "openvino" else "cpu",
                         calib_samples=calib,
                         parity_samples=4,
                         text_encoder=False,
                         instructions=[INSTRUCTION],
                     ),
                 )
-                runners[name] = OnnxRunner.from_dir(
-                    workdir / name, seed=0, intra_op_threads=threads, allow_spinning=spin
-                )
+                if runtime == "openvino":
+                    runners[name] = OpenVinoRunner.from_dir(workdir / name, seed=0, intra_op_threads=threads)
+                else:
+                    runners[name] = OnnxRunner.from_dir(
+                        workdir / name, seed=0, intra_op_threads=threads, allow_spinning=spin
+                    )
         except Exception as e:  # noqa: BLE001 - report and continue with the other backends
             skipped[name] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
     return runners, skipped
@@ -262,6 +270,14 @@ def print_rows(rows: list[dict]) -> None:
         )
 
 
+def _openvino_version() -> str | None:
+    try:
+        import openvino
+    except ImportError:
+        return None
+    return openvino.__version__.split("-")[0]
+
+
 def machine() -> dict:
     import onnxruntime as ort
 
@@ -280,6 +296,7 @@ def machine() -> dict:
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "onnxruntime": ort.__version__,
+        "openvino": _openvino_version(),
         "python": platform.python_version(),
         "load_avg_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }

@@ -8,13 +8,16 @@ import json
 from pathlib import Path
 
 from rfm.cli.errors import CLIError
+from rfm.constants import BACKENDS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="closed-loop evaluation in simulation (success rate per task); with --dataset, "
                                     "open-loop action error on a recorded dataset")
-    p.add_argument("--checkpoint", required=True, help="checkpoint dir (torch) or export dir (onnx)")
-    p.add_argument("--backend", default="torch", choices=["torch", "onnx"])
+    p.add_argument("--checkpoint", required=True, help="checkpoint dir (torch) or export dir (onnx, openvino)")
+    p.add_argument("--backend", default="torch", choices=list(BACKENDS),
+                   help="torch: a checkpoint dir; onnx: an export dir; openvino: an export dir with an OpenVINO IR "
+                        "(rfm export --target openvino)")
     p.add_argument("--env", default="metaworld", choices=["metaworld"])
     p.add_argument("--tasks", default="mt10", help="comma-separated tasks, or mt10")
     p.add_argument("--episodes", default=None,

@@ -17,7 +17,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--target",
         default="cpu",
         choices=["cpu", "qnn", "openvino", "tensorrt"],
-        help="device family the int8 settings are chosen for (default: cpu)",
+        help="device family the int8 settings are chosen for (default: cpu); openvino also writes the "
+        "OpenVINO IR (policy.xml + policy.bin) and measures parity on the OpenVINO runtime",
     )
     p.add_argument(
         "--calib-dataset",
@@ -97,5 +98,8 @@ def run(args: argparse.Namespace) -> int:
         note = " (not camera frames: pass --calib-dataset for a more accurate int8 graph)"
         print(f"  calibration: {calibration}{note if calibration == 'synthetic' else ''}")
     print(f"  files: {', '.join(files)}")
+    if manifest.get("openvino"):
+        ov = manifest["openvino"]
+        print(f"  OpenVINO IR: {ov['model']} + {ov['weights']} ({ov['runtime']}, from {ov['source']})")
     print(format_report(manifest["parity"], manifest["interface"]["action_names"]))
     return 0

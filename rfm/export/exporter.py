@@ -8,6 +8,8 @@ Export dir layout (flat, written atomically):
                         any asked for (ExportConfig.instructions); absent when there are none
     stats.json          the checkpoint's normalisation stats, as in the checkpoint: `rfm serve` derives its
                         action limits from them exactly as for the checkpoint (serving.limits)
+    policy.xml/.bin     with target "openvino": policy.onnx as OpenVINO IR (rfm.export.openvino_ir); the parity
+                        report is then measured on the OpenVINO runtime, onnxruntime's in parity_onnxruntime
     export.json         I/O spec, robot interface, model identity, precision/target, calibration, quantisation,
                         parity
 """
@@ -40,7 +42,7 @@ class ExportConfig:
     """What to export and how to check it."""
 
     precision: str = "fp32"  # fp32 | fp16 | int8
-    target: str = "cpu"  # cpu | qnn | openvino | tensorrt (int8 settings; recorded for every precision)
+    target: str = "cpu"  # cpu | qnn | openvino | tensorrt (int8 settings; openvino also writes the IR)
     calib_dataset: str | None = None  # LeRobot dataset dir for int8 calibration and parity (else synthetic)
     calib_samples: int = 64  # frames used to calibrate int8 activation ranges
     parity_samples: int = 16  # held-out frames for the parity report
@@ -116,14 +118,15 @@ def calibration_source(cfg: ExportConfig) -> str | None:
     return f"dataset: {cfg.calib_dataset}" if cfg.calib_dataset else "synthetic"
 
 
-def _text_parity(text, session) -> float:
+def _text_parity(text, run) -> float:
+    """Max |features - PyTorch's| of the text graph, run by `run` (tokens -> features), on a few instructions."""
     texts = [
         "pick up the red block",
         "push",
         "open the top drawer and put the sponge inside it, then close it",
     ]
     ref, _ = text._encode_uncached(texts)
-    out = session.run(["features"], text.tokenize(texts))[0]
+    out = run(text.tokenize(texts))
     return float(np.abs(out - ref).max())
 
 
@@ -142,6 +145,10 @@ def export_checkpoint(checkpoint, out: str | Path, config: ExportConfig | None =
 
     cfg = config or ExportConfig()
     out = Path(out)
+    if cfg.target == "openvino":
+        from rfm.export import openvino_ir
+
+        openvino_ir.import_openvino()  # a missing package fails here, not after the export
     if isinstance(checkpoint, RFMPolicy):
         policy, ckpt_dir = checkpoint, None
     else:
@@ -204,9 +211,8 @@ def export_checkpoint(checkpoint, out: str | Path, config: ExportConfig | None =
             text_info["graph"] = TEXT_FILE
             text_info["tokenizer"] = _write_tokenizer(policy.text, tmp)
             text_info["io"] = io_spec(tmp / TEXT_FILE)
-            text_err = _text_parity(
-                policy.text, ort.InferenceSession(str(tmp / TEXT_FILE), providers=["CPUExecutionProvider"])
-            )
+            text_session = ort.InferenceSession(str(tmp / TEXT_FILE), providers=["CPUExecutionProvider"])
+            text_err = _text_parity(policy.text, lambda tok: text_session.run(["features"], tok)[0])
         if table:
             feats, mask = policy.text.encode(table)
             np.savez(tmp / INSTRUCTIONS_FILE, instructions=np.array(table), features=feats, mask=mask)
@@ -215,12 +221,24 @@ def export_checkpoint(checkpoint, out: str | Path, config: ExportConfig | None =
         (tmp / STATS_FILE).write_text(json.dumps(jsonable(policy.stats), indent=2))
 
         session = ort.InferenceSession(str(tmp / POLICY_FILE), providers=["CPUExecutionProvider"])
+        names = [i.name for i in session.get_inputs()]
         held = observation_arrays(policy, samples.held_out, seed=2)
-        parity = parity_report(
-            policy, session, held, cfg.precision, samples.source, cfg.parity_batch_sizes, samples.action_range
-        )
+
+        def report(run, runtime: str) -> dict:
+            return parity_report(policy, run, held, cfg.precision, samples.source, cfg.parity_batch_sizes,
+                                 samples.action_range, runtime)
+
+        parity = report(lambda f: session.run(["actions"], {k: f[k] for k in names})[0],
+                        f"onnxruntime {ort.__version__}")
         if text_err is not None:
             parity["text_encoder_max_abs_error"] = text_err
+        ov_info = onnx_parity = None
+        if cfg.target == "openvino":  # the IR, and parity on the runtime that runs it
+            ov_info = openvino_ir.write_ir(tmp / POLICY_FILE, tmp)
+            onnx_parity, parity = parity, report(openvino_ir.load_ir(tmp), ov_info["runtime"])
+            if cfg.text_encoder:
+                ov_text = openvino_ir.load_ir(tmp, TEXT_FILE)
+                parity["text_encoder_max_abs_error"] = _text_parity(policy.text, ov_text)
 
         spec = io_spec(tmp / POLICY_FILE)
         manifest = {
@@ -252,7 +270,9 @@ def export_checkpoint(checkpoint, out: str | Path, config: ExportConfig | None =
             },
             "text": text_info,
             "quantization": quant,
+            "openvino": ov_info,
             "parity": parity,
+            **({"parity_onnxruntime": onnx_parity} if onnx_parity else {}),
             "export_config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
         }
         (tmp / EXPORT_FILE).write_text(json.dumps(manifest, indent=2))

@@ -6,6 +6,8 @@ same thing for every robot. Errors are also given as % of each action dimension'
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
@@ -61,29 +63,25 @@ def _action_range(policy, known: np.ndarray | None, scale: np.ndarray) -> tuple[
 
 def parity_report(
     policy,
-    session,
+    run: Callable[[dict[str, np.ndarray]], np.ndarray],
     feed: dict[str, np.ndarray],
     precision: str,
     source: str,
     batch_sizes: tuple[int, ...] = (1, 3),
     action_range: np.ndarray | None = None,
+    runtime: str = "onnxruntime",
 ) -> dict:
-    """Compare an onnxruntime session with PyTorch on `feed`, run at each batch size (dynamic batch axis)."""
+    """Compare `run` (a feed -> actions (B, H, D_a), e.g. an onnxruntime or OpenVINO graph) with PyTorch on
+    `feed`, run at each batch size (dynamic batch axis); `runtime` names what ran it ("openvino 2026.4.1")."""
     n = len(feed["images"])
     ref = torch_reference(policy, feed)
     offset = policy.net.action_norm.offset.cpu().numpy()
     scale = policy.net.action_norm.scale.cpu().numpy()
     nref = (ref - offset) / scale
-    names = {i.name for i in session.get_inputs()}
     sizes = sorted({min(b, n) for b in (*batch_sizes, n)})
     per_batch, worst = {}, None
     for b in sizes:
-        out = np.concatenate(
-            [
-                session.run(["actions"], {k: v[i : i + b] for k, v in feed.items() if k in names})[0]
-                for i in range(0, n, b)
-            ]
-        )
+        out = np.concatenate([run({k: v[i : i + b] for k, v in feed.items()}) for i in range(0, n, b)])
         err = np.abs((out - offset) / scale - nref)  # (N, H, D_a) normalised units
         per_batch[str(b)] = {"max_abs_error": float(err.max()), "mean_abs_error": float(err.mean())}
         if worst is None or err.max() > worst[0].max():
@@ -97,6 +95,7 @@ def parity_report(
     max_pct = err.max(axis=(0, 1)) / rng * 100
     report = {
         "reference": "PyTorch fp32 eager (same inputs, same noise)",
+        "runtime": runtime,
         "precision": precision,
         "source": source,
         "samples": n,
@@ -130,7 +129,8 @@ def format_report(report: dict, action_names: list[str] | None = None) -> str:
     )
     lines = [
         (
-            f"parity vs PyTorch ({report['precision']}, {report['samples']} held-out "
+            f"parity vs PyTorch ({report['precision']} on {report.get('runtime', 'onnxruntime')}, "
+            f"{report['samples']} held-out "
             f"{report['source']} samples, "
             f"batch sizes {report['batch_sizes']}):"
         ),

@@ -1,4 +1,4 @@
-"""The export directory's manifest (export.json) and file names: written by rfm.export, read by the ONNX runner.
+"""The export directory's manifest (export.json) and file names: written by rfm.export, read by the runners.
 
 Here, in the runtime, so that running an export never imports the exporter (torch.onnx, onnxscript).
 """
@@ -13,6 +13,8 @@ EXPORT_FILE = "export.json"
 POLICY_FILE = "policy.onnx"
 TEXT_FILE = "text_encoder.onnx"
 INSTRUCTIONS_FILE = "instructions.npz"
+OV_MODEL_FILE = "policy.xml"  # OpenVINO IR of policy.onnx (--target openvino), with its weights file:
+OV_WEIGHTS_FILE = "policy.bin"
 
 
 def read_manifest(export_dir: str | Path) -> dict:

@@ -2,7 +2,8 @@
 
 Same interface as TorchRunner (validation and batching come from the shared Runner.make_batch), so the server
 and `rfm eval` cannot tell them apart. Instruction features come from instructions.npz when the instruction
-is in that table, else from text_encoder.onnx, and are kept in an LRU cache.
+is in that table, else from text_encoder.onnx, and are kept in an LRU cache (rfm.runtime.export_runner, shared
+with OpenVinoRunner).
 """
 
 from __future__ import annotations
@@ -10,12 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
-from rfm.config import RobotInterface
-from rfm.model.text_cache import CachedTextEncoder, InstructionCache
-from rfm.runtime.base import Runner
-from rfm.runtime.manifest import read_manifest
+from rfm.runtime.export_runner import ExportRunner, Graph, policy_feed
 
 # Short names accepted for `providers`, mapped to onnxruntime execution providers.
 PROVIDER_ALIASES = {
@@ -52,75 +48,7 @@ def resolve_providers(providers: Sequence[str] | str | None) -> list[str]:
     return out
 
 
-class OnnxTextEncoder(CachedTextEncoder):
-    """Tokenise with `tokenizers`, encode with text_encoder.onnx or the instruction table; thread-safe LRU."""
-
-    def __init__(
-        self, export_dir: Path, text: dict, providers: list[str], cache_size: int = 4096, session_options=None
-    ) -> None:
-        self.max_tokens, self.dim, self.cache_size = int(text["max_tokens"]), int(text["dim"]), cache_size
-        self.table: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        if text.get("instructions"):
-            path = export_dir / text["instructions"]["file"]
-            if not path.exists():
-                raise FileNotFoundError(f"{path}: missing (listed in export.json text.instructions)")
-            with np.load(path, allow_pickle=False) as z:
-                for i, s in enumerate(z["instructions"].tolist()):
-                    self.table[s] = (z["features"][i].astype(np.float32), z["mask"][i].astype(bool))
-        self.session = self.tokenizer = None
-        if text.get("graph"):
-            import onnxruntime as ort
-            from tokenizers import Tokenizer
-
-            graph, tok_file = export_dir / text["graph"], export_dir / "tokenizer.json"
-            for f in (graph, tok_file):
-                if not f.exists():
-                    raise FileNotFoundError(f"{f}: missing (export.json lists a text encoder graph)")
-            self.session = ort.InferenceSession(str(graph), sess_options=session_options, providers=providers)
-            tk = text.get("tokenizer", {})
-            self.tokenizer = Tokenizer.from_file(str(tok_file))
-            self.tokenizer.enable_truncation(max_length=self.max_tokens)
-            self.tokenizer.enable_padding(
-                length=self.max_tokens,
-                pad_id=int(tk.get("pad_id", 0)),
-                pad_token=str(tk.get("pad_token", "[PAD]")),
-                pad_type_id=int(tk.get("pad_type_id", 0)),
-            )
-        self.cache = InstructionCache(self.max_tokens, self.dim, cache_size)
-
-    def tokenize(self, texts: list[str]) -> dict[str, np.ndarray]:
-        """input_ids / attention_mask / token_type_ids (B, max_tokens) int64, like TextEncoder.tokenize."""
-        if self.tokenizer is None:
-            raise ValueError(
-                "this export has no text encoder graph; only instructions in instructions.npz work"
-            )
-        enc = self.tokenizer.encode_batch(list(texts))
-        return {
-            "input_ids": np.array([e.ids for e in enc], np.int64),
-            "attention_mask": np.array([e.attention_mask for e in enc], np.int64),
-            "token_type_ids": np.array([e.type_ids for e in enc], np.int64),
-        }
-
-    def _encode_uncached(self, texts: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
-        out: dict[str, tuple[np.ndarray, np.ndarray]] = {t: self.table[t] for t in texts if t in self.table}
-        rest = [t for t in texts if t not in out]
-        if rest:
-            if self.session is None:
-                raise ValueError(
-                    f"instruction {rest[0]!r} is not in this export's instruction table "
-                    f"{sorted(self.table)} and the export has no text encoder graph"
-                )
-            tok = self.tokenize(rest)
-            feats = self.session.run(["features"], tok)[0].astype(np.float32)  # (B, L, D_text)
-            out.update({t: (feats[i], tok["attention_mask"][i].astype(bool)) for i, t in enumerate(rest)})
-        return [out[t] for t in texts]
-
-    def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(features (B, L, D_text) float32, mask (B, L) bool)."""
-        return self.cache.encode(list(texts), self._encode_uncached)
-
-
-class OnnxRunner(Runner):
+class OnnxRunner(ExportRunner):
     """Runs an `rfm export` directory (policy.onnx + export.json) with onnxruntime; TorchRunner's interface."""
 
     backend = "onnx"
@@ -137,17 +65,6 @@ class OnnxRunner(Runner):
     ) -> None:
         import onnxruntime as ort
 
-        self.export_dir = Path(export_dir)
-        self.manifest = m = read_manifest(self.export_dir)
-        super().__init__(
-            RobotInterface.from_dict(m["interface"]),
-            m["head"],
-            m["model_id"],
-            m["model_version"],
-            resize_images,
-            seed,
-        )
-        self.precision, self.target = m["precision"], m["target"]
         self.providers = resolve_providers(providers)
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -155,13 +72,15 @@ class OnnxRunner(Runner):
             opts.intra_op_num_threads = int(intra_op_threads)
         if not allow_spinning:  # idle pool threads yield the CPU at once (cores shared with other work)
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        policy_path = self.export_dir / m["policy"]
-        if not policy_path.exists():
-            raise FileNotFoundError(f"{policy_path}: missing (listed in export.json as the policy graph)")
+
+        def load_graph(path: Path) -> Graph:
+            session = ort.InferenceSession(str(path), sess_options=opts, providers=self.providers)
+            return lambda feed: session.run(None, feed)[0]
+
+        super().__init__(export_dir, load_graph, cache_size, resize_images, seed)
+        policy_path = self.export_file(self.manifest["policy"], "the policy graph")
         self.session = ort.InferenceSession(str(policy_path), sess_options=opts, providers=self.providers)
         self.input_names = [i.name for i in self.session.get_inputs()]
-        self.text = OnnxTextEncoder(self.export_dir, m["text"], self.providers, cache_size, opts)
-        self.trained_instructions = list(m.get("trained_instructions", []))
 
     @classmethod
     def from_dir(
@@ -170,30 +89,9 @@ class OnnxRunner(Runner):
         """Load an `rfm export` directory; providers: None (CPU) or names like ["cuda"] / "openvino,cpu"."""
         return cls(export_dir, providers=providers, **kw)
 
-    def encode_text(self, instructions: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        return self.text.encode(list(instructions))
-
-    def dummy_observation(self, instruction: str = "warm up") -> dict:
-        """As Runner's; an export without a text graph knows only its table, so it warms up on a table entry."""
-        if self.text.session is None and self.text.table and instruction not in self.text.table:
-            instruction = next(iter(self.text.table))
-        return super().dummy_observation(instruction)
-
     def _forward(self, images, state, text, text_mask, noise):
-        feed = {
-            "images": np.ascontiguousarray(images, np.uint8),
-            "state": np.ascontiguousarray(state, np.float32),
-            "text": np.ascontiguousarray(text, np.float32),
-            "text_mask": text_mask.astype(np.float32),
-        }
-        if "noise" in self.input_names:
-            feed["noise"] = np.ascontiguousarray(noise, np.float32)
+        feed = policy_feed(images, state, text, text_mask, noise, self.input_names)
         return self.session.run(["actions"], feed)[0]
 
     def describe(self) -> dict:
-        return {
-            **super().describe(),
-            "precision": self.precision,
-            "target": self.target,
-            "providers": self.providers,
-        }
+        return {**super().describe(), "providers": self.providers}

@@ -1,0 +1,140 @@
+"""What every runner of an `rfm export` directory shares, whatever runs its graphs: export.json, the robot
+interface, the instruction features (instructions.npz, else the text graph + tokenizer.json) and the policy feed.
+
+A backend (OnnxRunner, OpenVinoRunner) supplies only how a graph file is loaded and run: `GraphLoader(path)`
+returns a function from a feed ({input name: array}) to the graph's first output. Never imports torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from rfm.config import RobotInterface
+from rfm.model.text_cache import CachedTextEncoder, InstructionCache
+from rfm.runtime.base import Runner
+from rfm.runtime.manifest import read_manifest
+
+Graph = Callable[[dict[str, np.ndarray]], np.ndarray]  # feed -> first output
+GraphLoader = Callable[[Path], Graph]
+
+
+class ExportTextEncoder(CachedTextEncoder):
+    """Tokenise with `tokenizers`, encode with the export's text graph or its instruction table; thread-safe LRU."""
+
+    def __init__(self, export_dir: Path, text: dict, load_graph: GraphLoader, cache_size: int = 4096) -> None:
+        self.max_tokens, self.dim, self.cache_size = int(text["max_tokens"]), int(text["dim"]), cache_size
+        self.table: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        if text.get("instructions"):
+            path = export_dir / text["instructions"]["file"]
+            if not path.exists():
+                raise FileNotFoundError(f"{path}: missing (listed in export.json text.instructions)")
+            with np.load(path, allow_pickle=False) as z:
+                for i, s in enumerate(z["instructions"].tolist()):
+                    self.table[s] = (z["features"][i].astype(np.float32), z["mask"][i].astype(bool))
+        self.graph: Graph | None = None
+        self.tokenizer = None
+        if text.get("graph"):
+            from tokenizers import Tokenizer
+
+            graph, tok_file = export_dir / text["graph"], export_dir / "tokenizer.json"
+            for f in (graph, tok_file):
+                if not f.exists():
+                    raise FileNotFoundError(f"{f}: missing (export.json lists a text encoder graph)")
+            self.graph = load_graph(graph)
+            tk = text.get("tokenizer", {})
+            self.tokenizer = Tokenizer.from_file(str(tok_file))
+            self.tokenizer.enable_truncation(max_length=self.max_tokens)
+            self.tokenizer.enable_padding(
+                length=self.max_tokens,
+                pad_id=int(tk.get("pad_id", 0)),
+                pad_token=str(tk.get("pad_token", "[PAD]")),
+                pad_type_id=int(tk.get("pad_type_id", 0)),
+            )
+        self.cache = InstructionCache(self.max_tokens, self.dim, cache_size)
+
+    def tokenize(self, texts: list[str]) -> dict[str, np.ndarray]:
+        """input_ids / attention_mask / token_type_ids (B, max_tokens) int64, like TextEncoder.tokenize."""
+        if self.tokenizer is None:
+            raise ValueError(
+                "this export has no text encoder graph; only instructions in instructions.npz work"
+            )
+        enc = self.tokenizer.encode_batch(list(texts))
+        return {
+            "input_ids": np.array([e.ids for e in enc], np.int64),
+            "attention_mask": np.array([e.attention_mask for e in enc], np.int64),
+            "token_type_ids": np.array([e.type_ids for e in enc], np.int64),
+        }
+
+    def _encode_uncached(self, texts: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+        out: dict[str, tuple[np.ndarray, np.ndarray]] = {t: self.table[t] for t in texts if t in self.table}
+        rest = [t for t in texts if t not in out]
+        if rest:
+            if self.graph is None:
+                raise ValueError(
+                    f"instruction {rest[0]!r} is not in this export's instruction table "
+                    f"{sorted(self.table)} and the export has no text encoder graph"
+                )
+            tok = self.tokenize(rest)
+            feats = np.asarray(self.graph(tok), np.float32)  # (B, L, D_text)
+            out.update({t: (feats[i], tok["attention_mask"][i].astype(bool)) for i, t in enumerate(rest)})
+        return [out[t] for t in texts]
+
+    def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(features (B, L, D_text) float32, mask (B, L) bool)."""
+        return self.cache.encode(list(texts), self._encode_uncached)
+
+
+def policy_feed(images, state, text, text_mask, noise, input_names) -> dict[str, np.ndarray]:
+    """The policy graph's feed: images (B, N, 3, H, W) uint8, state (B, D_s) f32, text (B, L, D_text) f32,
+    text_mask (B, L) f32 (1 = token), and noise (B, H, D_a) f32 when the graph takes it (flow head)."""
+    feed = {
+        "images": np.ascontiguousarray(images, np.uint8),
+        "state": np.ascontiguousarray(state, np.float32),
+        "text": np.ascontiguousarray(text, np.float32),
+        "text_mask": text_mask.astype(np.float32),
+    }
+    if "noise" in input_names:
+        feed["noise"] = np.ascontiguousarray(noise, np.float32)
+    return feed
+
+
+class ExportRunner(Runner):
+    """A Runner over an export directory; subclasses load the policy graph and implement `_forward`."""
+
+    def __init__(self, export_dir: str | Path, load_graph: GraphLoader, cache_size: int = 4096,
+                 resize_images: bool = False, seed: int | None = None) -> None:
+        self.export_dir = Path(export_dir)
+        self.manifest = m = read_manifest(self.export_dir)
+        super().__init__(
+            RobotInterface.from_dict(m["interface"]),
+            m["head"],
+            m["model_id"],
+            m["model_version"],
+            resize_images,
+            seed,
+        )
+        self.precision, self.target = m["precision"], m["target"]
+        self.text = ExportTextEncoder(self.export_dir, m["text"], load_graph, cache_size)
+        self.trained_instructions = list(m.get("trained_instructions", []))
+
+    def export_file(self, name: str, what: str) -> Path:
+        """A file of the export directory that export.json lists, or an error naming it."""
+        path = self.export_dir / name
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: missing (listed in export.json as {what})")
+        return path
+
+    def encode_text(self, instructions: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        return self.text.encode(list(instructions))
+
+    def dummy_observation(self, instruction: str = "warm up") -> dict:
+        """As Runner's; an export without a text graph knows only its table, so it warms up on a table entry."""
+        if self.text.graph is None and self.text.table and instruction not in self.text.table:
+            instruction = next(iter(self.text.table))
+        return super().dummy_observation(instruction)
+
+    def describe(self) -> dict:
+        return {**super().describe(), "precision": self.precision, "target": self.target}
