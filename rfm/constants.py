@@ -38,3 +38,8 @@ def image_key(camera: str) -> str:
 # First Meta-World evaluation seed; training seeds stay below 100,000, so the two never overlap. Here, not in
 # rfm.sim, so model cards can name seed blocks without importing MuJoCo.
 EVAL_SEED_BASE = 1_000_000
+
+# Runners of a checkpoint or export directory (rfm.runtime.loader), and how `rfm serve` runs a checkpoint
+# (rfm.export.engine; auto: ONNX Runtime fp32 on a CPU). Here so that CLI parsers need no runtime import.
+BACKENDS = ("torch", "onnx", "openvino")
+ENGINES = ("auto", "torch", "onnx", "onnx-int8")

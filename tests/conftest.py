@@ -8,6 +8,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("MUJOCO_GL", "osmesa")
 os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
+# `rfm serve` started by tests runs checkpoints on PyTorch: the default engine (ONNX Runtime on a cached export) costs an
+# export per fresh checkpoint; tests/serving/test_engine.py covers it.
+os.environ.setdefault("RFM_ENGINE", "torch")
 
 import numpy as np
 import pytest

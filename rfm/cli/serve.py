@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
+
+from rfm.constants import BACKENDS, ENGINES
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -12,7 +15,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="Serve a checkpoint: POST /v1/act, WebSocket /v1/ws and /openpi, /metrics.")
     p.add_argument("--checkpoint", default=None,
                    help="checkpoint (torch) or export (onnx) directory; default $RFM_CHECKPOINT or checkpoints/default")
-    p.add_argument("--backend", default="torch", choices=["torch", "onnx"])
+    p.add_argument("--engine", default=os.environ.get("RFM_ENGINE", "auto"), choices=list(ENGINES),
+                   help="how a checkpoint runs: auto (ONNX Runtime fp32 on a CPU, exported on first start and cached "
+                        "by the weights' hash; PyTorch on CUDA) | torch | onnx | onnx-int8 (default $RFM_ENGINE or auto)")
+    p.add_argument("--engine-cache", default=None, metavar="DIR",
+                   help="where --engine onnx* keeps its exports (default $RFM_CACHE_DIR or ~/.cache/rfm/engines)")
+    p.add_argument("--backend", default=None, choices=list(BACKENDS),
+                   help="what --checkpoint holds: torch (a checkpoint; runs on --engine) or an `rfm export` "
+                        "directory (onnx); default: detected from the directory")
     p.add_argument("--device", default="auto", help="torch device: auto | cpu | cuda | cuda:N")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
@@ -20,6 +30,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-wait-ms", type=float, default=2.0, help="longest a request waits for a batch to fill")
     p.add_argument("--queue-size", type=int, default=256, help="queued requests before 503 + Retry-After")
     p.add_argument("--timeout-ms", type=float, default=10_000.0, help="per-request deadline (504 past it)")
+    p.add_argument("--min-deadline-ms", type=float, default=None,
+                   help="shortest deadline_ms a request may carry (422 below it); default 5x one warm inference")
     p.add_argument("--api-key-file", default=None, help="file with one API key per line; enables auth")
     p.add_argument("--resize-images", action="store_true", help="resize wrong-size images instead of a 422")
     p.add_argument("--audit-log", default=None, help="JSON-lines audit log file")
@@ -47,6 +59,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from rfm.cli.main import CLIError
     from rfm.constants import STATS_FILE
+    from rfm.export.engine import engine_loader
+    from rfm.runtime.manifest import EXPORT_FILE
     from serving.config import ServerConfig, default_checkpoint
     from serving.server import runner_loader, serve, set_threads
 
@@ -64,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
                           max_ws_message_bytes=limit, api_keys_file=args.api_key_file, audit_log=args.audit_log,
                           action_limits=args.action_limits, action_limit_margin=args.action_margin,
                           openpi_mapping=args.openpi_mapping, record_dir=args.record,
-                          record_images=args.record_images, snap_instructions=args.snap_instructions)
+                          record_images=args.record_images, snap_instructions=args.snap_instructions,
+                          min_deadline_ms=args.min_deadline_ms)
     if config.api_keys_file:  # fail now, not in the server's start-up thread
         from serving.auth import ApiKeys
 
@@ -73,11 +88,17 @@ def run(args: argparse.Namespace) -> int:
     if not args.action_limits and not (ckpt / STATS_FILE).is_file():  # e.g. an export from an older rfm
         logging.getLogger("rfm.serving").warning("%s has no %s: serving WITHOUT action limits (pass "
                                                  "--action-limits, or export the checkpoint again)", ckpt, STATS_FILE)
-    set_threads(args.threads)
-    if args.backend == "torch":
-        kw: dict = {"device": args.device}
+    threads = set_threads(args.threads)
+    backend = args.backend or ("onnx" if (ckpt / EXPORT_FILE).is_file() else "torch")
+    if backend == "torch":
+        engine = "torch" if args.backend == "torch" and args.engine == "auto" else args.engine
+        loader = engine_loader(ckpt, engine, device=args.device, threads=threads, cache_dir=args.engine_cache,
+                               resize_images=args.resize_images)
     else:
-        kw = {"intra_op_threads": args.threads} if args.threads else {}
-    serve(runner_loader(ckpt, args.backend, resize_images=args.resize_images, **kw), config, args.host, args.port,
-          checkpoint=ckpt, log_level=args.log_level)
+        if not (ckpt / EXPORT_FILE).is_file():
+            raise CLIError(f"--backend {backend}: {ckpt} has no {EXPORT_FILE}; it is not an `rfm export` directory "
+                           f"(serve a checkpoint with --backend torch, or export it with `rfm export`)")
+        loader = runner_loader(ckpt, backend, resize_images=args.resize_images, intra_op_threads=threads,
+                               allow_spinning=False)
+    serve(loader, config, args.host, args.port, checkpoint=ckpt, log_level=args.log_level)
     return 0

@@ -21,6 +21,8 @@ class Runner(ABC):
     """Runs a policy on observations. Subclasses implement `_forward` and `encode_text`."""
 
     backend: str = "abstract"
+    engine: str | None = None  # how `rfm serve` runs a checkpoint (rfm.export.engine): torch | onnx | onnx-int8
+    engine_dir: str | None = None  # the cached export an onnx engine runs
 
     def __init__(self, interface: RobotInterface, head: str, model_id: str, model_version: str,
                  resize_images: bool = False, seed: int | None = None) -> None:
@@ -95,4 +97,5 @@ class Runner(ABC):
         """Robot interface and model identity, as served by GET /v1/models."""
         itf = self.interface.to_dict()
         return {**itf, "model_id": self.model_id, "model_version": self.model_version, "head": self.head,
-                "backend": self.backend, "snap_instructions": self.snapper.describe() if self.snapper else None}
+                "backend": self.backend, "engine": self.engine or self.backend, "engine_dir": self.engine_dir,
+                "snap_instructions": self.snapper.describe() if self.snapper else None}

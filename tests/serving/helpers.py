@@ -72,3 +72,19 @@ def msgpack_body(obs: dict, **extra) -> bytes:
 def json_body(obs: dict, **extra) -> dict:
     return {"images": {c: v.tolist() for c, v in obs["images"].items()},
             "state": [float(x) for x in obs["state"]], "instruction": obs["instruction"], **extra}
+
+
+def wait_until_ready(proc, url: str, timeout_s: float = 90.0) -> None:
+    """Poll /readyz of an `rfm serve` subprocess until 200; fail with its output if it exits or takes too long."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        assert proc.poll() is None, proc.stdout.read().decode()
+        try:
+            if httpx.get(url + "/readyz").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, f"server not ready in {timeout_s:g} s"
+        time.sleep(0.2)

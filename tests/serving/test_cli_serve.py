@@ -6,13 +6,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import httpx
 import pytest
 
 from serving.server import free_port
-from tests.serving.helpers import msgpack_body, observation
+from tests.serving.helpers import msgpack_body, observation, wait_until_ready
 
 pytestmark = pytest.mark.integration  # `rfm serve` as a subprocess
 
@@ -29,16 +28,7 @@ def test_rfm_serve_subprocess(tiny_checkpoint, tmp_path):
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert proc.poll() is None, proc.stdout.read().decode()
-            try:
-                if httpx.get(url + "/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "server not ready in 90 s"
-            time.sleep(0.2)
+        wait_until_ready(proc, url)
         r = httpx.post(url + "/v1/act", content=msgpack_body(observation()),
                        headers={"content-type": "application/msgpack"})
         assert r.status_code == 200

@@ -1,0 +1,145 @@
+"""The engine a checkpoint is served on: PyTorch, or ONNX Runtime on an export made once and cached by weights hash.
+
+On a CPU, ONNX Runtime runs the same graph in about half of PyTorch eager's time at batch 1 (docs/BENCHMARKS.md),
+with actions equal to 1e-4 (the parity check every export runs). `rfm serve` therefore exports a checkpoint on its
+first start and keeps the export in a cache directory, keyed by the checkpoint's files and the rfm version, so a
+restart or a second replica loads it in a second. An export whose parity check fails is never served.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from rfm._version import __version__
+from rfm.constants import ENGINES
+from rfm.runtime.base import Runner
+from rfm.runtime.manifest import EXPORT_FILE, EXPORT_FORMAT, read_manifest
+
+log = logging.getLogger(__name__)
+
+CACHE_ENV = "RFM_CACHE_DIR"
+EXPORTER_LOGGERS = ("onnxscript", "onnx_ir", "torch.onnx", "torch._dynamo", "torch.export")  # chatty at INFO
+KEYED_FILES = ("config.json", "model.safetensors", "stats.json")  # what decides the exported graph
+
+
+class EngineError(RuntimeError):
+    """The requested engine cannot serve this checkpoint (missing package, failed export or parity)."""
+
+
+def cache_root(cache_dir: str | Path | None = None) -> Path:
+    """--engine-cache, else $RFM_CACHE_DIR, else $XDG_CACHE_HOME/rfm/engines (~/.cache/rfm/engines)."""
+    if cache_dir:
+        return Path(cache_dir)
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg) / "rfm" / "engines"
+
+
+def checkpoint_key(checkpoint: str | Path) -> str:
+    """sha256 over the checkpoint's config, weights and stats, the export format and the rfm version."""
+    h = hashlib.sha256(f"{EXPORT_FORMAT}|{__version__}".encode())
+    for name in KEYED_FILES:
+        path = Path(checkpoint) / name
+        h.update(name.encode())
+        if path.is_file():
+            with path.open("rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+    return h.hexdigest()
+
+
+def precision_of(engine: str) -> str:
+    return "int8" if engine == "onnx-int8" else "fp32"
+
+
+def cached_export(checkpoint: str | Path, precision: str = "fp32", cache_dir: str | Path | None = None,
+                  calib_dataset: str | None = None) -> Path:
+    """The export directory for `checkpoint` at `precision`, exported now if the cache has none.
+
+    A file lock makes concurrent servers (replicas starting together) export once; the export directory is written
+    atomically, so a crash mid-export leaves no half-written cache entry. Raises EngineError when the export's
+    parity check against PyTorch misses its goal.
+    """
+    checkpoint = Path(checkpoint)
+    root = cache_root(cache_dir)
+    key = checkpoint_key(checkpoint)
+    out = root / f"{checkpoint.resolve().name}-{precision}-{key[:16]}"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise EngineError(f"engine cache {root} is not writable ({e}); pass --engine-cache DIR") from None
+    with (root / f".{out.name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a second replica waits here, then finds the export
+        if not (out / EXPORT_FILE).is_file():
+            _export(checkpoint, out, precision, calib_dataset)
+    parity = read_manifest(out).get("parity", {})
+    goal = parity.get("goal", {})
+    if not goal.get("met", False):
+        raise EngineError(f"{out}: the {precision} export misses its parity goal against PyTorch "
+                          f"({goal.get('metric')} = {parity.get(goal.get('metric'), '?')}, limit {goal.get('limit')})")
+    return out
+
+
+def _export(checkpoint: Path, out: Path, precision: str, calib_dataset: str | None) -> None:
+    try:
+        from rfm.export.exporter import ExportConfig, export_checkpoint
+    except ImportError as e:
+        raise EngineError(f"exporting to ONNX needs the export extra ({e.name} is missing): "
+                          f"pip install 'rfm[export]'") from None
+    log.info("exporting %s to ONNX (%s) for serving; cached in %s", checkpoint, precision, out)
+    for noisy in EXPORTER_LOGGERS:
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    export_checkpoint(checkpoint, out, ExportConfig(precision=precision, calib_dataset=calib_dataset))
+
+
+def load_engine(checkpoint: str | Path, engine: str = "auto", device: str = "auto", threads: int | None = None,
+                cache_dir: str | Path | None = None, calib_dataset: str | None = None, **runner_kw) -> Runner:
+    """A Runner for a checkpoint directory on `engine`.
+
+    auto: ONNX Runtime fp32 on a CPU device, falling back to PyTorch (with a warning) when the export cannot be
+    made; PyTorch on CUDA. torch | onnx | onnx-int8: exactly that engine, or an error saying why not.
+    """
+    from rfm.runtime.torch_runner import pick_device
+
+    if engine not in ENGINES:
+        raise EngineError(f"engine={engine!r}: expected one of {ENGINES}")
+    dev = pick_device(device).type
+    if engine == "auto":
+        engine = "onnx" if dev == "cpu" else "torch"
+        if engine == "onnx":
+            try:
+                return _onnx_runner(checkpoint, "fp32", threads, cache_dir, calib_dataset, runner_kw)
+            except EngineError as e:
+                log.warning("serving on PyTorch instead of ONNX Runtime: %s", e)
+                engine = "torch"
+    if engine == "torch":
+        from rfm.runtime.torch_runner import TorchRunner
+
+        runner = TorchRunner.from_checkpoint(checkpoint, device=device, **runner_kw)
+        runner.engine = "torch"
+        return runner
+    if dev != "cpu":
+        raise EngineError(f"--engine {engine} runs on the CPU; device {dev} serves with --engine torch")
+    return _onnx_runner(checkpoint, precision_of(engine), threads, cache_dir, calib_dataset, runner_kw)
+
+
+def _onnx_runner(checkpoint, precision: str, threads: int | None, cache_dir, calib_dataset,
+                 runner_kw: dict) -> Runner:
+    from rfm.runtime.onnx_runner import OnnxRunner
+
+    out = cached_export(checkpoint, precision, cache_dir, calib_dataset)
+    runner = OnnxRunner.from_dir(out, intra_op_threads=threads, allow_spinning=False, **runner_kw)
+    runner.engine = f"onnx-{precision}" if precision != "fp32" else "onnx"
+    runner.engine_dir = str(out)
+    return runner
+
+
+def engine_loader(checkpoint: str | Path, engine: str = "auto", **kw) -> Callable[[], Runner]:
+    """A callable loading the runner (the server calls it in its start-up thread: /readyz says loading meanwhile)."""
+    return lambda: load_engine(checkpoint, engine, **kw)

@@ -1,0 +1,87 @@
+"""The serving engine: a checkpoint runs on ONNX Runtime from an export made once, cached by the weights' hash,
+answering as PyTorch does; an export that misses parity is never served; `rfm serve` uses it by default."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import httpx
+import numpy as np
+import pytest
+
+import rfm.export.exporter
+from rfm.export.engine import EngineError, checkpoint_key, load_engine
+from rfm.runtime.manifest import EXPORT_FILE
+from serving.server import free_port
+from tests.serving.helpers import msgpack_body, observation, wait_until_ready
+
+pytestmark = pytest.mark.integration  # exports a checkpoint; one test starts `rfm serve`
+
+RFM = [sys.executable, "-c", "import sys; from rfm.cli.main import main; sys.exit(main())"]
+
+
+@pytest.fixture(scope="module")
+def engine_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("engines")
+
+
+@pytest.fixture(scope="module")
+def onnx_engine(tiny_checkpoint, engine_cache):
+    return load_engine(tiny_checkpoint, "auto", device="cpu", threads=1, cache_dir=engine_cache, seed=0)
+
+
+def test_auto_engine_is_onnx_runtime_with_the_actions_of_pytorch(onnx_engine, tiny_runner):
+    assert onnx_engine.backend == "onnx" and onnx_engine.describe()["engine"] == "onnx"
+    obs = [observation(np.random.default_rng(i)) for i in range(3)]
+    noise = tiny_runner.sample_noise(3)
+    np.testing.assert_allclose(onnx_engine.predict(obs, noise), tiny_runner.predict(obs, noise), atol=1e-4)
+
+
+def test_the_export_is_reused_and_keyed_by_the_checkpoint_files(onnx_engine, tiny_checkpoint, engine_cache,
+                                                               monkeypatch, tmp_path):
+    monkeypatch.setattr(rfm.export.exporter, "export_checkpoint", lambda *a, **k: pytest.fail("exported again"))
+    again = load_engine(tiny_checkpoint, "onnx", device="cpu", cache_dir=engine_cache)
+    assert again.engine_dir == onnx_engine.engine_dir
+    changed = shutil.copytree(tiny_checkpoint, tmp_path / "changed")
+    stats = (changed / "stats.json").read_text()
+    (changed / "stats.json").write_text(stats + "\n")  # same numbers, other bytes: a new key
+    assert checkpoint_key(changed) != checkpoint_key(tiny_checkpoint)
+
+
+def test_an_export_that_misses_parity_is_not_served(onnx_engine, tiny_checkpoint, engine_cache, tmp_path, caplog):
+    cache = shutil.copytree(engine_cache, tmp_path / "cache")
+    manifest_path = next(cache.glob(f"*/{EXPORT_FILE}"))
+    manifest = json.loads(manifest_path.read_text())
+    manifest["parity"]["goal"]["met"] = False
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(EngineError, match="misses its parity goal"):
+        load_engine(tiny_checkpoint, "onnx", device="cpu", cache_dir=cache)
+    with caplog.at_level(logging.WARNING, logger="rfm.export.engine"):
+        runner = load_engine(tiny_checkpoint, "auto", device="cpu", cache_dir=cache)
+    assert runner.backend == "torch" and "serving on PyTorch instead" in caplog.text
+
+
+def test_rfm_serve_runs_a_checkpoint_on_the_cached_onnx_engine_by_default(onnx_engine, tiny_checkpoint,
+                                                                          engine_cache):
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "RFM_ENGINE"}  # the suite pins torch; use the default
+    proc = subprocess.Popen([*RFM, "serve", "--checkpoint", str(tiny_checkpoint), "--port", str(port),
+                             "--engine-cache", str(engine_cache), "--log-level", "warning"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_ready(proc, url)
+        models = httpx.get(url + "/v1/models").json()
+        assert models["engine"] == "onnx" and models["engine_dir"] == onnx_engine.engine_dir
+        r = httpx.post(url + "/v1/act", content=msgpack_body(observation()),
+                       headers={"content-type": "application/msgpack", "accept": "application/json"})
+        assert r.status_code == 200 and np.asarray(r.json()["actions"]).shape == (8, 2)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
