@@ -8,6 +8,7 @@ refused with 503 + Retry-After, so the requests the server accepts keep their la
 
 from __future__ import annotations
 
+import math
 import threading
 
 import numpy as np
@@ -19,6 +20,19 @@ class WouldMissDeadline(Exception):
     def __init__(self, message: str, retry_after_s: float) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class DeadlineTooShort(ValueError):
+    """The request's deadline_ms is below the server's min_deadline_ms (a few inferences of the model on an idle
+    server): it could not be met reliably under any load, so it is the request that is wrong (422)."""
+
+
+def min_deadline_ms(batch1_seconds: float | None) -> float:
+    """The shortest deadline_ms a server accepts by default: 5x its warm batch-1 inference (room for a busy CPU),
+    rounded up to 5 ms, and at least 10 ms."""
+    if batch1_seconds is None:
+        return 10.0
+    return max(10.0, 5.0 * math.ceil(5 * 1000 * batch1_seconds / 5.0))
 
 
 class BatchCostModel:

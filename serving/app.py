@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import threading
 import time
 from collections.abc import Callable
@@ -10,7 +11,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from rfm.runtime import Runner
 from rfm.runtime.observation import accepted_sizes
@@ -18,7 +19,8 @@ from serving import codec
 from serving.config import ServerConfig
 from serving.errors import ApiError, PayloadTooLarge, to_api_error
 from serving.metrics import Metrics
-from serving.schemas import ERROR_RESPONSES, ActRequestBody, ActResponseBody, EpisodeEndBody
+from serving.openapi import episode_end_request, specialise
+from serving.schemas import ERROR_RESPONSES, ActResponseBody, EpisodeEndResponseBody, TicksResponseBody
 from serving.state import ServerState, decode_act
 from serving.ws import add_websocket_routes
 
@@ -127,7 +129,10 @@ def create_app(runner: Runner | Callable[[], Runner], config: ServerConfig | Non
                         media_type=codec.MSGPACK if out == "msgpack" else codec.JSON,
                         headers={"X-Request-ID": result.request_id})
 
-    @app.post("/v1/ticks", responses=ERROR_RESPONSES,
+    @app.post("/v1/ticks", response_model=TicksResponseBody, responses=ERROR_RESPONSES,
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  "application/json": {"schema": {"$ref": "#/components/schemas/TicksRequestBody"}},
+                  "application/msgpack": {"schema": {"$ref": "#/components/schemas/TicksRequestBody"}}}}},
               summary="Record the control ticks a robot executed (servers started with --record): one frame each")
     async def ticks(request: Request):
         try:
@@ -144,16 +149,21 @@ def create_app(runner: Runner | Callable[[], Runner], config: ServerConfig | Non
         except Exception as e:  # noqa: BLE001 - becomes a clean status + message
             return error_response(to_api_error(e, state.config.retry_after_s))
 
-    @app.post("/v1/episodes/end", responses=ERROR_RESPONSES,
+    @app.post("/v1/episodes/end", response_model=EpisodeEndResponseBody, responses=ERROR_RESPONSES,
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  "application/json": {"schema": {"$ref": "#/components/schemas/EpisodeEndBody"}},
+                  "application/msgpack": {"schema": {"$ref": "#/components/schemas/EpisodeEndBody"}}}}},
               summary="End a robot session's recorded episode (robot reset), with an optional success label")
-    async def end_episode(request: Request, body: EpisodeEndBody):
+    async def end_episode(request: Request):
         try:
             client_id = state.authorize(request.headers.get("authorization"))
+            fmt = codec.body_format(request.headers.get("content-type"))
             service = state.require_service()
+            req = codec.parse_episode_end(codec.loads(await read_body(request, state.config.max_body_bytes), fmt))
             if service.recorder is None:
                 raise ApiError(409, "not_recording", "this server was started without --record")
-            key = body.session_id or body.robot_id or client_id or "default"
-            service.recorder.end_episode(key, success=body.success)
+            key = req.session_id or req.robot_id or client_id or "default"
+            service.recorder.end_episode(key, success=req.success)
             return {"session": key, "recording": True}
         except Exception as e:  # noqa: BLE001 - becomes a clean status + message
             return error_response(to_api_error(e, state.config.retry_after_s))
@@ -179,31 +189,39 @@ def create_app(runner: Runner | Callable[[], Runner], config: ServerConfig | Non
         return {"status": "ready", "model_id": state.service.runner.model_id,
                 "model_version": state.service.runner.model_version}
 
-    @app.get("/metrics", summary="Prometheus metrics")
+    @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse,
+             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
+                              "description": "Prometheus text exposition format"}})
     async def metrics() -> Response:
         if state.service is not None:
             state.metrics.queue_depth.set(state.service.batcher.depth())
+            if state.service.recorder is not None:
+                state.metrics.observe_recorder(state.service.recorder)
         return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
 
     add_websocket_routes(app, state)
-    app.openapi_schema = None
-    _register_body_schema(app)
+    _register_body_schemas(app, state)
     return app
 
 
-def _register_body_schema(app: FastAPI) -> None:
-    """Put ActRequestBody into components/schemas (the route reads raw bytes, so FastAPI would not)."""
+def _register_body_schemas(app: FastAPI, state: ServerState) -> None:
+    """The request bodies the routes read as raw bytes (so FastAPI would not document them): generic while the model
+    loads, then specialised to the served model's interface (serving.openapi) and cached."""
     original = app.openapi
 
     def openapi() -> dict:
-        if app.openapi_schema is None:
-            schema = original()
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = copy.deepcopy(original())
+        app.openapi_schema = None  # FastAPI's method cached its generic document there: ours replaces it
+        if state.service is None:
             comps = schema.setdefault("components", {}).setdefault("schemas", {})
-            body = ActRequestBody.model_json_schema(ref_template="#/components/schemas/{model}")
-            for name, sub in body.pop("$defs", {}).items():
-                comps.setdefault(name, sub)
-            comps["ActRequestBody"] = body
-            app.openapi_schema = schema
+            comps["EpisodeEndBody"] = episode_end_request()
+            comps["ActRequestBody"] = comps["TicksRequestBody"] = {
+                "type": "object", "description": "specialised to the served model once it is loaded (see /readyz)"}
+            return schema
+        app.openapi_schema = specialise(schema, state.service.interface, state.config.max_body_bytes,
+                                        state.service.min_deadline_ms)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

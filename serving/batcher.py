@@ -108,7 +108,11 @@ class Batcher:
                 raise ShuttingDown("the server is shutting down")
             if len(self._queue) >= self.queue_size:
                 raise QueueFull(f"{len(self._queue)} requests are queued (limit {self.queue_size})")
-            finish = expected_finish(self.cost, now, self._running, len(self._queue), self.max_batch)
+            # an idle server always admits: refusing there would teach the cost model nothing, and a stale
+            # estimate (one slow batch) would refuse every later request
+            idle = not self._queue and self._running is None
+            finish = None if idle else expected_finish(self.cost, now, self._running, len(self._queue),
+                                                       self.max_batch)
             if finish is not None and finish > item.deadline:
                 raise WouldMissDeadline(
                     f"the server expects to answer in {1000 * (finish - now):.0f} ms ({len(self._queue)} requests "

@@ -22,14 +22,17 @@ import msgpack
 import numpy as np
 
 from rfm.constants import IMAGES, INSTRUCTION, STATE
+from rfm.runtime.observation import MAX_ABS_VALUE
 
 MSGPACK = "application/msgpack"
 JSON = "application/json"
 MSGPACK_TYPES = ("application/msgpack", "application/x-msgpack", "application/vnd.msgpack")
 ALLOWED_DTYPES = ("uint8", "int8", "uint16", "int16", "int32", "int64", "float16", "float32", "float64", "bool")
+IMAGE_DTYPES = ("uint8", "|u1")  # a raw image map's dtype: the name, or numpy's dtype.str
 MAX_IMAGE_PIXELS = 4096 * 4096  # decoded JPEG/PNG size limit (decompression bombs)
 MAX_ID_LEN = 128
 MAX_DEADLINE_MS = 600_000
+MAX_TICKS = 1024  # per POST /v1/ticks (the body limit bounds it too)
 
 
 class PayloadError(ValueError):
@@ -183,7 +186,11 @@ def decode_image(value: Any, cam: str, sizes: list[tuple[int, int]]) -> np.ndarr
     if isinstance(value, np.ndarray):
         return value
     if isinstance(value, dict):
-        return raw_array(value.get("data"), value.get("shape"), value.get("dtype"), what)
+        dtype = value.get("dtype", "uint8")
+        if dtype not in IMAGE_DTYPES:
+            raise PayloadError(f"{what}: 'dtype' must be one of {list(IMAGE_DTYPES)} (images are 8-bit), got "
+                               f"{str(dtype)[:40]!r}")
+        return raw_array(value.get("data"), value.get("shape"), dtype, what)
     if isinstance(value, (bytes, bytearray)):
         for h, w in sizes:
             if len(value) == h * w * 3:
@@ -209,9 +216,13 @@ def nested_uint8(value: list, what: str) -> np.ndarray:
     return arr.astype(np.uint8)
 
 
-def decode_state(value: Any) -> Any:
+def decode_state(value: Any, what: str = STATE) -> Any:
+    """A raw array map -> numpy; a list must be flat and hold numbers only (true/false are not numbers)."""
     if isinstance(value, dict):
-        return raw_array(value.get("data"), value.get("shape"), value.get("dtype", "float32"), STATE)
+        return raw_array(value.get("data"), value.get("shape"), value.get("dtype", "float32"), what)
+    if isinstance(value, list) and not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        bad = next(v for v in value if not isinstance(v, (int, float)) or isinstance(v, bool))
+        raise PayloadError(f"{what} must be a flat list of numbers, got an element {str(bad)[:40]!r}")
     return value
 
 
@@ -219,8 +230,9 @@ def _ident(obj: dict, key: str) -> str | None:
     v = obj.get(key)
     if v is None:
         return None
-    if not isinstance(v, str) or not (0 < len(v) <= MAX_ID_LEN) or not v.isprintable():
-        raise PayloadError(f"{key!r} must be a printable string of 1-{MAX_ID_LEN} characters, got {str(v)[:40]!r}")
+    if not isinstance(v, str) or not (0 < len(v) <= MAX_ID_LEN) or not all(" " <= c <= "~" for c in v):
+        raise PayloadError(f"{key!r} must be a string of 1-{MAX_ID_LEN} printable ASCII characters, got "
+                           f"{str(v)[:40]!r}")
     return v
 
 
@@ -253,9 +265,6 @@ def parse_act(obj: Any, cameras: list[str], sizes: dict[str, list[tuple[int, int
                       *_labels(obj), record=record, deadline_ms=None if deadline is None else float(deadline))
 
 
-MAX_TICKS = 1024  # per POST /v1/ticks (the body limit bounds it too)
-
-
 def parse_ticks(obj: Any, cameras: list[str], sizes: dict[str, list[tuple[int, int]]]) -> TicksRequest:
     """Decoded POST /v1/ticks body -> TicksRequest; errors name the tick index and the field."""
     if not isinstance(obj, dict) or not isinstance(obj.get("ticks"), list):
@@ -274,15 +283,29 @@ def parse_ticks(obj: Any, cameras: list[str], sizes: dict[str, list[tuple[int, i
                     if key == "action":
                         raise PayloadError("'action' is missing: the action executed at this tick")
                     continue
-                arr = np.asarray(decode_state(t[key]), np.float32).reshape(-1)
-                if not np.all(np.isfinite(arr)):
-                    raise PayloadError(f"{key!r} has non-finite values (NaN/inf)")
-                arrays[key] = arr
+                arrays[key] = numbers(t[key], repr(key))
         except (PayloadError, TypeError, ValueError) as e:
             raise PayloadError(f"ticks[{i}]: {e}") from e
         ticks.append(Tick(act.observation, arrays["action"], arrays.get("chunk"), arrays.get("label")))
     end, success, _ = _labels({k: obj.get(k) for k in ("episode_end", "success") if k in obj})
     return TicksRequest(_ident(obj, "session_id"), _ident(obj, "robot_id"), ticks, end, success)
+
+
+@dataclass
+class EpisodeEnd:
+    """POST /v1/episodes/end: which session's episode to close, and its outcome."""
+
+    session_id: str | None
+    robot_id: str | None
+    success: bool | None
+
+
+def parse_episode_end(obj: Any) -> EpisodeEnd:
+    if not isinstance(obj, dict):
+        raise PayloadError(f"body must be an object with 'session_id' or 'robot_id' and an optional 'success', got "
+                           f"{type(obj).__name__}")
+    _, success, _ = _labels({k: obj[k] for k in ("success",) if k in obj})
+    return EpisodeEnd(_ident(obj, "session_id"), _ident(obj, "robot_id"), success)
 
 
 def _labels(obj: dict) -> tuple[bool, bool | None, np.ndarray | None]:
@@ -293,13 +316,19 @@ def _labels(obj: dict) -> tuple[bool, bool | None, np.ndarray | None]:
     if success is not None and not isinstance(success, bool):
         raise PayloadError(f"'success' must be true, false or null, got {str(success)[:40]!r}")
     if correction is not None:
-        try:
-            correction = np.asarray(decode_state(correction), np.float32).reshape(-1)
-        except (TypeError, ValueError) as e:
-            raise PayloadError(f"'correction' must be a list of numbers (one per action dimension): {e}") from e
-        if not np.all(np.isfinite(correction)):
-            raise PayloadError("'correction' has non-finite values (NaN/inf)")
+        correction = numbers(correction, "'correction' (one number per action dimension)")
     return end, success, correction
+
+
+def numbers(value: Any, what: str) -> np.ndarray:
+    """A list (or raw array) of finite numbers of magnitude <= MAX_ABS_VALUE -> (N,) float32."""
+    try:
+        arr = np.asarray(decode_state(value, what), np.float64).reshape(-1)
+    except (TypeError, ValueError) as e:
+        raise PayloadError(f"{what} must be a list of numbers ({e})") from e
+    if not np.all(np.abs(arr) <= MAX_ABS_VALUE):
+        raise PayloadError(f"{what} has non-finite values (NaN/inf) or values beyond ±{MAX_ABS_VALUE:g}")
+    return arr.astype(np.float32)
 
 
 def encode_actions(actions: np.ndarray, fmt: str) -> Any:

@@ -42,6 +42,7 @@ class ServerConfig:
     snap_instructions: float | None = None  # cosine threshold: untrained instructions -> nearest trained one
     record_idle_timeout_s: float = 30.0  # a robot session idle this long ends its recorded episode
     retry_after_s: int = 1  # Retry-After value sent with 503
+    min_deadline_ms: float | None = None  # shortest deadline_ms a request may ask for; None: 5x a warm batch-1 run
     shutdown_drain_s: float = 10.0  # how long graceful shutdown waits for queued work
 
     def __post_init__(self) -> None:
@@ -56,6 +57,8 @@ class ServerConfig:
         check(self.max_body_bytes >= 1024, "max_body_bytes", "at least 1024 bytes")
         check(self.max_ws_message_bytes >= 1024, "max_ws_message_bytes", "at least 1024 bytes")
         check(self.action_limit_margin >= 0, "action_limit_margin", "a non-negative fraction of the range")
+        check(self.min_deadline_ms is None or 0 < self.min_deadline_ms <= self.timeout_ms, "min_deadline_ms",
+              "None or milliseconds in (0, timeout_ms]")
         check(self.retry_after_s >= 0, "retry_after_s", "a non-negative number of seconds")
         check(self.record_images in ("video", "image"), "record_images", "video or image")
         check(self.snap_instructions is None or -1 <= self.snap_instructions <= 1, "snap_instructions",

@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass, field
 
 from rfm.runtime.observation import ObservationError
-from serving.admission import WouldMissDeadline
+from serving.admission import DeadlineTooShort, WouldMissDeadline
 from serving.auth import AuthError
 from serving.batcher import BatchFailed, DeadlineExceeded, QueueFull, ShuttingDown
 from serving.codec import PayloadError
@@ -52,6 +52,8 @@ def to_api_error(exc: BaseException, retry_after_s: int = 1) -> ApiError:
         return ApiError(401, "unauthorized", str(exc), {"WWW-Authenticate": "Bearer"})
     if isinstance(exc, PayloadTooLarge):
         return ApiError(413, "payload_too_large", str(exc))
+    if isinstance(exc, DeadlineTooShort):
+        return ApiError(422, "deadline_too_short", str(exc))
     if isinstance(exc, WouldMissDeadline):  # Retry-After: whole seconds (RFC 9110), at least 1
         return ApiError(503, "overloaded", str(exc), {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))})
     if isinstance(exc, (QueueFull, ShuttingDown, NotReady)):

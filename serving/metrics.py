@@ -27,6 +27,13 @@ class Metrics:
         self.ws_connections = Gauge("rfm_websocket_connections", "Open WebSocket connections", ["endpoint"],
                                     registry=r)
         self.ready = Gauge("rfm_ready", "1 once the model is loaded and warm", registry=r)
+        self.recorder_backlog = Gauge("rfm_recorder_backlog", "Recorded steps waiting to be written (--record)",
+                                      registry=r)
+        self.recorder_dropped = Gauge("rfm_recorder_dropped_steps", "Steps the recorder dropped (its queue was "
+                                      "full): never the answer, only the recording", registry=r)
+        self.recorder_episodes = Gauge("rfm_recorder_episodes_written", "Episodes the recorder wrote", registry=r)
+        self.recorder_sessions = Gauge("rfm_recorder_open_sessions", "Robot sessions with an episode being recorded",
+                                       registry=r)
 
     def observe_request(self, endpoint: str, status: int, seconds: float) -> None:
         self.requests.labels(endpoint, str(status)).inc()
@@ -35,6 +42,13 @@ class Metrics:
     def observe_batch(self, size: int, seconds: float) -> None:
         self.batch_size.observe(size)
         self.inference.observe(seconds)
+
+    def observe_recorder(self, recorder) -> None:
+        """Read the recorder's backlog, drops and episodes (at scrape time: nothing on the hot path)."""
+        self.recorder_backlog.set(recorder.backlog)
+        self.recorder_dropped.set(recorder.dropped)
+        self.recorder_episodes.set(recorder.episodes_written)
+        self.recorder_sessions.set(recorder.open_sessions)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -13,6 +13,7 @@ import numpy as np
 from rfm.runtime import Runner
 from rfm.runtime.observation import ObservationError, check_observation
 from rfm.runtime.recorder import Recorder
+from serving.admission import DeadlineTooShort
 from serving.audit import AuditLog
 from serving.batcher import Batcher, BatchFailed
 from serving.codec import ActRequest, TicksRequest, encode_actions
@@ -53,6 +54,7 @@ class InferenceService:
         self.interface = runner.interface
         self.limits, self.audit = limits, audit
         self.trimmer = HeapTrimmer()
+        self.min_deadline_ms = 10.0  # set from the warm-up by ServerState.load (serving.admission.min_deadline_ms)
         self.batcher = Batcher(runner.predict_batch, config.max_batch, config.max_wait_ms, config.queue_size,
                                on_batch=metrics.observe_batch, on_idle=self.trimmer.maybe_trim)
 
@@ -61,16 +63,20 @@ class InferenceService:
         d["server"] = {"max_batch": self.config.max_batch, "max_wait_ms": self.config.max_wait_ms,
                        "queue_size": self.config.queue_size, "timeout_ms": self.config.timeout_ms,
                        "resize_images": self.config.resize_images, "recording": self.recorder is not None,
+                       "min_deadline_ms": self.min_deadline_ms,
                        "action_limits": self.limits.to_dict() if self.limits else None}
         return d
 
     async def act(self, req: ActRequest, client_id: str | None, endpoint: str, t0: float) -> ActResult:
         """Validate -> batch -> clip -> audit. `t0` is time.perf_counter() when the request arrived."""
         images, state, instruction = check_observation(req.observation, self.interface, self.config.resize_images)
-        if self.recorder is not None and req.correction is not None \
-                and req.correction.shape != (self.interface.action_dim,):  # before queueing: costs no inference
+        if req.correction is not None and req.correction.shape != (self.interface.action_dim,):  # before queueing
             raise ObservationError(f"correction has {req.correction.size} values, the model has "
                                    f"{self.interface.action_dim} action dims ({', '.join(self.interface.action_names)})")
+        if req.deadline_ms is not None and req.deadline_ms < self.min_deadline_ms:
+            raise DeadlineTooShort(f"deadline_ms={req.deadline_ms:g} is below this server's min_deadline_ms="
+                                   f"{self.min_deadline_ms:g} (by default 5x one inference of the model on an idle server; "
+                                   f"--min-deadline-ms sets it)")
         request_id = req.request_id or uuid.uuid4().hex
         budget_ms = self.config.timeout_ms if req.deadline_ms is None else min(req.deadline_ms, self.config.timeout_ms)
         t_submit = time.perf_counter()

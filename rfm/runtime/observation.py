@@ -19,6 +19,9 @@ from rfm.config import RobotInterface, did_you_mean
 from rfm.constants import IMAGES, INSTRUCTION, STATE
 from rfm.imaging import fit_frame
 
+MAX_ABS_VALUE = 1e9  # largest magnitude of a state or action value: any physical unit fits, and float32 networks
+# stay finite (the default checkpoint up to 1e15); the API schema says so
+
 
 class ObservationError(ValueError):
     """An observation does not match the robot interface; the message says what was expected and what arrived."""
@@ -71,16 +74,18 @@ def accepted_sizes(interface: RobotInterface) -> dict[str, list[tuple[int, int]]
 def check_state(state: Any, interface: RobotInterface, where: str = "") -> np.ndarray:
     """(D_s,) float32, finite, of the interface's length."""
     try:
-        arr = np.asarray(state, dtype=np.float32).reshape(-1)
+        arr = np.asarray(state, dtype=np.float64).reshape(-1)
     except (TypeError, ValueError) as e:
         raise ObservationError(f"{where}state must be a list of numbers ({e})") from e
     if arr.shape[0] != interface.state_dim:
         raise ObservationError(f"{where}state has {arr.shape[0]} values, the model expects {interface.state_dim} "
                                f"({', '.join(interface.state_names)})")
-    if not np.all(np.isfinite(arr)):
-        bad = [interface.state_names[i] for i in np.flatnonzero(~np.isfinite(arr))]
-        raise ObservationError(f"{where}state has non-finite values (NaN/inf) in {bad}")
-    return arr
+    bad_mask = ~(np.abs(arr) <= MAX_ABS_VALUE)  # NaN compares False: caught here too
+    if bad_mask.any():
+        bad = [interface.state_names[i] for i in np.flatnonzero(bad_mask)]
+        raise ObservationError(f"{where}state has non-finite values (NaN/inf) or values beyond ±{MAX_ABS_VALUE:g} "
+                               f"in {bad}")
+    return arr.astype(np.float32)
 
 
 def check_observation(obs: Mapping[str, Any], interface: RobotInterface, resize: bool = False,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -80,10 +82,12 @@ def test_quantile_normalisation_maps_q01_q99_to_unit_range(small_interface):
 
 
 def _one_batch(itf, head):
+    """A tiny policy and one batch of 8 at 32 px (a quarter of the pixels of `itf`: the learning tests stay quick)."""
+    itf = dataclasses.replace(itf, image_size=(32, 32))
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
     b = 8
-    images = torch.randint(0, 256, (b, 2, 3, 64, 64), dtype=torch.uint8, generator=g)
+    images = torch.randint(0, 256, (b, 2, 3, 32, 32), dtype=torch.uint8, generator=g)
     state = torch.randn(b, 3, generator=g)
     actions = torch.randn(b, 8, 2, generator=g) * 3 + 1
     stats = {"action": {"mean": actions.mean((0, 1)).tolist(), "std": actions.std((0, 1)).tolist()}}
