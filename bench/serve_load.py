@@ -15,17 +15,13 @@ import asyncio
 import json
 import os
 import platform
-import signal
 import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 import httpx
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere in the repo
@@ -33,30 +29,13 @@ sys.path.insert(0, str(ROOT))  # run as a script from anywhere in the repo
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+from bench._serve_common import RFM, Server, observations, openpi_observation, pct, resolve_checkpoint  # noqa: F401
 from rfm.client.wire import encode_observation
 
 TRANSPORTS = ("msgpack", "json", "ws", "openpi")
-RFM = [sys.executable, "-c", "import sys; from rfm.cli.main import main; sys.exit(main())"]
-
-
-def pct(xs: list[float], q: float) -> float:
-    return float(np.percentile(xs, q)) if xs else float("nan")
 
 
 # --- model ---------------------------------------------------------------------------------------------------
-def resolve_checkpoint(arg: str | None) -> tuple[Path, str]:
-    if arg:
-        return Path(arg), "given"
-    default = ROOT / "checkpoints" / "default"
-    if (default / "config.json").exists():
-        return default, "checkpoints/default"
-    from rfm import RFMPolicy
-
-    path = Path(tempfile.mkdtemp(prefix="rfm-bench-")) / "small"
-    RFMPolicy.build("small").save_pretrained(path)
-    return path, "fresh small preset (untrained)"
-
-
 def bare_runner(ckpt: Path, threads: int, iters: dict[int, int]) -> dict:
     """p50 latency and throughput of runner.predict_batch on prepared batches (no server at all)."""
     import torch
@@ -82,54 +61,7 @@ def bare_runner(ckpt: Path, threads: int, iters: dict[int, int]) -> dict:
     return out
 
 
-# --- server --------------------------------------------------------------------------------------------------
-class Server:
-    """`rfm serve` in a subprocess on a free port."""
-
-    def __init__(self, ckpt: Path, max_batch: int, threads: int, max_wait_ms: float) -> None:
-        from serving.server import free_port
-
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [*RFM, "serve", "--checkpoint", str(ckpt), "--port", str(self.port), "--max-batch", str(max_batch),
-               "--max-wait-ms", str(max_wait_ms), "--threads", str(threads), "--timeout-ms", "120000",
-               "--queue-size", "1024", "--log-level", "warning"]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 600
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {self.proc.stderr.read().decode()[-2000:]}")
-            try:
-                if httpx.get(self.url + "/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError("server not ready")
-            time.sleep(0.25)
-
-    def rss_mb(self) -> dict:
-        status = Path(f"/proc/{self.proc.pid}/status").read_text().splitlines()
-        get = lambda k: next(int(ln.split()[1]) / 1024 for ln in status if ln.startswith(k))
-        return {"rss_mb": round(get("VmRSS:"), 1), "peak_rss_mb": round(get("VmHWM:"), 1)}
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-
-
 # --- simulated robots ----------------------------------------------------------------------------------------
-def observations(itf: dict, n: int) -> list[dict]:
-    rng = np.random.default_rng(0)
-    h, w = itf["image_size"]
-    return [{"images": {c: rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for c in itf["cameras"]},
-             "state": rng.standard_normal(itf["state_dim"]).astype(np.float32),
-             "instruction": ["pick up the red block", "open the drawer"][i % 2]} for i in range(n)]
-
-
 def inference_s(content: bytes, ctype: str) -> float:
     """The server's inference_ms of a /v1/act reply, in seconds."""
     import msgpack
@@ -200,13 +132,7 @@ def openpi_robots(url: str, obs: list[dict], seconds: float) -> tuple[list[float
     lock = threading.Lock()
 
     def robot(o: dict) -> None:
-        cams = list(o["images"])
-        payload = {"observation/image": o["images"][cams[0]], "observation/state": o["state"],
-                   "prompt": o["instruction"]}
-        if len(cams) > 1:
-            payload["observation/wrist_image"] = o["images"][cams[1]]
-        for i, c in enumerate(cams[2:], start=2):
-            payload[f"observation/image_{i}"] = o["images"][c]
+        payload = openpi_observation(o)
         policy = WebsocketClientPolicy(host=url.replace("http", "ws") + "/openpi")
         while time.perf_counter() < stop_at:
             t = time.perf_counter()
@@ -387,8 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     obs_all = observations(first["interface"], max(args.robots))
     # Both servers run side by side (an idle server costs no CPU) and each on/off pair of cells is measured
     # back to back, so a busy neighbour on a shared machine skews both sides of a comparison alike.
-    servers = {"batching_on": Server(ckpt, args.max_batch, args.threads, args.max_wait_ms),
-               "batching_off": Server(ckpt, 1, args.threads, args.max_wait_ms)}
+    servers = {"batching_on": Server(ckpt, args.max_batch, args.threads, args.max_wait_ms, extra=("--engine", "torch")),
+               "batching_off": Server(ckpt, 1, args.threads, args.max_wait_ms, extra=("--engine", "torch"))}
     try:
         for tr in dict.fromkeys(args.transports + args.off_transports):
             for n in args.robots:
