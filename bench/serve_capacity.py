@@ -7,7 +7,7 @@ Each simulated robot sends one request per period (1/rate, +-10% jitter) whether
 back (open loop), so a saturated server shows up as growing latency, 504s, refusals (503) and timeouts rather than
 as a slower robot. For every configuration (engine x batching on/off x transport) the number of robots grows
 until the server is clearly saturated (p99 over twice the largest budget, or more than 5% of requests failed or
-refused), each configuration on a fresh server started with --timeout-ms = the largest budget. Load generators are separate processes (asyncio inside, --robots-per-proc
+refused), then --past-saturation more counts (admission by deadline at work), each configuration on a fresh server started with --timeout-ms = the largest budget. Load generators are separate processes (asyncio inside, --robots-per-proc
 robots each) on the same machine; their CPU share, their scheduling lag and the server's CPU are reported
 with every cell. Transports: ws (/v1/ws, msgpack frames), openpi (/openpi, msgpack-numpy packed with the real
 openpi-client when installed) and http (POST /v1/act, msgpack). Latency percentiles are over requests answered
@@ -493,6 +493,8 @@ def sweep(server: Server, transport: str, obs: list[dict], robots: list[int], ar
             print(f"          errors: {cell['errors']}", flush=True)
         if saturated(cell, args.budgets):
             cell["saturated"] = True
+        past = sum(bool(c.get("saturated")) for c in cells) - 1  # cells run beyond the first saturated one
+        if past >= args.past_saturation:
             break
     return cells
 
@@ -554,25 +556,30 @@ def plot(configs: dict, budgets: list[float], rate: float, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, (ax, ax_ref) = plt.subplots(2, 1, figsize=(8, 8), sharex=True, height_ratios=(3, 2))
     ns = set()
     for key, c in configs.items():
         cells = [x for x in c.get("cells", []) if x["answered"]]
         if cells:
-            ax.plot([x["robots"] for x in cells], [x["p99_ms"] for x in cells], marker="o", label=key)
+            line = ax.plot([x["robots"] for x in cells], [x["p99_ms"] for x in cells], marker="o", label=key)
+            ax_ref.plot([x["robots"] for x in cells], [100 * x["refused"] / max(1, x["sent"]) for x in cells],
+                        marker="o", color=line[0].get_color())
             ns.update(x["robots"] for x in cells)
     ax.set_xscale("log", base=2)
-    ax.set_xticks(sorted(ns), [str(n) for n in sorted(ns)])
+    ax_ref.set_xticks(sorted(ns), [str(n) for n in sorted(ns)])
     ax.minorticks_off()
+    ax_ref.minorticks_off()
     for b in budgets:
         ax.axhline(b, color="grey", linestyle="--", linewidth=1)
         ax.text(ax.get_xlim()[0], b, f" {b:g} ms", va="bottom", color="grey", fontsize=8)
     ax.set_yscale("log")
-    ax.set_xlabel(f"robots ({rate:g} Hz each, open loop)")
-    ax.set_ylabel("p99 latency (ms)")
-    ax.set_title("rfm serve: p99 latency vs robots")
+    ax.set_ylabel("p99 latency of answered requests (ms)")
+    ax.set_title("rfm serve: p99 latency and refusals vs robots")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
+    ax_ref.set_xlabel(f"robots ({rate:g} Hz each, open loop)")
+    ax_ref.set_ylabel("refused at once (503), % of sent")
+    ax_ref.grid(True, alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
@@ -612,6 +619,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=10.0, help="seconds per cell, warm-up included")
     p.add_argument("--warmup", type=float, default=1.0, help="seconds at the start of a cell not counted")
     p.add_argument("--timeout-s", type=float, default=1.0, help="a request not answered within this has failed")
+    p.add_argument("--past-saturation", type=int, default=2,
+                   help="robot counts still run after the first saturated one (what overload looks like)")
     p.add_argument("--quick", action="store_true", help=f"robots {' '.join(map(str, QUICK_ROBOTS))}, 3 s per cell")
     p.add_argument("--out", default=str(RESULTS / "serve_capacity.json"))
     p.add_argument("--plot", default=None, help="PNG path (default: --out with .png)")
