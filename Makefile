@@ -31,7 +31,7 @@ serve: install
 # Tiers: unit (in-process, fast: under 3 min on 2 cores) and integration (real servers, subprocess CLI runs,
 # MuJoCo rollouts, notebooks, training runs). `make test` runs both; slow and compat tests only in test-all.
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 test-unit: install
 	$(BIN)/python -m pytest -q -m "not integration and not slow and not compat"

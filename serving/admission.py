@@ -36,25 +36,27 @@ def min_deadline_ms(batch1_seconds: float | None) -> float:
 
 
 class BatchCostModel:
-    """Seconds per batch as a + c * batch_size, fitted to each batch size's recent runtime.
+    """Seconds per batch as a + c * batch_size, fitted to each batch size's recent cost.
 
-    Inference on a CPU grows about linearly with the batch. Each size keeps a running average (weight `alpha` on the
-    newest batch) and its latest runtime, and the larger of the two counts: a slowdown (a neighbour taking the
-    cores) is believed at once, a speed-up over a few batches, so under doubt the server refuses rather than lets a
-    request miss its deadline. Before any batch is seen it predicts nothing (admit everything).
+    Inference on a CPU grows about linearly with the batch. Each size keeps a running average that moves half way
+    to a slower batch (a neighbour taking the cores is believed within a batch or two) and a tenth of the way to a
+    faster one (one quick batch does not talk the server into promises), so under doubt it refuses rather than
+    lets a request miss its deadline. Before any batch is seen it predicts nothing (admit everything).
     """
 
-    def __init__(self, alpha: float = 0.2) -> None:
-        self.alpha = alpha
-        self._avg: dict[int, tuple[float, float]] = {}  # size -> (running average, max(average, latest))
+    def __init__(self, up: float = 0.5, down: float = 0.1) -> None:
+        self.up, self.down = up, down
+        self._avg: dict[int, float] = {}  # batch size -> running average of its seconds
         self._fit: tuple[float, float] | None = None
         self._lock = threading.Lock()
 
     def observe(self, batch_size: int, seconds: float) -> None:
         with self._lock:
             old = self._avg.get(batch_size)
-            avg = seconds if old is None else old[0] + self.alpha * (seconds - old[0])
-            self._avg[batch_size] = (avg, max(avg, seconds))
+            if old is None:
+                self._avg[batch_size] = seconds
+            else:
+                self._avg[batch_size] = old + (self.up if seconds > old else self.down) * (seconds - old)
             self._fit = None
 
     def predict(self, batch_size: int) -> float | None:
@@ -64,7 +66,7 @@ class BatchCostModel:
                 return None
             if self._fit is None:
                 sizes = np.array(sorted(self._avg), float)
-                secs = np.array([self._avg[int(b)][1] for b in sizes])
+                secs = np.array([self._avg[int(b)] for b in sizes])
                 if len(sizes) == 1:  # one point: proportional to the batch
                     self._fit = (0.0, secs[0] / sizes[0])
                 else:
@@ -72,7 +74,7 @@ class BatchCostModel:
                     self._fit = (max(a, 0.0), max(c, 1e-6))
             a, c = self._fit
             if batch_size in self._avg:
-                return self._avg[batch_size][1]
+                return self._avg[batch_size]
             return a + c * batch_size
 
 

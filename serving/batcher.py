@@ -158,11 +158,13 @@ class Batcher:
             return [self._queue.popleft() for _ in range(n)]
 
     def _run(self) -> None:
+        busy_since: tuple[float, int] | None = None  # (start, size) of the last batch, when work waited behind it
         while True:
             items = self._take()
             if items is None:
                 return
             if not items:
+                busy_since = None
                 self._idle()
                 continue
             now = time.perf_counter()
@@ -173,11 +175,17 @@ class Batcher:
                         f"request waited {1000 * (now - it.enqueued):.0f} ms in the queue, past its deadline"))
                 elif not it.future.done():  # skip requests whose client already gave up
                     live.append(it)
-            if live:
-                self._run_batch(live, now)
+            if busy_since is not None:  # the last batch's whole cycle, start to this start, while work waited
+                self.cost.observe(busy_since[1], now - busy_since[0])
+            seconds = self._run_batch(live, now) if live else None
             with self._cond:
                 self._company = self._company or bool(self._queue)
                 idle = not self._queue
+            # under load a batch costs its start-to-next-start cycle (handing results back, the event loop's share of
+            # the CPU) rather than its inference alone: observed at the next start; idle, its inference time
+            busy_since = (now, len(live)) if seconds is not None and not idle else None
+            if seconds is not None and idle:
+                self.cost.observe(len(live), seconds)
             if idle:
                 self._idle()
 
@@ -188,7 +196,8 @@ class Batcher:
             except Exception:  # housekeeping must never stop the worker
                 log.exception("on_idle callback failed")
 
-    def _run_batch(self, items: list[_Item], start: float) -> None:
+    def _run_batch(self, items: list[_Item], start: float) -> float | None:
+        """Run one batch and resolve its futures; its inference seconds, or None when it failed."""
         batch = Batch(np.stack([it.images for it in items]), np.stack([it.state for it in items]),
                       [it.instruction for it in items])
         self._running = (start, len(items))
@@ -201,11 +210,10 @@ class Batcher:
             err = BatchFailed(f"inference failed for this batch ({type(e).__name__})")
             for it in items:
                 it.loop.call_soon_threadsafe(_resolve, it.future, None, err)
-            return
+            return None
         finally:
             self._running = None
         seconds = time.perf_counter() - start
-        self.cost.observe(len(items), seconds)
         if self.on_batch is not None:
             try:
                 self.on_batch(len(items), seconds)
@@ -214,3 +222,4 @@ class Batcher:
         for i, it in enumerate(items):
             res = BatchResult(actions[i], len(items), 1000 * (start - it.enqueued), 1000 * seconds)
             it.loop.call_soon_threadsafe(_resolve, it.future, res)
+        return seconds

@@ -21,16 +21,16 @@ MP = {"content-type": "application/msgpack", "accept": "application/json"}
 
 
 def test_cost_model_fits_a_line_through_the_batch_sizes_it_saw():
-    m = BatchCostModel(alpha=0.5)
+    m = BatchCostModel()
     assert m.predict(4) is None  # nothing seen: admit everything
     m.observe(2, 0.020)
     assert m.predict(8) == pytest.approx(0.080)  # one size: proportional
     m.observe(8, 0.050)
     assert m.predict(4) == pytest.approx(0.030)  # 0.010 + 0.005 * b
-    m.observe(8, 0.070)  # a slowdown counts at once
-    assert m.predict(8) == pytest.approx(0.070)
-    m.observe(8, 0.030)  # a speed-up through the running average: (0.060 + 0.030) / 2
-    assert m.predict(8) == pytest.approx(0.045)
+    m.observe(8, 0.070)  # a slowdown moves it half way
+    assert m.predict(8) == pytest.approx(0.060)
+    m.observe(8, 0.030)  # a speed-up a tenth of the way
+    assert m.predict(8) == pytest.approx(0.057)
 
 
 def test_expected_finish_counts_the_running_batch_and_full_batches_ahead():
