@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 import uuid
 
@@ -14,6 +16,7 @@ from serving.errors import ApiError, PayloadTooLarge, to_api_error
 from serving.state import ServerState, decode_act
 
 POLICY_VIOLATION, MESSAGE_TOO_BIG, INTERNAL_ERROR, TRY_AGAIN_LATER = 1008, 1009, 1011, 1013
+WS_PIPELINE = 8  # requests of one /v1/ws socket in flight at once; beyond, the server stops reading it
 
 
 async def _admit(ws: WebSocket, state: ServerState, endpoint: str) -> str | None | bool:
@@ -41,41 +44,61 @@ def add_websocket_routes(app: FastAPI, state: ServerState) -> None:
 
     @app.websocket("/v1/ws")
     async def ws_act(ws: WebSocket) -> None:
-        """One request per frame, answered in order in the same frame type; errors do not close the socket."""
+        """One request per frame, answered in order in the same frame type; errors do not close the socket.
+
+        Frames are read as they arrive and run concurrently (up to WS_PIPELINE per socket), so a robot that sends
+        its next observation before the last answer came back gets both in the next batch rather than queued
+        behind each other on its socket; the answers still go out in the order the frames came in.
+        """
         client_id = await _admit(ws, state, "/v1/ws")
         if client_id is False:
             return
         await ws.accept()
         gauge = state.metrics.ws_connections.labels("/v1/ws")
         gauge.inc()
-        try:
+
+        async def answer(body: bytes, fmt: str, t0: float) -> tuple[bytes | str, int]:
+            try:
+                if len(body) > limit:
+                    raise PayloadTooLarge(f"message is {len(body)} bytes, the limit is {limit}")
+                service = state.require_service()
+                req = await decode_act(service, body, fmt)
+                result = await service.act(req, client_id, "/v1/ws", t0)
+                out, status = result.to_wire(service, fmt), 200
+            except Exception as e:  # noqa: BLE001 - reported in-band, the connection stays open
+                err = to_api_error(e, state.config.retry_after_s)
+                out, status = {**err.body(), "status": err.status}, err.status
+            state.metrics.observe_request("/v1/ws", status, time.perf_counter() - t0)
+            return (codec.dumps(out, "msgpack") if fmt == "msgpack" else codec.dumps(out, "json").decode()), status
+
+        in_flight: asyncio.Queue = asyncio.Queue(WS_PIPELINE)  # answers in arrival order; full: stop reading
+
+        async def reply() -> None:
             while True:
+                task = await in_flight.get()
+                if task is None:
+                    return
+                data, status = await task
+                await (ws.send_bytes(data) if isinstance(data, bytes) else ws.send_text(data))
+                if status == 413:
+                    await ws.close(code=MESSAGE_TOO_BIG)
+                    return
+
+        replier = asyncio.create_task(reply())
+        try:
+            while not replier.done():
                 message = await ws.receive()
                 if message["type"] == "websocket.disconnect":
                     break
-                t0 = time.perf_counter()
                 body, fmt = _frame(message)
-                try:
-                    if len(body) > limit:
-                        raise PayloadTooLarge(f"message is {len(body)} bytes, the limit is {limit}")
-                    service = state.require_service()
-                    req = await decode_act(service, body, fmt)
-                    result = await service.act(req, client_id, "/v1/ws", t0)
-                    out, status = result.to_wire(service, fmt), 200
-                except Exception as e:  # noqa: BLE001 - reported in-band, the connection stays open
-                    err = to_api_error(e, state.config.retry_after_s)
-                    out, status = {**err.body(), "status": err.status}, err.status
-                state.metrics.observe_request("/v1/ws", status, time.perf_counter() - t0)
-                if fmt == "msgpack":
-                    await ws.send_bytes(codec.dumps(out, "msgpack"))
-                else:
-                    await ws.send_text(codec.dumps(out, "json").decode())
-                if status == 413:
-                    await ws.close(code=MESSAGE_TOO_BIG)
-                    break
-        except WebSocketDisconnect:
+                await in_flight.put(asyncio.create_task(answer(body, fmt, time.perf_counter())))
+        except (WebSocketDisconnect, RuntimeError):  # RuntimeError: received after the replier closed the socket
             pass
         finally:
+            if not replier.done():
+                await in_flight.put(None)
+            with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+                await replier  # and so its exception, if any, is retrieved
             gauge.dec()
 
     @app.websocket("/openpi")

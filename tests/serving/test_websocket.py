@@ -37,6 +37,19 @@ def test_v1_ws_json_and_msgpack_frames_and_errors_keep_the_connection(server):
         assert msgpack.unpackb(ws.recv())["request_id"] == "w3"
 
 
+def test_v1_ws_frames_sent_ahead_run_together_and_are_answered_in_order(server):
+    """A robot that sends before its last answer came back is not queued behind itself on the socket."""
+    with wsc.connect(ws_url(server, "/v1/ws"), max_size=None) as ws:
+        ids = [f"p{i}" for i in range(4)]
+        for i, rid in enumerate(ids):
+            body = msgpack_body(observation(), request_id=rid) if i != 2 else msgpack_body(
+                {**observation(), "state": np.zeros(5)}, request_id=rid)  # one bad frame among them
+            ws.send(body)
+        out = [msgpack.unpackb(ws.recv()) for _ in ids]
+    assert [o.get("request_id") for o in out] == ["p0", "p1", None, "p3"] and out[2]["status"] == 422
+    assert max(o.get("batch_size", 0) for o in out) >= 2  # the frames sent ahead shared a batch
+
+
 def test_v1_ws_message_size_limit_closes_with_1009(server):
     with wsc.connect(ws_url(server, "/v1/ws"), max_size=None) as ws:
         ws.send(b"\x00" * (3 * 1024 * 1024))
