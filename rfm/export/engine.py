@@ -72,9 +72,10 @@ def cached_export(checkpoint: str | Path, precision: str = "fp32", cache_dir: st
     out = root / f"{checkpoint.resolve().name}-{precision}-{key[:16]}"
     try:
         root.mkdir(parents=True, exist_ok=True)
+        lock = (root / f".{out.name}.lock").open("w")
     except OSError as e:
         raise EngineError(f"engine cache {root} is not writable ({e}); pass --engine-cache DIR") from None
-    with (root / f".{out.name}.lock").open("w") as lock:
+    with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # a second replica waits here, then finds the export
         if not (out / EXPORT_FILE).is_file():
             _export(checkpoint, out, precision, calib_dataset)
@@ -90,12 +91,15 @@ def _export(checkpoint: Path, out: Path, precision: str, calib_dataset: str | No
     try:
         from rfm.export.exporter import ExportConfig, export_checkpoint
     except ImportError as e:
-        raise EngineError(f"exporting to ONNX needs the export extra ({e.name} is missing): "
-                          f"pip install 'rfm[export]'") from None
+        raise EngineError(f"exporting to ONNX needs onnx and onnxscript ({e.name} is missing): "
+                          f"pip install 'rfm[serve]'") from None
     log.info("exporting %s to ONNX (%s) for serving; cached in %s", checkpoint, precision, out)
     for noisy in EXPORTER_LOGGERS:
         logging.getLogger(noisy).setLevel(logging.ERROR)
-    export_checkpoint(checkpoint, out, ExportConfig(precision=precision, calib_dataset=calib_dataset))
+    try:
+        export_checkpoint(checkpoint, out, ExportConfig(precision=precision, calib_dataset=calib_dataset))
+    except Exception as e:  # e.g. an op the exporter cannot express: the caller may fall back to PyTorch
+        raise EngineError(f"exporting {checkpoint} to ONNX failed ({type(e).__name__}: {str(e)[:300]})") from e
 
 
 def load_engine(checkpoint: str | Path, engine: str = "auto", device: str = "auto", threads: int | None = None,

@@ -67,6 +67,19 @@ def test_an_export_that_misses_parity_is_not_served(onnx_engine, tiny_checkpoint
     assert runner.backend == "torch" and "serving on PyTorch instead" in caplog.text
 
 
+def test_a_failed_export_falls_back_to_pytorch_and_says_why(tiny_checkpoint, tmp_path, monkeypatch, caplog):
+    def broken(*a, **k):
+        raise RuntimeError("op FancyConv is not supported")
+
+    monkeypatch.setattr(rfm.export.exporter, "export_checkpoint", broken)
+    with pytest.raises(EngineError, match="FancyConv"):
+        load_engine(tiny_checkpoint, "onnx", device="cpu", cache_dir=tmp_path)
+    with caplog.at_level(logging.WARNING, logger="rfm.export.engine"):
+        runner = load_engine(tiny_checkpoint, "auto", device="cpu", cache_dir=tmp_path)
+    assert runner.backend == "torch" and "FancyConv" in caplog.text
+    assert not list(tmp_path.glob("*/export.json"))  # nothing half-written is left to be served later
+
+
 def test_rfm_serve_runs_a_checkpoint_on_the_cached_onnx_engine_by_default(onnx_engine, tiny_checkpoint,
                                                                           engine_cache):
     port = free_port()
