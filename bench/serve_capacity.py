@@ -317,9 +317,11 @@ async def generate(load: Load, conn) -> dict:
     conn.send("ready")
     start_wall = await asyncio.to_thread(conn.recv)
     start = time.perf_counter() + (start_wall - time.time())
-    await asyncio.sleep(max(0.0, start - time.perf_counter() + load.warmup_s))
+    await asyncio.sleep(max(0.0, start - time.perf_counter()))
+    running = asyncio.gather(*(r.run(start) for r in robots))  # the warm-up is run on schedule, just not counted
+    await asyncio.sleep(max(0.0, start + load.warmup_s - time.perf_counter()))
     cpu0 = sum(os.times()[:2])
-    await asyncio.gather(*(r.run(start) for r in robots))
+    await running
     cpu = sum(os.times()[:2]) - cpu0  # this process's CPU over the measured sending window
     until = time.perf_counter() + load.timeout_s + 1
     while tally.outstanding > 0 and time.perf_counter() < until:
