@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 import uuid
 
@@ -74,19 +73,26 @@ def add_websocket_routes(app: FastAPI, state: ServerState) -> None:
         in_flight: asyncio.Queue = asyncio.Queue(WS_PIPELINE)  # answers in arrival order; full: stop reading
 
         async def reply() -> None:
+            """Send answers in order; once the socket is gone, keep draining so the reader never blocks on put."""
+            closed = False
             while True:
                 task = await in_flight.get()
                 if task is None:
                     return
                 data, status = await task
-                await (ws.send_bytes(data) if isinstance(data, bytes) else ws.send_text(data))
-                if status == 413:
-                    await ws.close(code=MESSAGE_TOO_BIG)
-                    return
+                if closed:
+                    continue
+                try:
+                    await (ws.send_bytes(data) if isinstance(data, bytes) else ws.send_text(data))
+                    if status == 413:
+                        closed = True
+                        await ws.close(code=MESSAGE_TOO_BIG)
+                except (WebSocketDisconnect, RuntimeError, OSError):  # the client went away mid-answer
+                    closed = True
 
         replier = asyncio.create_task(reply())
         try:
-            while not replier.done():
+            while True:
                 message = await ws.receive()
                 if message["type"] == "websocket.disconnect":
                     break
@@ -95,10 +101,8 @@ def add_websocket_routes(app: FastAPI, state: ServerState) -> None:
         except (WebSocketDisconnect, RuntimeError):  # RuntimeError: received after the replier closed the socket
             pass
         finally:
-            if not replier.done():
-                await in_flight.put(None)
-            with contextlib.suppress(WebSocketDisconnect, RuntimeError):
-                await replier  # and so its exception, if any, is retrieved
+            await in_flight.put(None)  # the replier drains what is in flight, then stops
+            await replier
             gauge.dec()
 
     @app.websocket("/openpi")

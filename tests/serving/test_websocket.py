@@ -52,6 +52,25 @@ def test_v1_ws_frames_sent_ahead_run_together_and_are_answered_in_order(server):
     assert max(o.get("batch_size", 0) for o in out) >= 2  # the frames sent ahead shared a batch
 
 
+def test_v1_ws_client_gone_with_frames_in_flight_frees_the_connection(server):
+    import time
+
+    import httpx
+
+    ws = wsc.connect(ws_url(server, "/v1/ws"), max_size=None)
+    for _ in range(12):  # more than the 8 a socket may have in flight: the server stops reading, then we leave
+        ws.send(msgpack_body(observation()))
+    ws.close()
+    gauge = 'rfm_websocket_connections{endpoint="/v1/ws"} 0.0'
+    deadline = time.monotonic() + 10
+    while gauge not in httpx.get(server.url + "/metrics").text:
+        assert time.monotonic() < deadline, "the server still holds the closed connection"
+        time.sleep(0.1)
+    with wsc.connect(ws_url(server, "/v1/ws"), max_size=None) as again:  # and goes on serving
+        again.send(msgpack_body(observation(), request_id="after"))
+        assert msgpack.unpackb(again.recv())["request_id"] == "after"
+
+
 def test_v1_ws_message_size_limit_closes_with_1009(tiny_runner):
     # a 64 KiB limit: the oversized frame fits in the socket buffers, so the client finishes sending before the
     # server closes (with megabytes the close can reset the connection mid-send; the server is right either way)
