@@ -80,21 +80,26 @@ def test_server_refuses_with_503_and_retry_after_and_honours_deadline_ms(tiny_ru
             assert httpx.post(s.url + "/v1/act", content=msgpack_body(observation()), headers=MP).status_code == 200
         body = msgpack_body(observation(), deadline_ms=500)  # room for two 0.2 s batches, not three
 
-        def post(_):
+        clients = [httpx.Client(base_url=s.url, headers=MP, timeout=30) for _ in range(8)]  # set up before timing
+
+        def post(client):
             t = time.perf_counter()
-            r = httpx.post(s.url + "/v1/act", content=body, headers=MP, timeout=30)
+            r = client.post("/v1/act", content=body)
             return r, time.perf_counter() - t
 
         with ThreadPoolExecutor(8) as pool:
-            answers = list(pool.map(post, range(8)))
+            answers = list(pool.map(post, clients))
+        for c in clients:
+            c.close()
         codes = [r.status_code for r, _ in answers]
         # a shared CI machine may run an admitted batch late (504): allowed once, never instead of refusing
         assert codes.count(200) >= 1 and codes.count(503) >= 4 and codes.count(504) <= 1, codes
-        refused = [(r, took) for r, took in answers if r.status_code == 503]
-        busy = refused[0][0]
+        busy = next(r for r, _ in answers if r.status_code == 503)
         assert busy.json()["error"] == "overloaded" and "deadline of" in busy.json()["detail"]
         assert int(busy.headers["retry-after"]) >= 1
-        assert all(took < 0.2 for _, took in refused)  # refused at once, not after waiting in the queue
+        # refused at once: before the admitted requests queued behind the first batch were answered
+        took = {code: [t for r, t in answers if r.status_code == code] for code in (200, 503)}
+        assert max(took[503]) < max(took[200]), answers
         bad = httpx.post(s.url + "/v1/act", content=msgpack_body(observation(), deadline_ms=-5), headers=MP)
         assert bad.status_code == 422 and "deadline_ms" in bad.json()["detail"]
         runner.delay_s = 0.0
