@@ -77,6 +77,12 @@ def response_format(accept: str | None, default: str) -> str:
     return default
 
 
+def raw_body(schema: str) -> dict:
+    """openapi_extra for a route that reads its body as bytes (JSON or msgpack): the schema FastAPI cannot infer."""
+    ref = {"schema": {"$ref": f"#/components/schemas/{schema}"}}
+    return {"requestBody": {"required": True, "content": {codec.JSON: ref, codec.MSGPACK: ref}}}
+
+
 def error_response(err: ApiError, request_id: str | None = None) -> JSONResponse:
     return JSONResponse(err.body(request_id), status_code=err.status, headers=err.headers)
 
@@ -109,9 +115,7 @@ def create_app(runner: Runner | Callable[[], Runner], config: ServerConfig | Non
         return error_response(exc)
 
     @app.post("/v1/act", response_model=ActResponseBody, responses=ERROR_RESPONSES,
-              openapi_extra={"requestBody": {"required": True, "content": {
-                  "application/json": {"schema": {"$ref": "#/components/schemas/ActRequestBody"}},
-                  "application/msgpack": {"schema": {"$ref": "#/components/schemas/ActRequestBody"}}}}},
+              openapi_extra=raw_body("ActRequestBody"),
               summary="Predict one action chunk for one observation")
     async def act(request: Request) -> Response:
         t0 = time.perf_counter()
@@ -130,9 +134,7 @@ def create_app(runner: Runner | Callable[[], Runner], config: ServerConfig | Non
                         headers={"X-Request-ID": result.request_id})
 
     @app.post("/v1/ticks", response_model=TicksResponseBody, responses=ERROR_RESPONSES,
-              openapi_extra={"requestBody": {"required": True, "content": {
-                  "application/json": {"schema": {"$ref": "#/components/schemas/TicksRequestBody"}},
-                  "application/msgpack": {"schema": {"$ref": "#/components/schemas/TicksRequestBody"}}}}},
+              openapi_extra=raw_body("TicksRequestBody"),
               summary="Record the control ticks a robot executed (servers started with --record): one frame each")
     async def ticks(request: Request):
         try:
@@ -143,16 +145,13 @@ def create_app(runner: Runner | Callable[[], Runner], config: ServerConfig | Non
             itf = service.interface
             req = await asyncio.to_thread(
                 lambda: codec.parse_ticks(codec.loads(body, fmt), itf.cameras, accepted_sizes(itf)))
-            n = await service.record_ticks(req, client_id)
-            return {"session": req.session_id or req.robot_id or client_id or "default", "ticks": n,
-                    "episode_end": req.episode_end}
+            key, n = await service.record_ticks(req, client_id)
+            return {"session": key, "ticks": n, "episode_end": req.episode_end}
         except Exception as e:  # noqa: BLE001 - becomes a clean status + message
             return error_response(to_api_error(e, state.config.retry_after_s))
 
     @app.post("/v1/episodes/end", response_model=EpisodeEndResponseBody, responses=ERROR_RESPONSES,
-              openapi_extra={"requestBody": {"required": True, "content": {
-                  "application/json": {"schema": {"$ref": "#/components/schemas/EpisodeEndBody"}},
-                  "application/msgpack": {"schema": {"$ref": "#/components/schemas/EpisodeEndBody"}}}}},
+              openapi_extra=raw_body("EpisodeEndBody"),
               summary="End a robot session's recorded episode (robot reset), with an optional success label")
     async def end_episode(request: Request):
         try:
@@ -160,11 +159,7 @@ def create_app(runner: Runner | Callable[[], Runner], config: ServerConfig | Non
             fmt = codec.body_format(request.headers.get("content-type"))
             service = state.require_service()
             req = codec.parse_episode_end(codec.loads(await read_body(request, state.config.max_body_bytes), fmt))
-            if service.recorder is None:
-                raise ApiError(409, "not_recording", "this server was started without --record")
-            key = req.session_id or req.robot_id or client_id or "default"
-            service.recorder.end_episode(key, success=req.success)
-            return {"session": key, "recording": True}
+            return {"session": service.end_episode(req, client_id), "recording": True}
         except Exception as e:  # noqa: BLE001 - becomes a clean status + message
             return error_response(to_api_error(e, state.config.retry_after_s))
 

@@ -16,7 +16,7 @@ from rfm.runtime.recorder import Recorder
 from serving.admission import DeadlineTooShort
 from serving.audit import AuditLog
 from serving.batcher import Batcher, BatchFailed
-from serving.codec import ActRequest, TicksRequest, encode_actions
+from serving.codec import ActRequest, EpisodeEnd, TicksRequest, encode_actions
 from serving.config import ServerConfig
 from serving.errors import ApiError
 from serving.limits import ActionLimits
@@ -108,10 +108,21 @@ class InferenceService:
                                  success=req.success, correction=req.correction, episode_end=req.episode_end)
         return ActResult(actions, request_id, res.batch_size, timings, clipped)
 
-    async def record_ticks(self, req: TicksRequest, client_id: str | None) -> int:
-        """Validate a batch of executed ticks and enqueue them for the recorder (one frame per tick)."""
+    def _recorder(self) -> Recorder:
         if self.recorder is None:
             raise ApiError(409, "not_recording", "this server was started without --record")
+        return self.recorder
+
+    def end_episode(self, req: EpisodeEnd, client_id: str | None) -> str:
+        """Close a robot session's recorded episode (POST /v1/episodes/end); returns the session key."""
+        key = self.session_key(req, client_id)
+        self._recorder().end_episode(key, success=req.success)
+        return key
+
+    async def record_ticks(self, req: TicksRequest, client_id: str | None) -> tuple[str, int]:
+        """Validate a batch of executed ticks and enqueue them for the recorder (one frame per tick); returns the
+        session key and the number of ticks."""
+        recorder = self._recorder()
         itf = self.interface
 
         def check() -> list[tuple]:  # fitting frames costs CPU: off the event loop
@@ -127,14 +138,14 @@ class InferenceService:
             return out
 
         checked = await asyncio.to_thread(check)
-        key = req.session_id or req.robot_id or client_id or "default"
+        key = self.session_key(req, client_id)
         for k, (images, state, instruction, t) in enumerate(checked):
             last = k == len(checked) - 1
-            self.recorder.record_tick(key, images, state, instruction, t.action, t.chunk, t.label,
-                                      success=req.success if last else None, episode_end=req.episode_end and last)
+            recorder.record_tick(key, images, state, instruction, t.action, t.chunk, t.label,
+                                 success=req.success if last else None, episode_end=req.episode_end and last)
         if req.episode_end and not checked:
-            self.recorder.end_episode(key, success=req.success)
-        return len(checked)
+            recorder.end_episode(key, success=req.success)
+        return key, len(checked)
 
     def instruction_run(self, instruction: str) -> str:
         """The instruction the model ran: the trained one it was snapped to (--snap-instructions), else as sent."""
@@ -142,7 +153,7 @@ class InferenceService:
         return snapper([instruction])[0] if snapper is not None else instruction
 
     @staticmethod
-    def session_key(req: ActRequest, client_id: str | None) -> str:
+    def session_key(req: ActRequest | TicksRequest | EpisodeEnd, client_id: str | None) -> str:
         """Which recorded episode stream a request belongs to: session, else robot, else client."""
         return req.session_id or req.robot_id or client_id or "default"
 

@@ -89,13 +89,14 @@ def run(args: argparse.Namespace) -> int:
         logging.getLogger("rfm.serving").warning("%s has no %s: serving WITHOUT action limits (pass "
                                                  "--action-limits, or export the checkpoint again)", ckpt, STATS_FILE)
     threads = set_threads(args.threads)
-    backend = args.backend or ("onnx" if (ckpt / EXPORT_FILE).is_file() else "torch")
+    is_export = (ckpt / EXPORT_FILE).is_file()
+    backend = args.backend or ("onnx" if is_export else "torch")
     if backend == "torch":
         engine = "torch" if args.backend == "torch" and args.engine == "auto" else args.engine
         loader = engine_loader(ckpt, engine, device=args.device, threads=threads, cache_dir=args.engine_cache,
                                resize_images=args.resize_images)
     else:
-        if not (ckpt / EXPORT_FILE).is_file():
+        if not is_export:
             raise CLIError(f"--backend {backend}: {ckpt} has no {EXPORT_FILE}; it is not an `rfm export` directory "
                            f"(serve a checkpoint with --backend torch, or export it with `rfm export`)")
         loader = runner_loader(ckpt, backend, resize_images=args.resize_images, intra_op_threads=threads,
