@@ -30,17 +30,21 @@ serve: install
 
 # Tiers: unit (in-process, fast: under 3 min on 2 cores) and integration (real servers, subprocess CLI runs,
 # MuJoCo rollouts, notebooks, training runs). `make test` runs both; slow and compat tests only in test-all.
+# Test files run in parallel, one worker per core (TEST_WORKERS=0 runs them in this process).
+TEST_WORKERS ?= auto
+PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+
 test: install
-	$(BIN)/python -m pytest -q --durations=15
+	$(PYTEST) --durations=15
 
 test-unit: install
-	$(BIN)/python -m pytest -q -m "not integration and not slow and not compat"
+	$(PYTEST) -m "not integration and not slow and not compat"
 
 test-integration: install
-	$(BIN)/python -m pytest -q -m "integration and not slow and not compat"
+	$(PYTEST) -m "integration and not slow and not compat"
 
 test-all: install
-	$(BIN)/python -m pytest -q -m ""
+	$(PYTEST) -m ""
 
 lint: install
 	$(BIN)/ruff check rfm serving tests bench

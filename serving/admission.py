@@ -4,12 +4,17 @@ Queueing a request that will miss its deadline only makes it fail later and dela
 asks `BatchCostModel` how long the work ahead of a new request takes (the running batch's remainder plus the full
 batches queued before it) and how long the request's own batch takes; if that ends after the deadline the request is
 refused with 503 + Retry-After, so the requests the server accepts keep their latency under overload.
+
+A request's own batch is not only the requests queued ahead of it: everything that arrives before that batch starts
+joins it (up to the batch limit), and a bigger batch takes longer. `ArrivalRate` measures the recent request rate so
+the estimate counts them; without it, under overload with batching, admitted requests missed their deadlines.
 """
 
 from __future__ import annotations
 
 import math
 import threading
+from collections import deque
 
 import numpy as np
 
@@ -78,12 +83,31 @@ class BatchCostModel:
             return a + c * batch_size
 
 
+class ArrivalRate:
+    """Requests per second over the last `window_s` seconds (submissions, admitted or not)."""
+
+    def __init__(self, window_s: float = 1.0, max_events: int = 4096) -> None:
+        self.window_s = window_s
+        self._times: deque[float] = deque(maxlen=max_events)
+
+    def add(self, t: float) -> None:
+        self._times.append(t)
+
+    def rate(self, now: float) -> float:
+        times = self._times
+        while times and times[0] < now - self.window_s:
+            times.popleft()
+        if len(times) < 2:
+            return 0.0
+        return (len(times) - 1) / max(now - times[0], 1e-3)
+
+
 def expected_finish(model: BatchCostModel, now: float, running: tuple[float, int] | None, queued: int,
-                    max_batch: int) -> float | None:
+                    max_batch: int, arrivals_per_s: float = 0.0) -> float | None:
     """When a request submitted now would finish: the running batch's rest, the full batches queued ahead of it,
-    then its own batch (of the requests left at its position). None when the model has no data yet."""
-    own = model.predict(queued % max_batch + 1)
-    if own is None:
+    then its own batch: the requests left at its position plus those arriving (at `arrivals_per_s`) before it
+    starts, up to max_batch. None when the model has no data yet."""
+    if model.predict(1) is None:
         return None
     t = now
     if running is not None:
@@ -92,4 +116,6 @@ def expected_finish(model: BatchCostModel, now: float, running: tuple[float, int
     full_ahead = queued // max_batch
     if full_ahead:
         t += full_ahead * (model.predict(max_batch) or 0.0)
-    return t + own
+    joining = int(arrivals_per_s * (t - now))
+    own = model.predict(min(max_batch, queued % max_batch + 1 + joining))
+    return t + (own or 0.0)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from rfm.runtime.observation import Batch
-from serving.admission import BatchCostModel, WouldMissDeadline, expected_finish
+from serving.admission import ArrivalRate, BatchCostModel, WouldMissDeadline, expected_finish
 
 log = logging.getLogger("rfm.serving")
 
@@ -85,6 +85,7 @@ class Batcher:
         self._closing = False
         self._company = False  # did the previous batch have company (size > 1, or requests queued meanwhile)?
         self.cost = BatchCostModel()  # seconds per batch size, for admission by deadline
+        self.arrivals = ArrivalRate()  # requests joining a batch before it starts make it slower
         self._running: tuple[float, int] | None = None  # (start, size) of the batch being run
         self._thread = threading.Thread(target=self._run, name="rfm-batcher", daemon=True)
         self._thread.start()
@@ -111,8 +112,9 @@ class Batcher:
             # an idle server always admits: refusing there would teach the cost model nothing, and a stale
             # estimate (one slow batch) would refuse every later request
             idle = not self._queue and self._running is None
+            self.arrivals.add(now)
             finish = None if idle else expected_finish(self.cost, now, self._running, len(self._queue),
-                                                       self.max_batch)
+                                                       self.max_batch, self.arrivals.rate(now))
             if finish is not None and finish > item.deadline:
                 raise WouldMissDeadline(
                     f"the server expects to answer in {1000 * (finish - now):.0f} ms ({len(self._queue)} requests "

@@ -11,6 +11,11 @@ os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
 # `rfm serve` started by tests runs checkpoints on PyTorch: the default engine (ONNX Runtime on a cached export) costs an
 # export per fresh checkpoint; tests/serving/test_engine.py covers it.
 os.environ.setdefault("RFM_ENGINE", "torch")
+# Exports reuse the traced text encoder from the engine cache: one per test session, never the user's ~/.cache.
+if not os.environ.get("RFM_CACHE_DIR"):
+    import tempfile
+
+    os.environ["RFM_CACHE_DIR"] = tempfile.mkdtemp(prefix="rfm-test-cache-")
 
 import numpy as np
 import pytest
@@ -18,7 +23,8 @@ import torch
 
 from rfm.config import RobotInterface
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# one torch thread per xdist worker (the workers already use the cores), else up to two
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, min(2, os.cpu_count() or 1)))
 
 
 @pytest.fixture(scope="session")

@@ -27,6 +27,7 @@ EPISODES_PATH = EPISODES_DIR + "/" + CHUNK_FILE + ".parquet"
 DATA_PATH = "data/" + CHUNK_FILE + ".parquet"
 VIDEO_PATH = "videos/{video_key}/" + CHUNK_FILE + ".mp4"
 CHUNKS_SIZE = 1000  # files per chunk directory
+EPISODES_PER_META_FILE = 100  # episodes per meta/episodes file: a recorder rewrites only the open one
 DATA_FILE_MB = 100
 VIDEO_FILE_MB = 200
 

@@ -2,8 +2,14 @@
 incrementally (each saved episode is durable on its own; metadata rewritten by temp file + rename).
 
 Atomic mode packs many episodes per data/video file (a parquet row group and a contiguous video segment per
-episode). Incremental mode gives each episode its own data and video files and commits it by rewriting the
-episode metadata, so a crash loses at most the episode being recorded; `append()` reopens such a dataset.
+episode). Incremental mode gives each episode its own data and video files and commits it by rewriting the open
+episode-metadata file, so a crash loses at most the episode being recorded; `append()` reopens such a dataset.
+
+Saving an episode costs the same after ten thousand episodes as after one, so a recording server can run for days:
+episode metadata rolls over to a new file every `episodes_per_meta_file` episodes (only the open file is rewritten),
+and incremental datasets keep their stats as a running merge of the episodes' stats (exact min, max, mean, std and
+count; count-weighted quantiles, as lerobot aggregates) instead of holding every frame. Atomic datasets, written in
+one go, get quantiles exact over all frames.
 """
 
 from __future__ import annotations
@@ -71,7 +77,8 @@ class LeRobotDatasetWriter:
                  action_names: list[str] | None = None, use_videos: bool = True, incremental: bool = False,
                  vcodec: str | None = None, overwrite: bool = False, extra_features: dict | None = None,
                  calibration: dict | None = None, ee_position: list[str] | None = None,
-                 data_file_mb: int = lm.DATA_FILE_MB, video_file_mb: int = lm.VIDEO_FILE_MB) -> None:
+                 data_file_mb: int = lm.DATA_FILE_MB, video_file_mb: int = lm.VIDEO_FILE_MB,
+                 episodes_per_meta_file: int = lm.EPISODES_PER_META_FILE) -> None:
         self.root = Path(root)
         self.fps = int(fps)
         if self.fps <= 0 or self.fps != fps:
@@ -87,6 +94,9 @@ class LeRobotDatasetWriter:
                 raise ValueError(f"camera {cam!r}: size {(h, w)} is invalid for {self.encoder or 'PNG'} storage "
                                  f"(at least 8x8; h264 needs even height and width)")
         self.data_file_mb, self.video_file_mb = data_file_mb, video_file_mb
+        if episodes_per_meta_file < 1:
+            raise ValueError(f"episodes_per_meta_file={episodes_per_meta_file}: expected >= 1")
+        self.episodes_per_meta_file = int(episodes_per_meta_file)
         self._lock = threading.RLock()
         self._closed = False
         features: dict[str, dict] = {}
@@ -106,9 +116,7 @@ class LeRobotDatasetWriter:
         self.info = lm.new_info(self.fps, robot_type, features, use_videos and bool(self.cameras))
         self.info["data_files_size_in_mb"], self.info["video_files_size_in_mb"] = data_file_mb, video_file_mb
         self.tasks: list[str] = []
-        self.episodes: list[dict] = []  # rows of meta/episodes parquet
-        self._values: dict[str, list[np.ndarray]] = {}  # numeric columns of saved episodes, for exact stats
-        self._image_stats: dict[str, list[dict]] = {}
+        self._init_episode_index()
         self._files_written = False  # extras may only be declared before the first episode is written
         self._reset_buffer()
         self._pq: pq.ParquetWriter | None = None
@@ -136,6 +144,14 @@ class LeRobotDatasetWriter:
         elif self.root.exists():
             self.root.rmdir()
 
+    def _init_episode_index(self, saved: int = 0, last: dict | None = None) -> None:
+        self._saved, self._last = saved, last  # episodes committed, and the newest one's metadata row
+        self._meta_rows: list[dict] = []  # rows of the open meta/episodes file
+        self._meta_loc = (0, 0)
+        self._closed_rows: list[dict] = []  # atomic mode: rows of full meta files, written at finalize
+        self._stats: dict[str, dict] = {}  # running merge of the episodes' stats, per feature
+        self._values: dict[str, list[np.ndarray]] = {}  # atomic mode: numeric columns, for exact quantiles
+
     # --- reopening ----------------------------------------------------------------------------------------
 
     @classmethod
@@ -161,32 +177,34 @@ class LeRobotDatasetWriter:
         self.encoder = video.resolve_encoder(vcodec) if self.use_videos else None
         self.data_file_mb = self.info.get("data_files_size_in_mb", lm.DATA_FILE_MB)
         self.video_file_mb = self.info.get("video_files_size_in_mb", lm.VIDEO_FILE_MB)
+        self.episodes_per_meta_file = lm.EPISODES_PER_META_FILE
         self._lock, self._closed, self._files_written = threading.RLock(), False, True
         self.tasks = list(ds.tasks)
-        rows: list[dict] = []
-        for f in sorted((self.root / lm.EPISODES_DIR).glob("*/*.parquet")):
-            rows.extend(lm.read_parquet(f).to_pylist())
-        rows.sort(key=lambda r: r["episode_index"])
-        for r in rows:  # the metadata is rewritten as one file
-            r["meta/episodes/chunk_index"], r["meta/episodes/file_index"] = 0, 0
-        self.episodes = rows
-        numeric = [k for k, ft in feats.items() if ft["dtype"] not in lm.VISUAL]
-        arrays = {ACTION: ds.actions, "episode_index": ds.episode_index, "frame_index": ds.frame_index,
-                  "timestamp": ds.timestamps.astype(np.float32), "task_index": ds.task_index,
-                  "index": ds._arrays["index"], **ds.extras}
-        if OBS_STATE in feats:
-            arrays[OBS_STATE] = ds.states
-        self._values = {k: [arrays[k]] for k in numeric if k in arrays}
-        self._image_stats = {k: [ep.stats[k] for ep in ds.episodes if k in ep.stats]
-                             for k, ft in feats.items() if ft["dtype"] in lm.VISUAL}
+        files = sorted((self.root / lm.EPISODES_DIR).glob("*/*.parquet"))
+        per_file = [lm.read_parquet(f).to_pylist() for f in files]
+        rows = sorted((r for fr in per_file for r in fr), key=lambda r: r["episode_index"])
+        self._init_episode_index(len(rows), rows[-1])
+        self._remove_orphans(rows)
+        # new episodes go on in the newest metadata file (lerobot's or ours); earlier files are never rewritten
+        newest = max(range(len(files)), key=lambda i: max(r["episode_index"] for r in per_file[i]))
+        self._meta_rows = per_file[newest]
+        self._meta_loc = (int(files[newest].parent.name.split("-")[1]), int(files[newest].stem.split("-")[1]))
+        for r in self._meta_rows:
+            r["meta/episodes/chunk_index"], r["meta/episodes/file_index"] = self._meta_loc
+        self._roll_meta_file()
+        # the dataset's stats (exact where it was written in one go) become the running merge new episodes join
+        self._stats = {k: v for k, v in ds.stats.items() if "count" in v and "mean" in v}
+        for key in feats:
+            per_ep = [ep.stats.get(key) for ep in ds.episodes]
+            if key not in self._stats and per_ep and all(s is not None and "count" in s for s in per_ep):
+                self._stats[key] = st.aggregate(per_ep)
         self._pq, self._pq_loc, self._videos = None, (0, 0), {}
         self._reset_buffer()
-        self._remove_orphans()
         return self
 
-    def _remove_orphans(self) -> None:
+    def _remove_orphans(self, rows: list[dict]) -> None:
         keep = set()
-        for r in self.episodes:
+        for r in rows:
             keep.add(self.root / self.info["data_path"].format(chunk_index=r["data/chunk_index"],
                                                                file_index=r["data/file_index"]))
             for key in self._video_keys():
@@ -208,11 +226,11 @@ class LeRobotDatasetWriter:
 
     @property
     def num_episodes(self) -> int:
-        return len(self.episodes)
+        return self._saved
 
     @property
     def num_frames(self) -> int:
-        return int(self.episodes[-1]["dataset_to_index"]) if self.episodes else 0
+        return int(self._last["dataset_to_index"]) if self._last else 0
 
     @property
     def pending_frames(self) -> int:
@@ -292,18 +310,29 @@ class LeRobotDatasetWriter:
             ep_stats = {k: st.vector_stats(v) for k, v in cols.items()}
             ep_stats.update({image_key(cam): st.image_stats(fr) for cam, fr in frames.items()})
             row.update({f"stats/{f}/{k}": np.asarray(v).tolist() for f, s in ep_stats.items() for k, v in s.items()})
-            row.update({"meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0})
+            row.update({"meta/episodes/chunk_index": self._meta_loc[0], "meta/episodes/file_index": self._meta_loc[1]})
             row.update(meta or {})
             self._files_written = True
-            for k, v in cols.items():
-                self._values.setdefault(k, []).append(v)
-            for cam in frames:
-                self._image_stats.setdefault(image_key(cam), []).append(ep_stats[image_key(cam)])
-            self.episodes.append(row)
+            for k, s in ep_stats.items():
+                self._stats[k] = st.aggregate([self._stats[k], s]) if k in self._stats else s
+            if not self.incremental:
+                for k, v in cols.items():
+                    self._values.setdefault(k, []).append(v)
+            self._meta_rows.append(row)
+            self._saved, self._last = self._saved + 1, row
             self._reset_buffer()
             if self.incremental:
                 self._write_meta(self._dir)
+            self._roll_meta_file()
             return ep
+
+    def _roll_meta_file(self) -> None:
+        """Start the next meta/episodes file once the open one holds episodes_per_meta_file episodes."""
+        if len(self._meta_rows) >= self.episodes_per_meta_file:
+            if not self.incremental:
+                self._closed_rows.extend(self._meta_rows)
+            self._meta_rows = []
+            self._meta_loc = lm.next_chunk_file(*self._meta_loc, self.info["chunks_size"])
 
     def _extras(self, extra: dict, t: int) -> dict[str, np.ndarray]:
         feats = self.info["features"]
@@ -371,10 +400,9 @@ class LeRobotDatasetWriter:
         return self._dir / self.info["data_path"].format(chunk_index=self._pq_loc[0], file_index=self._pq_loc[1])
 
     def _next_loc(self, chunk_col: str, file_col: str) -> tuple[int, int]:
-        if not self.episodes:
+        if not self._last:
             return 0, 0
-        return lm.next_chunk_file(int(self.episodes[-1][chunk_col]), int(self.episodes[-1][file_col]),
-                                  self.info["chunks_size"])
+        return lm.next_chunk_file(int(self._last[chunk_col]), int(self._last[file_col]), self.info["chunks_size"])
 
     def _write_video(self, cam: str, frames: np.ndarray) -> dict:
         key = image_key(cam)
@@ -412,26 +440,29 @@ class LeRobotDatasetWriter:
     # --- metadata -------------------------------------------------------------------------------------------
 
     def _dataset_stats(self) -> dict:
-        out = {k: st.vector_stats(np.concatenate(v)) for k, v in self._values.items() if v}
-        out.update({k: st.aggregate(v) for k, v in self._image_stats.items() if v})
+        out = dict(self._stats)
+        out.update({k: st.vector_stats(np.concatenate(v)) for k, v in self._values.items() if v})  # exact quantiles
         return st.to_json(out)
 
     def _write_meta(self, base: Path) -> None:
-        """Commit order: tasks, episodes (the commit point), stats, info."""
+        """Commit order: tasks, episodes (the commit point), stats, info.
+
+        Incremental mode rewrites only the open metadata file (earlier ones are final); atomic mode writes them all.
+        """
         info = self.info
         info["total_episodes"] = self.num_episodes
         info["total_frames"] = self.num_frames
         info["total_tasks"] = len(self.tasks)
-        info["splits"] = {"train": f"0:{self.num_episodes}"} if self.episodes else {}
+        info["splits"] = {"train": f"0:{self.num_episodes}"} if self._saved else {}
         lm.atomic_write_parquet(base / lm.TASKS_PATH, lm.tasks_table(self.tasks))
-        if self.episodes:
-            cols = list(dict.fromkeys(k for r in self.episodes for k in r))
-            table = pa.table({c: [r.get(c) for r in self.episodes] for c in cols})
-            path = base / lm.EPISODES_PATH.format(chunk_index=0, file_index=0)
-            lm.atomic_write_parquet(path, table)
-            for other in (base / lm.EPISODES_DIR).glob("*/*.parquet"):  # metadata of appended lerobot datasets
-                if other != path:
-                    other.unlink()
+        if self._saved:
+            files: dict[tuple[int, int], list[dict]] = {}
+            for r in ([] if self.incremental else self._closed_rows) + self._meta_rows:
+                files.setdefault((r["meta/episodes/chunk_index"], r["meta/episodes/file_index"]), []).append(r)
+            for (chunk, file), rows in files.items():
+                cols = list(dict.fromkeys(k for r in rows for k in r))
+                table = pa.table({c: [r.get(c) for r in rows] for c in cols})
+                lm.atomic_write_parquet(base / lm.EPISODES_PATH.format(chunk_index=chunk, file_index=file), table)
             lm.atomic_write_json(base / lm.STATS_PATH, self._dataset_stats())
         lm.atomic_write_json(base / lm.INFO_PATH, info)
 
@@ -445,7 +476,7 @@ class LeRobotDatasetWriter:
             self._check_open()
             if self.pending_frames:
                 raise ValueError(f"{self.pending_frames} frames are not saved: call save_episode() or clear_episode()")
-            if not self.episodes:
+            if not self._saved:
                 raise ValueError("finalize() with no saved episodes: nothing to write")
             if self.incremental:
                 self._write_meta(self._dir)

@@ -11,34 +11,23 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 from rfm._version import __version__
 from rfm.constants import ENGINES
+from rfm.export.cache_dir import cache_root
 from rfm.runtime.base import Runner
 from rfm.runtime.manifest import EXPORT_FILE, EXPORT_FORMAT, read_manifest
 
 log = logging.getLogger(__name__)
 
-CACHE_ENV = "RFM_CACHE_DIR"
 EXPORTER_LOGGERS = ("onnxscript", "onnx_ir", "torch.onnx", "torch._dynamo", "torch.export")  # chatty at INFO
 KEYED_FILES = ("config.json", "model.safetensors", "stats.json")  # what decides the exported graph
 
 
 class EngineError(RuntimeError):
     """The requested engine cannot serve this checkpoint (missing package, failed export or parity)."""
-
-
-def cache_root(cache_dir: str | Path | None = None) -> Path:
-    """--engine-cache, else $RFM_CACHE_DIR, else $XDG_CACHE_HOME/rfm/engines (~/.cache/rfm/engines)."""
-    if cache_dir:
-        return Path(cache_dir)
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV])
-    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(xdg) / "rfm" / "engines"
 
 
 def checkpoint_key(checkpoint: str | Path) -> str:

@@ -54,6 +54,7 @@ class ExportConfig:
     opset: int = 18
     exporter: str = "dynamo"  # torch.onnx path: "dynamo" (torch.export + onnxscript) or "torchscript"
     text_encoder: bool = True  # also export text_encoder.onnx + tokenizer
+    cache_dir: str | None = None  # where the traced text encoder is reused from (None: the engine cache; "": off)
 
     def __post_init__(self) -> None:
         from rfm.config import did_you_mean
@@ -207,7 +208,7 @@ def export_checkpoint(checkpoint, out: str | Path, config: ExportConfig | None =
         }
         text_err = None
         if cfg.text_encoder:
-            export_text_graph(policy.text, tmp / TEXT_FILE, cfg.opset, cfg.exporter)
+            export_text_graph(policy.text, tmp / TEXT_FILE, cfg.opset, cfg.exporter, cache_dir=_text_cache(cfg))
             text_info["graph"] = TEXT_FILE
             text_info["tokenizer"] = _write_tokenizer(policy.text, tmp)
             text_info["io"] = io_spec(tmp / TEXT_FILE)
@@ -277,6 +278,12 @@ def export_checkpoint(checkpoint, out: str | Path, config: ExportConfig | None =
         }
         (tmp / EXPORT_FILE).write_text(json.dumps(manifest, indent=2))
     return manifest
+
+
+def _text_cache(cfg: ExportConfig) -> Path | None:
+    from rfm.export.cache_dir import cache_root
+
+    return None if cfg.cache_dir == "" else cache_root(cfg.cache_dir)
 
 
 def _rfm_version() -> str:

@@ -143,16 +143,25 @@ def export_policy_graph(
 
 
 def export_text_graph(
-    text: TextEncoder, path: str | Path, opset: int = OPSET, exporter: str = "dynamo"
+    text: TextEncoder, path: str | Path, opset: int = OPSET, exporter: str = "dynamo", cache_dir: Path | None = None
 ) -> str:
-    """Write text_encoder.onnx (fp32) for the frozen sentence encoder; returns the exporter used."""
+    """Write text_encoder.onnx (fp32) for the frozen sentence encoder; returns the exporter used ("cache" when the
+    same encoder's graph was reused from `cache_dir`)."""
+    from rfm.export.text_graph_cache import cached_text_graph, text_graph_key
+
     module = TextGraph(text.model.cpu()).eval()
     tok = text.tokenize(["pick up the red block", "push"])
     args = tuple(torch.from_numpy(tok[k]) for k in TEXT_INPUTS)
-    with torch.no_grad():
-        used = _export(module, args, Path(path), list(TEXT_INPUTS), "features", opset, exporter)
-    _rename_dims(Path(path))
-    return used
+    used = exporter
+
+    def export(out: Path) -> None:
+        nonlocal used
+        with torch.no_grad():
+            used = _export(module, args, out, list(TEXT_INPUTS), "features", opset, exporter)
+        _rename_dims(out)
+
+    key = text_graph_key(text.model, text.max_tokens, opset, exporter) if cache_dir is not None else ""
+    return "cache" if cached_text_graph(Path(path), key, cache_dir, export) else used
 
 
 def _rename_dims(path: Path) -> None:

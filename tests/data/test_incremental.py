@@ -151,3 +151,56 @@ def test_append_to_dataset_written_by_lerobot(tmp_path, kind):
     assert ds.instruction(125) == "press the button" and ds.episode_range(3) == (120, 126)
     assert np.abs(ds.get_frame(123)["images"]["top"].astype(int) - square_frame(3, 96, 96)).mean() < 3.0
     assert np.abs(ds.get_frame(5)["images"]["top"].astype(int) - before.get_frame(5)["images"]["top"]).max() == 0
+
+
+@pytest.mark.parametrize("incremental", [True, False])
+def test_episode_metadata_rolls_over_and_stats_merge_exactly(tmp_path, incremental):
+    """A long recording: metadata files hold at most episodes_per_meta_file episodes, earlier ones are never
+    rewritten, and the running stats equal stats over all frames (min, max, mean, std, count)."""
+    root = tmp_path / "long"
+    rng = np.random.default_rng(0)
+    w = LeRobotDatasetWriter(root, fps=10, state_names=["a", "b"], action_names=["c"], use_videos=False,
+                             incremental=incremental, episodes_per_meta_file=3)
+    states, first_file = [], None
+    for ep in range(8):
+        n = int(rng.integers(2, 9))
+        s = rng.normal(ep, 1 + ep, (n, 2)).astype(np.float32)
+        for x in s:
+            w.add_frame(state=x, action=x[:1] * 2, task=f"task {ep % 2}")
+        w.save_episode()
+        states.append(s)
+        meta = sorted((root / "meta" / "episodes").glob("*/*.parquet")) if incremental else []
+        if incremental and ep == 2:
+            first_file = (meta[0], meta[0].stat().st_mtime_ns, meta[0].read_bytes())
+    w.finalize()
+    files = sorted((root / "meta" / "episodes").glob("*/*.parquet"))
+    assert [f.name for f in files] == ["file-000.parquet", "file-001.parquet", "file-002.parquet"]
+    if first_file:  # full files are final: saving episodes 3..7 did not touch the first
+        assert (first_file[0].stat().st_mtime_ns, first_file[0].read_bytes()) == first_file[1:]
+    ds = LeRobotDataset(root)
+    allx = np.concatenate(states).astype(np.float64)
+    assert ds.num_episodes == 8 and ds.num_frames == len(allx)
+    np.testing.assert_array_equal(ds.states, np.concatenate(states))
+    got = ds.stats["observation.state"]
+    np.testing.assert_allclose(got["mean"], allx.mean(0), rtol=1e-9)
+    np.testing.assert_allclose(got["std"], allx.std(0), rtol=1e-9)
+    np.testing.assert_allclose(got["min"], allx.min(0))
+    np.testing.assert_allclose(got["max"], allx.max(0))
+    assert got["count"].tolist() == [len(allx)]
+    if not incremental:  # written in one go: quantiles over all frames
+        np.testing.assert_allclose(got["q50"], np.quantile(allx, 0.5, axis=0), rtol=1e-6)
+
+    # reopened, new episodes go on in the newest (open) file and the stats keep merging
+    w = LeRobotDatasetWriter.append(root)
+    extra = rng.normal(-5, 3, (6, 2)).astype(np.float32)
+    for x in extra:
+        w.add_frame(state=x, action=x[:1], task="task 0")
+    assert w.save_episode() == 8
+    w.finalize()
+    files = sorted((root / "meta" / "episodes").glob("*/*.parquet"))
+    assert len(files) == 3  # episode 8 joined file-002 (episodes 6, 7, 8)
+    ds = LeRobotDataset(root)
+    allx = np.concatenate([allx, extra.astype(np.float64)])
+    assert ds.num_episodes == 9 and ds.episode_range(8) == (len(allx) - 6, len(allx))
+    np.testing.assert_allclose(ds.stats["observation.state"]["mean"], allx.mean(0), rtol=1e-6)
+    np.testing.assert_allclose(ds.stats["observation.state"]["std"], allx.std(0), rtol=1e-6)

@@ -81,12 +81,16 @@ def int8_cli(checkpoint, tmp_path_factory):
     buf, warned = io.StringIO(), []
     handler = logging.Handler(logging.WARNING)
     handler.emit = lambda record: warned.append(record.getMessage())  # type: ignore[method-assign]
-    logging.getLogger("rfm.export").addHandler(handler)
+    logger = logging.getLogger("rfm.export")
+    level = logger.level
+    logger.setLevel(logging.WARNING)  # whatever level an earlier test left on the root logger
+    logger.addHandler(handler)
     try:
         with contextlib.redirect_stdout(buf):
             assert main(argv) == 0
     finally:
-        logging.getLogger("rfm.export").removeHandler(handler)
+        logger.removeHandler(handler)
+        logger.setLevel(level)
     return out, buf.getvalue(), warned
 
 
