@@ -3,6 +3,7 @@ OpenVinoRunner (fp32, int8: the IR of `rfm export --target openvino`).
 
     python bench/latency.py [--presets tiny,small] [--heads chunk,flow] [--batch-sizes 1,8,32] [--quick]
     python bench/latency.py --presets "" --native-frames   # a field robot's native 480 x 640 frames vs the default
+    python bench/latency.py --presets "" --checkpoint checkpoints/default --calib-dataset DATA   # a trained model
 
 --native-frames: the bundled default (2 cameras at 128 x 128) beside a model fine-tuned from it on 480 x 640 data
 (the ALOHA-shaped fixture: 3 cameras, 14 joints; `rfm train --init checkpoints/default`, a few steps: weights do
@@ -63,7 +64,8 @@ def peak_matmul_flops(n: int = 2048, reps: int = 10) -> float:
 
 
 def make_runners(
-    policy: RFMPolicy, workdir: Path, backends: list[str], calib: int, threads: int | None, spin: bool
+    policy: RFMPolicy, workdir: Path, backends: list[str], calib: int, threads: int | None, spin: bool,
+    calib_dataset: str | None = None,
 ) -> tuple[dict[str, Runner], dict]:
     """Every requested backend for one policy; a backend that fails to build is skipped with the reason."""
     from rfm.export import ExportConfig, export_checkpoint
@@ -92,6 +94,7 @@ def make_runners(
                         precision=precision,
                         target="openvino" if runtime == "openvino" else "cpu",
                         calib_samples=calib,
+                        calib_dataset=calib_dataset,
                         parity_samples=4,
                         text_encoder=False,
                         instructions=[INSTRUCTION],
@@ -131,31 +134,37 @@ def time_backends(
     return times
 
 
-def bench_policy(preset: str, head: str, args: argparse.Namespace, peak: float) -> list[dict]:
+def bench_policy(preset: str, head: str, args: argparse.Namespace, peak: float,
+                 policy: RFMPolicy | None = None) -> list[dict]:
+    """Rows for a random-weight preset, or for `policy` (a trained checkpoint, labelled `preset`)."""
     from rfm.model.flops import count_flops
 
-    size = args.image_size
-    itf = RobotInterface(
-        cameras=["corner2", "gripperPOV"],
-        image_size=(size, size),
-        state_names=[f"s{i}" for i in range(4)],
-        action_names=[f"a{i}" for i in range(4)],
-        chunk_size=16,
-    )
-    torch.manual_seed(0)
-    policy = RFMPolicy.build(preset, interface=itf, head=head)
+    if policy is None:
+        size = args.image_size
+        itf = RobotInterface(
+            cameras=["corner2", "gripperPOV"],
+            image_size=(size, size),
+            state_names=[f"s{i}" for i in range(4)],
+            action_names=[f"a{i}" for i in range(4)],
+            chunk_size=16,
+        )
+        torch.manual_seed(0)
+        policy = RFMPolicy.build(preset, interface=itf, head=head)
+    itf = policy.interface
+    h, w = itf.image_size
     flops = count_flops(policy)["policy"]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         runners, skipped = make_runners(
-            policy, Path(tmp), args.backends, args.calib_samples, args.threads, args.spin
+            policy, Path(tmp), args.backends, args.calib_samples, args.threads, args.spin,
+            calib_dataset=getattr(args, "calib_dataset", None),
         )
         rng = np.random.default_rng(0)
         for batch in args.batch_sizes:
             obs = [
                 {
-                    "images": {c: rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for c in itf.cameras},
-                    "state": rng.standard_normal(4).astype(np.float32),
+                    "images": {c: rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for c in itf.cameras},
+                    "state": rng.standard_normal(itf.state_dim).astype(np.float32),
                     "instruction": INSTRUCTION,
                 }
                 for _ in range(batch)
@@ -330,6 +339,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="also time a model fine-tuned on 480 x 640 data served native frames, beside the default")
     ap.add_argument("--native-checkpoint", default=None,
                     help="that model (default: fine-tuned here from checkpoints/default on the ALOHA fixture)")
+    ap.add_argument("--checkpoint", default=None,
+                    help="also time this trained checkpoint (e.g. checkpoints/default) on every backend")
+    ap.add_argument("--calib-dataset", default=None,
+                    help="LeRobot dataset whose frames calibrate int8 (default: synthetic observations)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "latency.json"))
     args = ap.parse_args(argv)
     if args.quick:
@@ -373,6 +386,9 @@ def main(argv: list[str] | None = None) -> int:
         for h in args.heads:
             rows += bench_policy(p, h, args, max(peaks))
             peaks.append(peak_matmul_flops())  # re-probed between configs: other load only lowers it
+    if args.checkpoint:
+        ckpt = RFMPolicy.from_pretrained(args.checkpoint)
+        rows += bench_policy(Path(args.checkpoint).name, ckpt.net.head_type, args, max(peaks), policy=ckpt)
     native_rows = bench_native(args) if args.native_frames else None
     info["peak_matmul_gflops_fp32_probes"] = [round(v / 1e9, 1) for v in peaks]
     info["peak_matmul_gflops_fp32"] = max(peaks) / 1e9
