@@ -44,6 +44,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="skip text_encoder.onnx (then only --instructions can be served)",
     )
+    p.add_argument(
+        "--keep-fp32",
+        default="",
+        metavar="LAYERS",
+        help="int8: comma-separated blocks of the per-block report (e.g. vision.stem,action_out), module path "
+        "or node name prefixes, or globs, left in float",
+    )
+    p.add_argument(
+        "--int8-report",
+        default="auto",
+        choices=["auto", "always", "off"],
+        help="int8: measure the error each block adds by leaving it in float in turn (auto: when parity "
+        "misses its goal)",
+    )
     p.add_argument("--json", action="store_true", help="print export.json instead of the parity report")
     p.set_defaults(func=run)
 
@@ -53,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from rfm.export import ExportConfig, export_checkpoint
+    from rfm.export.int8_report import format_per_block
     from rfm.export.parity import format_report
 
     if not Path(args.checkpoint).is_dir():
@@ -75,6 +90,8 @@ def run(args: argparse.Namespace) -> int:
         opset=args.opset,
         exporter=args.exporter,
         text_encoder=not args.no_text_encoder,
+        keep_fp32=[s.strip() for s in args.keep_fp32.split(",") if s.strip()],
+        int8_report=args.int8_report,
     )
     manifest = export_checkpoint(args.checkpoint, args.out, config)
     if args.json:
@@ -93,6 +110,8 @@ def run(args: argparse.Namespace) -> int:
             f"{q['quantized_ops']}, calibrated on {q['calibration']['samples']} {q['calibration']['source']} "
             "samples"
         )
+        for entry, kept in (q.get("keep_fp32") or {}).items():
+            print(f"  kept in float: {entry} ({len(kept['nodes'])} nodes in {', '.join(kept['blocks'])})")
     calibration = manifest.get("calibration")
     if calibration:
         note = " (not camera frames: pass --calib-dataset for a more accurate int8 graph)"
@@ -102,4 +121,8 @@ def run(args: argparse.Namespace) -> int:
         ov = manifest["openvino"]
         print(f"  OpenVINO IR: {ov['model']} + {ov['weights']} ({ov['runtime']}, from {ov['source']})")
     print(format_report(manifest["parity"], manifest["interface"]["action_names"]))
+    if q.get("per_block"):
+        print(format_per_block(q["per_block"]))
+    elif manifest["precision"] == "int8" and not manifest["parity"]["goal"]["met"]:
+        print("  which layers cost it: rerun with --int8-report always")
     return 0

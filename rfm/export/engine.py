@@ -86,7 +86,9 @@ def _export(checkpoint: Path, out: Path, precision: str, calib_dataset: str | No
     for noisy in EXPORTER_LOGGERS:
         logging.getLogger(noisy).setLevel(logging.ERROR)
     try:
-        export_checkpoint(checkpoint, out, ExportConfig(precision=precision, calib_dataset=calib_dataset))
+        # no per-block int8 report at serve time: it costs ~25 s and a missed goal refuses the engine anyway
+        export_checkpoint(checkpoint, out, ExportConfig(precision=precision, calib_dataset=calib_dataset,
+                                                        int8_report="off"))
     except Exception as e:  # e.g. an op the exporter cannot express: the caller may fall back to PyTorch
         raise EngineError(f"exporting {checkpoint} to ONNX failed ({type(e).__name__}: {str(e)[:300]})") from e
 

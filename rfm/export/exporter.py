@@ -10,12 +10,14 @@ Export dir layout (flat, written atomically):
                         action limits from them exactly as for the checkpoint (serving.limits)
     policy.xml/.bin     with target "openvino": policy.onnx as OpenVINO IR (rfm.export.openvino_ir); the parity
                         report is then measured on the OpenVINO runtime, onnxruntime's in parity_onnxruntime
-    export.json         I/O spec, robot interface, model identity, precision/target, calibration, quantisation,
+    export.json         I/O spec, robot interface, model identity, precision/target, calibration, quantisation
+                        (int8: the layers kept float, and the per-block error report, rfm.export.int8_report),
                         parity
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from dataclasses import asdict, dataclass, field
@@ -35,6 +37,7 @@ from rfm.runtime.manifest import (  # the export directory's format: written her
 )
 
 log = logging.getLogger(__name__)
+INT8_REPORT = ("auto", "always", "off")
 
 
 @dataclass
@@ -55,6 +58,8 @@ class ExportConfig:
     exporter: str = "dynamo"  # torch.onnx path: "dynamo" (torch.export + onnxscript) or "torchscript"
     text_encoder: bool = True  # also export text_encoder.onnx + tokenizer
     cache_dir: str | None = None  # where the traced text encoder is reused from (None: the engine cache; "": off)
+    keep_fp32: list[str] = field(default_factory=list)  # int8: blocks / module paths / node names left float
+    int8_report: str = "auto"  # per-block int8 error report: "auto" (when parity misses its goal) | "always" | "off"
 
     def __post_init__(self) -> None:
         from rfm.config import did_you_mean
@@ -76,6 +81,12 @@ class ExportConfig:
                 f"calib_samples={self.calib_samples}, parity_samples={self.parity_samples}: expected >= 1"
             )
         self.instructions = [s for s in (t.strip() for t in self.instructions) if s]
+        self.keep_fp32 = [s for s in (t.strip() for t in self.keep_fp32) if s]
+        if self.keep_fp32 and self.precision != "int8":
+            raise ValueError(f"keep_fp32={self.keep_fp32}: only an int8 export has layers to keep in float "
+                             f"(precision={self.precision!r})")
+        if self.int8_report not in INT8_REPORT:
+            raise ValueError(f"int8_report={self.int8_report!r}: expected one of {INT8_REPORT}")
         if not self.text_encoder and not self.instructions:
             raise ValueError(
                 "text_encoder=False needs instructions: without the text graph only a precomputed "
@@ -139,7 +150,7 @@ def export_checkpoint(checkpoint, out: str | Path, config: ExportConfig | None =
     from rfm.export.feeds import observation_arrays, split_feed
     from rfm.export.graph import export_policy_graph, export_text_graph, io_spec
     from rfm.export.parity import parity_report
-    from rfm.export.quantize import to_fp16, to_int8
+    from rfm.export.quantize import to_fp16
     from rfm.export.samples import dataset_samples, synthetic_samples
     from rfm.model.policy import RFMPolicy
     from rfm.model.serialization import jsonable
@@ -175,7 +186,7 @@ def export_checkpoint(checkpoint, out: str | Path, config: ExportConfig | None =
             cfg.instructions or None,
         )
 
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out) as tmp, contextlib.ExitStack() as hold:
         tmp.chmod(0o755)  # mkdtemp creates 0700; the export dir is meant to be shipped
         fp32 = tmp / (POLICY_FILE if cfg.precision == "fp32" else "policy_fp32.onnx")
         log.info("exporting policy graph (%s, %s head)", m.preset, m.head)
@@ -183,6 +194,7 @@ def export_checkpoint(checkpoint, out: str | Path, config: ExportConfig | None =
             policy.net, fp32, policy.text.dim, m.text_max_tokens, cfg.opset, cfg.exporter
         )
         quant: dict | None = None
+        int8 = None  # (quantizer, blocks, nodes kept float) for the per-block report
         if cfg.precision == "fp16":
             quant = to_fp16(fp32, tmp / POLICY_FILE)
         elif cfg.precision == "int8":
@@ -190,7 +202,7 @@ def export_checkpoint(checkpoint, out: str | Path, config: ExportConfig | None =
                 "calibrating int8 (%s) on %d %s samples", cfg.target, len(samples.calibration), samples.source
             )
             calib = split_feed(observation_arrays(policy, samples.calibration, seed=1), 8)
-            quant = to_int8(fp32, tmp / POLICY_FILE, calib, cfg.target)
+            quant, int8 = _quantize_int8(fp32, tmp / POLICY_FILE, calib, cfg, hold)
             quant["calibration"] = {
                 "source": samples.source,
                 "dataset": samples.dataset,
@@ -241,6 +253,12 @@ def export_checkpoint(checkpoint, out: str | Path, config: ExportConfig | None =
                 ov_text = openvino_ir.load_ir(tmp, TEXT_FILE)
                 parity["text_encoder_max_abs_error"] = _text_parity(policy.text, ov_text)
 
+        if int8 is not None and _want_int8_report(cfg, parity):
+            from rfm.export.int8_report import action_error, per_block_report
+
+            log.info("int8 error by block: quantising each of %d blocks in turn", len(int8[1]))
+            error = action_error(policy, held, samples.action_range)
+            quant["per_block"] = per_block_report(*int8, error, tmp / POLICY_FILE)
         spec = io_spec(tmp / POLICY_FILE)
         manifest = {
             "format": EXPORT_FORMAT,
@@ -278,6 +296,32 @@ def export_checkpoint(checkpoint, out: str | Path, config: ExportConfig | None =
         }
         (tmp / EXPORT_FILE).write_text(json.dumps(manifest, indent=2))
     return manifest
+
+
+def _quantize_int8(fp32: Path, dst: Path, calib: list, cfg: ExportConfig, hold: contextlib.ExitStack):
+    """Int8 `fp32` -> `dst` with cfg.keep_fp32 left float; returns (export.json's quantization entry,
+    (quantizer, blocks, nodes kept float)); the quantizer stays open in `hold` for the per-block report."""
+    import onnx
+
+    from rfm.export.int8_report import group_blocks, module_paths, resolve_keep_fp32
+    from rfm.export.quantize import Int8Quantizer
+
+    quantizer = hold.enter_context(Int8Quantizer(fp32, calib, cfg.target))
+    paths = module_paths(onnx.load(str(fp32)))
+    blocks = group_blocks(paths, quantizer.candidates)
+    kept = resolve_keep_fp32(cfg.keep_fp32, blocks, paths)
+    nodes = list(dict.fromkeys(n for hit in kept.values() for n in hit))
+    quant = quantizer.quantize(dst, nodes)
+    quant["keep_fp32"] = {  # {entry: {"blocks": [blocks it touches], "nodes": [node names left float]}}
+        p: {"blocks": [b for b, members in blocks.items() if set(members) & set(hit)], "nodes": hit}
+        for p, hit in kept.items()
+    }
+    quant["per_block"] = None  # filled in when the report runs (ExportConfig.int8_report)
+    return quant, (quantizer, blocks, nodes)
+
+
+def _want_int8_report(cfg: ExportConfig, parity: dict) -> bool:
+    return cfg.int8_report == "always" or (cfg.int8_report == "auto" and not parity["goal"]["met"])
 
 
 def _text_cache(cfg: ExportConfig) -> Path | None:

@@ -61,6 +61,16 @@ def _action_range(policy, known: np.ndarray | None, scale: np.ndarray) -> tuple[
     return np.maximum(rng / scale, 1e-6), source
 
 
+def mean_error_pct_of_range(
+    policy, out: np.ndarray, ref: np.ndarray, action_range: np.ndarray | None = None
+) -> np.ndarray:
+    """Mean |out - ref| per action dimension over samples and steps, as % of that dimension's range: (D_a,).
+    out, ref: actions (N, H, D_a) in robot units; action_range as parity_report takes it."""
+    scale = policy.net.action_norm.scale.cpu().numpy()
+    rng, _ = _action_range(policy, action_range, scale)
+    return np.abs(out - ref).mean(axis=(0, 1)) / scale / rng * 100
+
+
 def parity_report(
     policy,
     run: Callable[[dict[str, np.ndarray]], np.ndarray],

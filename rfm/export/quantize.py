@@ -179,54 +179,74 @@ def _unshare_initializers(model: onnx.ModelProto, max_elements: int = 1 << 20) -
     return copies
 
 
-def to_int8(
-    src: str | Path, dst: str | Path, feeds: list[dict[str, np.ndarray]], target: str = "cpu"
-) -> dict:
-    """Static QDQ quantisation of `src` calibrated on `feeds`; returns what was done (for export.json)."""
-    import tempfile
+class Int8Quantizer:
+    """Static QDQ quantisation of one fp32 graph, prepared once (pre-processing, calibration ranges) and run as
+    often as needed with different nodes kept in float (`exclude`): the export and the per-block error report
+    (rfm.export.int8_report) quantise the same graph with the same ranges. Use as a context manager."""
 
-    from onnxruntime.quantization import (
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quant_pre_process,
-        quantize,
-    )
+    def __init__(self, src: str | Path, feeds: list[dict[str, np.ndarray]], target: str = "cpu") -> None:
+        import tempfile
 
-    if target not in QUANT_SETTINGS:
-        raise ValueError(f"target={target!r}: expected one of {TARGETS}")
-    if not feeds:
-        raise ValueError("int8 quantisation needs at least one calibration sample")
-    s = QUANT_SETTINGS[target]
-    with tempfile.TemporaryDirectory() as tmp:
-        pre = Path(tmp) / "pre.onnx"
+        from onnxruntime.quantization import quant_pre_process
+
+        if target not in QUANT_SETTINGS:
+            raise ValueError(f"target={target!r}: expected one of {TARGETS}")
+        if not feeds:
+            raise ValueError("int8 quantisation needs at least one calibration sample")
+        self.settings = QUANT_SETTINGS[target]
+        self.reader = FeedReader(feeds)
+        self._tmp = tempfile.TemporaryDirectory(prefix="rfm-int8-")
+        self.workdir = Path(self._tmp.name)
+        self.pre = self.workdir / "pre.onnx"
+        self.calibration_cache = self.workdir / "calibration.json"  # ranges of the first run, reused after
         # Shape inference + graph cleanup first: onnxruntime's recommended input to the quantiser.
-        quant_pre_process(str(src), str(pre), skip_symbolic_shape=False)
-        model = onnx.load(str(pre))
-        for i, n in enumerate(
-            model.graph.node
-        ):  # the quantiser keys on node names; make sure every node has one
+        quant_pre_process(str(src), str(self.pre), skip_symbolic_shape=False)
+        model = onnx.load(str(self.pre))
+        for i, n in enumerate(model.graph.node):  # the quantiser keys on node names; every node gets one
             if not n.name:
                 n.name = f"{n.op_type}_{i}"
         _unshare_initializers(model)
-        onnx.save_model(model, str(pre))
-        reader = FeedReader(feeds)
-        if target == "qnn":
+        onnx.save_model(model, str(self.pre))
+        s = self.settings
+        # nodes never quantised on this target, and the nodes the quantiser may quantise (in graph order)
+        self.always_float = _activation_matmuls(model) if s.weights_only_matmul else []
+        skip = set(self.always_float)
+        self.candidates = [
+            n.name
+            for n in model.graph.node
+            if n.name not in skip and (n.op_type in s.op_types if s.op_types else n.op_type not in _NEVER_QDQ)
+        ]
+
+    def __enter__(self) -> Int8Quantizer:  # noqa: PYI034 - typing.Self needs Python 3.11
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._tmp.cleanup()
+
+    def quantize(self, dst: str | Path, exclude: Iterable[str] = ()) -> dict:
+        """Write the int8 graph to `dst` with the nodes in `exclude` left float; returns what was done."""
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, StaticQuantConfig
+
+        s = self.settings
+        exclude = list(dict.fromkeys([*self.always_float, *exclude]))
+        self.reader.rewind()
+        if s.target == "qnn":
             from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
 
             config = get_qnn_qdq_config(
-                str(pre),
-                reader,
+                str(self.pre),
+                self.reader,
                 activation_type=QuantType[s.activation_type],
                 weight_type=QuantType[s.weight_type],
                 per_channel=s.per_channel,
+                nodes_to_exclude=exclude or None,
             )
         else:
-            from onnxruntime.quantization import StaticQuantConfig
-
-            exclude = _activation_matmuls(model) if s.weights_only_matmul else []
             config = StaticQuantConfig(
-                reader,
+                self.reader,
                 calibrate_method=CalibrationMethod.MinMax,
                 quant_format=QuantFormat.QDQ,
                 activation_type=QuantType[s.activation_type],
@@ -240,18 +260,63 @@ def to_int8(
                     **s.extra,
                 },
             )
+        _quantize_static(self.pre, dst, config, self.calibration_cache)
+        q = onnx.load(str(dst))
+        onnx.checker.check_model(q)
+        ops = [n.op_type for n in q.graph.node]
+        return {
+            **s.to_dict(),
+            "format": "QDQ",
+            "calibrate_method": "MinMax",
+            "quantize_linear_nodes": ops.count("QuantizeLinear"),
+            "dequantize_linear_nodes": ops.count("DequantizeLinear"),
+            "quantized_ops": _quantized_op_counts(q),
+        }
+
+
+_NEVER_QDQ = ("QuantizeLinear", "DequantizeLinear", "Shape")
+
+
+def _quantize_static(pre: Path, dst: str | Path, config, cache: Path) -> None:
+    """onnxruntime's quantize(pre, dst, config), reusing the calibration ranges saved in `cache` by an earlier
+    call where this onnxruntime can (quantize_static's calibration_cache_path); else it calibrates again."""
+    import inspect
+
+    from onnxruntime.quantization import quantize, quantize_static
+
+    if "calibration_cache_path" not in inspect.signature(quantize_static).parameters:
         quantize(str(pre), str(dst), config)
-    q = onnx.load(str(dst))
-    onnx.checker.check_model(q)
-    ops = [n.op_type for n in q.graph.node]
-    return {
-        **s.to_dict(),
-        "format": "QDQ",
-        "calibrate_method": "MinMax",
-        "quantize_linear_nodes": ops.count("QuantizeLinear"),
-        "dequantize_linear_nodes": ops.count("DequantizeLinear"),
-        "quantized_ops": _quantized_op_counts(q),
-    }
+        return
+    quantize_static(
+        str(pre),
+        str(dst),
+        config.calibration_data_reader,
+        quant_format=config.quant_format,
+        op_types_to_quantize=config.op_types_to_quantize,
+        per_channel=config.per_channel,
+        reduce_range=config.reduce_range,
+        activation_type=config.activation_type,
+        weight_type=config.weight_type,
+        nodes_to_quantize=config.nodes_to_quantize,
+        nodes_to_exclude=config.nodes_to_exclude,
+        use_external_data_format=config.use_external_data_format,
+        calibrate_method=config.calibrate_method,
+        extra_options=config.extra_options,
+        calibration_cache_path=str(cache),
+    )
+
+
+def to_int8(
+    src: str | Path,
+    dst: str | Path,
+    feeds: list[dict[str, np.ndarray]],
+    target: str = "cpu",
+    exclude: Iterable[str] = (),
+) -> dict:
+    """Static QDQ quantisation of `src` calibrated on `feeds`, the nodes in `exclude` left float; returns what
+    was done (for export.json)."""
+    with Int8Quantizer(src, feeds, target) as quantizer:
+        return quantizer.quantize(dst, exclude)
 
 
 def _quantized_op_counts(model: onnx.ModelProto) -> dict[str, int]:
