@@ -2,9 +2,10 @@
 # Closed-loop success of the default's edge exports: ONNX Runtime fp32/int8 and OpenVINO fp32/int8 against PyTorch
 # fp32, MT10, the same unseen seeds for every row (paired), 8 actions per request (the default's mode).
 #   examples/edge_closed_loop.sh [CALIB_DATASET] [OUT_DIR] [EPISODES_PER_TASK]
-# int8 is calibrated on CALIB_DATASET's camera frames (a Meta-World dataset from `rfm data generate`); the
-# `ort-int8-keep` row leaves the two blocks the int8 report names costliest in float (--keep-fp32). Resumable: an
-# export or a result file that exists is kept. Ends with `rfm compare` of each row against PyTorch.
+# int8 is calibrated on CALIB_DATASET's camera frames (a Meta-World dataset from `rfm data generate`) and, as by
+# default, leaves the modules the model marks in float (keypoint heatmaps, point token); `ort-int8-all` quantises
+# every block (--keep-fp32 none). Resumable: an export or a result file that exists is kept. Ends with
+# `rfm compare` of each row against PyTorch.
 set -euo pipefail
 CALIB=${1:?usage: examples/edge_closed_loop.sh CALIB_DATASET [OUT_DIR] [EPISODES_PER_TASK]}
 OUT=${2:-runs/edge-closed-loop}
@@ -27,15 +28,15 @@ run() {  # name, model dir, backend
 }
 export_ ort-fp32 --precision fp32
 export_ ort-int8 --precision int8
-export_ ort-int8-keep --precision int8 --keep-fp32 point_token,vision.keypoints
+export_ ort-int8-all --precision int8 --keep-fp32 none
 export_ ov-fp32 --precision fp32 --target openvino
 export_ ov-int8 --precision int8 --target openvino
 run torch-fp32 "$CKPT" torch
 run ort-int8 "$OUT/ort-int8" onnx
 run ov-int8 "$OUT/ov-int8" openvino
-run ort-int8-keep "$OUT/ort-int8-keep" onnx
+run ort-int8-all "$OUT/ort-int8-all" onnx
 run ort-fp32 "$OUT/ort-fp32" onnx
 run ov-fp32 "$OUT/ov-fp32" openvino
-for row in ort-fp32 ort-int8 ort-int8-keep ov-fp32 ov-int8; do
+for row in ort-fp32 ort-int8 ort-int8-all ov-fp32 ov-int8; do
   [ -f "$OUT/$row.json" ] && $RFM compare "$OUT/torch-fp32.json" "$OUT/$row.json" --out "$OUT/compare-$row.json"
 done

@@ -46,10 +46,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--keep-fp32",
-        default="",
+        default=None,
         metavar="LAYERS",
         help="int8: comma-separated blocks of the per-block report (e.g. vision.stem,action_out), module path "
-        "or node name prefixes, or globs, left in float",
+        "or node name prefixes, or globs, left in float; 'none' quantises everything (default: the modules the "
+        "model marks as needing float, e.g. keypoint heatmaps)",
     )
     p.add_argument(
         "--int8-report",
@@ -90,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
         opset=args.opset,
         exporter=args.exporter,
         text_encoder=not args.no_text_encoder,
-        keep_fp32=[s.strip() for s in args.keep_fp32.split(",") if s.strip()],
+        keep_fp32=None if args.keep_fp32 is None else
+        [s.strip() for s in args.keep_fp32.split(",") if s.strip() and s.strip() != "none"],
         int8_report=args.int8_report,
     )
     manifest = export_checkpoint(args.checkpoint, args.out, config)

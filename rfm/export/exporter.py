@@ -58,7 +58,8 @@ class ExportConfig:
     exporter: str = "dynamo"  # torch.onnx path: "dynamo" (torch.export + onnxscript) or "torchscript"
     text_encoder: bool = True  # also export text_encoder.onnx + tokenizer
     cache_dir: str | None = None  # where the traced text encoder is reused from (None: the engine cache; "": off)
-    keep_fp32: list[str] = field(default_factory=list)  # int8: blocks / module paths / node names left float
+    # int8: blocks / module paths / node names left float; None: the modules the model marks (int8_float_modules)
+    keep_fp32: list[str] | None = None
     int8_report: str = "auto"  # per-block int8 error report: "auto" (when parity misses its goal) | "always" | "off"
 
     def __post_init__(self) -> None:
@@ -81,7 +82,8 @@ class ExportConfig:
                 f"calib_samples={self.calib_samples}, parity_samples={self.parity_samples}: expected >= 1"
             )
         self.instructions = [s for s in (t.strip() for t in self.instructions) if s]
-        self.keep_fp32 = [s for s in (t.strip() for t in self.keep_fp32) if s]
+        if self.keep_fp32 is not None:
+            self.keep_fp32 = [s for s in (t.strip() for t in self.keep_fp32) if s]
         if self.keep_fp32 and self.precision != "int8":
             raise ValueError(f"keep_fp32={self.keep_fp32}: only an int8 export has layers to keep in float "
                              f"(precision={self.precision!r})")
@@ -202,7 +204,7 @@ def export_checkpoint(checkpoint, out: str | Path, config: ExportConfig | None =
                 "calibrating int8 (%s) on %d %s samples", cfg.target, len(samples.calibration), samples.source
             )
             calib = split_feed(observation_arrays(policy, samples.calibration, seed=1), 8)
-            quant, int8 = _quantize_int8(fp32, tmp / POLICY_FILE, calib, cfg, hold)
+            quant, int8 = _quantize_int8(fp32, tmp / POLICY_FILE, calib, cfg, hold, policy.net.int8_float_modules())
             quant["calibration"] = {
                 "source": samples.source,
                 "dataset": samples.dataset,
@@ -298,9 +300,11 @@ def export_checkpoint(checkpoint, out: str | Path, config: ExportConfig | None =
     return manifest
 
 
-def _quantize_int8(fp32: Path, dst: Path, calib: list, cfg: ExportConfig, hold: contextlib.ExitStack):
-    """Int8 `fp32` -> `dst` with cfg.keep_fp32 left float; returns (export.json's quantization entry,
-    (quantizer, blocks, nodes kept float)); the quantizer stays open in `hold` for the per-block report."""
+def _quantize_int8(fp32: Path, dst: Path, calib: list, cfg: ExportConfig, hold: contextlib.ExitStack,
+                   model_float: list[str]):
+    """Int8 `fp32` -> `dst` with cfg.keep_fp32 (None: the model's `model_float` modules that are in the graph) left
+    float; returns (export.json's quantization entry, (quantizer, blocks, nodes kept float)); the quantizer stays
+    open in `hold` for the per-block report."""
     import onnx
 
     from rfm.export.int8_report import group_blocks, module_paths, resolve_keep_fp32
@@ -309,9 +313,14 @@ def _quantize_int8(fp32: Path, dst: Path, calib: list, cfg: ExportConfig, hold: 
     quantizer = hold.enter_context(Int8Quantizer(fp32, calib, cfg.target))
     paths = module_paths(onnx.load(str(fp32)))
     blocks = group_blocks(paths, quantizer.candidates)
-    kept = resolve_keep_fp32(cfg.keep_fp32, blocks, paths)
+    keep = cfg.keep_fp32
+    if keep is None:  # the model's own list, where those modules made quantisable nodes of this graph
+        cands = [paths.get(n, "") for n in quantizer.candidates]
+        keep = [m for m in model_float if any(c == m or c.startswith(m + ".") for c in cands)]
+    kept = resolve_keep_fp32(keep, blocks, paths)
     nodes = list(dict.fromkeys(n for hit in kept.values() for n in hit))
     quant = quantizer.quantize(dst, nodes)
+    quant["keep_fp32_source"] = "model" if cfg.keep_fp32 is None else "config"
     quant["keep_fp32"] = {  # {entry: {"blocks": [blocks it touches], "nodes": [node names left float]}}
         p: {"blocks": [b for b, members in blocks.items() if set(members) & set(hit)], "nodes": hit}
         for p, hit in kept.items()

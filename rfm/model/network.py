@@ -82,6 +82,11 @@ class PolicyNet(nn.Module):
         self.action_out = nn.Linear(d, self.action_dim)
 
     # --- observation encoding -------------------------------------------------------------------------------
+    def int8_float_modules(self) -> list[str]:
+        """Module paths an int8 export leaves in float by default: those whose class says 8 bits cannot carry them
+        (`int8_float = True`: the keypoint heatmaps before their spatial softmax, the triangulated point token)."""
+        return [name for name, mod in self.named_modules() if name and getattr(mod, "int8_float", False)]
+
     def image_features(self, images: torch.Tensor, keypoints: bool | None = None) -> ImageFeatures:
         """Camera tokens of images (B, N_cam, 3, H, W) (uint8, or float in [0, 255]), before fusion.
 

@@ -82,6 +82,8 @@ class PointToken(nn.Module):
     when the goal did.
     """
 
+    int8_float = True  # int8 exports keep it float: metric goal-minus-hand offsets are a few 8-bit steps wide
+
     def __init__(self, projections: list | np.ndarray, points: int, state_dim: int, dim: int,
                  ee_indices: list[int] | None = None) -> None:
         super().__init__()

@@ -42,6 +42,10 @@ class SpatialSoftmax(nn.Module):
     it puts its position straight into the features.
     """
 
+    # int8 exports keep it float: 8-bit heatmap logits flatten a few-pixel peak over thousands of positions
+    # (on the default: 2.4 -> 1.0 % action error of range with this and PointToken float; docs/EDGE.md)
+    int8_float = True
+
     def __init__(self, channels: int, keypoints: int) -> None:
         super().__init__()
         self.heatmaps = nn.Conv2d(channels, keypoints, 1)

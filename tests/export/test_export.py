@@ -338,3 +338,16 @@ def test_triangulated_points_export_with_parity(tmp_path, relative):
         m = export_checkpoint(ckpt, tmp_path / precision, ExportConfig(precision=precision, parity_samples=4,
                                                                        text_encoder=False, instructions=["push"]))
         assert m["parity"]["max_abs_error"] <= limit, precision
+    # int8 leaves what the model marks as needing float (keypoint heatmaps, the point token) unquantised
+    m = export_checkpoint(ckpt, tmp_path / "int8", ExportConfig(precision="int8", calib_samples=8, parity_samples=4,
+                                                                text_encoder=False, instructions=["push"],
+                                                                int8_report="off"))
+    q = m["quantization"]
+    assert q["keep_fp32_source"] == "model"
+    assert set(q["keep_fp32"]) == set(policy.net.int8_float_modules()) == {"vision.keypoints", "point_token"}
+    graph = onnx.load(str(tmp_path / "int8" / "policy.onnx")).graph
+    inits = {i.name for i in graph.initializer}
+    int8_weights = {o for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits for o in n.output}
+    kept = {n for entry in q["keep_fp32"].values() for n in entry["nodes"]}
+    assert kept and not [n.name for n in graph.node if n.name in kept and any(i in int8_weights for i in n.input)]
+    assert [n for n in graph.node if n.op_type == "DequantizeLinear"]  # the rest is int8
