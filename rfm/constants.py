@@ -42,4 +42,4 @@ EVAL_SEED_BASE = 1_000_000
 # Runners of a checkpoint or export directory (rfm.runtime.loader), and how `rfm serve` runs a checkpoint
 # (rfm.export.engine; auto: ONNX Runtime fp32 on a CPU). Here so that CLI parsers need no runtime import.
 BACKENDS = ("torch", "onnx", "openvino")
-ENGINES = ("auto", "torch", "onnx", "onnx-int8")
+ENGINES = ("auto", "torch", "onnx", "onnx-int8", "openvino", "openvino-int8")

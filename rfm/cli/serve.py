@@ -17,9 +17,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="checkpoint (torch) or export (onnx) directory; default $RFM_CHECKPOINT or checkpoints/default")
     p.add_argument("--engine", default=os.environ.get("RFM_ENGINE", "auto"), choices=list(ENGINES),
                    help="how a checkpoint runs: auto (ONNX Runtime fp32 on a CPU, exported on first start and cached "
-                        "by the weights' hash; PyTorch on CUDA) | torch | onnx | onnx-int8 (default $RFM_ENGINE or auto)")
+                        "by the weights' hash; PyTorch on CUDA) | torch | onnx | onnx-int8 | openvino | openvino-int8 "
+                        "(the OpenVINO IR of that export; default $RFM_ENGINE or auto)")
     p.add_argument("--engine-cache", default=None, metavar="DIR",
-                   help="where --engine onnx* keeps its exports (default $RFM_CACHE_DIR or ~/.cache/rfm/engines)")
+                   help="where --engine onnx*/openvino* keeps its exports (default $RFM_CACHE_DIR or "
+                        "~/.cache/rfm/engines)")
     p.add_argument("--backend", default=None, choices=list(BACKENDS),
                    help="what --checkpoint holds: torch (a checkpoint; runs on --engine) or an `rfm export` "
                         "directory (onnx); default: detected from the directory")

@@ -44,11 +44,11 @@ def checkpoint_key(checkpoint: str | Path) -> str:
 
 
 def precision_of(engine: str) -> str:
-    return "int8" if engine == "onnx-int8" else "fp32"
+    return "int8" if engine.endswith("-int8") else "fp32"
 
 
 def cached_export(checkpoint: str | Path, precision: str = "fp32", cache_dir: str | Path | None = None,
-                  calib_dataset: str | None = None) -> Path:
+                  calib_dataset: str | None = None, target: str = "cpu") -> Path:
     """The export directory for `checkpoint` at `precision`, exported now if the cache has none.
 
     A file lock makes concurrent servers (replicas starting together) export once; the export directory is written
@@ -58,7 +58,8 @@ def cached_export(checkpoint: str | Path, precision: str = "fp32", cache_dir: st
     checkpoint = Path(checkpoint)
     root = cache_root(cache_dir)
     key = checkpoint_key(checkpoint)
-    out = root / f"{checkpoint.resolve().name}-{precision}-{key[:16]}"
+    kind = precision if target == "cpu" else f"{target}-{precision}"
+    out = root / f"{checkpoint.resolve().name}-{kind}-{key[:16]}"
     try:
         root.mkdir(parents=True, exist_ok=True)
         lock = (root / f".{out.name}.lock").open("w")
@@ -67,7 +68,7 @@ def cached_export(checkpoint: str | Path, precision: str = "fp32", cache_dir: st
     with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # a second replica waits here, then finds the export
         if not (out / EXPORT_FILE).is_file():
-            _export(checkpoint, out, precision, calib_dataset)
+            _export(checkpoint, out, precision, calib_dataset, target)
     parity = read_manifest(out).get("parity", {})
     goal = parity.get("goal", {})
     if not goal.get("met", False):
@@ -76,7 +77,7 @@ def cached_export(checkpoint: str | Path, precision: str = "fp32", cache_dir: st
     return out
 
 
-def _export(checkpoint: Path, out: Path, precision: str, calib_dataset: str | None) -> None:
+def _export(checkpoint: Path, out: Path, precision: str, calib_dataset: str | None, target: str = "cpu") -> None:
     try:
         from rfm.export.exporter import ExportConfig, export_checkpoint
     except ImportError as e:
@@ -88,7 +89,7 @@ def _export(checkpoint: Path, out: Path, precision: str, calib_dataset: str | No
     try:
         # no per-block int8 report at serve time: it costs ~25 s and a missed goal refuses the engine anyway
         export_checkpoint(checkpoint, out, ExportConfig(precision=precision, calib_dataset=calib_dataset,
-                                                        int8_report="off"))
+                                                        target=target, int8_report="off"))
     except Exception as e:  # e.g. an op the exporter cannot express: the caller may fall back to PyTorch
         raise EngineError(f"exporting {checkpoint} to ONNX failed ({type(e).__name__}: {str(e)[:300]})") from e
 
@@ -121,6 +122,8 @@ def load_engine(checkpoint: str | Path, engine: str = "auto", device: str = "aut
         return runner
     if dev != "cpu":
         raise EngineError(f"--engine {engine} runs on the CPU; device {dev} serves with --engine torch")
+    if engine.startswith("openvino"):
+        return _openvino_runner(checkpoint, precision_of(engine), threads, cache_dir, calib_dataset, runner_kw)
     return _onnx_runner(checkpoint, precision_of(engine), threads, cache_dir, calib_dataset, runner_kw)
 
 
@@ -131,6 +134,21 @@ def _onnx_runner(checkpoint, precision: str, threads: int | None, cache_dir, cal
     out = cached_export(checkpoint, precision, cache_dir, calib_dataset)
     runner = OnnxRunner.from_dir(out, intra_op_threads=threads, allow_spinning=False, **runner_kw)
     runner.engine = f"onnx-{precision}" if precision != "fp32" else "onnx"
+    runner.engine_dir = str(out)
+    return runner
+
+
+def _openvino_runner(checkpoint, precision: str, threads: int | None, cache_dir, calib_dataset,
+                     runner_kw: dict) -> Runner:
+    from rfm.runtime.openvino_runner import OpenVinoRunner, import_openvino
+
+    try:
+        import_openvino()  # before a 20 s export
+    except ModuleNotFoundError as e:
+        raise EngineError(str(e)) from None
+    out = cached_export(checkpoint, precision, cache_dir, calib_dataset, target="openvino")
+    runner = OpenVinoRunner.from_dir(out, intra_op_threads=threads, **runner_kw)
+    runner.engine = f"openvino-{precision}" if precision != "fp32" else "openvino"
     runner.engine_dir = str(out)
     return runner
 

@@ -43,6 +43,16 @@ def test_auto_engine_is_onnx_runtime_with_the_actions_of_pytorch(onnx_engine, ti
     np.testing.assert_allclose(onnx_engine.predict(obs, noise), tiny_runner.predict(obs, noise), atol=1e-4)
 
 
+def test_openvino_engine_runs_the_ir_of_the_export_with_the_actions_of_pytorch(tiny_checkpoint, engine_cache,
+                                                                               tiny_runner):
+    ov = load_engine(tiny_checkpoint, "openvino", device="cpu", threads=1, cache_dir=engine_cache, seed=0)
+    assert ov.backend == "openvino" and ov.describe()["engine"] == "openvino"
+    assert (engine_cache / ov.engine_dir.split("/")[-1] / "policy.xml").is_file()
+    obs = [observation(np.random.default_rng(i)) for i in range(3)]
+    noise = tiny_runner.sample_noise(3)
+    np.testing.assert_allclose(ov.predict(obs, noise), tiny_runner.predict(obs, noise), atol=1e-4)
+
+
 def test_the_export_is_reused_and_keyed_by_the_checkpoint_files(onnx_engine, tiny_checkpoint, engine_cache,
                                                                monkeypatch, tmp_path):
     monkeypatch.setattr(rfm.export.exporter, "export_checkpoint", lambda *a, **k: pytest.fail("exported again"))
