@@ -61,15 +61,18 @@ def test_report_names_real_blocks_sorted_by_cost(report_export, checkpoints):  #
         assert abs(r["gain"] - (pb["int8_error"] - r["error_if_fp32"])) < 1e-6
     assert all(r["gain"] is None for r in rows[5:])
     assert "int8 error by block" in stdout and rows[0]["block"] in stdout
-    assert m["quantization"]["keep_fp32"] == {}
+    model_float = RFMPolicy.from_pretrained(checkpoints["chunk"]).net.int8_float_modules()
+    assert sorted(m["quantization"]["keep_fp32"]) == sorted(model_float)  # by default what the model marks
+    assert not {r["block"] for r in rows} & set(model_float)  # already float: not in the report
 
 
 def test_keep_fp32_removes_the_blocks_qdq_and_keeps_parity(report_export, checkpoints, tmp_path):  # noqa: F811
     out, m, _ = report_export
     top = m["quantization"]["per_block"]["blocks"][0]
+    model_float = sorted(m["quantization"]["keep_fp32"])  # the report's graph keeps these float already
     kept = export_checkpoint(checkpoints["chunk"], tmp_path / "kept", ExportConfig(
         precision="int8", calib_samples=4, parity_samples=3, text_encoder=False, instructions=["push"],
-        keep_fp32=[top["block"]], int8_report="off"))
+        keep_fp32=[top["block"], *model_float], int8_report="off"))
     entry = kept["quantization"]["keep_fp32"][top["block"]]
     assert entry["blocks"] == [top["block"]] and len(entry["nodes"]) == top["nodes"]
     assert _dq_fed(onnx.load(str(out / "policy.onnx")), entry["nodes"]) > 0
@@ -77,7 +80,8 @@ def test_keep_fp32_removes_the_blocks_qdq_and_keeps_parity(report_export, checkp
     err = kept["parity"]["mean_abs_error_pct_of_range_max"]
     assert err <= m["parity"]["mean_abs_error_pct_of_range_max"] + 0.02  # within noise, if not better
     assert err == pytest.approx(top["error_if_fp32"], abs=0.02)  # the report predicted it
-    assert kept["quantization"]["per_block"] is None and kept["export_config"]["keep_fp32"] == [top["block"]]
+    assert kept["quantization"]["per_block"] is None
+    assert kept["export_config"]["keep_fp32"] == [top["block"], *model_float]
 
 
 def test_keep_fp32_errors_are_one_line_naming_the_field(checkpoints, tmp_path):  # noqa: F811
