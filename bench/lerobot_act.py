@@ -122,7 +122,7 @@ class LerobotACTRunner(Runner):
         n = len(instructions)  # ACT has no language input
         return np.zeros((n, 1, 1), np.float32), np.ones((n, 1), bool)
 
-    def _forward(self, images, state, text, text_mask, noise) -> np.ndarray:
+    def _forward(self, images, state, text, text_mask, noise, prefix=None, prefix_len=None) -> np.ndarray:
         buf = io.BytesIO()
         extra = {"env_state": self._env_state} if self.privileged else {}
         np.savez(buf, images=np.ascontiguousarray(images), state=np.ascontiguousarray(state, np.float32), **extra)

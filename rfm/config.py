@@ -162,6 +162,8 @@ class ModelConfig:
     text_encoder: str = DEFAULT_TEXT_ENCODER  # "all-MiniLM-L6-v2" (packaged) or a local sentence-encoder dir
     text_max_tokens: int = 24  # instruction tokens kept (padded/truncated)
     norm_mode: str = "mean_std"  # how state/actions are normalised: mean_std, quantile (q01..q99) or min_max
+    prefix_max: int = 0  # delay-aware continuation: up to this many committed actions (executed while the chunk is
+    # computed) condition the chunk, which then continues them; 0 = off (the model takes no committed actions)
 
     def __post_init__(self) -> None:
         self.vision_widths = tuple(int(w) for w in self.vision_widths)
@@ -188,6 +190,8 @@ class ModelConfig:
             _check(self.vision_path is not None or self.vision_hf_config is not None, "model.vision_path",
                    self.vision_path, "a local Hugging Face model directory when vision_backbone='hf'")
         _check(4 <= self.text_max_tokens <= 256, "model.text_max_tokens", self.text_max_tokens, "in [4, 256]")
+        _check(0 <= self.prefix_max <= 256, "model.prefix_max", self.prefix_max,
+               "an integer >= 0 (below interface.chunk_size): the most committed actions a request may carry")
         _check(self.norm_mode in NORM_MODES, "model.norm_mode", self.norm_mode,
                f"one of {NORM_MODES}.{did_you_mean(self.norm_mode, list(NORM_MODES))}")
 
@@ -249,6 +253,8 @@ class PolicyConfig:
         _check(not m.relative_points or (m.vision_points > 0 and itf.ee_position is not None),
                "model.relative_points", m.relative_points,
                "false unless model.vision_points > 0 and interface.ee_position names the end effector's x, y, z")
+        _check(m.prefix_max < itf.chunk_size, "model.prefix_max", m.prefix_max,
+               f"below interface.chunk_size={itf.chunk_size}: a chunk continues its committed actions")
 
     def to_dict(self) -> dict:
         return {"model": self.model.to_dict(), "interface": self.interface.to_dict()}

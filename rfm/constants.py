@@ -11,6 +11,7 @@ TASK = "task"
 IMAGES = "images"  # {camera: (H, W, 3) uint8}
 STATE = "state"  # (D_s,) float32
 INSTRUCTION = "instruction"  # str
+COMMITTED = "committed_actions"  # (P, D_a) the actions the robot executes before this request's answer is usable
 
 # Checkpoint file names (Hugging Face save_pretrained style).
 CONFIG_FILE = "config.json"

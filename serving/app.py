@@ -216,7 +216,7 @@ def _register_body_schemas(app: FastAPI, state: ServerState) -> None:
                 "type": "object", "description": "specialised to the served model once it is loaded (see /readyz)"}
             return schema
         app.openapi_schema = specialise(schema, state.service.interface, state.config.max_body_bytes,
-                                        state.service.min_deadline_ms)
+                                        state.service.min_deadline_ms, state.service.runner.prefix_max)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

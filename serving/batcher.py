@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rfm.runtime.observation import Batch
+from rfm.runtime.observation import Batch, stack_committed
 from serving.admission import ArrivalRate, BatchCostModel, WouldMissDeadline, expected_finish
 
 log = logging.getLogger("rfm.serving")
@@ -58,6 +58,7 @@ class _Item:
     loop: asyncio.AbstractEventLoop
     enqueued: float  # time.perf_counter() at submit
     deadline: float  # time.perf_counter() after which the request is dropped
+    committed: np.ndarray | None = None  # (P, D_a) float32 committed actions, already validated; None: none
 
 
 def _resolve(fut: asyncio.Future, result: object = None, error: BaseException | None = None) -> None:
@@ -74,11 +75,14 @@ class Batcher:
 
     def __init__(self, predict: Callable[[Batch], np.ndarray], max_batch: int = 32, max_wait_ms: float = 2.0,
                  queue_size: int = 256, on_batch: Callable[[int, float], None] | None = None,
-                 on_idle: Callable[[], None] | None = None, idle_s: float = 1.0) -> None:
+                 on_idle: Callable[[], None] | None = None, idle_s: float = 1.0, prefix_max: int = 0,
+                 action_dim: int = 0) -> None:
         """`predict`: Batch -> actions (B, H, D_a); `on_batch(batch_size, seconds)` is called after each batch,
         `on_idle()` when a batch is done and nothing is queued, and every `idle_s` while idle (housekeeping
-        off the hot path)."""
+        off the hot path). `prefix_max`, `action_dim`: the runner's, for the Batch's committed actions (requests
+        with and without them share a batch)."""
         self.predict, self.max_batch, self.max_wait = predict, max_batch, max_wait_ms / 1000.0
+        self.prefix_max, self.action_dim = prefix_max, action_dim
         self.queue_size, self.on_batch, self.on_idle, self.idle_s = queue_size, on_batch, on_idle, idle_s
         self._queue: deque[_Item] = deque()
         self._cond = threading.Condition()
@@ -95,15 +99,17 @@ class Batcher:
         """Requests waiting for a batch (not counting the one running)."""
         return len(self._queue)
 
-    def submit(self, images: np.ndarray, state: np.ndarray, instruction: str, timeout_s: float) -> asyncio.Future:
-        """Queue one validated request; returns a future of BatchResult.
+    def submit(self, images: np.ndarray, state: np.ndarray, instruction: str, timeout_s: float,
+               committed: np.ndarray | None = None) -> asyncio.Future:
+        """Queue one validated request (`committed`: its (P, D_a) committed actions, P <= prefix_max, or None);
+        returns a future of BatchResult.
 
         Raises QueueFull, ShuttingDown, or WouldMissDeadline when the work ahead of it (by the batch cost model)
         would not let it finish within `timeout_s`.
         """
         loop = asyncio.get_running_loop()
         now = time.perf_counter()
-        item = _Item(images, state, instruction, loop.create_future(), loop, now, now + timeout_s)
+        item = _Item(images, state, instruction, loop.create_future(), loop, now, now + timeout_s, committed)
         with self._cond:
             if self._closing:
                 raise ShuttingDown("the server is shutting down")
@@ -200,10 +206,11 @@ class Batcher:
 
     def _run_batch(self, items: list[_Item], start: float) -> float | None:
         """Run one batch and resolve its futures; its inference seconds, or None when it failed."""
-        batch = Batch(np.stack([it.images for it in items]), np.stack([it.state for it in items]),
-                      [it.instruction for it in items])
         self._running = (start, len(items))
         try:
+            prefix, prefix_len = stack_committed([it.committed for it in items], self.prefix_max, self.action_dim)
+            batch = Batch(np.stack([it.images for it in items]), np.stack([it.state for it in items]),
+                          [it.instruction for it in items], prefix, prefix_len)
             actions = self.predict(batch)
             if actions.shape[0] != len(items):
                 raise RuntimeError(f"runner returned {actions.shape[0]} action chunks for a batch of {len(items)}")

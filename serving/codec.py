@@ -6,6 +6,11 @@ An array on the wire (images and, optionally, state) is one of:
   - bytes (msgpack) or a base64 string (JSON, optionally a data: URL) of a JPEG or PNG file
   - a nested list of numbers (JSON or msgpack)
   - an openpi msgpack-numpy map {"__ndarray__": true, "data", "dtype", "shape"}
+
+An observation may carry `committed_actions` (models with model.prefix_max > 0): the P actions the robot executes
+from the observation's tick before the answer can be used, a list of P lists of D_a numbers (or a raw numeric
+array); the chunk returned starts with them. Its shape and values are checked against the model when the request is
+validated (rfm.runtime.observation.check_committed), before it is queued.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from rfm.constants import IMAGES, INSTRUCTION, STATE
+from rfm.constants import COMMITTED, IMAGES, INSTRUCTION, STATE
 from rfm.runtime.observation import MAX_ABS_VALUE
 
 MSGPACK = "application/msgpack"
@@ -47,7 +52,7 @@ class PayloadError(ValueError):
 class ActRequest:
     """One decoded request: the observation plus optional identifiers."""
 
-    observation: dict  # {"images": {cam: array}, "state": array, "instruction": str}
+    observation: dict  # {"images": {cam: array}, "state": array, "instruction": str[, "committed_actions": ...]}
     request_id: str | None = None
     robot_id: str | None = None
     session_id: str | None = None
@@ -226,6 +231,31 @@ def decode_state(value: Any, what: str = STATE) -> Any:
     return value
 
 
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def decode_committed(value: Any, what: str = COMMITTED) -> Any:
+    """`committed_actions` as sent -> a list of lists of numbers or a numeric numpy array (None: absent).
+    The form is checked here (a list of non-empty lists of numbers, or a numeric array); shape and values against
+    the served model by the runtime's check_committed."""
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        value = raw_array(value.get("data"), value.get("shape"), value.get("dtype", "float32"), what)
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind not in "iuf":
+            raise PayloadError(f"{what!r} must hold numbers, got an array of {value.dtype.name}")
+        return value
+    if not isinstance(value, list):
+        raise PayloadError(f"{what!r} must be a list of actions, each a list of numbers, got {type(value).__name__}")
+    for i, row in enumerate(value):
+        if not isinstance(row, list) or not row or not all(_is_number(v) for v in row):
+            raise PayloadError(f"{what!r}[{i}] must be a non-empty list of numbers (one action), got "
+                               f"{str(row)[:40]!r}")
+    return value
+
+
 def _ident(obj: dict, key: str) -> str | None:
     v = obj.get(key)
     if v is None:
@@ -253,6 +283,9 @@ def parse_act(obj: Any, cameras: list[str], sizes: dict[str, list[tuple[int, int
                            f"{type(instruction).__name__}")
     decoded = {str(cam): decode_image(img, str(cam), sizes.get(str(cam), [])) for cam, img in images.items()}
     observation = {IMAGES: decoded, STATE: decode_state(obj[STATE]), INSTRUCTION: instruction}
+    committed = decode_committed(obj.get(COMMITTED))
+    if committed is not None:
+        observation[COMMITTED] = committed
     record = obj.get("record", True)
     if not isinstance(record, bool):
         raise PayloadError(f"'record' must be true or false, got {str(record)[:40]!r}")

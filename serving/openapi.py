@@ -51,10 +51,22 @@ def _observation(itf: RobotInterface) -> dict:
             "instruction": {"type": "string", "maxLength": 4096, "default": "", "description": "language instruction"}}
 
 
-def act_request(itf: RobotInterface, min_deadline_ms: float) -> dict:
-    """POST /v1/act and /v1/ws body."""
+def _committed(itf: RobotInterface, prefix_max: int) -> dict:
+    """committed_actions: at most prefix_max actions of D_a numbers; a model with prefix_max 0 takes none."""
     act = itf.action_dim
-    props = {**_observation(itf),
+    what = ("the actions the robot executes from this observation's tick until the answer can be used (delay-aware "
+            "continuation): the returned chunk starts with them and continues them. ")
+    limit = (f"At most {prefix_max} (the model's prefix_max)." if prefix_max else
+             "This model's prefix_max is 0 (not trained for delay-aware continuation): any committed action is "
+             "rejected with 422; leave the field out.")
+    rows = {"type": "array", "maxItems": prefix_max, "items": _numbers(act, ", ".join(itf.action_names))}
+    return {"anyOf": [rows, {"type": "null"}], "description": what + limit}
+
+
+def act_request(itf: RobotInterface, min_deadline_ms: float, prefix_max: int = 0) -> dict:
+    """POST /v1/act and /v1/ws body; `prefix_max`: the served model's (committed_actions)."""
+    act = itf.action_dim
+    props = {**_observation(itf), "committed_actions": _committed(itf, prefix_max),
              "request_id": _ident("echoed back; generated when absent"),
              "robot_id": _ident("for the audit log and the recorder"),
              "session_id": _ident("for the audit log and the recorder (one episode per session)"),
@@ -104,13 +116,15 @@ def episode_end_request() -> dict:
                            "success": {"type": ["boolean", "null"], "description": "outcome label of the episode"}}}
 
 
-def specialise(schema: dict, itf: RobotInterface, max_body_bytes: int, min_deadline_ms: float) -> dict:
+def specialise(schema: dict, itf: RobotInterface, max_body_bytes: int, min_deadline_ms: float,
+               prefix_max: int = 0) -> dict:
     """Put the served model's request bodies into an OpenAPI document (in place; returned for chaining)."""
     comps = schema.setdefault("components", {}).setdefault("schemas", {})
-    comps["ActRequestBody"] = act_request(itf, min_deadline_ms)
+    comps["ActRequestBody"] = act_request(itf, min_deadline_ms, prefix_max)
     comps["TicksRequestBody"] = ticks_request(itf, max_body_bytes)
     comps["EpisodeEndBody"] = episode_end_request()
     schema.setdefault("info", {})["description"] = (
         schema.get("info", {}).get("description", "") + f" Served model: cameras {itf.cameras}, "
-        f"state {itf.state_dim}, actions {itf.chunk_size} x {itf.action_dim} ({', '.join(itf.action_names)}).")
+        f"state {itf.state_dim}, actions {itf.chunk_size} x {itf.action_dim} ({', '.join(itf.action_names)}), "
+        f"committed actions per request at most {prefix_max} (prefix_max).")
     return schema

@@ -2,6 +2,9 @@
 
 openpi clients send {"observation/image": (H, W, 3) uint8, "observation/wrist_image": ..., "observation/state":
 (D,), "prompt": str} as msgpack with numpy arrays encoded as {b"__ndarray__": True, b"data", b"dtype", b"shape"}.
+An observation may also carry "committed_actions" (P, D_a) (models with model.prefix_max > 0): the actions the robot
+executes before the answer can be used; the chunk returned starts with them. Clients that never send it are
+answered as before.
 """
 
 from __future__ import annotations
@@ -14,8 +17,8 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from rfm.constants import IMAGES, INSTRUCTION, STATE
-from serving.codec import PayloadError, decode_image, loads
+from rfm.constants import COMMITTED, IMAGES, INSTRUCTION, STATE
+from serving.codec import PayloadError, decode_committed, decode_image, loads
 
 DEFAULT_IMAGE_KEYS = ("observation/image", "observation/wrist_image")
 
@@ -91,7 +94,8 @@ class OpenpiMapping:
         return {"images": self.images, "state": self.state, "prompt": self.prompt}
 
     def to_observation(self, obs: Any, cameras: list[str], sizes: dict[str, list[tuple[int, int]]]) -> dict:
-        """openpi observation dict -> rfm observation {"images", "state", "instruction"}; errors name the keys."""
+        """openpi observation dict -> rfm observation {"images", "state", "instruction"[, "committed_actions"]};
+        errors name the keys."""
         if not isinstance(obs, dict):
             raise PayloadError(f"openpi observation must be a map of key -> value, got {type(obs).__name__}")
         images = {}
@@ -116,5 +120,9 @@ class OpenpiMapping:
             prompt = ""
         if not isinstance(prompt, str):
             raise PayloadError(f"{self.prompt!r} must be a string, got {type(prompt).__name__}")
-        return {IMAGES: images, STATE: np.concatenate(parts) if parts else np.zeros(0, np.float32),
-                INSTRUCTION: prompt}
+        out = {IMAGES: images, STATE: np.concatenate(parts) if parts else np.zeros(0, np.float32),
+               INSTRUCTION: prompt}
+        committed = decode_committed(obs.get(COMMITTED))
+        if committed is not None:
+            out[COMMITTED] = committed
+        return out

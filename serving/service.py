@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from rfm.runtime import Runner
-from rfm.runtime.observation import ObservationError, check_observation
+from rfm.runtime.observation import ObservationError, check_committed, check_observation
 from rfm.runtime.recorder import Recorder
 from serving.admission import DeadlineTooShort
 from serving.audit import AuditLog
@@ -56,7 +56,8 @@ class InferenceService:
         self.trimmer = HeapTrimmer()
         self.min_deadline_ms = 10.0  # set from the warm-up by ServerState.load (serving.admission.min_deadline_ms)
         self.batcher = Batcher(runner.predict_batch, config.max_batch, config.max_wait_ms, config.queue_size,
-                               on_batch=metrics.observe_batch, on_idle=self.trimmer.maybe_trim)
+                               on_batch=metrics.observe_batch, on_idle=self.trimmer.maybe_trim,
+                               prefix_max=runner.prefix_max, action_dim=runner.interface.action_dim)
 
     def describe(self) -> dict:
         d = self.runner.describe()
@@ -70,6 +71,7 @@ class InferenceService:
     async def act(self, req: ActRequest, client_id: str | None, endpoint: str, t0: float) -> ActResult:
         """Validate -> batch -> clip -> audit. `t0` is time.perf_counter() when the request arrived."""
         images, state, instruction = check_observation(req.observation, self.interface, self.config.resize_images)
+        committed = check_committed(req.observation, self.interface, self.runner.prefix_max)  # (P, D_a) | None
         if req.correction is not None and req.correction.shape != (self.interface.action_dim,):  # before queueing
             raise ObservationError(f"correction has {req.correction.size} values, the model has "
                                    f"{self.interface.action_dim} action dims ({', '.join(self.interface.action_names)})")
@@ -81,7 +83,7 @@ class InferenceService:
         budget_ms = self.config.timeout_ms if req.deadline_ms is None else min(req.deadline_ms, self.config.timeout_ms)
         t_submit = time.perf_counter()
         remaining = budget_ms / 1000.0 - (t_submit - t0)
-        fut = self.batcher.submit(images, state, instruction, max(remaining, 0.0))
+        fut = self.batcher.submit(images, state, instruction, max(remaining, 0.0), committed)
         self.metrics.queue_depth.set(self.batcher.depth())
         res = await asyncio.wait_for(fut, timeout=max(remaining, 1e-3))
         self.metrics.queue_depth.set(self.batcher.depth())
@@ -102,6 +104,7 @@ class InferenceService:
                               "robot_id": req.robot_id, "session_id": req.session_id, "instruction": instruction,
                               "instruction_run": self.instruction_run(instruction), "actions": actions,
                               "batch_size": res.batch_size, "timings": timings,
+                              "committed_actions": 0 if committed is None else len(committed),
                               "clipped_dims": clipped})
         if self.recorder is not None and req.record:  # enqueue only: recording never slows the answer down
             self.recorder.record(self.session_key(req, client_id), images, state, instruction, actions,

@@ -37,6 +37,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--delay", type=int, default=0, metavar="D",
                    help="simulated inference delay in control ticks: a chunk is usable D ticks after its observation, "
                         "the robot executing the previous one meanwhile (default 0)")
+    p.add_argument("--continuation", action="store_true",
+                   help="delay-aware continuation: each request carries the actions the robot executes until its "
+                        "answer is usable (--delay ticks), and the model continues them (needs model.prefix_max > 0)")
     p.add_argument("--snap-instructions", type=float, default=None, metavar="SIM",
                    help="map instructions the model never trained on to the nearest trained one at cosine "
                         "similarity >= SIM (what `rfm serve --snap-instructions` does); the JSON lists each mapping")
@@ -53,6 +56,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 # simulation-only options and their defaults: given with --dataset, they would silently do nothing
 SIM_ONLY = {"tasks": "mt10", "paraphrase": False, "ensemble": False, "action_steps": None, "delay": 0,
+            "continuation": False,
             "snap_instructions": None,
             "seed": None, "max_steps": None, "video_dir": None, "workers": 1}
 
@@ -84,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
                        ensemble=args.ensemble, ensemble_m=args.ensemble_m, action_steps=args.action_steps,
                        max_steps=args.max_steps, video_dir=args.video_dir, workers=args.workers,
                        checkpoint=args.checkpoint, backend=args.backend, progress=not args.no_progress,
-                       snap_instructions=args.snap_instructions, delay=args.delay)
+                       snap_instructions=args.snap_instructions, delay=args.delay, continuation=args.continuation)
     print(format_table(results))
     if args.out:
         _write(args.out, results)
@@ -128,6 +132,25 @@ def _check_checkpoint(args: argparse.Namespace) -> None:
         raise CLIError(f"{args.checkpoint}: checkpoint directory not found")
     if args.update_card and args.backend != "torch":
         raise CLIError("--update-card needs --backend torch (a checkpoint directory)")
+    if args.continuation:
+        if args.ensemble:
+            raise CLIError("--continuation and --ensemble are two ways to switch chunks: give one")
+        if _prefix_max(Path(args.checkpoint)) < 1:
+            raise CLIError(f"--continuation: {args.checkpoint} takes no committed actions (model.prefix_max = 0); "
+                           f"fine-tune it for delay-aware continuation with --model prefix_max=8")
+
+
+def _prefix_max(path: Path) -> int:
+    """model.prefix_max of a checkpoint (config.json) or an export (export.json); 0 when unreadable."""
+    for name, keys in (("config.json", ("model", "prefix_max")), ("export.json", ("prefix_max",))):
+        try:
+            value = json.loads((path / name).read_text())
+            for k in keys:
+                value = value[k]
+            return int(value)
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return 0
 
 
 def _write(path: str, results: dict) -> None:

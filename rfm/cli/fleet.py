@@ -25,6 +25,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--delay", type=int, default=0, metavar="D",
                    help="simulated inference delay in control ticks (with --action-steps): a chunk is usable D ticks "
                         "after its observation, the robot executing the previous one meanwhile")
+    p.add_argument("--continuation", action="store_true",
+                   help="delay-aware continuation: each request carries the actions committed for the --delay ticks "
+                        "(the served model needs model.prefix_max > 0)")
     p.add_argument("--seed", type=int, default=200_000)
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--api-key-file", default=None, help="file whose first line is the API key")
@@ -40,8 +43,19 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError("--takeover-error needs --dagger (the expert's action is what a takeover executes)")
     takeover = Takeover(args.takeover_error, args.takeover_steps) if args.takeover_error is not None else None
     key = Path(args.api_key_file).read_text().split()[0] if args.api_key_file else None
+    if args.continuation:
+        from rfm.client import RFMClient
+
+        try:
+            with RFMClient(args.url, api_key=key) as client:
+                prefix_max = client.models().get("prefix_max", 0)
+        except Exception as e:  # any failure to reach the server is the user's to fix
+            raise CLIError(f"--url {args.url}: cannot read the served model ({e})") from e
+        if not prefix_max:
+            raise CLIError(f"--continuation: the model served at {args.url} takes no committed actions "
+                           f"(model.prefix_max = 0)")
     res = drive_fleet(args.url, args.tasks, args.episodes, robots=args.robots, dagger=args.dagger, seed=args.seed,
-                      action_steps=args.action_steps, delay=args.delay,
+                      action_steps=args.action_steps, delay=args.delay, continuation=args.continuation,
                       max_steps=args.max_steps, api_key=key, takeover=takeover)
     for task, r in res["tasks"].items():
         helped = f", expert drove {r['expert_share'] * 100:.0f}% of steps" if takeover else ""

@@ -12,6 +12,11 @@ of tick s_k, so its action j belongs to tick s_k + j. Two ways to schedule reque
   then the robot keeps executing the previous chunk (naive asynchronous execution), so simulation measures what a
   robot with that latency would do. The first chunk of an episode is waited for.
 
+With `continuation=True` (delay-aware continuation; the model needs prefix_max > 0) each request carries the
+actions the robot will execute from its tick until the answer is usable (`committed_actions`: the newest chunk's,
+for `delay_ticks` ticks, or in the prefetch schedule for as many ticks as the measured round trip takes), and the
+model returns a chunk that starts with them and continues them, so the switch to the new chunk is not a jump.
+
 With `ensemble_decay` every usable chunk covering the tick votes (ACT temporal ensembling: weights
 exp(-decay * i), i = 0 for the oldest). With a `recorder` (rfm.client.TickRecorder) every tick's observation and
 executed action are recorded on a side channel and the chunk requests are marked not to be recorded: the
@@ -21,6 +26,8 @@ recording holds what the robot did, one frame per control tick.
 from __future__ import annotations
 
 import copy
+import math
+import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -28,22 +35,44 @@ from typing import Any
 import numpy as np
 
 
+def _model_prefix_max(act: Any) -> int:
+    """The served model's prefix_max, from a Runner (bound predict or runner), an RFMClient, or 0."""
+    owner = getattr(act, "__self__", act)
+    if hasattr(owner, "prefix_max"):
+        return int(owner.prefix_max)
+    if hasattr(owner, "models"):
+        return int(owner.models().get("prefix_max", 0) or 0)
+    return 0
+
+
 class ChunkExecutor:
     """Turns a blocking `act(obs) -> (H, D_a)` (e.g. RFMClient.act, Runner.predict) into one action per tick."""
 
     def __init__(self, act: Callable[[Mapping[str, Any]], np.ndarray] | Any, prefetch_steps: int | None = None,
                  ensemble_decay: float | None = None, recorder: Any = None, action_steps: int | None = None,
-                 delay_ticks: int = 0) -> None:
+                 delay_ticks: int = 0, continuation: bool = False, prefix_max: int | None = None) -> None:
         """`act`: a callable or an object with `.act` (RFMClient). `prefetch_steps`: request the next chunk when
         this many actions of the newest chunk remain (default: half a chunk). `action_steps`, `delay_ticks`: the
-        blocking schedule and its simulated latency (module docstring). `recorder`: a TickRecorder."""
+        blocking schedule and its simulated latency (module docstring). `recorder`: a TickRecorder.
+        `continuation`: send committed actions, at most `prefix_max` (default: the model's, from a Runner's or an
+        RFMClient's model description)."""
         if action_steps is not None and action_steps < 1:
             raise ValueError(f"action_steps={action_steps}: expected a positive number of actions per request")
         if delay_ticks < 0 or (delay_ticks and action_steps is None):
             raise ValueError(f"delay_ticks={delay_ticks}: a simulated delay needs action_steps (it is >= 0)")
+        if continuation and ensemble_decay is not None:
+            raise ValueError("continuation and ensemble_decay are two ways to switch chunks: pick one")
         self._act = act.act if hasattr(act, "act") else act
         self.prefetch_steps, self.ensemble_decay, self.recorder = prefetch_steps, ensemble_decay, recorder
         self.action_steps, self.delay_ticks = action_steps, delay_ticks
+        self.continuation = continuation
+        self.prefix_max = (_model_prefix_max(act) if prefix_max is None else prefix_max) if continuation else 0
+        if continuation and self.prefix_max < 1:
+            raise ValueError("continuation needs a model trained for delay-aware continuation (model.prefix_max > 0; "
+                             "fine-tune with --model prefix_max=8); this one takes no committed actions")
+        self.latency_s: float | None = None  # round trip of a prefetched request (moving average)
+        self.tick_s: float | None = None  # control period, measured between step() calls (moving average)
+        self._last_step: float | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rfm-chunk")
         self.reset()
 
@@ -56,18 +85,47 @@ class ChunkExecutor:
         self.source: int | None = None
         self.requests = 0
         self.waits = 0  # ticks that had to block for a chunk (the robot would stall)
+        self._last_step = None
 
     # --- requests -------------------------------------------------------------------------------------------
-    def _request(self, obs: Mapping[str, Any], snapshot: bool) -> dict:
-        """The request body's observation; a snapshot (copied) when another thread sends it while the robot moves on."""
+    def _request(self, obs: Mapping[str, Any], snapshot: bool, ahead: int = 0) -> dict:
+        """The request body's observation; a snapshot (copied) when another thread sends it while the robot moves on.
+        With continuation, the actions committed for the next `ahead` ticks go with it."""
         body = {k: (copy.deepcopy(v) if snapshot and isinstance(v, dict) else v) for k, v in obs.items()}
         if self.recorder is not None:
             body["record"] = False  # the ticks are recorded, not the requests
+        committed = self.committed(ahead) if self.continuation else None
+        if committed is not None:
+            body["committed_actions"] = committed
         self.requests += 1
         return body
 
+    def committed(self, ahead: int) -> np.ndarray | None:
+        """The actions the newest usable chunk has for this tick and the next `ahead` - 1 (at most prefix_max, up
+        to its end): what the robot executes before an answer to a request sent now is usable."""
+        cover = self._covering()
+        n = min(ahead, self.prefix_max)
+        if not cover or n < 1:
+            return None
+        start, _, chunk = cover[-1]
+        return chunk[self.tick - start:self.tick - start + n].copy()
+
+    def expected_delay(self) -> int:
+        """Control ticks a prefetched request takes to come back (measured), plus one for the tick it lands in."""
+        if self.latency_s is None or not self.tick_s:
+            return self.prefix_max
+        return math.ceil(self.latency_s / self.tick_s) + 1
+
+    def _timed_act(self, body: dict) -> Any:
+        t0 = time.perf_counter()
+        out = self._act(body)
+        dt = time.perf_counter() - t0
+        self.latency_s = dt if self.latency_s is None else 0.8 * self.latency_s + 0.2 * dt
+        return out
+
     def _submit(self, obs: Mapping[str, Any]) -> None:
-        self._pending = (self.tick, self._pool.submit(self._act, self._request(obs, snapshot=True)))
+        body = self._request(obs, snapshot=True, ahead=self.expected_delay())
+        self._pending = (self.tick, self._pool.submit(self._timed_act, body))
 
     def _collect(self, block: bool) -> None:
         if self._pending is None or not (block or self._pending[1].done()):
@@ -89,6 +147,11 @@ class ChunkExecutor:
     # --- one tick -------------------------------------------------------------------------------------------
     def step(self, obs: Mapping[str, Any]) -> np.ndarray:
         """The action (D_a,) to execute at this tick, given the current observation."""
+        now = time.perf_counter()
+        if self._last_step is not None:
+            dt = now - self._last_step
+            self.tick_s = dt if self.tick_s is None else 0.9 * self.tick_s + 0.1 * dt
+        self._last_step = now
         if self.action_steps is not None:
             self._schedule_blocking(obs)
         else:
@@ -103,7 +166,8 @@ class ChunkExecutor:
 
     def _schedule_blocking(self, obs: Mapping[str, Any]) -> None:
         if self.tick >= self._next_request:  # the robot waits: asked here, in this thread
-            self._add_chunk(self.tick, self._act(self._request(obs, snapshot=False)), self.delay_ticks)
+            body = self._request(obs, snapshot=False, ahead=self.delay_ticks)
+            self._add_chunk(self.tick, self._act(body), self.delay_ticks)
             self._next_request = self.tick + self.action_steps
         if not self._covering():  # the previous chunk ran out before the new one became usable: wait for it
             self.waits += 1

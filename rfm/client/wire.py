@@ -14,6 +14,7 @@ MSGPACK = "application/msgpack"
 JSON = "application/json"
 LABEL_FIELDS = ("episode_end", "success", "correction", "record")
 OPTIONAL_FIELDS = ("request_id", "robot_id", "session_id")
+COMMITTED = "committed_actions"  # rfm.constants.COMMITTED (not imported: the SDK stays free of the runtime)
 
 
 def _image(img: Any, fmt: str) -> Any:
@@ -32,12 +33,19 @@ def encode_observation(obs: Mapping[str, Any], fmt: str = "msgpack", deadline_ms
                        **ids: str | None) -> bytes:
     """{"images": {cam: (H, W, 3) uint8}, "state": (D_s,), "instruction": str} -> request body bytes.
 
+    An observation's "committed_actions" (P, D_a) (the actions the robot executes before the answer can be used;
+    models with prefix_max > 0) are sent as P lists of numbers; the chunk returned starts with them.
     `deadline_ms`: the server answers within it or refuses at once (503 + Retry-After)."""
     body: dict[str, Any] = {
         "images": {str(cam): _image(img, fmt) for cam, img in obs["images"].items()},
         "state": _floats(obs["state"]),
         "instruction": str(obs.get("instruction", "")),
     }
+    committed = obs.get(COMMITTED)
+    if committed is not None:
+        rows = np.asarray(committed, np.float64)
+        if rows.size:  # one action (D_a,) or P of them (P, D_a)
+            body[COMMITTED] = (rows[None] if rows.ndim == 1 else rows).tolist()
     for key in OPTIONAL_FIELDS:
         value = ids.get(key) or obs.get(key)
         if value:

@@ -44,7 +44,7 @@ def _run(runner: Runner, work: list[tuple[str, int, str]], opts: dict, video_dir
         env.instruction = text
         first = video_dir is not None and not any(r.task == task for r in results)
         res = rollout(runner, env, seed, opts["action_steps"], opts["ensemble"], opts["ensemble_m"], record=first,
-                      delay=opts.get("delay", 0))
+                      delay=opts.get("delay", 0), continuation=opts.get("continuation", False))
         if first and res.frames:
             _save_video(res.frames, Path(video_dir) / f"{task}.gif", fps=round(itf.control_hz / 2))
             res.frames = []
@@ -89,11 +89,14 @@ def evaluate(runner: Runner | None, tasks: list[str], episodes: int, seed: int |
              paraphrase: bool = False, ensemble: bool = False, ensemble_m: float = 0.01,
              action_steps: int | None = None, max_steps: int | None = None, video_dir: str | Path | None = None,
              workers: int = 1, checkpoint: str | None = None, backend: str = "torch",
-             progress: bool = True, snap_instructions: float | None = None, delay: int = 0) -> dict:
+             progress: bool = True, snap_instructions: float | None = None, delay: int = 0,
+             continuation: bool = False) -> dict:
     """Closed-loop success rates. With workers > 1, each process loads its own runner from `checkpoint`.
 
     delay: simulated inference delay in control ticks: each chunk is usable `delay` ticks after the observation it
     was computed from, the robot executing the previous one meanwhile (rfm.client.ChunkExecutor).
+    continuation: each request carries the actions committed for those ticks, and the model continues them
+    (delay-aware continuation: a checkpoint with model.prefix_max > 0).
 
     snap_instructions: the runner maps untrained instructions to the nearest trained one at this cosine similarity
     (rfm.runtime.snap); the results then say where each instruction went (`instruction_matches`).
@@ -106,8 +109,11 @@ def evaluate(runner: Runner | None, tasks: list[str], episodes: int, seed: int |
         raise ValueError(f"seed={seed}: evaluation seeds must be >= {EVAL_SEED_BASE} (below are training seeds)")
     if delay < 0:
         raise ValueError(f"delay={delay}: expected a number of control ticks >= 0")
+    if continuation and ensemble:
+        raise ValueError("continuation and ensemble are two ways to switch chunks: pick one")
     opts = {"max_steps": max_steps or MAX_STEPS, "action_steps": action_steps, "ensemble": ensemble,
-            "ensemble_m": ensemble_m, "snap_instructions": snap_instructions, "delay": delay}
+            "ensemble_m": ensemble_m, "snap_instructions": snap_instructions, "delay": delay,
+            "continuation": continuation}
     work = _episodes(tasks, episodes, seed, paraphrase)
     # which weights these numbers belong to, taken before the rollouts, so a card can check them (rfm.eval.card)
     digest = weights_digest(checkpoint) if checkpoint is not None and backend == "torch" else None
@@ -148,6 +154,7 @@ def evaluate(runner: Runner | None, tasks: list[str], episodes: int, seed: int |
             **_jerk([j for r in results for j in r.jerk_switch], [j for r in results for j in r.jerk_within]),
             "checkpoint": checkpoint, "weights_sha256": digest, "backend": getattr(runner, "backend", backend),
             "paraphrase": paraphrase, "ensemble": ensemble, "action_steps": action_steps, "delay": delay,
+            "continuation": continuation,
             "max_steps": opts["max_steps"], "snap_instructions": snap_instructions, "instruction_matches": matches,
             "seeds": sorted({s for _, s, _ in work}), "wall_time_s": round(time.time() - t0, 1)}
 

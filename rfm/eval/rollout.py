@@ -26,17 +26,19 @@ class RolloutResult:
 
 def rollout(runner: Runner, env, seed: int, action_steps: int | None = None, ensemble: bool = False,
             ensemble_m: float = 0.01, record: bool = False,
-            on_step: Callable[[object, int], None] | None = None, delay: int = 0) -> RolloutResult:
+            on_step: Callable[[object, int], None] | None = None, delay: int = 0,
+            continuation: bool = False) -> RolloutResult:
     """Run one episode through the robot SDK's ChunkExecutor: a chunk every `action_steps` ticks (default: whole
     chunks; with `ensemble`, every tick, temporally ensembled), each usable `delay` ticks after the observation it
-    was computed from (the robot executing the previous chunk meanwhile), until done.
+    was computed from (the robot executing the previous chunk meanwhile), until done. With `continuation` each
+    request carries the actions committed for those `delay` ticks (delay-aware continuation).
 
     on_step(env, step) is called after every environment step (diagnostics read the simulator there).
     """
     obs = env.reset(seed)
     steps_per_request = 1 if ensemble else (action_steps or runner.interface.chunk_size)
     executor = ChunkExecutor(runner.predict, action_steps=steps_per_request, delay_ticks=delay,
-                             ensemble_decay=ensemble_m if ensemble else None)
+                             ensemble_decay=ensemble_m if ensemble else None, continuation=continuation)
     frames = [obs["images"][env.cameras[0]]] if record else []
     success, steps = False, 0
     prev, source, switch, within = None, None, [], []

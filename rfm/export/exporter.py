@@ -12,7 +12,12 @@ Export dir layout (flat, written atomically):
                         report is then measured on the OpenVINO runtime, onnxruntime's in parity_onnxruntime
     export.json         I/O spec, robot interface, model identity, precision/target, calibration, quantisation
                         (int8: the layers kept float, and the per-block error report, rfm.export.int8_report),
-                        parity
+                        parity, prefix_max (how many committed actions the graph's prefix input takes; 0 or
+                        absent: the graph has no prefix / prefix_len inputs)
+
+A model with model.prefix_max > 0 (delay-aware continuation) exports with two more inputs, prefix and prefix_len
+(rfm.export.graph); its calibration and parity samples carry committed actions (rfm.export.samples), so int8
+ranges cover the prefix path and parity is measured with and without a prefix in the same batches.
 """
 
 from __future__ import annotations
@@ -149,7 +154,7 @@ def export_checkpoint(checkpoint, out: str | Path, config: ExportConfig | None =
     import onnxruntime as ort
 
     from rfm.checkpoint import atomic_dir
-    from rfm.export.feeds import observation_arrays, split_feed
+    from rfm.export.feeds import observation_arrays, prefix_max_of, split_feed
     from rfm.export.graph import export_policy_graph, export_text_graph, io_spec
     from rfm.export.parity import parity_report
     from rfm.export.quantize import to_fp16
@@ -174,10 +179,12 @@ def export_checkpoint(checkpoint, out: str | Path, config: ExportConfig | None =
     calibration = calibration_source(cfg)  # "synthetic": synthetic_samples logs a warning
     trained = list(policy.meta.get("data", {}).get("tasks", []))  # for instruction snapping
     table = list(dict.fromkeys([*cfg.instructions, *trained]))  # precomputed into instructions.npz
+    prefix_max = prefix_max_of(policy)
 
     if cfg.calib_dataset:
         samples = dataset_samples(
-            cfg.calib_dataset, cfg.calib_samples if cfg.precision == "int8" else 1, cfg.parity_samples, itf
+            cfg.calib_dataset, cfg.calib_samples if cfg.precision == "int8" else 1, cfg.parity_samples, itf,
+            prefix_max=prefix_max,
         )
     else:
         samples = synthetic_samples(
@@ -186,6 +193,7 @@ def export_checkpoint(checkpoint, out: str | Path, config: ExportConfig | None =
             cfg.parity_samples,
             policy.stats,
             cfg.instructions or None,
+            prefix_max=prefix_max,
         )
 
     with atomic_dir(out) as tmp, contextlib.ExitStack() as hold:
@@ -273,6 +281,7 @@ def export_checkpoint(checkpoint, out: str | Path, config: ExportConfig | None =
             "preset": m.preset,
             "head": m.head,
             "flow_steps": m.flow_steps if m.head == "flow" else None,
+            "prefix_max": prefix_max,
             "precision": cfg.precision,
             "target": cfg.target,
             "calibration": calibration,

@@ -7,12 +7,20 @@ import numpy as np
 from rfm.runtime.observation import make_batch
 
 
+def prefix_max_of(policy) -> int:
+    """The policy's model.prefix_max: how many committed actions its graph takes (0: none, no prefix inputs)."""
+    return int(getattr(policy.model_config, "prefix_max", 0) or 0)
+
+
 def observation_arrays(policy, observations: list[dict], seed: int = 0) -> dict[str, np.ndarray]:
     """All observations as one feed: images (N, N_cam, 3, H, W) uint8, state (N, D_s) f32, text (N, L, D_text)
-    f32, text_mask (N, L) f32, plus noise (N, H, D_a) f32 for the flow head (seeded: reproducible parity).
+    f32, text_mask (N, L) f32, plus noise (N, H, D_a) f32 for the flow head (seeded: reproducible parity), and for
+    a model with prefix_max > 0 prefix (N, prefix_max, D_a) f32 / prefix_len (N,) int64 from each observation's
+    committed actions ("committed_actions"; zeros and 0 where it has none).
     Images of another size are resized (dataset frames may be stored larger than the model input)."""
     itf = policy.interface
-    batch = make_batch(observations, itf, resize=True)
+    pmax = prefix_max_of(policy)
+    batch = make_batch(observations, itf, resize=True, prefix_max=pmax)
     text, mask = policy.text.encode(batch.instructions)
     feed = {
         "images": batch.images,
@@ -23,6 +31,12 @@ def observation_arrays(policy, observations: list[dict], seed: int = 0) -> dict[
     if policy.model_config.head == "flow":
         rng = np.random.default_rng(seed)
         feed["noise"] = rng.standard_normal((len(batch), itf.chunk_size, itf.action_dim)).astype(np.float32)
+    if pmax:
+        n = len(batch)
+        feed["prefix"] = (batch.prefix if batch.prefix is not None
+                          else np.zeros((n, pmax, itf.action_dim), np.float32)).astype(np.float32)
+        feed["prefix_len"] = (batch.prefix_len if batch.prefix_len is not None
+                              else np.zeros(n, np.int64)).astype(np.int64)
     return feed
 
 

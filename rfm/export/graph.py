@@ -2,8 +2,10 @@
 
 Graph I/O (B is dynamic):
     policy.onnx        images (B, N_cam, 3, H, W) uint8, state (B, D_s) f32, text (B, L, D_text) f32,
-                       text_mask (B, L) f32 (1 = token, 0 = padding), [noise (B, H, D_a) f32, flow head only]
-                       -> actions (B, H, D_a) f32 in robot units
+                       text_mask (B, L) f32 (1 = token, 0 = padding), [noise (B, H, D_a) f32, flow head only],
+                       [prefix (B, P, D_a) f32 committed actions in robot units, prefix_len (B,) int64 how many of
+                       each row's count (0: none), models with model.prefix_max = P > 0 only]
+                       -> actions (B, H, D_a) f32 in robot units (starting with the committed actions)
     text_encoder.onnx  input_ids, attention_mask, token_type_ids (B, L) int64 -> features (B, L, D_text) f32
 The text mask is float rather than bool because NPU toolchains (QNN, OpenVINO NPU) reject bool graph inputs.
 """
@@ -25,6 +27,7 @@ from rfm.model.text import TextEncoder
 OPSET = 18
 EXPORTERS = ("dynamo", "torchscript")
 POLICY_INPUTS = ("images", "state", "text", "text_mask")
+PREFIX_INPUTS = ("prefix", "prefix_len")  # models with prefix_max > 0 (delay-aware continuation)
 TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
@@ -48,6 +51,20 @@ class FlowGraph(nn.Module):
 
     def forward(self, images, state, text, text_mask, noise):
         return self.net(images, state, text, text_mask > 0.5, noise)
+
+
+class PrefixChunkGraph(ChunkGraph):
+    """ChunkGraph taking committed actions (prefix, prefix_len): models with prefix_max > 0."""
+
+    def forward(self, images, state, text, text_mask, prefix, prefix_len):
+        return self.net(images, state, text, text_mask > 0.5, None, prefix, prefix_len)
+
+
+class PrefixFlowGraph(FlowGraph):
+    """FlowGraph taking committed actions (prefix, prefix_len): models with prefix_max > 0."""
+
+    def forward(self, images, state, text, text_mask, noise, prefix, prefix_len):
+        return self.net(images, state, text, text_mask > 0.5, noise, prefix, prefix_len)
 
 
 class TextGraph(nn.Module):
@@ -79,7 +96,16 @@ def policy_example(
     args[3][:, max_tokens // 2 :] = 0.0
     if net.head_type == "flow":
         args.append(torch.randn(batch, itf.chunk_size, itf.action_dim, generator=g))
+    if net.prefix_max:  # rows with and without committed actions: the traced graph takes both paths
+        args.append(torch.randn(batch, net.prefix_max, itf.action_dim, generator=g))
+        args.append(torch.arange(batch, dtype=torch.int64) % (net.prefix_max + 1))
     return tuple(args)
+
+
+def policy_input_names(net: PolicyNet) -> list[str]:
+    """policy.onnx's inputs, in order, for `net`."""
+    return [*POLICY_INPUTS, *(["noise"] if net.head_type == "flow" else []),
+            *(PREFIX_INPUTS if net.prefix_max else [])]
 
 
 def _export(
@@ -133,9 +159,12 @@ def export_policy_graph(
 ) -> str:
     """Write policy.onnx (fp32) for `net`; returns the exporter used."""
     net = net.eval().cpu()
-    module = (FlowGraph if net.head_type == "flow" else ChunkGraph)(net).eval()
+    flow, prefix = net.head_type == "flow", bool(net.prefix_max)
+    graph = {(False, False): ChunkGraph, (True, False): FlowGraph, (False, True): PrefixChunkGraph,
+             (True, True): PrefixFlowGraph}[(flow, prefix)]
+    module = graph(net).eval()
     args = policy_example(net, text_dim, max_tokens)
-    names = [*POLICY_INPUTS, "noise"] if net.head_type == "flow" else list(POLICY_INPUTS)
+    names = policy_input_names(net)
     with torch.no_grad():
         used = _export(module, args, Path(path), names, "actions", opset, exporter)
     _rename_dims(Path(path))

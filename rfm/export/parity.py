@@ -23,21 +23,25 @@ GOALS = {
 
 @torch.no_grad()
 def torch_reference(policy, feed: dict[str, np.ndarray], batch_size: int = 16) -> np.ndarray:
-    """PyTorch fp32 eager actions (N, H, D_a) in robot units for a feed."""
+    """PyTorch fp32 eager actions (N, H, D_a) in robot units for a feed (with its committed actions, prefix /
+    prefix_len, when it has them)."""
     net = policy.net.eval()
     dev = policy.device
     outs = []
     n = len(feed["images"])
     for i in range(0, n, batch_size):
         sl = slice(i, i + batch_size)
-        noise = torch.from_numpy(feed["noise"][sl]).to(dev) if "noise" in feed else None
+        opt = {k: torch.from_numpy(feed[k][sl]).to(dev) if k in feed else None
+               for k in ("noise", "prefix", "prefix_len")}
         outs.append(
             net(
                 torch.from_numpy(feed["images"][sl]).to(dev),
                 torch.from_numpy(feed["state"][sl]).to(dev),
                 torch.from_numpy(feed["text"][sl]).to(dev),
                 torch.from_numpy(feed["text_mask"][sl] > 0.5).to(dev),
-                noise,
+                opt["noise"],
+                opt["prefix"],
+                opt["prefix_len"],
             )
             .float()
             .cpu()
@@ -104,7 +108,7 @@ def parity_report(
     mean_pct = err.mean(axis=(0, 1)) / rng * 100
     max_pct = err.max(axis=(0, 1)) / rng * 100
     report = {
-        "reference": "PyTorch fp32 eager (same inputs, same noise)",
+        "reference": "PyTorch fp32 eager (same inputs, same noise, same committed actions)",
         "runtime": runtime,
         "precision": precision,
         "source": source,
@@ -122,6 +126,8 @@ def parity_report(
         "mean_abs_error_pct_of_range_max": float(mean_pct.max()),
         "per_batch_size": per_batch,
     }
+    if "prefix_len" in feed:  # a model taking committed actions: how many samples carried some
+        report["samples_with_committed_actions"] = int((feed["prefix_len"] > 0).sum())
     key, limit = GOALS[precision]
     report["goal"] = {"metric": key, "limit": limit, "met": bool(report[key] <= limit)}
     return report

@@ -2,6 +2,11 @@
 
 Calibration and parity never share a frame: calibration takes evenly spaced frames, parity takes the frames
 half-way between them (held out).
+
+For a model that takes committed actions (model.prefix_max > 0) the observations carry some too, so int8
+calibration sees the prefix path and parity is measured on it: each row but every third commits a prefix of
+1..prefix_max actions (seeded, so reproducible), the ground-truth actions that follow the frame in its episode
+for dataset samples, a smooth random walk over the action stats for synthetic ones; every third row commits none.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from rfm.config import RobotInterface
-from rfm.constants import ACTION, IMAGES, INSTRUCTION, OBS_STATE, STATE
+from rfm.constants import ACTION, COMMITTED, IMAGES, INSTRUCTION, OBS_STATE, STATE
 
 log = logging.getLogger(__name__)
 
@@ -48,23 +53,41 @@ def _smooth_image(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
+def _mean_std(stats: dict | None, key: str, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, std) of a stats entry, or (0, 1) when absent or of another length."""
+    st = (stats or {}).get(key) or {}
+    mean = np.asarray(st.get("mean", np.zeros(dim)), np.float32).reshape(-1)
+    std = np.asarray(st.get("std", np.ones(dim)), np.float32).reshape(-1)
+    if mean.shape[0] != dim or std.shape[0] != dim:
+        return np.zeros(dim, np.float32), np.ones(dim, np.float32)
+    return mean, std
+
+
+def committed_lengths(n: int, prefix_max: int, seed: int = 0) -> np.ndarray:
+    """(n,) int: how many committed actions each of n samples carries: 0 for every third row (and all rows when
+    prefix_max is 0), else uniform in 1..prefix_max (seeded)."""
+    if prefix_max <= 0:
+        return np.zeros(n, np.int64)
+    lens = np.random.default_rng(seed).integers(1, prefix_max + 1, n)
+    lens[2::3] = 0
+    return lens.astype(np.int64)
+
+
 def synthetic_observations(
     interface: RobotInterface,
     n: int,
     stats: dict | None = None,
     instructions: list[str] | None = None,
     seed: int = 0,
+    prefix_max: int = 0,
 ) -> list[dict]:
-    """n observations with smooth random images, state drawn from the state stats (or N(0, 1))."""
+    """n observations with smooth random images, state drawn from the state stats (or N(0, 1)); with prefix_max
+    > 0, committed actions (committed_lengths) that walk smoothly from a draw of the action stats (or N(0, 1))."""
     rng = np.random.default_rng(seed)
     h, w = interface.image_size
-    st = (stats or {}).get(OBS_STATE) or {}
-    mean = np.asarray(st.get("mean", np.zeros(interface.state_dim)), np.float32).reshape(-1)
-    std = np.asarray(st.get("std", np.ones(interface.state_dim)), np.float32).reshape(-1)
-    if mean.shape[0] != interface.state_dim:
-        mean, std = np.zeros(interface.state_dim, np.float32), np.ones(interface.state_dim, np.float32)
+    mean, std = _mean_std(stats, OBS_STATE, interface.state_dim)
     texts = list(instructions or SYNTHETIC_INSTRUCTIONS)
-    return [
+    obs = [
         {
             IMAGES: {c: _smooth_image(rng, h, w) for c in interface.cameras},
             STATE: (mean + std * rng.standard_normal(interface.state_dim)).astype(np.float32),
@@ -72,6 +95,15 @@ def synthetic_observations(
         }
         for i in range(n)
     ]
+    if prefix_max > 0:
+        a_mean, a_std = _mean_std(stats, ACTION, interface.action_dim)
+        walk = np.random.default_rng(seed + 1000)
+        for o, p in zip(obs, committed_lengths(n, prefix_max, seed)):
+            if p:
+                z = walk.standard_normal(interface.action_dim) + np.cumsum(
+                    0.3 * walk.standard_normal((int(p), interface.action_dim)), axis=0)
+                o[COMMITTED] = (a_mean + a_std * z).astype(np.float32)
+    return obs
 
 
 def _open_dataset(path: str | Path) -> Any:
@@ -93,8 +125,10 @@ def _num_frames(ds: Any) -> int:
     return len(ds)
 
 
-def dataset_samples(path: str | Path, n_calib: int, n_held_out: int, interface: RobotInterface) -> SampleSet:
-    """Evenly spaced frames of a LeRobot dataset: calibration frames, and held-out frames between them."""
+def dataset_samples(path: str | Path, n_calib: int, n_held_out: int, interface: RobotInterface,
+                    prefix_max: int = 0) -> SampleSet:
+    """Evenly spaced frames of a LeRobot dataset: calibration frames, and held-out frames between them; with
+    prefix_max > 0, most carry the ground-truth actions that follow them in their episode as committed actions."""
     ds = _open_dataset(path)
     cams = list(getattr(ds, "cameras", interface.cameras))
     if sorted(cams) != sorted(interface.cameras):
@@ -111,6 +145,12 @@ def dataset_samples(path: str | Path, n_calib: int, n_held_out: int, interface: 
     held = [int(i) if int(i) not in taken else min(int(i) + 1, total - 1) for i in held]
     calib = [_frame(ds, int(i)) for i in calib_idx]
     held_out = [_frame(ds, i) for i in held]
+    if prefix_max > 0:
+        for frames, idx, seed in ((calib, calib_idx, 1), (held_out, held, 2)):
+            for f, i, p in zip(frames, idx, committed_lengths(len(frames), prefix_max, seed)):
+                gt = _following_actions(ds, int(i), int(p), interface.action_dim) if p else None
+                if gt is not None:
+                    f[COMMITTED] = gt
     acts = (
         np.stack([np.asarray(f.pop(ACTION), np.float32).reshape(-1) for f in calib + held_out if ACTION in f])
         if any(ACTION in f for f in calib + held_out)
@@ -127,6 +167,26 @@ def _frame(ds: Any, i: int) -> dict:
     return {k: frame[k] for k in (IMAGES, STATE, INSTRUCTION, ACTION) if k in frame}
 
 
+def _following_actions(ds: Any, i: int, p: int, action_dim: int) -> np.ndarray | None:
+    """The actions of frames i .. i+p-1 (p, D_a), cut at the end of frame i's episode; None when the dataset's
+    actions are not of the model's width (the parity check then runs without committed actions)."""
+    actions = getattr(ds, "actions", None)
+    if actions is not None and hasattr(ds, "frame_episode"):
+        stop = ds.frame_episode(i).stop
+        out = np.asarray(actions[i : min(i + p, stop)], np.float32)
+    else:  # a dataset without the action array: frame by frame, within the episode
+        rows, ep = [], None
+        for j in range(i, min(i + p, _num_frames(ds))):
+            f = ds.get_frame(j)
+            if ep is not None and f.get("episode_index") != ep:
+                break
+            ep = f.get("episode_index")
+            rows.append(np.asarray(f[ACTION], np.float32).reshape(-1))
+        out = np.stack(rows) if rows else np.zeros((0, action_dim), np.float32)
+    out = out.reshape(len(out), -1)
+    return out if len(out) and out.shape[1] == action_dim else None
+
+
 def _dataset_action_range(ds: Any) -> np.ndarray | None:
     stats = getattr(ds, "stats", None)
     a = (stats or {}).get(ACTION) if isinstance(stats, dict) else None
@@ -141,6 +201,7 @@ def synthetic_samples(
     n_held_out: int,
     stats: dict | None = None,
     instructions: list[str] | None = None,
+    prefix_max: int = 0,
 ) -> SampleSet:
     if n_calib:
         log.warning(
@@ -152,7 +213,7 @@ def synthetic_samples(
     else:
         log.info("no --calib-dataset given: checking parity on %d synthetic observations", n_held_out)
     return SampleSet(
-        synthetic_observations(interface, n_calib, stats, instructions, seed=1),
-        synthetic_observations(interface, n_held_out, stats, instructions, seed=2),
+        synthetic_observations(interface, n_calib, stats, instructions, seed=1, prefix_max=prefix_max),
+        synthetic_observations(interface, n_held_out, stats, instructions, seed=2, prefix_max=prefix_max),
         "synthetic",
     )

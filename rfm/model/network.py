@@ -1,5 +1,11 @@
 """The policy network: [language, state, camera tokens] -> fusion transformer -> action decoder -> action chunk.
 
+Delay-aware continuation (model.prefix_max > 0): a request may carry the actions the robot is committed to execute
+from the observation's tick before the new chunk can be used (its committed prefix). The decoder's first action
+queries then carry those actions, the rest a "free" embedding, and the returned chunk starts with the committed
+actions exactly and continues them. Training shows a random prefix of the ground-truth chunk (none a quarter of the
+time), so one checkpoint serves requests with and without one.
+
 Everything between uint8 pixels / robot-unit state and robot-unit actions lives here (normalisation included),
 so the same module trains, runs eagerly, compiles, and exports to a single ONNX graph.
 """
@@ -80,6 +86,12 @@ class PolicyNet(nn.Module):
             self.action_in = nn.Linear(self.action_dim, d)
             self.time_mlp = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
         self.action_out = nn.Linear(d, self.action_dim)
+        self.prefix_max = m.prefix_max
+        if self.prefix_max:  # zero-initialised: a checkpoint fine-tuned to take a prefix starts as it was
+            self.prefix_in = nn.Linear(self.action_dim, d)
+            self.prefix_embed = nn.Parameter(torch.zeros(2, d))  # [free, committed] action positions
+            nn.init.zeros_(self.prefix_in.weight)
+            nn.init.zeros_(self.prefix_in.bias)
 
     # --- observation encoding -------------------------------------------------------------------------------
     def int8_float_modules(self) -> list[str]:
@@ -141,24 +153,44 @@ class PolicyNet(nn.Module):
         return self.fuse(self.image_features(images), state, text, text_mask)
 
     def decode(self, memory: torch.Tensor, mask: torch.Tensor, noisy: torch.Tensor | None = None,
-               t: torch.Tensor | None = None) -> torch.Tensor:
-        """Chunk head: normalised actions (B, H, D_a). Flow head: velocity at (noisy actions, time t)."""
+               t: torch.Tensor | None = None, prefix: torch.Tensor | None = None,
+               committed: torch.Tensor | None = None) -> torch.Tensor:
+        """Chunk head: normalised actions (B, H, D_a). Flow head: velocity at (noisy actions, time t).
+
+        prefix (B, H, D_a) normalised committed actions, valid where committed (B, H) is True (models with
+        prefix_max > 0; None: no position is committed)."""
         B = memory.shape[0]
         q = self.action_pos.expand(B, -1, -1)
         if self.head_type == "flow":
             temb = self.time_mlp(timestep_embedding(t, q.shape[-1]))  # (B, D)
             q = q + self.action_in(noisy) + temb[:, None]
+        if self.prefix_max:
+            if committed is None:
+                q = q + self.prefix_embed[0]
+            else:
+                c = committed[..., None]
+                q = q + torch.where(c, self.prefix_in(prefix) + self.prefix_embed[1], self.prefix_embed[0])
         for blk in self.decoder:
             q = blk(q, memory, mask)
         return self.action_out(self.dec_norm(q))
 
     # --- inference -----------------------------------------------------------------------------------------
     def forward(self, images: torch.Tensor, state: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor,
-                noise: torch.Tensor | None = None) -> torch.Tensor:
-        """Action chunk (B, H, D_a) in robot units. noise (B, H, D_a) makes the flow head deterministic."""
+                noise: torch.Tensor | None = None, prefix: torch.Tensor | None = None,
+                prefix_len: torch.Tensor | None = None) -> torch.Tensor:
+        """Action chunk (B, H, D_a) in robot units. noise (B, H, D_a) makes the flow head deterministic.
+
+        prefix (B, P, D_a) committed actions in robot units (P <= prefix_max), of which the first prefix_len (B,)
+        of each row count: the chunk starts with them and continues them (models with prefix_max > 0)."""
         memory, mask = self.encode(images, state, text, text_mask)
+        raw = pn = committed = None
+        if self.prefix_max and prefix is not None:
+            raw = F.pad(prefix.float(), (0, 0, 0, self.chunk - prefix.shape[1]))  # (B, H, D_a)
+            n = prefix_len.reshape(-1, 1).clamp(0, prefix.shape[1])
+            committed = torch.arange(self.chunk, device=prefix.device)[None] < n  # (B, H)
+            pn = self.action_norm(raw)
         if self.head_type == "chunk":
-            naction = self.decode(memory, mask)
+            naction = self.decode(memory, mask, prefix=pn, committed=committed)
         else:
             B = images.shape[0]
             x = noise if noise is not None else torch.randn(B, self.chunk, self.action_dim, device=images.device)
@@ -166,9 +198,12 @@ class PolicyNet(nn.Module):
             dt = 1.0 / self.flow_steps
             for k in range(self.flow_steps):  # Euler from t=1 (noise) to t=0 (actions); unrolled in ONNX
                 t = torch.full((B,), 1.0 - k * dt, device=images.device)
-                x = x - dt * self.decode(memory, mask, x, t)
+                if committed is not None:  # inpainting: committed positions hold their actions at every step
+                    x = torch.where(committed[..., None], pn.to(x.dtype), x)
+                x = x - dt * self.decode(memory, mask, x, t, pn, committed)
             naction = x
-        return self.action_norm.inverse(naction.float())
+        out = self.action_norm.inverse(naction.float())
+        return out if committed is None else torch.where(committed[..., None], raw, out)
 
     # --- training ------------------------------------------------------------------------------------------
     def loss(self, images: torch.Tensor, state: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor,
@@ -185,14 +220,20 @@ class PolicyNet(nn.Module):
         action_weights (D_a,): relative weight of each action dimension (scaled to mean 1).
         """
         naction = self.action_norm(actions.float())
+        pn = committed = None
+        if self.prefix_max:  # a random committed prefix per row; its positions are given, not learned
+            pn, committed = self.sample_prefix(naction, action_pad)
+            action_pad = committed if action_pad is None else (action_pad | committed)
         if self.head_type == "chunk":
-            err = F.l1_loss(self.decode(memory, mask), naction, reduction="none")
+            err = F.l1_loss(self.decode(memory, mask, prefix=pn, committed=committed), naction, reduction="none")
         else:
             B = actions.shape[0]
             eps = torch.randn_like(naction)
             t = torch.distributions.Beta(1.5, 1.0).sample((B,)).to(actions.device) * 0.999 + 0.001
             xt = t[:, None, None] * eps + (1 - t[:, None, None]) * naction
-            err = F.mse_loss(self.decode(memory, mask, xt, t), eps - naction, reduction="none")
+            if committed is not None:
+                xt = torch.where(committed[..., None], pn, xt)
+            err = F.mse_loss(self.decode(memory, mask, xt, t, pn, committed), eps - naction, reduction="none")
         if action_weights is not None:  # e.g. a gripper whose open/close errors matter more than its share of dims
             w = action_weights.to(err)
             err = err * (w / w.mean())
@@ -200,3 +241,17 @@ class PolicyNet(nn.Module):
             return err.mean()
         valid = (~action_pad).float()[..., None].expand_as(err)
         return (err * valid).sum() / valid.sum().clamp_min(1.0)
+
+    def sample_prefix(self, naction: torch.Tensor, action_pad: torch.Tensor | None,
+                      p_none: float = 0.25, noise: float = 0.05) -> tuple[torch.Tensor, torch.Tensor]:
+        """A training prefix: (normalised committed actions (B, H, D_a), committed (B, H)). Each row commits the
+        first p ground-truth actions, p uniform in 1..prefix_max (0 with probability p_none), leaving at least one
+        real action to predict; small noise stands in for the previous chunk's plan not being the demonstration."""
+        B, H, _ = naction.shape
+        dev = naction.device
+        real = H - (action_pad.sum(1) if action_pad is not None else torch.zeros(B, dtype=torch.long, device=dev))
+        p = torch.randint(1, self.prefix_max + 1, (B,), device=dev)
+        p = torch.where(torch.rand(B, device=dev) < p_none, torch.zeros_like(p), p)
+        p = torch.minimum(p, (real - 1).clamp_min(0))
+        committed = torch.arange(H, device=dev)[None] < p[:, None]
+        return naction + noise * torch.randn_like(naction), committed

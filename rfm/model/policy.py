@@ -87,15 +87,20 @@ class RFMPolicy:
 
     @torch.inference_mode()
     def predict(self, images: np.ndarray | torch.Tensor, state: np.ndarray | torch.Tensor,
-                instructions: list[str], noise: np.ndarray | torch.Tensor | None = None) -> np.ndarray:
-        """images (B, N_cam, 3, H, W) uint8, state (B, D_s) -> actions (B, H, D_a) float32 in robot units."""
+                instructions: list[str], noise: np.ndarray | torch.Tensor | None = None,
+                prefix: np.ndarray | torch.Tensor | None = None,
+                prefix_len: np.ndarray | torch.Tensor | None = None) -> np.ndarray:
+        """images (B, N_cam, 3, H, W) uint8, state (B, D_s) -> actions (B, H, D_a) float32 in robot units.
+        prefix (B, P, D_a) / prefix_len (B,): committed actions the chunk continues (models with prefix_max > 0)."""
         self.net.eval()
         dev = self.device
         img = torch.as_tensor(images, device=dev)
         st = torch.as_tensor(state, dtype=torch.float32, device=dev)
         txt, mask = self.encode_text(instructions)
         nz = None if noise is None else torch.as_tensor(noise, dtype=torch.float32, device=dev)
-        return self.net(img, st, txt, mask, nz).float().cpu().numpy()
+        pre = None if prefix is None else torch.as_tensor(prefix, dtype=torch.float32, device=dev)
+        plen = None if prefix_len is None else torch.as_tensor(prefix_len, dtype=torch.long, device=dev)
+        return self.net(img, st, txt, mask, nz, pre, plen).float().cpu().numpy()
 
     def save_pretrained(self, path: str | Path, weights_dtype: str = "float32", card: str | None = None,
                         **kw: Any) -> Path:

@@ -23,6 +23,7 @@ class Runner(ABC):
     backend: str = "abstract"
     engine: str | None = None  # how `rfm serve` runs a checkpoint (rfm.export.engine): torch | onnx | onnx-int8
     engine_dir: str | None = None  # the cached export an onnx engine runs
+    prefix_max: int = 0  # most committed actions a request may carry (model.prefix_max; 0: none)
 
     def __init__(self, interface: RobotInterface, head: str, model_id: str, model_version: str,
                  resize_images: bool = False, seed: int | None = None) -> None:
@@ -40,12 +41,14 @@ class Runner(ABC):
 
     @abstractmethod
     def _forward(self, images: np.ndarray, state: np.ndarray, text: np.ndarray, text_mask: np.ndarray,
-                 noise: np.ndarray | None) -> np.ndarray:
-        """images (B, N, 3, H, W) uint8, state (B, D_s) float32 -> actions (B, H, D_a) float32."""
+                 noise: np.ndarray | None, prefix: np.ndarray | None = None,
+                 prefix_len: np.ndarray | None = None) -> np.ndarray:
+        """images (B, N, 3, H, W) uint8, state (B, D_s) float32 -> actions (B, H, D_a) float32.
+        prefix (B, prefix_max, D_a) float32 / prefix_len (B,) int64: committed actions (None: no row has any)."""
 
     # --- shared ----------------------------------------------------------------------------------------------
     def make_batch(self, observations: Sequence[Mapping[str, Any]]) -> Batch:
-        return make_batch(list(observations), self.interface, resize=self.resize_images)
+        return make_batch(list(observations), self.interface, resize=self.resize_images, prefix_max=self.prefix_max)
 
     def sample_noise(self, batch_size: int) -> np.ndarray | None:
         """Standard normal noise (B, H, D_a) for the flow head; None for the chunk head."""
@@ -69,7 +72,7 @@ class Runner(ABC):
         elif noise.shape != (len(batch), self.interface.chunk_size, self.interface.action_dim):
             raise ValueError(f"noise has shape {noise.shape}, expected "
                              f"({len(batch)}, {self.interface.chunk_size}, {self.interface.action_dim})")
-        out = self._forward(batch.images, batch.state, text, mask, noise)
+        out = self._forward(batch.images, batch.state, text, mask, noise, batch.prefix, batch.prefix_len)
         return np.asarray(out, dtype=np.float32)
 
     def predict(self, obs: Mapping[str, Any] | Sequence[Mapping[str, Any]],
@@ -98,4 +101,5 @@ class Runner(ABC):
         itf = self.interface.to_dict()
         return {**itf, "model_id": self.model_id, "model_version": self.model_version, "head": self.head,
                 "backend": self.backend, "engine": self.engine or self.backend, "engine_dir": self.engine_dir,
+                "prefix_max": self.prefix_max,
                 "snap_instructions": self.snapper.describe() if self.snapper else None}

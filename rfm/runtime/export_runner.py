@@ -87,9 +87,12 @@ class ExportTextEncoder(CachedTextEncoder):
         return self.cache.encode(list(texts), self._encode_uncached)
 
 
-def policy_feed(images, state, text, text_mask, noise, input_names) -> dict[str, np.ndarray]:
+def policy_feed(images, state, text, text_mask, noise, input_names, prefix=None, prefix_len=None,
+                prefix_max: int = 0, action_dim: int = 0) -> dict[str, np.ndarray]:
     """The policy graph's feed: images (B, N, 3, H, W) uint8, state (B, D_s) f32, text (B, L, D_text) f32,
-    text_mask (B, L) f32 (1 = token), and noise (B, H, D_a) f32 when the graph takes it (flow head)."""
+    text_mask (B, L) f32 (1 = token), noise (B, H, D_a) f32 when the graph takes it (flow head), and when the graph
+    takes committed actions (export.json prefix_max > 0) prefix (B, prefix_max, D_a) f32 / prefix_len (B,) int64:
+    `prefix` zero-padded to prefix_max, zeros and 0 (no committed action) when None."""
     feed = {
         "images": np.ascontiguousarray(images, np.uint8),
         "state": np.ascontiguousarray(state, np.float32),
@@ -98,6 +101,18 @@ def policy_feed(images, state, text, text_mask, noise, input_names) -> dict[str,
     }
     if "noise" in input_names:
         feed["noise"] = np.ascontiguousarray(noise, np.float32)
+    if "prefix" in input_names:
+        b = feed["images"].shape[0]
+        full = np.zeros((b, prefix_max, action_dim), np.float32)
+        lens = np.zeros(b, np.int64)
+        if prefix is not None:
+            p = np.asarray(prefix, np.float32)
+            if p.ndim != 3 or p.shape[0] != b or p.shape[1] > prefix_max or p.shape[2] != action_dim:
+                raise ValueError(f"prefix has shape {p.shape}, expected ({b}, <= {prefix_max}, {action_dim})")
+            full[:, : p.shape[1]] = p
+            lens = (np.zeros(b, np.int64) if prefix_len is None
+                    else np.asarray(prefix_len, np.int64).reshape(b)).clip(0, p.shape[1])
+        feed["prefix"], feed["prefix_len"] = full, lens
     return feed
 
 
@@ -117,8 +132,22 @@ class ExportRunner(Runner):
             seed,
         )
         self.precision, self.target = m["precision"], m["target"]
+        self.prefix_max = int(m.get("prefix_max") or 0)  # absent in exports from before delay-aware continuation
         self.text = ExportTextEncoder(self.export_dir, m["text"], load_graph, cache_size)
         self.trained_instructions = list(m.get("trained_instructions", []))
+
+    def policy_feed(self, images, state, text, text_mask, noise, prefix=None, prefix_len=None) -> dict:
+        """The feed of this export's policy graph (its input names: self.input_names, set by the subclass)."""
+        return policy_feed(images, state, text, text_mask, noise, self.input_names, prefix, prefix_len,
+                           self.prefix_max, self.interface.action_dim)
+
+    def check_inputs(self) -> None:
+        """The policy graph takes committed actions exactly when export.json says the model does."""
+        has = "prefix" in self.input_names and "prefix_len" in self.input_names
+        if has != bool(self.prefix_max):
+            raise ValueError(f"{self.export_dir}: export.json says prefix_max={self.prefix_max} but the policy graph "
+                             f"{'has' if has else 'lacks'} the prefix / prefix_len inputs (inputs: "
+                             f"{sorted(self.input_names)}); re-export the checkpoint")
 
     def export_file(self, name: str, what: str) -> Path:
         """A file of the export directory that export.json lists, or an error naming it."""

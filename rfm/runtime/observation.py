@@ -2,6 +2,8 @@
 
 An observation (one robot, one timestep) is a dict:
     {"images": {camera: (H, W, 3) uint8}, "state": (D_s,) float, "instruction": str}
+and optionally "committed_actions": (P, D_a) the actions the robot executes from this tick before the answer is
+usable (delay-aware continuation; P <= the model's prefix_max).
 with each camera's frame at its native size (interface.native_sizes) or the model's input size; frames are fitted to
 the model's size here, by rfm.imaging, the same path training took.
 Errors say what was expected and what arrived, and are raised before any model code runs.
@@ -16,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from rfm.config import RobotInterface, did_you_mean
-from rfm.constants import IMAGES, INSTRUCTION, STATE
+from rfm.constants import COMMITTED, IMAGES, INSTRUCTION, STATE
 from rfm.imaging import fit_frame
 
 MAX_ABS_VALUE = 1e9  # largest magnitude of a state or action value: any physical unit fits, and float32 networks
@@ -34,6 +36,8 @@ class Batch:
     images: np.ndarray  # (B, N_cam, 3, H, W) uint8
     state: np.ndarray  # (B, D_s) float32
     instructions: list[str]  # B strings
+    prefix: np.ndarray | None = None  # (B, prefix_max, D_a) float32 committed actions, zero-padded; None: no row has any
+    prefix_len: np.ndarray | None = None  # (B,) int64 how many of each row's are committed
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -88,6 +92,50 @@ def check_state(state: Any, interface: RobotInterface, where: str = "") -> np.nd
     return arr.astype(np.float32)
 
 
+def check_committed(obs: Mapping[str, Any], interface: RobotInterface, prefix_max: int,
+                    where: str = "") -> np.ndarray | None:
+    """The observation's committed actions as (P, D_a) float32 (None when absent or empty); P <= prefix_max."""
+    value = obs.get(COMMITTED) if isinstance(obs, Mapping) else None
+    if value is None:
+        return None
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise ObservationError(f"{where}{COMMITTED!r} must be a list of actions, each a list of numbers ({e})") from e
+    if arr.size == 0:
+        return None
+    d_a = interface.action_dim
+    if arr.ndim == 1 and arr.shape[0] == d_a:
+        arr = arr[None]
+    if arr.ndim != 2 or arr.shape[1] != d_a:
+        raise ObservationError(f"{where}{COMMITTED!r} has shape {arr.shape}, expected (P, {d_a}): P actions of "
+                               f"{d_a} values ({', '.join(interface.action_names)})")
+    if prefix_max == 0:
+        raise ObservationError(f"{where}{COMMITTED!r} given, but this model takes no committed actions "
+                               f"(model.prefix_max = 0: it was not trained for delay-aware continuation); "
+                               f"leave the field out")
+    if arr.shape[0] > prefix_max:
+        raise ObservationError(f"{where}{COMMITTED!r} has {arr.shape[0]} actions, this model takes at most "
+                               f"{prefix_max} (model.prefix_max)")
+    if not np.all(np.abs(arr) <= MAX_ABS_VALUE):
+        raise ObservationError(f"{where}{COMMITTED!r} has non-finite values (NaN/inf) or values beyond "
+                               f"±{MAX_ABS_VALUE:g}")
+    return arr.astype(np.float32)
+
+
+def stack_committed(rows: list[np.ndarray | None], prefix_max: int,
+                    action_dim: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(prefix (B, prefix_max, D_a), prefix_len (B,)) from per-row committed actions; (None, None) when none has any."""
+    if all(r is None for r in rows):
+        return None, None
+    prefix = np.zeros((len(rows), prefix_max, action_dim), np.float32)
+    lens = np.zeros(len(rows), np.int64)
+    for i, r in enumerate(rows):
+        if r is not None:
+            prefix[i, :len(r)], lens[i] = r, len(r)
+    return prefix, lens
+
+
 def check_observation(obs: Mapping[str, Any], interface: RobotInterface, resize: bool = False,
                       where: str = "") -> tuple[np.ndarray, np.ndarray, str]:
     """Validate one observation -> (images (N, 3, H, W) uint8, state (D_s,) float32, instruction)."""
@@ -112,18 +160,22 @@ def check_observation(obs: Mapping[str, Any], interface: RobotInterface, resize:
     return imgs, state, instruction
 
 
-def make_batch(observations: list[Mapping[str, Any]], interface: RobotInterface, resize: bool = False) -> Batch:
+def make_batch(observations: list[Mapping[str, Any]], interface: RobotInterface, resize: bool = False,
+               prefix_max: int = 0) -> Batch:
     """Stack validated observations into one Batch; the error names the index of a bad one."""
     if len(observations) == 0:
         raise ObservationError("empty batch: expected at least one observation")
-    imgs, states, texts = [], [], []
+    imgs, states, texts, committed = [], [], [], []
     for i, obs in enumerate(observations):
-        im, st, tx = check_observation(obs, interface, resize, where=f"observation[{i}]: " if len(observations) > 1
-                                       else "")
+        where = f"observation[{i}]: " if len(observations) > 1 else ""
+        im, st, tx = check_observation(obs, interface, resize, where=where)
         imgs.append(im)
         states.append(st)
         texts.append(tx)
-    return Batch(np.stack(imgs), np.stack(states).reshape(len(observations), interface.state_dim), texts)
+        committed.append(check_committed(obs, interface, prefix_max, where))
+    prefix, lens = stack_committed(committed, prefix_max, interface.action_dim)
+    return Batch(np.stack(imgs), np.stack(states).reshape(len(observations), interface.state_dim), texts,
+                 prefix, lens)
 
 
 def check_batch_arrays(images: Any, state: Any, interface: RobotInterface) -> tuple[np.ndarray, np.ndarray]:

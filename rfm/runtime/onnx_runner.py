@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from rfm.runtime.export_runner import ExportRunner, Graph, policy_feed
+from rfm.runtime.export_runner import ExportRunner, Graph
 
 # Short names accepted for `providers`, mapped to onnxruntime execution providers.
 PROVIDER_ALIASES = {
@@ -81,6 +81,7 @@ class OnnxRunner(ExportRunner):
         policy_path = self.export_file(self.manifest["policy"], "the policy graph")
         self.session = ort.InferenceSession(str(policy_path), sess_options=opts, providers=self.providers)
         self.input_names = [i.name for i in self.session.get_inputs()]
+        self.check_inputs()
 
     @classmethod
     def from_dir(
@@ -89,8 +90,8 @@ class OnnxRunner(ExportRunner):
         """Load an `rfm export` directory; providers: None (CPU) or names like ["cuda"] / "openvino,cpu"."""
         return cls(export_dir, providers=providers, **kw)
 
-    def _forward(self, images, state, text, text_mask, noise):
-        feed = policy_feed(images, state, text, text_mask, noise, self.input_names)
+    def _forward(self, images, state, text, text_mask, noise, prefix=None, prefix_len=None):
+        feed = self.policy_feed(images, state, text, text_mask, noise, prefix, prefix_len)
         return self.session.run(["actions"], feed)[0]
 
     def describe(self) -> dict:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rfm.runtime.export_runner import ExportRunner, Graph, policy_feed
+from rfm.runtime.export_runner import ExportRunner, Graph
 
 INSTALL_HINT = "pip install 'rfm[export]'"
 
@@ -108,6 +108,7 @@ class OpenVinoRunner(ExportRunner):
         self.export_file(ir["weights"], "the OpenVINO IR weights")
         self.policy = load(self.export_file(ir["model"], "the OpenVINO IR"))
         self.input_names = self.policy.input_names
+        self.check_inputs()
         self.openvino = openvino_version()
 
     @classmethod
@@ -115,8 +116,8 @@ class OpenVinoRunner(ExportRunner):
         """Load an `rfm export --target openvino` directory; device: "CPU" (default), "GPU", "NPU"."""
         return cls(export_dir, **kw)
 
-    def _forward(self, images, state, text, text_mask, noise):
-        return self.policy(policy_feed(images, state, text, text_mask, noise, self.input_names))
+    def _forward(self, images, state, text, text_mask, noise, prefix=None, prefix_len=None):
+        return self.policy(self.policy_feed(images, state, text, text_mask, noise, prefix, prefix_len))
 
     def describe(self) -> dict:
         return {**super().describe(), "device": self.device, "runtime": self.openvino}

@@ -27,6 +27,7 @@ class TorchRunner(Runner):
                          policy.meta.get("model_version", "unsaved"), resize_images, seed)
         self.device = pick_device(device)
         self.policy = policy.to(self.device)
+        self.prefix_max = policy.model_config.prefix_max
         self.trained_instructions = list(policy.meta.get("data", {}).get("tasks", []))
         self.policy.net.eval()
         self.bf16 = (self.device.type == "cuda") if bf16 is None else bf16
@@ -43,10 +44,10 @@ class TorchRunner(Runner):
         return self.policy.text.encode(instructions)
 
     @torch.inference_mode()
-    def _forward(self, images, state, text, text_mask, noise):
+    def _forward(self, images, state, text, text_mask, noise, prefix=None, prefix_len=None):
         dev = self.device
-        args = [torch.from_numpy(images).to(dev), torch.from_numpy(state).to(dev), torch.from_numpy(text).to(dev),
-                torch.from_numpy(text_mask).to(dev), None if noise is None else torch.from_numpy(noise).to(dev)]
+        t = lambda a: None if a is None else torch.from_numpy(a).to(dev)
+        args = [t(images), t(state), t(text), t(text_mask), t(noise), t(prefix), t(prefix_len)]
         ctx = torch.autocast(dev.type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
         with ctx:
             out = self._fn(*args)

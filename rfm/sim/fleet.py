@@ -41,13 +41,14 @@ class Takeover:
 
 def _robot(url: str, robot_id: str, work: list[tuple[str, int]], dagger: bool, max_steps: int | None,
            api_key: str | None, results: list, lock: threading.Lock, takeover: Takeover | None = None,
-           action_steps: int = 1, delay: int = 0) -> None:
+           action_steps: int = 1, delay: int = 0, continuation: bool = False) -> None:
     from rfm.client import ChunkExecutor, RFMClient, TickRecorder
     from rfm.sim.metaworld import MetaWorldEnv
 
     client = RFMClient(url, api_key=api_key)
     itf = client.models()
     recording = bool(itf.get("server", {}).get("recording"))
+    prefix_max = int(itf.get("prefix_max") or 0)
     envs: dict[str, MetaWorldEnv] = {}
     try:
         for k, (task, seed) in enumerate(work):
@@ -56,7 +57,8 @@ def _robot(url: str, robot_id: str, work: list[tuple[str, int]], dagger: bool, m
             env = envs[task]
             session = f"{robot_id}-ep{k}"
             recorder = TickRecorder(client, session, robot_id) if recording else None
-            executor = ChunkExecutor(client, action_steps=action_steps, delay_ticks=delay, recorder=recorder)
+            executor = ChunkExecutor(client, action_steps=action_steps, delay_ticks=delay, recorder=recorder,
+                                     continuation=continuation, prefix_max=prefix_max)
             obs = env.reset(seed)
             success, steps, t0 = False, 0, time.perf_counter()
             expert_left, expert_steps, takeovers = 0, 0, 0
@@ -98,10 +100,12 @@ def _robot(url: str, robot_id: str, work: list[tuple[str, int]], dagger: bool, m
 
 def drive_fleet(url: str, tasks: list[str] | str, episodes: int, robots: int = 2, dagger: bool = False,
                 seed: int = FLEET_SEED_BASE, max_steps: int | None = None, api_key: str | None = None,
-                takeover: Takeover | None = None, action_steps: int = 1, delay: int = 0) -> dict:
+                takeover: Takeover | None = None, action_steps: int = 1, delay: int = 0,
+                continuation: bool = False) -> dict:
     """Run `episodes` episodes per task spread over `robots` concurrent robots; success rates per task.
     action_steps: actions each robot executes per request; delay: simulated inference delay in control ticks (a
-    chunk is usable `delay` ticks after its observation, the robot executing the previous one meanwhile).
+    chunk is usable `delay` ticks after its observation, the robot executing the previous one meanwhile);
+    continuation: requests carry the actions committed for those ticks (delay-aware continuation).
 
     With `takeover`, success counts episodes the expert helped; `expert_steps` says how much it drove.
     """
@@ -117,7 +121,7 @@ def drive_fleet(url: str, tasks: list[str] | str, episodes: int, robots: int = 2
     t0 = time.time()
     with ThreadPoolExecutor(robots) as pool:
         futures = [pool.submit(_robot, url, f"robot-{i}", shard, dagger, max_steps, api_key, results, lock, takeover,
-                               action_steps, delay) for i, shard in enumerate(shards) if shard]
+                               action_steps, delay, continuation) for i, shard in enumerate(shards) if shard]
         for f in futures:
             f.result()
     per_task = {}
@@ -129,6 +133,6 @@ def drive_fleet(url: str, tasks: list[str] | str, episodes: int, robots: int = 2
     steps = int(sum(r["steps"] for r in results))
     return {"tasks": per_task, "mean_success_rate": float(np.mean([v["success_rate"] for v in per_task.values()])),
             "episodes": len(results), "steps": steps, "requests": int(sum(r["requests"] for r in results)),
-            "action_steps": action_steps, "delay": delay, "dagger": dagger,
+            "action_steps": action_steps, "delay": delay, "continuation": continuation, "dagger": dagger,
             "takeover": asdict(takeover) if takeover else None,
             "expert_steps": int(sum(r["expert_steps"] for r in results)), "wall_time_s": round(time.time() - t0, 1)}

@@ -1,3 +1,10 @@
 """The client tests run against the same real servers as tests/serving."""
 
-from tests.serving.conftest import server, tiny_checkpoint, tiny_runner  # noqa: F401
+from tests.serving.conftest import (  # noqa: F401
+    prefix_checkpoint,
+    prefix_runner,
+    prefix_server,
+    server,
+    tiny_checkpoint,
+    tiny_runner,
+)

@@ -38,6 +38,35 @@ def test_act_msgpack_and_json_agree(server):
 
 
 @pytest.mark.integration
+def test_act_sends_committed_actions_in_both_formats(prefix_server, prefix_runner):
+    committed = np.array([[0.5, -0.25], [0.125, 2.0]], np.float32)
+    obs = {**observation(), "committed_actions": committed}
+    ref = prefix_runner.predict(obs)
+    for fmt in ("msgpack", "json"):
+        with RFMClient(prefix_server.url, format=fmt) as c:
+            out = c.act(obs)
+            np.testing.assert_allclose(out[:2], committed, atol=1e-6, err_msg=fmt)
+            np.testing.assert_allclose(out, ref, atol=1e-4, err_msg=fmt)
+            one = c.act({**obs, "committed_actions": committed[0]})  # one action (D_a,) is P = 1
+            np.testing.assert_allclose(one[:1], committed[:1], atol=1e-6, err_msg=fmt)
+            with pytest.raises(RFMError, match="has 5 actions, this model takes at most 4") as info:
+                c.act({**obs, "committed_actions": np.zeros((5, 2))})
+            assert info.value.status == 422
+
+
+def test_wire_sends_committed_actions_only_when_there_are_some():
+    import json
+
+    from rfm.client.wire import encode_observation
+
+    obs = observation()
+    for value, sent in ((None, None), ([], None), (np.zeros((0, 2)), None), (np.array([1.0, 2.0]), [[1.0, 2.0]]),
+                        ([[1, 2], [3, 4]], [[1.0, 2.0], [3.0, 4.0]])):
+        body = json.loads(encode_observation({**obs, "committed_actions": value}, "json"))
+        assert body.get("committed_actions") == sent, value
+
+
+@pytest.mark.integration
 def test_errors_raise_rfm_error_with_the_servers_message(server):
     with RFMClient(server.url) as c:
         with pytest.raises(RFMError, match="state has 2 values, the model expects 3") as info:

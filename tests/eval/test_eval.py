@@ -261,3 +261,74 @@ def test_killing_eval_stops_its_worker_processes(ckpt):
     for p in alive:
         p.kill()
     assert not alive, f"{len(alive)} worker(s) outlived the killed eval"
+
+
+def test_continuation_sends_the_actions_committed_for_the_delay_and_continues_them():
+    """K = 4, D = 2, H = 8, prefix_max = 3: the request at tick 4 carries the previous chunk's actions for ticks 4
+    and 5 (what the robot executes while it is computed); the answer starts with them, so ticks 4-7 run 4, 5, then
+    the new chunk's 102, 103. The first request of an episode carries none (nothing is committed yet)."""
+    sent = []
+
+    def act(obs):
+        sent.append(obs.get("committed_actions"))
+        chunk = 100.0 * len(sent) + np.arange(8.0)[:, None]
+        if sent[-1] is not None:
+            chunk[:len(sent[-1])] = sent[-1]  # what a delay-aware model returns
+        return chunk
+
+    with ChunkExecutor(act, action_steps=4, delay_ticks=2, continuation=True, prefix_max=3) as ex:
+        got = [ex.step({})[0] for _ in range(8)]
+    assert sent[0] is None and sent[1].tolist() == [[104.0], [105.0]]
+    assert got == [100.0, 101.0, 102.0, 103.0, 104.0, 105.0, 202.0, 203.0] and ex.waits == 0
+    with ChunkExecutor(act, action_steps=4, delay_ticks=6, continuation=True, prefix_max=3) as ex:
+        sent.clear()
+        [ex.step({}) for _ in range(5)]
+    assert len(sent[1]) == 3  # never more than the model takes
+    with pytest.raises(ValueError, match="prefix_max > 0"):
+        ChunkExecutor(act, action_steps=4, continuation=True, prefix_max=0)
+    with pytest.raises(ValueError, match="pick one"):
+        ChunkExecutor(act, action_steps=1, continuation=True, prefix_max=3, ensemble_decay=0.1)
+
+
+def test_prefetching_continuation_sends_as_many_committed_actions_as_the_round_trip_takes():
+    """Real-robot schedule: the executor measures its control period and the request round trip, and commits the
+    ticks that pass before an answer lands (plus the one it lands in)."""
+    import time
+
+    sent = []
+
+    def act(obs):
+        sent.append(obs.get("committed_actions"))
+        time.sleep(0.025)
+        chunk = np.arange(16.0)[:, None] + 100 * len(sent)
+        if sent[-1] is not None:
+            chunk[:len(sent[-1])] = sent[-1]
+        return chunk
+
+    with ChunkExecutor(act, continuation=True, prefix_max=8, prefetch_steps=8) as ex:
+        for _ in range(40):
+            ex.step({})
+            time.sleep(0.01)
+    later = [s for s in sent[2:] if s is not None]
+    assert later and ex.latency_s is not None and ex.tick_s is not None
+    assert all(2 <= len(s) <= 8 for s in later)  # ~25 ms round trip over ~10 ms ticks: 3-4 ticks committed
+
+
+@pytest.mark.integration
+def test_continuation_rollout_through_a_prefix_model(tmp_path):
+    """rfm eval --continuation --delay: a checkpoint trained for delay-aware continuation runs end to end; one
+    without it is refused before any rollout."""
+    itf = RobotInterface(cameras=["corner2"], image_size=(48, 48), state_names=STATE_NAMES,
+                         action_names=ACTION_NAMES, chunk_size=8, control_hz=CONTROL_HZ)
+    RFMPolicy.build("tiny", interface=itf, prefix_max=4).save_pretrained(tmp_path / "prefix")
+    RFMPolicy.build("tiny", interface=itf).save_pretrained(tmp_path / "plain")
+    base = [sys.executable, "-m", "rfm.cli.main", "eval", "--tasks", "reach-v3", "--episodes", "1", "--max-steps",
+            "12", "--action-steps", "4", "--delay", "2", "--continuation", "--no-progress"]
+    proc = subprocess.run(base + ["--checkpoint", str(tmp_path / "prefix"), "--out", str(tmp_path / "r.json")],
+                          capture_output=True, text=True, check=False, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads((tmp_path / "r.json").read_text())
+    assert res["continuation"] and res["delay"] == 2 and res["tasks"]["reach-v3"]["mean_steps"] == 12
+    proc = subprocess.run(base + ["--checkpoint", str(tmp_path / "plain")], capture_output=True, text=True,
+                          check=False, timeout=300)
+    assert proc.returncode != 0 and "prefix_max = 0" in proc.stderr and "Traceback" not in proc.stderr

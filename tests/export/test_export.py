@@ -188,6 +188,7 @@ def test_export_json_has_the_promised_keys(exports):
     ):
         assert key in m, key
     assert [i["name"] for i in m["inputs"]] == ["images", "state", "text", "text_mask", "noise"]
+    assert m["prefix_max"] == 0 and "samples_with_committed_actions" not in m["parity"]  # takes no committed actions
     assert m["inputs"][0] == {"name": "images", "shape": ["batch", 2, 3, 64, 64], "dtype": "uint8"}
     assert m["outputs"] == [{"name": "actions", "shape": ["batch", 8, 2], "dtype": "float32"}]
     assert (
@@ -216,6 +217,27 @@ def test_export_json_has_the_promised_keys(exports):
         "attention_mask",
         "token_type_ids",
     ]
+
+
+def test_an_export_from_before_prefix_max_still_loads(exports, tmp_path, rng):
+    """export.json without prefix_max (older rfm): a model without committed actions, which are refused."""
+    import shutil
+
+    from rfm.runtime.observation import ObservationError
+
+    old = tmp_path / "old"
+    shutil.copytree(exports["flow"], old)
+    m = json.loads((old / "export.json").read_text())
+    del m["prefix_max"]
+    (old / "export.json").write_text(json.dumps(m))
+    runner = OnnxRunner.from_dir(old)
+    assert runner.prefix_max == 0 and runner.describe()["prefix_max"] == 0
+    obs = random_obs(ITF, rng, "push the block")
+    noise = rng.standard_normal((ITF.chunk_size, ITF.action_dim)).astype(np.float32)
+    np.testing.assert_array_equal(runner.predict(obs, noise=noise), OnnxRunner.from_dir(exports["flow"]).predict(
+        obs, noise=noise))
+    with pytest.raises(ObservationError, match="takes no committed actions"):
+        runner.predict({**obs, "committed_actions": [[0.1, 0.2]]})
 
 
 def test_cli_writes_the_artefacts_and_prints_parity(cli_export):

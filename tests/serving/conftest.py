@@ -8,7 +8,7 @@ import pytest
 
 from serving.config import ServerConfig
 from serving.server import ServerThread
-from tests.serving.helpers import load_tiny, make_checkpoint
+from tests.serving.helpers import load_tiny, make_checkpoint, make_prefix_checkpoint
 
 API_KEY = "test-key-0123456789abcdef"
 
@@ -21,6 +21,25 @@ def tiny_checkpoint(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_runner(tiny_checkpoint):
     return load_tiny(tiny_checkpoint)
+
+
+@pytest.fixture(scope="session")
+def prefix_checkpoint(tmp_path_factory):
+    """A tiny checkpoint taking up to 4 committed actions (model.prefix_max = 4)."""
+    return make_prefix_checkpoint(tmp_path_factory.mktemp("serving") / "tiny-prefix")
+
+
+@pytest.fixture(scope="session")
+def prefix_runner(prefix_checkpoint):
+    return load_tiny(prefix_checkpoint)
+
+
+@pytest.fixture(scope="module")
+def prefix_server(prefix_runner):
+    """Open server for the prefix_max = 4 model (no action limits: answers are the model's)."""
+    cfg = ServerConfig(max_batch=8, max_wait_ms=5, warmup_batch_sizes=(1, 4))
+    with ServerThread(prefix_runner, cfg) as s:
+        yield s
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,20 @@ def make_checkpoint(path: Path) -> Path:
     return path
 
 
+def make_prefix_checkpoint(path: Path, prefix_max: int = 4) -> Path:
+    """A tiny checkpoint taking up to `prefix_max` committed actions, its prefix weights randomised (they start at
+    zero by design) so that what was committed changes the rest of the chunk."""
+    import torch
+
+    torch.manual_seed(0)
+    policy = RFMPolicy.build("tiny", interface=RobotInterface(**INTERFACE), prefix_max=prefix_max)
+    with torch.no_grad():
+        torch.nn.init.normal_(policy.net.prefix_in.weight, std=0.5)
+        torch.nn.init.normal_(policy.net.prefix_embed, std=0.5)
+    policy.save_pretrained(path)
+    return path
+
+
 def load_tiny(path: Path) -> Runner:
     return load_runner(path, backend="torch", device="cpu", seed=0)
 
@@ -34,6 +48,7 @@ class FaultyRunner(Runner):
     def __init__(self, inner: Runner, delay_s: float = 0.0) -> None:
         super().__init__(inner.interface, inner.head, inner.model_id, inner.model_version)
         self.inner, self.delay_s, self.failures = inner, delay_s, 0
+        self.prefix_max = inner.prefix_max
         self.batch_sizes: list[int] = []
         self._lock = threading.Lock()
 
@@ -44,7 +59,7 @@ class FaultyRunner(Runner):
     def encode_text(self, instructions):
         return self.inner.encode_text(instructions)
 
-    def _forward(self, images, state, text, text_mask, noise):
+    def _forward(self, images, state, text, text_mask, noise, prefix=None, prefix_len=None):
         self.batch_sizes.append(images.shape[0])
         with self._lock:
             fail = self.failures > 0
@@ -53,7 +68,7 @@ class FaultyRunner(Runner):
             raise RuntimeError("injected failure: /secret/path/model.py line 42")
         if self.delay_s:
             time.sleep(self.delay_s)
-        return self.inner._forward(images, state, text, text_mask, noise)
+        return self.inner._forward(images, state, text, text_mask, noise, prefix, prefix_len)
 
 
 def observation(rng: np.random.Generator | None = None, instruction: str = "pick up the cube") -> dict:

@@ -20,12 +20,13 @@ from serving.server import ServerThread
 pytestmark = pytest.mark.integration  # schemathesis against a real server
 
 
-@pytest.fixture(scope="module")
-def recording_server(tmp_path_factory):
+@pytest.fixture(scope="module", params=[0, 2], ids=["prefix_max=0", "prefix_max=2"])
+def recording_server(request, tmp_path_factory):
+    """prefix_max 0: committed_actions may only be empty; 2: up to two committed actions are fuzzed too."""
     d = tmp_path_factory.mktemp("contract")
     itf = RobotInterface(cameras=["front", "wrist"], image_size=(16, 16), state_names=["x", "y", "z"],
                          action_names=["vx", "vy"], chunk_size=8, control_hz=10.0, robot_type="test")
-    RFMPolicy.build("tiny", interface=itf).save_pretrained(d / "ckpt")
+    RFMPolicy.build("tiny", interface=itf, prefix_max=request.param).save_pretrained(d / "ckpt")
     # deadlines of 1 s or more: the contract is checked, not whether a shared CI machine meets a tight deadline
     cfg = ServerConfig(max_batch=8, warmup_batch_sizes=(1,), record_dir=str(d / "recorded"), min_deadline_ms=1000)
     with ServerThread(load_runner(d / "ckpt", device="cpu"), cfg) as s:
@@ -54,6 +55,9 @@ def test_the_served_schema_is_the_served_models(recording_server):
     assert images["required"] == ["front", "wrist"] and images["additionalProperties"] is False
     assert images["properties"]["front"]["properties"]["shape"] == {"const": [16, 16, 3]}
     assert body["properties"]["state"]["minItems"] == body["properties"]["state"]["maxItems"] == 3
+    committed = body["properties"]["committed_actions"]["anyOf"][0]
+    assert committed["maxItems"] == recording_server.state.service.runner.prefix_max
+    assert committed["items"]["minItems"] == committed["items"]["maxItems"] == 2
     tick = spec["components"]["schemas"]["TicksRequestBody"]["properties"]["ticks"]["items"]
     assert tick["properties"]["action"]["maxItems"] == 2
     assert tick["properties"]["chunk"]["anyOf"][0]["maxItems"] == 16
