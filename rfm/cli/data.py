@@ -1,9 +1,10 @@
-"""`rfm data`: generate (Meta-World demonstrations), info, view (PNG contact sheet), import-hdf5."""
+"""`rfm data`: generate (Meta-World demonstrations), check-tasks, info, view (PNG contact sheet), import-hdf5."""
 
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from rfm.cli.errors import CLIError
 from rfm.constants import STEPS_AFTER_SUCCESS
@@ -14,12 +15,13 @@ def _csv(text: str) -> list[str]:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("data", help="datasets: generate, info, view, import-hdf5")
+    p = sub.add_parser("data", help="datasets: generate, check-tasks, info, view, import-hdf5")
     dsub = p.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
 
     g = dsub.add_parser("generate", help="generate demonstrations in simulation into a LeRobot v3.0 dataset")
     g.add_argument("source", choices=["metaworld"], help="simulator")
-    g.add_argument("--tasks", type=_csv, required=True, help="comma-separated env tasks, e.g. reach-v3,button-press-topdown-v3 (or mt10)")
+    g.add_argument("--tasks", type=_csv, required=True, help="comma-separated env tasks, e.g. reach-v3,button-press-topdown-v3, or sets: mt10, base38, "
+                        "ml45-test, mt50")
     g.add_argument("--episodes", type=int, default=50, help="episodes per task (only successful ones are written)")
     g.add_argument("--cameras", type=_csv, default=["corner", "topview"],
                    help="comma-separated camera names (default corner,topview: at 128 px they show reach's goal in "
@@ -47,8 +49,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--noise-correlation", type=float, default=0.9, metavar="RHO",
                    help="step-to-step correlation of --action-noise in [0, 1): 0 is white noise, 0.9 drifts the hand "
                         "off the path for ~10 steps (default 0.9)")
+    g.add_argument("--no-env-state", action="store_true",
+                   help="leave out the simulator's object and goal positions (observation.environment_state): a "
+                        "dataset with only what a real robot records (frames, state, actions, instruction)")
     g.add_argument("--overwrite", action="store_true")
     g.set_defaults(func=run_generate)
+
+    c = dsub.add_parser("check-tasks", help="check that datasets hold only a Meta-World task set's tasks "
+                                            "(e.g. a base model's pretraining data)")
+    c.add_argument("datasets", type=_csv, help="comma-separated LeRobot dataset directories")
+    c.add_argument("--tasks", required=True,
+                   help="the allowed tasks: names or sets (base38, mt10, ml45-test, mt50), comma-separated")
+    c.add_argument("--out", default=None, metavar="JSON", help="write the check's result here")
+    c.add_argument("--record", default=None, metavar="CHECKPOINT",
+                   help="record the passed check in this checkpoint's model card (meta.data.task_check)")
+    c.set_defaults(func=run_check_tasks)
 
     i = dsub.add_parser("info", help="summary of a dataset: episodes, frames, tasks, features, fps, size")
     i.add_argument("path")
@@ -94,10 +109,30 @@ def run_generate(args: argparse.Namespace) -> int:
                           workers=args.workers, use_videos=args.images == "video", vcodec=args.vcodec,
                           overwrite=args.overwrite, start_jitter=args.start_jitter,
                           steps_after_success=args.steps_after_success, action_noise=args.action_noise,
-                          noise_correlation=args.noise_correlation)
+                          noise_correlation=args.noise_correlation, env_state=not args.no_env_state)
     for task, tried in res["tried"].items():
         print(f"{task}: kept {res['kept'].get(task, 0)}/{tried} episodes (successful ones only)")
     print(f"wrote {res['episodes']} episodes, {res['frames']} frames at {res['fps']} Hz to {res['out']}")
+    return 0
+
+
+def run_check_tasks(args: argparse.Namespace) -> int:
+    from rfm.sim.task_check import TaskCheckError, check_tasks, record_check
+
+    try:
+        result = check_tasks(args.datasets, args.tasks)
+    except TaskCheckError as e:
+        raise CLIError(str(e)) from e
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2))
+    if args.record:
+        if not (Path(args.record) / "config.json").is_file():
+            raise CLIError(f"--record {args.record}: not a checkpoint directory (no config.json)")
+        record_check(args.record, result)
+    found = sorted({t for d in result["datasets"] for t in d["env_tasks"]})
+    print(f"ok: {len(found)} of the {len(result['allowed'])} allowed tasks in {', '.join(args.datasets)}, "
+          f"no other task{f'; recorded in {args.record}' if args.record else ''}")
     return 0
 
 

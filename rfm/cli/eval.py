@@ -19,7 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="torch: a checkpoint dir; onnx: an export dir; openvino: an export dir with an OpenVINO IR "
                         "(rfm export --target openvino)")
     p.add_argument("--env", default="metaworld", choices=["metaworld"])
-    p.add_argument("--tasks", default="mt10", help="comma-separated tasks, or mt10")
+    p.add_argument("--tasks", default="mt10", help="comma-separated tasks, or a set: mt10, mt50, base38, ml45-test")
     p.add_argument("--episodes", default=None,
                    help="episodes per task (default 50); with --dataset, the episode indices, e.g. 0,3,5 (default: "
                         "those the checkpoint's training held out of it, else all)")

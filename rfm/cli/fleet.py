@@ -10,7 +10,7 @@ from pathlib import Path
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("fleet", help="simulated robots acting through a running rfm server (for recording/demos)")
     p.add_argument("--url", default="http://127.0.0.1:8000")
-    p.add_argument("--tasks", default="mt10", help="comma-separated Meta-World tasks, or mt10")
+    p.add_argument("--tasks", default="mt10", help="comma-separated Meta-World tasks, or a set: mt10, mt50, base38, ml45-test")
     p.add_argument("--episodes", type=int, default=5, help="episodes per task")
     p.add_argument("--robots", type=int, default=2, help="concurrent robots")
     p.add_argument("--dagger", action="store_true", help="send the scripted expert's action as a correction")

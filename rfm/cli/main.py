@@ -1,5 +1,5 @@
 """`rfm` command line: one subcommand per module in rfm.cli (info, data, train, eval, compare, card, average, export,
-serve, fleet)."""
+serve, fleet, adapt)."""
 
 from __future__ import annotations
 
@@ -26,12 +26,14 @@ COMMANDS = {
     "export": "rfm.cli.export",
     "serve": "rfm.cli.serve",
     "fleet": "rfm.cli.fleet",
+    "adapt": "rfm.cli.adapt",
 }
 
 
 # the install extra each command needs (pyproject.toml); `pip install rfm` alone is the robot-side client
 EXTRAS = {"serve": "serve", "train": "train", "data": "train,sim", "info": "train", "average": "train",
-          "export": "export", "fleet": "sim", "eval": "sim,train", "card": "train", "compare": "train"}
+          "export": "export", "fleet": "sim", "eval": "sim,train", "adapt": "sim,train", "card": "train",
+          "compare": "train"}
 
 
 

@@ -14,21 +14,24 @@ def write_metaworld(out: str | Path, tasks: list[str], episodes: int, cameras: l
                     workers: int = 2, use_videos: bool = True, vcodec: str | None = None, overwrite: bool = False,
                     progress: bool = True, sim: ModuleType | Any = None, start_jitter: int = 0,
                     steps_after_success: int = STEPS_AFTER_SUCCESS, action_noise: float = 0.0,
-                    noise_correlation: float = 0.9) -> dict:
+                    noise_correlation: float = 0.9, env_state: bool = True) -> dict:
     """Generate `episodes` scripted-expert episodes per task (the simulator may already retry failed seeds) and
     write the successful ones, atomically.
 
     Task column = the language instruction; the env task name and seed are episode metadata columns
     (`env_task`, `seed`); the simulator's object and goal positions are the `observation.environment_state` column
     (a privileged training target, never a policy input); each camera's calibration and the hand's place in the
-    state are recorded as robot geometry (features.<camera>.calibration, features.observation.state.ee_position). `sim` defaults to rfm.sim.metaworld (tests inject a fake with the same names). steps_after_success: expert
+    state are recorded as robot geometry (features.<camera>.calibration, features.observation.state.ee_position).
+    `sim` defaults to rfm.sim.metaworld (tests inject a fake with the same names). steps_after_success: expert
     steps kept past the success threshold; action_noise, noise_correlation: noise on the executed hand motion, the
     expert's own action recorded (rfm.sim.metaworld.generate_episode). Both are recorded per episode.
+    env_state=False leaves the environment-state column out: only what a real robot's dataset has (frames, state,
+    actions, instruction, camera calibration), e.g. for measuring adaptation from field-like data (rfm adapt).
     """
     if sim is None:
         from rfm.sim import metaworld as sim
     fps = round(float(sim.CONTROL_HZ))
-    env_names = list(getattr(sim, "ENV_STATE_NAMES", []))
+    env_names = list(getattr(sim, "ENV_STATE_NAMES", [])) if env_state else []
     extra_features = None
     projections = sim.camera_projections(tasks, cameras) if hasattr(sim, "camera_projections") else None
     if env_names:

@@ -21,6 +21,18 @@ from rfm.sim.render import CameraRenderer, camera_projection
 
 MT10_TASKS = ["reach-v3", "push-v3", "pick-place-v3", "door-open-v3", "drawer-open-v3", "drawer-close-v3",
               "button-press-topdown-v3", "peg-insert-side-v3", "window-open-v3", "window-close-v3"]
+# The base checkpoint's pretraining tasks, and no others (examples/pretrain_base.sh checks its data against them):
+# ML45's 45 training tasks less seven (coffee-button, faucet-open, hammer, handle-press, pick-out-of-hole,
+# plate-slide, sweep-into), so that adapting to a held-out task is measured from a base that never saw it.
+BASE38_TASKS = [f"{t}-v3" for t in (
+    "assembly", "basketball", "button-press-topdown", "button-press-topdown-wall", "button-press", "button-press-wall",
+    "coffee-pull", "coffee-push", "dial-turn", "disassemble", "door-close", "door-open", "drawer-close", "drawer-open",
+    "faucet-close", "handle-press-side", "handle-pull-side", "handle-pull", "lever-pull", "peg-insert-side",
+    "peg-unplug-side", "pick-place", "pick-place-wall", "plate-slide-back-side", "plate-slide-back", "plate-slide-side",
+    "push-back", "push", "push-wall", "reach", "reach-wall", "shelf-place", "soccer", "stick-pull", "stick-push",
+    "sweep", "window-close", "window-open")]
+# ML45's five test tasks: what `rfm adapt` is measured on (examples/adapt_ml45.sh)
+ML45_TEST_TASKS = ["bin-picking-v3", "box-close-v3", "door-lock-v3", "door-unlock-v3", "hand-insert-v3"]
 STATE_NAMES = ["hand_x", "hand_y", "hand_z", "gripper_open"]
 ACTION_NAMES = ["dx", "dy", "dz", "gripper"]
 EE_POSITION = STATE_NAMES[:3]  # the hand's x, y, z: the end effector, in the cameras' world frame
@@ -35,9 +47,11 @@ NOISE_TRIES = 5  # noisy rollouts per seed before the seed counts as failed
 
 __all__ = [
     "ACTION_NAMES",
+    "BASE38_TASKS",
     "CONTROL_HZ",
     "ENV_STATE_NAMES",
     "INSTRUCTIONS",
+    "ML45_TEST_TASKS",
     "MT10_TASKS",
     "STATE_NAMES",
     "Episode",
@@ -47,25 +61,36 @@ __all__ = [
     "generate_episode",
     "generate_episodes",
     "instructions_for",
+    "task_sets",
 ]
 
 
+def task_sets() -> dict[str, list[str]]:
+    """Named task sets expand_tasks accepts (any case): mt10, base38, ml45-test and mt50 (all 50 v3 tasks)."""
+    from metaworld.env_dict import ALL_V3_ENVIRONMENTS
+
+    return {"mt10": list(MT10_TASKS), "base38": list(BASE38_TASKS), "ml45-test": list(ML45_TEST_TASKS),
+            "mt50": list(ALL_V3_ENVIRONMENTS)}
+
+
 def expand_tasks(tasks: list[str] | str) -> list[str]:
-    """'mt10' -> the ten MT10 tasks; validates names with a 'did you mean'."""
+    """Task names and set names (task_sets: 'mt10' -> the ten MT10 tasks) -> task names, each once; unknown names
+    get a 'did you mean'."""
     from metaworld.env_dict import ALL_V3_ENVIRONMENTS
 
     from rfm.config import did_you_mean
 
+    sets = task_sets()
     names = tasks.split(",") if isinstance(tasks, str) else list(tasks)
     out: list[str] = []
     for t in names:
         t = t.strip()
-        if t.lower() == "mt10":
-            out.extend(MT10_TASKS)
+        if t.lower() in sets:
+            out.extend(sets[t.lower()])
         elif t in ALL_V3_ENVIRONMENTS:
             out.append(t)
         else:
-            raise ValueError(f"unknown Meta-World task {t!r}.{did_you_mean(t, list(ALL_V3_ENVIRONMENTS))}")
+            raise ValueError(f"unknown Meta-World task {t!r}.{did_you_mean(t, [*ALL_V3_ENVIRONMENTS, *sets])}")
     return list(dict.fromkeys(out))
 
 

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 
 from rfm.checkpoint import read_config, save_checkpoint
 from rfm.config import PolicyConfig, RobotInterface, preset, preset_image_size
-from rfm.constants import OBS_STATE
+from rfm.constants import OBS_ENV_STATE, OBS_STATE
 from rfm.model.policy import RFMPolicy
 from rfm.train.aids import TrainBatch, TrainingAid, build_aids
 from rfm.train.augment import augment, state_noise
@@ -138,6 +138,16 @@ def _inherit_geometry(interface: RobotInterface, init: PolicyConfig | None) -> t
     return (replace(interface, **changes) if changes else interface), notes
 
 
+def _keep_point_frame(policy: RFMPolicy, stats: dict, init: str, log) -> None:
+    """Data without environment state (a field dataset) fine-tuning a model with triangulated points: keep the
+    --init checkpoint's point normalisation (its environment-state stats, a coordinate frame in its stats.json, no
+    label of this data), so the pretrained layers see points as they were trained to, not in the workspace frame."""
+    frame = json.loads((Path(init) / "stats.json").read_text()).get(OBS_ENV_STATE)
+    if frame:
+        policy.set_stats({**stats, OBS_ENV_STATE: frame})
+        log(f"--init {init}: the data has no {OBS_ENV_STATE}; triangulated points keep the init's normalisation")
+
+
 def _image_size(cfg: TrainConfig, init_config: PolicyConfig | None) -> tuple[int, int]:
     """The model's input resolution: --image-size, else the --init model's, else the preset's."""
     if cfg.image_size:
@@ -210,6 +220,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
                                  f"{cfg.init}'s {list(theirs)}; the init's stats fit only the same robot")
         init_stats = json.loads((Path(cfg.init) / "stats.json").read_text())
         policy.set_stats({**data.stats, **init_stats})
+    elif cfg.init and policy.net.point_token is not None and OBS_ENV_STATE not in data.stats:
+        _keep_point_frame(policy, data.stats, cfg.init, accelerator.print)
     if cfg.lora_rank:
         from rfm.train.lora import apply_lora
 

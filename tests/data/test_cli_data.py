@@ -113,6 +113,26 @@ def test_generate_cli_wiring(tmp_path, monkeypatch, capsys):
     assert "--noise-correlation in [0, 1) (got 0.0, 1.0)" in capsys.readouterr().err
 
 
+def test_no_env_state_leaves_the_simulators_positions_out(tmp_path, monkeypatch):
+    base = fake_sim()
+
+    def generate_episodes(*args, **kw):  # the fake's episodes, with 2 environment-state values per frame
+        for ep in base.generate_episodes(*args, **kw):
+            ep.env_state = np.zeros((len(ep.action), 2), np.float32)
+            yield ep
+
+    sim = SimpleNamespace(**{**vars(base), "generate_episodes": generate_episodes, "ENV_STATE_NAMES": ["gx", "gy"]})
+    with_env = write_metaworld(tmp_path / "env", ["reach-v3"], 1, ["corner2"], 16, progress=False, sim=sim)
+    assert "observation.environment_state" in LeRobotDataset(with_env["out"]).features
+    monkeypatch.setitem(sys.modules, "rfm.sim.metaworld", sim)
+    import rfm.sim
+    monkeypatch.setattr(rfm.sim, "metaworld", sim, raising=False)
+    assert main(["data", "generate", "metaworld", "--tasks", "reach-v3", "--episodes", "1", "--cameras", "corner2",
+                 "--size", "16", "--no-env-state", "--out", str(tmp_path / "field")]) == 0
+    ds = LeRobotDataset(tmp_path / "field")  # only what a real robot records
+    assert "observation.environment_state" not in ds.features and ds.num_episodes == 1
+
+
 @pytest.mark.integration
 @pytest.mark.skipif(importlib.util.find_spec("rfm.sim.metaworld") is None, reason="rfm.sim.metaworld not written yet")
 def test_generate_real_metaworld_into_windows(tmp_path):

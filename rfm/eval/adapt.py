@@ -1,0 +1,254 @@
+"""The adaptation protocol (`rfm adapt`): a few demonstrations of new tasks, a fine-tune, a closed-loop score.
+
+One run, in OUT: (1) `demos` scripted demonstrations per task in OUT/demos (or a given dataset) holding only what a
+field dataset has: frames, state, actions, instruction and camera calibration, no environment state; (2) a fine-tune
+from a checkpoint, or from scratch with the same architecture and steps, with no simulator-privileged training aid,
+into OUT/checkpoint; (3) `episodes` closed-loop episodes per task on unseen seeds, into OUT/eval.json (what
+`rfm eval --out` writes); OUT/adapt.json sums it up. A finished stage is reused, so rerunning continues a run.
+
+Normalisation uses the demonstrations' own state/action stats (rfm train's default, not --keep-init-stats): they
+are right for whatever robot recorded them, where the init's are right only for the robot it was trained on, and
+10 demos pin down a mean and spread. A model with triangulated points keeps the init's point frame (rfm.train.loop).
+The episodes' env task and seed stay in the dataset's episode metadata as provenance; training never reads them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from rfm.config import PRESETS, ConfigError, did_you_mean
+
+SCRATCH = "scratch"
+START_JITTER = 15  # random hand steps before each demo, as the default checkpoint's demos (examples/default_checkpoint.sh)
+PLAN_FILE, EVAL_FILE, DEMOS_DIR = "adapt.json", "eval.json", "demos"
+RERUNNABLE = ("out", "episodes", "workers", "num_workers", "max_steps")  # may change between runs of one OUT
+
+
+def default_like() -> Path:
+    """checkpoints/default at the repository root: the architecture and cameras `scratch` copies."""
+    import rfm
+
+    return Path(rfm.__file__).resolve().parents[1] / "checkpoints" / "default"
+
+
+@dataclass
+class AdaptConfig:
+    """One adaptation run: which tasks, from which checkpoint, with how many demos, steps and test episodes."""
+
+    tasks: list[str]  # Meta-World env tasks, fine-tuned together (one task: adapting to it alone)
+    init: str  # checkpoint directory to fine-tune, or "scratch"
+    out: str  # run directory: demos/, checkpoint/, eval.json, adapt.json
+    demos: int = 10  # scripted demonstrations per task (not with dataset)
+    steps: int = 2000  # fine-tuning steps; scratch trains as many
+    episodes: int = 50  # evaluation episodes per task, on seeds no demo used
+    dataset: str | None = None  # demonstrations to use instead of generating them (no environment state)
+    preset: str | None = None  # scratch: a model preset instead of `like`'s model config
+    like: str | None = None  # scratch: checkpoint whose model config and cameras to copy (None: checkpoints/default)
+    cameras: list[str] | None = None  # demo cameras (None: the init's, or like's)
+    size: int | None = None  # demo image size (None: the init's model input, or like's)
+    start_jitter: int = START_JITTER
+    batch_size: int = 8
+    lr: float = 3e-4
+    seed: int = 0  # first demo seed and the training seed
+    workers: int = 2  # processes generating demos and evaluating
+    num_workers: int = 1  # DataLoader workers while fine-tuning
+    max_steps: int | None = None  # evaluation episode step limit (None: Meta-World's 500)
+
+    def __post_init__(self) -> None:
+        from rfm.sim.metaworld import expand_tasks
+
+        self.tasks = expand_tasks(self.tasks)
+        for name in ("demos", "steps", "episodes", "batch_size", "workers"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)!r}: expected an integer >= 1")
+        checks = [(self.lr > 0, "lr", "a positive number"), (self.num_workers >= 0, "num_workers", ">= 0"),
+                  (0 <= self.start_jitter <= 100, "start_jitter", "in [0, 100] steps"),
+                  (self.max_steps is None or self.max_steps >= 1, "max_steps", ">= 1"),
+                  (self.size is None or self.size >= 8, "size", ">= 8 pixels"), (self.seed >= 0, "seed", ">= 0")]
+        for ok, name, expected in checks:
+            if not ok:
+                raise ConfigError(f"{name}={getattr(self, name)!r}: expected {expected}")
+        if self.init != SCRATCH:
+            if not (Path(self.init) / "config.json").is_file():
+                raise ConfigError(f"init={self.init}: no checkpoint there (no config.json); give a checkpoint "
+                                  f"directory or {SCRATCH!r}")
+            if self.preset or self.like:
+                raise ConfigError(f"preset and like choose the architecture of {SCRATCH!r}; a fine-tune keeps "
+                                  f"{self.init}'s")
+        elif not (Path(self.reference) / "config.json").is_file():
+            raise ConfigError(f"like={self.reference}: no checkpoint there (no config.json) to copy the "
+                              f"architecture of")
+        if self.preset is not None and self.preset not in PRESETS:
+            raise ConfigError(f"preset={self.preset!r}: expected one of {sorted(PRESETS)}."
+                              f"{did_you_mean(self.preset, list(PRESETS))}")
+        if self.dataset is not None and not Path(self.dataset).is_dir():
+            raise ConfigError(f"dataset={self.dataset}: dataset directory not found")
+
+    @property
+    def reference(self) -> str:
+        """The checkpoint whose interface the demos follow: the init, or for scratch the one it copies."""
+        return self.init if self.init != SCRATCH else str(self.like or default_like())
+
+    def plan(self) -> dict:
+        """What makes a run this run: every setting but those a rerun may change (RERUNNABLE)."""
+        return {k: v for k, v in asdict(self).items() if k not in RERUNNABLE}
+
+
+def adapt(cfg: AdaptConfig, progress: bool = True, log=print) -> dict:
+    """Demos, fine-tune, evaluation (each reused when done); writes and returns OUT/adapt.json's record."""
+    from rfm.checkpoint import read_config
+
+    out = Path(cfg.out)
+    _check_plan(out, cfg)
+    ref_config, ref_raw = read_config(cfg.reference)
+    record = {"tasks": cfg.tasks, "init": _source(cfg, ref_config, ref_raw), "plan": cfg.plan()}
+    demos = _demos(cfg, ref_config.interface, progress, log)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / PLAN_FILE).write_text(json.dumps({**record, "demos": demos, "status": "training"}, indent=2))
+    ckpt = _fine_tune(cfg, ref_config, demos["dataset"], progress, log)
+    results = _evaluate(cfg, ckpt, progress, log)
+    training = read_config(ckpt)[1]["meta"]["training"]
+    record.update(demos=demos, steps=cfg.steps, checkpoint=str(ckpt), stats="dataset", training={
+        k: training.get(k) for k in ("batch_size", "lr", "steps_done", "final_loss", "wall_time_s", "device")},
+        eval=results, eval_file=str(out / EVAL_FILE), status="done")
+    (out / PLAN_FILE).write_text(json.dumps(record, indent=2))
+    return record
+
+
+def _check_plan(out: Path, cfg: AdaptConfig) -> None:
+    """A rerun into an existing OUT must be the same run (tasks, init, demos, steps, ...), else its stages differ."""
+    try:
+        before = json.loads((out / PLAN_FILE).read_text()).get("plan", {})
+    except (OSError, ValueError):
+        return
+    changed = [f"{k}={before[k]!r}, now {v!r}" for k, v in cfg.plan().items() if k in before and before[k] != v]
+    if changed:
+        raise ConfigError(f"{out / PLAN_FILE}: this run was made with other settings ({'; '.join(changed)}); "
+                          f"use another out directory")
+
+
+def _source(cfg: AdaptConfig, config, raw: dict) -> dict:
+    """What the run started from: the init checkpoint's path, id and version, or scratch and what it copies."""
+    meta = raw.get("meta", {})
+    ident = {"model_id": meta.get("model_id"), "model_version": meta.get("model_version")}
+    if cfg.init != SCRATCH:
+        return {"path": cfg.init, **ident}
+    return {"path": SCRATCH, "like": {"path": cfg.reference, **ident},
+            "preset": cfg.preset or config.model.preset, "model_config": "preset" if cfg.preset else "like"}
+
+
+def _demos(cfg: AdaptConfig, itf, progress: bool, log) -> dict:
+    """The demonstration dataset: --dataset, OUT/demos when already generated, else generated there now."""
+    from rfm.sim.generate import write_metaworld
+    from rfm.sim.render import CAMERAS
+
+    cameras = cfg.cameras or list(itf.cameras)
+    size = cfg.size or int(itf.image_size[0])
+    unknown = [c for c in cameras if c not in CAMERAS]
+    if unknown and cfg.dataset is None:
+        raise ConfigError(f"camera {unknown[0]!r} (of {cfg.reference}) is not a Meta-World camera: give cameras "
+                          f"from {list(CAMERAS)}")
+    path = Path(cfg.dataset) if cfg.dataset else Path(cfg.out) / DEMOS_DIR
+    generated = cfg.dataset is None and not path.exists()
+    if cfg.dataset:
+        log(f"== demos: {path}, as given")
+    elif not generated:
+        log(f"== {path}: demos done, reused")
+    else:
+        log(f"== {cfg.demos} demos per task of {', '.join(cfg.tasks)} -> {path} ({','.join(cameras)} at {size} px)")
+        write_metaworld(path, cfg.tasks, cfg.demos, cameras, size, seed=cfg.seed, workers=cfg.workers,
+                        use_videos=False, progress=progress, start_jitter=cfg.start_jitter, env_state=False)
+    info = _check_demos(path, cfg, cameras, expect=None if cfg.dataset else cfg.demos)
+    return {"dataset": str(path), "generated": generated, "per_task": None if cfg.dataset else cfg.demos,
+            "cameras": cameras, "size": size, "start_jitter": None if cfg.dataset else cfg.start_jitter, **info}
+
+
+def _check_demos(path: Path, cfg: AdaptConfig, cameras: list[str], expect: int | None) -> dict:
+    """Episodes and frames of the demos, after checking they fit this run: only field data (no environment
+    state), the cameras, each task's instruction (the one evaluation gives), `expect` episodes per task."""
+    from rfm.constants import OBS_ENV_STATE
+    from rfm.data.reader import LeRobotDataset
+    from rfm.sim.instructions import instructions_for
+
+    ds = LeRobotDataset(path)
+    if OBS_ENV_STATE in ds.features:
+        raise ConfigError(f"{path}: has {OBS_ENV_STATE}, a simulator label a field dataset lacks; adapt from demos "
+                          f"without it (rfm data generate metaworld --no-env-state)")
+    missing = [c for c in cameras if c not in ds.cameras]
+    if missing:
+        raise ConfigError(f"{path}: no camera {missing[0]!r}; it has {ds.cameras}, the model takes {cameras}")
+    for task in cfg.tasks:
+        text = instructions_for(task)[0]
+        if text not in ds.tasks:
+            raise ConfigError(f"{path}: no episode instructed {text!r} ({task}'s instruction, which evaluation "
+                              f"gives); its instructions: {ds.tasks[:5]}")
+    if expect is not None:
+        counts = {t: sum(ep.meta.get("env_task") == t for ep in ds.episodes) for t in cfg.tasks}
+        if any(n != expect for n in counts.values()) or ds.num_episodes != expect * len(cfg.tasks):
+            raise ConfigError(f"{path}: holds {ds.num_episodes} episodes ({counts}), not {expect} per task; "
+                              f"remove it or use another out directory")
+    return {"episodes": ds.num_episodes, "frames": ds.num_frames, "env_state": False}
+
+
+def _train_config(cfg: AdaptConfig, ref_config, dataset: str):
+    """The fine-tune's TrainConfig: the init's architecture (scratch: like's, or --preset), no training aid."""
+    from rfm.train.config import TrainConfig
+
+    scratch = cfg.init == SCRATCH
+    arch: dict = {}
+    if scratch:
+        model = ref_config.model.to_dict()
+        name, head = model.pop("preset"), model.pop("head")
+        arch = {"preset": cfg.preset or name, "head": head, "image_size": list(ref_config.interface.image_size),
+                "model_overrides": {} if cfg.preset else model}
+    base = {"dataset": dataset, "out": cfg.out, "init": None if scratch else cfg.init, **arch,
+            "chunk_size": ref_config.interface.chunk_size, "cameras": cfg.cameras or list(ref_config.interface.cameras),
+            "steps": cfg.steps, "batch_size": cfg.batch_size, "lr": cfg.lr, "warmup_steps": 200, "ema_decay": 0.995,
+            "balance": "tasks", "aids": {}, "num_workers": cfg.num_workers, "frame_cache_gb": 2.0,
+            "save_every": min(500, cfg.steps), "log_every": min(50, cfg.steps), "seed": cfg.seed, "resume": True}
+    return TrainConfig.from_dict(base, "rfm adapt")
+
+
+def _fine_tune(cfg: AdaptConfig, ref_config, dataset: str, progress: bool, log) -> Path:
+    """OUT/checkpoint after cfg.steps steps: reused when done, continued when interrupted."""
+    from rfm.checkpoint import read_config
+    from rfm.train.loop import CHECKPOINT_DIR, train
+
+    ckpt = Path(cfg.out) / CHECKPOINT_DIR
+    done = 0
+    if (ckpt / "config.json").is_file():
+        done = int(read_config(ckpt)[1].get("meta", {}).get("training", {}).get("steps_done") or 0)
+    if done == cfg.steps:
+        log(f"== {ckpt}: {done} steps done, reused")
+        return ckpt
+    tc = _train_config(cfg, ref_config, dataset)
+    log(f"== fine-tune {cfg.init} for {cfg.steps} steps on {dataset}{f' from step {done}' if done else ''}")
+    return train(tc, progress=progress)
+
+
+def _evaluate(cfg: AdaptConfig, ckpt: Path, progress: bool, log) -> dict:
+    """OUT/eval.json: reused when it was measured on these weights with these episodes, else measured now."""
+    from rfm.eval.card import record_in_card, weights_digest
+    from rfm.eval.evaluate import evaluate, format_table
+    from rfm.sim.metaworld import MAX_STEPS
+
+    path = Path(cfg.out) / EVAL_FILE
+    try:
+        before = json.loads(path.read_text())
+    except (OSError, ValueError):
+        before = {}
+    same = (before.get("weights_sha256") == weights_digest(ckpt) and list(before.get("tasks", {})) == cfg.tasks
+            and all(r["episodes"] == cfg.episodes for r in before["tasks"].values())
+            and before.get("max_steps") == (cfg.max_steps or MAX_STEPS)) if before else False
+    if same:
+        log(f"== {path}: measured on these weights, reused")
+        return before
+    log(f"== evaluate {ckpt} on {cfg.episodes} unseen episodes per task")
+    results = evaluate(None, cfg.tasks, cfg.episodes, max_steps=cfg.max_steps, workers=cfg.workers,
+                       checkpoint=str(ckpt), progress=progress)
+    path.write_text(json.dumps(results, indent=2))
+    record_in_card(ckpt, results, source=str(path))
+    log(format_table(results))
+    return results

@@ -1,0 +1,102 @@
+"""`rfm adapt`: demos, fine-tune and evaluation end to end at tiny sizes, from a checkpoint and from scratch."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from rfm import RFMPolicy
+from rfm.cli.main import main
+from rfm.config import RobotInterface
+from rfm.constants import OBS_ENV_STATE
+
+TINY = ["--demos", "2", "--steps", "5", "--episodes", "1", "--max-steps", "10", "--batch-size", "4", "--workers", "1",
+        "--num-workers", "0", "--threads", "1", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    """A tiny model like checkpoints/default: corner + topview, triangulated points relative to the hand."""
+    from rfm.sim.metaworld import ACTION_NAMES, CONTROL_HZ, STATE_NAMES, camera_projections
+
+    cams = ["corner", "topview"]
+    itf = RobotInterface(cameras=cams, image_size=(48, 48), state_names=STATE_NAMES, action_names=ACTION_NAMES,
+                         chunk_size=8, control_hz=CONTROL_HZ, robot_type="sawyer", ee_position=STATE_NAMES[:3],
+                         calibration={c: {"projection": p} for c, p in camera_projections("reach-v3", cams).items()})
+    def stat(n, mean):
+        return {"mean": [mean] * n, "std": [0.1] * n, "min": [-1.0] * n, "max": [1.0] * n}
+    stats = {"observation.state": stat(4, 0.0), "action": stat(4, 0.0), OBS_ENV_STATE: stat(9, 0.3)}
+    path = tmp_path_factory.mktemp("adapt") / "tiny"
+    RFMPolicy.build("tiny", interface=itf, stats=stats, vision_points=3, relative_points=True,
+                    vision_keypoint_source="branch").save_pretrained(path)
+    return path
+
+
+def _adapt(*args: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "rfm.cli.main", "adapt", *args, *TINY], capture_output=True,
+                          text=True, check=False, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+@pytest.mark.integration
+def test_adapt_from_a_checkpoint_then_from_scratch_on_the_same_demos(ckpt, tmp_path):
+    from rfm.data.reader import LeRobotDataset
+
+    run = tmp_path / "from-ckpt"
+    _adapt("--task", "reach-v3", "--init", str(ckpt), "--out", str(run))
+    rec = json.loads((run / "adapt.json").read_text())
+    meta = json.loads((ckpt / "config.json").read_text())["meta"]
+    assert rec["tasks"] == ["reach-v3"] and rec["steps"] == 5 and rec["status"] == "done"
+    assert rec["init"] == {"path": str(ckpt), "model_id": meta.get("model_id"), "model_version": meta["model_version"]}
+    assert rec["demos"]["per_task"] == 2 and rec["demos"]["episodes"] == 2 and not rec["demos"]["env_state"]
+    assert rec["training"]["steps_done"] == 5 and rec["checkpoint"] == str(run / "checkpoint")
+    res = rec["eval"]["tasks"]["reach-v3"]
+    assert res["episodes"] == 1 and res["mean_steps"] <= 10 and min(rec["eval"]["seeds"]) >= 1_000_000
+    assert json.loads((run / "eval.json").read_text()) == rec["eval"]  # what `rfm eval --out` writes
+    demos = LeRobotDataset(run / "demos")  # only what a field dataset has
+    assert OBS_ENV_STATE not in demos.features and "environment_state" not in json.dumps(demos.features)
+    assert demos.num_episodes == 2 and demos.cameras == ["corner", "topview"] and demos.image_shape("corner")[0] == 48
+    assert max(demos.episode_meta(e)["seed"] for e in range(2)) < 100_000  # demo seeds never evaluated on
+    out_stats = json.loads((run / "checkpoint" / "stats.json").read_text())
+    assert out_stats[OBS_ENV_STATE]["mean"] == [0.3] * 9  # the points keep the init's frame, no label of the demos
+    card = json.loads((run / "checkpoint" / "config.json").read_text())["meta"]
+    assert card["training"]["aids"] == {} and "metaworld" in card["evaluation"]
+
+    again = _adapt("--task", "reach-v3", "--init", str(ckpt), "--out", str(run))  # every stage reused
+    assert again.stdout.count("reused") == 3 and json.loads((run / "adapt.json").read_text())["eval"] == rec["eval"]
+
+    scratch = tmp_path / "scratch"
+    _adapt("--task", "reach-v3", "--init", "scratch", "--like", str(ckpt), "--dataset", str(run / "demos"),
+           "--out", str(scratch))
+    rec = json.loads((scratch / "adapt.json").read_text())
+    assert rec["init"]["path"] == "scratch" and rec["init"]["like"]["path"] == str(ckpt)
+    assert rec["demos"]["dataset"] == str(run / "demos") and not rec["demos"]["generated"]
+    assert rec["training"]["steps_done"] == 5 and rec["eval"]["tasks"]["reach-v3"]["episodes"] == 1
+    ours, theirs = (json.loads((p / "config.json").read_text()) for p in (scratch / "checkpoint", ckpt))
+    assert ours["model"] == theirs["model"]  # the same architecture as the checkpoint it is compared with
+    assert ours["interface"]["image_size"] == [48, 48] and "lineage" not in ours["meta"]
+    assert not np.isnan(rec["eval"]["mean_success_rate"])
+
+
+def test_cli_errors_are_one_line(ckpt, tmp_path, capsys):
+    def error(*args: str) -> str:
+        assert main(["adapt", "--out", str(tmp_path / "run"), *args]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err
+        return err
+
+    assert "Did you mean 'door-lock-v3'" in error("--task", "door-lok-v3", "--init", str(ckpt))
+    assert "no checkpoint there" in error("--task", "reach-v3", "--init", str(tmp_path / "nope"))
+    assert "demos=0: expected an integer >= 1" in error("--task", "reach-v3", "--init", str(ckpt), "--demos", "0")
+    assert "lr=-1.0" in error("--task", "reach-v3", "--init", "scratch", "--like", str(ckpt), "--lr", "-1")
+    assert "architecture of 'scratch'" in error("--task", "reach-v3", "--init", str(ckpt), "--preset", "tiny")
+    assert "Did you mean 'tiny'" in error("--task", "reach-v3", "--init", "scratch", "--like", str(ckpt), "--preset",
+                                          "tiyn")
+    assert "dataset directory not found" in error("--task", "reach-v3", "--init", str(ckpt), "--dataset",
+                                                  str(tmp_path / "none"))
+    assert not (tmp_path / "run").exists()  # nothing written before the settings were checked
