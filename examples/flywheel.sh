@@ -4,6 +4,10 @@
 #   DAgger-style) -> fine-tune on what the fleet saw -> evaluate before/after on unseen seeds -> export for the edge.
 # Fine-tuning aggregates (DAgger): the checkpoint's own training data (DEMOS, read from its model card) plus the
 # recording, so what the fleet taught is added without forgetting the rest. DEMOS=none trains on the recording alone.
+# The robots run as real ones do: ACTION_STEPS actions per request (default 8), each chunk usable DELAY control ticks
+# after its observation (default 0; the robot executes the previous chunk meanwhile), with CONTINUATION=1 sending
+# the actions committed for those ticks (a checkpoint with model.prefix_max > 0). They report every tick they
+# executed, so the recording holds one frame per control tick; evaluation runs the same way.
 # Usage: examples/flywheel.sh [CHECKPOINT] [TASKS] [EPISODES] [STEPS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +17,10 @@ TASKS=${2:-reach-v3,drawer-open-v3,push-v3}
 EPISODES=${3:-10}
 STEPS=${4:-400}
 OUT=${OUT:-runs/flywheel}
+ACTION_STEPS=${ACTION_STEPS:-8}
+DELAY=${DELAY:-0}
+EXEC="--action-steps $ACTION_STEPS --delay $DELAY"
+[ "${CONTINUATION:-0}" = 1 ] && EXEC="$EXEC --continuation"
 PORT=${PORT:-8765}
 export MUJOCO_GL=${MUJOCO_GL:-osmesa} HF_HUB_OFFLINE=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 DEMOS=${DEMOS:-$(python3 -c "import json,sys; print(json.load(open('$CKPT/config.json'))['meta'].get('data', {}).get('dataset', ''))")}
@@ -24,14 +32,14 @@ fi
 rm -rf "$OUT" && mkdir -p "$OUT"
 
 echo "== 1. before: closed-loop success of $CKPT"
-$RFM eval --checkpoint "$CKPT" --tasks "$TASKS" --episodes "$EPISODES" --out "$OUT/before.json" --no-progress
+$RFM eval --checkpoint "$CKPT" --tasks "$TASKS" --episodes "$EPISODES" $EXEC --out "$OUT/before.json" --no-progress
 
 echo "== 2-3. serve with recording on, the fleet works (expert corrections recorded), fine-tune${DEMOS:+ aggregated with $DEMOS}"
-ROBOTS=2 MAX_STEPS=500 PORT=$PORT RFM=$RFM TRAIN_ARGS="--warmup-steps 20 --ema-decay 0.99 --save-every $STEPS --num-workers 0" \
+ROBOTS=2 MAX_STEPS=500 PORT=$PORT RFM=$RFM FLEET_ARGS="$EXEC ${FLEET_ARGS:-}" TRAIN_ARGS="--warmup-steps 20 --ema-decay 0.99 --save-every $STEPS --num-workers 0" \
   examples/dagger_round.sh "$CKPT" "${DEMOS:-none}" "$OUT/round" "$TASKS" "$EPISODES" "$STEPS"
 
 echo "== 4. after: same tasks, same unseen seeds"
-$RFM eval --checkpoint "$OUT/round/checkpoint" --tasks "$TASKS" --episodes "$EPISODES" --out "$OUT/after.json" \
+$RFM eval --checkpoint "$OUT/round/checkpoint" --tasks "$TASKS" --episodes "$EPISODES" $EXEC --out "$OUT/after.json" \
   --no-progress
 
 echo "== 5. export the improved policy for the edge"
