@@ -8,6 +8,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("MUJOCO_GL", "osmesa")
 os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
+# Under xdist each worker already has a core: one OpenMP thread here and in every process a test starts (CLI runs,
+# servers, notebook kernels). Two workers each spinning two OpenMP threads on two cores slowed two concurrent
+# training tests twenty-fold (both past the 600 s timeout).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 # `rfm serve` started by tests runs checkpoints on PyTorch: the default engine (ONNX Runtime on a cached export) costs an
 # export per fresh checkpoint; tests/serving/test_engine.py covers it.
 os.environ.setdefault("RFM_ENGINE", "torch")
