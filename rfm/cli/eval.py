@@ -135,22 +135,20 @@ def _check_checkpoint(args: argparse.Namespace) -> None:
     if args.continuation:
         if args.ensemble:
             raise CLIError("--continuation and --ensemble are two ways to switch chunks: give one")
-        if _prefix_max(Path(args.checkpoint)) < 1:
+        if _prefix_max(args) < 1:
             raise CLIError(f"--continuation: {args.checkpoint} takes no committed actions (model.prefix_max = 0); "
                            f"fine-tune it for delay-aware continuation with --model prefix_max=8")
 
 
-def _prefix_max(path: Path) -> int:
-    """model.prefix_max of a checkpoint (config.json) or an export (export.json); 0 when unreadable."""
-    for name, keys in (("config.json", ("model", "prefix_max")), ("export.json", ("prefix_max",))):
-        try:
-            value = json.loads((path / name).read_text())
-            for k in keys:
-                value = value[k]
-            return int(value)
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-    return 0
+def _prefix_max(args: argparse.Namespace) -> int:
+    """model.prefix_max of the checkpoint (--backend torch) or export (onnx, openvino) to evaluate."""
+    if args.backend == "torch":
+        from rfm.model.serialization import read_config
+
+        return read_config(args.checkpoint)[0].model.prefix_max
+    from rfm.runtime.manifest import read_manifest
+
+    return int(read_manifest(args.checkpoint).get("prefix_max") or 0)
 
 
 def _write(path: str, results: dict) -> None:

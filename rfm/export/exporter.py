@@ -154,7 +154,7 @@ def export_checkpoint(checkpoint, out: str | Path, config: ExportConfig | None =
     import onnxruntime as ort
 
     from rfm.checkpoint import atomic_dir
-    from rfm.export.feeds import observation_arrays, prefix_max_of, split_feed
+    from rfm.export.feeds import observation_arrays, split_feed
     from rfm.export.graph import export_policy_graph, export_text_graph, io_spec
     from rfm.export.parity import parity_report
     from rfm.export.quantize import to_fp16
@@ -179,7 +179,7 @@ def export_checkpoint(checkpoint, out: str | Path, config: ExportConfig | None =
     calibration = calibration_source(cfg)  # "synthetic": synthetic_samples logs a warning
     trained = list(policy.meta.get("data", {}).get("tasks", []))  # for instruction snapping
     table = list(dict.fromkeys([*cfg.instructions, *trained]))  # precomputed into instructions.npz
-    prefix_max = prefix_max_of(policy)
+    prefix_max = policy.model_config.prefix_max
 
     if cfg.calib_dataset:
         samples = dataset_samples(

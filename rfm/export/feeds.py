@@ -4,12 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from rfm.runtime.observation import make_batch
-
-
-def prefix_max_of(policy) -> int:
-    """The policy's model.prefix_max: how many committed actions its graph takes (0: none, no prefix inputs)."""
-    return int(getattr(policy.model_config, "prefix_max", 0) or 0)
+from rfm.runtime.observation import make_batch, no_committed
 
 
 def observation_arrays(policy, observations: list[dict], seed: int = 0) -> dict[str, np.ndarray]:
@@ -19,7 +14,7 @@ def observation_arrays(policy, observations: list[dict], seed: int = 0) -> dict[
     committed actions ("committed_actions"; zeros and 0 where it has none).
     Images of another size are resized (dataset frames may be stored larger than the model input)."""
     itf = policy.interface
-    pmax = prefix_max_of(policy)
+    pmax = policy.model_config.prefix_max
     batch = make_batch(observations, itf, resize=True, prefix_max=pmax)
     text, mask = policy.text.encode(batch.instructions)
     feed = {
@@ -32,11 +27,8 @@ def observation_arrays(policy, observations: list[dict], seed: int = 0) -> dict[
         rng = np.random.default_rng(seed)
         feed["noise"] = rng.standard_normal((len(batch), itf.chunk_size, itf.action_dim)).astype(np.float32)
     if pmax:
-        n = len(batch)
-        feed["prefix"] = (batch.prefix if batch.prefix is not None
-                          else np.zeros((n, pmax, itf.action_dim), np.float32)).astype(np.float32)
-        feed["prefix_len"] = (batch.prefix_len if batch.prefix_len is not None
-                              else np.zeros(n, np.int64)).astype(np.int64)
+        feed["prefix"], feed["prefix_len"] = ((batch.prefix, batch.prefix_len) if batch.prefix is not None
+                                              else no_committed(len(batch), pmax, itf.action_dim))
     return feed
 
 

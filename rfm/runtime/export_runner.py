@@ -16,6 +16,7 @@ from rfm.config import RobotInterface
 from rfm.model.text_cache import CachedTextEncoder, InstructionCache
 from rfm.runtime.base import Runner
 from rfm.runtime.manifest import read_manifest
+from rfm.runtime.observation import no_committed
 
 Graph = Callable[[dict[str, np.ndarray]], np.ndarray]  # feed -> first output
 GraphLoader = Callable[[Path], Graph]
@@ -103,15 +104,14 @@ def policy_feed(images, state, text, text_mask, noise, input_names, prefix=None,
         feed["noise"] = np.ascontiguousarray(noise, np.float32)
     if "prefix" in input_names:
         b = feed["images"].shape[0]
-        full = np.zeros((b, prefix_max, action_dim), np.float32)
-        lens = np.zeros(b, np.int64)
+        full, lens = no_committed(b, prefix_max, action_dim)
         if prefix is not None:
             p = np.asarray(prefix, np.float32)
             if p.ndim != 3 or p.shape[0] != b or p.shape[1] > prefix_max or p.shape[2] != action_dim:
                 raise ValueError(f"prefix has shape {p.shape}, expected ({b}, <= {prefix_max}, {action_dim})")
             full[:, : p.shape[1]] = p
-            lens = (np.zeros(b, np.int64) if prefix_len is None
-                    else np.asarray(prefix_len, np.int64).reshape(b)).clip(0, p.shape[1])
+            if prefix_len is not None:
+                lens = np.asarray(prefix_len, np.int64).reshape(b).clip(0, p.shape[1])
         feed["prefix"], feed["prefix_len"] = full, lens
     return feed
 

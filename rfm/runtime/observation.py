@@ -123,13 +123,17 @@ def check_committed(obs: Mapping[str, Any], interface: RobotInterface, prefix_ma
     return arr.astype(np.float32)
 
 
+def no_committed(n: int, prefix_max: int, action_dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """The prefix inputs of n rows that commit nothing: zeros (n, prefix_max, D_a) float32 and zeros (n,) int64."""
+    return np.zeros((n, prefix_max, action_dim), np.float32), np.zeros(n, np.int64)
+
+
 def stack_committed(rows: list[np.ndarray | None], prefix_max: int,
                     action_dim: int) -> tuple[np.ndarray | None, np.ndarray | None]:
     """(prefix (B, prefix_max, D_a), prefix_len (B,)) from per-row committed actions; (None, None) when none has any."""
     if all(r is None for r in rows):
         return None, None
-    prefix = np.zeros((len(rows), prefix_max, action_dim), np.float32)
-    lens = np.zeros(len(rows), np.int64)
+    prefix, lens = no_committed(len(rows), prefix_max, action_dim)
     for i, r in enumerate(rows):
         if r is not None:
             prefix[i, :len(r)], lens[i] = r, len(r)
