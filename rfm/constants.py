@@ -5,6 +5,7 @@ OBS_IMAGES = "observation.images"  # prefix: observation.images.<camera>
 OBS_STATE = "observation.state"
 OBS_ENV_STATE = "observation.environment_state"  # privileged sim state (objects, goal): a training target only
 ACTION = "action"
+ACTION_EXECUTED = "action_executed"  # recordings: what the robot executed at the tick (`action` holds a correction where one was given)
 TASK = "task"
 
 # Keys of a runtime observation dict (one robot, one timestep).

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from rfm.config import RobotInterface, did_you_mean
-from rfm.constants import OBS_ENV_STATE, OBS_STATE
+from rfm.constants import ACTION_EXECUTED, OBS_ENV_STATE, OBS_STATE
 from rfm.data.cache import ByteLRU
 from rfm.data.reader import LeRobotDataset
 from rfm.imaging import fit_frames
@@ -73,8 +73,9 @@ class WindowDataset(Dataset):
     """One item per frame of the chosen episodes.
 
     item = {"images": (N_cam, 3, H, W) uint8, "state": (D_s,) f32, "actions": (H, D_a) f32 (the last action
-    repeated past the episode end), "action_pad": (H,) bool (True where padded), "instruction": str,
-    "episode_index": int}; with env_state_dim > 0 also "env_state": (D_env,) f32 and "env_valid": bool (False, with
+    repeated past the episode end), "action_pad": (H,) bool (True where padded), "executed": (H, D_a) f32 (what the
+    robot executed at those ticks, where a recording says so: `action` holds the expert's label there; else the
+    actions themselves), "executed_recorded": bool, "instruction": str, "episode_index": int}; with env_state_dim > 0 also "env_state": (D_env,) f32 and "env_valid": bool (False, with
     zeros, where the dataset has no observation.environment_state, e.g. fleet recordings)
     """
 
@@ -88,6 +89,12 @@ class WindowDataset(Dataset):
             if self.env_states.shape[1] != env_state_dim:
                 raise ValueError(f"dataset {ds.root}: {OBS_ENV_STATE} has {self.env_states.shape[1]} values, "
                                  f"expected {env_state_dim} (as in the first dataset that has it)")
+        self.executed = ds.extras.get(ACTION_EXECUTED)
+        if self.executed is not None:
+            self.executed = self.executed.astype(np.float32).reshape(len(ds.actions), -1)
+            if self.executed.shape[1] != ds.actions.shape[1]:
+                raise ValueError(f"dataset {ds.root}: {ACTION_EXECUTED} has {self.executed.shape[1]} values, "
+                                 f"{ds.actions.shape[1]} in action")
         for c in interface.cameras:
             if c not in ds.cameras:
                 raise ValueError(f"interface camera {c!r} is not in dataset {ds.root}; cameras: {ds.cameras}")
@@ -127,11 +134,14 @@ class WindowDataset(Dataset):
         idx = g + self._offsets
         pad = idx >= e.stop
         idx = np.minimum(idx, e.stop - 1)
+        actions = torch.from_numpy(self.ds.actions[idx])
         item = {
             "images": self.episode_images(e.index)[g - e.start],
             "state": torch.from_numpy(self.ds.states[g].copy()),
-            "actions": torch.from_numpy(self.ds.actions[idx]),
+            "actions": actions,
             "action_pad": torch.from_numpy(pad),
+            "executed": actions if self.executed is None else torch.from_numpy(self.executed[idx]),
+            "executed_recorded": self.executed is not None,
             "instruction": self.ds.instruction(g),
             "episode_index": e.index,
         }
@@ -144,7 +154,8 @@ class WindowDataset(Dataset):
 
 
 def collate_windows(items: list[dict]) -> dict:
-    """Stack items: images (B, N, 3, H, W) uint8, state (B, D_s), actions (B, H, D_a), action_pad (B, H)."""
+    """Stack items: images (B, N, 3, H, W) uint8, state (B, D_s), actions and executed (B, H, D_a), action_pad (B, H),
+    executed_recorded (B,)."""
     env = {"env_state": torch.stack([it["env_state"] for it in items]),
            "env_valid": torch.tensor([it["env_valid"] for it in items])} if "env_state" in items[0] else {}
     return env | {
@@ -152,6 +163,8 @@ def collate_windows(items: list[dict]) -> dict:
         "state": torch.stack([it["state"] for it in items]),
         "actions": torch.stack([it["actions"] for it in items]),
         "action_pad": torch.stack([it["action_pad"] for it in items]),
+        "executed": torch.stack([it["executed"] for it in items]),
+        "executed_recorded": torch.tensor([it["executed_recorded"] for it in items]),
         "instruction": [it["instruction"] for it in items],
         "episode_index": torch.tensor([it["episode_index"] for it in items], dtype=torch.long),
     }

@@ -207,22 +207,28 @@ class PolicyNet(nn.Module):
 
     # --- training ------------------------------------------------------------------------------------------
     def loss(self, images: torch.Tensor, state: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor,
-             actions: torch.Tensor, action_pad: torch.Tensor | None = None) -> torch.Tensor:
-        """Scalar action loss. actions (B, H, D_a) in robot units; action_pad (B, H) True where padded past the end."""
+             actions: torch.Tensor, action_pad: torch.Tensor | None = None, **prefix_source: torch.Tensor) -> torch.Tensor:
+        """Scalar action loss. actions (B, H, D_a) in robot units; action_pad (B, H) True where padded past the end;
+        prefix_source: `executed` and `executed_recorded` as in action_loss."""
         memory, mask = self.encode(images, state, text, text_mask)
-        return self.action_loss(memory, mask, actions, action_pad)
+        return self.action_loss(memory, mask, actions, action_pad, **prefix_source)
 
     def action_loss(self, memory: torch.Tensor, mask: torch.Tensor, actions: torch.Tensor,
                     action_pad: torch.Tensor | None = None,
-                    action_weights: torch.Tensor | None = None) -> torch.Tensor:
+                    action_weights: torch.Tensor | None = None,
+                    executed: torch.Tensor | None = None,
+                    executed_recorded: torch.Tensor | None = None) -> torch.Tensor:
         """L1 (chunk) or flow-matching (flow) loss of the fused tokens against actions (B, H, D_a) in robot units.
 
-        action_weights (D_a,): relative weight of each action dimension (scaled to mean 1).
+        action_weights (D_a,): relative weight of each action dimension (scaled to mean 1). executed (B, H, D_a),
+        with executed_recorded (B,): what a recorded robot actually executed, its committed prefixes (models with
+        prefix_max > 0), where `actions` holds the expert's labels from the states those actions led to.
         """
         naction = self.action_norm(actions.float())
         pn = committed = None
         if self.prefix_max:  # a random committed prefix per row; its positions are given, not learned
-            pn, committed = self.sample_prefix(naction, action_pad)
+            nexec = None if executed is None else self.action_norm(executed.float())
+            pn, committed = self.sample_prefix(naction, action_pad, nexec, executed_recorded)
             action_pad = committed if action_pad is None else (action_pad | committed)
         if self.head_type == "chunk":
             err = F.l1_loss(self.decode(memory, mask, prefix=pn, committed=committed), naction, reduction="none")
@@ -243,10 +249,13 @@ class PolicyNet(nn.Module):
         return (err * valid).sum() / valid.sum().clamp_min(1.0)
 
     def sample_prefix(self, naction: torch.Tensor, action_pad: torch.Tensor | None,
+                      nexecuted: torch.Tensor | None = None, recorded: torch.Tensor | None = None,
                       p_none: float = 0.25, noise: float = 0.05) -> tuple[torch.Tensor, torch.Tensor]:
-        """A training prefix: (normalised committed actions (B, H, D_a), committed (B, H)). Each row commits the
-        first p ground-truth actions, p uniform in 1..prefix_max (0 with probability p_none), leaving at least one
-        real action to predict; small noise stands in for the previous chunk's plan not being the demonstration."""
+        """A training prefix: (normalised committed actions (B, H, D_a), committed (B, H)). Each row commits its
+        first p actions, p uniform in 1..prefix_max (0 with probability p_none), leaving at least one real action
+        to predict. Rows from a recording (`recorded`) commit what the robot executed (`nexecuted`, normalised), the
+        rest continue to be labelled by the expert from where those actions led; demonstration rows commit their own
+        actions with small noise, standing in for the previous chunk's plan not being the demonstration."""
         B, H, _ = naction.shape
         dev = naction.device
         real = H - (action_pad.sum(1) if action_pad is not None else torch.zeros(B, dtype=torch.long, device=dev))
@@ -254,4 +263,7 @@ class PolicyNet(nn.Module):
         p = torch.where(torch.rand(B, device=dev) < p_none, torch.zeros_like(p), p)
         p = torch.minimum(p, (real - 1).clamp_min(0))
         committed = torch.arange(H, device=dev)[None] < p[:, None]
-        return naction + noise * torch.randn_like(naction), committed
+        prefix = naction + noise * torch.randn_like(naction)
+        if nexecuted is not None and recorded is not None:
+            prefix = torch.where(recorded.reshape(B, 1, 1), nexecuted, prefix)
+        return prefix, committed

@@ -21,13 +21,13 @@ from pathlib import Path
 import numpy as np
 
 from rfm.config import RobotInterface
+from rfm.constants import ACTION_EXECUTED
 
 log = logging.getLogger("rfm.recorder")
 
 SUCCESS = "next.success"  # per-frame outcome label (LeRobot convention); episode success = any
 CORRECTED = "is_correction"  # 1 where the recorded action is an operator/expert correction
 CHUNK = "action_chunk"  # the whole predicted chunk (H * D_a), for offline analysis
-EXECUTED = "action_executed"  # what the robot executed at the tick (differs from `action` where a label was given)
 
 
 @dataclass
@@ -68,7 +68,7 @@ class Recorder:
                      CORRECTED: {"dtype": "bool", "shape": [1], "names": None},
                      CHUNK: {"dtype": "float32", "shape": [interface.chunk_size * interface.action_dim],
                              "names": None},
-                     EXECUTED: {"dtype": "float32", "shape": [interface.action_dim], "names": interface.action_names}}
+                     ACTION_EXECUTED: {"dtype": "float32", "shape": [interface.action_dim], "names": interface.action_names}}
             # frames are recorded as the model saw them: the calibration recorded is the model input's projection
             proj = interface.projections()
             cal = {c: {"projection": p.tolist()} for c, p in zip(interface.cameras, proj)} if proj is not None else None
@@ -215,8 +215,8 @@ class Recorder:
         extra = {SUCCESS: np.array([f.success for f in sess.frames]),
                  CORRECTED: np.array([f.corrected for f in sess.frames]),
                  CHUNK: np.stack([f.chunk for f in sess.frames])}
-        if EXECUTED in self.writer.info["features"]:  # recordings started before this column lack it
-            extra[EXECUTED] = np.stack([f.executed for f in sess.frames])
+        if ACTION_EXECUTED in self.writer.info["features"]:  # recordings started before this column lack it
+            extra[ACTION_EXECUTED] = np.stack([f.executed for f in sess.frames])
         self.writer.save_episode(extra=extra, meta={"session": str(sid)})
         self.episodes_written += 1
 

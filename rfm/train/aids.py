@@ -31,6 +31,8 @@ class TrainBatch:
     text_mask: torch.Tensor  # (B, L)
     actions: torch.Tensor  # (B, H, D_a) robot units
     action_pad: torch.Tensor  # (B, H) True past the episode's end
+    executed: torch.Tensor | None = None  # (B, H, D_a) robot units: what the robot executed, where recorded
+    executed_recorded: torch.Tensor | None = None  # (B,) True where `executed` comes from a recording
     image_offsets: torch.Tensor | None = None  # (B, N_cam, 2) how far augmentation shifted each image (normalised)
     point_shift: torch.Tensor | None = None  # (B, 3) a shift of the whole scene's triangulated points
     extras: dict[str, torch.Tensor] = field(default_factory=dict)  # extra dataset features an aid asked for

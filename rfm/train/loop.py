@@ -45,7 +45,8 @@ class LossModule(nn.Module):
         feats = self.net.image_features(batch.images, keypoints=self.keypoints)
         memory, mask = self.net.fuse(feats, batch.state, batch.text, batch.text_mask, batch.image_offsets,
                                      batch.point_shift)
-        parts = {"action": self.net.action_loss(memory, mask, batch.actions, batch.action_pad, self.action_weights)}
+        parts = {"action": self.net.action_loss(memory, mask, batch.actions, batch.action_pad, self.action_weights,
+                                                executed=batch.executed, executed_recorded=batch.executed_recorded)}
         total = parts["action"]
         for aid in self.aids:
             for name, value in aid.losses(self.net, feats, batch).items():
@@ -362,7 +363,8 @@ def _train_batch(batch: dict, device, **fields) -> TrainBatch:
     """A collated window batch on `device` as a TrainBatch; `fields` (already on device) replace its own."""
     extras = {k: batch[k].to(device) for k in ("env_state", "env_valid") if k in batch}
     base = {"images": batch["images"], "state": batch["state"], "actions": batch["actions"],
-            "action_pad": batch["action_pad"]}
+            "action_pad": batch["action_pad"], "executed": batch["executed"],
+            "executed_recorded": batch["executed_recorded"]}
     base = {k: v.to(device, non_blocking=True) for k, v in base.items() if k not in fields}
     return TrainBatch(**base, **fields, extras=extras)
 

@@ -39,6 +39,32 @@ def test_window_shapes_and_padding(ds, video_dataset):
     first = wd[12]  # first frame of episode 1: no padding
     assert first["episode_index"] == 1 and not first["action_pad"].any()
     np.testing.assert_array_equal(first["actions"].numpy(), acts[12:17])
+    # a demonstration's executed actions are its actions
+    assert not item["executed_recorded"] and torch.equal(item["executed"], item["actions"])
+
+
+def test_windows_of_a_recording_carry_what_the_robot_executed(tmp_path):
+    """A fleet recording labels ticks with the expert's correction (`action`) and keeps what the robot executed
+    (`action_executed`): windows carry both, so training can commit the executed actions as a prefix."""
+    from rfm.constants import ACTION_EXECUTED
+    from rfm.data.lerobot import LeRobotDatasetWriter
+
+    rng = np.random.default_rng(0)
+    w = LeRobotDatasetWriter(tmp_path / "rec", fps=10, cameras={"front": (16, 16)}, state_names=["x"],
+                             action_names=["vx", "vy"], use_videos=False)
+    labels, executed = rng.standard_normal((6, 2)).astype(np.float32), rng.standard_normal((6, 2)).astype(np.float32)
+    for a in labels:
+        w.add_frame(images={"front": np.zeros((16, 16, 3), np.uint8)}, state=np.zeros(1, np.float32), action=a,
+                    task="push")
+    w.save_episode(extra={ACTION_EXECUTED: executed})
+    w.finalize()
+    rec = LeRobotDataset(tmp_path / "rec")
+    wd = WindowDataset(rec, interface_from_dataset(rec, chunk_size=4, image_size=(16, 16)))
+    batch = collate_windows([wd[1], wd[4]])
+    assert batch["executed_recorded"].tolist() == [True, True]
+    np.testing.assert_array_equal(batch["actions"][0].numpy(), labels[1:5])
+    np.testing.assert_array_equal(batch["executed"][0].numpy(), executed[1:5])
+    np.testing.assert_array_equal(batch["executed"][1].numpy(), executed[[4, 5, 5, 5]])  # padded like the actions
 
 
 def test_resized_images_match_source(ds):

@@ -50,6 +50,46 @@ def test_a_fresh_prefix_input_does_not_change_a_fine_tuned_checkpoint(small_inte
     assert torch.allclose(a[0, 2:], b[0, 2:], atol=1e-6)
 
 
+def test_recorded_rows_commit_what_the_robot_executed(small_interface):
+    """Training prefixes: a recording's rows commit the executed actions exactly; demonstration rows their own
+    actions with small noise."""
+    net = _net(small_interface).net
+    torch.manual_seed(0)
+    labels, executed = torch.randn(64, 8, 2), torch.randn(64, 8, 2) + 5.0
+    recorded = torch.arange(64) % 2 == 0
+    prefix, committed = net.sample_prefix(labels, None, executed, recorded)
+    assert torch.equal(prefix[recorded], executed[recorded])
+    assert (prefix[~recorded] - labels[~recorded]).abs().max() < 0.5
+    assert committed.sum(1).max() <= 4 and committed.any()
+
+
+@pytest.mark.integration
+def test_the_model_learns_to_continue_from_where_executed_actions_led(small_interface):
+    """A recording where the expert's labels after the committed ticks depend on what the robot executed there
+    (which the observation does not show): trained on executed prefixes, the model continues from them."""
+    policy = _net(small_interface)
+    net = policy.net.train()
+    obs = _obs(policy, 16)
+    g = torch.Generator().manual_seed(0)
+
+    def recording(b: int) -> tuple[torch.Tensor, torch.Tensor]:
+        offset = torch.randn(b, 1, 1, generator=g).expand(b, 8, 2)
+        return torch.zeros(b, 8, 2) + offset, torch.full((b, 8, 2), -3.0) + offset  # (labels, executed)
+
+    opt = torch.optim.AdamW(net.parameters(), lr=2e-3)
+    for _ in range(250):
+        labels, executed = recording(16)
+        opt.zero_grad()
+        net.loss(*obs, labels, executed=executed, executed_recorded=torch.ones(16, dtype=torch.bool)).backward()
+        opt.step()
+    net.eval()
+    labels, executed = recording(16)
+    with torch.no_grad():
+        out = net(*obs, None, executed[:, :2], torch.full((16,), 2))
+    err = (out[:, 2:] - labels[:, 2:]).abs().mean().item()
+    assert err < 0.25 * labels.abs().mean().item(), err
+
+
 @pytest.mark.integration
 def test_the_model_learns_to_continue_what_was_committed(small_interface):
     """Chunks whose offset only the committed actions reveal (the observation is the same for every row): after
