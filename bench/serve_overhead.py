@@ -8,7 +8,8 @@ observation, which adds validation) in this process, then one robot sending requ
 client). Rounds alternate between bare and served so load from other processes spreads over both. The server's
 own `timings` split its part: decode (body read, parse, validation), queue (hand-off to the batch thread and back),
 inference, and the rest of the handler; what is left of the end-to-end time is HTTP/WebSocket framing, the socket
-and the client. Overhead = end-to-end p50 - bare `predict_batch` p50. Writes bench/results/serve_overhead.json.
+and the client. The SDK's RFMClient runs the same loop over both of its transports (sdk-http: httpx POST, sdk-ws:
+one WebSocket), encoding each observation as a robot does. Overhead = end-to-end p50 - bare `predict_batch` p50. Writes bench/results/serve_overhead.json.
 """
 
 from __future__ import annotations
@@ -54,10 +55,21 @@ def bare(runner, obs: dict, n: int) -> dict:
     return {"predict_batch": pb, "predict": pr}
 
 
-def served(port: int, body: bytes, transport: str, n: int) -> list[dict]:
+TRANSPORTS = ("http", "ws", "sdk-http", "sdk-ws")
+
+
+def served(port: int, body: bytes, transport: str, n: int, obs: dict | None = None) -> list[dict]:
     """n requests back to back; per request the client's end-to-end ms and the server's timings."""
     out = []
-    if transport == "http":
+    if transport.startswith("sdk-"):
+        from rfm.client import RFMClient
+
+        with RFMClient(f"http://127.0.0.1:{port}", transport=transport[4:]) as client:
+            for _ in range(n):
+                t = time.perf_counter()
+                reply = client.infer(obs)
+                out.append({"e2e_ms": 1000 * (time.perf_counter() - t), **reply["timings"]})
+    elif transport == "http":
         conn = http.client.HTTPConnection("127.0.0.1", port)
         headers = {"Content-Type": "application/msgpack", "Accept": "application/msgpack"}
         for _ in range(n):
@@ -106,23 +118,23 @@ def run_engine(ckpt: Path, engine: str, args) -> dict:
     server = Server(ckpt, max_batch=32, threads=1, max_wait_ms=2.0, extra=["--engine", engine] + (
         ["--engine-cache", args.engine_cache] if args.engine_cache else []))
     try:
-        samples: dict[str, list] = {"predict_batch": [], "predict": [], "http": [], "ws": []}
-        for t in ("http", "ws"):
-            served(server.port, body, t, 30)  # warm the connection path
+        samples: dict[str, list] = {"predict_batch": [], "predict": []} | {t: [] for t in TRANSPORTS}
+        for t in TRANSPORTS:
+            served(server.port, body, t, 30, obs)  # warm the connection path
         bare(runner, obs, 10)
         per = max(1, args.requests // args.rounds)
         for _ in range(args.rounds):
             b = bare(runner, obs, per)
             samples["predict_batch"] += b["predict_batch"]
             samples["predict"] += b["predict"]
-            for t in ("http", "ws"):
-                samples[t] += served(server.port, body, t, per)
+            for t in TRANSPORTS:
+                samples[t] += served(server.port, body, t, per, obs)
     finally:
         server.stop()
     bare_p50 = p50(samples["predict_batch"])
     res = {"engine": runner.engine or engine, "bare_predict_batch_p50_ms": bare_p50,
            "bare_predict_p50_ms": p50(samples["predict"]), "requests_per_transport": len(samples["http"])}
-    for t in ("http", "ws"):
+    for t in TRANSPORTS:
         bd = breakdown(samples[t])
         bd["overhead_ms"] = bd["e2e_p50_ms"] - bare_p50
         res[t] = bd
@@ -152,7 +164,7 @@ def main() -> int:
     print("\n| engine | transport | bare p50 | e2e p50 | overhead | server inference | decode | queue hop | "
           "handler rest | outside handler | e2e p99 |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results["engines"]:
-        for t in ("http", "ws"):
+        for t in TRANSPORTS:
             b = r[t]
             print(f"| {r['engine']} | {t} | {r['bare_predict_batch_p50_ms']:.2f} | {b['e2e_p50_ms']:.2f} | "
                   f"{b['overhead_ms']:.2f} | {b['inference_ms_p50']:.2f} | {b['decode_ms_p50']:.2f} | "

@@ -7,6 +7,7 @@ import time
 import uuid
 
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
+from fastapi.responses import JSONResponse
 
 from rfm.runtime.observation import accepted_sizes
 from serving import codec, openpi
@@ -19,14 +20,19 @@ WS_PIPELINE = 8  # requests of one /v1/ws socket in flight at once; beyond, the 
 
 
 async def _admit(ws: WebSocket, state: ServerState, endpoint: str) -> str | None | bool:
-    """Check key and readiness before accepting; on failure close (the client sees HTTP 403) and return False."""
+    """Check key and readiness before accepting; on failure refuse the handshake and return False. The client sees
+    the HTTP status (401, or 503 with Retry-After while the model loads) and the JSON error body, as over HTTP, where
+    the ASGI server can send one (uvicorn can); else a bare 403."""
     try:
         client_id = state.authorize(ws.headers.get("authorization"))
         state.require_service()
     except Exception as e:  # noqa: BLE001 - becomes a clean status + message
-        err = to_api_error(e)
+        err = to_api_error(e, state.config.retry_after_s)
         state.metrics.observe_request(endpoint, err.status, 0.0)
-        await ws.close(code=POLICY_VIOLATION if err.status == 401 else TRY_AGAIN_LATER, reason=err.message[:120])
+        if "websocket.http.response" in ws.scope.get("extensions", {}):
+            await ws.send_denial_response(JSONResponse(err.body(), err.status, err.headers))
+        else:
+            await ws.close(code=POLICY_VIOLATION if err.status == 401 else TRY_AGAIN_LATER, reason=err.message[:120])
         return False
     return client_id
 

@@ -31,6 +31,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=200_000)
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--api-key-file", default=None, help="file whose first line is the API key")
+    p.add_argument("--transport", choices=("http", "ws"), default="http",
+                   help="how each robot asks for chunks: POST /v1/act, or one /v1/ws WebSocket (lower latency)")
     p.add_argument("--out", default=None, help="write results JSON here")
     p.set_defaults(func=run)
 
@@ -56,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
                            f"(model.prefix_max = 0)")
     res = drive_fleet(args.url, args.tasks, args.episodes, robots=args.robots, dagger=args.dagger, seed=args.seed,
                       action_steps=args.action_steps, delay=args.delay, continuation=args.continuation,
-                      max_steps=args.max_steps, api_key=key, takeover=takeover)
+                      max_steps=args.max_steps, api_key=key, takeover=takeover, transport=args.transport)
     for task, r in res["tasks"].items():
         helped = f", expert drove {r['expert_share'] * 100:.0f}% of steps" if takeover else ""
         print(f"{task:<26}{r['success_rate'] * 100:>6.0f}%  ({r['episodes']} episodes{helped})")

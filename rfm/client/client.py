@@ -1,4 +1,5 @@
-"""RFMClient / AsyncRFMClient: `act(obs) -> (H, D_a)` over HTTP, msgpack by default, retrying 503s politely."""
+"""RFMClient / AsyncRFMClient: `act(obs) -> (H, D_a)` over HTTP (or, RFMClient(transport="ws"), one WebSocket),
+msgpack by default, retrying 503s politely."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import httpx
 import numpy as np
 
 from rfm.client.wire import JSON, MSGPACK, decode_response, encode_observation
+from rfm.client.ws import Refused, WebSocketChannel
 
 RETRYABLE = (503,)
 
@@ -71,14 +73,24 @@ class _Base:
 
 
 class RFMClient(_Base):
-    """Synchronous client. `act(obs)` returns the action chunk; `infer(obs)` the whole response dict."""
+    """Synchronous client. `act(obs)` returns the action chunk; `infer(obs)` the whole response dict.
 
-    def __init__(self, url: str = "http://127.0.0.1:8000", **kw: Any) -> None:
+    transport="http" (default) sends each observation as a POST /v1/act; "ws" keeps one /v1/ws WebSocket open for
+    act/infer (the lower latency for a robot asking many times a second), reopened when it drops. Everything else
+    (models, ready, TickRecorder) stays on HTTP."""
+
+    def __init__(self, url: str = "http://127.0.0.1:8000", transport: str = "http", **kw: Any) -> None:
+        if transport not in ("http", "ws"):
+            raise ValueError(f"transport={transport!r}: expected 'http' or 'ws'")
         super().__init__(url, **kw)
+        self.transport = transport
         self._http = httpx.Client(base_url=self.url, timeout=self.timeout)
+        self._ws = WebSocketChannel(self.url, self.headers, self.timeout, self.format) if transport == "ws" else None
 
     def infer(self, obs: Mapping[str, Any], request_id: str | None = None) -> dict:
         body = self._body(obs, request_id)
+        if self._ws is not None:
+            return self._infer_ws(body)
         for attempt in range(self.retries + 1):
             resp = None
             try:
@@ -90,6 +102,26 @@ class RFMClient(_Base):
             if isinstance(out, dict):
                 return out
             time.sleep(out)
+        raise AssertionError("unreachable")
+
+    def _infer_ws(self, body: bytes) -> dict:
+        """As infer over HTTP: in-band errors become RFMError, 503s and dropped connections are retried."""
+        for attempt in range(self.retries + 1):
+            wait = _retry_after(None, attempt, self.max_retry_wait)
+            try:
+                out = self._ws.request(body)
+            except Refused as e:  # the handshake's HTTP answer: 401, or 503 + Retry-After while the model loads
+                wait = self._outcome(e.response, attempt)
+            except ConnectionError:
+                if attempt == self.retries:
+                    raise
+            else:
+                if "error" not in out:
+                    return out
+                status = int(out.get("status", 500))
+                if status not in RETRYABLE or attempt == self.retries:
+                    raise RFMError(status, str(out["error"]), str(out.get("detail", "")), out.get("request_id"))
+            time.sleep(wait)
         raise AssertionError("unreachable")
 
     def act(self, obs: Mapping[str, Any], request_id: str | None = None) -> np.ndarray:
@@ -116,6 +148,8 @@ class RFMClient(_Base):
             time.sleep(0.2)
 
     def close(self) -> None:
+        if self._ws is not None:
+            self._ws.close()
         self._http.close()
 
     def __enter__(self) -> RFMClient:  # noqa: PYI034

@@ -41,11 +41,11 @@ class Takeover:
 
 def _robot(url: str, robot_id: str, work: list[tuple[str, int]], dagger: bool, max_steps: int | None,
            api_key: str | None, results: list, lock: threading.Lock, takeover: Takeover | None = None,
-           action_steps: int = 1, delay: int = 0, continuation: bool = False) -> None:
+           action_steps: int = 1, delay: int = 0, continuation: bool = False, transport: str = "http") -> None:
     from rfm.client import ChunkExecutor, RFMClient, TickRecorder
     from rfm.sim.metaworld import MetaWorldEnv
 
-    client = RFMClient(url, api_key=api_key)
+    client = RFMClient(url, transport=transport, api_key=api_key)
     itf = client.models()
     recording = bool(itf.get("server", {}).get("recording"))
     prefix_max = int(itf.get("prefix_max") or 0)
@@ -101,11 +101,12 @@ def _robot(url: str, robot_id: str, work: list[tuple[str, int]], dagger: bool, m
 def drive_fleet(url: str, tasks: list[str] | str, episodes: int, robots: int = 2, dagger: bool = False,
                 seed: int = FLEET_SEED_BASE, max_steps: int | None = None, api_key: str | None = None,
                 takeover: Takeover | None = None, action_steps: int = 1, delay: int = 0,
-                continuation: bool = False) -> dict:
+                continuation: bool = False, transport: str = "http") -> dict:
     """Run `episodes` episodes per task spread over `robots` concurrent robots; success rates per task.
     action_steps: actions each robot executes per request; delay: simulated inference delay in control ticks (a
     chunk is usable `delay` ticks after its observation, the robot executing the previous one meanwhile);
-    continuation: requests carry the actions committed for those ticks (delay-aware continuation).
+    continuation: requests carry the actions committed for those ticks (delay-aware continuation); transport:
+    how robots ask for chunks (RFMClient's: "http" or "ws").
 
     With `takeover`, success counts episodes the expert helped; `expert_steps` says how much it drove.
     """
@@ -121,7 +122,7 @@ def drive_fleet(url: str, tasks: list[str] | str, episodes: int, robots: int = 2
     t0 = time.time()
     with ThreadPoolExecutor(robots) as pool:
         futures = [pool.submit(_robot, url, f"robot-{i}", shard, dagger, max_steps, api_key, results, lock, takeover,
-                               action_steps, delay, continuation) for i, shard in enumerate(shards) if shard]
+                               action_steps, delay, continuation, transport) for i, shard in enumerate(shards) if shard]
         for f in futures:
             f.result()
     per_task = {}

@@ -26,9 +26,11 @@ def test_client_sdk_imports_neither_torch_nor_the_server():
 
 
 @pytest.mark.integration
-def test_act_msgpack_and_json_agree(server):
+@pytest.mark.parametrize("transport", ["http", "ws"])
+def test_act_msgpack_and_json_agree(server, transport):
     obs = observation()
-    with RFMClient(server.url) as mp, RFMClient(server.url, format="json", robot_id="arm-1") as js:
+    with RFMClient(server.url, transport=transport) as mp, \
+            RFMClient(server.url, transport=transport, format="json", robot_id="arm-1") as js:
         a, b = mp.act(obs), js.act(obs)
         assert a.shape == (8, 2) and a.dtype == np.float32
         np.testing.assert_allclose(a, b, atol=1e-5)
@@ -38,12 +40,13 @@ def test_act_msgpack_and_json_agree(server):
 
 
 @pytest.mark.integration
-def test_act_sends_committed_actions_in_both_formats(prefix_server, prefix_runner):
+@pytest.mark.parametrize("transport", ["http", "ws"])
+def test_act_sends_committed_actions_in_both_formats(prefix_server, prefix_runner, transport):
     committed = np.array([[0.5, -0.25], [0.125, 2.0]], np.float32)
     obs = {**observation(), "committed_actions": committed}
     ref = prefix_runner.predict(obs)
     for fmt in ("msgpack", "json"):
-        with RFMClient(prefix_server.url, format=fmt) as c:
+        with RFMClient(prefix_server.url, format=fmt, transport=transport) as c:
             out = c.act(obs)
             np.testing.assert_allclose(out[:2], committed, atol=1e-6, err_msg=fmt)
             np.testing.assert_allclose(out, ref, atol=1e-4, err_msg=fmt)
@@ -67,26 +70,47 @@ def test_wire_sends_committed_actions_only_when_there_are_some():
 
 
 @pytest.mark.integration
-def test_errors_raise_rfm_error_with_the_servers_message(server):
-    with RFMClient(server.url) as c:
+@pytest.mark.parametrize("transport", ["http", "ws"])
+def test_errors_raise_rfm_error_with_the_servers_message(server, transport):
+    with RFMClient(server.url, transport=transport) as c:
         with pytest.raises(RFMError, match="state has 2 values, the model expects 3") as info:
             c.act({**observation(), "state": [1.0, 2.0]})
         assert info.value.status == 422 and info.value.code == "invalid_observation"
+        assert c.act(observation()).shape == (8, 2)  # the WebSocket stays usable after an in-band error
 
 
 @pytest.mark.integration
-def test_retries_on_503_honour_retry_after(tiny_runner):
+def test_ws_transport_needs_the_key_and_reconnects_after_a_server_restart(auth_server, tiny_runner):
+    with RFMClient(auth_server.url, transport="ws", api_key="wrong") as c:
+        with pytest.raises(RFMError) as info:
+            c.act(observation())
+        assert info.value.status == 401 and info.value.code == "unauthorized"
+    s = ServerThread(tiny_runner, ServerConfig(max_batch=2, warmup_batch_sizes=(1,))).start()
+    port = s.port
+    with RFMClient(s.url, transport="ws", retries=3) as c:
+        first = c.act(observation())
+        s.stop()  # the robot's connection drops with the server
+        s = ServerThread(tiny_runner, ServerConfig(max_batch=2, warmup_batch_sizes=(1,)), port=port).start()
+        try:
+            np.testing.assert_allclose(c.act(observation()), first, atol=1e-5)  # reconnected, same answer
+        finally:
+            s.stop()
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("transport", ["http", "ws"])
+def test_retries_on_503_honour_retry_after(tiny_runner, transport):
     gate = threading.Event()
     s = ServerThread(lambda: (gate.wait(10), tiny_runner)[1],
                      ServerConfig(max_batch=2, warmup_batch_sizes=(1,))).start(wait_ready=False)
     try:
-        with RFMClient(s.url, retries=0) as impatient:
+        with RFMClient(s.url, retries=0, transport=transport) as impatient:
             with pytest.raises(RFMError) as info:
                 impatient.act(observation())
             assert info.value.status == 503 and info.value.code == "not_ready"
         threading.Timer(0.3, gate.set).start()
         t = time.monotonic()
-        with RFMClient(s.url, retries=5) as patient:
+        with RFMClient(s.url, retries=5, transport=transport) as patient:
             assert patient.act(observation()).shape == (8, 2)
         assert time.monotonic() - t >= 0.9  # waited the server's Retry-After: 1 at least once
     finally:
@@ -107,8 +131,9 @@ def test_async_client(server):
 
 
 @pytest.mark.integration
-def test_chunk_executor_against_the_server(server):
-    with RFMClient(server.url) as c, ChunkExecutor(c, prefetch_steps=4) as ex:
+@pytest.mark.parametrize("transport", ["http", "ws"])
+def test_chunk_executor_against_the_server(server, transport):
+    with RFMClient(server.url, transport=transport) as c, ChunkExecutor(c, prefetch_steps=4) as ex:
         rng = np.random.default_rng(2)
         actions = []
         for _ in range(24):

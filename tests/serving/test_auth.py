@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
 import websockets.sync.client as wsc
@@ -46,8 +48,10 @@ def test_websockets_need_a_key(auth_server):
 
     base = auth_server.url.replace("http://", "ws://")
     for path in ("/v1/ws", "/openpi"):
-        with pytest.raises(InvalidStatus):
+        with pytest.raises(InvalidStatus) as info:
             wsc.connect(base + path)
+        assert info.value.response.status_code == 401  # the handshake is refused as a POST would be
+        assert json.loads(info.value.response.body)["error"] == "unauthorized"
     policy = WebsocketClientPolicy(host=base + "/openpi", api_key=API_KEY)
     obs = observation()
     out = policy.infer({"observation/image": obs["images"]["front"], "observation/wrist_image":
