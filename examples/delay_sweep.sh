@@ -25,7 +25,7 @@ run() {  # name, then rfm eval options
 }
 prefix_max=$(python3 -c "import json; print(json.load(open('$CKPT/config.json'))['model'].get('prefix_max', 0))")
 for d in 0 4 8 12; do run "async-k8-d$d" --action-steps 8 --delay "$d"; done
-for d in 0 8; do run "ensemble-d$d" --ensemble --delay "$d"; done
+for d in 0 4 8 12; do run "ensemble-d$d" --ensemble --delay "$d"; done
 if [ "$prefix_max" -gt 0 ]; then  # at D = 0 nothing is committed: the async-k8-d0 run is that cell
   for d in 4 8 12; do run "continuation-k8-d$d" --action-steps 8 --delay "$d" --continuation; done
 fi

@@ -17,7 +17,8 @@
 #   WORKERS (simulation processes, default 8), CACHE_GB (decoded-frame cache, default 16), DATA (dataset directory,
 #   default data/base38-EPISODES-128ct-j15-env), TRAIN_ARGS (appended to rfm train; later flags win), EVAL_ARGS
 #   (appended to rfm eval), TASKS (default base38; a few of them for a quick try, still checked against all 38),
-#   DEST (where the checkpoint goes, default checkpoints/base).
+#   DEST (where the checkpoint goes, default checkpoints/base), WORLD_MODEL (a weight, e.g. 0.1: pretrain with the
+#   world-model objective, training aid world_model; give the run its own RUNS_DIR and DEST to compare the two).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RFM=${RFM:-.venv/bin/rfm}
@@ -55,7 +56,7 @@ else
   $RFM train --dataset "$DATA" --out "$OUT" --preset "$PRESET" --model "$MODEL" --resume --head chunk \
     --steps "$STEPS" --batch-size "$BATCH" --lr "$LR" --warmup-steps 200 --ema-decay 0.995 --chunk-size 16 \
     --save-every 1000 --balance tasks --set aids.keypoints.weight=1 --frame-cache-gb "$CACHE_GB" --num-workers 4 \
-    --no-progress ${TRAIN_ARGS:-}
+    --no-progress ${WORLD_MODEL:+--set aids.world_model.weight=$WORLD_MODEL} ${TRAIN_ARGS:-}
 fi
 
 $RFM data check-tasks "$DATA" --tasks base38 --out "$OUT/task_check.json" --record "$OUT/checkpoint"

@@ -5,6 +5,7 @@ OBS_IMAGES = "observation.images"  # prefix: observation.images.<camera>
 OBS_STATE = "observation.state"
 OBS_ENV_STATE = "observation.environment_state"  # privileged sim state (objects, goal): a training target only
 ACTION = "action"
+FUTURE_FRAMES = "future_frames"  # training windows: the cameras' frames H steps ahead (world-model objective)
 ACTION_EXECUTED = "action_executed"  # recordings: what the robot executed at the tick (`action` holds a correction where one was given)
 TASK = "task"
 

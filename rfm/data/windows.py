@@ -76,13 +76,14 @@ class WindowDataset(Dataset):
     repeated past the episode end), "action_pad": (H,) bool (True where padded), "executed": (H, D_a) f32 (what the
     robot executed at those ticks, where a recording says so: `action` holds the expert's label there; else the
     actions themselves), "executed_recorded": bool, "instruction": str, "episode_index": int}; with env_state_dim > 0 also "env_state": (D_env,) f32 and "env_valid": bool (False, with
-    zeros, where the dataset has no observation.environment_state, e.g. fleet recordings)
+    zeros, where the dataset has no observation.environment_state, e.g. fleet recordings); with future=True also
+    "future_images": (N_cam, 3, H, W) uint8, the frames chunk_size steps ahead (the episode's last past its end)
     """
 
     def __init__(self, ds: LeRobotDataset, interface: RobotInterface, episodes: list[int] | None = None,
-                 cache_bytes: int = 2 << 30, env_state_dim: int = 0) -> None:
+                 cache_bytes: int = 2 << 30, env_state_dim: int = 0, future: bool = False) -> None:
         self.ds, self.interface = ds, interface
-        self.env_state_dim = env_state_dim
+        self.env_state_dim, self.future = env_state_dim, future
         self.env_states = ds.extras.get(OBS_ENV_STATE) if env_state_dim else None
         if self.env_states is not None:
             self.env_states = self.env_states.astype(np.float32).reshape(len(ds.actions), -1)
@@ -135,8 +136,9 @@ class WindowDataset(Dataset):
         pad = idx >= e.stop
         idx = np.minimum(idx, e.stop - 1)
         actions = torch.from_numpy(self.ds.actions[idx])
+        frames = self.episode_images(e.index)
         item = {
-            "images": self.episode_images(e.index)[g - e.start],
+            "images": frames[g - e.start],
             "state": torch.from_numpy(self.ds.states[g].copy()),
             "actions": actions,
             "action_pad": torch.from_numpy(pad),
@@ -145,6 +147,8 @@ class WindowDataset(Dataset):
             "instruction": self.ds.instruction(g),
             "episode_index": e.index,
         }
+        if self.future:
+            item["future_images"] = frames[min(g + len(self._offsets), e.stop - 1) - e.start]
         if self.env_state_dim:
             has = self.env_states is not None
             item["env_state"] = torch.from_numpy(self.env_states[g].copy()) if has \
@@ -158,6 +162,8 @@ def collate_windows(items: list[dict]) -> dict:
     executed_recorded (B,)."""
     env = {"env_state": torch.stack([it["env_state"] for it in items]),
            "env_valid": torch.tensor([it["env_valid"] for it in items])} if "env_state" in items[0] else {}
+    if "future_images" in items[0]:
+        env["future_images"] = torch.stack([it["future_images"] for it in items])
     return env | {
         "images": torch.stack([it["images"] for it in items]),
         "state": torch.stack([it["state"] for it in items]),

@@ -2,7 +2,8 @@
 
 The trainer knows none of them. An aid registers itself with `@register_aid`; aids outside rfm's core (the
 simulator's privileged supervision in rfm.sim.training_aids, or a third party's) are found through the
-`rfm.plugins` entry-point group, so the core never imports them. A run asks for aids by name with options:
+`rfm.plugins` entry-point group, so the trainer never imports them (rfm's own world-model objective,
+rfm.train.world_model, is registered the same way). A run asks for aids by name with options:
 `TrainConfig.aids = {"keypoints": {"weight": 1.0}}` (or `aids:` in a `rfm train --config` file).
 """
 
@@ -51,6 +52,7 @@ class TrainingAid(nn.Module):
     name: ClassVar[str] = ""
     features: ClassVar[tuple[str, ...]] = ()  # dataset features the batches must carry (e.g. environment state)
     keypoints: ClassVar[bool] = False  # its loss reads the vision encoder's keypoint heatmaps
+    fused: ClassVar[bool] = False  # its losses() also takes fused=(tokens (B, T, D), mask (B, 1, 1, T))
     loss_names: ClassVar[tuple[str, ...]] = ()  # the losses it reports (logged as <name>_loss)
     weight: float = 0.0  # multiplies each loss it returns in the total (0: computed and logged, not trained on)
 
@@ -68,7 +70,8 @@ class TrainingAid(nn.Module):
 
     def losses(self, net: nn.Module, feats: Any, batch: TrainBatch) -> dict[str, torch.Tensor]:
         """Unweighted named losses from the policy net, its image features (rfm.model.network.ImageFeatures) and
-        the batch. Names become `<name>_loss` in the logs."""
+        the batch (aids with `fused = True` also get the fused observation tokens). Names become `<name>_loss` in
+        the logs."""
         return {}
 
 

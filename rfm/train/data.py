@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import ConcatDataset, Sampler, WeightedRandomSampler
 
 from rfm.config import RobotInterface
-from rfm.constants import ACTION, OBS_ENV_STATE, OBS_STATE
+from rfm.constants import ACTION, FUTURE_FRAMES, OBS_ENV_STATE, OBS_STATE
 from rfm.data.reader import LeRobotDataset
 from rfm.data.stats import aggregate
 from rfm.data.windows import WindowDataset, interface_from_dataset
@@ -92,16 +92,17 @@ def build_training_data(paths: list[str], chunk_size: int, image_size: tuple[int
     has its own copy, `cache_copies` of them; 1 when the main process loads). A budget per worker multiplied unseen with the workers: 2 x 8 GiB
     beside another job left 4 GiB of a 24 GiB machine.
 
-    features: extra dataset features the batches carry (only observation.environment_state so far: "env_state" and
-    "env_valid", for training aids). prepare: called on the opened datasets before windows are cut (training aids
+    features: extra features the batches carry for training aids: observation.environment_state ("env_state" and
+    "env_valid"), future_frames ("future_images": each window's frames chunk_size steps ahead). prepare: called on the opened datasets before windows are cut (training aids
     that change data in memory); what it returns goes into info. interface: robot interface fields over the
     dataset's (the robot's geometry, when the dataset does not record it).
     """
     datasets = open_datasets(paths)
     prepared = prepare(datasets) if prepare else {}
-    unknown = [f for f in features if f != OBS_ENV_STATE]
+    unknown = [f for f in features if f not in (OBS_ENV_STATE, FUTURE_FRAMES)]
     if unknown:
-        raise ValueError(f"training batches can carry {OBS_ENV_STATE}, not {unknown[0]}")
+        raise ValueError(f"training batches can carry {OBS_ENV_STATE} and {FUTURE_FRAMES}, not {unknown[0]}")
+    future = FUTURE_FRAMES in features
     env_dim = feature_dim(datasets, OBS_ENV_STATE) if OBS_ENV_STATE in features else 0
     interface = interface_from_dataset(datasets[0], chunk_size=chunk_size, image_size=image_size, cameras=cameras,
                                        overrides=interface)
@@ -116,7 +117,8 @@ def build_training_data(paths: list[str], chunk_size: int, image_size: tuple[int
     train_parts, val_parts, n_train_eps = [], [], 0
     for ds, (train_eps, held), cache in zip(datasets, splits, caches):
         n_train_eps += len(train_eps)
-        train_parts.append(WindowDataset(ds, interface, episodes=train_eps, cache_bytes=cache, env_state_dim=env_dim))
+        train_parts.append(WindowDataset(ds, interface, episodes=train_eps, cache_bytes=cache, env_state_dim=env_dim,
+                                         future=future))
         if held:
             val_parts.append(WindowDataset(ds, interface, episodes=held, cache_bytes=cache))  # scores actions only
     train_set = ConcatDataset(train_parts)

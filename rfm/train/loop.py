@@ -49,7 +49,8 @@ class LossModule(nn.Module):
                                                 executed=batch.executed, executed_recorded=batch.executed_recorded)}
         total = parts["action"]
         for aid in self.aids:
-            for name, value in aid.losses(self.net, feats, batch).items():
+            more = {"fused": (memory, mask)} if aid.fused else {}
+            for name, value in aid.losses(self.net, feats, batch, **more).items():
                 parts[name] = value
                 total = total + aid.weight * value
         return total, parts
@@ -361,7 +362,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
 
 def _train_batch(batch: dict, device, **fields) -> TrainBatch:
     """A collated window batch on `device` as a TrainBatch; `fields` (already on device) replace its own."""
-    extras = {k: batch[k].to(device) for k in ("env_state", "env_valid") if k in batch}
+    extras = {k: batch[k].to(device) for k in ("env_state", "env_valid", "future_images") if k in batch}
     base = {"images": batch["images"], "state": batch["state"], "actions": batch["actions"],
             "action_pad": batch["action_pad"], "executed": batch["executed"],
             "executed_recorded": batch["executed_recorded"]}

@@ -43,6 +43,16 @@ def test_window_shapes_and_padding(ds, video_dataset):
     assert not item["executed_recorded"] and torch.equal(item["executed"], item["actions"])
 
 
+def test_windows_carry_the_frames_a_chunk_ahead_when_asked(ds):
+    """For the world-model objective: the frames chunk_size steps ahead, the episode's last past its end."""
+    itf = interface_from_dataset(ds, chunk_size=5, image_size=(24, 20))
+    wd, plain = WindowDataset(ds, itf, future=True), WindowDataset(ds, itf)
+    assert "future_images" not in plain[0]
+    assert torch.equal(wd[2]["future_images"], wd[7]["images"])  # episode 0: t = 2 -> 7
+    assert torch.equal(wd[9]["future_images"], wd[11]["images"])  # 14 is past its 12 frames: the last one
+    assert collate_windows([wd[0], wd[1]])["future_images"].shape == (2, 2, 3, 24, 20)
+
+
 def test_windows_of_a_recording_carry_what_the_robot_executed(tmp_path):
     """A fleet recording labels ticks with the expert's correction (`action`) and keeps what the robot executed
     (`action_executed`): windows carry both, so training can commit the executed actions as a prefix."""
