@@ -55,6 +55,7 @@ class AdaptConfig:
     workers: int = 2  # processes generating demos and evaluating
     num_workers: int = 1  # DataLoader workers while fine-tuning
     max_steps: int | None = None  # evaluation episode step limit (None: Meta-World's 500)
+    world_model: float = 0.0  # weight of the world-model objective while fine-tuning (0: off); frames and actions only
 
     def __post_init__(self) -> None:
         from rfm.sim.metaworld import expand_tasks
@@ -66,7 +67,8 @@ class AdaptConfig:
         checks = [(self.lr > 0, "lr", "a positive number"), (self.num_workers >= 0, "num_workers", ">= 0"),
                   (0 <= self.start_jitter <= 100, "start_jitter", "in [0, 100] steps"),
                   (self.max_steps is None or self.max_steps >= 1, "max_steps", ">= 1"),
-                  (self.size is None or self.size >= 8, "size", ">= 8 pixels"), (self.seed >= 0, "seed", ">= 0")]
+                  (self.size is None or self.size >= 8, "size", ">= 8 pixels"), (self.seed >= 0, "seed", ">= 0"),
+                  (self.world_model >= 0, "world_model", "a weight >= 0")]
         for ok, name, expected in checks:
             if not ok:
                 raise ConfigError(f"{name}={getattr(self, name)!r}: expected {expected}")
@@ -193,7 +195,8 @@ def _check_demos(path: Path, cfg: AdaptConfig, cameras: list[str], expect: int |
 
 
 def _train_config(cfg: AdaptConfig, ref_config, dataset: str):
-    """The fine-tune's TrainConfig: the init's architecture (scratch: like's, or --preset), no training aid."""
+    """The fine-tune's TrainConfig: the init's architecture (scratch: like's, or --preset), no simulator training aid
+    (the world-model objective, when asked, reads only frames and actions)."""
     from rfm.train.config import TrainConfig
 
     scratch = cfg.init == SCRATCH
@@ -206,7 +209,8 @@ def _train_config(cfg: AdaptConfig, ref_config, dataset: str):
     base = {"dataset": dataset, "out": cfg.out, "init": None if scratch else cfg.init, **arch,
             "chunk_size": ref_config.interface.chunk_size, "cameras": cfg.cameras or list(ref_config.interface.cameras),
             "steps": cfg.steps, "batch_size": cfg.batch_size, "lr": cfg.lr, "warmup_steps": 200, "ema_decay": 0.995,
-            "balance": "tasks", "aids": {}, "num_workers": cfg.num_workers, "frame_cache_gb": 2.0,
+            "balance": "tasks", "aids": {"world_model": {"weight": cfg.world_model}} if cfg.world_model else {},
+            "num_workers": cfg.num_workers, "frame_cache_gb": 2.0,
             "save_every": min(500, cfg.steps), "log_every": min(50, cfg.steps), "seed": cfg.seed, "resume": True}
     return TrainConfig.from_dict(base, "rfm adapt")
 

@@ -72,8 +72,11 @@ def test_adapt_from_a_checkpoint_then_from_scratch_on_the_same_demos(ckpt, tmp_p
 
     scratch = tmp_path / "scratch"
     _adapt("--task", "reach-v3", "--init", "scratch", "--like", str(ckpt), "--dataset", str(run / "demos"),
-           "--out", str(scratch))
+           "--out", str(scratch), "--world-model", "0.1")
     rec = json.loads((scratch / "adapt.json").read_text())
+    assert rec["plan"]["world_model"] == 0.1  # the world-model objective: frames and actions, nothing a field dataset lacks
+    assert json.loads((scratch / "checkpoint" / "config.json").read_text())["meta"]["training"]["aids"] == {
+        "world_model": {"weight": 0.1}}
     assert rec["init"]["path"] == "scratch" and rec["init"]["like"]["path"] == str(ckpt)
     assert rec["demos"]["dataset"] == str(run / "demos") and not rec["demos"]["generated"]
     assert rec["training"]["steps_done"] == 5 and rec["eval"]["tasks"]["reach-v3"]["episodes"] == 1
@@ -93,6 +96,8 @@ def test_cli_errors_are_one_line(ckpt, tmp_path, capsys):
     assert "Did you mean 'door-lock-v3'" in error("--task", "door-lok-v3", "--init", str(ckpt))
     assert "no checkpoint there" in error("--task", "reach-v3", "--init", str(tmp_path / "nope"))
     assert "demos=0: expected an integer >= 1" in error("--task", "reach-v3", "--init", str(ckpt), "--demos", "0")
+    assert "world_model=-1.0: expected a weight >= 0" in error("--task", "reach-v3", "--init", str(ckpt),
+                                                               "--world-model", "-1")
     assert "lr=-1.0" in error("--task", "reach-v3", "--init", "scratch", "--like", str(ckpt), "--lr", "-1")
     assert "architecture of 'scratch'" in error("--task", "reach-v3", "--init", str(ckpt), "--preset", "tiny")
     assert "Did you mean 'tiny'" in error("--task", "reach-v3", "--init", "scratch", "--like", str(ckpt), "--preset",
