@@ -1,5 +1,5 @@
 """One persistent /v1/ws connection for RFMClient(transport="ws"): a robot's requests without HTTP's per-request
-framing and httpx's per-call work (about 0.7 ms less per request on loopback; docs/BENCHMARKS.md)."""
+framing and httpx's per-call work (about 0.9 ms less per request on loopback; docs/BENCHMARKS.md)."""
 
 from __future__ import annotations
 
