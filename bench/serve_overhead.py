@@ -1,6 +1,6 @@
 """Where a served request's time goes, at batch 1: the bare engine against `rfm serve` over HTTP and WebSocket.
 
-    python bench/serve_overhead.py [--checkpoint DIR] [--engines torch,onnx] [--requests 400]
+    python bench/serve_overhead.py [--checkpoint DIR] [--engines torch,onnx] [--requests 800] [--rounds 16]
 
 For each engine: the bare runner (`runner.predict_batch` on a prepared batch, and `runner.predict` on the raw
 observation, which adds validation) in this process, then one robot sending requests back to back to a real
@@ -8,7 +8,9 @@ observation, which adds validation) in this process, then one robot sending requ
 client). Rounds alternate between bare and served so load from other processes spreads over both. The server's
 own `timings` split its part: decode (body read, parse, validation), queue (hand-off to the batch thread and back),
 inference, and the rest of the handler; what is left of the end-to-end time is HTTP/WebSocket framing, the socket
-and the client. The SDK's RFMClient runs the same loop over both of its transports (sdk-http: httpx POST, sdk-ws:
+and the client. Overhead paired = the median over rounds of (round's e2e p50 - round's bare p50), which the
+machine's drift between rounds does not move; outside inference = per request, e2e - the server's inference time
+(what the server and transport add, whatever the engine's speed). The SDK's RFMClient runs the same loop over both of its transports (sdk-http: httpx POST, sdk-ws:
 one WebSocket), encoding each observation as a robot does. Overhead = end-to-end p50 - bare `predict_batch` p50. Writes bench/results/serve_overhead.json.
 """
 
@@ -123,12 +125,15 @@ def run_engine(ckpt: Path, engine: str, args) -> dict:
             served(server.port, body, t, 30, obs)  # warm the connection path
         bare(runner, obs, 10)
         per = max(1, args.requests // args.rounds)
+        paired: dict[str, list] = {t: [] for t in TRANSPORTS}  # per round: e2e p50 - that round's bare p50
         for _ in range(args.rounds):
             b = bare(runner, obs, per)
             samples["predict_batch"] += b["predict_batch"]
             samples["predict"] += b["predict"]
             for t in TRANSPORTS:
-                samples[t] += served(server.port, body, t, per, obs)
+                rows = served(server.port, body, t, per, obs)
+                samples[t] += rows
+                paired[t].append(p50([r["e2e_ms"] for r in rows]) - p50(b["predict_batch"]))
     finally:
         server.stop()
     bare_p50 = p50(samples["predict_batch"])
@@ -137,6 +142,8 @@ def run_engine(ckpt: Path, engine: str, args) -> dict:
     for t in TRANSPORTS:
         bd = breakdown(samples[t])
         bd["overhead_ms"] = bd["e2e_p50_ms"] - bare_p50
+        bd["overhead_paired_ms"] = p50(paired[t])  # drift of the machine between rounds cancels
+        bd["outside_inference_ms"] = p50([r["e2e_ms"] - r["inference_ms"] for r in samples[t]])
         res[t] = bd
     return res
 
@@ -145,8 +152,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", default=str(ROOT / "checkpoints" / "default"))
     ap.add_argument("--engines", default="torch,onnx")
-    ap.add_argument("--requests", type=int, default=400, help="requests per transport per engine")
-    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--requests", type=int, default=800, help="requests per transport per engine")
+    ap.add_argument("--rounds", type=int, default=16)
     ap.add_argument("--engine-cache", default=None)
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args()
@@ -161,13 +168,15 @@ def main() -> int:
     for engine in args.engines.split(","):
         r = run_engine(Path(args.checkpoint), engine, args)
         results["engines"].append(r)
-    print("\n| engine | transport | bare p50 | e2e p50 | overhead | server inference | decode | queue hop | "
-          "handler rest | outside handler | e2e p99 |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("\n| engine | transport | bare p50 | e2e p50 | overhead | overhead paired | outside inference | "
+          "server inference | decode | queue hop | handler rest | outside handler | e2e p99 |\n"
+          "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results["engines"]:
         for t in TRANSPORTS:
             b = r[t]
             print(f"| {r['engine']} | {t} | {r['bare_predict_batch_p50_ms']:.2f} | {b['e2e_p50_ms']:.2f} | "
-                  f"{b['overhead_ms']:.2f} | {b['inference_ms_p50']:.2f} | {b['decode_ms_p50']:.2f} | "
+                  f"{b['overhead_ms']:.2f} | {b['overhead_paired_ms']:.2f} | {b['outside_inference_ms']:.2f} | "
+                  f"{b['inference_ms_p50']:.2f} | {b['decode_ms_p50']:.2f} | "
                   f"{b['queue_ms_p50']:.2f} | {b['handler_rest_ms_p50']:.2f} | {b['outside_handler_ms_p50']:.2f} | "
                   f"{b['e2e_p99_ms']:.2f} |")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
