@@ -26,9 +26,10 @@ def _recording_server(tmp_path) -> ServerThread:
     return ServerThread(load_runner(tmp_path / "ck", device="cpu"), cfg)
 
 
-def test_fleet_records_dagger_episodes(tmp_path):
+@pytest.mark.parametrize("transport", ["http", "ws"])
+def test_fleet_records_dagger_episodes(tmp_path, transport):
     with _recording_server(tmp_path) as server:
-        res = drive_fleet(server.url, ["reach-v3"], episodes=2, robots=2, dagger=True, max_steps=5)
+        res = drive_fleet(server.url, ["reach-v3"], episodes=2, robots=2, dagger=True, max_steps=5, transport=transport)
     assert res["episodes"] == 2 and res["steps"] == 10 and 0.0 <= res["mean_success_rate"] <= 1.0
     ds = LeRobotDataset(tmp_path / "rec")
     assert ds.num_episodes == 2 and ds.num_frames == 10
