@@ -38,7 +38,6 @@ def test_fleet_records_dagger_episodes(tmp_path, transport):
 
 
 def test_takeover_lets_the_expert_drive_when_the_policy_strays(tmp_path):
-
     from rfm.sim.fleet import Takeover
 
     with _recording_server(tmp_path) as server:
