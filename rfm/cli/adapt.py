@@ -38,6 +38,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--world-model", type=float, default=0.0, metavar="W",
                    help="fine-tune with the world-model objective at weight W (training aid world_model; frames and "
                         "actions only, as a field dataset has them; default 0: off)")
+    p.add_argument("--world-model-target", choices=("auto", "keypoints", "features"), default="auto",
+                   help="what it predicts of the frames a chunk ahead: the vision encoder's keypoints, or its pooled "
+                        "features (auto: keypoints where the model has them)")
     p.add_argument("--seed", type=int, default=0, help="first demo seed and training seed")
     p.add_argument("--workers", type=int, default=2, help="processes generating demos and evaluating (default 2)")
     p.add_argument("--num-workers", type=int, default=1, help="DataLoader workers while fine-tuning (default 1)")
@@ -56,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
                           episodes=args.episodes, dataset=args.dataset, preset=args.preset, like=args.like,
                           cameras=args.cameras, size=args.size, start_jitter=args.start_jitter,
                           batch_size=args.batch_size, lr=args.lr, seed=args.seed, workers=args.workers,
-                          num_workers=args.num_workers, max_steps=args.max_steps, world_model=args.world_model)
+                          num_workers=args.num_workers, max_steps=args.max_steps, world_model=args.world_model,
+                          world_model_target=args.world_model_target)
     except ValueError as e:  # ConfigError and an unknown task's did-you-mean
         raise CLIError(str(e)) from e
     if args.threads:

@@ -76,7 +76,7 @@ def test_adapt_from_a_checkpoint_then_from_scratch_on_the_same_demos(ckpt, tmp_p
     rec = json.loads((scratch / "adapt.json").read_text())
     assert rec["plan"]["world_model"] == 0.1  # the world-model objective: frames and actions, nothing a field dataset lacks
     assert json.loads((scratch / "checkpoint" / "config.json").read_text())["meta"]["training"]["aids"] == {
-        "world_model": {"weight": 0.1}}
+        "world_model": {"weight": 0.1, "target": "auto"}}
     assert rec["init"]["path"] == "scratch" and rec["init"]["like"]["path"] == str(ckpt)
     assert rec["demos"]["dataset"] == str(run / "demos") and not rec["demos"]["generated"]
     assert rec["training"]["steps_done"] == 5 and rec["eval"]["tasks"]["reach-v3"]["episodes"] == 1
