@@ -18,7 +18,8 @@
 #   default data/base38-EPISODES-128ct-j15-env), TRAIN_ARGS (appended to rfm train; later flags win), EVAL_ARGS
 #   (appended to rfm eval), TASKS (default base38; a few of them for a quick try, still checked against all 38),
 #   DEST (where the checkpoint goes, default checkpoints/base), WORLD_MODEL (a weight, e.g. 0.1: pretrain with the
-#   world-model objective, training aid world_model; give the run its own RUNS_DIR and DEST to compare the two).
+#   world-model objective, training aid world_model; give the run its own RUNS_DIR and DEST to compare the two;
+#   TRAIN_ARGS="--set aids.world_model.horizon=80" predicts a second ahead instead of one chunk).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RFM=${RFM:-.venv/bin/rfm}

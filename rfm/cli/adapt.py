@@ -41,6 +41,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--world-model-target", choices=("auto", "keypoints", "features"), default="auto",
                    help="what it predicts of the frames a chunk ahead: the vision encoder's keypoints, or its pooled "
                         "features (auto: keypoints where the model has them)")
+    p.add_argument("--world-model-horizon", type=int, default=None, metavar="STEPS",
+                   help="how many control steps ahead it predicts (default: one chunk)")
     p.add_argument("--seed", type=int, default=0, help="first demo seed and training seed")
     p.add_argument("--workers", type=int, default=2, help="processes generating demos and evaluating (default 2)")
     p.add_argument("--num-workers", type=int, default=1, help="DataLoader workers while fine-tuning (default 1)")
@@ -60,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
                           cameras=args.cameras, size=args.size, start_jitter=args.start_jitter,
                           batch_size=args.batch_size, lr=args.lr, seed=args.seed, workers=args.workers,
                           num_workers=args.num_workers, max_steps=args.max_steps, world_model=args.world_model,
-                          world_model_target=args.world_model_target)
+                          world_model_target=args.world_model_target, world_model_horizon=args.world_model_horizon)
     except ValueError as e:  # ConfigError and an unknown task's did-you-mean
         raise CLIError(str(e)) from e
     if args.threads:

@@ -76,12 +76,12 @@ class WindowDataset(Dataset):
     repeated past the episode end), "action_pad": (H,) bool (True where padded), "executed": (H, D_a) f32 (what the
     robot executed at those ticks, where a recording says so: `action` holds the expert's label there; else the
     actions themselves), "executed_recorded": bool, "instruction": str, "episode_index": int}; with env_state_dim > 0 also "env_state": (D_env,) f32 and "env_valid": bool (False, with
-    zeros, where the dataset has no observation.environment_state, e.g. fleet recordings); with future=True also
-    "future_images": (N_cam, 3, H, W) uint8, the frames chunk_size steps ahead (the episode's last past its end)
+    zeros, where the dataset has no observation.environment_state, e.g. fleet recordings); with future=N > 0 also
+    "future_images": (N_cam, 3, H, W) uint8, the frames N steps ahead (the episode's last past its end)
     """
 
     def __init__(self, ds: LeRobotDataset, interface: RobotInterface, episodes: list[int] | None = None,
-                 cache_bytes: int = 2 << 30, env_state_dim: int = 0, future: bool = False) -> None:
+                 cache_bytes: int = 2 << 30, env_state_dim: int = 0, future: int = 0) -> None:
         self.ds, self.interface = ds, interface
         self.env_state_dim, self.future = env_state_dim, future
         self.env_states = ds.extras.get(OBS_ENV_STATE) if env_state_dim else None
@@ -148,7 +148,7 @@ class WindowDataset(Dataset):
             "episode_index": e.index,
         }
         if self.future:
-            item["future_images"] = frames[min(g + len(self._offsets), e.stop - 1) - e.start]
+            item["future_images"] = frames[min(g + self.future, e.stop - 1) - e.start]
         if self.env_state_dim:
             has = self.env_states is not None
             item["env_state"] = torch.from_numpy(self.env_states[g].copy()) if has \

@@ -57,6 +57,7 @@ class AdaptConfig:
     max_steps: int | None = None  # evaluation episode step limit (None: Meta-World's 500)
     world_model: float = 0.0  # weight of the world-model objective while fine-tuning (0: off); frames and actions only
     world_model_target: str = "auto"  # its target: keypoints of the future frames, or their pooled features
+    world_model_horizon: int | None = None  # how many control steps ahead (None: one chunk)
 
     def __post_init__(self) -> None:
         from rfm.sim.metaworld import expand_tasks
@@ -210,8 +211,8 @@ def _train_config(cfg: AdaptConfig, ref_config, dataset: str):
     base = {"dataset": dataset, "out": cfg.out, "init": None if scratch else cfg.init, **arch,
             "chunk_size": ref_config.interface.chunk_size, "cameras": cfg.cameras or list(ref_config.interface.cameras),
             "steps": cfg.steps, "batch_size": cfg.batch_size, "lr": cfg.lr, "warmup_steps": 200, "ema_decay": 0.995,
-            "balance": "tasks", "aids": {"world_model": {"weight": cfg.world_model, "target": cfg.world_model_target}}
-            if cfg.world_model else {},
+            "balance": "tasks", "aids": {"world_model": {"weight": cfg.world_model, "target": cfg.world_model_target,
+                                                         "horizon": cfg.world_model_horizon}} if cfg.world_model else {},
             "num_workers": cfg.num_workers, "frame_cache_gb": 2.0,
             "save_every": min(500, cfg.steps), "log_every": min(50, cfg.steps), "seed": cfg.seed, "resume": True}
     return TrainConfig.from_dict(base, "rfm adapt")

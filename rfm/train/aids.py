@@ -53,6 +53,7 @@ class TrainingAid(nn.Module):
     features: ClassVar[tuple[str, ...]] = ()  # dataset features the batches must carry (e.g. environment state)
     keypoints: ClassVar[bool] = False  # its loss reads the vision encoder's keypoint heatmaps
     fused: ClassVar[bool] = False  # its losses() also takes fused=(tokens (B, T, D), mask (B, 1, 1, T))
+    future_steps: int | None = None  # with the future_frames feature: how far ahead (None: the chunk size)
     loss_names: ClassVar[tuple[str, ...]] = ()  # the losses it reports (logged as <name>_loss)
     weight: float = 0.0  # multiplies each loss it returns in the total (0: computed and logged, not trained on)
 

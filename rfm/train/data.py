@@ -85,7 +85,7 @@ def build_training_data(paths: list[str], chunk_size: int, image_size: tuple[int
                         cameras: list[str] | None, val_episodes: int, frame_cache_gb: float = 4.0,
                         features: tuple[str, ...] = (), cache_copies: int = 1,
                         prepare: Callable[[list[LeRobotDataset]], dict] | None = None,
-                        interface: dict | None = None) -> TrainingData:
+                        interface: dict | None = None, future_steps: int | None = None) -> TrainingData:
     """Window sets over all datasets; validation holds out the last `val_episodes` of the first dataset.
 
     frame_cache_gb is the memory all copies of the window sets may hold decoded (each DataLoader worker process
@@ -93,7 +93,7 @@ def build_training_data(paths: list[str], chunk_size: int, image_size: tuple[int
     beside another job left 4 GiB of a 24 GiB machine.
 
     features: extra features the batches carry for training aids: observation.environment_state ("env_state" and
-    "env_valid"), future_frames ("future_images": each window's frames chunk_size steps ahead). prepare: called on the opened datasets before windows are cut (training aids
+    "env_valid"), future_frames ("future_images": each window's frames future_steps ahead, default chunk_size). prepare: called on the opened datasets before windows are cut (training aids
     that change data in memory); what it returns goes into info. interface: robot interface fields over the
     dataset's (the robot's geometry, when the dataset does not record it).
     """
@@ -102,7 +102,7 @@ def build_training_data(paths: list[str], chunk_size: int, image_size: tuple[int
     unknown = [f for f in features if f not in (OBS_ENV_STATE, FUTURE_FRAMES)]
     if unknown:
         raise ValueError(f"training batches can carry {OBS_ENV_STATE} and {FUTURE_FRAMES}, not {unknown[0]}")
-    future = FUTURE_FRAMES in features
+    future = (future_steps or chunk_size) if FUTURE_FRAMES in features else 0
     env_dim = feature_dim(datasets, OBS_ENV_STATE) if OBS_ENV_STATE in features else 0
     interface = interface_from_dataset(datasets[0], chunk_size=chunk_size, image_size=image_size, cameras=cameras,
                                        overrides=interface)

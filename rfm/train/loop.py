@@ -183,9 +183,11 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         return info
 
     features = tuple(dict.fromkeys(f for aid in aids for f in aid.features))
+    ahead = max((aid.future_steps for aid in aids if aid.future_steps), default=None)  # frames that far ahead
     data = build_training_data(cfg.datasets, cfg.chunk_size, _image_size(cfg, init_config), cfg.cameras,
                                cfg.val_episodes, cfg.frame_cache_gb, features=features,
-                               cache_copies=max(cfg.num_workers, 1), prepare=prepare, interface=cfg.interface)
+                               cache_copies=max(cfg.num_workers, 1), prepare=prepare, interface=cfg.interface,
+                               future_steps=ahead)
     interface, inherited = _inherit_geometry(data.interface, init_config)
     train_set = data.train_set
     for note in inherited:

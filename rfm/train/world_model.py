@@ -1,5 +1,6 @@
 """World-model objective (training aid `world_model`): from the fused observation tokens and the action chunk,
-predict a latent of the frames chunk_size steps ahead, so the encoder learns what the actions will do to the scene.
+predict a latent of the frames `horizon` steps ahead (default: one chunk), so the encoder learns what the actions
+will do to the scene.
 
 The target is the vision encoder's own reading of the future frames, taken without gradient: the spatial-softmax
 keypoints (where the tracked things will be; models with model.vision_keypoints > 0) or, without keypoints, each
@@ -31,13 +32,16 @@ class WorldModelAid(TrainingAid):
     fused = True
     loss_names = ("world_model",)
 
-    def __init__(self, weight: float = 0.1, target: str = "auto") -> None:
+    def __init__(self, weight: float = 0.1, target: str = "auto", horizon: int | None = None) -> None:
         super().__init__()
         if weight < 0:
             raise ValueError(f"weight={weight} must be >= 0")
         if target not in TARGETS:
             raise ValueError(f"target={target!r}: expected one of {', '.join(TARGETS)}")
+        if horizon is not None and int(horizon) < 1:
+            raise ValueError(f"horizon={horizon}: expected a number of control steps >= 1 (default: the chunk size)")
         self.weight, self.target = float(weight), target
+        self.future_steps = None if horizon is None else int(horizon)  # a chunk at 80 Hz is 0.2 s: little moves
 
     def setup(self, policy, data) -> None:
         m, net = policy.config.model, policy.net

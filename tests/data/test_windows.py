@@ -46,7 +46,7 @@ def test_window_shapes_and_padding(ds, video_dataset):
 def test_windows_carry_the_frames_a_chunk_ahead_when_asked(ds):
     """For the world-model objective: the frames chunk_size steps ahead, the episode's last past its end."""
     itf = interface_from_dataset(ds, chunk_size=5, image_size=(24, 20))
-    wd, plain = WindowDataset(ds, itf, future=True), WindowDataset(ds, itf)
+    wd, plain = WindowDataset(ds, itf, future=5), WindowDataset(ds, itf)
     assert "future_images" not in plain[0]
     assert torch.equal(wd[2]["future_images"], wd[7]["images"])  # episode 0: t = 2 -> 7
     assert torch.equal(wd[9]["future_images"], wd[11]["images"])  # 14 is past its 12 frames: the last one

@@ -72,11 +72,11 @@ def test_adapt_from_a_checkpoint_then_from_scratch_on_the_same_demos(ckpt, tmp_p
 
     scratch = tmp_path / "scratch"
     _adapt("--task", "reach-v3", "--init", "scratch", "--like", str(ckpt), "--dataset", str(run / "demos"),
-           "--out", str(scratch), "--world-model", "0.1")
+           "--out", str(scratch), "--world-model", "0.1", "--world-model-horizon", "12")
     rec = json.loads((scratch / "adapt.json").read_text())
     assert rec["plan"]["world_model"] == 0.1  # the world-model objective: frames and actions, nothing a field dataset lacks
     assert json.loads((scratch / "checkpoint" / "config.json").read_text())["meta"]["training"]["aids"] == {
-        "world_model": {"weight": 0.1, "target": "auto"}}
+        "world_model": {"weight": 0.1, "target": "auto", "horizon": 12}}
     assert rec["init"]["path"] == "scratch" and rec["init"]["like"]["path"] == str(ckpt)
     assert rec["demos"]["dataset"] == str(run / "demos") and not rec["demos"]["generated"]
     assert rec["training"]["steps_done"] == 5 and rec["eval"]["tasks"]["reach-v3"]["episodes"] == 1

@@ -48,6 +48,18 @@ def two(tmp_path_factory) -> tuple[Path, Path]:
     return demos, field
 
 
+def test_windows_carry_future_frames_at_the_asked_horizon(two):
+    """The world-model objective's frames: one chunk ahead by default, or future_steps ahead."""
+    from rfm.constants import FUTURE_FRAMES
+
+    demos, _ = two
+    for steps, ahead in ((None, 4), (7, 7)):
+        data = build_training_data([str(demos)], chunk_size=4, image_size=None, cameras=None, val_episodes=0,
+                                   features=(FUTURE_FRAMES,), future_steps=steps)
+        windows = data.train_set.datasets[0]
+        assert np.array_equal(windows[5]["future_images"], windows[5 + ahead]["images"])  # episode 1 (20 frames)
+
+
 def test_two_datasets_make_one_training_set_with_merged_stats(two):
     demos, field = two
     data = build_training_data([str(demos), str(field)], chunk_size=4, image_size=None, cameras=None, val_episodes=1)

@@ -38,6 +38,9 @@ def test_the_aid_is_in_the_core_and_checks_its_options():
     assert "world_model" in available_aids()
     with pytest.raises(ConfigError, match="target='pixels': expected one of auto, keypoints, features"):
         build_aid("world_model", {"target": "pixels"})
+    with pytest.raises(ConfigError, match="horizon=0: expected a number of control steps >= 1"):
+        build_aid("world_model", {"horizon": 0})
+    assert build_aid("world_model", {"horizon": 80}).future_steps == 80 and build_aid("world_model", {}).future_steps is None
     with pytest.raises(ConfigError, match="needs a model with keypoints"):
         _aid(_policy(keypoints=0), target="keypoints")
     assert _aid(_policy(keypoints=0)).out_shape == (1, 128)  # pooled features where there are no keypoints
