@@ -89,40 +89,41 @@ class RFMClient(_Base):
 
     def infer(self, obs: Mapping[str, Any], request_id: str | None = None) -> dict:
         body = self._body(obs, request_id)
-        if self._ws is not None:
-            return self._infer_ws(body)
+        attempt_once = self._attempt_http if self._ws is None else self._attempt_ws
         for attempt in range(self.retries + 1):
-            resp = None
-            try:
-                resp = self._http.post("/v1/act", content=body, headers=self.headers)
-            except (httpx.ConnectError, httpx.RemoteProtocolError):
-                if attempt == self.retries:
-                    raise
-            out = self._outcome(resp, attempt)
+            out = attempt_once(body, attempt)
             if isinstance(out, dict):
                 return out
             time.sleep(out)
         raise AssertionError("unreachable")
 
-    def _infer_ws(self, body: bytes) -> dict:
-        """As infer over HTTP: in-band errors become RFMError, 503s and dropped connections are retried."""
-        for attempt in range(self.retries + 1):
-            wait = _retry_after(None, attempt, self.max_retry_wait)
-            try:
-                out = self._ws.request(body)
-            except Refused as e:  # the handshake's HTTP answer: 401, or 503 + Retry-After while the model loads
-                wait = self._outcome(e.response, attempt)
-            except ConnectionError:
-                if attempt == self.retries:
-                    raise
-            else:
-                if "error" not in out:
-                    return out
-                status = int(out.get("status", 500))
-                if status not in RETRYABLE or attempt == self.retries:
-                    raise RFMError(status, str(out["error"]), str(out.get("detail", "")), out.get("request_id"))
-            time.sleep(wait)
-        raise AssertionError("unreachable")
+    def _attempt_http(self, body: bytes, attempt: int) -> dict | float:
+        """One POST /v1/act: the answer, or seconds to wait before the next try (RFMError when not retryable)."""
+        resp = None
+        try:
+            resp = self._http.post("/v1/act", content=body, headers=self.headers)
+        except (httpx.ConnectError, httpx.RemoteProtocolError):
+            if attempt == self.retries:
+                raise
+        return self._outcome(resp, attempt)
+
+    def _attempt_ws(self, body: bytes, attempt: int) -> dict | float:
+        """One request over the WebSocket, as _attempt_http: in-band errors become RFMError, 503s and dropped
+        connections are retried, a refused handshake is handled as the same answer to a POST."""
+        try:
+            out = self._ws.request(body)
+        except Refused as e:  # 401, or 503 + Retry-After while the model loads
+            return self._outcome(e.response, attempt)
+        except ConnectionError:
+            if attempt == self.retries:
+                raise
+            return self._outcome(None, attempt)
+        if "error" not in out:
+            return out
+        status = int(out.get("status", 500))
+        if status not in RETRYABLE or attempt == self.retries:
+            raise RFMError(status, str(out["error"]), str(out.get("detail", "")), out.get("request_id"))
+        return _retry_after(None, attempt, self.max_retry_wait)
 
     def act(self, obs: Mapping[str, Any], request_id: str | None = None) -> np.ndarray:
         """One observation -> action chunk (H, D_a) float32 in robot units."""

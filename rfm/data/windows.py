@@ -75,9 +75,10 @@ class WindowDataset(Dataset):
     item = {"images": (N_cam, 3, H, W) uint8, "state": (D_s,) f32, "actions": (H, D_a) f32 (the last action
     repeated past the episode end), "action_pad": (H,) bool (True where padded), "executed": (H, D_a) f32 (what the
     robot executed at those ticks, where a recording says so: `action` holds the expert's label there; else the
-    actions themselves), "executed_recorded": bool, "instruction": str, "episode_index": int}; with env_state_dim > 0 also "env_state": (D_env,) f32 and "env_valid": bool (False, with
-    zeros, where the dataset has no observation.environment_state, e.g. fleet recordings); with future=N > 0 also
-    "future_images": (N_cam, 3, H, W) uint8, the frames N steps ahead (the episode's last past its end)
+    actions themselves), "executed_recorded": bool, "instruction": str, "episode_index": int}; with
+    env_state_dim > 0 also "env_state": (D_env,) f32 and "env_valid": bool (False, with zeros, where the dataset has
+    no observation.environment_state, e.g. fleet recordings); with future=N > 0 also "future_images":
+    (N_cam, 3, H, W) uint8, the frames N steps ahead (the episode's last past its end)
     """
 
     def __init__(self, ds: LeRobotDataset, interface: RobotInterface, episodes: list[int] | None = None,

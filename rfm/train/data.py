@@ -93,8 +93,9 @@ def build_training_data(paths: list[str], chunk_size: int, image_size: tuple[int
     beside another job left 4 GiB of a 24 GiB machine.
 
     features: extra features the batches carry for training aids: observation.environment_state ("env_state" and
-    "env_valid"), future_frames ("future_images": each window's frames future_steps ahead, default chunk_size). prepare: called on the opened datasets before windows are cut (training aids
-    that change data in memory); what it returns goes into info. interface: robot interface fields over the
+    "env_valid"), future_frames ("future_images": each window's frames future_steps ahead, default chunk_size).
+    prepare: called on the opened datasets before windows are cut (training aids that change data in memory); what
+    it returns goes into info. interface: robot interface fields over the
     dataset's (the robot's geometry, when the dataset does not record it).
     """
     datasets = open_datasets(paths)

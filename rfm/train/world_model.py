@@ -64,14 +64,12 @@ class WorldModelAid(TrainingAid):
         """(B, N_cam, K*2) keypoints (x, y in [-1, 1]) of the future frames, moved by `offsets` (B, N_cam, 2), the
         shift augmentation gave the current frames; or, without keypoints, (B, N_cam, C) standardised pooled
         features."""
-        x = future.flatten(0, 1).float() / 255.0
         if self.keypoints:
-            _, points, _ = net.vision(x, with_keypoints=True)  # (B*N, K, 2)
-            points = points.unflatten(0, future.shape[:2]).float()  # (B, N, K, 2)
+            points = net.image_features(future, keypoints=True).keypoints.float()  # (B, N, K, 2)
             if offsets is not None:
                 points = points + offsets[:, :, None, :].float()
             return points.flatten(2)
-        pooled = net.vision(x).mean(1).float()  # (B*N, C)
+        pooled = net.vision(future.flatten(0, 1).float() / 255.0).mean(1).float()  # (B*N, C)
         return F.layer_norm(pooled, pooled.shape[-1:]).unflatten(0, future.shape[:2])
 
     def predict(self, net, memory: torch.Tensor, mask: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
