@@ -13,12 +13,14 @@
 #      beside the checkpoint (RUNS_DIR/task_check.json).
 #   5. 20 unseen episodes per task (EVAL_EPISODES), recorded in the card; the checkpoint becomes checkpoints/base.
 # Usage: examples/pretrain_base.sh [EPISODES] [RUNS_DIR]   (defaults 50, runs/base)
-#   PRESET (tiny | small, default small), STEPS (default 30000), BATCH (default 64), LR (default 5e-4),
-#   WORKERS (simulation processes, default 8), CACHE_GB (decoded-frame cache, default 16), DATA (dataset directory,
-#   default data/base38-EPISODES-128ct-j15-env), TRAIN_ARGS (appended to rfm train; later flags win), EVAL_ARGS
-#   (appended to rfm eval), TASKS (default base38; a few of them for a quick try, still checked against all 38),
-#   DEST (where the checkpoint goes, default checkpoints/base), WORLD_MODEL (a weight, e.g. 0.1: pretrain with the
-#   world-model objective, training aid world_model; give the run its own RUNS_DIR and DEST to compare the two;
+#   PRESET (tiny | small, default small), STEPS (default 30000), BATCH (default 64), LR (default 5e-4), WORKERS
+#   (simulation processes, default 8), CACHE_GB (decoded-frame cache, default 16), DATA (dataset directory, or several
+#   comma-separated, default data/base38-EPISODES-128ct-j15-env), TRAIN_ARGS (appended to rfm train; later flags win),
+#   EVAL_ARGS (appended to rfm eval), TASKS (default base38; a few of them for a quick try, still checked against all
+#   38), DEST (where the checkpoint goes, default checkpoints/base), INIT (a checkpoint to continue from instead of
+#   starting from scratch, e.g. checkpoints/default, trained on MT10 only: the CPU-sized recipe; its card and lineage
+#   are checked against the 38 with the data, and its architecture is kept), WORLD_MODEL (a weight, e.g. 0.1: pretrain
+#   with the world-model objective, training aid world_model; give the run its own RUNS_DIR and DEST to compare the two;
 #   TRAIN_ARGS="--set aids.world_model.horizon=80" predicts a second ahead instead of one chunk).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,24 +45,26 @@ steps_done() {  # the steps a run's checkpoint records, 0 if none
     2>/dev/null || echo 0
 }
 
-test -d "$DATA" || $RFM data generate metaworld --tasks "$TASKS" --episodes "$EPISODES" --cameras corner,topview \
+test -e "${DATA%%,*}" || $RFM data generate metaworld --tasks "$TASKS" --episodes "$EPISODES" --cameras corner,topview \
   --size 128 --start-jitter 15 --workers "$WORKERS" --out "$DATA"
 
 echo "== $DATA: the 38 base tasks and no other?"
 mkdir -p "$OUT"
-$RFM data check-tasks "$DATA" --tasks base38 --out "$OUT/task_check.json"
+CHECK=(--tasks base38 --out "$OUT/task_check.json" ${INIT:+--init "$INIT"})
+$RFM data check-tasks "$DATA" "${CHECK[@]}"
 
 if [ "$(steps_done "$OUT")" = "$STEPS" ]; then
   echo "== $OUT: $STEPS steps done"
 else
   # shellcheck disable=SC2086  # TRAIN_ARGS is a list of flags
-  $RFM train --dataset "$DATA" --out "$OUT" --preset "$PRESET" --model "$MODEL" --resume --head chunk \
+  if [ -n "${INIT:-}" ]; then ARCH=(--init "$INIT"); else ARCH=(--preset "$PRESET" --model "$MODEL" --head chunk); fi
+  $RFM train --dataset "$DATA" --out "$OUT" "${ARCH[@]}" --resume \
     --steps "$STEPS" --batch-size "$BATCH" --lr "$LR" --warmup-steps 200 --ema-decay 0.995 --chunk-size 16 \
     --save-every 1000 --balance tasks --set aids.keypoints.weight=1 --frame-cache-gb "$CACHE_GB" --num-workers 4 \
     --no-progress ${WORLD_MODEL:+--set aids.world_model.weight=$WORLD_MODEL} ${TRAIN_ARGS:-}
 fi
 
-$RFM data check-tasks "$DATA" --tasks base38 --out "$OUT/task_check.json" --record "$OUT/checkpoint"
+$RFM data check-tasks "$DATA" "${CHECK[@]}" --record "$OUT/checkpoint"
 
 RESULTS="$OUT/$TASKS-${EVAL_EPISODES}ep.json"
 # shellcheck disable=SC2086  # EVAL_ARGS is a list of flags

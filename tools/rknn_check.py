@@ -12,7 +12,8 @@ tools/rknn_feeds.py wrote with rfm's own venv:
 
 1. policy.onnx is prepared for the toolkit (prepare_onnx): RKNN needs static shapes (batch fixed to 1); its
    compiler aborts on uint8 tensors ("Not Support Dtype: 2"), so uint8 inputs become float32 holding the same
-   0..255 values; its loader crashes on torch.diagonal's ConstantOfShape -> EyeLike pair ("'numpy.ndarray' object
+   0..255 values, and integer inputs (a continuation model's prefix_len) become float32 inputs cast back to their
+   type inside the graph, so every input is fed as float32; its loader crashes on torch.diagonal's ConstantOfShape -> EyeLike pair ("'numpy.ndarray' object
    has no attribute 'data_type'"), so constants are folded with onnxruntime. The prepared graph is checked against
    the fp32 reference on onnxruntime.
 2. Each precision is built: int8 (quantized_dtype w8a8) and int16 (w16a16i_dfp, 16-bit fixed point) with
@@ -67,11 +68,19 @@ def fail(msg: str) -> None:
 
 
 def prepare_onnx(export_dir: Path, out: Path) -> Path:
-    """policy.onnx with batch 1, float32 instead of uint8 inputs and constants folded (see the module docstring)."""
+    """policy.onnx with batch 1, float32 inputs and constants folded (see the module docstring)."""
     import onnx
     import onnxruntime as ort
 
     model = onnx.load(str(export_dir / "policy.onnx"))
+    integer = (onnx.TensorProto.INT64, onnx.TensorProto.INT32)
+    for value in model.graph.input:
+        tensor = value.type.tensor_type
+        if tensor.elem_type in integer:  # fed as float32, cast back to its type where the graph reads it
+            inner = f"{value.name}__as_int"
+            rename_input(model.graph, value.name, inner)
+            model.graph.node.insert(0, onnx.helper.make_node("Cast", [value.name], [inner], to=tensor.elem_type))
+            tensor.elem_type = onnx.TensorProto.FLOAT
     for value in [*model.graph.input, *model.graph.output]:
         tensor = value.type.tensor_type
         if tensor.elem_type == onnx.TensorProto.UINT8:
@@ -88,6 +97,15 @@ def prepare_onnx(export_dir: Path, out: Path) -> Path:
     options.optimized_model_filepath = str(out)
     ort.InferenceSession(str(static), options, providers=["CPUExecutionProvider"])
     return out
+
+
+def rename_input(graph, old: str, new: str) -> None:
+    """Every node of `graph` and of its subgraphs (If/Loop bodies) that reads `old` reads `new` instead."""
+    for node in graph.node:
+        node.input[:] = [new if i == old else i for i in node.input]
+        for attr in node.attribute:
+            for sub in [attr.g, *attr.graphs] if attr.HasField("g") else attr.graphs:
+                rename_input(sub, old, new)
 
 
 def write_calibration(feeds, names: list[str], work: Path) -> Path:

@@ -60,6 +60,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     c.add_argument("datasets", type=_csv, help="comma-separated LeRobot dataset directories")
     c.add_argument("--tasks", required=True,
                    help="the allowed tasks: names or sets (base38, mt10, ml45-test, mt50), comma-separated")
+    c.add_argument("--init", type=_csv, default=[], metavar="CHECKPOINT",
+                   help="also check the checkpoint(s) the run starts from: the tasks its model card and its lineage "
+                        "say it was trained on")
     c.add_argument("--out", default=None, metavar="JSON", help="write the check's result here")
     c.add_argument("--record", default=None, metavar="CHECKPOINT",
                    help="record the passed check in this checkpoint's model card (meta.data.task_check)")
@@ -120,7 +123,10 @@ def run_check_tasks(args: argparse.Namespace) -> int:
     from rfm.sim.task_check import TaskCheckError, check_tasks, record_check
 
     try:
-        result = check_tasks(args.datasets, args.tasks)
+        for ckpt in args.init:
+            if not (Path(ckpt) / "config.json").is_file():
+                raise CLIError(f"--init {ckpt}: not a checkpoint directory (no config.json)")
+        result = check_tasks(args.datasets, args.tasks, args.init)
     except TaskCheckError as e:
         raise CLIError(str(e)) from e
     if args.out:
@@ -131,7 +137,7 @@ def run_check_tasks(args: argparse.Namespace) -> int:
             raise CLIError(f"--record {args.record}: not a checkpoint directory (no config.json)")
         record_check(args.record, result)
     found = sorted({t for d in result["datasets"] for t in d["env_tasks"]})
-    print(f"ok: {len(found)} of the {len(result['allowed'])} allowed tasks in {', '.join(args.datasets)}, "
+    print(f"ok: {len(found)} of the {len(result['allowed'])} allowed tasks in {', '.join(args.datasets + args.init)}, "
           f"no other task{f'; recorded in {args.record}' if args.record else ''}")
     return 0
 

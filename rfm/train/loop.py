@@ -82,10 +82,10 @@ def _mixed_precision(cfg: TrainConfig) -> str:
 
 
 def _lineage(init: str, meta: dict) -> list[dict]:
-    """The checkpoints this one was fine-tuned from, newest first: id, version, data and steps of each."""
+    """The checkpoints this one was fine-tuned from, newest first: id, version, data, its tasks and steps of each."""
     here = {"model_id": meta.get("model_id", Path(init).name), "model_version": meta.get("model_version"),
             "path": str(init), "dataset": meta.get("data", {}).get("dataset"),
-            "steps": meta.get("training", {}).get("steps_done")}
+            "tasks": meta.get("data", {}).get("tasks"), "steps": meta.get("training", {}).get("steps_done")}
     return [here, *meta.get("lineage", [])]
 
 

@@ -160,3 +160,35 @@ def test_dataset_samples_commit_the_ground_truth_actions_that_follow(dataset):  
         p = len(f[COMMITTED])
         assert 1 <= p <= PREFIX_MAX and i + p <= ds.frame_episode(i).stop  # never past the episode's end
         np.testing.assert_array_equal(f[COMMITTED], ds.actions[i : i + p])
+
+
+def test_the_rknn_preparation_feeds_a_continuation_model_float32_only(prefix_export, tmp_path):
+    """tools/rknn_check.py feeds every input as float32 (the toolkit's inputs): prefix_len is cast back inside the
+    graph, so the prepared graph answers as policy.onnx does, with and without committed actions."""
+    import importlib.util
+
+    import onnxruntime as ort
+
+    spec = importlib.util.spec_from_file_location("rknn_check", "tools/rknn_check.py")
+    rknn_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rknn_check)
+    prepared = rknn_check.prepare_onnx(prefix_export, tmp_path / "prepared.onnx")
+    session = ort.InferenceSession(str(prepared), providers=["CPUExecutionProvider"])
+    assert {i.name: i.type for i in session.get_inputs()}["prefix_len"] == "tensor(float)"
+    reference = ort.InferenceSession(str(prefix_export / "policy.onnx"), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(3)
+    feeds = {}
+    for i in reference.get_inputs():
+        shape = [1 if not isinstance(d, int) else d for d in i.shape]
+        kind = i.type[len("tensor("):-1]
+        feeds[i.name] = (rng.integers(0, 255, shape).astype(np.uint8) if kind == "uint8" else
+                         np.ones(shape, np.float32) if i.name == "text_mask" else
+                         rng.normal(size=shape).astype(np.float32) if kind == "float" else np.zeros(shape, np.int64))
+    answers = []
+    for committed in (0, 3):
+        feeds["prefix_len"] = np.full(feeds["prefix_len"].shape, committed, np.int64)
+        want = reference.run(["actions"], feeds)[0]
+        got = session.run(None, {k: v.astype(np.float32) for k, v in feeds.items()})[0]
+        np.testing.assert_allclose(got, want, atol=1e-4)
+        answers.append(want)
+    assert np.abs(answers[0] - answers[1]).max() > 1e-3  # the committed actions reached the graph

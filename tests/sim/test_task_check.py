@@ -68,3 +68,37 @@ def test_cli_writes_the_check_records_it_in_a_card_and_fails_in_one_line(tmp_pat
     assert err.count("\n") == 1 and "env task 'hand-insert-v3'" in err
     assert main(["data", "check-tasks", ds, "--tasks", "base83"]) == 2
     assert "Did you mean 'base38'" in capsys.readouterr().err
+
+
+def test_a_starting_checkpoint_is_checked_with_its_lineage(tmp_path, capsys, small_interface):
+    """A base fine-tuned from another checkpoint inherits its tasks: the card's and every ancestor's are checked."""
+    from rfm import RFMPolicy
+    from rfm.checkpoint import update_meta
+
+    ds = _data(tmp_path / "ok", ["reach-v3"])
+    ckpt = RFMPolicy.build("tiny", interface=small_interface).save_pretrained(tmp_path / "mt10")
+    mt10 = [INSTRUCTIONS[t][0] for t in ("push-v3", "door-open-v3")]
+    update_meta(ckpt, "data", {"dataset": "d/demos,d/recorded", "tasks": mt10})
+    update_meta(ckpt, "lineage", [{"path": "runs/c1", "dataset": "d/demos"}])  # an ancestor on a subset: known
+    result = check_tasks([ds], "base38", [str(ckpt)])
+    assert result["datasets"][1] == {"path": str(ckpt), "checkpoint": True, "instructions": mt10,
+                                     "env_tasks": ["door-open-v3", "push-v3"]}
+    assert main(["data", "check-tasks", ds, "--tasks", "base38", "--init", str(ckpt)]) == 0
+    assert "ok: 3 of the 38" in capsys.readouterr().out
+
+    update_meta(ckpt, "lineage", [{"path": "runs/lock", "dataset": "d/lock", "tasks": [INSTRUCTIONS["door-lock-v3"][0]]},
+                                  {"path": "runs/c0", "dataset": "elsewhere"}])
+    with pytest.raises(TaskCheckError) as e:
+        check_tasks([ds], "base38", [str(ckpt)])
+    assert "'lock the door'" in str(e.value)  # an ancestor's foreign task
+    assert "ancestor runs/c0: trained on 'elsewhere', whose tasks its card does not record" in str(e.value)
+    assert main(["data", "check-tasks", ds, "--tasks", "base38", "--init", str(tmp_path / "nope")]) == 2
+    assert "not a checkpoint directory" in capsys.readouterr().err
+
+
+def test_fine_tuning_records_the_inits_tasks_in_the_lineage():
+    from rfm.train.loop import _lineage
+
+    entry = _lineage("checkpoints/default", {"model_id": "d", "data": {"dataset": "x", "tasks": ["reach the goal"]},
+                                             "lineage": [{"path": "older"}]})
+    assert entry[0]["tasks"] == ["reach the goal"] and entry[1] == {"path": "older"}
