@@ -57,7 +57,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     c = dsub.add_parser("check-tasks", help="check that datasets hold only a Meta-World task set's tasks "
                                             "(e.g. a base model's pretraining data)")
-    c.add_argument("datasets", type=_csv, help="comma-separated LeRobot dataset directories")
+    c.add_argument("datasets", type=_csv, nargs="?", default=[],
+                   help="comma-separated LeRobot dataset directories (none: check --init alone)")
     c.add_argument("--tasks", required=True,
                    help="the allowed tasks: names or sets (base38, mt10, ml45-test, mt50), comma-separated")
     c.add_argument("--init", type=_csv, default=[], metavar="CHECKPOINT",
@@ -123,6 +124,8 @@ def run_check_tasks(args: argparse.Namespace) -> int:
     from rfm.sim.task_check import TaskCheckError, check_tasks, record_check
 
     try:
+        if not args.datasets and not args.init:
+            raise CLIError("check-tasks: give dataset directories, --init CHECKPOINT, or both")
         for ckpt in args.init:
             if not (Path(ckpt) / "config.json").is_file():
                 raise CLIError(f"--init {ckpt}: not a checkpoint directory (no config.json)")

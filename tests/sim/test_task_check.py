@@ -102,3 +102,15 @@ def test_fine_tuning_records_the_inits_tasks_in_the_lineage():
     entry = _lineage("checkpoints/default", {"model_id": "d", "data": {"dataset": "x", "tasks": ["reach the goal"]},
                                              "lineage": [{"path": "older"}]})
     assert entry[0]["tasks"] == ["reach the goal"] and entry[1] == {"path": "older"}
+
+
+def test_cli_checks_a_checkpoint_alone_and_asks_for_something_to_check(tmp_path, capsys, small_interface):
+    from rfm import RFMPolicy
+    from rfm.checkpoint import update_meta
+
+    ckpt = RFMPolicy.build("tiny", interface=small_interface).save_pretrained(tmp_path / "c")
+    update_meta(ckpt, "data", {"dataset": "d", "tasks": [INSTRUCTIONS["reach-v3"][0]]})
+    assert main(["data", "check-tasks", "--init", str(ckpt), "--tasks", "base38"]) == 0
+    assert "ok: 1 of the 38 allowed tasks in" in capsys.readouterr().out
+    assert main(["data", "check-tasks", "--tasks", "base38"]) == 2
+    assert "give dataset directories, --init CHECKPOINT, or both" in capsys.readouterr().err
