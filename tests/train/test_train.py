@@ -73,10 +73,12 @@ def test_finetune_a_new_robot_reinitialises_only_mismatched_layers(run, tmp_path
     meta = json.loads((out / "checkpoint" / "config.json").read_text())["meta"]
     reinit = set(meta["training"]["init_reinitialised"])
     assert reinit == {"cam_embed", "action_pos"}
-    # the card names what it was fine-tuned from, and that checkpoint's data and steps
+    # the card names what it was fine-tuned from, and that checkpoint's data, tasks and steps
     parent = json.loads((run / "checkpoint" / "config.json").read_text())["meta"]
+    assert parent["data"]["tasks"]
     assert meta["lineage"] == [{"model_id": "tiny", "model_version": parent["model_version"],
-                                "path": str(run / "checkpoint"), "dataset": str(FIXTURE), "steps": 12}]
+                                "path": str(run / "checkpoint"), "dataset": str(FIXTURE),
+                                "tasks": parent["data"]["tasks"], "steps": 12}]
     assert "## Lineage" in (out / "checkpoint" / "README.md").read_text()
 
 
