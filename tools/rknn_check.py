@@ -10,12 +10,12 @@ tools/rknn_feeds.py wrote with rfm's own venv:
     .venv/bin/python tools/rknn_feeds.py /tmp/rknn/export DATASET /tmp/rknn/feeds.npz
     /tmp/rknn-venv/bin/python tools/rknn_check.py /tmp/rknn/export /tmp/rknn/feeds.npz --out /tmp/rknn/report.json
 
-1. policy.onnx is prepared for the toolkit (prepare_onnx): RKNN needs static shapes (batch fixed to 1); its
-   compiler aborts on uint8 tensors ("Not Support Dtype: 2"), so uint8 inputs become float32 holding the same
-   0..255 values, and integer inputs (a continuation model's prefix_len) become float32 inputs cast back to their
-   type inside the graph, so every input is fed as float32; its loader crashes on torch.diagonal's ConstantOfShape -> EyeLike pair ("'numpy.ndarray' object
-   has no attribute 'data_type'"), so constants are folded with onnxruntime. The prepared graph is checked against
-   the fp32 reference on onnxruntime.
+1. policy.onnx is prepared for the toolkit (prepare_onnx): RKNN needs static shapes (batch fixed to 1); its compiler
+   aborts on uint8 tensors ("Not Support Dtype: 2"), so uint8 inputs become float32 holding the same 0..255
+   values, and integer inputs (a continuation model's prefix_len) become float32 inputs cast back to their type
+   inside the graph, so every input is fed as float32; its loader crashes on torch.diagonal's ConstantOfShape ->
+   EyeLike pair ("'numpy.ndarray' object has no attribute 'data_type'"), so constants are folded with onnxruntime.
+   The prepared graph is checked against the fp32 reference on onnxruntime.
 2. Each precision is built: int8 (quantized_dtype w8a8) and int16 (w16a16i_dfp, 16-bit fixed point) with
    `build(do_quantization=True, dataset=...)` on the calibration frames, fp16 with do_quantization=False (the NPU
    runs unquantised models in float16). Each is built twice (--rules): with the toolkit's default graph rewrites,

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from rfm.cli.errors import CLIError
+from rfm.cli.errors import CLIError, require_checkpoint
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -35,8 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from rfm.checkpoint import read_config
     from rfm.eval.card import CardError, check_same_weights, record_in_card
 
-    if not (Path(args.checkpoint) / "config.json").is_file():
-        raise CLIError(f"{args.checkpoint}: not a checkpoint directory (no config.json)")
+    require_checkpoint(args.checkpoint)
     loaded = [(path, _load_results(path)) for path in args.add]
     try:
         for path, results in loaded:  # every file read and tied to these weights before any is written

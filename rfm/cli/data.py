@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from rfm.cli.errors import CLIError
+from rfm.cli.errors import CLIError, require_checkpoint
 from rfm.constants import STEPS_AFTER_SUCCESS
 
 
@@ -127,8 +127,7 @@ def run_check_tasks(args: argparse.Namespace) -> int:
         if not args.datasets and not args.init:
             raise CLIError("check-tasks: give dataset directories, --init CHECKPOINT, or both")
         for ckpt in args.init:
-            if not (Path(ckpt) / "config.json").is_file():
-                raise CLIError(f"--init {ckpt}: not a checkpoint directory (no config.json)")
+            require_checkpoint(ckpt, "--init")
         result = check_tasks(args.datasets, args.tasks, args.init)
     except TaskCheckError as e:
         raise CLIError(str(e)) from e
@@ -136,8 +135,7 @@ def run_check_tasks(args: argparse.Namespace) -> int:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=2))
     if args.record:
-        if not (Path(args.record) / "config.json").is_file():
-            raise CLIError(f"--record {args.record}: not a checkpoint directory (no config.json)")
+        require_checkpoint(args.record, "--record")
         record_check(args.record, result)
     found = sorted({t for d in result["datasets"] for t in d["env_tasks"]})
     print(f"ok: {len(found)} of the {len(result['allowed'])} allowed tasks in {', '.join(args.datasets + args.init)}, "

@@ -63,8 +63,8 @@ def check_tasks(datasets: list[str], allowed: list[str] | str, checkpoints: list
     tasks = expand_tasks(allowed)
     sentences = {INSTRUCTIONS[t][0]: t for t in tasks}
     found, foreign = [], []
-    for path in [*datasets, *checkpoints]:
-        d = checkpoint_tasks(path) if path in checkpoints else dataset_tasks(path)
+    for path, read in [*((p, dataset_tasks) for p in datasets), *((p, checkpoint_tasks) for p in checkpoints)]:
+        d = read(path)
         bad = [f"ancestor {u}" for u in d.pop("unknown", [])]
         bad += [repr(i) for i in d["instructions"] if i not in sentences]
         bad += [f"env task {t!r}" for t in d["env_tasks"] if t not in tasks]
