@@ -47,6 +47,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=2, help="processes generating demos and evaluating (default 2)")
     p.add_argument("--num-workers", type=int, default=1, help="DataLoader workers while fine-tuning (default 1)")
     p.add_argument("--max-steps", type=int, default=None, help="evaluation episode step limit (default 500)")
+    p.add_argument("--action-steps", type=int, default=None, metavar="K",
+                   help="actions executed per chunk in evaluation (default: half a chunk, as the robot SDK's "
+                        "ChunkExecutor requests the next one)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
@@ -61,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
                           episodes=args.episodes, dataset=args.dataset, preset=args.preset, like=args.like,
                           cameras=args.cameras, size=args.size, start_jitter=args.start_jitter,
                           batch_size=args.batch_size, lr=args.lr, seed=args.seed, workers=args.workers,
-                          num_workers=args.num_workers, max_steps=args.max_steps, world_model=args.world_model,
+                          num_workers=args.num_workers, max_steps=args.max_steps,
+                          action_steps=args.action_steps, world_model=args.world_model,
                           world_model_target=args.world_model_target, world_model_horizon=args.world_model_horizon)
     except ValueError as e:  # ConfigError and an unknown task's did-you-mean
         raise CLIError(str(e)) from e

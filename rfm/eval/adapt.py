@@ -4,7 +4,8 @@ One run, in OUT: (1) `demos` scripted demonstrations per task in OUT/demos (or a
 field dataset has: frames, state, actions, instruction and camera calibration, no environment state; (2) a fine-tune
 from a checkpoint, or from scratch with the same architecture and steps, with no simulator-privileged training aid,
 into OUT/checkpoint; (3) `episodes` closed-loop episodes per task on unseen seeds, into OUT/eval.json (what
-`rfm eval --out` writes); OUT/adapt.json sums it up. A finished stage is reused, so rerunning continues a run.
+`rfm eval --out` writes), executing `action_steps` actions per chunk (default half a chunk, as the robot SDK's
+ChunkExecutor does on a robot); OUT/adapt.json sums it up. A finished stage is reused, so rerunning continues a run.
 
 Normalisation uses the demonstrations' own state/action stats (rfm train's default, not --keep-init-stats): they
 are right for whatever robot recorded them, where the init's are right only for the robot it was trained on, and
@@ -23,7 +24,7 @@ from rfm.config import PRESETS, ConfigError, did_you_mean
 SCRATCH = "scratch"
 START_JITTER = 15  # random hand steps before each demo, as the default checkpoint's demos (examples/default_checkpoint.sh)
 PLAN_FILE, EVAL_FILE, DEMOS_DIR = "adapt.json", "eval.json", "demos"
-RERUNNABLE = ("out", "episodes", "workers", "num_workers", "max_steps")  # may change between runs of one OUT
+RERUNNABLE = ("out", "episodes", "workers", "num_workers", "max_steps", "action_steps")  # may change between runs of one OUT
 
 
 def default_like() -> Path:
@@ -55,6 +56,7 @@ class AdaptConfig:
     workers: int = 2  # processes generating demos and evaluating
     num_workers: int = 1  # DataLoader workers while fine-tuning
     max_steps: int | None = None  # evaluation episode step limit (None: Meta-World's 500)
+    action_steps: int | None = None  # actions executed per chunk in evaluation (None: half a chunk, as on a robot)
     world_model: float = 0.0  # weight of the world-model objective while fine-tuning (0: off); frames and actions only
     world_model_target: str = "auto"  # its target: keypoints of the future frames, or their pooled features
     world_model_horizon: int | None = None  # how many control steps ahead (None: one chunk)
@@ -69,6 +71,7 @@ class AdaptConfig:
         checks = [(self.lr > 0, "lr", "a positive number"), (self.num_workers >= 0, "num_workers", ">= 0"),
                   (0 <= self.start_jitter <= 100, "start_jitter", "in [0, 100] steps"),
                   (self.max_steps is None or self.max_steps >= 1, "max_steps", ">= 1"),
+                  (self.action_steps is None or self.action_steps >= 1, "action_steps", ">= 1"),
                   (self.size is None or self.size >= 8, "size", ">= 8 pixels"), (self.seed >= 0, "seed", ">= 0"),
                   (self.world_model >= 0, "world_model", "a weight >= 0")]
         for ok, name, expected in checks:
@@ -236,11 +239,14 @@ def _fine_tune(cfg: AdaptConfig, ref_config, dataset: str, progress: bool, log) 
 
 
 def _evaluate(cfg: AdaptConfig, ckpt: Path, progress: bool, log) -> dict:
-    """OUT/eval.json: reused when it was measured on these weights with these episodes, else measured now."""
+    """OUT/eval.json: reused when it was measured on these weights with these episodes and actions per chunk, else
+    measured now."""
+    from rfm.checkpoint import read_config
     from rfm.eval.card import record_in_card, weights_digest
     from rfm.eval.evaluate import evaluate, format_table
     from rfm.sim.metaworld import MAX_STEPS
 
+    steps = cfg.action_steps or max(1, read_config(ckpt)[0].interface.chunk_size // 2)
     path = Path(cfg.out) / EVAL_FILE
     try:
         before = json.loads(path.read_text())
@@ -248,13 +254,14 @@ def _evaluate(cfg: AdaptConfig, ckpt: Path, progress: bool, log) -> dict:
         before = {}
     same = (before.get("weights_sha256") == weights_digest(ckpt) and list(before.get("tasks", {})) == cfg.tasks
             and all(r["episodes"] == cfg.episodes for r in before["tasks"].values())
-            and before.get("max_steps") == (cfg.max_steps or MAX_STEPS)) if before else False
+            and before.get("max_steps") == (cfg.max_steps or MAX_STEPS)
+            and before.get("action_steps") == steps) if before else False
     if same:
         log(f"== {path}: measured on these weights, reused")
         return before
-    log(f"== evaluate {ckpt} on {cfg.episodes} unseen episodes per task")
+    log(f"== evaluate {ckpt} on {cfg.episodes} unseen episodes per task, {steps} actions per chunk")
     results = evaluate(None, cfg.tasks, cfg.episodes, max_steps=cfg.max_steps, workers=cfg.workers,
-                       checkpoint=str(ckpt), progress=progress)
+                       checkpoint=str(ckpt), progress=progress, action_steps=steps)
     path.write_text(json.dumps(results, indent=2))
     record_in_card(ckpt, results, source=str(path))
     log(format_table(results))

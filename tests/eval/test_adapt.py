@@ -58,6 +58,7 @@ def test_adapt_from_a_checkpoint_then_from_scratch_on_the_same_demos(ckpt, tmp_p
     res = rec["eval"]["tasks"]["reach-v3"]
     assert res["episodes"] == 1 and res["mean_steps"] <= 10 and min(rec["eval"]["seeds"]) >= 1_000_000
     assert json.loads((run / "eval.json").read_text()) == rec["eval"]  # what `rfm eval --out` writes
+    assert rec["eval"]["action_steps"] == 4  # half the chunk of 8 per request, as the SDK's executor on a robot
     demos = LeRobotDataset(run / "demos")  # only what a field dataset has
     assert OBS_ENV_STATE not in demos.features and "environment_state" not in json.dumps(demos.features)
     assert demos.num_episodes == 2 and demos.cameras == ["corner", "topview"] and demos.image_shape("corner")[0] == 48
@@ -65,10 +66,13 @@ def test_adapt_from_a_checkpoint_then_from_scratch_on_the_same_demos(ckpt, tmp_p
     out_stats = json.loads((run / "checkpoint" / "stats.json").read_text())
     assert out_stats[OBS_ENV_STATE]["mean"] == [0.3] * 9  # the points keep the init's frame, no label of the demos
     card = json.loads((run / "checkpoint" / "config.json").read_text())["meta"]
-    assert card["training"]["aids"] == {} and "metaworld" in card["evaluation"]
+    assert card["training"]["aids"] == {} and "metaworld-steps4" in card["evaluation"]
 
     again = _adapt("--task", "reach-v3", "--init", str(ckpt), "--out", str(run))  # every stage reused
     assert again.stdout.count("reused") == 3 and json.loads((run / "adapt.json").read_text())["eval"] == rec["eval"]
+    whole = _adapt("--task", "reach-v3", "--init", str(ckpt), "--out", str(run), "--action-steps", "8")
+    assert whole.stdout.count("reused") == 2  # an evaluation setting: the demos and weights stay, the score is redone
+    assert json.loads((run / "adapt.json").read_text())["eval"]["action_steps"] == 8
 
     scratch = tmp_path / "scratch"
     _adapt("--task", "reach-v3", "--init", "scratch", "--like", str(ckpt), "--dataset", str(run / "demos"),
@@ -98,6 +102,7 @@ def test_cli_errors_are_one_line(ckpt, tmp_path, capsys):
     assert "demos=0: expected an integer >= 1" in error("--task", "reach-v3", "--init", str(ckpt), "--demos", "0")
     assert "world_model=-1.0: expected a weight >= 0" in error("--task", "reach-v3", "--init", str(ckpt),
                                                                "--world-model", "-1")
+    assert "action_steps=0: expected >= 1" in error("--task", "reach-v3", "--init", str(ckpt), "--action-steps", "0")
     assert "lr=-1.0" in error("--task", "reach-v3", "--init", "scratch", "--like", str(ckpt), "--lr", "-1")
     assert "architecture of 'scratch'" in error("--task", "reach-v3", "--init", str(ckpt), "--preset", "tiny")
     assert "Did you mean 'tiny'" in error("--task", "reach-v3", "--init", "scratch", "--like", str(ckpt), "--preset",
