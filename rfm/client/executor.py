@@ -35,6 +35,12 @@ from typing import Any
 import numpy as np
 
 
+def half_chunk(length: int) -> int:
+    """The SDK's default stride: the next chunk is asked for when this many actions of the newest one remain, so a
+    robot executes about half of each chunk (at least one action)."""
+    return max(1, length // 2)
+
+
 def _model_prefix_max(act: Any) -> int:
     """The served model's prefix_max, from a Runner (bound predict or runner), an RFMClient, or 0."""
     owner = getattr(act, "__self__", act)
@@ -186,7 +192,7 @@ class ChunkExecutor:
                 self._collect(block=True)
         start, _, newest = self._chunks[-1]
         remaining = start + len(newest) - self.tick
-        if self._pending is None and remaining <= (self.prefetch_steps or max(1, len(newest) // 2)):
+        if self._pending is None and remaining <= (self.prefetch_steps or half_chunk(len(newest))):
             self._submit(obs)
 
     def _action(self, cover: list[tuple[int, int, np.ndarray]]) -> np.ndarray:

@@ -242,11 +242,12 @@ def _evaluate(cfg: AdaptConfig, ckpt: Path, progress: bool, log) -> dict:
     """OUT/eval.json: reused when it was measured on these weights with these episodes and actions per chunk, else
     measured now."""
     from rfm.checkpoint import read_config
+    from rfm.client.executor import half_chunk
     from rfm.eval.card import record_in_card, weights_digest
     from rfm.eval.evaluate import evaluate, format_table
     from rfm.sim.metaworld import MAX_STEPS
 
-    steps = cfg.action_steps or max(1, read_config(ckpt)[0].interface.chunk_size // 2)
+    steps = cfg.action_steps or half_chunk(read_config(ckpt)[0].interface.chunk_size)
     path = Path(cfg.out) / EVAL_FILE
     try:
         before = json.loads(path.read_text())
