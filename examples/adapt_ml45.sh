@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The adaptation grid: each ML45 test task alone and all five together (ml45-test), adapted with `rfm adapt`
-# (DEMOS demos per task with no simulator state, STEPS fine-tuning steps, EPISODES unseen episodes per task) from
+# (DEMOS demos per task with no simulator state, STEPS fine-tuning steps per task -- five tasks together train
+# 5 x STEPS, the budget of the five alone -- EPISODES unseen episodes per task) from
 # checkpoints/base, from checkpoints/default and from scratch (checkpoints/default's architecture, the same steps);
 # then `rfm compare` rows, paired by seed: scratch -> base, scratch -> default, default -> base.
 # The arms of one task set train on the same demos: the first arm generates them, the others take them (--dataset).
@@ -30,9 +31,10 @@ for tasks in $SETS; do
       continue
     fi
     run=$OUT/$tasks/$arm
-    echo "== $tasks from $arm -> $run"
+    n=$(.venv/bin/python -c "from rfm.sim.metaworld import expand_tasks; print(len(expand_tasks('$tasks')))")
+    echo "== $tasks from $arm -> $run ($((STEPS * n)) steps)"
     # shellcheck disable=SC2086  # ADAPT_ARGS is a list of flags
-    $RFM adapt --task "$tasks" --init "$init" --out "$run" --demos "$DEMOS" --steps "$STEPS" --episodes "$EPISODES" \
+    $RFM adapt --task "$tasks" --init "$init" --out "$run" --demos "$DEMOS" --steps "$((STEPS * n))" --episodes "$EPISODES" \
       --workers "$WORKERS" --no-progress ${demos:+--dataset "$demos"} ${ADAPT_ARGS:-}
     [ -n "$demos" ] || demos=$run/demos
   done

@@ -22,7 +22,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--init", required=True, help="checkpoint directory to fine-tune, or 'scratch'")
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--demos", type=int, default=10, help="demonstrations per task (default 10)")
-    p.add_argument("--steps", type=int, default=2000, help="fine-tuning steps, from scratch as many (default 2000)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="fine-tuning steps, from scratch as many (default 2000 per task: tasks fine-tuned together "
+                        "get the budget each would get alone)")
     p.add_argument("--episodes", type=int, default=50, help="evaluation episodes per task (default 50)")
     p.add_argument("--dataset", default=None, metavar="DIR",
                    help="use these demonstrations (a LeRobot dataset without environment state) instead of generating")

@@ -22,6 +22,7 @@ from pathlib import Path
 from rfm.config import PRESETS, ConfigError, did_you_mean
 
 SCRATCH = "scratch"
+STEPS_PER_TASK = 2000  # fine-tuning steps per task by default: tasks fine-tuned together get each one's budget alone
 START_JITTER = 15  # random hand steps before each demo, as the default checkpoint's demos (examples/default_checkpoint.sh)
 PLAN_FILE, EVAL_FILE, DEMOS_DIR = "adapt.json", "eval.json", "demos"
 RERUNNABLE = ("out", "episodes", "workers", "num_workers", "max_steps", "action_steps")  # may change between runs of one OUT
@@ -42,7 +43,7 @@ class AdaptConfig:
     init: str  # checkpoint directory to fine-tune, or "scratch"
     out: str  # run directory: demos/, checkpoint/, eval.json, adapt.json
     demos: int = 10  # scripted demonstrations per task (not with dataset)
-    steps: int = 2000  # fine-tuning steps; scratch trains as many
+    steps: int | None = None  # fine-tuning steps, scratch as many (None: STEPS_PER_TASK per task, so together = alone)
     episodes: int = 50  # evaluation episodes per task, on seeds no demo used
     dataset: str | None = None  # demonstrations to use instead of generating them (no environment state)
     preset: str | None = None  # scratch: a model preset instead of `like`'s model config
@@ -65,6 +66,8 @@ class AdaptConfig:
         from rfm.sim.metaworld import expand_tasks
 
         self.tasks = expand_tasks(self.tasks)
+        if self.steps is None:
+            self.steps = STEPS_PER_TASK * len(self.tasks)
         for name in ("demos", "steps", "episodes", "batch_size", "workers"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)!r}: expected an integer >= 1")

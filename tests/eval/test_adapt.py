@@ -110,3 +110,12 @@ def test_cli_errors_are_one_line(ckpt, tmp_path, capsys):
     assert "dataset directory not found" in error("--task", "reach-v3", "--init", str(ckpt), "--dataset",
                                                   str(tmp_path / "none"))
     assert not (tmp_path / "run").exists()  # nothing written before the settings were checked
+
+
+def test_tasks_fine_tuned_together_get_the_steps_each_would_get_alone(ckpt, tmp_path):
+    from rfm.eval.adapt import STEPS_PER_TASK, AdaptConfig
+
+    one = AdaptConfig(tasks=["door-lock-v3"], init=str(ckpt), out=str(tmp_path / "one"))
+    five = AdaptConfig(tasks=["ml45-test"], init=str(ckpt), out=str(tmp_path / "five"))
+    assert one.steps == STEPS_PER_TASK and len(five.tasks) == 5 and five.steps == 5 * STEPS_PER_TASK
+    assert AdaptConfig(tasks=["ml45-test"], init=str(ckpt), out=str(tmp_path / "x"), steps=300).steps == 300
