@@ -13,6 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RFM=${RFM:-.venv/bin/rfm}
+PY="$(dirname "$(command -v "$RFM")")/python"  # the interpreter rfm is installed in
 OUT=${1:-runs/adapt-ml45}
 STEPS=${2:-2000}
 DEMOS=${DEMOS:-10}
@@ -31,11 +32,11 @@ for tasks in $SETS; do
       continue
     fi
     run=$OUT/$tasks/$arm
-    n=$(.venv/bin/python -c "from rfm.sim.metaworld import expand_tasks; print(len(expand_tasks('$tasks')))")
+    n=$("$PY" -c "from rfm.sim.metaworld import expand_tasks; print(len(expand_tasks('$tasks')))")
     echo "== $tasks from $arm -> $run ($((STEPS * n)) steps)"
     # shellcheck disable=SC2086  # ADAPT_ARGS is a list of flags
-    $RFM adapt --task "$tasks" --init "$init" --out "$run" --demos "$DEMOS" --steps "$((STEPS * n))" --episodes "$EPISODES" \
-      --workers "$WORKERS" --no-progress ${demos:+--dataset "$demos"} ${ADAPT_ARGS:-}
+    $RFM adapt --task "$tasks" --init "$init" --out "$run" --demos "$DEMOS" --steps "$((STEPS * n))" \
+      --episodes "$EPISODES" --workers "$WORKERS" --no-progress ${demos:+--dataset "$demos"} ${ADAPT_ARGS:-}
     [ -n "$demos" ] || demos=$run/demos
   done
 done
