@@ -25,6 +25,7 @@ export MUJOCO_GL=${MUJOCO_GL:-osmesa} HF_HUB_OFFLINE=1
 
 for tasks in $SETS; do
   demos=""
+  n=$("$PY" -c "from rfm.sim.metaworld import expand_tasks; print(len(expand_tasks('$tasks')))")  # tasks in the set
   for arm in $ARMS; do
     init=$arm; [ "$arm" = scratch ] || init=checkpoints/$arm
     if [ "$arm" != scratch ] && [ ! -f "$init/config.json" ]; then
@@ -32,7 +33,6 @@ for tasks in $SETS; do
       continue
     fi
     run=$OUT/$tasks/$arm
-    n=$("$PY" -c "from rfm.sim.metaworld import expand_tasks; print(len(expand_tasks('$tasks')))")
     echo "== $tasks from $arm -> $run ($((STEPS * n)) steps)"
     # shellcheck disable=SC2086  # ADAPT_ARGS is a list of flags
     $RFM adapt --task "$tasks" --init "$init" --out "$run" --demos "$DEMOS" --steps "$((STEPS * n))" \
