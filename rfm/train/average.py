@@ -9,6 +9,7 @@ averaging two normalisations would match neither model's training data.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -36,16 +37,36 @@ def parse_weights(text: str | None, n: int) -> list[float]:
 
 def _check_same_architecture(paths: list[Path]) -> None:
     """Raise naming the first checkpoint and field whose model/robot config differs from the first checkpoint's."""
-    ref_config, _ = read_config(paths[0])
-    ref = ref_config.to_dict()
+    ref = _comparable(read_config(paths[0])[0])
     for path in paths[1:]:
-        other = read_config(path)[0].to_dict()
+        other = _comparable(read_config(path)[0])
         for section in ("model", "interface"):
             for key in sorted(set(ref[section]) | set(other[section])):
-                if ref[section].get(key) != other[section].get(key):
+                if not _same_value(ref[section].get(key), other[section].get(key)):
                     raise ValueError(f"{path}/config.json: {section}.{key}={other[section].get(key)!r} but "
                                      f"{paths[0]} has {ref[section].get(key)!r}; only checkpoints of one "
                                      "architecture and robot can be averaged")
+
+
+def _comparable(config) -> dict:
+    """The config as a dict, each camera's native size spelled out (absent means the model's image size)."""
+    d = config.to_dict()
+    itf = config.interface
+    d["interface"]["native_sizes"] = {cam: list(itf.native_size(cam)) for cam in itf.cameras}
+    return d
+
+
+def _same_value(a, b) -> bool:
+    """Config values equal, numbers to float32 precision (a calibration written as 1.707107 by one checkpoint and as
+    1.7071069478988647 by another is the same camera)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same_value(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same_value(x, y) for x, y in zip(a, b))
+    numbers = (int, float)
+    if isinstance(a, numbers) and isinstance(b, numbers) and not isinstance(a, bool) and not isinstance(b, bool):
+        return math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-6)
+    return a == b
 
 
 def average_checkpoints(paths: list[str | Path], weights: list[float] | None = None):

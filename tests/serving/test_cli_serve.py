@@ -46,3 +46,17 @@ def test_rfm_serve_errors_are_one_line(tmp_path):
     r = subprocess.run([*RFM, "serve", "--checkpoint", str(tmp_path),
                         "--api-key-file", str(tmp_path / "keys")], capture_output=True, text=True, check=False)
     assert r.returncode == 2 and "--api-key-file" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_rfm_serve_refuses_a_directory_that_is_not_a_checkpoint(tiny_checkpoint, tmp_path):
+    """Before the server starts: one line naming the missing or broken file, not a start-up thread's traceback."""
+    import shutil
+
+    r = subprocess.run([*RFM, "serve", "--checkpoint", str(tmp_path)], capture_output=True, text=True, check=False)
+    assert r.returncode == 2 and f"{tmp_path / 'config.json'}: missing" in r.stderr and "Traceback" not in r.stderr
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_checkpoint, broken)
+    (broken / "model.safetensors").unlink()
+    r = subprocess.run([*RFM, "serve", "--checkpoint", str(broken)], capture_output=True, text=True, check=False)
+    assert r.returncode == 2 and f"{broken / 'model.safetensors'}: missing" in r.stderr
+    assert "Uvicorn running" not in r.stderr and "Traceback" not in r.stderr

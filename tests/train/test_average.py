@@ -81,6 +81,25 @@ def test_different_normalisation_is_refused_with_the_remedy(tmp_path, small_inte
         average_checkpoints([a, b])
 
 
+def test_one_robot_written_two_ways_still_averages(tmp_path, small_interface):
+    """A calibration rounded to 6 decimals by one checkpoint and kept at float32 by the other, and native sizes
+    spelled out by one and left to the image size by the other, describe the same robot."""
+    from dataclasses import replace
+
+    proj = [[1.7071069478988647, -1.7071069478988647, 0.0, 1.1949750185012817], [0.0, -2.4142138957977295, 0.0, 1.2],
+            [0.0, 0.0, -1.0, 1.5]]
+    cal = {cam: {"projection": proj} for cam in small_interface.cameras}
+    a = _checkpoint(tmp_path / "a", replace(small_interface, calibration=cal), seed=0)
+    rounded = {cam: {"projection": [[round(v, 6) for v in row] for row in proj]} for cam in small_interface.cameras}
+    native = {cam: small_interface.image_size for cam in small_interface.cameras}
+    b = _checkpoint(tmp_path / "b", replace(small_interface, calibration=rounded, native_sizes=native), seed=1)
+    average_checkpoints([a, b])
+    moved = {cam: {"projection": [[v + 0.01 for v in row] for row in proj]} for cam in small_interface.cameras}
+    c = _checkpoint(tmp_path / "c", replace(small_interface, calibration=moved), seed=1)
+    with pytest.raises(ValueError, match=r"c/config.json: interface.calibration="):
+        average_checkpoints([a, c])
+
+
 @pytest.mark.integration
 def test_different_architectures_are_one_line_cli_errors(tmp_path, small_interface):
     from dataclasses import replace
