@@ -54,3 +54,15 @@ def test_missing_checkpoint_is_a_one_line_error():
     out = rfm("info", "--checkpoint", "/nonexistent/ckpt")
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "/nonexistent/ckpt: checkpoint directory not found" in out.stderr
+
+
+def test_fleet_without_a_server_is_a_one_line_error(tmp_path):
+    from serving.server import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    out = rfm("fleet", "--url", url, "--tasks", "reach-v3", "--episodes", "1")
+    assert out.returncode == 2 and f"--url {url}: cannot read the served model" in out.stderr
+    assert "Traceback" not in out.stderr
+    (tmp_path / "key").write_text("\n")
+    out = rfm("fleet", "--url", url, "--tasks", "reach-v3", "--episodes", "1", "--api-key-file", str(tmp_path / "key"))
+    assert out.returncode == 2 and "is empty" in out.stderr and "Traceback" not in out.stderr

@@ -44,18 +44,18 @@ def run(args: argparse.Namespace) -> int:
     if args.takeover_error is not None and not args.dagger:
         raise CLIError("--takeover-error needs --dagger (the expert's action is what a takeover executes)")
     takeover = Takeover(args.takeover_error, args.takeover_steps) if args.takeover_error is not None else None
-    key = Path(args.api_key_file).read_text().split()[0] if args.api_key_file else None
-    if args.continuation:
-        from rfm.client import RFMClient
+    key = _read_key(args.api_key_file) if args.api_key_file else None
+    from rfm.client import RFMClient
 
-        try:
-            with RFMClient(args.url, api_key=key) as client:
-                prefix_max = client.models().get("prefix_max", 0)
-        except Exception as e:  # any failure to reach the server is the user's to fix
-            raise CLIError(f"--url {args.url}: cannot read the served model ({e})") from e
-        if not prefix_max:
-            raise CLIError(f"--continuation: the model served at {args.url} takes no committed actions "
-                           f"(model.prefix_max = 0)")
+    try:  # one clear line when the server is not there, before any robot starts
+        with RFMClient(args.url, api_key=key) as client:
+            described = client.models()
+    except Exception as e:  # any failure to reach the server is the user's to fix
+        raise CLIError(f"--url {args.url}: cannot read the served model ({type(e).__name__}: {e}); start one with "
+                       f"`rfm serve` or pass its address") from e
+    if args.continuation and not described.get("prefix_max", 0):
+        raise CLIError(f"--continuation: the model served at {args.url} takes no committed actions "
+                       f"(model.prefix_max = 0)")
     res = drive_fleet(args.url, args.tasks, args.episodes, robots=args.robots, dagger=args.dagger, seed=args.seed,
                       action_steps=args.action_steps, delay=args.delay, continuation=args.continuation,
                       max_steps=args.max_steps, api_key=key, takeover=takeover, transport=args.transport)
@@ -66,3 +66,16 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         Path(args.out).write_text(json.dumps(res, indent=2))
     return 0
+
+
+def _read_key(path: str) -> str:
+    """The API key: the first word of the file's first line."""
+    from rfm.cli.main import CLIError
+
+    try:
+        words = Path(path).read_text().split()
+    except OSError as e:
+        raise CLIError(f"--api-key-file {path}: {e.strerror or e}") from e
+    if not words:
+        raise CLIError(f"--api-key-file {path}: the file is empty (its first line must be the API key)")
+    return words[0]

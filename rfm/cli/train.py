@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import fields
 
 from rfm.cli.errors import CLIError
+from rfm.config import did_you_mean
 from rfm.train.config import BALANCE_MODES, TrainConfig, read_config_file
 
 NOT_CONFIG = ("config", "set", "threads", "no_progress", "func", "command")  # flags that are not TrainConfig fields
@@ -106,7 +108,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
             d[key] = value
     for item in getattr(args, "set", []):
         _set(d, item)
-    where = f"--config {args.config}" if getattr(args, "config", None) else "rfm train"
+    where = f"--config {args.config}" if getattr(args, "config", None) else "the train config"
     if "dataset" not in d or "out" not in d:
         raise CLIError(f"{where}: give --dataset and --out (or dataset and out in the --config file)")
     return TrainConfig.from_dict(d, where)
@@ -137,6 +139,9 @@ def _set(d: dict, item: str) -> None:
     except yaml.YAMLError as e:
         raise CLIError(f"--set {item!r}: the value is not valid YAML ({e})") from e
     keys = path.strip().split(".")
+    names = [f.name for f in fields(TrainConfig)]
+    if keys[0] not in names:
+        raise CLIError(f"--set {item!r}: unknown field {keys[0]!r}.{did_you_mean(keys[0], names)}")
     node = d
     for k in keys[:-1]:
         node = node.setdefault(k, {})

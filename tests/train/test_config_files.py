@@ -58,6 +58,8 @@ def test_bad_config_files_name_the_file_and_field(tmp_path, text, suffix, patter
         _cfg("--config", str(f))
     with pytest.raises(CLIError, match="--set 'steps': expected FIELD=VALUE"):
         _cfg("--dataset", "d", "--out", "o", "--set", "steps")
+    with pytest.raises(CLIError, match="--set 'model.dim=64': unknown field 'model'. Did you mean 'model_overrides'"):
+        _cfg("--dataset", "d", "--out", "o", "--set", "model.dim=64")
 
 
 def test_research_knobs_stay_out_of_the_top_level_help(capsys):
