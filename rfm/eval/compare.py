@@ -1,6 +1,7 @@
 """Paired comparison of two `rfm eval` results on the same seeds: which episodes each one alone solved, and whether
 the difference is more than noise (exact McNemar test), since 50-episode success rates differ by chance alone.
-Either side may pool several results files run on different seed blocks ("a.json,a2.json")."""
+Either side may pool several results files run on different seed blocks ("a.json,a2.json"), and several training
+runs of one recipe ("a-run1.json+a-run2.json"), paired run by run with the other side's."""
 
 from __future__ import annotations
 
@@ -62,6 +63,7 @@ class Comparison:
     b: str
     tasks: dict[str, PairedCounts]
     skipped: dict[str, str]
+    runs: tuple[PairedCounts, ...] = ()  # pooled counts of each training run, when A and B hold several ("+")
 
     @property
     def pooled(self) -> PairedCounts:
@@ -85,7 +87,7 @@ class Comparison:
 
         return {"a": self.a, "b": self.b, "tasks": {t: row(c) for t, c in self.tasks.items()},
                 "mean_success_rate_a": self.mean_a, "mean_success_rate_b": self.mean_b,
-                "pooled": row(self.pooled), "skipped": self.skipped}
+                "pooled": row(self.pooled), "skipped": self.skipped, "runs": [row(c) for c in self.runs]}
 
 
 def load_rollouts(path: str | Path) -> dict[str, dict[int, bool]]:
@@ -133,8 +135,30 @@ def load_pooled(spec: str | Path) -> dict[str, dict[int, bool]]:
 
 def compare(a: str | Path, b: str | Path) -> Comparison:
     """Pair the episodes of results A and B by task and seed; tasks or seeds only one of them ran are left out.
-    A and B are each one results file or several joined by commas (see `load_pooled`)."""
-    ra, rb = load_pooled(a), load_pooled(b)
+    A and B are each one results file or several joined by commas (see `load_pooled`); training runs of one recipe
+    are joined by '+' on both sides and paired in order (A's first run with B's first), their counts summed, since
+    two runs of one recipe on the same demos can differ by more than one evaluation resolves."""
+    runs_a, runs_b = str(a).split("+"), str(b).split("+")
+    if len(runs_a) != len(runs_b):
+        raise ValueError(f"A has {len(runs_a)} training runs and B has {len(runs_b)} ('+' joins runs); give both "
+                         "sides the same number, paired in order")
+    tasks: dict[str, PairedCounts] = {}
+    skipped: dict[str, str] = {}
+    runs = []
+    for i, (spec_a, spec_b) in enumerate(zip(runs_a, runs_b)):
+        run_tasks, run_skipped = _pair(load_pooled(spec_a), load_pooled(spec_b))
+        if not run_tasks:
+            raise ValueError(f"{spec_a} and {spec_b}: no task evaluated on the same seeds in both")
+        for task, counts in run_tasks.items():
+            tasks[task] = tasks.get(task, PairedCounts()) + counts
+        for task, why in run_skipped.items():
+            skipped[task if len(runs_a) == 1 else f"{task} (run {i + 1})"] = why
+        runs.append(sum(run_tasks.values(), PairedCounts()))
+    return Comparison(str(a), str(b), tasks, skipped, tuple(runs) if len(runs) > 1 else ())
+
+
+def _pair(ra: dict[str, dict[int, bool]], rb: dict[str, dict[int, bool]]) -> tuple[dict, dict]:
+    """({task: PairedCounts}, {task: why skipped}) of two pooled rollout sets."""
     tasks, skipped = {}, {}
     for task in list(ra) + [t for t in rb if t not in ra]:
         if task not in ra or task not in rb:
@@ -148,9 +172,7 @@ def compare(a: str | Path, b: str | Path) -> Comparison:
         for s in seeds:
             counts[2 * ra[task][s] + rb[task][s]] += 1
         tasks[task] = PairedCounts(both=counts[3], only_a=counts[2], only_b=counts[1], neither=counts[0])
-    if not tasks:
-        raise ValueError(f"{a} and {b}: no task evaluated on the same seeds in both")
-    return Comparison(str(a), str(b), tasks, skipped)
+    return tasks, skipped
 
 
 def format_comparison(cmp: Comparison) -> str:
@@ -166,6 +188,8 @@ def format_comparison(cmp: Comparison) -> str:
         lines.append(line(task, c.rate_a, c.rate_b, c))
     pooled = cmp.pooled
     lines.append(line(f"mean ({pooled.episodes} paired episodes)", cmp.mean_a, cmp.mean_b, pooled))
+    for i, c in enumerate(cmp.runs):
+        lines.append(line(f"  training run {i + 1} ({c.episodes})", c.rate_a, c.rate_b, c))
     for task, why in cmp.skipped.items():
         lines.append(f"skipped {task}: {why}")
     return "\n".join(lines)

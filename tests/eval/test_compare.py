@@ -52,6 +52,22 @@ def test_seed_blocks_pool_and_a_seed_run_twice_is_refused(tmp_path):
         compare(f"{a1},{a1}", b1)
 
 
+def test_training_runs_pair_in_order_and_their_counts_add(tmp_path):
+    """Two training runs per recipe on the same evaluation seeds: run 1 of A pairs with run 1 of B, never with B's
+    run 2, and the comparison sums both runs' counts and keeps each run's."""
+    a1 = _write(tmp_path / "a1.json", {"reach-v3": {1: True, 2: False, 3: False}})
+    a2 = _write(tmp_path / "a2.json", {"reach-v3": {1: False, 2: False, 3: True}})
+    b1 = _write(tmp_path / "b1.json", {"reach-v3": {1: True, 2: True, 3: True}})
+    b2 = _write(tmp_path / "b2.json", {"reach-v3": {1: False, 2: False, 3: False}})
+    cmp = compare(f"{a1}+{a2}", f"{b1}+{b2}")
+    assert cmp.runs == (PairedCounts(both=1, only_b=2), PairedCounts(only_a=1, neither=2))
+    assert cmp.tasks == {"reach-v3": PairedCounts(both=1, only_a=1, only_b=2, neither=2)}
+    assert "training run 2 (3)" in format_comparison(cmp)
+    assert compare(a1, b1).runs == ()
+    with pytest.raises(ValueError, match="A has 2 training runs and B has 1"):
+        compare(f"{a1}+{a2}", b1)
+
+
 def test_mcnemar_p_value_and_paired_standard_error():
     assert PairedCounts(both=28, only_a=0, only_b=4, neither=18).p_value == pytest.approx(2 / 16)
     assert PairedCounts(both=5, neither=5).p_value == 1.0  # no discordant episode: no evidence either way
