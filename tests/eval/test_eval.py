@@ -329,6 +329,12 @@ def test_continuation_rollout_through_a_prefix_model(tmp_path):
     assert proc.returncode == 0, proc.stderr
     res = json.loads((tmp_path / "r.json").read_text())
     assert res["continuation"] and res["delay"] == 2 and res["tasks"]["reach-v3"]["mean_steps"] == 12
+    assert "waits" not in proc.stderr  # 4 + 2 <= 8: the chunks never run out
     proc = subprocess.run(base + ["--checkpoint", str(tmp_path / "plain")], capture_output=True, text=True,
                           check=False, timeout=300)
     assert proc.returncode != 0 and "prefix_max = 0" in proc.stderr and "Traceback" not in proc.stderr
+    late = [a if a != "2" else "6" for a in base if a != "--continuation"]  # 4 + 6 > 8: each chunk runs out
+    proc = subprocess.run(late + ["--checkpoint", str(tmp_path / "plain")], capture_output=True, text=True,
+                          check=False, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "the robot waits 2 ticks for each chunk" in proc.stderr and "--action-steps 2 keeps it moving" in proc.stderr
