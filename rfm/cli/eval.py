@@ -133,44 +133,34 @@ def _check_checkpoint(args: argparse.Namespace) -> None:
         raise CLIError(f"{args.checkpoint}: checkpoint directory not found")
     if args.update_card and args.backend != "torch":
         raise CLIError("--update-card needs --backend torch (a checkpoint directory)")
-    _warn_if_chunks_run_out(args)
-    if args.continuation:
-        if args.ensemble:
-            raise CLIError("--continuation and --ensemble are two ways to switch chunks: give one")
-        if _prefix_max(args) < 1:
-            raise CLIError(f"--continuation: {args.checkpoint} takes no committed actions (model.prefix_max = 0); "
-                           f"fine-tune it for delay-aware continuation with --model prefix_max=8")
-
-
-def _warn_if_chunks_run_out(args: argparse.Namespace) -> None:
-    """K + D > H: each chunk runs out before the next lands, so the simulated robot stops to wait every chunk (the
-    world waits with it): say so, since the score then is not that of a robot moving through its latency."""
-    k, d = getattr(args, "action_steps", None), getattr(args, "delay", 0)
-    if not (k and d):
+    if args.continuation and args.ensemble:
+        raise CLIError("--continuation and --ensemble are two ways to switch chunks: give one")
+    k, d = args.action_steps, args.delay
+    late = bool(k and d)
+    if not (late or args.continuation):
         return
+    chunk, prefix_max = _chunk_and_prefix(args)
+    if late and k + d > chunk:  # each chunk runs out before the next lands: the simulated robot (and world) waits
+        print(f"note: --action-steps {k} + --delay {d} > the chunk's {chunk} actions: the robot waits {k + d - chunk} "
+              f"ticks for each chunk (and commits no actions then); --action-steps {max(chunk - d, 1)} keeps it "
+              f"moving", file=sys.stderr)
+    if args.continuation and prefix_max < 1:
+        raise CLIError(f"--continuation: {args.checkpoint} takes no committed actions (model.prefix_max = 0); "
+                       f"fine-tune it for delay-aware continuation with --model prefix_max=8")
+
+
+def _chunk_and_prefix(args: argparse.Namespace) -> tuple[int, int]:
+    """(interface.chunk_size, model.prefix_max) of the checkpoint (--backend torch) or export (onnx, openvino) to
+    evaluate."""
     if args.backend == "torch":
         from rfm.model.serialization import read_config
 
-        h = read_config(args.checkpoint)[0].interface.chunk_size
-    else:
-        from rfm.runtime.manifest import read_manifest
-
-        h = int(read_manifest(args.checkpoint)["interface"]["chunk_size"])
-    if k + d > h:
-        print(f"note: --action-steps {k} + --delay {d} > the chunk's {h} actions: the robot waits {k + d - h} ticks "
-              f"for each chunk (and commits no actions then); --action-steps {max(h - d, 1)} keeps it moving",
-              file=sys.stderr)
-
-
-def _prefix_max(args: argparse.Namespace) -> int:
-    """model.prefix_max of the checkpoint (--backend torch) or export (onnx, openvino) to evaluate."""
-    if args.backend == "torch":
-        from rfm.model.serialization import read_config
-
-        return read_config(args.checkpoint)[0].model.prefix_max
+        config = read_config(args.checkpoint)[0]
+        return config.interface.chunk_size, config.model.prefix_max
     from rfm.runtime.manifest import read_manifest
 
-    return int(read_manifest(args.checkpoint).get("prefix_max") or 0)
+    manifest = read_manifest(args.checkpoint)
+    return int(manifest["interface"]["chunk_size"]), int(manifest.get("prefix_max") or 0)
 
 
 def _write(path: str, results: dict) -> None:

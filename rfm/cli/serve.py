@@ -89,7 +89,9 @@ def run(args: argparse.Namespace) -> int:
     is_export = (ckpt / EXPORT_FILE).is_file()
     backend = args.backend or ("onnx" if is_export else "torch")
     if backend == "torch":  # fail now with the file's name, not in the server's start-up thread with a traceback
-        _require_checkpoint_files(ckpt)
+        from rfm.model.serialization import check_checkpoint
+
+        check_checkpoint(ckpt)  # a CheckpointError is a ValueError: one line, exit code 2
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.action_limits and not (ckpt / STATS_FILE).is_file():  # e.g. an export from an older rfm
         logging.getLogger("rfm.serving").warning("%s has no %s: serving WITHOUT action limits (pass "
@@ -107,19 +109,3 @@ def run(args: argparse.Namespace) -> int:
                                allow_spinning=False)
     serve(loader, config, args.host, args.port, checkpoint=ckpt, log_level=args.log_level)
     return 0
-
-
-def _require_checkpoint_files(ckpt: Path) -> None:
-    """CLIError naming the file unless `ckpt` holds a readable config.json, stats.json and model.safetensors."""
-    from rfm.cli.main import CLIError
-    from rfm.constants import STATS_FILE, WEIGHTS_FILE
-    from rfm.model.serialization import CheckpointError, read_config
-
-    try:
-        read_config(ckpt)
-    except (CheckpointError, ValueError) as e:
-        raise CLIError(str(e)) from e
-    for name in (STATS_FILE, WEIGHTS_FILE):
-        if not (ckpt / name).is_file():
-            raise CLIError(f"{ckpt / name}: missing (a checkpoint directory needs config.json, model.safetensors, "
-                           f"stats.json)")

@@ -140,14 +140,21 @@ def read_config(path: str | Path) -> tuple[PolicyConfig, dict]:
         raise CheckpointError(f"{path / CONFIG_FILE}: {e}") from e
 
 
-def read_checkpoint(path: str | Path) -> tuple[PolicyConfig, dict, dict, dict[str, torch.Tensor]]:
-    """(PolicyConfig, raw config.json, stats.json, weights) of a checkpoint directory, each file checked."""
+def check_checkpoint(path: str | Path) -> tuple[PolicyConfig, dict, dict, Path]:
+    """(PolicyConfig, raw config.json, stats.json, weights file) of a checkpoint directory, without loading the
+    weights: config and stats are read and checked, the weights file must exist. Errors name the file."""
     path = Path(path)
     config, raw = read_config(path)
     stats = read_json(path / STATS_FILE)
     weights = path / WEIGHTS_FILE
     if not weights.exists():
         raise CheckpointError(f"{weights}: missing")
+    return config, raw, stats, weights
+
+
+def read_checkpoint(path: str | Path) -> tuple[PolicyConfig, dict, dict, dict[str, torch.Tensor]]:
+    """(PolicyConfig, raw config.json, stats.json, weights) of a checkpoint directory, each file checked."""
+    config, raw, stats, weights = check_checkpoint(path)
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as e:
