@@ -11,6 +11,13 @@ def _csv(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(t) for t in _csv(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected whole numbers, comma-separated (e.g. 4,8)") from None
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("adapt", help="adapt a checkpoint to new tasks: demos, fine-tune, closed-loop evaluation",
                        description="Generate --demos scripted demonstrations per task with only what a field dataset "
@@ -49,9 +56,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=2, help="processes generating demos and evaluating (default 2)")
     p.add_argument("--num-workers", type=int, default=1, help="DataLoader workers while fine-tuning (default 1)")
     p.add_argument("--max-steps", type=int, default=None, help="evaluation episode step limit (default 500)")
-    p.add_argument("--action-steps", type=int, default=None, metavar="K",
+    p.add_argument("--action-steps", type=_ints, default=None, metavar="K[,K...]",
                    help="actions executed per chunk in evaluation (default: half a chunk, as the robot SDK's "
-                        "ChunkExecutor requests the next one)")
+                        "ChunkExecutor requests the next one); several, e.g. 4,8, score each on the same episodes: "
+                        "the first into eval.json, the others into eval-kK.json")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
@@ -79,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
         record = adapt(cfg, progress=not args.no_progress)
     except ConfigError as e:
         raise CLIError(str(e)) from e
-    rate = record["eval"]["mean_success_rate"]
-    print(f"{', '.join(cfg.tasks)} from {cfg.init}: {rate * 100:.1f}% over {cfg.episodes} episodes per task; "
+    scores = "; ".join(f"{m['mean_success_rate'] * 100:.1f}% at {k} actions per request"
+                       for k, m in record["by_action_steps"].items())
+    print(f"{', '.join(cfg.tasks)} from {cfg.init}, {cfg.episodes} episodes per task: {scores}; "
           f"wrote {args.out}/adapt.json")
     return 0

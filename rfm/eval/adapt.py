@@ -5,7 +5,8 @@ field dataset has: frames, state, actions, instruction and camera calibration, n
 from a checkpoint, or from scratch with the same architecture and steps, with no simulator-privileged training aid,
 into OUT/checkpoint; (3) `episodes` closed-loop episodes per task on unseen seeds, into OUT/eval.json (what
 `rfm eval --out` writes), executing `action_steps` actions per chunk (default half a chunk, as the robot SDK's
-ChunkExecutor does on a robot); OUT/adapt.json sums it up. A finished stage is reused, so rerunning continues a run.
+ChunkExecutor does on a robot; with several, the first is scored into eval.json and each other K into
+eval-k{K}.json); OUT/adapt.json sums it up. A finished stage is reused, so rerunning continues a run.
 
 Normalisation uses the demonstrations' own state/action stats (rfm train's default, not --keep-init-stats): they
 are right for whatever robot recorded them, where the init's are right only for the robot it was trained on, and
@@ -57,7 +58,8 @@ class AdaptConfig:
     workers: int = 2  # processes generating demos and evaluating
     num_workers: int = 1  # DataLoader workers while fine-tuning
     max_steps: int | None = None  # evaluation episode step limit (None: Meta-World's 500)
-    action_steps: int | None = None  # actions executed per chunk in evaluation (None: half a chunk, as on a robot)
+    action_steps: int | list[int] | None = None  # actions executed per chunk in evaluation, one K or several to
+    # score each (None: half a chunk, as on a robot; the first K is the run's score)
     world_model: float = 0.0  # weight of the world-model objective while fine-tuning (0: off); frames and actions only
     world_model_target: str = "auto"  # its target: keypoints of the future frames, or their pooled features
     world_model_horizon: int | None = None  # how many control steps ahead (None: one chunk)
@@ -66,6 +68,10 @@ class AdaptConfig:
         from rfm.sim.metaworld import expand_tasks
 
         self.tasks = expand_tasks(self.tasks)
+        if isinstance(self.action_steps, int):
+            self.action_steps = [self.action_steps]
+        if self.action_steps is not None:
+            self.action_steps = list(dict.fromkeys(int(k) for k in self.action_steps)) or None
         if self.steps is None:
             self.steps = STEPS_PER_TASK * len(self.tasks)
         for name in ("demos", "steps", "episodes", "batch_size", "workers"):
@@ -74,7 +80,7 @@ class AdaptConfig:
         checks = [(self.lr > 0, "lr", "a positive number"), (self.num_workers >= 0, "num_workers", ">= 0"),
                   (0 <= self.start_jitter <= 100, "start_jitter", "in [0, 100] steps"),
                   (self.max_steps is None or self.max_steps >= 1, "max_steps", ">= 1"),
-                  (self.action_steps is None or self.action_steps >= 1, "action_steps", ">= 1"),
+                  (self.action_steps is None or min(self.action_steps) >= 1, "action_steps", "K >= 1 each"),
                   (self.size is None or self.size >= 8, "size", ">= 8 pixels"), (self.seed >= 0, "seed", ">= 0"),
                   (self.world_model >= 0, "world_model", "a weight >= 0")]
         for ok, name, expected in checks:
@@ -118,11 +124,16 @@ def adapt(cfg: AdaptConfig, progress: bool = True, log=print) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     (out / PLAN_FILE).write_text(json.dumps({**record, "demos": demos, "status": "training"}, indent=2))
     ckpt = _fine_tune(cfg, ref_config, demos["dataset"], progress, log)
-    results = _evaluate(cfg, ckpt, progress, log)
+    paths = {k: _eval_path(cfg, k, i) for i, k in enumerate(_action_steps(cfg, ckpt))}
+    modes = {k: _evaluate(cfg, ckpt, k, path, progress, log) for k, path in paths.items()}
+    results = next(iter(modes.values()))
     training = read_config(ckpt)[1]["meta"]["training"]
     record.update(demos=demos, steps=cfg.steps, checkpoint=str(ckpt), stats="dataset", training={
         k: training.get(k) for k in ("batch_size", "lr", "steps_done", "final_loss", "wall_time_s", "device")},
-        eval=results, eval_file=str(out / EVAL_FILE), status="done")
+        eval=results, eval_file=str(out / EVAL_FILE), by_action_steps={
+            str(k): {"mean_success_rate": r["mean_success_rate"], "eval_file": str(paths[k]),
+                     "success_rate": {t: v["success_rate"] for t, v in r["tasks"].items()}}
+            for k, r in modes.items()}, status="done")
     (out / PLAN_FILE).write_text(json.dumps(record, indent=2))
     return record
 
@@ -241,17 +252,26 @@ def _fine_tune(cfg: AdaptConfig, ref_config, dataset: str, progress: bool, log) 
     return train(tc, progress=progress)
 
 
-def _evaluate(cfg: AdaptConfig, ckpt: Path, progress: bool, log) -> dict:
-    """OUT/eval.json: reused when it was measured on these weights with these episodes and actions per chunk, else
-    measured now."""
+def _action_steps(cfg: AdaptConfig, ckpt: Path) -> list[int]:
+    """The actions per chunk to score, the run's own first: cfg's, else half the checkpoint's chunk (the SDK's)."""
     from rfm.checkpoint import read_config
     from rfm.client.executor import half_chunk
+
+    return cfg.action_steps or [half_chunk(read_config(ckpt)[0].interface.chunk_size)]
+
+
+def _eval_path(cfg: AdaptConfig, steps: int, index: int) -> Path:
+    """OUT/eval.json for the first K scored, OUT/eval-k{K}.json for each other."""
+    return Path(cfg.out) / (EVAL_FILE if index == 0 else f"eval-k{steps}.json")
+
+
+def _evaluate(cfg: AdaptConfig, ckpt: Path, steps: int, path: Path, progress: bool, log) -> dict:
+    """The score at `steps` actions per chunk, in `path`: reused when that file was measured on these weights with
+    these episodes and actions per chunk, else measured now."""
     from rfm.eval.card import record_in_card, weights_digest
     from rfm.eval.evaluate import evaluate, format_table
     from rfm.sim.metaworld import MAX_STEPS
 
-    steps = cfg.action_steps or half_chunk(read_config(ckpt)[0].interface.chunk_size)
-    path = Path(cfg.out) / EVAL_FILE
     try:
         before = json.loads(path.read_text())
     except (OSError, ValueError):

@@ -70,9 +70,16 @@ def test_adapt_from_a_checkpoint_then_from_scratch_on_the_same_demos(ckpt, tmp_p
 
     again = _adapt("--task", "reach-v3", "--init", str(ckpt), "--out", str(run))  # every stage reused
     assert again.stdout.count("reused") == 3 and json.loads((run / "adapt.json").read_text())["eval"] == rec["eval"]
-    whole = _adapt("--task", "reach-v3", "--init", str(ckpt), "--out", str(run), "--action-steps", "8")
-    assert whole.stdout.count("reused") == 2  # an evaluation setting: the demos and weights stay, the score is redone
-    assert json.loads((run / "adapt.json").read_text())["eval"]["action_steps"] == 8
+    modes = _adapt("--task", "reach-v3", "--init", str(ckpt), "--out", str(run), "--action-steps", "8,2")
+    assert modes.stdout.count("reused") == 2  # an evaluation setting: the demos and weights stay, the score is redone
+    rec = json.loads((run / "adapt.json").read_text())
+    assert rec["eval"]["action_steps"] == 8 and json.loads((run / "eval.json").read_text()) == rec["eval"]
+    other = json.loads((run / "eval-k2.json").read_text())  # each further K scored on the same episodes
+    assert other["action_steps"] == 2 and other["seeds"] == rec["eval"]["seeds"]
+    assert list(rec["by_action_steps"]) == ["8", "2"] and rec["by_action_steps"]["2"]["eval_file"] == str(
+        run / "eval-k2.json") and set(rec["by_action_steps"]["2"]["success_rate"]) == {"reach-v3"}
+    assert "at 8 actions per request; " in modes.stdout and "at 2 actions per request" in modes.stdout
+    assert "metaworld-steps2" in json.loads((run / "checkpoint" / "config.json").read_text())["meta"]["evaluation"]
 
     scratch = tmp_path / "scratch"
     _adapt("--task", "reach-v3", "--init", "scratch", "--like", str(ckpt), "--dataset", str(run / "demos"),
@@ -102,7 +109,8 @@ def test_cli_errors_are_one_line(ckpt, tmp_path, capsys):
     assert "demos=0: expected an integer >= 1" in error("--task", "reach-v3", "--init", str(ckpt), "--demos", "0")
     assert "world_model=-1.0: expected a weight >= 0" in error("--task", "reach-v3", "--init", str(ckpt),
                                                                "--world-model", "-1")
-    assert "action_steps=0: expected >= 1" in error("--task", "reach-v3", "--init", str(ckpt), "--action-steps", "0")
+    assert "action_steps=[8, 0]: expected K >= 1 each" in error("--task", "reach-v3", "--init", str(ckpt),
+                                                                "--action-steps", "8,0")
     assert "lr=-1.0" in error("--task", "reach-v3", "--init", "scratch", "--like", str(ckpt), "--lr", "-1")
     assert "architecture of 'scratch'" in error("--task", "reach-v3", "--init", str(ckpt), "--preset", "tiny")
     assert "Did you mean 'tiny'" in error("--task", "reach-v3", "--init", "scratch", "--like", str(ckpt), "--preset",
