@@ -60,6 +60,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="actions executed per chunk in evaluation (default: half a chunk, as the robot SDK's "
                         "ChunkExecutor requests the next one); several, e.g. 4,8, score each on the same episodes: "
                         "the first into eval.json, the others into eval-kK.json")
+    p.add_argument("--select-episodes", type=int, default=0, metavar="N",
+                   help="with several --action-steps: choose each task's on N validation episodes of seeds the score "
+                        "never uses (from 2,000,000), and score the chosen modes into eval-selected.json (default 0: "
+                        "do not choose)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
@@ -75,7 +79,8 @@ def run(args: argparse.Namespace) -> int:
                           cameras=args.cameras, size=args.size, start_jitter=args.start_jitter,
                           batch_size=args.batch_size, lr=args.lr, seed=args.seed, workers=args.workers,
                           num_workers=args.num_workers, max_steps=args.max_steps,
-                          action_steps=args.action_steps, world_model=args.world_model,
+                          action_steps=args.action_steps, select_episodes=args.select_episodes,
+                          world_model=args.world_model,
                           world_model_target=args.world_model_target, world_model_horizon=args.world_model_horizon)
     except ValueError as e:  # ConfigError and an unknown task's did-you-mean
         raise CLIError(str(e)) from e
@@ -89,6 +94,11 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(str(e)) from e
     scores = "; ".join(f"{m['mean_success_rate'] * 100:.1f}% at {k} actions per request"
                        for k, m in record["by_action_steps"].items())
+    if "selected" in record:
+        sel = record["selected"]
+        scores += (f"; {sel['mean_success_rate'] * 100:.1f}% each task in the mode chosen on "
+                   f"{cfg.select_episodes} validation episodes ("
+                   + ", ".join(f"{t} {k}" for t, k in sel["action_steps"].items()) + ")")
     print(f"{', '.join(cfg.tasks)} from {cfg.init}, {cfg.episodes} episodes per task: {scores}; "
           f"wrote {args.out}/adapt.json")
     return 0

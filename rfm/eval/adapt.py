@@ -6,7 +6,8 @@ from a checkpoint, or from scratch with the same architecture and steps, with no
 into OUT/checkpoint; (3) `episodes` closed-loop episodes per task on unseen seeds, into OUT/eval.json (what
 `rfm eval --out` writes), executing `action_steps` actions per chunk (default half a chunk, as the robot SDK's
 ChunkExecutor does on a robot; with several, the first is scored into eval.json and each other K into
-eval-k{K}.json); OUT/adapt.json sums it up. A finished stage is reused, so rerunning continues a run.
+eval-k{K}.json; with `select_episodes`, each task's K is chosen on a validation block of other seeds and the
+chosen modes' scores go into eval-selected.json); OUT/adapt.json sums it up. A finished stage is reused, so rerunning continues a run.
 
 Normalisation uses the demonstrations' own state/action stats (rfm train's default, not --keep-init-stats): they
 are right for whatever robot recorded them, where the init's are right only for the robot it was trained on, and
@@ -26,7 +27,10 @@ SCRATCH = "scratch"
 STEPS_PER_TASK = 2000  # fine-tuning steps per task by default: tasks fine-tuned together get each one's budget alone
 START_JITTER = 15  # random hand steps before each demo, as the default checkpoint's demos (examples/default_checkpoint.sh)
 PLAN_FILE, EVAL_FILE, DEMOS_DIR = "adapt.json", "eval.json", "demos"
-RERUNNABLE = ("out", "episodes", "workers", "num_workers", "max_steps", "action_steps")  # may change between runs of one OUT
+RERUNNABLE = ("out", "episodes", "workers", "num_workers", "max_steps", "action_steps",
+              "select_episodes")  # may change between runs of one OUT
+SELECTED_FILE = "eval-selected.json"
+VALIDATION_SEED = 2_000_000  # first seed of the block execution modes are chosen on; the score's block starts at 1e6
 
 
 def default_like() -> Path:
@@ -60,6 +64,7 @@ class AdaptConfig:
     max_steps: int | None = None  # evaluation episode step limit (None: Meta-World's 500)
     action_steps: int | list[int] | None = None  # actions executed per chunk in evaluation, one K or several to
     # score each (None: half a chunk, as on a robot; the first K is the run's score)
+    select_episodes: int = 0  # with several K: choose each task's on this many validation episodes (0: do not)
     world_model: float = 0.0  # weight of the world-model objective while fine-tuning (0: off); frames and actions only
     world_model_target: str = "auto"  # its target: keypoints of the future frames, or their pooled features
     world_model_horizon: int | None = None  # how many control steps ahead (None: one chunk)
@@ -81,11 +86,15 @@ class AdaptConfig:
                   (0 <= self.start_jitter <= 100, "start_jitter", "in [0, 100] steps"),
                   (self.max_steps is None or self.max_steps >= 1, "max_steps", ">= 1"),
                   (self.action_steps is None or min(self.action_steps) >= 1, "action_steps", "K >= 1 each"),
+                  (0 <= self.select_episodes < 1000, "select_episodes", "in [0, 1000)"),
                   (self.size is None or self.size >= 8, "size", ">= 8 pixels"), (self.seed >= 0, "seed", ">= 0"),
                   (self.world_model >= 0, "world_model", "a weight >= 0")]
         for ok, name, expected in checks:
             if not ok:
                 raise ConfigError(f"{name}={getattr(self, name)!r}: expected {expected}")
+        if self.select_episodes and len(self.action_steps or []) < 2:
+            raise ConfigError(f"select_episodes={self.select_episodes}: choosing an execution mode needs two or more "
+                              f"action_steps to choose from (e.g. --action-steps 8,4,2)")
         if self.init != SCRATCH:
             if not (Path(self.init) / "config.json").is_file():
                 raise ConfigError(f"init={self.init}: no checkpoint there (no config.json); give a checkpoint "
@@ -127,6 +136,10 @@ def adapt(cfg: AdaptConfig, progress: bool = True, log=print) -> dict:
     paths = {k: _eval_path(cfg, k, i) for i, k in enumerate(_action_steps(cfg, ckpt))}
     modes = {k: _evaluate(cfg, ckpt, k, path, progress, log) for k, path in paths.items()}
     results = next(iter(modes.values()))
+    if cfg.select_episodes:
+        record["selected"] = _select(cfg, ckpt, modes, progress, log)
+    else:
+        (out / SELECTED_FILE).unlink(missing_ok=True)  # a choice made by an earlier run of other modes
     training = read_config(ckpt)[1]["meta"]["training"]
     record.update(demos=demos, steps=cfg.steps, checkpoint=str(ckpt), stats="dataset", training={
         k: training.get(k) for k in ("batch_size", "lr", "steps_done", "final_loss", "wall_time_s", "device")},
@@ -265,28 +278,58 @@ def _eval_path(cfg: AdaptConfig, steps: int, index: int) -> Path:
     return Path(cfg.out) / (EVAL_FILE if index == 0 else f"eval-k{steps}.json")
 
 
-def _evaluate(cfg: AdaptConfig, ckpt: Path, steps: int, path: Path, progress: bool, log) -> dict:
+def _evaluate(cfg: AdaptConfig, ckpt: Path, steps: int, path: Path, progress: bool, log, episodes: int | None = None,
+              seed: int | None = None) -> dict:
     """The score at `steps` actions per chunk, in `path`: reused when that file was measured on these weights with
-    these episodes and actions per chunk, else measured now."""
+    these episodes, seeds and actions per chunk, else measured now. A validation block (`seed`) stays off the card."""
     from rfm.eval.card import record_in_card, weights_digest
     from rfm.eval.evaluate import evaluate, format_table
-    from rfm.sim.metaworld import MAX_STEPS
+    from rfm.sim.metaworld import EVAL_SEED_BASE, MAX_STEPS
 
+    episodes, first = episodes or cfg.episodes, seed or EVAL_SEED_BASE
     try:
         before = json.loads(path.read_text())
     except (OSError, ValueError):
         before = {}
     same = (before.get("weights_sha256") == weights_digest(ckpt) and list(before.get("tasks", {})) == cfg.tasks
-            and all(r["episodes"] == cfg.episodes for r in before["tasks"].values())
+            and all(r["episodes"] == episodes for r in before["tasks"].values())
+            and min(before.get("seeds") or [0]) == first
             and before.get("max_steps") == (cfg.max_steps or MAX_STEPS)
             and before.get("action_steps") == steps) if before else False
     if same:
         log(f"== {path}: measured on these weights, reused")
         return before
-    log(f"== evaluate {ckpt} on {cfg.episodes} unseen episodes per task, {steps} actions per chunk")
-    results = evaluate(None, cfg.tasks, cfg.episodes, max_steps=cfg.max_steps, workers=cfg.workers,
+    log(f"== evaluate {ckpt} on {episodes} {'validation' if seed else 'unseen'} episodes per task, {steps} actions "
+        f"per chunk")
+    results = evaluate(None, cfg.tasks, episodes, seed=first, max_steps=cfg.max_steps, workers=cfg.workers,
                        checkpoint=str(ckpt), progress=progress, action_steps=steps)
     path.write_text(json.dumps(results, indent=2))
-    record_in_card(ckpt, results, source=str(path))
+    if seed is None:
+        record_in_card(ckpt, results, source=str(path))
     log(format_table(results))
     return results
+
+
+def _select(cfg: AdaptConfig, ckpt: Path, modes: dict[int, dict], progress: bool, log) -> dict:
+    """Each task's execution mode, chosen on `select_episodes` validation episodes (seeds from VALIDATION_SEED,
+    which the score never uses; ties go to the K listed first), and the score of the chosen modes on the test
+    episodes, composed from each K's results into OUT/eval-selected.json (what `rfm compare` reads)."""
+    val = {k: _evaluate(cfg, ckpt, k, Path(cfg.out) / f"val-k{k}.json", progress, log,
+                        episodes=cfg.select_episodes, seed=VALIDATION_SEED) for k in modes}
+    chosen = {t: max(modes, key=lambda k: (val[k]["tasks"][t]["success_rate"], -list(modes).index(k)))
+              for t in cfg.tasks}
+    first = next(iter(modes.values()))
+    tasks = {t: {**modes[k]["tasks"][t], "action_steps": k} for t, k in chosen.items()}
+    composed = {**first, "tasks": tasks, "action_steps": None, "action_steps_by_task": chosen,
+                "mean_success_rate": sum(r["success_rate"] for r in tasks.values()) / len(tasks),
+                "selected_on": {"seed": VALIDATION_SEED, "episodes": cfg.select_episodes}}
+    for key in ("jerk_switch", "jerk_within", "wall_time_s"):  # measured per execution mode, not for the mixture
+        composed.pop(key, None)
+    path = Path(cfg.out) / SELECTED_FILE
+    path.write_text(json.dumps(composed, indent=2))
+    log("== execution mode per task, chosen on validation episodes: " + ", ".join(
+        f"{t} {k} ({val[k]['tasks'][t]['success_rate'] * 100:.0f}%)" for t, k in chosen.items()))
+    return {"action_steps": chosen, "mean_success_rate": composed["mean_success_rate"], "eval_file": str(path),
+            "success_rate": {t: r["success_rate"] for t, r in tasks.items()},
+            "validation": {str(k): {t: r["success_rate"] for t, r in v["tasks"].items()} for k, v in val.items()},
+            "validation_seed": VALIDATION_SEED, "validation_episodes": cfg.select_episodes}

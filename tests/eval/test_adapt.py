@@ -80,6 +80,22 @@ def test_adapt_from_a_checkpoint_then_from_scratch_on_the_same_demos(ckpt, tmp_p
         run / "eval-k2.json") and set(rec["by_action_steps"]["2"]["success_rate"]) == {"reach-v3"}
     assert "at 8 actions per request; " in modes.stdout and "at 2 actions per request" in modes.stdout
     assert "metaworld-steps2" in json.loads((run / "checkpoint" / "config.json").read_text())["meta"]["evaluation"]
+    chosen = _adapt("--task", "reach-v3", "--init", str(ckpt), "--out", str(run), "--action-steps", "8,2",
+                    "--select-episodes", "1")  # each task's mode chosen on seeds the score never uses
+    assert chosen.stdout.count("reused") == 4  # demos, weights and both scores; only the validation block is new
+    sel = json.loads((run / "adapt.json").read_text())["selected"]
+    val = {k: json.loads((run / f"val-k{k}.json").read_text()) for k in (8, 2)}
+    assert all(v["seeds"] == [2_000_000] and v["action_steps"] == k for k, v in val.items())
+    k = sel["action_steps"]["reach-v3"]
+    rates = {k: v["tasks"]["reach-v3"]["success_rate"] for k, v in val.items()}
+    assert rates[k] == max(rates.values()) and (k == 8 or rates[2] > rates[8])  # best on validation, ties to the first
+    composed = json.loads((run / "eval-selected.json").read_text())
+    test = json.loads((run / ("eval.json" if k == 8 else "eval-k2.json")).read_text())
+    assert composed["tasks"]["reach-v3"] == {**test["tasks"]["reach-v3"], "action_steps": k}
+    assert composed["seeds"] == test["seeds"] and sel["mean_success_rate"] == test["mean_success_rate"]
+    assert f"in the mode chosen on 1 validation episodes (reach-v3 {k})" in chosen.stdout
+    card = json.loads((run / "checkpoint" / "config.json").read_text())["meta"]["evaluation"]
+    assert all(e.get("seed") != 2_000_000 for e in card.values())  # validation stays off the card
 
     scratch = tmp_path / "scratch"
     _adapt("--task", "reach-v3", "--init", "scratch", "--like", str(ckpt), "--dataset", str(run / "demos"),
@@ -109,6 +125,8 @@ def test_cli_errors_are_one_line(ckpt, tmp_path, capsys):
     assert "demos=0: expected an integer >= 1" in error("--task", "reach-v3", "--init", str(ckpt), "--demos", "0")
     assert "world_model=-1.0: expected a weight >= 0" in error("--task", "reach-v3", "--init", str(ckpt),
                                                                "--world-model", "-1")
+    assert "choosing an execution mode needs two or more" in error("--task", "reach-v3", "--init", str(ckpt),
+                                                                   "--select-episodes", "5")
     assert "action_steps=[8, 0]: expected K >= 1 each" in error("--task", "reach-v3", "--init", str(ckpt),
                                                                 "--action-steps", "8,0")
     assert "lr=-1.0" in error("--task", "reach-v3", "--init", "scratch", "--like", str(ckpt), "--lr", "-1")
