@@ -7,7 +7,8 @@ into OUT/checkpoint; (3) `episodes` closed-loop episodes per task on unseen seed
 `rfm eval --out` writes), executing `action_steps` actions per chunk (default half a chunk, as the robot SDK's
 ChunkExecutor does on a robot; with several, the first is scored into eval.json and each other K into
 eval-k{K}.json; with `select_episodes`, each task's K is chosen on a validation block of other seeds and the
-chosen modes' scores go into eval-selected.json); OUT/adapt.json sums it up. A finished stage is reused, so rerunning continues a run.
+chosen modes' scores go into eval-selected.json); OUT/adapt.json sums it up. A finished stage is reused, so
+rerunning continues a run.
 
 Normalisation uses the demonstrations' own state/action stats (rfm train's default, not --keep-init-stats): they
 are right for whatever robot recorded them, where the init's are right only for the robot it was trained on, and
