@@ -8,7 +8,9 @@
 # Every run is resumable (rfm adapt reuses its finished stages), so rerunning the script continues where it stopped.
 # Usage: examples/adapt_ml45.sh [OUT] [STEPS]   (defaults runs/adapt-ml45, 2000)
 #   DEMOS (default 10), EPISODES (default 50), WORKERS (default 2), ARMS (default "default base scratch"),
-#   ADAPT_ARGS (appended to every rfm adapt, e.g. "--threads 2"), SETS (the task sets, default the six above).
+#   ADAPT_ARGS (appended to every rfm adapt, e.g. "--threads 2", or "--action-steps 8,4,2 --select-episodes 20" to
+#   score each mode and run each task in the one chosen on validation episodes), SETS (the task sets, default the six
+#   above).
 #   An arm whose checkpoint is missing is skipped (examples/pretrain_base.sh makes checkpoints/base).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -47,7 +49,9 @@ for tasks in $SETS; do
     f=$OUT/$tasks/$arm/adapt.json
     if [ -f "$f" ]; then
       python3 -c "import json; r = json.load(open('$f')); \
-print(f\"{'$tasks':<18}{'$arm':<10}{100 * r['eval']['mean_success_rate']:6.1f}%\")"
+s = r.get('selected'); \
+print(f\"{'$tasks':<18}{'$arm':<10}{100 * r['eval']['mean_success_rate']:6.1f}%\" \
+      + (f\"  {100 * s['mean_success_rate']:6.1f}% in the chosen modes {s['action_steps']}\" if s else ''))"
     fi
   done
 done
