@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from rfm.config import PRESETS, ConfigError, did_you_mean
+from rfm.eval.card import task_rates
 
 SCRATCH = "scratch"
 STEPS_PER_TASK = 2000  # fine-tuning steps per task by default: tasks fine-tuned together get each one's budget alone
@@ -146,7 +147,7 @@ def adapt(cfg: AdaptConfig, progress: bool = True, log=print) -> dict:
         k: training.get(k) for k in ("batch_size", "lr", "steps_done", "final_loss", "wall_time_s", "device")},
         eval=results, eval_file=str(out / EVAL_FILE), by_action_steps={
             str(k): {"mean_success_rate": r["mean_success_rate"], "eval_file": str(paths[k]),
-                     "success_rate": {t: v["success_rate"] for t, v in r["tasks"].items()}}
+                     "success_rate": task_rates(r)}
             for k, r in modes.items()}, status="done")
     (out / PLAN_FILE).write_text(json.dumps(record, indent=2))
     return record
@@ -331,6 +332,6 @@ def _select(cfg: AdaptConfig, ckpt: Path, modes: dict[int, dict], progress: bool
     log("== execution mode per task, chosen on validation episodes: " + ", ".join(
         f"{t} {k} ({val[k]['tasks'][t]['success_rate'] * 100:.0f}%)" for t, k in chosen.items()))
     return {"action_steps": chosen, "mean_success_rate": composed["mean_success_rate"], "eval_file": str(path),
-            "success_rate": {t: r["success_rate"] for t, r in tasks.items()},
-            "validation": {str(k): {t: r["success_rate"] for t, r in v["tasks"].items()} for k, v in val.items()},
+            "success_rate": task_rates(composed),
+            "validation": {str(k): task_rates(v) for k, v in val.items()},
             "validation_seed": VALIDATION_SEED, "validation_episodes": cfg.select_episodes}

@@ -43,6 +43,11 @@ def card_key(results: dict) -> str:
             f"{'-ensemble' if results.get('ensemble') else ''}{steps}{block}")
 
 
+def task_rates(results: dict) -> dict[str, float]:
+    """{task: success rate} of an `rfm eval` results dict."""
+    return {t: r["success_rate"] for t, r in results["tasks"].items()}
+
+
 def card_entry(results: dict) -> dict:
     """What the card keeps of an `rfm eval` results dict: rates per task, not every rollout (offline: the errors
     per action dimension and chunk step, not the worst episodes)."""
@@ -50,7 +55,7 @@ def card_entry(results: dict) -> dict:
         keep = ("kind", "dataset", "episodes", "stride", "frames", "mae", "mean_mae", "mae_by_step", "nmae", "mean_nmae")
         return {k: _rounded(results[k]) for k in keep}
     return {"mean_success_rate": round(results["mean_success_rate"], 6),
-            "tasks": {t: r["success_rate"] for t, r in results["tasks"].items()},
+            "tasks": task_rates(results),
             "episodes_per_task": max(r["episodes"] for r in results["tasks"].values()),
             "seed": min(results["seeds"]), "action_steps": results.get("action_steps"),
             "ensemble": bool(results.get("ensemble")), "snap_instructions": results.get("snap_instructions")}
