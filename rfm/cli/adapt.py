@@ -4,18 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from rfm.cli.args import comma_list, ints
 from rfm.cli.errors import CLIError
-
-
-def _csv(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
-
-
-def _ints(text: str) -> list[int]:
-    try:
-        return [int(t) for t in _csv(text)]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected whole numbers, comma-separated (e.g. 4,8)") from None
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -24,7 +14,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "has (no simulator state), fine-tune --init on them (no simulator training aid), "
                                    "evaluate on --episodes unseen seeds per task. Writes OUT/demos, OUT/checkpoint, "
                                    "OUT/eval.json and OUT/adapt.json; rerunning continues where it stopped.")
-    p.add_argument("--task", type=_csv, required=True,
+    p.add_argument("--task", type=comma_list, required=True,
                    help="Meta-World task(s), comma-separated, fine-tuned together (or a set: ml45-test, mt10, ...)")
     p.add_argument("--init", required=True, help="checkpoint directory to fine-tune, or 'scratch'")
     p.add_argument("--out", required=True, help="run directory")
@@ -38,7 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", default=None, help="scratch: model preset (default: --like's model config)")
     p.add_argument("--like", default=None, metavar="CHECKPOINT",
                    help="scratch: the checkpoint whose architecture and cameras to copy (default checkpoints/default)")
-    p.add_argument("--cameras", type=_csv, default=None, help="demo cameras (default: the checkpoint's)")
+    p.add_argument("--cameras", type=comma_list, default=None, help="demo cameras (default: the checkpoint's)")
     p.add_argument("--size", type=int, default=None, help="demo image size (default: the checkpoint's input size)")
     p.add_argument("--start-jitter", type=int, default=15, metavar="STEPS",
                    help="random hand steps before each demo (default 15, as the default checkpoint's demos)")
@@ -56,7 +46,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=2, help="processes generating demos and evaluating (default 2)")
     p.add_argument("--num-workers", type=int, default=1, help="DataLoader workers while fine-tuning (default 1)")
     p.add_argument("--max-steps", type=int, default=None, help="evaluation episode step limit (default 500)")
-    p.add_argument("--action-steps", type=_ints, default=None, metavar="K[,K...]",
+    p.add_argument("--action-steps", type=ints, default=None, metavar="K[,K...]",
                    help="actions executed per chunk in evaluation (default: half a chunk, as the robot SDK's "
                         "ChunkExecutor requests the next one); several, e.g. 4,8, score each on the same episodes: "
                         "the first into eval.json, the others into eval-kK.json")

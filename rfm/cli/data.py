@@ -6,12 +6,9 @@ import argparse
 import json
 from pathlib import Path
 
+from rfm.cli.args import comma_list
 from rfm.cli.errors import CLIError, require_checkpoint
 from rfm.constants import STEPS_AFTER_SUCCESS
-
-
-def _csv(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -20,10 +17,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     g = dsub.add_parser("generate", help="generate demonstrations in simulation into a LeRobot v3.0 dataset")
     g.add_argument("source", choices=["metaworld"], help="simulator")
-    g.add_argument("--tasks", type=_csv, required=True, help="comma-separated env tasks, e.g. reach-v3,button-press-topdown-v3, or sets: mt10, base38, "
+    g.add_argument("--tasks", type=comma_list, required=True, help="comma-separated env tasks, e.g. reach-v3,button-press-topdown-v3, or sets: mt10, base38, "
                         "ml45-test, mt50")
     g.add_argument("--episodes", type=int, default=50, help="episodes per task (only successful ones are written)")
-    g.add_argument("--cameras", type=_csv, default=["corner", "topview"],
+    g.add_argument("--cameras", type=comma_list, default=["corner", "topview"],
                    help="comma-separated camera names (default corner,topview: at 128 px they show reach's goal in "
                         "about 10 and 16 pixels; corner2 shows it in 4, gripperPOV often not at all)")
     g.add_argument("--size", type=int, default=128, help="rendered image height and width")
@@ -57,11 +54,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     c = dsub.add_parser("check-tasks", help="check that datasets hold only a Meta-World task set's tasks "
                                             "(e.g. a base model's pretraining data)")
-    c.add_argument("datasets", type=_csv, nargs="?", default=[],
+    c.add_argument("datasets", type=comma_list, nargs="?", default=[],
                    help="comma-separated LeRobot dataset directories (none: check --init alone)")
     c.add_argument("--tasks", required=True,
                    help="the allowed tasks: names or sets (base38, mt10, ml45-test, mt50), comma-separated")
-    c.add_argument("--init", type=_csv, default=[], metavar="CHECKPOINT",
+    c.add_argument("--init", type=comma_list, default=[], metavar="CHECKPOINT",
                    help="also check the checkpoint(s) the run starts from: the tasks its model card and its lineage "
                         "say it was trained on")
     c.add_argument("--out", default=None, metavar="JSON", help="write the check's result here")
@@ -87,8 +84,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     h.add_argument("--fps", type=int, required=True, help="control rate of the recordings")
     h.add_argument("--task", required=True, help="language instruction for every episode")
     h.add_argument("--layout", choices=["auto", "aloha", "robomimic"], default="auto")
-    h.add_argument("--cameras", type=_csv, default=None, help="cameras to keep (default: all)")
-    h.add_argument("--state-keys", type=_csv, default=None, help="robomimic: low-dim obs keys forming the state")
+    h.add_argument("--cameras", type=comma_list, default=None, help="cameras to keep (default: all)")
+    h.add_argument("--state-keys", type=comma_list, default=None, help="robomimic: low-dim obs keys forming the state")
     h.add_argument("--robot-type", default="unknown")
     h.add_argument("--images", choices=["video", "image"], default="video")
     h.add_argument("--vcodec", default=None)

@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+from rfm.cli.args import ints
 from rfm.cli.errors import CLIError
 from rfm.constants import BACKENDS
 
@@ -64,8 +65,8 @@ SIM_ONLY = {"tasks": "mt10", "paraphrase": False, "ensemble": False, "action_ste
 
 def _int_list(text: str, flag: str) -> list[int]:
     try:
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError as e:
+        return ints(text)
+    except argparse.ArgumentTypeError as e:
         raise CLIError(f"{flag} {text!r}: expected comma-separated episode indices, e.g. 0,3,5") from e
 
 

@@ -1,0 +1,18 @@
+"""argparse types the commands share: comma-separated lists of names and of whole numbers."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def comma_list(text: str) -> list[str]:
+    """'a, b,,c' -> ['a', 'b', 'c']."""
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def ints(text: str) -> list[int]:
+    """'4,8' -> [4, 8]; anything else is an argparse error naming the text."""
+    try:
+        return [int(t) for t in comma_list(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected whole numbers, comma-separated (e.g. 4,8)") from None
