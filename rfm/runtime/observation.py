@@ -43,8 +43,10 @@ class Batch:
         return self.images.shape[0]
 
 
-def check_image(cam: str, img: Any, interface: RobotInterface, resize: bool = False, where: str = "") -> np.ndarray:
-    """(3, h, w) uint8 at the model's input size from an (H, W, 3) or (3, H, W) uint8 frame.
+def check_image(cam: str, img: Any, interface: RobotInterface, resize: bool = False, where: str = "",
+                out: np.ndarray | None = None) -> np.ndarray:
+    """(3, h, w) uint8 at the model's input size from an (H, W, 3) or (3, H, W) uint8 frame, written into `out`
+    when given (a slot of the stacked batch: the layout change is then the only copy).
 
     A frame of the camera's declared native size (interface.native_sizes) or already of the model's size is
     accepted and fitted with rfm.imaging (the path training used); any other size is an error, unless `resize`
@@ -59,14 +61,17 @@ def check_image(cam: str, img: Any, interface: RobotInterface, resize: bool = Fa
                                f"({native[0]}, {native[1]}, 3)")
     chw = arr.shape[0] == 3 and arr.shape[-1] != 3
     hw = tuple(arr.shape[1:] if chw else arr.shape[:2])
+    out = np.empty((3, *size), np.uint8) if out is None else out
     if hw == size:
-        return np.ascontiguousarray(arr if chw else arr.transpose(2, 0, 1))
+        np.copyto(out, arr if chw else arr.transpose(2, 0, 1))
+        return out
     if hw != native and not resize:
         expected = f"{native[0]}x{native[1]} (interface.native_sizes.{cam})" if native != size else ""
         raise ObservationError(f"{where}image {cam!r} is {hw[0]}x{hw[1]} (H x W): expected "
                                f"{expected + ' or ' if expected else ''}the model's input size {size[0]}x{size[1]}")
     fitted = fit_frame(np.ascontiguousarray(arr.transpose(1, 2, 0)) if chw else arr, size, interface.aspect)
-    return np.ascontiguousarray(fitted.transpose(2, 0, 1))
+    np.copyto(out, fitted.transpose(2, 0, 1))
+    return out
 
 
 def accepted_sizes(interface: RobotInterface) -> dict[str, list[tuple[int, int]]]:
@@ -156,7 +161,9 @@ def check_observation(obs: Mapping[str, Any], interface: RobotInterface, resize:
     missing = [c for c in interface.cameras if c not in images]
     if missing:
         raise ObservationError(f"{where}missing camera(s) {missing}: the model expects {interface.cameras}")
-    imgs = np.stack([check_image(c, images[c], interface, resize, where) for c in interface.cameras])
+    imgs = np.empty((len(interface.cameras), 3, *interface.image_size), np.uint8)
+    for i, cam in enumerate(interface.cameras):
+        check_image(cam, images[cam], interface, resize, where, out=imgs[i])
     state = check_state(obs.get(STATE, []), interface, where)
     instruction = obs.get(INSTRUCTION, "")
     if not isinstance(instruction, str):
