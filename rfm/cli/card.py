@@ -1,4 +1,5 @@
-"""`rfm card`: a checkpoint's recorded evaluations, and recording saved `rfm eval --out` results into it."""
+"""`rfm card`: a checkpoint's recorded evaluations and execution mode; records saved `rfm eval --out` results and
+the actions per request a robot should run (rfm.runtime.execution)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", help="checkpoint directory")
     p.add_argument("--add", nargs="+", default=[], metavar="RESULTS",
                    help="`rfm eval --out` JSON files to record (each must have been measured on these weights)")
+    p.add_argument("--action-steps", metavar="K|none",
+                   help="record that robots should run K actions of each chunk per request (the SDK's ChunkExecutor "
+                        "then asks when H - K remain), for every instruction; 'none' removes the recommendation")
     p.set_defaults(func=run)
 
 
@@ -31,12 +35,38 @@ def _load_results(path: str) -> dict:
     return results
 
 
-def run(args: argparse.Namespace) -> int:
+def _execution(checkpoint: str, value: str) -> dict | None:
+    """--action-steps K|none -> the card's execution entry (None removes it); a CLI error for a bad K."""
     from rfm.checkpoint import read_config
+    from rfm.runtime.execution import check_action_steps
+
+    if value.strip().lower() == "none":
+        return None
+    chunk = read_config(checkpoint)[0].interface.chunk_size
+    try:
+        k = check_action_steps(int(value) if value.strip().lstrip("-").isdigit() else value, chunk, "--action-steps")
+    except ValueError as e:
+        raise CLIError(f"{checkpoint}: {e}") from e
+    return {"action_steps": k, "by_instruction": {}, "source": "rfm card --action-steps"}
+
+
+def _print_execution(execution: dict | None) -> None:
+    if not execution:
+        print("execution: no recommendation (the SDK asks for the next chunk when half of one remains)")
+        return
+    by = execution.get("by_instruction") or {}
+    print(f"execution: {execution['action_steps']} actions per request" + (
+        "; " + ", ".join(f"{k} for {i!r}" for i, k in by.items()) if by else "")
+        + (f" ({execution['source']})" if execution.get("source") else ""))
+
+
+def run(args: argparse.Namespace) -> int:
+    from rfm.checkpoint import read_config, update_meta
     from rfm.eval.card import CardError, check_same_weights, record_in_card
 
     require_checkpoint(args.checkpoint)
     loaded = [(path, _load_results(path)) for path in args.add]
+    execution = _execution(args.checkpoint, args.action_steps) if args.action_steps is not None else None
     try:
         for path, results in loaded:  # every file read and tied to these weights before any is written
             check_same_weights(args.checkpoint, results, source=path)
@@ -44,7 +74,11 @@ def run(args: argparse.Namespace) -> int:
             print(f"recorded {path} as {record_in_card(args.checkpoint, results, source=path)!r}")
     except CardError as e:
         raise CLIError(str(e)) from e
-    evals = read_config(args.checkpoint)[1].get("meta", {}).get("evaluation", {})
+    if args.action_steps is not None:
+        update_meta(args.checkpoint, "execution", execution)
+    meta = read_config(args.checkpoint)[1].get("meta", {})
+    _print_execution(meta.get("execution"))
+    evals = meta.get("evaluation", {})
     if not evals:
         print(f"{args.checkpoint}: no evaluations recorded (rfm eval --update-card, or rfm card --add)")
     for key, e in evals.items():

@@ -5,7 +5,9 @@ of tick s_k, so its action j belongs to tick s_k + j. Two ways to schedule reque
 
 - prefetch (default, real robots): when the newest chunk has `prefetch_steps` actions left, the next request goes
   out in a thread with the current observation, and the robot keeps executing; a chunk that arrives late is
-  entered at the current tick (its stale actions are skipped).
+  entered at the current tick (its stale actions are skipped). Unset, it follows the model: a checkpoint that
+  recommends K actions per request (its card's `execution`, e.g. from `rfm adapt --select-episodes`; served on
+  GET /v1/models) asks when H - K remain, for the instruction at hand; else when half a chunk remains.
 - `action_steps=K` (simulation, and robots that stop while the model thinks): every K ticks a chunk is requested
   from the current observation and the call returns when it is there. `delay_ticks=D` simulates inference
   latency in that mode: the chunk becomes usable D ticks after the observation it was computed from, and until
@@ -51,6 +53,27 @@ def _model_prefix_max(act: Any) -> int:
     return 0
 
 
+def _model_execution(act: Any) -> dict | None:
+    """The served model's recommended execution mode (rfm.runtime.execution), from a Runner (bound predict or
+    runner) or an RFMClient (GET /v1/models); None when it recommends none or `act` cannot say."""
+    owner = getattr(act, "__self__", act)
+    if hasattr(owner, "prefix_max"):  # a Runner
+        return getattr(owner, "execution", None)
+    if hasattr(owner, "models"):
+        return owner.models().get("execution")
+    return None
+
+
+def recommended_steps(execution: Mapping[str, Any] | None, instruction: str | None) -> int | None:
+    """Actions per request a model recommends for `instruction`: its own entry, else the model's default."""
+    if not execution:
+        return None
+    return (execution.get("by_instruction") or {}).get(instruction or "", execution.get("action_steps"))
+
+
+_UNASKED = object()
+
+
 class ChunkExecutor:
     """Turns a blocking `act(obs) -> (H, D_a)` (e.g. RFMClient.act, Runner.predict) into one action per tick."""
 
@@ -58,7 +81,8 @@ class ChunkExecutor:
                  ensemble_decay: float | None = None, recorder: Any = None, action_steps: int | None = None,
                  delay_ticks: int = 0, continuation: bool = False, prefix_max: int | None = None) -> None:
         """`act`: a callable or an object with `.act` (RFMClient). `prefetch_steps`: request the next chunk when
-        this many actions of the newest chunk remain (default: half a chunk). `action_steps`, `delay_ticks`: the
+        this many actions of the newest chunk remain (default: the chunk less the model's recommended actions per
+        request, else half a chunk). `action_steps`, `delay_ticks`: the
         blocking schedule and its simulated latency (module docstring). `recorder`: a TickRecorder.
         `continuation`: send committed actions, at most `prefix_max` (default: the model's, from a Runner's or an
         RFMClient's model description)."""
@@ -69,6 +93,8 @@ class ChunkExecutor:
         if continuation and ensemble_decay is not None:
             raise ValueError("continuation and ensemble_decay are two ways to switch chunks: pick one")
         self._act = act.act if hasattr(act, "act") else act
+        self._owner = act
+        self._execution: Any = _UNASKED  # the model's recommended mode, asked for at the first prefetch decision
         self.prefetch_steps, self.ensemble_decay, self.recorder = prefetch_steps, ensemble_decay, recorder
         self.action_steps, self.delay_ticks = action_steps, delay_ticks
         self.continuation = continuation
@@ -192,8 +218,18 @@ class ChunkExecutor:
                 self._collect(block=True)
         start, _, newest = self._chunks[-1]
         remaining = start + len(newest) - self.tick
-        if self._pending is None and remaining <= (self.prefetch_steps or half_chunk(len(newest))):
+        if self._pending is None and remaining <= self._prefetch_at(len(newest), obs):
             self._submit(obs)
+
+    def _prefetch_at(self, length: int, obs: Mapping[str, Any]) -> int:
+        """Actions left in the newest chunk when the next is asked for: prefetch_steps, else the chunk less the
+        model's recommended actions per request for this instruction, else half the chunk."""
+        if self.prefetch_steps:
+            return self.prefetch_steps
+        if self._execution is _UNASKED:
+            self._execution = _model_execution(self._owner)
+        k = recommended_steps(self._execution, obs.get("instruction"))
+        return max(1, length - k) if k else half_chunk(length)
 
     def _action(self, cover: list[tuple[int, int, np.ndarray]]) -> np.ndarray:
         if self.ensemble_decay is None:

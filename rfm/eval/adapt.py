@@ -312,6 +312,21 @@ def _evaluate(cfg: AdaptConfig, ckpt: Path, steps: int, path: Path, progress: bo
     return results
 
 
+def _recommend(ckpt: Path, chosen: dict[str, int], modes: list[int], episodes: int) -> None:
+    """Record the chosen modes in the checkpoint's card (meta.execution, rfm.runtime.execution): keyed by each
+    task's instruction, the default the mode chosen most often (ties: the first listed), so a robot's SDK runs the
+    fine-tune as it was validated."""
+    from rfm.checkpoint import update_meta
+    from rfm.sim.instructions import instructions_for
+
+    counts = [sum(k == m for k in chosen.values()) for m in modes]
+    update_meta(ckpt, "execution", {
+        "action_steps": modes[counts.index(max(counts))],
+        "by_instruction": {instructions_for(t)[0]: k for t, k in chosen.items()},
+        "source": f"rfm adapt: chosen of {modes} actions per request on {episodes} validation episodes per task "
+                  f"(seeds from {VALIDATION_SEED})"})
+
+
 def _select(cfg: AdaptConfig, ckpt: Path, modes: dict[int, dict], progress: bool, log) -> dict:
     """Each task's execution mode, chosen on `select_episodes` validation episodes (seeds from VALIDATION_SEED,
     which the score never uses; ties go to the K listed first), and the score of the chosen modes on the test
@@ -331,6 +346,7 @@ def _select(cfg: AdaptConfig, ckpt: Path, modes: dict[int, dict], progress: bool
     path.write_text(json.dumps(composed, indent=2))
     log("== execution mode per task, chosen on validation episodes: " + ", ".join(
         f"{t} {k} ({val[k]['tasks'][t]['success_rate'] * 100:.0f}%)" for t, k in chosen.items()))
+    _recommend(ckpt, chosen, list(modes), cfg.select_episodes)
     return {"action_steps": chosen, "mean_success_rate": composed["mean_success_rate"], "eval_file": str(path),
             "success_rate": task_rates(composed),
             "validation": {str(k): task_rates(v) for k, v in val.items()},

@@ -282,6 +282,7 @@ def export_checkpoint(checkpoint, out: str | Path, config: ExportConfig | None =
             "head": m.head,
             "flow_steps": m.flow_steps if m.head == "flow" else None,
             "prefix_max": prefix_max,
+            "execution": policy.meta.get("execution"),  # the recommended actions per request (rfm.runtime.execution)
             "precision": cfg.precision,
             "target": cfg.target,
             "calibration": calibration,

@@ -209,6 +209,7 @@ def model_card(policy, config: dict) -> str:
         f"| state | {itf.state_dim}: {', '.join(itf.state_names)} |",
         f"| action | {itf.action_dim}: {', '.join(itf.action_names)} |",
         f"| chunk size | {itf.chunk_size} at {itf.control_hz} Hz |",
+        f"| actions per request | {_execution(meta.get('execution'), itf.chunk_size)} |",
         f"| robot type | {itf.robot_type} |",
         f"| version | {meta.get('model_version', '?')} |",
         f"| weights dtype | {config.get('weights_dtype')} |",
@@ -223,6 +224,16 @@ def model_card(policy, config: dict) -> str:
               "runner = TorchRunner.from_checkpoint('<this directory>')",
               "chunk = runner.predict({'images': {...}, 'state': [...], 'instruction': '...'})", "```", ""]
     return "\n".join(lines)
+
+
+def _execution(execution: dict | None, chunk_size: int) -> str:
+    """The card's execution mode in words (rfm.runtime.execution)."""
+    if not execution:
+        return f"not recommended (the SDK runs {max(1, chunk_size // 2)}, half a chunk)"
+    by = execution.get("by_instruction") or {}
+    return f"{execution.get('action_steps')}" + (" (" + "; ".join(f"{k} for '{i}'" for i, k in by.items()) + ")"
+                                                  if by else "") + (f", {execution['source']}"
+                                                                    if execution.get("source") else "")
 
 
 def _sizes(itf) -> str:

@@ -24,6 +24,7 @@ class Runner(ABC):
     engine: str | None = None  # how `rfm serve` runs a checkpoint (rfm.export.engine): torch | onnx | onnx-int8
     engine_dir: str | None = None  # the cached export an onnx engine runs
     prefix_max: int = 0  # most committed actions a request may carry (model.prefix_max; 0: none)
+    execution: dict | None = None  # the recommended actions per request (rfm.runtime.execution; None: none)
 
     def __init__(self, interface: RobotInterface, head: str, model_id: str, model_version: str,
                  resize_images: bool = False, seed: int | None = None) -> None:
@@ -101,5 +102,5 @@ class Runner(ABC):
         itf = self.interface.to_dict()
         return {**itf, "model_id": self.model_id, "model_version": self.model_version, "head": self.head,
                 "backend": self.backend, "engine": self.engine or self.backend, "engine_dir": self.engine_dir,
-                "prefix_max": self.prefix_max,
+                "prefix_max": self.prefix_max, "execution": self.execution,
                 "snap_instructions": self.snapper.describe() if self.snapper else None}

@@ -15,7 +15,8 @@ import numpy as np
 from rfm.config import RobotInterface
 from rfm.model.text_cache import CachedTextEncoder, InstructionCache
 from rfm.runtime.base import Runner
-from rfm.runtime.manifest import read_manifest
+from rfm.runtime.execution import check_execution
+from rfm.runtime.manifest import EXPORT_FILE, read_manifest
 from rfm.runtime.observation import no_committed
 
 Graph = Callable[[dict[str, np.ndarray]], np.ndarray]  # feed -> first output
@@ -135,6 +136,8 @@ class ExportRunner(Runner):
         self.prefix_max = int(m.get("prefix_max") or 0)  # absent in exports from before delay-aware continuation
         self.text = ExportTextEncoder(self.export_dir, m["text"], load_graph, cache_size)
         self.trained_instructions = list(m.get("trained_instructions", []))
+        self.execution = check_execution(m.get("execution"), self.interface.chunk_size,
+                                         f"{self.export_dir / EXPORT_FILE}: execution")
 
     def policy_feed(self, images, state, text, text_mask, noise, prefix=None, prefix_len=None) -> dict:
         """The feed of this export's policy graph (its input names: self.input_names, set by the subclass)."""

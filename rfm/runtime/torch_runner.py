@@ -10,6 +10,7 @@ import torch
 
 from rfm.model.policy import RFMPolicy
 from rfm.runtime.base import Runner
+from rfm.runtime.execution import check_execution
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -29,6 +30,8 @@ class TorchRunner(Runner):
         self.policy = policy.to(self.device)
         self.prefix_max = policy.model_config.prefix_max
         self.trained_instructions = list(policy.meta.get("data", {}).get("tasks", []))
+        self.execution = check_execution(policy.meta.get("execution"), policy.interface.chunk_size,
+                                         "config.json meta.execution")
         self.policy.net.eval()
         self.bf16 = (self.device.type == "cuda") if bf16 is None else bf16
         self._fn = torch.compile(self.policy.net, dynamic=True) if compile else self.policy.net

@@ -168,3 +168,35 @@ def test_chunk_executor_temporal_ensembling():
         time.sleep(0.02)
     assert got == [0, 1, 2, pytest.approx((3 + 201) / 2)]  # equal weights: mean of chunk@0[3] and chunk@2[1]
     ex.close()
+
+
+class RecommendingModel:
+    """fake_act behind an object that describes its model as a server does (GET /v1/models), with a recommended
+    execution mode: 1 action per request, 3 for the instruction 'slow'."""
+
+    def __init__(self) -> None:
+        self.asked = 0
+
+    def models(self) -> dict:
+        self.asked += 1
+        return {"execution": {"action_steps": 1, "by_instruction": {"slow": 3}}}
+
+    def act(self, obs):
+        return fake_act(obs)
+
+
+@pytest.mark.parametrize(("instruction", "expected"), [
+    ("fast", [0, 1, 101, 201, 301, 401]),  # 1 per request: asks with 3 of 4 left, i.e. every tick
+    ("slow", [0, 1, 2, 3, 301, 302])])  # its own entry, 3 per request: asks with 1 left
+def test_chunk_executor_runs_the_mode_the_model_recommends(instruction, expected):
+    model = RecommendingModel()
+    ex = ChunkExecutor(model)
+    got = []
+    for t in range(6):
+        got.append(float(ex.step({"t": t, "instruction": instruction})[0]))
+        time.sleep(0.02)  # the prefetch lands before the next tick
+    assert got == expected and model.asked == 1  # the model is asked once, not per tick
+    ex.close()
+    fixed = ChunkExecutor(model, prefetch_steps=2)  # the robot's own setting wins
+    assert [float(fixed.step({"t": t, "instruction": instruction})[0]) for t in range(2)] == [0, 1]
+    fixed.close()

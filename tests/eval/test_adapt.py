@@ -13,6 +13,7 @@ from rfm import RFMPolicy
 from rfm.cli.main import main
 from rfm.config import RobotInterface
 from rfm.constants import OBS_ENV_STATE
+from rfm.sim.instructions import instructions_for
 
 TINY = ["--demos", "2", "--steps", "5", "--episodes", "1", "--max-steps", "10", "--batch-size", "4", "--workers", "1",
         "--num-workers", "0", "--threads", "1", "--no-progress"]
@@ -94,8 +95,11 @@ def test_adapt_from_a_checkpoint_then_from_scratch_on_the_same_demos(ckpt, tmp_p
     assert composed["tasks"]["reach-v3"] == {**test["tasks"]["reach-v3"], "action_steps": k}
     assert composed["seeds"] == test["seeds"] and sel["mean_success_rate"] == test["mean_success_rate"]
     assert f"in the mode chosen on 1 validation episodes (reach-v3 {k})" in chosen.stdout
-    card = json.loads((run / "checkpoint" / "config.json").read_text())["meta"]["evaluation"]
-    assert all(e.get("seed") != 2_000_000 for e in card.values())  # validation stays off the card
+    meta = json.loads((run / "checkpoint" / "config.json").read_text())["meta"]
+    assert all(e.get("seed") != 2_000_000 for e in meta["evaluation"].values())  # validation stays off the card
+    # the choice goes on the card, keyed by the instruction a robot sends, so the SDK runs the model in that mode
+    assert meta["execution"]["by_instruction"] == {instructions_for("reach-v3")[0]: k}
+    assert meta["execution"]["action_steps"] == k and "validation episodes" in meta["execution"]["source"]
 
     scratch = tmp_path / "scratch"
     _adapt("--task", "reach-v3", "--init", "scratch", "--like", str(ckpt), "--dataset", str(run / "demos"),

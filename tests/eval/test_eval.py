@@ -13,6 +13,7 @@ from rfm import RFMPolicy
 from rfm.client.executor import ChunkExecutor
 from rfm.config import RobotInterface
 from rfm.eval.card import weights_digest
+from rfm.runtime import load_runner
 from rfm.sim.metaworld import ACTION_NAMES, CONTROL_HZ, STATE_NAMES
 
 
@@ -338,3 +339,24 @@ def test_continuation_rollout_through_a_prefix_model(tmp_path):
                           check=False, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "the robot waits 2 ticks for each chunk" in proc.stderr and "--action-steps 2 keeps it moving" in proc.stderr
+
+
+@pytest.mark.integration
+def test_card_records_the_actions_per_request_robots_should_run(tmp_path):
+    """`rfm card --action-steps K`: on the card and its README, served by the runner; a bad K changes nothing."""
+    ckpt = tmp_path / "ckpt"
+    itf = RobotInterface(cameras=["corner2"], image_size=(48, 48), state_names=STATE_NAMES,
+                         action_names=ACTION_NAMES, chunk_size=8, control_hz=CONTROL_HZ)
+    RFMPolicy.build("tiny", interface=itf).save_pretrained(ckpt)
+    proc = _rfm("card", str(ckpt), "--action-steps", "3")
+    assert proc.returncode == 0, proc.stderr
+    assert "execution: 3 actions per request" in proc.stdout
+    assert "| actions per request | 3, rfm card --action-steps |" in (ckpt / "README.md").read_text()
+    assert load_runner(ckpt, device="cpu").describe()["execution"]["action_steps"] == 3
+    before = (ckpt / "config.json").read_text()
+    for bad in ("9", "0", "two"):  # more than the chunk of 8, none, not a number
+        proc = _rfm("card", str(ckpt), "--action-steps", bad)
+        assert proc.returncode == 2 and "--action-steps=" in proc.stderr and str(ckpt) in proc.stderr
+        assert "Traceback" not in proc.stderr and (ckpt / "config.json").read_text() == before
+    assert _rfm("card", str(ckpt), "--action-steps", "none").returncode == 0
+    assert load_runner(ckpt, device="cpu").execution is None

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from rfm import RFMPolicy
+from rfm.checkpoint import update_meta
 from rfm.config import RobotInterface
 from rfm.runtime import ObservationError, TorchRunner, load_runner
 from rfm.runtime.onnx_runner import OnnxRunner, resolve_providers
@@ -21,6 +22,7 @@ ITF = RobotInterface(
     action_names=["vx", "vy"],
     chunk_size=8,
 )
+EXECUTION = {"action_steps": 4, "by_instruction": {"open the door": 2}, "source": "test"}
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +31,7 @@ def dirs(tmp_path_factory) -> tuple:
 
     root = tmp_path_factory.mktemp("onnx-runner")
     ckpt = RFMPolicy.build("tiny", interface=ITF, head="flow").save_pretrained(root / "tiny-flow")
+    update_meta(ckpt, "execution", EXECUTION)  # as `rfm adapt --select-episodes` records it
     # The TorchScript exporter here (the default dynamo path is covered in tests/export): fast, and it checks
     # that the fallback path yields a working export too.
     export_checkpoint(ckpt, root / "export", ExportConfig(exporter="torchscript", parity_samples=2))
@@ -54,8 +57,10 @@ def test_load_runner_gives_an_onnx_runner_with_the_same_description(runners):
         "model_id",
         "model_version",
         "head",
+        "execution",
     ):
         assert d[key] == ref[key], key
+    assert d["execution"] == EXECUTION  # the recommended mode travels from the card through the export
     assert d["backend"] == "onnx" and d["precision"] == "fp32" and d["providers"] == ["CPUExecutionProvider"]
 
 

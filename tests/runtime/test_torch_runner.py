@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
 from rfm import RFMPolicy
+from rfm.config import RobotInterface
 from rfm.runtime import ObservationError, TorchRunner, load_runner
 from tests.conftest import random_obs
+
+ITF_KW = {"cameras": ["front", "wrist"], "image_size": (64, 64), "state_names": ["x", "y", "z"],
+          "action_names": ["vx", "vy"], "chunk_size": 8}
 
 
 @pytest.fixture(scope="module")
 def runner(tmp_path_factory):
-    from rfm.config import RobotInterface
-
-    itf = RobotInterface(cameras=["front", "wrist"], image_size=(64, 64), state_names=["x", "y", "z"],
-                         action_names=["vx", "vy"], chunk_size=8)
+    itf = RobotInterface(**ITF_KW)
     path = tmp_path_factory.mktemp("ck") / "tiny-flow"
     RFMPolicy.build("tiny", interface=itf, head="flow").save_pretrained(path)
     return load_runner(path, backend="torch", device="cpu", seed=0)
@@ -84,3 +87,16 @@ def test_resize_option_accepts_other_image_sizes(tmp_path, rng):
 def test_unknown_backend_suggests(tmp_path):
     with pytest.raises(ValueError, match=r"backend='onxx'.*Did you mean 'onnx'"):
         load_runner(tmp_path, backend="onxx")
+
+
+@pytest.mark.parametrize(("execution", "pattern"), [
+    ({"action_steps": 0}, r"meta.execution.action_steps=0: expected a whole number"),
+    ({"action_steps": 4, "by_instruction": {"push": 99}}, r"by_instruction\['push'\]=99: .* at most the chunk size"),
+    ([4], "meta.execution must be an object")])
+def test_a_malformed_execution_mode_on_the_card_is_refused_at_load(tmp_path, execution, pattern):
+    ckpt = RFMPolicy.build("tiny", interface=RobotInterface(**ITF_KW)).save_pretrained(tmp_path / "ckpt")
+    raw = json.loads((ckpt / "config.json").read_text())
+    raw["meta"]["execution"] = execution
+    (ckpt / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(ValueError, match=pattern):
+        TorchRunner.from_checkpoint(ckpt, device="cpu")
