@@ -344,9 +344,10 @@ def _select(cfg: AdaptConfig, ckpt: Path, modes: dict[int, dict], progress: bool
         composed.pop(key, None)
     path = Path(cfg.out) / SELECTED_FILE
     path.write_text(json.dumps(composed, indent=2))
-    log("== execution mode per task, chosen on validation episodes: " + ", ".join(
-        f"{t} {k} ({val[k]['tasks'][t]['success_rate'] * 100:.0f}%)" for t, k in chosen.items()))
     _recommend(ckpt, chosen, list(modes), cfg.select_episodes)
+    log("== execution mode per task, chosen on validation episodes: " + ", ".join(
+        f"{t} {k} ({val[k]['tasks'][t]['success_rate'] * 100:.0f}%)" for t, k in chosen.items())
+        + f"; recorded on {ckpt}'s card, which the SDK's ChunkExecutor follows")
     return {"action_steps": chosen, "mean_success_rate": composed["mean_success_rate"], "eval_file": str(path),
             "success_rate": task_rates(composed),
             "validation": {str(k): task_rates(v) for k, v in val.items()},
