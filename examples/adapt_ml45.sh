@@ -8,7 +8,7 @@
 # Every run is resumable (rfm adapt reuses its finished stages), so rerunning the script continues where it stopped.
 # Usage: examples/adapt_ml45.sh [OUT] [STEPS]   (defaults runs/adapt-ml45, 2000)
 #   DEMOS (default 10), EPISODES (default 50), WORKERS (default 2), ARMS (default "default base scratch"),
-#   ADAPT_ARGS (appended to every rfm adapt, e.g. "--threads 2", or "--action-steps 8,4,2 --select-episodes 20" to
+#   ADAPT_ARGS (appended to every rfm adapt, e.g. "--threads 2", or "--action-steps 8,4,2 --select-episodes 50" to
 #   score each mode and run each task in the one chosen on validation episodes), SETS (the task sets, default the six
 #   above).
 #   An arm whose checkpoint is missing is skipped (examples/pretrain_base.sh makes checkpoints/base).
