@@ -82,10 +82,9 @@ class ChunkExecutor:
                  delay_ticks: int = 0, continuation: bool = False, prefix_max: int | None = None) -> None:
         """`act`: a callable or an object with `.act` (RFMClient). `prefetch_steps`: request the next chunk when
         this many actions of the newest chunk remain (default: the chunk less the model's recommended actions per
-        request, else half a chunk). `action_steps`, `delay_ticks`: the
-        blocking schedule and its simulated latency (module docstring). `recorder`: a TickRecorder.
-        `continuation`: send committed actions, at most `prefix_max` (default: the model's, from a Runner's or an
-        RFMClient's model description)."""
+        request, else half a chunk). `action_steps`, `delay_ticks`: the blocking schedule and its simulated
+        latency (module docstring). `recorder`: a TickRecorder. `continuation`: send committed actions, at most
+        `prefix_max` (default: the model's, from a Runner's or an RFMClient's model description)."""
         if action_steps is not None and action_steps < 1:
             raise ValueError(f"action_steps={action_steps}: expected a positive number of actions per request")
         if delay_ticks < 0 or (delay_ticks and action_steps is None):
