@@ -43,24 +43,14 @@ def half_chunk(length: int) -> int:
     return max(1, length // 2)
 
 
-def _model_prefix_max(act: Any) -> int:
-    """The served model's prefix_max, from a Runner (bound predict or runner), an RFMClient, or 0."""
-    owner = getattr(act, "__self__", act)
-    if hasattr(owner, "prefix_max"):
-        return int(owner.prefix_max)
-    if hasattr(owner, "models"):
-        return int(owner.models().get("prefix_max", 0) or 0)
-    return 0
-
-
-def _model_execution(act: Any) -> dict | None:
-    """The served model's recommended execution mode (rfm.runtime.execution), from a Runner (bound predict or
-    runner) or an RFMClient (GET /v1/models); None when it recommends none or `act` cannot say."""
+def _model_says(act: Any, key: str) -> Any:
+    """A field of the served model's description (prefix_max, execution, ...): a Runner's attribute (bound predict
+    or runner), an RFMClient's GET /v1/models entry, else None."""
     owner = getattr(act, "__self__", act)
     if hasattr(owner, "prefix_max"):  # a Runner
-        return getattr(owner, "execution", None)
+        return getattr(owner, key, None)
     if hasattr(owner, "models"):
-        return owner.models().get("execution")
+        return owner.models().get(key)
     return None
 
 
@@ -97,7 +87,9 @@ class ChunkExecutor:
         self.prefetch_steps, self.ensemble_decay, self.recorder = prefetch_steps, ensemble_decay, recorder
         self.action_steps, self.delay_ticks = action_steps, delay_ticks
         self.continuation = continuation
-        self.prefix_max = (_model_prefix_max(act) if prefix_max is None else prefix_max) if continuation else 0
+        if prefix_max is None and continuation:
+            prefix_max = int(_model_says(act, "prefix_max") or 0)
+        self.prefix_max = prefix_max if continuation else 0
         if continuation and self.prefix_max < 1:
             raise ValueError("continuation needs a model trained for delay-aware continuation (model.prefix_max > 0; "
                              "fine-tune with --model prefix_max=8); this one takes no committed actions")
@@ -226,7 +218,7 @@ class ChunkExecutor:
         if self.prefetch_steps:
             return self.prefetch_steps
         if self._execution is _UNASKED:
-            self._execution = _model_execution(self._owner)
+            self._execution = _model_says(self._owner, "execution")
         k = recommended_steps(self._execution, obs.get("instruction"))
         return max(1, length - k) if k else half_chunk(length)
 

@@ -27,11 +27,13 @@ def check_execution(execution: Any, chunk_size: int | None = None, where: str = 
     if execution is None:
         return None
     if not isinstance(execution, Mapping):  # a malformed field, reported like the others
-        raise ValueError(f"{where} must be an object with 'action_steps', got {type(execution).__name__}")  # noqa: TRY004
+        got = type(execution).__name__
+        raise ValueError(f"{where} must be an object with 'action_steps', got {got}")  # noqa: TRY004
     by = execution.get("by_instruction") or {}
     if not isinstance(by, Mapping) or not all(isinstance(k, str) for k in by):
         raise ValueError(f"{where}.by_instruction must map instructions to actions per request")
-    return {"action_steps": check_action_steps(execution.get("action_steps"), chunk_size, f"{where}.action_steps"),
-            "by_instruction": {k: check_action_steps(v, chunk_size, f"{where}.by_instruction[{k!r}]") for k, v in by.items()},
+    steps = check_action_steps(execution.get("action_steps"), chunk_size, f"{where}.action_steps")
+    return {"action_steps": steps,
+            "by_instruction": {k: check_action_steps(v, chunk_size, f"{where}.by_instruction[{k!r}]")
+                               for k, v in by.items()},
             **{k: v for k, v in execution.items() if k not in ("action_steps", "by_instruction")}}
-
