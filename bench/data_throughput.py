@@ -38,12 +38,13 @@ def synthetic_frame(t: int, ep: int, size: int, flip: bool) -> np.ndarray:
     return img[::-1] if flip else img
 
 
-def build(root: Path, use_videos: bool, episodes: int, length: int, size: int) -> float:
+def build(root: Path, vcodec: str | None, episodes: int, length: int, size: int) -> float:
+    """Writes the synthetic set: video in `vcodec`, or PNG in parquet when vcodec is None."""
     t0 = time.perf_counter()
     rng = np.random.default_rng(0)
     w = LeRobotDatasetWriter(root, fps=20, robot_type="synthetic", cameras={"front": (size, size), "wrist": (size, size)},
                              state_names=[f"s{i}" for i in range(8)], action_names=[f"a{i}" for i in range(7)],
-                             use_videos=use_videos)
+                             use_videos=vcodec is not None, vcodec=vcodec)
     for ep in range(episodes):
         for t in range(length):
             w.add_frame(images={"front": synthetic_frame(t, ep, size, False), "wrist": synthetic_frame(t, ep, size, True)},
@@ -77,6 +78,7 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--chunk", type=int, default=16)
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 2])
+    ap.add_argument("--vcodecs", nargs="+", default=["h264", "av1"], help="video codecs to compare (h264: the default)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "data_throughput.json"))
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -86,9 +88,9 @@ def main() -> int:
             sets = {Path(args.dataset).name: Path(args.dataset)}
         else:
             sets = {}
-            for kind in ("video", "image"):
+            for kind, vcodec in [*((f"video-{c}", c) for c in args.vcodecs), ("image", None)]:
                 root = Path(tmp) / kind
-                builds[kind] = round(build(root, kind == "video", args.episodes, args.length, args.size), 2)
+                builds[kind] = round(build(root, vcodec, args.episodes, args.length, args.size), 2)
                 sets[kind] = root
         for kind, root in sets.items():
             ds = LeRobotDataset(root)
@@ -102,10 +104,10 @@ def main() -> int:
                              "cold_samples_per_s": res["cold"]["samples_per_s"],
                              "warm_samples_per_s": res["warm"]["samples_per_s"],
                              "size_on_disk_mb": round(ds.size_bytes() / 2**20, 2)})
-    print(f"{'storage':<8} {'workers':>7} {'frames':>7} {'disk MB':>8} {'decode fps':>10} {'cold samples/s':>15} "
+    print(f"{'storage':<11} {'workers':>7} {'frames':>7} {'disk MB':>8} {'decode fps':>10} {'cold samples/s':>15} "
           f"{'warm samples/s':>15}")
     for r in rows:
-        print(f"{r['storage']:<8} {r['workers']:>7} {r['frames']:>7} {r['size_on_disk_mb']:>8} "
+        print(f"{r['storage']:<11} {r['workers']:>7} {r['frames']:>7} {r['size_on_disk_mb']:>8} "
               f"{r['decode_fps_one_camera']:>10} {r['cold_samples_per_s']:>15} {r['warm_samples_per_s']:>15}")
     report = {"config": {k: v for k, v in vars(args).items() if k != "out"}, "build_seconds": builds, "results": rows,
               "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0], "torch": torch.__version__,

@@ -64,7 +64,7 @@ class InferenceService:
         d["server"] = {"max_batch": self.config.max_batch, "max_wait_ms": self.config.max_wait_ms,
                        "queue_size": self.config.queue_size, "timeout_ms": self.config.timeout_ms,
                        "resize_images": self.config.resize_images, "recording": self.recorder is not None,
-                       "min_deadline_ms": self.min_deadline_ms,
+                       "min_deadline_ms": self.min_deadline_ms, "max_body_bytes": self.config.max_body_bytes,
                        "action_limits": self.limits.to_dict() if self.limits else None}
         return d
 

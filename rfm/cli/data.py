@@ -30,7 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--images", choices=["video", "image"], default="image",
                    help="store cameras as lossless PNG (default) or mp4. Video's 4:2:0 chroma erases details of "
                         "a pixel or two (Meta-World's reach goal is one): fine for viewing, not for small-image training")
-    g.add_argument("--vcodec", default=None, help="av1 | h264 (default: the first PyAV can encode, AV1 first)")
+    g.add_argument("--vcodec", default=None, help="h264 | av1 (default: the first PyAV can encode, h264 first)")
     g.add_argument("--start-jitter", type=int, default=0, metavar="STEPS",
                    help="start each episode after 0..STEPS random hand steps. Meta-World always starts from one pose, "
                         "so a policy can infer the goal from how far the hand has moved instead of seeing it; varied "
@@ -88,7 +88,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     h.add_argument("--state-keys", type=comma_list, default=None, help="robomimic: low-dim obs keys forming the state")
     h.add_argument("--robot-type", default="unknown")
     h.add_argument("--images", choices=["video", "image"], default="video")
-    h.add_argument("--vcodec", default=None)
+    h.add_argument("--vcodec", default=None, help="h264 | av1 (default: h264 where PyAV has it)")
     h.add_argument("--overwrite", action="store_true")
     h.set_defaults(func=run_import)
     p.set_defaults(func=lambda args: p.print_help() or 0)

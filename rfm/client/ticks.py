@@ -6,6 +6,10 @@ chunk. The robot's control loop knows every tick, so it reports them on a side c
 a queue, and a background thread posts batches, so neither inference nor the control loop ever waits for
 recording. The server writes one frame per tick at the robot's control rate: the observation of that tick, the
 action executed (or the correction given for it), and the chunk it came from.
+
+The server records frames at the model's input size, so the posting thread fits each camera's native frame to it
+first (with rfm.imaging, the server's own resize, where Pillow is installed): a 480x640 frame travels as
+128x128. Batches are split to fit the server's body limit, and the backlog is bounded in bytes.
 """
 
 from __future__ import annotations
@@ -29,28 +33,45 @@ class TickRecorder:
     `client`: an RFMClient (its URL, API key and format are reused). Call `add()` once per tick with what was
     executed, `correct(action)` to label the latest tick with an operator's or expert's action, and
     `end_episode(success)` when the episode ends; `close()` flushes everything.
+    `fit_frames`: send native frames at the model's input size (what the server records); `max_backlog_mb`: ticks
+    waiting to be posted beyond this are dropped (counted in `lost`) rather than growing without bound while the
+    server is unreachable.
     """
 
-    def __init__(self, client: Any, session_id: str, robot_id: str | None = None, batch_ticks: int = 8) -> None:
+    def __init__(self, client: Any, session_id: str, robot_id: str | None = None, batch_ticks: int = 8,
+                 fit_frames: bool = True, max_backlog_mb: float = 512.0) -> None:
         self.session_id, self.robot_id, self.batch_ticks = session_id, robot_id, max(1, batch_ticks)
         self.format, self.headers = client.format, dict(client.headers)
+        self.fit_frames, self.max_backlog_bytes = fit_frames, int(max_backlog_mb * 2**20)
         self._http = httpx.Client(base_url=client.url, timeout=client.timeout)
         self._ticks: list[dict] = []  # the newest tick waits here: correct() may still label it
         self._outbox: list[tuple[list[dict], bool, bool | None]] = []
+        self._backlog_bytes = 0  # image bytes of the ticks not yet posted
         self._cond = threading.Condition()
         self._closed = False
         self._busy = False  # a batch is being posted
-        self.sent = self.errors = 0
+        self._served: dict | None = None  # GET /v1/models, asked once by the posting thread
+        self._max_body: int | None = None  # the server's body limit, from its description or a 413
+        self.sent = self.errors = self.lost = 0
         self.last_error: str | None = None
         self._thread = threading.Thread(target=self._run, name="rfm-ticks", daemon=True)
         self._thread.start()
 
     def add(self, obs: Mapping[str, Any], action: np.ndarray, chunk: np.ndarray | None = None) -> None:
         """This tick's observation and the action executed at it (and the chunk it came from). Never blocks."""
-        tick = {"images": dict(obs["images"]), "state": np.asarray(obs["state"], np.float32).copy(),
+        # copies: a camera driver may reuse its buffers, and the record must hold what this tick saw
+        images = {cam: img if isinstance(img, (bytes, str)) else np.array(img) for cam, img in obs["images"].items()}
+        tick = {"images": images, "state": np.asarray(obs["state"], np.float32).copy(),
                 "instruction": obs.get("instruction", ""), "action": np.asarray(action, np.float32).copy(),
                 "chunk": None if chunk is None else np.asarray(chunk, np.float32).copy()}
         with self._cond:
+            if self._backlog_bytes > self.max_backlog_bytes:
+                self.lost += 1
+                if self.lost == 1 or self.lost % 1000 == 0:
+                    log.warning("tick recording is %d MB behind (server unreachable or slow?): %d ticks dropped",
+                                self._backlog_bytes >> 20, self.lost)
+                return
+            self._backlog_bytes += _image_bytes(tick)
             self._ticks.append(tick)
             if len(self._ticks) > self.batch_ticks:  # all but the newest are final
                 self._outbox.append((self._ticks[:-1], False, None))
@@ -96,20 +117,77 @@ class TickRecorder:
                     return
                 ticks, end, success = self._outbox[0]
                 self._busy = True
+            sent_before = self.sent
             try:
-                body = encode_ticks(ticks, self.session_id, self.format, self.robot_id, end, success)
-                resp = self._http.post("/v1/ticks", content=body, headers=self.headers)
-                if resp.status_code != 200:
-                    raise RuntimeError(f"POST /v1/ticks: {resp.status_code} {resp.text[:300]}")
-                self.sent += len(ticks)
+                self._post(self._fitted(ticks), end, success)
             except Exception as e:  # noqa: BLE001 - recording must not take the robot down; counted and logged
                 self.errors += 1
                 self.last_error = str(e)
-                log.warning("tick recording failed (%d ticks lost): %s", len(ticks), e)
+                lost = len(ticks) - (self.sent - sent_before)
+                self.lost += lost
+                log.warning("tick recording failed (%d ticks lost): %s", lost, e)
             with self._cond:
                 self._outbox.pop(0)
+                self._backlog_bytes -= sum(_image_bytes(t) for t in ticks)
                 self._busy = False
                 self._cond.notify_all()
+
+    def _post(self, ticks: list[dict], end: bool, success: bool | None) -> None:
+        """POST the ticks, in halves while the body is over the server's limit (known, or learnt from a 413)."""
+        body = encode_ticks(ticks, self.session_id, self.format, self.robot_id, end, success)
+        if self._max_body is not None and len(body) > self._max_body and len(ticks) > 1:
+            self._post_halves(ticks, end, success)
+            return
+        resp = self._http.post("/v1/ticks", content=body, headers=self.headers)
+        if resp.status_code == 413 and len(ticks) > 1:
+            self._max_body = len(body) - 1
+            self._post_halves(ticks, end, success)
+            return
+        if resp.status_code == 413:
+            raise RuntimeError(f"POST /v1/ticks: one tick is {len(body)} bytes, over the server's body limit "
+                               f"(rfm serve --max-body-mb): {resp.text[:200]}")
+        if resp.status_code != 200:
+            raise RuntimeError(f"POST /v1/ticks: {resp.status_code} {resp.text[:300]}")
+        self.sent += len(ticks)
+
+    def _post_halves(self, ticks: list[dict], end: bool, success: bool | None) -> None:
+        half = len(ticks) // 2
+        self._post(ticks[:half], False, None)
+        self._post(ticks[half:], end, success)
+
+    def _describe(self) -> dict:
+        """The served model's description, asked once; {} when the server cannot say (then nothing is fitted)."""
+        if self._served is None:
+            try:
+                resp = self._http.get("/v1/models", headers=self.headers)
+                self._served = resp.json() if resp.status_code == 200 else {}
+            except (httpx.HTTPError, ValueError):
+                self._served = {}
+            limit = (self._served.get("server") or {}).get("max_body_bytes")
+            if isinstance(limit, int):
+                self._max_body = limit
+        return self._served
+
+    def _fitted(self, ticks: list[dict]) -> list[dict]:
+        """The ticks with each camera's native-size frame fitted to the model's input size, as the server would."""
+        served = self._describe()
+        size, native = served.get("image_size"), served.get("native_sizes") or {}
+        if not self.fit_frames or not size:
+            return ticks
+        try:
+            from rfm.imaging import fit_frame  # Pillow: absent from the bare SDK install, then frames go as they are
+        except ImportError:
+            return ticks
+        size, aspect = tuple(size), served.get("aspect", "resize")
+        out = []
+        for t in ticks:
+            images = {}
+            for cam, img in t["images"].items():
+                fits = (isinstance(img, np.ndarray) and img.dtype == np.uint8 and img.ndim == 3
+                        and img.shape[2] == 3 and tuple(native.get(cam, ())) == img.shape[:2] != size)
+                images[cam] = fit_frame(img, size, aspect) if fits else img
+            out.append({**t, "images": images})
+        return out
 
     def close(self) -> None:
         """Post what is left (as an unfinished episode the server closes on idle) and stop the thread."""
@@ -127,3 +205,7 @@ class TickRecorder:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _image_bytes(tick: Mapping[str, Any]) -> int:
+    return sum(len(img) if isinstance(img, (bytes, str)) else img.nbytes for img in tick["images"].values())

@@ -1,5 +1,5 @@
 """MP4 video for camera streams via PyAV: an encoder that appends many episodes to one file, and a decoder
-that returns one episode's frames by timestamp (AV1 as lerobot writes it, or h264)."""
+that returns one episode's frames by timestamp (h264, or AV1 as lerobot writes it)."""
 
 from __future__ import annotations
 
@@ -18,8 +18,11 @@ import av
 
 logging.getLogger("libav").setLevel(logging.ERROR)
 
-# lerobot's defaults: AV1 (SVT), yuv420p, a keyframe every 2 frames (cheap random access), crf 30.
-ENCODER_PREFERENCE = ("libsvtav1", "libx264", "mpeg4")
+# yuv420p with a keyframe every 2 frames (cheap random access), as lerobot writes. h264 first: the SVT-AV1 in
+# PyAV's wheels (libSvtAv1Enc 4.1) can deadlock in its end-of-stream flush with several encoders in one process
+# (seen here: a notebook hung for 600 s in svt_av1_enc_get_packet). h264 decoded 1.1-5x faster, in files 0.7-1.6x
+# AV1's size (bench/data_throughput.py). lerobot reads both; AV1, lerobot's own default, stays one flag away.
+ENCODER_PREFERENCE = ("libx264", "libsvtav1", "mpeg4")
 
 
 def available_encoders() -> list[str]:

@@ -159,3 +159,63 @@ def test_ticks_errors_name_the_tick_and_field_and_a_server_without_record_says_s
     ds = LeRobotDataset(tmp_path / "rec")
     assert ds.num_episodes == 1 and ds.num_frames == 2  # only the good batch
     np.testing.assert_allclose(ds.extras["action_executed"], [[0.1, 0.2], [0.1, 0.2]], atol=1e-6)
+
+
+def test_a_robot_with_large_native_frames_records_every_tick_under_the_body_limit(tmp_path):
+    """A field robot whose cameras send 240x320 frames, its ticks posted through the SDK's TickRecorder to a server
+    with a 1 MB body limit (8 native ticks are 3.7 MB): with frames fitted on the robot (the default) and without,
+    every tick is recorded, and the recorded pixels are the server's own resize of what the robot saw."""
+    from rfm import RFMPolicy
+    from rfm.client import RFMClient, TickRecorder
+    from rfm.config import RobotInterface
+    from rfm.imaging import fit_frame
+    from serving.config import ServerConfig
+    from serving.server import ServerThread
+    from tests.serving.helpers import INTERFACE, load_tiny
+
+    native = (240, 320)
+    itf = RobotInterface(**{**INTERFACE, "native_sizes": {c: native for c in INTERFACE["cameras"]}})
+    RFMPolicy.build("tiny", interface=itf).save_pretrained(tmp_path / "ck")
+    cfg = ServerConfig(max_batch=2, warmup_batch_sizes=(1,), record_dir=str(tmp_path / "rec"), record_images="image",
+                       max_body_bytes=2**20)
+    rng = np.random.default_rng(3)
+    seen: list[dict] = []
+    with ServerThread(load_tiny(tmp_path / "ck"), cfg) as server, RFMClient(server.url) as client:
+        for fit in (True, False):
+            with TickRecorder(client, f"arm-fit-{fit}", fit_frames=fit) as rec:
+                frame = {c: np.zeros((*native, 3), np.uint8) for c in INTERFACE["cameras"]}
+                for t in range(20):
+                    for img in frame.values():  # the camera driver reuses its buffers
+                        img[...] = rng.integers(0, 256, img.shape, dtype=np.uint8)
+                    seen.append({c: fit_frame(img, INTERFACE["image_size"]) for c, img in frame.items()})
+                    rec.add({"images": frame, "state": [0.0, 0.0, float(t)], "instruction": "pick"}, [0.1, -0.1])
+                rec.end_episode(success=True)
+                assert rec.errors == 0 and rec.lost == 0 and rec.sent == 20, rec.last_error
+    ds = LeRobotDataset(tmp_path / "rec")
+    assert ds.num_episodes == 2 and ds.num_frames == 40
+    np.testing.assert_allclose(ds.states[:, 2], np.tile(np.arange(20), 2))
+    for i in (0, 7, 19, 20, 33, 39):
+        for cam in INTERFACE["cameras"]:
+            np.testing.assert_array_equal(ds.get_frame(i)["images"][cam], seen[i][cam])
+
+
+def test_a_tick_over_the_body_limit_is_reported_and_the_robot_goes_on(tiny_checkpoint, tmp_path, caplog):
+    """One tick larger than the server's body limit cannot be split: it is counted as lost with a message that
+    names the limit's flag, and the recorder keeps posting the ticks that fit."""
+    from rfm.client import RFMClient, TickRecorder
+    from serving.config import ServerConfig
+    from serving.server import ServerThread
+    from tests.serving.helpers import load_tiny
+
+    cfg = ServerConfig(max_batch=2, warmup_batch_sizes=(1,), record_dir=str(tmp_path / "rec"), max_body_bytes=20_000)
+    obs = observation()  # two 64x64 frames: 24.6 kB of pixels per tick
+    small = {**obs, "images": {c: b"\xff\xd8not-a-real-jpeg" for c in obs["images"]}}
+    with ServerThread(load_tiny(tiny_checkpoint), cfg) as server, RFMClient(server.url) as client, \
+            TickRecorder(client, "s1", batch_ticks=1) as rec:
+        rec.add(obs, [0.1, 0.2])
+        rec.add(small, [0.1, 0.2])  # small enough; rejected (422) for its undecodable image, not for its size
+        rec.end_episode()
+        assert rec.lost == 2 and rec.errors == 2 and rec.sent == 0
+    failures = [r.getMessage() for r in caplog.records if r.name == "rfm.client.ticks"]
+    assert len(failures) == 2 and "over the server's body limit (rfm serve --max-body-mb)" in failures[0]
+    assert "422" in failures[1] and "ticks[0]" in failures[1]
