@@ -4,6 +4,7 @@ msgpack by default, retrying 503s politely."""
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import httpx
 import numpy as np
 
+from rfm.client.frames import FrameFitter
 from rfm.client.wire import JSON, MSGPACK, decode_response, encode_observation
 from rfm.client.ws import Refused, WebSocketChannel
 
@@ -47,14 +49,19 @@ def _retry_after(resp: httpx.Response | None, attempt: int, cap: float) -> float
 class _Base:
     def __init__(self, url: str = "http://127.0.0.1:8000", api_key: str | None = None, format: str = "msgpack",
                  timeout: float = 10.0, retries: int = 3, max_retry_wait: float = 5.0, robot_id: str | None = None,
-                 session_id: str | None = None, deadline_ms: float | None = None) -> None:
+                 session_id: str | None = None, deadline_ms: float | None = None, fit_frames: bool = True) -> None:
         """`deadline_ms`: each request is answered within it or refused at once with 503 (a robot acting in real
-        time would rather act on its next observation than wait for this one)."""
+        time would rather act on its next observation than wait for this one). `fit_frames`: fit native-size
+        frames to the model's input size here, as the server would (rfm.client.frames; needs Pillow), so they
+        travel small and the shared server does not spend its time resizing."""
         if format not in ("msgpack", "json"):
             raise ValueError(f"format={format!r}: expected 'msgpack' or 'json'")
         self.url, self.format, self.timeout = url.rstrip("/"), format, timeout
         self.retries, self.max_retry_wait = retries, max_retry_wait
         self.robot_id, self.session_id, self.deadline_ms = robot_id, session_id, deadline_ms
+        self.fit_frames = fit_frames
+        self._fitter: FrameFitter | None = None  # from the served model's description, on the first request
+        self._fitter_tried = -math.inf  # when the description was last asked for (again at most once a second)
         self.headers = {"Content-Type": MSGPACK if format == "msgpack" else JSON}
         if api_key:
             self.headers["Authorization"] = f"Bearer {api_key}"
@@ -68,8 +75,20 @@ class _Base:
         return _retry_after(resp, attempt, self.max_retry_wait)
 
     def _body(self, obs: Mapping[str, Any], request_id: str | None) -> bytes:
+        if self._fitter is not None:
+            obs = self._fitter.observation(obs)
         return encode_observation(obs, self.format, self.deadline_ms, request_id=request_id, robot_id=self.robot_id,
                                   session_id=self.session_id)
+
+    def _wants_description(self) -> bool:
+        """Whether to ask the server for the model's description before this request (to fit frames)."""
+        if not self.fit_frames or self._fitter is not None or time.monotonic() - self._fitter_tried < 1.0:
+            return False
+        self._fitter_tried = time.monotonic()
+        return True
+
+    def _set_description(self, description: Mapping[str, Any]) -> None:
+        self._fitter = FrameFitter(description)
 
 
 class RFMClient(_Base):
@@ -88,6 +107,11 @@ class RFMClient(_Base):
         self._ws = WebSocketChannel(self.url, self.headers, self.timeout, self.format) if transport == "ws" else None
 
     def infer(self, obs: Mapping[str, Any], request_id: str | None = None) -> dict:
+        if self._wants_description():
+            try:
+                self._set_description(self.models())
+            except (RFMError, httpx.HTTPError, ValueError):  # not up yet: frames go as they are, asked again later
+                pass
         body = self._body(obs, request_id)
         attempt_once = self._attempt_http if self._ws is None else self._attempt_ws
         for attempt in range(self.retries + 1):
@@ -168,6 +192,11 @@ class AsyncRFMClient(_Base):
         self._http = httpx.AsyncClient(base_url=self.url, timeout=self.timeout)
 
     async def infer(self, obs: Mapping[str, Any], request_id: str | None = None) -> dict:
+        if self._wants_description():
+            try:
+                self._set_description(await self.models())
+            except (RFMError, httpx.HTTPError, ValueError):  # not up yet: frames go as they are, asked again later
+                pass
         body = self._body(obs, request_id)
         for attempt in range(self.retries + 1):
             resp = None

@@ -8,8 +8,8 @@ recording. The server writes one frame per tick at the robot's control rate: the
 action executed (or the correction given for it), and the chunk it came from.
 
 The server records frames at the model's input size, so the posting thread fits each camera's native frame to it
-first (with rfm.imaging, the server's own resize, where Pillow is installed): a 480x640 frame travels as
-128x128. Batches are split to fit the server's body limit, and the backlog is bounded in bytes.
+first (rfm.client.frames): a 480x640 frame travels as 128x128. Batches are split to fit the server's body limit,
+and the backlog is bounded in bytes.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 import numpy as np
 
+from rfm.client.frames import FrameFitter
 from rfm.client.wire import encode_ticks
 
 log = logging.getLogger("rfm.client.ticks")
@@ -50,7 +51,7 @@ class TickRecorder:
         self._cond = threading.Condition()
         self._closed = False
         self._busy = False  # a batch is being posted
-        self._served: dict | None = None  # GET /v1/models, asked once by the posting thread
+        self._fitter: FrameFitter | None = None  # from GET /v1/models, asked once by the posting thread
         self._max_body: int | None = None  # the server's body limit, from its description or a 413
         self.sent = self.errors = self.lost = 0
         self.last_error: str | None = None
@@ -155,39 +156,21 @@ class TickRecorder:
         self._post(ticks[:half], False, None)
         self._post(ticks[half:], end, success)
 
-    def _describe(self) -> dict:
-        """The served model's description, asked once; {} when the server cannot say (then nothing is fitted)."""
-        if self._served is None:
+    def _fitted(self, ticks: list[dict]) -> list[dict]:
+        """The ticks with native-size frames fitted to the model's input size (rfm.client.frames), as the server
+        would; the server's description is asked once, and gives its body limit too."""
+        if self._fitter is None:
             try:
                 resp = self._http.get("/v1/models", headers=self.headers)
-                self._served = resp.json() if resp.status_code == 200 else {}
+                served = resp.json() if resp.status_code == 200 else {}
             except (httpx.HTTPError, ValueError):
-                self._served = {}
-            limit = (self._served.get("server") or {}).get("max_body_bytes")
-            if isinstance(limit, int):
-                self._max_body = limit
-        return self._served
-
-    def _fitted(self, ticks: list[dict]) -> list[dict]:
-        """The ticks with each camera's native-size frame fitted to the model's input size, as the server would."""
-        served = self._describe()
-        size, native = served.get("image_size"), served.get("native_sizes") or {}
-        if not self.fit_frames or not size:
+                served = {}
+            limit = (served.get("server") or {}).get("max_body_bytes")
+            self._max_body = limit if isinstance(limit, int) else self._max_body
+            self._fitter = FrameFitter(served if self.fit_frames else {})
+        if not self._fitter.active:
             return ticks
-        try:
-            from rfm.imaging import fit_frame  # Pillow: absent from the bare SDK install, then frames go as they are
-        except ImportError:
-            return ticks
-        size, aspect = tuple(size), served.get("aspect", "resize")
-        out = []
-        for t in ticks:
-            images = {}
-            for cam, img in t["images"].items():
-                fits = (isinstance(img, np.ndarray) and img.dtype == np.uint8 and img.ndim == 3
-                        and img.shape[2] == 3 and tuple(native.get(cam, ())) == img.shape[:2] != size)
-                images[cam] = fit_frame(img, size, aspect) if fits else img
-            out.append({**t, "images": images})
-        return out
+        return [{**t, "images": self._fitter.images(t["images"])} for t in ticks]
 
     def close(self) -> None:
         """Post what is left (as an unfinished episode the server closes on idle) and stop the thread."""

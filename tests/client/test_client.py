@@ -200,3 +200,30 @@ def test_chunk_executor_runs_the_mode_the_model_recommends(instruction, expected
     fixed = ChunkExecutor(model, prefetch_steps=2)  # the robot's own setting wins
     assert [float(fixed.step({"t": t, "instruction": instruction})[0]) for t in range(2)] == [0, 1]
     fixed.close()
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("transport", ["http", "ws"])
+def test_native_frames_are_fitted_on_the_robot(tmp_path, transport):
+    """A robot whose cameras are 240x320 (the model's declared native size) against a server whose body limit is
+    below two such frames: the SDK fits them to the model's input size before sending, so they fit, and the model
+    sees the pixels the server's own resize would give it; with fit_frames=False the same request is too large."""
+    from rfm import RFMPolicy
+    from rfm.config import RobotInterface
+    from rfm.imaging import fit_frame
+    from tests.serving.helpers import INTERFACE, load_tiny
+
+    native = (240, 320)
+    itf = RobotInterface(**{**INTERFACE, "native_sizes": {c: native for c in INTERFACE["cameras"]}})
+    RFMPolicy.build("tiny", interface=itf).save_pretrained(tmp_path / "ck")
+    cfg = ServerConfig(max_batch=2, warmup_batch_sizes=(1,), max_body_bytes=300_000, max_ws_message_bytes=300_000)
+    rng = np.random.default_rng(7)
+    obs = {"images": {c: rng.integers(0, 256, (*native, 3), dtype=np.uint8) for c in INTERFACE["cameras"]},
+           "state": [0.1, 0.2, 0.3], "instruction": "pick up the cube"}
+    fitted = {**obs, "images": {c: fit_frame(img, INTERFACE["image_size"]) for c, img in obs["images"].items()}}
+    with ServerThread(load_tiny(tmp_path / "ck"), cfg) as server:
+        with RFMClient(server.url, transport=transport) as robot:
+            np.testing.assert_array_equal(robot.act(obs), robot.act(fitted))
+        with RFMClient(server.url, fit_frames=False) as raw, pytest.raises(RFMError) as err:
+            raw.act(obs)
+        assert err.value.status == 413
