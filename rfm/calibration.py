@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-ASPECT_MODES = ("resize", "pad", "crop")  # how a native frame becomes the model's input (see rfm.imaging)
+from rfm.constants import ASPECT_MODES
 
 
 def _matrix(value: Any, shape: tuple[int, int], field: str) -> np.ndarray:

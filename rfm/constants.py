@@ -46,3 +46,5 @@ EVAL_SEED_BASE = 1_000_000
 # (rfm.export.engine; auto: ONNX Runtime fp32 on a CPU). Here so that CLI parsers need no runtime import.
 BACKENDS = ("torch", "onnx", "openvino")
 ENGINES = ("auto", "torch", "onnx", "onnx-int8", "openvino", "openvino-int8")
+
+ASPECT_MODES = ("resize", "pad", "crop")  # how a native frame becomes the model's input (see rfm.imaging)

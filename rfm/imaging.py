@@ -1,7 +1,8 @@
 """The one way a camera frame becomes the model's input: resize (or pad / centre-crop) to the model resolution.
 
-Training (rfm.data.windows), both runners, the server and export calibration all call `fit_frame`, so a policy
-sees the same pixels whichever path a frame took. Antialiased bilinear (Pillow), uint8 in and out.
+Training (rfm.data.windows), both runners, the server, export calibration and the robot-side SDK (rfm.client.frames)
+all call `fit_frame`, so a policy sees the same pixels whichever path a frame took. Antialiased bilinear (Pillow),
+uint8 in and out. It imports nothing of rfm but constants: the SDK may use it.
 
 Aspect policy, when the camera's aspect differs from the model's: "resize" stretches the whole frame (default: every
 pixel kept, normalised image coordinates unchanged), "pad" keeps the aspect and pads with black, "crop" keeps the
@@ -13,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from rfm.calibration import ASPECT_MODES
+from rfm.constants import ASPECT_MODES
 
 
 def fit_frame(frame: np.ndarray, size: tuple[int, int], aspect: str = "resize") -> np.ndarray:

@@ -5,11 +5,13 @@ Every module under rfm/ and serving/ is parsed with `ast`; every import counts, 
 `importlib.import_module("literal")`. Packages, top to bottom; within one layer, `|` separates siblings that must not
 import each other, and modules written together in one group may import each other (but not in a cycle):
 
-    cli -> serving -> eval | export | robots -> sim -> train | runtime -> data | model -> config | client -> constants
+    cli -> serving -> eval | export | robots -> sim -> train | runtime -> data | model -> config | client -> imaging
+    -> constants
 
 rfm.sim is the simulator plug-in: it may use everything below it; the core (data, model, train, runtime) never
 imports it (the trainer finds simulator aids through an entry point). rfm.client is the robot-side SDK: it imports
-nothing from rfm but itself (and rfm.constants). rfm.checkpoint and the `rfm` package's lazy names sit with the model.
+nothing from rfm but itself, rfm.imaging (the frame fit robot and server share) and rfm.constants.
+rfm.checkpoint and the `rfm` package's lazy names sit with the model.
 The server imports the runtime, never training, simulator, evaluation or export code.
 A new module that fits no layer fails the test: place it in LAYERS.
 """
@@ -32,10 +34,11 @@ LAYERS = [  # top to bottom; "a.*" is package a and everything under it, a bare 
     "rfm.sim.*",
     "rfm.train.* | rfm.runtime.*",
     "rfm.data.* | rfm rfm.checkpoint rfm.model.*",
-    "rfm.config rfm.calibration rfm.imaging | rfm.client.*",
+    "rfm.config rfm.calibration | rfm.client.*",
+    "rfm.imaging",
     "rfm.constants rfm._version",
 ]
-ISOLATED = {"rfm.client.*": ("rfm.client.*", "rfm.constants")}  # these may import nothing else of ours
+ISOLATED = {"rfm.client.*": ("rfm.client.*", "rfm.imaging", "rfm.constants")}  # these may import nothing else of ours
 FORBIDDEN = {"serving.*": ("rfm.train.*", "rfm.sim.*", "rfm.eval.*", "rfm.export.*")}  # below, but not for them
 
 

@@ -199,7 +199,7 @@ def test_a_robot_with_large_native_frames_records_every_tick_under_the_body_limi
             np.testing.assert_array_equal(ds.get_frame(i)["images"][cam], seen[i][cam])
 
 
-def test_a_tick_over_the_body_limit_is_reported_and_the_robot_goes_on(tiny_checkpoint, tmp_path, caplog):
+def test_a_tick_over_the_body_limit_is_reported_and_the_robot_goes_on(tiny_checkpoint, tmp_path):
     """One tick larger than the server's body limit cannot be split: it is counted as lost with a message that
     names the limit's flag, and the recorder keeps posting the ticks that fit."""
     from rfm.client import RFMClient, TickRecorder
@@ -213,9 +213,11 @@ def test_a_tick_over_the_body_limit_is_reported_and_the_robot_goes_on(tiny_check
     with ServerThread(load_tiny(tiny_checkpoint), cfg) as server, RFMClient(server.url) as client, \
             TickRecorder(client, "s1", batch_ticks=1) as rec:
         rec.add(obs, [0.1, 0.2])
+        rec.end_episode()
+        assert rec.lost == 1 and rec.sent == 0
+        assert "one tick is 24" in rec.last_error and "over the server's body limit (rfm serve --max-body-mb)" in \
+            rec.last_error
         rec.add(small, [0.1, 0.2])  # small enough; rejected (422) for its undecodable image, not for its size
         rec.end_episode()
         assert rec.lost == 2 and rec.errors == 2 and rec.sent == 0
-    failures = [r.getMessage() for r in caplog.records if r.name == "rfm.client.ticks"]
-    assert len(failures) == 2 and "over the server's body limit (rfm serve --max-body-mb)" in failures[0]
-    assert "422" in failures[1] and "ticks[0]" in failures[1]
+        assert "422" in rec.last_error and "ticks[0]" in rec.last_error
