@@ -15,16 +15,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="Serve a checkpoint: POST /v1/act, WebSocket /v1/ws and /openpi, /metrics.")
     p.add_argument("--checkpoint", default=None,
                    help="checkpoint (torch) or export (onnx) directory; default $RFM_CHECKPOINT or checkpoints/default")
-    p.add_argument("--engine", default=os.environ.get("RFM_ENGINE", "auto"), choices=list(ENGINES),
+    p.add_argument("--engine", default=None, choices=list(ENGINES),
                    help="how a checkpoint runs: auto (ONNX Runtime fp32 on a CPU, exported on first start and cached "
                         "by the weights' hash; PyTorch on CUDA) | torch | onnx | onnx-int8 | openvino | openvino-int8 "
-                        "(the OpenVINO IR of that export; default $RFM_ENGINE or auto)")
+                        "(the OpenVINO IR of that export; default $RFM_ENGINE or auto). For an `rfm export` "
+                        "directory only onnx | openvino apply (its precision was fixed when exporting), and "
+                        "$RFM_ENGINE does not")
     p.add_argument("--engine-cache", default=None, metavar="DIR",
                    help="where --engine onnx*/openvino* keeps its exports (default $RFM_CACHE_DIR or "
                         "~/.cache/rfm/engines)")
     p.add_argument("--backend", default=None, choices=list(BACKENDS),
                    help="what --checkpoint holds: torch (a checkpoint; runs on --engine) or an `rfm export` "
-                        "directory (onnx); default: detected from the directory")
+                        "directory (onnx, or openvino for its IR); default: detected from the directory (an export "
+                        "made with --target openvino runs on OpenVINO; --engine onnx|openvino picks for an export)")
     p.add_argument("--device", default="auto", help="torch device: auto | cpu | cuda | cuda:N")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
@@ -87,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
 
         ApiKeys.from_file(config.api_keys_file)
     is_export = (ckpt / EXPORT_FILE).is_file()
-    backend = args.backend or ("onnx" if is_export else "torch")
+    # $RFM_ENGINE is a default for checkpoints; an export runs what it was made for unless --engine says otherwise
+    backend = export_backend(ckpt, args.backend, args.engine or "auto") if is_export else (args.backend or "torch")
     if backend == "torch":  # fail now with the file's name, not in the server's start-up thread with a traceback
         from rfm.model.serialization import check_checkpoint
 
@@ -98,14 +102,45 @@ def run(args: argparse.Namespace) -> int:
                                                  "--action-limits, or export the checkpoint again)", ckpt, STATS_FILE)
     threads = set_threads(args.threads)
     if backend == "torch":
-        engine = "torch" if args.backend == "torch" and args.engine == "auto" else args.engine
+        engine = args.engine or os.environ.get("RFM_ENGINE") or "auto"
+        engine = "torch" if args.backend == "torch" and engine == "auto" else engine
         loader = engine_loader(ckpt, engine, device=args.device, threads=threads, cache_dir=args.engine_cache,
                                resize_images=args.resize_images)
     else:
         if not is_export:
             raise CLIError(f"--backend {backend}: {ckpt} has no {EXPORT_FILE}; it is not an `rfm export` directory "
                            f"(serve a checkpoint with --backend torch, or export it with `rfm export`)")
-        loader = runner_loader(ckpt, backend, resize_images=args.resize_images, intra_op_threads=threads,
-                               allow_spinning=False)
+        spin = {"allow_spinning": False} if backend == "onnx" else {}  # ONNX Runtime's idle spinning off
+        loader = runner_loader(ckpt, backend, resize_images=args.resize_images, intra_op_threads=threads, **spin)
     serve(loader, config, args.host, args.port, checkpoint=ckpt, log_level=args.log_level)
     return 0
+
+
+def export_backend(export_dir: Path, backend: str | None, engine: str) -> str:
+    """The runtime that serves an `rfm export` directory: --backend, else --engine, else the export's own target
+    (OpenVINO for `--target openvino`, ONNX Runtime otherwise). Precision is fixed when exporting, so an --engine
+    that asks for another one, or for an IR the export lacks, is an error that says what to do."""
+    import json
+
+    from rfm.cli.main import CLIError
+    from rfm.runtime.manifest import EXPORT_FILE
+
+    try:
+        meta = json.loads((export_dir / EXPORT_FILE).read_text())
+    except (OSError, ValueError) as e:
+        raise CLIError(f"{export_dir / EXPORT_FILE}: unreadable ({e}); export the checkpoint again") from None
+    has_ir, precision = bool(meta.get("openvino")), meta.get("precision", "fp32")
+    if engine == "torch":
+        raise CLIError(f"--engine torch: {export_dir} is an `rfm export` directory (ONNX); serve the checkpoint it "
+                       f"came from ({meta.get('checkpoint', 'export.json checkpoint')}) for PyTorch")
+    wanted = None if engine == "auto" else ("openvino" if engine.startswith("openvino") else "onnx")
+    if backend and wanted and backend != wanted:
+        raise CLIError(f"--backend {backend} and --engine {engine} disagree: give one of them")
+    chosen = backend or wanted or ("openvino" if has_ir and meta.get("target") == "openvino" else "onnx")
+    if engine.endswith("-int8") and precision != "int8":
+        raise CLIError(f"--engine {engine}: {export_dir} is a {precision} export; int8 is chosen when exporting "
+                       f"(rfm export --precision int8), or serve the checkpoint itself with --engine {engine}")
+    if chosen == "openvino" and not has_ir:
+        raise CLIError(f"{'--backend' if backend else '--engine'} {backend or engine}: {export_dir} has no OpenVINO "
+                       f"IR (export.json openvino); export with `rfm export --target openvino`")
+    return chosen

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -108,6 +109,48 @@ def test_an_export_without_ir_is_a_clear_error(ov_export, tmp_path):
     (plain / "export.json").write_text(json.dumps(m))
     with pytest.raises(FileNotFoundError, match="policy.bin: missing"):
         OpenVinoRunner.from_dir(plain)
+
+
+def test_rfm_serve_runs_an_openvino_export_on_openvino_unless_told_otherwise(ov_export, tmp_path):
+    """`rfm serve` on an export: its target picks the runtime, --engine onnx|openvino overrides it, and an engine
+    the export cannot give (another precision, a missing IR, PyTorch) is a one-line error before anything starts."""
+    from rfm.cli.serve import export_backend
+
+    out = ov_export[0]
+    assert [export_backend(out, None, e) for e in ("auto", "onnx", "openvino")] == ["openvino", "onnx", "openvino"]
+    assert export_backend(out, "onnx", "auto") == "onnx"
+    plain = tmp_path / "plain"
+    shutil.copytree(out, plain)
+    m = json.loads((plain / "export.json").read_text())
+    (plain / "export.json").write_text(json.dumps({**m, "openvino": None, "target": "cpu"}))
+    assert export_backend(plain, None, "auto") == "onnx"
+    for export, args, message in [
+            (plain, ["--engine", "openvino"], "--engine openvino: .* has no OpenVINO IR .*`rfm export --target openvino`"),
+            (out, ["--engine", "onnx-int8"], "is a fp32 export; int8 is chosen when exporting"),
+            (out, ["--engine", "torch"], "is an `rfm export` directory .* serve the checkpoint it came from"),
+            (out, ["--backend", "onnx", "--engine", "openvino"], "--backend onnx and --engine openvino disagree")]:
+        rc, _, err = _cli(["serve", "--checkpoint", str(export), *args])
+        assert rc == 2 and len(err.strip().splitlines()) == 1, err
+        assert re.search(message, err), err
+    # and it serves: `rfm serve` on the export, default flags, answers on OpenVINO
+    from rfm.client import RFMClient
+    from serving.server import free_port
+    from tests.serving.helpers import wait_until_ready
+    from tests.serving.test_cli_serve import RFM
+
+    port = free_port()
+    proc = subprocess.Popen([*RFM, "serve", "--checkpoint", str(out), "--port", str(port), "--threads", "1",
+                             "--log-level", "warning"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_until_ready(proc, url)
+        with RFMClient(url) as client:
+            assert client.models()["backend"] == "openvino"
+            chunk = client.act(random_obs(ITF, np.random.default_rng(0), INSTRUCTIONS[0]))
+        assert chunk.shape == (ITF.chunk_size, ITF.action_dim) and np.isfinite(chunk).all()
+    finally:
+        proc.terminate()
+        proc.wait(30)
 
 
 def test_unknown_target_is_a_cli_error(checkpoints, tmp_path):  # noqa: F811
