@@ -7,6 +7,7 @@ returns a function from a feed ({input name: array}) to the graph's first output
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from rfm.runtime.observation import no_committed
 
 Graph = Callable[[dict[str, np.ndarray]], np.ndarray]  # feed -> first output
 GraphLoader = Callable[[Path], Graph]
+log = logging.getLogger("rfm.runtime")
 
 
 class ExportTextEncoder(CachedTextEncoder):
@@ -138,6 +140,12 @@ class ExportRunner(Runner):
         self.trained_instructions = list(m.get("trained_instructions", []))
         self.execution = check_execution(m.get("execution"), self.interface.chunk_size,
                                          f"{self.export_dir / EXPORT_FILE}: execution")
+        self.parity = parity_summary(m.get("parity"))
+        if self.parity and self.parity["met"] is False:
+            log.warning("%s: this %s export missed its parity goal against PyTorch when exported (%s %.3g > %g): "
+                        "its actions may differ from the checkpoint's. Check it in closed loop (rfm eval --backend "
+                        "...), or export again with --calib-dataset or --keep-fp32", self.export_dir / EXPORT_FILE,
+                        self.precision, self.parity["metric"], self.parity["value"], self.parity["limit"])
 
     def policy_feed(self, images, state, text, text_mask, noise, prefix=None, prefix_len=None) -> dict:
         """The feed of this export's policy graph (its input names: self.input_names, set by the subclass)."""
@@ -169,4 +177,13 @@ class ExportRunner(Runner):
         return super().dummy_observation(instruction)
 
     def describe(self) -> dict:
-        return {**super().describe(), "precision": self.precision, "target": self.target}
+        return {**super().describe(), "precision": self.precision, "target": self.target, "parity": self.parity}
+
+
+def parity_summary(parity: dict | None) -> dict | None:
+    """export.json's parity goal as {metric, value, limit, met}; None for exports that recorded none."""
+    goal = (parity or {}).get("goal")
+    if not isinstance(goal, dict) or goal.get("metric") not in parity:
+        return None
+    return {"metric": goal["metric"], "value": parity[goal["metric"]], "limit": goal.get("limit"),
+            "met": goal.get("met")}

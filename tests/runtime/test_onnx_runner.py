@@ -129,3 +129,34 @@ def test_unknown_provider_and_missing_dir_are_clear_errors(tmp_path):
     assert resolve_providers(None) == ["CPUExecutionProvider"]
     with pytest.raises(FileNotFoundError, match="export.json: missing"):
         OnnxRunner.from_dir(tmp_path)
+
+
+def test_an_export_that_missed_its_parity_goal_says_so_when_loaded(dirs, tmp_path):
+    """The parity measured at export time travels into describe() (so GET /v1/models shows it); an export that
+    missed its goal is loaded with a warning naming the file and the numbers, since its actions may differ."""
+    import json
+    import logging
+    import shutil
+
+    _, export = dirs
+    good = load_runner(export, backend="onnx").describe()["parity"]
+    assert good["met"] is True and good["value"] <= good["limit"]
+    bad = tmp_path / "bad"
+    shutil.copytree(export, bad)
+    m = json.loads((bad / "export.json").read_text())
+    m["parity"][good["metric"]] = 4.8
+    m["parity"]["goal"] = {**m["parity"]["goal"], "met": False}
+    (bad / "export.json").write_text(json.dumps(m))
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append  # on the logger itself: another test's logging config cannot hide it
+    logger = logging.getLogger("rfm.runtime")
+    logger.addHandler(handler)
+    disabled, logger.disabled = logger.disabled, False
+    try:
+        d = load_runner(bad, backend="onnx").describe()
+    finally:
+        logger.removeHandler(handler)
+        logger.disabled = disabled
+    assert d["parity"] == {"metric": good["metric"], "value": 4.8, "limit": good["limit"], "met": False}
+    assert any("missed its parity goal" in r.getMessage() and "bad/export.json" in r.getMessage() for r in records)
