@@ -14,7 +14,8 @@ def summary(ds: LeRobotDataset) -> dict:
     for cam in ds.cameras:
         ft = ds.features[ds.camera_key(cam)]
         codec = (ft.get("info") or {}).get("video.codec")
-        storage[cam] = f"{ft['dtype']}{f' ({codec})' if codec else ''} {'x'.join(map(str, ds.image_shape(cam)))}"
+        native = f" (the robot's camera: {'x'.join(map(str, ft['native_size']))})" if ft.get("native_size") else ""
+        storage[cam] = f"{ft['dtype']}{f' ({codec})' if codec else ''} {'x'.join(map(str, ds.image_shape(cam)))}{native}"
     lengths = [e.length for e in ds.episodes]
     return {
         "path": str(ds.root), "codebase_version": ds.version, "robot_type": ds.robot_type, "fps": ds.fps,

@@ -35,20 +35,23 @@ def interface_from_dataset(ds: LeRobotDataset, chunk_size: int = 16, image_size:
             raise ValueError(f"camera {c!r} is not in dataset {ds.root}; cameras: {ds.cameras}.{did_you_mean(c, ds.cameras)}")
     if image_size is None:
         image_size = ds.image_shape(cams[0])[:2]
-    geometry = {"native_sizes": {c: list(ds.image_shape(c)[:2]) for c in cams}, **recorded_geometry(ds, cams),
-                **(overrides or {})}
+    stored = {"native_sizes": {c: list(ds.image_shape(c)[:2]) for c in cams}}
+    geometry = {**stored, **recorded_geometry(ds, cams), **(overrides or {})}
     return RobotInterface(cameras=cams, image_size=tuple(image_size), state_names=ds.state_names,
                           action_names=ds.action_names, chunk_size=chunk_size, control_hz=float(ds.fps),
                           robot_type=ds.robot_type, **geometry)
 
 
 def recorded_geometry(ds: LeRobotDataset, cameras: list[str]) -> dict:
-    """Camera calibration and end-effector position the dataset's metadata records (none for most field data).
+    """Camera calibration, native sizes and end-effector position the dataset's metadata records (none for most
+    field data).
 
-    features.observation.images.<cam>.calibration and features.observation.state.ee_position (rfm's writer puts
-    them there: the recorder from the served interface, the simulator's generator from its cameras); datasets
-    rfm generated in simulation before those keys record projections with the environment state
-    (features.observation.environment_state.info.camera_projection) and the hand's x, y, z first in the state.
+    features.observation.images.<cam>.calibration, .native_size and .aspect (a recording stores frames at the
+    model's input size: the robot's cameras send them at native_size) and features.observation.state.ee_position
+    (rfm's writer puts them there: the recorder from the served interface, the simulator's generator from its
+    cameras); datasets rfm generated in simulation before those keys record projections with the environment
+    state (features.observation.environment_state.info.camera_projection) and the hand's x, y, z first in the
+    state.
     """
     out: dict = {}
     cal = {c: ds.features[ds.camera_key(c)].get("calibration") for c in cameras}
@@ -56,6 +59,12 @@ def recorded_geometry(ds: LeRobotDataset, cameras: list[str]) -> dict:
     cal = {c: v if v is not None else ({"projection": legacy[c]} if c in legacy else None) for c, v in cal.items()}
     if any(v is not None for v in cal.values()):
         out["calibration"] = {c: v for c, v in cal.items() if v is not None}
+    native = {c: ds.features[ds.camera_key(c)].get("native_size") for c in cameras}
+    if any(v is not None for v in native.values()):
+        out["native_sizes"] = {c: list(v) if v is not None else list(ds.image_shape(c)[:2]) for c, v in native.items()}
+        aspects = {ds.features[ds.camera_key(c)].get("aspect") for c in cameras if native[c] is not None}
+        if len(aspects) == 1 and None not in aspects:
+            out["aspect"] = aspects.pop()
     ee = ds.features.get(OBS_STATE, {}).get("ee_position")
     if ee is None and legacy and list(ds.state_names[:3]) == ["hand_x", "hand_y", "hand_z"]:
         ee = list(ds.state_names[:3])

@@ -77,6 +77,7 @@ class LeRobotDatasetWriter:
                  action_names: list[str] | None = None, use_videos: bool = True, incremental: bool = False,
                  vcodec: str | None = None, overwrite: bool = False, extra_features: dict | None = None,
                  calibration: dict | None = None, ee_position: list[str] | None = None,
+                 native_sizes: dict[str, tuple[int, int]] | None = None, aspect: str | None = None,
                  data_file_mb: int = lm.DATA_FILE_MB, video_file_mb: int = lm.VIDEO_FILE_MB,
                  episodes_per_meta_file: int = lm.EPISODES_PER_META_FILE) -> None:
         self.root = Path(root)
@@ -107,6 +108,12 @@ class LeRobotDatasetWriter:
             if cam not in self.cameras:
                 raise ValueError(f"calibration names camera {cam!r}, not one of the dataset's {list(self.cameras)}")
             features[image_key(cam)]["calibration"] = cal
+        for cam, size in (native_sizes or {}).items():  # frames stored smaller than the robot's camera sends them
+            if cam not in self.cameras:
+                raise ValueError(f"native_sizes names camera {cam!r}, not one of the dataset's {list(self.cameras)}")
+            if tuple(size) != self.cameras[cam]:
+                features[image_key(cam)]["native_size"] = [int(v) for v in size]
+                features[image_key(cam)]["aspect"] = aspect or "resize"
         if self.state_names:
             features[OBS_STATE] = {"dtype": "float32", "shape": [len(self.state_names)], "names": self.state_names}
             if ee_position:

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from rfm.config import RobotInterface
-from rfm.constants import ACTION_EXECUTED
+from rfm.constants import ACTION_EXECUTED, image_key
 
 log = logging.getLogger("rfm.recorder")
 
@@ -69,15 +69,18 @@ class Recorder:
                      CHUNK: {"dtype": "float32", "shape": [interface.chunk_size * interface.action_dim],
                              "names": None},
                      ACTION_EXECUTED: {"dtype": "float32", "shape": [interface.action_dim], "names": interface.action_names}}
-            # frames are recorded as the model saw them: the calibration recorded is the model input's projection
-            proj = interface.projections()
-            cal = {c: {"projection": p.tolist()} for c, p in zip(interface.cameras, proj)} if proj is not None else None
+            # frames are recorded as the model saw them (its input size); the robot's own geometry (its cameras'
+            # native sizes, the aspect policy, their calibration) goes with them, so a model trained on the
+            # recording serves the robot's frames as this one does
             self.writer = LeRobotDatasetWriter(self.root, fps=fps, robot_type=interface.robot_type,
                                                cameras={c: (h, w) for c in interface.cameras},
                                                state_names=interface.state_names,
                                                action_names=interface.action_names, use_videos=use_videos,
                                                vcodec=vcodec, incremental=True, extra_features=extra,
-                                               calibration=cal, ee_position=interface.ee_position)
+                                               calibration=_recorded_calibration(interface),
+                                               ee_position=interface.ee_position,
+                                               native_sizes={c: interface.native_size(c) for c in interface.cameras},
+                                               aspect=interface.aspect)
         self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
         self._sessions: dict[str, _Session] = {}
         self.dropped = self.episodes_written = 0
@@ -91,6 +94,11 @@ class Recorder:
                                                           for s in w.cameras.values()):
             raise ValueError(f"{self.root}: recorded cameras {w.cameras} do not match the model's "
                              f"{itf.cameras} at {itf.image_size}; record into a new directory")
+        feats = w.info["features"]
+        native = {c: tuple(feats[image_key(c)].get("native_size", w.cameras[c])) for c in itf.cameras}
+        if native != {c: tuple(itf.native_size(c)) for c in itf.cameras}:
+            raise ValueError(f"{self.root}: recorded from cameras of native sizes {native}, the model serves "
+                             f"{ {c: tuple(itf.native_size(c)) for c in itf.cameras} }; record into a new directory")
         if len(w.action_names) != itf.action_dim or len(w.state_names) != itf.state_dim:
             raise ValueError(f"{self.root}: dataset state/action dims ({len(w.state_names)}, {len(w.action_names)}) "
                              f"do not match the model's ({itf.state_dim}, {itf.action_dim})")
@@ -223,3 +231,19 @@ class Recorder:
     @property
     def open_sessions(self) -> int:
         return len(self._sessions)
+
+
+def _recorded_calibration(interface: RobotInterface) -> dict | None:
+    """The calibration a recording keeps: the robot's own, as its interface declares it, beside the native sizes
+    and aspect recorded with it; a camera whose frames arrive at the model's size gets its model-input projection
+    (the same geometry, needing no native size)."""
+    if not interface.calibration:
+        return None
+    proj = interface.projections()
+    out = {}
+    for i, cam in enumerate(interface.cameras):
+        if cam not in interface.calibration:
+            continue
+        same = tuple(interface.native_size(cam)) == tuple(interface.image_size)
+        out[cam] = {"projection": proj[i].tolist()} if same and proj is not None else interface.calibration[cam]
+    return out or None

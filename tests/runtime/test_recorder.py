@@ -82,23 +82,30 @@ def test_unclean_stop_keeps_every_finished_episode(tmp_path):
     assert LeRobotDataset(tmp_path / "rec").num_episodes == 3
 
 
-def test_a_calibrated_robots_recording_carries_its_geometry(tmp_path):
-    """The recorder writes the served interface's geometry into the dataset: a fine-tune on the recording reads back
-    the same model-input projections and end effector, as robot data."""
+@pytest.mark.parametrize("aspect", ["resize", "pad"])
+def test_a_calibrated_robots_recording_carries_its_geometry(tmp_path, aspect):
+    """The recorder writes the served interface's geometry into the dataset: a fine-tune on the recording alone
+    reads back the robot's cameras (native sizes, aspect), the same model-input projections and end effector, so
+    it serves the robot's native frames as the recording model did, though the frames are stored at its input size."""
     from dataclasses import replace
 
     from rfm.data.windows import interface_from_dataset
 
-    K = [[30.0, 0, 15.5], [0, 30.0, 15.5], [0, 0, 1]]
+    K = [[30.0, 0, 31.5], [0, 30.0, 23.5], [0, 0, 1]]
     cal = {c: {"intrinsics": K, "extrinsics": [[1.0, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 2 + i]]}
            for i, c in enumerate(ITF.cameras)}
-    itf = replace(ITF, state_names=["x", "y", "z"], native_sizes={"a": (64, 64), "b": (64, 64)}, calibration=cal,
-                  ee_position=["x", "y", "z"])
+    itf = replace(ITF, state_names=["x", "y", "z"], native_sizes={"a": (48, 64), "b": (48, 64)}, calibration=cal,
+                  ee_position=["x", "y", "z"], aspect=aspect)
     rec = Recorder(tmp_path / "rec", itf)
     rng = np.random.default_rng(0)
     rec.record("r", rng.integers(0, 255, (2, 3, 32, 32), dtype=np.uint8), np.zeros(3, np.float32), "go",
                rng.standard_normal((4, 3)).astype(np.float32), episode_end=True)
     rec.close()
-    back = interface_from_dataset(LeRobotDataset(tmp_path / "rec"), chunk_size=4)
+    ds = LeRobotDataset(tmp_path / "rec")
+    assert ds.image_shape("a")[:2] == (32, 32)  # stored as the model saw them
+    back = interface_from_dataset(ds, chunk_size=4)
     np.testing.assert_allclose(back.projections(), itf.projections(), atol=1e-9)
-    assert back.ee_position == ["x", "y", "z"] and back.native_sizes == {"a": (32, 32), "b": (32, 32)}
+    assert back.ee_position == ["x", "y", "z"] and back.aspect == aspect
+    assert back.native_sizes == {"a": (48, 64), "b": (48, 64)}
+    with pytest.raises(ValueError, match="native sizes .* record into a new directory"):
+        Recorder(tmp_path / "rec", replace(itf, native_sizes={"a": (96, 128), "b": (96, 128)}))
