@@ -146,6 +146,31 @@ def check_rfm_to_lerobot(py: str, tmp: Path, name: str, use_videos: bool, increm
     return compare_in_lerobot(py, tmp, root, name, use_videos)
 
 
+def check_recording_to_lerobot(py: str, tmp: Path, name: str) -> dict:
+    """A server's recording of a robot that reports its ticks (frames at the model's size, the robot's native sizes,
+    aspect and calibration in the metadata, the executed action and chunk columns) loads in lerobot."""
+    from rfm.config import RobotInterface
+    from rfm.runtime.recorder import Recorder
+
+    K = [[300.0, 0, 319.5], [0, 300.0, 239.5], [0, 0, 1]]
+    itf = RobotInterface(cameras=["front", "wrist"], image_size=(SIZE, SIZE), state_names=["x", "y", "z", "g"],
+                         action_names=["dx", "dy", "dz", "dg"], chunk_size=8, control_hz=FPS, robot_type="arm",
+                         native_sizes={"front": (480, 640), "wrist": (480, 640)},
+                         calibration={c: {"intrinsics": K, "extrinsics": [[1.0, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 2]]}
+                                      for c in ("front", "wrist")})
+    root = tmp / name
+    rec = Recorder(root, itf)
+    rng = np.random.default_rng(5)
+    for ep in range(2):
+        for i in range(T - 3 * ep):
+            images = np.stack([frame(i, ep), frame(i, ep)[::-1]]).transpose(0, 3, 1, 2).copy()
+            rec.record_tick(f"robot-{ep}", images, rng.standard_normal(4).astype(np.float32), TASKS[ep],
+                            rng.standard_normal(4).astype(np.float32), rng.standard_normal(32).astype(np.float32),
+                            episode_end=i == T - 3 * ep - 1)
+    rec.close()
+    return compare_in_lerobot(py, tmp, root, name, True)
+
+
 def check_append_to_lerobot_dataset(py: str, tmp: Path, name: str) -> dict:
     """lerobot writes, rfm appends an episode incrementally, lerobot reads all of it."""
     root = tmp / name
@@ -206,11 +231,14 @@ def main() -> int:
     probe = "import importlib.metadata as m; print(m.version('lerobot'), m.version('torch'), m.version('torchcodec'))"
     version = subprocess.run([args.lerobot_python, "-c", probe], check=False, capture_output=True, text=True).stdout.split()
     checks = {
-        "rfm->lerobot video (atomic)": lambda t: check_rfm_to_lerobot(args.lerobot_python, t, "rfm_video", True, False),
-        "rfm->lerobot video h264 (atomic)": lambda t: check_rfm_to_lerobot(args.lerobot_python, t, "rfm_h264", True, False,
-                                                                           "h264"),
+        "rfm->lerobot video AV1 (atomic)": lambda t: check_rfm_to_lerobot(args.lerobot_python, t, "rfm_video", True,
+                                                                          False, "av1"),
+        "rfm->lerobot video h264, the default (atomic)": lambda t: check_rfm_to_lerobot(args.lerobot_python, t,
+                                                                                        "rfm_h264", True, False),
         "rfm->lerobot image (atomic)": lambda t: check_rfm_to_lerobot(args.lerobot_python, t, "rfm_image", False, False),
         "rfm->lerobot video (incremental+append)": lambda t: check_rfm_to_lerobot(args.lerobot_python, t, "rfm_incr", True, True),
+        "rfm serve --record (ticks of a 480x640 robot) -> lerobot": lambda t: check_recording_to_lerobot(
+            args.lerobot_python, t, "rfm_recording"),
         "lerobot->rfm video": lambda t: check_lerobot_to_rfm(args.lerobot_python, t, "lr_video", True),
         "lerobot->rfm image": lambda t: check_lerobot_to_rfm(args.lerobot_python, t, "lr_image", False),
         "lerobot write, rfm append, lerobot read": lambda t: check_append_to_lerobot_dataset(args.lerobot_python, t,
