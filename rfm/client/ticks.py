@@ -159,18 +159,21 @@ class TickRecorder:
     def _fitted(self, ticks: list[dict]) -> list[dict]:
         """The ticks with native-size frames fitted to the model's input size (rfm.client.frames), as the server
         would; the server's description is asked once, and gives its body limit too."""
-        if self._fitter is None:
+        fitter = self._fitter
+        if fitter is None:
             try:
                 resp = self._http.get("/v1/models", headers=self.headers)
-                served = resp.json() if resp.status_code == 200 else {}
+                served = resp.json() if resp.status_code == 200 else None
             except (httpx.HTTPError, ValueError):
-                served = {}
-            limit = (served.get("server") or {}).get("max_body_bytes")
+                served = None  # not up: these ticks go as they are, and the next batch asks again
+            limit = (served or {}).get("server", {}).get("max_body_bytes")
             self._max_body = limit if isinstance(limit, int) else self._max_body
-            self._fitter = FrameFitter(served if self.fit_frames else {})
-        if not self._fitter.active:
+            fitter = FrameFitter(served if served and self.fit_frames else {})
+            if served is not None:
+                self._fitter = fitter
+        if not fitter.active:
             return ticks
-        return [{**t, "images": self._fitter.images(t["images"])} for t in ticks]
+        return [{**t, "images": fitter.images(t["images"])} for t in ticks]
 
     def close(self) -> None:
         """Post what is left (as an unfinished episode the server closes on idle) and stop the thread."""
