@@ -142,10 +142,12 @@ class ExportRunner(Runner):
                                          f"{self.export_dir / EXPORT_FILE}: execution")
         self.parity = parity_summary(m.get("parity"))
         if self.parity and self.parity["met"] is False:
+            again = ("; or export again with real frames (--calib-dataset) or blocks kept in float (--keep-fp32)"
+                     if self.precision == "int8" else "")
             log.warning("%s: this %s export missed its parity goal against PyTorch when exported (%s %.3g > %g): "
-                        "its actions may differ from the checkpoint's. Check it in closed loop (rfm eval --backend "
-                        "...), or export again with --calib-dataset or --keep-fp32", self.export_dir / EXPORT_FILE,
-                        self.precision, self.parity["metric"], self.parity["value"], self.parity["limit"])
+                        "its actions may differ from the checkpoint's (export.json parity has the error per action "
+                        "dimension). Check it in closed loop (rfm eval --backend ...)%s", self.export_dir / EXPORT_FILE,
+                        self.precision, self.parity["metric"], self.parity["value"], self.parity["limit"], again)
 
     def policy_feed(self, images, state, text, text_mask, noise, prefix=None, prefix_len=None) -> dict:
         """The feed of this export's policy graph (its input names: self.input_names, set by the subclass)."""
