@@ -131,6 +131,12 @@ def read_config(path: str | Path) -> tuple[PolicyConfig, dict]:
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"{path}: checkpoint directory not found")
+    if not (path / CONFIG_FILE).exists():  # the two directories users most often pass by mistake say what they are
+        if (path / "export.json").is_file():
+            raise CheckpointError(f"{path}: an `rfm export` directory (export.json), not a checkpoint: pass the "
+                                  f"checkpoint it was exported from (export.json `checkpoint`)")
+        if (path / "meta" / "info.json").is_file():
+            raise CheckpointError(f"{path}: a LeRobot dataset (meta/info.json), not a checkpoint")
     raw = read_json(path / CONFIG_FILE)
     if raw.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path / CONFIG_FILE}: format={raw.get('format')!r}, expected {CHECKPOINT_FORMAT!r}")

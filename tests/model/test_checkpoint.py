@@ -82,6 +82,17 @@ def test_missing_directory(tmp_path):
         RFMPolicy.from_pretrained(tmp_path / "nope")
 
 
+def test_an_export_or_a_dataset_passed_as_a_checkpoint_says_what_it_is(tmp_path):
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export" / "export.json").write_text("{}")
+    with pytest.raises(CheckpointError, match=r"an `rfm export` directory \(export.json\), not a checkpoint"):
+        RFMPolicy.from_pretrained(tmp_path / "export")
+    (tmp_path / "data" / "meta").mkdir(parents=True)
+    (tmp_path / "data" / "meta" / "info.json").write_text("{}")
+    with pytest.raises(CheckpointError, match=r"a LeRobot dataset \(meta/info.json\), not a checkpoint"):
+        RFMPolicy.from_pretrained(tmp_path / "data")
+
+
 def test_missing_weights_file_is_named(saved):
     (saved / "model.safetensors").unlink()
     with pytest.raises(CheckpointError, match=r"model.safetensors: missing"):
