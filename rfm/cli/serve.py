@@ -120,15 +120,10 @@ def export_backend(export_dir: Path, backend: str | None, engine: str) -> str:
     """The runtime that serves an `rfm export` directory: --backend, else --engine, else the export's own target
     (OpenVINO for `--target openvino`, ONNX Runtime otherwise). Precision is fixed when exporting, so an --engine
     that asks for another one, or for an IR the export lacks, is an error that says what to do."""
-    import json
-
     from rfm.cli.main import CLIError
-    from rfm.runtime.manifest import EXPORT_FILE
+    from rfm.runtime.manifest import read_manifest
 
-    try:
-        meta = json.loads((export_dir / EXPORT_FILE).read_text())
-    except (OSError, ValueError) as e:
-        raise CLIError(f"{export_dir / EXPORT_FILE}: unreadable ({e}); export the checkpoint again") from None
+    meta = read_manifest(export_dir)  # errors name the file
     has_ir, precision = bool(meta.get("openvino")), meta.get("precision", "fp32")
     if engine == "torch":
         raise CLIError(f"--engine torch: {export_dir} is an `rfm export` directory (ONNX); serve the checkpoint it "

@@ -18,7 +18,7 @@ from rfm._version import __version__
 from rfm.constants import ENGINES
 from rfm.export.cache_dir import cache_root
 from rfm.runtime.base import Runner
-from rfm.runtime.manifest import EXPORT_FILE, EXPORT_FORMAT, read_manifest
+from rfm.runtime.manifest import EXPORT_FILE, EXPORT_FORMAT, parity_summary, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +69,10 @@ def cached_export(checkpoint: str | Path, precision: str = "fp32", cache_dir: st
         fcntl.flock(lock, fcntl.LOCK_EX)  # a second replica waits here, then finds the export
         if not (out / EXPORT_FILE).is_file():
             _export(checkpoint, out, precision, calib_dataset, target)
-    parity = read_manifest(out).get("parity", {})
-    goal = parity.get("goal", {})
-    if not goal.get("met", False):
+    parity = parity_summary(read_manifest(out).get("parity")) or {}
+    if not parity.get("met", False):
         raise EngineError(f"{out}: the {precision} export misses its parity goal against PyTorch "
-                          f"({goal.get('metric')} = {parity.get(goal.get('metric'), '?')}, limit {goal.get('limit')})")
+                          f"({parity.get('metric')} = {parity.get('value', '?')}, limit {parity.get('limit')})")
     return out
 
 

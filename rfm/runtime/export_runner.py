@@ -17,7 +17,7 @@ from rfm.config import RobotInterface
 from rfm.model.text_cache import CachedTextEncoder, InstructionCache
 from rfm.runtime.base import Runner
 from rfm.runtime.execution import check_execution
-from rfm.runtime.manifest import EXPORT_FILE, read_manifest
+from rfm.runtime.manifest import EXPORT_FILE, parity_summary, read_manifest
 from rfm.runtime.observation import no_committed
 
 Graph = Callable[[dict[str, np.ndarray]], np.ndarray]  # feed -> first output
@@ -180,12 +180,3 @@ class ExportRunner(Runner):
 
     def describe(self) -> dict:
         return {**super().describe(), "precision": self.precision, "target": self.target, "parity": self.parity}
-
-
-def parity_summary(parity: dict | None) -> dict | None:
-    """export.json's parity goal as {metric, value, limit, met}; None for exports that recorded none."""
-    goal = (parity or {}).get("goal")
-    if not isinstance(goal, dict) or goal.get("metric") not in parity:
-        return None
-    return {"metric": goal["metric"], "value": parity[goal["metric"]], "limit": goal.get("limit"),
-            "met": goal.get("met")}

@@ -35,3 +35,12 @@ def read_manifest(export_dir: str | Path) -> dict:
         fmt = manifest.get("format") if isinstance(manifest, dict) else None
         raise ValueError(f"{path}: format={fmt!r}, expected {EXPORT_FORMAT!r}")
     return manifest
+
+
+def parity_summary(parity: dict | None) -> dict | None:
+    """export.json's parity goal as {metric, value, limit, met}; None for exports that recorded none."""
+    goal = (parity or {}).get("goal")
+    if not isinstance(goal, dict) or goal.get("metric") not in parity:
+        return None
+    return {"metric": goal["metric"], "value": parity[goal["metric"]], "limit": goal.get("limit"),
+            "met": goal.get("met")}

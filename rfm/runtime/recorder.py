@@ -96,9 +96,10 @@ class Recorder:
                              f"{itf.cameras} at {itf.image_size}; record into a new directory")
         feats = w.info["features"]
         native = {c: tuple(feats[image_key(c)].get("native_size", w.cameras[c])) for c in itf.cameras}
-        if native != {c: tuple(itf.native_size(c)) for c in itf.cameras}:
+        served = {c: tuple(itf.native_size(c)) for c in itf.cameras}
+        if native != served:
             raise ValueError(f"{self.root}: recorded from cameras of native sizes {native}, the model serves "
-                             f"{ {c: tuple(itf.native_size(c)) for c in itf.cameras} }; record into a new directory")
+                             f"{served}; record into a new directory")
         if len(w.action_names) != itf.action_dim or len(w.state_names) != itf.state_dim:
             raise ValueError(f"{self.root}: dataset state/action dims ({len(w.state_names)}, {len(w.action_names)}) "
                              f"do not match the model's ({itf.state_dim}, {itf.action_dim})")
