@@ -50,6 +50,28 @@ def resolve_encoder(vcodec: str | None) -> str:
     return name
 
 
+# the codec name an mp4 stream reports (lerobot's `video.codec`) -> the encoder that writes it
+ENCODER_FOR_CODEC = {"av1": "libsvtav1", "h264": "libx264", "mpeg4": "mpeg4"}
+
+
+def encoder_for_dataset(features: dict, vcodec: str | None) -> str:
+    """The encoder for episodes appended to a dataset: `vcodec` if given, else the codec its videos are in, so
+    one dataset keeps one codec (and `info.json`'s `video.codec` stays true); the default if that one is missing."""
+    if vcodec:
+        return resolve_encoder(vcodec)
+    codecs = sorted({(ft.get("info") or {}).get("video.codec") for ft in features.values()
+                     if ft.get("dtype") == "video"} - {None})
+    want = ENCODER_FOR_CODEC.get(codecs[0]) if len(codecs) == 1 else None
+    if want and want in available_encoders():
+        return want
+    enc = resolve_encoder(None)
+    if codecs:
+        logging.getLogger(__name__).warning(
+            "the dataset's videos are in %s, which this PyAV cannot encode; appended episodes are written in %s "
+            "(readers decode per file)", "/".join(codecs), enc)
+    return enc
+
+
 def codec_options(encoder: str) -> dict[str, str]:
     if encoder == "libsvtav1":
         return {"g": "2", "crf": "30", "preset": "12"}

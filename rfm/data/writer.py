@@ -163,7 +163,8 @@ class LeRobotDatasetWriter:
 
     @classmethod
     def append(cls, root: str | Path, vcodec: str | None = None) -> LeRobotDatasetWriter:
-        """Open an existing v3.0 dataset for incremental writing; files of uncommitted episodes are removed."""
+        """Open an existing v3.0 dataset for incremental writing; files of uncommitted episodes are removed.
+        New videos are in the dataset's own codec unless `vcodec` says otherwise."""
         from rfm.data.reader import LeRobotDataset
 
         ds = LeRobotDataset(root)
@@ -181,7 +182,7 @@ class LeRobotDatasetWriter:
         self.state_names, self.action_names = ds.state_names if OBS_STATE in feats else [], ds.action_names
         self.use_videos = any(ft["dtype"] == "video" for ft in feats.values())
         self.incremental, self.overwrite = True, False
-        self.encoder = video.resolve_encoder(vcodec) if self.use_videos else None
+        self.encoder = video.encoder_for_dataset(feats, vcodec) if self.use_videos else None
         self.data_file_mb = self.info.get("data_files_size_in_mb", lm.DATA_FILE_MB)
         self.video_file_mb = self.info.get("video_files_size_in_mb", lm.VIDEO_FILE_MB)
         self.episodes_per_meta_file = lm.EPISODES_PER_META_FILE

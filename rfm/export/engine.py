@@ -68,7 +68,7 @@ def cached_export(checkpoint: str | Path, precision: str = "fp32", cache_dir: st
     with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # a second replica waits here, then finds the export
         if not (out / EXPORT_FILE).is_file():
-            _export(checkpoint, out, precision, calib_dataset, target)
+            _export(checkpoint, out, precision, calib_dataset, target, root)
     parity = parity_summary(read_manifest(out).get("parity")) or {}
     if not parity.get("met", False):
         raise EngineError(f"{out}: the {precision} export misses its parity goal against PyTorch "
@@ -76,7 +76,8 @@ def cached_export(checkpoint: str | Path, precision: str = "fp32", cache_dir: st
     return out
 
 
-def _export(checkpoint: Path, out: Path, precision: str, calib_dataset: str | None, target: str = "cpu") -> None:
+def _export(checkpoint: Path, out: Path, precision: str, calib_dataset: str | None, target: str = "cpu",
+            cache_dir: Path | None = None) -> None:
     try:
         from rfm.export.exporter import ExportConfig, export_checkpoint
     except ImportError as e:
@@ -88,7 +89,8 @@ def _export(checkpoint: Path, out: Path, precision: str, calib_dataset: str | No
     try:
         # no per-block int8 report at serve time: it costs ~25 s and a missed goal refuses the engine anyway
         export_checkpoint(checkpoint, out, ExportConfig(precision=precision, calib_dataset=calib_dataset,
-                                                        target=target, int8_report="off"))
+                                                        target=target, int8_report="off",
+                                                        cache_dir=str(cache_dir) if cache_dir else None))
     except Exception as e:  # e.g. an op the exporter cannot express: the caller may fall back to PyTorch
         raise EngineError(f"exporting {checkpoint} to ONNX failed ({type(e).__name__}: {str(e)[:300]})") from e
 

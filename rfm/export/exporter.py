@@ -62,7 +62,7 @@ class ExportConfig:
     opset: int = 18
     exporter: str = "dynamo"  # torch.onnx path: "dynamo" (torch.export + onnxscript) or "torchscript"
     text_encoder: bool = True  # also export text_encoder.onnx + tokenizer
-    cache_dir: str | None = None  # where the traced text encoder is reused from (None: the engine cache; "": off)
+    cache_dir: str | None = None  # where traced graphs are reused from (None: the engine cache; "": off)
     # int8: blocks / module paths / node names left float; None: the modules the model marks (int8_float_modules)
     keep_fp32: list[str] | None = None
     int8_report: str = "auto"  # per-block int8 error report: "auto" (when parity misses its goal) | "always" | "off"
@@ -201,7 +201,7 @@ def export_checkpoint(checkpoint, out: str | Path, config: ExportConfig | None =
         fp32 = tmp / (POLICY_FILE if cfg.precision == "fp32" else "policy_fp32.onnx")
         log.info("exporting policy graph (%s, %s head)", m.preset, m.head)
         exporter = export_policy_graph(
-            policy.net, fp32, policy.text.dim, m.text_max_tokens, cfg.opset, cfg.exporter
+            policy.net, fp32, policy.text.dim, m.text_max_tokens, cfg.opset, cfg.exporter, cache_dir=_graph_cache(cfg)
         )
         quant: dict | None = None
         int8 = None  # (quantizer, blocks, nodes kept float) for the per-block report
@@ -230,7 +230,7 @@ def export_checkpoint(checkpoint, out: str | Path, config: ExportConfig | None =
         }
         text_err = None
         if cfg.text_encoder:
-            export_text_graph(policy.text, tmp / TEXT_FILE, cfg.opset, cfg.exporter, cache_dir=_text_cache(cfg))
+            export_text_graph(policy.text, tmp / TEXT_FILE, cfg.opset, cfg.exporter, cache_dir=_graph_cache(cfg))
             text_info["graph"] = TEXT_FILE
             text_info["tokenizer"] = _write_tokenizer(policy.text, tmp)
             text_info["io"] = io_spec(tmp / TEXT_FILE)
@@ -343,7 +343,7 @@ def _want_int8_report(cfg: ExportConfig, parity: dict) -> bool:
     return cfg.int8_report == "always" or (cfg.int8_report == "auto" and not parity["goal"]["met"])
 
 
-def _text_cache(cfg: ExportConfig) -> Path | None:
+def _graph_cache(cfg: ExportConfig) -> Path | None:
     from rfm.export.cache_dir import cache_root
 
     return None if cfg.cache_dir == "" else cache_root(cfg.cache_dir)

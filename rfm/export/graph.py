@@ -156,8 +156,12 @@ def export_policy_graph(
     max_tokens: int,
     opset: int = OPSET,
     exporter: str = "dynamo",
+    cache_dir: Path | None = None,
 ) -> str:
-    """Write policy.onnx (fp32) for `net`; returns the exporter used."""
+    """Write policy.onnx (fp32) for `net`; returns the exporter used. With `cache_dir`, a graph traced before from
+    the same weights and configuration is copied instead of traced again (rfm.export.graph_cache)."""
+    from rfm.export.graph_cache import cached_graph, policy_graph_key
+
     net = net.eval().cpu()
     flow, prefix = net.head_type == "flow", bool(net.prefix_max)
     graph = {(False, False): ChunkGraph, (True, False): FlowGraph, (False, True): PrefixChunkGraph,
@@ -165,41 +169,56 @@ def export_policy_graph(
     module = graph(net).eval()
     args = policy_example(net, text_dim, max_tokens)
     names = policy_input_names(net)
-    with torch.no_grad():
-        used = _export(module, args, Path(path), names, "actions", opset, exporter)
-    _rename_dims(Path(path))
-    return used
+
+    def export(out: Path) -> None:
+        with torch.no_grad():
+            used = _export(module, args, out, names, "actions", opset, exporter)
+        _rename_dims(out, used)
+
+    key = policy_graph_key(module, net.config.to_json(), args, opset, exporter) if cache_dir is not None else ""
+    cached_graph(Path(path), "policy", key, cache_dir, export)
+    return traced_with(path)
 
 
 def export_text_graph(
     text: TextEncoder, path: str | Path, opset: int = OPSET, exporter: str = "dynamo", cache_dir: Path | None = None
 ) -> str:
-    """Write text_encoder.onnx (fp32) for the frozen sentence encoder; returns the exporter used ("cache" when the
-    same encoder's graph was reused from `cache_dir`)."""
-    from rfm.export.text_graph_cache import cached_text_graph, text_graph_key
+    """Write text_encoder.onnx (fp32) for the frozen sentence encoder; returns the exporter used. With `cache_dir`,
+    the same encoder's graph is traced once and reused by every export (rfm.export.graph_cache)."""
+    from rfm.export.graph_cache import cached_graph, text_graph_key
 
     module = TextGraph(text.model.cpu()).eval()
     tok = text.tokenize(["pick up the red block", "push"])
     args = tuple(torch.from_numpy(tok[k]) for k in TEXT_INPUTS)
-    used = exporter
 
     def export(out: Path) -> None:
-        nonlocal used
         with torch.no_grad():
             used = _export(module, args, out, list(TEXT_INPUTS), "features", opset, exporter)
-        _rename_dims(out)
+        _rename_dims(out, used)
 
     key = text_graph_key(text.model, text.max_tokens, opset, exporter) if cache_dir is not None else ""
-    return "cache" if cached_text_graph(Path(path), key, cache_dir, export) else used
+    cached_graph(Path(path), "text-encoder", key, cache_dir, export)
+    return traced_with(path)
 
 
-def _rename_dims(path: Path) -> None:
-    """Name the dynamic batch axis 'batch' on every input and output (exporters pick names like 's77')."""
+EXPORTER_KEY = "rfm.exporter"  # metadata_props entry: which torch.onnx exporter traced the graph
+
+
+def traced_with(path: str | Path) -> str:
+    """The exporter that traced a graph written here ("unknown" for one written elsewhere)."""
+    model = onnx.load(str(path), load_external_data=False)
+    return next((p.value for p in model.metadata_props if p.key == EXPORTER_KEY), "unknown")
+
+
+def _rename_dims(path: Path, exporter: str) -> None:
+    """Name the dynamic batch axis 'batch' on every input and output (exporters pick names like 's77') and record
+    the exporter in the graph's metadata."""
     model = onnx.load(str(path))
     for vi in [*model.graph.input, *model.graph.output]:
         dims = vi.type.tensor_type.shape.dim
         if dims and not dims[0].HasField("dim_value"):
             dims[0].dim_param = "batch"
+    onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props}, EXPORTER_KEY: exporter})
     save_model(model, path)
 
 

@@ -53,7 +53,7 @@ class Recorder:
 
     def __init__(self, root: str | Path, interface: RobotInterface, max_queue: int = 4096,
                  idle_timeout_s: float = 30.0, max_episode_frames: int = 10_000, use_videos: bool = True,
-                 vcodec: str | None = "h264") -> None:
+                 vcodec: str | None = None) -> None:
         from rfm.data.lerobot import LeRobotDatasetWriter
 
         self.root, self.interface = Path(root), interface

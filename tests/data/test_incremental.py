@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import subprocess
 import sys
@@ -151,6 +152,32 @@ def test_append_to_dataset_written_by_lerobot(tmp_path, kind):
     assert ds.instruction(125) == "press the button" and ds.episode_range(3) == (120, 126)
     assert np.abs(ds.get_frame(123)["images"]["top"].astype(int) - square_frame(3, 96, 96)).mean() < 3.0
     assert np.abs(ds.get_frame(5)["images"]["top"].astype(int) - before.get_frame(5)["images"]["top"]).max() == 0
+    if kind == "video":  # new files are in the dataset's own codec, so info.json's video.codec stays true
+        from rfm.data.video import probe
+
+        codecs = {probe(p)["video.codec"] for p in (root / "videos").rglob("*.mp4")}
+        assert codecs == {before.features["observation.images.top"]["info"]["video.codec"]}
+
+
+def test_append_encoder_follows_the_dataset():
+    """An append keeps the dataset's codec; one PyAV cannot write falls back to the default, said in the log."""
+    from rfm.data import video
+
+    feats = {"observation.images.top": {"dtype": "video", "info": {"video.codec": "h264"}},
+             "action": {"dtype": "float32"}}
+    assert video.encoder_for_dataset(feats, None) == "libx264"
+    assert video.encoder_for_dataset(feats, "mpeg4") == "mpeg4"
+    feats["observation.images.top"]["info"]["video.codec"] = "prores"
+    logger = logging.getLogger("rfm.data.video")
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger.addHandler(handler)
+    try:
+        assert video.encoder_for_dataset(feats, None) == video.resolve_encoder(None)
+    finally:
+        logger.removeHandler(handler)
+    assert any("prores" in r.getMessage() for r in records)
 
 
 @pytest.mark.parametrize("incremental", [True, False])
