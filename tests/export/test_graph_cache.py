@@ -71,7 +71,8 @@ def test_a_second_export_of_a_checkpoint_reuses_its_graph_and_keeps_parity(tmp_p
     torch.manual_seed(0)
     ckpt = RFMPolicy.build("tiny", interface=ITF, stats=STATS).save_pretrained(tmp_path / "ckpt")
     cache = tmp_path / "cache"
-    cfg = dict(parity_samples=2, text_encoder=False, instructions=["push"], cache_dir=str(cache), exporter="torchscript")
+    cfg = {"parity_samples": 2, "text_encoder": False, "instructions": ["push"], "cache_dir": str(cache),
+           "exporter": "torchscript"}
     a = export_checkpoint(ckpt, tmp_path / "fp32", ExportConfig(precision="fp32", **cfg))
     entries = sorted(cache.glob("policy-*.onnx"))
     assert len(entries) == 1 and a["exporter"] == "torchscript" == traced_with(tmp_path / "fp32" / "policy.onnx")
