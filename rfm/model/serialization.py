@@ -98,7 +98,7 @@ def save_checkpoint(policy, path: str | Path, weights_dtype: str = "float32", ca
         }
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2))
         (tmp / STATS_FILE).write_text(json.dumps(jsonable(policy.stats), indent=2))
-        (tmp / MODEL_CARD_FILE).write_text(card or model_card(policy, config))
+        (tmp / MODEL_CARD_FILE).write_text(card or model_card(policy.config, config, policy.num_parameters()))
     return path
 
 
@@ -196,9 +196,10 @@ def load_into(policy, path: str | Path, raw: dict, stats: dict, state: dict[str,
     policy.meta.setdefault("model_id", path.name)
 
 
-def model_card(policy, config: dict) -> str:
-    """Markdown model card: what the model is, its interface, and whatever training/eval info meta holds."""
-    itf, m, meta = policy.interface, policy.model_config, policy.meta
+def model_card(policy_config: PolicyConfig, config: dict, num_parameters: int) -> str:
+    """Markdown model card: what the model is, its interface, and whatever training/eval info config.json's meta
+    holds."""
+    itf, m, meta = policy_config.interface, policy_config.model, config.get("meta") or {}
     lines = [
         f"# {meta.get('model_id', 'rfm policy')}",
         "",
@@ -206,7 +207,7 @@ def model_card(policy, config: dict) -> str:
         "",
         "| field | value |", "|---|---|",
         f"| preset | {m.preset} |", f"| head | {m.head} |",
-        f"| parameters (trainable) | {policy.num_parameters():,} |",
+        f"| parameters (trainable) | {num_parameters:,} |",
         f"| text encoder (frozen, not in this file) | {m.text_encoder} |",
         f"| cameras | {', '.join(itf.cameras)}, fitted ({itf.aspect}) to {itf.image_size[0]}x{itf.image_size[1]} |",
         f"| native frames | {_sizes(itf)} |",
