@@ -30,10 +30,8 @@ log = logging.getLogger(__name__)
 def _forward_source_digest() -> str:
     """sha256 of the code a traced policy graph comes from (rfm/model and rfm/export/graph.py): a changed forward
     in a development checkout never reuses a graph traced from the old one."""
-    import rfm.export.graph as graph_module
-    import rfm.model as model_package
-
-    files = sorted(Path(model_package.__file__).parent.glob("*.py")) + [Path(graph_module.__file__)]
+    here = Path(__file__).resolve().parent  # rfm/export; read as files, not imported (no import cycle)
+    files = sorted((here.parent / "model").glob("*.py")) + [here / "graph.py"]
     h = hashlib.sha256()
     for f in files:
         h.update(f.name.encode())
