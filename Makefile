@@ -33,7 +33,7 @@ serve: install
 # Test files run in parallel, one worker per core up to 4 (each holds ~1.5 GB); TEST_WORKERS=0 runs them in this
 # process.
 TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -gt 4 ] && n=4; echo $$n)
-PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 test: install
 	$(PYTEST) --durations=15

@@ -31,6 +31,21 @@ from rfm.config import RobotInterface
 # one torch thread per xdist worker (the workers already use the cores), else up to two
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, min(2, os.cpu_count() or 1)))
 
+# The longest files run first, so neither worker is left with a minute of work after the other has finished:
+# `--dist loadfile --no-loadscope-reorder` (the Makefile) hands out files in this order; xdist's own order (most
+# tests first) ran the 100 s guide walk last. Only the order changes; a file missing from the list keeps its place.
+LONGEST_FIRST = ("test_robots_guide.py", "notebooks/test_notebooks.py", "eval/test_eval.py", "eval/test_adapt.py",
+                 "serving/test_schemathesis.py", "model/test_prefix.py", "model/test_policy.py", "test_pipeline.py",
+                 "sim/test_metaworld.py", "test_small_data_cycles.py", "export/test_export.py")
+
+
+def pytest_collection_modifyitems(items: list) -> None:
+    def rank(item) -> int:
+        path = item.nodeid.split("::")[0].removeprefix("tests/")
+        return LONGEST_FIRST.index(path) if path in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: each file keeps its own order
+
 
 @pytest.fixture(scope="session")
 def small_interface() -> RobotInterface:

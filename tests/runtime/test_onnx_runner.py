@@ -153,10 +153,13 @@ def test_an_export_that_missed_its_parity_goal_says_so_when_loaded(dirs, tmp_pat
     logger = logging.getLogger("rfm.runtime")
     logger.addHandler(handler)
     disabled, logger.disabled = logger.disabled, False
+    level = logger.level
+    logger.setLevel(logging.WARNING)  # whatever level an earlier test left on the root logger
     try:
         d = load_runner(bad, backend="onnx").describe()
     finally:
         logger.removeHandler(handler)
         logger.disabled = disabled
+        logger.setLevel(level)
     assert d["parity"] == {"metric": good["metric"], "value": 4.8, "limit": good["limit"], "met": False}
     assert any("missed its parity goal" in r.getMessage() and "bad/export.json" in r.getMessage() for r in records)
