@@ -39,6 +39,7 @@ class ServerConfig:
     openpi_mapping: str | None = None  # JSON file mapping openpi observation keys to cameras / state / prompt
     record_dir: str | None = None  # record served observations + actions into this LeRobot v3.0 dataset
     record_images: str = "video"  # video (h264, compact) | image (lossless PNG: small targets survive)
+    record_vcodec: str | None = None  # h264 | av1; None: an existing dataset's own codec, h264 for a new one
     snap_instructions: float | None = None  # cosine threshold: untrained instructions -> nearest trained one
     record_idle_timeout_s: float = 30.0  # a robot session idle this long ends its recorded episode
     retry_after_s: int = 1  # Retry-After value sent with 503
@@ -61,6 +62,7 @@ class ServerConfig:
               "None or milliseconds in (0, timeout_ms]")
         check(self.retry_after_s >= 0, "retry_after_s", "a non-negative number of seconds")
         check(self.record_images in ("video", "image"), "record_images", "video or image")
+        check(self.record_vcodec in (None, "h264", "av1"), "record_vcodec", "h264, av1 or None")
         check(self.snap_instructions is None or -1 <= self.snap_instructions <= 1, "snap_instructions",
               "a cosine similarity in [-1, 1] (e.g. 0.5), or None for off")
 

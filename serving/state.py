@@ -84,7 +84,8 @@ class ServerState:
 
                 recorder = Recorder(self.config.record_dir, runner.interface,
                                     idle_timeout_s=self.config.record_idle_timeout_s,
-                                    use_videos=self.config.record_images == "video")
+                                    use_videos=self.config.record_images == "video",
+                                    vcodec=self.config.record_vcodec)
             self.service = InferenceService(runner, self.config, self.metrics, limits, self.audit, recorder)
             for b, seconds in costs.items():
                 self.service.batcher.cost.observe(b, seconds)

@@ -53,6 +53,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--record-images", default="video", choices=["video", "image"],
                    help="how --record stores camera frames: h264 video (compact) or lossless PNG (keeps targets of "
                         "a pixel or two, which 4:2:0 video blurs away; use it for small images)")
+    p.add_argument("--record-vcodec", default=None, choices=["h264", "av1"],
+                   help="video codec of --record-images video (default: an existing dataset's own codec, so its "
+                        "info.json stays true; h264 for a new recording)")
     p.add_argument("--snap-instructions", type=float, default=None, metavar="SIM",
                    help="replace an instruction the model never trained on by the trained one nearest in meaning "
                         "when their sentence embeddings' cosine similarity is >= SIM (e.g. 0.5); below it the "
@@ -83,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
                           max_ws_message_bytes=limit, api_keys_file=args.api_key_file, audit_log=args.audit_log,
                           action_limits=args.action_limits, action_limit_margin=args.action_margin,
                           openpi_mapping=args.openpi_mapping, record_dir=args.record,
-                          record_images=args.record_images, snap_instructions=args.snap_instructions,
+                          record_images=args.record_images, record_vcodec=args.record_vcodec,
+                          snap_instructions=args.snap_instructions,
                           min_deadline_ms=args.min_deadline_ms)
     if config.api_keys_file:  # fail now, not in the server's start-up thread
         from serving.auth import ApiKeys

@@ -221,3 +221,26 @@ def test_a_tick_over_the_body_limit_is_reported_and_the_robot_goes_on(tiny_check
         rec.end_episode()
         assert rec.lost == 2 and rec.errors == 2 and rec.sent == 0
         assert "422" in rec.last_error and "ticks[0]" in rec.last_error
+
+
+def test_the_recording_codec_follows_the_flag_else_the_dataset(tmp_path):
+    """--record-vcodec picks the codec; without it a new recording is h264 (appending to an existing dataset keeps
+    the dataset's codec: tests/data/test_incremental.py)."""
+    from rfm import RFMPolicy
+    from rfm.config import ConfigError, RobotInterface
+    from serving.config import ServerConfig
+    from serving.server import ServerThread
+    from tests.serving.helpers import INTERFACE, load_tiny
+
+    RFMPolicy.build("tiny", interface=RobotInterface(**INTERFACE)).save_pretrained(tmp_path / "ck")
+    runner = load_tiny(tmp_path / "ck")
+
+    def encoder(vcodec: str | None, root: str) -> str:
+        cfg = ServerConfig(max_batch=2, warmup_batch_sizes=(1,), record_dir=str(tmp_path / root), record_vcodec=vcodec)
+        with ServerThread(runner, cfg) as server:
+            return server.state.service.recorder.writer.encoder
+
+    assert encoder(None, "new") == "libx264"
+    assert encoder("av1", "av1") == "libsvtav1"
+    with pytest.raises(ConfigError, match="record_vcodec='vp9'"):
+        ServerConfig(record_vcodec="vp9")
