@@ -58,15 +58,37 @@ def uvicorn_config(app, host: str, port: int, config: ServerConfig, log_level: s
                           timeout_graceful_shutdown=int(config.shutdown_drain_s) + 1, server_header=False)
 
 
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before the model loads: a port in use (or a bad host) is an OSError at once,
+    not a uvicorn error after a minute of loading and exporting."""
+    if not 0 <= port <= 65535:
+        raise OSError(f"port {port} is out of range (0-65535)")
+    family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(addr)
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
 def serve(runner: Runner | Callable[[], Runner], config: ServerConfig, host: str = "127.0.0.1", port: int = 8000,
-          checkpoint: str | Path | None = None, log_level: str = "info") -> None:
-    """Blocking: serve until SIGINT/SIGTERM, then drain in-flight work and exit."""
+          checkpoint: str | Path | None = None, log_level: str = "info", sock: socket.socket | None = None) -> None:
+    """Blocking: serve until SIGINT/SIGTERM, then drain in-flight work and exit. `sock`: an already bound socket
+    (`bind`), else uvicorn binds host:port."""
     limit_arenas(2)
     # The batcher thread re-takes the GIL between torch ops; a busy event loop would hold it for up to the default
     # 5 ms switch interval each time. 1 ms keeps the model running while requests are being decoded.
     sys.setswitchinterval(0.001)
     app = create_app(runner, config, checkpoint)
-    uvicorn.Server(uvicorn_config(app, host, port, config, log_level)).run()
+    if sock is not None:  # uvicorn says where it listens only for sockets it bound itself
+        bound_host, bound_port = sock.getsockname()[:2]
+        log.info("listening on http://%s:%d (the model loads in the background; GET /readyz says when it is warm)",
+                 f"[{bound_host}]" if ":" in bound_host else bound_host, bound_port)
+    uvicorn.Server(uvicorn_config(app, host, port, config, log_level)).run(sockets=[sock] if sock else None)
 
 
 class ServerThread:

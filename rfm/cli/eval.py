@@ -138,9 +138,16 @@ def _check_checkpoint(args: argparse.Namespace) -> None:
         raise CLIError("--continuation and --ensemble are two ways to switch chunks: give one")
     k, d = args.action_steps, args.delay
     late = bool(k and d)
-    if not (late or args.continuation):
+    if not (late or args.continuation or k is not None):
         return
     chunk, prefix_max = _chunk_and_prefix(args)
+    if k is not None:
+        from rfm.runtime.execution import check_action_steps
+
+        try:
+            check_action_steps(k, chunk, "--action-steps")
+        except ValueError as e:
+            raise CLIError(f"{e} of {args.checkpoint}") from None
     if late and k + d > chunk:  # each chunk runs out before the next lands: the simulated robot (and world) waits
         print(f"note: --action-steps {k} + --delay {d} > the chunk's {chunk} actions: the robot waits {k + d - chunk} "
               f"ticks for each chunk (and commits no actions then); --action-steps {max(chunk - d, 1)} keeps it "

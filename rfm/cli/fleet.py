@@ -43,6 +43,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.takeover_error is not None and not args.dagger:
         raise CLIError("--takeover-error needs --dagger (the expert's action is what a takeover executes)")
+    if args.delay < 0:
+        raise CLIError(f"--delay {args.delay}: expected a number of control ticks >= 0")
     takeover = Takeover(args.takeover_error, args.takeover_steps) if args.takeover_error is not None else None
     key = _read_key(args.api_key_file) if args.api_key_file else None
     from rfm.client import RFMClient
@@ -53,6 +55,9 @@ def run(args: argparse.Namespace) -> int:
     except Exception as e:  # any failure to reach the server is the user's to fix
         raise CLIError(f"--url {args.url}: cannot read the served model ({type(e).__name__}: {e}); start one with "
                        f"`rfm serve` or pass its address") from e
+    chunk = described.get("chunk_size")
+    if chunk and not 1 <= args.action_steps <= int(chunk):
+        raise CLIError(f"--action-steps {args.action_steps}: expected 1 to the served model's chunk of {chunk} actions")
     if args.continuation and not described.get("prefix_max", 0):
         raise CLIError(f"--continuation: the model served at {args.url} takes no committed actions "
                        f"(model.prefix_max = 0)")

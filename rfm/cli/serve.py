@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 from pathlib import Path
@@ -70,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     from rfm.export.engine import engine_loader
     from rfm.runtime.manifest import EXPORT_FILE
     from serving.config import ServerConfig, default_checkpoint
-    from serving.server import runner_loader, serve, set_threads
+    from serving.server import bind, runner_loader, serve, set_threads
 
     ckpt = Path(args.checkpoint) if args.checkpoint else default_checkpoint()
     if not ckpt.is_dir():
@@ -100,6 +101,11 @@ def run(args: argparse.Namespace) -> int:
         from rfm.model.serialization import check_checkpoint
 
         check_checkpoint(ckpt)  # a CheckpointError is a ValueError: one line, exit code 2
+    try:  # before the model loads (and exports): a port in use is one line now, not a uvicorn error later
+        sock = bind(args.host, args.port)
+    except OSError as e:
+        busy = "; is another server running on it? Choose another with --port" if e.errno == errno.EADDRINUSE else ""
+        raise CLIError(f"--host {args.host} --port {args.port}: cannot listen there ({e.strerror or e}){busy}") from None
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.action_limits and not (ckpt / STATS_FILE).is_file():  # e.g. an export from an older rfm
         logging.getLogger("rfm.serving").warning("%s has no %s: serving WITHOUT action limits (pass "
@@ -116,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
                            f"(serve a checkpoint with --backend torch, or export it with `rfm export`)")
         spin = {"allow_spinning": False} if backend == "onnx" else {}  # ONNX Runtime's idle spinning off
         loader = runner_loader(ckpt, backend, resize_images=args.resize_images, intra_op_threads=threads, **spin)
-    serve(loader, config, args.host, args.port, checkpoint=ckpt, log_level=args.log_level)
+    serve(loader, config, args.host, args.port, checkpoint=ckpt, log_level=args.log_level, sock=sock)
     return 0
 
 

@@ -162,6 +162,9 @@ class ChunkExecutor:
         episode is waited for); chunks that can no longer cover a tick are dropped."""
         usable = start + delay if self._chunks else start
         chunk = np.asarray(chunk, dtype=np.float32)
+        if self.action_steps is not None and self.action_steps > len(chunk):
+            raise ValueError(f"action_steps={self.action_steps} is more than the model's chunk of {len(chunk)} actions: "
+                             f"the robot would run out of actions before it asks again")
         self._chunks = [c for c in self._chunks if c[0] + len(c[2]) > self.tick] + [(start, usable, chunk)]
 
     def _covering(self) -> list[tuple[int, int, np.ndarray]]:

@@ -130,6 +130,10 @@ def adapt(cfg: AdaptConfig, progress: bool = True, log=print) -> dict:
     out = Path(cfg.out)
     _check_plan(out, cfg)
     ref_config, ref_raw = read_config(cfg.reference)
+    chunk = ref_config.interface.chunk_size
+    too_many = [k for k in cfg.action_steps or [] if k > chunk]
+    if too_many:  # before the demos and the fine-tune, not after them
+        raise ConfigError(f"action_steps={too_many[0]}: more than {cfg.reference}'s chunk of {chunk} actions")
     record = {"tasks": cfg.tasks, "init": _source(cfg, ref_config, ref_raw), "plan": cfg.plan()}
     demos = _demos(cfg, ref_config.interface, progress, log)
     out.mkdir(parents=True, exist_ok=True)

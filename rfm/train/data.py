@@ -107,10 +107,14 @@ def build_training_data(paths: list[str], chunk_size: int, image_size: tuple[int
     env_dim = feature_dim(datasets, OBS_ENV_STATE) if OBS_ENV_STATE in features else 0
     interface = interface_from_dataset(datasets[0], chunk_size=chunk_size, image_size=image_size, cameras=cameras,
                                        overrides=interface)
+    first = len(datasets[0].episodes)
+    if val_episodes and val_episodes >= first:
+        raise ValueError(f"train.val_episodes={val_episodes}: {paths[0]} has {first} episode(s), and at least one must "
+                         f"stay for training")
     splits = []
     for i, ds in enumerate(datasets):
         episodes = [e.index for e in ds.episodes]
-        held = episodes[-val_episodes:] if i == 0 and val_episodes and val_episodes < len(episodes) else []
+        held = episodes[-val_episodes:] if i == 0 and val_episodes else []
         splits.append(([e for e in episodes if e not in held], held))
     frame_bytes = len(interface.cameras) * 3 * interface.image_size[0] * interface.image_size[1]
     caches = split_cache(int(frame_cache_gb * 2**30) // cache_copies,

@@ -160,6 +160,14 @@ def test_chunk_executor_prefetches_and_skips_stale_actions():
     ex.close()
 
 
+def test_chunk_executor_refuses_more_actions_per_request_than_a_chunk_holds():
+    """The robot would run out of actions before it asks again: a clear error at the first chunk, not an IndexError."""
+    with ChunkExecutor(fake_act, action_steps=5) as ex, pytest.raises(ValueError, match="action_steps=5 is more than"):
+        ex.step({"t": 0})
+    with ChunkExecutor(fake_act, action_steps=4) as ex:  # a whole chunk per request is fine
+        assert [float(ex.step({"t": t})[0]) for t in range(5)] == [0, 1, 2, 3, 400]
+
+
 def test_chunk_executor_temporal_ensembling():
     ex = ChunkExecutor(fake_act, prefetch_steps=2, ensemble_decay=0.0)
     got = []

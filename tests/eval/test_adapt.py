@@ -133,6 +133,7 @@ def test_cli_errors_are_one_line(ckpt, tmp_path, capsys):
                                                                    "--select-episodes", "5")
     assert "action_steps=[8, 0]: expected K >= 1 each" in error("--task", "reach-v3", "--init", str(ckpt),
                                                                 "--action-steps", "8,0")
+    assert "action_steps=400: more than" in error("--task", "reach-v3", "--init", str(ckpt), "--action-steps", "1,400")
     assert "lr=-1.0" in error("--task", "reach-v3", "--init", "scratch", "--like", str(ckpt), "--lr", "-1")
     assert "architecture of 'scratch'" in error("--task", "reach-v3", "--init", str(ckpt), "--preset", "tiny")
     assert "Did you mean 'tiny'" in error("--task", "reach-v3", "--init", "scratch", "--like", str(ckpt), "--preset",

@@ -48,6 +48,23 @@ def test_rfm_serve_errors_are_one_line(tmp_path):
     assert r.returncode == 2 and "--api-key-file" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_rfm_serve_refuses_a_port_in_use_before_loading_the_model(tiny_checkpoint):
+    """A second `rfm serve` on a busy port: one line naming host and port, before any model load or export."""
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        r = subprocess.run([*RFM, "serve", "--checkpoint", str(tiny_checkpoint), "--port", str(port)],
+                           capture_output=True, text=True, check=False, timeout=120)
+    assert r.returncode == 2 and f"--port {port}: cannot listen there" in r.stderr and "another server" in r.stderr
+    assert "rfm.serving" not in r.stderr and "Traceback" not in r.stderr  # no log line: nothing was loaded
+    r = subprocess.run([*RFM, "serve", "--checkpoint", str(tiny_checkpoint), "--port", "70000"],
+                       capture_output=True, text=True, check=False, timeout=120)
+    assert r.returncode == 2 and "out of range" in r.stderr and "Traceback" not in r.stderr
+
+
 def test_rfm_serve_refuses_a_directory_that_is_not_a_checkpoint(tiny_checkpoint, tmp_path):
     """Before the server starts: one line naming the missing or broken file, not a start-up thread's traceback."""
     import shutil
