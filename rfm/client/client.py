@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 
 from rfm.client.frames import FrameFitter
-from rfm.client.wire import JSON, MSGPACK, decode_response, encode_observation
+from rfm.client.wire import JSON, MSGPACK, check_structure, decode_response, encode_observation
 from rfm.client.ws import Refused, WebSocketChannel
 
 RETRYABLE = (503,)
@@ -75,6 +75,7 @@ class _Base:
         return _retry_after(resp, attempt, self.max_retry_wait)
 
     def _body(self, obs: Mapping[str, Any], request_id: str | None) -> bytes:
+        check_structure(obs)  # before fitting frames: a malformed observation is a ValueError naming the field
         if self._fitter is not None:
             obs = self._fitter.observation(obs)
         return encode_observation(obs, self.format, self.deadline_ms, request_id=request_id, robot_id=self.robot_id,

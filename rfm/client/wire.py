@@ -17,13 +17,28 @@ OPTIONAL_FIELDS = ("request_id", "robot_id", "session_id")
 COMMITTED = "committed_actions"  # rfm.constants.COMMITTED (not imported: the SDK stays free of the runtime)
 
 
-def _image(img: Any, fmt: str) -> Any:
+def check_structure(obs: Any, where: str = "") -> None:
+    """What the SDK can check without the model: a dict with an "images" dict, a "state" and a string instruction.
+    ValueError naming the field, before anything is sent (the server checks the rest against the model)."""
+    if not isinstance(obs, Mapping):
+        raise ValueError(f"{where}observation must be a dict with 'images', 'state' and 'instruction', got "
+                         f"{type(obs).__name__}")
+    if not isinstance(obs.get("images"), Mapping):
+        got = "nothing" if obs.get("images") is None else type(obs["images"]).__name__
+        raise ValueError(f"{where}'images' must be a dict of camera name -> (H, W, 3) uint8 frame, got {got}")
+    if obs.get("state") is None:
+        raise ValueError(f"{where}'state' is missing: the robot's state, one number per state name")
+    if not isinstance(obs.get("instruction") or "", str):
+        raise ValueError(f"{where}'instruction' must be a string, got {type(obs['instruction']).__name__}")
+
+
+def _image(img: Any, fmt: str, cam: str = "") -> Any:
     """(H, W, 3) uint8 array -> raw {data, shape, dtype}; bytes/str (already encoded JPEG/PNG) pass through."""
     if isinstance(img, (bytes, str)):
         return base64.b64encode(img).decode() if (fmt == "json" and isinstance(img, bytes)) else img
     arr = np.ascontiguousarray(img)
     if arr.dtype != np.uint8:
-        raise ValueError(f"image has dtype {arr.dtype}, expected uint8 (H, W, 3)")
+        raise ValueError(f"image {cam!r} has dtype {arr.dtype}, expected uint8 (H, W, 3)")
     data = arr.tobytes()
     return {"data": base64.b64encode(data).decode() if fmt == "json" else data, "shape": list(arr.shape),
             "dtype": "uint8"}
@@ -36,10 +51,11 @@ def encode_observation(obs: Mapping[str, Any], fmt: str = "msgpack", deadline_ms
     An observation's "committed_actions" (P, D_a) (the actions the robot executes before the answer can be used;
     models with prefix_max > 0) are sent as P lists of numbers; the chunk returned starts with them.
     `deadline_ms`: the server answers within it or refuses at once (503 + Retry-After)."""
+    check_structure(obs)
     body: dict[str, Any] = {
-        "images": {str(cam): _image(img, fmt) for cam, img in obs["images"].items()},
-        "state": _floats(obs["state"]),
-        "instruction": str(obs.get("instruction", "")),
+        "images": {str(cam): _image(img, fmt, str(cam)) for cam, img in obs["images"].items()},
+        "state": _floats(obs["state"], "state"),
+        "instruction": obs.get("instruction") or "",
     }
     committed = obs.get(COMMITTED)
     if committed is not None:
@@ -55,7 +71,7 @@ def encode_observation(obs: Mapping[str, Any], fmt: str = "msgpack", deadline_ms
     for key in LABEL_FIELDS:  # recording labels (servers started with --record)
         value = obs.get(key)
         if value is not None:
-            body[key] = _floats(value) if key == "correction" else bool(value)
+            body[key] = _floats(value, key) if key == "correction" else bool(value)
     return _pack(body, fmt)
 
 
@@ -65,8 +81,11 @@ def _pack(body: dict, fmt: str) -> bytes:
     return json.dumps(body, allow_nan=True).encode()
 
 
-def _floats(value: Any) -> list[float]:
-    return np.asarray(value, np.float64).reshape(-1).tolist()
+def _floats(value: Any, what: str) -> list[float]:
+    try:
+        return np.asarray(value, np.float64).reshape(-1).tolist()
+    except (TypeError, ValueError):
+        raise ValueError(f"{what!r} must be numbers, got {str(value)[:60]!r}") from None
 
 
 def encode_ticks(ticks: list[Mapping[str, Any]], session_id: str, fmt: str = "msgpack", robot_id: str | None = None,
@@ -75,13 +94,16 @@ def encode_ticks(ticks: list[Mapping[str, Any]], session_id: str, fmt: str = "ms
     "instruction"), the "action" executed, optionally the "chunk" it came from and a "label" (a correction to
     learn from instead)."""
     out = []
-    for t in ticks:
-        item: dict[str, Any] = {"images": {str(c): _image(img, fmt) for c, img in t["images"].items()},
-                                "state": _floats(t["state"]), "instruction": str(t.get("instruction", "")),
-                                "action": _floats(t["action"])}
+    for i, t in enumerate(ticks):
+        check_structure(t, f"ticks[{i}]: ")
+        if t.get("action") is None:
+            raise ValueError(f"ticks[{i}]: 'action' is missing: the action the robot executed at that tick")
+        item: dict[str, Any] = {"images": {str(c): _image(img, fmt, str(c)) for c, img in t["images"].items()},
+                                "state": _floats(t["state"], "state"), "instruction": t.get("instruction") or "",
+                                "action": _floats(t["action"], "action")}
         for key in ("chunk", "label"):
             if t.get(key) is not None:
-                item[key] = _floats(t[key])
+                item[key] = _floats(t[key], key)
         out.append(item)
     body: dict[str, Any] = {"session_id": session_id, "ticks": out, "episode_end": bool(episode_end)}
     if robot_id:

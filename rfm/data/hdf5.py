@@ -35,8 +35,16 @@ class Demo:
     state_names: list[str]
 
 
+def _open(path: Path) -> h5py.File:
+    """The file, read-only; a file that is not HDF5 (or is truncated) is a DatasetError naming it."""
+    try:
+        return h5py.File(path, "r")
+    except OSError as e:
+        raise DatasetError(path, None, f"not a readable HDF5 file ({e})") from None
+
+
 def detect_layout(path: Path) -> str:
-    with h5py.File(path, "r") as f:
+    with _open(path) as f:
         if "data" in f and any(k.startswith("demo") for k in f["data"]):
             return "robomimic"
         if "observations" in f and "action" in f:
@@ -65,7 +73,7 @@ def _decode_jpegs(rows: np.ndarray, path: Path, field: str) -> np.ndarray:
 
 
 def read_aloha(path: Path, cameras: list[str] | None = None) -> Demo:
-    with h5py.File(path, "r") as f:
+    with _open(path) as f:
         action = np.asarray(_dataset(f, "action", path), np.float32)
         t = action.shape[0]
         obs = f.get("observations")
@@ -95,7 +103,7 @@ def _demo_sort_key(name: str) -> tuple[int, str]:
 
 
 def read_robomimic(path: Path, cameras: list[str] | None = None, state_keys: list[str] | None = None) -> Iterator[Demo]:
-    with h5py.File(path, "r") as f:
+    with _open(path) as f:
         if "data" not in f:
             raise DatasetError(path, "/data", "group is missing")
         for name in sorted((k for k in f["data"] if k.startswith("demo")), key=_demo_sort_key):

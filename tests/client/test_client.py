@@ -69,6 +69,29 @@ def test_wire_sends_committed_actions_only_when_there_are_some():
         assert body.get("committed_actions") == sent, value
 
 
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda o: None, "observation must be a dict"),
+    (lambda o: {**o, "images": [o["images"]]}, "'images' must be a dict of camera name"),
+    (lambda o: {k: v for k, v in o.items() if k != "state"}, "'state' is missing"),
+    (lambda o: {**o, "state": "abc"}, "'state' must be numbers, got 'abc'"),
+    (lambda o: {**o, "instruction": 5}, "'instruction' must be a string, got int"),
+    (lambda o: {**o, "images": {**o["images"], "front": o["images"]["front"].astype(np.float32)}},
+     "image 'front' has dtype float32")])
+def test_the_sdk_names_the_malformed_field_before_sending(change, message):
+    """What the SDK can tell without the model is a ValueError naming the field, not a KeyError from inside it."""
+    from rfm.client.wire import encode_observation, encode_ticks
+
+    with pytest.raises(ValueError, match=message):
+        encode_observation(change(observation()))
+    with pytest.raises(ValueError, match=message):
+        encode_ticks([{**observation(), "action": [0.0, 0.0]}, change({**observation(), "action": [0.0, 0.0]})], "s")
+    no_server = RFMClient("http://127.0.0.1:9", fit_frames=False, retries=0)  # raised before anything is sent
+    with pytest.raises(ValueError, match=message):
+        no_server.act(change(observation()))
+    body = encode_observation({**observation(), "instruction": None})  # no instruction is the empty one, not "None"
+    assert b"None" not in body
+
+
 @pytest.mark.integration
 @pytest.mark.parametrize("transport", ["http", "ws"])
 def test_errors_raise_rfm_error_with_the_servers_message(server, transport):

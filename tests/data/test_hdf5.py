@@ -104,3 +104,7 @@ def test_import_errors_name_file_and_field(tmp_path):
         f.create_dataset("x", data=np.zeros(3))
     with pytest.raises(DatasetError, match="unknown HDF5 layout"):
         import_hdf5([path], tmp_path / "out", fps=10, task="t")
+    (tmp_path / "notes.h5").write_text("not hdf5")  # or a truncated copy: the same one-line error naming the file
+    for layout in ("auto", "aloha", "robomimic"):
+        with pytest.raises(DatasetError, match=r"notes.h5: not a readable HDF5 file"):
+            import_hdf5([tmp_path / "notes.h5"], tmp_path / "out", fps=10, task="t", layout=layout)
