@@ -21,15 +21,15 @@ def check_structure(obs: Any, where: str = "") -> None:
     """What the SDK can check without the model: a dict with an "images" dict, a "state" and a string instruction.
     ValueError naming the field, before anything is sent (the server checks the rest against the model)."""
     if not isinstance(obs, Mapping):
-        raise ValueError(f"{where}observation must be a dict with 'images', 'state' and 'instruction', got "
+        raise ValueError(f"{where}observation must be a dict with 'images', 'state' and 'instruction', got "  # noqa: TRY004 - the SDK raises ValueError for bad input
                          f"{type(obs).__name__}")
     if not isinstance(obs.get("images"), Mapping):
         got = "nothing" if obs.get("images") is None else type(obs["images"]).__name__
-        raise ValueError(f"{where}'images' must be a dict of camera name -> (H, W, 3) uint8 frame, got {got}")
+        raise ValueError(f"{where}'images' must be a dict of camera name -> (H, W, 3) uint8 frame, got {got}")  # noqa: TRY004 - the SDK raises ValueError for bad input
     if obs.get("state") is None:
         raise ValueError(f"{where}'state' is missing: the robot's state, one number per state name")
     if not isinstance(obs.get("instruction") or "", str):
-        raise ValueError(f"{where}'instruction' must be a string, got {type(obs['instruction']).__name__}")
+        raise ValueError(f"{where}'instruction' must be a string, got {type(obs['instruction']).__name__}")  # noqa: TRY004 - the SDK raises ValueError for bad input
 
 
 def _image(img: Any, fmt: str, cam: str = "") -> Any:
