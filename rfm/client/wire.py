@@ -20,16 +20,18 @@ COMMITTED = "committed_actions"  # rfm.constants.COMMITTED (not imported: the SD
 def check_structure(obs: Any, where: str = "") -> None:
     """What the SDK can check without the model: a dict with an "images" dict, a "state" and a string instruction.
     ValueError naming the field, before anything is sent (the server checks the rest against the model)."""
+    problem = None
     if not isinstance(obs, Mapping):
-        raise ValueError(f"{where}observation must be a dict with 'images', 'state' and 'instruction', got "  # noqa: TRY004 - the SDK raises ValueError for bad input
-                         f"{type(obs).__name__}")
-    if not isinstance(obs.get("images"), Mapping):
+        problem = f"observation must be a dict with 'images', 'state' and 'instruction', got {type(obs).__name__}"
+    elif not isinstance(obs.get("images"), Mapping):
         got = "nothing" if obs.get("images") is None else type(obs["images"]).__name__
-        raise ValueError(f"{where}'images' must be a dict of camera name -> (H, W, 3) uint8 frame, got {got}")  # noqa: TRY004 - the SDK raises ValueError for bad input
-    if obs.get("state") is None:
-        raise ValueError(f"{where}'state' is missing: the robot's state, one number per state name")
-    if not isinstance(obs.get("instruction") or "", str):
-        raise ValueError(f"{where}'instruction' must be a string, got {type(obs['instruction']).__name__}")  # noqa: TRY004 - the SDK raises ValueError for bad input
+        problem = f"'images' must be a dict of camera name -> (H, W, 3) uint8 frame, got {got}"
+    elif obs.get("state") is None:
+        problem = "'state' is missing: the robot's state, one number per state name"
+    elif not isinstance(obs.get("instruction") or "", str):
+        problem = f"'instruction' must be a string, got {type(obs['instruction']).__name__}"
+    if problem:
+        raise ValueError(where + problem)
 
 
 def _image(img: Any, fmt: str, cam: str = "") -> Any:
