@@ -69,6 +69,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keep-init-stats", action="store_true",
                    help="normalise with the --init checkpoint's stats instead of this dataset's (same robot)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the checkpoint already in OUT (without --resume or this, one there is an error)")
     p.add_argument("--mixed-precision", choices=["auto", "no", "bf16", "fp16"])
     p.add_argument("--lora-rank", type=int, help="LoRA rank for a pretrained HF vision backbone")
     p.add_argument("--weights-dtype", choices=["float32", "float16", "bfloat16"])

@@ -54,6 +54,7 @@ class TrainConfig:
     init: str | None = None  # checkpoint to fine-tune from (mismatched layers are re-initialised)
     keep_init_stats: bool = False  # normalise with the init checkpoint's stats (same robot, e.g. DAgger data)
     resume: bool = False  # continue from out/checkpoint if it exists
+    overwrite: bool = False  # replace a checkpoint already in out/ (without resume or this, that is an error)
     mixed_precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | no | bf16 | fp16
     lora_rank: int = 0  # LoRA rank on a pretrained HF vision backbone (0 = full fine-tuning)
     weights_dtype: str = "float32"  # dtype of saved weights (float16 halves the checkpoint)

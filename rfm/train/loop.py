@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from rfm.checkpoint import read_config, save_checkpoint
-from rfm.config import PolicyConfig, RobotInterface, preset, preset_image_size
+from rfm.config import ConfigError, PolicyConfig, RobotInterface, preset, preset_image_size
 from rfm.constants import OBS_ENV_STATE, OBS_STATE
 from rfm.model.policy import RFMPolicy
 from rfm.train.aids import TrainBatch, TrainingAid, build_aids
@@ -159,6 +159,20 @@ def _image_size(cfg: TrainConfig, init_config: PolicyConfig | None) -> tuple[int
     return preset_image_size(cfg.preset)
 
 
+
+def _check_out(ckpt_dir: Path, cfg: TrainConfig) -> None:
+    """A checkpoint already in OUT is continued (resume), replaced (overwrite), or an error: a rerun of a command
+    must not silently start over and replace hours of training at its first save."""
+    if cfg.resume or cfg.overwrite or not (ckpt_dir / "config.json").is_file():
+        return
+    try:
+        done = json.loads((ckpt_dir / "config.json").read_text())["meta"]["training"]["steps_done"]
+        what = f"a run trained {done} steps"
+    except (OSError, ValueError, KeyError, TypeError):
+        what = "a checkpoint"
+    raise ConfigError(f"{ckpt_dir} holds {what}: --resume continues it, --overwrite replaces it, or choose another "
+                      f"--out")
+
 def train(cfg: TrainConfig, progress: bool = True) -> Path:
     """Train a policy on a LeRobot dataset; returns the checkpoint directory (EMA weights, atomic saves)."""
     from accelerate import Accelerator
@@ -169,6 +183,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
 
     out = Path(cfg.out)
     ckpt_dir = out / CHECKPOINT_DIR
+    _check_out(ckpt_dir, cfg)
     accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=_mixed_precision(cfg))
     _seed_everything(cfg.seed + accelerator.process_index)
 

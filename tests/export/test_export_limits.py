@@ -120,12 +120,13 @@ def serve_call(monkeypatch, argv: list[str]) -> dict:
 
     seen: dict = {}
 
-    def fake_serve(runner, config, host="127.0.0.1", port=8000, checkpoint=None, log_level="info"):
+    def fake_serve(runner, config, host="127.0.0.1", port=8000, checkpoint=None, log_level="info", sock=None):
         seen.update(runner=runner, config=config, checkpoint=checkpoint)
+        sock.close()  # bound by `rfm serve` before loading: a port of the OS's choosing (--port 0)
 
     monkeypatch.setattr(serving.server, "serve", fake_serve)
     monkeypatch.setattr(serving.server, "set_threads", lambda n: n)  # leave this process's torch threads alone
-    assert main(["serve", "--max-batch", "1", "--log-level", "warning", *argv]) == 0
+    assert main(["serve", "--max-batch", "1", "--log-level", "warning", "--port", "0", *argv]) == 0
     return seen
 
 

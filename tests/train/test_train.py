@@ -65,6 +65,21 @@ def test_resume_continues_from_the_saved_step(run, tmp_path):
     assert meta["training"]["steps_done"] == 15
 
 
+def test_a_rerun_into_a_finished_run_neither_starts_over_nor_replaces_it(run, tmp_path):
+    """Without --resume or --overwrite a checkpoint already in OUT is an error before any data is read."""
+    from rfm.config import ConfigError
+
+    out = tmp_path / "again"
+    shutil.copytree(run, out)
+    before = (out / "checkpoint" / "model.safetensors").read_bytes()
+    with pytest.raises(ConfigError, match=r"holds a run trained 12 steps: --resume continues it, --overwrite"):
+        train(_cfg(out, dataset=str(tmp_path / "no-such-dataset")), progress=False)
+    assert (out / "checkpoint" / "model.safetensors").read_bytes() == before
+    train(_cfg(out, steps=3, save_every=3, val_episodes=0, overwrite=True), progress=False)
+    meta = json.loads((out / "checkpoint" / "config.json").read_text())["meta"]
+    assert meta["training"]["steps_done"] == 3  # started over
+
+
 def test_finetune_a_new_robot_reinitialises_only_mismatched_layers(run, tmp_path):
     # same dataset, but a different chunk size and one camera: vision/fusion weights carry over
     out = tmp_path / "ft"
