@@ -94,9 +94,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=lambda args: p.print_help() or 0)
 
 
+def _check_new_output(out: str, overwrite: bool) -> None:
+    """Before any work: the writer refuses a non-empty --out at the end, after the episodes were made."""
+    path = Path(out)
+    if path.exists() and not overwrite and (not path.is_dir() or any(path.iterdir())):
+        raise CLIError(f"--out {out} already exists and is not empty: choose a new directory, or pass --overwrite "
+                       f"to replace it")
+
+
 def run_generate(args: argparse.Namespace) -> int:
     from rfm.sim.generate import write_metaworld
 
+    _check_new_output(args.out, args.overwrite)
     if args.episodes < 1 or args.size < 8:
         raise CLIError(f"--episodes must be >= 1 and --size >= 8 (got {args.episodes}, {args.size})")
     if not 0 <= args.start_jitter <= 100:
@@ -175,6 +184,7 @@ def run_view(args: argparse.Namespace) -> int:
 def run_import(args: argparse.Namespace) -> int:
     from rfm.data.hdf5 import import_hdf5
 
+    _check_new_output(args.out, args.overwrite)
     root = import_hdf5(args.paths, args.out, fps=args.fps, task=args.task, layout=args.layout,
                        robot_type=args.robot_type, cameras=args.cameras, state_keys=args.state_keys,
                        use_videos=args.images == "video", vcodec=args.vcodec, overwrite=args.overwrite)

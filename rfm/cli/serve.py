@@ -101,6 +101,8 @@ def run(args: argparse.Namespace) -> int:
         from rfm.model.serialization import check_checkpoint
 
         check_checkpoint(ckpt)  # a CheckpointError is a ValueError: one line, exit code 2
+    if args.record:  # a directory the recording cannot go to: one line now, not a start-up thread's traceback
+        _check_record_dir(args.record, ckpt, is_export)
     try:  # before the model loads (and exports): a port in use is one line now, not a uvicorn error later
         sock = bind(args.host, args.port)
     except OSError as e:
@@ -124,6 +126,21 @@ def run(args: argparse.Namespace) -> int:
         loader = runner_loader(ckpt, backend, resize_images=args.resize_images, intra_op_threads=threads, **spin)
     serve(loader, config, args.host, args.port, checkpoint=ckpt, log_level=args.log_level, sock=sock)
     return 0
+
+
+def _check_record_dir(record: str, ckpt: Path, is_export: bool) -> None:
+    """--record DIR must be new, empty, or a dataset recorded from this robot (rfm.runtime.recorder)."""
+    from rfm.config import RobotInterface
+    from rfm.runtime.manifest import read_manifest
+    from rfm.runtime.recorder import check_recording_dir
+
+    if is_export:
+        interface = RobotInterface.from_dict(read_manifest(ckpt)["interface"])
+    else:
+        from rfm.model.serialization import read_config
+
+        interface = read_config(ckpt)[0].interface
+    check_recording_dir(record, interface)  # ValueError: one line naming the directory, exit code 2
 
 
 def export_backend(export_dir: Path, backend: str | None, engine: str) -> str:

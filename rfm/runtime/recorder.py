@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from rfm.config import RobotInterface
-from rfm.constants import ACTION_EXECUTED, image_key
+from rfm.constants import ACTION_EXECUTED, OBS_STATE, image_key
 
 log = logging.getLogger("rfm.recorder")
 
@@ -89,20 +89,8 @@ class Recorder:
         self._thread.start()
 
     def _check_compatible(self) -> None:
-        itf, w = self.interface, self.writer
-        if sorted(w.cameras) != sorted(itf.cameras) or any(tuple(s) != tuple(itf.image_size)
-                                                          for s in w.cameras.values()):
-            raise ValueError(f"{self.root}: recorded cameras {w.cameras} do not match the model's "
-                             f"{itf.cameras} at {itf.image_size}; record into a new directory")
-        feats = w.info["features"]
-        native = {c: tuple(feats[image_key(c)].get("native_size", w.cameras[c])) for c in itf.cameras}
-        served = {c: tuple(itf.native_size(c)) for c in itf.cameras}
-        if native != served:
-            raise ValueError(f"{self.root}: recorded from cameras of native sizes {native}, the model serves "
-                             f"{served}; record into a new directory")
-        if len(w.action_names) != itf.action_dim or len(w.state_names) != itf.state_dim:
-            raise ValueError(f"{self.root}: dataset state/action dims ({len(w.state_names)}, {len(w.action_names)}) "
-                             f"do not match the model's ({itf.state_dim}, {itf.action_dim})")
+        w = self.writer
+        _check_compatible(self.root, self.interface, w.cameras, w.info["features"], w.state_names, w.action_names)
 
     # --- producer side (request handlers): never blocks -----------------------------------------------------
     def record(self, session: str, images: np.ndarray, state: np.ndarray, instruction: str, actions: np.ndarray,
@@ -248,3 +236,36 @@ def _recorded_calibration(interface: RobotInterface) -> dict | None:
         same = tuple(interface.native_size(cam)) == tuple(interface.image_size)
         out[cam] = {"projection": proj[i].tolist()} if same and proj is not None else interface.calibration[cam]
     return out or None
+
+
+def check_recording_dir(root: str | Path, interface: RobotInterface) -> None:
+    """Before a server starts: ValueError naming the directory when `--record root` cannot hold this model's
+    recording (an existing dataset of other cameras, sizes or dims, or a directory that is not a dataset).
+    Reads only: appending, which tidies the dataset, waits for the server's start-up."""
+    from rfm.data.reader import LeRobotDataset
+
+    root = Path(root)
+    if (root / "meta" / "info.json").is_file():
+        ds = LeRobotDataset(root)  # a malformed dataset: an error naming the file
+        cameras = {c: tuple(ds.image_shape(c)[:2]) for c in ds.cameras}
+        state_names = ds.state_names if OBS_STATE in ds.features else []
+        _check_compatible(root, interface, cameras, ds.features, state_names, ds.action_names)
+    elif root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise ValueError(f"{root}: exists and is not a LeRobot dataset; record into a new directory, or into a "
+                         f"dataset recorded from this model")
+
+
+def _check_compatible(root: Path, itf: RobotInterface, cameras: dict, features: dict, state_names: list,
+                      action_names: list) -> None:
+    """An existing dataset a recording appends to must be this model's robot: cameras, sizes and dims."""
+    if sorted(cameras) != sorted(itf.cameras) or any(tuple(s) != tuple(itf.image_size) for s in cameras.values()):
+        raise ValueError(f"{root}: recorded cameras {cameras} do not match the model's "
+                         f"{itf.cameras} at {itf.image_size}; record into a new directory")
+    native = {c: tuple(features[image_key(c)].get("native_size", cameras[c])) for c in itf.cameras}
+    served = {c: tuple(itf.native_size(c)) for c in itf.cameras}
+    if native != served:
+        raise ValueError(f"{root}: recorded from cameras of native sizes {native}, the model serves "
+                         f"{served}; record into a new directory")
+    if len(action_names) != itf.action_dim or len(state_names) != itf.state_dim:
+        raise ValueError(f"{root}: dataset state/action dims ({len(state_names)}, {len(action_names)}) "
+                         f"do not match the model's ({itf.state_dim}, {itf.action_dim})")

@@ -192,3 +192,17 @@ def test_generate_with_start_jitter_records_varied_starts(tmp_path, capsys):
     env = MetaWorldEnv("reach-v3", ["topview"], 32)
     np.testing.assert_array_equal(jittered_start(env, meta["seed"], 10)["state"], starts[0])
     env.close()
+
+
+def test_generate_and_import_refuse_a_used_out_before_any_work(tmp_path, capsys, monkeypatch):
+    """The writer would refuse it only at the end, after every episode was made: the CLI says so first."""
+    import rfm.sim.generate
+
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "notes.txt").write_text("mine")
+    monkeypatch.setattr(rfm.sim.generate, "write_metaworld", lambda *a, **k: pytest.fail("generated"))
+    assert main(["data", "generate", "metaworld", "--tasks", "reach-v3", "--episodes", "1", "--out", str(used)]) == 2
+    assert f"--out {used} already exists and is not empty" in capsys.readouterr().err
+    assert main(["data", "import-hdf5", str(tmp_path / "x.h5"), "--out", str(used), "--fps", "10", "--task", "t"]) == 2
+    assert "--overwrite" in capsys.readouterr().err and (used / "notes.txt").read_text() == "mine"

@@ -65,6 +65,21 @@ def test_rfm_serve_refuses_a_port_in_use_before_loading_the_model(tiny_checkpoin
     assert r.returncode == 2 and "out of range" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_rfm_serve_refuses_a_record_dir_it_cannot_append_to(tiny_checkpoint, tmp_path):
+    """A directory that is not a dataset, or a dataset of another robot: one line before the model loads (it used
+    to be a start-up thread's traceback, and a server that never became ready)."""
+    from tests.data.conftest import FIXTURES
+
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "a.txt").write_text("mine")
+    for record, says in ((tmp_path / "notes", "exists and is not a LeRobot dataset"),
+                         (FIXTURES / "aloha-480x640", "do not match the model's")):
+        r = subprocess.run([*RFM, "serve", "--checkpoint", str(tiny_checkpoint), "--port", "0", "--record",
+                            str(record)], capture_output=True, text=True, check=False, timeout=120)
+        assert r.returncode == 2 and f"{record}: " in r.stderr and says in r.stderr, r.stderr[-500:]
+        assert "Traceback" not in r.stderr and "rfm.serving" not in r.stderr
+
+
 def test_rfm_serve_refuses_a_directory_that_is_not_a_checkpoint(tiny_checkpoint, tmp_path):
     """Before the server starts: one line naming the missing or broken file, not a start-up thread's traceback."""
     import shutil
