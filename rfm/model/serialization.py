@@ -155,7 +155,25 @@ def check_checkpoint(path: str | Path) -> tuple[PolicyConfig, dict, dict, Path]:
     weights = path / WEIGHTS_FILE
     if not weights.exists():
         raise CheckpointError(f"{weights}: missing")
+    check_safetensors(weights)
     return config, raw, stats, weights
+
+
+def check_safetensors(path: Path) -> None:
+    """Header and size of a safetensors file, without reading the tensors: a truncated or corrupt file is a
+    CheckpointError naming it before anything starts (a server, an export), not when the weights are loaded."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if size < 8 or n > size - 8:
+                raise ValueError(f"header of {n} bytes in a file of {size}")
+            header = json.loads(f.read(n))
+        ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
+        if 8 + n + max(ends, default=0) != size:
+            raise ValueError(f"the tensors need {8 + n + max(ends, default=0)} bytes, the file has {size}")
+    except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
+        raise CheckpointError(f"{path}: corrupt or truncated safetensors file ({e})") from None
 
 
 def read_checkpoint(path: str | Path) -> tuple[PolicyConfig, dict, dict, dict[str, torch.Tensor]]:

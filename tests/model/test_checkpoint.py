@@ -99,9 +99,16 @@ def test_missing_weights_file_is_named(saved):
         RFMPolicy.from_pretrained(saved)
 
 
-def test_truncated_weights_file_is_named(saved):
+@pytest.mark.parametrize("keep", [10, 0.5, -100], ids=["inside the header", "half", "the last tensor's tail"])
+def test_truncated_weights_file_is_named(saved, keep):
+    """Also by check_checkpoint, which reads no tensors: what `rfm serve` checks before it starts."""
+    from rfm.model.serialization import check_checkpoint
+
     w = saved / "model.safetensors"
-    w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
+    data = w.read_bytes()
+    w.write_bytes(data[: int(len(data) * keep) if isinstance(keep, float) else keep])
+    with pytest.raises(CheckpointError, match=r"model.safetensors: corrupt or truncated"):
+        check_checkpoint(saved)
     with pytest.raises(CheckpointError, match=r"model.safetensors: corrupt or truncated"):
         RFMPolicy.from_pretrained(saved)
 
