@@ -39,6 +39,7 @@ from rfm.runtime.manifest import (  # the export directory's format: written her
     INSTRUCTIONS_FILE,
     POLICY_FILE,
     TEXT_FILE,
+    file_record,
 )
 
 log = logging.getLogger(__name__)
@@ -306,6 +307,7 @@ def export_checkpoint(checkpoint, out: str | Path, config: ExportConfig | None =
             **({"parity_onnxruntime": onnx_parity} if onnx_parity else {}),
             "export_config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
         }
+        manifest["files"] = file_record(tmp)  # what loading checks: a truncated or replaced file is named at once
         (tmp / EXPORT_FILE).write_text(json.dumps(manifest, indent=2))
     return manifest
 

@@ -34,7 +34,35 @@ def read_manifest(export_dir: str | Path) -> dict:
     if not isinstance(manifest, dict) or manifest.get("format") != EXPORT_FORMAT:
         fmt = manifest.get("format") if isinstance(manifest, dict) else None
         raise ValueError(f"{path}: format={fmt!r}, expected {EXPORT_FORMAT!r}")
+    check_files(Path(export_dir), manifest.get("files"))
     return manifest
+
+
+def file_record(export_dir: Path) -> dict:
+    """{relative path: {"bytes", "sha256"}} of every file in an export directory but export.json."""
+    import hashlib
+
+    out = {}
+    for f in sorted(p for p in export_dir.rglob("*") if p.is_file() and p.name != EXPORT_FILE):
+        h = hashlib.sha256()
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        out[f.relative_to(export_dir).as_posix()] = {"bytes": f.stat().st_size, "sha256": h.hexdigest()}
+    return out
+
+
+def check_files(export_dir: Path, files: dict | None) -> None:
+    """Each file export.json lists is there at its recorded size (a stat each, no hashing): a truncated copy is
+    named before any runtime parses it. Exports from before the record (no "files") are not checked."""
+    for name, rec in (files or {}).items():
+        path = export_dir / name
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: missing (export.json lists it; copy the whole export directory)")
+        size = path.stat().st_size
+        if size != rec.get("bytes", size):
+            raise ValueError(f"{path}: {size} bytes, export.json records {rec['bytes']}: truncated or changed since "
+                             f"`rfm export`; copy or export it again")
 
 
 def parity_summary(parity: dict | None) -> dict | None:

@@ -240,6 +240,27 @@ def test_an_export_from_before_prefix_max_still_loads(exports, tmp_path, rng):
         runner.predict({**obs, "committed_actions": [[0.1, 0.2]]})
 
 
+def test_a_truncated_or_missing_export_file_is_named_before_it_is_parsed(exports, tmp_path):
+    """export.json records every file's size and sha256; loading checks the sizes (a stat each)."""
+    import hashlib
+    import shutil
+
+    m = read_manifest(exports["chunk"])
+    policy = m["files"]["policy.onnx"]
+    data = (exports["chunk"] / "policy.onnx").read_bytes()
+    assert policy == {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    assert {"text_encoder.onnx", "tokenizer.json", "instructions.npz"} <= set(m["files"])
+    cut = tmp_path / "cut"
+    shutil.copytree(exports["chunk"], cut)
+    (cut / "policy.onnx").write_bytes(data[:5000])
+    with pytest.raises(ValueError, match=rf"policy.onnx: 5000 bytes, export.json records {len(data)}: truncated"):
+        OnnxRunner.from_dir(cut)
+    (cut / "policy.onnx").write_bytes(data)
+    (cut / "tokenizer.json").unlink()
+    with pytest.raises(FileNotFoundError, match=r"tokenizer.json: missing \(export.json lists it"):
+        read_manifest(cut)
+
+
 def test_cli_writes_the_artefacts_and_prints_parity(cli_export):
     out, stdout = cli_export
     names = {p.name for p in out.iterdir()}

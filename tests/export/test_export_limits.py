@@ -171,6 +171,9 @@ def test_serving_an_export_without_stats_warns(fp32_export, monkeypatch, tmp_pat
     old = tmp_path / "old-export"
     shutil.copytree(fp32_export, old)
     (old / STATS_FILE).unlink()
+    manifest = json.loads((old / "export.json").read_text())
+    del manifest["files"]  # an export from before rfm recorded stats.json, or the file record
+    (old / "export.json").write_text(json.dumps(manifest))
     with caplog.at_level("WARNING", logger="rfm.serving"):
         serve_call(monkeypatch, ["--checkpoint", str(old), "--backend", "onnx"])
     assert "serving WITHOUT action limits" in caplog.text
