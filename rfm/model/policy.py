@@ -92,6 +92,7 @@ class RFMPolicy:
                 prefix_len: np.ndarray | torch.Tensor | None = None) -> np.ndarray:
         """images (B, N_cam, 3, H, W) uint8, state (B, D_s) -> actions (B, H, D_a) float32 in robot units.
         prefix (B, P, D_a) / prefix_len (B,): committed actions the chunk continues (models with prefix_max > 0)."""
+        self._check_inputs(images, state, instructions)
         self.net.eval()
         dev = self.device
         img = torch.as_tensor(images, device=dev)
@@ -101,6 +102,23 @@ class RFMPolicy:
         pre = None if prefix is None else torch.as_tensor(prefix, dtype=torch.float32, device=dev)
         plen = None if prefix_len is None else torch.as_tensor(prefix_len, dtype=torch.long, device=dev)
         return self.net(img, st, txt, mask, nz, pre, plen).float().cpu().numpy()
+
+    def _check_inputs(self, images: Any, state: Any, instructions: Any) -> None:
+        """ValueError saying what predict expected and what came: a float (0-1) image or an (H, W, 3) layout would
+        otherwise give wrong actions or a tensor-size error from deep inside the network."""
+        itf = self.interface
+        want = (len(itf.cameras), 3, *itf.image_size)
+        shape, dtype = tuple(images.shape), str(images.dtype).removeprefix("torch.")
+        if len(shape) != 5 or shape[1:] != want or dtype != "uint8":
+            raise ValueError(f"images: expected (B, {', '.join(map(str, want))}) uint8 (cameras {itf.cameras}, "
+                             f"channels first, 0-255), got {shape} {dtype}")
+        b = shape[0]
+        if tuple(state.shape) != (b, itf.state_dim):
+            raise ValueError(f"state: expected ({b}, {itf.state_dim}) ({', '.join(itf.state_names)}), got "
+                             f"{tuple(state.shape)}")
+        if isinstance(instructions, str) or len(instructions) != b:
+            got = "a string" if isinstance(instructions, str) else f"{len(instructions)}"
+            raise ValueError(f"instructions: expected a list of {b} strings (one per batch row), got {got}")
 
     def save_pretrained(self, path: str | Path, weights_dtype: str = "float32", card: str | None = None,
                         **kw: Any) -> Path:

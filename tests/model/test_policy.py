@@ -227,3 +227,18 @@ def test_text_encoder_cache_makes_repeats_free(small_interface):
     np.testing.assert_array_equal(f1[0], f2[0])
     np.testing.assert_array_equal(f1[0], f1[1])
     assert k1.shape == (2, te.max_tokens) and k1[0].sum() > 2 and not k1[0, -1]
+
+
+def test_predict_says_what_it_expected_and_what_came():
+    """An image in (H, W, 3) layout or as 0-1 floats would give wrong actions or a tensor-size error deep inside."""
+    policy = RFMPolicy.build("tiny", interface=RobotInterface(cameras=["a", "b"], image_size=(32, 32),
+                                                             state_names=["x", "y"], action_names=["u"], chunk_size=4))
+    images, state = np.zeros((2, 2, 3, 32, 32), np.uint8), np.zeros((2, 2), np.float32)
+    assert policy.predict(images, state, ["p", "q"]).shape == (2, 4, 1)
+    for bad, says in (((images.transpose(0, 1, 3, 4, 2), state, ["p", "q"]), r"got \(2, 2, 32, 32, 3\) uint8"),
+                      ((images.astype(np.float32) / 255, state, ["p", "q"]), r"0-255\), got \(2, 2, 3, 32, 32\) float32"),
+                      ((images, state[:1], ["p", "q"]), r"state: expected \(2, 2\) \(x, y\), got \(1, 2\)"),
+                      ((images, state, "p"), "a list of 2 strings")):
+        with pytest.raises(ValueError, match=says):
+            policy.predict(*bad)
+
