@@ -9,6 +9,7 @@ import os
 import sys
 
 from rfm.cli.errors import CLIError
+from rfm.train.stop import TrainingStopped  # signal and threading only: no torch
 
 # Idle OpenMP threads sleep instead of spinning: with spinning, two torch processes on a small CPU slow each other
 # down by 10-100x (measured: 7 ms -> 1 s per chunk). Must be set before torch is imported; users can override.
@@ -64,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
         extra = EXTRAS.get(args.command, "all")
         print(f"rfm {args.command}: error: {e}; this command needs pip install 'rfm[{extra}]'", file=sys.stderr)
         return 2
+    except TrainingStopped as e:  # SIGTERM / Ctrl-C during training: the checkpoint of that step is saved
+        print(f"rfm {args.command}: {e}", file=sys.stderr)
+        return 128 + e.signum
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # `rfm data info DIR | head`: the reader left; not an error of the command

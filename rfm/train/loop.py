@@ -26,6 +26,7 @@ from rfm.train.instructions import InstructionVariator, check_coverage, load_var
 from rfm.train.logs import TrainLogger
 from rfm.train.lora import plain_state_dict
 from rfm.train.state import STATE_DIR, load_training_state, save_training_state
+from rfm.train.stop import StopSignals, TrainingStopped, ignore_sigint_in_worker
 
 CHECKPOINT_DIR = "checkpoint"
 
@@ -220,7 +221,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
                         drop_last=len(train_set) > cfg.batch_size, num_workers=cfg.num_workers,
                         collate_fn=collate_windows, persistent_workers=cfg.num_workers > 0,
-                        pin_memory=torch.cuda.is_available())
+                        pin_memory=torch.cuda.is_available(),
+                        worker_init_fn=ignore_sigint_in_worker if cfg.num_workers > 0 else None)
     val_loader = (DataLoader(data.val_set, batch_size=cfg.batch_size, collate_fn=collate_windows)
                   if data.val_set is not None else None)
 
@@ -319,58 +321,69 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     window_t, window_samples, loss_avg, loss = time.time(), 0, None, float("nan")
     aux_avg: dict[str, float] = {}  # running averages of the auxiliary losses, logged as <name>_loss
     module.train()
-    for step in range(start_step + 1, cfg.steps + 1):
-        for _ in range(cfg.grad_accum):
-            batch = next(batches)
-            with accelerator.accumulate(module):
-                images = batch["images"].to(accelerator.device, non_blocking=True)
-                offsets = None  # how far augmentation moved each image (points and keypoint targets move with it)
-                if cfg.augment:
-                    images, offsets = augment(images, cfg.shift_pad, cfg.color_jitter, with_offsets=True)
-                instructions = vary(batch["instruction"]) if vary else batch["instruction"]
-                text, text_mask = policy.text.encode_torch(instructions, accelerator.device)
-                tb = _train_batch(batch, accelerator.device, images=images, text=text, text_mask=text_mask,
-                                  image_offsets=offsets,
-                                  state=state_noise(batch["state"].to(accelerator.device), state_std, cfg.state_noise))
-                for aid in aids:
-                    tb = aid.transform(tb)
-                with accelerator.autocast():
-                    loss_t, parts = module(tb)
-                accelerator.backward(loss_t)
-                grad_norm = (accelerator.clip_grad_norm_(module.parameters(), cfg.clip_grad)
-                             if accelerator.sync_gradients else None)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            window_samples += images.shape[0] * accelerator.num_processes
-        if ema is not None:
-            ema.update_parameters(net)
-        total, *values = torch.stack([loss_t.detach().float(), *(v.detach().float() for v in parts.values())]).tolist()  # 1 sync
-        if not math.isfinite(total):
-            raise FloatingPointError(f"loss became {total} at step {step}; lower --lr or check the dataset stats")
-        named = dict(zip(parts, values))
-        loss = named.pop("action")  # logged apart from the auxiliary losses, so runs (and val_loss) compare
-        loss_avg = loss if loss_avg is None else 0.95 * loss_avg + 0.05 * loss
-        for name, v in named.items():
-            aux_avg[name] = v if name not in aux_avg else 0.95 * aux_avg[name] + 0.05 * v
-        bar.update(1)
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            sps = window_samples / max(time.time() - window_t, 1e-9)
-            val, val_mae = _validate(module, val_loader, policy, accelerator) if val_loader and (
-                step % (cfg.log_every * 10) == 0 or step == cfg.steps) else (None, None)
-            bar.set_postfix(loss=f"{loss_avg:.4f}", samples_s=f"{sps:.1f}",
-                            **({"val": f"{val:.4f}", "val_mae": f"{val_mae:.4g}"} if val is not None else {}),
-                            **{k: f"{v:.3f}" for k, v in aux_avg.items()})
-            logger.log(step, loss=loss_avg, **{f"{k}_loss": v for k, v in aux_avg.items()}, val_loss=val, val_mae=val_mae,
-                       lr=scheduler.get_last_lr()[0],
-                       grad_norm=float(grad_norm) if grad_norm is not None else None, samples_per_s=sps,
-                       elapsed_s=time.time() - t0 + prior_time)
-            window_t, window_samples = time.time(), 0
-        if step % cfg.save_every == 0 or step == cfg.steps:
-            accelerator.wait_for_everyone()
-            save(step, loss_avg)
+    stopped: tuple[int, int] | None = None  # (signal, step) when SIGTERM/Ctrl-C ended the run early
+    with StopSignals() as stop:
+        for step in range(start_step + 1, cfg.steps + 1):
+            for _ in range(cfg.grad_accum):
+                batch = next(batches)
+                with accelerator.accumulate(module):
+                    images = batch["images"].to(accelerator.device, non_blocking=True)
+                    offsets = None  # how far augmentation moved each image (points and keypoint targets move with it)
+                    if cfg.augment:
+                        images, offsets = augment(images, cfg.shift_pad, cfg.color_jitter, with_offsets=True)
+                    instructions = vary(batch["instruction"]) if vary else batch["instruction"]
+                    text, text_mask = policy.text.encode_torch(instructions, accelerator.device)
+                    tb = _train_batch(batch, accelerator.device, images=images, text=text, text_mask=text_mask,
+                                      image_offsets=offsets,
+                                      state=state_noise(batch["state"].to(accelerator.device), state_std, cfg.state_noise))
+                    for aid in aids:
+                        tb = aid.transform(tb)
+                    with accelerator.autocast():
+                        loss_t, parts = module(tb)
+                    accelerator.backward(loss_t)
+                    grad_norm = (accelerator.clip_grad_norm_(module.parameters(), cfg.clip_grad)
+                                 if accelerator.sync_gradients else None)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                window_samples += images.shape[0] * accelerator.num_processes
+            if ema is not None:
+                ema.update_parameters(net)
+            total, *values = torch.stack([loss_t.detach().float(), *(v.detach().float() for v in parts.values())]).tolist()  # 1 sync
+            if not math.isfinite(total):
+                raise FloatingPointError(f"loss became {total} at step {step}; lower --lr or check the dataset stats")
+            named = dict(zip(parts, values))
+            loss = named.pop("action")  # logged apart from the auxiliary losses, so runs (and val_loss) compare
+            loss_avg = loss if loss_avg is None else 0.95 * loss_avg + 0.05 * loss
+            for name, v in named.items():
+                aux_avg[name] = v if name not in aux_avg else 0.95 * aux_avg[name] + 0.05 * v
+            bar.update(1)
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                sps = window_samples / max(time.time() - window_t, 1e-9)
+                val, val_mae = _validate(module, val_loader, policy, accelerator) if val_loader and (
+                    step % (cfg.log_every * 10) == 0 or step == cfg.steps) else (None, None)
+                bar.set_postfix(loss=f"{loss_avg:.4f}", samples_s=f"{sps:.1f}",
+                                **({"val": f"{val:.4f}", "val_mae": f"{val_mae:.4g}"} if val is not None else {}),
+                                **{k: f"{v:.3f}" for k, v in aux_avg.items()})
+                logger.log(step, loss=loss_avg, **{f"{k}_loss": v for k, v in aux_avg.items()}, val_loss=val, val_mae=val_mae,
+                           lr=scheduler.get_last_lr()[0],
+                           grad_norm=float(grad_norm) if grad_norm is not None else None, samples_per_s=sps,
+                           elapsed_s=time.time() - t0 + prior_time)
+                window_t, window_samples = time.time(), 0
+            if step % cfg.save_every == 0 or step == cfg.steps:
+                accelerator.wait_for_everyone()
+                save(step, loss_avg)
+            if stop.signum is not None:  # the step is done: save it (unless just saved) and end the run
+                if step % cfg.save_every and step != cfg.steps:
+                    accelerator.wait_for_everyone()
+                    save(step, loss_avg)
+                stopped = (stop.signum, step)
+                break
     bar.close()
     logger.close()
+    if stopped is not None:
+        accelerator.end_training()
+        raise TrainingStopped(stopped[0], stopped[1], str(ckpt_dir))
     if start_step >= cfg.steps:  # nothing to do: still make sure a checkpoint exists
         save(start_step, None)
     accelerator.end_training()

@@ -121,3 +121,32 @@ def test_action_loss_weights_train_by_name_and_a_wrong_name_lists_the_robots_act
 def test_bad_dataset_path_is_named(tmp_path):
     with pytest.raises((FileNotFoundError, ValueError), match="nope"):
         train(_cfg(tmp_path / "x", dataset=str(tmp_path / "nope")), progress=False)
+
+
+def test_sigterm_finishes_the_step_saves_and_resume_continues(tmp_path, monkeypatch):
+    """A preempted run (SIGTERM; Ctrl-C likewise) saves the step it was in, so --resume loses nothing."""
+    import signal
+
+    import rfm.train.loop as loop
+    from rfm.train.stop import TrainingStopped
+
+    calls = {"n": 0}
+    real = loop._train_batch
+
+    def preempt_at_step_4(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            signal.raise_signal(signal.SIGTERM)  # arrives mid-step: the step still completes
+        return real(*a, **k)
+
+    monkeypatch.setattr(loop, "_train_batch", preempt_at_step_4)
+    before = signal.getsignal(signal.SIGTERM)
+    out = tmp_path / "preempted"
+    with pytest.raises(TrainingStopped, match=r"stopped by SIGTERM after step 4; checkpoint saved") as info:
+        train(_cfg(out, steps=50, save_every=50, val_episodes=0), progress=False)
+    assert info.value.step == 4 and signal.getsignal(signal.SIGTERM) == before  # handlers restored
+    meta = json.loads((out / "checkpoint" / "config.json").read_text())["meta"]
+    assert meta["training"]["steps_done"] == 4
+    monkeypatch.setattr(loop, "_train_batch", real)
+    train(_cfg(out, steps=6, save_every=50, val_episodes=0, resume=True), progress=False)
+    assert json.loads((out / "checkpoint" / "config.json").read_text())["meta"]["training"]["steps_done"] == 6
