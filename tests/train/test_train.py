@@ -127,7 +127,7 @@ def test_sigterm_finishes_the_step_saves_and_resume_continues(tmp_path, monkeypa
     """A preempted run (SIGTERM; Ctrl-C likewise) saves the step it was in, so --resume loses nothing."""
     import signal
 
-    import rfm.train.loop as loop
+    from rfm.train import loop
     from rfm.train.stop import TrainingStopped
 
     calls = {"n": 0}
