@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,6 +27,7 @@ from rfm.client.frames import FrameFitter
 from rfm.client.wire import encode_ticks
 
 log = logging.getLogger("rfm.client.ticks")
+RETRY_STATUS = (429, 502, 503, 504)  # a server restarting, draining or overloaded: the batch is posted again
 
 
 class TickRecorder:
@@ -36,17 +38,27 @@ class TickRecorder:
     `end_episode(success)` when the episode ends; `close()` flushes everything.
     `fit_frames`: send native frames at the model's input size (what the server records); `max_backlog_mb`: ticks
     waiting to be posted beyond this are dropped (counted in `lost`) rather than growing without bound while the
-    server is unreachable.
+    server is unreachable. `retry_s`: how long a batch is retried through connection errors and 429/502/503/504
+    before its ticks count as lost.
+
+    A recorded episode never has a hole: when ticks are lost (dropped, or a batch that failed for good), the ticks
+    before the loss end their episode (its success unknown) and those after it go to a new one, under the session
+    id with a suffix (`SESSION~1`, `~2`, ...), so every episode on the server is contiguous in time.
     """
 
     def __init__(self, client: Any, session_id: str, robot_id: str | None = None, batch_ticks: int = 8,
-                 fit_frames: bool = True, max_backlog_mb: float = 512.0) -> None:
+                 fit_frames: bool = True, max_backlog_mb: float = 512.0, retry_s: float = 30.0) -> None:
         self.session_id, self.robot_id, self.batch_ticks = session_id, robot_id, max(1, batch_ticks)
         self.format, self.headers = client.format, dict(client.headers)
         self.fit_frames, self.max_backlog_bytes = fit_frames, int(max_backlog_mb * 2**20)
+        self.retry_s = retry_s
+        self._segment = 0  # episodes split by ticks dropped in add() (the producer's count)
+        self._shift = 0  # and by batches that failed for good (the posting thread's count)
+        self._dropping = False
+        self._down = False  # the last batch was given up on: try the next ones once each until one goes through
         self._http = httpx.Client(base_url=client.url, timeout=client.timeout)
         self._ticks: list[dict] = []  # the newest tick waits here: correct() may still label it
-        self._outbox: list[tuple[list[dict], bool, bool | None]] = []
+        self._outbox: list[tuple[list[dict], bool, bool | None, int]] = []  # (ticks, end, success, segment)
         self._backlog_bytes = 0  # image bytes of the ticks not yet posted
         self._cond = threading.Condition()
         self._closed = False
@@ -68,14 +80,21 @@ class TickRecorder:
         with self._cond:
             if self._backlog_bytes > self.max_backlog_bytes:
                 self.lost += 1
+                if not self._dropping:  # the ticks before the gap end their episode; those after start a new one
+                    self._dropping = True
+                    self._outbox.append((self._ticks, True, None, self._segment))
+                    self._ticks = []
+                    self._segment += 1
+                    self._cond.notify()
                 if self.lost == 1 or self.lost % 1000 == 0:
                     log.warning("tick recording is %d MB behind (server unreachable or slow?): %d ticks dropped",
                                 self._backlog_bytes >> 20, self.lost)
                 return
+            self._dropping = False
             self._backlog_bytes += _image_bytes(tick)
             self._ticks.append(tick)
             if len(self._ticks) > self.batch_ticks:  # all but the newest are final
-                self._outbox.append((self._ticks[:-1], False, None))
+                self._outbox.append((self._ticks[:-1], False, None, self._segment))
                 self._ticks = self._ticks[-1:]
                 self._cond.notify()
 
@@ -99,7 +118,7 @@ class TickRecorder:
     def end_episode(self, success: bool | None = None, wait: bool = True) -> None:
         """Send the remaining ticks and close the episode on the server; with `wait`, until the server has them."""
         with self._cond:
-            self._outbox.append((self._ticks, True, success))
+            self._outbox.append((self._ticks, True, success, self._segment))
             self._ticks = []
             self._cond.notify()
         if wait:
@@ -116,33 +135,40 @@ class TickRecorder:
                 self._cond.wait_for(lambda: self._outbox or self._closed)
                 if not self._outbox:
                     return
-                ticks, end, success = self._outbox[0]
+                ticks, end, success, segment = self._outbox[0]
                 self._busy = True
             sent_before = self.sent
+            session = self.session(segment + self._shift)
             try:
-                self._post(self._fitted(ticks), end, success)
+                self._post(self._fitted(ticks), end, success, session)
             except Exception as e:  # noqa: BLE001 - recording must not take the robot down; counted and logged
                 self.errors += 1
                 self.last_error = str(e)
                 lost = len(ticks) - (self.sent - sent_before)
                 self.lost += lost
-                log.warning("tick recording failed (%d ticks lost): %s", lost, e)
+                self._shift += 1  # the ticks after these go to a new episode: none has a hole
+                log.warning("tick recording failed (%d ticks lost; the next ticks start episode %s): %s", lost,
+                            self.session(segment + self._shift), e)
             with self._cond:
                 self._outbox.pop(0)
                 self._backlog_bytes -= sum(_image_bytes(t) for t in ticks)
                 self._busy = False
                 self._cond.notify_all()
 
-    def _post(self, ticks: list[dict], end: bool, success: bool | None) -> None:
+    def session(self, segment: int = 0) -> str:
+        """The session id the ticks of a segment are recorded under: the robot's, then SESSION~N after a loss."""
+        return self.session_id if segment == 0 else f"{self.session_id}~{segment}"
+
+    def _post(self, ticks: list[dict], end: bool, success: bool | None, session: str) -> None:
         """POST the ticks, in halves while the body is over the server's limit (known, or learnt from a 413)."""
-        body = encode_ticks(ticks, self.session_id, self.format, self.robot_id, end, success)
+        body = encode_ticks(ticks, session, self.format, self.robot_id, end, success)
         if self._max_body is not None and len(body) > self._max_body and len(ticks) > 1:
-            self._post_halves(ticks, end, success)
+            self._post_halves(ticks, end, success, session)
             return
-        resp = self._http.post("/v1/ticks", content=body, headers=self.headers)
+        resp = self._send(body)
         if resp.status_code == 413 and len(ticks) > 1:
             self._max_body = len(body) - 1
-            self._post_halves(ticks, end, success)
+            self._post_halves(ticks, end, success, session)
             return
         if resp.status_code == 413:
             raise RuntimeError(f"POST /v1/ticks: one tick is {len(body)} bytes, over the server's body limit "
@@ -151,10 +177,36 @@ class TickRecorder:
             raise RuntimeError(f"POST /v1/ticks: {resp.status_code} {resp.text[:300]}")
         self.sent += len(ticks)
 
-    def _post_halves(self, ticks: list[dict], end: bool, success: bool | None) -> None:
+    def _post_halves(self, ticks: list[dict], end: bool, success: bool | None, session: str) -> None:
         half = len(ticks) // 2
-        self._post(ticks[:half], False, None)
-        self._post(ticks[half:], end, success)
+        self._post(ticks[:half], False, None, session)
+        self._post(ticks[half:], end, success, session)
+
+    def _send(self, body: bytes) -> httpx.Response:
+        """POST /v1/ticks, again through connection errors and 429/502/503/504 (after Retry-After when given,
+        else backing off) for up to retry_s; then RuntimeError."""
+        # after a batch was given up on, one try each until the server answers again: a queue of batches for a
+        # server that is gone must not take retry_s each to drain (close() waits for it)
+        deadline, wait = time.monotonic() + (0.0 if self._down else self.retry_s), 0.25
+        while True:
+            try:
+                resp = self._http.post("/v1/ticks", content=body, headers=self.headers)
+                if resp.status_code not in RETRY_STATUS:
+                    self._down = False
+                    return resp
+                problem, after = f"{resp.status_code} {resp.text[:200]}", resp.headers.get("retry-after")
+            except httpx.TransportError as e:
+                problem, after = f"{type(e).__name__}: {e}", None
+            try:
+                delay = float(after) if after is not None else wait
+            except ValueError:
+                delay = wait
+            if time.monotonic() + delay > deadline:
+                tried = "not retried: it was not answering" if self._down else f"retried for {self.retry_s:g} s"
+                self._down = True
+                raise RuntimeError(f"POST /v1/ticks: {problem} ({tried})")
+            time.sleep(delay)
+            wait = min(2 * wait, 5.0)
 
     def _fitted(self, ticks: list[dict]) -> list[dict]:
         """The ticks with native-size frames fitted to the model's input size (rfm.client.frames), as the server
@@ -179,7 +231,7 @@ class TickRecorder:
         """Post what is left (as an unfinished episode the server closes on idle) and stop the thread."""
         with self._cond:
             if self._ticks:
-                self._outbox.append((self._ticks, False, None))
+                self._outbox.append((self._ticks, False, None, self._segment))
                 self._ticks = []
             self._closed = True
             self._cond.notify_all()

@@ -244,3 +244,65 @@ def test_the_recording_codec_follows_the_flag_else_the_dataset(tmp_path):
     assert encoder("av1", "av1") == "libsvtav1"
     with pytest.raises(ConfigError, match="record_vcodec='vp9'"):
         ServerConfig(record_vcodec="vp9")
+
+
+class _Flaky:
+    """An httpx transport in front of the real one whose POSTs fail with a connection error while `down` > 0 (one
+    less each): the robot's network dropping out."""
+
+    def __init__(self) -> None:
+        self.real, self.down = httpx.HTTPTransport(), 0
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "POST" and self.down > 0:
+            self.down -= 1
+            raise httpx.ConnectError("network unreachable", request=request)
+        return self.real.handle_request(request)
+
+    def close(self) -> None:
+        self.real.close()
+
+
+def test_tick_recording_rides_out_an_outage_and_never_records_a_hole(tiny_checkpoint, tmp_path):
+    """A short outage is retried and loses nothing; a long one loses its ticks, and the ticks after it start a new
+    episode (SESSION~1) instead of being appended after a gap: every recorded episode is contiguous in time."""
+    from rfm.client import RFMClient, TickRecorder
+    from serving.config import ServerConfig
+    from serving.server import ServerThread
+    from tests.serving.helpers import load_tiny
+
+    cfg = ServerConfig(max_batch=2, warmup_batch_sizes=(1,), record_dir=str(tmp_path / "rec"), record_images="image")
+    obs = observation()
+    flaky = _Flaky()
+
+    def tick(rec, t):
+        rec.add({**obs, "state": [0.0, 0.0, float(t)]}, [0.1, 0.2])
+
+    server = ServerThread(load_tiny(tiny_checkpoint), cfg).start()
+    with RFMClient(server.url) as client:
+        with TickRecorder(client, "arm", batch_ticks=4, retry_s=5.0) as rec:
+            rec._http = httpx.Client(base_url=server.url, transport=flaky)
+            flaky.down = 3  # three failed posts, then the network is back: retried, nothing lost
+            for t in range(10):
+                tick(rec, t)
+            rec.end_episode(success=True)
+            assert rec.lost == 0 and rec.errors == 0 and rec.sent == 10, rec.last_error
+        with TickRecorder(client, "cell", batch_ticks=4, retry_s=0.3) as rec:
+            rec._http = httpx.Client(base_url=server.url, transport=flaky)
+            for t in range(5):  # ticks 0-3 posted; 4 waits for its successor (it may still be corrected)
+                tick(rec, t)
+            rec.flush()
+            flaky.down = 1000  # down for longer than retry_s: ticks 4-7 are given up on
+            for t in range(5, 9):
+                tick(rec, t)
+            rec.flush()
+            assert rec.lost == 4 and rec.errors == 1 and "retried for 0.3 s" in rec.last_error
+            flaky.down = 0
+            for t in range(9, 16):
+                tick(rec, t)
+            rec.end_episode(success=True)
+            assert rec.sent == 4 + 8 and rec.session(1) == "cell~1"
+    server.stop()  # closes "cell", which lost its tail, as an episode of its own
+    ds = LeRobotDataset(tmp_path / "rec")
+    runs = sorted(ds.states[e.start:e.start + e.length, 2].tolist() for e in ds.episodes)
+    assert runs == sorted([list(range(4)), list(range(8, 16)), list(range(10))])
