@@ -142,6 +142,10 @@ class InferenceService:
 
         checked = await asyncio.to_thread(check)
         key = self.session_key(req, client_id)
+        if not recorder.room(len(checked)):  # whole or not at all: the robot's retry must not record a tick twice
+            raise ApiError(503, "recorder_busy", f"the recorder is {recorder.backlog} items behind and has no room "
+                           f"for {len(checked)} ticks; nothing of this batch was recorded, send it again",
+                           {"Retry-After": str(self.config.retry_after_s)})
         for k, (images, state, instruction, t) in enumerate(checked):
             last = k == len(checked) - 1
             recorder.record_tick(key, images, state, instruction, t.action, t.chunk, t.label,

@@ -53,10 +53,15 @@ def file_record(export_dir: Path) -> dict:
 
 
 def check_files(export_dir: Path, files: dict | None) -> None:
-    """Each file export.json lists is there at its recorded size (a stat each, no hashing): a truncated copy is
-    named before any runtime parses it. Exports from before the record (no "files") are not checked."""
+    """Each file export.json lists is there, and each binary one (graphs, weights, tables) at its recorded size
+    (a stat each, no hashing): a truncated copy is named before any runtime parses it. JSON files may be edited
+    (stats.json's limits, say) and name themselves when broken. Exports without the record are not checked."""
     for name, rec in (files or {}).items():
         path = export_dir / name
+        if name.endswith(".json"):
+            if not path.is_file():
+                raise FileNotFoundError(f"{path}: missing (export.json lists it; copy the whole export directory)")
+            continue
         if not path.is_file():
             raise FileNotFoundError(f"{path}: missing (export.json lists it; copy the whole export directory)")
         size = path.stat().st_size

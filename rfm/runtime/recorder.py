@@ -82,6 +82,9 @@ class Recorder:
                                                native_sizes={c: interface.native_size(c) for c in interface.cameras},
                                                aspect=interface.aspect)
         self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
+        self._put_lock = threading.Lock()
+        self._epochs: dict[str, int] = {}  # sessions that lost an item: their frames go to episode SESSION~N
+        self._split: dict[str, str] = {}  # session -> the key of its episode before the hole, still to be ended
         self._sessions: dict[str, _Session] = {}
         self.dropped = self.episodes_written = 0
         self._stop = threading.Event()
@@ -112,14 +115,33 @@ class Recorder:
         """Close the session's current episode (robot reset or task done)."""
         self._put(("end", session, success))
 
+    def room(self, n: int) -> bool:
+        """Whether n more items fit in the queue now (the consumer only makes more room): a batch of ticks is taken
+        whole or refused whole, so a robot's retry never records a tick twice."""
+        return self._queue.qsize() + n + 1 <= self._queue.maxsize  # + 1: a pending episode split's end marker
+
     def _put(self, item: tuple) -> bool:
-        """Enqueue without waiting; False (and a counted drop) when the recorder is behind."""
-        try:
-            self._queue.put_nowait(item)
-            return True
-        except queue.Full:
-            self.dropped += 1
-            return False
+        """Enqueue without waiting; False (and a counted drop) when the recorder is behind.
+
+        A drop leaves a hole in its session's episode, so the session moves on to a new episode (key SESSION~N):
+        its next item that fits is preceded by an end for the episode before the hole, and no recorded episode has
+        a frame followed by one that did not come next."""
+        kind, sid = item[0], item[1]
+        with self._put_lock:
+            epoch = self._epochs.get(sid, 0)
+            key = sid if epoch == 0 else f"{sid}~{epoch}"
+            try:
+                if sid in self._split:
+                    self._queue.put_nowait(("end", self._split[sid], None))
+                    del self._split[sid]
+                self._queue.put_nowait((kind, key, *item[2:]))
+                return True
+            except queue.Full:
+                self.dropped += 1
+                if sid not in self._split:
+                    self._split[sid] = key
+                    self._epochs[sid] = epoch + 1
+                return False
 
     def close(self, timeout: float | None = None) -> None:
         """Write everything still queued, flush every open session as an episode, stop the thread.

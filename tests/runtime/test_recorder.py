@@ -109,3 +109,42 @@ def test_a_calibrated_robots_recording_carries_its_geometry(tmp_path, aspect):
     assert back.native_sizes == {"a": (48, 64), "b": (48, 64)}
     with pytest.raises(ValueError, match="native sizes .* record into a new directory"):
         Recorder(tmp_path / "rec", replace(itf, native_sizes={"a": (96, 128), "b": (96, 128)}))
+
+
+class _Held(Recorder):
+    """A recorder whose writer thread waits for `go`: a recorder that has fallen behind."""
+
+    def __init__(self, *a, **k) -> None:
+        import threading
+
+        self.go = threading.Event()
+        super().__init__(*a, **k)
+
+    def _run(self) -> None:
+        self.go.wait()
+        super()._run()
+
+
+def test_a_dropped_frame_ends_its_episode_instead_of_leaving_a_hole(tmp_path):
+    """Inference never waits for recording, so a full queue drops frames; the session's later frames then go to a
+    new episode (SESSION~1), and every recorded episode is contiguous in time."""
+    import time
+
+    rng = np.random.default_rng(1)
+    rec = _Held(tmp_path / "rec", ITF, max_queue=4)
+
+    def frame(t):
+        images, _, actions = _step(rng)
+        return rec.record("arm", images, np.array([float(t), 0.0], np.float32), "pick", actions)
+
+    assert [frame(t) for t in range(6)] == [True] * 4 + [False] * 2 and rec.dropped == 2
+    assert not rec.room(1)  # a batch of ticks would be refused whole (503), not cut
+    rec.go.set()
+    while rec.backlog:
+        time.sleep(0.01)
+    assert rec.room(3) and all(frame(t) for t in range(6, 9))
+    rec.end_episode("arm", success=True)
+    rec.close()
+    ds = LeRobotDataset(tmp_path / "rec")
+    runs = [ds.states[e.start:e.start + e.length, 0].tolist() for e in ds.episodes]
+    assert runs == [[0, 1, 2, 3], [6, 7, 8]]

@@ -108,25 +108,36 @@ class PrefixLog(FaultyRunner):
     def __init__(self, inner, delay_s: float) -> None:
         super().__init__(inner, delay_s)
         self.prefix_lens: list[list[int] | None] = []
+        self.entered, self.hold = threading.Event(), None  # hold: a batch waits for it (the worker is busy)
 
     def _forward(self, images, state, text, text_mask, noise, prefix=None, prefix_len=None):
         self.prefix_lens.append(None if prefix_len is None else prefix_len.tolist())
+        self.entered.set()
+        if self.hold is not None:
+            self.hold.wait(30)
         return super()._forward(images, state, text, text_mask, noise, prefix, prefix_len)
 
 
 def test_one_batch_mixes_requests_with_and_without_committed_actions(prefix_runner):
-    runner = PrefixLog(prefix_runner, delay_s=0.3)
+    runner = PrefixLog(prefix_runner, delay_s=0.0)
     rng = np.random.default_rng(3)
     obs = [observation(rng) for _ in range(4)]
     commits = [COMMITTED, None, COMMITTED[:1], None]
     bodies = [json_body(o, **({} if c is None else {"committed_actions": c})) for o, c in zip(obs, commits)]
     with ServerThread(runner, ServerConfig(max_batch=8, max_wait_ms=50, warmup_batch_sizes=(1,))) as s:
         runner.prefix_lens.clear()
+        runner.entered.clear()
+        runner.hold = threading.Event()
         blocker = threading.Thread(target=post, args=(s, json_body(observation())))
-        blocker.start()  # occupies the worker for 0.3 s: the four below queue behind it and run as one batch
-        time.sleep(0.1)
+        blocker.start()  # holds the worker until the four below are queued behind it: they run as one batch
+        assert runner.entered.wait(30)
         with ThreadPoolExecutor(4) as pool:
-            responses = list(pool.map(lambda b: post(s, b), bodies))
+            pending = [pool.submit(post, s, b) for b in bodies]
+            deadline = time.monotonic() + 30
+            while s.state.service.batcher.depth() < 4 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            runner.hold.set()
+            responses = [f.result() for f in pending]
         blocker.join()
     assert all(r.status_code == 200 for r in responses), [r.text for r in responses]
     assert sorted(runner.prefix_lens[-1]) == [0, 0, 1, 3]  # one batch: the two with and the two without

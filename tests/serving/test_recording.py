@@ -306,3 +306,35 @@ def test_tick_recording_rides_out_an_outage_and_never_records_a_hole(tiny_checkp
     ds = LeRobotDataset(tmp_path / "rec")
     runs = sorted(ds.states[e.start:e.start + e.length, 2].tolist() for e in ds.episodes)
     assert runs == sorted([list(range(4)), list(range(8, 16)), list(range(10))])
+
+
+def test_ticks_the_recorder_has_no_room_for_are_refused_whole_and_sent_again(tiny_checkpoint, tmp_path):
+    """A recorder that has fallen behind answers 503 + Retry-After for the whole batch (nothing of it queued), and
+    the TickRecorder sends it again: every tick recorded once."""
+    from rfm.client import RFMClient, TickRecorder
+    from rfm.client.wire import encode_ticks
+    from serving.config import ServerConfig
+    from serving.server import ServerThread
+    from tests.serving.helpers import load_tiny
+
+    cfg = ServerConfig(max_batch=2, warmup_batch_sizes=(1,), record_dir=str(tmp_path / "rec"), record_images="image")
+    obs = observation()
+    with ServerThread(load_tiny(tiny_checkpoint), cfg) as server:
+        recorder = server.state.service.recorder
+        refusals = {"left": 2}
+
+        def room(n):
+            refusals["left"] -= 1
+            return refusals["left"] < 0
+
+        recorder.room = room
+        body = encode_ticks([{**obs, "action": [0.1, 0.2]}], "x")
+        r = httpx.post(server.url + "/v1/ticks", content=body, headers=MSGPACK)
+        assert r.status_code == 503 and r.json()["error"] == "recorder_busy" and r.headers["retry-after"] == "1"
+        with RFMClient(server.url) as client, TickRecorder(client, "arm", batch_ticks=8, retry_s=10.0) as rec:
+            for t in range(6):
+                rec.add({**obs, "state": [0.0, 0.0, float(t)]}, [0.1, 0.2])
+            rec.end_episode(success=True)
+            assert rec.sent == 6 and rec.lost == 0 and rec.errors == 0, rec.last_error
+    ds = LeRobotDataset(tmp_path / "rec")
+    assert [ds.states[e.start:e.start + e.length, 2].tolist() for e in ds.episodes] == [[0, 1, 2, 3, 4, 5]]
