@@ -32,6 +32,8 @@ class Metrics:
         self.recorder_dropped = Gauge("rfm_recorder_dropped_steps", "Steps the recorder dropped (its queue was "
                                       "full): never the answer, only the recording", registry=r)
         self.recorder_episodes = Gauge("rfm_recorder_episodes_written", "Episodes the recorder wrote", registry=r)
+        self.recorder_lost = Gauge("rfm_recorder_episodes_lost", "Episodes the recorder could not write (disk full, "
+                                   "encoder failure; see the server log)", registry=r)
         self.recorder_sessions = Gauge("rfm_recorder_open_sessions", "Robot sessions with an episode being recorded",
                                        registry=r)
 
@@ -48,6 +50,7 @@ class Metrics:
         self.recorder_backlog.set(recorder.backlog)
         self.recorder_dropped.set(recorder.dropped)
         self.recorder_episodes.set(recorder.episodes_written)
+        self.recorder_lost.set(recorder.episodes_lost)
         self.recorder_sessions.set(recorder.open_sessions)
 
     def render(self) -> bytes:

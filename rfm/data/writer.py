@@ -277,6 +277,14 @@ class LeRobotDatasetWriter:
         with self._lock:
             self._reset_buffer()
 
+    def discard_episode(self) -> int:
+        """Drop the buffered frames (e.g. after save_episode failed on a full disk), so the next episode does not
+        start with them; returns how many were dropped. Committed episodes are untouched."""
+        with self._lock:
+            n = self.pending_frames
+            self._reset_buffer()
+            return n
+
     def save_episode(self, extra: dict | None = None, meta: dict | None = None) -> int:
         """Write the buffered frames as one episode; returns its episode_index.
 

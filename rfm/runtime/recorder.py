@@ -86,7 +86,7 @@ class Recorder:
         self._epochs: dict[str, int] = {}  # sessions that lost an item: their frames go to episode SESSION~N
         self._split: dict[str, str] = {}  # session -> the key of its episode before the hole, still to be ended
         self._sessions: dict[str, _Session] = {}
-        self.dropped = self.episodes_written = 0
+        self.dropped = self.episodes_written = self.episodes_lost = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rfm-recorder", daemon=True)
         self._thread.start()
@@ -152,8 +152,8 @@ class Recorder:
         self._queue.put(("close",))
         self._thread.join(timeout)
         self._stop.set()
-        log.info("recorder closed: %d episodes written, %d steps dropped (queue full), %s still queued",
-                 self.episodes_written, self.dropped, self._queue.qsize())
+        log.info("recorder closed: %d episodes written, %d lost to write errors, %d steps dropped (queue full), %s "
+                 "still queued", self.episodes_written, self.episodes_lost, self.dropped, self._queue.qsize())
 
     @property
     def backlog(self) -> int:
@@ -229,6 +229,15 @@ class Recorder:
         sess = self._sessions.pop(sid, None)
         if sess is None or not sess.frames:
             return
+        try:
+            self._save(sid, sess)
+        except Exception:  # a full disk, an encoder failure: this episode is lost, the ones after it are not
+            self.writer.discard_episode()  # else its frames would open the next session's episode
+            self.episodes_lost += 1
+            log.exception("recorder: episode of session %r (%d frames) could not be written; recording goes on",
+                          sid, len(sess.frames))
+
+    def _save(self, sid: str, sess: _Session) -> None:
         for f in sess.frames:
             self.writer.add_frame(images=f.images, state=f.state, action=f.action, task=f.instruction or "unknown")
         extra = {SUCCESS: np.array([f.success for f in sess.frames]),

@@ -148,3 +148,35 @@ def test_a_dropped_frame_ends_its_episode_instead_of_leaving_a_hole(tmp_path):
     ds = LeRobotDataset(tmp_path / "rec")
     runs = [ds.states[e.start:e.start + e.length, 0].tolist() for e in ds.episodes]
     assert runs == [[0, 1, 2, 3], [6, 7, 8]]
+
+
+def test_an_episode_that_cannot_be_written_is_lost_alone(tmp_path, monkeypatch):
+    """A full disk while one episode is written: that episode is lost and counted, the episodes after it are
+    written whole (the failed one's frames do not open the next), and the dataset loads."""
+    import errno
+    import time
+
+    rng = np.random.default_rng(2)
+    rec = Recorder(tmp_path / "rec", ITF)
+    real = rec.writer._write_data
+    fail = {"next": False}
+
+    def write_data(*a, **k):
+        if fail["next"]:
+            fail["next"] = False
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(*a, **k)
+
+    monkeypatch.setattr(rec.writer, "_write_data", write_data)
+    for ep, n in enumerate((3, 4, 5)):
+        fail["next"] = ep == 1
+        for t in range(n):
+            images, _, actions = _step(rng)
+            rec.record("arm", images, np.array([float(10 * ep + t), 0.0], np.float32), "pick", actions)
+        rec.end_episode("arm")
+        while rec.episodes_written + rec.episodes_lost < ep + 1:  # written (or not) before the next one
+            time.sleep(0.01)
+    rec.close()
+    assert rec.episodes_lost == 1 and rec.episodes_written == 2
+    ds = LeRobotDataset(tmp_path / "rec")
+    assert [ds.states[e.start:e.start + e.length, 0].tolist() for e in ds.episodes] == [[0, 1, 2], [20, 21, 22, 23, 24]]
