@@ -45,6 +45,7 @@ class ServerConfig:
     retry_after_s: int = 1  # Retry-After value sent with 503
     min_deadline_ms: float | None = None  # shortest deadline_ms a request may ask for; None: 5x a warm batch-1 run
     shutdown_drain_s: float = 10.0  # how long graceful shutdown waits for queued work
+    max_connections: int = 1024  # open connections (robots' WebSockets, HTTP keep-alive) before new ones get 503
 
     def __post_init__(self) -> None:
         def check(cond: bool, name: str, expected: str) -> None:
@@ -61,6 +62,7 @@ class ServerConfig:
         check(self.min_deadline_ms is None or 0 < self.min_deadline_ms <= self.timeout_ms, "min_deadline_ms",
               "None or milliseconds in (0, timeout_ms]")
         check(self.retry_after_s >= 0, "retry_after_s", "a non-negative number of seconds")
+        check(self.max_connections >= 1, "max_connections", "a positive integer")
         check(self.record_images in ("video", "image"), "record_images", "video or image")
         check(self.record_vcodec in (None, "h264", "av1"), "record_vcodec", "h264, av1 or None")
         check(self.snap_instructions is None or -1 <= self.snap_instructions <= 1, "snap_instructions",

@@ -55,7 +55,8 @@ def uvicorn_config(app, host: str, port: int, config: ServerConfig, log_level: s
     return uvicorn.Config(app, host=host, port=port, workers=1, log_level=log_level, access_log=False,
                           ws_max_size=config.max_ws_message_bytes, ws_ping_interval=20.0, ws_ping_timeout=20.0,
                           ws_per_message_deflate=False,  # pixels do not compress: deflate cost ~4 ms a request
-                          timeout_graceful_shutdown=int(config.shutdown_drain_s) + 1, server_header=False)
+                          timeout_graceful_shutdown=int(config.shutdown_drain_s) + 1, server_header=False,
+                          limit_concurrency=config.max_connections)  # a flood of sockets cannot exhaust the fds
 
 
 def bind(host: str, port: int) -> socket.socket:

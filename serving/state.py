@@ -42,6 +42,7 @@ class ServerState:
         self.openpi: OpenpiMapping | None = None
         self.load_error: str | None = None
         self.started = time.time()
+        self.websockets = 0  # open WebSockets: new ones are refused (503) at config.max_connections
 
     def authorize(self, authorization: str | None) -> str | None:
         """Key id of the caller, None when keys are off; raises AuthError."""

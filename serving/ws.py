@@ -26,6 +26,10 @@ async def _admit(ws: WebSocket, state: ServerState, endpoint: str) -> str | None
     try:
         client_id = state.authorize(ws.headers.get("authorization"))
         state.require_service()
+        if state.websockets >= state.config.max_connections:  # uvicorn's own limit counts no WebSocket upgrade
+            raise ApiError(503, "overloaded", f"{state.websockets} WebSockets are open, this server's limit "
+                           f"(--max-connections); try again later or another replica",
+                           {"Retry-After": str(state.config.retry_after_s)})
     except Exception as e:  # noqa: BLE001 - becomes a clean status + message
         err = to_api_error(e, state.config.retry_after_s)
         state.metrics.observe_request(endpoint, err.status, 0.0)
@@ -61,6 +65,7 @@ def add_websocket_routes(app: FastAPI, state: ServerState) -> None:
         await ws.accept()
         gauge = state.metrics.ws_connections.labels("/v1/ws")
         gauge.inc()
+        state.websockets += 1
 
         async def answer(body: bytes, fmt: str, t0: float) -> tuple[bytes | str, int]:
             try:
@@ -110,6 +115,7 @@ def add_websocket_routes(app: FastAPI, state: ServerState) -> None:
             await in_flight.put(None)  # the replier drains what is in flight, then stops
             await replier
             gauge.dec()
+            state.websockets -= 1
 
     @app.websocket("/openpi")
     async def ws_openpi(ws: WebSocket) -> None:
@@ -121,6 +127,7 @@ def add_websocket_routes(app: FastAPI, state: ServerState) -> None:
         service = state.require_service()
         gauge = state.metrics.ws_connections.labels("/openpi")
         gauge.inc()
+        state.websockets += 1
         session = f"openpi-{uuid.uuid4().hex[:12]}"  # one recorded episode per connection
         try:
             await ws.send_bytes(openpi.pack(service.describe()))
@@ -155,5 +162,6 @@ def add_websocket_routes(app: FastAPI, state: ServerState) -> None:
             pass
         finally:
             gauge.dec()
+            state.websockets -= 1
             if service.recorder is not None:
                 service.recorder.end_episode(session)

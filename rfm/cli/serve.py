@@ -35,6 +35,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-batch", type=int, default=32, help="largest batch; 1 turns batching off")
     p.add_argument("--max-wait-ms", type=float, default=2.0, help="longest a request waits for a batch to fill")
     p.add_argument("--queue-size", type=int, default=256, help="queued requests before 503 + Retry-After")
+    p.add_argument("--max-connections", type=int, default=1024,
+                   help="open connections (each robot's WebSocket, HTTP keep-alive) before new ones are answered 503")
     p.add_argument("--timeout-ms", type=float, default=10_000.0, help="per-request deadline (504 past it)")
     p.add_argument("--min-deadline-ms", type=float, default=None,
                    help="shortest deadline_ms a request may carry (422 below it); default 5x one warm inference")
@@ -89,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
                           openpi_mapping=args.openpi_mapping, record_dir=args.record,
                           record_images=args.record_images, record_vcodec=args.record_vcodec,
                           snap_instructions=args.snap_instructions,
-                          min_deadline_ms=args.min_deadline_ms)
+                          min_deadline_ms=args.min_deadline_ms, max_connections=args.max_connections)
     if config.api_keys_file:  # fail now, not in the server's start-up thread
         from serving.auth import ApiKeys
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import msgpack
 import numpy as np
@@ -130,3 +131,26 @@ def test_openpi_object_arrays_are_refused_not_unpickled(server):
         ws.send(frame)
         msg = ws.recv()
         assert isinstance(msg, str) and "not allowed" in msg
+
+
+def test_websockets_beyond_max_connections_are_refused_with_503_and_retry_after(tiny_runner):
+    """A flood of sockets cannot exhaust the server: past --max-connections a handshake gets 503 + Retry-After,
+    and a place frees up when a robot disconnects."""
+    from websockets.exceptions import InvalidStatus
+
+    with ServerThread(tiny_runner, ServerConfig(max_batch=2, warmup_batch_sizes=(1,), max_connections=2)) as s:
+        first, second = wsc.connect(ws_url(s, "/v1/ws")), wsc.connect(ws_url(s, "/openpi"))
+        second.recv(timeout=10)  # openpi's metadata
+        with pytest.raises(InvalidStatus) as info:
+            wsc.connect(ws_url(s, "/v1/ws"))
+        resp = info.value.response
+        assert resp.status_code == 503 and resp.headers["Retry-After"] == "1"
+        assert b"--max-connections" in resp.body
+        first.close()
+        deadline = time.monotonic() + 10
+        while s.state.websockets >= 2 and time.monotonic() < deadline:  # the server has seen it go
+            time.sleep(0.01)
+        with wsc.connect(ws_url(s, "/v1/ws")) as third:
+            third.send(msgpack_body(observation()))
+            assert "actions" in msgpack.unpackb(third.recv(timeout=30))
+        second.close()
