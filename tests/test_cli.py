@@ -91,3 +91,17 @@ def test_train_holding_out_every_episode_is_a_one_line_error(tmp_path):
 def test_fleet_negative_delay_is_a_one_line_error():
     out = rfm("fleet", "--url", "http://127.0.0.1:9", "--tasks", "reach-v3", "--delay", "-1")
     assert out.returncode == 2 and "--delay -1" in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("argv", [["serve", "--threads", "-1"], ["eval", "--tasks", "reach-v3", "--workers", "0"],
+                                  ["eval", "--tasks", "reach-v3", "--max-steps", "0"], ["fleet", "--robots", "0"],
+                                  ["train", "--threads", "0"], ["adapt", "--task", "reach-v3", "--episodes", "-2"]])
+def test_counts_below_one_are_usage_errors_naming_the_flag(argv, capsys):
+    """Threads, workers, robots, steps: 0 or less was a torch traceback (serve --threads -1) or silently the
+    default (eval --max-steps 0 ran 500 steps)."""
+    from rfm.cli.main import main
+
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and f"argument {argv[-2]}: '{argv[-1]}': expected a whole number >= 1" in err

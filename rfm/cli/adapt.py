@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from rfm.cli.args import comma_list, ints
+from rfm.cli.args import comma_list, ints, positive_int
 from rfm.cli.errors import CLIError
 
 
@@ -22,7 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=None,
                    help="fine-tuning steps, from scratch as many (default 2000 per task: tasks fine-tuned together "
                         "get the budget each would get alone)")
-    p.add_argument("--episodes", type=int, default=50, help="evaluation episodes per task (default 50)")
+    p.add_argument("--episodes", type=positive_int, default=50, help="evaluation episodes per task (default 50)")
     p.add_argument("--dataset", default=None, metavar="DIR",
                    help="use these demonstrations (a LeRobot dataset without environment state) instead of generating")
     p.add_argument("--preset", default=None, help="scratch: model preset (default: --like's model config)")
@@ -43,9 +43,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--world-model-horizon", type=int, default=None, metavar="STEPS",
                    help="how many control steps ahead it predicts (default: one chunk)")
     p.add_argument("--seed", type=int, default=0, help="first demo seed and training seed")
-    p.add_argument("--workers", type=int, default=2, help="processes generating demos and evaluating (default 2)")
+    p.add_argument("--workers", type=positive_int, default=2, help="processes generating demos and evaluating (default 2)")
     p.add_argument("--num-workers", type=int, default=1, help="DataLoader workers while fine-tuning (default 1)")
-    p.add_argument("--max-steps", type=int, default=None, help="evaluation episode step limit (default 500)")
+    p.add_argument("--max-steps", type=positive_int, default=None, help="evaluation episode step limit (default 500)")
     p.add_argument("--action-steps", type=ints, default=None, metavar="K[,K...]",
                    help="actions executed per chunk in evaluation (default: half a chunk, as the robot SDK's "
                         "ChunkExecutor requests the next one); several, e.g. 4,8, score each on the same episodes: "
@@ -54,7 +54,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="with several --action-steps: choose each task's on N validation episodes of seeds the score "
                         "never uses (from 2,000,000), and score the chosen modes into eval-selected.json (default 0: "
                         "do not choose)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
 

@@ -16,3 +16,14 @@ def ints(text: str) -> list[int]:
         return [int(t) for t in comma_list(text)]
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: expected whole numbers, comma-separated (e.g. 4,8)") from None
+
+
+def positive_int(text: str) -> int:
+    """A whole number >= 1 (threads, workers, robots, steps); anything else is an argparse error naming the text."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number >= 1")
+    return value

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from rfm.cli.args import comma_list
+from rfm.cli.args import comma_list, positive_int
 from rfm.cli.errors import CLIError, require_checkpoint
 from rfm.constants import STEPS_AFTER_SUCCESS
 
@@ -26,7 +26,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--size", type=int, default=128, help="rendered image height and width")
     g.add_argument("--out", required=True, help="output dataset directory (must not exist unless --overwrite)")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--workers", type=int, default=2)
+    g.add_argument("--workers", type=positive_int, default=2)
     g.add_argument("--images", choices=["video", "image"], default="image",
                    help="store cameras as lossless PNG (default) or mp4. Video's 4:2:0 chroma erases details of "
                         "a pixel or two (Meta-World's reach goal is one): fine for viewing, not for small-image training")

@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from rfm.cli.args import ints
+from rfm.cli.args import ints, positive_int
 from rfm.cli.errors import CLIError
 from rfm.constants import BACKENDS
 
@@ -46,9 +46,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="map instructions the model never trained on to the nearest trained one at cosine "
                         "similarity >= SIM (what `rfm serve --snap-instructions` does); the JSON lists each mapping")
     p.add_argument("--seed", type=int, default=None, help="first evaluation seed (>= 1000000)")
-    p.add_argument("--max-steps", type=int, default=None, help="episode step limit (default: 500)")
+    p.add_argument("--max-steps", type=positive_int, default=None, help="episode step limit (default: 500)")
     p.add_argument("--video-dir", default=None, help="write a GIF of the first episode per task here")
-    p.add_argument("--workers", type=int, default=1, help="parallel processes, each with its own runner")
+    p.add_argument("--workers", type=positive_int, default=1, help="parallel processes, each with its own runner")
     p.add_argument("--out", default=None, help="write results JSON here")
     p.add_argument("--update-card", action="store_true",
                    help="record the results in the checkpoint's config.json meta and model card")

@@ -6,13 +6,15 @@ import argparse
 import json
 from pathlib import Path
 
+from rfm.cli.args import positive_int
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("fleet", help="simulated robots acting through a running rfm server (for recording/demos)")
     p.add_argument("--url", default="http://127.0.0.1:8000")
     p.add_argument("--tasks", default="mt10", help="comma-separated Meta-World tasks, or a set: mt10, mt50, base38, ml45-test")
-    p.add_argument("--episodes", type=int, default=5, help="episodes per task")
-    p.add_argument("--robots", type=int, default=2, help="concurrent robots")
+    p.add_argument("--episodes", type=positive_int, default=5, help="episodes per task")
+    p.add_argument("--robots", type=positive_int, default=2, help="concurrent robots")
     p.add_argument("--dagger", action="store_true", help="send the scripted expert's action as a correction")
     p.add_argument("--takeover-error", type=float, default=None, metavar="E",
                    help="with --dagger: the expert takes the controls when the policy's action differs from its own "
@@ -29,7 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="delay-aware continuation: each request carries the actions committed for the --delay ticks "
                         "(the served model needs model.prefix_max > 0)")
     p.add_argument("--seed", type=int, default=200_000)
-    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--max-steps", type=positive_int, default=None)
     p.add_argument("--api-key-file", default=None, help="file whose first line is the API key")
     p.add_argument("--transport", choices=("http", "ws"), default="http",
                    help="how each robot asks for chunks: POST /v1/act, or one /v1/ws WebSocket (lower latency)")

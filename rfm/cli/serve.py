@@ -8,6 +8,7 @@ import logging
 import os
 from pathlib import Path
 
+from rfm.cli.args import positive_int
 from rfm.constants import BACKENDS, ENGINES
 
 
@@ -49,7 +50,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--action-margin", type=float, default=0.1, help="margin on stats min/max (fraction of range)")
     p.add_argument("--openpi-mapping", default=None, help="JSON mapping of openpi keys to cameras/state/prompt")
     p.add_argument("--max-body-mb", type=float, default=8.0, help="HTTP body and WebSocket message limit")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: all cores but one)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch intra-op threads (default: all cores but one)")
     p.add_argument("--record", default=None, metavar="DIR",
                    help="record served observations and actions into this LeRobot v3.0 dataset (one episode per "
                         "robot session; appends if it exists)")

@@ -12,6 +12,7 @@ import argparse
 import json
 from dataclasses import fields
 
+from rfm.cli.args import positive_int
 from rfm.cli.errors import CLIError
 from rfm.config import did_you_mean
 from rfm.train.config import BALANCE_MODES, TrainConfig, read_config_file
@@ -75,7 +76,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lora-rank", type=int, help="LoRA rank for a pretrained HF vision backbone")
     p.add_argument("--weights-dtype", choices=["float32", "float16", "bfloat16"])
     p.add_argument("--model", metavar="JSON", help='model config overrides, e.g. \'{"dim": 192}\'')
-    p.add_argument("--threads", type=int,
+    p.add_argument("--threads", type=positive_int,
                    help="torch CPU threads (default: torch's choice; lower it when other jobs share the cores)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
