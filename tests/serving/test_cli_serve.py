@@ -48,36 +48,36 @@ def test_rfm_serve_errors_are_one_line(tmp_path):
     assert r.returncode == 2 and "--api-key-file" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_rfm_serve_refuses_a_port_in_use_before_loading_the_model(tiny_checkpoint):
+def test_rfm_serve_refuses_a_port_in_use_before_loading_the_model(tiny_checkpoint, capsys):
     """A second `rfm serve` on a busy port: one line naming host and port, before any model load or export."""
     import socket
+
+    from rfm.cli.main import main
 
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen(1)
         port = busy.getsockname()[1]
-        r = subprocess.run([*RFM, "serve", "--checkpoint", str(tiny_checkpoint), "--port", str(port)],
-                           capture_output=True, text=True, check=False, timeout=120)
-    assert r.returncode == 2 and f"--port {port}: cannot listen there" in r.stderr and "another server" in r.stderr
-    assert "rfm.serving" not in r.stderr and "Traceback" not in r.stderr  # no log line: nothing was loaded
-    r = subprocess.run([*RFM, "serve", "--checkpoint", str(tiny_checkpoint), "--port", "70000"],
-                       capture_output=True, text=True, check=False, timeout=120)
-    assert r.returncode == 2 and "out of range" in r.stderr and "Traceback" not in r.stderr
+        assert main(["serve", "--checkpoint", str(tiny_checkpoint), "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert f"--port {port}: cannot listen there" in err and "another server" in err and "rfm.serving" not in err
+    assert main(["serve", "--checkpoint", str(tiny_checkpoint), "--port", "70000"]) == 2
+    assert "out of range" in capsys.readouterr().err
 
 
-def test_rfm_serve_refuses_a_record_dir_it_cannot_append_to(tiny_checkpoint, tmp_path):
+def test_rfm_serve_refuses_a_record_dir_it_cannot_append_to(tiny_checkpoint, tmp_path, capsys):
     """A directory that is not a dataset, or a dataset of another robot: one line before the model loads (it used
     to be a start-up thread's traceback, and a server that never became ready)."""
+    from rfm.cli.main import main
     from tests.data.conftest import FIXTURES
 
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "a.txt").write_text("mine")
     for record, says in ((tmp_path / "notes", "exists and is not a LeRobot dataset"),
                          (FIXTURES / "aloha-480x640", "do not match the model's")):
-        r = subprocess.run([*RFM, "serve", "--checkpoint", str(tiny_checkpoint), "--port", "0", "--record",
-                            str(record)], capture_output=True, text=True, check=False, timeout=120)
-        assert r.returncode == 2 and f"{record}: " in r.stderr and says in r.stderr, r.stderr[-500:]
-        assert "Traceback" not in r.stderr and "rfm.serving" not in r.stderr
+        assert main(["serve", "--checkpoint", str(tiny_checkpoint), "--port", "0", "--record", str(record)]) == 2
+        err = capsys.readouterr().err
+        assert f"{record}: " in err and says in err and "rfm.serving" not in err, err[-500:]
 
 
 def test_rfm_serve_refuses_a_directory_that_is_not_a_checkpoint(tiny_checkpoint, tmp_path):
