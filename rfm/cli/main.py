@@ -9,6 +9,7 @@ import os
 import sys
 
 from rfm.cli.errors import CLIError
+from rfm.processes import WorkerDied
 from rfm.train.stop import TrainingStopped  # signal and threading only: no torch
 
 # Idle OpenMP threads sleep instead of spinning: with spinning, two torch processes on a small CPU slow each other
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     except CLIError as e:
         print(f"rfm {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, ValueError) as e:  # config/checkpoint/data errors carry the file and field
+    except (FileNotFoundError, ValueError, WorkerDied) as e:  # config/checkpoint/data errors carry the file and field
         print(f"rfm {args.command}: error: {e}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as e:  # a package of an extra this install lacks (pyproject.toml)

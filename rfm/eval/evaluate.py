@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 import time
 from dataclasses import asdict
@@ -12,6 +11,7 @@ import numpy as np
 
 from rfm.eval.card import weights_digest
 from rfm.eval.rollout import RolloutResult, rollout
+from rfm.processes import process_map
 from rfm.runtime.base import Runner
 
 
@@ -122,11 +122,8 @@ def evaluate(runner: Runner | None, tasks: list[str], episodes: int, seed: int |
         if checkpoint is None:
             raise ValueError("workers > 1 needs checkpoint= (each process loads its own runner)")
         shards = [work[i::workers] for i in range(workers)]
-        with mp.get_context("spawn").Pool(workers) as pool:
-            jobs = [(checkpoint, backend, s, opts, os.getpid()) for s in shards]
-            results = [r for part in pool.map(_worker, jobs) for r in part]
-            pool.close()  # let the workers exit on their own: the context's terminate() can leak their semaphores
-            pool.join()
+        jobs = [(checkpoint, backend, s, opts, os.getpid()) for s in shards]
+        results = [r for part in process_map(_worker, jobs, workers) for r in part]  # WorkerDied if one dies
     else:
         if runner is None:
             from rfm.runtime import load_runner

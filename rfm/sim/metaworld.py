@@ -7,13 +7,13 @@ Training seeds are < TRAIN_SEED_LIMIT; evaluation seeds start at EVAL_SEED_BASE,
 
 from __future__ import annotations
 
-import multiprocessing as mp
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
 from rfm.constants import EVAL_SEED_BASE, STEPS_AFTER_SUCCESS
+from rfm.processes import Processes
 from rfm.sim import render  # noqa: F401  (sets MUJOCO_GL before mujoco is imported)
 from rfm.sim.instructions import INSTRUCTIONS, instructions_for
 from rfm.sim.noise import CorrelatedNoise
@@ -342,8 +342,7 @@ def generate_episodes(tasks: list[str] | str, episodes_per_task: int, cameras: l
     options = {"max_steps": max_steps, "start_jitter": start_jitter, "steps_after_success": steps_after_success,
                "action_noise": action_noise, "noise_correlation": noise_correlation}
     bar = tqdm(total=episodes_per_task * len(tasks), desc="episodes", disable=not progress, dynamic_ncols=True)
-    ctx = mp.get_context("spawn")
-    pool = ctx.Pool(workers) if workers > 1 else None
+    pool = Processes(workers) if workers > 1 else None
     try:
         for task in tasks:
             kept, next_seed = 0, seed
@@ -354,7 +353,7 @@ def generate_episodes(tasks: list[str] | str, episodes_per_task: int, cameras: l
                 if seeds[-1] >= TRAIN_SEED_LIMIT:
                     raise RuntimeError(f"{task}: ran out of training seeds below {TRAIN_SEED_LIMIT}")
                 items = [(task, s, list(cameras), size, options) for s in seeds]
-                results = pool.imap(_work, items) if pool else map(_work, items)
+                results = pool.map(_work, items) if pool else map(_work, items)
                 for ep in results:
                     if ep.success and kept < episodes_per_task:
                         kept += 1
@@ -365,4 +364,4 @@ def generate_episodes(tasks: list[str] | str, episodes_per_task: int, cameras: l
     finally:
         bar.close()
         if pool is not None:
-            pool.terminate()
+            pool.close()
