@@ -93,6 +93,12 @@ def run(args: argparse.Namespace) -> int:
                           record_images=args.record_images, record_vcodec=args.record_vcodec,
                           snap_instructions=args.snap_instructions,
                           min_deadline_ms=args.min_deadline_ms, max_connections=args.max_connections)
+    if config.audit_log:  # fail now with the flag's name
+        try:
+            with open(config.audit_log, "a"):
+                pass
+        except OSError as e:
+            raise CLIError(f"--audit-log {config.audit_log}: cannot write there ({e.strerror or e})") from None
     if config.api_keys_file:  # fail now, not in the server's start-up thread
         from serving.auth import ApiKeys
 
@@ -104,8 +110,8 @@ def run(args: argparse.Namespace) -> int:
         from rfm.model.serialization import check_checkpoint
 
         check_checkpoint(ckpt)  # a CheckpointError is a ValueError: one line, exit code 2
-    if args.record:  # a directory the recording cannot go to: one line now, not a start-up thread's traceback
-        _check_record_dir(args.record, ckpt, is_export)
+    if args.record or args.openpi_mapping or args.action_limits:  # one line now, not a start-up thread's traceback
+        _check_against_interface(args, ckpt, is_export)
     try:  # before the model loads (and exports): a port in use is one line now, not a uvicorn error later
         sock = bind(args.host, args.port)
     except OSError as e:
@@ -131,11 +137,15 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_record_dir(record: str, ckpt: Path, is_export: bool) -> None:
-    """--record DIR must be new, empty, or a dataset recorded from this robot (rfm.runtime.recorder)."""
+def _check_against_interface(args: argparse.Namespace, ckpt: Path, is_export: bool) -> None:
+    """The files checked against the served robot before the model loads: --record DIR (new, empty, or a dataset
+    recorded from this robot), --openpi-mapping (its cameras) and --action-limits (its actions). ValueError or
+    FileNotFoundError naming the file: one line, exit code 2."""
     from rfm.config import RobotInterface
     from rfm.runtime.manifest import read_manifest
     from rfm.runtime.recorder import check_recording_dir
+    from serving.limits import ActionLimits
+    from serving.openpi import OpenpiMapping
 
     if is_export:
         interface = RobotInterface.from_dict(read_manifest(ckpt)["interface"])
@@ -143,7 +153,12 @@ def _check_record_dir(record: str, ckpt: Path, is_export: bool) -> None:
         from rfm.model.serialization import read_config
 
         interface = read_config(ckpt)[0].interface
-    check_recording_dir(record, interface)  # ValueError: one line naming the directory, exit code 2
+    if args.record:
+        check_recording_dir(args.record, interface)
+    if args.openpi_mapping:
+        OpenpiMapping.from_file(args.openpi_mapping, interface.cameras)
+    if args.action_limits:
+        ActionLimits.from_file(args.action_limits, interface.action_names)
 
 
 def export_backend(export_dir: Path, backend: str | None, engine: str) -> str:

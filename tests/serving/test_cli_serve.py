@@ -80,6 +80,20 @@ def test_rfm_serve_refuses_a_record_dir_it_cannot_append_to(tiny_checkpoint, tmp
         assert f"{record}: " in err and says in err and "rfm.serving" not in err, err[-500:]
 
 
+def test_rfm_serve_checks_its_openpi_mapping_limits_and_audit_files_before_loading(tiny_checkpoint, tmp_path,
+                                                                                     capsys):
+    from rfm.cli.main import main
+
+    (tmp_path / "map.json").write_text('{"images": {"observation/image": "nosuch"}}')
+    (tmp_path / "limits.json").write_text('{"vx": [-1, 1]}')
+    for flag, value, says in (("--openpi-mapping", tmp_path / "map.json", "images maps to unknown camera(s)"),
+                              ("--action-limits", tmp_path / "limits.json", "for every action ['vx', 'vy']"),
+                              ("--audit-log", tmp_path / "no" / "dir" / "audit.jsonl", "cannot write there")):
+        assert main(["serve", "--checkpoint", str(tiny_checkpoint), "--port", "0", flag, str(value)]) == 2
+        err = capsys.readouterr().err
+        assert says in err and "Traceback" not in err and "rfm.serving" not in err, err
+
+
 def test_rfm_serve_refuses_a_directory_that_is_not_a_checkpoint(tiny_checkpoint, tmp_path):
     """Before the server starts: one line naming the missing or broken file, not a start-up thread's traceback."""
     import shutil
