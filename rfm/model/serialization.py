@@ -79,6 +79,9 @@ def save_checkpoint(policy, path: str | Path, weights_dtype: str = "float32", ca
     into the same atomic directory.
     """
     path = Path(path)
+    if path.exists() and not (path / CONFIG_FILE).is_file() and (not path.is_dir() or any(path.iterdir())):
+        raise CheckpointError(f"{path}: exists and is not an rfm checkpoint (no {CONFIG_FILE}); saving would replace "
+                              f"what is there: choose a new or empty directory")
     state = _to_dtype(state_dict if state_dict is not None else policy.net.state_dict(), weights_dtype)
     with atomic_dir(path) as tmp:
         if extra is not None:

@@ -77,6 +77,22 @@ def saved(tmp_path, small_interface):
     return path
 
 
+def test_saving_never_replaces_a_directory_that_is_not_a_checkpoint(tmp_path, small_interface):
+    """save_pretrained / rfm average --out into a folder of the user's files: an error, the files untouched; a
+    checkpoint or an empty directory is replaced as before."""
+    policy = RFMPolicy.build("tiny", interface=small_interface)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(CheckpointError, match=r"mine: exists and is not an rfm checkpoint"):
+        policy.save_pretrained(mine)
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+    (tmp_path / "empty").mkdir()
+    for target in (tmp_path / "empty", tmp_path / "empty"):  # empty, then a checkpoint: both replaced
+        policy.save_pretrained(target)
+        assert (target / "config.json").is_file()
+
+
 def test_missing_directory(tmp_path):
     with pytest.raises(CheckpointError, match="checkpoint directory not found"):
         RFMPolicy.from_pretrained(tmp_path / "nope")
