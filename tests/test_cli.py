@@ -100,7 +100,8 @@ def test_fleet_negative_delay_is_a_one_line_error(capsys):
 
 @pytest.mark.parametrize("argv", [["serve", "--threads", "-1"], ["eval", "--tasks", "reach-v3", "--workers", "0"],
                                   ["eval", "--tasks", "reach-v3", "--max-steps", "0"], ["fleet", "--robots", "0"],
-                                  ["train", "--threads", "0"], ["adapt", "--task", "reach-v3", "--episodes", "-2"]])
+                                  ["train", "--threads", "0"], ["adapt", "--task", "reach-v3", "--episodes", "-2"],
+                                  ["data", "view", "DIR", "--frames", "0"]])
 def test_counts_below_one_are_usage_errors_naming_the_flag(argv, capsys):
     """Threads, workers, robots, steps: 0 or less was a torch traceback (serve --threads -1) or silently the
     default (eval --max-steps 0 ran 500 steps)."""

@@ -75,7 +75,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     v.add_argument("path")
     v.add_argument("--episode", type=int, default=0)
     v.add_argument("--out", required=True, help="output PNG path")
-    v.add_argument("--frames", type=int, default=8, help="frames shown per camera")
+    v.add_argument("--frames", type=positive_int, default=8, help="frames shown per camera")
     v.set_defaults(func=run_view)
 
     h = dsub.add_parser("import-hdf5", help="import ALOHA or robomimic HDF5 demonstrations")
