@@ -34,13 +34,24 @@ class Processes:
                              f"(workers={self.workers})") from None
 
     def close(self) -> None:
+        """Wait for the work running, drop the rest."""
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def terminate(self) -> None:
+        """Stop now (Ctrl-C, an error): the workers are killed rather than left to finish their shards."""
+        processes = list((getattr(self._pool, "_processes", None) or {}).values())
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        for p in processes:
+            if p.is_alive():
+                p.terminate()
+        for p in processes:
+            p.join(5)
 
     def __enter__(self) -> Processes:  # noqa: PYI034
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        self.terminate() if exc_type is not None else self.close()
 
 
 def process_map(fn: Callable[[Any], Any], items: Iterable[Any], workers: int) -> list[Any]:

@@ -361,6 +361,11 @@ def generate_episodes(tasks: list[str] | str, episodes_per_task: int, cameras: l
                         yield ep
                 if kept == 0 and next_seed - seed > 50:
                     raise RuntimeError(f"{task}: the scripted expert failed on 50 seeds in a row")
+    except BaseException:  # Ctrl-C, an error, or the consumer stopped early: the workers need not finish
+        if pool is not None:
+            pool.terminate()
+            pool = None
+        raise
     finally:
         bar.close()
         if pool is not None:
