@@ -160,15 +160,10 @@ def _check_checkpoint(args: argparse.Namespace) -> None:
 def _chunk_and_prefix(args: argparse.Namespace) -> tuple[int, int]:
     """(interface.chunk_size, model.prefix_max) of the checkpoint (--backend torch) or export (onnx, openvino) to
     evaluate."""
-    if args.backend == "torch":
-        from rfm.model.serialization import read_config
+    from rfm.runtime.loader import read_interface
 
-        config = read_config(args.checkpoint)[0]
-        return config.interface.chunk_size, config.model.prefix_max
-    from rfm.runtime.manifest import read_manifest
-
-    manifest = read_manifest(args.checkpoint)
-    return int(manifest["interface"]["chunk_size"]), int(manifest.get("prefix_max") or 0)
+    interface, prefix_max = read_interface(args.checkpoint, export=args.backend != "torch")
+    return interface.chunk_size, prefix_max
 
 
 def _write(path: str, results: dict) -> None:

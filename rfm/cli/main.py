@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     except CLIError as e:
         print(f"rfm {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, ValueError, WorkerDied) as e:  # config/checkpoint/data errors carry the file and field
+    # config/checkpoint/data errors carry the file and field; FileExistsError: an output a writer will not replace
+    except (FileNotFoundError, FileExistsError, ValueError, WorkerDied) as e:
         print(f"rfm {args.command}: error: {e}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as e:  # a package of an extra this install lacks (pyproject.toml)

@@ -141,18 +141,12 @@ def _check_against_interface(args: argparse.Namespace, ckpt: Path, is_export: bo
     """The files checked against the served robot before the model loads: --record DIR (new, empty, or a dataset
     recorded from this robot), --openpi-mapping (its cameras) and --action-limits (its actions). ValueError or
     FileNotFoundError naming the file: one line, exit code 2."""
-    from rfm.config import RobotInterface
-    from rfm.runtime.manifest import read_manifest
+    from rfm.runtime.loader import read_interface
     from rfm.runtime.recorder import check_recording_dir
     from serving.limits import ActionLimits
     from serving.openpi import OpenpiMapping
 
-    if is_export:
-        interface = RobotInterface.from_dict(read_manifest(ckpt)["interface"])
-    else:
-        from rfm.model.serialization import read_config
-
-        interface = read_config(ckpt)[0].interface
+    interface, _ = read_interface(ckpt, export=is_export)
     if args.record:
         check_recording_dir(args.record, interface)
     if args.openpi_mapping:

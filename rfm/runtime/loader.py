@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rfm.config import RobotInterface
 from rfm.constants import BACKENDS
 from rfm.runtime.base import Runner
 
@@ -26,3 +27,17 @@ def load_runner(path: str | Path, backend: str = "torch", device: str = "auto", 
 
         return OpenVinoRunner.from_dir(path, **kw)
     raise ValueError(f"backend={backend!r}: expected one of {BACKENDS}.{did_you_mean(backend, list(BACKENDS))}")
+
+
+def read_interface(path: str | Path, export: bool) -> tuple[RobotInterface, int]:
+    """(robot interface, model.prefix_max) of a checkpoint (config.json) or an `rfm export` directory (export.json),
+    read without loading the model; errors name the file."""
+    if export:
+        from rfm.runtime.manifest import read_manifest
+
+        manifest = read_manifest(path)
+        return RobotInterface.from_dict(manifest["interface"]), int(manifest.get("prefix_max") or 0)
+    from rfm.model.serialization import read_config
+
+    config = read_config(path)[0]
+    return config.interface, config.model.prefix_max

@@ -58,12 +58,10 @@ def check_files(export_dir: Path, files: dict | None) -> None:
     (stats.json's limits, say) and name themselves when broken. Exports without the record are not checked."""
     for name, rec in (files or {}).items():
         path = export_dir / name
-        if name.endswith(".json"):
-            if not path.is_file():
-                raise FileNotFoundError(f"{path}: missing (export.json lists it; copy the whole export directory)")
-            continue
         if not path.is_file():
             raise FileNotFoundError(f"{path}: missing (export.json lists it; copy the whole export directory)")
+        if name.endswith(".json"):
+            continue
         size = path.stat().st_size
         if size != rec.get("bytes", size):
             raise ValueError(f"{path}: {size} bytes, export.json records {rec['bytes']}: truncated or changed since "

@@ -370,13 +370,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
                            grad_norm=float(grad_norm) if grad_norm is not None else None, samples_per_s=sps,
                            elapsed_s=time.time() - t0 + prior_time)
                 window_t, window_samples = time.time(), 0
-            if step % cfg.save_every == 0 or step == cfg.steps:
+            if step % cfg.save_every == 0 or step == cfg.steps or stop.signum is not None:  # a stop saves its step
                 accelerator.wait_for_everyone()
                 save(step, loss_avg)
-            if stop.signum is not None:  # the step is done: save it (unless just saved) and end the run
-                if step % cfg.save_every and step != cfg.steps:
-                    accelerator.wait_for_everyone()
-                    save(step, loss_avg)
+            if stop.signum is not None:
                 stopped = (stop.signum, step)
                 break
     bar.close()

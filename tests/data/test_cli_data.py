@@ -206,3 +206,18 @@ def test_generate_and_import_refuse_a_used_out_before_any_work(tmp_path, capsys,
     assert f"--out {used} already exists and is not empty" in capsys.readouterr().err
     assert main(["data", "import-hdf5", str(tmp_path / "x.h5"), "--out", str(used), "--fps", "10", "--task", "t"]) == 2
     assert "--overwrite" in capsys.readouterr().err and (used / "notes.txt").read_text() == "mine"
+
+
+def test_an_existing_empty_out_is_refused_in_one_line(tmp_path, capsys, monkeypatch):
+    """The CLI's own check passes an empty --out; the dataset writer refuses it (it replaces nothing without
+    --overwrite), and that refusal is one line too, not a FileExistsError traceback."""
+    import rfm.sim.generate
+    from rfm.data.lerobot import LeRobotDatasetWriter
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.setattr(rfm.sim.generate, "write_metaworld", lambda out, *a, **k: LeRobotDatasetWriter(
+        out, fps=10, cameras={"front": (8, 8)}, state_names=["x"], action_names=["a"]))
+    assert main(["data", "generate", "metaworld", "--tasks", "reach-v3", "--episodes", "1", "--out", str(empty)]) == 2
+    err = capsys.readouterr().err
+    assert f"{empty} already exists" in err and "Traceback" not in err
