@@ -1,4 +1,4 @@
-"""`rfm train`: fine-tune a policy on a LeRobot dataset (CPU, one GPU, or `accelerate launch` for many).
+"""`rfm train`: fine-tune a policy on a LeRobot dataset (CPU, one GPU, or torchrun / `accelerate launch` for many).
 
 Settings come from, in rising precedence: TrainConfig's defaults, `--config FILE` (YAML or JSON; a run's written
 train_config.json reproduces it), the flags below, and `--set FIELD=VALUE` (any TrainConfig field, dotted for
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from dataclasses import fields
 
 from rfm.cli.args import positive_int
@@ -22,8 +23,9 @@ NOT_CONFIG = ("config", "set", "threads", "no_progress", "func", "command")  # f
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train or fine-tune a policy on a LeRobot dataset",
-                       description="Train a policy. Multi-GPU/multi-node: `accelerate launch -m rfm.cli.main train ...`. "
-                                   "Every TrainConfig field is settable from --config FILE or --set FIELD=VALUE.",
+                       description="Train a policy. Several GPUs or nodes as one run: `torchrun --standalone "
+                                   "--nproc_per_node N -m rfm.cli.main train ...` (CPU cores where there is no GPU; on GPUs also "
+                                   "`accelerate launch --multi_gpu --num_processes N -m rfm.cli.main train ...`). Every TrainConfig field is settable from --config FILE or --set FIELD=VALUE.",
                        argument_default=argparse.SUPPRESS)  # only flags given override the config file
     p.add_argument("--config", default=None, metavar="FILE",
                    help="YAML or JSON train config (e.g. a run's train_config.json); flags override it")
@@ -126,7 +128,8 @@ def run(args: argparse.Namespace) -> int:
     from rfm.train.loop import train
 
     ckpt = train(cfg, progress=not getattr(args, "no_progress", False))
-    print(f"checkpoint: {ckpt}")
+    if os.environ.get("RANK", "0") == "0":  # one line from a multi-process run (accelerate launch, torchrun)
+        print(f"checkpoint: {ckpt}")
     return 0
 
 

@@ -1,4 +1,5 @@
-"""`train(cfg)`: the whole training run, top to bottom, on accelerate (CPU, one GPU, or DDP via accelerate launch)."""
+"""`train(cfg)`: the whole training run, top to bottom, on accelerate (CPU, one GPU, or DDP: several processes
+started by `accelerate launch` or `torchrun`, on GPUs or, where there are none, on CPU cores with gloo)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import random
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -26,7 +28,10 @@ from rfm.train.instructions import InstructionVariator, check_coverage, load_var
 from rfm.train.logs import TrainLogger
 from rfm.train.lora import plain_state_dict
 from rfm.train.state import STATE_DIR, load_training_state, save_training_state
-from rfm.train.stop import StopSignals, TrainingStopped, ignore_sigint_in_worker
+from rfm.train.stop import StopSignals, TrainingStopped, shield_worker_from_stop_signals
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
 CHECKPOINT_DIR = "checkpoint"
 
@@ -80,6 +85,21 @@ def _mixed_precision(cfg: TrainConfig) -> str:
     if cfg.mixed_precision != "auto":
         return cfg.mixed_precision
     return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+
+
+def _cpu_only() -> bool:
+    """No GPU or other accelerator: accelerate then runs processes started by torchrun / accelerate launch as one
+    multi-process CPU run (gloo) instead of as independent copies writing the same checkpoint."""
+    return not torch.accelerator.is_available()
+
+
+def _agreed_stop(signum: int | None, accelerator: Accelerator) -> int | None:
+    """The stop signal any process of the run has received, the same on every process, so all of them save and stop
+    after the same step (one that stopped alone would leave the others waiting for it in the next all-reduce)."""
+    if accelerator.num_processes == 1:
+        return signum
+    flag = torch.tensor([signum or 0], device=accelerator.device)
+    return int(accelerator.reduce(flag, "max").item()) or None
 
 
 def _lineage(init: str, meta: dict) -> list[dict]:
@@ -185,7 +205,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     out = Path(cfg.out)
     ckpt_dir = out / CHECKPOINT_DIR
     _check_out(ckpt_dir, cfg)
-    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=_mixed_precision(cfg))
+    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=_mixed_precision(cfg),
+                              cpu=_cpu_only())
     _seed_everything(cfg.seed + accelerator.process_index)
 
     # --- data ---------------------------------------------------------------------------------------------------
@@ -222,7 +243,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
                         drop_last=len(train_set) > cfg.batch_size, num_workers=cfg.num_workers,
                         collate_fn=collate_windows, persistent_workers=cfg.num_workers > 0,
                         pin_memory=torch.cuda.is_available(),
-                        worker_init_fn=ignore_sigint_in_worker if cfg.num_workers > 0 else None)
+                        worker_init_fn=shield_worker_from_stop_signals if cfg.num_workers > 0 else None)
     val_loader = (DataLoader(data.val_set, batch_size=cfg.batch_size, collate_fn=collate_windows)
                   if data.val_set is not None else None)
 
@@ -370,11 +391,13 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
                            grad_norm=float(grad_norm) if grad_norm is not None else None, samples_per_s=sps,
                            elapsed_s=time.time() - t0 + prior_time)
                 window_t, window_samples = time.time(), 0
-            if step % cfg.save_every == 0 or step == cfg.steps or stop.signum is not None:  # a stop saves its step
+            signum = _agreed_stop(stop.signum, accelerator)
+            if step % cfg.save_every == 0 or step == cfg.steps or signum is not None:  # a stop saves its step
                 accelerator.wait_for_everyone()
                 save(step, loss_avg)
-            if stop.signum is not None:
-                stopped = (stop.signum, step)
+                accelerator.wait_for_everyone()  # no process ends the run (a launcher then kills the rest) mid-save
+            if signum is not None:
+                stopped = (signum, step)
                 break
     bar.close()
     logger.close()

@@ -4,6 +4,7 @@ the step in progress, saves a checkpoint that `--resume` continues, and ends the
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from types import FrameType
@@ -52,7 +53,9 @@ class StopSignals:
         self._restore()
 
 
-def ignore_sigint_in_worker(_worker_id: int) -> None:
-    """DataLoader worker_init_fn: Ctrl-C reaches the whole process group; the workers keep loading while the main
-    process saves, and stop with it."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+def shield_worker_from_stop_signals(_worker_id: int) -> None:
+    """DataLoader worker_init_fn: the worker gets a process group of its own, so Ctrl-C in a terminal and the SIGTERM
+    a launcher sends to the run's process group (torchrun, accelerate launch) reach the training process only, and
+    the workers keep loading while it finishes the step and saves. The DataLoader still stops its workers itself,
+    and a worker whose parent is gone exits."""
+    os.setpgid(0, 0)
