@@ -58,4 +58,5 @@ def shield_worker_from_stop_signals(_worker_id: int) -> None:
     a launcher sends to the run's process group (torchrun, accelerate launch) reach the training process only, and
     the workers keep loading while it finishes the step and saves. The DataLoader still stops its workers itself,
     and a worker whose parent is gone exits."""
-    os.setpgid(0, 0)
+    if hasattr(os, "setpgid"):  # POSIX only
+        os.setpgid(0, 0)
