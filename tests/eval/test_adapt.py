@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -14,6 +12,7 @@ from rfm.cli.main import main
 from rfm.config import RobotInterface
 from rfm.constants import OBS_ENV_STATE
 from rfm.sim.instructions import instructions_for
+from tests.cli_in_process import rfm
 
 TINY = ["--demos", "2", "--steps", "5", "--episodes", "1", "--max-steps", "10", "--batch-size", "4", "--workers", "1",
         "--num-workers", "0", "--threads", "1", "--no-progress"]
@@ -37,9 +36,8 @@ def ckpt(tmp_path_factory):
     return path
 
 
-def _adapt(*args: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "rfm.cli.main", "adapt", *args, *TINY], capture_output=True,
-                          text=True, check=False, timeout=300)
+def _adapt(*args: str):
+    proc = rfm("adapt", *args, *TINY)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 

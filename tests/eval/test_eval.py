@@ -15,6 +15,7 @@ from rfm.config import RobotInterface
 from rfm.eval.card import weights_digest
 from rfm.runtime import load_runner
 from rfm.sim.metaworld import ACTION_NAMES, CONTROL_HZ, STATE_NAMES
+from tests.cli_in_process import rfm
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +178,7 @@ def test_update_card_records_results_without_touching_weights(ckpt, tmp_path):
     # the saved results go into a copy's card (a checkpoint promoted elsewhere) without rerunning the rollouts
     copy = tmp_path / "promoted"
     shutil.copytree(ckpt, copy)
-    proc = _rfm("card", str(copy), "--add", str(out))
+    proc = rfm("card", str(copy), "--add", str(out))
     assert proc.returncode == 0, proc.stderr
     assert json.loads((copy / "config.json").read_text())["meta"]["evaluation"] == {
         "metaworld-steps2": evals["metaworld-steps2"]}
@@ -187,15 +188,10 @@ def test_update_card_records_results_without_touching_weights(ckpt, tmp_path):
     block["seeds"] = [s + 50 for s in block["seeds"]]
     block["mean_success_rate"] = 0.8140000000000001  # a float mean as older `rfm eval` wrote it
     (tmp_path / "block2.json").write_text(json.dumps(block))
-    assert _rfm("card", str(copy), "--add", str(tmp_path / "block2.json")).returncode == 0
+    assert rfm("card", str(copy), "--add", str(tmp_path / "block2.json")).returncode == 0
     evals = json.loads((copy / "config.json").read_text())["meta"]["evaluation"]
     assert set(evals) == {"metaworld-steps2", "metaworld-steps2-seed1000050"}
     assert evals["metaworld-steps2-seed1000050"]["mean_success_rate"] == 0.814  # the card shows it rounded
-
-
-def _rfm(*argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "rfm.cli.main", *argv], capture_output=True, text=True, check=False,
-                          timeout=300)
 
 
 @pytest.mark.integration
@@ -210,28 +206,28 @@ def test_card_refuses_results_measured_on_other_weights(ckpt, tmp_path):
     path = tmp_path / "r.json"
     path.write_text(json.dumps(results))
     before = (other / "config.json").read_text()
-    proc = _rfm("card", str(other), "--add", str(path))
+    proc = rfm("card", str(other), "--add", str(path))
     assert proc.returncode == 2 and "measured on other weights" in proc.stderr and str(path) in proc.stderr
     # one good file beside a bad one: nothing is written, not even the good one
     good = tmp_path / "good.json"
     good.write_text(json.dumps({**results, "checkpoint": str(other), "weights_sha256": weights_digest(other)}))
-    proc = _rfm("card", str(other), "--add", str(good), str(path))
+    proc = rfm("card", str(other), "--add", str(good), str(path))
     assert proc.returncode == 2 and str(path) in proc.stderr
     assert (other / "config.json").read_text() == before
     # an ONNX evaluation measured no torch weights
     onnx = tmp_path / "onnx.json"
     onnx.write_text(json.dumps({**results, "backend": "onnx", "weights_sha256": None}))
-    proc = _rfm("card", str(other), "--add", str(onnx))
+    proc = rfm("card", str(other), "--add", str(onnx))
     assert proc.returncode == 2 and "onnx backend" in proc.stderr
     # results without a digest whose checkpoint is gone cannot be tied to any weights
     del results["weights_sha256"]
     results["checkpoint"] = str(tmp_path / "deleted")
     path.write_text(json.dumps(results))
-    proc = _rfm("card", str(other), "--add", str(path))
+    proc = rfm("card", str(other), "--add", str(path))
     assert proc.returncode == 2 and "cannot be tied" in proc.stderr
     # a file that is not eval results is named with the field it lacks
     path.write_text(json.dumps({"tasks": {}}))
-    proc = _rfm("card", str(other), "--add", str(path))
+    proc = rfm("card", str(other), "--add", str(path))
     assert proc.returncode == 2 and "'mean_success_rate'" in proc.stderr
     assert (other / "config.json").read_text() == before
 
@@ -331,9 +327,8 @@ def test_continuation_rollout_through_a_prefix_model(tmp_path):
     res = json.loads((tmp_path / "r.json").read_text())
     assert res["continuation"] and res["delay"] == 2 and res["tasks"]["reach-v3"]["mean_steps"] == 12
     assert "waits" not in proc.stderr  # 4 + 2 <= 8: the chunks never run out
-    proc = subprocess.run(base + ["--checkpoint", str(tmp_path / "plain")], capture_output=True, text=True,
-                          check=False, timeout=300)
-    assert proc.returncode != 0 and "prefix_max = 0" in proc.stderr and "Traceback" not in proc.stderr
+    proc = rfm(*base[3:], "--checkpoint", str(tmp_path / "plain"))  # refused before any rollout
+    assert proc.returncode == 2 and "prefix_max = 0" in proc.stderr
     late = [a if a != "2" else "6" for a in base if a != "--continuation"]  # 4 + 6 > 8: each chunk runs out
     proc = subprocess.run(late + ["--checkpoint", str(tmp_path / "plain")], capture_output=True, text=True,
                           check=False, timeout=300)
@@ -348,15 +343,15 @@ def test_card_records_the_actions_per_request_robots_should_run(tmp_path):
     itf = RobotInterface(cameras=["corner2"], image_size=(48, 48), state_names=STATE_NAMES,
                          action_names=ACTION_NAMES, chunk_size=8, control_hz=CONTROL_HZ)
     RFMPolicy.build("tiny", interface=itf).save_pretrained(ckpt)
-    proc = _rfm("card", str(ckpt), "--action-steps", "3")
+    proc = rfm("card", str(ckpt), "--action-steps", "3")
     assert proc.returncode == 0, proc.stderr
     assert "execution: 3 actions per request" in proc.stdout
     assert "| actions per request | 3, rfm card --action-steps |" in (ckpt / "README.md").read_text()
     assert load_runner(ckpt, device="cpu").describe()["execution"]["action_steps"] == 3
     before = (ckpt / "config.json").read_text()
     for bad in ("9", "0", "two"):  # more than the chunk of 8, none, not a number
-        proc = _rfm("card", str(ckpt), "--action-steps", bad)
+        proc = rfm("card", str(ckpt), "--action-steps", bad)
         assert proc.returncode == 2 and "--action-steps=" in proc.stderr and str(ckpt) in proc.stderr
         assert "Traceback" not in proc.stderr and (ckpt / "config.json").read_text() == before
-    assert _rfm("card", str(ckpt), "--action-steps", "none").returncode == 0
+    assert rfm("card", str(ckpt), "--action-steps", "none").returncode == 0
     assert load_runner(ckpt, device="cpu").execution is None

@@ -4,8 +4,6 @@ errors."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -13,6 +11,7 @@ from safetensors.torch import load_file
 
 from rfm import RFMPolicy
 from rfm.train.average import average_checkpoints, parse_weights
+from tests.cli_in_process import rfm
 
 STATS = {"observation.state": {"mean": [0.1, 0.2, 0.3], "std": [1, 2, 3]},
          "action": {"mean": [1.0, 2.0], "std": [0.5, 0.25]}}
@@ -24,11 +23,6 @@ def _checkpoint(path, interface, seed, stats=STATS, preset="tiny"):
     policy.meta["evaluation"] = {"success_rate": 0.5}
     policy.save_pretrained(path)
     return path
-
-
-def _rfm(*args):
-    return subprocess.run([sys.executable, "-m", "rfm.cli.main", *args], capture_output=True, text=True,
-                          check=False, timeout=300)
 
 
 def test_parameters_are_the_weighted_mean_and_buffers_are_copied(tmp_path, small_interface):
@@ -49,7 +43,7 @@ def test_parameters_are_the_weighted_mean_and_buffers_are_copied(tmp_path, small
 def test_cli_writes_a_loadable_checkpoint_naming_its_sources(tmp_path, small_interface):
     a = _checkpoint(tmp_path / "a", small_interface, seed=0)
     b = _checkpoint(tmp_path / "b", small_interface, seed=1)
-    out = _rfm("average", str(a), str(b), "--out", str(tmp_path / "soup"))
+    out = rfm("average", str(a), str(b), "--out", str(tmp_path / "soup"))
     assert out.returncode == 0, out.stderr
     assert "0.5 x" in out.stdout and str(tmp_path / "soup") in out.stdout
     soup = RFMPolicy.from_pretrained(tmp_path / "soup")
@@ -106,11 +100,11 @@ def test_different_architectures_are_one_line_cli_errors(tmp_path, small_interfa
 
     a = _checkpoint(tmp_path / "a", small_interface, seed=0)
     b = _checkpoint(tmp_path / "b", replace(small_interface, chunk_size=4), seed=1)
-    out = _rfm("average", str(a), str(b), "--out", str(tmp_path / "soup"))
+    out = rfm("average", str(a), str(b), "--out", str(tmp_path / "soup"))
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "b/config.json: interface.chunk_size=4" in out.stderr and "has 8" in out.stderr
     assert not (tmp_path / "soup").exists()
-    out = _rfm("average", str(a), str(tmp_path / "missing"), "--out", str(tmp_path / "soup"))
+    out = rfm("average", str(a), str(tmp_path / "missing"), "--out", str(tmp_path / "soup"))
     assert out.returncode == 2 and "missing: checkpoint directory not found" in out.stderr
     assert "Traceback" not in out.stderr
 
