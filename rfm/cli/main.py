@@ -68,8 +68,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rfm {args.command}: error: {e}; this command needs pip install 'rfm[{extra}]'", file=sys.stderr)
         return 2
     except TrainingStopped as e:  # SIGTERM / Ctrl-C during training: the checkpoint of that step is saved
-        if os.environ.get("RANK", "0") == "0":  # once for a multi-process run
-            print(f"rfm {args.command}: {e}", file=sys.stderr)
+        if os.environ.get("RANK", "0") != "0":  # a multi-process run: rank 0 reports the stop, and a launcher
+            return 0  # would kill it (mid-report) as soon as another rank exited with an error
+        print(f"rfm {args.command}: {e}", file=sys.stderr)
         return 128 + e.signum
     except KeyboardInterrupt:
         return 130

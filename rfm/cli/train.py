@@ -64,7 +64,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset-weights", metavar="W1,W2,...",
                    help="share of samples from each --dataset, in order (default: in proportion to their frames)")
     p.add_argument("--num-workers", type=int)
-    p.add_argument("--frame-cache-gb", type=float, help="decoded-frame cache (GiB), shared by the DataLoader workers")
+    p.add_argument("--frame-cache-gb", type=float, help="decoded-frame cache (GiB), shared by the DataLoader workers of all "
+                   "training processes on this machine")
     p.add_argument("--val-episodes", type=int, help="hold out the last N episodes; report their loss while training")
     p.add_argument("--save-every", type=int)
     p.add_argument("--log-every", type=int)

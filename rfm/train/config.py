@@ -46,7 +46,7 @@ class TrainConfig:
     balance: str = "none"  # none: frames drawn uniformly | tasks: every task (instruction) gets the same share
     dataset_weights: list[float] | None = None  # share of samples per dataset (normalised); None: by frame count
     num_workers: int = 2  # DataLoader workers
-    frame_cache_gb: float = 4.0  # decoded-frame cache, all DataLoader workers together (each holds its own part)
+    frame_cache_gb: float = 4.0  # decoded-frame cache of all DataLoader workers of all processes on this machine
     val_episodes: int = 0  # episodes held out for a validation loss (0 = none)
     save_every: int = 1000  # steps between atomic checkpoints
     log_every: int = 50  # steps between log lines

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import time
 from dataclasses import replace
@@ -100,6 +101,12 @@ def _agreed_stop(signum: int | None, accelerator: Accelerator) -> int | None:
         return signum
     flag = torch.tensor([signum or 0], device=accelerator.device)
     return int(accelerator.reduce(flag, "max").item()) or None
+
+
+def _local_processes() -> int:
+    """Training processes on this machine (torchrun and accelerate launch say how many; 1 when run alone): the
+    decoded-frame budget is shared by all of them."""
+    return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
 def _lineage(init: str, meta: dict) -> list[dict]:
@@ -223,7 +230,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     ahead = max((aid.future_steps for aid in aids if aid.future_steps), default=None)  # frames that far ahead
     data = build_training_data(cfg.datasets, cfg.chunk_size, _image_size(cfg, init_config), cfg.cameras,
                                cfg.val_episodes, cfg.frame_cache_gb, features=features,
-                               cache_copies=max(cfg.num_workers, 1), prepare=prepare, interface=cfg.interface,
+                               cache_copies=max(cfg.num_workers, 1) * _local_processes(), prepare=prepare,
+                               interface=cfg.interface,
                                future_steps=ahead)
     interface, inherited = _inherit_geometry(data.interface, init_config)
     train_set = data.train_set
@@ -395,13 +403,13 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
             if step % cfg.save_every == 0 or step == cfg.steps or signum is not None:  # a stop saves its step
                 accelerator.wait_for_everyone()
                 save(step, loss_avg)
-                accelerator.wait_for_everyone()  # no process ends the run (a launcher then kills the rest) mid-save
             if signum is not None:
                 stopped = (signum, step)
                 break
     bar.close()
     logger.close()
     if stopped is not None:
+        accelerator.wait_for_everyone()  # the processes leave together, after rank 0 has written the checkpoint
         accelerator.end_training()
         raise TrainingStopped(stopped[0], stopped[1], str(ckpt_dir))
     if start_step >= cfg.steps:  # nothing to do: still make sure a checkpoint exists

@@ -41,7 +41,8 @@ def load_tiny(path: Path) -> Runner:
 
 
 class FaultyRunner(Runner):
-    """Delegates to a real runner; can be armed to raise for the next n batches, or to sleep per batch."""
+    """Delegates to a real runner; can be armed to raise for the next n batches, to sleep per batch, or to hold each
+    batch until `hold` (an Event) is set, so requests queue behind a busy worker however fast the machine is."""
 
     backend = "torch-faulty"
 
@@ -50,6 +51,8 @@ class FaultyRunner(Runner):
         self.inner, self.delay_s, self.failures = inner, delay_s, 0
         self.prefix_max = inner.prefix_max
         self.batch_sizes: list[int] = []
+        self.entered = threading.Event()  # set when a batch reaches the model
+        self.hold: threading.Event | None = None
         self._lock = threading.Lock()
 
     def arm(self, failures: int) -> None:
@@ -61,6 +64,9 @@ class FaultyRunner(Runner):
 
     def _forward(self, images, state, text, text_mask, noise, prefix=None, prefix_len=None):
         self.batch_sizes.append(images.shape[0])
+        self.entered.set()
+        if self.hold is not None:
+            self.hold.wait(30)
         with self._lock:
             fail = self.failures > 0
             self.failures -= int(fail)

@@ -103,18 +103,14 @@ def test_v1_ws_and_openpi_carry_committed_actions(prefix_server, prefix_runner):
 
 
 class PrefixLog(FaultyRunner):
-    """Records each batch's committed-action counts (prefix_len; None: no row had any); slow, so requests queue."""
+    """Records each batch's committed-action counts (prefix_len; None: no row had any)."""
 
     def __init__(self, inner, delay_s: float) -> None:
         super().__init__(inner, delay_s)
         self.prefix_lens: list[list[int] | None] = []
-        self.entered, self.hold = threading.Event(), None  # hold: a batch waits for it (the worker is busy)
 
     def _forward(self, images, state, text, text_mask, noise, prefix=None, prefix_len=None):
         self.prefix_lens.append(None if prefix_len is None else prefix_len.tolist())
-        self.entered.set()
-        if self.hold is not None:
-            self.hold.wait(30)
         return super()._forward(images, state, text, text_mask, noise, prefix, prefix_len)
 
 

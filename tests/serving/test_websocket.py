@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import msgpack
@@ -13,7 +14,7 @@ from websockets.exceptions import ConnectionClosed
 
 from serving.config import ServerConfig
 from serving.server import ServerThread
-from tests.serving.helpers import json_body, msgpack_body, observation
+from tests.serving.helpers import FaultyRunner, json_body, msgpack_body, observation
 
 pytestmark = pytest.mark.integration  # a real uvicorn server
 
@@ -40,15 +41,24 @@ def test_v1_ws_json_and_msgpack_frames_and_errors_keep_the_connection(server):
         assert msgpack.unpackb(ws.recv())["request_id"] == "w3"
 
 
-def test_v1_ws_frames_sent_ahead_run_together_and_are_answered_in_order(server):
+def test_v1_ws_frames_sent_ahead_run_together_and_are_answered_in_order(tiny_runner):
     """A robot that sends before its last answer came back is not queued behind itself on the socket."""
-    with wsc.connect(ws_url(server, "/v1/ws"), max_size=None) as ws:
-        ids = [f"p{i}" for i in range(4)]
-        for i, rid in enumerate(ids):
-            body = msgpack_body(observation(), request_id=rid) if i != 2 else msgpack_body(
-                {**observation(), "state": np.zeros(5)}, request_id=rid)  # one bad frame among them
-            ws.send(body)
-        out = [msgpack.unpackb(ws.recv()) for _ in ids]
+    runner = FaultyRunner(tiny_runner)
+    with ServerThread(runner, ServerConfig(max_batch=8, max_wait_ms=5, warmup_batch_sizes=(1,))) as server:
+        runner.entered.clear()
+        runner.hold = threading.Event()  # the first batch holds the worker until the other frames are in
+        with wsc.connect(ws_url(server, "/v1/ws"), max_size=None) as ws:
+            ids = [f"p{i}" for i in range(4)]
+            for i, rid in enumerate(ids):
+                body = msgpack_body(observation(), request_id=rid) if i != 2 else msgpack_body(
+                    {**observation(), "state": np.zeros(5)}, request_id=rid)  # one bad frame among them
+                ws.send(body)
+            assert runner.entered.wait(30)
+            deadline = time.monotonic() + 30  # the three good frames: in the held batch or queued behind it
+            while runner.batch_sizes[-1] + server.state.service.batcher.depth() < 3 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            runner.hold.set()
+            out = [msgpack.unpackb(ws.recv()) for _ in ids]
     assert [o.get("request_id") for o in out] == ["p0", "p1", None, "p3"] and out[2]["status"] == 422
     assert max(o.get("batch_size", 0) for o in out) >= 2  # the frames sent ahead shared a batch
 

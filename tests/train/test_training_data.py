@@ -154,3 +154,13 @@ def test_frame_cache_budget_is_shared_by_the_loader_workers(two):
     held = [sum(part.cache.max_bytes for part in d.train_set.datasets) for d in (one, both)]
     assert held[0] <= budget * 2**30 and 2 * held[1] <= budget * 2**30
     assert held[1] >= held[0] // 2 - 2
+
+
+def test_frame_cache_budget_counts_the_training_processes_on_the_machine(monkeypatch):
+    """torchrun / accelerate launch set LOCAL_WORLD_SIZE: N processes share the budget instead of each taking it."""
+    from rfm.train.loop import _local_processes
+
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert _local_processes() == 1
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert _local_processes() == 4
