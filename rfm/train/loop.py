@@ -300,6 +300,11 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         if ema is not None:
             ema.n_averaged.fill_(max(1, meta["step"]))
         start_step = meta["step"]
+        # the saved schedule counted each step once per process of the run that saved it; a run resumed on another
+        # number of processes (a preempted job requeued onto what is free) continues it at the same step
+        scheduler.last_epoch = start_step * n_proc
+        for group, lr in zip(optimizer.param_groups, scheduler.get_lr()):
+            group["lr"] = lr
         accelerator.print(f"resumed from {ckpt_dir} at step {start_step}")
     if ema is not None:
         ema.to(accelerator.device)
