@@ -8,6 +8,7 @@ import math
 import os
 import random
 import time
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,6 +29,7 @@ from rfm.train.init import init_from_checkpoint
 from rfm.train.instructions import InstructionVariator, check_coverage, load_variants
 from rfm.train.logs import TrainLogger
 from rfm.train.lora import plain_state_dict
+from rfm.train.run_lock import run_lock
 from rfm.train.state import STATE_DIR, load_training_state, save_training_state
 from rfm.train.stop import StopSignals, TrainingStopped, shield_worker_from_stop_signals
 
@@ -201,8 +203,16 @@ def _check_out(ckpt_dir: Path, cfg: TrainConfig) -> None:
     raise ConfigError(f"{ckpt_dir} holds {what}: --resume continues it, --overwrite replaces it, or choose another "
                       f"--out")
 
+
 def train(cfg: TrainConfig, progress: bool = True) -> Path:
-    """Train a policy on a LeRobot dataset; returns the checkpoint directory (EMA weights, atomic saves)."""
+    """Train a policy on a LeRobot dataset; returns the checkpoint directory (EMA weights, atomic saves). The first
+    process of the run holds OUT's run lock throughout (rfm.train.run_lock)."""
+    first = os.environ.get("RANK", "0") == "0"  # torchrun / accelerate launch number the processes
+    with run_lock(Path(cfg.out)) if first else nullcontext():
+        return _train(cfg, progress)
+
+
+def _train(cfg: TrainConfig, progress: bool) -> Path:
     from accelerate import Accelerator
     from tqdm.auto import tqdm
 
@@ -303,8 +313,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         # the saved schedule counted each step once per process of the run that saved it; a run resumed on another
         # number of processes (a preempted job requeued onto what is free) continues it at the same step
         scheduler.last_epoch = start_step * n_proc
-        for group, lr in zip(optimizer.param_groups, scheduler.get_lr()):
-            group["lr"] = lr
+        for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+            group["lr"] = base * factor(scheduler.last_epoch)
         accelerator.print(f"resumed from {ckpt_dir} at step {start_step}")
     if ema is not None:
         ema.to(accelerator.device)
@@ -315,7 +325,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     if accelerator.is_main_process:
         (out / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-    logger = TrainLogger(out / "logs", enabled=accelerator.is_main_process, resume=start_step > 0,
+    logger = TrainLogger(out / "logs", enabled=accelerator.is_main_process, resume_step=start_step,
                          extra=[f"{name}_loss" for aid in aids for name in aid.loss_names])
 
     def save(step: int, final_loss: float | None) -> None:

@@ -150,3 +150,17 @@ def test_sigterm_finishes_the_step_saves_and_resume_continues(tmp_path, monkeypa
     monkeypatch.setattr(loop, "_train_batch", real)
     train(_cfg(out, steps=6, save_every=50, val_episodes=0, resume=True), progress=False)
     assert json.loads((out / "checkpoint" / "config.json").read_text())["meta"]["training"]["steps_done"] == 6
+
+
+def test_a_second_run_into_an_out_a_running_one_writes_is_refused(tmp_path):
+    """Two runs into one --out would interleave their logs and replace each other's checkpoints."""
+    from rfm.train.run_lock import run_lock
+    from tests.cli_in_process import rfm
+
+    out = tmp_path / "run"
+    with run_lock(out):  # a run in progress (the lock is per open file, so this process counts as another run)
+        proc = rfm("train", "--dataset", str(FIXTURE), "--out", str(out), "--preset", "tiny", "--steps", "1")
+        assert proc.returncode == 2 and "another rfm train is writing this run (pid " in proc.stderr
+        assert {p.name for p in out.iterdir()} == {".rfm-train.lock"}
+    train(_cfg(out, steps=2, save_every=2, val_episodes=0), progress=False)  # free once that run has ended
+    assert (out / "checkpoint" / "config.json").is_file()
