@@ -16,13 +16,15 @@ LOCK_FILE = ".rfm-train.lock"
 
 @contextmanager
 def run_lock(out: Path) -> Iterator[None]:
-    """Hold OUT/.rfm-train.lock for the run; FileExistsError naming the holder if another run holds it. Where the
-    file system has no locks (or on Windows), the run goes ahead unlocked."""
+    """Hold OUT/.rfm-train.lock for the run; FileExistsError naming the holder if another run holds it. A run that
+    created OUT and ends without writing anything (refused by a check) leaves no OUT behind. Where the file system
+    has no locks (or on Windows), the run goes ahead unlocked."""
     try:
         import fcntl
     except ImportError:  # not POSIX
         yield
         return
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     with open(out / LOCK_FILE, "a+") as f:
         try:
@@ -41,4 +43,7 @@ def run_lock(out: Path) -> Iterator[None]:
         try:
             yield
         finally:
+            if created and [p.name for p in out.iterdir()] == [LOCK_FILE]:  # refused before writing anything:
+                (out / LOCK_FILE).unlink()  # leave no run directory behind
+                out.rmdir()
             fcntl.flock(f, fcntl.LOCK_UN)

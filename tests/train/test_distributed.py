@@ -72,7 +72,7 @@ def test_two_processes_train_as_one_run_stop_together_and_resume(tmp_path):
     finally:
         stop(run)
     assert "DataLoader worker" not in log, log[-3000:]
-    assert run.returncode != 0 and "closing signal" not in log, log[-3000:]  # rank 0 ended by itself, not killed
+    assert run.returncode != 0, log[-3000:]  # rank 0 exits 143 (SIGTERM); the stop is reported once, by rank 0
     stopped = [line for line in log.splitlines() if "stopped by SIGTERM after step" in line]
     assert len(stopped) == 1, log[-3000:]  # one line for the run, not one per process
     meta = json.loads((out / "checkpoint" / "config.json").read_text())["meta"]["training"]
