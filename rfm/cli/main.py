@@ -10,6 +10,7 @@ import sys
 
 from rfm.cli.errors import CLIError
 from rfm.processes import WorkerDied
+from rfm.train.launch import first_process  # the environment only: no torch
 from rfm.train.stop import TrainingStopped  # signal and threading only: no torch
 
 # Idle OpenMP threads sleep instead of spinning: with spinning, two torch processes on a small CPU slow each other
@@ -68,8 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rfm {args.command}: error: {e}; this command needs pip install 'rfm[{extra}]'", file=sys.stderr)
         return 2
     except TrainingStopped as e:  # SIGTERM / Ctrl-C during training: the checkpoint of that step is saved
-        if os.environ.get("RANK", "0") != "0":  # a multi-process run: rank 0 reports the stop, and a launcher
-            return 0  # would kill it (mid-report) as soon as another rank exited with an error
+        if not first_process():  # a multi-process run: rank 0 reports the stop, and a launcher would kill it
+            return 0  # (mid-report) as soon as another rank exited with an error
         print(f"rfm {args.command}: {e}", file=sys.stderr)
         return 128 + e.signum
     except KeyboardInterrupt:

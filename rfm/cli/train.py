@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from dataclasses import fields
 
 from rfm.cli.args import positive_int
@@ -24,8 +23,10 @@ NOT_CONFIG = ("config", "set", "threads", "no_progress", "func", "command")  # f
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train or fine-tune a policy on a LeRobot dataset",
                        description="Train a policy. Several GPUs or nodes as one run: `torchrun --standalone "
-                                   "--nproc_per_node N -m rfm.cli.main train ...` (CPU cores where there is no GPU; on GPUs also "
-                                   "`accelerate launch --multi_gpu --num_processes N -m rfm.cli.main train ...`). Every TrainConfig field is settable from --config FILE or --set FIELD=VALUE.",
+                                   "--nproc_per_node N -m rfm.cli.main train ...` (CPU cores where there is no "
+                                   "GPU; on GPUs also `accelerate launch --multi_gpu --num_processes N -m "
+                                   "rfm.cli.main train ...`). Every TrainConfig field is settable from --config FILE "
+                                   "or --set FIELD=VALUE.",
                        argument_default=argparse.SUPPRESS)  # only flags given override the config file
     p.add_argument("--config", default=None, metavar="FILE",
                    help="YAML or JSON train config (e.g. a run's train_config.json); flags override it")
@@ -64,8 +65,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset-weights", metavar="W1,W2,...",
                    help="share of samples from each --dataset, in order (default: in proportion to their frames)")
     p.add_argument("--num-workers", type=int)
-    p.add_argument("--frame-cache-gb", type=float, help="decoded-frame cache (GiB), shared by the DataLoader workers of all "
-                   "training processes on this machine")
+    p.add_argument("--frame-cache-gb", type=float,
+                   help="decoded-frame cache (GiB), shared by the DataLoader workers of all training processes on "
+                        "this machine")
     p.add_argument("--val-episodes", type=int, help="hold out the last N episodes; report their loss while training")
     p.add_argument("--save-every", type=int)
     p.add_argument("--log-every", type=int)
@@ -126,10 +128,11 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
+    from rfm.train.launch import first_process
     from rfm.train.loop import train
 
     ckpt = train(cfg, progress=not getattr(args, "no_progress", False))
-    if os.environ.get("RANK", "0") == "0":  # one line from a multi-process run (accelerate launch, torchrun)
+    if first_process():  # one line from a multi-process run
         print(f"checkpoint: {ckpt}")
     return 0
 

@@ -34,7 +34,8 @@ class TrainLogger:
             from torch.utils.tensorboard import SummaryWriter
 
             # purge_step: TensorBoard hides the stopped run's events from that step on
-            self.tb = SummaryWriter(str(self.logdir / "tensorboard"), purge_step=resume_step + 1 if resume_step else None)
+            self.tb = SummaryWriter(str(self.logdir / "tensorboard"),
+                                    purge_step=resume_step + 1 if resume_step else None)
         except ImportError:  # tensorboard is optional at run time
             self.tb = None
 

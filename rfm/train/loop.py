@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import time
 from contextlib import nullcontext
@@ -27,6 +26,7 @@ from rfm.train.augment import augment, state_noise
 from rfm.train.config import TrainConfig
 from rfm.train.init import init_from_checkpoint
 from rfm.train.instructions import InstructionVariator, check_coverage, load_variants
+from rfm.train.launch import cpu_only, first_process, local_processes
 from rfm.train.logs import TrainLogger
 from rfm.train.lora import plain_state_dict
 from rfm.train.run_lock import run_lock
@@ -90,12 +90,6 @@ def _mixed_precision(cfg: TrainConfig) -> str:
     return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
 
 
-def _cpu_only() -> bool:
-    """No GPU or other accelerator: accelerate then runs processes started by torchrun / accelerate launch as one
-    multi-process CPU run (gloo) instead of as independent copies writing the same checkpoint."""
-    return not torch.accelerator.is_available()
-
-
 def _agreed_stop(signum: int | None, accelerator: Accelerator) -> int | None:
     """The stop signal any process of the run has received, the same on every process, so all of them save and stop
     after the same step (one that stopped alone would leave the others waiting for it in the next all-reduce)."""
@@ -103,12 +97,6 @@ def _agreed_stop(signum: int | None, accelerator: Accelerator) -> int | None:
         return signum
     flag = torch.tensor([signum or 0], device=accelerator.device)
     return int(accelerator.reduce(flag, "max").item()) or None
-
-
-def _local_processes() -> int:
-    """Training processes on this machine (torchrun and accelerate launch say how many; 1 when run alone): the
-    decoded-frame budget is shared by all of them."""
-    return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
 def _lineage(init: str, meta: dict) -> list[dict]:
@@ -207,8 +195,7 @@ def _check_out(ckpt_dir: Path, cfg: TrainConfig) -> None:
 def train(cfg: TrainConfig, progress: bool = True) -> Path:
     """Train a policy on a LeRobot dataset; returns the checkpoint directory (EMA weights, atomic saves). The first
     process of the run holds OUT's run lock throughout (rfm.train.run_lock)."""
-    first = os.environ.get("RANK", "0") == "0"  # torchrun / accelerate launch number the processes
-    with run_lock(Path(cfg.out)) if first else nullcontext():
+    with run_lock(Path(cfg.out)) if first_process() else nullcontext():
         return _train(cfg, progress)
 
 
@@ -223,7 +210,7 @@ def _train(cfg: TrainConfig, progress: bool) -> Path:
     ckpt_dir = out / CHECKPOINT_DIR
     _check_out(ckpt_dir, cfg)
     accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=_mixed_precision(cfg),
-                              cpu=_cpu_only())
+                              cpu=cpu_only())
     _seed_everything(cfg.seed + accelerator.process_index)
 
     # --- data ---------------------------------------------------------------------------------------------------
@@ -240,7 +227,7 @@ def _train(cfg: TrainConfig, progress: bool) -> Path:
     ahead = max((aid.future_steps for aid in aids if aid.future_steps), default=None)  # frames that far ahead
     data = build_training_data(cfg.datasets, cfg.chunk_size, _image_size(cfg, init_config), cfg.cameras,
                                cfg.val_episodes, cfg.frame_cache_gb, features=features,
-                               cache_copies=max(cfg.num_workers, 1) * _local_processes(), prepare=prepare,
+                               cache_copies=max(cfg.num_workers, 1) * local_processes(), prepare=prepare,
                                interface=cfg.interface,
                                future_steps=ahead)
     interface, inherited = _inherit_geometry(data.interface, init_config)

@@ -158,9 +158,9 @@ def test_frame_cache_budget_is_shared_by_the_loader_workers(two):
 
 def test_frame_cache_budget_counts_the_training_processes_on_the_machine(monkeypatch):
     """torchrun / accelerate launch set LOCAL_WORLD_SIZE: N processes share the budget instead of each taking it."""
-    from rfm.train.loop import _local_processes
+    from rfm.train.launch import local_processes
 
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
-    assert _local_processes() == 1
+    assert local_processes() == 1
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
-    assert _local_processes() == 4
+    assert local_processes() == 4
