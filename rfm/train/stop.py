@@ -54,9 +54,26 @@ class StopSignals:
 
 
 def shield_worker_from_stop_signals(_worker_id: int) -> None:
-    """DataLoader worker_init_fn: the worker gets a process group of its own, so Ctrl-C in a terminal and the SIGTERM
-    a launcher sends to the run's process group (torchrun, accelerate launch) reach the training process only, and
-    the workers keep loading while it finishes the step and saves. The DataLoader still stops its workers itself,
-    and a worker whose parent is gone exits."""
-    if hasattr(os, "setpgid"):  # POSIX only
-        os.setpgid(0, 0)
+    """DataLoader worker_init_fn: a stop signal meant for the run does not end its loaders under the step being
+    finished. Ctrl-C reaches a terminal's whole process group and is ignored here. SIGTERM comes to every process of
+    the run from a launcher (torchrun signals each rank's group), a scheduler (SLURM signals every process of the job)
+    or `pkill -f`; a worker ends on it only when the training process itself sends it, which is how the DataLoader
+    and multiprocessing stop their workers. A worker whose parent is gone exits by itself."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if not hasattr(signal, "sigwaitinfo"):  # macOS, Windows: at least leave the run's process group
+        if hasattr(os, "setpgid"):
+            os.setpgid(0, 0)
+        return
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the handler a forked worker may inherit from the run
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # this thread and every thread it starts later
+    threading.Thread(target=_end_on_sigterm_from, args=(os.getppid(),), name="sigterm-from-parent",
+                     daemon=True).start()
+
+
+def _end_on_sigterm_from(parent: int) -> None:
+    """Take each SIGTERM sent to this worker; the training process's own ends the worker as SIGTERM would."""
+    while True:
+        if signal.sigwaitinfo({signal.SIGTERM}).si_pid == parent:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # this thread only: delivered here, and
+            os.kill(os.getpid(), signal.SIGTERM)  # the default action ends the process
+            return

@@ -164,3 +164,37 @@ def test_a_second_run_into_an_out_a_running_one_writes_is_refused(tmp_path):
         assert {p.name for p in out.iterdir()} == {".rfm-train.lock"}
     train(_cfg(out, steps=2, save_every=2, val_episodes=0), progress=False)  # free once that run has ended
     assert (out / "checkpoint" / "config.json").is_file()
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="finds the run's processes in /proc")
+def test_sigterm_to_every_process_of_the_run_still_saves_the_step(tmp_path):
+    """SLURM's scancel and `pkill -f "rfm train"` signal the DataLoader workers too: they keep loading (only the
+    training process's own SIGTERM ends them), so the step is finished and saved instead of the run crashing."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "rfm.cli.main", "train", "--dataset", str(FIXTURE), "--preset",
+                             "tiny", "--image-size", "48", "48", "--batch-size", "4", "--num-workers", "2", "--steps",
+                             "5000", "--save-every", "5000", "--log-every", "1", "--no-progress", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        log = out / "logs" / "train.csv"
+        deadline = time.time() + 120
+        while not (log.exists() and len(log.read_text().splitlines()) > 3):
+            assert proc.poll() is None and time.time() < deadline, proc.stdout.read()[-3000:]
+            time.sleep(0.2)
+        workers = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        assert len(workers) >= 2
+        for pid in [proc.pid, *map(int, workers)]:
+            os.kill(pid, signal.SIGTERM)
+        text = proc.communicate(timeout=120)[0]
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM and "DataLoader worker" not in text, text[-3000:]
+    done = json.loads((out / "checkpoint" / "config.json").read_text())["meta"]["training"]["steps_done"]
+    assert f"stopped by SIGTERM after step {done}; checkpoint saved" in text
