@@ -27,6 +27,7 @@ def run_lock(out: Path) -> Iterator[None]:
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     with open(out / LOCK_FILE, "a+") as f:
+        locked = True
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -34,16 +35,17 @@ def run_lock(out: Path) -> Iterator[None]:
             holder = f.read().strip() or "another process"
             raise FileExistsError(f"{out}: another rfm train is writing this run ({holder}); wait for it to end, stop "
                                   f"it, or choose another --out") from None
-        except OSError:  # a file system without flock
-            yield
-            return
-        f.truncate(0)
-        f.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-        f.flush()
+        except OSError:  # a file system without flock: the run is not kept in an except block (its errors would
+            locked = False  # read as raised while handling this one)
+        if locked:
+            f.truncate(0)
+            f.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+            f.flush()
         try:
             yield
         finally:
             if created and [p.name for p in out.iterdir()] == [LOCK_FILE]:  # refused before writing anything:
                 (out / LOCK_FILE).unlink()  # leave no run directory behind
                 out.rmdir()
-            fcntl.flock(f, fcntl.LOCK_UN)
+            if locked:
+                fcntl.flock(f, fcntl.LOCK_UN)
