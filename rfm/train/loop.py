@@ -107,6 +107,17 @@ def _lineage(init: str, meta: dict) -> list[dict]:
     return [here, *meta.get("lineage", [])]
 
 
+def _shut_down_workers(batches, loader: DataLoader) -> None:
+    """End the DataLoader's persistent workers now. Left to garbage collection, they are still running at exit,
+    where multiprocessing terminates them while torch still watches them: 'DataLoader worker (pid …) is killed by
+    signal: Terminated' after a clean stop."""
+    batches.close()
+    iterator = getattr(loader, "_iterator", None)  # persistent_workers: the loader keeps its worker iterator
+    if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+        iterator._shutdown_workers()
+    loader._iterator = None
+
+
 def _infinite(loader: DataLoader):
     epoch = 0
     while True:
@@ -408,6 +419,7 @@ def _train(cfg: TrainConfig, progress: bool) -> Path:
             if signum is not None:
                 stopped = (signum, step)
                 break
+    _shut_down_workers(batches, loader)
     bar.close()
     logger.close()
     if stopped is not None:
