@@ -8,18 +8,18 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests import cli_in_process
+
 pytestmark = pytest.mark.integration  # generate, train, resume, evaluate through the CLI
 
 
-def rfm(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "rfm.cli.main", *args], capture_output=True, text=True,
-                          timeout=timeout, check=False)
+def rfm(*args: str):
+    """`rfm ARGS` in this process (tests.cli_in_process), which must succeed."""
+    proc = cli_in_process.rfm(*args)
     assert proc.returncode == 0, f"rfm {' '.join(args)} failed:\n{proc.stderr[-3000:]}"
     return proc
 

@@ -144,6 +144,7 @@ def steps() -> dict[str, list[str]]:
 
 @pytest.mark.parametrize("robot", ["aloha-3cam-480x640", "arm-1cam-240x320"])
 def test_the_guide_walks_a_new_robot_from_data_to_a_served_int8_export(steps, tmp_path, robot):
+    """Steps 2-6 for the ALOHA fixture; steps 2-5 and a frame of the wrong size for the 1-camera arm."""
     port = _free_port()
     data = ALOHA if robot.startswith("aloha") else one_camera_dataset(tmp_path / "data")
     run = tmp_path / robot
@@ -165,6 +166,8 @@ def test_the_guide_walks_a_new_robot_from_data_to_a_served_int8_export(steps, tm
         assert not res["clipped"]
         if robot.startswith("arm"):  # a frame of another size: a 422 naming the field, and the server keeps serving
             wrong_size_is_a_clear_error(srv.url, itf)
+    if robot.startswith("arm"):  # step 6 is the same commands for any robot: the ALOHA walk runs it (25 s each)
+        return
     export_block, serve_export = steps["6. Export for the edge, and serve the export"][0].strip().splitlines()
     run_block(export_block, env)
     stats_file = run / "int8" / "stats.json"  # the export carries the training stats its limits come from

@@ -114,19 +114,16 @@ def _check_out_dir(out: Path, checkpoint: Path | None) -> None:
 
 def _write_tokenizer(text, tmp: Path) -> dict:
     """Tokenizer files into the export dir, and the settings OnnxRunner needs to reproduce tokenize()."""
-    tok = text.tokenizer
-    before = set(tmp.iterdir())
-    tok.save_pretrained(str(tmp))
-    written = sorted(p.name for p in set(tmp.iterdir()) - before)
+    saved = text.save_tokenizer(tmp)
     if not (tmp / "tokenizer.json").exists():
         raise RuntimeError(
             f"text encoder {text.name!r} has no fast tokenizer (tokenizer.json); OnnxRunner needs one"
         )
     return {
-        "files": written,
+        "files": sorted(saved["files"]),
         "max_tokens": text.max_tokens,
-        "pad_token": tok.pad_token,
-        "pad_id": int(tok.pad_token_id),
+        "pad_token": saved["pad_token"],
+        "pad_id": saved["pad_id"],
         "pad_type_id": 0,
     }
 

@@ -77,7 +77,7 @@ class TextGraph(nn.Module):
     def forward(self, input_ids, attention_mask, token_type_ids):
         hidden = self.model(
             input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
-        ).last_hidden_state  # (B, L, D_text)
+        )  # (B, L, D_text)
         return hidden * attention_mask.unsqueeze(-1).to(hidden.dtype)
 
 

@@ -36,22 +36,27 @@ def resolve_text_encoder(name: str) -> Path:
 
 
 class TextEncoder(CachedTextEncoder):
-    """Tokenise + encode instructions to fixed-length token features; thread-safe LRU cache per instruction."""
+    """Tokenise + encode instructions to fixed-length token features; thread-safe LRU cache per instruction.
+
+    A BERT-family encoder with a fast tokenizer (the packaged MiniLM) runs as rfm.model.bert with `tokenizers`,
+    without importing transformers; any other Hugging Face encoder runs through transformers."""
 
     def __init__(self, name: str = DEFAULT_TEXT_ENCODER, max_tokens: int = 24, cache_size: int = 4096,
                  device: str | torch.device = "cpu") -> None:
-        from transformers import AutoModel, AutoTokenizer
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
+        from rfm.model.bert import BertEncoder, is_bert_dir
 
         path = resolve_text_encoder(name)
         self.name, self.max_tokens, self.cache_size = name, max_tokens, cache_size
-        self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-        self.model: nn.Module = AutoModel.from_pretrained(str(path), local_files_only=True).eval()
+        if is_bert_dir(path) and (path / "tokenizer.json").exists():
+            self.model: nn.Module = BertEncoder.from_dir(path).eval()
+            self._tokenizer: FastTokenizer | HFTokenizer = FastTokenizer(path, max_tokens)
+            self.dim = self.model.hidden_size
+        else:
+            self.model = HFEncoder(path).eval()
+            self._tokenizer = HFTokenizer(path, max_tokens)
+            self.dim = self.model.hidden_size
         self.model.requires_grad_(False)
         self.model.to(device)
-        self.dim = int(self.model.config.hidden_size)
         self.cache = InstructionCache(max_tokens, self.dim, cache_size)
 
     @property
@@ -64,16 +69,16 @@ class TextEncoder(CachedTextEncoder):
 
     def tokenize(self, texts: list[str]) -> dict[str, np.ndarray]:
         """input_ids / attention_mask / token_type_ids as int64 arrays of shape (B, max_tokens)."""
-        tok = self.tokenizer(list(texts), padding="max_length", truncation=True, max_length=self.max_tokens,
-                             return_tensors="np")
-        out = {k: tok[k].astype(np.int64) for k in ("input_ids", "attention_mask")}
-        out["token_type_ids"] = tok.get("token_type_ids", np.zeros_like(out["input_ids"])).astype(np.int64)
-        return out
+        return self._tokenizer(list(texts))
+
+    def save_tokenizer(self, out: Path) -> dict:
+        """Write the tokenizer files an export needs into `out`: {files, pad_token, pad_id} (rfm.export)."""
+        return self._tokenizer.save(Path(out))
 
     @torch.inference_mode()
     def _encode_uncached(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         tok = {k: torch.from_numpy(v).to(self.device) for k, v in self.tokenize(texts).items()}
-        hidden = self.model(**tok).last_hidden_state  # (B, L, D_text)
+        hidden = self.model(**tok)  # (B, L, D_text)
         mask = tok["attention_mask"].bool()
         hidden = hidden.masked_fill(~mask[..., None], 0.0)
         return hidden.float().cpu().numpy(), mask.cpu().numpy()
@@ -89,3 +94,83 @@ class TextEncoder(CachedTextEncoder):
     def encode_torch(self, texts: list[str], device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
         f, m = self.encode(texts)
         return torch.from_numpy(f).to(device), torch.from_numpy(m).to(device)
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+class FastTokenizer:
+    """The encoder directory's tokenizer.json run by `tokenizers`, padded and truncated to max_tokens: the same
+    tokenizer the ONNX runner uses (rfm.runtime.export_runner)."""
+
+    def __init__(self, path: Path, max_tokens: int) -> None:
+        import json
+
+        from tokenizers import Tokenizer
+
+        self.path = path
+        config = json.loads((path / "tokenizer_config.json").read_text()) if (
+            path / "tokenizer_config.json").exists() else {}
+        pad = config.get("pad_token") or "[PAD]"
+        self.pad_token = pad["content"] if isinstance(pad, dict) else str(pad)
+        self.tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
+        self.pad_id = self.tokenizer.token_to_id(self.pad_token)
+        if self.pad_id is None:
+            raise ValueError(f"{path / 'tokenizer.json'}: has no pad token {self.pad_token!r}")
+        self.tokenizer.enable_truncation(max_length=max_tokens)
+        self.tokenizer.enable_padding(length=max_tokens, pad_id=self.pad_id, pad_token=self.pad_token, pad_type_id=0)
+
+    def __call__(self, texts: list[str]) -> dict[str, np.ndarray]:
+        enc = self.tokenizer.encode_batch(texts)
+        return {"input_ids": np.array([e.ids for e in enc], np.int64),
+                "attention_mask": np.array([e.attention_mask for e in enc], np.int64),
+                "token_type_ids": np.array([e.type_ids for e in enc], np.int64)}
+
+    def save(self, out: Path) -> dict:
+        import shutil
+
+        files = [f for f in TOKENIZER_FILES if (self.path / f).exists()]
+        for f in files:
+            shutil.copyfile(self.path / f, out / f)
+        return {"files": files, "pad_token": self.pad_token, "pad_id": int(self.pad_id)}
+
+
+class HFTokenizer:
+    """A transformers tokenizer (any architecture), padded and truncated to max_tokens."""
+
+    def __init__(self, path: Path, max_tokens: int) -> None:
+        from transformers import AutoTokenizer
+
+        self.max_tokens = max_tokens
+        self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+
+    def __call__(self, texts: list[str]) -> dict[str, np.ndarray]:
+        tok = self.tokenizer(texts, padding="max_length", truncation=True, max_length=self.max_tokens,
+                             return_tensors="np")
+        out = {k: tok[k].astype(np.int64) for k in ("input_ids", "attention_mask")}
+        out["token_type_ids"] = tok.get("token_type_ids", np.zeros_like(out["input_ids"])).astype(np.int64)
+        return out
+
+    def save(self, out: Path) -> dict:
+        before = set(out.iterdir())
+        self.tokenizer.save_pretrained(str(out))
+        written = sorted(p.name for p in set(out.iterdir()) - before)
+        return {"files": written, "pad_token": self.tokenizer.pad_token, "pad_id": int(self.tokenizer.pad_token_id)}
+
+
+class HFEncoder(nn.Module):
+    """A transformers AutoModel whose forward returns its last hidden states (B, L, D), like BertEncoder."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        from transformers import AutoModel
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        self.model = AutoModel.from_pretrained(str(path), local_files_only=True)
+        self.hidden_size = int(self.model.config.hidden_size)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask,
+                          token_type_ids=token_type_ids).last_hidden_state

@@ -30,6 +30,7 @@ from rfm.train.launch import cpu_only, first_process, local_processes
 from rfm.train.logs import TrainLogger
 from rfm.train.lora import plain_state_dict
 from rfm.train.run_lock import run_lock
+from rfm.train.schedule import warmup_cosine
 from rfm.train.state import STATE_DIR, load_training_state, save_training_state
 from rfm.train.stop import StopSignals, TrainingStopped, shield_worker_from_stop_signals
 
@@ -295,12 +296,10 @@ def _train(cfg: TrainConfig, progress: bool) -> Path:
     groups = _param_groups(net, cfg) + ([{"params": aid_params, "weight_decay": cfg.weight_decay, "lr": cfg.lr}]
                                         if aid_params else [])
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
-    from transformers import get_cosine_schedule_with_warmup
 
     # accelerate steps a prepared scheduler once per process per optimizer step: scale so cfg.steps means steps
     n_proc = accelerator.num_processes
-    scheduler = get_cosine_schedule_with_warmup(optimizer, min(cfg.warmup_steps, cfg.steps // 5) * n_proc,
-                                                cfg.steps * n_proc)
+    scheduler = warmup_cosine(optimizer, min(cfg.warmup_steps, cfg.steps // 5) * n_proc, cfg.steps * n_proc)
 
     start_step = 0
     if cfg.resume and (ckpt_dir / STATE_DIR).exists():

@@ -30,10 +30,8 @@ def ckpt(tmp_path_factory):
 @pytest.mark.integration
 def test_cli_writes_results_json(ckpt, tmp_path):
     out = tmp_path / "results.json"
-    proc = subprocess.run([sys.executable, "-m", "rfm.cli.main", "eval", "--checkpoint", str(ckpt), "--tasks",
-                           "reach-v3", "--episodes", "1", "--max-steps", "20", "--out", str(out), "--no-progress",
-                           "--video-dir", str(tmp_path / "videos")],
-                          capture_output=True, text=True, check=False, timeout=300)
+    proc = rfm("eval", "--checkpoint", str(ckpt), "--tasks", "reach-v3", "--episodes", "1", "--max-steps", "20",
+               "--out", str(out), "--no-progress", "--video-dir", str(tmp_path / "videos"))
     assert proc.returncode == 0, proc.stderr
     res = json.loads(out.read_text())
     assert res["tasks"]["reach-v3"]["episodes"] == 1 and 0.0 <= res["mean_success_rate"] <= 1.0
@@ -156,9 +154,8 @@ def test_update_card_records_results_without_touching_weights(ckpt, tmp_path):
     local = tmp_path / "ck"
     shutil.copytree(ckpt, local)
     before = (local / "model.safetensors").read_bytes()
-    proc = subprocess.run([sys.executable, "-m", "rfm.cli.main", "eval", "--checkpoint", str(local), "--tasks",
-                           "reach-v3", "--episodes", "1", "--max-steps", "5", "--no-progress", "--update-card"],
-                          capture_output=True, text=True, check=False, timeout=300)
+    proc = rfm("eval", "--checkpoint", str(local), "--tasks", "reach-v3", "--episodes", "1", "--max-steps", "5",
+               "--no-progress", "--update-card")
     assert proc.returncode == 0, proc.stderr
     meta = json.loads((local / "config.json").read_text())["meta"]
     assert set(meta["evaluation"]["metaworld"]["tasks"]) == {"reach-v3"}
@@ -166,10 +163,8 @@ def test_update_card_records_results_without_touching_weights(ckpt, tmp_path):
     assert (local / "model.safetensors").read_bytes() == before
     # another execution mode gets its own entry instead of overwriting the whole-chunk result
     out = tmp_path / "steps2.json"
-    proc = subprocess.run([sys.executable, "-m", "rfm.cli.main", "eval", "--checkpoint", str(local), "--tasks",
-                           "reach-v3", "--episodes", "1", "--max-steps", "5", "--no-progress", "--update-card",
-                           "--action-steps", "2", "--out", str(out)],
-                          capture_output=True, text=True, check=False, timeout=300)
+    proc = rfm("eval", "--checkpoint", str(local), "--tasks", "reach-v3", "--episodes", "1", "--max-steps", "5",
+               "--no-progress", "--update-card", "--action-steps", "2", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     evals = json.loads((local / "config.json").read_text())["meta"]["evaluation"]
     assert set(evals) == {"metaworld", "metaworld-steps2"} and evals["metaworld-steps2"]["action_steps"] == 2
@@ -319,19 +314,17 @@ def test_continuation_rollout_through_a_prefix_model(tmp_path):
                          action_names=ACTION_NAMES, chunk_size=8, control_hz=CONTROL_HZ)
     RFMPolicy.build("tiny", interface=itf, prefix_max=4).save_pretrained(tmp_path / "prefix")
     RFMPolicy.build("tiny", interface=itf).save_pretrained(tmp_path / "plain")
-    base = [sys.executable, "-m", "rfm.cli.main", "eval", "--tasks", "reach-v3", "--episodes", "1", "--max-steps",
-            "12", "--action-steps", "4", "--delay", "2", "--continuation", "--no-progress"]
-    proc = subprocess.run(base + ["--checkpoint", str(tmp_path / "prefix"), "--out", str(tmp_path / "r.json")],
-                          capture_output=True, text=True, check=False, timeout=300)
+    base = ["eval", "--tasks", "reach-v3", "--episodes", "1", "--max-steps", "12", "--action-steps", "4", "--delay",
+            "2", "--continuation", "--no-progress"]
+    proc = rfm(*base, "--checkpoint", str(tmp_path / "prefix"), "--out", str(tmp_path / "r.json"))
     assert proc.returncode == 0, proc.stderr
     res = json.loads((tmp_path / "r.json").read_text())
     assert res["continuation"] and res["delay"] == 2 and res["tasks"]["reach-v3"]["mean_steps"] == 12
     assert "waits" not in proc.stderr  # 4 + 2 <= 8: the chunks never run out
-    proc = rfm(*base[3:], "--checkpoint", str(tmp_path / "plain"))  # refused before any rollout
+    proc = rfm(*base, "--checkpoint", str(tmp_path / "plain"))  # refused before any rollout
     assert proc.returncode == 2 and "prefix_max = 0" in proc.stderr
     late = [a if a != "2" else "6" for a in base if a != "--continuation"]  # 4 + 6 > 8: each chunk runs out
-    proc = subprocess.run(late + ["--checkpoint", str(tmp_path / "plain")], capture_output=True, text=True,
-                          check=False, timeout=300)
+    proc = rfm(*late, "--checkpoint", str(tmp_path / "plain"))
     assert proc.returncode == 0, proc.stderr
     assert "the robot waits 2 ticks for each chunk" in proc.stderr and "--action-steps 2 keeps it moving" in proc.stderr
 
