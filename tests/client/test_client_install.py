@@ -1,4 +1,5 @@
-"""`pip install rfm` with no extras is the robot side: the client SDK on numpy + httpx + websockets + msgpack.
+"""`pip install rfm` with no extras is the robot side: the client SDK on numpy + httpx + websockets + msgpack; and
+`pip install "rfm[edge]"` runs an export on a device without torch.
 
 The integration tests install the project into a fresh virtualenv (no system site packages) and, from there,
 get action chunks from a real server on the bundled default checkpoint, served from this (full) environment.
@@ -90,22 +91,26 @@ def _run(args: list, cwd: Path, timeout: float) -> subprocess.CompletedProcess:
                           timeout=timeout, check=False)
 
 
-@pytest.fixture(scope="module")
-def client_python(tmp_path_factory) -> Path:
-    """The python of a fresh virtualenv holding `pip install rfm` (this repository, no extras)."""
-    root = tmp_path_factory.mktemp("client-install")
+def _fresh_install(root: Path, extras: str = "") -> Path:
+    """The python of a fresh virtualenv under `root` holding `pip install <this repository>[extras]`."""
     r = _run([sys.executable, "-m", "venv", root / "venv"], root, 120)
     assert r.returncode == 0, r.stderr
     python = root / "venv" / "bin" / "python"
     # with build isolation: pip fetches the declared setuptools>=77 (the venv's own setuptools is older)
-    r = _run([python, "-m", "pip", "install", "-q", _source_copy(root / "src")], root, 420)
+    r = _run([python, "-m", "pip", "install", "-q", f"{_source_copy(root / 'src')}{extras}"], root, 420)
     if r.returncode != 0:
         probe = _run([python, "-m", "pip", "download", "-q", "--no-deps", "-d", root / "probe", "msgpack"],
                      root, 120)
         if probe.returncode != 0:
             pytest.skip(f"package registry unreachable (pip download msgpack failed): {probe.stderr[-500:]}")
-        pytest.fail(f"pip install <repo> failed (registry reachable):\n{r.stdout[-2000:]}{r.stderr[-3000:]}")
+        pytest.fail(f"pip install <repo>{extras} failed (registry reachable):\n{r.stdout[-2000:]}{r.stderr[-3000:]}")
     return python
+
+
+@pytest.fixture(scope="module")
+def client_python(tmp_path_factory) -> Path:
+    """The python of a fresh virtualenv holding `pip install rfm` (this repository, no extras)."""
+    return _fresh_install(tmp_path_factory.mktemp("client-install"))
 
 
 @pytest.fixture(scope="module")
@@ -197,3 +202,44 @@ def test_plain_install_gets_chunks_from_a_real_server(client_python, default_ser
                "state": f["state"], "instruction": "open the drawer"}
     with RFMClient(default_server.url) as here:
         np.testing.assert_allclose(here.act(obs), chunk, atol=1e-5)
+
+
+EDGE_SCRIPT = """
+import json, sys
+from importlib.metadata import distributions
+import numpy as np
+from rfm.runtime import load_runner
+
+export_dir, obs_file = sys.argv[1:3]
+runner = load_runner(export_dir, backend="onnx")
+with np.load(obs_file) as f:
+    obs = {"images": {"corner": f["corner"], "topview": f["topview"]}, "state": f["state"],
+           "instruction": "close the window"}
+print(json.dumps({"chunk": runner.predict(obs).tolist(), "runner": type(runner).__name__,
+                  "torch": "torch" in sys.modules,
+                  "installed": sorted(d.metadata["Name"].lower() for d in distributions())}))
+"""
+
+
+@pytest.mark.integration
+def test_edge_install_runs_an_export_without_torch(tmp_path_factory, tmp_path):
+    """`pip install "rfm[edge]"` on a device: an export of the default runs there, torch neither installed nor
+    imported, and gives the checkpoint's actions (an instruction it was not trained on goes through the
+    export's text encoder graph)."""
+    from rfm.export.exporter import ExportConfig, export_checkpoint
+    from rfm.runtime import load_runner
+
+    edge_python = _fresh_install(tmp_path_factory.mktemp("edge-install"), "[edge]")
+    export_checkpoint(DEFAULT_CHECKPOINT, tmp_path / "export", ExportConfig(exporter="torchscript", parity_samples=2))
+    rng = np.random.default_rng(0)
+    obs = {"images": {c: rng.integers(0, 256, (128, 128, 3), dtype=np.uint8) for c in ("corner", "topview")},
+           "state": np.array([0.0, 0.6, 0.2, 1.0], np.float32), "instruction": "close the window"}
+    np.savez(tmp_path / "obs.npz", state=obs["state"], **obs["images"])
+    (tmp_path / "device.py").write_text(EDGE_SCRIPT)
+    r = _run([edge_python, tmp_path / "device.py", tmp_path / "export", tmp_path / "obs.npz"], tmp_path, 120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout)
+    assert out["runner"] == "OnnxRunner" and not out["torch"] and "torch" not in out["installed"]
+    assert {"onnxruntime", "tokenizers", "pillow"} <= set(out["installed"])
+    np.testing.assert_allclose(np.asarray(out["chunk"], np.float32), load_runner(DEFAULT_CHECKPOINT).predict(obs),
+                               atol=1e-4)
