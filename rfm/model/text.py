@@ -14,6 +14,7 @@ from torch import nn
 
 from rfm.constants import DEFAULT_TEXT_ENCODER
 from rfm.model.text_cache import CachedTextEncoder, InstructionCache
+from rfm.model.tokenizer import FastTokenizer
 
 
 def resolve_text_encoder(name: str) -> Path:
@@ -48,13 +49,12 @@ class TextEncoder(CachedTextEncoder):
         path = resolve_text_encoder(name)
         self.name, self.max_tokens, self.cache_size = name, max_tokens, cache_size
         if is_bert_dir(path) and (path / "tokenizer.json").exists():
-            self.model: nn.Module = BertEncoder.from_dir(path).eval()
+            self.model: BertEncoder | HFEncoder = BertEncoder.from_dir(path).eval()
             self._tokenizer: FastTokenizer | HFTokenizer = FastTokenizer(path, max_tokens)
-            self.dim = self.model.hidden_size
         else:
             self.model = HFEncoder(path).eval()
             self._tokenizer = HFTokenizer(path, max_tokens)
-            self.dim = self.model.hidden_size
+        self.dim = self.model.hidden_size
         self.model.requires_grad_(False)
         self.model.to(device)
         self.cache = InstructionCache(max_tokens, self.dim, cache_size)
@@ -94,45 +94,6 @@ class TextEncoder(CachedTextEncoder):
     def encode_torch(self, texts: list[str], device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
         f, m = self.encode(texts)
         return torch.from_numpy(f).to(device), torch.from_numpy(m).to(device)
-
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
-
-
-class FastTokenizer:
-    """The encoder directory's tokenizer.json run by `tokenizers`, padded and truncated to max_tokens: the same
-    tokenizer the ONNX runner uses (rfm.runtime.export_runner)."""
-
-    def __init__(self, path: Path, max_tokens: int) -> None:
-        import json
-
-        from tokenizers import Tokenizer
-
-        self.path = path
-        config = json.loads((path / "tokenizer_config.json").read_text()) if (
-            path / "tokenizer_config.json").exists() else {}
-        pad = config.get("pad_token") or "[PAD]"
-        self.pad_token = pad["content"] if isinstance(pad, dict) else str(pad)
-        self.tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
-        self.pad_id = self.tokenizer.token_to_id(self.pad_token)
-        if self.pad_id is None:
-            raise ValueError(f"{path / 'tokenizer.json'}: has no pad token {self.pad_token!r}")
-        self.tokenizer.enable_truncation(max_length=max_tokens)
-        self.tokenizer.enable_padding(length=max_tokens, pad_id=self.pad_id, pad_token=self.pad_token, pad_type_id=0)
-
-    def __call__(self, texts: list[str]) -> dict[str, np.ndarray]:
-        enc = self.tokenizer.encode_batch(texts)
-        return {"input_ids": np.array([e.ids for e in enc], np.int64),
-                "attention_mask": np.array([e.attention_mask for e in enc], np.int64),
-                "token_type_ids": np.array([e.type_ids for e in enc], np.int64)}
-
-    def save(self, out: Path) -> dict:
-        import shutil
-
-        files = [f for f in TOKENIZER_FILES if (self.path / f).exists()]
-        for f in files:
-            shutil.copyfile(self.path / f, out / f)
-        return {"files": files, "pad_token": self.pad_token, "pad_id": int(self.pad_id)}
 
 
 class HFTokenizer:

@@ -15,6 +15,7 @@ import numpy as np
 
 from rfm.config import RobotInterface
 from rfm.model.text_cache import CachedTextEncoder, InstructionCache
+from rfm.model.tokenizer import FastTokenizer
 from rfm.runtime.base import Runner
 from rfm.runtime.execution import check_execution
 from rfm.runtime.manifest import EXPORT_FILE, parity_summary, read_manifest
@@ -39,24 +40,16 @@ class ExportTextEncoder(CachedTextEncoder):
                 for i, s in enumerate(z["instructions"].tolist()):
                     self.table[s] = (z["features"][i].astype(np.float32), z["mask"][i].astype(bool))
         self.graph: Graph | None = None
-        self.tokenizer = None
+        self.tokenizer: FastTokenizer | None = None
         if text.get("graph"):
-            from tokenizers import Tokenizer
-
             graph, tok_file = export_dir / text["graph"], export_dir / "tokenizer.json"
             for f in (graph, tok_file):
                 if not f.exists():
                     raise FileNotFoundError(f"{f}: missing (export.json lists a text encoder graph)")
             self.graph = load_graph(graph)
             tk = text.get("tokenizer", {})
-            self.tokenizer = Tokenizer.from_file(str(tok_file))
-            self.tokenizer.enable_truncation(max_length=self.max_tokens)
-            self.tokenizer.enable_padding(
-                length=self.max_tokens,
-                pad_id=int(tk.get("pad_id", 0)),
-                pad_token=str(tk.get("pad_token", "[PAD]")),
-                pad_type_id=int(tk.get("pad_type_id", 0)),
-            )
+            self.tokenizer = FastTokenizer(export_dir, self.max_tokens, pad_token=str(tk.get("pad_token", "[PAD]")),
+                                           pad_type_id=int(tk.get("pad_type_id", 0)))
         self.cache = InstructionCache(self.max_tokens, self.dim, cache_size)
 
     def tokenize(self, texts: list[str]) -> dict[str, np.ndarray]:
@@ -65,12 +58,7 @@ class ExportTextEncoder(CachedTextEncoder):
             raise ValueError(
                 "this export has no text encoder graph; only instructions in instructions.npz work"
             )
-        enc = self.tokenizer.encode_batch(list(texts))
-        return {
-            "input_ids": np.array([e.ids for e in enc], np.int64),
-            "attention_mask": np.array([e.attention_mask for e in enc], np.int64),
-            "token_type_ids": np.array([e.type_ids for e in enc], np.int64),
-        }
+        return self.tokenizer(texts)
 
     def _encode_uncached(self, texts: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
         out: dict[str, tuple[np.ndarray, np.ndarray]] = {t: self.table[t] for t in texts if t in self.table}
