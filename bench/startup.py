@@ -1,0 +1,100 @@
+"""Start-up: how long a new process takes to load the instruction encoder, and `rfm serve` to answer /readyz.
+
+    python bench/startup.py [--rounds 3]
+
+Each measurement is a fresh Python process, rounds alternating between the configurations, median reported:
+- the packaged MiniLM loaded as rfm does (`rfm.model.text.TextEncoder`: rfm/model/bert.py + tokenizers) against the
+  same directory through transformers (`AutoModel` + `AutoTokenizer`), imports included, after `import torch`;
+- `rfm serve --checkpoint checkpoints/default` from launch to a 200 from /readyz, on the torch engine and on the
+  ONNX engine with its export already cached (the first start's export is `bench/export_time.py`'s business).
+
+Prints a table, writes bench/results/startup.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+
+LOAD = {
+    "rfm TextEncoder (rfm.model.bert + tokenizers)": (
+        "from rfm.model.text import TextEncoder; e = TextEncoder(); e.encode(['open the drawer'])"),
+    "transformers AutoModel + AutoTokenizer": (
+        "from transformers import AutoModel, AutoTokenizer; from rfm.model.text import resolve_text_encoder; "
+        "p = str(resolve_text_encoder('all-MiniLM-L6-v2')); t = AutoTokenizer.from_pretrained(p, local_files_only=True); "
+        "m = AutoModel.from_pretrained(p, local_files_only=True); m(**t(['open the drawer'], return_tensors='pt'))"),
+}
+
+
+def time_load(code: str) -> float:
+    """Seconds for `code` in a fresh interpreter, torch already imported (it is in every rfm process)."""
+    script = f"import time, torch\n_t0 = time.perf_counter()\n{code}\nprint(time.perf_counter() - _t0)"
+    out = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True, cwd=ROOT,
+                         env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"})
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def time_serve(engine: str, cache: Path) -> float:
+    """Seconds from launching `rfm serve` to its first 200 on /readyz."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RFM_CACHE_DIR": str(cache)}
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "rfm.cli.main", "serve", "--checkpoint", "checkpoints/default",
+                             "--port", str(port), "--engine", engine, "--threads", "1"], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"rfm serve --engine {engine} exited with {proc.returncode}")
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                    return time.perf_counter() - t0
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "startup.json"))
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="rfm-startup-") as cache:
+        time_serve("onnx", Path(cache))  # fills the engine cache: the ONNX rows below are warm starts
+        rows: dict[str, list[float]] = {}
+        for _ in range(args.rounds):
+            for name, code in LOAD.items():
+                rows.setdefault(f"load: {name}", []).append(time_load(code))
+            for engine in ("torch", "onnx"):
+                rows.setdefault(f"rfm serve --engine {engine} to /readyz", []).append(time_serve(engine, Path(cache)))
+    result = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
+              "rounds": args.rounds, "seconds": {k: {"median": statistics.median(v), "all": v} for k, v in rows.items()}}
+    width = max(map(len, rows))
+    print(f"{'measured (fresh process)':<{width}}  median s  all")
+    for name, v in rows.items():
+        print(f"{name:<{width}}  {statistics.median(v):8.2f}  {', '.join(f'{x:.2f}' for x in v)}")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
