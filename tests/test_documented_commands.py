@@ -1,5 +1,6 @@
 """Every `rfm` command written in the README, docs/ and examples/ uses options the command has: a renamed or
-removed flag fails here, not in a user's shell. Static: the commands are parsed, not run."""
+removed flag fails here, not in a user's shell. Static: the commands are parsed, not run. And the README's Python
+quickstart runs as written."""
 
 from __future__ import annotations
 
@@ -138,3 +139,11 @@ def test_an_unknown_option_is_caught_and_a_subcommand_option_is_not():
     assert unknown_options(["data", "generate", "metaworld", "--tasks", "mt10"], parser) == []
     assert unknown_options(["data", "generate", "metaworld", "--dataset", "x"], parser) == ["--dataset"]
     assert unknown_options(["deploy", "--now"], parser) == ["command 'deploy'"]
+
+
+def test_the_readme_python_quickstart_runs_as_written(monkeypatch):
+    (block,) = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.DOTALL)
+    monkeypatch.chdir(ROOT)
+    scope: dict = {}
+    exec(compile(block, "README.md", "exec"), scope)  # noqa: S102 - the documentation's own code
+    assert scope["chunk"].shape == (16, 4) and str(scope["chunk"].dtype) == "float32"  # as its comment says
