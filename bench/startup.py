@@ -6,7 +6,8 @@ Each measurement is a fresh Python process, rounds alternating between the confi
 - the packaged MiniLM loaded as rfm does (`rfm.model.text.TextEncoder`: rfm/model/bert.py + tokenizers) against the
   same directory through transformers (`AutoModel` + `AutoTokenizer`), imports included, after `import torch`;
 - `rfm serve --checkpoint checkpoints/default` from launch to a 200 from /readyz, on the torch engine and on the
-  ONNX engine with its export already cached (the first start's export is `bench/export_time.py`'s business).
+  ONNX engine with its export already cached; and a first start (empty engine cache, the default engine): to
+  /readyz, and until GET /v1/models says it serves on ONNX Runtime (the export made beside the serving engine).
 
 Prints a table, writes bench/results/startup.json.
 """
@@ -47,8 +48,9 @@ def time_load(code: str) -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def time_serve(engine: str, cache: Path) -> float:
-    """Seconds from launching `rfm serve` to its first 200 on /readyz."""
+def time_serve(engine: str, cache: Path, until_onnx: dict | None = None) -> float:
+    """Seconds from launching `rfm serve` to its first 200 on /readyz; with `until_onnx`, it also waits until
+    GET /v1/models says the ONNX engine serves and records those seconds there ("onnx_s")."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -63,7 +65,13 @@ def time_serve(engine: str, cache: Path) -> float:
                 raise RuntimeError(f"rfm serve --engine {engine} exited with {proc.returncode}")
             try:
                 if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                    return time.perf_counter() - t0
+                    ready = time.perf_counter() - t0
+                    while until_onnx is not None:
+                        if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=5).json()["engine"] == "onnx":
+                            until_onnx["onnx_s"] = time.perf_counter() - t0
+                            break
+                        time.sleep(0.1)
+                    return ready
             except httpx.HTTPError:
                 pass
             time.sleep(0.05)
@@ -85,6 +93,11 @@ def main() -> None:
                 rows.setdefault(f"load: {name}", []).append(time_load(code))
             for engine in ("torch", "onnx"):
                 rows.setdefault(f"rfm serve --engine {engine} to /readyz", []).append(time_serve(engine, Path(cache)))
+            with tempfile.TemporaryDirectory(prefix="rfm-first-start-") as empty:  # no export cached: a first start
+                onnx: dict = {}
+                rows.setdefault("first start, rfm serve (auto) to /readyz", []).append(
+                    time_serve("auto", Path(empty), onnx))
+                rows.setdefault("first start, rfm serve (auto) until it serves on onnx", []).append(onnx["onnx_s"])
     result = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
               "rounds": args.rounds, "seconds": {k: {"median": statistics.median(v), "all": v} for k, v in rows.items()}}
     width = max(map(len, rows))

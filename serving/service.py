@@ -13,7 +13,7 @@ import numpy as np
 from rfm.runtime import Runner
 from rfm.runtime.observation import ObservationError, check_committed, check_observation
 from rfm.runtime.recorder import Recorder
-from serving.admission import DeadlineTooShort
+from serving.admission import BatchCostModel, DeadlineTooShort, min_deadline_ms
 from serving.audit import AuditLog
 from serving.batcher import Batcher, BatchFailed
 from serving.codec import ActRequest, EpisodeEnd, TicksRequest, encode_actions
@@ -58,6 +58,19 @@ class InferenceService:
         self.batcher = Batcher(runner.predict_batch, config.max_batch, config.max_wait_ms, config.queue_size,
                                on_batch=metrics.observe_batch, on_idle=self.trimmer.maybe_trim,
                                prefix_max=runner.prefix_max, action_dim=runner.interface.action_dim)
+
+    def switch_runner(self, runner: Runner, costs: dict[int, float]) -> None:
+        """Serve on `runner` (warm, the same model on another engine) from the next batch on; `costs`, its warm-up
+        seconds per batch size, restart the admission model. A batch running now finishes on the old runner."""
+        if runner.interface != self.interface or runner.prefix_max != self.runner.prefix_max:
+            raise ValueError(f"{runner.engine or runner.backend} runner's interface differs from the one served")
+        cost = BatchCostModel()
+        for b, seconds in costs.items():
+            cost.observe(b, seconds)
+        self.batcher.predict, self.batcher.cost = runner.predict_batch, cost
+        if self.config.min_deadline_ms is None:
+            self.min_deadline_ms = min_deadline_ms(costs.get(1))
+        self.runner = runner
 
     def describe(self) -> dict:
         d = self.runner.describe()

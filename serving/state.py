@@ -4,12 +4,16 @@ the HTTP routes (serving.app) and the WebSocket transports (serving.ws)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from rfm.runtime import Runner
+from rfm.runtime.base import StagedRunner
 from rfm.runtime.observation import accepted_sizes
 from serving import codec
 from serving.admission import min_deadline_ms
@@ -31,7 +35,7 @@ DECODE_IN_THREAD_BYTES = 1024 * 1024  # msgpack too when this big (nested lists,
 class ServerState:
     """Everything one app holds: config, metrics, keys, and the service once the model is warm."""
 
-    def __init__(self, config: ServerConfig, runner: Runner | Callable[[], Runner],
+    def __init__(self, config: ServerConfig, runner: Runner | StagedRunner | Callable[[], Runner | StagedRunner],
                  checkpoint: str | Path | None = None) -> None:
         self.config, self.checkpoint = config, checkpoint
         self._runner_or_loader = runner
@@ -58,18 +62,10 @@ class ServerState:
         try:
             t = time.perf_counter()
             r = self._runner_or_loader
-            runner = r if isinstance(r, Runner) else r()
-            if self.config.snap_instructions is not None:
-                runner.snap_instructions(self.config.snap_instructions)
-            trim = HeapTrimmer(0.0).maybe_trim  # give back what loading and each warm-up batch left behind,
-            trim()  # so the resident peak is the model plus one batch, not the sum of transients
-            costs = {}  # seconds per warm batch size: the admission model's first estimate
-            for b in self.config.batch_sizes_to_warm():
-                runner.warmup([b])  # the first call of a shape pays one-time costs: time the second
-                tb = time.perf_counter()
-                runner.warmup([b])
-                costs[b] = time.perf_counter() - tb
-                trim()
+            loaded = r if isinstance(r, (Runner, StagedRunner)) else r()
+            staged = loaded if isinstance(loaded, StagedRunner) else None
+            runner = staged.first if staged else loaded
+            costs = self._warm(runner)
             names = runner.interface.action_names
             if self.config.action_limits:
                 limits = ActionLimits.from_file(self.config.action_limits, names)
@@ -95,9 +91,44 @@ class ServerState:
             log.info("model %s@%s ready (warm-up %.1f s, batch sizes %s, limits %s)", runner.model_id,
                      runner.model_version, time.perf_counter() - t, self.config.batch_sizes_to_warm(),
                      limits.source if limits else "none")
+            if staged:
+                log.info("serving on %s until %s is ready", runner.engine or runner.backend, staged.what)
+                threading.Thread(target=self._switch, args=(staged,), name="rfm-engine-switch", daemon=True).start()
         except Exception as e:  # reported by /readyz; the process stays up for diagnosis
             log.exception("model failed to load")
             self.load_error = f"model failed to load: {type(e).__name__}: {str(e)[:300]}"
+
+    def _warm(self, runner: Runner) -> dict[int, float]:
+        """Warm every configured batch size; seconds per batch size (the second call of each), the admission
+        model's first estimate."""
+        if self.config.snap_instructions is not None:
+            runner.snap_instructions(self.config.snap_instructions)
+        trim = HeapTrimmer(0.0).maybe_trim  # give back what loading and each warm-up batch left behind,
+        trim()  # so the resident peak is the model plus one batch, not the sum of transients
+        costs = {}
+        for b in self.config.batch_sizes_to_warm():
+            runner.warmup([b])  # the first call of a shape pays one-time costs: time the second
+            tb = time.perf_counter()
+            runner.warmup([b])
+            costs[b] = time.perf_counter() - tb
+            trim()
+        return costs
+
+    def _switch(self, staged: StagedRunner) -> None:
+        """Build and warm the staged runner beside the serving one, at a lower CPU priority, then serve on it; on
+        failure keep serving on the first (the reason logged)."""
+        with contextlib.suppress(OSError, AttributeError):  # Linux: this thread only; elsewhere it runs as is
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+        try:
+            t = time.perf_counter()
+            runner = staged.then()
+            costs = self._warm(runner)
+            self.service.switch_runner(runner, costs)
+            log.info("now serving on %s (built and warmed in %.1f s beside the serving engine)",
+                     runner.engine or runner.backend, time.perf_counter() - t)
+        except Exception as e:  # noqa: BLE001 - the server keeps serving on the first runner
+            log.warning("staying on %s: %s", staged.first.engine or staged.first.backend,
+                        f"{type(e).__name__}: {str(e)[:300]}")
 
     def close(self) -> None:
         if self.service is not None:

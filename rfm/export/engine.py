@@ -3,7 +3,8 @@
 On a CPU, ONNX Runtime runs the same graph in about half of PyTorch eager's time at batch 1 (docs/BENCHMARKS.md),
 with actions equal to 1e-4 (the parity check every export runs). `rfm serve` therefore exports a checkpoint on its
 first start and keeps the export in a cache directory, keyed by the checkpoint's files and the rfm version, so a
-restart or a second replica loads it in a second. An export whose parity check fails is never served.
+restart or a second replica loads it in a second. On that first start it serves on PyTorch meanwhile and moves to
+the export once it is made (StagedRunner, serving.state). An export whose parity check fails is never served.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 from rfm._version import __version__
 from rfm.constants import ENGINES
 from rfm.export.cache_dir import cache_root
-from rfm.runtime.base import Runner
+from rfm.runtime.base import Runner, StagedRunner
 from rfm.runtime.manifest import EXPORT_FILE, EXPORT_FORMAT, parity_summary, read_manifest
 
 log = logging.getLogger(__name__)
@@ -56,10 +57,7 @@ def cached_export(checkpoint: str | Path, precision: str = "fp32", cache_dir: st
     parity check against PyTorch misses its goal.
     """
     checkpoint = Path(checkpoint)
-    root = cache_root(cache_dir)
-    key = checkpoint_key(checkpoint)
-    kind = precision if target == "cpu" else f"{target}-{precision}"
-    out = root / f"{checkpoint.resolve().name}-{kind}-{key[:16]}"
+    root, out = _cache_entry(checkpoint, precision, cache_dir, target)
     try:
         root.mkdir(parents=True, exist_ok=True)
         lock = (root / f".{out.name}.lock").open("w")
@@ -74,6 +72,19 @@ def cached_export(checkpoint: str | Path, precision: str = "fp32", cache_dir: st
         raise EngineError(f"{out}: the {precision} export misses its parity goal against PyTorch "
                           f"({parity.get('metric')} = {parity.get('value', '?')}, limit {parity.get('limit')})")
     return out
+
+
+def _cache_entry(checkpoint: Path, precision: str, cache_dir: str | Path | None, target: str) -> tuple[Path, Path]:
+    """(cache root, the export directory of `checkpoint` at `precision` for `target` in it)."""
+    root = cache_root(cache_dir)
+    kind = precision if target == "cpu" else f"{target}-{precision}"
+    return root, root / f"{Path(checkpoint).resolve().name}-{kind}-{checkpoint_key(checkpoint)[:16]}"
+
+
+def is_cached(checkpoint: str | Path, precision: str = "fp32", cache_dir: str | Path | None = None,
+              target: str = "cpu") -> bool:
+    """Whether the cache already holds the export cached_export would make (a start that exports nothing)."""
+    return (_cache_entry(Path(checkpoint), precision, cache_dir, target)[1] / EXPORT_FILE).is_file()
 
 
 def _export(checkpoint: Path, out: Path, precision: str, calib_dataset: str | None, target: str = "cpu",
@@ -96,11 +107,14 @@ def _export(checkpoint: Path, out: Path, precision: str, calib_dataset: str | No
 
 
 def load_engine(checkpoint: str | Path, engine: str = "auto", device: str = "auto", threads: int | None = None,
-                cache_dir: str | Path | None = None, calib_dataset: str | None = None, **runner_kw) -> Runner:
+                cache_dir: str | Path | None = None, calib_dataset: str | None = None, staged: bool = False,
+                **runner_kw) -> Runner | StagedRunner:
     """A Runner for a checkpoint directory on `engine`.
 
     auto: ONNX Runtime fp32 on a CPU device, falling back to PyTorch (with a warning) when the export cannot be
     made; PyTorch on CUDA. torch | onnx | onnx-int8: exactly that engine, or an error saying why not.
+    staged (the server's start): auto with no cached export gives a StagedRunner, PyTorch now and ONNX Runtime
+    once exported, so a first start serves in seconds instead of after the export.
     """
     from rfm.runtime.torch_runner import pick_device
 
@@ -109,6 +123,11 @@ def load_engine(checkpoint: str | Path, engine: str = "auto", device: str = "aut
     dev = pick_device(device).type
     if engine == "auto":
         engine = "onnx" if dev == "cpu" else "torch"
+        if engine == "onnx" and staged and not is_cached(checkpoint, "fp32", cache_dir):
+            first = load_engine(checkpoint, "torch", device, threads, cache_dir, **runner_kw)
+            return StagedRunner(first, lambda: _onnx_runner(checkpoint, "fp32", threads, cache_dir, calib_dataset,
+                                                            runner_kw),
+                                f"ONNX Runtime (exporting {checkpoint} once; cached in {cache_root(cache_dir)})")
         if engine == "onnx":
             try:
                 return _onnx_runner(checkpoint, "fp32", threads, cache_dir, calib_dataset, runner_kw)
@@ -154,6 +173,7 @@ def _openvino_runner(checkpoint, precision: str, threads: int | None, cache_dir,
     return runner
 
 
-def engine_loader(checkpoint: str | Path, engine: str = "auto", **kw) -> Callable[[], Runner]:
-    """A callable loading the runner (the server calls it in its start-up thread: /readyz says loading meanwhile)."""
-    return lambda: load_engine(checkpoint, engine, **kw)
+def engine_loader(checkpoint: str | Path, engine: str = "auto", **kw) -> Callable[[], Runner | StagedRunner]:
+    """A callable loading the runner (the server calls it in its start-up thread: /readyz says loading meanwhile);
+    a first start on the auto engine serves PyTorch while it exports (StagedRunner)."""
+    return lambda: load_engine(checkpoint, engine, staged=True, **kw)

@@ -7,7 +7,8 @@ OnnxRunner differ only in `_forward`, and the server and `rfm eval` never know w
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -104,3 +105,13 @@ class Runner(ABC):
                 "backend": self.backend, "engine": self.engine or self.backend, "engine_dir": self.engine_dir,
                 "prefix_max": self.prefix_max, "execution": self.execution,
                 "snap_instructions": self.snapper.describe() if self.snapper else None}
+
+
+@dataclass
+class StagedRunner:
+    """A runner to serve at once and a faster one to switch to when built: `rfm serve`'s first start of a checkpoint
+    on a CPU serves it on PyTorch while the ONNX Runtime engine is exported (rfm.export.engine), then moves to it."""
+
+    first: Runner
+    then: Callable[[], Runner]  # builds the runner to switch to; raises when it cannot (the server keeps `first`)
+    what: str  # what `then` builds, for the log

@@ -109,3 +109,69 @@ def test_rfm_serve_runs_a_checkpoint_on_the_cached_onnx_engine_by_default(onnx_e
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
+
+
+def _post_act(url: str) -> np.ndarray:
+    r = httpx.post(url + "/v1/act", content=msgpack_body(observation()),
+                   headers={"content-type": "application/msgpack", "accept": "application/json"})
+    assert r.status_code == 200, r.text
+    return np.asarray(r.json()["actions"])
+
+
+def _first_start_cache(onnx_engine, engine_cache, tmp_path) -> Path:
+    """A cache without the checkpoint's export (a first start); its traced graphs stay, so nothing is traced."""
+    cache = shutil.copytree(engine_cache, tmp_path / "cache")
+    shutil.rmtree(cache / Path(onnx_engine.engine_dir).name)
+    return cache
+
+
+def test_a_first_start_serves_on_pytorch_at_once_then_on_the_exported_engine(onnx_engine, tiny_checkpoint,
+                                                                             engine_cache, tmp_path, caplog):
+    """Without a cached export the server is ready on PyTorch and answers while it exports; then ONNX Runtime
+    serves, with no request failing across the switch; the next start finds the export and needs no PyTorch."""
+    import time
+
+    from rfm.export.engine import engine_loader
+    from rfm.runtime.base import StagedRunner
+    from serving.config import ServerConfig
+    from serving.server import ServerThread
+
+    cache = _first_start_cache(onnx_engine, engine_cache, tmp_path)
+    loader = engine_loader(tiny_checkpoint, "auto", device="cpu", threads=1, cache_dir=cache, seed=0)
+    with caplog.at_level(logging.INFO, logger="rfm.serving"), \
+            ServerThread(loader, ServerConfig(warmup_batch_sizes=(1, 2))) as s:
+        assert httpx.get(s.url + "/v1/models").json()["engine"] == "torch"
+        deadline, served = time.monotonic() + 120, 0
+        while httpx.get(s.url + "/v1/models").json()["engine"] != "onnx":
+            assert time.monotonic() < deadline, caplog.text
+            assert _post_act(s.url).shape == (8, 2)  # answered on PyTorch while the export runs
+            served += 1
+        assert served >= 1 and _post_act(s.url).shape == (8, 2)
+        models = httpx.get(s.url + "/v1/models").json()
+        assert models["engine_dir"] == str(cache / Path(onnx_engine.engine_dir).name)
+    assert "until ONNX Runtime" in caplog.text and "now serving on onnx" in caplog.text
+    assert not isinstance(loader(), StagedRunner)  # cached now: the next start is ONNX Runtime from the first request
+
+
+def test_an_engine_that_cannot_be_built_leaves_the_server_on_pytorch(onnx_engine, tiny_checkpoint, engine_cache,
+                                                                     tmp_path, monkeypatch, caplog):
+    from rfm.export.engine import engine_loader
+    from serving.config import ServerConfig
+    from serving.server import ServerThread
+
+    def broken(*a, **k):
+        raise RuntimeError("op FancyConv is not supported")
+
+    monkeypatch.setattr(rfm.export.exporter, "export_checkpoint", broken)
+    cache = _first_start_cache(onnx_engine, engine_cache, tmp_path)
+    loader = engine_loader(tiny_checkpoint, "auto", device="cpu", threads=1, cache_dir=cache)
+    with caplog.at_level(logging.INFO, logger="rfm.serving"), \
+            ServerThread(loader, ServerConfig(warmup_batch_sizes=(1,))) as s:
+        import time
+
+        deadline = time.monotonic() + 60
+        while "staying on torch" not in caplog.text:
+            assert time.monotonic() < deadline, caplog.text
+            time.sleep(0.1)
+        assert "FancyConv" in caplog.text and httpx.get(s.url + "/v1/models").json()["engine"] == "torch"
+        assert _post_act(s.url).shape == (8, 2)
