@@ -4,9 +4,7 @@ the HTTP routes (serving.app) and the WebSocket transports (serving.ws)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -115,10 +113,9 @@ class ServerState:
         return costs
 
     def _switch(self, staged: StagedRunner) -> None:
-        """Build and warm the staged runner beside the serving one, at a lower CPU priority, then serve on it; on
-        failure keep serving on the first (the reason logged)."""
-        with contextlib.suppress(OSError, AttributeError):  # Linux: this thread only; elsewhere it runs as is
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+        """Build and warm the staged runner beside the serving one, then serve on it; on failure keep serving on the
+        first (the reason logged). Not niced: a thread's nice value passes to the inference threads it starts (ONNX
+        Runtime's pool), and an unprivileged process cannot lower it again."""
         try:
             t = time.perf_counter()
             runner = staged.then()
