@@ -58,15 +58,18 @@ def cached_export(checkpoint: str | Path, precision: str = "fp32", cache_dir: st
     """
     checkpoint = Path(checkpoint)
     root, out = _cache_entry(checkpoint, precision, cache_dir, target)
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        lock = (root / f".{out.name}.lock").open("w")
-    except OSError as e:
-        raise EngineError(f"engine cache {root} is not writable ({e}); pass --engine-cache DIR") from None
-    with lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # a second replica waits here, then finds the export
-        if not (out / EXPORT_FILE).is_file():
-            _export(checkpoint, out, precision, calib_dataset, target, root)
+    # An export is written atomically: one that is there is complete, and reading it needs no lock, so a cache
+    # shipped on a read-only volume (an image, a ConfigMap) serves without being writable.
+    if not (out / EXPORT_FILE).is_file():
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            lock = (root / f".{out.name}.lock").open("w")
+        except OSError as e:
+            raise EngineError(f"engine cache {root} is not writable ({e}); pass --engine-cache DIR") from None
+        with lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # a second replica waits here, then finds the export
+            if not (out / EXPORT_FILE).is_file():
+                _export(checkpoint, out, precision, calib_dataset, target, root)
     parity = parity_summary(read_manifest(out).get("parity")) or {}
     if not parity.get("met", False):
         raise EngineError(f"{out}: the {precision} export misses its parity goal against PyTorch "

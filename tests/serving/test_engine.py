@@ -179,3 +179,20 @@ def test_an_engine_that_cannot_be_built_leaves_the_server_on_pytorch(onnx_engine
             time.sleep(0.1)
         assert "FancyConv" in caplog.text and httpx.get(s.url + "/v1/models").json()["engine"] == "torch"
         assert _post_act(s.url).shape == (8, 2)
+
+
+def test_a_cache_that_cannot_be_written_still_serves_the_exports_it_holds(onnx_engine, tiny_checkpoint,
+                                                                          engine_cache, tmp_path):
+    """A shipped cache on a read-only volume: its export loads; only a checkpoint it lacks needs a writable one.
+    (The test runs as root, to whom permissions do not apply: a directory where the lock file would go makes
+    the write fail for anyone.)"""
+    cache = shutil.copytree(engine_cache, tmp_path / "shipped")
+    name = Path(onnx_engine.engine_dir).name
+    for lock in cache.glob(".*.lock"):
+        lock.unlink()
+    (cache / f".{name}.lock").mkdir()
+    runner = load_engine(tiny_checkpoint, "onnx", device="cpu", cache_dir=cache)
+    assert runner.engine == "onnx" and Path(runner.engine_dir) == cache / name
+    shutil.rmtree(cache / name)  # now the export must be made, and cannot be written there
+    with pytest.raises(EngineError, match="is not writable"):
+        load_engine(tiny_checkpoint, "onnx", device="cpu", cache_dir=cache)
