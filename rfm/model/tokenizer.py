@@ -17,7 +17,11 @@ class FastTokenizer:
     export.json), else the directory's tokenizer_config.json's, else [PAD]."""
 
     def __init__(self, directory: Path, max_tokens: int, pad_token: str | None = None, pad_type_id: int = 0) -> None:
-        from tokenizers import Tokenizer
+        try:
+            from tokenizers import Tokenizer
+        except ImportError as e:
+            raise ModuleNotFoundError(f"instructions are tokenised with the tokenizers package, which is not "
+                                      f"installed ({e}): pip install 'rfm[edge]'", name="tokenizers") from None
 
         self.directory = Path(directory)
         if pad_token is None:

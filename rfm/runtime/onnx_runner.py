@@ -25,9 +25,20 @@ PROVIDER_ALIASES = {
 }
 
 
+def import_onnxruntime():
+    """The onnxruntime module, or an error saying how to install it."""
+    try:
+        import onnxruntime
+    except ImportError as e:
+        raise ModuleNotFoundError(
+            f"the ONNX backend needs the onnxruntime package, which is not installed ({e}): pip install 'rfm[edge]' "
+            "on a device that runs exports, or 'rfm[serve]' for the server", name="onnxruntime") from None
+    return onnxruntime
+
+
 def resolve_providers(providers: Sequence[str] | str | None) -> list[str]:
     """onnxruntime provider names (CPU when None), each checked against what this onnxruntime build has."""
-    import onnxruntime as ort
+    ort = import_onnxruntime()
 
     if providers is None:
         return ["CPUExecutionProvider"]
@@ -63,7 +74,7 @@ class OnnxRunner(ExportRunner):
         seed: int | None = None,
         allow_spinning: bool = True,
     ) -> None:
-        import onnxruntime as ort
+        ort = import_onnxruntime()
 
         self.providers = resolve_providers(providers)
         opts = ort.SessionOptions()

@@ -14,7 +14,7 @@ import numpy as np
 
 from rfm.runtime.export_runner import ExportRunner, Graph
 
-INSTALL_HINT = "pip install 'rfm[export]'"
+INSTALL_HINT = "pip install 'rfm[export]' (a device that only runs exports: pip install 'rfm[edge]' openvino)"
 
 
 def import_openvino():

@@ -123,6 +123,16 @@ def test_runs_without_torch(dirs):
     assert res.returncode == 0, res.stderr
 
 
+def test_a_device_without_onnxruntime_or_tokenizers_is_told_what_to_install(dirs, monkeypatch):
+    with monkeypatch.context() as m:
+        m.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` now raises ImportError
+        with pytest.raises(ModuleNotFoundError, match=r"onnxruntime package.*pip install 'rfm\[edge\]'"):
+            OnnxRunner.from_dir(dirs[1])
+    monkeypatch.setitem(sys.modules, "tokenizers", None)
+    with pytest.raises(ModuleNotFoundError, match=r"tokenizers package.*pip install 'rfm\[edge\]'"):
+        OnnxRunner.from_dir(dirs[1])
+
+
 def test_unknown_provider_and_missing_dir_are_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="execution provider 'openvinoo' is not available"):
         resolve_providers(["openvinoo"])
