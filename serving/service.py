@@ -54,22 +54,27 @@ class InferenceService:
         self.interface = runner.interface
         self.limits, self.audit = limits, audit
         self.trimmer = HeapTrimmer()
-        self.min_deadline_ms = 10.0  # set from the warm-up by ServerState.load (serving.admission.min_deadline_ms)
+        self.min_deadline_ms = 10.0  # set from the warm-up by calibrate (serving.admission.min_deadline_ms)
         self.batcher = Batcher(runner.predict_batch, config.max_batch, config.max_wait_ms, config.queue_size,
                                on_batch=metrics.observe_batch, on_idle=self.trimmer.maybe_trim,
                                prefix_max=runner.prefix_max, action_dim=runner.interface.action_dim)
+
+    def calibrate(self, costs: dict[int, float]) -> None:
+        """Start the admission model from the served runner's warm-up: `costs`, seconds per batch size, and
+        min_deadline_ms (--min-deadline-ms, else from batch 1)."""
+        cost = BatchCostModel()
+        for b, seconds in costs.items():
+            cost.observe(b, seconds)
+        self.batcher.cost = cost
+        self.min_deadline_ms = self.config.min_deadline_ms or min_deadline_ms(costs.get(1))
 
     def switch_runner(self, runner: Runner, costs: dict[int, float]) -> None:
         """Serve on `runner` (warm, the same model on another engine) from the next batch on; `costs`, its warm-up
         seconds per batch size, restart the admission model. A batch running now finishes on the old runner."""
         if runner.interface != self.interface or runner.prefix_max != self.runner.prefix_max:
             raise ValueError(f"{runner.engine or runner.backend} runner's interface differs from the one served")
-        cost = BatchCostModel()
-        for b, seconds in costs.items():
-            cost.observe(b, seconds)
-        self.batcher.predict, self.batcher.cost = runner.predict_batch, cost
-        if self.config.min_deadline_ms is None:
-            self.min_deadline_ms = min_deadline_ms(costs.get(1))
+        self.batcher.predict = runner.predict_batch
+        self.calibrate(costs)
         self.runner = runner
 
     def describe(self) -> dict:

@@ -14,7 +14,6 @@ from rfm.runtime import Runner
 from rfm.runtime.base import StagedRunner
 from rfm.runtime.observation import accepted_sizes
 from serving import codec
-from serving.admission import min_deadline_ms
 from serving.audit import AuditLog
 from serving.auth import ApiKeys
 from serving.config import ServerConfig
@@ -82,9 +81,7 @@ class ServerState:
                                     use_videos=self.config.record_images == "video",
                                     vcodec=self.config.record_vcodec)
             self.service = InferenceService(runner, self.config, self.metrics, limits, self.audit, recorder)
-            for b, seconds in costs.items():
-                self.service.batcher.cost.observe(b, seconds)
-            self.service.min_deadline_ms = self.config.min_deadline_ms or min_deadline_ms(costs.get(1))
+            self.service.calibrate(costs)
             self.metrics.ready.set(1)
             log.info("model %s@%s ready (warm-up %.1f s, batch sizes %s, limits %s)", runner.model_id,
                      runner.model_version, time.perf_counter() - t, self.config.batch_sizes_to_warm(),
