@@ -203,10 +203,14 @@ def _register_body_schemas(app: FastAPI, state: ServerState) -> None:
     """The request bodies the routes read as raw bytes (so FastAPI would not document them): generic while the model
     loads, then specialised to the served model's interface (serving.openapi) and cached."""
     original = app.openapi
+    specialised_for: list = [None]  # what the cached document was made from: a first start's engine switch
+    # (serving.state) lowers min_deadline_ms, and the document must say what the service enforces
 
     def openapi() -> dict:
-        if app.openapi_schema is not None:
+        made_from = (state.service.min_deadline_ms, state.service.runner.prefix_max) if state.service else None
+        if app.openapi_schema is not None and specialised_for[0] == made_from:
             return app.openapi_schema
+        app.openapi_schema = None  # FastAPI's method returns what is cached there: the generic document is wanted
         schema = copy.deepcopy(original())
         app.openapi_schema = None  # FastAPI's method cached its generic document there: ours replaces it
         if state.service is None:
@@ -215,8 +219,8 @@ def _register_body_schemas(app: FastAPI, state: ServerState) -> None:
             comps["ActRequestBody"] = comps["TicksRequestBody"] = {
                 "type": "object", "description": "specialised to the served model once it is loaded (see /readyz)"}
             return schema
-        app.openapi_schema = specialise(schema, state.service.interface, state.config.max_body_bytes,
-                                        state.service.min_deadline_ms, state.service.runner.prefix_max)
+        app.openapi_schema = specialise(schema, state.service.interface, state.config.max_body_bytes, *made_from)
+        specialised_for[0] = made_from
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

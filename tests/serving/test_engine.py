@@ -118,6 +118,11 @@ def _post_act(url: str) -> np.ndarray:
     return np.asarray(r.json()["actions"])
 
 
+def _deadline_minimum(url: str) -> float:
+    body = httpx.get(url + "/openapi.json").json()["components"]["schemas"]["ActRequestBody"]
+    return body["properties"]["deadline_ms"]["anyOf"][0]["minimum"]
+
+
 def _first_start_cache(onnx_engine, engine_cache, tmp_path) -> Path:
     """A cache without the checkpoint's export (a first start); its traced graphs stay, so nothing is traced."""
     cache = shutil.copytree(engine_cache, tmp_path / "cache")
@@ -142,6 +147,7 @@ def test_a_first_start_serves_on_pytorch_at_once_then_on_the_exported_engine(onn
     with caplog.at_level(logging.INFO, logger="rfm.serving"), \
             ServerThread(loader, ServerConfig(warmup_batch_sizes=(1, 2))) as s:
         assert httpx.get(s.url + "/v1/models").json()["engine"] == "torch"
+        assert _deadline_minimum(s.url) == httpx.get(s.url + "/v1/models").json()["server"]["min_deadline_ms"]
         expected = tiny_runner.predict(observation())  # the chunk head: no noise, the same chunk every time
         deadline, served = time.monotonic() + 120, 0
         while httpx.get(s.url + "/v1/models").json()["engine"] != "onnx":
@@ -153,6 +159,11 @@ def test_a_first_start_serves_on_pytorch_at_once_then_on_the_exported_engine(onn
         np.testing.assert_allclose(_post_act(s.url), expected, atol=1e-4)  # ONNX Runtime, within the parity goal
         models = httpx.get(s.url + "/v1/models").json()
         assert models["engine_dir"] == str(cache / Path(onnx_engine.engine_dir).name)
+        # the switch recalibrates min_deadline_ms from the new engine's warm-up; the served document, cached
+        # before, says what is enforced now (a batch-1 run of 100 ms: 500 ms)
+        assert _deadline_minimum(s.url) == models["server"]["min_deadline_ms"]
+        s.state.service.calibrate({1: 0.1})
+        assert _deadline_minimum(s.url) == 500.0 == httpx.get(s.url + "/v1/models").json()["server"]["min_deadline_ms"]
     assert "until ONNX Runtime" in caplog.text and "now serving on onnx" in caplog.text
     assert not isinstance(loader(), StagedRunner)  # cached now: the next start is ONNX Runtime from the first request
 
