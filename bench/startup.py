@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,6 +26,8 @@ import time
 from pathlib import Path
 
 import httpx
+
+from serving.server import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,9 +52,7 @@ def time_load(code: str) -> float:
 def time_serve(engine: str, cache: Path, until_onnx: dict | None = None) -> float:
     """Seconds from launching `rfm serve` to its first 200 on /readyz; with `until_onnx`, it also waits until
     GET /v1/models says the ONNX engine serves and records those seconds there ("onnx_s")."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RFM_CACHE_DIR": str(cache)}
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "rfm.cli.main", "serve", "--checkpoint", "checkpoints/default",

@@ -19,8 +19,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="checkpoint (torch) or export (onnx) directory; default $RFM_CHECKPOINT or checkpoints/default")
     p.add_argument("--engine", default=None, choices=list(ENGINES),
                    help="how a checkpoint runs: auto (ONNX Runtime fp32 on a CPU, exported on first start and cached "
-                        "by the weights' hash, PyTorch serving meanwhile; PyTorch on CUDA) | torch | onnx | onnx-int8 | openvino | openvino-int8 "
-                        "(the OpenVINO IR of that export; default $RFM_ENGINE or auto). For an `rfm export` "
+                        "by the weights' hash, PyTorch serving meanwhile; PyTorch on CUDA) | torch | onnx | onnx-int8 "
+                        "| openvino | openvino-int8 (the OpenVINO IR of that export; default $RFM_ENGINE or auto). For an `rfm export` "
                         "directory only onnx | openvino apply (its precision was fixed when exporting), and "
                         "$RFM_ENGINE does not")
     p.add_argument("--engine-cache", default=None, metavar="DIR",

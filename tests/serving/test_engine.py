@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -17,9 +18,11 @@ import numpy as np
 import pytest
 
 import rfm.export.exporter
-from rfm.export.engine import EngineError, checkpoint_key, load_engine
+from rfm.export.engine import EngineError, checkpoint_key, engine_loader, load_engine
+from rfm.runtime.base import StagedRunner
 from rfm.runtime.manifest import EXPORT_FILE
-from serving.server import free_port
+from serving.config import ServerConfig
+from serving.server import ServerThread, free_port
 from tests.serving.helpers import msgpack_body, observation, wait_until_ready
 
 pytestmark = pytest.mark.integration  # exports a checkpoint; one test starts `rfm serve`
@@ -135,13 +138,6 @@ def test_a_first_start_serves_on_pytorch_at_once_then_on_the_exported_engine(onn
                                                                              caplog):
     """Without a cached export the server is ready on PyTorch and answers while it exports; then ONNX Runtime
     serves, with no request failing across the switch; the next start finds the export and needs no PyTorch."""
-    import time
-
-    from rfm.export.engine import engine_loader
-    from rfm.runtime.base import StagedRunner
-    from serving.config import ServerConfig
-    from serving.server import ServerThread
-
     cache = _first_start_cache(onnx_engine, engine_cache, tmp_path)
     loader = engine_loader(tiny_checkpoint, "auto", device="cpu", threads=1, cache_dir=cache, seed=0)
     with caplog.at_level(logging.INFO, logger="rfm.serving"), \
@@ -170,10 +166,6 @@ def test_a_first_start_serves_on_pytorch_at_once_then_on_the_exported_engine(onn
 
 def test_an_engine_that_cannot_be_built_leaves_the_server_on_pytorch(onnx_engine, tiny_checkpoint, engine_cache,
                                                                      tmp_path, monkeypatch, caplog):
-    from rfm.export.engine import engine_loader
-    from serving.config import ServerConfig
-    from serving.server import ServerThread
-
     def broken(*a, **k):
         raise RuntimeError("op FancyConv is not supported")
 
@@ -182,8 +174,6 @@ def test_an_engine_that_cannot_be_built_leaves_the_server_on_pytorch(onnx_engine
     loader = engine_loader(tiny_checkpoint, "auto", device="cpu", threads=1, cache_dir=cache)
     with caplog.at_level(logging.INFO, logger="rfm.serving"), \
             ServerThread(loader, ServerConfig(warmup_batch_sizes=(1,))) as s:
-        import time
-
         deadline = time.monotonic() + 60
         while "staying on torch" not in caplog.text:
             assert time.monotonic() < deadline, caplog.text
