@@ -28,15 +28,23 @@ RUN if [ "$VARIANT" = "cpu" ]; then \
       pip install "torch==${TORCH_VERSION}"; \
     else echo "VARIANT must be cpu or gpu, got ${VARIANT}" >&2; exit 1; fi
 
-# Then the project with the `serve` extra only: the server and both runners (torch, ONNX); no training,
-# simulator or export packages (pyproject.toml lists the extras). Its constraints keep torch at the version
+# Then the project with the `serve` extra only: the server, both runners (torch, ONNX) and the ONNX exporter; no training
+# or simulator packages (pyproject.toml lists the extras). Its constraints keep torch at the version
 # above, whose layer stays cached. The build fails here if the image cannot load its default checkpoint.
+# The CPU image ships the default checkpoint's ONNX Runtime engine (~95 MB, in /app/engines, read-only at run time
+# through $RFM_ENGINE_PATH), so every container serves on it from its first request instead of exporting it at
+# start. A checkpoint of your own: build FROM this image and prepare it the same way (docs/DEPLOYMENT.md).
 COPY . .
 RUN pip install -c constraints.txt ".[serve]" \
     && python -c "import torch, serving.server, rfm.runtime.onnx_runner; \
-from rfm.runtime import load_runner; load_runner('${RFM_CHECKPOINT}', device='cpu'); \
 assert torch.__version__.startswith('${TORCH_VERSION}'), torch.__version__" \
+    && if [ "$VARIANT" = "cpu" ]; then \
+      rfm serve --checkpoint "$RFM_CHECKPOINT" --engine onnx --engine-cache /app/engines --prepare --log-level warning; \
+    else \
+      rfm serve --checkpoint "$RFM_CHECKPOINT" --engine torch --device cpu --prepare --log-level warning; \
+    fi \
     && useradd --create-home --uid 10001 rfm
+ENV RFM_ENGINE_PATH=/app/engines
 
 USER rfm
 EXPOSE 8000

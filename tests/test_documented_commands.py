@@ -1,5 +1,5 @@
-"""Every `rfm` command written in the README, docs/ and examples/ uses options the command has: a renamed or
-removed flag fails here, not in a user's shell. Static: the commands are parsed, not run. And the README's Python
+"""Every `rfm` command written in the README, docs/, examples/, the Makefile and the Dockerfile uses options the
+command has: a renamed or removed flag fails here, not in a user's shell. Static: the commands are parsed, not run. And the README's Python
 quickstart runs as written."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from rfm.cli.main import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "examples").glob("*.sh")),
-           ROOT / "Makefile"]
+           ROOT / "Makefile", ROOT / "Dockerfile"]
 RFM = re.compile(r"^(rfm|\$\{?RFM\}?|[^\s=]*/rfm)$")  # rfm, $RFM, ${RFM}, .venv/bin/rfm, $(BIN)/rfm
 SEPARATORS = {";", "&&", "||", "|", "&", ">", ">>", "<", "2>", "(", ")"}
 PREFIXES = {"exec", "time", "nohup", "then", "do", "else", "$", "!"}  # words that leave the next in command position

@@ -64,6 +64,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="replace an instruction the model never trained on by the trained one nearest in meaning "
                         "when their sentence embeddings' cosine similarity is >= SIM (e.g. 0.5); below it the "
                         "instruction passes unchanged")
+    p.add_argument("--prepare", action="store_true",
+                   help="make the engine (export the checkpoint into --engine-cache unless it is cached there or in "
+                        "$RFM_ENGINE_PATH), load it, run one request, print where it is and exit without serving: for "
+                        "image builds and init containers, so every replica starts on it (the graphs traced to "
+                        "export are not kept in the cache)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=run)
 
@@ -112,6 +117,8 @@ def run(args: argparse.Namespace) -> int:
         check_checkpoint(ckpt)  # a CheckpointError is a ValueError: one line, exit code 2
     if args.record or args.openpi_mapping or args.action_limits:  # one line now, not a start-up thread's traceback
         _check_against_interface(args, ckpt, is_export)
+    if args.prepare:
+        return _prepare(args, ckpt, backend, is_export)
     try:  # before the model loads (and exports): a port in use is one line now, not a uvicorn error later
         sock = bind(args.host, args.port)
     except OSError as e:
@@ -134,6 +141,35 @@ def run(args: argparse.Namespace) -> int:
         spin = {"allow_spinning": False} if backend == "onnx" else {}  # ONNX Runtime's idle spinning off
         loader = runner_loader(ckpt, backend, resize_images=args.resize_images, intra_op_threads=threads, **spin)
     serve(loader, config, args.host, args.port, checkpoint=ckpt, log_level=args.log_level, sock=sock)
+    return 0
+
+
+def _prepare(args: argparse.Namespace, ckpt: Path, backend: str, is_export: bool) -> int:
+    """rfm serve --prepare: the engine the server would run, made and loaded once; one line saying what it is."""
+    import json
+
+    from rfm.cli.main import CLIError
+    from rfm.export.engine import EngineError, load_engine
+    from rfm.export.graph_cache import remove_graphs
+    from serving.server import runner_loader, set_threads
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    threads = set_threads(args.threads)
+    try:
+        if backend == "torch":
+            engine = args.engine or os.environ.get("RFM_ENGINE") or "auto"
+            engine = "torch" if args.backend == "torch" and engine == "auto" else engine
+            runner = load_engine(ckpt, engine, device=args.device, threads=threads, cache_dir=args.engine_cache)
+        else:
+            spin = {"allow_spinning": False} if backend == "onnx" else {}
+            runner = runner_loader(ckpt, backend, intra_op_threads=threads, **spin)()
+    except EngineError as e:
+        raise CLIError(str(e)) from None
+    runner.warmup([1])
+    info = runner.describe()
+    if info["engine_dir"]:  # an engine cache to ship keeps its engines, not the graphs traced to make them
+        remove_graphs(Path(info["engine_dir"]).parent)
+    print(json.dumps({"checkpoint": str(ckpt), "engine": info["engine"], "engine_dir": info["engine_dir"]}))
     return 0
 
 

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 CACHE_ENV = "RFM_CACHE_DIR"
+SHIPPED_ENV = "RFM_ENGINE_PATH"  # read-only caches searched after the writable one (e.g. exports baked into an image)
 
 
 def cache_root(cache_dir: str | Path | None = None) -> Path:
@@ -16,3 +17,8 @@ def cache_root(cache_dir: str | Path | None = None) -> Path:
         return Path(os.environ[CACHE_ENV])
     xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(xdg) / "rfm" / "engines"
+
+
+def shipped_roots() -> list[Path]:
+    """$RFM_ENGINE_PATH: engine caches made ahead of time (`rfm serve --prepare`), read but never written, in order."""
+    return [Path(d) for d in os.environ.get(SHIPPED_ENV, "").split(os.pathsep) if d]

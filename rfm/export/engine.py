@@ -17,7 +17,7 @@ from pathlib import Path
 
 from rfm._version import __version__
 from rfm.constants import ENGINES
-from rfm.export.cache_dir import cache_root
+from rfm.export.cache_dir import cache_root, shipped_roots
 from rfm.runtime.base import Runner, StagedRunner
 from rfm.runtime.manifest import EXPORT_FILE, EXPORT_FORMAT, parity_summary, read_manifest
 
@@ -57,10 +57,15 @@ def cached_export(checkpoint: str | Path, precision: str = "fp32", cache_dir: st
     parity check against PyTorch misses its goal.
     """
     checkpoint = Path(checkpoint)
-    root, out = _cache_entry(checkpoint, precision, cache_dir, target)
+    tail = _entry_tail(checkpoint, precision, target)
+    root = cache_root(cache_dir)
+    out = root / f"{checkpoint.resolve().name}{tail}"
     # An export is written atomically: one that is there is complete, and reading it needs no lock, so a cache
-    # shipped on a read-only volume (an image, a ConfigMap) serves without being writable.
-    if not (out / EXPORT_FILE).is_file():
+    # shipped on a read-only volume (an image, $RFM_ENGINE_PATH) serves without being writable.
+    found = _find_export(checkpoint, tail, target, cache_dir)
+    if found is not None:
+        out = found
+    else:
         try:
             root.mkdir(parents=True, exist_ok=True)
             lock = (root / f".{out.name}.lock").open("w")
@@ -77,17 +82,31 @@ def cached_export(checkpoint: str | Path, precision: str = "fp32", cache_dir: st
     return out
 
 
-def _cache_entry(checkpoint: Path, precision: str, cache_dir: str | Path | None, target: str) -> tuple[Path, Path]:
-    """(cache root, the export directory of `checkpoint` at `precision` for `target` in it)."""
-    root = cache_root(cache_dir)
+def _entry_tail(checkpoint: Path, precision: str, target: str) -> str:
+    """What names an export in a cache after the checkpoint directory's name: its kind and the weights' hash."""
     kind = precision if target == "cpu" else f"{target}-{precision}"
-    return root, root / f"{Path(checkpoint).resolve().name}-{kind}-{checkpoint_key(checkpoint)[:16]}"
+    return f"-{kind}-{checkpoint_key(checkpoint)[:16]}"
+
+
+def _find_export(checkpoint: Path, tail: str, target: str, cache_dir: str | Path | None) -> Path | None:
+    """The finished export named `tail` (_entry_tail) for `target` in the cache, else in a shipped cache
+    ($RFM_ENGINE_PATH), else None. It is found by the weights' hash, so an export of other weights never is, and the
+    same weights under another directory name (a checkpoint mounted elsewhere) are."""
+    for root in [cache_root(cache_dir), *shipped_roots()]:
+        if root.is_dir():
+            for entry in [root / f"{checkpoint.resolve().name}{tail}", *sorted(root.glob(f"*{tail}"))]:
+                # the manifest's target, since "x-openvino-fp32-<hash>" also ends like a CPU export's name
+                if (entry / EXPORT_FILE).is_file() and read_manifest(entry).get("target", "cpu") == target:
+                    return entry
+    return None
 
 
 def is_cached(checkpoint: str | Path, precision: str = "fp32", cache_dir: str | Path | None = None,
               target: str = "cpu") -> bool:
-    """Whether the cache already holds the export cached_export would make (a start that exports nothing)."""
-    return (_cache_entry(Path(checkpoint), precision, cache_dir, target)[1] / EXPORT_FILE).is_file()
+    """Whether the cache or a shipped cache already holds the export cached_export would make (a start that
+    exports nothing)."""
+    checkpoint = Path(checkpoint)
+    return _find_export(checkpoint, _entry_tail(checkpoint, precision, target), target, cache_dir) is not None
 
 
 def _export(checkpoint: Path, out: Path, precision: str, calib_dataset: str | None, target: str = "cpu",

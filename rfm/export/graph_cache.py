@@ -91,3 +91,16 @@ def cached_graph(path: Path, name: str, key: str, cache_dir: Path | None, export
             tmp.unlink(missing_ok=True)
             log.warning("could not cache the %s graph in %s: %s", name, cache_dir, e)
         return False
+
+
+def remove_graphs(cache_dir: Path) -> int:
+    """Delete the traced graphs cached in `cache_dir`, keeping its engines; bytes freed. A cache made to ship (an
+    image's) needs only the engines: the graphs only speed up further exports, and are the size of the engines."""
+    freed = 0
+    for name in ("policy", "text-encoder"):
+        for f in cache_dir.glob(f"{name}-*.onnx"):
+            freed += f.stat().st_size
+            f.unlink()
+        for lock in cache_dir.glob(f".{name}-*.onnx.lock"):
+            lock.unlink()
+    return freed

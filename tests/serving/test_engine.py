@@ -18,11 +18,12 @@ import numpy as np
 import pytest
 
 import rfm.export.exporter
-from rfm.export.engine import EngineError, checkpoint_key, engine_loader, load_engine
+from rfm.export.engine import EngineError, checkpoint_key, engine_loader, is_cached, load_engine
 from rfm.runtime.base import StagedRunner
 from rfm.runtime.manifest import EXPORT_FILE
 from serving.config import ServerConfig
 from serving.server import ServerThread, free_port
+from tests.cli_in_process import rfm as rfm_cli
 from tests.serving.helpers import msgpack_body, observation, wait_until_ready
 
 pytestmark = pytest.mark.integration  # exports a checkpoint; one test starts `rfm serve`
@@ -197,3 +198,63 @@ def test_a_cache_that_cannot_be_written_still_serves_the_exports_it_holds(onnx_e
     shutil.rmtree(cache / name)  # now the export must be made, and cannot be written there
     with pytest.raises(EngineError, match="is not writable"):
         load_engine(tiny_checkpoint, "onnx", device="cpu", cache_dir=cache)
+
+
+def _export_only(cache: Path, engine_dir: str) -> Path:
+    """A cache holding just the export named like `engine_dir`, as `rfm serve --prepare` leaves one to ship."""
+    name = Path(engine_dir).name
+    shutil.copytree(Path(engine_dir), cache / name)
+    return cache
+
+
+def test_a_shipped_cache_serves_these_weights_under_any_directory_name(onnx_engine, tiny_checkpoint, tmp_path,
+                                                                        monkeypatch):
+    """$RFM_ENGINE_PATH: exports made ahead of time (an image's) are found by the weights' hash, with an empty
+    writable cache, for a checkpoint mounted under another name; the first start is then not staged."""
+    shipped = _export_only(tmp_path / "shipped", onnx_engine.engine_dir)
+    monkeypatch.setenv("RFM_ENGINE_PATH", f"{tmp_path / 'missing'}{os.pathsep}{shipped}")
+    monkeypatch.setattr(rfm.export.exporter, "export_checkpoint", lambda *a, **k: pytest.fail("exported again"))
+    mounted = shutil.copytree(tiny_checkpoint, tmp_path / "models" / "robot-7")
+    runner = engine_loader(mounted, "auto", device="cpu", threads=1, cache_dir=tmp_path / "writable")()
+    assert not isinstance(runner, StagedRunner)
+    assert runner.engine == "onnx" and Path(runner.engine_dir) == shipped / Path(onnx_engine.engine_dir).name
+    assert not (tmp_path / "writable").exists()  # nothing exported, nothing written
+    other = shutil.copytree(tiny_checkpoint, tmp_path / "other")
+    (other / "stats.json").write_text((other / "stats.json").read_text() + "\n")  # other bytes: another key
+    assert not is_cached(other, cache_dir=tmp_path / "writable")
+
+
+def test_an_openvino_export_is_not_taken_for_the_onnx_engine(onnx_engine, tiny_checkpoint, engine_cache, tmp_path,
+                                                             monkeypatch):
+    """`x-openvino-fp32-<hash>` ends like a CPU export of checkpoint `x-openvino`: the manifest's target decides."""
+    ov = load_engine(tiny_checkpoint, "openvino", device="cpu", threads=1, cache_dir=engine_cache)
+    shipped = _export_only(tmp_path / "shipped", ov.engine_dir)
+    monkeypatch.setenv("RFM_ENGINE_PATH", str(shipped))
+    mounted = shutil.copytree(tiny_checkpoint, tmp_path / "renamed")
+    assert is_cached(mounted, target="openvino", cache_dir=tmp_path / "writable")
+    assert not is_cached(mounted, cache_dir=tmp_path / "writable")
+
+
+def test_rfm_serve_prepare_makes_the_engine_to_ship_and_serves_nothing(onnx_engine, tiny_checkpoint, engine_cache,
+                                                                       tmp_path):
+    cache = _first_start_cache(onnx_engine, engine_cache, tmp_path)  # its traced graphs make the export quick
+    port = free_port()
+    r = rfm_cli("serve", "--checkpoint", str(tiny_checkpoint), "--engine", "onnx", "--engine-cache", str(cache),
+            "--prepare", "--threads", "1", "--port", str(port), "--log-level", "warning")
+    assert r.returncode == 0, r.stderr
+    said = json.loads(r.stdout.strip().splitlines()[-1])
+    assert said["engine"] == "onnx" and Path(said["engine_dir"]).parent == cache
+    assert (Path(said["engine_dir"]) / EXPORT_FILE).is_file()
+    assert not list(cache.glob("*.onnx"))  # the traced graphs are not shipped, only engines
+    with pytest.raises(httpx.ConnectError):  # it did not stay to serve
+        httpx.get(f"http://127.0.0.1:{port}/healthz")
+
+
+def test_rfm_serve_prepare_on_an_export_that_cannot_be_made_is_one_line(tiny_checkpoint, tmp_path, monkeypatch):
+    def broken(*a, **k):
+        raise RuntimeError("op FancyConv is not supported")
+
+    monkeypatch.setattr(rfm.export.exporter, "export_checkpoint", broken)
+    r = rfm_cli("serve", "--checkpoint", str(tiny_checkpoint), "--engine", "onnx", "--engine-cache", str(tmp_path),
+            "--prepare", "--threads", "1", "--log-level", "error")
+    assert r.returncode != 0 and "FancyConv" in r.stderr and "Traceback" not in r.stderr
