@@ -149,6 +149,7 @@ def _prepare(args: argparse.Namespace, ckpt: Path, backend: str, is_export: bool
     import json
 
     from rfm.cli.main import CLIError
+    from rfm.export.cache_dir import cache_root
     from rfm.export.engine import EngineError, load_engine
     from rfm.export.graph_cache import remove_graphs
     from serving.server import runner_loader, set_threads
@@ -167,8 +168,9 @@ def _prepare(args: argparse.Namespace, ckpt: Path, backend: str, is_export: bool
         raise CLIError(str(e)) from None
     runner.warmup([1])
     info = runner.describe()
-    if info["engine_dir"]:  # an engine cache to ship keeps its engines, not the graphs traced to make them
-        remove_graphs(Path(info["engine_dir"]).parent)
+    root = cache_root(args.engine_cache)
+    if info["engine_dir"] and Path(info["engine_dir"]).parent == root:  # an engine cache to ship keeps its engines,
+        remove_graphs(root)  # not the graphs traced to make them (a shipped cache it was found in is left alone)
     print(json.dumps({"checkpoint": str(ckpt), "engine": info["engine"], "engine_dir": info["engine_dir"]}))
     return 0
 

@@ -9,11 +9,12 @@ the export once it is made (StagedRunner, serving.state). An export whose parity
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
+
+from filelock import FileLock
 
 from rfm._version import __version__
 from rfm.constants import ENGINES
@@ -66,15 +67,17 @@ def cached_export(checkpoint: str | Path, precision: str = "fp32", cache_dir: st
     if found is not None:
         out = found
     else:
+        lock = FileLock(root / f".{out.name}.lock")  # the OS's lock: released however its holder ends
         try:
             root.mkdir(parents=True, exist_ok=True)
-            lock = (root / f".{out.name}.lock").open("w")
+            lock.acquire()  # a second replica waits here, then finds the export
         except OSError as e:
             raise EngineError(f"engine cache {root} is not writable ({e}); pass --engine-cache DIR") from None
-        with lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # a second replica waits here, then finds the export
+        try:
             if not (out / EXPORT_FILE).is_file():
                 _export(checkpoint, out, precision, calib_dataset, target, root)
+        finally:
+            lock.release()
     parity = parity_summary(read_manifest(out).get("parity")) or {}
     if not parity.get("met", False):
         raise EngineError(f"{out}: the {precision} export misses its parity goal against PyTorch "

@@ -9,7 +9,6 @@ inputs' shapes, the opset, the exporter, the torch/rfm versions and the source o
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import logging
 import os
@@ -20,6 +19,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import torch
+from filelock import FileLock
 
 from rfm._version import __version__
 
@@ -70,15 +70,15 @@ def cached_graph(path: Path, name: str, key: str, cache_dir: Path | None, export
         export(path)
         return False
     entry = cache_dir / f"{name}-{key[:24]}.onnx"
+    lock = FileLock(cache_dir / f".{entry.name}.lock")
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        lock = (cache_dir / f".{entry.name}.lock").open("w")
+        lock.acquire()  # concurrent exports of the same graph trace it once
     except OSError as e:
         log.warning("graph cache %s is not writable (%s): exporting without it", cache_dir, e)
         export(path)
         return False
-    with lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # concurrent exports of the same graph trace it once
+    try:
         if entry.is_file():
             shutil.copyfile(entry, path)
             return True
@@ -91,6 +91,8 @@ def cached_graph(path: Path, name: str, key: str, cache_dir: Path | None, export
             tmp.unlink(missing_ok=True)
             log.warning("could not cache the %s graph in %s: %s", name, cache_dir, e)
         return False
+    finally:
+        lock.release()
 
 
 def remove_graphs(cache_dir: Path) -> int:

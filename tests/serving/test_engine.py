@@ -11,14 +11,23 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
+import rfm.export.engine
 import rfm.export.exporter
-from rfm.export.engine import EngineError, checkpoint_key, engine_loader, is_cached, load_engine
+from rfm.export.engine import (
+    EngineError,
+    cached_export,
+    checkpoint_key,
+    engine_loader,
+    is_cached,
+    load_engine,
+)
 from rfm.runtime.base import StagedRunner
 from rfm.runtime.manifest import EXPORT_FILE
 from serving.config import ServerConfig
@@ -258,3 +267,29 @@ def test_rfm_serve_prepare_on_an_export_that_cannot_be_made_is_one_line(tiny_che
     r = rfm_cli("serve", "--checkpoint", str(tiny_checkpoint), "--engine", "onnx", "--engine-cache", str(tmp_path),
             "--prepare", "--threads", "1", "--log-level", "error")
     assert r.returncode != 0 and "FancyConv" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_replicas_starting_together_export_once(onnx_engine, tiny_checkpoint, tmp_path, monkeypatch):
+    """The cache's lock: two servers asking for the same missing export at once make it once; both serve it."""
+    calls = []
+
+    def slow_export(checkpoint, out, *a, **k):
+        calls.append(out)
+        time.sleep(0.5)  # long enough for the other to arrive while this one holds the lock
+        shutil.copytree(onnx_engine.engine_dir, out)
+
+    monkeypatch.setattr(rfm.export.engine, "_export", slow_export)
+    with ThreadPoolExecutor(2) as pool:
+        dirs = list(pool.map(lambda _: cached_export(tiny_checkpoint, cache_dir=tmp_path), range(2)))
+    assert len(calls) == 1 and dirs[0] == dirs[1] == calls[0]
+
+
+def test_serving_and_training_import_without_posix_only_modules():
+    """Windows has no fcntl, resource, termios, pwd or grp: the server, the engine cache and training must import
+    without them (the caches' locks come from filelock, which has a Windows lock)."""
+    code = ("import sys\nfor m in ('fcntl', 'resource', 'termios', 'pwd', 'grp'): sys.modules[m] = None\n"
+            "import rfm.cli.main, rfm.cli.serve, serving.app, rfm.export.engine, rfm.export.graph_cache, "
+            "rfm.train.loop, rfm.runtime.torch_runner, rfm.client")
+    r = subprocess.run([sys.executable, "-W", "ignore", "-c", code], check=False, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
