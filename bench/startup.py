@@ -7,7 +7,9 @@ Each measurement is a fresh Python process, rounds alternating between the confi
   same directory through transformers (`AutoModel` + `AutoTokenizer`), imports included, after `import torch`;
 - `rfm serve --checkpoint checkpoints/default` from launch to a 200 from /readyz, on the torch engine and on the
   ONNX engine with its export already cached; and a first start (empty engine cache, the default engine): to
-  /readyz, and until GET /v1/models says it serves on ONNX Runtime (the export made beside the serving engine).
+  /readyz, and until GET /v1/models says it serves on ONNX Runtime (the export made beside the serving engine);
+- `rfm serve --prepare` into an empty cache (what an image build runs), and a start of the default engine with an
+  empty writable cache and that prepared one in $RFM_ENGINE_PATH (an image's container), to /readyz on ONNX Runtime.
 
 Prints a table, writes bench/results/startup.json.
 """
@@ -49,11 +51,23 @@ def time_load(code: str) -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def time_serve(engine: str, cache: Path, until_onnx: dict | None = None) -> float:
+def time_prepare(cache: Path) -> float:
+    """Seconds of `rfm serve --prepare` making the default's ONNX engine in `cache` (export, load, one request)."""
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "rfm.cli.main", "serve", "--checkpoint", "checkpoints/default", "--engine",
+                    "onnx", "--engine-cache", str(cache), "--prepare", "--threads", "1", "--log-level", "warning"],
+                   check=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
+def time_serve(engine: str, cache: Path, until_onnx: dict | None = None, shipped: Path | None = None) -> float:
     """Seconds from launching `rfm serve` to its first 200 on /readyz; with `until_onnx`, it also waits until
-    GET /v1/models says the ONNX engine serves and records those seconds there ("onnx_s")."""
+    GET /v1/models says the ONNX engine serves and records those seconds there ("onnx_s"). `shipped`: a prepared
+    engine cache in $RFM_ENGINE_PATH (then the server must be on ONNX Runtime once ready)."""
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RFM_CACHE_DIR": str(cache)}
+    if shipped is not None:
+        env["RFM_ENGINE_PATH"] = str(shipped)
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "rfm.cli.main", "serve", "--checkpoint", "checkpoints/default",
                              "--port", str(port), "--engine", engine, "--threads", "1"], cwd=ROOT, env=env,
@@ -65,6 +79,8 @@ def time_serve(engine: str, cache: Path, until_onnx: dict | None = None) -> floa
             try:
                 if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
                     ready = time.perf_counter() - t0
+                    if shipped is not None:
+                        assert httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=5).json()["engine"] == "onnx"
                     while until_onnx is not None:
                         if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=5).json()["engine"] == "onnx":
                             until_onnx["onnx_s"] = time.perf_counter() - t0
@@ -97,6 +113,11 @@ def main() -> None:
                 rows.setdefault("first start, rfm serve (auto) to /readyz", []).append(
                     time_serve("auto", Path(empty), onnx))
                 rows.setdefault("first start, rfm serve (auto) until it serves on onnx", []).append(onnx["onnx_s"])
+            with tempfile.TemporaryDirectory(prefix="rfm-prepared-") as prepared, \
+                    tempfile.TemporaryDirectory(prefix="rfm-empty-") as empty:  # an image's build, then its container
+                rows.setdefault("rfm serve --prepare (engine onnx, empty cache)", []).append(time_prepare(Path(prepared)))
+                rows.setdefault("rfm serve (auto), prepared engine in $RFM_ENGINE_PATH, to /readyz on onnx", []).append(
+                    time_serve("auto", Path(empty), shipped=Path(prepared)))
     result = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
               "rounds": args.rounds, "seconds": {k: {"median": statistics.median(v), "all": v} for k, v in rows.items()}}
     width = max(map(len, rows))
