@@ -7,7 +7,12 @@ of tick s_k, so its action j belongs to tick s_k + j. Two ways to schedule reque
   out in a thread with the current observation, and the robot keeps executing; a chunk that arrives late is
   entered at the current tick (its stale actions are skipped). Unset, it follows the model: a checkpoint that
   recommends K actions per request (its card's `execution`, e.g. from `rfm adapt --select-episodes`; served on
-  GET /v1/models) asks when H - K remain, for the instruction at hand; else when half a chunk remains.
+  GET /v1/models) asks when H - K remain, for the instruction at hand; else when half a chunk remains. A
+  prefetch that fails for a reason that may pass (the server refused it with 503 under load, timed out, restarted,
+  the connection dropped) does not stop the robot while it has actions left: the failure is counted (`failures`,
+  `last_error`) and it asks again with the current observation. `step()` raises only when the robot has
+  no action for the tick (its chunk ran out and the request for the next one failed), or at once for an error
+  that asking again cannot mend (a 4xx such as 422: the observation does not fit the model).
 - `action_steps=K` (simulation, and robots that stop while the model thinks): every K ticks a chunk is requested
   from the current observation and the call returns when it is there. `delay_ticks=D` simulates inference
   latency in that mode: the chunk becomes usable D ticks after the observation it was computed from, and until
@@ -28,13 +33,17 @@ recording holds what the robot did, one frame per control tick.
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+import httpx
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 
 def half_chunk(length: int) -> int:
@@ -62,6 +71,15 @@ def recommended_steps(execution: Mapping[str, Any] | None, instruction: str | No
 
 
 _UNASKED = object()
+
+
+def passing(error: BaseException) -> bool:
+    """Whether asking again may succeed: a server error or refusal (5xx: 503 under load or while it starts, 504 past
+    the deadline; 408, 429), a dropped or refused connection, a timeout. Not a 4xx saying the request is wrong."""
+    status = getattr(error, "status", None)  # RFMError
+    if isinstance(status, int):
+        return status >= 500 or status in (408, 429)
+    return isinstance(error, (ConnectionError, TimeoutError, httpx.TransportError))
 
 
 class ChunkExecutor:
@@ -108,6 +126,8 @@ class ChunkExecutor:
         self.source: int | None = None
         self.requests = 0
         self.waits = 0  # ticks that had to block for a chunk (the robot would stall)
+        self.failures = 0  # prefetches that failed while the robot still had actions (asked again the next tick)
+        self.last_error: BaseException | None = None
         self._last_step = None
 
     # --- requests -------------------------------------------------------------------------------------------
@@ -151,11 +171,23 @@ class ChunkExecutor:
         self._pending = (self.tick, self._pool.submit(self._timed_act, body))
 
     def _collect(self, block: bool) -> None:
+        """Take the answer of the request in flight, if it is there (block: wait for it). Its error is raised when
+        blocking (the robot has no action without it) or when asking again cannot mend it; a passing one is counted
+        and the request is made again."""
         if self._pending is None or not (block or self._pending[1].done()):
             return
         start, fut = self._pending
         self._pending = None
-        self._add_chunk(start, fut.result())  # re-raises the request's error here
+        try:
+            chunk = fut.result()
+        except Exception as e:
+            if block or not passing(e):
+                raise
+            self.failures += 1
+            self.last_error = e
+            log.warning("chunk request failed (%s); the robot has actions left, asking again", e)
+            return
+        self._add_chunk(start, chunk)
 
     def _add_chunk(self, start: int, chunk: Any, delay: int = 0) -> None:
         """A chunk computed from the observation of tick `start`, usable `delay` ticks later (the first of an

@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 
+import httpx
 import numpy as np
 import pytest
 
@@ -181,6 +182,56 @@ def test_chunk_executor_prefetches_and_skips_stale_actions():
     assert got == [0, 1, 2, 201, 202, 401, 402, 601]
     assert ex.requests == 4 and ex.waits == 1
     ex.close()
+
+
+class FlakyServer:
+    """fake_act whose requests made at the ticks in `fails` raise `error` (as RFMClient raises what the server said)."""
+
+    def __init__(self, fails: set[int], error: Exception) -> None:
+        self.fails, self.error, self.asked = fails, error, []
+
+    def __call__(self, obs):
+        self.asked.append(obs["t"])
+        if obs["t"] in self.fails:
+            raise self.error
+        return fake_act(obs)
+
+
+@pytest.mark.parametrize("error", [RFMError(503, "overloaded", "cannot start before the deadline"),
+                                   RFMError(504, "deadline_exceeded", "late"), httpx.ConnectError("refused")])
+def test_a_failed_prefetch_does_not_stop_a_robot_that_has_actions_left(error):
+    """A 503 under load, a 504, a server restarting: the robot keeps executing its chunk and asks again."""
+    flaky = FlakyServer({2}, error)
+    with ChunkExecutor(flaky, prefetch_steps=2) as ex:
+        got = []
+        for t in range(6):
+            got.append(float(ex.step({"t": t})[0]))
+            time.sleep(0.02)  # a prefetch lands (or fails) before the next tick
+    # chunk@0 covers ticks 0-3; the prefetch at tick 2 fails, noticed at tick 3, which asks again at once
+    assert got == [0, 1, 2, 3, 301, 302]
+    assert flaky.asked == [0, 2, 3, 5] and ex.failures == 1 and ex.last_error is error
+
+
+def test_a_request_the_server_calls_wrong_stops_the_robot_at_once():
+    """A 422 will not pass by asking again: raised at the tick it comes back, not when the chunk runs out."""
+    flaky = FlakyServer({2}, RFMError(422, "invalid_observation", "images.front: expected 128x128"))
+    with ChunkExecutor(flaky, prefetch_steps=2) as ex:
+        ex.step({"t": 0}), time.sleep(0.02), ex.step({"t": 1}), time.sleep(0.02), ex.step({"t": 2})
+        time.sleep(0.02)
+        with pytest.raises(RFMError, match="422"):
+            ex.step({"t": 3})
+
+
+def test_with_no_action_left_a_failed_request_stops_the_robot():
+    """The chunk ran out and the request for the next failed: step() has nothing to return and says why."""
+    flaky = FlakyServer({2, 3, 4}, RFMError(503, "overloaded", "busy"))
+    with ChunkExecutor(flaky, prefetch_steps=2) as ex:
+        for t in range(4):  # the prefetch of tick 2 fails, asked again at tick 3, which fails too
+            ex.step({"t": t})
+            time.sleep(0.02)
+        with pytest.raises(RFMError, match="503"):
+            ex.step({"t": 4})  # chunk@0 ended at tick 3: asked once more, waited for, failed: no action to give
+    assert flaky.asked == [0, 2, 3, 4] and ex.failures == 2
 
 
 def test_chunk_executor_refuses_more_actions_per_request_than_a_chunk_holds():
