@@ -134,7 +134,9 @@ class ChunkExecutor:
     def _request(self, obs: Mapping[str, Any], snapshot: bool, ahead: int = 0) -> dict:
         """The request body's observation; a snapshot (copied) when another thread sends it while the robot moves on.
         With continuation, the actions committed for the next `ahead` ticks go with it."""
-        body = {k: (copy.deepcopy(v) if snapshot and isinstance(v, dict) else v) for k, v in obs.items()}
+        # a driver may reuse its frame and state buffers at the next tick, while the request thread still encodes
+        body = {k: (copy.deepcopy(v) if snapshot and isinstance(v, (dict, list, np.ndarray)) else v)
+                for k, v in obs.items()}
         if self.recorder is not None:
             body["record"] = False  # the ticks are recorded, not the requests
         committed = self.committed(ahead) if self.continuation else None

@@ -309,3 +309,25 @@ def test_native_frames_are_fitted_on_the_robot(tmp_path, transport):
         with RFMClient(server.url, fit_frames=False) as raw, pytest.raises(RFMError) as err:
             raw.act(obs)
         assert err.value.status == 413
+
+
+def test_a_prefetch_sends_the_observation_of_its_tick_though_the_driver_reuses_its_buffers():
+    """Drivers fill the same arrays every tick; the request thread must encode what the robot saw when it asked."""
+    sent = []
+    gate = threading.Event()
+
+    def slow_act(obs):
+        if sent:  # the prefetch: encoded only after the robot has moved on and refilled its buffers
+            gate.wait(1)
+        sent.append((obs["images"]["front"][0, 0, 0], float(obs["state"][0])))
+        return fake_act({"t": 100 * len(sent)})
+
+    frame, state = np.zeros((4, 4, 3), np.uint8), np.zeros(2, np.float32)
+    with ChunkExecutor(slow_act, prefetch_steps=3) as ex:
+        for t in range(3):
+            frame[:] = t
+            state[:] = t
+            ex.step({"images": {"front": frame}, "state": state, "t": t})
+        gate.set()
+        time.sleep(0.05)
+    assert sent == [(0, 0.0), (1, 1.0)]  # the prefetch went out at tick 1 (3 actions left) with tick 1's frame
