@@ -37,6 +37,7 @@ COMMANDS = {
 EXTRAS = {"serve": "serve", "train": "train", "data": "train,sim", "info": "train", "average": "train",
           "export": "export", "fleet": "sim", "eval": "sim,train", "adapt": "sim,train", "card": "train",
           "compare": "train"}
+INSTALL_NOTES = {"serve": " (to serve an `rfm export` directory, without torch: pip install 'rfm[edge,server]')"}
 
 
 
@@ -66,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except ModuleNotFoundError as e:  # a package of an extra this install lacks (pyproject.toml)
         extra = EXTRAS.get(args.command, "all")
-        print(f"rfm {args.command}: error: {e}; this command needs pip install 'rfm[{extra}]'", file=sys.stderr)
+        print(f"rfm {args.command}: error: {e}; this command needs pip install 'rfm[{extra}]'"
+              f"{INSTALL_NOTES.get(args.command, '')}", file=sys.stderr)
         return 2
     except TrainingStopped as e:  # SIGTERM / Ctrl-C during training: the checkpoint of that step is saved
         if not first_process():  # a multi-process run: rank 0 reports the stop, and a launcher would kill it

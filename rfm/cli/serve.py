@@ -151,7 +151,6 @@ def _prepare(args: argparse.Namespace, ckpt: Path, backend: str, is_export: bool
     from rfm.cli.main import CLIError
     from rfm.export.cache_dir import cache_root
     from rfm.export.engine import EngineError, load_engine
-    from rfm.export.graph_cache import remove_graphs
     from serving.server import runner_loader, set_threads
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -170,6 +169,8 @@ def _prepare(args: argparse.Namespace, ckpt: Path, backend: str, is_export: bool
     info = runner.describe()
     root = cache_root(args.engine_cache)
     if info["engine_dir"] and Path(info["engine_dir"]).parent == root:  # an engine cache to ship keeps its engines,
+        from rfm.export.graph_cache import remove_graphs  # (torch: only where a checkpoint was exported)
+
         remove_graphs(root)  # not the graphs traced to make them (a shipped cache it was found in is left alone)
     print(json.dumps({"checkpoint": str(ckpt), "engine": info["engine"], "engine_dir": info["engine_dir"]}))
     return 0

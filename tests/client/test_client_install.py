@@ -1,5 +1,6 @@
 """`pip install rfm` with no extras is the robot side: the client SDK on numpy + httpx + websockets + msgpack; and
-`pip install "rfm[edge]"` runs an export on a device without torch.
+`pip install "rfm[edge]"` runs an export on a device without torch, and `pip install "rfm[edge,server]"` serves
+it there.
 
 The integration tests install the project into a fresh virtualenv (no system site packages) and, from there,
 get action chunks from a real server on the bundled default checkpoint, served from this (full) environment.
@@ -22,6 +23,7 @@ import pytest
 from rfm.client import RFMClient
 from serving.config import ServerConfig
 from serving.server import ServerThread, runner_loader
+from tests.serving.helpers import wait_until_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CHECKPOINT = ROOT / "checkpoints" / "default"
@@ -221,25 +223,71 @@ print(json.dumps({"chunk": runner.predict(obs).tolist(), "runner": type(runner).
 """
 
 
+@pytest.fixture(scope="module")
+def edge_python(tmp_path_factory) -> Path:
+    """The python of a fresh virtualenv holding `pip install "rfm[edge]"` (this repository)."""
+    return _fresh_install(tmp_path_factory.mktemp("edge-install"), "[edge]")
+
+
+@pytest.fixture(scope="module")
+def default_export(tmp_path_factory) -> Path:
+    from rfm.export.exporter import ExportConfig, export_checkpoint
+
+    out = tmp_path_factory.mktemp("default-export") / "export"
+    export_checkpoint(DEFAULT_CHECKPOINT, out, ExportConfig(exporter="torchscript", parity_samples=2))
+    return out
+
+
+def _edge_observation() -> dict:
+    rng = np.random.default_rng(0)
+    return {"images": {c: rng.integers(0, 256, (128, 128, 3), dtype=np.uint8) for c in ("corner", "topview")},
+            "state": np.array([0.0, 0.6, 0.2, 1.0], np.float32), "instruction": "close the window"}
+
+
 @pytest.mark.integration
-def test_edge_install_runs_an_export_without_torch(tmp_path_factory, tmp_path):
+def test_edge_install_runs_an_export_without_torch(edge_python, default_export, tmp_path):
     """`pip install "rfm[edge]"` on a device: an export of the default runs there, torch neither installed nor
     imported, and gives the checkpoint's actions (an instruction it was not trained on goes through the
     export's text encoder graph)."""
-    from rfm.export.exporter import ExportConfig, export_checkpoint
     from rfm.runtime import load_runner
 
-    edge_python = _fresh_install(tmp_path_factory.mktemp("edge-install"), "[edge]")
-    export_checkpoint(DEFAULT_CHECKPOINT, tmp_path / "export", ExportConfig(exporter="torchscript", parity_samples=2))
-    rng = np.random.default_rng(0)
-    obs = {"images": {c: rng.integers(0, 256, (128, 128, 3), dtype=np.uint8) for c in ("corner", "topview")},
-           "state": np.array([0.0, 0.6, 0.2, 1.0], np.float32), "instruction": "close the window"}
+    obs = _edge_observation()
     np.savez(tmp_path / "obs.npz", state=obs["state"], **obs["images"])
     (tmp_path / "device.py").write_text(EDGE_SCRIPT)
-    r = _run([edge_python, tmp_path / "device.py", tmp_path / "export", tmp_path / "obs.npz"], tmp_path, 120)
+    r = _run([edge_python, tmp_path / "device.py", default_export, tmp_path / "obs.npz"], tmp_path, 120)
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout)
     assert out["runner"] == "OnnxRunner" and not out["torch"] and "torch" not in out["installed"]
     assert {"onnxruntime", "tokenizers", "pillow"} <= set(out["installed"])
+    assert not {"fastapi", "uvicorn"} & set(out["installed"])  # the server is rfm[server]'s
     np.testing.assert_allclose(np.asarray(out["chunk"], np.float32), load_runner(DEFAULT_CHECKPOINT).predict(obs),
                                atol=1e-4)
+
+
+@pytest.mark.integration
+def test_edge_and_server_install_serves_an_export_without_torch(edge_python, default_export):
+    """`pip install "rfm[edge,server]"`: a device (or a cell's edge box) serves its export to robots over HTTP and
+    WebSocket with `rfm serve`, no torch installed, answering with the checkpoint's actions."""
+    from rfm.runtime import load_runner
+    from serving.server import free_port
+
+    root = edge_python.parents[2]  # the fresh install's directory, holding the source copy it installed
+    r = _run([edge_python, "-m", "pip", "install", "-q", f"{root / 'src'}[edge,server]"], root, 420)
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = _run([edge_python, "-c", "import importlib.util as u; print(u.find_spec('torch') is None)"], root, 60)
+    assert r.stdout.strip() == "True", r.stdout + r.stderr
+    port = free_port()
+    proc = subprocess.Popen([str(edge_python.parent / "rfm"), "serve", "--checkpoint", str(default_export),
+                             "--port", str(port), "--threads", "1", "--log-level", "warning"], cwd=root,
+                            env=_clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_ready(proc, url)
+        obs = _edge_observation()
+        with RFMClient(url, transport="ws") as robot:
+            assert robot.models()["backend"] == "onnx"
+            chunk = robot.act(obs)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    np.testing.assert_allclose(chunk, load_runner(DEFAULT_CHECKPOINT).predict(obs), atol=1e-4)
