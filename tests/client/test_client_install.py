@@ -291,3 +291,46 @@ def test_edge_and_server_install_serves_an_export_without_torch(edge_python, def
         proc.terminate()
         proc.wait(30)
     np.testing.assert_allclose(chunk, load_runner(DEFAULT_CHECKPOINT).predict(obs), atol=1e-4)
+
+
+def _interpreter(version: str) -> str | None:
+    """A Python `version` (e.g. "3.12") on this machine: on PATH, or under pyenv."""
+    found = shutil.which(f"python{version}")
+    pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+    for candidate in ([found] if found else []) + sorted(str(p) for p in pyenv.glob(f"{version}.*/bin/python")):
+        r = subprocess.run([candidate, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                           capture_output=True, text=True, check=False, env=_clean_env())
+        if r.returncode == 0 and r.stdout.strip() == version:
+            return candidate
+    return None
+
+
+@pytest.mark.compat
+@pytest.mark.parametrize("version", ["3.10", "3.12", "3.13"])
+def test_robot_side_installs_work_on_every_supported_python(version, default_server, default_export, tmp_path):
+    """A robot runs the Python its OS has (ROS 2 Humble: 3.10, Jazzy: 3.12): `pip install rfm` gets chunks from a
+    real server (sync, async and through the ChunkExecutor), and `rfm[edge]` runs an export, on each supported
+    version found here."""
+    from rfm.runtime import load_runner
+
+    python = _interpreter(version)
+    if python is None:
+        pytest.skip(f"no Python {version} on this machine")
+    r = _run([python, "-m", "venv", tmp_path / "venv"], tmp_path, 120)
+    assert r.returncode == 0, r.stderr
+    venv_python = tmp_path / "venv" / "bin" / "python"
+    r = _run([venv_python, "-m", "pip", "install", "-q", f"{_source_copy(tmp_path / 'src')}[edge]"], tmp_path, 420)
+    assert r.returncode == 0, r.stderr[-3000:]
+    (tmp_path / "robot.py").write_text(ROBOT_SCRIPT)
+    r = _run([venv_python, tmp_path / "robot.py", default_server.url, tmp_path / "robot_obs.npz"], tmp_path, 120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout)
+    assert tuple(out["shape"]) == (16, 4) and [tuple(s) for s in out["steps"]] == [(4,)] * 3
+    np.testing.assert_allclose(np.asarray(out["json_chunk"]), np.asarray(out["chunk"]), atol=1e-5)
+    obs = _edge_observation()
+    np.savez(tmp_path / "obs.npz", state=obs["state"], **obs["images"])
+    (tmp_path / "device.py").write_text(EDGE_SCRIPT)
+    r = _run([venv_python, tmp_path / "device.py", default_export, tmp_path / "obs.npz"], tmp_path, 120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    np.testing.assert_allclose(np.asarray(json.loads(r.stdout)["chunk"], np.float32),
+                               load_runner(DEFAULT_CHECKPOINT).predict(obs), atol=1e-4)
