@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import os
+from functools import lru_cache
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 CACHE_ENV = "RFM_CACHE_DIR"
 SHIPPED_ENV = "RFM_ENGINE_PATH"  # read-only caches searched after the writable one (e.g. exports baked into an image)
@@ -21,4 +25,13 @@ def cache_root(cache_dir: str | Path | None = None) -> Path:
 
 def shipped_roots() -> list[Path]:
     """$RFM_ENGINE_PATH: engine caches made ahead of time (`rfm serve --prepare`), read but never written, in order."""
-    return [Path(d) for d in os.environ.get(SHIPPED_ENV, "").split(os.pathsep) if d]
+    return list(_shipped_roots(os.environ.get(SHIPPED_ENV, "")))
+
+
+@lru_cache(maxsize=8)
+def _shipped_roots(value: str) -> tuple[Path, ...]:
+    roots = tuple(Path(d) for d in value.split(os.pathsep) if d)
+    for root in roots:  # a mistyped path would silently cost every start its export: say so, once
+        if not root.is_dir():
+            log.warning("$%s names %s, which is not a directory: no engines are read from it", SHIPPED_ENV, root)
+    return roots

@@ -217,14 +217,16 @@ def _export_only(cache: Path, engine_dir: str) -> Path:
 
 
 def test_a_shipped_cache_serves_these_weights_under_any_directory_name(onnx_engine, tiny_checkpoint, tmp_path,
-                                                                        monkeypatch):
+                                                                        monkeypatch, caplog):
     """$RFM_ENGINE_PATH: exports made ahead of time (an image's) are found by the weights' hash, with an empty
     writable cache, for a checkpoint mounted under another name; the first start is then not staged."""
     shipped = _export_only(tmp_path / "shipped", onnx_engine.engine_dir)
     monkeypatch.setenv("RFM_ENGINE_PATH", f"{tmp_path / 'missing'}{os.pathsep}{shipped}")
     monkeypatch.setattr(rfm.export.exporter, "export_checkpoint", lambda *a, **k: pytest.fail("exported again"))
     mounted = shutil.copytree(tiny_checkpoint, tmp_path / "models" / "robot-7")
-    runner = engine_loader(mounted, "auto", device="cpu", threads=1, cache_dir=tmp_path / "writable")()
+    with caplog.at_level(logging.WARNING, logger="rfm.export.cache_dir"):
+        runner = engine_loader(mounted, "auto", device="cpu", threads=1, cache_dir=tmp_path / "writable")()
+    assert f"{tmp_path / 'missing'}, which is not a directory" in caplog.text  # a mistyped entry is named
     assert not isinstance(runner, StagedRunner)
     assert runner.engine == "onnx" and Path(runner.engine_dir) == shipped / Path(onnx_engine.engine_dir).name
     assert not (tmp_path / "writable").exists()  # nothing exported, nothing written
