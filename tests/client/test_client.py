@@ -331,3 +331,26 @@ def test_a_prefetch_sends_the_observation_of_its_tick_though_the_driver_reuses_i
         gate.set()
         time.sleep(0.05)
     assert sent == [(0, 0.0), (1, 1.0)]  # the prefetch went out at tick 1 (3 actions left) with tick 1's frame
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("transport", ["http", "ws"])
+def test_a_robot_rides_through_a_server_restart_on_the_actions_it_has(tiny_runner, transport):
+    """A rolling restart: the robot's server goes away mid-chunk. The robot executes the actions it has (each
+    prefetch failing, counted), step() raises only once they run out, and the next step() after the server is back
+    gets a chunk again (the client reconnects)."""
+    first = ServerThread(tiny_runner, ServerConfig(warmup_batch_sizes=(1,))).start()
+    port, rng = first.port, np.random.default_rng(0)
+    with RFMClient(first.url, transport=transport, retries=0, timeout=2.0) as client, \
+            ChunkExecutor(client, prefetch_steps=6) as ex:  # chunks of 8: prefetch after 2 actions
+        ex.step(observation(rng))
+        first.stop()
+        executed = 1
+        with pytest.raises((RFMError, httpx.TransportError, ConnectionError)):
+            while executed < 20:
+                ex.step(observation(rng))
+                executed += 1
+                time.sleep(0.02)  # a failing prefetch comes back before the next tick
+        assert executed == 8 and ex.failures >= 1  # the whole first chunk executed though the server was gone
+        with ServerThread(tiny_runner, ServerConfig(warmup_batch_sizes=(1,)), port=port):
+            assert ex.step(observation(rng)).shape == (2,)
