@@ -36,6 +36,14 @@ class Metrics:
                                    "encoder failure; see the server log)", registry=r)
         self.recorder_sessions = Gauge("rfm_recorder_open_sessions", "Robot sessions with an episode being recorded",
                                        registry=r)
+        self.model_info = Gauge("rfm_model_info", "The model this replica serves and the engine it runs on (always 1)",
+                                ["model_id", "model_version", "engine"], registry=r)
+
+    def serving(self, model_id: str, model_version: str, engine: str) -> None:
+        """The served model and engine, one series at a time: a fleet sees which replicas run which version, and
+        when a first start has moved onto its exported engine."""
+        self.model_info.clear()
+        self.model_info.labels(model_id, model_version, engine).set(1)
 
     def observe_request(self, endpoint: str, status: int, seconds: float) -> None:
         self.requests.labels(endpoint, str(status)).inc()

@@ -82,6 +82,7 @@ class ServerState:
                                     vcodec=self.config.record_vcodec)
             self.service = InferenceService(runner, self.config, self.metrics, limits, self.audit, recorder)
             self.service.calibrate(costs)
+            self.metrics.serving(runner.model_id, runner.model_version, runner.engine or runner.backend)
             self.metrics.ready.set(1)
             log.info("model %s@%s ready (warm-up %.1f s, batch sizes %s, limits %s)", runner.model_id,
                      runner.model_version, time.perf_counter() - t, self.config.batch_sizes_to_warm(),
@@ -118,6 +119,7 @@ class ServerState:
             runner = staged.then()
             costs = self._warm(runner)
             self.service.switch_runner(runner, costs)
+            self.metrics.serving(runner.model_id, runner.model_version, runner.engine or runner.backend)
             log.info("now serving on %s (built and warmed in %.1f s beside the serving engine)",
                      runner.engine or runner.backend, time.perf_counter() - t)
         except Exception as e:  # noqa: BLE001 - the server keeps serving on the first runner

@@ -136,6 +136,11 @@ def _deadline_minimum(url: str) -> float:
     return body["properties"]["deadline_ms"]["anyOf"][0]["minimum"]
 
 
+def _model_info(url: str) -> str:
+    return "\n".join(line for line in httpx.get(url + "/metrics").text.splitlines()
+                     if line.startswith("rfm_model_info{"))
+
+
 def _first_start_cache(onnx_engine, engine_cache, tmp_path) -> Path:
     """A cache without the checkpoint's export (a first start); its traced graphs stay, so nothing is traced."""
     cache = shutil.copytree(engine_cache, tmp_path / "cache")
@@ -153,6 +158,7 @@ def test_a_first_start_serves_on_pytorch_at_once_then_on_the_exported_engine(onn
     with caplog.at_level(logging.INFO, logger="rfm.serving"), \
             ServerThread(loader, ServerConfig(warmup_batch_sizes=(1, 2))) as s:
         assert httpx.get(s.url + "/v1/models").json()["engine"] == "torch"
+        assert 'engine="torch"' in _model_info(s.url)
         assert _deadline_minimum(s.url) == httpx.get(s.url + "/v1/models").json()["server"]["min_deadline_ms"]
         expected = tiny_runner.predict(observation())  # the chunk head: no noise, the same chunk every time
         deadline, served = time.monotonic() + 120, 0
@@ -165,6 +171,9 @@ def test_a_first_start_serves_on_pytorch_at_once_then_on_the_exported_engine(onn
         np.testing.assert_allclose(_post_act(s.url), expected, atol=1e-4)  # ONNX Runtime, within the parity goal
         models = httpx.get(s.url + "/v1/models").json()
         assert models["engine_dir"] == str(cache / Path(onnx_engine.engine_dir).name)
+        info = _model_info(s.url)  # one series, the engine serving now
+        assert info.count("rfm_model_info{") == 1 and 'engine="onnx"' in info
+        assert f'model_version="{models["model_version"]}"' in info
         # the switch recalibrates min_deadline_ms from the new engine's warm-up; the served document, cached
         # before, says what is enforced now (a batch-1 run of 100 ms: 500 ms)
         assert _deadline_minimum(s.url) == models["server"]["min_deadline_ms"]
