@@ -1,7 +1,8 @@
 """docs/ROBOTS.md, run as written: a new robot (native 480 x 640 cameras, its own joints) from dataset to a served
 checkpoint and a served int8 export, on the ALOHA-shaped fixture written by the real lerobot (3 cameras, 14
 joints, 50 fps) and on a 1-camera dataset written here. The guide's bash blocks run unchanged with its variables
-set; the requests come from the rfm client and the real openpi client, with native frames."""
+set, and so does its robot control loop (step 5, against a stand-in robot); the requests come from the rfm client
+and the real openpi client, with native frames."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from rfm.data.lerobot import LeRobotDataset
 
 pytestmark = pytest.mark.integration
 
@@ -85,6 +88,32 @@ class Served:
     def __exit__(self, *exc: object) -> None:
         self.proc.terminate()
         self.proc.wait(timeout=30)
+
+
+def guide_python(step: str) -> str:
+    """The Python block of one numbered step of the guide."""
+    part = re.split(r"^## ", GUIDE.read_text(), flags=re.MULTILINE)
+    body = next(p for p in part if p.startswith(step))
+    return re.findall(r"```python\n(.*?)```", body, flags=re.DOTALL)[0]
+
+
+class GuideRobot:
+    """The `robot` of the guide's control loop: native frames at its cameras' sizes, and the actions it applied."""
+
+    def __init__(self, itf: dict, ticks: int) -> None:
+        self.itf, self.ticks, self.applied = itf, ticks, []
+        self.rng = np.random.default_rng(1)
+
+    def running(self) -> bool:
+        return len(self.applied) < self.ticks
+
+    def observation(self) -> dict:
+        return native_obs(self.itf, self.rng)
+
+    def apply(self, action: np.ndarray) -> None:
+        assert action.shape == (len(self.itf["action_names"]),)
+        self.applied.append(np.asarray(action, np.float32))
+        time.sleep(1.0 / self.itf["control_hz"])
 
 
 def native_obs(itf: dict, rng: np.random.Generator) -> dict:
@@ -162,10 +191,18 @@ def test_the_guide_walks_a_new_robot_from_data_to_a_served_int8_export(steps, tm
     offline = json.loads((run / "offline.json").read_text())
     assert set(offline["mae"]) == set(itf["action_names"]) and (run / "offline.png").stat().st_size > 1000
     with Served(steps["5. Serve"][0], env, port) as srv:
+        robot_loop = GuideRobot(itf, ticks=24)
+        exec(guide_python("5. Serve"), {"PORT": port, "robot": robot_loop})  # noqa: S102 - the guide's loop, as written
         res = request_both_ways(srv.url, itf)
         assert not res["clipped"]
         if robot.startswith("arm"):  # a frame of another size: a 422 naming the field, and the server keeps serving
             wrong_size_is_a_clear_error(srv.url, itf)
+    # the recording holds what the robot did: its episode first (ended by the loop), one frame per control tick with
+    # the action the robot executed; then the requests the clients above sent without a TickRecorder
+    field = LeRobotDataset(run / "field")
+    start, end = field.episode_range(0)
+    assert end - start == len(robot_loop.applied) == 24
+    np.testing.assert_allclose(field.actions[start:end], np.stack(robot_loop.applied), atol=1e-6)
     if robot.startswith("arm"):  # step 6 is the same commands for any robot: the ALOHA walk runs it (25 s each)
         return
     export_block, serve_export = steps["6. Export for the edge, and serve the export"][0].strip().splitlines()
