@@ -122,3 +122,21 @@ def test_image_cell_corrupt(tmp_path):
     ds = LeRobotDataset(w.root)
     with pytest.raises(DatasetError, match="field 'observation.images.c': cannot decode image"):
         ds.get_frame(1)
+
+
+def test_non_finite_state_names_the_episodes_and_says_how_to_remove_them(ds_copy):
+    """A sensor dropout recorded as NaN would make the stats NaN and training's first loss NaN: refused at load,
+    naming the file, the field and the episodes (lengths 12, 15, 9: rows 13 and 30 are in episodes 1 and 2)."""
+    def drop_out(t):
+        i = t.schema.get_field_index("observation.state")
+        width = t.schema.field(i).type.list_size
+        vals = np.asarray(t.column(i).combine_chunks().flatten()).reshape(-1, width).copy()
+        vals[13, 0] = np.nan
+        vals[30, width - 1] = np.inf
+        return t.set_column(i, "observation.state",
+                            pa.FixedSizeListArray.from_arrays(pa.array(vals.reshape(-1), pa.float32()), width))
+    rewrite_data(ds_copy, drop_out)
+    with pytest.raises(DatasetError, match=r"file-000\.parquet: field 'observation.state': 2 frames hold NaN or "
+                                           r"infinite values, in episode\(s\) 1, 2 .*delete_episodes "
+                                           r"--operation.episode_indices \"\[1, 2\]\""):
+        LeRobotDataset(ds_copy)
