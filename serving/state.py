@@ -84,9 +84,10 @@ class ServerState:
             self.service.calibrate(costs)
             self.metrics.serving(runner.model_id, runner.model_version, runner.engine or runner.backend)
             self.metrics.ready.set(1)
-            log.info("model %s@%s ready (warm-up %.1f s, batch sizes %s, limits %s)", runner.model_id,
-                     runner.model_version, time.perf_counter() - t, self.config.batch_sizes_to_warm(),
-                     limits.source if limits else "none")
+            log.info("model %s@%s ready on %s%s (warm-up %.1f s, batch sizes %s, limits %s)", runner.model_id,
+                     runner.model_version, runner.engine or runner.backend,
+                     f" from {runner.engine_dir}" if runner.engine_dir else "", time.perf_counter() - t,
+                     self.config.batch_sizes_to_warm(), limits.source if limits else "none")
             if staged:
                 log.info("serving on %s until %s is ready", runner.engine or runner.backend, staged.what)
                 threading.Thread(target=self._switch, args=(staged,), name="rfm-engine-switch", daemon=True).start()
