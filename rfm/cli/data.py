@@ -166,6 +166,8 @@ def run_info(args: argparse.Namespace) -> int:
             continue
         if k == "tasks":
             v = f"{len(v)}: " + "; ".join(repr(t) for t in v[:10]) + (" ..." if len(v) > 10 else "")
+        if k == "unchanging":  # a stuck sensor or an unused joint: worth seeing before a fine-tune
+            v = "; ".join(f"{part}: {', '.join(names)}" for part, names in v.items() if names) or "none"
         print(f"{k:<{width}}  {v}")
     return 0
 

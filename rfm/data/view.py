@@ -22,10 +22,24 @@ def summary(ds: LeRobotDataset) -> dict:
         "episodes": ds.num_episodes, "frames": ds.num_frames,
         "episode_length": {"min": min(lengths), "mean": round(float(np.mean(lengths)), 1), "max": max(lengths)},
         "duration_s": round(ds.num_frames / ds.fps, 1), "tasks": ds.tasks, "cameras": storage,
-        "state": ds.state_names, "action": ds.action_names,
+        "state": ds.state_names, "action": ds.action_names, "unchanging": unchanging(ds),
         "features": {k: f"{ft['dtype']} {list(ft['shape'])}" for k, ft in ds.features.items()},
         "size_on_disk_mb": round(ds.size_bytes() / 2**20, 2),
     }
+
+
+def unchanging(ds: LeRobotDataset) -> dict[str, list[str]]:
+    """State and action values that hold one value in every frame: a stuck sensor, or a joint the demonstrations
+    never moved (a gripper left unmapped). A policy cannot learn to move them, and the served action limits, taken
+    from the data's range, hold them there."""
+    out = {}
+    for key, values, names in (("state", ds.states, ds.state_names), ("action", ds.actions, ds.action_names)):
+        if len(values) and values.shape[1]:
+            still = np.flatnonzero(values.min(axis=0) == values.max(axis=0))
+            out[key] = [names[i] if i < len(names) else str(i) for i in still]
+        else:
+            out[key] = []
+    return out
 
 
 def contact_sheet(ds: LeRobotDataset, episode: int, out: str | Path, n_frames: int = 8) -> Path:

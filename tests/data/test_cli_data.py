@@ -38,6 +38,29 @@ def test_info_table_and_errors(video_dataset, tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+def test_info_names_values_that_never_change(video_dataset, tmp_path, capsys):
+    """A gripper left unmapped holds one value in every frame: `rfm data info` says so before a fine-tune."""
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root = shutil.copytree(video_dataset.root, tmp_path / "ds")
+    path = root / "data" / "chunk-000" / "file-000.parquet"
+    t = pq.read_table(path)
+    i = t.schema.get_field_index("action")
+    vals = np.asarray(t.column(i).combine_chunks().flatten()).reshape(-1, 2).copy()
+    vals[:, 1] = 0.5
+    pq.write_table(t.set_column(i, "action", pa.FixedSizeListArray.from_arrays(pa.array(vals.reshape(-1),
+                                                                                         pa.float32()), 2)), path)
+    assert main(["data", "info", str(root)]) == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("unchanging"))
+    names = LeRobotDataset(root).action_names
+    assert line.split(None, 1)[1] == f"action: {names[1]}"
+    assert main(["data", "info", str(video_dataset.root), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["unchanging"] == {"state": [], "action": []}
+
+
 def test_view_png(image_dataset, tmp_path, capsys):
     out = tmp_path / "sheet.png"
     assert main(["data", "view", str(image_dataset.root), "--episode", "1", "--out", str(out), "--frames", "4"]) == 0
