@@ -23,6 +23,6 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
     assert not errors
 
 
-def test_there_are_five_notebooks():
+def test_there_are_six_notebooks():
     assert [p.stem for p in NOTEBOOKS] == ["01_quickstart", "02_dataset", "03_finetune_small_data", "04_export_edge",
-                                           "05_serve_fleet"]
+                                           "05_serve_fleet", "06_your_robot"]
