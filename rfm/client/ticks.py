@@ -28,6 +28,11 @@ from rfm.client.wire import encode_ticks
 
 log = logging.getLogger("rfm.client.ticks")
 RETRY_STATUS = (429, 502, 503, 504)  # a server restarting, draining or overloaded: the batch is posted again
+RECHECK_S = 30.0  # a server that said it is not recording is asked again after this long
+
+
+class NotRecording(RuntimeError):
+    """The server answered 409: it was started without --record."""
 
 
 class TickRecorder:
@@ -66,6 +71,8 @@ class TickRecorder:
         self._fitter: FrameFitter | None = None  # from GET /v1/models, asked once by the posting thread
         self._max_body: int | None = None  # the server's body limit, from its description or a 413
         self.sent = self.errors = self.lost = 0
+        self.unrecorded = 0  # ticks not sent because the server is not recording (no --record)
+        self._not_recording_at: float | None = None  # when the server last said so
         self.last_error: str | None = None
         self._thread = threading.Thread(target=self._run, name="rfm-ticks", daemon=True)
         self._thread.start()
@@ -140,7 +147,18 @@ class TickRecorder:
             sent_before = self.sent
             session = self.session(segment + self._shift)
             try:
-                self._post(self._fitted(ticks), end, success, session)
+                if self._not_recording_at is not None and time.monotonic() - self._not_recording_at < RECHECK_S:
+                    self.unrecorded += len(ticks)  # asked again now and then, not with every batch
+                else:
+                    self._post(self._fitted(ticks), end, success, session)
+                    self._not_recording_at = None
+            except NotRecording as e:
+                if self._not_recording_at is None:
+                    log.warning("%s: ticks are not recorded (start it with rfm serve --record DIR); asked again every "
+                                "%g s", e, RECHECK_S)
+                self._not_recording_at = time.monotonic()
+                self.unrecorded += len(ticks) - (self.sent - sent_before)
+                self.last_error = str(e)
             except Exception as e:  # noqa: BLE001 - recording must not take the robot down; counted and logged
                 self.errors += 1
                 self.last_error = str(e)
@@ -173,6 +191,8 @@ class TickRecorder:
         if resp.status_code == 413:
             raise RuntimeError(f"POST /v1/ticks: one tick is {len(body)} bytes, over the server's body limit "
                                f"(rfm serve --max-body-mb): {resp.text[:200]}")
+        if resp.status_code == 409:
+            raise NotRecording(f"POST /v1/ticks: {resp.status_code} {resp.text[:200]}")
         if resp.status_code != 200:
             raise RuntimeError(f"POST /v1/ticks: {resp.status_code} {resp.text[:300]}")
         self.sent += len(ticks)

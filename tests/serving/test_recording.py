@@ -161,6 +161,25 @@ def test_ticks_errors_name_the_tick_and_field_and_a_server_without_record_says_s
     np.testing.assert_allclose(ds.extras["action_executed"], [[0.1, 0.2], [0.1, 0.2]], atol=1e-6)
 
 
+def test_a_robot_recording_against_a_server_without_record_is_told_once(server, caplog):
+    """A TickRecorder against a server started without --record: one warning saying so (not one per batch), the
+    ticks counted as unrecorded, not lost, the server asked again only every RECHECK_S, and the robot unaffected."""
+    import logging
+
+    from rfm.client import RFMClient, TickRecorder
+    from rfm.client.ticks import RECHECK_S
+
+    obs = observation()
+    with caplog.at_level(logging.WARNING, logger="rfm.client.ticks"), RFMClient(server.url) as client, \
+            TickRecorder(client, "arm-1", batch_ticks=2) as rec:
+        for _ in range(20):
+            rec.add(obs, np.array([0.1, 0.2], np.float32))
+        rec.end_episode(success=True)
+    warnings = [r for r in caplog.records if "not recorded" in r.getMessage()]
+    assert len(warnings) == 1 and "--record" in warnings[0].getMessage()
+    assert rec.unrecorded == 20 and rec.lost == 0 and rec.errors == 0 and RECHECK_S >= 10
+
+
 def test_a_robot_with_large_native_frames_records_every_tick_under_the_body_limit(tmp_path):
     """A field robot whose cameras send 240x320 frames, its ticks posted through the SDK's TickRecorder to a server
     with a 1 MB body limit (8 native ticks are 3.7 MB): with frames fitted on the robot (the default) and without,
