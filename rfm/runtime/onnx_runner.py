@@ -32,7 +32,8 @@ def import_onnxruntime():
     except ImportError as e:
         raise ModuleNotFoundError(
             f"the ONNX backend needs the onnxruntime package, which is not installed ({e}): pip install 'rfm[edge]' "
-            "on a device that runs exports, or 'rfm[serve]' for the server", name="onnxruntime") from None
+            "on a device that runs exports ('rfm[edge,server]' to serve them there), or 'rfm[serve]' for the server",
+            name="onnxruntime") from None
     return onnxruntime
 
 
