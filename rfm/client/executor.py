@@ -11,8 +11,9 @@ of tick s_k, so its action j belongs to tick s_k + j. Two ways to schedule reque
   prefetch that fails for a reason that may pass (the server refused it with 503 under load, timed out, restarted,
   the connection dropped) does not stop the robot while it has actions left: the failure is counted (`failures`,
   `last_error`) and it asks again with the current observation. `step()` raises only when the robot has
-  no action for the tick (its chunk ran out and the request for the next one failed), or at once for an error
-  that asking again cannot mend (a 4xx such as 422: the observation does not fit the model).
+  no action for the tick (its chunk ran out and the request for the next one failed, or did not land within
+  `max_wait_s`: TimeoutError), or at once for an error that asking again cannot mend (a 4xx such as 422: the
+  observation does not fit the model).
 - `action_steps=K` (simulation, and robots that stop while the model thinks): every K ticks a chunk is requested
   from the current observation and the call returns when it is there. `delay_ticks=D` simulates inference
   latency in that mode: the chunk becomes usable D ticks after the observation it was computed from, and until
@@ -87,12 +88,17 @@ class ChunkExecutor:
 
     def __init__(self, act: Callable[[Mapping[str, Any]], np.ndarray] | Any, prefetch_steps: int | None = None,
                  ensemble_decay: float | None = None, recorder: Any = None, action_steps: int | None = None,
-                 delay_ticks: int = 0, continuation: bool = False, prefix_max: int | None = None) -> None:
+                 delay_ticks: int = 0, continuation: bool = False, prefix_max: int | None = None,
+                 max_wait_s: float | None = None) -> None:
         """`act`: a callable or an object with `.act` (RFMClient). `prefetch_steps`: request the next chunk when
         this many actions of the newest chunk remain (default: the chunk less the model's recommended actions per
         request, else half a chunk). `action_steps`, `delay_ticks`: the blocking schedule and its simulated
         latency (module docstring). `recorder`: a TickRecorder. `continuation`: send committed actions, at most
-        `prefix_max` (default: the model's, from a Runner's or an RFMClient's model description)."""
+        `prefix_max` (default: the model's, from a Runner's or an RFMClient's model description). `max_wait_s`:
+        the longest step() waits for a chunk when the robot has no action (prefetch schedule), then TimeoutError;
+        the request stays in flight and the next step() waits for it again (None: as long as the request takes)."""
+        if max_wait_s is not None and max_wait_s < 0:
+            raise ValueError(f"max_wait_s={max_wait_s}: expected seconds >= 0, or None to wait for the request")
         if action_steps is not None and action_steps < 1:
             raise ValueError(f"action_steps={action_steps}: expected a positive number of actions per request")
         if delay_ticks < 0 or (delay_ticks and action_steps is None):
@@ -103,6 +109,7 @@ class ChunkExecutor:
         self._owner = act
         self._execution: Any = _UNASKED  # the model's recommended mode, asked for at the first prefetch decision
         self.prefetch_steps, self.ensemble_decay, self.recorder = prefetch_steps, ensemble_decay, recorder
+        self.max_wait_s = max_wait_s
         self.action_steps, self.delay_ticks = action_steps, delay_ticks
         self.continuation = continuation
         if prefix_max is None and continuation:
@@ -173,22 +180,26 @@ class ChunkExecutor:
         self._pending = (self.tick, self._pool.submit(self._timed_act, body))
 
     def _collect(self, block: bool) -> None:
-        """Take the answer of the request in flight, if it is there (block: wait for it). Its error is raised when
-        blocking (the robot has no action without it) or when asking again cannot mend it; a passing one is counted
-        and the request is made again."""
+        """Take the answer of the request in flight, if it is there (block: wait for it, at most max_wait_s). Its
+        error is raised when blocking (the robot has no action without it) or when asking again cannot mend it; a
+        passing one is counted and the request is made again."""
         if self._pending is None or not (block or self._pending[1].done()):
             return
         start, fut = self._pending
-        self._pending = None
         try:
-            chunk = fut.result()
+            chunk = fut.result(timeout=self.max_wait_s if block else None)
         except Exception as e:
+            if not fut.done():  # our wait ran out, not the request: it stays in flight for the next step()
+                raise TimeoutError(f"no action chunk within max_wait_s={self.max_wait_s:g} s (the request is still "
+                                   f"in flight; the next step() waits for it again)") from None
+            self._pending = None
             if block or not passing(e):
                 raise
             self.failures += 1
             self.last_error = e
             log.warning("chunk request failed (%s); the robot has actions left, asking again", e)
             return
+        self._pending = None
         self._add_chunk(start, chunk)
 
     def _add_chunk(self, start: int, chunk: Any, delay: int = 0) -> None:

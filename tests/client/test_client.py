@@ -212,6 +212,29 @@ def test_a_failed_prefetch_does_not_stop_a_robot_that_has_actions_left(error):
     assert flaky.asked == [0, 2, 3, 5] and ex.failures == 1 and ex.last_error is error
 
 
+def test_a_robot_waits_at_most_max_wait_s_for_a_chunk_then_gets_it_when_it_lands():
+    """A hung server must not freeze the control loop: with no action left, step() waits max_wait_s and raises
+    TimeoutError; the request stays in flight, and once it lands a later step() uses it (stale actions skipped)."""
+    gate = threading.Event()
+
+    def slow_second(obs):
+        if obs["t"] > 0:
+            gate.wait(5)
+        return fake_act(obs)
+
+    with ChunkExecutor(slow_second, prefetch_steps=2, max_wait_s=0.05) as ex:
+        got = [float(ex.step({"t": t})[0]) for t in range(4)]  # chunk@0; the prefetch of tick 2 hangs
+        t0 = time.perf_counter()
+        with pytest.raises(TimeoutError, match="max_wait_s=0.05"):
+            ex.step({"t": 4})
+        assert time.perf_counter() - t0 < 1.0
+        gate.set()
+        got.append(float(ex.step({"t": 4})[0]))  # the same tick again: chunk@2 has landed, entered at tick 4
+    assert got == [0, 1, 2, 3, 202] and ex.requests == 3  # the third: tick 4 prefetches, 2 actions left
+    with pytest.raises(ValueError, match="max_wait_s=-1"):
+        ChunkExecutor(fake_act, max_wait_s=-1)
+
+
 def test_a_request_the_server_calls_wrong_stops_the_robot_at_once():
     """A 422 will not pass by asking again: raised at the tick it comes back, not when the chunk runs out."""
     flaky = FlakyServer({2}, RFMError(422, "invalid_observation", "images.front: expected 128x128"))
