@@ -76,10 +76,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from rfm.cli.main import CLIError
     from rfm.constants import STATS_FILE
-    from rfm.export.engine import engine_loader
     from rfm.runtime.manifest import EXPORT_FILE
     from serving.config import ServerConfig, default_checkpoint
-    from serving.server import bind, runner_loader, serve, set_threads
+    from serving.server import bind, serve
 
     ckpt = Path(args.checkpoint) if args.checkpoint else default_checkpoint()
     if not ckpt.is_dir():
@@ -128,20 +127,30 @@ def run(args: argparse.Namespace) -> int:
     if not args.action_limits and not (ckpt / STATS_FILE).is_file():  # e.g. an export from an older rfm
         logging.getLogger("rfm.serving").warning("%s has no %s: serving WITHOUT action limits (pass "
                                                  "--action-limits, or export the checkpoint again)", ckpt, STATS_FILE)
+    loader = _runner_loader(args, ckpt, backend, is_export, staged=True)
+    serve(loader, config, args.host, args.port, checkpoint=ckpt, log_level=args.log_level, sock=sock)
+    return 0
+
+
+def _runner_loader(args: argparse.Namespace, ckpt: Path, backend: str, is_export: bool, staged: bool):
+    """The callable that loads what `rfm serve` runs (and sets the threads it runs on): a checkpoint on its engine
+    (staged: a first start serves PyTorch while it exports), or an export on its runtime."""
+    from rfm.cli.main import CLIError
+    from rfm.export.engine import engine_loader
+    from rfm.runtime.manifest import EXPORT_FILE
+    from serving.server import runner_loader, set_threads
+
     threads = set_threads(args.threads)
     if backend == "torch":
         engine = args.engine or os.environ.get("RFM_ENGINE") or "auto"
         engine = "torch" if args.backend == "torch" and engine == "auto" else engine
-        loader = engine_loader(ckpt, engine, device=args.device, threads=threads, cache_dir=args.engine_cache,
-                               resize_images=args.resize_images)
-    else:
-        if not is_export:
-            raise CLIError(f"--backend {backend}: {ckpt} has no {EXPORT_FILE}; it is not an `rfm export` directory "
-                           f"(serve a checkpoint with --backend torch, or export it with `rfm export`)")
-        spin = {"allow_spinning": False} if backend == "onnx" else {}  # ONNX Runtime's idle spinning off
-        loader = runner_loader(ckpt, backend, resize_images=args.resize_images, intra_op_threads=threads, **spin)
-    serve(loader, config, args.host, args.port, checkpoint=ckpt, log_level=args.log_level, sock=sock)
-    return 0
+        return engine_loader(ckpt, engine, staged=staged, device=args.device, threads=threads,
+                             cache_dir=args.engine_cache, resize_images=args.resize_images)
+    if not is_export:
+        raise CLIError(f"--backend {backend}: {ckpt} has no {EXPORT_FILE}; it is not an `rfm export` directory "
+                       f"(serve a checkpoint with --backend torch, or export it with `rfm export`)")
+    spin = {"allow_spinning": False} if backend == "onnx" else {}  # ONNX Runtime's idle spinning off
+    return runner_loader(ckpt, backend, resize_images=args.resize_images, intra_op_threads=threads, **spin)
 
 
 def _prepare(args: argparse.Namespace, ckpt: Path, backend: str, is_export: bool) -> int:
@@ -150,19 +159,11 @@ def _prepare(args: argparse.Namespace, ckpt: Path, backend: str, is_export: bool
 
     from rfm.cli.main import CLIError
     from rfm.export.cache_dir import cache_root
-    from rfm.export.engine import EngineError, load_engine
-    from serving.server import runner_loader, set_threads
+    from rfm.export.engine import EngineError
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    threads = set_threads(args.threads)
     try:
-        if backend == "torch":
-            engine = args.engine or os.environ.get("RFM_ENGINE") or "auto"
-            engine = "torch" if args.backend == "torch" and engine == "auto" else engine
-            runner = load_engine(ckpt, engine, device=args.device, threads=threads, cache_dir=args.engine_cache)
-        else:
-            spin = {"allow_spinning": False} if backend == "onnx" else {}
-            runner = runner_loader(ckpt, backend, intra_op_threads=threads, **spin)()
+        runner = _runner_loader(args, ckpt, backend, is_export, staged=False)()
     except EngineError as e:
         raise CLIError(str(e)) from None
     runner.warmup([1])

@@ -198,7 +198,8 @@ def _openvino_runner(checkpoint, precision: str, threads: int | None, cache_dir,
     return runner
 
 
-def engine_loader(checkpoint: str | Path, engine: str = "auto", **kw) -> Callable[[], Runner | StagedRunner]:
+def engine_loader(checkpoint: str | Path, engine: str = "auto", staged: bool = True,
+                  **kw) -> Callable[[], Runner | StagedRunner]:
     """A callable loading the runner (the server calls it in its start-up thread: /readyz says loading meanwhile);
-    a first start on the auto engine serves PyTorch while it exports (StagedRunner)."""
-    return lambda: load_engine(checkpoint, engine, staged=True, **kw)
+    a first start on the auto engine serves PyTorch while it exports (StagedRunner), unless `staged` is False."""
+    return lambda: load_engine(checkpoint, engine, staged=staged, **kw)

@@ -95,14 +95,9 @@ def cached_graph(path: Path, name: str, key: str, cache_dir: Path | None, export
         lock.release()
 
 
-def remove_graphs(cache_dir: Path) -> int:
-    """Delete the traced graphs cached in `cache_dir`, keeping its engines; bytes freed. A cache made to ship (an
-    image's) needs only the engines: the graphs only speed up further exports, and are the size of the engines."""
-    freed = 0
+def remove_graphs(cache_dir: Path) -> None:
+    """Delete the traced graphs cached in `cache_dir` (and their locks), keeping its engines. A cache made to ship
+    (an image's) needs only the engines: the graphs only speed up further exports, and are the size of the engines."""
     for name in ("policy", "text-encoder"):
-        for f in cache_dir.glob(f"{name}-*.onnx"):
-            freed += f.stat().st_size
+        for f in [*cache_dir.glob(f"{name}-*.onnx"), *cache_dir.glob(f".{name}-*.onnx.lock")]:
             f.unlink()
-        for lock in cache_dir.glob(f".{name}-*.onnx.lock"):
-            lock.unlink()
-    return freed
