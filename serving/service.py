@@ -72,7 +72,7 @@ class InferenceService:
         """Serve on `runner` (warm, the same model on another engine) from the next batch on; `costs`, its warm-up
         seconds per batch size, restart the admission model. A batch running now finishes on the old runner."""
         if runner.interface != self.interface or runner.prefix_max != self.runner.prefix_max:
-            raise ValueError(f"{runner.engine or runner.backend} runner's interface differs from the one served")
+            raise ValueError(f"{runner.runs_on} runner's interface differs from the one served")
         self.batcher.predict = runner.predict_batch
         self.calibrate(costs)
         self.runner = runner

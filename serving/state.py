@@ -82,14 +82,14 @@ class ServerState:
                                     vcodec=self.config.record_vcodec)
             self.service = InferenceService(runner, self.config, self.metrics, limits, self.audit, recorder)
             self.service.calibrate(costs)
-            self.metrics.serving(runner.model_id, runner.model_version, runner.engine or runner.backend)
+            self.metrics.serving(runner.model_id, runner.model_version, runner.runs_on)
             self.metrics.ready.set(1)
             log.info("model %s@%s ready on %s%s (warm-up %.1f s, batch sizes %s, limits %s)", runner.model_id,
-                     runner.model_version, runner.engine or runner.backend,
+                     runner.model_version, runner.runs_on,
                      f" from {runner.engine_dir}" if runner.engine_dir else "", time.perf_counter() - t,
                      self.config.batch_sizes_to_warm(), limits.source if limits else "none")
             if staged:
-                log.info("serving on %s until %s is ready", runner.engine or runner.backend, staged.what)
+                log.info("serving on %s until %s is ready", runner.runs_on, staged.what)
                 threading.Thread(target=self._switch, args=(staged,), name="rfm-engine-switch", daemon=True).start()
         except Exception as e:  # reported by /readyz; the process stays up for diagnosis
             log.exception("model failed to load")
@@ -120,11 +120,11 @@ class ServerState:
             runner = staged.then()
             costs = self._warm(runner)
             self.service.switch_runner(runner, costs)
-            self.metrics.serving(runner.model_id, runner.model_version, runner.engine or runner.backend)
+            self.metrics.serving(runner.model_id, runner.model_version, runner.runs_on)
             log.info("now serving on %s (built and warmed in %.1f s beside the serving engine)",
-                     runner.engine or runner.backend, time.perf_counter() - t)
+                     runner.runs_on, time.perf_counter() - t)
         except Exception as e:  # noqa: BLE001 - the server keeps serving on the first runner
-            log.warning("staying on %s: %s", staged.first.engine or staged.first.backend,
+            log.warning("staying on %s: %s", staged.first.runs_on,
                         f"{type(e).__name__}: {str(e)[:300]}")
 
     def close(self) -> None:

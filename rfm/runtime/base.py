@@ -93,6 +93,12 @@ class Runner(ABC):
         return {"images": {c: np.zeros((h, w, 3), np.uint8) for c in self.interface.cameras},
                 "state": np.zeros(self.interface.state_dim, np.float32), "instruction": instruction}
 
+    @property
+    def runs_on(self) -> str:
+        """The engine serving this runner, for logs and metrics: its engine where `rfm serve` chose one, else its
+        backend."""
+        return self.engine or self.backend
+
     def warmup(self, batch_sizes: Sequence[int] = (1,)) -> None:
         """Run once per batch size so allocations, kernels and caches are ready before traffic."""
         for b in batch_sizes:
@@ -102,7 +108,7 @@ class Runner(ABC):
         """Robot interface and model identity, as served by GET /v1/models."""
         itf = self.interface.to_dict()
         return {**itf, "model_id": self.model_id, "model_version": self.model_version, "head": self.head,
-                "backend": self.backend, "engine": self.engine or self.backend, "engine_dir": self.engine_dir,
+                "backend": self.backend, "engine": self.runs_on, "engine_dir": self.engine_dir,
                 "prefix_max": self.prefix_max, "execution": self.execution,
                 "snap_instructions": self.snapper.describe() if self.snapper else None}
 
