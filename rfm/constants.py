@@ -8,6 +8,13 @@ ACTION = "action"
 FUTURE_FRAMES = "future_frames"  # training windows: the cameras' frames H steps ahead (world-model objective)
 ACTION_EXECUTED = "action_executed"  # recordings: what the robot executed at the tick (`action` holds a correction where one was given)
 TASK = "task"
+# Columns of a recording (`rfm serve --record`): per frame, and per episode in meta/episodes.
+SUCCESS = "next.success"  # per frame, the outcome the robot reported (LeRobot convention); the episode's: any True
+CORRECTED = "is_correction"  # per frame, True where `action` is an operator's or expert's correction
+ACTION_CHUNK = "action_chunk"  # per frame, the whole predicted chunk (H * D_a) the tick's action came from
+OUTCOME = "outcome"  # per episode: success | failure (the robot reported success False and never True) | unknown
+ENDED_BY = "ended_by"  # per episode: robot | instruction | length | idle | gap | disconnect | shutdown
+SESSION = "session"  # per episode: the robot session it was recorded from
 
 # Keys of a runtime observation dict (one robot, one timestep).
 IMAGES = "images"  # {camera: (H, W, 3) uint8}

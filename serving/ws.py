@@ -164,4 +164,4 @@ def add_websocket_routes(app: FastAPI, state: ServerState) -> None:
             gauge.dec()
             state.websockets -= 1
             if service.recorder is not None:
-                service.recorder.end_episode(session)
+                service.recorder.end_episode(session, reason="disconnect")

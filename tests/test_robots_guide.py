@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from rfm.data.lerobot import LeRobotDataset
+from rfm.data.recording import episode_outcome
 
 pytestmark = pytest.mark.integration
 
@@ -167,13 +168,13 @@ def one_camera_dataset(root: Path) -> Path:
 def steps() -> dict[str, list[str]]:
     steps = guide_blocks()
     assert {"2. Look at it", "3. Fine-tune from the default", "4. Evaluate offline", "5. Serve",
-            "6. Export for the edge, and serve the export"} <= set(steps)
+            "6. Export for the edge, and serve the export", "7. Improve from the field"} <= set(steps)
     return steps
 
 
 @pytest.mark.parametrize("robot", ["aloha-3cam-480x640", "arm-1cam-240x320"])
 def test_the_guide_walks_a_new_robot_from_data_to_a_served_int8_export(steps, tmp_path, robot):
-    """Steps 2-6 for the ALOHA fixture; steps 2-5 and a frame of the wrong size for the 1-camera arm."""
+    """Steps 2-6 for the ALOHA fixture; steps 2-5, a frame of the wrong size and step 7 for the 1-camera arm."""
     port = _free_port()
     data = ALOHA if robot.startswith("aloha") else one_camera_dataset(tmp_path / "data")
     run = tmp_path / robot
@@ -203,7 +204,13 @@ def test_the_guide_walks_a_new_robot_from_data_to_a_served_int8_export(steps, tm
     start, end = field.episode_range(0)
     assert end - start == len(robot_loop.applied) == 24
     np.testing.assert_allclose(field.actions[start:end], np.stack(robot_loop.applied), atol=1e-6)
+    assert (episode_outcome(field, field.episode(0)), field.episode_meta(0)["ended_by"]) == ("success", "robot")
     if robot.startswith("arm"):  # step 6 is the same commands for any robot: the ALOHA walk runs it (25 s each)
+        # step 7: the demos and the recording's successful episode; the requests recorded without an outcome are not
+        log = run_block(steps["7. Improve from the field"][0], env)
+        assert "learning from 24 frames in 1 episodes (success,corrected)" in log, log[-2000:]
+        kept = json.loads(Path(f"{run}-v2/checkpoint/config.json").read_text())["meta"]["data"]["recorded"]
+        assert kept[0]["recording"]["outcomes"]["success"] == 1 and kept[0]["frames"] == 24
         return
     export_block, serve_export = steps["6. Export for the edge, and serve the export"][0].strip().splitlines()
     run_block(export_block, env)

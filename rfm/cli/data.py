@@ -168,8 +168,18 @@ def run_info(args: argparse.Namespace) -> int:
             v = f"{len(v)}: " + "; ".join(repr(t) for t in v[:10]) + (" ..." if len(v) > 10 else "")
         if k == "unchanging":  # a stuck sensor or an unused joint: worth seeing before a fine-tune
             v = "; ".join(f"{part}: {', '.join(names)}" for part, names in v.items() if names) or "none"
+        if k == "recording":  # what a fine-tune on it would learn from (rfm train --recorded-episodes)
+            v = _recording_line(v)
         print(f"{k:<{width}}  {v}")
     return 0
+
+
+def _recording_line(rec: dict) -> str:
+    outcomes = ", ".join(f"{n} {o}" for o, n in rec["outcomes"].items())
+    ended = ", ".join(f"{why} {n}" for why, n in rec.get("ended_by", {}).items())
+    return (f"episodes by outcome: {outcomes}; {rec['corrected_frames']} corrected frames in "
+            f"{rec['episodes_with_corrections']} episodes; {rec['sessions']} sessions"
+            + (f"; ended by {ended}" if ended else ""))
 
 
 def run_view(args: argparse.Namespace) -> int:

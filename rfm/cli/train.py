@@ -64,6 +64,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="tasks: each task gets the same share of samples (short tasks are not drowned out)")
     p.add_argument("--dataset-weights", metavar="W1,W2,...",
                    help="share of samples from each --dataset, in order (default: in proportion to their frames)")
+    p.add_argument("--recorded-episodes", metavar="KINDS",
+                   help="in fleet recordings (rfm serve --record), learn from: all (default), or a comma list of "
+                        "success, failure, unknown (episodes by the outcome the robot reported) and corrected "
+                        "(the ticks an operator corrected), e.g. success,corrected; other datasets are used whole")
     p.add_argument("--num-workers", type=int)
     p.add_argument("--frame-cache-gb", type=float,
                    help="decoded-frame cache (GiB), shared by the DataLoader workers of all training processes on "

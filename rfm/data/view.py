@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rfm.data import recording
 from rfm.data.reader import LeRobotDataset
 
 
@@ -17,6 +18,7 @@ def summary(ds: LeRobotDataset) -> dict:
         native = f" (the robot's camera: {'x'.join(map(str, ft['native_size']))})" if ft.get("native_size") else ""
         storage[cam] = f"{ft['dtype']}{f' ({codec})' if codec else ''} {'x'.join(map(str, ds.image_shape(cam)))}{native}"
     lengths = [e.length for e in ds.episodes]
+    recorded = recording.summary(ds)
     return {
         "path": str(ds.root), "codebase_version": ds.version, "robot_type": ds.robot_type, "fps": ds.fps,
         "episodes": ds.num_episodes, "frames": ds.num_frames,
@@ -25,7 +27,7 @@ def summary(ds: LeRobotDataset) -> dict:
         "state": ds.state_names, "action": ds.action_names, "unchanging": unchanging(ds),
         "features": {k: f"{ft['dtype']} {list(ft['shape'])}" for k, ft in ds.features.items()},
         "size_on_disk_mb": round(ds.size_bytes() / 2**20, 2),
-    }
+    } | ({"recording": recorded} if recorded is not None else {})
 
 
 def unchanging(ds: LeRobotDataset) -> dict[str, list[str]]:

@@ -87,11 +87,13 @@ class WindowDataset(Dataset):
     actions themselves), "executed_recorded": bool, "instruction": str, "episode_index": int}; with
     env_state_dim > 0 also "env_state": (D_env,) f32 and "env_valid": bool (False, with zeros, where the dataset has
     no observation.environment_state, e.g. fleet recordings); with future=N > 0 also "future_images":
-    (N_cam, 3, H, W) uint8, the frames N steps ahead (the episode's last past its end)
+    (N_cam, 3, H, W) uint8, the frames N steps ahead (the episode's last past its end). keep: a mask over the
+    dataset's frames (rfm.data.recording.frame_mask): items only at those frames.
     """
 
     def __init__(self, ds: LeRobotDataset, interface: RobotInterface, episodes: list[int] | None = None,
-                 cache_bytes: int = 2 << 30, env_state_dim: int = 0, future: int = 0) -> None:
+                 cache_bytes: int = 2 << 30, env_state_dim: int = 0, future: int = 0,
+                 keep: np.ndarray | None = None) -> None:
         self.ds, self.interface = ds, interface
         self.env_state_dim, self.future = env_state_dim, future
         self.env_states = ds.extras.get(OBS_ENV_STATE) if env_state_dim else None
@@ -119,6 +121,8 @@ class WindowDataset(Dataset):
             else np.zeros(0, np.int64)
         self.frame_ep = np.concatenate([np.full(e.length, i) for i, e in enumerate(self.episodes)]) if self.episodes \
             else np.zeros(0, np.int64)
+        if keep is not None:  # items only at the frames to learn from; their windows still run on through the episode
+            self.frames, self.frame_ep = self.frames[keep[self.frames]], self.frame_ep[keep[self.frames]]
         self.cache = ByteLRU(cache_bytes)
         h, w = interface.image_size
         need = len(self.frames) * len(interface.cameras) * 3 * h * w

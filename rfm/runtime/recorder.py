@@ -6,7 +6,10 @@ request (`record`: one frame per request, labelled with the chunk's first action
 for a chunk every tick). One episode per robot session (split by an explicit `episode_end`, a reset, or an idle timeout). Recording never
 blocks inference: `record()` only enqueues; a background thread buffers per session and writes finished episodes
 through the incremental writer, so each finished episode is durable on its own and an unclean stop loses at most
-the unfinished ones. Outcome labels (success) and operator corrections are stored as extra columns.
+the unfinished ones. Outcome labels (success) and operator corrections are stored as extra columns, and each
+episode's meta/episodes row says its session, its outcome and what ended it (`ended_by`: the robot, or the server
+cutting it on an idle timeout, a gap of dropped ticks, a new instruction, a length cap or its own stop), so a
+fine-tune can pick episodes by how they went (rfm.data.recording).
 """
 
 from __future__ import annotations
@@ -21,13 +24,20 @@ from pathlib import Path
 import numpy as np
 
 from rfm.config import RobotInterface
-from rfm.constants import ACTION_EXECUTED, OBS_STATE, image_key
+from rfm.constants import (
+    ACTION_CHUNK,
+    ACTION_EXECUTED,
+    CORRECTED,
+    ENDED_BY,
+    OBS_STATE,
+    OUTCOME,
+    SESSION,
+    SUCCESS,
+    image_key,
+)
 
 log = logging.getLogger("rfm.recorder")
 
-SUCCESS = "next.success"  # per-frame outcome label (LeRobot convention); episode success = any
-CORRECTED = "is_correction"  # 1 where the recorded action is an operator/expert correction
-CHUNK = "action_chunk"  # the whole predicted chunk (H * D_a), for offline analysis
 
 
 @dataclass
@@ -46,6 +56,15 @@ class _Frame:
 class _Session:
     frames: list[_Frame] = field(default_factory=list)
     last_seen: float = field(default_factory=time.monotonic)
+    reported: bool | None = None  # the outcome the robot reported: True once any success, False if only failures
+
+    def report(self, success: bool | None) -> None:
+        if success is not None:
+            self.reported = bool(success) or bool(self.reported)
+
+    @property
+    def outcome(self) -> str:
+        return {True: "success", False: "failure", None: "unknown"}[self.reported]
 
 
 class Recorder:
@@ -66,7 +85,7 @@ class Recorder:
             h, w = interface.image_size
             extra = {SUCCESS: {"dtype": "bool", "shape": [1], "names": None},
                      CORRECTED: {"dtype": "bool", "shape": [1], "names": None},
-                     CHUNK: {"dtype": "float32", "shape": [interface.chunk_size * interface.action_dim],
+                     ACTION_CHUNK: {"dtype": "float32", "shape": [interface.chunk_size * interface.action_dim],
                              "names": None},
                      ACTION_EXECUTED: {"dtype": "float32", "shape": [interface.action_dim], "names": interface.action_names}}
             # frames are recorded as the model saw them (its input size); the robot's own geometry (its cameras'
@@ -111,9 +130,9 @@ class Recorder:
         the chunk it came from (H * D_a,) and an optional label (D_a,) to learn from instead. Never blocks."""
         return self._put(("tick", session, images, state, instruction, action, chunk, label, success, episode_end))
 
-    def end_episode(self, session: str, success: bool | None = None) -> None:
-        """Close the session's current episode (robot reset or task done)."""
-        self._put(("end", session, success))
+    def end_episode(self, session: str, success: bool | None = None, reason: str = "robot") -> None:
+        """Close the session's current episode (robot reset or task done); `reason` goes into its `ended_by`."""
+        self._put(("end", session, success, reason))
 
     def room(self, n: int) -> bool:
         """Whether n more items fit in the queue now (the consumer only makes more room): a batch of ticks is taken
@@ -132,7 +151,7 @@ class Recorder:
             key = sid if epoch == 0 else f"{sid}~{epoch}"
             try:
                 if sid in self._split:
-                    self._queue.put_nowait(("end", self._split[sid], None))
+                    self._queue.put_nowait(("end", self._split[sid], None, "gap"))
                     del self._split[sid]
                 self._queue.put_nowait((kind, key, *item[2:]))
                 return True
@@ -171,13 +190,15 @@ class Recorder:
             try:
                 if item[0] == "close":
                     for sid in list(self._sessions):
-                        self._write(sid)
+                        self._write(sid, "shutdown")
                     return
                 if item[0] == "end":
-                    _, sid, success = item
-                    if success is not None and sid in self._sessions and self._sessions[sid].frames:
-                        self._sessions[sid].frames[-1].success = bool(success)
-                    self._write(sid)
+                    _, sid, success, reason = item
+                    sess = self._sessions.get(sid)
+                    if success is not None and sess is not None and sess.frames:
+                        sess.frames[-1].success = bool(success)
+                        sess.report(success)
+                    self._write(sid, reason)
                     continue
                 if item[0] == "tick":
                     self._add_tick(*item[1:])
@@ -197,7 +218,7 @@ class Recorder:
         actions = np.asarray(actions, np.float32).reshape(itf.chunk_size, itf.action_dim)
         learn = actions[0] if correction is None else np.asarray(correction, np.float32).reshape(itf.action_dim)
         self._append(sid, _Frame(cams, np.asarray(state, np.float32), learn, actions.reshape(-1), instruction,
-                                 bool(success), correction is not None, actions[0]), episode_end)
+                                 bool(success), correction is not None, actions[0]), episode_end, success)
 
     def _add_tick(self, sid, images, state, instruction, action, chunk, label, success, episode_end) -> None:
         itf = self.interface
@@ -207,45 +228,48 @@ class Recorder:
         chunk = (np.zeros(itf.chunk_size * itf.action_dim, np.float32) if chunk is None
                  else np.asarray(chunk, np.float32).reshape(-1))
         self._append(sid, _Frame(cams, np.asarray(state, np.float32), learn, chunk, instruction, bool(success),
-                                 label is not None, executed), episode_end)
+                                 label is not None, executed), episode_end, success)
 
-    def _append(self, sid: str, frame: _Frame, episode_end: bool) -> None:
+    def _append(self, sid: str, frame: _Frame, episode_end: bool, success: bool | None) -> None:
         sess = self._sessions.setdefault(sid, _Session())
         if sess.frames and sess.frames[-1].instruction != frame.instruction:
-            self._write(sid)  # a new instruction starts a new episode
+            self._write(sid, "instruction")  # a new instruction starts a new episode
             sess = self._sessions.setdefault(sid, _Session())
         sess.frames.append(frame)
+        sess.report(success)
         sess.last_seen = time.monotonic()
-        if episode_end or len(sess.frames) >= self.max_episode_frames:
-            self._write(sid)
+        if episode_end:
+            self._write(sid, "robot")
+        elif len(sess.frames) >= self.max_episode_frames:
+            self._write(sid, "length")
 
     def _flush_idle(self) -> None:
         now = time.monotonic()
         for sid, sess in list(self._sessions.items()):
             if now - sess.last_seen > self.idle_timeout_s:
-                self._write(sid)
+                self._write(sid, "idle")
 
-    def _write(self, sid: str) -> None:
+    def _write(self, sid: str, reason: str) -> None:
         sess = self._sessions.pop(sid, None)
         if sess is None or not sess.frames:
             return
         try:
-            self._save(sid, sess)
+            self._save(sid, sess, reason)
         except Exception:  # a full disk, an encoder failure: this episode is lost, the ones after it are not
             self.writer.discard_episode()  # else its frames would open the next session's episode
             self.episodes_lost += 1
             log.exception("recorder: episode of session %r (%d frames) could not be written; recording goes on",
                           sid, len(sess.frames))
 
-    def _save(self, sid: str, sess: _Session) -> None:
+    def _save(self, sid: str, sess: _Session, reason: str) -> None:
         for f in sess.frames:
             self.writer.add_frame(images=f.images, state=f.state, action=f.action, task=f.instruction or "unknown")
         extra = {SUCCESS: np.array([f.success for f in sess.frames]),
                  CORRECTED: np.array([f.corrected for f in sess.frames]),
-                 CHUNK: np.stack([f.chunk for f in sess.frames])}
+                 ACTION_CHUNK: np.stack([f.chunk for f in sess.frames])}
         if ACTION_EXECUTED in self.writer.info["features"]:  # recordings started before this column lack it
             extra[ACTION_EXECUTED] = np.stack([f.executed for f in sess.frames])
-        self.writer.save_episode(extra=extra, meta={"session": str(sid)})
+        self.writer.save_episode(extra=extra, meta={SESSION: str(sid), OUTCOME: sess.outcome, ENDED_BY: reason})
         self.episodes_written += 1
 
     @property

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from rfm.config import ConfigError, did_you_mean
+from rfm.data.recording import parse_kinds
 
 BALANCE_MODES = ("none", "tasks")  # how training frames are drawn (see rfm.train.data.make_sampler)
 
@@ -45,6 +46,8 @@ class TrainConfig:
     variant_prob: float = 0.5  # chance that a sample's instruction is replaced by one of its variants
     balance: str = "none"  # none: frames drawn uniformly | tasks: every task (instruction) gets the same share
     dataset_weights: list[float] | None = None  # share of samples per dataset (normalised); None: by frame count
+    recorded_episodes: str = "all"  # in fleet recordings, learn from: all | a comma list of success, failure,
+    #   unknown (episodes by outcome) and corrected (frames an operator corrected); other datasets are used whole
     num_workers: int = 2  # DataLoader workers
     frame_cache_gb: float = 4.0  # decoded-frame cache of all DataLoader workers of all processes on this machine
     val_episodes: int = 0  # episodes held out for a validation loss (0 = none)
@@ -74,6 +77,10 @@ class TrainConfig:
             bad = sorted(set(self.interface) - allowed) if isinstance(self.interface, dict) else [self.interface]
             raise ConfigError(f"train.interface has {bad[0]!r}: expected only {', '.join(sorted(allowed))}."
                               f"{did_you_mean(str(bad[0]), sorted(allowed))}")
+        try:
+            parse_kinds(self.recorded_episodes)
+        except ValueError as e:
+            raise ConfigError(f"train.recorded_episodes={e}") from None
         if self.dataset_weights is not None:
             self.dataset_weights = [float(w) for w in self.dataset_weights]
             if len(self.dataset_weights) != len(self.datasets):

@@ -18,6 +18,8 @@ from torch.utils.data import ConcatDataset, Sampler, WeightedRandomSampler
 from rfm.config import RobotInterface
 from rfm.constants import ACTION, FUTURE_FRAMES, OBS_ENV_STATE, OBS_STATE
 from rfm.data.reader import LeRobotDataset
+from rfm.data.recording import frame_mask
+from rfm.data.recording import summary as recording_summary
 from rfm.data.stats import aggregate
 from rfm.data.windows import WindowDataset, interface_from_dataset
 from rfm.train.config import BALANCE_MODES
@@ -85,7 +87,8 @@ def build_training_data(paths: list[str], chunk_size: int, image_size: tuple[int
                         cameras: list[str] | None, val_episodes: int, frame_cache_gb: float = 4.0,
                         features: tuple[str, ...] = (), cache_copies: int = 1,
                         prepare: Callable[[list[LeRobotDataset]], dict] | None = None,
-                        interface: dict | None = None, future_steps: int | None = None) -> TrainingData:
+                        interface: dict | None = None, future_steps: int | None = None,
+                        recorded: tuple[str, ...] | None = None) -> TrainingData:
     """Window sets over all datasets; validation holds out the last `val_episodes` of the first dataset.
 
     frame_cache_gb is the memory all copies of the window sets may hold decoded (each DataLoader worker process
@@ -96,7 +99,8 @@ def build_training_data(paths: list[str], chunk_size: int, image_size: tuple[int
     "env_valid"), future_frames ("future_images": each window's frames future_steps ahead, default chunk_size).
     prepare: called on the opened datasets before windows are cut (training aids that change data in memory); what
     it returns goes into info. interface: robot interface fields over the
-    dataset's (the robot's geometry, when the dataset does not record it).
+    dataset's (the robot's geometry, when the dataset does not record it). recorded: what to learn from in datasets
+    that are fleet recordings (rfm.data.recording.parse_kinds; None: everything), e.g. ("success", "corrected").
     """
     datasets = open_datasets(paths)
     prepared = prepare(datasets) if prepare else {}
@@ -111,21 +115,32 @@ def build_training_data(paths: list[str], chunk_size: int, image_size: tuple[int
     if val_episodes and val_episodes >= first:
         raise ValueError(f"train.val_episodes={val_episodes}: {paths[0]} has {first} episode(s), and at least one must "
                          f"stay for training")
-    splits = []
+    splits, masks, chosen = [], [], []
     for i, ds in enumerate(datasets):
         episodes = [e.index for e in ds.episodes]
         held = episodes[-val_episodes:] if i == 0 and val_episodes else []
-        splits.append(([e for e in episodes if e not in held], held))
+        mask = frame_mask(ds, recorded)
+        train = [e for e in episodes if e not in held]
+        if mask is not None:  # a recording: only episodes with a frame to learn from
+            train = [e for e in train if mask[ds.episode(e).start:ds.episode(e).stop].any()]
+            chosen.append({"path": str(paths[i]), "keep": ",".join(recorded or ()), "recording": recording_summary(ds),
+                           "episodes": len(train), "frames": int(mask.sum())})
+        splits.append((train, held))
+        masks.append(mask)
     frame_bytes = len(interface.cameras) * 3 * interface.image_size[0] * interface.image_size[1]
     caches = split_cache(int(frame_cache_gb * 2**30) // cache_copies,
                          [frame_bytes * sum(ds.episode(e).length for e in train) for ds, (train, _) in zip(datasets, splits)])
     train_parts, val_parts, n_train_eps = [], [], 0
-    for ds, (train_eps, held), cache in zip(datasets, splits, caches):
+    for ds, (train_eps, held), cache, mask in zip(datasets, splits, caches, masks):
         n_train_eps += len(train_eps)
         train_parts.append(WindowDataset(ds, interface, episodes=train_eps, cache_bytes=cache, env_state_dim=env_dim,
-                                         future=future))
+                                         future=future, keep=mask))
         if held:
             val_parts.append(WindowDataset(ds, interface, episodes=held, cache_bytes=cache))  # scores actions only
+    if not sum(len(w) for w in train_parts):
+        found = "; ".join(f"{c['path']}: {c['recording']}" for c in chosen)
+        raise ValueError(f"train.recorded_episodes={','.join(recorded or ())}: no frame of {', '.join(map(str, paths))} "
+                         f"is left to train on ({found})")
     train_set = ConcatDataset(train_parts)
     tasks = list(dict.fromkeys(t for ds in datasets for t in ds.tasks))
     info = {"dataset": ",".join(str(p) for p in paths), "episodes": n_train_eps,
@@ -133,6 +148,8 @@ def build_training_data(paths: list[str], chunk_size: int, image_size: tuple[int
             "fps": datasets[0].fps}
     if len(datasets) > 1:
         info["datasets"] = [{"path": str(p), "frames": len(w)} for p, w in zip(paths, train_parts)]
+    if chosen:
+        info["recorded"] = chosen
     info.update(prepared)
     if env_dim:
         info["env_state"] = {"dim": env_dim, "datasets": [str(ds.root) for ds in datasets if OBS_ENV_STATE in ds.features]}

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 from rfm.checkpoint import read_config, save_checkpoint
 from rfm.config import ConfigError, PolicyConfig, RobotInterface, preset, preset_image_size
 from rfm.constants import OBS_ENV_STATE, OBS_STATE
+from rfm.data.recording import parse_kinds
 from rfm.model.policy import RFMPolicy
 from rfm.train.aids import TrainBatch, TrainingAid, build_aids
 from rfm.train.augment import augment, state_noise
@@ -240,12 +241,17 @@ def _train(cfg: TrainConfig, progress: bool) -> Path:
     data = build_training_data(cfg.datasets, cfg.chunk_size, _image_size(cfg, init_config), cfg.cameras,
                                cfg.val_episodes, cfg.frame_cache_gb, features=features,
                                cache_copies=max(cfg.num_workers, 1) * local_processes(), prepare=prepare,
-                               interface=cfg.interface,
-                               future_steps=ahead)
+                               interface=cfg.interface, future_steps=ahead,
+                               recorded=parse_kinds(cfg.recorded_episodes))
     interface, inherited = _inherit_geometry(data.interface, init_config)
     train_set = data.train_set
     for note in inherited:
         accelerator.print(f"--init {cfg.init}: same robot ({interface.robot_type}), kept its {note}")
+    for rec in data.info.get("recorded", []):  # what a fleet recording contributes, and what it had
+        outcomes = ", ".join(f"{n} {o}" for o, n in rec["recording"]["outcomes"].items())
+        accelerator.print(f"{rec['path']}: learning from {rec['frames']} frames in {rec['episodes']} episodes "
+                          f"({rec['keep']}) of a recording with {outcomes} episodes, "
+                          f"{rec['recording']['corrected_frames']} corrected frames")
     action_weights = cfg.action_weights(interface.action_names)  # a misnamed action fails before any training
     tasks = frame_tasks(train_set)  # the task of every frame: sampler weights and the card's task shares
     vary = None

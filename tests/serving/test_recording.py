@@ -357,3 +357,51 @@ def test_ticks_the_recorder_has_no_room_for_are_refused_whole_and_sent_again(tin
             assert rec.sent == 6 and rec.lost == 0 and rec.errors == 0, rec.last_error
     ds = LeRobotDataset(tmp_path / "rec")
     assert [ds.states[e.start:e.start + e.length, 2].tolist() for e in ds.episodes] == [[0, 1, 2, 3, 4, 5]]
+
+
+def test_a_recording_says_how_each_episode_went_and_a_fine_tune_keeps_what_to_learn_from(tiny_checkpoint, tmp_path):
+    """Each recorded episode carries its outcome and what ended it; `rfm data info` counts them, and
+    `recorded_episodes=success,corrected` trains on the successful episodes and the ticks an operator corrected."""
+    from rfm.client import RFMClient, TickRecorder
+    from rfm.config import ConfigError
+    from rfm.data.recording import episode_outcome
+    from rfm.train.config import TrainConfig
+    from rfm.train.data import build_training_data
+    from serving.config import ServerConfig
+    from serving.server import ServerThread
+    from tests.cli_in_process import rfm
+    from tests.serving.helpers import load_tiny
+
+    cfg = ServerConfig(max_batch=2, warmup_batch_sizes=(1,), record_dir=str(tmp_path / "rec"), record_images="image")
+    obs = observation()
+    server = ServerThread(load_tiny(tiny_checkpoint), cfg).start()
+    with RFMClient(server.url) as client:
+        for session, ticks, success in (("good", 6, True), ("bad", 5, False), ("helped", 7, None), ("cut", 4, "open")):
+            with TickRecorder(client, session, batch_ticks=3) as rec:
+                for t in range(ticks):
+                    rec.add({**obs, "state": [0.0, 0.0, float(t)]}, [0.1, 0.2])
+                    if session == "helped" and t in (3, 4):
+                        rec.correct(np.array([0.5, 0.5], np.float32))  # an operator's label for this tick
+                if success != "open":
+                    rec.end_episode(success=success)
+    server.stop()  # "cut" was never ended: the server's stop closes it
+    ds = LeRobotDataset(tmp_path / "rec")
+    went = {e.meta["session"]: (episode_outcome(ds, e), e.meta["ended_by"], e.length) for e in ds.episodes}
+    assert went == {"good": ("success", "robot", 6), "bad": ("failure", "robot", 5),
+                    "helped": ("unknown", "robot", 7), "cut": ("unknown", "shutdown", 4)}
+
+    info = rfm("data", "info", str(tmp_path / "rec"))
+    assert info.returncode == 0, info.stderr
+    assert ("episodes by outcome: 1 success, 1 failure, 2 unknown; 2 corrected frames in 1 episodes; 4 sessions; "
+            "ended by robot 3, shutdown 1") in info.stdout
+
+    data = build_training_data([str(tmp_path / "rec")], chunk_size=4, image_size=None, cameras=None, val_episodes=0,
+                               recorded=("success", "corrected"))
+    assert len(data.train_set) == 6 + 2 and data.info["recorded"][0]["episodes"] == 2
+    kept = sorted(float(ds.states[g, 2]) for part in data.train_set.datasets for g in part.frames)
+    assert kept == [0.0, 1.0, 2.0, 3.0, 3.0, 4.0, 4.0, 5.0]  # "good" whole, ticks 3 and 4 of "helped"
+    everything = build_training_data([str(tmp_path / "rec")], chunk_size=4, image_size=None, cameras=None,
+                                     val_episodes=0)
+    assert len(everything.train_set) == ds.num_frames == 22
+    with pytest.raises(ConfigError, match="train.recorded_episodes='succes': expected all, or a comma list of"):
+        TrainConfig(dataset=str(tmp_path / "rec"), out=str(tmp_path / "out"), recorded_episodes="succes")

@@ -1,0 +1,86 @@
+"""What a recording (`rfm serve --record`) says about its episodes, and which of its frames a fine-tune learns from.
+
+A fleet's recording holds what the robots did: episodes that succeeded, episodes that failed, and ticks an operator
+corrected. Learning from all of it teaches the failures as well; the usual choice is the successful episodes plus
+the corrected ticks (the interventions of HG-DAgger-style supervision). Datasets that are not recordings (the
+demonstrations) are always used whole.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from rfm.constants import CORRECTED, ENDED_BY, OUTCOME, SESSION, SUCCESS
+
+if TYPE_CHECKING:
+    from rfm.data.episode import Episode
+    from rfm.data.reader import LeRobotDataset
+
+OUTCOMES = ("success", "failure", "unknown")
+KINDS = (*OUTCOMES, "corrected")  # what `--recorded-episodes` may keep
+
+
+def is_recording(ds: LeRobotDataset) -> bool:
+    """Whether the dataset was recorded by `rfm serve --record` (it has the correction column)."""
+    return CORRECTED in ds.features
+
+
+def episode_outcome(ds: LeRobotDataset, ep: Episode) -> str:
+    """success | failure | unknown, as the recorder stored it; for recordings made before it stored outcomes,
+    success where a frame says so, else unknown (their False also meant "not reported")."""
+    stored = ep.meta.get(OUTCOME)
+    if stored in OUTCOMES:
+        return stored
+    flags = _column(ds, SUCCESS)
+    return "success" if flags is not None and flags[ep.start:ep.stop].any() else "unknown"
+
+
+def parse_kinds(spec: str) -> tuple[str, ...] | None:
+    """`all` -> None (every frame); else a comma list of success, failure, unknown, corrected. ValueError naming
+    the bad word."""
+    words = [w.strip() for w in str(spec).split(",") if w.strip()]
+    if words == ["all"]:
+        return None
+    bad = [w for w in words if w not in KINDS]
+    if bad or not words:
+        raise ValueError(f"{spec!r}: expected all, or a comma list of {', '.join(KINDS)}")
+    return tuple(dict.fromkeys(words))
+
+
+def frame_mask(ds: LeRobotDataset, kinds: tuple[str, ...] | None) -> np.ndarray | None:
+    """Which frames of `ds` to learn from: those of episodes whose outcome is in `kinds`, and with "corrected" the
+    frames an operator corrected; None (all) for `kinds` None or a dataset that is not a recording."""
+    if kinds is None or not is_recording(ds):
+        return None
+    mask = np.zeros(ds.num_frames, bool)
+    for ep in ds.episodes:
+        if episode_outcome(ds, ep) in kinds:
+            mask[ep.start:ep.stop] = True
+    corrected = _column(ds, CORRECTED)
+    if "corrected" in kinds and corrected is not None:
+        mask |= corrected
+    return mask
+
+
+def summary(ds: LeRobotDataset) -> dict | None:
+    """Episodes by outcome, corrected frames, what ended the episodes and the sessions; None if not a recording."""
+    if not is_recording(ds):
+        return None
+    corrected = _column(ds, CORRECTED)
+    per_ep = [int(corrected[e.start:e.stop].sum()) if corrected is not None else 0 for e in ds.episodes]
+    out = {"outcomes": {o: 0 for o in OUTCOMES}, "corrected_frames": sum(per_ep),
+           "episodes_with_corrections": sum(1 for n in per_ep if n),
+           "sessions": len({str(e.meta.get(SESSION)) for e in ds.episodes if e.meta.get(SESSION) is not None})}
+    out["outcomes"].update(Counter(episode_outcome(ds, e) for e in ds.episodes))
+    ended = Counter(str(e.meta[ENDED_BY]) for e in ds.episodes if e.meta.get(ENDED_BY) is not None)
+    if ended:
+        out["ended_by"] = dict(ended.most_common())
+    return out
+
+
+def _column(ds: LeRobotDataset, key: str) -> np.ndarray | None:
+    values = ds.extras.get(key)
+    return None if values is None else np.asarray(values).reshape(ds.num_frames, -1)[:, 0].astype(bool)
