@@ -226,14 +226,19 @@ def preset_image_size(name: str | None) -> tuple[int, int]:
     return PRESET_IMAGE_SIZE.get(name or "small", PRESET_IMAGE_SIZE["small"])
 
 
+def check_model_fields(overrides: dict, where: str = "model") -> None:
+    """ConfigError naming the first key of `overrides` that is not a ModelConfig field, with a 'did you mean'."""
+    names = [f.name for f in fields(ModelConfig)]
+    unknown = [str(k) for k in overrides if k not in names]
+    if unknown:
+        raise ConfigError(f"unknown {where} field {unknown[0]!r}.{did_you_mean(unknown[0], names)}")
+
+
 def preset(name: str, **overrides: Any) -> ModelConfig:
     """ModelConfig of a named preset, with field overrides; unknown names get a 'did you mean'."""
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}: expected one of {sorted(PRESETS)}.{did_you_mean(name, list(PRESETS))}")
-    unknown = [k for k in overrides if k not in {f.name for f in fields(ModelConfig)}]
-    if unknown:
-        names = [f.name for f in fields(ModelConfig)]
-        raise ConfigError(f"unknown model field {unknown[0]!r}.{did_you_mean(unknown[0], names)}")
+    check_model_fields(overrides)
     return ModelConfig(preset=name, **{**PRESETS[name], **overrides})
 
 

@@ -207,7 +207,8 @@ def _register_body_schemas(app: FastAPI, state: ServerState) -> None:
     # (serving.state) lowers min_deadline_ms, and the document must say what the service enforces
 
     def openapi() -> dict:
-        made_from = (state.service.min_deadline_ms, state.service.runner.prefix_max) if state.service else None
+        made_from = (state.service.min_deadline_ms, state.service.runner.prefix_max,
+                     state.service.instruction_required()) if state.service else None
         if app.openapi_schema is not None and specialised_for[0] == made_from:
             return app.openapi_schema
         app.openapi_schema = None  # FastAPI's method returns what is cached there: the generic document is wanted

@@ -41,6 +41,7 @@ class ServerConfig:
     record_images: str = "video"  # video (h264, compact) | image (lossless PNG: small targets survive)
     record_vcodec: str | None = None  # h264 | av1; None: an existing dataset's own codec, h264 for a new one
     snap_instructions: float | None = None  # cosine threshold: untrained instructions -> nearest trained one
+    default_instruction: str | None = None  # run for a request without an instruction (else the model's only one)
     record_idle_timeout_s: float = 30.0  # a robot session idle this long ends its recorded episode
     retry_after_s: int = 1  # Retry-After value sent with 503
     min_deadline_ms: float | None = None  # shortest deadline_ms a request may ask for; None: 5x a warm batch-1 run

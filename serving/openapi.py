@@ -46,9 +46,18 @@ def _ident(description: str) -> dict:
                       {"type": "null"}], "description": description}
 
 
-def _observation(itf: RobotInterface) -> dict:
-    return {"images": _images(itf), "state": _numbers(itf.state_dim, ", ".join(itf.state_names)),
-            "instruction": {"type": "string", "maxLength": 4096, "default": "", "description": "language instruction"}}
+def _observation(itf: RobotInterface, instruction_required: bool = False) -> dict:
+    """images, state, instruction; `instruction_required`: the model cannot run without one (several trained
+    instructions and no --default-instruction), so an empty one is not a valid request."""
+    text = ({"type": "string", "maxLength": 4096, "pattern": r"\S", "description": "language instruction: the task"}
+            if instruction_required else
+            {"type": "string", "maxLength": 4096, "default": "",
+             "description": "language instruction; empty or absent: the server's default instruction"})
+    return {"images": _images(itf), "state": _numbers(itf.state_dim, ", ".join(itf.state_names)), "instruction": text}
+
+
+def _required(instruction_required: bool, *fields: str) -> list[str]:
+    return [*fields, "instruction"] if instruction_required else list(fields)
 
 
 def _committed(itf: RobotInterface, prefix_max: int) -> dict:
@@ -63,10 +72,11 @@ def _committed(itf: RobotInterface, prefix_max: int) -> dict:
     return {"anyOf": [rows, {"type": "null"}], "description": what + limit}
 
 
-def act_request(itf: RobotInterface, min_deadline_ms: float, prefix_max: int = 0) -> dict:
+def act_request(itf: RobotInterface, min_deadline_ms: float, prefix_max: int = 0,
+                instruction_required: bool = False) -> dict:
     """POST /v1/act and /v1/ws body; `prefix_max`: the served model's (committed_actions)."""
     act = itf.action_dim
-    props = {**_observation(itf), "committed_actions": _committed(itf, prefix_max),
+    props = {**_observation(itf, instruction_required), "committed_actions": _committed(itf, prefix_max),
              "request_id": _ident("echoed back; generated when absent"),
              "robot_id": _ident("for the audit log and the recorder"),
              "session_id": _ident("for the audit log and the recorder (one episode per session)"),
@@ -82,17 +92,18 @@ def act_request(itf: RobotInterface, min_deadline_ms: float, prefix_max: int = 0
                              "description": "answer within this many ms of arrival (capped by the server's "
                                             "--timeout-ms; at least min_deadline_ms, about 3 inferences); a request "
                                             "the server cannot answer in time is refused at once with 503"}}
-    return {"type": "object", "title": "ActRequestBody", "required": ["images", "state"], "properties": props,
+    return {"type": "object", "title": "ActRequestBody", "required": _required(instruction_required, "images", "state"),
+            "properties": props,
             "description": "one observation of one robot"}
 
 
-def ticks_request(itf: RobotInterface, max_body_bytes: int) -> dict:
+def ticks_request(itf: RobotInterface, max_body_bytes: int, instruction_required: bool = False) -> dict:
     """POST /v1/ticks body; at most as many ticks as fit in the body limit (base64 images in JSON)."""
     act, h = itf.action_dim, itf.chunk_size
     per_tick = sum(4 * a * b for a, b in (accepted_sizes(itf)[c][0] for c in itf.cameras))
     max_ticks = max(1, min(MAX_TICKS, max_body_bytes // (per_tick + 4096)))
-    tick = {"type": "object", "required": ["images", "state", "action"],
-            "properties": {**_observation(itf), "action": _numbers(act, "the action executed at this tick"),
+    tick = {"type": "object", "required": _required(instruction_required, "images", "state", "action"),
+            "properties": {**_observation(itf, instruction_required), "action": _numbers(act, "the action executed at this tick"),
                            "chunk": {"anyOf": [_numbers(h * act, "the predicted chunk the action came from, "
                                                                  "flattened (H x D_a)"), {"type": "null"}]},
                            "label": {"anyOf": [_numbers(act, "the action to learn from instead (operator or "
@@ -117,11 +128,11 @@ def episode_end_request() -> dict:
 
 
 def specialise(schema: dict, itf: RobotInterface, max_body_bytes: int, min_deadline_ms: float,
-               prefix_max: int = 0) -> dict:
+               prefix_max: int = 0, instruction_required: bool = False) -> dict:
     """Put the served model's request bodies into an OpenAPI document (in place; returned for chaining)."""
     comps = schema.setdefault("components", {}).setdefault("schemas", {})
-    comps["ActRequestBody"] = act_request(itf, min_deadline_ms, prefix_max)
-    comps["TicksRequestBody"] = ticks_request(itf, max_body_bytes)
+    comps["ActRequestBody"] = act_request(itf, min_deadline_ms, prefix_max, instruction_required)
+    comps["TicksRequestBody"] = ticks_request(itf, max_body_bytes, instruction_required)
     comps["EpisodeEndBody"] = episode_end_request()
     schema.setdefault("info", {})["description"] = (
         schema.get("info", {}).get("description", "") + f" Served model: cameras {itf.cameras}, "

@@ -77,11 +77,23 @@ class InferenceService:
         self.calibrate(costs)
         self.runner = runner
 
+    def instruction_required(self) -> bool:
+        """Whether a request must carry an instruction (the model was trained on several and no default is set)."""
+        return self.default_instruction() is None and len(self.runner.trained_instructions) > 1
+
+    def default_instruction(self) -> str | None:
+        """What a request without an instruction runs: --default-instruction, else the model's only instruction."""
+        try:
+            return self.runner.instruction_for("") or None
+        except ObservationError:
+            return None
+
     def describe(self) -> dict:
         d = self.runner.describe()
         d["server"] = {"max_batch": self.config.max_batch, "max_wait_ms": self.config.max_wait_ms,
                        "queue_size": self.config.queue_size, "timeout_ms": self.config.timeout_ms,
                        "resize_images": self.config.resize_images, "recording": self.recorder is not None,
+                       "default_instruction": self.default_instruction(),
                        "min_deadline_ms": self.min_deadline_ms, "max_body_bytes": self.config.max_body_bytes,
                        "action_limits": self.limits.to_dict() if self.limits else None}
         return d
@@ -89,6 +101,7 @@ class InferenceService:
     async def act(self, req: ActRequest, client_id: str | None, endpoint: str, t0: float) -> ActResult:
         """Validate -> batch -> clip -> audit. `t0` is time.perf_counter() when the request arrived."""
         images, state, instruction = check_observation(req.observation, self.interface, self.config.resize_images)
+        instruction = self.runner.instruction_for(instruction)
         committed = check_committed(req.observation, self.interface, self.runner.prefix_max)  # (P, D_a) | None
         if req.correction is not None and req.correction.shape != (self.interface.action_dim,):  # before queueing
             raise ObservationError(f"correction has {req.correction.size} values, the model has "
@@ -151,6 +164,7 @@ class InferenceService:
             for i, t in enumerate(req.ticks):
                 where = f"ticks[{i}]: "
                 images, state, instruction = check_observation(t.observation, itf, self.config.resize_images, where)
+                instruction = self.runner.instruction_for(instruction, where)
                 for name, arr, n in (("action", t.action, itf.action_dim), ("label", t.label, itf.action_dim),
                                      ("chunk", t.chunk, itf.chunk_size * itf.action_dim)):
                     if arr is not None and arr.size != n:

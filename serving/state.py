@@ -98,6 +98,7 @@ class ServerState:
     def _warm(self, runner: Runner) -> dict[int, float]:
         """Warm every configured batch size; seconds per batch size (the second call of each), the admission
         model's first estimate."""
+        runner.default_instruction = self.config.default_instruction
         if self.config.snap_instructions is not None:
             runner.snap_instructions(self.config.snap_instructions)
         trim = HeapTrimmer(0.0).maybe_trim  # give back what loading and each warm-up batch left behind,

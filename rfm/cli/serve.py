@@ -64,6 +64,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="replace an instruction the model never trained on by the trained one nearest in meaning "
                         "when their sentence embeddings' cosine similarity is >= SIM (e.g. 0.5); below it the "
                         "instruction passes unchanged")
+    p.add_argument("--default-instruction", metavar="TEXT",
+                   help="the task to run for a request that sends no instruction (an openpi client without a prompt, "
+                        "a robot that does one job); without it such a request is a 422, unless the model was "
+                        "trained on one instruction, which is then the default")
     p.add_argument("--prepare", action="store_true",
                    help="make the engine (export the checkpoint into --engine-cache unless it is cached there or in "
                         "$RFM_ENGINE_PATH), load it, run one request, print where it is and exit without serving: for "
@@ -95,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
                           action_limits=args.action_limits, action_limit_margin=args.action_margin,
                           openpi_mapping=args.openpi_mapping, record_dir=args.record,
                           record_images=args.record_images, record_vcodec=args.record_vcodec,
-                          snap_instructions=args.snap_instructions,
+                          snap_instructions=args.snap_instructions, default_instruction=args.default_instruction,
                           min_deadline_ms=args.min_deadline_ms, max_connections=args.max_connections)
     if config.audit_log:  # fail now with the flag's name
         try:

@@ -18,10 +18,14 @@ _TEXT_ENCODERS: dict[tuple[str, int], TextEncoder] = {}
 
 
 def shared_text_encoder(name: str, max_tokens: int) -> TextEncoder:
-    """One frozen text encoder per (name, max_tokens) per process: policies and runners share it and its cache."""
+    """One frozen text encoder per (name, max_tokens) per process: policies and runners share it and its cache.
+
+    Built without drawing from the global RNG (its layers are initialised, then overwritten by the packaged weights),
+    so a seeded training run initialises the same weights whether or not an encoder was built before it."""
     key = (name, max_tokens)
     if key not in _TEXT_ENCODERS:
-        _TEXT_ENCODERS[key] = TextEncoder(name, max_tokens)
+        with torch.random.fork_rng(devices=[]):
+            _TEXT_ENCODERS[key] = TextEncoder(name, max_tokens)
     return _TEXT_ENCODERS[key]
 
 

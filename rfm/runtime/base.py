@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from rfm.config import RobotInterface
-from rfm.runtime.observation import Batch, make_batch
+from rfm.runtime.observation import Batch, make_batch, resolve_instruction
 from rfm.runtime.snap import InstructionSnapper
 
 
@@ -26,6 +26,7 @@ class Runner(ABC):
     engine_dir: str | None = None  # the cached export an onnx engine runs
     prefix_max: int = 0  # most committed actions a request may carry (model.prefix_max; 0: none)
     execution: dict | None = None  # the recommended actions per request (rfm.runtime.execution; None: none)
+    default_instruction: str | None = None  # run for an observation without one (rfm serve --default-instruction)
 
     def __init__(self, interface: RobotInterface, head: str, model_id: str, model_version: str,
                  resize_images: bool = False, seed: int | None = None) -> None:
@@ -50,7 +51,15 @@ class Runner(ABC):
 
     # --- shared ----------------------------------------------------------------------------------------------
     def make_batch(self, observations: Sequence[Mapping[str, Any]]) -> Batch:
-        return make_batch(list(observations), self.interface, resize=self.resize_images, prefix_max=self.prefix_max)
+        batch = make_batch(list(observations), self.interface, resize=self.resize_images, prefix_max=self.prefix_max)
+        batch.instructions = [self.instruction_for(t, f"observation[{i}]: " if len(batch) > 1 else "")
+                              for i, t in enumerate(batch.instructions)]
+        return batch
+
+    def instruction_for(self, text: str, where: str = "") -> str:
+        """The instruction to run for `text` (rfm.runtime.observation.resolve_instruction): an empty one becomes
+        the default instruction or the model's only one; ObservationError where the model cannot tell."""
+        return resolve_instruction(text, self.trained_instructions, self.default_instruction, where)
 
     def sample_noise(self, batch_size: int) -> np.ndarray | None:
         """Standard normal noise (B, H, D_a) for the flow head; None for the chunk head."""

@@ -11,7 +11,7 @@ Errors say what was expected and what arrived, and are raised before any model c
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -169,6 +169,24 @@ def check_observation(obs: Mapping[str, Any], interface: RobotInterface, resize:
     if not isinstance(instruction, str):
         raise ObservationError(f"{where}{INSTRUCTION!r} must be a string, got {type(instruction).__name__}")
     return imgs, state, instruction
+
+
+def resolve_instruction(text: str, trained: Sequence[str], default: str | None = None, where: str = "") -> str:
+    """The instruction to run for a request's `text`: itself; where it is empty, the server's default
+    (--default-instruction), else the model's only trained instruction. A model trained on several instructions
+    cannot guess the task: ObservationError (422) naming the field and what to send."""
+    if text.strip():
+        return text
+    if default:
+        return default
+    if len(trained) == 1:
+        return trained[0]
+    if not trained:  # a model that records no instructions: nothing to choose from, run it as sent
+        return text
+    examples = "; ".join(repr(t) for t in list(trained)[:3]) + (" ..." if len(trained) > 3 else "")
+    raise ObservationError(f"{where}{INSTRUCTION!r} is missing or empty: this model was trained on {len(trained)} "
+                           f"instructions ({examples}); send the task with every request, or start the server "
+                           f"with --default-instruction TEXT")
 
 
 def make_batch(observations: list[Mapping[str, Any]], interface: RobotInterface, resize: bool = False,

@@ -143,8 +143,10 @@ def _model_config(cfg: TrainConfig, init_config: PolicyConfig | None, interface:
         model_cfg = preset(cfg.preset or "small", head=cfg.head or "chunk", **overrides)
     dropped = []
     if model_cfg.vision_points and "vision_points" not in overrides and not interface.can_triangulate():
-        dropped.append(f"triangulated points (model.vision_points={model_cfg.vision_points}): this robot declares no "
-                       f"calibration for every camera of {interface.cameras}")
+        also = " and the hand-relative points built on them (model.relative_points)" if model_cfg.relative_points \
+            else ""
+        dropped.append(f"triangulated points (model.vision_points={model_cfg.vision_points}){also}: this robot "
+                       f"declares no calibration for every camera of {interface.cameras}")
         model_cfg = replace(model_cfg, vision_points=0, relative_points=False)
     if model_cfg.relative_points and "relative_points" not in overrides and interface.ee_position is None:
         dropped.append("hand-relative points (model.relative_points): this robot declares no interface.ee_position")
@@ -247,6 +249,10 @@ def _train(cfg: TrainConfig, progress: bool) -> Path:
     train_set = data.train_set
     for note in inherited:
         accelerator.print(f"--init {cfg.init}: same robot ({interface.robot_type}), kept its {note}")
+    if cfg.warmup_steps >= cfg.steps:
+        accelerator.print(f"train.warmup_steps={cfg.warmup_steps} >= steps={cfg.steps}: the learning rate never "
+                          f"reaches train.lr={cfg.lr:g} (at most {cfg.lr * cfg.steps / max(cfg.warmup_steps, 1):.2g}); "
+                          f"for a short run pass --warmup-steps {max(cfg.steps // 10, 1)}")
     for rec in data.info.get("recorded", []):  # what a fleet recording contributes, and what it had
         outcomes = ", ".join(f"{n} {o}" for o, n in rec["recording"]["outcomes"].items())
         accelerator.print(f"{rec['path']}: learning from {rec['frames']} frames in {rec['episodes']} episodes "

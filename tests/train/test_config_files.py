@@ -83,3 +83,22 @@ def test_a_runs_train_config_json_reproduces_it(tmp_path):
     # same config, same seed: the same losses, step by step
     assert (first / "logs" / "train.csv").read_text().splitlines()[1].split(",")[:2] == \
         (again / "logs" / "train.csv").read_text().splitlines()[1].split(",")[:2]
+
+
+@pytest.mark.parametrize("argv, pattern", [
+    (["--set", "lr=fast"], r"train\.lr='fast' is invalid: expected a number"),
+    (["--set", "steps=2.5"], r"train\.steps=2\.5 is invalid: expected an integer"),
+    (["--set", "augment=1"], r"train\.augment=1 is invalid: expected true or false"),
+    (["--model", '{"dropuot": 0.1}', "--init", "checkpoints/default"],
+     r"unknown train\.model_overrides field 'dropuot'\. Did you mean 'dropout'"),
+])
+def test_a_value_of_the_wrong_type_or_a_misspelled_model_field_names_the_field(argv, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        _cfg("--dataset", "d", "--out", "o", *argv)
+
+
+def test_numbers_yaml_reads_as_strings_are_taken_as_numbers(tmp_path):
+    f = tmp_path / "run.yaml"
+    f.write_text("dataset: d\nout: o\nlr: 3e-4\nsteps: 100\nema_decay: 0\n")  # YAML 1.1: 3e-4 is a string
+    cfg = _cfg("--config", str(f))
+    assert (cfg.lr, cfg.steps, cfg.ema_decay) == (3e-4, 100, 0.0) and isinstance(cfg.ema_decay, float)
