@@ -291,6 +291,14 @@ class ChunkExecutor:
             raise RuntimeError("correct() needs a recorder (ChunkExecutor(..., recorder=TickRecorder(...)))")
         self.recorder.correct(action, executed)
 
+    def end_episode(self, success: bool | None = None, wait: bool = True) -> None:
+        """The episode is over: with a recorder, its ticks are posted and the episode closed on the server with its
+        outcome; then reset(), so the next episode starts from a chunk asked for its own first observation instead
+        of the rest of this one's (the counters restart too)."""
+        if self.recorder is not None:
+            self.recorder.end_episode(success=success, wait=wait)
+        self.reset()
+
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
