@@ -42,9 +42,11 @@ def _names(ft: dict | None, prefix: str) -> list[str]:
     return [f"{prefix}_{i}" for i in range(dim)]
 
 
-def _check_finite(arrays: dict[str, np.ndarray], episodes: np.ndarray, path: Path) -> None:
+def _check_finite(arrays: dict[str, np.ndarray], episodes: np.ndarray, path: Path, root: Path,
+                  names: dict[str, list[str]]) -> None:
     """State and action must be numbers: a NaN (a sensor dropout, a failed read) would make the dataset's stats NaN
-    and the first training step's loss NaN. DatasetError naming the file, the field and the episodes holding them."""
+    and the first training step's loss NaN. DatasetError naming the file, the field, the episodes holding them and
+    the dimensions by name, with the lerobot command that writes a copy without those episodes."""
     for key in (OBS_STATE, ACTION):
         if key not in arrays or not len(arrays[key]):
             continue
@@ -53,12 +55,16 @@ def _check_finite(arrays: dict[str, np.ndarray], episodes: np.ndarray, path: Pat
         if bad.any():
             eps = sorted({int(e) for e in episodes[bad]})
             first = int(np.argmax(bad))
-            dims = np.flatnonzero(~np.isfinite(values[first])).tolist()
+            dims = [names[key][d] if d < len(names.get(key, [])) else str(d)
+                    for d in np.flatnonzero(~np.isfinite(values[first])).tolist()]
             listed = ", ".join(map(str, eps[:20])) + (f" and {len(eps) - 20} more" if len(eps) > 20 else "")
+            name = root.resolve().name
             raise DatasetError(path, key, f"{int(bad.sum())} frames hold NaN or infinite values, in episode(s) "
-                                          f"{listed} (the first at row {first}, dimension(s) {dims}); fill them, or "
-                                          f"remove those episodes (lerobot-edit-dataset --operation.type "
-                                          f"delete_episodes --operation.episode_indices \"[{', '.join(map(str, eps))}]\")")
+                                          f"{listed} (the first at row {first}: {', '.join(dims)}); fill them, or "
+                                          f"write a copy without those episodes with lerobot (into "
+                                          f"{root}/local/{name}-clean): lerobot-edit-dataset --repo_id local/{name} "
+                                          f"--root {root} --new_repo_id local/{name}-clean --operation.type "
+                                          f"delete_episodes --operation.episode_indices \"[{', '.join(map(str, eps))}]\"")
 
 
 class LeRobotDataset:
@@ -165,7 +171,7 @@ class LeRobotDataset:
             table = lm.read_parquet(path, columns=keys)  # numeric columns only: images stay on disk
             arrays = {k: column_to_numpy(table.column(k), self.features[k], k, path) for k in keys}
             ep_col = arrays["episode_index"]
-            _check_finite(arrays, ep_col, path)
+            _check_finite(arrays, ep_col, path, self.root, {OBS_STATE: self.state_names, ACTION: self.action_names})
             by_ep = np.argsort(ep_col, kind="stable")  # rows grouped by episode, file order kept inside a group
             sorted_eps = ep_col[by_ep]
             for ep in eps:

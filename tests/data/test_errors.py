@@ -137,6 +137,8 @@ def test_non_finite_state_names_the_episodes_and_says_how_to_remove_them(ds_copy
                             pa.FixedSizeListArray.from_arrays(pa.array(vals.reshape(-1), pa.float32()), width))
     rewrite_data(ds_copy, drop_out)
     with pytest.raises(DatasetError, match=r"file-000\.parquet: field 'observation.state': 2 frames hold NaN or "
-                                           r"infinite values, in episode\(s\) 1, 2 .*delete_episodes "
-                                           r"--operation.episode_indices \"\[1, 2\]\""):
+                                           r"infinite values, in episode\(s\) 1, 2 \(the first at row 13: \w+\).*"
+                                           r"--root .* --new_repo_id .*delete_episodes "
+                                           r"--operation.episode_indices \"\[1, 2\]\"") as e:
         LeRobotDataset(ds_copy)
+    assert f"--root {ds_copy} " in str(e.value)  # the command as it runs, the dimension by its name
