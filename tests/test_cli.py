@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from tests.cli_in_process import rfm
 
 pytestmark = pytest.mark.integration  # real `rfm` subprocesses
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def rfm_process(*args: str) -> subprocess.CompletedProcess:
@@ -116,3 +118,16 @@ def test_counts_below_one_are_usage_errors_naming_the_flag(argv, capsys):
         main(argv)
     err = capsys.readouterr().err
     assert info.value.code == 2 and f"argument {argv[-2]}: '{argv[-1]}': expected a whole number >= 1" in err
+
+
+def test_the_bundled_checkpoints_are_found_from_any_directory(tmp_path, monkeypatch):
+    """The guides' `--init checkpoints/default` names the bundled checkpoint wherever the command runs; a path
+    that exists where it runs is taken as given."""
+    from rfm.cli.args import checkpoint_dir
+
+    monkeypatch.chdir(tmp_path)
+    assert Path(checkpoint_dir("checkpoints/default")) == ROOT / "checkpoints" / "default"
+    assert Path(checkpoint_dir("base")) == ROOT / "checkpoints" / "base"
+    (tmp_path / "checkpoints" / "default").mkdir(parents=True)
+    assert checkpoint_dir("checkpoints/default") == "checkpoints/default"  # the user's own, here
+    assert checkpoint_dir("elsewhere/default") == "elsewhere/default"

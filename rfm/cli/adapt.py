@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from rfm.cli.args import comma_list, ints, positive_int
+from rfm.cli.args import checkpoint_dir, comma_list, ints, positive_int
 from rfm.cli.errors import CLIError
 
 
@@ -16,7 +16,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "OUT/eval.json and OUT/adapt.json; rerunning continues where it stopped.")
     p.add_argument("--task", type=comma_list, required=True,
                    help="Meta-World task(s), comma-separated, fine-tuned together (or a set: ml45-test, mt10, ...)")
-    p.add_argument("--init", required=True, help="checkpoint directory to fine-tune, or 'scratch'")
+    p.add_argument("--init", required=True, type=checkpoint_dir, help="checkpoint directory to fine-tune, or 'scratch'")
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--demos", type=int, default=10, help="demonstrations per task (default 10)")
     p.add_argument("--steps", type=int, default=None,

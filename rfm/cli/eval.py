@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from rfm.cli.args import ints, positive_int
+from rfm.cli.args import checkpoint_dir, ints, positive_int
 from rfm.cli.errors import CLIError
 from rfm.constants import BACKENDS
 
@@ -16,7 +16,7 @@ from rfm.constants import BACKENDS
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="closed-loop evaluation in simulation (success rate per task); with --dataset, "
                                     "open-loop action error on a recorded dataset")
-    p.add_argument("--checkpoint", required=True, help="checkpoint dir (torch) or export dir (onnx, openvino)")
+    p.add_argument("--checkpoint", required=True, type=checkpoint_dir, help="checkpoint dir (torch) or export dir (onnx, openvino)")
     p.add_argument("--backend", default="torch", choices=list(BACKENDS),
                    help="torch: a checkpoint dir; onnx: an export dir; openvino: an export dir with an OpenVINO IR "
                         "(rfm export --target openvino)")

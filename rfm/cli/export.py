@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import logging
 
+from rfm.cli.args import checkpoint_dir
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a checkpoint to ONNX (fp32/fp16/int8) with a parity report")
     p.add_argument(
-        "--checkpoint", required=True, help="checkpoint directory (config.json, model.safetensors, ...)"
+        "--checkpoint", required=True, type=checkpoint_dir, help="checkpoint directory (config.json, model.safetensors, ...)"
     )
     p.add_argument("--out", required=True, help="export directory to write (replaced atomically)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"])

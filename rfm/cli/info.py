@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 
+from rfm.cli.args import checkpoint_dir
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="parameter count and FLOPs per chunk of a preset or checkpoint")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--preset", default=None, help="tiny | small | base (default: small)")
-    g.add_argument("--checkpoint", default=None, help="a checkpoint directory")
+    g.add_argument("--checkpoint", default=None, type=checkpoint_dir, help="a checkpoint directory")
     p.add_argument("--head", default="chunk", choices=["chunk", "flow"])
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run)

@@ -8,14 +8,14 @@ import logging
 import os
 from pathlib import Path
 
-from rfm.cli.args import positive_int
+from rfm.cli.args import checkpoint_dir, positive_int
 from rfm.constants import BACKENDS, ENGINES
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve a policy over HTTP/WebSocket (batched; openpi-compatible)",
                        description="Serve a checkpoint: POST /v1/act, WebSocket /v1/ws and /openpi, /metrics.")
-    p.add_argument("--checkpoint", default=None,
+    p.add_argument("--checkpoint", default=None, type=checkpoint_dir,
                    help="checkpoint (torch) or export (onnx) directory; default $RFM_CHECKPOINT or checkpoints/default")
     p.add_argument("--engine", default=None, choices=list(ENGINES),
                    help="how a checkpoint runs: auto (ONNX Runtime fp32 on a CPU, exported on first start and cached "

@@ -12,7 +12,7 @@ import argparse
 import json
 from dataclasses import fields
 
-from rfm.cli.args import positive_int
+from rfm.cli.args import checkpoint_dir, positive_int
 from rfm.cli.errors import CLIError
 from rfm.config import did_you_mean
 from rfm.train.config import BALANCE_MODES, TrainConfig, read_config_file
@@ -35,7 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", help="LeRobot v3.0/v2.1 dataset directory; comma-separate several to train on them "
                                      "together (e.g. the original demos plus fleet recordings)")
     p.add_argument("--out", help="run directory (checkpoint/, logs/, train_config.json)")
-    p.add_argument("--init", help="checkpoint to fine-tune from (a new robot: layers that do not fit are re-initialised, "
+    p.add_argument("--init", type=checkpoint_dir, help="checkpoint to fine-tune from (a new robot: layers that do not fit are re-initialised, "
                                   "geometry it does not declare is dropped)")
     p.add_argument("--preset", help="tiny | small | base (default: the --init model, else small)")
     p.add_argument("--head", choices=["chunk", "flow"], help="default: the --init head, else chunk")
