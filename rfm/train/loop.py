@@ -196,8 +196,14 @@ def _image_size(cfg: TrainConfig, init_config: PolicyConfig | None) -> tuple[int
 def _check_out(ckpt_dir: Path, cfg: TrainConfig) -> None:
     """A checkpoint already in OUT is continued (resume), replaced (overwrite), or an error: a rerun of a command
     must not silently start over and replace hours of training at its first save."""
-    if cfg.resume or cfg.overwrite or not (ckpt_dir / "config.json").is_file():
+    if cfg.overwrite or not (ckpt_dir / "config.json").is_file():
         return
+    if cfg.resume:
+        if (ckpt_dir / STATE_DIR).is_dir():
+            return
+        raise ConfigError(f"--resume: {ckpt_dir} holds a checkpoint without training state ({STATE_DIR}/: a copied "
+                          f"or exported one), which cannot be continued and would be replaced by a new model; "
+                          f"--init {ckpt_dir} fine-tunes from it into another --out, --overwrite replaces it")
     try:
         done = json.loads((ckpt_dir / "config.json").read_text())["meta"]["training"]["steps_done"]
         what = f"a run trained {done} steps"
