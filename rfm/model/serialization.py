@@ -32,6 +32,15 @@ class CheckpointError(RuntimeError, ValueError):
     Also a ValueError, so the CLI reports it like every other bad-input error: one line, exit code 2."""
 
 
+def _process_umask() -> int:
+    mask = os.umask(0o022)  # read by setting: put straight back
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _process_umask()
+
+
 def atomic_dir(target: Path):
     """Context manager yielding a temp dir next to `target` that replaces `target` only on success."""
     return _AtomicDir(target)
@@ -50,7 +59,10 @@ class _AtomicDir:
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
             return
-        for f in self.tmp.rglob("*"):  # flush file contents before the rename makes them visible
+        for f in [self.tmp, *self.tmp.rglob("*")]:  # flush file contents before the rename makes them visible
+            # mkdtemp makes the directory 0700 and some writers their files 0600: give what the umask allows, so a
+            # server running as another user (a container mounting the checkpoint) can read it
+            f.chmod((0o777 if f.is_dir() else 0o666) & ~_UMASK)
             if f.is_file():
                 with open(f, "rb") as fh:
                     os.fsync(fh.fileno())

@@ -40,6 +40,20 @@ def test_save_load_gives_identical_outputs(tmp_path, small_interface, head):
     assert "front, wrist" in (tmp_path / "ckpt" / "README.md").read_text()
 
 
+def test_a_saved_checkpoint_is_readable_by_other_users_as_the_umask_allows(tmp_path, small_interface):
+    """A server running as another user (a container mounting the checkpoint) must be able to read it: the
+    atomic save's temp directory (mkdtemp: 0700) gets the modes a plain mkdir and open would."""
+    import os
+    import stat
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    RFMPolicy.build("tiny", interface=small_interface, stats=STATS).save_pretrained(tmp_path / "ckpt")
+    for f in [tmp_path / "ckpt", *(tmp_path / "ckpt").iterdir()]:
+        expected = (0o777 if f.is_dir() else 0o666) & ~mask
+        assert stat.S_IMODE(f.stat().st_mode) == expected, f
+
+
 def test_fp16_weights_halve_the_file_and_stay_close(tmp_path, small_interface):
     policy = RFMPolicy.build("tiny", interface=small_interface, stats=STATS)
     policy.save_pretrained(tmp_path / "fp32")
