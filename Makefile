@@ -10,7 +10,7 @@ export PYOPENGL_PLATFORM ?= osmesa
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install serve test test-unit test-integration test-all lint bench clean default-checkpoint base-checkpoint
+.PHONY: install serve wheel test test-unit test-integration test-all lint bench clean default-checkpoint base-checkpoint
 
 install: $(STAMP)
 
@@ -27,6 +27,13 @@ $(STAMP): pyproject.toml constraints.txt
 
 serve: install
 	$(BIN)/rfm serve --host $${HOST:-0.0.0.0} --port $${PORT:-8000}
+
+# A wheel to install rfm where there is no checkout (a robot, an edge device): dist/rfm-VERSION-py3-none-any.whl.
+# rfm is not on PyPI (the name `rfm` there is another project), so `pip install "WHEEL[edge]"` installs it.
+wheel: install
+	rm -rf build dist/rfm-*.whl
+	$(BIN)/pip wheel -q --no-deps --no-build-isolation -w dist .
+	@ls dist/rfm-*.whl
 
 # Tiers: unit (in-process, fast: under 3 min on 2 cores) and integration (real servers, subprocess CLI runs,
 # MuJoCo rollouts, notebooks, training runs). `make test` runs both; slow and compat tests only in test-all.

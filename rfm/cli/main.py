@@ -9,6 +9,7 @@ import os
 import sys
 
 from rfm.cli.errors import CLIError
+from rfm.install import pip_install
 from rfm.processes import WorkerDied
 from rfm.train.launch import first_process  # the environment only: no torch
 from rfm.train.stop import TrainingStopped  # signal and threading only: no torch
@@ -37,7 +38,7 @@ COMMANDS = {
 EXTRAS = {"serve": "serve", "train": "train", "data": "train,sim", "info": "train", "average": "train",
           "export": "export", "fleet": "sim", "eval": "sim,train", "adapt": "sim,train", "card": "train",
           "compare": "train"}
-INSTALL_NOTES = {"serve": " (to serve an `rfm export` directory, without torch: pip install 'rfm[edge,server]')"}
+INSTALL_NOTES = {"serve": " (to serve an `rfm export` directory, without torch: the extras edge,server)"}
 
 
 
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except ModuleNotFoundError as e:  # a package of an extra this install lacks (pyproject.toml)
         extra = EXTRAS.get(args.command, "all")
-        print(f"rfm {args.command}: error: {e}; this command needs pip install 'rfm[{extra}]'"
+        print(f"rfm {args.command}: error: {e}; this command needs {pip_install(extra)}"
               f"{INSTALL_NOTES.get(args.command, '')}", file=sys.stderr)
         return 2
     except TrainingStopped as e:  # SIGTERM / Ctrl-C during training: the checkpoint of that step is saved

@@ -19,6 +19,7 @@ from filelock import FileLock
 from rfm._version import __version__
 from rfm.constants import ENGINES
 from rfm.export.cache_dir import cache_root, shipped_roots
+from rfm.install import pip_install
 from rfm.runtime.base import Runner, StagedRunner
 from rfm.runtime.manifest import EXPORT_FILE, EXPORT_FORMAT, parity_summary, read_manifest
 
@@ -118,7 +119,7 @@ def _export(checkpoint: Path, out: Path, precision: str, calib_dataset: str | No
         from rfm.export.exporter import ExportConfig, export_checkpoint
     except ImportError as e:
         raise EngineError(f"exporting to ONNX needs onnx and onnxscript ({e.name} is missing): "
-                          f"pip install 'rfm[serve]'") from None
+                          f"{pip_install('serve')}") from None
     log.info("exporting %s to ONNX (%s) for serving; cached in %s", checkpoint, precision, out)
     for noisy in EXPORTER_LOGGERS:
         logging.getLogger(noisy).setLevel(logging.ERROR)

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from rfm.install import pip_install
+
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
@@ -21,7 +23,7 @@ class FastTokenizer:
             from tokenizers import Tokenizer
         except ImportError as e:
             raise ModuleNotFoundError(f"instructions are tokenised with the tokenizers package, which is not "
-                                      f"installed ({e}): pip install 'rfm[edge]'", name="tokenizers") from None
+                                      f"installed ({e}): {pip_install('edge')}", name="tokenizers") from None
 
         self.directory = Path(directory)
         if pad_token is None:

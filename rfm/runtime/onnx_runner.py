@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from rfm.install import pip_install
 from rfm.runtime.export_runner import ExportRunner, Graph
 
 # Short names accepted for `providers`, mapped to onnxruntime execution providers.
@@ -31,8 +32,8 @@ def import_onnxruntime():
         import onnxruntime
     except ImportError as e:
         raise ModuleNotFoundError(
-            f"the ONNX backend needs the onnxruntime package, which is not installed ({e}): pip install 'rfm[edge]' "
-            "on a device that runs exports ('rfm[edge,server]' to serve them there), or 'rfm[serve]' for the server",
+            f"the ONNX backend needs the onnxruntime package, which is not installed ({e}): {pip_install('edge')} "
+            f"on a device that runs exports ('edge,server' to serve them there), or the extra 'serve' for the server",
             name="onnxruntime") from None
     return onnxruntime
 

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
+from rfm.install import pip_install
 from rfm.runtime.export_runner import ExportRunner, Graph
 
-INSTALL_HINT = "pip install 'rfm[export]' (a device that only runs exports: pip install 'rfm[edge]' openvino)"
+INSTALL_HINT = f"{pip_install('export')} (a device that only runs exports: {pip_install('edge')} openvino)"
 
 
 def import_openvino():

@@ -186,7 +186,8 @@ def test_chunk_executor_prefetches_and_skips_stale_actions():
 
 def test_a_new_episode_starts_from_its_own_chunk_and_the_recording_gets_the_outcome():
     class Recorder:
-        ended = []
+        def __init__(self):
+            self.ended = []
 
         def add(self, obs, action, chunk):
             pass
@@ -194,11 +195,12 @@ def test_a_new_episode_starts_from_its_own_chunk_and_the_recording_gets_the_outc
         def end_episode(self, success=None, wait=True):
             self.ended.append(success)
 
-    with ChunkExecutor(fake_act, prefetch_steps=2, recorder=Recorder()) as ex:
+    recorder = Recorder()
+    with ChunkExecutor(fake_act, prefetch_steps=2, recorder=recorder) as ex:
         assert [float(ex.step({"t": t})[0]) for t in range(3)] == [0, 1, 2]
         ex.end_episode(success=False)
         assert float(ex.step({"t": 50})[0]) == 5000  # not tick 3 of the last episode's chunk
-        assert Recorder.ended == [False] and ex.tick == 1 and ex.requests == 1
+        assert recorder.ended == [False] and ex.tick == 1 and ex.requests == 1
 
 
 class FlakyServer:

@@ -1,6 +1,5 @@
-"""`pip install rfm` with no extras is the robot side: the client SDK on numpy + httpx + websockets + msgpack; and
-`pip install "rfm[edge]"` runs an export on a device without torch, and `pip install "rfm[edge,server]"` serves
-it there.
+"""rfm with no extras (installed from this repository) is the robot side: the client SDK on numpy + httpx +
+websockets + msgpack; the `edge` extra runs an export on a device without torch, and `edge,server` serves it there.
 
 The integration tests install the project into a fresh virtualenv (no system site packages) and, from there,
 get action chunks from a real server on the bundled default checkpoint, served from this (full) environment.
