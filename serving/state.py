@@ -92,7 +92,10 @@ class ServerState:
                 log.info("serving on %s until %s is ready", runner.runs_on, staged.what)
                 threading.Thread(target=self._switch, args=(staged,), name="rfm-engine-switch", daemon=True).start()
         except Exception as e:  # reported by /readyz; the process stays up for diagnosis
-            log.exception("model failed to load")
+            if isinstance(e, (ValueError, FileNotFoundError)):  # says what is wrong (an EngineError too): no traceback
+                log.error("model failed to load: %s", e)
+            else:
+                log.exception("model failed to load")
             self.load_error = f"model failed to load: {type(e).__name__}: {str(e)[:300]}"
 
     def _warm(self, runner: Runner) -> dict[int, float]:

@@ -64,6 +64,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="replace an instruction the model never trained on by the trained one nearest in meaning "
                         "when their sentence embeddings' cosine similarity is >= SIM (e.g. 0.5); below it the "
                         "instruction passes unchanged")
+    p.add_argument("--calib-dataset", metavar="DATA",
+                   help="for --engine onnx-int8 / openvino-int8: calibrate on this LeRobot dataset's frames (the "
+                        "robot's own); without it int8 calibrates on synthetic frames, which can miss the parity bar "
+                        "and is then refused")
     p.add_argument("--default-instruction", metavar="TEXT",
                    help="the task to run for a request that sends no instruction (an openpi client without a prompt, "
                         "a robot that does one job); without it such a request is a 422, unless the model was "
@@ -148,8 +152,14 @@ def _runner_loader(args: argparse.Namespace, ckpt: Path, backend: str, is_export
     if backend == "torch":
         engine = args.engine or os.environ.get("RFM_ENGINE") or "auto"
         engine = "torch" if args.backend == "torch" and engine == "auto" else engine
+        if args.calib_dataset and not engine.endswith("-int8"):
+            raise CLIError(f"--calib-dataset calibrates an int8 engine (--engine onnx-int8 or openvino-int8), not "
+                           f"--engine {engine}")
+        if args.calib_dataset and not Path(args.calib_dataset).is_dir():
+            raise CLIError(f"--calib-dataset {args.calib_dataset}: dataset directory not found")
         return engine_loader(ckpt, engine, staged=staged, device=args.device, threads=threads,
-                             cache_dir=args.engine_cache, resize_images=args.resize_images)
+                             cache_dir=args.engine_cache, resize_images=args.resize_images,
+                             calib_dataset=args.calib_dataset)
     if not is_export:
         raise CLIError(f"--backend {backend}: {ckpt} has no {EXPORT_FILE}; it is not an `rfm export` directory "
                        f"(serve a checkpoint with --backend torch, or export it with `rfm export`)")

@@ -29,8 +29,9 @@ EXPORTER_LOGGERS = ("onnxscript", "onnx_ir", "torch.onnx", "torch._dynamo", "tor
 KEYED_FILES = ("config.json", "model.safetensors", "stats.json")  # what decides the exported graph
 
 
-class EngineError(RuntimeError):
-    """The requested engine cannot serve this checkpoint (missing package, failed export or parity)."""
+class EngineError(ValueError):
+    """The requested engine cannot serve this checkpoint (missing package, failed export or parity). A ValueError,
+    so the CLI and the server report it in one line, like every other error that says what is wrong."""
 
 
 def checkpoint_key(checkpoint: str | Path) -> str:
@@ -59,7 +60,7 @@ def cached_export(checkpoint: str | Path, precision: str = "fp32", cache_dir: st
     parity check against PyTorch misses its goal.
     """
     checkpoint = Path(checkpoint)
-    tail = _entry_tail(checkpoint, precision, target)
+    tail = _entry_tail(checkpoint, precision, target, calib_dataset)
     root = cache_root(cache_dir)
     out = root / f"{checkpoint.resolve().name}{tail}"
     # An export is written atomically: one that is there is complete, and reading it needs no lock, so a cache
@@ -86,10 +87,14 @@ def cached_export(checkpoint: str | Path, precision: str = "fp32", cache_dir: st
     return out
 
 
-def _entry_tail(checkpoint: Path, precision: str, target: str) -> str:
-    """What names an export in a cache after the checkpoint directory's name: its kind and the weights' hash."""
+def _entry_tail(checkpoint: Path, precision: str, target: str, calib_dataset: str | None = None) -> str:
+    """What names an export in a cache after the checkpoint directory's name: its kind and the weights' hash, and
+    for int8 the dataset it was calibrated on (an export calibrated on synthetic frames is another engine)."""
     kind = precision if target == "cpu" else f"{target}-{precision}"
-    return f"-{kind}-{checkpoint_key(checkpoint)[:16]}"
+    calib = ""
+    if precision == "int8" and calib_dataset:
+        calib = "-cal" + hashlib.sha256(str(Path(calib_dataset).resolve()).encode()).hexdigest()[:8]
+    return f"-{kind}-{checkpoint_key(checkpoint)[:16]}{calib}"
 
 
 def _find_export(checkpoint: Path, tail: str, target: str, cache_dir: str | Path | None) -> Path | None:

@@ -270,6 +270,36 @@ def test_rfm_serve_prepare_makes_the_engine_to_ship_and_serves_nothing(onnx_engi
         httpx.get(f"http://127.0.0.1:{port}/healthz")
 
 
+def test_an_int8_engine_calibrates_on_the_robots_dataset_and_is_cached_apart(onnx_engine, tiny_checkpoint,
+                                                                            engine_cache, tmp_path):
+    """--calib-dataset calibrates int8 on the robot's frames; the engine is cached under its calibration, so one
+    made on synthetic frames (which can miss parity) is never taken for it."""
+    from rfm.data.lerobot import LeRobotDatasetWriter
+    from tests.serving.helpers import INTERFACE
+
+    rng = np.random.default_rng(0)
+    h, w = INTERFACE["image_size"]
+    writer = LeRobotDatasetWriter(tmp_path / "data", fps=10, robot_type="test", use_videos=False,
+                                  cameras={c: (h, w) for c in INTERFACE["cameras"]},
+                                  state_names=INTERFACE["state_names"], action_names=INTERFACE["action_names"])
+    for _ in range(12):
+        writer.add_frame(images={c: rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for c in INTERFACE["cameras"]},
+                         state=rng.standard_normal(3).astype(np.float32),
+                         action=rng.standard_normal(2).astype(np.float32), task="pick up the cube")
+    writer.save_episode()
+    data = writer.finalize()
+    cache = _first_start_cache(onnx_engine, engine_cache, tmp_path)
+    r = rfm_cli("serve", "--checkpoint", str(tiny_checkpoint), "--engine", "onnx-int8", "--calib-dataset", str(data),
+                "--engine-cache", str(cache), "--prepare", "--threads", "1", "--log-level", "error")
+    assert r.returncode == 0, r.stderr
+    made = Path(json.loads(r.stdout.strip().splitlines()[-1])["engine_dir"])
+    assert "-int8-" in made.name and "-cal" in made.name
+    assert json.loads((made / EXPORT_FILE).read_text())["calibration"].startswith("dataset: ")
+    r = rfm_cli("serve", "--checkpoint", str(tiny_checkpoint), "--engine", "onnx", "--calib-dataset", str(data),
+                "--prepare")
+    assert r.returncode == 2 and "--calib-dataset calibrates an int8 engine" in r.stderr
+
+
 def test_rfm_serve_prepare_on_an_export_that_cannot_be_made_is_one_line(tiny_checkpoint, tmp_path, monkeypatch):
     def broken(*a, **k):
         raise RuntimeError("op FancyConv is not supported")
