@@ -5,7 +5,8 @@ from __future__ import annotations
 import difflib
 import json
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any
+from types import UnionType
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import numpy as np
 
@@ -28,6 +29,42 @@ def did_you_mean(name: str, choices: list[str]) -> str:
     return f" Did you mean {close[0]!r}?" if close else ""
 
 
+_KINDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def check_field_types(obj: Any, section: str) -> None:
+    """A dataclass's scalar fields (int, float, bool, str, optional or not) and lists of names hold what their type
+    says: ConfigError naming `section.field` otherwise (`--set lr=fast`, `"dim": "128"` in a config.json), before
+    a comparison with the value fails obscurely. An int where a float is meant is taken as that float, and a string
+    that reads as the number meant (YAML 1.1 reads `lr: 3e-4` as a string) as that number."""
+    hints = get_type_hints(type(obj))
+    for f in fields(obj):
+        hint, value = hints[f.name], getattr(obj, f.name)
+        options = set(get_args(hint)) if get_origin(hint) in (Union, UnionType) else {hint}
+        if value is None and type(None) in options:
+            continue
+        options.discard(type(None))
+        if any(get_origin(t) is list for t in options) and str not in options and isinstance(value, str):
+            raise ConfigError(f"{section}.{f.name}={value!r} is invalid: expected a list")
+        scalar = [t for t in options if t in _KINDS]
+        if len(scalar) != len(options):
+            continue  # a list, dict or tuple: checked where it is used
+        if isinstance(value, str) and str not in scalar and value.strip():
+            for t in (int, float):
+                if t in scalar:
+                    try:
+                        value = t(value)
+                        break
+                    except ValueError:
+                        pass
+            setattr(obj, f.name, value)
+        if float in scalar and isinstance(value, int) and not isinstance(value, bool):
+            setattr(obj, f.name, float(value))
+        elif not any(isinstance(value, t) and (t is bool or not isinstance(value, bool)) for t in scalar):
+            raise ConfigError(f"{section}.{f.name}={value!r} is invalid: expected "
+                              f"{' or '.join(_KINDS[t] for t in scalar)}")
+
+
 @dataclass
 class RobotInterface:
     """What a robot sends and receives: cameras, state and action layout, timing, and (optionally) its geometry."""
@@ -45,6 +82,7 @@ class RobotInterface:
     ee_position: list[str] | None = None  # the 3 state names that are the end effector's x, y, z in that world frame
 
     def __post_init__(self) -> None:
+        check_field_types(self, "interface")
         self.cameras = list(self.cameras)
         self.image_size = tuple(int(v) for v in self.image_size)  # type: ignore[assignment]
         self.state_names = list(self.state_names)
@@ -166,6 +204,7 @@ class ModelConfig:
     # computed) condition the chunk, which then continues them; 0 = off (the model takes no committed actions)
 
     def __post_init__(self) -> None:
+        check_field_types(self, "model")
         self.vision_widths = tuple(int(w) for w in self.vision_widths)
         _check(self.dim >= 16 and self.dim % self.heads == 0, "model.dim", self.dim,
                f"an integer >= 16 divisible by model.heads={self.heads}")

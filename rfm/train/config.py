@@ -7,10 +7,9 @@ import json
 import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from types import UnionType
-from typing import Any, Union, get_args, get_origin, get_type_hints
+from typing import Any
 
-from rfm.config import ConfigError, check_model_fields, did_you_mean
+from rfm.config import ConfigError, check_field_types, check_model_fields, did_you_mean
 from rfm.data.recording import parse_kinds
 
 BALANCE_MODES = ("none", "tasks")  # how training frames are drawn (see rfm.train.data.make_sampler)
@@ -64,7 +63,10 @@ class TrainConfig:
     weights_dtype: str = "float32"  # dtype of saved weights (float16 halves the checkpoint)
 
     def __post_init__(self) -> None:
-        self._check_scalar_types()
+        check_field_types(self, "train")
+        if not isinstance(self.model_overrides, dict):
+            raise ConfigError(f"train.model_overrides={self.model_overrides!r} is invalid: expected {{field: value}}")
+        check_model_fields(self.model_overrides, "train.model_overrides")
         if not self.datasets:
             raise ConfigError("train.dataset is empty: expected a LeRobot dataset directory")
         if self.balance not in BALANCE_MODES:
@@ -111,37 +113,6 @@ class TrainConfig:
             raise ConfigError(f"train.mixed_precision={self.mixed_precision!r}: expected auto, no, bf16 or fp16")
         if self.warmup_steps < 0 or self.val_episodes < 0 or self.lora_rank < 0:
             raise ConfigError("train.warmup_steps, train.val_episodes and train.lora_rank must be >= 0")
-
-    def _check_scalar_types(self) -> None:
-        """A number, flag or name of the wrong type (`--set lr=fast`) is an error naming the field, before any
-        comparison with it fails obscurely; an int where a float is meant is taken as that float, and a string that
-        reads as the number meant (YAML's `lr: 3e-4`) as that number."""
-        hints = get_type_hints(type(self))
-        kinds = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
-        for f in fields(self):
-            hint, value = hints[f.name], getattr(self, f.name)
-            options = set(get_args(hint)) if get_origin(hint) in (Union, UnionType) else {hint}
-            if value is None and type(None) in options:
-                continue
-            scalar = [t for t in options if t in kinds]
-            if len(scalar) != len(options - {type(None)}):
-                continue  # a list, dict or tuple: checked where it is used
-            if isinstance(value, str) and str not in scalar and value.strip():  # YAML reads 3e-4 as a string
-                for t in (int, float):
-                    if t in scalar:
-                        try:
-                            value = t(value)
-                            break
-                        except ValueError:
-                            pass
-                setattr(self, f.name, value)
-            if float in scalar and isinstance(value, int) and not isinstance(value, bool):
-                setattr(self, f.name, float(value))
-            elif not any(isinstance(value, t) and (t is bool or not isinstance(value, bool)) for t in scalar):
-                raise ConfigError(f"train.{f.name}={value!r} is invalid: expected {' or '.join(kinds[t] for t in scalar)}")
-        if not isinstance(self.model_overrides, dict):
-            raise ConfigError(f"train.model_overrides={self.model_overrides!r} is invalid: expected {{field: value}}")
-        check_model_fields(self.model_overrides, "train.model_overrides")
 
     @property
     def datasets(self) -> list[str]:

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from rfm.checkpoint import read_config
+from rfm.checkpoint import CheckpointError, read_config
 from rfm.constants import WEIGHTS_FILE
+from rfm.model.serialization import check_safetensors
 
 NORM_PREFIXES = ("state_norm.", "action_norm.", "env_norm.")
 
@@ -20,7 +22,11 @@ def init_from_checkpoint(net, path: str | Path) -> dict:
     """Load matching tensors of checkpoint `path` into `net`; returns {"loaded": [...], "reinitialised": [...]}."""
     path = Path(path)
     read_config(path)  # validates the directory and gives a clear error if it is not a checkpoint
-    src = load_file(str(path / WEIGHTS_FILE))
+    check_safetensors(path / WEIGHTS_FILE)  # a truncated or corrupt file: an error naming it, not a traceback
+    try:
+        src = load_file(str(path / WEIGHTS_FILE))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path / WEIGHTS_FILE}: corrupt or truncated safetensors file ({e})") from None
     dst = net.state_dict()
     loaded, skipped = [], []
     for k, v in dst.items():

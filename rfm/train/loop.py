@@ -288,6 +288,11 @@ def _train(cfg: TrainConfig, progress: bool) -> Path:
         accelerator.print(f"--init {cfg.init}: dropped {note}; those layers are left out of the fine-tuned model")
     policy = RFMPolicy(PolicyConfig(model=model_cfg, interface=interface), stats=data.stats)
     init_report = init_from_checkpoint(policy.net, cfg.init) if cfg.init else None
+    if init_report and init_report["reinitialised"]:  # a new robot's projections; all of them: a mismatched init
+        n_new, n_all = len(init_report["reinitialised"]), len(init_report["reinitialised"]) + len(init_report["loaded"])
+        shown = ", ".join(init_report["reinitialised"][:4]) + (" ..." if n_new > 4 else "")
+        accelerator.print(f"--init {cfg.init}: {n_new} of {n_all} tensors re-initialised (their shapes differ from "
+                          f"this model's: {shown}); the model card lists them")
     lineage = _lineage(cfg.init, init_raw.get("meta", {})) if cfg.init else []
     if cfg.init and cfg.keep_init_stats:
         for field in ("state_names", "action_names"):

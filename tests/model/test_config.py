@@ -58,3 +58,17 @@ def test_unknown_config_key_is_rejected_with_suggestion():
     d["interface"]["camreas"] = ["x"]
     with pytest.raises(ConfigError, match=r"unknown field interface.camreas.*Did you mean 'cameras'"):
         PolicyConfig.from_dict(d)
+
+
+def test_a_value_of_the_wrong_type_names_the_field():
+    """A hand-edited config.json (`"dim": "big"`, `"cameras": "a,b"`) is an error naming the field, not a failed
+    comparison; a number written as a string is taken as that number."""
+    from rfm.config import ConfigError, ModelConfig, RobotInterface
+
+    with pytest.raises(ConfigError, match=r"model\.dim='big' is invalid: expected an integer"):
+        ModelConfig(dim="big")
+    with pytest.raises(ConfigError, match=r"model\.heads=None is invalid: expected an integer"):
+        ModelConfig(heads=None)
+    with pytest.raises(ConfigError, match=r"interface\.cameras='a,b' is invalid: expected a list"):
+        RobotInterface(cameras="a,b")
+    assert ModelConfig(dim="128").dim == 128 and RobotInterface(control_hz=50).control_hz == 50.0
