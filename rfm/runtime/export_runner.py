@@ -18,12 +18,18 @@ from rfm.model.text_cache import CachedTextEncoder, InstructionCache
 from rfm.model.tokenizer import FastTokenizer
 from rfm.runtime.base import Runner
 from rfm.runtime.execution import check_execution
-from rfm.runtime.manifest import EXPORT_FILE, parity_summary, read_manifest
+from rfm.runtime.manifest import EXPORT_FILE, load_or_explain, parity_summary, read_manifest
 from rfm.runtime.observation import no_committed
 
 Graph = Callable[[dict[str, np.ndarray]], np.ndarray]  # feed -> first output
 GraphLoader = Callable[[Path], Graph]
 log = logging.getLogger("rfm.runtime")
+
+
+def _read_table(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    with np.load(path, allow_pickle=False) as z:
+        return {s: (z["features"][i].astype(np.float32), z["mask"][i].astype(bool))
+                for i, s in enumerate(z["instructions"].tolist())}
 
 
 class ExportTextEncoder(CachedTextEncoder):
@@ -36,9 +42,7 @@ class ExportTextEncoder(CachedTextEncoder):
             path = export_dir / text["instructions"]["file"]
             if not path.exists():
                 raise FileNotFoundError(f"{path}: missing (listed in export.json text.instructions)")
-            with np.load(path, allow_pickle=False) as z:
-                for i, s in enumerate(z["instructions"].tolist()):
-                    self.table[s] = (z["features"][i].astype(np.float32), z["mask"][i].astype(bool))
+            self.table = load_or_explain(path, "the instruction table", _read_table)
         self.graph: Graph | None = None
         self.tokenizer: FastTokenizer | None = None
         if text.get("graph"):
@@ -46,10 +50,12 @@ class ExportTextEncoder(CachedTextEncoder):
             for f in (graph, tok_file):
                 if not f.exists():
                     raise FileNotFoundError(f"{f}: missing (export.json lists a text encoder graph)")
-            self.graph = load_graph(graph)
+            self.graph = load_or_explain(graph, "the text encoder graph", load_graph)
             tk = text.get("tokenizer", {})
-            self.tokenizer = FastTokenizer(export_dir, self.max_tokens, pad_token=str(tk.get("pad_token", "[PAD]")),
-                                           pad_type_id=int(tk.get("pad_type_id", 0)))
+            self.tokenizer = load_or_explain(
+                tok_file, "the tokenizer", lambda _: FastTokenizer(export_dir, self.max_tokens,
+                                                                   pad_token=str(tk.get("pad_token", "[PAD]")),
+                                                                   pad_type_id=int(tk.get("pad_type_id", 0))))
         self.cache = InstructionCache(self.max_tokens, self.dim, cache_size)
 
     def tokenize(self, texts: list[str]) -> dict[str, np.ndarray]:

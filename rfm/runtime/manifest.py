@@ -6,7 +6,11 @@ Here, in the runtime, so that running an export never imports the exporter (torc
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 EXPORT_FORMAT = "rfm-export-v1"
 EXPORT_FILE = "export.json"
@@ -15,6 +19,9 @@ TEXT_FILE = "text_encoder.onnx"
 INSTRUCTIONS_FILE = "instructions.npz"
 OV_MODEL_FILE = "policy.xml"  # OpenVINO IR of policy.onnx (--target openvino), with its weights file:
 OV_WEIGHTS_FILE = "policy.bin"
+# what every export.json has, and what it is: a runner reads these before anything else
+REQUIRED = {"interface": dict, "head": str, "model_id": str, "model_version": str, "precision": str, "target": str,
+            "policy": str, "text": dict}
 
 
 def read_manifest(export_dir: str | Path) -> dict:
@@ -34,8 +41,27 @@ def read_manifest(export_dir: str | Path) -> dict:
     if not isinstance(manifest, dict) or manifest.get("format") != EXPORT_FORMAT:
         fmt = manifest.get("format") if isinstance(manifest, dict) else None
         raise ValueError(f"{path}: format={fmt!r}, expected {EXPORT_FORMAT!r}")
+    bad = [key for key, kind in REQUIRED.items() if not isinstance(manifest.get(key), kind)]
+    if bad:
+        kind = "an object" if REQUIRED[bad[0]] is dict else "a string"
+        raise ValueError(f"{path}: field {bad[0]!r} is missing or not {kind} (export.json is written by `rfm export`; "
+                         f"export again rather than edit it)")
     check_files(Path(export_dir), manifest.get("files"))
     return manifest
+
+
+def load_or_explain(path: Path, what: str, load: Callable[[Path], T]) -> T:
+    """load(path), or a ValueError naming the file when a runtime cannot read it (a file of the right size but
+    corrupt, or replaced since `rfm export`): one line, not the runtime's traceback."""
+    try:
+        return load(path)
+    except (FileNotFoundError, ModuleNotFoundError, MemoryError):  # not the file's fault: as they are
+        raise
+    except Exception as e:  # noqa: BLE001 - onnxruntime, OpenVINO and tokenizers raise their own types
+        lines = str(e).strip().splitlines()
+        said = lines[0][:200] if lines else ""
+        raise ValueError(f"{path}: {what} cannot be loaded ({type(e).__name__}{f': {said}' if said else ''}); it is "
+                         f"corrupt or changed since `rfm export`: copy or export it again") from None
 
 
 def file_record(export_dir: Path) -> dict:

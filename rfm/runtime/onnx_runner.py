@@ -13,6 +13,7 @@ from pathlib import Path
 
 from rfm.install import pip_install
 from rfm.runtime.export_runner import ExportRunner, Graph
+from rfm.runtime.manifest import load_or_explain
 
 # Short names accepted for `providers`, mapped to onnxruntime execution providers.
 PROVIDER_ALIASES = {
@@ -92,7 +93,8 @@ class OnnxRunner(ExportRunner):
 
         super().__init__(export_dir, load_graph, cache_size, resize_images, seed)
         policy_path = self.export_file(self.manifest["policy"], "the policy graph")
-        self.session = ort.InferenceSession(str(policy_path), sess_options=opts, providers=self.providers)
+        self.session = load_or_explain(policy_path, "the policy graph", lambda p: ort.InferenceSession(
+            str(p), sess_options=opts, providers=self.providers))
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.check_inputs()
 

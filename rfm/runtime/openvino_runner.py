@@ -14,6 +14,7 @@ import numpy as np
 
 from rfm.install import pip_install
 from rfm.runtime.export_runner import ExportRunner, Graph
+from rfm.runtime.manifest import load_or_explain
 
 INSTALL_HINT = f"{pip_install('export')} (a device that only runs exports: {pip_install('edge')} openvino)"
 
@@ -107,7 +108,7 @@ class OpenVinoRunner(ExportRunner):
                 "`rfm export --target openvino` (or run this directory with --backend onnx)"
             )
         self.export_file(ir["weights"], "the OpenVINO IR weights")
-        self.policy = load(self.export_file(ir["model"], "the OpenVINO IR"))
+        self.policy = load_or_explain(self.export_file(ir["model"], "the OpenVINO IR"), "the OpenVINO IR", load)
         self.input_names = self.policy.input_names
         self.check_inputs()
         self.openvino = openvino_version()

@@ -173,3 +173,28 @@ def test_an_export_that_missed_its_parity_goal_says_so_when_loaded(dirs, tmp_pat
         logger.setLevel(level)
     assert d["parity"] == {"metric": good["metric"], "value": 4.8, "limit": good["limit"], "met": False}
     assert any("missed its parity goal" in r.getMessage() and "bad/export.json" in r.getMessage() for r in records)
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("policy", r"policy\.onnx: the policy graph cannot be loaded \(InvalidProtobuf"),
+    ("text", r"text_encoder\.onnx: the text encoder graph cannot be loaded"),
+    ("tokenizer", r"tokenizer\.json: the tokenizer cannot be loaded"),
+    ("manifest", r"export\.json: field 'interface' is missing or not an object"),
+])
+def test_a_corrupt_file_of_an_export_is_named_in_one_error(dirs, tmp_path, damage, message):
+    """A file of the right size but corrupt (a bad copy, an edit) is a ValueError naming it, not the runtime's
+    own exception: the CLI and the server report it in one line."""
+    import json
+    import shutil
+
+    bad = shutil.copytree(dirs[1], tmp_path / "bad")
+    if damage == "manifest":
+        m = json.loads((bad / "export.json").read_text())
+        del m["interface"]
+        (bad / "export.json").write_text(json.dumps(m))
+    else:
+        name = {"policy": "policy.onnx", "text": "text_encoder.onnx", "tokenizer": "tokenizer.json"}[damage]
+        size = (bad / name).stat().st_size
+        (bad / name).write_bytes(bytes(range(256)) * (size // 256) + b"\0" * (size % 256))  # same size: not caught early
+    with pytest.raises(ValueError, match=message):
+        load_runner(bad, backend="onnx")
