@@ -4,8 +4,8 @@ Targets differ in what their int8 kernels accept:
     cpu       u8 activations (asymmetric), s8 per-channel weights, QDQ around Conv/MatMul/Gemm (ORT fuses).
     openvino  8-bit QDQ around Conv/MatMul/Gemm only, symmetric per-channel weights (the NPU plugin folds).
     tensorrt  symmetric s8 activations and weights (zero point 0), per-channel weights, Conv/MatMul/Gemm.
-    qnn       16-bit activations (u16), u8 weights, every op quantised (HTP runs integer-only graphs), via
-              onnxruntime's QNN helper.
+    qnn       16-bit activations (u16), u8 weights, every op quantised (HTP runs integer-only graphs) but the
+              attention softmax and the masked scores it takes (-inf has no range), via onnxruntime's QNN helper.
 LayerNorm, Softmax, GroupNorm (InstanceNormalization) and the state/action (un)normalisation stay float on the
 cpu/openvino/tensorrt targets: they are cheap, and quantising them costs accuracy.
 """
@@ -70,7 +70,7 @@ QUANT_SETTINGS: dict[str, QuantSettings] = {
         weight_symmetric=False,
         op_types=(),
         weights_only_matmul=False,
-        notes="QNN HTP: 16-bit activations, 8-bit weights, whole graph quantised",
+        notes="QNN HTP: 16-bit activations, 8-bit weights, whole graph quantised but the masked attention softmax",
     ),
 }
 
@@ -154,6 +154,21 @@ def _activation_matmuls(model: onnx.ModelProto) -> list[str]:
     ]
 
 
+def _masked_softmax(model: onnx.ModelProto) -> list[str]:
+    """Names of the Softmax nodes and of the Add nodes feeding them (scores plus the attention mask, -inf where a
+    token is masked): a tensor holding -inf has no finite range, so quantising it ruins every attention row
+    (on the default with the whole graph quantised: cosine 0.02 against PyTorch)."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    out = []
+    for n in model.graph.node:
+        if n.op_type == "Softmax":
+            out.append(n.name)
+            feed = producer.get(n.input[0])
+            if feed is not None and feed.op_type == "Add":
+                out.append(feed.name)
+    return out
+
+
 def _unshare_initializers(model: onnx.ModelProto, max_elements: int = 1 << 20) -> int:
     """Give each consumer its own copy of an initializer read by several nodes (the exporter deduplicates
     equal constants, e.g. zero biases); the quantiser fails on shared ones. In place; returns #copies."""
@@ -210,6 +225,8 @@ class Int8Quantizer:
         s = self.settings
         # nodes never quantised on this target, and the nodes the quantiser may quantise (in graph order)
         self.always_float = _activation_matmuls(model) if s.weights_only_matmul else []
+        if not s.op_types:  # a whole-graph quantisation (qnn) would quantise the masked attention scores too
+            self.always_float += _masked_softmax(model)
         skip = set(self.always_float)
         self.candidates = [
             n.name

@@ -308,7 +308,7 @@ def test_instruction_table_without_text_encoder(int8_export, rng):
         runner.predict(random_obs(ITF, rng, "dance"))
 
 
-def test_qnn_target_quantises_the_whole_graph_to_16_bit(checkpoints, tmp_path):
+def test_qnn_target_quantises_the_whole_graph_to_16_bit_but_the_masked_softmax(checkpoints, tmp_path):
     m = export_checkpoint(
         checkpoints["chunk"],
         tmp_path / "qnn",
@@ -328,6 +328,10 @@ def test_qnn_target_quantises_the_whole_graph_to_16_bit(checkpoints, tmp_path):
     zero_points = [i for i in model.graph.initializer if i.name.endswith("zero_point")]
     assert any(z.data_type == onnx.TensorProto.UINT16 for z in zero_points)
     assert m["parity"]["cosine_similarity_mean"] > 0.99
+    # but the attention softmax and the masked scores it takes (-inf where masked: no range) stay float
+    producer = {o: n for n in model.graph.node for o in n.output}
+    attention = [n for n in model.graph.node if n.op_type == "Softmax" and producer[n.input[0]].op_type == "Add"]
+    assert attention and all(producer[i].op_type != "DequantizeLinear" for n in attention for i in n.input)
 
 
 def test_fp16_parity(checkpoints, tmp_path):
