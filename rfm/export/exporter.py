@@ -284,7 +284,7 @@ def export_checkpoint(checkpoint, out: str | Path, config: ExportConfig | None =
             "precision": cfg.precision,
             "target": cfg.target,
             "calibration": calibration,
-            "opset": cfg.opset,
+            "opset": _graph_opset(tmp / POLICY_FILE),  # cfg.opset, or 21 where 16-bit quantisation needs it
             "exporter": exporter,
             "policy": POLICY_FILE,
             "inputs": spec["inputs"],
@@ -346,6 +346,14 @@ def _graph_cache(cfg: ExportConfig) -> Path | None:
     from rfm.export.cache_dir import cache_root
 
     return None if cfg.cache_dir == "" else cache_root(cfg.cache_dir)
+
+
+def _graph_opset(path: Path) -> int:
+    """The default-domain opset the graph file declares."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
 def _rfm_version() -> str:

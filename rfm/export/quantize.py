@@ -221,6 +221,9 @@ class Int8Quantizer:
             if not n.name:
                 n.name = f"{n.op_type}_{i}"
         _unshare_initializers(model)
+        opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+        if "16" in self.settings.activation_type and opset < 21:  # 16-bit Q/DQ needs opset 21: converted once here,
+            model = onnx.version_converter.convert_version(model, 21)  # not by onnxruntime at every quantisation
         onnx.save_model(model, str(self.pre))
         s = self.settings
         # nodes never quantised on this target, and the nodes the quantiser may quantise (in graph order)

@@ -328,6 +328,7 @@ def test_qnn_target_quantises_the_whole_graph_to_16_bit_but_the_masked_softmax(c
     zero_points = [i for i in model.graph.initializer if i.name.endswith("zero_point")]
     assert any(z.data_type == onnx.TensorProto.UINT16 for z in zero_points)
     assert m["parity"]["cosine_similarity_mean"] > 0.99
+    assert m["opset"] == 21 == next(o.version for o in model.opset_import if o.domain == "")  # 16-bit Q/DQ needs 21
     # but the attention softmax and the masked scores it takes (-inf where masked: no range) stay float
     producer = {o: n for n in model.graph.node for o in n.output}
     attention = [n for n in model.graph.node if n.op_type == "Softmax" and producer[n.input[0]].op_type == "Add"]
