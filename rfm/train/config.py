@@ -111,8 +111,12 @@ class TrainConfig:
             raise ConfigError(f"train.lr={self.lr!r} is invalid: expected a positive number")
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
             raise ConfigError(f"train.mixed_precision={self.mixed_precision!r}: expected auto, no, bf16 or fp16")
-        if self.warmup_steps < 0 or self.val_episodes < 0 or self.lora_rank < 0:
-            raise ConfigError("train.warmup_steps, train.val_episodes and train.lora_rank must be >= 0")
+        for name in ("warmup_steps", "val_episodes", "lora_rank", "num_workers", "weight_decay"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train.{name}={getattr(self, name)!r} is invalid: expected a number >= 0")
+        for name in ("frame_cache_gb", "clip_grad", "vision_lr_scale"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"train.{name}={getattr(self, name)!r} is invalid: expected a positive number")
 
     @property
     def datasets(self) -> list[str]:

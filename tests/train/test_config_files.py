@@ -89,6 +89,8 @@ def test_a_runs_train_config_json_reproduces_it(tmp_path):
     (["--set", "lr=fast"], r"train\.lr='fast' is invalid: expected a number"),
     (["--set", "steps=2.5"], r"train\.steps=2\.5 is invalid: expected an integer"),
     (["--set", "augment=1"], r"train\.augment=1 is invalid: expected true or false"),
+    (["--num-workers", "-1"], r"train\.num_workers=-1 is invalid: expected a number >= 0"),
+    (["--frame-cache-gb", "-1"], r"train\.frame_cache_gb=-1\.0 is invalid: expected a positive number"),
     (["--model", '{"dropuot": 0.1}', "--init", "checkpoints/default"],
      r"unknown train\.model_overrides field 'dropuot'\. Did you mean 'dropout'"),
 ])
