@@ -46,7 +46,9 @@ class TickRecorder:
     server is unreachable. `retry_s`: how long a batch is retried through connection errors and 429/502/503/504
     before its ticks count as lost.
 
-    A recorded episode never has a hole: when ticks are lost (dropped, or a batch that failed for good), the ticks
+    A tick the server would refuse (a state or action of another length than GET /v1/models says, a missing camera,
+    a NaN) is left out and counted in `lost`, rather than making the server refuse its whole batch.
+    A recorded episode never has a hole: when ticks are lost (dropped, refused, or a batch that failed for good), the ticks
     before the loss end their episode (its success unknown) and those after it go to a new one, under the session
     id with a suffix (`SESSION~1`, `~2`, ...), so every episode on the server is contiguous in time.
     """
@@ -70,6 +72,8 @@ class TickRecorder:
         self._busy = False  # a batch is being posted
         self._fitter: FrameFitter | None = None  # from GET /v1/models, asked once by the posting thread
         self._max_body: int | None = None  # the server's body limit, from its description or a 413
+        self._served: dict | None = None  # GET /v1/models: what a tick must hold for the server to take it
+        self._refused_now = 0  # ticks of the batch being posted that were not sent: the server would refuse them
         self.sent = self.errors = self.lost = 0
         self.unrecorded = 0  # ticks not sent because the server is not recording (no --record)
         self._not_recording_at: float | None = None  # when the server last said so
@@ -145,12 +149,11 @@ class TickRecorder:
                 ticks, end, success, segment = self._outbox[0]
                 self._busy = True
             sent_before = self.sent
-            session = self.session(segment + self._shift)
             try:
                 if self._not_recording_at is not None and time.monotonic() - self._not_recording_at < RECHECK_S:
                     self.unrecorded += len(ticks)  # asked again now and then, not with every batch
                 else:
-                    self._post(self._fitted(ticks), end, success, session)
+                    self._post_runs(self._fitted(ticks), end, success, segment)
                     self._not_recording_at = None
             except NotRecording as e:
                 if self._not_recording_at is None:
@@ -162,7 +165,7 @@ class TickRecorder:
             except Exception as e:  # noqa: BLE001 - recording must not take the robot down; counted and logged
                 self.errors += 1
                 self.last_error = str(e)
-                lost = len(ticks) - (self.sent - sent_before)
+                lost = len(ticks) - (self.sent - sent_before) - self._refused_now
                 self.lost += lost
                 self._shift += 1  # the ticks after these go to a new episode: none has a hole
                 log.warning("tick recording failed (%d ticks lost; the next ticks start episode %s): %s", lost,
@@ -172,6 +175,48 @@ class TickRecorder:
                 self._backlog_bytes -= sum(_image_bytes(t) for t in ticks)
                 self._busy = False
                 self._cond.notify_all()
+
+    def _post_runs(self, ticks: list[dict], end: bool, success: bool | None, segment: int) -> None:
+        """Post the ticks the server can take; a tick it would refuse (a state or action of another length, a
+        missing camera, a non-finite value: the server refuses a batch whole) is counted lost alone, the ticks
+        before it end their episode and those after it start the next (SESSION~N), so the rest are recorded."""
+        self._refused_now = 0
+        runs: list[list[dict]] = [[]]
+        for t in ticks:
+            problem = self._problem(t)
+            if problem is None:
+                runs[-1].append(t)
+                continue
+            self._refused_now += 1
+            self.lost += 1
+            self.last_error = problem
+            if self.lost == 1 or self.lost % 1000 == 0:
+                log.warning("tick not recorded (%s); %d ticks lost so far", problem, self.lost)
+            if runs[-1] or len(runs) == 1:  # one gap for refused ticks in a row
+                runs.append([])
+        for i, run in enumerate(runs):
+            last = i == len(runs) - 1
+            if i:
+                self._shift += 1  # after a refused tick: a new episode, so none has a hole
+            if run or not last or end:  # a run before a gap ends its episode, even with no tick of its own
+                self._post(run, end if last else True, success if last else None,
+                           self.session(segment + self._shift))
+
+    def _problem(self, tick: dict) -> str | None:
+        """Why the server would refuse this tick, checked against its description (None: it will take it)."""
+        itf = self._served
+        if not itf:
+            return None
+        for key, names in (("state", itf.get("state_names")), ("action", itf.get("action_names"))):
+            values = np.asarray(tick[key])
+            if names is not None and values.size != len(names):
+                return f"{key} has {values.size} values, the model has {len(names)}"
+            if not np.all(np.isfinite(values)):
+                return f"{key} holds NaN or infinite values"
+        cams = itf.get("cameras")
+        if cams is not None and set(tick["images"]) != set(cams):
+            return f"cameras {sorted(tick['images'])}, the model's are {sorted(cams)}"
+        return None
 
     def session(self, segment: int = 0) -> str:
         """The session id the ticks of a segment are recorded under: the robot's, then SESSION~N after a loss."""
@@ -238,6 +283,7 @@ class TickRecorder:
                 served = resp.json() if resp.status_code == 200 else None
             except (httpx.HTTPError, ValueError):
                 served = None  # not up: these ticks go as they are, and the next batch asks again
+            self._served = served or self._served
             limit = (served or {}).get("server", {}).get("max_body_bytes")
             self._max_body = limit if isinstance(limit, int) else self._max_body
             fitter = FrameFitter(served if served and self.fit_frames else {})

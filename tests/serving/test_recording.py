@@ -405,3 +405,31 @@ def test_a_recording_says_how_each_episode_went_and_a_fine_tune_keeps_what_to_le
     assert len(everything.train_set) == ds.num_frames == 22
     with pytest.raises(ConfigError, match="train.recorded_episodes='succes': expected all, or a comma list of"):
         TrainConfig(dataset=str(tmp_path / "rec"), out=str(tmp_path / "out"), recorded_episodes="succes")
+
+
+def test_a_tick_the_server_would_refuse_is_lost_alone(tiny_checkpoint, tmp_path):
+    """The server refuses a batch of ticks whole when one is malformed (a sensor's NaN, a state of another length):
+    the recorder leaves such a tick out instead, counted lost, and the episode goes on as SESSION~1 after it, so the
+    good ticks of its batch are recorded and no episode has a hole."""
+    from rfm.client import RFMClient, TickRecorder
+    from serving.config import ServerConfig
+    from serving.server import ServerThread
+    from tests.serving.helpers import load_tiny
+
+    cfg = ServerConfig(max_batch=2, warmup_batch_sizes=(1,), record_dir=str(tmp_path / "rec"), record_images="image")
+    obs = observation()
+    server = ServerThread(load_tiny(tiny_checkpoint), cfg).start()
+    with RFMClient(server.url) as client, TickRecorder(client, "arm", batch_ticks=16) as rec:
+        for t in range(10):
+            state = [0.0, 0.0, float(t)]
+            if t == 4:
+                state = [float("nan"), 0.0, 4.0]  # a sensor dropout
+            if t == 5:
+                state = [0.0, 5.0]  # a driver bug
+            rec.add({**obs, "state": state}, [0.1, 0.2])
+        rec.end_episode(success=True)
+        assert rec.lost == 2 and rec.sent == 8 and rec.errors == 0 and "state has 2 values" in rec.last_error
+    server.stop()
+    ds = LeRobotDataset(tmp_path / "rec")
+    runs = {e.meta["session"]: (ds.states[e.start:e.stop, 2].tolist(), e.meta["outcome"]) for e in ds.episodes}
+    assert runs == {"arm": ([0.0, 1.0, 2.0, 3.0], "unknown"), "arm~1": ([6.0, 7.0, 8.0, 9.0], "success")}
