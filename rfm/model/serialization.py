@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from rfm._version import __version__
 from rfm.config import ConfigError, PolicyConfig
@@ -98,8 +98,9 @@ def save_checkpoint(policy, path: str | Path, weights_dtype: str = "float32", ca
     with atomic_dir(path) as tmp:
         if extra is not None:
             extra(tmp)
-        save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "rfm_format": CHECKPOINT_FORMAT})
-        version = hashlib.sha256((tmp / WEIGHTS_FILE).read_bytes()).hexdigest()[:12]
+        weights = stable_safetensors(state, {"format": "pt", "rfm_format": CHECKPOINT_FORMAT})
+        (tmp / WEIGHTS_FILE).write_bytes(weights)
+        version = hashlib.sha256(weights).hexdigest()[:12]
         policy.meta.setdefault("model_id", path.name)
         policy.meta["model_version"] = version
         config = {
@@ -172,6 +173,22 @@ def check_checkpoint(path: str | Path) -> tuple[PolicyConfig, dict, dict, Path]:
         raise CheckpointError(f"{weights}: missing")
     check_safetensors(weights)
     return config, raw, stats, weights
+
+
+def stable_safetensors(state: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    """The safetensors bytes of `state`, the same for the same tensors in every process: safetensors writes its
+    metadata keys in a per-process order (a hash map), so the file, its sha256 and the model version derived from
+    it differed between two saves of identical weights. The header is rewritten with the keys sorted, padded to
+    its original length (the tensor offsets stay valid)."""
+    data = save(state, metadata=metadata)
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    meta = header.pop("__metadata__", None)
+    ordered = ({"__metadata__": dict(sorted(meta.items()))} if meta is not None else {}) | header
+    text = json.dumps(ordered, separators=(",", ":")).encode()
+    if len(text) > n:  # never longer in practice (same keys, compact): keep the library's own header then
+        return data
+    return data[:8] + text + b" " * (n - len(text)) + data[8 + n:]
 
 
 def check_safetensors(path: Path) -> None:

@@ -180,3 +180,25 @@ def test_weights_are_never_unpickled(saved):
     (saved / "model.safetensors").write_bytes(pickle.dumps({"x": 1}))
     with pytest.raises(CheckpointError, match="corrupt or truncated"):
         RFMPolicy.from_pretrained(saved)
+
+
+def test_the_same_weights_give_the_same_file_and_version_in_every_process(tmp_path, small_interface):
+    """safetensors orders its metadata keys per process: the weights file, its sha256 and the model version were
+    different for identical weights saved by two processes (and results tied to the file by sha256 refused)."""
+    import subprocess
+    import sys
+
+    import torch
+
+    torch.manual_seed(0)
+    policy = RFMPolicy.build("tiny", interface=small_interface, stats=STATS)
+    policy.save_pretrained(tmp_path / "here")
+    code = ("import sys, torch; from rfm import RFMPolicy; "
+            "p = RFMPolicy.from_pretrained(sys.argv[1]); p.save_pretrained(sys.argv[2])")
+    for i in range(2):
+        subprocess.run([sys.executable, "-c", code, str(tmp_path / "here"), str(tmp_path / f"there{i}")], check=True)
+        assert (tmp_path / f"there{i}" / "model.safetensors").read_bytes() == \
+            (tmp_path / "here" / "model.safetensors").read_bytes()
+    data = (tmp_path / "here" / "model.safetensors").read_bytes()
+    header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
+    assert list(header["__metadata__"]) == sorted(header["__metadata__"])
