@@ -263,6 +263,11 @@ class LeRobotDatasetWriter:
                 raise ValueError(f"field {OBS_STATE!r}: state has {s.size} values, expected {len(self.state_names)}")
             if a.shape != (len(self.action_names),):
                 raise ValueError(f"field {ACTION!r}: action has {a.size} values, expected {len(self.action_names)}")
+            for key, values, names in ((OBS_STATE, s, self.state_names), (ACTION, a, self.action_names)):
+                if not np.isfinite(values).all():  # the reader refuses them: a dataset written must stay readable
+                    bad = [names[i] if i < len(names) else str(i) for i in np.flatnonzero(~np.isfinite(values))]
+                    raise ValueError(f"field {key!r}: NaN or infinite value at {', '.join(bad)} (a sensor dropout?); "
+                                     f"fill it or leave the frame out: the dataset would not be readable")
             if not isinstance(task, str) or not task:
                 raise ValueError(f"field 'task': expected a non-empty instruction string, got {task!r}")
             for cam, img in images.items():

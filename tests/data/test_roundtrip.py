@@ -112,6 +112,8 @@ def test_writer_input_errors(tmp_path):
         w.add_frame(images={}, state=[0.0], action=[0.0], task="t")
     with pytest.raises(ValueError, match="state has 2 values, expected 1"):
         w.add_frame(images={"c": np.zeros((16, 16, 3), np.uint8)}, state=[0.0, 1.0], action=[0.0], task="t")
+    with pytest.raises(ValueError, match="field 'action': NaN or infinite value at b"):  # the reader would refuse it
+        w.add_frame(images={"c": np.zeros((16, 16, 3), np.uint8)}, state=[0.0], action=[np.inf], task="t")
     w.add_frame(images={"c": np.zeros((16, 16, 3), np.uint8)}, state=[0.0], action=[0.0], task="t")
     with pytest.raises(ValueError, match="extra column 'r': has 3 values, the episode has 1"):
         w.save_episode(extra={"r": [1, 2, 3]})
