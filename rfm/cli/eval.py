@@ -17,9 +17,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="closed-loop evaluation in simulation (success rate per task); with --dataset, "
                                     "open-loop action error on a recorded dataset")
     p.add_argument("--checkpoint", required=True, type=checkpoint_dir, help="checkpoint dir (torch) or export dir (onnx, openvino)")
-    p.add_argument("--backend", default="torch", choices=list(BACKENDS),
+    p.add_argument("--backend", default=None, choices=list(BACKENDS),
                    help="torch: a checkpoint dir; onnx: an export dir; openvino: an export dir with an OpenVINO IR "
-                        "(rfm export --target openvino)")
+                        "(rfm export --target openvino); default: the one the directory is for")
     p.add_argument("--env", default="metaworld", choices=["metaworld"])
     p.add_argument("--tasks", default="mt10", help="comma-separated tasks, or a set: mt10, mt50, base38, ml45-test")
     p.add_argument("--episodes", default=None,
@@ -72,7 +72,11 @@ def _int_list(text: str, flag: str) -> list[int]:
 
 def run(args: argparse.Namespace) -> int:
     from rfm.eval import evaluate, format_table
+    from rfm.runtime.loader import resolve_backend
 
+    if Path(args.checkpoint).is_dir():  # else the command names the missing directory below
+        args.backend = resolve_backend(args.checkpoint, args.backend)
+    args.backend = args.backend or "torch"
     if args.dataset is not None:
         return run_offline(args)
     given = [f"--{k}" for k in ("last", "plot") if getattr(args, k) is not None]

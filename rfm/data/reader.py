@@ -318,6 +318,18 @@ class LeRobotDataset:
             "timestamp": float(self.timestamps[i]),
         }
 
+    def __getitem__(self, i: int) -> dict:
+        """ds[i]: frame i (get_frame), as lerobot's datasets index; negative indices count from the end."""
+        n = self.num_frames
+        if not isinstance(i, (int, np.integer)) or not -n <= i < n:
+            raise IndexError(f"frame index {i!r}: the dataset has {n} frames")
+        return self.get_frame(int(i) % n)
+
+    def __iter__(self):
+        """Every frame in order (decodes as it goes; an episode's frames are decoded once and cached)."""
+        for i in range(self.num_frames):
+            yield self.get_frame(i)
+
     def __len__(self) -> int:
         return self.num_frames
 

@@ -51,9 +51,11 @@ class RFMPolicy:
               **model_overrides: Any) -> RFMPolicy:
         """A freshly initialised policy from a preset name (see rfm.config.PRESETS)."""
         from rfm.config import preset as make_preset
+        from rfm.config import preset_image_size
 
-        return cls(PolicyConfig(model=make_preset(preset, **model_overrides), interface=interface or RobotInterface()),
-                   stats=stats)
+        model = make_preset(preset, **model_overrides)  # an unknown preset fails first, naming it
+        interface = interface or RobotInterface(image_size=preset_image_size(preset))  # the size it is built for
+        return cls(PolicyConfig(model=model, interface=interface), stats=stats)
 
     @property
     def interface(self) -> RobotInterface:

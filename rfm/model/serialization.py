@@ -149,8 +149,9 @@ def read_config(path: str | Path) -> tuple[PolicyConfig, dict]:
         raise CheckpointError(f"{path}: checkpoint directory not found")
     if not (path / CONFIG_FILE).exists():  # the two directories users most often pass by mistake say what they are
         if (path / "export.json").is_file():
-            raise CheckpointError(f"{path}: an `rfm export` directory (export.json), not a checkpoint: pass the "
-                                  f"checkpoint it was exported from (export.json `checkpoint`)")
+            raise CheckpointError(f"{path}: an `rfm export` directory (export.json), not a checkpoint: run it on "
+                                  f"ONNX Runtime (load_runner(path), --backend onnx), or pass the checkpoint it was "
+                                  f"exported from (export.json `checkpoint`)")
         if (path / "meta" / "info.json").is_file():
             raise CheckpointError(f"{path}: a LeRobot dataset (meta/info.json), not a checkpoint")
     raw = read_json(path / CONFIG_FILE)

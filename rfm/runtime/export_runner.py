@@ -136,8 +136,9 @@ class ExportRunner(Runner):
                                          f"{self.export_dir / EXPORT_FILE}: execution")
         self.parity = parity_summary(m.get("parity"))
         if self.parity and self.parity["met"] is False:
-            again = ("; or export again with real frames (--calib-dataset) or blocks kept in float (--keep-fp32)"
-                     if self.precision == "int8" else "")
+            synthetic = str(m.get("calibration", "")).startswith("synthetic")
+            again = ("; or export again " + ("with real frames (--calib-dataset) or " if synthetic else "with ")
+                     + "blocks kept in float (--keep-fp32)") if self.precision == "int8" else ""
             log.warning("%s: this %s export missed its parity goal against PyTorch when exported (%s %.3g > %g): "
                         "its actions may differ from the checkpoint's (export.json parity has the error per action "
                         "dimension). Check it in closed loop (rfm eval --backend ...)%s", self.export_dir / EXPORT_FILE,

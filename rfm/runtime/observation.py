@@ -150,6 +150,10 @@ def check_observation(obs: Mapping[str, Any], interface: RobotInterface, resize:
     """Validate one observation -> (images (N, 3, H, W) uint8, state (D_s,) float32, instruction)."""
     if not isinstance(obs, Mapping):
         raise ObservationError(f"{where}observation must be a dict with {IMAGES!r}, {STATE!r}, {INSTRUCTION!r}")
+    for key in (IMAGES, STATE) if interface.state_dim else (IMAGES,):
+        if key not in obs:  # a misspelt key ('states') would otherwise read as an empty one
+            raise ObservationError(f"{where}{key!r} is missing (the observation has {sorted(map(str, obs))})."
+                                   f"{did_you_mean(key, [str(k) for k in obs])}")
     images = obs.get(IMAGES)
     if not isinstance(images, Mapping):
         raise ObservationError(f"{where}{IMAGES!r} must be a dict of camera name -> image; expected cameras "

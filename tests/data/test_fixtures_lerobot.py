@@ -83,3 +83,11 @@ def test_frames(kind):
         if kind == "video":
             assert diff_top.mean() < 2.0
         np.testing.assert_array_equal(f["state"], expected_values()[0][g])
+
+
+def test_a_dataset_indexes_and_iterates_like_lerobots():
+    ds = LeRobotDataset(FIXTURES / "image")
+    assert ds[17]["frame_index"] == ds.get_frame(17)["frame_index"] == 17 and ds[-1]["episode_index"] == 2
+    assert [f["frame_index"] for f in ds][:3] == [0, 1, 2] and sum(1 for _ in ds) == len(ds) == 120
+    with pytest.raises(IndexError, match="frame index 120: the dataset has 120 frames"):
+        ds[120]

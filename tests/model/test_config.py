@@ -72,3 +72,10 @@ def test_a_value_of_the_wrong_type_names_the_field():
     with pytest.raises(ConfigError, match=r"interface\.cameras='a,b' is invalid: expected a list"):
         RobotInterface(cameras="a,b")
     assert ModelConfig(dim="128").dim == 128 and RobotInterface(control_hz=50).control_hz == 50.0
+
+
+def test_a_preset_is_built_for_its_resolution():
+    from rfm import RFMPolicy
+
+    assert RFMPolicy.build("tiny").interface.image_size == (128, 128)
+    assert RFMPolicy.build("base").interface.image_size == (224, 224)  # as rfm train --preset base

@@ -198,3 +198,13 @@ def test_a_corrupt_file_of_an_export_is_named_in_one_error(dirs, tmp_path, damag
         (bad / name).write_bytes(bytes(range(256)) * (size // 256) + b"\0" * (size % 256))  # same size: not caught early
     with pytest.raises(ValueError, match=message):
         load_runner(bad, backend="onnx")
+
+
+def test_load_runner_runs_a_directory_on_what_it_is_for(dirs):
+    """A checkpoint on PyTorch, an export on ONNX Runtime, with no backend named (rfm eval does the same)."""
+    from rfm.runtime.loader import resolve_backend
+
+    ckpt, export = dirs
+    assert isinstance(load_runner(export), OnnxRunner) and isinstance(load_runner(ckpt), TorchRunner)
+    assert resolve_backend(export) == "onnx" and resolve_backend(ckpt) == "torch"
+    assert resolve_backend(export, "torch") == "torch"  # asked for: as asked (and its error says what it is)

@@ -59,6 +59,7 @@ def test_describe_has_the_robot_interface(runner):
     (lambda o: o.update(state=[1.0, 0.0, float("inf")]), r"non-finite values \(NaN/inf\) or values beyond .* in \['z'\]"),
     (lambda o: o.update(instruction=5), r"'instruction' must be a string"),
     (lambda o: o.update(images=[1, 2]), r"'images' must be a dict"),
+    (lambda o: o.update(states=o.pop("state")), r"'state' is missing .* Did you mean 'states'"),
 ])
 def test_bad_observations_get_clear_errors(runner, rng, mutate, pattern):
     obs = random_obs(runner.interface, rng)
