@@ -29,6 +29,11 @@ def shared_text_encoder(name: str, max_tokens: int) -> TextEncoder:
     return _TEXT_ENCODERS[key]
 
 
+def _array(x: Any) -> np.ndarray | torch.Tensor:
+    """A tensor or array as it is; a list (of lists) as an array, so its shape can be checked."""
+    return x if isinstance(x, (np.ndarray, torch.Tensor)) else np.asarray(x)
+
+
 class RFMPolicy:
     """Build, run, save and load a behaviour policy.
 
@@ -98,7 +103,9 @@ class RFMPolicy:
                 prefix_len: np.ndarray | torch.Tensor | None = None) -> np.ndarray:
         """images (B, N_cam, 3, H, W) uint8, state (B, D_s) -> actions (B, H, D_a) float32 in robot units.
         prefix (B, P, D_a) / prefix_len (B,): committed actions the chunk continues (models with prefix_max > 0)."""
-        self._check_inputs(images, state, instructions)
+        images, state = _array(images), _array(state)
+        noise = None if noise is None else _array(noise)
+        self._check_inputs(images, state, instructions, noise)
         self.net.eval()
         dev = self.device
         img = torch.as_tensor(images, device=dev)
@@ -109,9 +116,10 @@ class RFMPolicy:
         plen = None if prefix_len is None else torch.as_tensor(prefix_len, dtype=torch.long, device=dev)
         return self.net(img, st, txt, mask, nz, pre, plen).float().cpu().numpy()
 
-    def _check_inputs(self, images: Any, state: Any, instructions: Any) -> None:
+    def _check_inputs(self, images: Any, state: Any, instructions: Any, noise: Any = None) -> None:
         """ValueError saying what predict expected and what came: a float (0-1) image or an (H, W, 3) layout would
-        otherwise give wrong actions or a tensor-size error from deep inside the network."""
+        otherwise give wrong actions or a tensor-size error from deep inside the network, and a NaN state NaN
+        actions."""
         itf = self.interface
         want = (len(itf.cameras), 3, *itf.image_size)
         shape, dtype = tuple(images.shape), str(images.dtype).removeprefix("torch.")
@@ -125,6 +133,11 @@ class RFMPolicy:
         if isinstance(instructions, str) or len(instructions) != b:
             got = "a string" if isinstance(instructions, str) else f"{len(instructions)}"
             raise ValueError(f"instructions: expected a list of {b} strings (one per batch row), got {got}")
+        if not bool(torch.isfinite(torch.as_tensor(state, dtype=torch.float32)).all()):
+            raise ValueError(f"state: NaN or infinite values ({', '.join(itf.state_names)}); the model would answer NaN")
+        want_noise = (b, itf.chunk_size, itf.action_dim)
+        if noise is not None and tuple(noise.shape) != want_noise:
+            raise ValueError(f"noise: expected {want_noise} (batch, chunk_size, action_dim), got {tuple(noise.shape)}")
 
     def save_pretrained(self, path: str | Path, weights_dtype: str = "float32", card: str | None = None,
                         **kw: Any) -> Path:

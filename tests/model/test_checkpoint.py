@@ -202,3 +202,13 @@ def test_the_same_weights_give_the_same_file_and_version_in_every_process(tmp_pa
     data = (tmp_path / "here" / "model.safetensors").read_bytes()
     header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
     assert list(header["__metadata__"]) == sorted(header["__metadata__"])
+
+
+def test_predict_names_a_nan_state_a_wrong_noise_and_takes_lists(small_interface):
+    policy = RFMPolicy.build("tiny", interface=small_interface, head="flow", stats=STATS)
+    images = np.zeros((1, len(small_interface.cameras), 3, *small_interface.image_size), np.uint8)
+    with pytest.raises(ValueError, match="state: NaN or infinite values"):
+        policy.predict(images, [[0.0, float("nan"), 0.0]], ["wipe the table"])
+    with pytest.raises(ValueError, match=r"noise: expected \(1, \d+, 2\) .* got \(1, 3, 2\)"):
+        policy.predict(images, [[0.0, 0.0, 0.0]], ["wipe the table"], noise=np.zeros((1, 3, 2)))
+    assert policy.predict(images, [[0.0, 0.0, 0.0]], ["wipe the table"]).shape[0] == 1  # a list of lists is fine
