@@ -46,7 +46,7 @@ class ServerConfig:
     retry_after_s: int = 1  # Retry-After value sent with 503
     min_deadline_ms: float | None = None  # shortest deadline_ms a request may ask for; None: 5x a warm batch-1 run
     shutdown_drain_s: float = 10.0  # how long graceful shutdown waits for queued work
-    max_connections: int = 1024  # open connections (robots' WebSockets, HTTP keep-alive) before new ones get 503
+    max_connections: int = 1024  # open WebSockets (robots) before new ones get 503 (HTTP: bounded by queue_size)
 
     def __post_init__(self) -> None:
         def check(cond: bool, name: str, expected: str) -> None:

@@ -52,11 +52,35 @@ def runner_loader(checkpoint: str | Path, backend: str = "torch", **kw) -> Calla
 
 
 def uvicorn_config(app, host: str, port: int, config: ServerConfig, log_level: str = "info") -> uvicorn.Config:
+    # No uvicorn limit_concurrency: it counts every open connection, robots' WebSockets and silent sockets too, and
+    # answers any request past it with a plain-text 503, health probes and metrics included. WebSockets are capped
+    # by --max-connections in serving.ws, inference by the batcher's queue; a socket that sends nothing is closed.
     return uvicorn.Config(app, host=host, port=port, workers=1, log_level=log_level, access_log=False,
                           ws_max_size=config.max_ws_message_bytes, ws_ping_interval=20.0, ws_ping_timeout=20.0,
                           ws_per_message_deflate=False,  # pixels do not compress: deflate cost ~4 ms a request
                           timeout_graceful_shutdown=int(config.shutdown_drain_s) + 1, server_header=False,
-                          limit_concurrency=config.max_connections)  # a flood of sockets cannot exhaust the fds
+                          http=_silent_sockets_time_out(), timeout_keep_alive=IDLE_S)
+
+
+IDLE_S = 5  # a connection that sends nothing for this long, before its first request or between requests, is closed
+
+
+def _silent_sockets_time_out() -> type:
+    """uvicorn's HTTP protocol (httptools where installed, else h11) with its keep-alive timeout also running from
+    the moment a connection opens: uvicorn starts it only after a first response, so sockets that never send a
+    request stayed open for good, and enough of them exhausted the server's file descriptors."""
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as Base
+    except ImportError:
+        from uvicorn.protocols.http.h11_impl import H11Protocol as Base
+
+    class SilentSocketsTimeOut(Base):  # type: ignore[misc, valid-type]
+        def connection_made(self, transport) -> None:  # type: ignore[no-untyped-def]
+            super().connection_made(transport)
+            self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive,
+                                                                self.timeout_keep_alive_handler)
+
+    return SilentSocketsTimeOut
 
 
 def bind(host: str, port: int) -> socket.socket:

@@ -37,7 +37,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-wait-ms", type=float, default=2.0, help="longest a request waits for a batch to fill")
     p.add_argument("--queue-size", type=int, default=256, help="queued requests before 503 + Retry-After")
     p.add_argument("--max-connections", type=int, default=1024,
-                   help="open connections (each robot's WebSocket, HTTP keep-alive) before new ones are answered 503")
+                   help="open WebSockets (one per robot) before new ones are answered 503 + Retry-After; HTTP "
+                        "inference is bounded by --queue-size, and health probes and metrics always answer")
     p.add_argument("--timeout-ms", type=float, default=10_000.0, help="per-request deadline (504 past it)")
     p.add_argument("--min-deadline-ms", type=float, default=None,
                    help="shortest deadline_ms a request may carry (422 below it); default 5x one warm inference")

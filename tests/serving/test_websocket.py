@@ -6,6 +6,7 @@ import json
 import threading
 import time
 
+import httpx
 import msgpack
 import numpy as np
 import pytest
@@ -163,4 +164,24 @@ def test_websockets_beyond_max_connections_are_refused_with_503_and_retry_after(
         with wsc.connect(ws_url(s, "/v1/ws")) as third:
             third.send(msgpack_body(observation()))
             assert "actions" in msgpack.unpackb(third.recv(timeout=30))
+            # robots holding every WebSocket place do not shut out probes, metrics or HTTP clients
+            assert [httpx.get(s.url + p).status_code for p in ("/healthz", "/readyz", "/metrics", "/v1/models")] \
+                == [200] * 4
         second.close()
+
+
+def test_a_socket_that_sends_nothing_is_closed(tiny_runner):
+    """uvicorn times out idle connections only after a first response: silent sockets piled up until the file
+    descriptors ran out. The server closes one after IDLE_S seconds of silence."""
+    import socket
+
+    from serving.server import IDLE_S
+
+    with ServerThread(tiny_runner, ServerConfig(max_batch=2, warmup_batch_sizes=(1,))) as s:
+        silent = socket.create_connection(("127.0.0.1", s.port))
+        silent.settimeout(IDLE_S + 10)
+        t = time.monotonic()
+        assert silent.recv(1) == b""  # closed by the server
+        assert time.monotonic() - t < IDLE_S + 5
+        silent.close()
+        assert httpx.get(s.url + "/healthz").status_code == 200
