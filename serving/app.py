@@ -177,6 +177,9 @@ def create_app(runner: Runner | Callable[[], Runner], config: ServerConfig | Non
 
     @app.get("/readyz", summary="Readiness: 503 until the model is loaded and warm")
     async def readyz():
+        if state.draining:  # load balancers stop sending here while the answers in flight go out
+            return JSONResponse({"status": "draining", "detail": "the server is shutting down"}, status_code=503,
+                                headers={"Retry-After": "1"})
         if state.service is None:
             msg = state.load_error or "loading"
             return JSONResponse({"status": "failed" if state.load_error else "loading", "detail": msg},

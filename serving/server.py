@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import signal
 import socket
 import sys
 import threading
@@ -83,6 +85,47 @@ def _silent_sockets_time_out() -> type:
     return SilentSocketsTimeOut
 
 
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server, stopping gracefully for WebSocket robots too: on SIGTERM/SIGINT it first refuses new
+    requests (503, /readyz says draining) and waits until every request taken over a WebSocket is answered (at most
+    shutdown_drain_s), then lets uvicorn shut down, which closes WebSockets at once (1012) and would drop answers
+    still being computed. HTTP requests in flight are waited for by uvicorn itself. A second signal stops at once."""
+
+    def __init__(self, config: uvicorn.Config, state) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(config)
+        self.rfm_state = state
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    async def startup(self, sockets=None) -> None:  # type: ignore[no-untyped-def]
+        self.loop = asyncio.get_running_loop()  # where drain() must run when called from another thread
+        await super().startup(sockets)
+
+    def handle_exit(self, sig: int, frame) -> None:  # type: ignore[no-untyped-def]
+        state = self.rfm_state
+        if self.should_exit or state.draining:  # a second signal: uvicorn's own way (force exit)
+            super().handle_exit(sig, frame)
+            return
+        state.draining = True
+        log.info("stopping: new requests are refused; waiting for %d WebSocket answers", state.ws_in_flight)
+        try:
+            asyncio.get_running_loop().create_task(self._drain_then_exit(sig))
+        except RuntimeError:  # no loop running here (not yet started): stop as uvicorn would
+            super().handle_exit(sig, frame)
+
+    def drain(self) -> None:
+        """Stop as on SIGTERM (ServerThread.stop; tests)."""
+        self.handle_exit(signal.SIGTERM, None)
+
+    async def _drain_then_exit(self, sig: int) -> None:
+        deadline = time.monotonic() + self.rfm_state.config.shutdown_drain_s
+        while self.rfm_state.ws_in_flight > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        if self.rfm_state.ws_in_flight:
+            log.warning("%d WebSocket requests unanswered after %g s of draining", self.rfm_state.ws_in_flight,
+                        self.rfm_state.config.shutdown_drain_s)
+        super().handle_exit(sig, None)
+
+
 def bind(host: str, port: int) -> socket.socket:
     """The listening socket, bound before the model loads: a port in use (or a bad host) is an OSError at once,
     not a uvicorn error after a minute of loading and exporting."""
@@ -116,7 +159,8 @@ def serve(runner: Runner | Callable[[], Runner], config: ServerConfig, host: str
         bound_host, bound_port = sock.getsockname()[:2]
         log.info("listening on http://%s:%d (the model loads in the background; GET /readyz says when it is warm)",
                  f"[{bound_host}]" if ":" in bound_host else bound_host, bound_port)
-    uvicorn.Server(uvicorn_config(app, host, port, config, log_level)).run(sockets=[sock] if sock else None)
+    DrainingServer(uvicorn_config(app, host, port, config, log_level), app.state.rfm).run(
+        sockets=[sock] if sock else None)
 
 
 class ServerThread:
@@ -127,7 +171,8 @@ class ServerThread:
         self.config = config or ServerConfig()
         self.app = create_app(runner, self.config, checkpoint)
         self.port = port or free_port()
-        self.server = uvicorn.Server(uvicorn_config(self.app, "127.0.0.1", self.port, self.config, log_level))
+        self.server = DrainingServer(uvicorn_config(self.app, "127.0.0.1", self.port, self.config, log_level),
+                                     self.app.state.rfm)
         self.server.install_signal_handlers = lambda: None  # type: ignore[method-assign] # not the main thread
         self.thread = threading.Thread(target=self.server.run, name="rfm-uvicorn", daemon=True)
 
@@ -152,8 +197,12 @@ class ServerThread:
             time.sleep(0.02)
         raise TimeoutError(f"server on port {self.port} not ready after {ready_timeout_s} s")
 
-    def stop(self) -> None:
-        self.server.should_exit = True
+    def stop(self, drain: bool = False) -> None:
+        """Stop; with `drain`, as on SIGTERM (new requests refused, WebSocket answers sent first)."""
+        if drain and self.server.loop is not None:
+            self.server.loop.call_soon_threadsafe(self.server.drain)
+        else:
+            self.server.should_exit = True
         self.thread.join(30)
 
     def __enter__(self) -> ServerThread:  # noqa: PYI034

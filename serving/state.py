@@ -44,12 +44,16 @@ class ServerState:
         self.load_error: str | None = None
         self.started = time.time()
         self.websockets = 0  # open WebSockets: new ones are refused (503) at config.max_connections
+        self.ws_in_flight = 0  # WebSocket requests taken and not yet answered: a graceful stop waits for them
+        self.draining = False  # SIGTERM: new requests are refused (503) while those taken are answered
 
     def authorize(self, authorization: str | None) -> str | None:
         """Key id of the caller, None when keys are off; raises AuthError."""
         return self.keys.check(authorization) if self.keys is not None else None
 
     def require_service(self) -> InferenceService:
+        if self.draining:
+            raise NotReady("the server is shutting down; send the request to another replica or again later")
         if self.service is None:
             raise NotReady(self.load_error or "the model is loading and warming up")
         return self.service

@@ -90,16 +90,18 @@ def add_websocket_routes(app: FastAPI, state: ServerState) -> None:
                 task = await in_flight.get()
                 if task is None:
                     return
-                data, status = await task
-                if closed:
-                    continue
                 try:
+                    data, status = await task
+                    if closed:
+                        continue
                     await (ws.send_bytes(data) if isinstance(data, bytes) else ws.send_text(data))
                     if status == 413:
                         closed = True
                         await ws.close(code=MESSAGE_TOO_BIG)
                 except (WebSocketDisconnect, RuntimeError, OSError):  # the client went away mid-answer
                     closed = True
+                finally:
+                    state.ws_in_flight -= 1
 
         replier = asyncio.create_task(reply())
         try:
@@ -108,6 +110,7 @@ def add_websocket_routes(app: FastAPI, state: ServerState) -> None:
                 if message["type"] == "websocket.disconnect":
                     break
                 body, fmt = _frame(message)
+                state.ws_in_flight += 1  # until its answer is sent: a graceful stop waits for it
                 await in_flight.put(asyncio.create_task(answer(body, fmt, time.perf_counter())))
         except (WebSocketDisconnect, RuntimeError):  # RuntimeError: received after the replier closed the socket
             pass
@@ -137,7 +140,9 @@ def add_websocket_routes(app: FastAPI, state: ServerState) -> None:
                 if message["type"] == "websocket.disconnect":
                     break
                 t0 = time.perf_counter()
+                state.ws_in_flight += 1  # until its answer is sent: a graceful stop waits for it
                 try:
+                    service = state.require_service()  # refused while the server drains
                     body, fmt = _frame(message)
                     if fmt != "msgpack":
                         raise ApiError(422, "invalid_payload", "openpi frames must be binary msgpack, got text")
@@ -148,15 +153,21 @@ def add_websocket_routes(app: FastAPI, state: ServerState) -> None:
                 except Exception as e:  # noqa: BLE001 - openpi convention: text frame, then close 1011
                     err = to_api_error(e, state.config.retry_after_s)
                     state.metrics.observe_request("/openpi", err.status, time.perf_counter() - t0)
-                    await ws.send_text(f"{err.status} {err.code}: {err.message}")
-                    await ws.close(code=INTERNAL_ERROR, reason=err.code)
+                    try:
+                        await ws.send_text(f"{err.status} {err.code}: {err.message}")
+                        await ws.close(code=INTERNAL_ERROR, reason=err.code)
+                    finally:
+                        state.ws_in_flight -= 1
                     break
                 timing = {"infer_ms": result.timings["inference_ms"], **result.timings,
                           "batch_size": result.batch_size}
                 reply = {"actions": result.actions, "server_timing": timing}
                 if result.clipped_dims:
                     reply["clipped_dims"] = result.clipped_dims
-                await ws.send_bytes(openpi.pack(reply))
+                try:
+                    await ws.send_bytes(openpi.pack(reply))
+                finally:
+                    state.ws_in_flight -= 1
                 state.metrics.observe_request("/openpi", 200, time.perf_counter() - t0)
         except WebSocketDisconnect:
             pass

@@ -185,3 +185,36 @@ def test_a_socket_that_sends_nothing_is_closed(tiny_runner):
         assert time.monotonic() - t < IDLE_S + 5
         silent.close()
         assert httpx.get(s.url + "/healthz").status_code == 200
+
+
+def test_a_graceful_stop_answers_every_websocket_request_it_took(tiny_runner):
+    """SIGTERM closed WebSockets at once (1012) and dropped answers already computed (and recorded). Now the server
+    first refuses new requests (503, /readyz draining) and sends every answer it owes, then closes."""
+    runner = FaultyRunner(tiny_runner, delay_s=0.15)  # each batch takes a while: answers are still coming
+    server = ServerThread(runner, ServerConfig(max_batch=1, warmup_batch_sizes=(1,))).start()
+    with wsc.connect(ws_url(server, "/v1/ws")) as robot, wsc.connect(ws_url(server, "/openpi")) as pi:
+        pi.recv(timeout=10)  # metadata
+        for _ in range(4):
+            robot.send(msgpack_body(observation()))
+        pi.send(openpi_pack(observation()))
+        time.sleep(0.05)  # taken, not yet answered
+        stopper = threading.Thread(target=server.stop, kwargs={"drain": True})
+        stopper.start()
+        answers = [msgpack.unpackb(robot.recv(timeout=30)) for _ in range(4)]
+        assert all("actions" in a for a in answers), answers
+        assert "actions" in openpi_unpack(pi.recv(timeout=30))
+        stopper.join(30)
+    assert not server.thread.is_alive()
+
+
+def openpi_pack(obs: dict) -> bytes:
+    from serving import openpi
+
+    return openpi.pack({"observation/image": obs["images"]["front"], "observation/wrist_image": obs["images"]["wrist"],
+                        "observation/state": np.asarray(obs["state"], np.float32), "prompt": obs["instruction"]})
+
+
+def openpi_unpack(data: bytes) -> dict:
+    from serving import openpi
+
+    return openpi.unpack(data)
