@@ -12,6 +12,7 @@ from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rfm.runtime import Runner
 from rfm.runtime.observation import accepted_sizes
@@ -113,6 +114,12 @@ def create_app(runner: Runner | Callable[[], Runner], config: ServerConfig | Non
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError):
         return error_response(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):  # an unknown path or method: JSON too
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse({"error": code, "detail": f"{request.method} {request.url.path}: {exc.detail}"},
+                            exc.status_code, headers=getattr(exc, "headers", None))
 
     @app.post("/v1/act", response_model=ActResponseBody, responses=ERROR_RESPONSES,
               openapi_extra=raw_body("ActRequestBody"),

@@ -187,6 +187,8 @@ def decode_image_file(data: bytes, what: str) -> np.ndarray:
             return np.asarray(im.convert("RGB"))
     except PayloadError:
         raise
+    except Image.DecompressionBombError as e:  # Pillow refuses it before our own size check can see it
+        raise PayloadError(f"{what}: image declares more than the {MAX_IMAGE_PIXELS} pixels allowed ({e})") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise PayloadError(f"{what}: cannot decode image ({len(data)} bytes): expected a JPEG or PNG file, or raw "
                            f"uint8 pixels") from e

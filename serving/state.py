@@ -16,6 +16,7 @@ from rfm.runtime.observation import accepted_sizes
 from serving import codec
 from serving.audit import AuditLog
 from serving.auth import ApiKeys
+from serving.batcher import ShuttingDown
 from serving.config import ServerConfig
 from serving.errors import NotReady
 from serving.limits import ActionLimits
@@ -53,7 +54,7 @@ class ServerState:
 
     def require_service(self) -> InferenceService:
         if self.draining:
-            raise NotReady("the server is shutting down; send the request to another replica or again later")
+            raise ShuttingDown("the server is shutting down; send the request to another replica or again later")
         if self.service is None:
             raise NotReady(self.load_error or "the model is loading and warming up")
         return self.service

@@ -129,6 +129,7 @@ class ExportRunner(Runner):
             seed,
         )
         self.precision, self.target = m["precision"], m["target"]
+        self.engine_dir = str(self.export_dir)  # what runs: GET /v1/models and the ready line say where it is
         self.prefix_max = int(m.get("prefix_max") or 0)  # absent in exports from before delay-aware continuation
         self.text = ExportTextEncoder(self.export_dir, m["text"], load_graph, cache_size)
         self.trained_instructions = list(m.get("trained_instructions", []))

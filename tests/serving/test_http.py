@@ -236,3 +236,29 @@ def test_readyz_is_503_until_warm_and_reports_load_failures(tiny_runner):
         r = httpx.get(s.url + "/readyz")
         assert r.status_code == 503 and r.json()["status"] == "failed"
         assert "checkpoint directory not found" in r.json()["detail"]
+
+
+def test_an_image_declaring_billions_of_pixels_is_a_422(server):
+    """A 100-byte PNG declaring 20000 x 20000 pixels: Pillow refuses it before the server's own size check (it was a
+    500 with a traceback in the log); now a 422 naming the camera, and the server keeps serving."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    bomb = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0))
+            + chunk(b"IEND", b""))
+    obs = observation()
+    body = {"images": {c: png_b64(v) for c, v in obs["images"].items()}, "state": [0.1, 0.2, 0.3], "instruction": "go"}
+    body["images"]["front"] = base64.b64encode(bomb).decode()
+    r = post(server, body)
+    assert r.status_code == 422 and "image 'front'" in r.text and "pixels allowed" in r.text, r.text
+    assert post(server, {**body, "images": {c: png_b64(v) for c, v in obs["images"].items()}}).status_code == 200
+
+
+def test_an_unknown_path_or_method_answers_json_like_every_error(server):
+    r = httpx.get(server.url + "/v1/nope")
+    assert r.status_code == 404 and r.json() == {"error": "not_found", "detail": "GET /v1/nope: Not Found"}
+    r = httpx.delete(server.url + "/v1/models")
+    assert r.status_code == 405 and r.json()["error"] == "method_not_allowed"
