@@ -50,14 +50,39 @@ def parse_kinds(spec: str) -> tuple[str, ...] | None:
     return tuple(dict.fromkeys(words))
 
 
+def robot_outcomes(ds: LeRobotDataset) -> dict[int, str]:
+    """Each episode's outcome as the robot lived it: an episode the server cut at its own stop (ended_by
+    "shutdown") is the first part of one the robot went on with after the restart, under the same session, so it
+    takes the outcome of that continuation (which may itself have been cut: followed to its end)."""
+    own = {ep.index: episode_outcome(ds, ep) for ep in ds.episodes}
+    after: dict[int, int] = {}  # episode -> the next one of its session
+    last: dict[str, int] = {}
+    for ep in sorted(ds.episodes, key=lambda e: e.index):
+        session = ep.meta.get(SESSION)
+        if session is not None:
+            if session in last:
+                after[last[session]] = ep.index
+            last[session] = ep.index
+    cut = {ep.index for ep in ds.episodes if ep.meta.get(ENDED_BY) == "shutdown"}
+    out = {}
+    for i in own:
+        j = i
+        while j in cut and j in after:
+            j = after[j]
+        out[i] = own[j]
+    return out
+
+
 def frame_mask(ds: LeRobotDataset, kinds: tuple[str, ...] | None) -> np.ndarray | None:
-    """Which frames of `ds` to learn from: those of episodes whose outcome is in `kinds`, and with "corrected" the
-    frames an operator corrected; None (all) for `kinds` None or a dataset that is not a recording."""
+    """Which frames of `ds` to learn from: those of episodes whose outcome (robot_outcomes: a part cut by a server
+    restart counts as the episode it belongs to) is in `kinds`, and with "corrected" the frames an operator
+    corrected; None (all) for `kinds` None or a dataset that is not a recording."""
     if kinds is None or not is_recording(ds):
         return None
     mask = np.zeros(ds.num_frames, bool)
+    outcomes = robot_outcomes(ds)
     for ep in ds.episodes:
-        if episode_outcome(ds, ep) in kinds:
+        if outcomes[ep.index] in kinds:
             mask[ep.start:ep.stop] = True
     corrected = _column(ds, CORRECTED)
     if "corrected" in kinds and corrected is not None:

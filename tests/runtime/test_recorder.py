@@ -180,3 +180,30 @@ def test_an_episode_that_cannot_be_written_is_lost_alone(tmp_path, monkeypatch):
     assert rec.episodes_lost == 1 and rec.episodes_written == 2
     ds = LeRobotDataset(tmp_path / "rec")
     assert [ds.states[e.start:e.start + e.length, 0].tolist() for e in ds.episodes] == [[0, 1, 2], [20, 21, 22, 23, 24]]
+
+
+def test_an_episode_cut_by_a_server_restart_counts_as_the_one_the_robot_finished(tmp_path):
+    """A server stopped mid-episode writes what it has (ended_by shutdown, outcome unknown); the robot goes on with
+    the restarted server under the same session. A fine-tune keeping successes keeps both parts."""
+    from rfm.data.recording import frame_mask, robot_outcomes
+
+    rng = np.random.default_rng(0)
+
+    def ticks(rec, n, end=False):
+        for t in range(n):
+            images, state, actions = _step(rng)
+            last = end and t == n - 1
+            rec.record_tick("arm", images, state, "open the drawer", actions[0], success=True if last else None,
+                            episode_end=last)
+
+    first = Recorder(tmp_path / "rec", ITF)
+    ticks(first, 4)
+    first.close()  # the server stops mid-episode
+    again = Recorder(tmp_path / "rec", ITF)  # restarted, appending
+    ticks(again, 3, end=True)
+    again.close()
+    ds = LeRobotDataset(tmp_path / "rec")
+    assert [(e.meta["ended_by"], e.meta["outcome"]) for e in ds.episodes] == [("shutdown", "unknown"),
+                                                                              ("robot", "success")]
+    assert robot_outcomes(ds) == {0: "success", 1: "success"}
+    assert frame_mask(ds, ("success",)).sum() == 7
