@@ -27,6 +27,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from rfm.config import did_you_mean
 from rfm.constants import COMMITTED, IMAGES, INSTRUCTION, STATE
 from rfm.runtime.observation import MAX_ABS_VALUE
 
@@ -277,11 +278,29 @@ def _ident(obj: dict, key: str) -> str | None:
     return v
 
 
-def parse_act(obj: Any, cameras: list[str], sizes: dict[str, list[tuple[int, int]]]) -> ActRequest:
-    """Decoded body -> ActRequest with numpy images; unknown cameras pass through (the runtime names them)."""
+ACT_FIELDS = frozenset({IMAGES, STATE, INSTRUCTION, COMMITTED, "request_id", "robot_id", "session_id", "episode_end",
+                        "success", "correction", "record", "deadline_ms"})
+TICK_FIELDS = frozenset({IMAGES, STATE, INSTRUCTION, "action", "chunk", "label"})
+TICKS_FIELDS = frozenset({"session_id", "robot_id", "ticks", "episode_end", "success"})
+
+
+def check_fields(obj: dict, allowed: frozenset, where: str = "") -> None:
+    """PayloadError naming a field the body has and the API does not: a misspelt optional field (`sucess`,
+    `deadline`) would otherwise be ignored without a word."""
+    unknown = sorted(str(k) for k in obj if k not in allowed)
+    if unknown:
+        raise PayloadError(f"{where}unknown field {unknown[0]!r}{f' (and {len(unknown) - 1} more)' if len(unknown) > 1 else ''}:"
+                           f" the fields are {', '.join(sorted(allowed))}.{did_you_mean(unknown[0], sorted(allowed))}")
+
+
+def parse_act(obj: Any, cameras: list[str], sizes: dict[str, list[tuple[int, int]]],
+              fields: frozenset = ACT_FIELDS) -> ActRequest:
+    """Decoded body -> ActRequest with numpy images; unknown cameras pass through (the runtime names them), an
+    unknown field is an error."""
     if not isinstance(obj, dict):
         raise PayloadError(f"body must be an object with {IMAGES!r}, {STATE!r}, {INSTRUCTION!r}, got "
                            f"{type(obj).__name__}")
+    check_fields(obj, fields)
     images = obj.get(IMAGES)
     if not isinstance(images, dict):
         raise PayloadError(f"{IMAGES!r} must be an object of camera name -> image; the model expects cameras "
@@ -314,13 +333,14 @@ def parse_ticks(obj: Any, cameras: list[str], sizes: dict[str, list[tuple[int, i
     if not isinstance(obj, dict) or not isinstance(obj.get("ticks"), list):
         raise PayloadError("body must be an object with 'session_id' and 'ticks': a list of {images, state, "
                            "instruction, action[, chunk, label]}")
+    check_fields(obj, TICKS_FIELDS)
     n = len(obj["ticks"])
     if n > MAX_TICKS or (n == 0 and obj.get("episode_end") is not True):
         raise PayloadError(f"'ticks' must hold 1-{MAX_TICKS} ticks (0 only with episode_end), got {n}")
     ticks = []
     for i, t in enumerate(obj["ticks"]):
         try:
-            act = parse_act(t, cameras, sizes)
+            act = parse_act(t, cameras, sizes, TICK_FIELDS)
             arrays = {}
             for key in ("action", "chunk", "label"):
                 if key not in t or t[key] is None:

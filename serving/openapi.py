@@ -93,7 +93,7 @@ def act_request(itf: RobotInterface, min_deadline_ms: float, prefix_max: int = 0
                                             "--timeout-ms; at least min_deadline_ms, about 3 inferences); a request "
                                             "the server cannot answer in time is refused at once with 503"}}
     return {"type": "object", "title": "ActRequestBody", "required": _required(instruction_required, "images", "state"),
-            "properties": props,
+            "properties": props, "additionalProperties": False,
             "description": "one observation of one robot"}
 
 
@@ -103,12 +103,13 @@ def ticks_request(itf: RobotInterface, max_body_bytes: int, instruction_required
     per_tick = sum(4 * a * b for a, b in (accepted_sizes(itf)[c][0] for c in itf.cameras))
     max_ticks = max(1, min(MAX_TICKS, max_body_bytes // (per_tick + 4096)))
     tick = {"type": "object", "required": _required(instruction_required, "images", "state", "action"),
+            "additionalProperties": False,
             "properties": {**_observation(itf, instruction_required), "action": _numbers(act, "the action executed at this tick"),
                            "chunk": {"anyOf": [_numbers(h * act, "the predicted chunk the action came from, "
                                                                  "flattened (H x D_a)"), {"type": "null"}]},
                            "label": {"anyOf": [_numbers(act, "the action to learn from instead (operator or "
                                                              "expert)"), {"type": "null"}]}}}
-    return {"type": "object", "title": "TicksRequestBody", "required": ["ticks"],
+    return {"type": "object", "title": "TicksRequestBody", "required": ["ticks"], "additionalProperties": False,
             "description": "control ticks a robot executed, in order (servers started with --record)",
             "properties": {"session_id": _ident("the recorded episode stream (else robot_id)"),
                            "robot_id": _ident("the recorded episode stream when there is no session_id"),

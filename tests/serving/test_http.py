@@ -108,6 +108,8 @@ def _bad_cases():
         ("images not a map", {**good, "images": [1, 2]}, None, 422, r"'images' must be an object"),
         ("bad request_id", {**good, "request_id": "x" * 500}, None, 422, r"'request_id' must be a string of 1-128 printable ASCII"),
         ("body not an object", [1, 2, 3], None, 422, r"body must be an object"),
+        ("misspelt optional field", {**good, "sucess": True}, None, 422,
+         r"unknown field 'sucess': the fields are .* Did you mean 'success'"),
         ("invalid JSON", b"{not json", {"content-type": "application/json"}, 422, r"body is not valid JSON"),
         ("invalid msgpack", b"\xc1\xc1\xc1", MP, 422, r"body is not valid msgpack"),
         ("wrong content type", b"images=1", {"content-type": "text/plain"}, 415,
