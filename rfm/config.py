@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import numbers
 from dataclasses import asdict, dataclass, field, fields, replace
 from types import UnionType
 from typing import Any, Union, get_args, get_origin, get_type_hints
@@ -83,10 +84,16 @@ class RobotInterface:
 
     def __post_init__(self) -> None:
         check_field_types(self, "interface")
-        self.cameras = list(self.cameras)
-        self.image_size = tuple(int(v) for v in self.image_size)  # type: ignore[assignment]
-        self.state_names = list(self.state_names)
-        self.action_names = list(self.action_names)
+        for name in ("cameras", "state_names", "action_names"):
+            value = getattr(self, name)
+            _check(isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value), f"interface.{name}",
+                   value, "a list of names (strings)")
+            setattr(self, name, list(value))
+        size = self.image_size
+        _check(isinstance(size, (list, tuple)) and len(size) == 2
+               and all(isinstance(v, numbers.Real) and not isinstance(v, bool) and float(v).is_integer() for v in size),
+               "interface.image_size", size, "(H, W): two whole numbers")
+        self.image_size = tuple(int(v) for v in size)  # type: ignore[assignment]
         _check(len(self.cameras) >= 1, "interface.cameras", self.cameras, "at least one camera name")
         _check(len(set(self.cameras)) == len(self.cameras), "interface.cameras", self.cameras, "unique names")
         _check(

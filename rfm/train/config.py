@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,13 @@ class TrainConfig:
     weights_dtype: str = "float32"  # dtype of saved weights (float16 halves the checkpoint)
 
     def __post_init__(self) -> None:
+        for name in ("out", "init", "instruction_variants"):  # a pathlib.Path is as good as its string
+            if isinstance(getattr(self, name), os.PathLike):
+                setattr(self, name, os.fspath(getattr(self, name)))
+        if isinstance(self.dataset, os.PathLike) or (isinstance(self.dataset, (list, tuple)) and
+                                                    any(isinstance(d, os.PathLike) for d in self.dataset)):
+            items = [self.dataset] if isinstance(self.dataset, os.PathLike) else self.dataset
+            self.dataset = [os.fspath(d) if isinstance(d, os.PathLike) else d for d in items]
         check_field_types(self, "train")
         if not isinstance(self.model_overrides, dict):
             raise ConfigError(f"train.model_overrides={self.model_overrides!r} is invalid: expected {{field: value}}")

@@ -72,6 +72,19 @@ def test_a_value_of_the_wrong_type_names_the_field():
     with pytest.raises(ConfigError, match=r"interface\.cameras='a,b' is invalid: expected a list"):
         RobotInterface(cameras="a,b")
     assert ModelConfig(dim="128").dim == 128 and RobotInterface(control_hz=50).control_hz == 50.0
+    with pytest.raises(ConfigError, match=r"interface\.image_size=128 is invalid: expected \(H, W\)"):
+        RobotInterface(image_size=128)
+    with pytest.raises(ConfigError, match=r"interface\.cameras=\[1, 2\] is invalid: expected a list of names"):
+        RobotInterface(cameras=[1, 2])
+
+
+def test_a_train_config_takes_paths():
+    from pathlib import Path
+
+    from rfm.train.config import TrainConfig
+
+    cfg = TrainConfig(dataset=Path("data/a"), out=Path("runs/a"), init=Path("checkpoints/default"))
+    assert (cfg.datasets, cfg.out, cfg.init) == (["data/a"], "runs/a", "checkpoints/default")
 
 
 def test_a_preset_is_built_for_its_resolution():
