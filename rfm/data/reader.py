@@ -300,8 +300,11 @@ class LeRobotDataset:
         return np.stack([decode_image(cells[j], self.root, e.data_file, key) for j in order])
 
     def episode_frames(self, ep: int, cam: str) -> np.ndarray:
-        """Like decode_episode, through the dataset's LRU cache."""
-        return self._cache.get_or_compute((ep, cam), lambda: self.decode_episode(ep, cam))
+        """Like decode_episode, through the dataset's LRU cache; read-only (a view of the cached frames: writing
+        into it would change every later read of them; copy it to edit)."""
+        view = self._cache.get_or_compute((ep, cam), lambda: self.decode_episode(ep, cam)).view()
+        view.flags.writeable = False
+        return view
 
     def frame_episode(self, i: int) -> Episode:
         if not 0 <= i < self.num_frames:

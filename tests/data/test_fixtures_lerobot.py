@@ -91,3 +91,11 @@ def test_a_dataset_indexes_and_iterates_like_lerobots():
     assert [f["frame_index"] for f in ds][:3] == [0, 1, 2] and sum(1 for _ in ds) == len(ds) == 120
     with pytest.raises(IndexError, match="frame index 120: the dataset has 120 frames"):
         ds[120]
+
+
+def test_episode_frames_cannot_change_the_cached_frames():
+    ds = LeRobotDataset(FIXTURES / "image")
+    frames = ds.episode_frames(0, "top")
+    with pytest.raises(ValueError, match="read-only"):
+        frames[0] = 255
+    assert ds.get_frame(0)["images"]["top"].flags.writeable  # get_frame hands out its own copy
