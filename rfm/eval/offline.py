@@ -168,28 +168,32 @@ def _mean_nmae(mae: np.ndarray, std: np.ndarray) -> float | None:
     return float((mae[ok] / std[ok]).mean()) if ok.any() else None
 
 
-def offline_eval(checkpoint: str | Path, dataset: str | Path, episodes: list[int] | None = None,
+def offline_eval(checkpoint: str | Path | None, dataset: str | Path | LeRobotDataset, episodes: list[int] | None = None,
                  last: int | None = None, stride: int = 1, backend: str = "torch", runner: Runner | None = None,
                  batch_size: int = 32, progress: bool = False) -> tuple[dict, list[EpisodePrediction]]:
-    """(results, per-episode predictions) of `checkpoint` (or `runner`) on episodes of a LeRobot dataset.
+    """(results, per-episode predictions) of `checkpoint` (or `runner`) on episodes of a LeRobot dataset (a
+    directory or an opened LeRobotDataset). With a runner and no checkpoint (a model in a notebook), the episodes
+    training held out are unknown: pass `episodes` or `last`, else every episode is scored.
 
     results = {"kind": "offline", "checkpoint", "backend", "weights_sha256", "dataset", "episodes",
     "episodes_source", "stride", "frames", "chunk_size", "mae": {action: v}, "mean_mae", "mae_by_step": [H],
     "nmae": {action: v}, "mean_nmae", "action_std", "worst_episodes": [{episode, frames, mae, nmae}], "wall_time_s"}
     """
     t0 = time.time()
-    ds = LeRobotDataset(dataset)
-    digest = weights_digest(checkpoint) if backend == "torch" else None  # before predicting, as rfm eval does
+    if checkpoint is None and runner is None:
+        raise ValueError("offline_eval: give a checkpoint directory or a runner")
+    ds = dataset if isinstance(dataset, LeRobotDataset) else LeRobotDataset(dataset)
+    digest = weights_digest(checkpoint) if backend == "torch" and checkpoint is not None else None  # as rfm eval
     if runner is None:
         from rfm.runtime import load_runner
 
         runner = load_runner(checkpoint, backend=backend, seed=0)  # seeded: the flow head's noise repeats
     check_robot(ds, runner.interface)
-    chosen, source = choose_episodes(ds, episodes, last, training_meta(checkpoint))
+    chosen, source = choose_episodes(ds, episodes, last, training_meta(checkpoint) if checkpoint is not None else {})
     preds = predict_episodes(runner, ds, chosen, stride, batch_size, progress)
     std = np.asarray(ds.stats[ACTION]["std"], np.float64)
-    results = {"kind": "offline", "checkpoint": str(checkpoint), "backend": runner.backend,
-               "weights_sha256": digest, "dataset": str(dataset), "episodes": chosen, "episodes_source": source,
+    results = {"kind": "offline", "checkpoint": None if checkpoint is None else str(checkpoint),
+               "backend": runner.backend, "weights_sha256": digest, "dataset": str(ds.root), "episodes": chosen, "episodes_source": source,
                "stride": stride, "chunk_size": runner.interface.chunk_size,
                **offline_metrics(preds, runner.interface.action_names, std)}
     results["wall_time_s"] = round(time.time() - t0, 1)

@@ -74,6 +74,16 @@ def test_errors_equal_a_direct_computation_with_policy_predict(run):
     assert res["weights_sha256"] == weights_digest(run / "checkpoint")
 
 
+def test_a_runner_and_an_opened_dataset_need_no_paths(run):
+    """In a notebook: a runner in memory and a LeRobotDataset already open give the same numbers as the paths."""
+    by_path, _ = offline_eval(run / "checkpoint", IMAGE, episodes=[2], stride=8)
+    in_memory, _ = offline_eval(None, LeRobotDataset(IMAGE), episodes=[2], stride=8,
+                                runner=load_runner(run / "checkpoint", seed=0))
+    assert in_memory["mae"] == by_path["mae"] and in_memory["checkpoint"] is None
+    with pytest.raises(ValueError, match="give a checkpoint directory or a runner"):
+        offline_eval(None, IMAGE)
+
+
 def test_training_reports_the_same_error_on_its_held_out_episode(run):
     """By default the episodes training held out; its val_mae is the offline mean MAE of the same weights."""
     res, _ = offline_eval(run / "checkpoint", IMAGE)
