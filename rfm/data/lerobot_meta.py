@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from rfm.data.errors import DatasetError
+from rfm.files import as_umask_allows
 
 CODEBASE_VERSION = "v3.0"
 INFO_PATH = "meta/info.json"
@@ -71,21 +72,12 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _process_umask() -> int:
-    mask = os.umask(0o022)  # read by setting: put straight back
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _process_umask()
-
-
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temp file in the same directory, fsync, rename over `path`: readers see old or new, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600: a dataset is read by other users (a training job)
+        as_umask_allows(tmp)  # mkstemp makes 0600: a dataset is read by other users (a training job)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -195,7 +195,6 @@ def export_checkpoint(checkpoint, out: str | Path, config: ExportConfig | None =
         )
 
     with atomic_dir(out) as tmp, contextlib.ExitStack() as hold:
-        tmp.chmod(0o755)  # mkdtemp creates 0700; the export dir is meant to be shipped
         fp32 = tmp / (POLICY_FILE if cfg.precision == "fp32" else "policy_fp32.onnx")
         log.info("exporting policy graph (%s, %s head)", m.preset, m.head)
         exporter = export_policy_graph(

@@ -21,6 +21,7 @@ import onnx
 import torch
 from torch import nn
 
+from rfm.files import as_umask_allows
 from rfm.model.network import PolicyNet
 from rfm.model.text import TextEncoder
 
@@ -229,7 +230,7 @@ def save_model(model: onnx.ModelProto, path: str | Path) -> None:
     os.close(fd)
     try:
         onnx.save_model(model, tmp)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; exports are meant to be shipped and read by services
+        as_umask_allows(tmp)  # mkstemp creates 0600; exports are meant to be shipped and read by services
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

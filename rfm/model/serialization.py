@@ -24,21 +24,13 @@ from safetensors.torch import load_file, save
 from rfm._version import __version__
 from rfm.config import ConfigError, PolicyConfig
 from rfm.constants import CHECKPOINT_FORMAT, CONFIG_FILE, MODEL_CARD_FILE, STATS_FILE, WEIGHTS_FILE
+from rfm.files import as_umask_allows
 
 
 class CheckpointError(RuntimeError, ValueError):
     """A checkpoint is missing, corrupt, or does not match its config. The message names the file.
 
     Also a ValueError, so the CLI reports it like every other bad-input error: one line, exit code 2."""
-
-
-def _process_umask() -> int:
-    mask = os.umask(0o022)  # read by setting: put straight back
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _process_umask()
 
 
 def atomic_dir(target: Path):
@@ -62,7 +54,7 @@ class _AtomicDir:
         for f in [self.tmp, *self.tmp.rglob("*")]:  # flush file contents before the rename makes them visible
             # mkdtemp makes the directory 0700 and some writers their files 0600: give what the umask allows, so a
             # server running as another user (a container mounting the checkpoint) can read it
-            f.chmod((0o777 if f.is_dir() else 0o666) & ~_UMASK)
+            as_umask_allows(f)
             if f.is_file():
                 with open(f, "rb") as fh:
                     os.fsync(fh.fileno())
