@@ -127,7 +127,7 @@ def create_app(runner: Runner | Callable[[], Runner], config: ServerConfig | Non
     async def act(request: Request) -> Response:
         t0 = time.perf_counter()
         try:
-            client_id = state.authorize(request.headers.get("authorization"))
+            client_id = state.authorize(request.headers.get("authorization"), request.client)
             fmt = codec.body_format(request.headers.get("content-type"))
             service = state.require_service()
             body = await read_body(request, state.config.max_body_bytes)
@@ -145,7 +145,7 @@ def create_app(runner: Runner | Callable[[], Runner], config: ServerConfig | Non
               summary="Record the control ticks a robot executed (servers started with --record): one frame each")
     async def ticks(request: Request):
         try:
-            client_id = state.authorize(request.headers.get("authorization"))
+            client_id = state.authorize(request.headers.get("authorization"), request.client)
             fmt = codec.body_format(request.headers.get("content-type"))
             service = state.require_service()
             body = await read_body(request, state.config.max_body_bytes)
@@ -162,7 +162,7 @@ def create_app(runner: Runner | Callable[[], Runner], config: ServerConfig | Non
               summary="End a robot session's recorded episode (robot reset), with an optional success label")
     async def end_episode(request: Request):
         try:
-            client_id = state.authorize(request.headers.get("authorization"))
+            client_id = state.authorize(request.headers.get("authorization"), request.client)
             fmt = codec.body_format(request.headers.get("content-type"))
             service = state.require_service()
             req = codec.parse_episode_end(codec.loads(await read_body(request, state.config.max_body_bytes), fmt))
@@ -173,7 +173,7 @@ def create_app(runner: Runner | Callable[[], Runner], config: ServerConfig | Non
     @app.get("/v1/models", summary="The served model: robot interface, identity, server settings")
     async def models(request: Request):
         try:
-            state.authorize(request.headers.get("authorization"))
+            state.authorize(request.headers.get("authorization"), request.client)
             return state.require_service().describe()
         except Exception as e:  # noqa: BLE001 - becomes a clean status + message
             return error_response(to_api_error(e, state.config.retry_after_s))

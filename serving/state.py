@@ -9,13 +9,14 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from rfm.runtime import Runner
 from rfm.runtime.base import StagedRunner
 from rfm.runtime.observation import accepted_sizes
 from serving import codec
 from serving.audit import AuditLog
-from serving.auth import ApiKeys
+from serving.auth import ApiKeys, AuthError
 from serving.batcher import ShuttingDown
 from serving.config import ServerConfig
 from serving.errors import NotReady
@@ -47,10 +48,22 @@ class ServerState:
         self.websockets = 0  # open WebSockets: new ones are refused (503) at config.max_connections
         self.ws_in_flight = 0  # WebSocket requests taken and not yet answered: a graceful stop waits for them
         self.draining = False  # SIGTERM: new requests are refused (503) while those taken are answered
+        self.auth_failures = 0  # requests refused for a missing or wrong key
 
-    def authorize(self, authorization: str | None) -> str | None:
-        """Key id of the caller, None when keys are off; raises AuthError."""
-        return self.keys.check(authorization) if self.keys is not None else None
+    def authorize(self, authorization: str | None, peer: Any = None) -> str | None:
+        """Key id of the caller, None when keys are off; raises AuthError, logged with the caller's address (the
+        first refusal, then every 100th: a scan must not flood the log) since the audit log holds answered
+        requests only."""
+        if self.keys is None:
+            return None
+        try:
+            return self.keys.check(authorization)
+        except AuthError as e:
+            self.auth_failures += 1
+            if self.auth_failures == 1 or self.auth_failures % 100 == 0:
+                host = getattr(peer, "host", None) or "unknown address"
+                log.warning("refused a request from %s: %s (%d refused so far)", host, e, self.auth_failures)
+            raise
 
     def require_service(self) -> InferenceService:
         if self.draining:

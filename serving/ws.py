@@ -24,7 +24,7 @@ async def _admit(ws: WebSocket, state: ServerState, endpoint: str) -> str | None
     the HTTP status (401, or 503 with Retry-After while the model loads) and the JSON error body, as over HTTP, where
     the ASGI server can send one (uvicorn can); else a bare 403."""
     try:
-        client_id = state.authorize(ws.headers.get("authorization"))
+        client_id = state.authorize(ws.headers.get("authorization"), ws.client)
         state.require_service()
         if state.websockets >= state.config.max_connections:  # uvicorn's own limit counts no WebSocket upgrade
             raise ApiError(503, "overloaded", f"{state.websockets} WebSockets are open, this server's limit "

@@ -76,3 +76,24 @@ def test_key_file_parsing_and_ids(tmp_path):
     assert keys.check("Bearer " + "k" * 20) == key_id("k" * 20) and "k" * 20 not in key_id("k" * 20)
     with pytest.raises(AuthError, match="missing API key"):
         keys.check(None)
+
+
+@pytest.mark.integration
+def test_a_refused_key_is_logged_with_the_callers_address(tiny_runner, tmp_path, caplog):
+    """The audit log holds answered requests only: a wrong key is logged with the caller's address, the first
+    refusal and then every 100th (a scan must not flood the log), never the key sent."""
+    import logging
+
+    from serving.config import ServerConfig
+    from serving.server import ServerThread
+
+    (tmp_path / "keys.txt").write_text(f"{API_KEY}\n")
+    cfg = ServerConfig(max_batch=2, api_keys_file=str(tmp_path / "keys.txt"), warmup_batch_sizes=(1,))
+    with ServerThread(tiny_runner, cfg) as server, caplog.at_level(logging.WARNING, logger="rfm.serving"):
+        for _ in range(3):
+            assert act(server, "Bearer wrong-key-0123456789").status_code == 401
+        assert act(server, f"Bearer {API_KEY}").status_code == 200
+        assert server.state.auth_failures == 3
+    said = [r.getMessage() for r in caplog.records if "refused a request" in r.getMessage()]
+    assert said == ["refused a request from 127.0.0.1: invalid API key (1 refused so far)"]
+    assert "wrong-key" not in caplog.text
