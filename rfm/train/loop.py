@@ -201,16 +201,17 @@ def _check_out(ckpt_dir: Path, cfg: TrainConfig) -> None:
     if cfg.resume:
         if (ckpt_dir / STATE_DIR).is_dir():
             return
-        raise ConfigError(f"--resume: {ckpt_dir} holds a checkpoint without training state ({STATE_DIR}/: a copied "
+        raise ConfigError(f"--resume (resume=True): {ckpt_dir} holds a checkpoint without training state ({STATE_DIR}/: a copied "
                           f"or exported one), which cannot be continued and would be replaced by a new model; "
-                          f"--init {ckpt_dir} fine-tunes from it into another --out, --overwrite replaces it")
+                          f"--init {ckpt_dir} fine-tunes from it into another --out, --overwrite (overwrite=True) "
+                          f"replaces it")
     try:
         done = json.loads((ckpt_dir / "config.json").read_text())["meta"]["training"]["steps_done"]
         what = f"a run trained {done} steps"
     except (OSError, ValueError, KeyError, TypeError):
         what = "a checkpoint"
-    raise ConfigError(f"{ckpt_dir} holds {what}: --resume continues it, --overwrite replaces it, or choose another "
-                      f"--out")
+    raise ConfigError(f"{ckpt_dir} holds {what}: --resume (resume=True) continues it, --overwrite (overwrite=True) "
+                      f"replaces it, or choose another --out")
 
 
 def train(cfg: TrainConfig, progress: bool = True) -> Path:
@@ -258,7 +259,7 @@ def _train(cfg: TrainConfig, progress: bool) -> Path:
     if cfg.warmup_steps >= cfg.steps:
         accelerator.print(f"train.warmup_steps={cfg.warmup_steps} >= steps={cfg.steps}: the learning rate never "
                           f"reaches train.lr={cfg.lr:g} (at most {cfg.lr * cfg.steps / max(cfg.warmup_steps, 1):.2g}); "
-                          f"for a short run pass --warmup-steps {max(cfg.steps // 10, 1)}")
+                          f"for a short run pass --warmup-steps {max(cfg.steps // 10, 1)} (warmup_steps)")
     for rec in data.info.get("recorded", []):  # what a fleet recording contributes, and what it had
         outcomes = ", ".join(f"{n} {o}" for o, n in rec["recording"]["outcomes"].items())
         accelerator.print(f"{rec['path']}: learning from {rec['frames']} frames in {rec['episodes']} episodes "

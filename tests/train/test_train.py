@@ -72,7 +72,7 @@ def test_a_rerun_into_a_finished_run_neither_starts_over_nor_replaces_it(run, tm
     out = tmp_path / "again"
     shutil.copytree(run, out)
     before = (out / "checkpoint" / "model.safetensors").read_bytes()
-    with pytest.raises(ConfigError, match=r"holds a run trained 12 steps: --resume continues it, --overwrite"):
+    with pytest.raises(ConfigError, match=r"holds a run trained 12 steps: --resume \(resume=True\) continues it, --overwrite"):
         train(_cfg(out, dataset=str(tmp_path / "no-such-dataset")), progress=False)
     assert (out / "checkpoint" / "model.safetensors").read_bytes() == before
     # a checkpoint without training state (copied in, or a bundled one): --resume cannot continue it, and must
@@ -80,7 +80,7 @@ def test_a_rerun_into_a_finished_run_neither_starts_over_nor_replaces_it(run, tm
     copied = tmp_path / "copied"
     shutil.copytree(run / "checkpoint", copied / "checkpoint", ignore=shutil.ignore_patterns("training_state"))
     kept = (copied / "checkpoint" / "model.safetensors").read_bytes()
-    with pytest.raises(ConfigError, match=r"--resume: .* holds a checkpoint without training state .* --init "):
+    with pytest.raises(ConfigError, match=r"--resume \(resume=True\): .* holds a checkpoint without training state .* --init "):
         train(_cfg(copied, resume=True), progress=False)
     assert (copied / "checkpoint" / "model.safetensors").read_bytes() == kept
     train(_cfg(out, steps=3, save_every=3, val_episodes=0, overwrite=True), progress=False)
