@@ -84,8 +84,8 @@ class RFMPolicy:
         keys = (OBS_STATE, ACTION, OBS_ENV_STATE) if self.net.point_token is not None else (OBS_STATE, ACTION)
         self.stats = {k: {s: np.asarray(v).tolist() for s, v in stats[k].items()} for k in keys if k in stats}
         if self.interface.state_dim > 0:
-            self.net.state_norm.set_stats(self.stats.get(OBS_STATE), mode)
-        self.net.action_norm.set_stats(self.stats.get(ACTION), mode)
+            self.net.state_norm.set_stats(self.stats.get(OBS_STATE), mode, f"stats[{OBS_STATE!r}]")
+        self.net.action_norm.set_stats(self.stats.get(ACTION), mode, f"stats[{ACTION!r}]")
         if self.net.point_token is not None:  # without environment-state stats the points keep their frame
             self.net.point_token.set_stats(self.stats.get(OBS_ENV_STATE))
 

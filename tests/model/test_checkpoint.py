@@ -212,3 +212,10 @@ def test_predict_names_a_nan_state_a_wrong_noise_and_takes_lists(small_interface
     with pytest.raises(ValueError, match=r"noise: expected \(1, \d+, 2\) .* got \(1, 3, 2\)"):
         policy.predict(images, [[0.0, 0.0, 0.0]], ["wipe the table"], noise=np.zeros((1, 3, 2)))
     assert policy.predict(images, [[0.0, 0.0, 0.0]], ["wipe the table"]).shape[0] == 1  # a list of lists is fine
+
+
+def test_stats_that_do_not_fit_name_the_feature(small_interface):
+    with pytest.raises(ValueError, match=r"stats\['action'\] has 4 values, the model expects 2"):
+        RFMPolicy.build("tiny", interface=small_interface, stats={"action": {"mean": [0] * 4, "std": [1] * 4}})
+    with pytest.raises(ValueError, match=r"stats\['action'\] has no 'std' \(model.norm_mode=mean_std"):
+        RFMPolicy.build("tiny", interface=small_interface, stats={"action": {"mean": [0, 0]}})
