@@ -34,7 +34,7 @@ COMMANDS = {
 }
 
 
-# the install extra each command needs (pyproject.toml); `pip install rfm` alone is the robot-side client
+# the install extra each command needs (pyproject.toml); rfm without extras is the robot-side client
 EXTRAS = {"serve": "serve", "train": "train", "data": "train,sim", "info": "train", "average": "train",
           "export": "export", "fleet": "sim", "eval": "sim,train", "adapt": "sim,train", "card": "train",
           "compare": "train"}

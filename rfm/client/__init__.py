@@ -1,4 +1,4 @@
-"""Client SDK for the rfm inference server: all that a plain `pip install rfm` brings (on numpy, httpx,
+"""Client SDK for the rfm inference server: all that rfm without extras brings (on numpy, httpx,
 websockets and msgpack). Imports neither torch nor the server; the wire codec is rfm.client.wire. The model,
 server, trainer and simulator come with the extras: rfm[serve], rfm[train], rfm[sim], rfm[export], rfm[edge],
 rfm[server] (with rfm[edge]: serving an export without torch), rfm[all].
