@@ -141,8 +141,7 @@ def _check_checkpoint(args: argparse.Namespace) -> None:
     if args.continuation and args.ensemble:
         raise CLIError("--continuation and --ensemble are two ways to switch chunks: give one")
     k, d = args.action_steps, args.delay
-    late = bool(k and d)
-    if not (late or args.continuation or k is not None):
+    if not (d or args.continuation or k is not None):
         return
     chunk, prefix_max = _chunk_and_prefix(args)
     if k is not None:
@@ -152,10 +151,11 @@ def _check_checkpoint(args: argparse.Namespace) -> None:
             check_action_steps(k, chunk, "--action-steps")
         except ValueError as e:
             raise CLIError(f"{e} of {args.checkpoint}") from None
-    if late and k + d > chunk:  # each chunk runs out before the next lands: the simulated robot (and world) waits
-        print(f"note: --action-steps {k} + --delay {d} > the chunk's {chunk} actions: the robot waits {k + d - chunk} "
-              f"ticks for each chunk (and commits no actions then); --action-steps {max(chunk - d, 1)} keeps it "
-              f"moving", file=sys.stderr)
+    from rfm.runtime.execution import delay_note
+
+    note = delay_note(k, d, chunk)  # a delay that is not simulated as one would guess
+    if note:
+        print(f"note: {note}", file=sys.stderr)
     if args.continuation and prefix_max < 1:
         raise CLIError(f"--continuation: {args.checkpoint} takes no committed actions (model.prefix_max = 0); "
                        f"fine-tune it for delay-aware continuation with --model prefix_max=8")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from rfm.cli.args import positive_int
@@ -60,6 +61,12 @@ def run(args: argparse.Namespace) -> int:
     chunk = described.get("chunk_size")
     if chunk and not 1 <= args.action_steps <= int(chunk):
         raise CLIError(f"--action-steps {args.action_steps}: expected 1 to the served model's chunk of {chunk} actions")
+    if chunk:
+        from rfm.runtime.execution import delay_note
+
+        note = delay_note(args.action_steps, args.delay, int(chunk))
+        if note:
+            print(f"note: {note}", file=sys.stderr)
     if args.continuation and not described.get("prefix_max", 0):
         raise CLIError(f"--continuation: the model served at {args.url} takes no committed actions "
                        f"(model.prefix_max = 0)")

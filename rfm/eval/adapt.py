@@ -211,6 +211,7 @@ def _check_demos(path: Path, cfg: AdaptConfig, cameras: list[str], expect: int |
     from rfm.constants import OBS_ENV_STATE
     from rfm.data.reader import LeRobotDataset
     from rfm.sim.instructions import instructions_for
+    from rfm.sim.metaworld import ACTION_NAMES, STATE_NAMES
 
     ds = LeRobotDataset(path)
     if OBS_ENV_STATE in ds.features:
@@ -219,6 +220,11 @@ def _check_demos(path: Path, cfg: AdaptConfig, cameras: list[str], expect: int |
     missing = [c for c in cameras if c not in ds.cameras]
     if missing:
         raise ConfigError(f"{path}: no camera {missing[0]!r}; it has {ds.cameras}, the model takes {cameras}")
+    for what, have, sim in (("state", ds.state_names, STATE_NAMES), ("action", ds.action_names, ACTION_NAMES)):
+        if len(have) != len(sim):  # evaluation runs the Meta-World Sawyer: checked before any training
+            raise ConfigError(f"{path}: {len(have)} {what} values ({', '.join(have[:6])}{' ...' if len(have) > 6 else ''}"
+                              f"), but the Meta-World robot the adaptation is evaluated on has {len(sim)} "
+                              f"({', '.join(sim)}): give demonstrations of that robot")
     for task in cfg.tasks:
         text = instructions_for(task)[0]
         if text not in ds.tasks:

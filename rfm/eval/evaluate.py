@@ -27,7 +27,9 @@ def _episodes(tasks: list[str], episodes: int, seed: int, paraphrase: bool) -> l
 
 
 def _run(runner: Runner, work: list[tuple[str, int, str]], opts: dict, video_dir: Path | None,
-         progress: bool) -> list[RolloutResult]:
+         progress: bool, filmed: set[tuple[str, int]] | None = None) -> list[RolloutResult]:
+    """Roll out `work`; with `video_dir`, a GIF of each task's first episode (or of the episodes in `filmed`: with
+    workers, each task's first episode is filmed by whichever worker holds it)."""
     from tqdm.auto import tqdm
 
     from rfm.sim.metaworld import MetaWorldEnv
@@ -42,7 +44,8 @@ def _run(runner: Runner, work: list[tuple[str, int, str]], opts: dict, video_dir
             envs[task] = MetaWorldEnv(task, itf.cameras, itf.image_size[0], max_steps=opts["max_steps"])
         env = envs[task]
         env.instruction = text
-        first = video_dir is not None and not any(r.task == task for r in results)
+        first = video_dir is not None and ((task, seed) in filmed if filmed is not None
+                                           else not any(r.task == task for r in results))
         res = rollout(runner, env, seed, opts["action_steps"], opts["ensemble"], opts["ensemble_m"], record=first,
                       delay=opts.get("delay", 0), continuation=opts.get("continuation", False))
         if first and res.frames:
@@ -75,14 +78,14 @@ def _exit_with_parent(parent_pid: int, poll_s: float = 1.0) -> None:
 
 
 def _worker(args: tuple) -> list[RolloutResult]:
-    path, backend, work, opts, parent_pid = args
+    path, backend, work, opts, parent_pid, video_dir, filmed = args
     import torch
 
     from rfm.runtime import load_runner
 
     _exit_with_parent(parent_pid)
     torch.set_num_threads(1)
-    return _run(load_runner(path, backend=backend, device="cpu", seed=0), work, opts, None, False)
+    return _run(load_runner(path, backend=backend, device="cpu", seed=0), work, opts, video_dir, False, filmed)
 
 
 def evaluate(runner: Runner | None, tasks: list[str], episodes: int, seed: int | None = None,
@@ -122,7 +125,9 @@ def evaluate(runner: Runner | None, tasks: list[str], episodes: int, seed: int |
         if checkpoint is None:
             raise ValueError("workers > 1 needs checkpoint= (each process loads its own runner)")
         shards = [work[i::workers] for i in range(workers)]
-        jobs = [(checkpoint, backend, s, opts, os.getpid()) for s in shards]
+        filmed = {next((t, sd) for t, sd, _ in work if t == task) for task in dict.fromkeys(t for t, _, _ in work)}
+        jobs = [(checkpoint, backend, s, opts, os.getpid(), Path(video_dir) if video_dir else None, filmed)
+                for s in shards]
         results = [r for part in process_map(_worker, jobs, workers) for r in part]  # WorkerDied if one dies
     else:
         if runner is None:

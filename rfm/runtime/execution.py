@@ -37,3 +37,21 @@ def check_execution(execution: Any, chunk_size: int | None = None, where: str = 
             "by_instruction": {k: check_action_steps(v, chunk_size, f"{where}.by_instruction[{k!r}]")
                                for k, v in by.items()},
             **{k: v for k, v in execution.items() if k not in ("action_steps", "by_instruction")}}
+
+
+def delay_note(action_steps: int | None, delay: int, chunk_size: int) -> str | None:
+    """What a simulated inference delay does to a robot executing `action_steps` actions per request of
+    `chunk_size`-action chunks, when that is not what one would guess; None when the delay is simulated as asked.
+    Whole chunks: each chunk is asked for when the last runs out, the robot (and the simulated world) waits for it,
+    so a delay changes nothing. K + D past the chunk: the robot waits K + D - H ticks for every chunk."""
+    if not delay:
+        return None
+    if action_steps is None:
+        return (f"--delay {delay} with whole chunks: each chunk is asked for when the last runs out, and the robot "
+                f"(and the simulated world) waits for it, so the delay changes nothing; give --action-steps K "
+                f"(K + D <= {chunk_size}) to measure it")
+    if action_steps + delay > chunk_size:
+        return (f"--action-steps {action_steps} + --delay {delay} > the chunk's {chunk_size} actions: the robot waits "
+                f"{action_steps + delay - chunk_size} ticks for each chunk (and commits no actions then); "
+                f"--action-steps {max(chunk_size - delay, 1)} keeps it moving")
+    return None

@@ -259,7 +259,8 @@ def _train(cfg: TrainConfig, progress: bool) -> Path:
     if cfg.warmup_steps >= cfg.steps:
         accelerator.print(f"train.warmup_steps={cfg.warmup_steps} >= steps={cfg.steps}: the learning rate never "
                           f"reaches train.lr={cfg.lr:g} (at most {cfg.lr * cfg.steps / max(cfg.warmup_steps, 1):.2g}); "
-                          f"for a short run pass --warmup-steps {max(cfg.steps // 10, 1)} (warmup_steps)")
+                          f"a short run wants about {max(cfg.steps // 10, 1)} (rfm train --warmup-steps; "
+                          f"TrainConfig.warmup_steps)")
     for rec in data.info.get("recorded", []):  # what a fleet recording contributes, and what it had
         outcomes = ", ".join(f"{n} {o}" for o, n in rec["recording"]["outcomes"].items())
         accelerator.print(f"{rec['path']}: learning from {rec['frames']} frames in {rec['episodes']} episodes "

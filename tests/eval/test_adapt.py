@@ -139,6 +139,19 @@ def test_cli_errors_are_one_line(ckpt, tmp_path, capsys):
     assert "dataset directory not found" in error("--task", "reach-v3", "--init", str(ckpt), "--dataset",
                                                   str(tmp_path / "none"))
     assert not (tmp_path / "run").exists()  # nothing written before the settings were checked
+    # another robot's demonstrations (14 joints, though with the model's cameras): refused before any training
+    from rfm.data.lerobot import LeRobotDatasetWriter
+
+    joints = [f"q{i}" for i in range(14)]
+    w = LeRobotDatasetWriter(tmp_path / "arm14", fps=10, cameras={"corner": (48, 48), "topview": (48, 48)},
+                             state_names=joints, action_names=joints, use_videos=False)
+    for _ in range(3):
+        w.add_frame(images={c: np.zeros((48, 48, 3), np.uint8) for c in ("corner", "topview")},
+                    state=np.zeros(14, np.float32), action=np.zeros(14, np.float32), task="reach the red target")
+    w.save_episode()
+    w.finalize()
+    said = error("--task", "reach-v3", "--init", str(ckpt), "--dataset", str(tmp_path / "arm14"))
+    assert "14 state values" in said and "Meta-World robot" in said and not (tmp_path / "run" / "checkpoint").exists()
 
 
 def test_tasks_fine_tuned_together_get_the_steps_each_would_get_alone(ckpt, tmp_path):

@@ -73,13 +73,16 @@ def test_rollout_reports_every_step_to_its_observer(ckpt):
 
 
 @pytest.mark.integration
-def test_worker_processes_run_the_same_episodes_as_one(ckpt):
-    """--workers shards the episodes over processes; every episode's outcome matches the single-process run."""
+def test_worker_processes_run_the_same_episodes_as_one(ckpt, tmp_path):
+    """--workers shards the episodes over processes; every episode's outcome matches the single-process run, and
+    --video-dir films each task's first episode whichever worker runs it (it was ignored with workers)."""
     from rfm.eval import evaluate
 
     tasks = ["reach-v3", "drawer-close-v3"]
     one = evaluate(None, tasks, 2, max_steps=8, checkpoint=str(ckpt), progress=False)
-    two = evaluate(None, tasks, 2, max_steps=8, checkpoint=str(ckpt), workers=2, progress=False)
+    two = evaluate(None, tasks, 2, max_steps=8, checkpoint=str(ckpt), workers=2, progress=False,
+                   video_dir=tmp_path / "videos")
+    assert sorted(p.name for p in (tmp_path / "videos").iterdir()) == ["drawer-close-v3.gif", "reach-v3.gif"]
     for task in tasks:
         assert two["tasks"][task]["episodes"] == 2
         assert two["tasks"][task]["rollouts"] == one["tasks"][task]["rollouts"]
