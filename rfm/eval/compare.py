@@ -107,7 +107,8 @@ def load_rollouts(path: str | Path) -> dict[str, dict[int, bool]]:
         rollouts = res.get("rollouts") if isinstance(res, dict) else None
         if not isinstance(rollouts, list):
             raise ValueError(f"{path}: tasks.{task} has no 'rollouts' list of per-seed outcomes "  # noqa: TRY004
-                             "(older result files lack it; rerun the evaluation to compare it)")
+                             "(compare takes files written by `rfm eval --out` or `rfm adapt`; older ones lack it: "
+                             "rerun the evaluation)")
         try:
             out[task] = {int(r["seed"]): bool(r["success"]) for r in rollouts}
         except (KeyError, TypeError, ValueError):
@@ -148,7 +149,9 @@ def compare(a: str | Path, b: str | Path) -> Comparison:
     for i, (spec_a, spec_b) in enumerate(zip(runs_a, runs_b)):
         run_tasks, run_skipped = _pair(load_pooled(spec_a), load_pooled(spec_b))
         if not run_tasks:
-            raise ValueError(f"{spec_a} and {spec_b}: no task evaluated on the same seeds in both")
+            why = "; ".join(f"{t}: {w}" for t, w in run_skipped.items())
+            raise ValueError(f"{spec_a} and {spec_b}: no episode to pair, no task run on the same seeds in both "
+                             f"({why})")
         for task, counts in run_tasks.items():
             tasks[task] = tasks.get(task, PairedCounts()) + counts
         for task, why in run_skipped.items():
@@ -168,6 +171,10 @@ def _pair(ra: dict[str, dict[int, bool]], rb: dict[str, dict[int, bool]]) -> tup
         if not seeds:
             skipped[task] = "no seed in common"
             continue
+        only_a, only_b = len(ra[task]) - len(seeds), len(rb[task]) - len(seeds)
+        if only_a or only_b:  # left out of the counts: say so rather than shrink the sample silently
+            skipped[f"{task} (in part)"] = (f"{only_a} of A's {len(ra[task])} and {only_b} of B's {len(rb[task])} "
+                                            f"episodes ran seeds the other did not")
         counts = [0, 0, 0, 0]  # indexed by (success in A) * 2 + (success in B)
         for s in seeds:
             counts[2 * ra[task][s] + rb[task][s]] += 1
