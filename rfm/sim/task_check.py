@@ -72,7 +72,7 @@ def check_tasks(datasets: list[str], allowed: list[str] | str, checkpoints: list
         d["env_tasks"] = sorted({*d["env_tasks"], *(sentences[i] for i in d["instructions"] if i in sentences)})
         found.append(d)
     if foreign:
-        raise TaskCheckError(f"{len(foreign)} task(s) outside the allowed {len(tasks)} "
+        raise TaskCheckError(f"outside the allowed {len(tasks)} tasks "
                              f"({allowed if isinstance(allowed, str) else ','.join(allowed)}): {'; '.join(foreign)}")
     covered = {t for d in found for t in d["env_tasks"]}
     return {"allowed": tasks, "datasets": found, "missing": [t for t in tasks if t not in covered], "passed": True}
