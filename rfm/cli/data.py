@@ -83,7 +83,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     h.add_argument("--out", required=True)
     h.add_argument("--fps", type=int, required=True, help="control rate of the recordings")
     h.add_argument("--task", required=True, help="language instruction for every episode")
-    h.add_argument("--layout", choices=["auto", "aloha", "robomimic"], default="auto")
+    h.add_argument("--layout", choices=["auto", "aloha", "robomimic"], default="auto",
+                   help="aloha: one file per episode with /observations/qpos, /observations/images/<camera> and "
+                        "/action; robomimic: one file with data/demo_N/obs/<key> (images: <camera>_image) and "
+                        "data/demo_N/actions; auto: whichever the file is")
     h.add_argument("--cameras", type=comma_list, default=None, help="cameras to keep (default: all)")
     h.add_argument("--state-keys", type=comma_list, default=None, help="robomimic: low-dim obs keys forming the state")
     h.add_argument("--robot-type", default="unknown")

@@ -70,6 +70,12 @@ def run(args: argparse.Namespace) -> int:
     if args.continuation and not described.get("prefix_max", 0):
         raise CLIError(f"--continuation: the model served at {args.url} takes no committed actions "
                        f"(model.prefix_max = 0)")
+    from rfm.sim.metaworld import expand_tasks
+
+    episodes = len(expand_tasks(args.tasks)) * args.episodes
+    if args.robots > episodes:  # each robot runs whole episodes
+        print(f"note: {args.robots} robots for {episodes} episodes: {args.robots - episodes} of them have nothing to "
+              f"do", file=sys.stderr)
     res = drive_fleet(args.url, args.tasks, args.episodes, robots=args.robots, dagger=args.dagger, seed=args.seed,
                       action_steps=args.action_steps, delay=args.delay, continuation=args.continuation,
                       max_steps=args.max_steps, api_key=key, takeover=takeover, transport=args.transport)
