@@ -131,3 +131,10 @@ def test_the_bundled_checkpoints_are_found_from_any_directory(tmp_path, monkeypa
     (tmp_path / "checkpoints" / "default").mkdir(parents=True)
     assert checkpoint_dir("checkpoints/default") == "checkpoints/default"  # the user's own, here
     assert checkpoint_dir("elsewhere/default") == "elsewhere/default"
+
+
+def test_a_bad_option_value_is_one_line():
+    """argparse printed its whole usage block before the line that says what was wrong."""
+    out = rfm_process("adapt", "--task", "reach-v3", "--init", "x", "--out", "y", "--episodes", "0")
+    assert out.returncode == 2 and out.stderr.count("\n") == 1
+    assert out.stderr.startswith("rfm adapt: error: argument --episodes: '0': expected a whole number >= 1")

@@ -42,8 +42,16 @@ INSTALL_NOTES = {"serve": " (to serve an `rfm export` directory, without torch: 
 
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with a bad option or value reported in one line like every other CLI error (argparse prints the
+    whole usage block first, which buries the line that says what was wrong)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (`{self.prog} --help` lists the options)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rfm", description="Robot foundation model: data, train, eval, export, serve.")
+    parser = Parser(prog="rfm", description="Robot foundation model: data, train, eval, export, serve.")
     parser.add_argument("--version", action="version", version=f"rfm {importlib.import_module('rfm').__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in COMMANDS.values():
