@@ -18,7 +18,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="Meta-World task(s), comma-separated, fine-tuned together (or a set: ml45-test, mt10, ...)")
     p.add_argument("--init", required=True, type=checkpoint_dir, help="checkpoint directory to fine-tune, or 'scratch'")
     p.add_argument("--out", required=True, help="run directory")
-    p.add_argument("--demos", type=int, default=10, help="demonstrations per task (default 10)")
+    p.add_argument("--demos", type=int, default=10,
+                   help="demonstrations per task (default 10). The fine-tune normalises state and actions with the "
+                        "demos' own statistics, as rfm train does: from very few demos (or few steps) they can be far "
+                        "from the init's, and the model scores below the init until it has adapted to them")
     p.add_argument("--steps", type=int, default=None,
                    help="fine-tuning steps, from scratch as many (default 2000 per task: tasks fine-tuned together "
                         "get the budget each would get alone)")
