@@ -156,7 +156,7 @@ def run_info(args: argparse.Namespace) -> int:
     from rfm.data.reader import LeRobotDataset
     from rfm.data.view import summary
 
-    info = summary(LeRobotDataset(args.path))
+    info = summary(LeRobotDataset(args.path, check_finite=False))  # a NaN is reported here, not refused
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -173,6 +173,8 @@ def run_info(args: argparse.Namespace) -> int:
             v = "; ".join(f"{part}: {', '.join(names)}" for part, names in v.items() if names) or "none"
         if k == "recording":  # what a fine-tune on it would learn from (rfm train --recorded-episodes)
             v = _recording_line(v)
+        if k == "non_finite":  # training refuses the dataset: say so, and how to mend it
+            v = "REFUSED for training: " + " | ".join(v)
         print(f"{k:<{width}}  {v}")
     return 0
 
@@ -189,7 +191,7 @@ def run_view(args: argparse.Namespace) -> int:
     from rfm.data.reader import LeRobotDataset
     from rfm.data.view import contact_sheet
 
-    ds = LeRobotDataset(args.path)
+    ds = LeRobotDataset(args.path, check_finite=False)  # a dataset with a NaN can still be looked at
     if args.episode not in {e.index for e in ds.episodes}:
         raise CLIError(f"--episode {args.episode} is not in {args.path} (episodes 0..{ds.num_episodes - 1})")
     print(f"wrote {contact_sheet(ds, args.episode, args.out, args.frames)}")

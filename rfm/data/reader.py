@@ -70,8 +70,12 @@ def _check_finite(arrays: dict[str, np.ndarray], episodes: np.ndarray, path: Pat
 class LeRobotDataset:
     """A LeRobot dataset on disk. `LeRobotDataset(root)` detects v3.0 or v2.1 and validates what it loads."""
 
-    def __init__(self, root: str | Path, cache_bytes: int = 512 << 20) -> None:
+    def __init__(self, root: str | Path, cache_bytes: int = 512 << 20, check_finite: bool = True) -> None:
+        """check_finite=False opens a dataset whose state or action holds NaN/inf (to look at it: rfm data info,
+        view) and says what is wrong in `non_finite` instead of refusing it."""
         self.root = Path(root)
+        self.check_finite = check_finite
+        self.non_finite: list[str] = []  # with check_finite=False: what the check would have refused
         info_path = self.root / lm.INFO_PATH
         if not self.root.is_dir():
             raise FileNotFoundError(f"dataset directory {self.root} does not exist")
@@ -171,7 +175,12 @@ class LeRobotDataset:
             table = lm.read_parquet(path, columns=keys)  # numeric columns only: images stay on disk
             arrays = {k: column_to_numpy(table.column(k), self.features[k], k, path) for k in keys}
             ep_col = arrays["episode_index"]
-            _check_finite(arrays, ep_col, path, self.root, {OBS_STATE: self.state_names, ACTION: self.action_names})
+            try:
+                _check_finite(arrays, ep_col, path, self.root, {OBS_STATE: self.state_names, ACTION: self.action_names})
+            except DatasetError as e:
+                if self.check_finite:
+                    raise
+                self.non_finite.append(str(e))
             by_ep = np.argsort(ep_col, kind="stable")  # rows grouped by episode, file order kept inside a group
             sorted_eps = ep_col[by_ep]
             for ep in eps:

@@ -27,7 +27,8 @@ def summary(ds: LeRobotDataset) -> dict:
         "state": ds.state_names, "action": ds.action_names, "unchanging": unchanging(ds),
         "features": {k: f"{ft['dtype']} {list(ft['shape'])}" for k, ft in ds.features.items()},
         "size_on_disk_mb": round(ds.size_bytes() / 2**20, 2),
-    } | ({"recording": recorded} if recorded is not None else {})
+    } | ({"recording": recorded} if recorded is not None else {}) | (
+        {"non_finite": ds.non_finite} if ds.non_finite else {})
 
 
 def unchanging(ds: LeRobotDataset) -> dict[str, list[str]]:

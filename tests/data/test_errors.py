@@ -142,3 +142,10 @@ def test_non_finite_state_names_the_episodes_and_says_how_to_remove_them(ds_copy
                                            r"--operation.episode_indices \"\[1, 2\]\"") as e:
         LeRobotDataset(ds_copy)
     assert f"--root {ds_copy} " in str(e.value)  # the command as it runs, the dimension by its name
+    # still open to look at: rfm data info and view report it instead of refusing it
+    looked = LeRobotDataset(ds_copy, check_finite=False)
+    assert looked.num_episodes == 3 and "episode(s) 1, 2" in looked.non_finite[0]
+    from tests.cli_in_process import rfm
+
+    out = rfm("data", "info", str(ds_copy))
+    assert out.returncode == 0 and "REFUSED for training" in out.stdout
