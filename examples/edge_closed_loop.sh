@@ -31,12 +31,14 @@ export_ ort-int8 --precision int8
 export_ ort-int8-all --precision int8 --keep-fp32 none
 export_ ov-fp32 --precision fp32 --target openvino
 export_ ov-int8 --precision int8 --target openvino
+export_ ort-fp16 --precision fp16
 run torch-fp32 "$CKPT" torch
 run ort-int8 "$OUT/ort-int8" onnx
 run ov-int8 "$OUT/ov-int8" openvino
 run ort-int8-all "$OUT/ort-int8-all" onnx
 run ort-fp32 "$OUT/ort-fp32" onnx
 run ov-fp32 "$OUT/ov-fp32" openvino
-for row in ort-fp32 ort-int8 ort-int8-all ov-fp32 ov-int8; do
+run ort-fp16 "$OUT/ort-fp16" onnx
+for row in ort-fp32 ort-int8 ort-int8-all ov-fp32 ov-int8 ort-fp16; do
   [ -f "$OUT/$row.json" ] && $RFM compare "$OUT/torch-fp32.json" "$OUT/$row.json" --out "$OUT/compare-$row.json"
 done
