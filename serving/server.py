@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -67,6 +68,7 @@ def uvicorn_config(app, host: str, port: int, config: ServerConfig, log_level: s
 IDLE_S = 5  # a connection that sends nothing for this long, before its first request or between requests, is closed
 
 
+@functools.cache
 def _silent_sockets_time_out() -> type:
     """uvicorn's HTTP protocol (httptools where installed, else h11) with its keep-alive timeout also running from
     the moment a connection opens: uvicorn starts it only after a first response, so sockets that never send a
@@ -107,10 +109,10 @@ class DrainingServer(uvicorn.Server):
             return
         state.draining = True
         log.info("stopping: new requests are refused; waiting for %d WebSocket answers", state.ws_in_flight)
-        try:
-            asyncio.get_running_loop().create_task(self._drain_then_exit(sig))
-        except RuntimeError:  # no loop running here (not yet started): stop as uvicorn would
+        if self.loop is None:  # not started yet: stop as uvicorn would
             super().handle_exit(sig, frame)
+            return
+        self.loop.create_task(self._drain_then_exit(sig))  # signals and drain() run on the loop's thread
 
     def drain(self) -> None:
         """Stop as on SIGTERM (ServerThread.stop; tests)."""

@@ -78,15 +78,17 @@ class InferenceService:
         self.runner = runner
 
     def instruction_required(self) -> bool:
-        """Whether a request must carry an instruction (the model was trained on several and no default is set)."""
-        return self.default_instruction() is None and len(self.runner.trained_instructions) > 1
+        """Whether a request must carry an instruction (the model was trained on several and no default is set):
+        the runner's own rule (Runner.instruction_for) refuses an empty one."""
+        try:
+            self.runner.instruction_for("")
+        except ObservationError:
+            return True
+        return False
 
     def default_instruction(self) -> str | None:
         """What a request without an instruction runs: --default-instruction, else the model's only instruction."""
-        try:
-            return self.runner.instruction_for("") or None
-        except ObservationError:
-            return None
+        return None if self.instruction_required() else self.runner.instruction_for("") or None
 
     def describe(self) -> dict:
         d = self.runner.describe()

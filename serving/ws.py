@@ -26,7 +26,7 @@ async def _admit(ws: WebSocket, state: ServerState, endpoint: str) -> str | None
     try:
         client_id = state.authorize(ws.headers.get("authorization"), ws.client)
         state.require_service()
-        if state.websockets >= state.config.max_connections:  # uvicorn's own limit counts no WebSocket upgrade
+        if state.websockets >= state.config.max_connections:  # --max-connections caps WebSockets (HTTP: queue)
             raise ApiError(503, "overloaded", f"{state.websockets} WebSockets are open, this server's limit "
                            f"(--max-connections); try again later or another replica",
                            {"Retry-After": str(state.config.retry_after_s)})

@@ -31,11 +31,21 @@ def is_recording(ds: LeRobotDataset) -> bool:
 def episode_outcome(ds: LeRobotDataset, ep: Episode) -> str:
     """success | failure | unknown, as the recorder stored it; for recordings made before it stored outcomes,
     success where a frame says so, else unknown (their False also meant "not reported")."""
+    return _outcome(ep, _column(ds, SUCCESS))
+
+
+def _outcome(ep: Episode, success: np.ndarray | None) -> str:
+    """episode_outcome, given the dataset's per-frame success column (read once for all its episodes)."""
     stored = ep.meta.get(OUTCOME)
     if stored in OUTCOMES:
         return stored
-    flags = _column(ds, SUCCESS)
-    return "success" if flags is not None and flags[ep.start:ep.stop].any() else "unknown"
+    return "success" if success is not None and success[ep.start:ep.stop].any() else "unknown"
+
+
+def _outcomes(ds: LeRobotDataset) -> dict[int, str]:
+    """episode_outcome of every episode."""
+    success = _column(ds, SUCCESS)
+    return {ep.index: _outcome(ep, success) for ep in ds.episodes}
 
 
 def parse_kinds(spec: str) -> tuple[str, ...] | None:
@@ -54,7 +64,7 @@ def robot_outcomes(ds: LeRobotDataset) -> dict[int, str]:
     """Each episode's outcome as the robot lived it: an episode the server cut at its own stop (ended_by
     "shutdown") is the first part of one the robot went on with after the restart, under the same session, so it
     takes the outcome of that continuation (which may itself have been cut: followed to its end)."""
-    own = {ep.index: episode_outcome(ds, ep) for ep in ds.episodes}
+    own = _outcomes(ds)
     after: dict[int, int] = {}  # episode -> the next one of its session
     last: dict[str, int] = {}
     for ep in sorted(ds.episodes, key=lambda e: e.index):
@@ -84,8 +94,8 @@ def frame_mask(ds: LeRobotDataset, kinds: tuple[str, ...] | None) -> np.ndarray 
     for ep in ds.episodes:
         if outcomes[ep.index] in kinds:
             mask[ep.start:ep.stop] = True
-    corrected = _column(ds, CORRECTED)
-    if "corrected" in kinds and corrected is not None:
+    corrected = _column(ds, CORRECTED) if "corrected" in kinds else None
+    if corrected is not None:
         mask |= corrected
     return mask
 
@@ -99,7 +109,7 @@ def summary(ds: LeRobotDataset) -> dict | None:
     out = {"outcomes": {o: 0 for o in OUTCOMES}, "corrected_frames": sum(per_ep),
            "episodes_with_corrections": sum(1 for n in per_ep if n),
            "sessions": len({str(e.meta.get(SESSION)) for e in ds.episodes if e.meta.get(SESSION) is not None})}
-    out["outcomes"].update(Counter(episode_outcome(ds, e) for e in ds.episodes))
+    out["outcomes"].update(Counter(_outcomes(ds).values()))
     ended = Counter(str(e.meta[ENDED_BY]) for e in ds.episodes if e.meta.get(ENDED_BY) is not None)
     if ended:
         out["ended_by"] = dict(ended.most_common())

@@ -122,7 +122,8 @@ class WindowDataset(Dataset):
         self.frame_ep = np.concatenate([np.full(e.length, i) for i, e in enumerate(self.episodes)]) if self.episodes \
             else np.zeros(0, np.int64)
         if keep is not None:  # items only at the frames to learn from; their windows still run on through the episode
-            self.frames, self.frame_ep = self.frames[keep[self.frames]], self.frame_ep[keep[self.frames]]
+            kept = keep[self.frames]
+            self.frames, self.frame_ep = self.frames[kept], self.frame_ep[kept]
         self.cache = ByteLRU(cache_bytes)
         h, w = interface.image_size
         need = len(self.frames) * len(interface.cameras) * 3 * h * w

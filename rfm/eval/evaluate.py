@@ -125,7 +125,10 @@ def evaluate(runner: Runner | None, tasks: list[str], episodes: int, seed: int |
         if checkpoint is None:
             raise ValueError("workers > 1 needs checkpoint= (each process loads its own runner)")
         shards = [work[i::workers] for i in range(workers)]
-        filmed = {next((t, sd) for t, sd, _ in work if t == task) for task in dict.fromkeys(t for t, _, _ in work)}
+        first_seed: dict[str, int] = {}
+        for task, sd, _ in work:
+            first_seed.setdefault(task, sd)
+        filmed = set(first_seed.items())  # each task's first episode, whichever worker runs it
         jobs = [(checkpoint, backend, s, opts, os.getpid(), Path(video_dir) if video_dir else None, filmed)
                 for s in shards]
         results = [r for part in process_map(_worker, jobs, workers) for r in part]  # WorkerDied if one dies

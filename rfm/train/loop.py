@@ -201,8 +201,9 @@ def _check_out(ckpt_dir: Path, cfg: TrainConfig) -> None:
     if cfg.resume:
         if (ckpt_dir / STATE_DIR).is_dir():
             return
-        raise ConfigError(f"--resume (resume=True): {ckpt_dir} holds a checkpoint without training state ({STATE_DIR}/: a copied "
-                          f"or exported one), which cannot be continued and would be replaced by a new model; "
+        raise ConfigError(f"--resume (resume=True): {ckpt_dir} holds a checkpoint without training state "
+                          f"({STATE_DIR}/: a copied or exported one), which cannot be continued and would be "
+                          f"replaced by a new model; "
                           f"--init {ckpt_dir} fine-tunes from it into another --out, --overwrite (overwrite=True) "
                           f"replaces it")
     try:
