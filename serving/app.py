@@ -28,8 +28,12 @@ from serving.ws import add_websocket_routes
 ROUTES = ("/v1/act", "/v1/ticks", "/v1/episodes/end", "/v1/models", "/healthz", "/readyz", "/metrics", "/docs", "/openapi.json")
 
 
+BODY_S = 60  # a request body must arrive within this long: 8 MB at about 1 Mbit/s; a trickle would hold its task
+
+
 async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing (413) anything over `limit` bytes before reading it all."""
+    """The request body, refusing (413) anything over `limit` bytes before reading it all, and (408) a body that
+    takes over BODY_S seconds to arrive."""
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
@@ -37,11 +41,16 @@ async def read_body(request: Request, limit: int) -> bytes:
         if int(declared) > limit:
             raise PayloadTooLarge(f"body is {declared} bytes, the limit is {limit}")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"body is over the limit of {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(BODY_S):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(f"body is over the limit of {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise ApiError(408, "request_timeout", f"the body did not arrive within {BODY_S} s "
+                       f"({size} bytes of {declared or 'an unknown length'} came)") from None
     return b"".join(chunks)
 
 

@@ -34,7 +34,7 @@ class ErrorBody(BaseModel):
 
 
 ERROR_RESPONSES = {code: {"model": ErrorBody, "description": desc} for code, desc in {
-    401: "missing or invalid API key", 409: "recording endpoint on a server started without --record",
+    401: "missing or invalid API key", 408: "the body did not arrive within 60 s", 409: "recording endpoint on a server started without --record",
     413: "body over the size limit", 415: "unsupported Content-Type",
     422: "observation does not match the model", 500: "inference failed for this request's batch",
     503: "not ready, overloaded (see Retry-After) or shutting down", 504: "deadline exceeded"}.items()}

@@ -66,23 +66,48 @@ def uvicorn_config(app, host: str, port: int, config: ServerConfig, log_level: s
 
 
 IDLE_S = 5  # a connection that sends nothing for this long, before its first request or between requests, is closed
+HEAD_S = 10  # a request's line and headers must arrive within this long of its first byte, else the socket is closed
 
 
 @functools.cache
 def _silent_sockets_time_out() -> type:
-    """uvicorn's HTTP protocol (httptools where installed, else h11) with its keep-alive timeout also running from
-    the moment a connection opens: uvicorn starts it only after a first response, so sockets that never send a
-    request stayed open for good, and enough of them exhausted the server's file descriptors."""
+    """uvicorn's HTTP protocol (httptools where installed, else h11) with two deadlines uvicorn lacks:
+    - its keep-alive timeout also runs from the moment a connection opens: uvicorn starts it only after a first
+      response, so sockets that never send a request stayed open for good, and enough of them exhausted the server's
+      file descriptors;
+    - (httptools) a request's head must be complete HEAD_S after its first byte: a client trickling a byte every few
+      seconds (slowloris) kept resetting the idle timeout and held its connection for ever.
+    A body is held to a deadline where it is read (serving.app.read_body)."""
     try:
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as Base
     except ImportError:
         from uvicorn.protocols.http.h11_impl import H11Protocol as Base
 
     class SilentSocketsTimeOut(Base):  # type: ignore[misc, valid-type]
+        head_deadline = None
+
         def connection_made(self, transport) -> None:  # type: ignore[no-untyped-def]
             super().connection_made(transport)
             self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive,
                                                                 self.timeout_keep_alive_handler)
+
+        def on_message_begin(self) -> None:  # httptools: the first byte of a request
+            super().on_message_begin()
+            self._end_head_deadline()
+            self.head_deadline = self.loop.call_later(HEAD_S, self.timeout_keep_alive_handler)
+
+        def on_headers_complete(self) -> None:
+            self._end_head_deadline()
+            super().on_headers_complete()
+
+        def connection_lost(self, exc) -> None:  # type: ignore[no-untyped-def]
+            self._end_head_deadline()
+            super().connection_lost(exc)
+
+        def _end_head_deadline(self) -> None:
+            if self.head_deadline is not None:
+                self.head_deadline.cancel()
+                self.head_deadline = None
 
     return SilentSocketsTimeOut
 

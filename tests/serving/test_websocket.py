@@ -187,6 +187,45 @@ def test_a_socket_that_sends_nothing_is_closed(tiny_runner):
         assert httpx.get(s.url + "/healthz").status_code == 200
 
 
+def test_a_trickling_client_is_cut_off_and_others_are_served(tiny_runner, monkeypatch):
+    """A slowloris client sending a byte every second reset the idle timeout and held its connection for ever; a
+    request head now has HEAD_S seconds and a body BODY_S (shortened here) before the server gives up on it."""
+    import socket
+
+    import serving.app
+    import serving.server
+
+    monkeypatch.setattr(serving.server, "HEAD_S", 1.5)
+    monkeypatch.setattr(serving.app, "BODY_S", 1.5)
+
+    def trickle(sock, data: bytes) -> bytes:
+        """Send `data` a byte every 0.3 s until the server closes or answers; what it sent back."""
+        sock.settimeout(0.3)
+        for i in range(len(data)):
+            try:
+                sock.sendall(data[i:i + 1])
+                got = sock.recv(4096)
+                return got  # an answer, or b"" for a close
+            except TimeoutError:
+                continue
+            except OSError:
+                return b""
+        return b"never cut off"
+
+    with ServerThread(tiny_runner, ServerConfig(max_batch=2, warmup_batch_sizes=(1,))) as s:
+        head = socket.create_connection(("127.0.0.1", s.port))
+        t = time.monotonic()
+        assert trickle(head, b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"X-Slow: " + b"a" * 200) == b""
+        assert time.monotonic() - t < 5
+        body = socket.create_connection(("127.0.0.1", s.port))
+        body.sendall(b"POST /v1/act HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 500\r\n\r\n")
+        answer = trickle(body, b"{" + b" " * 400)
+        assert answer.startswith(b"HTTP/1.1 408") and b"did not arrive within" in answer, answer
+        head.close(), body.close()
+        assert httpx.post(s.url + "/v1/act", json=json_body(observation())).status_code == 200
+
+
 def test_a_graceful_stop_answers_every_websocket_request_it_took(tiny_runner):
     """SIGTERM closed WebSockets at once (1012) and dropped answers already computed (and recorded). Now the server
     first refuses new requests (503, /readyz draining) and sends every answer it owes, then closes."""
