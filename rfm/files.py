@@ -21,3 +21,90 @@ def as_umask_allows(path: str | Path) -> None:
     """chmod `path` to what the umask gives a new directory (0o777) or file (0o666)."""
     path = Path(path)
     path.chmod((0o777 if path.is_dir() else 0o666) & ~UMASK)
+
+
+# Replacing a directory (a checkpoint, an export, a dataset) takes two renames: target -> .NAME.old-PID-*, then
+# .NAME.tmp-PID-* -> target. A process killed between them (SIGKILL, power loss) leaves no directory at the target,
+# the previous one in .old, and a killed writer leaves its half-written .tmp. Both are told apart from a live
+# writer's by the PID in their name: the process is gone, or it is this process and not writing them now.
+_WRITING: set[Path] = set()  # this process's temp and old directories in use
+
+
+def temp_dir_for(target: Path) -> Path:
+    """A new private directory beside `target` to write its replacement into (see replace_dir)."""
+    import tempfile
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    recover_interrupted(target)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
+    _WRITING.add(tmp)
+    return tmp
+
+
+def replace_dir(tmp: Path, target: Path) -> None:
+    """Put the finished `tmp` (from temp_dir_for) in place of `target`; the previous one is removed after."""
+    import shutil
+    import uuid
+
+    old = None
+    try:
+        if target.exists():
+            old = target.parent / f".{target.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            _WRITING.add(old)
+            os.replace(target, old)
+        os.replace(tmp, target)
+    finally:
+        _WRITING.discard(tmp)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+        _WRITING.discard(old)
+
+
+def discard_temp_dir(tmp: Path) -> None:
+    import shutil
+
+    shutil.rmtree(tmp, ignore_errors=True)
+    _WRITING.discard(tmp)
+
+
+def recover_interrupted(target: Path) -> Path | None:
+    """Clean up after a writer of `target` that was killed: put back the previous directory if the target is
+    missing, delete half-written temp directories and leftover old ones. The directory restored, if any."""
+    import shutil
+
+    restored = None
+    if not target.parent.is_dir():
+        return None
+    for old in sorted(target.parent.glob(f".{target.name}.old-*"), key=lambda p: p.stat().st_mtime, reverse=True):
+        if not _abandoned(old, ".old-"):
+            continue
+        if restored is None and not target.exists():
+            os.replace(old, target)  # the newest previous directory comes back
+            restored = target
+        else:
+            shutil.rmtree(old, ignore_errors=True)
+    for tmp in target.parent.glob(f".{target.name}.tmp-*"):
+        if _abandoned(tmp, ".tmp-"):
+            shutil.rmtree(tmp, ignore_errors=True)
+    return restored
+
+
+def _abandoned(path: Path, marker: str) -> bool:
+    """Left by a writer that is gone: its PID (after `marker` in the name) is not running, or is this process,
+    which is not using it."""
+    if path in _WRITING:
+        return False
+    pid = path.name.split(marker, 1)[1].split("-", 1)[0]
+    if not pid.isdigit():
+        return False  # not ours (an older rfm named them without a PID): left alone
+    if int(pid) == os.getpid():
+        return True
+    if os.name == "nt":  # os.kill(pid, 0) would terminate it there
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # exists, owned by someone else
+        return False
+    return False

@@ -14,10 +14,8 @@ one go, get quantiles exact over all frames.
 
 from __future__ import annotations
 
-import os
 import shutil
 import threading
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -29,29 +27,7 @@ from rfm.data import lerobot_meta as lm
 from rfm.data import stats as st
 from rfm.data import video
 from rfm.data.frames import encode_png
-
-TMP_MARK = ".rfm-tmp-"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _clean_stale_tmp(root: Path) -> None:
-    """Remove temp dirs of atomic writes to `root` whose writing process is gone (killed before finalize)."""
-    for p in root.parent.glob(f".{root.name}{TMP_MARK}*"):
-        try:
-            pid = int(p.name.split(TMP_MARK, 1)[1].split("-", 1)[0])
-        except ValueError:
-            continue
-        if not _pid_alive(pid):
-            shutil.rmtree(p, ignore_errors=True)
+from rfm.files import discard_temp_dir, replace_dir, temp_dir_for
 
 
 def _extra_feature(key: str, values: np.ndarray) -> dict:
@@ -137,10 +113,7 @@ class LeRobotDatasetWriter:
         else:
             if self.root.exists() and not overwrite:
                 raise FileExistsError(f"{self.root} already exists (pass overwrite=True to replace it at finalize)")
-            self.root.parent.mkdir(parents=True, exist_ok=True)
-            _clean_stale_tmp(self.root)
-            self._dir = self.root.parent / f".{self.root.name}{TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}"
-            self._dir.mkdir()
+            self._dir = temp_dir_for(self.root)  # also cleans up after a writer of root that was killed
 
     def _prepare_root(self) -> None:
         if self.root.exists() and any(self.root.iterdir()):
@@ -513,13 +486,7 @@ class LeRobotDatasetWriter:
                     self.info["features"][key]["info"] = {k: v for k, v in video.probe(writer.path, key).items()
                                                           if k not in ("frames", "duration")}
                 self._write_meta(self._dir)
-                old = None
-                if self.root.exists():
-                    old = self.root.parent / f".{self.root.name}.old-{uuid.uuid4().hex[:8]}"
-                    os.replace(self.root, old)
-                os.replace(self._dir, self.root)
-                if old is not None:
-                    shutil.rmtree(old, ignore_errors=True)
+                replace_dir(self._dir, self.root)
             except BaseException:
                 self.abort()
                 raise
@@ -539,7 +506,7 @@ class LeRobotDatasetWriter:
             for writer, _ in self._videos.values():
                 writer.abort()
             self._videos.clear()
-            shutil.rmtree(self._dir, ignore_errors=True)
+            discard_temp_dir(self._dir)
             self._closed = True
 
     def __enter__(self) -> LeRobotDatasetWriter:  # noqa: PYI034

@@ -11,8 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,7 +22,7 @@ from safetensors.torch import load_file, save
 from rfm._version import __version__
 from rfm.config import ConfigError, PolicyConfig
 from rfm.constants import CHECKPOINT_FORMAT, CONFIG_FILE, MODEL_CARD_FILE, STATS_FILE, WEIGHTS_FILE
-from rfm.files import as_umask_allows
+from rfm.files import as_umask_allows, discard_temp_dir, recover_interrupted, replace_dir, temp_dir_for
 
 
 class CheckpointError(RuntimeError, ValueError):
@@ -43,13 +41,12 @@ class _AtomicDir:
         self.target = Path(target)
 
     def __enter__(self) -> Path:
-        self.target.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.tmp-", dir=self.target.parent))
+        self.tmp = temp_dir_for(self.target)  # also cleans up after a writer of target that was killed
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
+            discard_temp_dir(self.tmp)
             return
         for f in [self.tmp, *self.tmp.rglob("*")]:  # flush file contents before the rename makes them visible
             # mkdtemp makes the directory 0700 and some writers their files 0600: give what the umask allows, so a
@@ -58,13 +55,7 @@ class _AtomicDir:
             if f.is_file():
                 with open(f, "rb") as fh:
                     os.fsync(fh.fileno())
-        old = None
-        if self.target.exists():
-            old = self.target.parent / f".{self.target.name}.old-{os.getpid()}"
-            os.replace(self.target, old)
-        os.replace(self.tmp, self.target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        replace_dir(self.tmp, self.target)
 
 
 def _to_dtype(state: dict[str, torch.Tensor], dtype: str) -> dict[str, torch.Tensor]:
@@ -137,7 +128,7 @@ def read_json(path: Path) -> dict:
 def read_config(path: str | Path) -> tuple[PolicyConfig, dict]:
     """(PolicyConfig, raw config dict) of a checkpoint directory, validated."""
     path = Path(path)
-    if not path.is_dir():
+    if not path.is_dir() and not recover_interrupted(path):  # a save killed between its two renames: put it back
         raise CheckpointError(f"{path}: checkpoint directory not found")
     if not (path / CONFIG_FILE).exists():  # the two directories users most often pass by mistake say what they are
         if (path / "export.json").is_file():
