@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from rfm.runtime import Runner
+from rfm.runtime.limits import ActionLimits
 from rfm.runtime.observation import ObservationError, check_committed, check_observation
 from rfm.runtime.recorder import Recorder
 from serving.admission import BatchCostModel, DeadlineTooShort, min_deadline_ms
@@ -19,7 +20,6 @@ from serving.batcher import Batcher, BatchFailed
 from serving.codec import ActRequest, EpisodeEnd, TicksRequest, encode_actions
 from serving.config import ServerConfig
 from serving.errors import ApiError
-from serving.limits import ActionLimits
 from serving.memory import HeapTrimmer
 from serving.metrics import Metrics
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from rfm.runtime import Runner
 from rfm.runtime.base import StagedRunner
+from rfm.runtime.limits import ActionLimits
 from rfm.runtime.observation import accepted_sizes
 from serving import codec
 from serving.audit import AuditLog
@@ -20,7 +21,6 @@ from serving.auth import ApiKeys, AuthError
 from serving.batcher import ShuttingDown
 from serving.config import ServerConfig
 from serving.errors import NotReady
-from serving.limits import ActionLimits
 from serving.memory import HeapTrimmer
 from serving.metrics import Metrics
 from serving.openpi import OpenpiMapping

@@ -161,6 +161,10 @@ def _runner_loader(args: argparse.Namespace, ckpt: Path, backend: str, is_export
         return engine_loader(ckpt, engine, staged=staged, device=args.device, threads=threads,
                              cache_dir=args.engine_cache, resize_images=args.resize_images,
                              calib_dataset=args.calib_dataset)
+    if args.calib_dataset:
+        raise CLIError(f"--calib-dataset: {ckpt} is an `rfm export` directory, calibrated when it was exported "
+                       f"(export.json calibration); to calibrate on other frames, export again with "
+                       f"`rfm export --precision int8 --calib-dataset {args.calib_dataset}`")
     if not is_export:
         raise CLIError(f"--backend {backend}: {ckpt} has no {EXPORT_FILE}; it is not an `rfm export` directory "
                        f"(serve a checkpoint with --backend torch, or export it with `rfm export`)")
@@ -196,9 +200,9 @@ def _check_against_interface(args: argparse.Namespace, ckpt: Path, is_export: bo
     """The files checked against the served robot before the model loads: --record DIR (new, empty, or a dataset
     recorded from this robot), --openpi-mapping (its cameras) and --action-limits (its actions). ValueError or
     FileNotFoundError naming the file: one line, exit code 2."""
+    from rfm.runtime.limits import ActionLimits
     from rfm.runtime.loader import read_interface
     from rfm.runtime.recorder import check_recording_dir
-    from serving.limits import ActionLimits
     from serving.openpi import OpenpiMapping
 
     interface, _ = read_interface(ckpt, export=is_export)

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from rfm.config import RobotInterface
 from rfm.constants import ACTION, CONFIG_FILE
 from rfm.data.reader import LeRobotDataset
 from rfm.eval.card import weights_digest
 from rfm.runtime.base import Runner
+from rfm.runtime.dataset_match import check_same_robot
 
 WORST = 5  # episodes listed in worst_episodes
 MIN_STD = 1e-8  # an action dimension with a smaller std (constant in the data) has no normalised error
@@ -37,31 +37,18 @@ class EpisodePrediction:
     recorded: np.ndarray  # (T, D_a) the episode's recorded actions
 
 
-def check_robot(ds: LeRobotDataset, interface: RobotInterface) -> None:
-    """Raise ValueError unless the dataset records the checkpoint's robot: action and state names, cameras, rate."""
-    for field in ("action_names", "state_names"):
-        ours, theirs = list(getattr(ds, field)), list(getattr(interface, field))
-        if ours != theirs:
-            raise ValueError(f"dataset {ds.root}: {field.split('_')[0]} names {ours} differ from the checkpoint's "
-                             f"interface.{field} {theirs}; evaluate on a dataset of the same robot")
-    missing = [c for c in interface.cameras if c not in ds.cameras]
-    if missing:
-        raise ValueError(f"dataset {ds.root}: no camera {missing} of the checkpoint's interface.cameras "
-                         f"{interface.cameras}; the dataset has {ds.cameras}")
-    if float(ds.fps) != float(interface.control_hz):
-        raise ValueError(f"dataset {ds.root}: fps {ds.fps}, the checkpoint's interface.control_hz is "
-                         f"{interface.control_hz}; its chunk steps would not line up with the recorded actions")
-
-
 def training_meta(checkpoint: str | Path) -> dict:
-    """The checkpoint's config.json meta (for an ONNX export, its source checkpoint's, where that still exists)."""
+    """The checkpoint's config.json meta; for an ONNX export, the training data it records in export.json (older
+    exports: its source checkpoint's meta, where that still exists)."""
     from rfm.model.serialization import read_json
     from rfm.runtime.manifest import EXPORT_FILE
 
     path = Path(checkpoint)
     if not (path / CONFIG_FILE).is_file() and (path / EXPORT_FILE).is_file():
-        source = read_json(path / EXPORT_FILE).get("checkpoint")
-        path = Path(source) if source else path
+        manifest = read_json(path / EXPORT_FILE)
+        if manifest.get("data") is not None:
+            return {"data": manifest["data"]}
+        path = Path(manifest["checkpoint"]) if manifest.get("checkpoint") else path
     return read_json(path / CONFIG_FILE).get("meta", {}) if (path / CONFIG_FILE).is_file() else {}
 
 
@@ -97,7 +84,7 @@ def choose_episodes(ds: LeRobotDataset, episodes: list[int] | None = None, last:
         if 0 < n < len(have):
             return have[-n:], f"held out in training (the last {n}, checkpoint meta.data.val_episodes)"
         return have, "all; the checkpoint trained on every one of them (no val_episodes): these are training data"
-    return have, "all (the checkpoint's meta records no held-out episodes of this dataset)"
+    return have, "all (nothing records which episodes of this dataset its training held out)"
 
 
 def predict_episodes(runner: Runner, ds: LeRobotDataset, episodes: list[int], stride: int = 1,
@@ -188,7 +175,7 @@ def offline_eval(checkpoint: str | Path | None, dataset: str | Path | LeRobotDat
         from rfm.runtime import load_runner
 
         runner = load_runner(checkpoint, backend=backend, seed=0)  # seeded: the flow head's noise repeats
-    check_robot(ds, runner.interface)
+    check_same_robot(ds, runner.interface, "--dataset")
     chosen, source = choose_episodes(ds, episodes, last, training_meta(checkpoint) if checkpoint is not None else {})
     preds = predict_episodes(runner, ds, chosen, stride, batch_size, progress)
     std = np.asarray(ds.stats[ACTION]["std"], np.float64)

@@ -7,7 +7,7 @@ Export dir layout (flat, written atomically):
     instructions.npz    precomputed text features: the trained instructions (config.json meta.data.tasks) plus
                         any asked for (ExportConfig.instructions); absent when there are none
     stats.json          the checkpoint's normalisation stats, as in the checkpoint: `rfm serve` derives its
-                        action limits from them exactly as for the checkpoint (serving.limits)
+                        action limits from them exactly as for the checkpoint (rfm.runtime.limits)
     policy.xml/.bin     with target "openvino": policy.onnx as OpenVINO IR (rfm.export.openvino_ir); the parity
                         report is then measured on the OpenVINO runtime, onnxruntime's in parity_onnxruntime
     export.json         I/O spec, robot interface, model identity, precision/target, calibration, quantisation
@@ -274,7 +274,8 @@ def export_checkpoint(checkpoint, out: str | Path, config: ExportConfig | None =
             "model_id": policy.meta.get("model_id", "rfm"),
             "model_version": policy.meta.get("model_version", "unsaved"),
             "trained_instructions": trained,
-            "checkpoint": str(ckpt_dir) if ckpt_dir else None,
+            "checkpoint": str(Path(ckpt_dir).resolve()) if ckpt_dir else None,
+            "data": policy.meta.get("data"),  # what it trained on and held out: offline eval needs no checkpoint
             "preset": m.preset,
             "head": m.head,
             "flow_steps": m.flow_steps if m.head == "flow" else None,

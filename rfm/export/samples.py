@@ -129,10 +129,11 @@ def dataset_samples(path: str | Path, n_calib: int, n_held_out: int, interface: 
                     prefix_max: int = 0) -> SampleSet:
     """Evenly spaced frames of a LeRobot dataset: calibration frames, and held-out frames between them; with
     prefix_max > 0, most carry the ground-truth actions that follow them in their episode as committed actions."""
+    from rfm.runtime.dataset_match import check_same_robot
+
     ds = _open_dataset(path)
-    cams = list(getattr(ds, "cameras", interface.cameras))
-    if sorted(cams) != sorted(interface.cameras):
-        raise ValueError(f"--calib-dataset {path}: has cameras {cams}, the model expects {interface.cameras}")
+    # frames of another robot calibrate the wrong ranges, and the parity measured on them says nothing of this one
+    check_same_robot(ds, interface, "--calib-dataset", rate=False)
     total = _num_frames(ds)
     if total < 2:
         raise ValueError(f"--calib-dataset {path}: has {total} frame(s), need at least 2")

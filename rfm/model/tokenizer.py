@@ -49,10 +49,15 @@ class FastTokenizer:
                 "token_type_ids": np.array([e.type_ids for e in enc], np.int64)}
 
     def save(self, out: Path) -> dict:
-        """Copy the tokenizer files into `out` (an export): {files, pad_token, pad_id}."""
+        """Copy the tokenizer files into `out` (an export): {files, pad_token, pad_id}. tokenizer.json is written
+        with this tokenizer's padding and truncation to max_tokens, so any runtime's `Tokenizer.from_file` feeds the
+        export's text graph as is (the sentence encoder's own file pads to 128 tokens, which the graph refuses)."""
         import shutil
 
         files = [f for f in TOKENIZER_FILES if (self.directory / f).exists()]
         for f in files:
-            shutil.copyfile(self.directory / f, Path(out) / f)
+            if f == "tokenizer.json":
+                self.tokenizer.save(str(Path(out) / f))
+            else:
+                shutil.copyfile(self.directory / f, Path(out) / f)
         return {"files": files, "pad_token": self.pad_token, "pad_id": self.pad_id}

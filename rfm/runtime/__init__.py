@@ -1,9 +1,10 @@
 """Inference runtimes: one Runner per backend, one numpy pre/post-processing path."""
 
 from rfm.runtime.base import Runner
+from rfm.runtime.limits import ActionLimits
 from rfm.runtime.observation import Batch, ObservationError, make_batch
 
-__all__ = ["Batch", "ObservationError", "Runner", "TorchRunner", "load_runner", "make_batch"]
+__all__ = ["ActionLimits", "Batch", "ObservationError", "Runner", "TorchRunner", "load_runner", "make_batch"]
 
 
 def __getattr__(name: str):

@@ -136,14 +136,21 @@ class ExportRunner(Runner):
         self.execution = check_execution(m.get("execution"), self.interface.chunk_size,
                                          f"{self.export_dir / EXPORT_FILE}: execution")
         self.parity = parity_summary(m.get("parity"))
+        synthetic = str(m.get("calibration", "")).startswith("synthetic")
+        check = (f"Check it on your robot's episodes (rfm eval --checkpoint {self.export_dir} --dataset DATA) or in "
+                 f"simulation (rfm eval --checkpoint {self.export_dir} --tasks ...)")
         if self.parity and self.parity["met"] is False:
-            synthetic = str(m.get("calibration", "")).startswith("synthetic")
-            again = ("; or export again " + ("with real frames (--calib-dataset) or " if synthetic else "with ")
+            again = ("; or export again " + ("with your robot's frames (--calib-dataset; it was calibrated on synthetic ones) or "
+                                           if synthetic else "with ")
                      + "blocks kept in float (--keep-fp32)") if self.precision == "int8" else ""
             log.warning("%s: this %s export missed its parity goal against PyTorch when exported (%s %.3g > %g): "
                         "its actions may differ from the checkpoint's (export.json parity has the error per action "
-                        "dimension). Check it in closed loop (rfm eval --backend ...)%s", self.export_dir / EXPORT_FILE,
-                        self.precision, self.parity["metric"], self.parity["value"], self.parity["limit"], again)
+                        "dimension). %s%s", self.export_dir / EXPORT_FILE, self.precision, self.parity["metric"],
+                        self.parity["value"], self.parity["limit"], check, again)
+        elif synthetic:
+            log.warning("%s: this int8 export was calibrated and checked on synthetic frames, so its error on real "
+                        "ones is unknown (on a 3-camera arm it was the worst of every export). Export again with "
+                        "your robot's frames (--calib-dataset DATA), or: %s", self.export_dir / EXPORT_FILE, check)
 
     def policy_feed(self, images, state, text, text_mask, noise, prefix=None, prefix_len=None) -> dict:
         """The feed of this export's policy graph (its input names: self.input_names, set by the subclass)."""

@@ -284,6 +284,23 @@ def test_text_encoder_onnx_matches_torch(exports):
     np.testing.assert_array_equal(mask, ref_m)
 
 
+def test_the_exported_tokenizer_feeds_the_text_graph_as_is(exports):
+    """A vendor runtime reads tokenizer.json with `tokenizers` and runs text_encoder.onnx: the file padded to 128
+    tokens, which the graph (24) refused."""
+    import onnxruntime as ort
+    from tokenizers import Tokenizer
+
+    enc = Tokenizer.from_file(str(exports["chunk"] / "tokenizer.json")).encode_batch(["push", "open the drawer " * 12])
+    feed = {"input_ids": [e.ids for e in enc], "attention_mask": [e.attention_mask for e in enc],
+            "token_type_ids": [e.type_ids for e in enc]}
+    sess = ort.InferenceSession(str(exports["chunk"] / "text_encoder.onnx"), providers=["CPUExecutionProvider"])
+    feats = sess.run(None, {k: np.asarray(v, np.int64) for k, v in feed.items()})[0]
+    ref, _ = OnnxRunner.from_dir(exports["chunk"]).encode_text(["push", "open the drawer " * 12])
+    mask = np.asarray(feed["attention_mask"], bool)
+    assert feats.shape == ref.shape and mask.shape == (2, 24)
+    np.testing.assert_allclose(feats[mask], ref[mask], atol=1e-5)
+
+
 def test_int8_is_a_qdq_graph_that_runs(int8_export, dataset, rng):
     model = onnx.load(str(int8_export / "policy.onnx"))
     ops = [n.op_type for n in model.graph.node]
@@ -386,13 +403,15 @@ def test_triangulated_points_export_with_parity(tmp_path, relative):
         m = export_checkpoint(ckpt, tmp_path / precision, ExportConfig(precision=precision, parity_samples=4,
                                                                        text_encoder=False, instructions=["push"]))
         assert m["parity"]["max_abs_error"] <= limit, precision
-    # int8 leaves what the model marks as needing float (keypoint heatmaps, the point token) unquantised
+    # int8 leaves what the model marks as needing float (keypoint heatmaps, the point token, the image features'
+    # projection) unquantised
     m = export_checkpoint(ckpt, tmp_path / "int8", ExportConfig(precision="int8", calib_samples=8, parity_samples=4,
                                                                 text_encoder=False, instructions=["push"],
                                                                 int8_report="off"))
     q = m["quantization"]
     assert q["keep_fp32_source"] == "model"
-    assert set(q["keep_fp32"]) == set(policy.net.int8_float_modules()) == {"vision.keypoints", "point_token"}
+    assert set(q["keep_fp32"]) == set(policy.net.int8_float_modules()) == {"vision.keypoints", "point_token",
+                                                                            "img_proj"}
     graph = onnx.load(str(tmp_path / "int8" / "policy.onnx")).graph
     inits = {i.name for i in graph.initializer}
     int8_weights = {o for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits for o in n.output}

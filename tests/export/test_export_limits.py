@@ -24,8 +24,8 @@ from rfm.config import RobotInterface
 from rfm.constants import STATS_FILE
 from rfm.export import ExportConfig, export_checkpoint, read_manifest
 from rfm.export.exporter import calibration_source
+from rfm.runtime.limits import ActionLimits
 from rfm.runtime.onnx_runner import OnnxRunner
-from serving.limits import ActionLimits
 from serving.server import ServerThread
 from tests.conftest import random_obs
 from tests.serving.helpers import json_body
@@ -157,6 +157,25 @@ def test_serving_the_export_clips_as_the_checkpoint(checkpoint, fp32_export, int
         assert "rfm_actions_clipped_total 1.0" in metrics
 
 
+def test_a_device_loop_clips_with_the_limits_the_server_uses(checkpoint, fp32_export, rng):
+    """Outside the server nothing clipped: a device running an export in its own loop got actions beyond the
+    robot's limits. ActionLimits.for_model gives it the server's limits for a checkpoint or an export."""
+    from rfm.runtime import ActionLimits, load_runner
+
+    raw = load_runner(fp32_export).predict(random_obs(ITF, rng, "open the drawer"))
+    for model in (checkpoint, fp32_export):
+        lim = ActionLimits.for_model(model)
+        np.testing.assert_array_equal(lim.high, limits(checkpoint).high)
+        clipped, dims = lim.clip(raw)
+        assert dims == ["vx", "vy"] and np.all(clipped <= lim.high) and np.all(clipped >= lim.low)
+
+
+def test_an_export_is_not_calibrated_again_by_the_server(fp32_export, monkeypatch, capsys):
+    """`rfm serve --checkpoint EXPORT --calib-dataset D` ignored the dataset without a word."""
+    assert main(["serve", "--checkpoint", str(fp32_export), "--calib-dataset", "/data/robot", "--port", "0"]) == 2
+    assert "calibrated when it was exported" in capsys.readouterr().err
+
+
 def test_action_limits_file_still_overrides(fp32_export, monkeypatch, tmp_path, rng):
     path = tmp_path / "limits.json"
     path.write_text(json.dumps({"min": [-100, -100], "max": [100, 100]}))
@@ -179,12 +198,15 @@ def test_serving_an_export_without_stats_warns(fp32_export, monkeypatch, tmp_pat
     assert "serving WITHOUT action limits" in caplog.text
 
 
-def test_int8_without_a_dataset_says_it_calibrated_on_synthetic_images(checkpoint, int8_cli):
+def test_int8_without_a_dataset_says_it_calibrated_on_synthetic_images(checkpoint, int8_cli, caplog):
     out, stdout, warned = int8_cli
     assert any("calibrating int8 on 4 SYNTHETIC observations" in w for w in warned)
     m = read_manifest(out)
     assert m["calibration"] == "synthetic" and m["quantization"]["calibration"]["source"] == "synthetic"
     assert "calibration: synthetic (not camera frames: pass --calib-dataset" in stdout
+    with caplog.at_level("WARNING", logger="rfm.runtime"):  # its parity, on synthetic frames, says nothing of real ones
+        OnnxRunner.from_dir(out)
+    assert "calibrated on synthetic" in caplog.text or "calibrated and checked on synthetic frames" in caplog.text
     np.testing.assert_array_equal(limits(out).high, limits(checkpoint).high)
     cfg = ExportConfig(precision="int8", calib_dataset="/data/robot")
     assert calibration_source(cfg) == "dataset: /data/robot"

@@ -8,8 +8,8 @@ import msgpack
 import numpy as np
 import pytest
 
+from rfm.runtime.limits import ActionLimits
 from serving.codec import PayloadError, loads
-from serving.limits import ActionLimits
 from serving.openpi import OpenpiMapping, pack
 
 NAMES = ["vx", "vy"]

@@ -1,4 +1,10 @@
-"""Per-dimension action limits: clip every chunk before it leaves the server, and say which dims were clipped.
+"""Per-dimension action limits: clip every chunk before it reaches the robot, and say which dims were clipped.
+
+The server clips every answer with them; a device running a model in its own loop clips with the same object:
+
+    runner = load_runner("exports/my-robot")
+    limits = ActionLimits.for_model("exports/my-robot")
+    actions, clipped_dims = limits.clip(runner.predict(obs))
 
 Limits come from a JSON file ({"min": [...], "max": [...]} or {action_name: [lo, hi]}) or from the stats.json of the
 checkpoint or of its `rfm export` directory, which carries the same file (action min/max, widened by a margin that
@@ -61,6 +67,20 @@ class ActionLimits:
                 return cls([p[0] for p in pairs], [p[1] for p in pairs], names, str(path))
         raise ValueError(f"{path}: expected {{\"min\": [...], \"max\": [...]}} or {{name: [lo, hi]}} for every "
                          f"action {names}, got keys {sorted(data) if isinstance(data, dict) else type(data).__name__}")
+
+    @classmethod
+    def for_model(cls, path: str | Path, margin: float = 0.1) -> ActionLimits:
+        """The limits `rfm serve --checkpoint path` clips with by default: the stats' action min/max widened by
+        `margin` x range, for a checkpoint or an `rfm export` directory."""
+        from rfm.runtime.loader import read_interface
+        from rfm.runtime.manifest import EXPORT_FILE
+
+        names = read_interface(path, export=(Path(path) / EXPORT_FILE).is_file())[0].action_names
+        limits = cls.from_stats(path, names, margin)
+        if limits is None:
+            raise ValueError(f"{Path(path) / STATS_FILE}: no action min/max to take limits from; give them with "
+                             f"ActionLimits.from_file")
+        return limits
 
     @classmethod
     def from_stats(cls, checkpoint: str | Path, names: list[str], margin: float = 0.1) -> ActionLimits | None:
