@@ -78,7 +78,7 @@ class Recorder:
         self.root, self.interface = Path(root), interface
         self.idle_timeout_s, self.max_episode_frames = idle_timeout_s, max_episode_frames
         fps = max(1, round(interface.control_hz))
-        if (self.root / "meta" / "info.json").exists():
+        if (self.root / "meta" / "info.json").exists() and not empty_recording(self.root):
             self.writer = LeRobotDatasetWriter.append(self.root, vcodec=vcodec)
             self._check_compatible()
         else:
@@ -92,6 +92,7 @@ class Recorder:
             # native sizes, the aspect policy, their calibration) goes with them, so a model trained on the
             # recording serves the robot's frames as this one does
             self.writer = LeRobotDatasetWriter(self.root, fps=fps, robot_type=interface.robot_type,
+                                               overwrite=empty_recording(self.root),
                                                cameras={c: (h, w) for c in interface.cameras},
                                                state_names=interface.state_names,
                                                action_names=interface.action_names, use_videos=use_videos,
@@ -293,6 +294,22 @@ def _recorded_calibration(interface: RobotInterface) -> dict | None:
     return out or None
 
 
+def empty_recording(root: str | Path) -> bool:
+    """A recording that never saved an episode: meta/info.json with no episodes (written when a recording starts;
+    a server stopped before its first episode leaves it), and nothing but a dataset's folders. It is started
+    afresh: the dataset readers refuse it (no tasks), and a restarted server must not."""
+    import json
+
+    root = Path(root)
+    try:
+        info = json.loads((root / "meta" / "info.json").read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(info, dict) or info.get("total_episodes") != 0 or any((root / "meta" / "episodes").glob("**/*")):
+        return False
+    return all(p.name in ("meta", "data", "videos", "images") for p in root.iterdir())
+
+
 def check_recording_dir(root: str | Path, interface: RobotInterface) -> None:
     """Before a server starts: ValueError naming the directory when `--record root` cannot hold this model's
     recording (an existing dataset of other cameras, sizes or dims, or a directory that is not a dataset).
@@ -300,12 +317,12 @@ def check_recording_dir(root: str | Path, interface: RobotInterface) -> None:
     from rfm.data.reader import LeRobotDataset
 
     root = Path(root)
-    if (root / "meta" / "info.json").is_file():
+    if (root / "meta" / "info.json").is_file() and not empty_recording(root):
         ds = LeRobotDataset(root)  # a malformed dataset: an error naming the file
         cameras = {c: tuple(ds.image_shape(c)[:2]) for c in ds.cameras}
         state_names = ds.state_names if OBS_STATE in ds.features else []
         _check_compatible(root, interface, cameras, ds.features, state_names, ds.action_names)
-    elif root.exists() and (not root.is_dir() or any(root.iterdir())):
+    elif root.exists() and (not root.is_dir() or any(root.iterdir())) and not empty_recording(root):
         raise ValueError(f"{root}: exists and is not a LeRobot dataset; record into a new directory, or into a "
                          f"dataset recorded from this model")
 

@@ -82,6 +82,31 @@ def test_unclean_stop_keeps_every_finished_episode(tmp_path):
     assert LeRobotDataset(tmp_path / "rec").num_episodes == 3
 
 
+def test_a_recording_stopped_before_its_first_episode_starts_again(tmp_path):
+    """A server stopped (or killed) before any robot finished an episode left meta/info.json alone; restarting on
+    the same --record directory failed on the missing tasks.parquet, so a restarted pod crash-looped."""
+    from rfm.data.errors import DatasetError
+    from rfm.runtime.recorder import check_recording_dir
+
+    Recorder(tmp_path / "rec", ITF).close()  # nothing recorded
+    assert (tmp_path / "rec" / "meta" / "info.json").is_file()
+    with pytest.raises(DatasetError, match="no episodes yet"):  # rfm data info says what it is
+        LeRobotDataset(tmp_path / "rec")
+    check_recording_dir(tmp_path / "rec", ITF)  # rfm serve's check before loading
+    rec = Recorder(tmp_path / "rec", ITF)
+    images, state, actions = _step(np.random.default_rng(0))
+    rec.record("r", images, state, "push", actions, episode_end=True)
+    rec.close()
+    assert LeRobotDataset(tmp_path / "rec").num_episodes == 1
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "meta").mkdir()
+    (tmp_path / "notes" / "meta" / "info.json").write_text('{"total_episodes": 0}')
+    (tmp_path / "notes" / "mine.txt").write_text("keep me")  # not only a dataset's folders: never cleared
+    with pytest.raises(Exception):  # noqa: B017 - what matters is that it is refused and kept
+        Recorder(tmp_path / "notes", ITF)
+    assert (tmp_path / "notes" / "mine.txt").read_text() == "keep me"
+
+
 @pytest.mark.parametrize("aspect", ["resize", "pad"])
 def test_a_calibrated_robots_recording_carries_its_geometry(tmp_path, aspect):
     """The recorder writes the served interface's geometry into the dataset: a fine-tune on the recording alone
