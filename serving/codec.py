@@ -73,6 +73,7 @@ class Tick:
     action: np.ndarray  # (D_a,) executed
     chunk: np.ndarray | None = None  # (H * D_a,) the predicted chunk the action came from
     label: np.ndarray | None = None  # (D_a,) the action to learn from instead (operator / expert)
+    index: int | None = None  # the tick's number in its episode, counted by the robot from 0 (gaps, retries)
 
 
 @dataclass
@@ -84,6 +85,8 @@ class TicksRequest:
     ticks: list[Tick]
     episode_end: bool = False
     success: bool | None = None
+    stream: str | None = None  # the robot's recorder (a new one per process): its episodes are counted from 0
+    episode: int | None = None  # the stream's episode the ticks belong to
 
 
 # --- content types -----------------------------------------------------------------------------------------
@@ -280,8 +283,20 @@ def _ident(obj: dict, key: str) -> str | None:
 
 ACT_FIELDS = frozenset({IMAGES, STATE, INSTRUCTION, COMMITTED, "request_id", "robot_id", "session_id", "episode_end",
                         "success", "correction", "record", "deadline_ms"})
-TICK_FIELDS = frozenset({IMAGES, STATE, INSTRUCTION, "action", "chunk", "label"})
-TICKS_FIELDS = frozenset({"session_id", "robot_id", "ticks", "episode_end", "success"})
+TICK_FIELDS = frozenset({IMAGES, STATE, INSTRUCTION, "action", "chunk", "label", "index"})
+TICKS_FIELDS = frozenset({"session_id", "robot_id", "ticks", "episode_end", "success", "stream", "episode"})
+
+
+def _count(obj: dict, key: str) -> int | None:
+    """An optional whole number >= 0 (a tick's index, an episode's number)."""
+    v = obj.get(key)
+    if v is None:
+        return None
+    if isinstance(v, float) and v.is_integer():  # JSON's 3.0 is the integer 3
+        v = int(v)
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2**62:
+        raise PayloadError(f"{key!r} must be a whole number >= 0, got {str(v)[:40]!r}")
+    return v
 
 
 def check_fields(obj: dict, allowed: frozenset, where: str = "") -> None:
@@ -341,6 +356,7 @@ def parse_ticks(obj: Any, cameras: list[str], sizes: dict[str, list[tuple[int, i
     for i, t in enumerate(obj["ticks"]):
         try:
             act = parse_act(t, cameras, sizes, TICK_FIELDS)
+            index = _count(t, "index")
             arrays = {}
             for key in ("action", "chunk", "label"):
                 if key not in t or t[key] is None:
@@ -350,9 +366,10 @@ def parse_ticks(obj: Any, cameras: list[str], sizes: dict[str, list[tuple[int, i
                 arrays[key] = numbers(t[key], repr(key))
         except (PayloadError, TypeError, ValueError) as e:
             raise PayloadError(f"ticks[{i}]: {e}") from e
-        ticks.append(Tick(act.observation, arrays["action"], arrays.get("chunk"), arrays.get("label")))
+        ticks.append(Tick(act.observation, arrays["action"], arrays.get("chunk"), arrays.get("label"), index))
     end, success, _ = _labels({k: obj.get(k) for k in ("episode_end", "success") if k in obj})
-    return TicksRequest(_ident(obj, "session_id"), _ident(obj, "robot_id"), ticks, end, success)
+    return TicksRequest(_ident(obj, "session_id"), _ident(obj, "robot_id"), ticks, end, success,
+                        _ident(obj, "stream"), _count(obj, "episode"))
 
 
 @dataclass

@@ -79,7 +79,7 @@ def act_request(itf: RobotInterface, min_deadline_ms: float, prefix_max: int = 0
     props = {**_observation(itf, instruction_required), "committed_actions": _committed(itf, prefix_max),
              "request_id": _ident("echoed back; generated when absent"),
              "robot_id": _ident("for the audit log and the recorder"),
-             "session_id": _ident("for the audit log and the recorder (one episode per session)"),
+             "session_id": _ident("for the audit log and the recorder (one episode per session and robot)"),
              "episode_end": {"type": "boolean", "default": False,
                              "description": "recorder: this step ends the robot's current episode"},
              "success": {"type": ["boolean", "null"], "description": "recorder: outcome label (task succeeded)"},
@@ -108,15 +108,25 @@ def ticks_request(itf: RobotInterface, max_body_bytes: int, instruction_required
                            "chunk": {"anyOf": [_numbers(h * act, "the predicted chunk the action came from, "
                                                                  "flattened (H x D_a)"), {"type": "null"}]},
                            "label": {"anyOf": [_numbers(act, "the action to learn from instead (operator or "
-                                                             "expert)"), {"type": "null"}]}}}
+                                                             "expert)"), {"type": "null"}]},
+                           "index": _count("the tick's number in its episode, counted by the robot from 0: a jump "
+                                           "ends the recorded episode (nothing is recorded with a hole)")}}
     return {"type": "object", "title": "TicksRequestBody", "required": ["ticks"], "additionalProperties": False,
             "description": "control ticks a robot executed, in order (servers started with --record)",
-            "properties": {"session_id": _ident("the recorded episode stream (else robot_id)"),
-                           "robot_id": _ident("the recorded episode stream when there is no session_id"),
+            "properties": {"session_id": _ident("the recorded episode stream, per robot_id where both are given"),
+                           "robot_id": _ident("the robot (the stream when there is no session_id)"),
                            "ticks": {"type": "array", "items": tick, "minItems": 1, "maxItems": max_ticks},
                            "episode_end": {"type": "boolean", "default": False,
                                            "description": "the last tick ends the episode"},
-                           "success": {"type": ["boolean", "null"], "description": "outcome label of the episode"}}}
+                           "success": {"type": ["boolean", "null"], "description": "outcome label of the episode"},
+                           "stream": _ident("the robot's recorder (a new id each time it starts): with episode and "
+                                            "each tick's index, a batch sent again is recorded once"),
+                           "episode": _count("the stream's episode these ticks belong to, counted from 0")}}
+
+
+def _count(description: str) -> dict:
+    return {"anyOf": [{"type": "integer", "minimum": 0, "maximum": 2**62 - 1}, {"type": "null"}],
+            "description": description}
 
 
 def episode_end_request() -> dict:

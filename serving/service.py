@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,6 +25,7 @@ from serving.memory import HeapTrimmer
 from serving.metrics import Metrics
 
 log = logging.getLogger("rfm.serving")
+MAX_STREAMS = 65536  # robots' tick streams remembered for telling a batch sent again from a new one
 
 
 @dataclass
@@ -55,6 +57,8 @@ class InferenceService:
         self.limits, self.audit = limits, audit
         self.trimmer = HeapTrimmer()
         self.min_deadline_ms = 10.0  # set from the warm-up by calibrate (serving.admission.min_deadline_ms)
+        self._ticks_seen: OrderedDict[str, tuple[str, int, int, bool]] = OrderedDict()  # key -> (stream, episode,
+        # index of the last tick recorded, whether that episode was ended)
         self.batcher = Batcher(runner.predict_batch, config.max_batch, config.max_wait_ms, config.queue_size,
                                on_batch=metrics.observe_batch, on_idle=self.trimmer.maybe_trim,
                                prefix_max=runner.prefix_max, action_dim=runner.interface.action_dim)
@@ -176,6 +180,12 @@ class InferenceService:
 
         checked = await asyncio.to_thread(check)
         key = self.session_key(req, client_id)
+        checked = self._not_yet_recorded(key, req, checked)
+        seen = self._ticks_seen.get(key)
+        if req.ticks and not checked and (not req.episode_end or (seen and seen[3])):
+            return key, 0  # a batch sent again: its ticks (and its episode's end) are recorded already
+        if not req.ticks and req.episode_end and seen and seen[:2] == (req.stream, req.episode or 0) and seen[3]:
+            return key, 0  # an episode end sent again
         if not recorder.room(len(checked)):  # whole or not at all: the robot's retry must not record a tick twice
             raise ApiError(503, "recorder_busy", f"the recorder is {recorder.backlog} items behind and has no room "
                            f"for {len(checked)} ticks; nothing of this batch was recorded, send it again",
@@ -183,10 +193,27 @@ class InferenceService:
         for k, (images, state, instruction, t) in enumerate(checked):
             last = k == len(checked) - 1
             recorder.record_tick(key, images, state, instruction, t.action, t.chunk, t.label,
-                                 success=req.success if last else None, episode_end=req.episode_end and last)
+                                 success=req.success if last else None, episode_end=req.episode_end and last,
+                                 index=t.index)
+        if req.stream is not None and (checked or req.episode_end):
+            last = checked[-1][3].index if checked and checked[-1][3].index is not None else (seen or (0, 0, -1))[2]
+            self._ticks_seen[key] = (req.stream, req.episode or 0, last, req.episode_end)
+            self._ticks_seen.move_to_end(key)
+            while len(self._ticks_seen) > MAX_STREAMS:
+                self._ticks_seen.popitem(last=False)
         if req.episode_end and not checked:
             recorder.end_episode(key, success=req.success)
         return key, len(checked)
+
+    def _not_yet_recorded(self, key: str, req: TicksRequest, checked: list[tuple]) -> list[tuple]:
+        """The ticks of a batch this server has not recorded: a robot that lost the answer to a batch (a read
+        timeout, a cut connection) sends it again, and its ticks were recorded twice. Ticks are told apart by
+        their stream, episode and index (robots that send them: the SDK's TickRecorder)."""
+        seen = self._ticks_seen.get(key)
+        if seen is None or req.stream != seen[0] or req.stream is None:
+            return checked
+        done = (seen[1], seen[2])
+        return [c for c in checked if c[3].index is None or ((req.episode or 0), c[3].index) > done]
 
     def instruction_run(self, instruction: str) -> str:
         """The instruction the model ran: the trained one it was snapped to (--snap-instructions), else as sent."""
@@ -195,7 +222,11 @@ class InferenceService:
 
     @staticmethod
     def session_key(req: ActRequest | TicksRequest | EpisodeEnd, client_id: str | None) -> str:
-        """Which recorded episode stream a request belongs to: session, else robot, else client."""
+        """Which recorded episode stream a request belongs to: session, else robot, else client. A session id
+        given with a robot id is that robot's: two robots sent with one session id (a copied example's "cell-1")
+        were recorded into one episode, their ticks interleaved."""
+        if req.session_id and req.robot_id:
+            return f"{req.session_id}@{req.robot_id}"
         return req.session_id or req.robot_id or client_id or "default"
 
     def close(self) -> None:

@@ -102,7 +102,7 @@ class GuideRobot:
     """The `robot` of the guide's control loop: native frames at its cameras' sizes, and the actions it applied."""
 
     def __init__(self, itf: dict, ticks: int) -> None:
-        self.itf, self.ticks, self.applied = itf, ticks, []
+        self.itf, self.ticks, self.applied, self.held = itf, ticks, [], 0
         self.rng = np.random.default_rng(1)
 
     def running(self) -> bool:
@@ -114,6 +114,10 @@ class GuideRobot:
     def apply(self, action: np.ndarray) -> None:
         assert action.shape == (len(self.itf["action_names"]),)
         self.applied.append(np.asarray(action, np.float32))
+        time.sleep(1.0 / self.itf["control_hz"])
+
+    def hold(self) -> None:  # no action for this tick (the guide's real-time settings on a busy machine)
+        self.held += 1
         time.sleep(1.0 / self.itf["control_hz"])
 
 
@@ -201,14 +205,16 @@ def test_the_guide_walks_a_new_robot_from_data_to_a_served_int8_export(steps, tm
     # the recording holds what the robot did: its episode first (ended by the loop), one frame per control tick with
     # the action the robot executed; then the requests the clients above sent without a TickRecorder
     field = LeRobotDataset(run / "field")
-    start, end = field.episode_range(0)
-    assert end - start == len(robot_loop.applied) == 24
-    np.testing.assert_allclose(field.actions[start:end], np.stack(robot_loop.applied), atol=1e-6)
-    assert (episode_outcome(field, field.episode(0)), field.episode_meta(0)["ended_by"]) == ("success", "robot")
+    loop = [e for e in field.episodes if field.episode_meta(e.index)["session"] == "cell-1@arm-3"]
+    assert sum(e.length for e in loop) == len(robot_loop.applied) == 24  # a held tick (busy CI) splits, adds none
+    np.testing.assert_allclose(np.concatenate([field.actions[e.start:e.stop] for e in loop]),
+                               np.stack(robot_loop.applied), atol=1e-6)
+    assert (episode_outcome(field, loop[-1]), field.episode_meta(loop[-1].index)["ended_by"]) == ("success", "robot")
+    assert all(field.episode_meta(e.index)["ended_by"] == "gap" for e in loop[:-1])
     if robot.startswith("arm"):  # step 6 is the same commands for any robot: the ALOHA walk runs it (25 s each)
         # step 7: the demos and the recording's successful episode; the requests recorded without an outcome are not
         log = run_block(steps["7. Improve from the field"][0], env)
-        assert "learning from 24 frames in 1 episodes (success,corrected)" in log, log[-2000:]
+        assert re.search(r"learning from 24 frames in \d episodes \(success,corrected\)", log), log[-2000:]
         kept = json.loads(Path(f"{run}-v2/checkpoint/config.json").read_text())["meta"]["data"]["recorded"]
         assert kept[0]["recording"]["outcomes"]["success"] == 1 and kept[0]["frames"] == 24
         return

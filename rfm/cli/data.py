@@ -184,7 +184,9 @@ def _recording_line(rec: dict) -> str:
     ended = ", ".join(f"{why} {n}" for why, n in rec.get("ended_by", {}).items())
     return (f"episodes by outcome: {outcomes}; {rec['corrected_frames']} corrected frames in "
             f"{rec['episodes_with_corrections']} episodes; {rec['sessions']} sessions"
-            + (f"; ended by {ended}" if ended else ""))
+            + (f"; ended by {ended}" if ended else "")
+            + (f"; {rec['start_mid_episode']} start mid-episode (their first ticks were not recorded)"
+               if rec.get("start_mid_episode") else ""))
 
 
 def run_view(args: argparse.Namespace) -> int:

@@ -223,10 +223,15 @@ class ChunkExecutor:
             dt = now - self._last_step
             self.tick_s = dt if self.tick_s is None else 0.9 * self.tick_s + 0.1 * dt
         self._last_step = now
-        if self.action_steps is not None:
-            self._schedule_blocking(obs)
-        else:
-            self._schedule_prefetch(obs)
+        try:
+            if self.action_steps is not None:
+                self._schedule_blocking(obs)
+            else:
+                self._schedule_prefetch(obs)
+        except BaseException:
+            if self.recorder is not None:  # no action from a chunk at this tick: the recording must not bridge it
+                self.recorder.skip()
+            raise
         cover = self._covering()
         action = self._action(cover)
         self.source = cover[-1][0]  # the start tick of the newest chunk this action came from (a switch: it changed)
@@ -280,7 +285,8 @@ class ChunkExecutor:
 
     # --- what the robot did -----------------------------------------------------------------------------------
     def executed(self, action: np.ndarray) -> None:
-        """The robot executed `action` at the latest tick (e.g. after its own clipping): record that one."""
+        """The robot executed `action` at the latest tick (e.g. after its own clipping): record that one. After a
+        step() that raised, the tick is not recorded (its episode ends there) and this does nothing."""
         if self.recorder is not None:
             self.recorder.executed(action)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -48,6 +49,9 @@ class TickRecorder:
 
     A tick the server would refuse (a state or action of another length than GET /v1/models says, a missing camera,
     a NaN) is left out and counted in `lost`, rather than making the server refuse its whole batch.
+    Each tick carries its number in the episode, and each batch the recorder's `stream` id and episode number, so a
+    batch sent again after a lost answer (a read timeout, a cut connection) is recorded once, and a tick the robot
+    did not execute from a chunk (`skip()`: step() raised and the robot held) ends the recorded episode there.
     A recorded episode never has a hole: when ticks are lost (dropped, refused, or a batch that failed for good), the ticks
     before the loss end their episode (its success unknown) and those after it go to a new one, under the session
     id with a suffix (`SESSION~1`, `~2`, ...), so every episode on the server is contiguous in time.
@@ -59,13 +63,18 @@ class TickRecorder:
         self.format, self.headers = client.format, dict(client.headers)
         self.fit_frames, self.max_backlog_bytes = fit_frames, int(max_backlog_mb * 2**20)
         self.retry_s = retry_s
+        self.stream = uuid.uuid4().hex[:16]  # this recorder's ticks, told apart from a restarted robot's
+        self._episode = 0  # episodes ended so far (end_episode)
+        self._index = 0  # the next tick's number in its episode
+        self._skipped = False  # the latest tick was skipped: executed() and correct() have nothing to label
         self._segment = 0  # episodes split by ticks dropped in add() (the producer's count)
         self._shift = 0  # and by batches that failed for good (the posting thread's count)
         self._dropping = False
         self._down = False  # the last batch was given up on: try the next ones once each until one goes through
         self._http = httpx.Client(base_url=client.url, timeout=client.timeout)
         self._ticks: list[dict] = []  # the newest tick waits here: correct() may still label it
-        self._outbox: list[tuple[list[dict], bool, bool | None, int]] = []  # (ticks, end, success, segment)
+        self._outbox: list[tuple[list[dict], bool, bool | None, int, int]] = []  # (ticks, end, success, segment,
+        # episode)
         self._backlog_bytes = 0  # image bytes of the ticks not yet posted
         self._cond = threading.Condition()
         self._closed = False
@@ -89,11 +98,14 @@ class TickRecorder:
                 "instruction": obs.get("instruction", ""), "action": np.asarray(action, np.float32).copy(),
                 "chunk": None if chunk is None else np.asarray(chunk, np.float32).copy()}
         with self._cond:
+            tick["index"] = self._index
+            self._index += 1
+            self._skipped = False
             if self._backlog_bytes > self.max_backlog_bytes:
                 self.lost += 1
                 if not self._dropping:  # the ticks before the gap end their episode; those after start a new one
                     self._dropping = True
-                    self._outbox.append((self._ticks, True, None, self._segment))
+                    self._outbox.append((self._ticks, True, None, self._segment, self._episode))
                     self._ticks = []
                     self._segment += 1
                     self._cond.notify()
@@ -105,14 +117,26 @@ class TickRecorder:
             self._backlog_bytes += _image_bytes(tick)
             self._ticks.append(tick)
             if len(self._ticks) > self.batch_ticks:  # all but the newest are final
-                self._outbox.append((self._ticks[:-1], False, None, self._segment))
+                self._outbox.append((self._ticks[:-1], False, None, self._segment, self._episode))
                 self._ticks = self._ticks[-1:]
                 self._cond.notify()
+
+    def skip(self) -> None:
+        """This tick is not recorded: the robot had no action from a chunk (ChunkExecutor.step raised) and held or
+        did something of its own. The recorded episode ends before it and the next tick starts another, so none
+        has a hole; executed() and correct() for this tick do nothing."""
+        with self._cond:
+            if self._index == 0:  # held before the episode's first action: where the episode starts, not a gap
+                return
+            self._index += 1
+            self._skipped = True
 
     def correct(self, action: np.ndarray, executed: bool = False) -> None:
         """Label the latest tick with the action to learn from (an operator's or expert's); `executed`: the robot
         also executed it instead of the policy's (a takeover)."""
         with self._cond:
+            if self._skipped:
+                return  # the latest tick was skipped: not recorded, nothing to label
             if not self._ticks:
                 raise RuntimeError("correct() before any add(): nothing to label")
             self._ticks[-1]["label"] = np.asarray(action, np.float32).copy()
@@ -122,6 +146,8 @@ class TickRecorder:
     def executed(self, action: np.ndarray) -> None:
         """The robot executed `action` at the latest tick (e.g. after clipping it): record that one."""
         with self._cond:
+            if self._skipped:
+                return  # the latest tick was skipped (no action from a chunk): not recorded
             if not self._ticks:
                 raise RuntimeError("executed() before any add(): no tick to update")
             self._ticks[-1]["action"] = np.asarray(action, np.float32).copy()
@@ -129,8 +155,11 @@ class TickRecorder:
     def end_episode(self, success: bool | None = None, wait: bool = True) -> None:
         """Send the remaining ticks and close the episode on the server; with `wait`, until the server has them."""
         with self._cond:
-            self._outbox.append((self._ticks, True, success, self._segment))
+            self._outbox.append((self._ticks, True, success, self._segment, self._episode))
             self._ticks = []
+            self._episode += 1
+            self._index = 0
+            self._skipped = False
             self._cond.notify()
         if wait:
             self.flush()
@@ -146,14 +175,14 @@ class TickRecorder:
                 self._cond.wait_for(lambda: self._outbox or self._closed)
                 if not self._outbox:
                     return
-                ticks, end, success, segment = self._outbox[0]
+                ticks, end, success, segment, episode = self._outbox[0]
                 self._busy = True
             sent_before = self.sent
             try:
                 if self._not_recording_at is not None and time.monotonic() - self._not_recording_at < RECHECK_S:
                     self.unrecorded += len(ticks)  # asked again now and then, not with every batch
                 else:
-                    self._post_runs(self._fitted(ticks), end, success, segment)
+                    self._post_runs(self._fitted(ticks), end, success, segment, episode)
                     self._not_recording_at = None
             except NotRecording as e:
                 if self._not_recording_at is None:
@@ -176,7 +205,7 @@ class TickRecorder:
                 self._busy = False
                 self._cond.notify_all()
 
-    def _post_runs(self, ticks: list[dict], end: bool, success: bool | None, segment: int) -> None:
+    def _post_runs(self, ticks: list[dict], end: bool, success: bool | None, segment: int, episode: int) -> None:
         """Post the ticks the server can take; a tick it would refuse (a state or action of another length, a
         missing camera, a non-finite value: the server refuses a batch whole) is counted lost alone, the ticks
         before it end their episode and those after it start the next (SESSION~N), so the rest are recorded."""
@@ -200,7 +229,7 @@ class TickRecorder:
                 self._shift += 1  # after a refused tick: a new episode, so none has a hole
             if run or not last or end:  # a run before a gap ends its episode, even with no tick of its own
                 self._post(run, end if last else True, success if last else None,
-                           self.session(segment + self._shift))
+                           self.session(segment + self._shift), episode)
 
     def _problem(self, tick: dict) -> str | None:
         """Why the server would refuse this tick, checked against its description (None: it will take it)."""
@@ -222,16 +251,16 @@ class TickRecorder:
         """The session id the ticks of a segment are recorded under: the robot's, then SESSION~N after a loss."""
         return self.session_id if segment == 0 else f"{self.session_id}~{segment}"
 
-    def _post(self, ticks: list[dict], end: bool, success: bool | None, session: str) -> None:
+    def _post(self, ticks: list[dict], end: bool, success: bool | None, session: str, episode: int) -> None:
         """POST the ticks, in halves while the body is over the server's limit (known, or learnt from a 413)."""
-        body = encode_ticks(ticks, session, self.format, self.robot_id, end, success)
+        body = encode_ticks(ticks, session, self.format, self.robot_id, end, success, self.stream, episode)
         if self._max_body is not None and len(body) > self._max_body and len(ticks) > 1:
-            self._post_halves(ticks, end, success, session)
+            self._post_halves(ticks, end, success, session, episode)
             return
         resp = self._send(body)
         if resp.status_code == 413 and len(ticks) > 1:
             self._max_body = len(body) - 1
-            self._post_halves(ticks, end, success, session)
+            self._post_halves(ticks, end, success, session, episode)
             return
         if resp.status_code == 413:
             raise RuntimeError(f"POST /v1/ticks: one tick is {len(body)} bytes, over the server's body limit "
@@ -242,10 +271,10 @@ class TickRecorder:
             raise RuntimeError(f"POST /v1/ticks: {resp.status_code} {resp.text[:300]}")
         self.sent += len(ticks)
 
-    def _post_halves(self, ticks: list[dict], end: bool, success: bool | None, session: str) -> None:
+    def _post_halves(self, ticks: list[dict], end: bool, success: bool | None, session: str, episode: int) -> None:
         half = len(ticks) // 2
-        self._post(ticks[:half], False, None, session)
-        self._post(ticks[half:], end, success, session)
+        self._post(ticks[:half], False, None, session, episode)
+        self._post(ticks[half:], end, success, session, episode)
 
     def _send(self, body: bytes) -> httpx.Response:
         """POST /v1/ticks, again through connection errors and 429/502/503/504 (after Retry-After when given,
@@ -297,7 +326,7 @@ class TickRecorder:
         """Post what is left (as an unfinished episode the server closes on idle) and stop the thread."""
         with self._cond:
             if self._ticks:
-                self._outbox.append((self._ticks, False, None, self._segment))
+                self._outbox.append((self._ticks, False, None, self._segment, self._episode))
                 self._ticks = []
             self._closed = True
             self._cond.notify_all()

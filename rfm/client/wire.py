@@ -91,10 +91,12 @@ def _floats(value: Any, what: str) -> list[float]:
 
 
 def encode_ticks(ticks: list[Mapping[str, Any]], session_id: str, fmt: str = "msgpack", robot_id: str | None = None,
-                 episode_end: bool = False, success: bool | None = None) -> bytes:
+                 episode_end: bool = False, success: bool | None = None, stream: str | None = None,
+                 episode: int | None = None) -> bytes:
     """Control ticks a robot executed -> a POST /v1/ticks body. Each tick: its observation ("images", "state",
-    "instruction"), the "action" executed, optionally the "chunk" it came from and a "label" (a correction to
-    learn from instead)."""
+    "instruction"), the "action" executed, optionally the "chunk" it came from, a "label" (a correction to
+    learn from instead) and its "index" in the episode; `stream` and `episode` say whose episode (retries of a
+    batch the server already has are then recorded once)."""
     out = []
     for i, t in enumerate(ticks):
         check_structure(t, f"ticks[{i}]: ")
@@ -106,10 +108,14 @@ def encode_ticks(ticks: list[Mapping[str, Any]], session_id: str, fmt: str = "ms
         for key in ("chunk", "label"):
             if t.get(key) is not None:
                 item[key] = _floats(t[key], key)
+        if t.get("index") is not None:
+            item["index"] = int(t["index"])
         out.append(item)
     body: dict[str, Any] = {"session_id": session_id, "ticks": out, "episode_end": bool(episode_end)}
     if robot_id:
         body["robot_id"] = robot_id
+    if stream is not None:
+        body["stream"], body["episode"] = stream, int(episode or 0)
     if success is not None:
         body["success"] = bool(success)
     return _pack(body, fmt)

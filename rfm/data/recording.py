@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from rfm.constants import CORRECTED, ENDED_BY, OUTCOME, SESSION, SUCCESS
+from rfm.constants import CORRECTED, ENDED_BY, FIRST_TICK, OUTCOME, SESSION, SUCCESS
 
 if TYPE_CHECKING:
     from rfm.data.episode import Episode
@@ -60,20 +60,31 @@ def parse_kinds(spec: str) -> tuple[str, ...] | None:
     return tuple(dict.fromkeys(words))
 
 
+CUT = ("shutdown", "gap")  # ended_by of an episode the robot went on with: the server stopped, or ticks went missing
+
+
+def _base_session(session: str) -> str:
+    """The robot's session of an episode recorded after lost ticks (SESSION~N)."""
+    base, _, n = session.rpartition("~")
+    return base if base and n.isdigit() else session
+
+
 def robot_outcomes(ds: LeRobotDataset) -> dict[int, str]:
     """Each episode's outcome as the robot lived it: an episode the server cut at its own stop (ended_by
-    "shutdown") is the first part of one the robot went on with after the restart, under the same session, so it
-    takes the outcome of that continuation (which may itself have been cut: followed to its end)."""
+    "shutdown") or where ticks went missing ("gap") is the first part of one the robot went on with, under the same
+    session (SESSION~N after lost ticks), so it takes the outcome of that continuation (which may itself have been
+    cut: followed to its end)."""
     own = _outcomes(ds)
     after: dict[int, int] = {}  # episode -> the next one of its session
     last: dict[str, int] = {}
     for ep in sorted(ds.episodes, key=lambda e: e.index):
         session = ep.meta.get(SESSION)
         if session is not None:
+            session = _base_session(str(session))
             if session in last:
                 after[last[session]] = ep.index
             last[session] = ep.index
-    cut = {ep.index for ep in ds.episodes if ep.meta.get(ENDED_BY) == "shutdown"}
+    cut = {ep.index for ep in ds.episodes if ep.meta.get(ENDED_BY) in CUT}
     out = {}
     for i in own:
         j = i
@@ -85,7 +96,7 @@ def robot_outcomes(ds: LeRobotDataset) -> dict[int, str]:
 
 def frame_mask(ds: LeRobotDataset, kinds: tuple[str, ...] | None) -> np.ndarray | None:
     """Which frames of `ds` to learn from: those of episodes whose outcome (robot_outcomes: a part cut by a server
-    restart counts as the episode it belongs to) is in `kinds`, and with "corrected" the frames an operator
+    restart or missing ticks counts as the episode it belongs to) is in `kinds`, and with "corrected" the frames an operator
     corrected; None (all) for `kinds` None or a dataset that is not a recording."""
     if kinds is None or not is_recording(ds):
         return None
@@ -113,6 +124,9 @@ def summary(ds: LeRobotDataset) -> dict | None:
     ended = Counter(str(e.meta[ENDED_BY]) for e in ds.episodes if e.meta.get(ENDED_BY) is not None)
     if ended:
         out["ended_by"] = dict(ended.most_common())
+    mid = sum(1 for e in ds.episodes if (e.meta.get(FIRST_TICK) or 0) > 0)
+    if mid:
+        out["start_mid_episode"] = mid  # the robot's first ticks were not recorded (a gap, a killed server)
     return out
 
 

@@ -29,6 +29,7 @@ from rfm.constants import (
     ACTION_EXECUTED,
     CORRECTED,
     ENDED_BY,
+    FIRST_TICK,
     OBS_STATE,
     OUTCOME,
     SESSION,
@@ -57,6 +58,8 @@ class _Session:
     frames: list[_Frame] = field(default_factory=list)
     last_seen: float = field(default_factory=time.monotonic)
     reported: bool | None = None  # the outcome the robot reported: True once any success, False if only failures
+    first_tick: int | None = None  # the robot's index of the first tick recorded (> 0: it starts mid-episode)
+    last_tick: int | None = None
 
     def report(self, success: bool | None) -> None:
         if success is not None:
@@ -126,10 +129,12 @@ class Recorder:
 
     def record_tick(self, session: str, images: np.ndarray, state: np.ndarray, instruction: str, action: np.ndarray,
                     chunk: np.ndarray | None = None, label: np.ndarray | None = None, success: bool | None = None,
-                    episode_end: bool = False) -> bool:
+                    episode_end: bool = False, index: int | None = None) -> bool:
         """Enqueue one control tick the robot executed: images (N_cam, 3, H, W) uint8, the executed action (D_a,),
-        the chunk it came from (H * D_a,) and an optional label (D_a,) to learn from instead. Never blocks."""
-        return self._put(("tick", session, images, state, instruction, action, chunk, label, success, episode_end))
+        the chunk it came from (H * D_a,) and an optional label (D_a,) to learn from instead; `index`: the tick's
+        number in the robot's episode (a jump ends the recorded episode: ticks are missing). Never blocks."""
+        return self._put(("tick", session, images, state, instruction, action, chunk, label, success, episode_end,
+                          index))
 
     def end_episode(self, session: str, success: bool | None = None, reason: str = "robot") -> None:
         """Close the session's current episode (robot reset or task done); `reason` goes into its `ended_by`."""
@@ -221,8 +226,16 @@ class Recorder:
         self._append(sid, _Frame(cams, np.asarray(state, np.float32), learn, actions.reshape(-1), instruction,
                                  bool(success), correction is not None, actions[0]), episode_end, success)
 
-    def _add_tick(self, sid, images, state, instruction, action, chunk, label, success, episode_end) -> None:
+    def _add_tick(self, sid, images, state, instruction, action, chunk, label, success, episode_end, index) -> None:
         itf = self.interface
+        sess = self._sessions.get(sid)
+        if index is not None and sess is not None and sess.frames and sess.last_tick is not None \
+                and index != sess.last_tick + 1:
+            self._write(sid, "gap")  # the robot's ticks in between never arrived: no episode holds a hole
+        sess = self._sessions.setdefault(sid, _Session())
+        if not sess.frames:
+            sess.first_tick = index
+        sess.last_tick = index
         cams = self._frames(images)
         executed = np.asarray(action, np.float32).reshape(itf.action_dim)
         learn = executed if label is None else np.asarray(label, np.float32).reshape(itf.action_dim)
@@ -270,7 +283,9 @@ class Recorder:
                  ACTION_CHUNK: np.stack([f.chunk for f in sess.frames])}
         if ACTION_EXECUTED in self.writer.info["features"]:  # recordings started before this column lack it
             extra[ACTION_EXECUTED] = np.stack([f.executed for f in sess.frames])
-        self.writer.save_episode(extra=extra, meta={SESSION: str(sid), OUTCOME: sess.outcome, ENDED_BY: reason})
+        first = -1 if sess.first_tick is None else int(sess.first_tick)
+        self.writer.save_episode(extra=extra, meta={SESSION: str(sid), OUTCOME: sess.outcome, ENDED_BY: reason,
+                                                    FIRST_TICK: first})
         self.episodes_written += 1
 
     @property

@@ -232,3 +232,26 @@ def test_an_episode_cut_by_a_server_restart_counts_as_the_one_the_robot_finished
                                                                               ("robot", "success")]
     assert robot_outcomes(ds) == {0: "success", 1: "success"}
     assert frame_mask(ds, ("success",)).sum() == 7
+
+
+def test_an_episode_cut_by_missing_ticks_counts_as_the_one_the_robot_finished(tmp_path):
+    """Ticks that never arrived (the robot held, a batch lost for good) end the recorded episode there; the part
+    before the gap, server-side or under SESSION~N, belongs to the episode the robot went on to finish."""
+    from rfm.data.recording import frame_mask, robot_outcomes, summary
+
+    rng = np.random.default_rng(0)
+    rec = Recorder(tmp_path / "rec", ITF)
+    for session, indices, success in (("arm", [0, 1, 2, 5, 6], True), ("cell", [0, 1], None),
+                                      ("cell~1", [4, 5, 6], False)):
+        for k, i in enumerate(indices):
+            images, state, actions = _step(rng)
+            last = k == len(indices) - 1
+            rec.record_tick(session, images, state, "push", actions[0], success=success if last else None,
+                            episode_end=last and success is not None, index=i)
+    rec.close()
+    ds = LeRobotDataset(tmp_path / "rec")
+    meta = [(e.meta["session"], e.meta["ended_by"], e.meta["first_tick"], e.length) for e in ds.episodes]
+    assert meta == [("arm", "gap", 0, 3), ("arm", "robot", 5, 2), ("cell~1", "robot", 4, 3), ("cell", "shutdown", 0, 2)]
+    assert robot_outcomes(ds) == {0: "success", 1: "success", 2: "failure", 3: "unknown"}
+    assert frame_mask(ds, ("success",)).sum() == 5
+    assert summary(ds)["start_mid_episode"] == 2

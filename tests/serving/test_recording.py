@@ -433,3 +433,120 @@ def test_a_tick_the_server_would_refuse_is_lost_alone(tiny_checkpoint, tmp_path)
     ds = LeRobotDataset(tmp_path / "rec")
     runs = {e.meta["session"]: (ds.states[e.start:e.stop, 2].tolist(), e.meta["outcome"]) for e in ds.episodes}
     assert runs == {"arm": ([0.0, 1.0, 2.0, 3.0], "unknown"), "arm~1": ([6.0, 7.0, 8.0, 9.0], "success")}
+
+
+class _AnswerLost(_Flaky):
+    """The server gets the POST and records it, but its answer never reaches the robot (a read timeout, a
+    connection cut on the way back) while `lose` > 0."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lose = 0
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        resp = self.real.handle_request(request)
+        if request.method == "POST" and self.lose > 0:
+            self.lose -= 1
+            resp.read()
+            raise httpx.ReadTimeout("timed out", request=request)
+        return resp
+
+
+def test_a_batch_sent_again_after_its_answer_was_lost_is_recorded_once(tiny_checkpoint, tmp_path):
+    """The robot cannot tell a batch the server never got from one whose answer was lost, so it sends it again:
+    those ticks were recorded twice (a stalled server: 247 frames for 239 ticks). Ticks carry their recorder's
+    stream, episode and index, and the server records each once, the episode end included."""
+    from rfm.client import RFMClient, TickRecorder
+    from serving.config import ServerConfig
+    from serving.server import ServerThread
+    from tests.serving.helpers import load_tiny
+
+    cfg = ServerConfig(max_batch=2, warmup_batch_sizes=(1,), record_dir=str(tmp_path / "rec"), record_images="image")
+    obs = observation()
+    lossy = _AnswerLost()
+    with ServerThread(load_tiny(tiny_checkpoint), cfg) as server, RFMClient(server.url) as client:
+        with TickRecorder(client, "arm", batch_ticks=4, retry_s=5.0) as rec:
+            rec._http = httpx.Client(base_url=server.url, transport=lossy)
+            for episode in range(2):
+                lossy.lose = 2  # the first batch's answer, and its retry's, are lost
+                for t in range(10):
+                    rec.add({**obs, "state": [float(episode), 0.0, float(t)]}, [0.1, 0.2])
+                lossy.lose = 1 if episode == 1 else 0  # the second episode's end: its answer lost too
+                rec.end_episode(success=True)
+            assert rec.lost == 0 and rec.errors == 0, rec.last_error
+        with TickRecorder(client, "arm", batch_ticks=4) as again:  # the robot restarted: a new stream, recorded
+            again.add({**obs, "state": [2.0, 0.0, 0.0]}, [0.1, 0.2])
+            again.end_episode(success=False)
+    ds = LeRobotDataset(tmp_path / "rec")
+    runs = [ds.states[e.start:e.start + e.length][:, [0, 2]].tolist() for e in ds.episodes]
+    assert runs == [[[0, t] for t in range(10)], [[1, t] for t in range(10)], [[2, 0]]]
+    assert [ds.episode_meta(e.index)["outcome"] for e in ds.episodes] == ["success", "success", "failure"]
+    assert {ds.episode_meta(e.index)["first_tick"] for e in ds.episodes} == {0}
+
+
+def test_a_tick_without_an_action_ends_the_recorded_episode_and_one_started_late_says_so(tiny_checkpoint, tmp_path):
+    """A step() that raised (no chunk: the robot held) was left out of the recording, which then joined the ticks
+    on either side as if they were consecutive; an executed() reported for it overwrote the tick before. Now the
+    episode ends there (ended_by gap) and the next one records its first tick's index (first_tick)."""
+    from rfm.client import ChunkExecutor, RFMClient, TickRecorder
+    from serving.config import ServerConfig
+    from serving.server import ServerThread
+    from tests.serving.helpers import load_tiny
+
+    cfg = ServerConfig(max_batch=2, warmup_batch_sizes=(1,), record_dir=str(tmp_path / "rec"), record_images="image")
+    obs = observation()
+    with ServerThread(load_tiny(tiny_checkpoint), cfg) as server, RFMClient(server.url) as client:
+        rec = TickRecorder(client, "arm", batch_ticks=4)
+        ex = ChunkExecutor(client, action_steps=2, recorder=rec)
+        real_act = ex._act
+        for t in range(8):
+            ex._act = real_act if t != 4 else (lambda body: (_ for _ in ()).throw(ConnectionError("down")))
+            try:
+                ex.step({**obs, "state": [0.0, 0.0, float(t)]})
+            except ConnectionError:
+                ex.executed([9.0, 9.0])  # what the robot did instead (held): not a tick from a chunk
+                continue
+        ex.end_episode(success=True)
+        ex.close()
+        rec.close()
+        later = TickRecorder(client, "late", batch_ticks=4)  # a server killed mid-episode: the rest comes to a new one
+        body = encode_ticks_from(later, obs, first=30, n=3)
+        assert httpx.post(server.url + "/v1/ticks", content=body, headers=MSGPACK).status_code == 200
+        later.close()
+    ds = LeRobotDataset(tmp_path / "rec")
+    eps = {ds.episode_meta(e.index)["session"] + str(ds.episode_meta(e.index)["first_tick"]): e for e in ds.episodes}
+    assert ds.states[eps["arm0"].start:eps["arm0"].stop, 2].tolist() == [0, 1, 2, 3]
+    assert ds.states[eps["arm5"].start:eps["arm5"].stop, 2].tolist() == [5, 6, 7]
+    assert ds.episode_meta(eps["arm0"].index)["ended_by"] == "gap"
+    assert not np.any(ds.actions == 9.0)  # the hold reported for the skipped tick is not recorded on another
+    assert ds.episode_meta(eps["late30"].index)["first_tick"] == 30
+
+
+def encode_ticks_from(rec, obs, first: int, n: int) -> bytes:
+    """A batch of n ticks numbered from `first`, as a robot sends after its server was killed mid-episode."""
+    from rfm.client.wire import encode_ticks
+
+    ticks = [{**obs, "action": [0.1, 0.2], "index": first + i} for i in range(n)]
+    return encode_ticks(ticks, "late", "msgpack", None, True, True, rec.stream, 0)
+
+
+def test_robots_sharing_a_session_id_are_recorded_apart(tiny_checkpoint, tmp_path):
+    """Two robots sent with one session id (a copied "cell-1") were recorded into one episode, ticks interleaved."""
+    from rfm.client import RFMClient, TickRecorder
+    from serving.config import ServerConfig
+    from serving.server import ServerThread
+    from tests.serving.helpers import load_tiny
+
+    cfg = ServerConfig(max_batch=2, warmup_batch_sizes=(1,), record_dir=str(tmp_path / "rec"), record_images="image")
+    obs = observation()
+    with ServerThread(load_tiny(tiny_checkpoint), cfg) as server, RFMClient(server.url) as client:
+        recs = [TickRecorder(client, "cell-1", robot_id=f"arm-{i}", batch_ticks=2) for i in range(2)]
+        for t in range(6):
+            for i, rec in enumerate(recs):
+                rec.add({**obs, "state": [float(i), 0.0, float(t)]}, [0.1, 0.2])
+        for rec in recs:
+            rec.end_episode(success=True)
+            rec.close()
+    ds = LeRobotDataset(tmp_path / "rec")
+    by_session = {ds.episode_meta(e.index)["session"]: ds.states[e.start:e.stop, 0].tolist() for e in ds.episodes}
+    assert by_session == {"cell-1@arm-0": [0.0] * 6, "cell-1@arm-1": [1.0] * 6}
