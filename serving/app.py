@@ -13,6 +13,7 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from rfm.runtime import Runner
 from rfm.runtime.observation import accepted_sizes
@@ -51,6 +52,9 @@ async def read_body(request: Request, limit: int) -> bytes:
     except TimeoutError:
         raise ApiError(408, "request_timeout", f"the body did not arrive within {BODY_S} s "
                        f"({size} bytes of {declared or 'an unknown length'} came)") from None
+    except ClientDisconnect:  # the client went away mid-body: its problem, not a server error (no 500, no traceback)
+        raise ApiError(499, "client_disconnected", f"the client closed the connection after {size} bytes of the "
+                       f"body") from None
     return b"".join(chunks)
 
 

@@ -257,3 +257,22 @@ def openpi_unpack(data: bytes) -> dict:
     from serving import openpi
 
     return openpi.unpack(data)
+
+
+def test_a_client_that_leaves_mid_body_is_not_a_server_error(tiny_runner, caplog):
+    """A robot cut off while posting (ticks, an observation) was counted as a 500 with a traceback in the log: an
+    alert on 5xx fired for the network's doing."""
+    import socket
+
+    with ServerThread(tiny_runner, ServerConfig(max_batch=2, warmup_batch_sizes=(1,))) as s:
+        for _ in range(3):
+            sock = socket.create_connection(("127.0.0.1", s.port))
+            sock.sendall(b"POST /v1/act HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 5000\r\n\r\n{\"state\": [")
+            time.sleep(0.1)
+            sock.close()
+        time.sleep(0.3)
+        metrics = httpx.get(s.url + "/metrics").text
+        assert 'status="500"' not in metrics and 'status="499"' in metrics
+        assert "unexpected error" not in caplog.text
+        assert httpx.post(s.url + "/v1/act", json=json_body(observation())).status_code == 200
