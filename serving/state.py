@@ -65,6 +65,11 @@ class ServerState:
                 log.warning("refused a request from %s: %s (%d refused so far)", host, e, self.auth_failures)
             raise
 
+    @property
+    def loading(self) -> bool:
+        """The model is still loading and warming up (not failed, the server not stopping)."""
+        return self.service is None and self.load_error is None and not self.draining
+
     def require_service(self) -> InferenceService:
         if self.draining:
             raise ShuttingDown("the server is shutting down; send the request to another replica or again later")

@@ -19,13 +19,15 @@ POLICY_VIOLATION, MESSAGE_TOO_BIG, INTERNAL_ERROR, TRY_AGAIN_LATER = 1008, 1009,
 WS_PIPELINE = 8  # requests of one /v1/ws socket in flight at once; beyond, the server stops reading it
 
 
-async def _admit(ws: WebSocket, state: ServerState, endpoint: str) -> str | None | bool:
+async def _admit(ws: WebSocket, state: ServerState, endpoint: str, loading_ok: bool = False) -> str | None | bool:
     """Check key and readiness before accepting; on failure refuse the handshake and return False. The client sees
     the HTTP status (401, or 503 with Retry-After while the model loads) and the JSON error body, as over HTTP, where
-    the ASGI server can send one (uvicorn can); else a bare 403."""
+    the ASGI server can send one (uvicorn can); else a bare 403. `loading_ok`: a model still loading is no reason
+    to refuse (the caller waits for it)."""
     try:
         client_id = state.authorize(ws.headers.get("authorization"), ws.client)
-        state.require_service()
+        if not (loading_ok and state.loading):
+            state.require_service()
         if state.websockets >= state.config.max_connections:  # --max-connections caps WebSockets (HTTP: queue)
             raise ApiError(503, "overloaded", f"{state.websockets} WebSockets are open, this server's limit "
                            f"(--max-connections); try again later or another replica",
@@ -123,16 +125,29 @@ def add_websocket_routes(app: FastAPI, state: ServerState) -> None:
     @app.websocket("/openpi")
     async def ws_openpi(ws: WebSocket) -> None:
         """openpi WebsocketPolicyServer protocol: metadata on connect, then msgpack-numpy obs -> actions."""
-        client_id = await _admit(ws, state, "/openpi")
+        # an openpi robot started before the server connects while the model loads: openpi's client waits for the
+        # server by retrying only a refused connection, so a 503 at the handshake crashed it. The socket is taken
+        # and the metadata frame, which the client waits for, is sent once the model is ready.
+        client_id = await _admit(ws, state, "/openpi", loading_ok=True)
         if client_id is False:
             return
         await ws.accept()
-        service = state.require_service()
         gauge = state.metrics.ws_connections.labels("/openpi")
         gauge.inc()
         state.websockets += 1
         session = f"openpi-{uuid.uuid4().hex[:12]}"  # one recorded episode per connection
+        service = None
         try:
+            while state.loading:
+                await asyncio.sleep(0.05)
+            try:
+                service = state.require_service()
+            except Exception as e:  # noqa: BLE001 - the model failed to load, or the server is stopping
+                err = to_api_error(e, state.config.retry_after_s)
+                await ws.send_text(f"{err.status} {err.code}: {err.message}")
+                await ws.close(code=TRY_AGAIN_LATER if err.status == 503 and state.draining else INTERNAL_ERROR,
+                               reason=err.code)
+                return
             await ws.send_bytes(openpi.pack(service.describe()))
             itf = service.interface
             while True:
@@ -161,7 +176,8 @@ def add_websocket_routes(app: FastAPI, state: ServerState) -> None:
                     break
                 timing = {"infer_ms": result.timings["inference_ms"], **result.timings,
                           "batch_size": result.batch_size}
-                reply = {"actions": result.actions, "server_timing": timing}
+                reply = {"actions": result.actions, "server_timing": timing,
+                         "policy_timing": {"infer_ms": result.timings["inference_ms"]}}  # as openpi's servers send
                 if result.clipped_dims:
                     reply["clipped_dims"] = result.clipped_dims
                 try:
@@ -174,5 +190,5 @@ def add_websocket_routes(app: FastAPI, state: ServerState) -> None:
         finally:
             gauge.dec()
             state.websockets -= 1
-            if service.recorder is not None:
-                service.recorder.end_episode(session, reason="disconnect")
+            if service is not None and service.recorder is not None:  # closed by the server's stop, or the robot
+                service.recorder.end_episode(session, reason="shutdown" if state.draining else "disconnect")

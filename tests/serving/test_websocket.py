@@ -276,3 +276,39 @@ def test_a_client_that_leaves_mid_body_is_not_a_server_error(tiny_runner, caplog
         assert 'status="500"' not in metrics and 'status="499"' in metrics
         assert "unexpected error" not in caplog.text
         assert httpx.post(s.url + "/v1/act", json=json_body(observation())).status_code == 200
+
+
+def test_an_openpi_robot_started_before_the_model_is_ready_waits_for_it(tiny_runner):
+    """openpi's client waits for its server by retrying only a refused connection; rfm's port opens at once and
+    answered the handshake 503 while the model loaded, which crashed the robot. Now the connection is taken and the
+    metadata frame comes once the model is ready; a model that fails to load closes it with the reason."""
+    from openpi_client.websocket_client_policy import WebsocketClientPolicy
+
+    gate = threading.Event()
+
+    def slow_loader():
+        gate.wait(10)
+        return tiny_runner
+
+    s = ServerThread(slow_loader, ServerConfig(max_batch=2, warmup_batch_sizes=(1,))).start(wait_ready=False)
+    try:
+        threading.Timer(0.5, gate.set).start()
+        policy = WebsocketClientPolicy(host=ws_url(s, "/openpi"))  # connects while loading; returns when ready
+        assert policy.get_server_metadata()["action_dim"] == 2
+        out = policy.infer(openpi_obs(observation()))
+        assert out["actions"].shape == (8, 2) and "infer_ms" in out["policy_timing"]
+    finally:
+        s.stop()
+
+    def broken_loader():
+        time.sleep(0.3)
+        raise FileNotFoundError("/nowhere/ckpt: checkpoint directory not found")
+
+    s = ServerThread(broken_loader, ServerConfig(max_batch=2, warmup_batch_sizes=(1,))).start(wait_ready=False)
+    try:
+        with wsc.connect(ws_url(s, "/openpi")) as ws:
+            assert "checkpoint directory not found" in ws.recv(timeout=10)
+            with pytest.raises(ConnectionClosed):
+                ws.recv(timeout=10)
+    finally:
+        s.stop()
