@@ -37,6 +37,7 @@ def temp_dir_for(target: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     recover_interrupted(target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
+    as_umask_allows(tmp)  # mkdtemp's 0700 would become the target's mode: unreadable to a server of another user
     _WRITING.add(tmp)
     return tmp
 

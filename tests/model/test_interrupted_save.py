@@ -62,3 +62,16 @@ def test_a_dataset_writer_cleans_up_after_a_killed_one(tmp_path):
             w.add_frame(state=np.zeros(1, np.float32), action=np.zeros(1, np.float32), task="t")
         w.save_episode()
     assert [p.name for p in tmp_path.iterdir()] == ["demos"]
+
+
+def test_what_replaces_a_directory_gets_the_modes_the_umask_allows(tmp_path):
+    """A dataset written through a private temp directory came out 0700: unreadable to a training job or a server
+    running as another user."""
+    from rfm.files import UMASK
+
+    root = tmp_path / "demos"
+    with LeRobotDatasetWriter(root, fps=10, cameras={}, state_names=["x"], action_names=["a"]) as w:
+        for _ in range(3):
+            w.add_frame(state=np.zeros(1, np.float32), action=np.zeros(1, np.float32), task="t")
+        w.save_episode()
+    assert root.stat().st_mode & 0o777 == 0o777 & ~UMASK
