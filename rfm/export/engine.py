@@ -1,8 +1,8 @@
 """The engine a checkpoint is served on: PyTorch, or ONNX Runtime on an export made once and cached by weights hash.
 
 On a CPU, ONNX Runtime runs the same graph in about half of PyTorch eager's time at batch 1 (docs/BENCHMARKS.md),
-with actions equal to 1e-4 (the parity check every export runs). `rfm serve` therefore exports a checkpoint on its
-first start and keeps the export in a cache directory, keyed by the checkpoint's files and the rfm version, so a
+with actions equal to within 1e-3 (the parity check every export runs; 2e-5 on the default). `rfm serve` therefore
+exports a checkpoint on its first start and keeps the export in a cache directory, keyed by the checkpoint's files and the rfm version, so a
 restart or a second replica loads it in a second. On that first start it serves on PyTorch meanwhile and moves to
 the export once it is made (StagedRunner, serving.state). An export whose parity check fails is never served.
 """
