@@ -18,6 +18,7 @@ import logging
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
@@ -45,7 +46,8 @@ class TickRecorder:
     `fit_frames`: send native frames at the model's input size (what the server records); `max_backlog_mb`: ticks
     waiting to be posted beyond this are dropped (counted in `lost`) rather than growing without bound while the
     server is unreachable. `retry_s`: how long a batch is retried through connection errors and 429/502/503/504
-    before its ticks count as lost.
+    before its ticks count as lost. `real_time`: the robot's measured rate is checked against the model's control
+    rate (a warning, once); a simulated robot, which ticks as fast as its simulator, passes False.
 
     A tick the server would refuse (a state or action of another length than GET /v1/models says, a missing camera,
     a NaN) is left out and counted in `lost`, rather than making the server refuse its whole batch.
@@ -58,7 +60,8 @@ class TickRecorder:
     """
 
     def __init__(self, client: Any, session_id: str, robot_id: str | None = None, batch_ticks: int = 8,
-                 fit_frames: bool = True, max_backlog_mb: float = 512.0, retry_s: float = 30.0) -> None:
+                 fit_frames: bool = True, max_backlog_mb: float = 512.0, retry_s: float = 30.0,
+                 real_time: bool = True) -> None:
         self.session_id, self.robot_id, self.batch_ticks = session_id, robot_id, max(1, batch_ticks)
         self.format, self.headers = client.format, dict(client.headers)
         self.fit_frames, self.max_backlog_bytes = fit_frames, int(max_backlog_mb * 2**20)
@@ -67,6 +70,9 @@ class TickRecorder:
         self._episode = 0  # episodes ended so far (end_episode)
         self._index = 0  # the next tick's number in its episode
         self._skipped = False  # the latest tick was skipped: executed() and correct() have nothing to label
+        self._intervals: deque[float] = deque(maxlen=256)  # seconds between the latest add()s: the robot's rate
+        self._last_add: float | None = None
+        self._rate_warned = not real_time  # a simulated robot ticks as fast as its simulator: nothing to warn of
         self._segment = 0  # episodes split by ticks dropped in add() (the producer's count)
         self._shift = 0  # and by batches that failed for good (the posting thread's count)
         self._dropping = False
@@ -98,6 +104,10 @@ class TickRecorder:
                 "instruction": obs.get("instruction", ""), "action": np.asarray(action, np.float32).copy(),
                 "chunk": None if chunk is None else np.asarray(chunk, np.float32).copy()}
         with self._cond:
+            now = time.monotonic()
+            if self._last_add is not None and self._index:
+                self._intervals.append(now - self._last_add)
+            self._last_add = now
             tick["index"] = self._index
             self._index += 1
             self._skipped = False
@@ -183,6 +193,7 @@ class TickRecorder:
                     self.unrecorded += len(ticks)  # asked again now and then, not with every batch
                 else:
                     self._post_runs(self._fitted(ticks), end, success, segment, episode)
+                    self._check_rate()
                     self._not_recording_at = None
             except NotRecording as e:
                 if self._not_recording_at is None:
@@ -204,6 +215,25 @@ class TickRecorder:
                 self._backlog_bytes -= sum(_image_bytes(t) for t in ticks)
                 self._busy = False
                 self._cond.notify_all()
+
+    @property
+    def tick_hz(self) -> float | None:
+        """The robot's control rate, measured from the latest add()s (None before a few ticks)."""
+        with self._cond:
+            gaps = sorted(self._intervals)
+        return 1.0 / gaps[len(gaps) // 2] if len(gaps) >= 16 and gaps[len(gaps) // 2] > 0 else None
+
+    def _check_rate(self) -> None:
+        """Warn once when the robot ticks at another rate than the model's: the recording's frames are stamped at
+        the model's control rate (a dataset has one fps), and the model's chunks step at it."""
+        hz, model_hz = self.tick_hz, (self._served or {}).get("control_hz")
+        if self._rate_warned or hz is None or not model_hz or len(self._intervals) < 64:
+            return
+        if abs(hz / float(model_hz) - 1.0) > 0.25:
+            self._rate_warned = True
+            log.warning("the robot ticks at %.1f Hz, the model's control rate is %g Hz: its chunks' actions are %.1f ms "
+                        "apart and the recording stamps frames at %g Hz; run the control loop at %g Hz",
+                        hz, model_hz, 1000.0 / float(model_hz), model_hz, model_hz)
 
     def _post_runs(self, ticks: list[dict], end: bool, success: bool | None, segment: int, episode: int) -> None:
         """Post the ticks the server can take; a tick it would refuse (a state or action of another length, a

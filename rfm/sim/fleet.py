@@ -56,7 +56,7 @@ def _robot(url: str, robot_id: str, work: list[tuple[str, int]], dagger: bool, m
                 envs[task] = MetaWorldEnv(task, itf["cameras"], itf["image_size"][0], max_steps=max_steps or 500)
             env = envs[task]
             session = f"{robot_id}-ep{k}"
-            recorder = TickRecorder(client, session, robot_id) if recording else None
+            recorder = TickRecorder(client, session, robot_id, real_time=False) if recording else None
             executor = ChunkExecutor(client, action_steps=action_steps, delay_ticks=delay, recorder=recorder,
                                      continuation=continuation, prefix_max=prefix_max)
             obs = env.reset(seed)

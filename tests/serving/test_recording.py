@@ -550,3 +550,25 @@ def test_robots_sharing_a_session_id_are_recorded_apart(tiny_checkpoint, tmp_pat
     ds = LeRobotDataset(tmp_path / "rec")
     by_session = {ds.episode_meta(e.index)["session"]: ds.states[e.start:e.stop, 0].tolist() for e in ds.episodes}
     assert by_session == {"cell-1@arm-0": [0.0] * 6, "cell-1@arm-1": [1.0] * 6}
+
+
+def test_a_robot_ticking_at_another_rate_than_the_models_is_told(tiny_checkpoint, tmp_path, caplog):
+    """A 40 Hz robot recorded for an 80 Hz model came out at 80 fps (38 s of robot time as 15 s) without a word:
+    a dataset has one rate, the model's. The recorder measures the robot's and warns once."""
+    from rfm.client import RFMClient, TickRecorder
+    from serving.config import ServerConfig
+    from serving.server import ServerThread
+    from tests.serving.helpers import load_tiny
+
+    runner = load_tiny(tiny_checkpoint)
+    cfg = ServerConfig(max_batch=2, warmup_batch_sizes=(1,), record_dir=str(tmp_path / "rec"), record_images="image")
+    obs = observation()
+    with ServerThread(runner, cfg) as server, RFMClient(server.url) as client, \
+            caplog.at_level("WARNING", logger="rfm.client.ticks"), TickRecorder(client, "arm", batch_ticks=8) as rec:
+        for _ in range(80):  # as fast as it can: far above the model's rate
+            rec.add(obs, [0.1, 0.2])
+            time.sleep(0.002)
+        rec.end_episode(success=True)
+        assert rec.tick_hz > 2 * runner.interface.control_hz
+    said = [r.message for r in caplog.records if "the model's control rate" in r.message]
+    assert len(said) == 1 and f"{runner.interface.control_hz:g} Hz" in said[0]
