@@ -15,6 +15,7 @@ ACTION_CHUNK = "action_chunk"  # per frame, the whole predicted chunk (H * D_a) 
 OUTCOME = "outcome"  # per episode: success | failure (the robot reported success False and never True) | unknown
 ENDED_BY = "ended_by"  # per episode: robot | instruction | length | idle | gap | disconnect | shutdown
 SESSION = "session"  # per episode: the robot session it was recorded from
+MODEL = "model"  # per episode: the served model that produced it (model_id@model_version)
 FIRST_TICK = "first_tick"  # per episode: the robot's index of its first recorded tick (0: from the start; -1: unknown)
 
 # Keys of a runtime observation dict (one robot, one timestep).

@@ -109,3 +109,70 @@ def _abandoned(path: Path, marker: str) -> bool:
     except OSError:  # exists, owned by someone else
         return False
     return False
+
+
+_LOCKED: dict[str, str] = {}  # lock files this process holds -> holder (POSIX record locks do not refuse their own)
+
+
+class LockHeld(FileExistsError):
+    """The lock is held: `holder` says by whom (pid, host, since when)."""
+
+    def __init__(self, holder: str) -> None:
+        super().__init__(holder)
+        self.holder = holder
+
+
+class DirectoryLock:
+    """An exclusive lock on a directory's work (a training run, a recording), held by this process until release()
+    or its end, however it ends. A POSIX record lock (lockf): unlike flock, processes forked from the holder (data
+    loader workers) do not hold it too, so a run killed with SIGKILL can be resumed at once. On a file system
+    without locks, or on Windows, nothing is locked."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """LockHeld naming the holder when another process (or this one) holds the lock."""
+        try:
+            import fcntl
+        except ImportError:  # not POSIX
+            return
+        key = str(self.path.resolve())
+        if key in _LOCKED:
+            raise LockHeld(_LOCKED[key] + ", in this process")
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except (BlockingIOError, PermissionError):
+            holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise LockHeld(holder) from None
+        except OSError:  # no locks on this file system: go ahead unlocked
+            os.close(fd)
+            return
+        import socket
+        import time
+
+        holder = f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}"
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (holder + "\n").encode(), 0)
+        self._fd = fd
+        _LOCKED[key] = holder
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        import fcntl
+
+        _LOCKED.pop(str(self.path.resolve()), None)
+        fcntl.lockf(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+        self._fd = None
+
+    def __enter__(self) -> DirectoryLock:  # noqa: PYI034
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

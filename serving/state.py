@@ -102,7 +102,8 @@ class ServerState:
                 recorder = Recorder(self.config.record_dir, runner.interface,
                                     idle_timeout_s=self.config.record_idle_timeout_s,
                                     use_videos=self.config.record_images == "video",
-                                    vcodec=self.config.record_vcodec)
+                                    vcodec=self.config.record_vcodec,
+                                    model=f"{runner.model_id}@{runner.model_version}")
             self.service = InferenceService(runner, self.config, self.metrics, limits, self.audit, recorder)
             self.service.calibrate(costs)
             self.metrics.serving(runner.model_id, runner.model_version, runner.runs_on)

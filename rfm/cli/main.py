@@ -89,6 +89,20 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `rfm data info DIR | head`: the reader left; not an error of the command
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes at exit
         return 0
+    except Exception as e:
+        if not out_of_space(e):
+            raise
+        print(f"rfm {args.command}: error: no space left on the device ({str(e)[:300]}). What was saved before is "
+              f"kept (rfm writes whole files and directories or nothing); free space (a checkpoint save needs about "
+              f"twice a checkpoint's size) and run it again (rfm train --resume continues a run)", file=sys.stderr)
+        return 2
+
+
+def out_of_space(e: BaseException) -> bool:
+    """A full disk or quota, as an OSError or as the message of a library's own error (safetensors, PyAV)."""
+    import errno
+
+    return getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in str(e)
 
 
 if __name__ == "__main__":

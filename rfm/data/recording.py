@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from rfm.constants import CORRECTED, ENDED_BY, FIRST_TICK, OUTCOME, SESSION, SUCCESS
+from rfm.constants import CORRECTED, ENDED_BY, FIRST_TICK, MODEL, OUTCOME, SESSION, SUCCESS
 
 if TYPE_CHECKING:
     from rfm.data.episode import Episode
@@ -124,6 +124,9 @@ def summary(ds: LeRobotDataset) -> dict | None:
     ended = Counter(str(e.meta[ENDED_BY]) for e in ds.episodes if e.meta.get(ENDED_BY) is not None)
     if ended:
         out["ended_by"] = dict(ended.most_common())
+    models = Counter(str(e.meta[MODEL]) for e in ds.episodes if e.meta.get(MODEL) is not None)
+    if models:
+        out["models"] = dict(models.most_common())  # which served model produced how many episodes
     mid = sum(1 for e in ds.episodes if (e.meta.get(FIRST_TICK) or 0) > 0)
     if mid:
         out["start_mid_episode"] = mid  # the robot's first ticks were not recorded (a gap, a killed server)

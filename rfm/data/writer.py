@@ -108,7 +108,7 @@ class LeRobotDatasetWriter:
         if incremental:
             self._dir = self.root
             self._prepare_root()
-            self._dir.mkdir(parents=True)
+            self._dir.mkdir(parents=True, exist_ok=True)
             lm.atomic_write_json(self._dir / lm.INFO_PATH, self.info)
         else:
             if self.root.exists() and not overwrite:
@@ -116,13 +116,13 @@ class LeRobotDatasetWriter:
             self._dir = temp_dir_for(self.root)  # also cleans up after a writer of root that was killed
 
     def _prepare_root(self) -> None:
-        if self.root.exists() and any(self.root.iterdir()):
-            if not self.overwrite:
-                raise FileExistsError(f"{self.root} already exists and is not empty (use append() to add episodes, "
-                                      f"or overwrite=True)")
-            shutil.rmtree(self.root)
-        elif self.root.exists():
-            self.root.rmdir()
+        """An empty root to write into; rfm's lock files in it (.rfm-*: a recorder's, held now) are kept."""
+        entries = [p for p in self.root.iterdir() if not p.name.startswith(".rfm-")] if self.root.exists() else []
+        if entries and not self.overwrite:
+            raise FileExistsError(f"{self.root} already exists and is not empty (use append() to add episodes, "
+                                  f"or overwrite=True)")
+        for p in entries:
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
 
     def _init_episode_index(self, saved: int = 0, last: dict | None = None) -> None:
         self._saved, self._last = saved, last  # episodes committed, and the newest one's metadata row

@@ -20,6 +20,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -30,12 +31,17 @@ from rfm.constants import (
     CORRECTED,
     ENDED_BY,
     FIRST_TICK,
+    MODEL,
     OBS_STATE,
     OUTCOME,
     SESSION,
     SUCCESS,
     image_key,
 )
+from rfm.files import DirectoryLock, LockHeld
+
+if TYPE_CHECKING:
+    from rfm.data.writer import LeRobotDatasetWriter
 
 log = logging.getLogger("rfm.recorder")
 
@@ -75,35 +81,17 @@ class Recorder:
 
     def __init__(self, root: str | Path, interface: RobotInterface, max_queue: int = 4096,
                  idle_timeout_s: float = 30.0, max_episode_frames: int = 10_000, use_videos: bool = True,
-                 vcodec: str | None = None) -> None:
-        from rfm.data.lerobot import LeRobotDatasetWriter
-
-        self.root, self.interface = Path(root), interface
+                 vcodec: str | None = None, model: str | None = None) -> None:
+        """`model`: the served model (`model_id@model_version`), stored with each episode: a recording that goes on
+        across a model update says which model produced what."""
+        self.root, self.interface, self.model = Path(root), interface, model
         self.idle_timeout_s, self.max_episode_frames = idle_timeout_s, max_episode_frames
-        fps = max(1, round(interface.control_hz))
-        if (self.root / "meta" / "info.json").exists() and not empty_recording(self.root):
-            self.writer = LeRobotDatasetWriter.append(self.root, vcodec=vcodec)
-            self._check_compatible()
-        else:
-            h, w = interface.image_size
-            extra = {SUCCESS: {"dtype": "bool", "shape": [1], "names": None},
-                     CORRECTED: {"dtype": "bool", "shape": [1], "names": None},
-                     ACTION_CHUNK: {"dtype": "float32", "shape": [interface.chunk_size * interface.action_dim],
-                             "names": None},
-                     ACTION_EXECUTED: {"dtype": "float32", "shape": [interface.action_dim], "names": interface.action_names}}
-            # frames are recorded as the model saw them (its input size); the robot's own geometry (its cameras'
-            # native sizes, the aspect policy, their calibration) goes with them, so a model trained on the
-            # recording serves the robot's frames as this one does
-            self.writer = LeRobotDatasetWriter(self.root, fps=fps, robot_type=interface.robot_type,
-                                               overwrite=empty_recording(self.root),
-                                               cameras={c: (h, w) for c in interface.cameras},
-                                               state_names=interface.state_names,
-                                               action_names=interface.action_names, use_videos=use_videos,
-                                               vcodec=vcodec, incremental=True, extra_features=extra,
-                                               calibration=_recorded_calibration(interface),
-                                               ee_position=interface.ee_position,
-                                               native_sizes={c: interface.native_size(c) for c in interface.cameras},
-                                               aspect=interface.aspect)
+        self._lock = lock_recording(self.root)  # before anything is read or tidied: another server may be writing
+        try:
+            self.writer = self._open_writer(use_videos, vcodec)
+        except BaseException:
+            self._lock.release()
+            raise
         self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
         self._put_lock = threading.Lock()
         self._epochs: dict[str, int] = {}  # sessions that lost an item: their frames go to episode SESSION~N
@@ -114,9 +102,36 @@ class Recorder:
         self._thread = threading.Thread(target=self._run, name="rfm-recorder", daemon=True)
         self._thread.start()
 
-    def _check_compatible(self) -> None:
-        w = self.writer
-        _check_compatible(self.root, self.interface, w.cameras, w.info["features"], w.state_names, w.action_names)
+    def _open_writer(self, use_videos: bool, vcodec: str | None) -> LeRobotDatasetWriter:
+        """The recording to append to, or a new one (also in place of one that never saved an episode)."""
+        from rfm.data.lerobot import LeRobotDatasetWriter
+
+        interface = self.interface
+        if (self.root / "meta" / "info.json").exists() and not empty_recording(self.root):
+            writer = LeRobotDatasetWriter.append(self.root, vcodec=vcodec)
+            _check_compatible(self.root, interface, writer.cameras, writer.info["features"], writer.state_names,
+                              writer.action_names)
+            return writer
+        h, w = interface.image_size
+        extra = {SUCCESS: {"dtype": "bool", "shape": [1], "names": None},
+                 CORRECTED: {"dtype": "bool", "shape": [1], "names": None},
+                 ACTION_CHUNK: {"dtype": "float32", "shape": [interface.chunk_size * interface.action_dim],
+                                "names": None},
+                 ACTION_EXECUTED: {"dtype": "float32", "shape": [interface.action_dim],
+                                   "names": interface.action_names}}
+        # frames are recorded as the model saw them (its input size); the robot's own geometry (its cameras'
+        # native sizes, the aspect policy, their calibration) goes with them, so a model trained on the
+        # recording serves the robot's frames as this one does
+        return LeRobotDatasetWriter(self.root, fps=max(1, round(interface.control_hz)),
+                                    robot_type=interface.robot_type, overwrite=empty_recording(self.root),
+                                    cameras={c: (h, w) for c in interface.cameras},
+                                    state_names=interface.state_names,
+                                    action_names=interface.action_names, use_videos=use_videos,
+                                    vcodec=vcodec, incremental=True, extra_features=extra,
+                                    calibration=_recorded_calibration(interface),
+                                    ee_position=interface.ee_position,
+                                    native_sizes={c: interface.native_size(c) for c in interface.cameras},
+                                    aspect=interface.aspect)
 
     # --- producer side (request handlers): never blocks -----------------------------------------------------
     def record(self, session: str, images: np.ndarray, state: np.ndarray, instruction: str, actions: np.ndarray,
@@ -177,6 +192,8 @@ class Recorder:
         self._queue.put(("close",))
         self._thread.join(timeout)
         self._stop.set()
+        if not self._thread.is_alive():  # still writing after `timeout`: the directory stays this process's
+            self._lock.release()
         log.info("recorder closed: %d episodes written, %d lost to write errors, %d steps dropped (queue full), %s "
                  "still queued", self.episodes_written, self.episodes_lost, self.dropped, self._queue.qsize())
 
@@ -285,7 +302,7 @@ class Recorder:
             extra[ACTION_EXECUTED] = np.stack([f.executed for f in sess.frames])
         first = -1 if sess.first_tick is None else int(sess.first_tick)
         self.writer.save_episode(extra=extra, meta={SESSION: str(sid), OUTCOME: sess.outcome, ENDED_BY: reason,
-                                                    FIRST_TICK: first})
+                                                    FIRST_TICK: first, MODEL: self.model or "unknown"})
         self.episodes_written += 1
 
     @property
@@ -309,6 +326,24 @@ def _recorded_calibration(interface: RobotInterface) -> dict | None:
     return out or None
 
 
+RECORD_LOCK = ".rfm-record.lock"  # in the recording: held by the server writing it
+
+
+def lock_recording(root: Path) -> DirectoryLock:
+    """This process's lock on recording into `root` (created if need be); FileExistsError naming the server that
+    holds it. Two servers appending to one dataset each numbered their files from what they read at start-up,
+    overwrote each other's episodes and mixed their videos."""
+    root.mkdir(parents=True, exist_ok=True)
+    lock = DirectoryLock(root / RECORD_LOCK)
+    try:
+        lock.acquire()
+    except LockHeld as e:
+        raise FileExistsError(f"{root}: another rfm serve is recording into it ({e.holder}); give each server its "
+                              f"own --record directory (replicas: one each, e.g. --record /data/field/$HOSTNAME; "
+                              f"rfm train takes them together)") from None
+    return lock
+
+
 def empty_recording(root: str | Path) -> bool:
     """A recording that never saved an episode: meta/info.json with no episodes (written when a recording starts;
     a server stopped before its first episode leaves it), and nothing but a dataset's folders. It is started
@@ -322,7 +357,7 @@ def empty_recording(root: str | Path) -> bool:
         return False
     if not isinstance(info, dict) or info.get("total_episodes") != 0 or any((root / "meta" / "episodes").glob("**/*")):
         return False
-    return all(p.name in ("meta", "data", "videos", "images") for p in root.iterdir())
+    return all(p.name in ("meta", "data", "videos", "images", RECORD_LOCK) for p in root.iterdir())
 
 
 def check_recording_dir(root: str | Path, interface: RobotInterface) -> None:
@@ -332,12 +367,15 @@ def check_recording_dir(root: str | Path, interface: RobotInterface) -> None:
     from rfm.data.reader import LeRobotDataset
 
     root = Path(root)
+    if root.is_dir():
+        lock_recording(root).release()  # refused now, before the model loads, if another server records here
     if (root / "meta" / "info.json").is_file() and not empty_recording(root):
         ds = LeRobotDataset(root)  # a malformed dataset: an error naming the file
         cameras = {c: tuple(ds.image_shape(c)[:2]) for c in ds.cameras}
         state_names = ds.state_names if OBS_STATE in ds.features else []
         _check_compatible(root, interface, cameras, ds.features, state_names, ds.action_names)
-    elif root.exists() and (not root.is_dir() or any(root.iterdir())) and not empty_recording(root):
+    elif root.exists() and (not root.is_dir() or any(p.name != RECORD_LOCK for p in root.iterdir())) \
+            and not empty_recording(root):
         raise ValueError(f"{root}: exists and is not a LeRobot dataset; record into a new directory, or into a "
                          f"dataset recorded from this model")
 

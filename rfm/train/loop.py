@@ -21,6 +21,7 @@ from rfm.checkpoint import read_config, save_checkpoint
 from rfm.config import ConfigError, PolicyConfig, RobotInterface, preset, preset_image_size
 from rfm.constants import OBS_ENV_STATE, OBS_STATE
 from rfm.data.recording import parse_kinds
+from rfm.files import recover_interrupted
 from rfm.model.policy import RFMPolicy
 from rfm.train.aids import TrainBatch, TrainingAid, build_aids
 from rfm.train.augment import augment, state_noise
@@ -231,6 +232,8 @@ def _train(cfg: TrainConfig, progress: bool) -> Path:
 
     out = Path(cfg.out)
     ckpt_dir = out / CHECKPOINT_DIR
+    if first_process():  # a save killed between its two renames left the last checkpoint aside: put it back first,
+        recover_interrupted(ckpt_dir)  # or --resume would start over without a word (and the run lock is held)
     _check_out(ckpt_dir, cfg)
     accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=_mixed_precision(cfg),
                               cpu=cpu_only())
@@ -258,10 +261,9 @@ def _train(cfg: TrainConfig, progress: bool) -> Path:
     for note in inherited:
         accelerator.print(f"--init {cfg.init}: same robot ({interface.robot_type}), kept its {note}")
     if cfg.warmup_steps >= cfg.steps:
-        accelerator.print(f"train.warmup_steps={cfg.warmup_steps} >= steps={cfg.steps}: the learning rate never "
-                          f"reaches train.lr={cfg.lr:g} (at most {cfg.lr * cfg.steps / max(cfg.warmup_steps, 1):.2g}); "
-                          f"a short run wants about {max(cfg.steps // 10, 1)} (rfm train --warmup-steps; "
-                          f"TrainConfig.warmup_steps)")
+        accelerator.print(f"train.warmup_steps={cfg.warmup_steps} >= steps={cfg.steps}: the warm-up is cut to a fifth "
+                          f"of the run ({cfg.steps // 5} steps); set it with rfm train --warmup-steps "
+                          f"(TrainConfig.warmup_steps)")
     for rec in data.info.get("recorded", []):  # what a fleet recording contributes, and what it had
         outcomes = ", ".join(f"{n} {o}" for o, n in rec["recording"]["outcomes"].items())
         accelerator.print(f"{rec['path']}: learning from {rec['frames']} frames in {rec['episodes']} episodes "
@@ -339,6 +341,8 @@ def _train(cfg: TrainConfig, progress: bool) -> Path:
         for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
             group["lr"] = base * factor(scheduler.last_epoch)
         accelerator.print(f"resumed from {ckpt_dir} at step {start_step}")
+    elif cfg.resume:
+        accelerator.print(f"--resume: {ckpt_dir} holds no checkpoint yet; starting a new run")
     if ema is not None:
         ema.to(accelerator.device)
 

@@ -37,7 +37,8 @@ def save_training_state(dirpath: Path, net: torch.nn.Module, ema: torch.nn.Modul
         "optim_scalars": {str(pid): {k: v for k, v in st.items() if not torch.is_tensor(v)}
                           for pid, st in opt["state"].items()},
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        "rng_numpy": np.random.get_state()[1].tolist(),
+        "rng_numpy": np.random.get_state()[1].tolist(),  # the generators' whole states, restored on resume
+        "rng_numpy_pos": int(np.random.get_state()[2]),
         "rng_python": random.getstate()[1],
         **extra,
     }
@@ -68,4 +69,8 @@ def load_training_state(dirpath: Path, net: torch.nn.Module, ema: torch.nn.Modul
     if scheduler is not None and meta.get("scheduler"):
         scheduler.load_state_dict(meta["scheduler"])
     torch.set_rng_state(tensors["rng.torch"])
+    if "rng_numpy_pos" in meta:  # saved by rfm since the position was kept too
+        np.random.set_state(("MT19937", np.asarray(meta["rng_numpy"], np.uint32), meta["rng_numpy_pos"], 0, 0.0))
+    if meta.get("rng_python"):
+        random.setstate((3, tuple(meta["rng_python"]), None))
     return meta

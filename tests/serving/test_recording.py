@@ -374,7 +374,8 @@ def test_a_recording_says_how_each_episode_went_and_a_fine_tune_keeps_what_to_le
 
     cfg = ServerConfig(max_batch=2, warmup_batch_sizes=(1,), record_dir=str(tmp_path / "rec"), record_images="image")
     obs = observation()
-    server = ServerThread(load_tiny(tiny_checkpoint), cfg).start()
+    runner = load_tiny(tiny_checkpoint)
+    server = ServerThread(runner, cfg).start()
     with RFMClient(server.url) as client:
         for session, ticks, success in (("good", 6, True), ("bad", 5, False), ("helped", 7, None), ("cut", 4, "open")):
             with TickRecorder(client, session, batch_ticks=3) as rec:
@@ -393,7 +394,7 @@ def test_a_recording_says_how_each_episode_went_and_a_fine_tune_keeps_what_to_le
     info = rfm("data", "info", str(tmp_path / "rec"))
     assert info.returncode == 0, info.stderr
     assert ("episodes by outcome: 1 success, 1 failure, 2 unknown; 2 corrected frames in 1 episodes; 4 sessions; "
-            "ended by robot 3, shutdown 1") in info.stdout
+            f"ended by robot 3, shutdown 1; by model: {runner.model_id}@{runner.model_version} 4") in info.stdout
 
     data = build_training_data([str(tmp_path / "rec")], chunk_size=4, image_size=None, cameras=None, val_episodes=0,
                                recorded=("success", "corrected"))

@@ -65,6 +65,45 @@ def test_resume_continues_from_the_saved_step(run, tmp_path):
     assert meta["training"]["steps_done"] == 15
 
 
+def test_resume_after_a_kill_between_the_renames_of_a_save_continues_the_saved_step(run, tmp_path, capsys):
+    """A save killed after moving the last checkpoint aside and before putting the new one in place left no
+    checkpoint/: --resume started over from step 0 without a word. The run now puts the last one back first."""
+    import random
+
+    out = tmp_path / "killed"
+    shutil.copytree(run, out)
+    (out / "checkpoint").rename(out / ".checkpoint.old-999999999-deadbeef")  # as the killed process left it
+    state = json.loads((out / ".checkpoint.old-999999999-deadbeef" / "training_state" / "state.json").read_text())
+    train(_cfg(out, steps=15, resume=True), progress=False)
+    assert f"resumed from {out / 'checkpoint'} at step 12" in capsys.readouterr().out
+    assert json.loads((out / "checkpoint" / "config.json").read_text())["meta"]["training"]["steps_done"] == 15
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".checkpoint")) == []
+    assert "rng_numpy_pos" in state and random.getstate()[1] == tuple(
+        json.loads((out / "checkpoint" / "training_state" / "state.json").read_text())["rng_python"])
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_last_checkpoint(run, tmp_path, monkeypatch, capsys):
+    import errno
+
+    import rfm.model.serialization as ser
+    from rfm.cli.main import main
+
+    out = tmp_path / "full"
+    shutil.copytree(run, out)
+    before = (out / "checkpoint" / "model.safetensors").read_bytes()
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ser, "model_card", full)
+    code = main(["train", "--dataset", str(FIXTURE), "--out", str(out), "--preset", "tiny", "--steps", "14",
+                 "--batch-size", "8", "--chunk-size", "8", "--image-size", "48", "48", "--num-workers", "0",
+                 "--save-every", "14", "--val-episodes", "1", "--resume"])
+    err = capsys.readouterr().err
+    assert code == 2 and "no space left on the device" in err and "Traceback" not in err
+    assert (out / "checkpoint" / "model.safetensors").read_bytes() == before
+
+
 def test_a_rerun_into_a_finished_run_neither_starts_over_nor_replaces_it(run, tmp_path):
     """Without --resume or --overwrite a checkpoint already in OUT is an error before any data is read."""
     from rfm.config import ConfigError
@@ -166,7 +205,7 @@ def test_a_second_run_into_an_out_a_running_one_writes_is_refused(tmp_path):
     from tests.cli_in_process import rfm
 
     out = tmp_path / "run"
-    with run_lock(out):  # a run in progress (the lock is per open file, so this process counts as another run)
+    with run_lock(out):  # a run in progress (this process holding it counts as another run)
         proc = rfm("train", "--dataset", str(FIXTURE), "--out", str(out), "--preset", "tiny", "--steps", "1")
         assert proc.returncode == 2 and "another rfm train is writing this run (pid " in proc.stderr
         assert {p.name for p in out.iterdir()} == {".rfm-train.lock"}
