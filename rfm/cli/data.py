@@ -187,7 +187,8 @@ def _recording_line(rec: dict) -> str:
             + (f"; ended by {ended}" if ended else "")
             + (f"; {rec['start_mid_episode']} start mid-episode (their first ticks were not recorded)"
                if rec.get("start_mid_episode") else "")
-            + ("; by model: " + ", ".join(f"{m} {n}" for m, n in rec["models"].items()) if rec.get("models") else ""))
+            + ("; by model: " + ", ".join(f"{m} ({', '.join(f'{n} {o}' for o, n in by.items())})"
+                                          for m, by in rec["models"].items()) if rec.get("models") else ""))
 
 
 def run_view(args: argparse.Namespace) -> int:

@@ -124,9 +124,13 @@ def summary(ds: LeRobotDataset) -> dict | None:
     ended = Counter(str(e.meta[ENDED_BY]) for e in ds.episodes if e.meta.get(ENDED_BY) is not None)
     if ended:
         out["ended_by"] = dict(ended.most_common())
-    models = Counter(str(e.meta[MODEL]) for e in ds.episodes if e.meta.get(MODEL) is not None)
-    if models:
-        out["models"] = dict(models.most_common())  # which served model produced how many episodes
+    own = _outcomes(ds)
+    models: dict[str, Counter] = {}
+    for e in ds.episodes:
+        if e.meta.get(MODEL) is not None:
+            models.setdefault(str(e.meta[MODEL]), Counter())[own[e.index]] += 1
+    if models:  # the served model that produced them: how each model did in the field
+        out["models"] = {m: {o: c[o] for o in OUTCOMES if c[o]} for m, c in models.items()}
     mid = sum(1 for e in ds.episodes if (e.meta.get(FIRST_TICK) or 0) > 0)
     if mid:
         out["start_mid_episode"] = mid  # the robot's first ticks were not recorded (a gap, a killed server)

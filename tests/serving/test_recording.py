@@ -394,7 +394,8 @@ def test_a_recording_says_how_each_episode_went_and_a_fine_tune_keeps_what_to_le
     info = rfm("data", "info", str(tmp_path / "rec"))
     assert info.returncode == 0, info.stderr
     assert ("episodes by outcome: 1 success, 1 failure, 2 unknown; 2 corrected frames in 1 episodes; 4 sessions; "
-            f"ended by robot 3, shutdown 1; by model: {runner.model_id}@{runner.model_version} 4") in info.stdout
+            f"ended by robot 3, shutdown 1; by model: {runner.model_id}@{runner.model_version} (1 success, 1 failure, "
+            f"2 unknown)") in info.stdout
 
     data = build_training_data([str(tmp_path / "rec")], chunk_size=4, image_size=None, cameras=None, val_episodes=0,
                                recorded=("success", "corrected"))
