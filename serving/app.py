@@ -164,7 +164,8 @@ def create_app(runner: Runner | Callable[[], Runner], config: ServerConfig | Non
             body = await read_body(request, state.config.max_body_bytes)
             itf = service.interface
             req = await asyncio.to_thread(
-                lambda: codec.parse_ticks(codec.loads(body, fmt), itf.cameras, accepted_sizes(itf)))
+                lambda: codec.parse_ticks(codec.loads(body, fmt), itf.cameras, accepted_sizes(itf),
+                                          state.config.resize_images))
             key, n = await service.record_ticks(req, client_id)
             return {"session": key, "ticks": n, "episode_end": req.episode_end}
         except Exception as e:  # noqa: BLE001 - becomes a clean status + message

@@ -204,18 +204,29 @@ class Batcher:
             except Exception:  # housekeeping must never stop the worker
                 log.exception("on_idle callback failed")
 
+    def _predict(self, items: list[_Item]) -> np.ndarray:
+        prefix, prefix_len = stack_committed([it.committed for it in items], self.prefix_max, self.action_dim)
+        batch = Batch(np.stack([it.images for it in items]), np.stack([it.state for it in items]),
+                      [it.instruction for it in items], prefix, prefix_len)
+        actions = self.predict(batch)
+        if actions.shape[0] != len(items):
+            raise RuntimeError(f"runner returned {actions.shape[0]} action chunks for a batch of {len(items)}")
+        return actions
+
     def _run_batch(self, items: list[_Item], start: float) -> float | None:
-        """Run one batch and resolve its futures; its inference seconds, or None when it failed."""
+        """Run one batch and resolve its futures; its inference seconds, or None when it failed. A failed batch of
+        several is run again one request at a time, so a request that breaks inference (one the checks did not
+        foresee) fails alone instead of taking the robots batched with it down too."""
         self._running = (start, len(items))
         try:
-            prefix, prefix_len = stack_committed([it.committed for it in items], self.prefix_max, self.action_dim)
-            batch = Batch(np.stack([it.images for it in items]), np.stack([it.state for it in items]),
-                          [it.instruction for it in items], prefix, prefix_len)
-            actions = self.predict(batch)
-            if actions.shape[0] != len(items):
-                raise RuntimeError(f"runner returned {actions.shape[0]} action chunks for a batch of {len(items)}")
+            actions = self._predict(items)
         except Exception as e:  # one bad batch must not stop the server
-            log.exception("batch of %d failed", len(items))
+            log.exception("batch of %d failed%s", len(items), "; running its requests one by one" if len(items) > 1
+                          else "")
+            if len(items) > 1:
+                for it in items:
+                    self._run_batch([it], time.perf_counter())
+                return None
             err = BatchFailed(f"inference failed for this batch ({type(e).__name__})")
             for it in items:
                 it.loop.call_soon_threadsafe(_resolve, it.future, None, err)

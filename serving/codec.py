@@ -112,7 +112,7 @@ def loads(body: bytes, fmt: str) -> Any:
             raise PayloadError(f"body is not valid msgpack ({type(e).__name__}: {str(e)[:120]})") from e
     try:
         return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, an integer over 4300 digits
         raise PayloadError(f"body is not valid JSON ({str(e)[:120]})") from e
 
 
@@ -164,6 +164,8 @@ def raw_array(data: Any, shape: Any, dtype: Any, what: str) -> np.ndarray:
     if not isinstance(shape, (list, tuple)) or len(shape) > 5 or not all(
             isinstance(s, int) and not isinstance(s, bool) and 0 <= s for s in shape):
         raise PayloadError(f"{what}: 'shape' must be a list of up to 5 non-negative integers, got {shape!r}")
+    if any(s > 2**31 for s in shape):  # with a 0 among them the byte count matches; numpy cannot build it
+        raise PayloadError(f"{what}: shape {list(shape)[:5]} has a dimension over 2**31")
     need = math.prod(shape) * dt.itemsize
     if need != len(data):
         raise PayloadError(f"{what}: shape {list(shape)} of {dt.name} needs {need} bytes, 'data' has {len(data)}")
@@ -179,8 +181,10 @@ def b64decode(text: str, what: str) -> bytes:
         raise PayloadError(f"{what}: invalid base64 ({e})") from e
 
 
-def decode_image_file(data: bytes, what: str) -> np.ndarray:
-    """(H, W, 3) uint8 from the bytes of a JPEG or PNG file."""
+def decode_image_file(data: bytes, what: str, sizes: list[tuple[int, int]] | None = None) -> np.ndarray:
+    """(H, W, 3) uint8 from the bytes of a JPEG or PNG file. `sizes`: the (H, W) the camera may send; a file
+    declaring another size is not decoded (a 48 kB PNG decodes to 50 MB): an undecoded stand-in of its size is
+    returned, which the runtime refuses naming the size, as it would the decoded image."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -188,6 +192,8 @@ def decode_image_file(data: bytes, what: str) -> np.ndarray:
             if im.size[0] * im.size[1] > MAX_IMAGE_PIXELS:
                 raise PayloadError(f"{what}: image is {im.size[0]}x{im.size[1]} pixels, more than the "
                                    f"{MAX_IMAGE_PIXELS} allowed")
+            if sizes and (im.size[1], im.size[0]) not in sizes:
+                return np.broadcast_to(np.zeros((1, 1, 3), np.uint8), (im.size[1], im.size[0], 3))
             return np.asarray(im.convert("RGB"))
     except PayloadError:
         raise
@@ -198,10 +204,11 @@ def decode_image_file(data: bytes, what: str) -> np.ndarray:
                            f"uint8 pixels") from e
 
 
-def decode_image(value: Any, cam: str, sizes: list[tuple[int, int]]) -> np.ndarray:
+def decode_image(value: Any, cam: str, sizes: list[tuple[int, int]], any_size: bool = False) -> np.ndarray:
     """Any image encoding listed in the module docstring -> numpy array (validated later by the runtime).
 
-    sizes: the (H, W) this camera may send (native, then the model's), for raw bytes that carry no shape."""
+    sizes: the (H, W) this camera may send (native, then the model's), for raw bytes that carry no shape, and the
+    only sizes a JPEG/PNG is decoded at unless `any_size` (a server that resizes whatever it is sent)."""
     what = f"image {cam!r}"
     if isinstance(value, np.ndarray):
         return value
@@ -215,9 +222,9 @@ def decode_image(value: Any, cam: str, sizes: list[tuple[int, int]]) -> np.ndarr
         for h, w in sizes:
             if len(value) == h * w * 3:
                 return np.frombuffer(bytes(value), np.uint8).reshape(h, w, 3)
-        return decode_image_file(bytes(value), what)
+        return decode_image_file(bytes(value), what, None if any_size else sizes)
     if isinstance(value, str):
-        return decode_image_file(b64decode(value, what), what)
+        return decode_image_file(b64decode(value, what), what, None if any_size else sizes)
     if isinstance(value, list):
         return nested_uint8(value, what)
     raise PayloadError(f"{what}: expected base64 JPEG/PNG, raw bytes, a {{data, shape, dtype}} map or a nested "
@@ -308,10 +315,13 @@ def check_fields(obj: dict, allowed: frozenset, where: str = "") -> None:
                            f" the fields are {', '.join(sorted(allowed))}.{did_you_mean(unknown[0], sorted(allowed))}")
 
 
+UNKNOWN_CAMERA = np.zeros((0, 0, 3), np.uint8)  # an unknown camera's image, not decoded: the runtime names the camera
+
+
 def parse_act(obj: Any, cameras: list[str], sizes: dict[str, list[tuple[int, int]]],
-              fields: frozenset = ACT_FIELDS) -> ActRequest:
-    """Decoded body -> ActRequest with numpy images; unknown cameras pass through (the runtime names them), an
-    unknown field is an error."""
+              fields: frozenset = ACT_FIELDS, any_size: bool = False) -> ActRequest:
+    """Decoded body -> ActRequest with numpy images; unknown cameras pass through undecoded (the runtime names
+    them), an unknown field is an error. `any_size`: JPEG/PNG frames of any size are decoded (resize_images)."""
     if not isinstance(obj, dict):
         raise PayloadError(f"body must be an object with {IMAGES!r}, {STATE!r}, {INSTRUCTION!r}, got "
                            f"{type(obj).__name__}")
@@ -326,7 +336,8 @@ def parse_act(obj: Any, cameras: list[str], sizes: dict[str, list[tuple[int, int
     if not isinstance(instruction, str) or len(instruction) > 4096:
         raise PayloadError(f"{INSTRUCTION!r} must be a string of at most 4096 characters, got "
                            f"{type(instruction).__name__}")
-    decoded = {str(cam): decode_image(img, str(cam), sizes.get(str(cam), [])) for cam, img in images.items()}
+    decoded = {str(cam): decode_image(img, str(cam), sizes.get(str(cam), []), any_size) if str(cam) in cameras
+               else UNKNOWN_CAMERA for cam, img in images.items()}
     observation = {IMAGES: decoded, STATE: decode_state(obj[STATE]), INSTRUCTION: instruction}
     committed = decode_committed(obj.get(COMMITTED))
     if committed is not None:
@@ -343,7 +354,8 @@ def parse_act(obj: Any, cameras: list[str], sizes: dict[str, list[tuple[int, int
                       *_labels(obj), record=record, deadline_ms=None if deadline is None else float(deadline))
 
 
-def parse_ticks(obj: Any, cameras: list[str], sizes: dict[str, list[tuple[int, int]]]) -> TicksRequest:
+def parse_ticks(obj: Any, cameras: list[str], sizes: dict[str, list[tuple[int, int]]],
+                any_size: bool = False) -> TicksRequest:
     """Decoded POST /v1/ticks body -> TicksRequest; errors name the tick index and the field."""
     if not isinstance(obj, dict) or not isinstance(obj.get("ticks"), list):
         raise PayloadError("body must be an object with 'session_id' and 'ticks': a list of {images, state, "
@@ -355,7 +367,7 @@ def parse_ticks(obj: Any, cameras: list[str], sizes: dict[str, list[tuple[int, i
     ticks = []
     for i, t in enumerate(obj["ticks"]):
         try:
-            act = parse_act(t, cameras, sizes, TICK_FIELDS)
+            act = parse_act(t, cameras, sizes, TICK_FIELDS, any_size)
             index = _count(t, "index")
             arrays = {}
             for key in ("action", "chunk", "label"):

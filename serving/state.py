@@ -167,7 +167,8 @@ async def decode_act(service: InferenceService, body: bytes, fmt: str) -> codec.
     itf = service.interface
 
     def decode() -> codec.ActRequest:
-        return codec.parse_act(codec.loads(body, fmt), itf.cameras, accepted_sizes(itf))
+        return codec.parse_act(codec.loads(body, fmt), itf.cameras, accepted_sizes(itf),
+                               any_size=service.config.resize_images)
 
     if len(body) > (JSON_DECODE_IN_THREAD_BYTES if fmt == "json" else DECODE_IN_THREAD_BYTES):
         return await asyncio.to_thread(decode)

@@ -220,6 +220,10 @@ class LeRobotDatasetWriter:
     def add_frame(self, images: dict[str, np.ndarray] | None = None, state: np.ndarray | None = None,
                   action: np.ndarray | None = None, task: str = "", timestamp: float | None = None) -> None:
         """Buffer one timestep. images: {cam: (H, W, 3) uint8}; state (D_s,); action (D_a,); task: instruction."""
+        try:
+            task.encode("utf-8")  # a lone surrogate would fail every later write of the tasks table, not just this one
+        except (UnicodeEncodeError, AttributeError):
+            raise ValueError(f"task {str(task)[:80]!r} is not valid Unicode text") from None
         with self._lock:
             self._check_open()
             images = images or {}

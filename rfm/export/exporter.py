@@ -149,7 +149,9 @@ def _text_parity(text, run) -> float:
 
 def export_checkpoint(checkpoint, out: str | Path, config: ExportConfig | None = None) -> dict:
     """Export a checkpoint dir (or an RFMPolicy) to `out`; returns export.json's content."""
-    import onnxruntime as ort
+    from rfm.runtime.onnx_runner import import_onnxruntime
+
+    ort = import_onnxruntime()  # telemetry off
 
     from rfm.checkpoint import atomic_dir
     from rfm.export.feeds import observation_arrays, split_feed

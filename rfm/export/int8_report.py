@@ -122,7 +122,9 @@ def resolve_keep_fp32(
 
 def action_error(policy, feed: dict[str, np.ndarray], action_range: np.ndarray | None) -> Callable[[Path], float]:
     """graph path -> its METRIC against PyTorch on `feed` (all samples in one batch); PyTorch runs once."""
-    import onnxruntime as ort
+    from rfm.runtime.onnx_runner import import_onnxruntime
+
+    ort = import_onnxruntime()  # telemetry off
 
     from rfm.export.parity import mean_error_pct_of_range, torch_reference
 

@@ -172,6 +172,11 @@ def check_observation(obs: Mapping[str, Any], interface: RobotInterface, resize:
     instruction = obs.get(INSTRUCTION, "")
     if not isinstance(instruction, str):
         raise ObservationError(f"{where}{INSTRUCTION!r} must be a string, got {type(instruction).__name__}")
+    try:
+        instruction.encode("utf-8")
+    except UnicodeEncodeError as e:  # a lone surrogate ("\ud800" is valid JSON): the tokenizer and the dataset fail
+        raise ObservationError(f"{where}{INSTRUCTION!r} is not valid Unicode text ({e.reason} at character "
+                               f"{e.start})") from None
     return imgs, state, instruction
 
 

@@ -28,7 +28,9 @@ PROVIDER_ALIASES = {
 
 
 def import_onnxruntime():
-    """The onnxruntime module, or an error saying how to install it."""
+    """The onnxruntime module, or an error saying how to install it. Its telemetry is off: onnxruntime keeps a
+    store of events (device id, OS, Python path) under ~/.cache/Microsoft and sends them where the network lets it;
+    a robot's server and a device have no business doing that."""
     try:
         import onnxruntime
     except ImportError as e:
@@ -36,6 +38,8 @@ def import_onnxruntime():
             f"the ONNX backend needs the onnxruntime package, which is not installed ({e}): {pip_install('edge')} "
             f"on a device that runs exports ('edge,server' to serve them there), or the extra 'serve' for the server",
             name="onnxruntime") from None
+    if hasattr(onnxruntime, "disable_telemetry_events"):
+        onnxruntime.disable_telemetry_events()
     return onnxruntime
 
 

@@ -81,9 +81,10 @@ class Recorder:
 
     def __init__(self, root: str | Path, interface: RobotInterface, max_queue: int = 4096,
                  idle_timeout_s: float = 30.0, max_episode_frames: int = 10_000, use_videos: bool = True,
-                 vcodec: str | None = None, model: str | None = None) -> None:
+                 vcodec: str | None = None, model: str | None = None, max_buffer_mb: float = 1024.0) -> None:
         """`model`: the served model (`model_id@model_version`), stored with each episode: a recording that goes on
-        across a model update says which model produced what."""
+        across a model update says which model produced what. `max_buffer_mb`: open episodes are held in memory
+        until they end; past this many MB of frames in all, the longest is written now (ended_by "length")."""
         self.root, self.interface, self.model = Path(root), interface, model
         self.idle_timeout_s, self.max_episode_frames = idle_timeout_s, max_episode_frames
         self._lock = lock_recording(self.root)  # before anything is read or tidied: another server may be writing
@@ -98,6 +99,8 @@ class Recorder:
         self._split: dict[str, str] = {}  # session -> the key of its episode before the hole, still to be ended
         self._sessions: dict[str, _Session] = {}
         self.dropped = self.episodes_written = self.episodes_lost = 0
+        self.max_buffer_bytes, self._buffered = int(max_buffer_mb * 2**20), 0  # frame bytes held in open sessions
+        self._idle_checked = time.monotonic()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rfm-recorder", daemon=True)
         self._thread.start()
@@ -210,6 +213,8 @@ class Recorder:
             except queue.Empty:
                 self._flush_idle()
                 continue
+            if time.monotonic() - self._idle_checked > 1.0:  # a busy queue must not keep abandoned sessions open
+                self._flush_idle()
             try:
                 if item[0] == "close":
                     for sid in list(self._sessions):
@@ -267,15 +272,22 @@ class Recorder:
             self._write(sid, "instruction")  # a new instruction starts a new episode
             sess = self._sessions.setdefault(sid, _Session())
         sess.frames.append(frame)
+        self._buffered += _frame_bytes(frame)
         sess.report(success)
         sess.last_seen = time.monotonic()
         if episode_end:
             self._write(sid, "robot")
         elif len(sess.frames) >= self.max_episode_frames:
             self._write(sid, "length")
+        if self._buffered > self.max_buffer_bytes:  # memory is bounded: the longest open episode goes to disk now
+            longest = max(self._sessions, key=lambda k: len(self._sessions[k].frames))
+            log.warning("recorder: %d MB of open episodes, over its %d MB: writing session %r's (%d frames) now",
+                        self._buffered >> 20, self.max_buffer_bytes >> 20, longest,
+                        len(self._sessions[longest].frames))
+            self._write(longest, "length")
 
     def _flush_idle(self) -> None:
-        now = time.monotonic()
+        now = self._idle_checked = time.monotonic()
         for sid, sess in list(self._sessions.items()):
             if now - sess.last_seen > self.idle_timeout_s:
                 self._write(sid, "idle")
@@ -284,6 +296,7 @@ class Recorder:
         sess = self._sessions.pop(sid, None)
         if sess is None or not sess.frames:
             return
+        self._buffered -= sum(_frame_bytes(f) for f in sess.frames)
         try:
             self._save(sid, sess, reason)
         except Exception:  # a full disk, an encoder failure: this episode is lost, the ones after it are not
@@ -324,6 +337,10 @@ def _recorded_calibration(interface: RobotInterface) -> dict | None:
         same = tuple(interface.native_size(cam)) == tuple(interface.image_size)
         out[cam] = {"projection": proj[i].tolist()} if same and proj is not None else interface.calibration[cam]
     return out or None
+
+
+def _frame_bytes(frame: _Frame) -> int:
+    return sum(img.nbytes for img in frame.images.values())
 
 
 RECORD_LOCK = ".rfm-record.lock"  # in the recording: held by the server writing it

@@ -116,3 +116,23 @@ def test_on_idle_runs_when_the_queue_drains():
     asyncio.run(main())
     assert idle.wait(2)
     b.close()
+
+
+def test_a_request_that_breaks_inference_fails_alone():
+    """One request the checks did not foresee (a lone surrogate in an instruction broke the tokenizer) failed every
+    robot batched with it. A failed batch is run again one request at a time."""
+    def picky(batch):
+        if "poison" in batch.instructions:
+            raise TypeError("cannot tokenize")
+        return np.zeros((len(batch), 1, 1), np.float32)
+
+    b = Batcher(picky, max_batch=4, max_wait_ms=50)
+
+    async def main():
+        futs = [b.submit(np.zeros((1, 3, 4, 4), np.uint8), np.zeros(2, np.float32), text, 5.0)
+                for text in ("ok", "poison", "ok", "ok")]
+        return await asyncio.gather(*futs, return_exceptions=True)
+
+    out = asyncio.run(main())
+    assert [type(r).__name__ for r in out] == ["BatchResult", "BatchFailed", "BatchResult", "BatchResult"]
+    b.close()
