@@ -309,7 +309,7 @@ def _count(obj: dict, key: str) -> int | None:
 def check_fields(obj: dict, allowed: frozenset, where: str = "") -> None:
     """PayloadError naming a field the body has and the API does not: a misspelt optional field (`sucess`,
     `deadline`) would otherwise be ignored without a word."""
-    unknown = sorted(str(k) for k in obj if k not in allowed)
+    unknown = sorted(str(k)[:64] for k in obj if k not in allowed)  # echoed back: a 100 kB name is not
     if unknown:
         raise PayloadError(f"{where}unknown field {unknown[0]!r}{f' (and {len(unknown) - 1} more)' if len(unknown) > 1 else ''}:"
                            f" the fields are {', '.join(sorted(allowed))}.{did_you_mean(unknown[0], sorted(allowed))}")

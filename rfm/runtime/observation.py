@@ -160,8 +160,8 @@ def check_observation(obs: Mapping[str, Any], interface: RobotInterface, resize:
                                f"{interface.cameras}")
     for cam in images:
         if cam not in interface.cameras:
-            raise ObservationError(f"{where}unknown camera {cam!r}: the model expects {interface.cameras}."
-                                   f"{did_you_mean(str(cam), interface.cameras)}")
+            raise ObservationError(f"{where}unknown camera {str(cam)[:64]!r}: the model expects {interface.cameras}."
+                                   f"{did_you_mean(str(cam)[:64], interface.cameras)}")
     missing = [c for c in interface.cameras if c not in images]
     if missing:
         raise ObservationError(f"{where}missing camera(s) {missing}: the model expects {interface.cameras}")
