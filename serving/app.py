@@ -32,22 +32,43 @@ ROUTES = ("/v1/act", "/v1/ticks", "/v1/episodes/end", "/v1/models", "/healthz", 
 BODY_S = 60  # a request body must arrive within this long: 8 MB at about 1 Mbit/s; a trickle would hold its task
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing (413) anything over `limit` bytes before reading it all, and (408) a body that
-    takes over BODY_S seconds to arrive."""
+class BodyBudget:
+    """Bytes of request bodies being read at once, server-wide. Each body is bounded by --max-body-mb, but HTTP
+    connections are not capped (robots and probes must get through), so 64 slow 8 MB uploads held 1 GB; past the
+    budget a body is refused (503 + Retry-After) instead of read."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.used = limit, 0
+
+    def take(self, n: int, retry_after_s: int) -> None:
+        if self.used + n > self.limit:
+            raise ApiError(503, "overloaded", f"the server is reading {self.used >> 20} MB of request bodies, its "
+                           f"limit; send it again shortly", {"Retry-After": str(retry_after_s)})
+        self.used += n
+
+
+async def read_body(request: Request, limit: int, budget: BodyBudget | None = None, retry_after_s: int = 1) -> bytes:
+    """The request body, refusing (413) anything over `limit` bytes before reading it all, (408) a body that
+    takes over BODY_S seconds to arrive, and (503) one the server-wide `budget` has no room for."""
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
             raise ApiError(400, "bad_request", f"Content-Length {declared!r} is not a number")
         if int(declared) > limit:
             raise PayloadTooLarge(f"body is {declared} bytes, the limit is {limit}")
-    chunks, size = [], 0
+    chunks, size, taken = [], 0, 0
     try:
+        if budget is not None and declared is not None:
+            budget.take(int(declared), retry_after_s)
+            taken = int(declared)
         async with asyncio.timeout(BODY_S):
             async for chunk in request.stream():
                 size += len(chunk)
                 if size > limit:
                     raise PayloadTooLarge(f"body is over the limit of {limit} bytes")
+                if budget is not None and size > taken:  # no (or a false) Content-Length: counted as it comes
+                    budget.take(size - taken, retry_after_s)
+                    taken = size
                 chunks.append(chunk)
     except TimeoutError:
         raise ApiError(408, "request_timeout", f"the body did not arrive within {BODY_S} s "
@@ -55,6 +76,9 @@ async def read_body(request: Request, limit: int) -> bytes:
     except ClientDisconnect:  # the client went away mid-body: its problem, not a server error (no 500, no traceback)
         raise ApiError(499, "client_disconnected", f"the client closed the connection after {size} bytes of the "
                        f"body") from None
+    finally:
+        if budget is not None:
+            budget.used -= taken
     return b"".join(chunks)
 
 
@@ -108,6 +132,7 @@ def create_app(runner: Runner | Callable[[], Runner], config: ServerConfig | Non
     `checkpoint` (optional) is where stats.json action limits are read from.
     """
     state = ServerState(config or ServerConfig(), runner, checkpoint)
+    state.bodies = BodyBudget(max(256 << 20, 8 * state.config.max_body_bytes))  # request bodies read at once
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -143,7 +168,7 @@ def create_app(runner: Runner | Callable[[], Runner], config: ServerConfig | Non
             client_id = state.authorize(request.headers.get("authorization"), request.client)
             fmt = codec.body_format(request.headers.get("content-type"))
             service = state.require_service()
-            body = await read_body(request, state.config.max_body_bytes)
+            body = await read_body(request, state.config.max_body_bytes, state.bodies, state.config.retry_after_s)
             req = await decode_act(service, body, fmt)
             result = await service.act(req, client_id, "/v1/act", t0)
         except Exception as e:  # noqa: BLE001 - every failure becomes a clean status + message
@@ -161,7 +186,7 @@ def create_app(runner: Runner | Callable[[], Runner], config: ServerConfig | Non
             client_id = state.authorize(request.headers.get("authorization"), request.client)
             fmt = codec.body_format(request.headers.get("content-type"))
             service = state.require_service()
-            body = await read_body(request, state.config.max_body_bytes)
+            body = await read_body(request, state.config.max_body_bytes, state.bodies, state.config.retry_after_s)
             itf = service.interface
             req = await asyncio.to_thread(
                 lambda: codec.parse_ticks(codec.loads(body, fmt), itf.cameras, accepted_sizes(itf),
@@ -179,7 +204,8 @@ def create_app(runner: Runner | Callable[[], Runner], config: ServerConfig | Non
             client_id = state.authorize(request.headers.get("authorization"), request.client)
             fmt = codec.body_format(request.headers.get("content-type"))
             service = state.require_service()
-            req = codec.parse_episode_end(codec.loads(await read_body(request, state.config.max_body_bytes), fmt))
+            body = await read_body(request, state.config.max_body_bytes, state.bodies, state.config.retry_after_s)
+            req = codec.parse_episode_end(codec.loads(body, fmt))
             return {"session": service.end_episode(req, client_id), "recording": True}
         except Exception as e:  # noqa: BLE001 - becomes a clean status + message
             return error_response(to_api_error(e, state.config.retry_after_s))

@@ -47,6 +47,7 @@ class ServerState:
         self.started = time.time()
         self.websockets = 0  # open WebSockets: new ones are refused (503) at config.max_connections
         self.ws_in_flight = 0  # WebSocket requests taken and not yet answered: a graceful stop waits for them
+        self.bodies: Any = None  # serving.app.BodyBudget: request body bytes read at once, server-wide
         self.draining = False  # SIGTERM: new requests are refused (503) while those taken are answered
         self.auth_failures = 0  # requests refused for a missing or wrong key
 

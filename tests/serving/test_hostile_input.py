@@ -96,3 +96,29 @@ def test_recording_memory_is_bounded_and_abandoned_sessions_end_while_others_rec
     ended = {(e.meta["session"], e.meta["ended_by"]) for e in ds.episodes}
     assert ("abandoned", "idle") in ended and ("live", "length") in ended
     assert max(e.length for e in ds.episodes) <= 35
+
+
+def test_request_bodies_read_at_once_are_bounded_server_wide(tiny_runner):
+    """HTTP connections are not capped (probes and robots must get through) and each body may be 8 MB: 64 slow
+    uploads held 1 GB. Past a server-wide budget a body is refused at once (503 + Retry-After), not read."""
+    import socket
+    import time
+
+    with ServerThread(tiny_runner, ServerConfig(max_batch=2, warmup_batch_sizes=(1,))) as s:
+        s.state.bodies.limit = 3000
+        slow = []
+        for _ in range(2):  # two uploads under way, 2000 bytes declared each
+            sock = socket.create_connection(("127.0.0.1", s.port))
+            sock.sendall(b"POST /v1/act HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 2000\r\n\r\n{")
+            slow.append(sock)
+        time.sleep(0.3)
+        r = httpx.post(s.url + "/v1/act", content=b"{" + b" " * 1990 + b"}", headers={"content-type":
+                                                                                      "application/json"})
+        assert r.status_code == 503 and r.json()["error"] == "overloaded" and r.headers["retry-after"]
+        for sock in slow:
+            sock.close()
+        time.sleep(0.3)
+        assert s.state.bodies.used == 0  # what the uploads held is given back when they end
+        s.state.bodies.limit = 256 << 20
+        assert httpx.post(s.url + "/v1/act", json=json_body(observation())).status_code == 200
