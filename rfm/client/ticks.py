@@ -136,9 +136,8 @@ class TickRecorder:
         did something of its own. The recorded episode ends before it and the next tick starts another, so none
         has a hole; executed() and correct() for this tick do nothing."""
         with self._cond:
-            if self._index == 0:  # held before the episode's first action: where the episode starts, not a gap
-                return
-            self._index += 1
+            if self._index:  # held before the episode's first action: where the episode starts, not a gap
+                self._index += 1
             self._skipped = True
 
     def correct(self, action: np.ndarray, executed: bool = False) -> None:

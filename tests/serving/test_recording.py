@@ -511,6 +511,10 @@ def test_a_tick_without_an_action_ends_the_recorded_episode_and_one_started_late
         ex.end_episode(success=True)
         ex.close()
         rec.close()
+        first = TickRecorder(client, "first", batch_ticks=4)
+        first.skip()  # the episode's first step() raised: nothing to label, and no error (it raised RuntimeError)
+        first.executed(np.array([1.0, 1.0]))
+        first.close()
         later = TickRecorder(client, "late", batch_ticks=4)  # a server killed mid-episode: the rest comes to a new one
         body = encode_ticks_from(later, obs, first=30, n=3)
         assert httpx.post(server.url + "/v1/ticks", content=body, headers=MSGPACK).status_code == 200
