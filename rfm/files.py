@@ -26,7 +26,9 @@ def as_umask_allows(path: str | Path) -> None:
 # Replacing a directory (a checkpoint, an export, a dataset) takes two renames: target -> .NAME.old-PID-*, then
 # .NAME.tmp-PID-* -> target. A process killed between them (SIGKILL, power loss) leaves no directory at the target,
 # the previous one in .old, and a killed writer leaves its half-written .tmp. Both are told apart from a live
-# writer's by the PID in their name: the process is gone, or it is this process and not writing them now.
+# writer's by the PID in their name: the process is gone, or it is this process and not writing them now. This
+# assumes the writers of one path see each other's PIDs (one machine or container); runs are also locked
+# (DirectoryLock) against a second writer.
 _WRITING: set[Path] = set()  # this process's temp and old directories in use
 
 
