@@ -57,6 +57,18 @@ def _lookup(obs: dict, key: str) -> Any:
     return node
 
 
+def _as_uint8(value: Any, cam: str) -> Any:
+    """openpi's float images (values in [0, 1], as its policies take them: 255 x value, truncated) as uint8; any
+    other value as it came."""
+    if not isinstance(value, np.ndarray) or not np.issubdtype(value.dtype, np.floating):
+        return value
+    if value.size and not (np.isfinite(value).all() and value.min() >= 0.0 and value.max() <= 1.0):
+        raise PayloadError(f"image {cam!r}: a float image must hold values in [0, 1] (openpi's convention), got "
+                           f"[{np.nanmin(value):g}, {np.nanmax(value):g}]" if np.isfinite(value).any() else
+                           f"image {cam!r}: a float image must hold values in [0, 1], got NaN/inf")
+    return (255 * value).astype(np.uint8)
+
+
 @dataclass
 class OpenpiMapping:
     """openpi keys -> model inputs. images: {openpi key: camera}; state: keys concatenated in order."""
@@ -105,7 +117,7 @@ class OpenpiMapping:
             if found is None:
                 raise PayloadError(f"no image for camera {cam!r}: expected one of the keys {keys}; got keys "
                                    f"{sorted(map(str, obs))[:12]}")
-            images[cam] = decode_image(found, cam, sizes[cam])
+            images[cam] = decode_image(_as_uint8(found, cam), cam, sizes[cam])
         parts = []
         for k in self.state:
             v = _lookup(obs, k)

@@ -312,3 +312,18 @@ def test_an_openpi_robot_started_before_the_model_is_ready_waits_for_it(tiny_run
                 ws.recv(timeout=10)
     finally:
         s.stop()
+
+
+def test_openpi_float_images_are_taken_as_openpi_policies_take_them(server, tiny_runner):
+    """openpi's policies take float images in [0, 1] (255 x value, as uint8); rfm answered 422."""
+    from openpi_client.websocket_client_policy import WebsocketClientPolicy
+
+    obs = observation()
+    as_float = {**obs, "images": {c: img.astype(np.float32) / 255.0 for c, img in obs["images"].items()}}
+    seen = {**obs, "images": {c: (255 * img).astype(np.uint8) for c, img in as_float["images"].items()}}
+    policy = WebsocketClientPolicy(host=ws_url(server, "/openpi"))
+    out = policy.infer(openpi_obs(as_float))
+    np.testing.assert_allclose(out["actions"][:, 0], tiny_runner.predict(seen)[:, 0], atol=1e-4)  # dim 1: clipped
+    bad = {**obs, "images": {c: img.astype(np.float32) for c, img in obs["images"].items()}}  # 0-255 as floats
+    with pytest.raises(Exception, match=r"values in \[0, 1\]"):
+        policy.infer(openpi_obs(bad))
