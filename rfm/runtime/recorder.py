@@ -57,6 +57,7 @@ class _Frame:
     success: bool
     corrected: bool
     executed: np.ndarray | None = None  # (D_a,) the action the robot executed
+    tick: int | None = None  # the robot's index of this tick in its episode (ticks reported with one)
 
 
 @dataclass
@@ -64,8 +65,6 @@ class _Session:
     frames: list[_Frame] = field(default_factory=list)
     last_seen: float = field(default_factory=time.monotonic)
     reported: bool | None = None  # the outcome the robot reported: True once any success, False if only failures
-    first_tick: int | None = None  # the robot's index of the first tick recorded (> 0: it starts mid-episode)
-    last_tick: int | None = None
 
     def report(self, success: bool | None) -> None:
         if success is not None:
@@ -251,20 +250,16 @@ class Recorder:
     def _add_tick(self, sid, images, state, instruction, action, chunk, label, success, episode_end, index) -> None:
         itf = self.interface
         sess = self._sessions.get(sid)
-        if index is not None and sess is not None and sess.frames and sess.last_tick is not None \
-                and index != sess.last_tick + 1:
+        last = sess.frames[-1].tick if sess is not None and sess.frames else None
+        if index is not None and last is not None and index != last + 1:
             self._write(sid, "gap")  # the robot's ticks in between never arrived: no episode holds a hole
-        sess = self._sessions.setdefault(sid, _Session())
-        if not sess.frames:
-            sess.first_tick = index
-        sess.last_tick = index
         cams = self._frames(images)
         executed = np.asarray(action, np.float32).reshape(itf.action_dim)
         learn = executed if label is None else np.asarray(label, np.float32).reshape(itf.action_dim)
         chunk = (np.zeros(itf.chunk_size * itf.action_dim, np.float32) if chunk is None
                  else np.asarray(chunk, np.float32).reshape(-1))
         self._append(sid, _Frame(cams, np.asarray(state, np.float32), learn, chunk, instruction, bool(success),
-                                 label is not None, executed), episode_end, success)
+                                 label is not None, executed, index), episode_end, success)
 
     def _append(self, sid: str, frame: _Frame, episode_end: bool, success: bool | None) -> None:
         sess = self._sessions.setdefault(sid, _Session())
@@ -313,7 +308,7 @@ class Recorder:
                  ACTION_CHUNK: np.stack([f.chunk for f in sess.frames])}
         if ACTION_EXECUTED in self.writer.info["features"]:  # recordings started before this column lack it
             extra[ACTION_EXECUTED] = np.stack([f.executed for f in sess.frames])
-        first = -1 if sess.first_tick is None else int(sess.first_tick)
+        first = -1 if sess.frames[0].tick is None else int(sess.frames[0].tick)  # > 0: it starts mid-episode
         self.writer.save_episode(extra=extra, meta={SESSION: str(sid), OUTCOME: sess.outcome, ENDED_BY: reason,
                                                     FIRST_TICK: first, MODEL: self.model or "unknown"})
         self.episodes_written += 1
