@@ -182,10 +182,12 @@ class InferenceService:
         key = self.session_key(req, client_id)
         checked = self._not_yet_recorded(key, req, checked)
         seen = self._ticks_seen.get(key)
-        if req.ticks and not checked and (not req.episode_end or (seen and seen[3])):
-            return key, 0  # a batch sent again: its ticks (and its episode's end) are recorded already
-        if not req.ticks and req.episode_end and seen and seen[:2] == (req.stream, req.episode or 0) and seen[3]:
-            return key, 0  # an episode end sent again
+        if req.ticks and not checked:
+            return key, 0  # a batch sent again: its ticks, and its episode's end with them, are recorded already
+        if not req.ticks and req.episode_end and seen and seen[0] == req.stream:
+            episode = req.episode or 0
+            if episode < seen[1] or (episode == seen[1] and seen[3]):
+                return key, 0  # an episode end sent again: that episode is over already
         if not recorder.room(len(checked)):  # whole or not at all: the robot's retry must not record a tick twice
             raise ApiError(503, "recorder_busy", f"the recorder is {recorder.backlog} items behind and has no room "
                            f"for {len(checked)} ticks; nothing of this batch was recorded, send it again",

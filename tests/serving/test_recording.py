@@ -578,3 +578,30 @@ def test_a_robot_ticking_at_another_rate_than_the_models_is_told(tiny_checkpoint
         assert rec.tick_hz > 2 * runner.interface.control_hz
     said = [r.message for r in caplog.records if "the model's control rate" in r.message]
     assert len(said) == 1 and f"{runner.interface.control_hz:g} Hz" in said[0]
+
+
+def test_a_stale_episode_end_does_not_end_the_next_episode(tiny_checkpoint, tmp_path):
+    """An episode end that arrives again late (its answer was lost, the network held it) must not close the
+    episode the robot has started since."""
+    from rfm.client.wire import encode_ticks
+    from serving.config import ServerConfig
+    from serving.server import ServerThread
+    from tests.serving.helpers import load_tiny
+
+    cfg = ServerConfig(max_batch=2, warmup_batch_sizes=(1,), record_dir=str(tmp_path / "rec"), record_images="image")
+    obs = observation()
+
+    def post(episode, indices, end):
+        ticks = [{**obs, "state": [float(episode), 0.0, float(i)], "action": [0.1, 0.2], "index": i} for i in indices]
+        body = encode_ticks(ticks, "arm", "msgpack", None, end, True if end else None, "s1", episode)
+        assert httpx.post(url + "/v1/ticks", content=body, headers=MSGPACK).status_code == 200
+
+    with ServerThread(load_tiny(tiny_checkpoint), cfg) as server:
+        url = server.url
+        post(0, [0, 1], end=False)
+        post(0, [], end=True)
+        post(1, [0, 1], end=False)
+        post(0, [], end=True)  # the first end again, late
+        post(1, [2, 3], end=True)
+    ds = LeRobotDataset(tmp_path / "rec")
+    assert [ds.states[e.start:e.stop, 2].tolist() for e in ds.episodes] == [[0, 1], [0, 1, 2, 3]]
