@@ -23,28 +23,13 @@ from serving.errors import ApiError, PayloadTooLarge, to_api_error
 from serving.metrics import Metrics
 from serving.openapi import episode_end_request, specialise
 from serving.schemas import ERROR_RESPONSES, ActResponseBody, EpisodeEndResponseBody, TicksResponseBody
-from serving.state import ServerState, decode_act
+from serving.state import BodyBudget, ServerState, decode_act
 from serving.ws import add_websocket_routes
 
 ROUTES = ("/v1/act", "/v1/ticks", "/v1/episodes/end", "/v1/models", "/healthz", "/readyz", "/metrics", "/docs", "/openapi.json")
 
 
 BODY_S = 60  # a request body must arrive within this long: 8 MB at about 1 Mbit/s; a trickle would hold its task
-
-
-class BodyBudget:
-    """Bytes of request bodies being read at once, server-wide. Each body is bounded by --max-body-mb, but HTTP
-    connections are not capped (robots and probes must get through), so 64 slow 8 MB uploads held 1 GB; past the
-    budget a body is refused (503 + Retry-After) instead of read."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit, self.used = limit, 0
-
-    def take(self, n: int, retry_after_s: int) -> None:
-        if self.used + n > self.limit:
-            raise ApiError(503, "overloaded", f"the server is reading {self.used >> 20} MB of request bodies, its "
-                           f"limit; send it again shortly", {"Retry-After": str(retry_after_s)})
-        self.used += n
 
 
 async def read_body(request: Request, limit: int, budget: BodyBudget | None = None, retry_after_s: int = 1) -> bytes:
@@ -132,7 +117,6 @@ def create_app(runner: Runner | Callable[[], Runner], config: ServerConfig | Non
     `checkpoint` (optional) is where stats.json action limits are read from.
     """
     state = ServerState(config or ServerConfig(), runner, checkpoint)
-    state.bodies = BodyBudget(max(256 << 20, 8 * state.config.max_body_bytes))  # request bodies read at once
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

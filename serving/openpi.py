@@ -105,9 +105,10 @@ class OpenpiMapping:
     def to_dict(self) -> dict:
         return {"images": self.images, "state": self.state, "prompt": self.prompt}
 
-    def to_observation(self, obs: Any, cameras: list[str], sizes: dict[str, list[tuple[int, int]]]) -> dict:
+    def to_observation(self, obs: Any, cameras: list[str], sizes: dict[str, list[tuple[int, int]]],
+                       any_size: bool = False) -> dict:
         """openpi observation dict -> rfm observation {"images", "state", "instruction"[, "committed_actions"]};
-        errors name the keys."""
+        errors name the keys. `any_size`: JPEG/PNG frames of any size are decoded (a server that resizes)."""
         if not isinstance(obs, dict):
             raise PayloadError(f"openpi observation must be a map of key -> value, got {type(obs).__name__}")
         images = {}
@@ -117,7 +118,7 @@ class OpenpiMapping:
             if found is None:
                 raise PayloadError(f"no image for camera {cam!r}: expected one of the keys {keys}; got keys "
                                    f"{sorted(map(str, obs))[:12]}")
-            images[cam] = decode_image(_as_uint8(found, cam), cam, sizes[cam])
+            images[cam] = decode_image(_as_uint8(found, cam), cam, sizes[cam], any_size)
         parts = []
         for k in self.state:
             v = _lookup(obs, k)

@@ -6,7 +6,6 @@ import asyncio
 import logging
 import time
 import uuid
-from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,9 +22,9 @@ from serving.config import ServerConfig
 from serving.errors import ApiError
 from serving.memory import HeapTrimmer
 from serving.metrics import Metrics
+from serving.tick_ledger import TickLedger
 
 log = logging.getLogger("rfm.serving")
-MAX_STREAMS = 65536  # robots' tick streams remembered for telling a batch sent again from a new one
 
 
 @dataclass
@@ -57,8 +56,7 @@ class InferenceService:
         self.limits, self.audit = limits, audit
         self.trimmer = HeapTrimmer()
         self.min_deadline_ms = 10.0  # set from the warm-up by calibrate (serving.admission.min_deadline_ms)
-        self._ticks_seen: OrderedDict[str, tuple[str, int, int, bool]] = OrderedDict()  # key -> (stream, episode,
-        # index of the last tick recorded, whether that episode was ended)
+        self.tick_ledger = TickLedger()  # which ticks of each robot are recorded: a batch sent again is not twice
         self.batcher = Batcher(runner.predict_batch, config.max_batch, config.max_wait_ms, config.queue_size,
                                on_batch=metrics.observe_batch, on_idle=self.trimmer.maybe_trim,
                                prefix_max=runner.prefix_max, action_dim=runner.interface.action_dim)
@@ -161,13 +159,17 @@ class InferenceService:
 
     async def record_ticks(self, req: TicksRequest, client_id: str | None) -> tuple[str, int]:
         """Validate a batch of executed ticks and enqueue them for the recorder (one frame per tick); returns the
-        session key and the number of ticks."""
+        session key and the number of ticks recorded (a batch sent again: those it did not have)."""
         recorder = self._recorder()
         itf = self.interface
+        key = self.session_key(req, client_id)
+        fresh = self.tick_ledger.fresh(key, req)
+        if fresh is None:
+            return key, 0  # sent again: recorded already
 
         def check() -> list[tuple]:  # fitting frames costs CPU: off the event loop
             out = []
-            for i, t in enumerate(req.ticks):
+            for i, t in fresh:
                 where = f"ticks[{i}]: "
                 images, state, instruction = check_observation(t.observation, itf, self.config.resize_images, where)
                 instruction = self.runner.instruction_for(instruction, where)
@@ -179,15 +181,6 @@ class InferenceService:
             return out
 
         checked = await asyncio.to_thread(check)
-        key = self.session_key(req, client_id)
-        checked = self._not_yet_recorded(key, req, checked)
-        seen = self._ticks_seen.get(key)
-        if req.ticks and not checked:
-            return key, 0  # a batch sent again: its ticks, and its episode's end with them, are recorded already
-        if not req.ticks and req.episode_end and seen and seen[0] == req.stream:
-            episode = req.episode or 0
-            if episode < seen[1] or (episode == seen[1] and seen[3]):
-                return key, 0  # an episode end sent again: that episode is over already
         if not recorder.room(len(checked)):  # whole or not at all: the robot's retry must not record a tick twice
             raise ApiError(503, "recorder_busy", f"the recorder is {recorder.backlog} items behind and has no room "
                            f"for {len(checked)} ticks; nothing of this batch was recorded, send it again",
@@ -197,25 +190,10 @@ class InferenceService:
             recorder.record_tick(key, images, state, instruction, t.action, t.chunk, t.label,
                                  success=req.success if last else None, episode_end=req.episode_end and last,
                                  index=t.index)
-        if req.stream is not None and (checked or req.episode_end):
-            last = checked[-1][3].index if checked and checked[-1][3].index is not None else (seen or (0, 0, -1))[2]
-            self._ticks_seen[key] = (req.stream, req.episode or 0, last, req.episode_end)
-            self._ticks_seen.move_to_end(key)
-            while len(self._ticks_seen) > MAX_STREAMS:
-                self._ticks_seen.popitem(last=False)
         if req.episode_end and not checked:
             recorder.end_episode(key, success=req.success)
+        self.tick_ledger.note(key, req, [t for *_, t in checked])
         return key, len(checked)
-
-    def _not_yet_recorded(self, key: str, req: TicksRequest, checked: list[tuple]) -> list[tuple]:
-        """The ticks of a batch this server has not recorded: a robot that lost the answer to a batch (a read
-        timeout, a cut connection) sends it again, and its ticks were recorded twice. Ticks are told apart by
-        their stream, episode and index (robots that send them: the SDK's TickRecorder)."""
-        seen = self._ticks_seen.get(key)
-        if seen is None or req.stream != seen[0] or req.stream is None:
-            return checked
-        done = (seen[1], seen[2])
-        return [c for c in checked if c[3].index is None or ((req.episode or 0), c[3].index) > done]
 
     def instruction_run(self, instruction: str) -> str:
         """The instruction the model ran: the trained one it was snapped to (--snap-instructions), else as sent."""

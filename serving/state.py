@@ -20,7 +20,7 @@ from serving.audit import AuditLog
 from serving.auth import ApiKeys, AuthError
 from serving.batcher import ShuttingDown
 from serving.config import ServerConfig
-from serving.errors import NotReady
+from serving.errors import ApiError, NotReady
 from serving.memory import HeapTrimmer
 from serving.metrics import Metrics
 from serving.openpi import OpenpiMapping
@@ -29,6 +29,21 @@ from serving.service import InferenceService
 log = logging.getLogger("rfm.serving")
 JSON_DECODE_IN_THREAD_BYTES = 16 * 1024  # bigger JSON bodies (base64 images) are decoded off the event loop
 DECODE_IN_THREAD_BYTES = 1024 * 1024  # msgpack too when this big (nested lists, JPEG/PNG bytes)
+
+
+class BodyBudget:
+    """Bytes of request bodies being read at once, server-wide. Each body is bounded by --max-body-mb, but HTTP
+    connections are not capped (robots and probes must get through), so 64 slow 8 MB uploads held 1 GB; past the
+    budget a body is refused (503 + Retry-After) instead of read."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.used = limit, 0
+
+    def take(self, n: int, retry_after_s: int) -> None:
+        if self.used + n > self.limit:
+            raise ApiError(503, "overloaded", f"the server is reading {self.used >> 20} MB of request bodies, its "
+                           f"limit; send it again shortly", {"Retry-After": str(retry_after_s)})
+        self.used += n
 
 
 class ServerState:
@@ -47,7 +62,7 @@ class ServerState:
         self.started = time.time()
         self.websockets = 0  # open WebSockets: new ones are refused (503) at config.max_connections
         self.ws_in_flight = 0  # WebSocket requests taken and not yet answered: a graceful stop waits for them
-        self.bodies: Any = None  # serving.app.BodyBudget: request body bytes read at once, server-wide
+        self.bodies = BodyBudget(max(256 << 20, 8 * self.config.max_body_bytes))  # request bodies read at once
         self.draining = False  # SIGTERM: new requests are refused (503) while those taken are answered
         self.auth_failures = 0  # requests refused for a missing or wrong key
 

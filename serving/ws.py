@@ -163,7 +163,8 @@ def add_websocket_routes(app: FastAPI, state: ServerState) -> None:
                         raise ApiError(422, "invalid_payload", "openpi frames must be binary msgpack, got text")
                     if len(body) > limit:
                         raise PayloadTooLarge(f"message is {len(body)} bytes, the limit is {limit}")
-                    obs = state.openpi.to_observation(openpi.unpack(body), itf.cameras, accepted_sizes(itf))
+                    obs = state.openpi.to_observation(openpi.unpack(body), itf.cameras, accepted_sizes(itf),
+                                                      state.config.resize_images)
                     result = await service.act(ActRequest(obs, session_id=session), client_id, "/openpi", t0)
                 except Exception as e:  # noqa: BLE001 - openpi convention: text frame, then close 1011
                     err = to_api_error(e, state.config.retry_after_s)

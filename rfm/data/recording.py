@@ -120,11 +120,11 @@ def summary(ds: LeRobotDataset) -> dict | None:
     out = {"outcomes": {o: 0 for o in OUTCOMES}, "corrected_frames": sum(per_ep),
            "episodes_with_corrections": sum(1 for n in per_ep if n),
            "sessions": len({str(e.meta.get(SESSION)) for e in ds.episodes if e.meta.get(SESSION) is not None})}
-    out["outcomes"].update(Counter(_outcomes(ds).values()))
+    own = _outcomes(ds)
+    out["outcomes"].update(Counter(own.values()))
     ended = Counter(str(e.meta[ENDED_BY]) for e in ds.episodes if e.meta.get(ENDED_BY) is not None)
     if ended:
         out["ended_by"] = dict(ended.most_common())
-    own = _outcomes(ds)
     models: dict[str, Counter] = {}
     for e in ds.episodes:
         if e.meta.get(MODEL) is not None:

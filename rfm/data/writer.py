@@ -220,10 +220,6 @@ class LeRobotDatasetWriter:
     def add_frame(self, images: dict[str, np.ndarray] | None = None, state: np.ndarray | None = None,
                   action: np.ndarray | None = None, task: str = "", timestamp: float | None = None) -> None:
         """Buffer one timestep. images: {cam: (H, W, 3) uint8}; state (D_s,); action (D_a,); task: instruction."""
-        try:
-            task.encode("utf-8")  # a lone surrogate would fail every later write of the tasks table, not just this one
-        except (UnicodeEncodeError, AttributeError):
-            raise ValueError(f"task {str(task)[:80]!r} is not valid Unicode text") from None
         with self._lock:
             self._check_open()
             images = images or {}
@@ -247,6 +243,10 @@ class LeRobotDatasetWriter:
                                      f"fill it or leave the frame out: the dataset would not be readable")
             if not isinstance(task, str) or not task:
                 raise ValueError(f"field 'task': expected a non-empty instruction string, got {task!r}")
+            try:  # a lone surrogate would fail every later write of the tasks table, not only this frame's
+                task.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError(f"field 'task': {task[:80]!r} is not valid Unicode text") from None
             for cam, img in images.items():
                 self._buf["images"][cam].append(np.array(img, np.uint8, copy=True))
             self._buf["state"].append(s)

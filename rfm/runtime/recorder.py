@@ -108,8 +108,8 @@ class Recorder:
         """The recording to append to, or a new one (also in place of one that never saved an episode)."""
         from rfm.data.lerobot import LeRobotDatasetWriter
 
-        interface = self.interface
-        if (self.root / "meta" / "info.json").exists() and not empty_recording(self.root):
+        interface, empty = self.interface, empty_recording(self.root)
+        if (self.root / "meta" / "info.json").exists() and not empty:
             writer = LeRobotDatasetWriter.append(self.root, vcodec=vcodec)
             _check_compatible(self.root, interface, writer.cameras, writer.info["features"], writer.state_names,
                               writer.action_names)
@@ -125,7 +125,7 @@ class Recorder:
         # native sizes, the aspect policy, their calibration) goes with them, so a model trained on the
         # recording serves the robot's frames as this one does
         return LeRobotDatasetWriter(self.root, fps=max(1, round(interface.control_hz)),
-                                    robot_type=interface.robot_type, overwrite=empty_recording(self.root),
+                                    robot_type=interface.robot_type, overwrite=empty,
                                     cameras={c: (h, w) for c in interface.cameras},
                                     state_names=interface.state_names,
                                     action_names=interface.action_names, use_videos=use_videos,

@@ -109,3 +109,14 @@ def wait_until_ready(proc, url: str, timeout_s: float = 90.0) -> None:
             pass
         assert time.monotonic() < deadline, f"server not ready in {timeout_s:g} s"
         time.sleep(0.2)
+
+
+def gated_loader(runner: Runner, timeout_s: float = 10.0):
+    """(loader, gate): a runner loader that returns `runner` once `gate` is set (a model still loading)."""
+    gate = threading.Event()
+
+    def load() -> Runner:
+        gate.wait(timeout_s)
+        return runner
+
+    return load, gate

@@ -57,6 +57,23 @@ def test_openpi_mapping_default_file_and_nested_keys(tmp_path):
         OpenpiMapping.from_file(f, ["front"])
 
 
+def test_an_openpi_png_of_another_size_is_decoded_where_the_server_resizes_frames():
+    """A frame at a size its camera does not send is not decoded (an undecoded stand-in of that size, which the
+    runtime refuses), unless the server resizes whatever it is sent (--resize-images), on /openpi as on /v1/act."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 6), (200, 100, 50)).save(buf, format="PNG")
+    m = OpenpiMapping.default(["front"])
+    obs = {"observation/image": buf.getvalue(), "observation/state": [0.0], "prompt": "go"}
+    sizes = {"front": [(4, 4)]}
+    assert not m.to_observation(obs, ["front"], sizes)["images"]["front"].any()  # the stand-in: not decoded
+    decoded = m.to_observation(obs, ["front"], sizes, any_size=True)["images"]["front"]
+    assert decoded.shape == (6, 8, 3) and decoded[0, 0].tolist() == [200, 100, 50]
+
+
 def test_msgpack_numpy_round_trip_and_refusals():
     a = np.arange(6, dtype=np.float32).reshape(2, 3)
     from openpi_client import msgpack_numpy

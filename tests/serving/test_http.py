@@ -17,7 +17,7 @@ from PIL import Image
 
 from serving.config import ServerConfig
 from serving.server import ServerThread
-from tests.serving.helpers import json_body, msgpack_body, observation
+from tests.serving.helpers import gated_loader, json_body, msgpack_body, observation
 
 pytestmark = pytest.mark.integration  # a real uvicorn server
 
@@ -209,12 +209,7 @@ def test_resize_images_option(tiny_runner):
 
 
 def test_readyz_is_503_until_warm_and_reports_load_failures(tiny_runner):
-    gate = threading.Event()
-
-    def slow_loader():
-        gate.wait(10)
-        return tiny_runner
-
+    slow_loader, gate = gated_loader(tiny_runner)
     s = ServerThread(slow_loader, ServerConfig(max_batch=2, warmup_batch_sizes=(1,))).start(wait_ready=False)
     try:
         assert httpx.get(s.url + "/healthz").status_code == 200

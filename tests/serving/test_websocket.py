@@ -15,7 +15,7 @@ from websockets.exceptions import ConnectionClosed
 
 from serving.config import ServerConfig
 from serving.server import ServerThread
-from tests.serving.helpers import FaultyRunner, json_body, msgpack_body, observation
+from tests.serving.helpers import FaultyRunner, gated_loader, json_body, msgpack_body, observation
 
 pytestmark = pytest.mark.integration  # a real uvicorn server
 
@@ -284,12 +284,7 @@ def test_an_openpi_robot_started_before_the_model_is_ready_waits_for_it(tiny_run
     metadata frame comes once the model is ready; a model that fails to load closes it with the reason."""
     from openpi_client.websocket_client_policy import WebsocketClientPolicy
 
-    gate = threading.Event()
-
-    def slow_loader():
-        gate.wait(10)
-        return tiny_runner
-
+    slow_loader, gate = gated_loader(tiny_runner)
     s = ServerThread(slow_loader, ServerConfig(max_batch=2, warmup_batch_sizes=(1,))).start(wait_ready=False)
     try:
         threading.Timer(0.5, gate.set).start()

@@ -1,0 +1,54 @@
+"""Which of a robot's ticks the recorder already has, so a batch sent again is recorded once.
+
+A robot cannot tell a batch of ticks the server never got from one whose answer was lost (a read timeout, a
+connection cut on the way back), so it sends it again; recorded as it came, its ticks appeared twice. The SDK's
+TickRecorder numbers its ticks within each episode and names its stream (one per recorder) and episode; the
+ledger keeps, per recorded session, the last tick and whether that episode has ended.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from serving.codec import Tick, TicksRequest
+
+MAX_STREAMS = 65536  # sessions remembered (the oldest forgotten first): a bound on the ledger's memory
+
+
+@dataclass(frozen=True)
+class _Seen:
+    stream: str
+    episode: int
+    index: int  # of the last tick recorded (-1: none yet)
+    ended: bool  # that episode's end is recorded
+
+
+class TickLedger:
+    def __init__(self) -> None:
+        self._seen: OrderedDict[str, _Seen] = OrderedDict()
+
+    def fresh(self, key: str, req: TicksRequest) -> list[tuple[int, Tick]] | None:
+        """The (position, tick) pairs of the batch not recorded yet; None when the batch has nothing new: its ticks,
+        and its episode's end with them, are recorded already, or it is an end of an episode already over."""
+        ticks = list(enumerate(req.ticks))
+        seen = self._seen.get(key)
+        if seen is None or req.stream is None or req.stream != seen.stream:
+            return ticks
+        episode = req.episode or 0
+        if not ticks:
+            return None if req.episode_end and (episode < seen.episode or (episode == seen.episode and seen.ended)) \
+                else ticks
+        new = [(i, t) for i, t in ticks if t.index is None or (episode, t.index) > (seen.episode, seen.index)]
+        return new or None
+
+    def note(self, key: str, req: TicksRequest, recorded: list[Tick]) -> None:
+        """The ticks of `req` just recorded (and its episode end, if it had one)."""
+        if req.stream is None or not (recorded or req.episode_end):
+            return
+        seen = self._seen.get(key)
+        last = recorded[-1].index if recorded and recorded[-1].index is not None else (seen.index if seen else -1)
+        self._seen[key] = _Seen(req.stream, req.episode or 0, last, req.episode_end)
+        self._seen.move_to_end(key)
+        while len(self._seen) > MAX_STREAMS:
+            self._seen.popitem(last=False)
