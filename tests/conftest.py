@@ -16,11 +16,15 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 # `rfm serve` started by tests runs checkpoints on PyTorch: the default engine (ONNX Runtime on a cached export) costs an
 # export per fresh checkpoint; tests/serving/test_engine.py covers it.
 os.environ.setdefault("RFM_ENGINE", "torch")
-# Exports reuse the traced text encoder from the engine cache: one per test session, never the user's ~/.cache.
+# Exports reuse the traced text encoder from the engine cache: one per test session, never the user's ~/.cache. The
+# process that made it removes it on exit (each run left ~250 MB in /tmp; hundreds of runs filled the disk CI shares).
 if not os.environ.get("RFM_CACHE_DIR"):
+    import atexit
+    import shutil
     import tempfile
 
     os.environ["RFM_CACHE_DIR"] = tempfile.mkdtemp(prefix="rfm-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["RFM_CACHE_DIR"], ignore_errors=True)
 
 import numpy as np
 import pytest
