@@ -12,6 +12,7 @@ from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
@@ -26,7 +27,7 @@ from serving.schemas import ERROR_RESPONSES, ActResponseBody, EpisodeEndResponse
 from serving.state import BodyBudget, ServerState, decode_act
 from serving.ws import add_websocket_routes
 
-ROUTES = ("/v1/act", "/v1/ticks", "/v1/episodes/end", "/v1/models", "/healthz", "/readyz", "/metrics", "/docs", "/openapi.json")
+ROUTES = ("/v1/act", "/v1/ticks", "/v1/episodes/end", "/v1/models", "/healthz", "/readyz", "/metrics", "/docs", "/redoc", "/openapi.json")
 
 
 BODY_S = 60  # a request body must arrive within this long: 8 MB at about 1 Mbit/s; a trickle would hold its task
@@ -126,7 +127,8 @@ def create_app(runner: Runner | Callable[[], Runner], config: ServerConfig | Non
         await asyncio.to_thread(loader.join)
         await asyncio.to_thread(state.close)
 
-    app = FastAPI(title="rfm inference server", version="1", lifespan=lifespan,
+    # /docs and /redoc from files in the package, not a CDN: fleet and edge networks are often offline
+    app = FastAPIOffline(title="rfm inference server", version="1", lifespan=lifespan,
                   description="Batched robot policy inference: observation in, action chunk out. "
                               "See docs/API.md for msgpack, WebSocket and openpi usage.")
     app.state.rfm = state

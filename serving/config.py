@@ -43,6 +43,7 @@ class ServerConfig:
     snap_instructions: float | None = None  # cosine threshold: untrained instructions -> nearest trained one
     default_instruction: str | None = None  # run for a request without an instruction (else the model's only one)
     record_idle_timeout_s: float = 30.0  # a robot session idle this long ends its recorded episode
+    record_memory_mb: float = 1024.0  # open episodes' frames held in memory; past it they go to disk in the recording
     retry_after_s: int = 1  # Retry-After value sent with 503
     min_deadline_ms: float | None = None  # shortest deadline_ms a request may ask for; None: 5x a warm batch-1 run
     shutdown_drain_s: float = 10.0  # how long graceful shutdown waits for queued work
@@ -66,6 +67,7 @@ class ServerConfig:
         check(self.max_connections >= 1, "max_connections", "a positive integer")
         check(self.record_images in ("video", "image"), "record_images", "video or image")
         check(self.record_vcodec in (None, "h264", "av1"), "record_vcodec", "h264, av1 or None")
+        check(self.record_memory_mb >= 16, "record_memory_mb", "at least 16 MB")
         check(self.default_instruction is None or bool(self.default_instruction.strip()), "default_instruction",
               "a non-empty instruction (leave it out for none)")
         check(self.snap_instructions is None or -1 <= self.snap_instructions <= 1, "snap_instructions",

@@ -117,6 +117,7 @@ class ServerState:
 
                 recorder = Recorder(self.config.record_dir, runner.interface,
                                     idle_timeout_s=self.config.record_idle_timeout_s,
+                                    max_buffer_mb=self.config.record_memory_mb,
                                     use_videos=self.config.record_images == "video",
                                     vcodec=self.config.record_vcodec,
                                     model=f"{runner.model_id}@{runner.model_version}")

@@ -61,6 +61,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--record-vcodec", default=None, choices=["h264", "av1"],
                    help="video codec of --record-images video (default: an existing dataset's own codec, so its "
                         "info.json stays true; h264 for a new recording)")
+    p.add_argument("--record-memory-mb", type=float, default=1024.0, metavar="MB",
+                   help="open episodes' frames --record holds in memory; past it they go to a file in the recording "
+                        "until their episode ends, and an episode is written at half of it")
     p.add_argument("--snap-instructions", type=float, default=None, metavar="SIM",
                    help="replace an instruction the model never trained on by the trained one nearest in meaning "
                         "when their sentence embeddings' cosine similarity is >= SIM (e.g. 0.5); below it the "
@@ -104,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
                           action_limits=args.action_limits, action_limit_margin=args.action_margin,
                           openpi_mapping=args.openpi_mapping, record_dir=args.record,
                           record_images=args.record_images, record_vcodec=args.record_vcodec,
+                          record_memory_mb=args.record_memory_mb,
                           snap_instructions=args.snap_instructions, default_instruction=args.default_instruction,
                           min_deadline_ms=args.min_deadline_ms, max_connections=args.max_connections)
     if config.audit_log:  # fail now with the flag's name

@@ -60,7 +60,8 @@ def parse_kinds(spec: str) -> tuple[str, ...] | None:
     return tuple(dict.fromkeys(words))
 
 
-CUT = ("shutdown", "gap")  # ended_by of an episode the robot went on with: the server stopped, or ticks went missing
+# ended_by of an episode the robot went on with: the server stopped, ticks went missing, or the server's length cap
+CUT = ("shutdown", "gap", "length")
 
 
 def _base_session(session: str) -> str:
@@ -71,7 +72,7 @@ def _base_session(session: str) -> str:
 
 def robot_outcomes(ds: LeRobotDataset) -> dict[int, str]:
     """Each episode's outcome as the robot lived it: an episode the server cut at its own stop (ended_by
-    "shutdown") or where ticks went missing ("gap") is the first part of one the robot went on with, under the same
+    "shutdown"), where ticks went missing ("gap") or at its length cap ("length") is the first part of one the robot went on with, under the same
     session (SESSION~N after lost ticks), so it takes the outcome of that continuation (which may itself have been
     cut: followed to its end)."""
     own = _outcomes(ds)
@@ -96,8 +97,8 @@ def robot_outcomes(ds: LeRobotDataset) -> dict[int, str]:
 
 def frame_mask(ds: LeRobotDataset, kinds: tuple[str, ...] | None) -> np.ndarray | None:
     """Which frames of `ds` to learn from: those of episodes whose outcome (robot_outcomes: a part cut by a server
-    restart or missing ticks counts as the episode it belongs to) is in `kinds`, and with "corrected" the frames an operator
-    corrected; None (all) for `kinds` None or a dataset that is not a recording."""
+    restart, missing ticks or a length cap counts as the episode it belongs to) is in `kinds`, and with "corrected"
+    the frames an operator corrected; None (all) for `kinds` None or a dataset that is not a recording."""
     if kinds is None or not is_recording(ds):
         return None
     mask = np.zeros(ds.num_frames, bool)

@@ -39,6 +39,7 @@ from rfm.constants import (
     image_key,
 )
 from rfm.files import DirectoryLock, LockHeld
+from rfm.runtime.frame_spill import SPILL_DIR, FrameSpill, clear_spill
 
 if TYPE_CHECKING:
     from rfm.data.writer import LeRobotDatasetWriter
@@ -49,7 +50,7 @@ log = logging.getLogger("rfm.recorder")
 
 @dataclass
 class _Frame:
-    images: dict[str, np.ndarray]  # {cam: (H, W, 3) uint8}
+    images: dict[str, np.ndarray] | None  # {cam: (H, W, 3) uint8}; None once moved to its session's spill file
     state: np.ndarray  # (D_s,)
     action: np.ndarray  # (D_a,) the action to learn from: the correction where one was given, else the executed one
     chunk: np.ndarray  # (H * D_a,) the predicted chunk (zeros when the tick did not come from one)
@@ -65,6 +66,8 @@ class _Session:
     frames: list[_Frame] = field(default_factory=list)
     last_seen: float = field(default_factory=time.monotonic)
     reported: bool | None = None  # the outcome the robot reported: True once any success, False if only failures
+    mem_bytes: int = 0  # frame bytes held in memory (those not in `spill`)
+    spill: FrameSpill | None = None  # where its frames go once the recorder is past its memory budget
 
     def report(self, success: bool | None) -> None:
         if success is not None:
@@ -83,10 +86,17 @@ class Recorder:
                  vcodec: str | None = None, model: str | None = None, max_buffer_mb: float = 1024.0) -> None:
         """`model`: the served model (`model_id@model_version`), stored with each episode: a recording that goes on
         across a model update says which model produced what. `max_buffer_mb`: open episodes are held in memory
-        until they end; past this many MB of frames in all, the longest is written now (ended_by "length")."""
+        until they end; past this many MB of frames in all, the frames of the session holding the most move to a
+        file in the recording (rfm.runtime.frame_spill) until its episode ends; where the disk refuses them, that
+        episode is written now (ended_by "length"). An episode is written when it reaches `max_episode_frames`, or
+        half the budget in frames (saving one copies it in memory): past that, the robot's episode goes on in the next
+        one (ended_by "length"; the first part takes the outcome of the rest, rfm.data.recording.robot_outcomes)."""
         self.root, self.interface, self.model = Path(root), interface, model
-        self.idle_timeout_s, self.max_episode_frames = idle_timeout_s, max_episode_frames
+        self.idle_timeout_s = idle_timeout_s
+        frame_bytes = 3 * interface.image_size[0] * interface.image_size[1] * len(interface.cameras)
+        self.max_episode_frames = max(1, min(max_episode_frames, int(max_buffer_mb * 2**20) // 2 // frame_bytes))
         self._lock = lock_recording(self.root)  # before anything is read or tidied: another server may be writing
+        clear_spill(self.root)  # open episodes of a server that died with them
         try:
             self.writer = self._open_writer(use_videos, vcodec)
         except BaseException:
@@ -99,6 +109,7 @@ class Recorder:
         self._sessions: dict[str, _Session] = {}
         self.dropped = self.episodes_written = self.episodes_lost = 0
         self.max_buffer_bytes, self._buffered = int(max_buffer_mb * 2**20), 0  # frame bytes held in open sessions
+        self._spills = 0  # spill files made (their names)
         self._idle_checked = time.monotonic()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rfm-recorder", daemon=True)
@@ -267,6 +278,13 @@ class Recorder:
             self._write(sid, "instruction")  # a new instruction starts a new episode
             sess = self._sessions.setdefault(sid, _Session())
         sess.frames.append(frame)
+        if sess.spill is not None:
+            try:
+                sess.spill.append(frame.images)
+                frame.images = None
+            except OSError:  # kept in memory: the budget check below writes the episode if need be
+                pass
+        sess.mem_bytes += _frame_bytes(frame)
         self._buffered += _frame_bytes(frame)
         sess.report(success)
         sess.last_seen = time.monotonic()
@@ -274,12 +292,31 @@ class Recorder:
             self._write(sid, "robot")
         elif len(sess.frames) >= self.max_episode_frames:
             self._write(sid, "length")
-        if self._buffered > self.max_buffer_bytes:  # memory is bounded: the longest open episode goes to disk now
-            longest = max(self._sessions, key=lambda k: len(self._sessions[k].frames))
-            log.warning("recorder: %d MB of open episodes, over its %d MB: writing session %r's (%d frames) now",
-                        self._buffered >> 20, self.max_buffer_bytes >> 20, longest,
-                        len(self._sessions[longest].frames))
-            self._write(longest, "length")
+        if self._buffered > self.max_buffer_bytes and self._sessions:  # memory is bounded: the heaviest open episode goes to disk
+            self._spill(max(self._sessions, key=lambda k: self._sessions[k].mem_bytes))
+
+    def _spill(self, sid: str) -> None:
+        """Move session `sid`'s frames (and its later ones) to a file; where the disk refuses, write it now."""
+        sess = self._sessions[sid]
+        try:
+            if sess.spill is None:
+                self._spills += 1
+                sess.spill = FrameSpill(self.root / SPILL_DIR / f"{self._spills}.frames",
+                                        {c: (*self.interface.image_size, 3) for c in self.interface.cameras})
+                log.info("recorder: %d MB of open episodes, over its %d MB: session %r's frames go to %s until its "
+                         "episode ends", self._buffered >> 20, self.max_buffer_bytes >> 20, sid, sess.spill.path)
+            for f in sess.frames:
+                if f.images is not None:
+                    n = _frame_bytes(f)
+                    sess.spill.append(f.images)
+                    f.images = None
+                    sess.mem_bytes -= n
+                    self._buffered -= n
+        except OSError as e:
+            log.warning("recorder: %d MB of open episodes, over its %d MB, and no room on disk for them (%s): "
+                        "writing session %r's episode (%d frames) now", self._buffered >> 20,
+                        self.max_buffer_bytes >> 20, e, sid, len(sess.frames))
+            self._write(sid, "length")
 
     def _flush_idle(self) -> None:
         now = self._idle_checked = time.monotonic()
@@ -291,7 +328,7 @@ class Recorder:
         sess = self._sessions.pop(sid, None)
         if sess is None or not sess.frames:
             return
-        self._buffered -= sum(_frame_bytes(f) for f in sess.frames)
+        self._buffered -= sess.mem_bytes
         try:
             self._save(sid, sess, reason)
         except Exception:  # a full disk, an encoder failure: this episode is lost, the ones after it are not
@@ -299,10 +336,15 @@ class Recorder:
             self.episodes_lost += 1
             log.exception("recorder: episode of session %r (%d frames) could not be written; recording goes on",
                           sid, len(sess.frames))
+        finally:
+            if sess.spill is not None:
+                sess.spill.remove()
 
     def _save(self, sid: str, sess: _Session, reason: str) -> None:
+        spilled = iter(sess.spill.frames() if sess.spill is not None else ())  # in order, as they were moved
         for f in sess.frames:
-            self.writer.add_frame(images=f.images, state=f.state, action=f.action, task=f.instruction or "unknown")
+            self.writer.add_frame(images=f.images if f.images is not None else next(spilled), state=f.state,
+                                  action=f.action, task=f.instruction or "unknown")
         extra = {SUCCESS: np.array([f.success for f in sess.frames]),
                  CORRECTED: np.array([f.corrected for f in sess.frames]),
                  ACTION_CHUNK: np.stack([f.chunk for f in sess.frames])}
@@ -335,7 +377,7 @@ def _recorded_calibration(interface: RobotInterface) -> dict | None:
 
 
 def _frame_bytes(frame: _Frame) -> int:
-    return sum(img.nbytes for img in frame.images.values())
+    return 0 if frame.images is None else sum(img.nbytes for img in frame.images.values())
 
 
 RECORD_LOCK = ".rfm-record.lock"  # in the recording: held by the server writing it
@@ -369,7 +411,7 @@ def empty_recording(root: str | Path) -> bool:
         return False
     if not isinstance(info, dict) or info.get("total_episodes") != 0 or any((root / "meta" / "episodes").glob("**/*")):
         return False
-    return all(p.name in ("meta", "data", "videos", "images", RECORD_LOCK) for p in root.iterdir())
+    return all(p.name in ("meta", "data", "videos", "images", RECORD_LOCK, SPILL_DIR) for p in root.iterdir())
 
 
 def check_recording_dir(root: str | Path, interface: RobotInterface) -> None:

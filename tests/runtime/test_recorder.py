@@ -255,3 +255,64 @@ def test_an_episode_cut_by_missing_ticks_counts_as_the_one_the_robot_finished(tm
     assert robot_outcomes(ds) == {0: "success", 1: "success", 2: "failure", 3: "unknown"}
     assert frame_mask(ds, ("success",)).sum() == 5
     assert summary(ds)["start_mid_episode"] == 2
+
+
+def test_a_fleet_past_the_memory_budget_keeps_whole_episodes_on_disk(tmp_path, caplog):
+    """Four robots with long episodes hold more frames than the recorder's memory budget: the heaviest sessions'
+    frames move to a file in the recording, and every episode is written whole, frame for frame, once it ends."""
+    from rfm.runtime.frame_spill import SPILL_DIR
+
+    caplog.set_level("INFO", logger="rfm.recorder")
+    rng = np.random.default_rng(0)
+    frame_kb = 2 * 32 * 32 * 3 / 1024  # 6 kB
+    rec = Recorder(tmp_path / "rec", ITF, use_videos=False, max_buffer_mb=60 * frame_kb / 1024)  # 60 frames
+    assert rec.max_episode_frames == 30
+    sent: dict[str, list] = {}
+    for t in range(25):  # 4 x 25 frames open at once, budget 60
+        for sid in ("r0", "r1", "r2", "r3"):
+            images, state, actions = _step(rng)
+            sent.setdefault(sid, []).append((images, actions[0]))
+            rec.record_tick(sid, images, state, "stack", actions[0], index=t, success=True if t == 24 else None,
+                            episode_end=t == 24)
+    rec.close()
+    assert "frames go to" in caplog.text  # the budget was passed and frames went to disk
+    spill = tmp_path / "rec" / SPILL_DIR
+    assert rec.episodes_written == 4 and (not spill.exists() or not any(spill.iterdir()))
+    ds = LeRobotDataset(tmp_path / "rec")
+    assert sorted((e.meta["session"], e.length, e.meta["ended_by"]) for e in ds.episodes) == \
+        [(s, 25, "robot") for s in ("r0", "r1", "r2", "r3")]
+    for ep in ds.episodes:
+        frames = sent[ep.meta["session"]]
+        for i in (0, 12, 24):
+            item = ds[ep.start + i]
+            np.testing.assert_array_equal(item["images"]["a"], frames[i][0][0].transpose(1, 2, 0))
+            np.testing.assert_allclose(item["action"], frames[i][1])
+
+
+def test_an_episode_past_the_length_cap_and_a_full_disk_still_keep_the_robots_outcome(tmp_path, monkeypatch):
+    """With no room on disk for the frames past the memory budget, the heaviest episode is written at once
+    (ended_by length); its rest, and the episodes cut at the length cap, count with the outcome the robot reported."""
+    from rfm.data.recording import frame_mask, robot_outcomes
+    from rfm.runtime import frame_spill
+
+    def no_room(self, images):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(frame_spill.FrameSpill, "append", no_room)
+    rng = np.random.default_rng(0)
+    frame_kb = 2 * 32 * 32 * 3 / 1024
+    rec = Recorder(tmp_path / "rec", ITF, use_videos=False, max_buffer_mb=30 * frame_kb / 1024)  # cap 15 frames
+    for t in range(20):
+        for sid in ("long", "other"):
+            images, state, actions = _step(rng)
+            last = sid == "long" and t == 19
+            rec.record_tick(sid, images, state, "stack", actions[0], index=t, success=True if last else None,
+                            episode_end=last)
+    rec.close()
+    ds = LeRobotDataset(tmp_path / "rec")
+    parts = [(e.meta["session"], e.meta["ended_by"]) for e in ds.episodes]
+    assert parts.count(("long", "length")) >= 1 and parts.count(("long", "robot")) == 1
+    assert sum(e.length for e in ds.episodes if e.meta["session"] == "long") == 20
+    outcomes = robot_outcomes(ds)
+    assert {outcomes[e.index] for e in ds.episodes if e.meta["session"] == "long"} == {"success"}
+    assert frame_mask(ds, ("success",)).sum() == 20

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -161,7 +162,12 @@ def test_models_health_ready_docs(server):
     assert m["server"]["action_limits"]["max"] == [100.0, 0.01]
     assert httpx.get(server.url + "/healthz").json()["status"] == "ok"
     assert httpx.get(server.url + "/readyz").json()["status"] == "ready"
-    assert httpx.get(server.url + "/docs").status_code == 200
+    for page in ("/docs", "/redoc"):  # served from the package: an offline fleet network still gets its API page
+        html = httpx.get(server.url + page).text
+        assets = re.findall(r'(?:src|href)="([^"]+)"', html)
+        assert assets and not [a for a in assets if "://" in a or a.startswith("//")], assets
+        for a in assets:
+            assert httpx.get(server.url + a).status_code == 200, a
     spec = httpx.get(server.url + "/openapi.json").json()
     content = spec["paths"]["/v1/act"]["post"]["requestBody"]["content"]
     assert set(content) == {"application/json", "application/msgpack"}
