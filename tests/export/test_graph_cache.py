@@ -1,5 +1,6 @@
-"""Traced graphs are exported once and reused: a hit copies the cached graph, a miss exports and caches it, an
-unwritable cache only costs the export; the key follows the weights, the configuration and the settings."""
+"""Traced graphs are exported once and reused: a hit copies the cached graph (links it, for an engine in the cache),
+a miss exports and caches it, an unwritable cache only costs the export; the key follows the weights, the
+configuration and the settings."""
 
 from __future__ import annotations
 
@@ -23,6 +24,24 @@ def test_second_export_of_the_same_encoder_is_a_copy(tmp_path):
     assert len(calls) == 2
     assert sorted(p.name for p in cache.iterdir() if not p.name.endswith(".lock")) == [
         f"text-encoder-{c * 24}.onnx" for c in "jk"]  # two entries, no temp files left
+
+
+def test_engines_in_the_cache_share_one_file_of_a_graph_and_exports_elsewhere_get_their_own(tmp_path):
+    """Every engine of every fine-tune of one base holds the same 90 MB text encoder: in the cache it is one file
+    (hard links); an export written elsewhere (rfm export --out) is a copy the cache's files never change under."""
+    def export(out):
+        out.write_bytes(b"graph-bytes")
+
+    cache = tmp_path / "cache"
+    for engine in ("default-fp32-1", "default-fp32-2"):
+        (cache / engine).mkdir(parents=True)
+        cached_graph(cache / engine / "text_encoder.onnx", "text-encoder", "k" * 64, cache, export)
+    entry = cache / f"text-encoder-{'k' * 24}.onnx"
+    inodes = {p.stat().st_ino for p in (entry, *cache.glob("default-fp32-*/text_encoder.onnx"))}
+    assert len(inodes) == 1 and entry.stat().st_nlink == 3
+    (tmp_path / "out").mkdir()
+    cached_graph(tmp_path / "out" / "text_encoder.onnx", "text-encoder", "k" * 64, cache, export)
+    assert (tmp_path / "out" / "text_encoder.onnx").stat().st_nlink == 1 and entry.stat().st_nlink == 3
 
 
 def test_unwritable_cache_still_exports(tmp_path):
