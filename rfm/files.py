@@ -26,10 +26,24 @@ def as_umask_allows(path: str | Path) -> None:
 # Replacing a directory (a checkpoint, an export, a dataset) takes two renames: target -> .NAME.old-PID-*, then
 # .NAME.tmp-PID-* -> target. A process killed between them (SIGKILL, power loss) leaves no directory at the target,
 # the previous one in .old, and a killed writer leaves its half-written .tmp. Both are told apart from a live
-# writer's by the PID in their name: the process is gone, or it is this process and not writing them now. This
-# assumes the writers of one path see each other's PIDs (one machine or container); runs are also locked
-# (DirectoryLock) against a second writer.
+# writer's by the PID and host in their name: the process is gone, or it is this process and not writing them now.
+# Another host's are left alone: containers sharing a volume each number their processes from 1, so a reader in one
+# (a server loading a checkpoint) took a trainer's temp directory in another for its own and deleted it mid-save.
+# Runs are also locked (DirectoryLock) against a second writer.
 _WRITING: set[Path] = set()  # this process's temp and old directories in use
+
+
+def _host_tag() -> str:
+    """'h' + 8 hex digits of this host's name: which machine or container wrote a temp or old directory."""
+    import hashlib
+    import socket
+
+    return "h" + hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def writer_tag() -> str:
+    """PID and host tag: names a file or directory this process writes, unique across containers on one volume."""
+    return f"{os.getpid()}-{_host_tag()}"
 
 
 def temp_dir_for(target: Path) -> Path:
@@ -38,7 +52,7 @@ def temp_dir_for(target: Path) -> Path:
 
     target.parent.mkdir(parents=True, exist_ok=True)
     recover_interrupted(target)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{writer_tag()}-", dir=target.parent))
     as_umask_allows(tmp)  # mkdtemp's 0700 would become the target's mode: unreadable to a server of another user
     _WRITING.add(tmp)
     return tmp
@@ -52,7 +66,7 @@ def replace_dir(tmp: Path, target: Path) -> None:
     old = None
     try:
         if target.exists():
-            old = target.parent / f".{target.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            old = target.parent / f".{target.name}.old-{writer_tag()}-{uuid.uuid4().hex[:8]}"
             _WRITING.add(old)
             os.replace(target, old)
         os.replace(tmp, target)
@@ -93,13 +107,16 @@ def recover_interrupted(target: Path) -> Path | None:
 
 
 def _abandoned(path: Path, marker: str) -> bool:
-    """Left by a writer that is gone: its PID (after `marker` in the name) is not running, or is this process,
-    which is not using it."""
+    """Left by a writer on this host that is gone: its PID (after `marker` in the name) is not running, or is this
+    process, which is not using it."""
     if path in _WRITING:
         return False
-    pid = path.name.split(marker, 1)[1].split("-", 1)[0]
+    pid, _, rest = path.name.split(marker, 1)[1].partition("-")
     if not pid.isdigit():
         return False  # not ours (an older rfm named them without a PID): left alone
+    host = rest.split("-", 1)[0]
+    if len(host) == 9 and host[0] == "h" and all(c in "0123456789abcdef" for c in host[1:]) and host != _host_tag():
+        return False  # another machine's or container's: its PIDs are not ours to check
     if int(pid) == os.getpid():
         return True
     if os.name == "nt":  # os.kill(pid, 0) would terminate it there

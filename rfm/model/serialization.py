@@ -22,7 +22,14 @@ from safetensors.torch import load_file, save
 from rfm._version import __version__
 from rfm.config import ConfigError, PolicyConfig
 from rfm.constants import CHECKPOINT_FORMAT, CONFIG_FILE, MODEL_CARD_FILE, STATS_FILE, WEIGHTS_FILE
-from rfm.files import as_umask_allows, discard_temp_dir, recover_interrupted, replace_dir, temp_dir_for
+from rfm.files import (
+    as_umask_allows,
+    discard_temp_dir,
+    recover_interrupted,
+    replace_dir,
+    temp_dir_for,
+    writer_tag,
+)
 
 
 class CheckpointError(RuntimeError, ValueError):
@@ -283,7 +290,7 @@ def _sizes(itf) -> str:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.tmp-{writer_tag()}")
     tmp.write_text(text)
     with open(tmp, "rb") as fh:
         os.fsync(fh.fileno())

@@ -54,6 +54,23 @@ def test_a_killed_writers_temp_directory_is_removed_by_the_next_save(tmp_path, s
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["ckpt", live.name])
 
 
+def test_another_containers_save_under_way_is_left_alone(tmp_path, small_interface):
+    """Containers sharing a volume each number their processes from 1: a save in one took another container's save
+    under way (same PID) for its own leftover and deleted it, or restored the previous checkpoint from between its
+    renames. A directory named by another host is never touched; this host's, of this process, still is."""
+    from rfm.files import _host_tag
+
+    path = tmp_path / "ckpt"
+    RFMPolicy.build("tiny", interface=small_interface).save_pretrained(path)
+    other = "h" + ("0" * 8 if _host_tag() != "h" + "0" * 8 else "1" * 8)
+    theirs = [tmp_path / f".ckpt.tmp-{os.getpid()}-{other}-x", tmp_path / f".ckpt.old-{os.getpid()}-{other}-y"]
+    ours = tmp_path / f".ckpt.tmp-{os.getpid()}-{_host_tag()}-z"  # this process, not writing it: left by a crash
+    for d in (*theirs, ours):
+        d.mkdir()
+    RFMPolicy.build("tiny", interface=small_interface).save_pretrained(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["ckpt", *(d.name for d in theirs)])
+
+
 def test_a_dataset_writer_cleans_up_after_a_killed_one(tmp_path):
     root = tmp_path / "demos"
     kill_a_writer_of(root, "writing")
