@@ -146,8 +146,11 @@ def build_training_data(paths: list[str], chunk_size: int, image_size: tuple[int
     info = {"dataset": ",".join(str(p) for p in paths), "episodes": n_train_eps,
             "val_episodes": sum(len(v.episodes) for v in val_parts), "frames": len(train_set), "tasks": tasks,
             "fps": datasets[0].fps}
-    if len(datasets) > 1:
-        info["datasets"] = [{"path": str(p), "frames": len(w)} for p, w in zip(paths, train_parts)]
+    # where each dataset was, and how many episodes it had then: a recording grows after training, and the
+    # training set is its first `episodes_then` episodes (paths as typed, in `dataset`, depend on the directory)
+    info["datasets"] = [{"path": str(ds.root.resolve()), "episodes_then": ds.num_episodes,
+                         "frames_then": ds.num_frames, "frames": len(w)}
+                        for ds, w in zip(datasets, train_parts)]
     if chosen:
         info["recorded"] = chosen
     info.update(prepared)

@@ -136,6 +136,9 @@ def test_train_on_two_datasets_records_them_in_the_checkpoint(two, tmp_path):
     assert meta["data"]["dataset"] == f"{demos},{field}"
     assert meta["data"]["balance"] == "tasks" and meta["data"]["task_shares"] == {"reach": 0.6, "door": 0.4}
     assert [d["share"] for d in meta["data"]["datasets"]] == [0.8, 0.2]
+    # where each was and how many episodes it had: a recording grows after training, its first N were trained on
+    assert [(d["path"], d["episodes_then"]) for d in meta["data"]["datasets"]] == [
+        (str(p.resolve()), LeRobotDataset(p).num_episodes) for p in (demos, field)]
     assert meta["training"]["dataset_weights"] == [0.8, 0.2]
     assert meta["training"]["steps_done"] == 4
 
