@@ -18,6 +18,22 @@ from rfm.config import did_you_mean
 from rfm.train.config import BALANCE_MODES, TrainConfig, read_config_file
 
 NOT_CONFIG = ("config", "set", "threads", "no_progress", "func", "command")  # flags that are not TrainConfig fields
+# flags of older rfm versions -> the config field that replaced them (--set FIELD=VALUE or --config FILE)
+REMOVED_FLAGS = {"--state-noise": "state_noise", "--shift-pad": "shift_pad", "--color-jitter": "color_jitter",
+                 "--variant-prob": "variant_prob", "--scene-shift": "aids.scene_shift.metres",
+                 "--env-state-loss": "aids.env_state.weight", "--keypoint-loss": "aids.keypoints.weight"}
+
+
+class _Removed(argparse.Action):
+    """A flag rfm no longer has: an error naming the config field that replaced it."""
+
+    def __init__(self, option_strings, dest, field: str, **kw) -> None:
+        super().__init__(option_strings, dest, nargs="?", **kw)
+        self.field = field
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        parser.error(f"{option_string} is no longer a flag: it is the config field {self.field} "
+                     f"(--set {self.field}={values if values is not None else 'VALUE'}, or in --config FILE)")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -32,6 +48,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="YAML or JSON train config (e.g. a run's train_config.json); flags override it")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="set any config field (YAML value; dotted for nested: aids.keypoints.weight=1); repeatable")
+    for flag, field in REMOVED_FLAGS.items():  # an older rfm's flags: say what replaced them
+        p.add_argument(flag, action=_Removed, field=field, help=argparse.SUPPRESS)
     p.add_argument("--dataset", help="LeRobot v3.0/v2.1 dataset directory; comma-separate several to train on them "
                                      "together (e.g. the original demos plus fleet recordings)")
     p.add_argument("--out", help="run directory (checkpoint/, logs/, train_config.json)")

@@ -34,7 +34,12 @@ RECHECK_S = 30.0  # a server that said it is not recording is asked again after 
 
 
 class NotRecording(RuntimeError):
-    """The server answered 409: it was started without --record."""
+    """The server does not record ticks: 409, started without --record; 404, it has no POST /v1/ticks (an rfm
+    server older than tick recording). `hint` says what to do."""
+
+    def __init__(self, message: str, hint: str = "start it with rfm serve --record DIR") -> None:
+        super().__init__(message)
+        self.hint = hint
 
 
 class TickRecorder:
@@ -196,8 +201,7 @@ class TickRecorder:
                     self._not_recording_at = None
             except NotRecording as e:
                 if self._not_recording_at is None:
-                    log.warning("%s: ticks are not recorded (start it with rfm serve --record DIR); asked again every "
-                                "%g s", e, RECHECK_S)
+                    log.warning("%s: ticks are not recorded (%s); asked again every %g s", e, e.hint, RECHECK_S)
                 self._not_recording_at = time.monotonic()
                 self.unrecorded += len(ticks) - (self.sent - sent_before)
                 self.last_error = str(e)
@@ -296,6 +300,10 @@ class TickRecorder:
                                f"(rfm serve --max-body-mb): {resp.text[:200]}")
         if resp.status_code == 409:
             raise NotRecording(f"POST /v1/ticks: {resp.status_code} {resp.text[:200]}")
+        if resp.status_code == 404:  # a server of a fleet not yet upgraded: no episode is cut, nothing counts lost
+            raise NotRecording(f"POST /v1/ticks: {resp.status_code} {resp.text[:200]}",
+                               "the server has no tick recording: an rfm server older than it, which records "
+                               "requests instead; upgrade it to record what the robot executed")
         if resp.status_code != 200:
             raise RuntimeError(f"POST /v1/ticks: {resp.status_code} {resp.text[:300]}")
         self.sent += len(ticks)

@@ -124,6 +124,15 @@ class Recorder:
             writer = LeRobotDatasetWriter.append(self.root, vcodec=vcodec)
             _check_compatible(self.root, interface, writer.cameras, writer.info["features"], writer.state_names,
                               writer.action_names)
+            if writer.use_videos != use_videos:  # a dataset stores its frames one way
+                log.warning("%s stores its frames as %s: new episodes are too (not as %s); a new --record "
+                            "directory stores them the other way", self.root, "video" if writer.use_videos else
+                            "PNG images", "video" if use_videos else "PNG images")
+            if ACTION_EXECUTED not in writer.info["features"]:
+                log.warning("%s was started by an older rfm, without the %s column: new episodes are written "
+                            "without it too, so where an operator corrected a tick the action the robot executed is "
+                            "not kept (only the correction). A new --record directory keeps it; rfm train takes "
+                            "both together", self.root, ACTION_EXECUTED)
             return writer
         h, w = interface.image_size
         extra = {SUCCESS: {"dtype": "bool", "shape": [1], "names": None},

@@ -153,7 +153,9 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "train config") -> TrainConfig:
-        """From a dict (a config file's contents); unknown keys are errors naming the key and the file."""
+        """From a dict (a config file's contents); unknown keys are errors naming the key and the file. Fields an
+        older rfm wrote (a run's train_config.json) are read as what they became (MOVED_FIELDS), with a note."""
+        d = _moved_fields(dict(d), where)
         names = [f.name for f in fields(cls)]
         for key in d:
             if key not in names:
@@ -165,6 +167,27 @@ class TrainConfig:
             return cls(**d)
         except TypeError as e:
             raise ConfigError(f"{where}: {e}") from e
+
+
+# fields of older rfm versions -> the training aid and option they became (rfm.train.aids; 0 was "off")
+MOVED_FIELDS = {"scene_shift": ("scene_shift", "metres"), "env_state_loss": ("env_state", "weight"),
+                "keypoint_loss": ("keypoints", "weight")}
+
+
+def _moved_fields(d: dict, where: str) -> dict:
+    import logging
+
+    for old, (aid, option) in MOVED_FIELDS.items():
+        if old not in d:
+            continue
+        value = d.pop(old)
+        if value:  # 0 was off: nothing to carry over
+            aids = dict(d.get("aids") or {})
+            aids.setdefault(aid, {}).setdefault(option, value)
+            d["aids"] = aids
+            logging.getLogger("rfm.train").warning("%s: field %r (an older rfm's) is now aids.%s.%s: read as such",
+                                                   where, old, aid, option)
+    return d
 
 
 def read_config_file(path: str | Path) -> dict:

@@ -8,6 +8,7 @@ import math
 import random
 import time
 from contextlib import nullcontext
+from dataclasses import fields as dataclass_fields
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -184,14 +185,34 @@ def _keep_point_frame(policy: RFMPolicy, stats: dict, init: str, log) -> None:
         log(f"--init {init}: the data has no {OBS_ENV_STATE}; triangulated points keep the init's normalisation")
 
 
-def _image_size(cfg: TrainConfig, init_config: PolicyConfig | None) -> tuple[int, int]:
-    """The model's input resolution: --image-size, else the --init model's, else the preset's."""
+def _image_size(cfg: TrainConfig, init_config: PolicyConfig | None,
+                resumed: PolicyConfig | None = None) -> tuple[int, int]:
+    """The model's input resolution: a resumed run's own, else --image-size, else the --init model's, else the
+    preset's."""
+    if resumed is not None:
+        return tuple(resumed.interface.image_size)
     if cfg.image_size:
         return tuple(cfg.image_size)
     if init_config is not None and cfg.preset is None:
         return tuple(init_config.interface.image_size)
     return preset_image_size(cfg.preset)
 
+
+
+MODEL_FIELDS = ("preset", "head", "model_overrides", "image_size")  # what decides the model a run trains
+
+
+def _as_started(cfg: TrainConfig, saved: Path) -> TrainConfig:
+    """`cfg` with the fields that decide the model as the run's train_config.json has them (a resumed run keeps
+    its model whatever this command says; read as plain JSON: one written by an older rfm may hold other fields)."""
+    try:
+        started = json.loads(saved.read_text())
+    except (OSError, ValueError):
+        return cfg
+    kept = {k: started[k] for k in MODEL_FIELDS if isinstance(started, dict) and k in started}
+    if kept.get("image_size"):
+        kept["image_size"] = tuple(kept["image_size"])
+    return replace(cfg, **kept)
 
 
 def _check_out(ckpt_dir: Path, cfg: TrainConfig) -> None:
@@ -241,6 +262,9 @@ def _train(cfg: TrainConfig, progress: bool) -> Path:
 
     # --- data ---------------------------------------------------------------------------------------------------
     init_config, init_raw = read_config(cfg.init) if cfg.init else (None, {})
+    # a resumed run continues its own model: built again from this command line, it differed from the saved one
+    # whenever the defaults had changed since (a run started by an older rfm) or a flag was given otherwise
+    resumed = read_config(ckpt_dir)[0] if cfg.resume and (ckpt_dir / STATE_DIR).is_dir() else None
     aids = build_aids(cfg.aids)  # an unknown aid or option fails before any data is read
 
     def prepare(datasets: list) -> dict:
@@ -251,12 +275,16 @@ def _train(cfg: TrainConfig, progress: bool) -> Path:
 
     features = tuple(dict.fromkeys(f for aid in aids for f in aid.features))
     ahead = max((aid.future_steps for aid in aids if aid.future_steps), default=None)  # frames that far ahead
-    data = build_training_data(cfg.datasets, cfg.chunk_size, _image_size(cfg, init_config), cfg.cameras,
+    data = build_training_data(cfg.datasets, cfg.chunk_size, _image_size(cfg, init_config, resumed), cfg.cameras,
                                cfg.val_episodes, cfg.frame_cache_gb, features=features,
                                cache_copies=max(cfg.num_workers, 1) * local_processes(), prepare=prepare,
                                interface=cfg.interface, future_steps=ahead,
                                recorded=parse_kinds(cfg.recorded_episodes))
     interface, inherited = _inherit_geometry(data.interface, init_config)
+    if resumed is not None:  # the geometry its model was built for (the dataset does not record it)
+        interface = replace(interface, calibration=resumed.interface.calibration or interface.calibration,
+                            ee_position=resumed.interface.ee_position or interface.ee_position)
+        inherited = []
     train_set = data.train_set
     for note in inherited:
         accelerator.print(f"--init {cfg.init}: same robot ({interface.robot_type}), kept its {note}")
@@ -289,10 +317,19 @@ def _train(cfg: TrainConfig, progress: bool) -> Path:
 
     # --- model --------------------------------------------------------------------------------------------------
     model_cfg, dropped = _model_config(cfg, init_config, interface)
+    if resumed is not None:
+        changed = [f.name for f in dataclass_fields(model_cfg) if getattr(model_cfg, f.name) != getattr(resumed.model, f.name)]
+        if changed or tuple(cfg.image_size or resumed.interface.image_size) != tuple(resumed.interface.image_size):
+            accelerator.print(f"--resume: the run continues its own model ({resumed.model.preset}, "
+                              f"{resumed.interface.image_size[0]}x{resumed.interface.image_size[1]}); this command "
+                              f"would have built another ({', '.join(changed) or 'image_size'} differ), which is "
+                              f"not applied (a new --out starts that one)")
+        model_cfg, dropped = resumed.model, []
+        cfg = _as_started(cfg, out / "train_config.json")  # the train_config.json written below reproduces the run
     for note in dropped:
         accelerator.print(f"--init {cfg.init}: dropped {note}; those layers are left out of the fine-tuned model")
     policy = RFMPolicy(PolicyConfig(model=model_cfg, interface=interface), stats=data.stats)
-    init_report = init_from_checkpoint(policy.net, cfg.init) if cfg.init else None
+    init_report = init_from_checkpoint(policy.net, cfg.init) if cfg.init and resumed is None else None
     if init_report and init_report["reinitialised"]:  # a new robot's projections; all of them: a mismatched init
         n_new, n_all = len(init_report["reinitialised"]), len(init_report["reinitialised"]) + len(init_report["loaded"])
         shown = ", ".join(init_report["reinitialised"][:4]) + (" ..." if n_new > 4 else "")

@@ -316,3 +316,15 @@ def test_an_episode_past_the_length_cap_and_a_full_disk_still_keep_the_robots_ou
     outcomes = robot_outcomes(ds)
     assert {outcomes[e.index] for e in ds.episodes if e.meta["session"] == "long"} == {"success"}
     assert frame_mask(ds, ("success",)).sum() == 20
+
+
+def test_appending_in_another_frame_storage_says_the_recordings_own_is_kept(tmp_path, caplog):
+    """rfm serve --record-images image on a recording stored as video appended video without a word."""
+    rng = np.random.default_rng(0)
+    first = Recorder(tmp_path / "rec", ITF, use_videos=False)
+    images, state, actions = _step(rng)
+    first.record_tick("arm", images, state, "push", actions[0], episode_end=True)
+    first.close()
+    caplog.set_level("WARNING", logger="rfm.recorder")
+    Recorder(tmp_path / "rec", ITF, use_videos=True).close()
+    assert "stores its frames as PNG images: new episodes are too (not as video)" in caplog.text

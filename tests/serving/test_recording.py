@@ -180,6 +180,30 @@ def test_a_robot_recording_against_a_server_without_record_is_told_once(server, 
     assert rec.unrecorded == 20 and rec.lost == 0 and rec.errors == 0 and RECHECK_S >= 10
 
 
+def test_a_robot_recording_against_a_server_older_than_tick_recording_is_told_once(tiny_checkpoint, caplog):
+    """A fleet is upgraded robot by robot: a new TickRecorder against a server with no POST /v1/ticks (404) was
+    taken for lost ticks, cut an episode per batch (~1, ~2, ...) and warned each time. It is told once, as for a
+    server that does not record, and the ticks count as unrecorded."""
+    import logging
+
+    from rfm.client import RFMClient, TickRecorder
+    from serving.config import ServerConfig
+    from serving.server import ServerThread
+    from tests.serving.helpers import load_tiny
+
+    older = ServerThread(load_tiny(tiny_checkpoint), ServerConfig(max_batch=2, warmup_batch_sizes=(1,)))
+    older.app.router.routes[:] = [r for r in older.app.router.routes if getattr(r, "path", "") != "/v1/ticks"]
+    obs = observation()
+    with older, caplog.at_level(logging.WARNING, logger="rfm.client.ticks"), RFMClient(older.url) as client, \
+            TickRecorder(client, "arm-1", batch_ticks=2) as rec:
+        for _ in range(10):
+            rec.add(obs, np.array([0.1, 0.2], np.float32))
+        rec.end_episode(success=True)
+    warnings = [r.getMessage() for r in caplog.records if r.name == "rfm.client.ticks"]
+    assert len(warnings) == 1 and "404" in warnings[0] and "upgrade it" in warnings[0]
+    assert rec.unrecorded == 10 and rec.lost == 0 and rec.errors == 0
+
+
 def test_a_robot_with_large_native_frames_records_every_tick_under_the_body_limit(tmp_path):
     """A field robot whose cameras send 240x320 frames, its ticks posted through the SDK's TickRecorder to a server
     with a 1 MB body limit (8 native ticks are 3.7 MB): with frames fitted on the robot (the default) and without,

@@ -62,6 +62,23 @@ def test_bad_config_files_name_the_file_and_field(tmp_path, text, suffix, patter
         _cfg("--dataset", "d", "--out", "o", "--set", "model.dim=64")
 
 
+def test_an_older_rfms_train_config_and_flags_say_what_replaced_them(tmp_path, capsys, caplog):
+    """A run's train_config.json written before the training aids were split out held scene_shift, env_state_loss
+    and keypoint_loss: it was refused ('Did you mean shift_pad?', another option). They are read as the aids they
+    became; the old flags are errors naming the field that replaced them."""
+    f = tmp_path / "train_config.json"
+    f.write_text(json.dumps({"dataset": "d", "out": "o", "scene_shift": 0.05, "env_state_loss": 0.0,
+                             "keypoint_loss": 2.0, "aids": {"keypoints": {"sigma": 1.5}}}))
+    cfg = _cfg("--config", str(f))
+    assert cfg.aids == {"scene_shift": {"metres": 0.05}, "keypoints": {"sigma": 1.5, "weight": 2.0}}
+    assert "'scene_shift' (an older rfm's) is now aids.scene_shift.metres" in caplog.text
+    assert "env_state_loss" not in caplog.text  # 0 was off: nothing to say
+    for flag, field in (("--shift-pad", "shift_pad"), ("--keypoint-loss", "aids.keypoints.weight")):
+        with pytest.raises(SystemExit):
+            _cfg("--dataset", "d", "--out", "o", flag, "2")
+        assert f"{flag} is no longer a flag: it is the config field {field} (--set {field}=2" in capsys.readouterr().err
+
+
 def test_research_knobs_stay_out_of_the_top_level_help(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])

@@ -65,6 +65,22 @@ def test_resume_continues_from_the_saved_step(run, tmp_path):
     assert meta["training"]["steps_done"] == 15
 
 
+def test_resume_continues_the_runs_own_model_whatever_this_command_would_build(run, tmp_path, capsys):
+    """A run is resumed with its saved model, not one built again from the command line: resumed by a newer rfm
+    (other defaults) or with a flag given otherwise, the model differed and loading its state failed with a
+    PyTorch traceback (size mismatch)."""
+    out = tmp_path / "other-flags"
+    shutil.copytree(run, out)
+    train(_cfg(out, steps=15, resume=True, image_size=(64, 64), head="flow"), progress=False)
+    said = capsys.readouterr().out
+    assert "resumed from" in said and "continues its own model" in said and "head" in said
+    cfg = json.loads((out / "checkpoint" / "config.json").read_text())
+    assert cfg["interface"]["image_size"] == [48, 48] and cfg["model"]["head"] == "chunk"
+    assert cfg["meta"]["training"]["steps_done"] == 15
+    started = json.loads((out / "train_config.json").read_text())
+    assert started["image_size"] == [48, 48] and started["head"] != "flow" and started["steps"] == 15
+
+
 def test_resume_after_a_kill_between_the_renames_of_a_save_continues_the_saved_step(run, tmp_path, capsys):
     """A save killed after moving the last checkpoint aside and before putting the new one in place left no
     checkpoint/: --resume started over from step 0 without a word. The run now puts the last one back first."""
