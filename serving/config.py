@@ -67,7 +67,7 @@ class ServerConfig:
         check(self.max_connections >= 1, "max_connections", "a positive integer")
         check(self.record_images in ("video", "image"), "record_images", "video or image")
         check(self.record_vcodec in (None, "h264", "av1"), "record_vcodec", "h264, av1 or None")
-        check(self.record_memory_mb >= 16, "record_memory_mb", "at least 16 MB")
+        check(self.record_memory_mb >= 128, "record_memory_mb", "at least 128 MB")
         check(self.default_instruction is None or bool(self.default_instruction.strip()), "default_instruction",
               "a non-empty instruction (leave it out for none)")
         check(self.snap_instructions is None or -1 <= self.snap_instructions <= 1, "snap_instructions",

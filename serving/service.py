@@ -12,7 +12,7 @@ import numpy as np
 
 from rfm.runtime import Runner
 from rfm.runtime.limits import ActionLimits
-from rfm.runtime.observation import ObservationError, check_committed, check_observation
+from rfm.runtime.observation import ObservationError, check_committed, check_observation, check_state
 from rfm.runtime.recorder import Recorder
 from serving.admission import BatchCostModel, DeadlineTooShort, min_deadline_ms
 from serving.audit import AuditLog
@@ -163,28 +163,28 @@ class InferenceService:
         recorder = self._recorder()
         itf = self.interface
         key = self.session_key(req, client_id)
+        for i, t in enumerate(req.ticks):  # what costs nothing is checked before the ledger: a batch that breaks the
+            self._check_tick_values(t, f"ticks[{i}]: ")  # contract is refused even when its ticks were recorded
         fresh = self.tick_ledger.fresh(key, req)
         if fresh is None:
             return key, 0  # sent again: recorded already
+        left_open = self.tick_ledger.left_open(key, req)
 
         def check() -> list[tuple]:  # fitting frames costs CPU: off the event loop
             out = []
             for i, t in fresh:
                 where = f"ticks[{i}]: "
                 images, state, instruction = check_observation(t.observation, itf, self.config.resize_images, where)
-                instruction = self.runner.instruction_for(instruction, where)
-                for name, arr, n in (("action", t.action, itf.action_dim), ("label", t.label, itf.action_dim),
-                                     ("chunk", t.chunk, itf.chunk_size * itf.action_dim)):
-                    if arr is not None and arr.size != n:
-                        raise ObservationError(f"{where}{name} has {arr.size} values, expected {n}")
-                out.append((images, state, instruction, t))
+                out.append((images, state, self.runner.instruction_for(instruction, where), t))
             return out
 
         checked = await asyncio.to_thread(check)
-        if not recorder.room(len(checked)):  # whole or not at all: the robot's retry must not record a tick twice
+        if not recorder.room(len(checked) + (left_open is not None)):  # whole or not at all: the robot's retry must not record a tick twice
             raise ApiError(503, "recorder_busy", f"the recorder is {recorder.backlog} items behind and has no room "
                            f"for {len(checked)} ticks; nothing of this batch was recorded, send it again",
                            {"Retry-After": str(self.config.retry_after_s)})
+        if left_open is not None:  # not a gap in this episode (its outcome is not the next one's): ended apart
+            recorder.end_episode(key, reason=left_open)
         for k, (images, state, instruction, t) in enumerate(checked):
             last = k == len(checked) - 1
             recorder.record_tick(key, images, state, instruction, t.action, t.chunk, t.label,
@@ -194,6 +194,20 @@ class InferenceService:
             recorder.end_episode(key, success=req.success)
         self.tick_ledger.note(key, req, [t for *_, t in checked])
         return key, len(checked)
+
+    def _check_tick_values(self, t, where: str) -> None:
+        """A tick's state, instruction, action, label and chunk (not its frames): ObservationError naming the field."""
+        itf = self.interface
+        obs = t.observation
+        if isinstance(obs, dict) and "state" in obs:
+            check_state(obs["state"], itf, where)
+        instruction = obs.get("instruction", "") if isinstance(obs, dict) else ""
+        if isinstance(instruction, str):
+            self.runner.instruction_for(instruction, where)
+        for name, arr, n in (("action", t.action, itf.action_dim), ("label", t.label, itf.action_dim),
+                             ("chunk", t.chunk, itf.chunk_size * itf.action_dim)):
+            if arr is not None and arr.size != n:
+                raise ObservationError(f"{where}{name} has {arr.size} values, expected {n}")
 
     def instruction_run(self, instruction: str) -> str:
         """The instruction the model ran: the trained one it was snapped to (--snap-instructions), else as sent."""

@@ -42,6 +42,17 @@ class TickLedger:
         new = [(i, t) for i, t in ticks if t.index is None or (episode, t.index) > (seen.episode, seen.index)]
         return new or None
 
+    def left_open(self, key: str, req: TicksRequest) -> str | None:
+        """Why the session's recorded episode, which the robot never ended, ends before this batch: the robot began
+        its next episode ("next_episode": that episode's end was lost) or restarted ("restart": a new stream).
+        None where the batch goes on with it. Only for a batch `fresh` returned."""
+        seen = self._seen.get(key)
+        if seen is None or seen.ended or req.stream is None:
+            return None
+        if req.stream != seen.stream:
+            return "restart"
+        return "next_episode" if (req.episode or 0) > seen.episode else None
+
     def note(self, key: str, req: TicksRequest, recorded: list[Tick]) -> None:
         """The ticks of `req` just recorded (and its episode end, if it had one)."""
         if req.stream is None or not (recorded or req.episode_end):

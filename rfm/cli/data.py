@@ -182,7 +182,9 @@ def run_info(args: argparse.Namespace) -> int:
 def _recording_line(rec: dict) -> str:
     outcomes = ", ".join(f"{n} {o}" for o, n in rec["outcomes"].items())
     ended = ", ".join(f"{why} {n}" for why, n in rec.get("ended_by", {}).items())
-    return (f"episodes by outcome: {outcomes}; {rec['corrected_frames']} corrected frames in "
+    parts = (f" (recorded as {rec['parts']} episodes: the server cut some, each part counts with the robot's "
+             f"outcome)") if rec.get("parts") else ""
+    return (f"episodes by outcome: {outcomes}{parts}; {rec['corrected_frames']} corrected frames in "
             f"{rec['episodes_with_corrections']} episodes; {rec['sessions']} sessions"
             + (f"; ended by {ended}" if ended else "")
             + (f"; {rec['start_mid_episode']} start mid-episode (their first ticks were not recorded)"

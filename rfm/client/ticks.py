@@ -59,9 +59,9 @@ class TickRecorder:
     Each tick carries its number in the episode, and each batch the recorder's `stream` id and episode number, so a
     batch sent again after a lost answer (a read timeout, a cut connection) is recorded once, and a tick the robot
     did not execute from a chunk (`skip()`: step() raised and the robot held) ends the recorded episode there.
-    A recorded episode never has a hole: when ticks are lost (dropped, refused, or a batch that failed for good), the ticks
-    before the loss end their episode (its success unknown) and those after it go to a new one, under the session
-    id with a suffix (`SESSION~1`, `~2`, ...), so every episode on the server is contiguous in time.
+    A recorded episode never has a hole: where ticks are lost (dropped, refused, or a batch that failed for good) the
+    ticks after them go on under the same session, and the server, seeing the tick numbers jump, ends the recorded
+    episode there (`ended_by: gap`); the part before the gap counts with the outcome the robot reports at the end.
     """
 
     def __init__(self, client: Any, session_id: str, robot_id: str | None = None, batch_ticks: int = 8,
@@ -78,14 +78,10 @@ class TickRecorder:
         self._intervals: deque[float] = deque(maxlen=256)  # seconds between the latest add()s: the robot's rate
         self._last_add: float | None = None
         self._rate_warned = not real_time  # a simulated robot ticks as fast as its simulator: nothing to warn of
-        self._segment = 0  # episodes split by ticks dropped in add() (the producer's count)
-        self._shift = 0  # and by batches that failed for good (the posting thread's count)
-        self._dropping = False
         self._down = False  # the last batch was given up on: try the next ones once each until one goes through
         self._http = httpx.Client(base_url=client.url, timeout=client.timeout)
         self._ticks: list[dict] = []  # the newest tick waits here: correct() may still label it
-        self._outbox: list[tuple[list[dict], bool, bool | None, int, int]] = []  # (ticks, end, success, segment,
-        # episode)
+        self._outbox: list[tuple[list[dict], bool, bool | None, int]] = []  # (ticks, end, success, episode)
         self._backlog_bytes = 0  # image bytes of the ticks not yet posted
         self._cond = threading.Condition()
         self._closed = False
@@ -116,23 +112,16 @@ class TickRecorder:
             tick["index"] = self._index
             self._index += 1
             self._skipped = False
-            if self._backlog_bytes > self.max_backlog_bytes:
+            if self._backlog_bytes > self.max_backlog_bytes:  # dropped: its number is skipped, the server sees a gap
                 self.lost += 1
-                if not self._dropping:  # the ticks before the gap end their episode; those after start a new one
-                    self._dropping = True
-                    self._outbox.append((self._ticks, True, None, self._segment, self._episode))
-                    self._ticks = []
-                    self._segment += 1
-                    self._cond.notify()
                 if self.lost == 1 or self.lost % 1000 == 0:
                     log.warning("tick recording is %d MB behind (server unreachable or slow?): %d ticks dropped",
                                 self._backlog_bytes >> 20, self.lost)
                 return
-            self._dropping = False
             self._backlog_bytes += _image_bytes(tick)
             self._ticks.append(tick)
             if len(self._ticks) > self.batch_ticks:  # all but the newest are final
-                self._outbox.append((self._ticks[:-1], False, None, self._segment, self._episode))
+                self._outbox.append((self._ticks[:-1], False, None, self._episode))
                 self._ticks = self._ticks[-1:]
                 self._cond.notify()
 
@@ -169,7 +158,7 @@ class TickRecorder:
     def end_episode(self, success: bool | None = None, wait: bool = True) -> None:
         """Send the remaining ticks and close the episode on the server; with `wait`, until the server has them."""
         with self._cond:
-            self._outbox.append((self._ticks, True, success, self._segment, self._episode))
+            self._outbox.append((self._ticks, True, success, self._episode))
             self._ticks = []
             self._episode += 1
             self._index = 0
@@ -189,14 +178,14 @@ class TickRecorder:
                 self._cond.wait_for(lambda: self._outbox or self._closed)
                 if not self._outbox:
                     return
-                ticks, end, success, segment, episode = self._outbox[0]
+                ticks, end, success, episode = self._outbox[0]
                 self._busy = True
             sent_before = self.sent
             try:
                 if self._not_recording_at is not None and time.monotonic() - self._not_recording_at < RECHECK_S:
                     self.unrecorded += len(ticks)  # asked again now and then, not with every batch
                 else:
-                    self._post_runs(self._fitted(ticks), end, success, segment, episode)
+                    self._post_valid(self._fitted(ticks), end, success, episode)
                     self._check_rate()
                     self._not_recording_at = None
             except NotRecording as e:
@@ -210,9 +199,8 @@ class TickRecorder:
                 self.last_error = str(e)
                 lost = len(ticks) - (self.sent - sent_before) - self._refused_now
                 self.lost += lost
-                self._shift += 1  # the ticks after these go to a new episode: none has a hole
-                log.warning("tick recording failed (%d ticks lost; the next ticks start episode %s): %s", lost,
-                            self.session(segment + self._shift), e)
+                log.warning("tick recording failed (%d ticks lost: the server ends the recorded episode before "
+                            "them): %s", lost, e)
             with self._cond:
                 self._outbox.pop(0)
                 self._backlog_bytes -= sum(_image_bytes(t) for t in ticks)
@@ -238,31 +226,24 @@ class TickRecorder:
                         "apart and the recording stamps frames at %g Hz; run the control loop at %g Hz",
                         hz, model_hz, 1000.0 / float(model_hz), model_hz, model_hz)
 
-    def _post_runs(self, ticks: list[dict], end: bool, success: bool | None, segment: int, episode: int) -> None:
+    def _post_valid(self, ticks: list[dict], end: bool, success: bool | None, episode: int) -> None:
         """Post the ticks the server can take; a tick it would refuse (a state or action of another length, a
-        missing camera, a non-finite value: the server refuses a batch whole) is counted lost alone, the ticks
-        before it end their episode and those after it start the next (SESSION~N), so the rest are recorded."""
+        missing camera, a non-finite value: the server refuses a batch whole) is left out and counted lost, and
+        the server ends the recorded episode where the tick numbers jump, so the rest are recorded."""
         self._refused_now = 0
-        runs: list[list[dict]] = [[]]
+        valid = []
         for t in ticks:
             problem = self._problem(t)
             if problem is None:
-                runs[-1].append(t)
+                valid.append(t)
                 continue
             self._refused_now += 1
             self.lost += 1
             self.last_error = problem
             if self.lost == 1 or self.lost % 1000 == 0:
                 log.warning("tick not recorded (%s); %d ticks lost so far", problem, self.lost)
-            if runs[-1] or len(runs) == 1:  # one gap for refused ticks in a row
-                runs.append([])
-        for i, run in enumerate(runs):
-            last = i == len(runs) - 1
-            if i:
-                self._shift += 1  # after a refused tick: a new episode, so none has a hole
-            if run or not last or end:  # a run before a gap ends its episode, even with no tick of its own
-                self._post(run, end if last else True, success if last else None,
-                           self.session(segment + self._shift), episode)
+        if valid or end:
+            self._post(valid, end, success, self.session_id, episode)
 
     def _problem(self, tick: dict) -> str | None:
         """Why the server would refuse this tick, checked against its description (None: it will take it)."""
@@ -279,10 +260,6 @@ class TickRecorder:
         if cams is not None and set(tick["images"]) != set(cams):
             return f"cameras {sorted(tick['images'])}, the model's are {sorted(cams)}"
         return None
-
-    def session(self, segment: int = 0) -> str:
-        """The session id the ticks of a segment are recorded under: the robot's, then SESSION~N after a loss."""
-        return self.session_id if segment == 0 else f"{self.session_id}~{segment}"
 
     def _post(self, ticks: list[dict], end: bool, success: bool | None, session: str, episode: int) -> None:
         """POST the ticks, in halves while the body is over the server's limit (known, or learnt from a 413)."""
@@ -363,7 +340,7 @@ class TickRecorder:
         """Post what is left (as an unfinished episode the server closes on idle) and stop the thread."""
         with self._cond:
             if self._ticks:
-                self._outbox.append((self._ticks, False, None, self._segment, self._episode))
+                self._outbox.append((self._ticks, False, None, self._episode))
                 self._ticks = []
             self._closed = True
             self._cond.notify_all()

@@ -8,6 +8,7 @@ demonstrations) are always used whole.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from typing import TYPE_CHECKING
 
@@ -65,34 +66,34 @@ CUT = ("shutdown", "gap", "length")
 
 
 def _base_session(session: str) -> str:
-    """The robot's session of an episode recorded after lost ticks (SESSION~N)."""
-    base, _, n = session.rpartition("~")
-    return base if base and n.isdigit() else session
+    """The robot's session of an episode recorded after lost ticks: SESSION~N, SESSION~N@ROBOT, SESSION@ROBOT~N."""
+    return re.sub(r"~\d+(?=@|$)", "", session)
+
+
+def robot_episodes(ds: LeRobotDataset) -> list[list[int]]:
+    """The recording's episodes grouped as the robot lived them, in order: an episode the server cut at its own
+    stop (ended_by "shutdown"), where ticks went missing ("gap") or at its length cap ("length") is followed, under
+    the same session (SESSION~N after lost ticks), by the part the robot went on with."""
+    groups: list[list[int]] = []
+    open_group: dict[str, list[int]] = {}  # session -> its group still going on (its last part was cut)
+    for ep in sorted(ds.episodes, key=lambda e: e.index):
+        session = ep.meta.get(SESSION)
+        key = None if session is None else _base_session(str(session))
+        group = open_group.pop(key, None) if key is not None else None
+        if group is None:
+            group = []
+            groups.append(group)
+        group.append(ep.index)
+        if key is not None and ep.meta.get(ENDED_BY) in CUT:
+            open_group[key] = group
+    return groups
 
 
 def robot_outcomes(ds: LeRobotDataset) -> dict[int, str]:
-    """Each episode's outcome as the robot lived it: an episode the server cut at its own stop (ended_by
-    "shutdown"), where ticks went missing ("gap") or at its length cap ("length") is the first part of one the robot went on with, under the same
-    session (SESSION~N after lost ticks), so it takes the outcome of that continuation (which may itself have been
-    cut: followed to its end)."""
+    """Each episode's outcome as the robot lived it: every part of a robot's episode (robot_episodes) takes the
+    outcome of its last part, where the robot finished it."""
     own = _outcomes(ds)
-    after: dict[int, int] = {}  # episode -> the next one of its session
-    last: dict[str, int] = {}
-    for ep in sorted(ds.episodes, key=lambda e: e.index):
-        session = ep.meta.get(SESSION)
-        if session is not None:
-            session = _base_session(str(session))
-            if session in last:
-                after[last[session]] = ep.index
-            last[session] = ep.index
-    cut = {ep.index for ep in ds.episodes if ep.meta.get(ENDED_BY) in CUT}
-    out = {}
-    for i in own:
-        j = i
-        while j in cut and j in after:
-            j = after[j]
-        out[i] = own[j]
-    return out
+    return {i: own[group[-1]] for group in robot_episodes(ds) for i in group}
 
 
 def frame_mask(ds: LeRobotDataset, kinds: tuple[str, ...] | None) -> np.ndarray | None:
@@ -122,19 +123,24 @@ def summary(ds: LeRobotDataset) -> dict | None:
            "episodes_with_corrections": sum(1 for n in per_ep if n),
            "sessions": len({str(e.meta.get(SESSION)) for e in ds.episodes if e.meta.get(SESSION) is not None})}
     own = _outcomes(ds)
-    out["outcomes"].update(Counter(own.values()))
+    groups = robot_episodes(ds)  # counted as the robot lived them: a cut episode's parts are one
+    out["outcomes"].update(Counter(own[g[-1]] for g in groups))
+    if len(groups) != ds.num_episodes:
+        out["parts"] = ds.num_episodes  # dataset episodes, more than the robot's where the server cut some
     ended = Counter(str(e.meta[ENDED_BY]) for e in ds.episodes if e.meta.get(ENDED_BY) is not None)
     if ended:
         out["ended_by"] = dict(ended.most_common())
+    by_index = {e.index: e for e in ds.episodes}
     models: dict[str, Counter] = {}
-    for e in ds.episodes:
-        if e.meta.get(MODEL) is not None:
-            models.setdefault(str(e.meta[MODEL]), Counter())[own[e.index]] += 1
+    for g in groups:  # the model serving where the robot finished the episode
+        model = by_index[g[-1]].meta.get(MODEL)
+        if model is not None:
+            models.setdefault(str(model), Counter())[own[g[-1]]] += 1
     if models:  # the served model that produced them: how each model did in the field
         out["models"] = {m: {o: c[o] for o in OUTCOMES if c[o]} for m, c in models.items()}
-    mid = sum(1 for e in ds.episodes if (e.meta.get(FIRST_TICK) or 0) > 0)
+    mid = sum(1 for g in groups if (by_index[g[0]].meta.get(FIRST_TICK) or 0) > 0)
     if mid:
-        out["start_mid_episode"] = mid  # the robot's first ticks were not recorded (a gap, a killed server)
+        out["start_mid_episode"] = mid  # the robot's first ticks were not recorded anywhere (a killed server)
     return out
 
 

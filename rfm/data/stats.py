@@ -34,11 +34,37 @@ def image_stats(frames: np.ndarray, max_samples: int = IMAGE_SAMPLES) -> dict[st
     idx = np.unique(np.round(np.linspace(0, t - 1, min(t, max_samples))).astype(int))
     sample = frames[idx]
     step = max(1, max(sample.shape[1:3]) // 150)  # downsample large images like lerobot does
-    sample = sample[:, ::step, ::step].reshape(-1, sample.shape[-1]).astype(np.float64) / 255.0
-    s = vector_stats(sample)
+    sample = sample[:, ::step, ::step].reshape(-1, sample.shape[-1])
+    if sample.dtype == np.uint8:
+        s = _uint8_stats(sample)
+    else:
+        s = vector_stats(sample.astype(np.float64) / 255.0)
     s = {k: v.reshape(-1, 1, 1) for k, v in s.items() if k != "count"}
     s["count"] = np.array([t])
     return s
+
+
+def _uint8_stats(pixels: np.ndarray) -> dict[str, np.ndarray]:
+    """vector_stats(pixels / 255) of (N, C) uint8 values, from one 256-bin histogram per channel: the same numbers
+    (quantiles interpolated linearly, as np.quantile does) without sorting millions of floats. A recording server
+    writes an episode per robot every few seconds; sorting was 80 % of its recorder's time."""
+    n, values = pixels.shape[0], np.arange(256, dtype=np.float64)
+    out: dict[str, list] = {k: [] for k in ("min", "max", "mean", "std", *QUANTILES)}
+    for c in range(pixels.shape[1]):
+        hist = np.bincount(pixels[:, c], minlength=256).astype(np.float64)
+        present = np.flatnonzero(hist)
+        mean = (hist * values).sum() / n
+        out["min"].append(values[present[0]])
+        out["max"].append(values[present[-1]])
+        out["mean"].append(mean)
+        out["std"].append(np.sqrt((hist * (values - mean) ** 2).sum() / n))
+        ends = np.cumsum(hist)  # sorted position i holds the value v with ends[v - 1] <= i < ends[v]
+        for k, q in QUANTILES.items():
+            pos = q * (n - 1)
+            lo, hi = int(np.floor(pos)), int(np.ceil(pos))
+            v_lo, v_hi = np.searchsorted(ends, lo, "right"), np.searchsorted(ends, hi, "right")
+            out[k].append(v_lo + (v_hi - v_lo) * (pos - lo))
+    return {k: np.asarray(v, np.float64) / 255.0 for k, v in out.items()}
 
 
 def aggregate(stats_list: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

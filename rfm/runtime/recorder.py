@@ -88,7 +88,8 @@ class Recorder:
         across a model update says which model produced what. `max_buffer_mb`: open episodes are held in memory
         until they end; past this many MB of frames in all, the frames of the session holding the most move to a
         file in the recording (rfm.runtime.frame_spill) until its episode ends; where the disk refuses them, that
-        episode is written now (ended_by "length"). An episode is written when it reaches `max_episode_frames`, or
+        episode is written now (ended_by "length"). Items queued for the writing thread are bounded to a quarter of
+        the budget (at least 64, at most `max_queue`). An episode is written when it reaches `max_episode_frames`, or
         half the budget in frames (saving one copies it in memory): past that, the robot's episode goes on in the next
         one (ended_by "length"; the first part takes the outcome of the rest, rfm.data.recording.robot_outcomes)."""
         self.root, self.interface, self.model = Path(root), interface, model
@@ -102,7 +103,10 @@ class Recorder:
         except BaseException:
             self._lock.release()
             raise
-        self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
+        # items waiting to be written hold their frames too: at most a quarter of the budget of them (~1,800
+        # ticks of a 3-camera robot at 128 x 128; 4096 of them were 600 MB outside the budget)
+        self._queue: queue.Queue = queue.Queue(
+            maxsize=min(max_queue, max(64, int(max_buffer_mb * 2**20) // 4 // max(1, frame_bytes))))
         self._put_lock = threading.Lock()
         self._epochs: dict[str, int] = {}  # sessions that lost an item: their frames go to episode SESSION~N
         self._split: dict[str, str] = {}  # session -> the key of its episode before the hole, still to be ended

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -254,7 +255,9 @@ def test_an_episode_cut_by_missing_ticks_counts_as_the_one_the_robot_finished(tm
     assert meta == [("arm", "gap", 0, 3), ("arm", "robot", 5, 2), ("cell~1", "robot", 4, 3), ("cell", "shutdown", 0, 2)]
     assert robot_outcomes(ds) == {0: "success", 1: "success", 2: "failure", 3: "unknown"}
     assert frame_mask(ds, ("success",)).sum() == 5
-    assert summary(ds)["start_mid_episode"] == 2
+    # "arm" from tick 5 goes on with its first part; "cell~1" from tick 4 is the start of one whose first part
+    # ("cell") was written after it, at the stop: counted as started mid-episode
+    assert summary(ds)["start_mid_episode"] == 1 and summary(ds)["parts"] == 4
 
 
 def test_a_fleet_past_the_memory_budget_keeps_whole_episodes_on_disk(tmp_path, caplog):
@@ -269,6 +272,8 @@ def test_a_fleet_past_the_memory_budget_keeps_whole_episodes_on_disk(tmp_path, c
     assert rec.max_episode_frames == 30
     sent: dict[str, list] = {}
     for t in range(25):  # 4 x 25 frames open at once, budget 60
+        while rec.backlog > 32:  # its queue holds 64 items here: a robot is told to send again (503) past it
+            time.sleep(0.005)
         for sid in ("r0", "r1", "r2", "r3"):
             images, state, actions = _step(rng)
             sent.setdefault(sid, []).append((images, actions[0]))
@@ -328,3 +333,30 @@ def test_appending_in_another_frame_storage_says_the_recordings_own_is_kept(tmp_
     caplog.set_level("WARNING", logger="rfm.recorder")
     Recorder(tmp_path / "rec", ITF, use_videos=True).close()
     assert "stores its frames as PNG images: new episodes are too (not as video)" in caplog.text
+
+
+def test_parts_of_one_robot_episode_are_counted_once_whatever_the_session_key(tmp_path):
+    """A server cut (gap, length) splits one robot episode into parts, under keys such as cell~1@arm-0 (the robot's
+    session after lost ticks) or cell@arm-0~1 (the server's after dropped items): rfm data info counted each part
+    as an episode of unknown outcome, and its start as mid-episode."""
+    from rfm.data.recording import _base_session, robot_episodes, summary
+
+    assert {_base_session(k) for k in ("cell@arm-0", "cell~1@arm-0", "cell@arm-0~2", "cell~1@arm-0~3")} == \
+        {"cell@arm-0"}
+    rng = np.random.default_rng(0)
+    rec = Recorder(tmp_path / "rec", ITF, use_videos=False, model="m@1")
+    for session, indices, end in (("cell@arm-0", [0, 1, 2], None), ("cell~1@arm-0", [5, 6], True),
+                                  ("cell@arm-1", [0, 1], False)):
+        for k, i in enumerate(indices):
+            images, state, actions = _step(rng)
+            last = k == len(indices) - 1
+            rec.record_tick(session, images, state, "push", actions[0], index=i, episode_end=last and end is not None,
+                            success=end if last else None)
+        if session == "cell@arm-0":
+            rec.end_episode(session, reason="gap")
+    rec.close()
+    ds = LeRobotDataset(tmp_path / "rec")
+    assert robot_episodes(ds) == [[0, 1], [2]]
+    info = summary(ds)
+    assert info["outcomes"] == {"success": 1, "failure": 1, "unknown": 0} and info["parts"] == 3
+    assert info["models"] == {"m@1": {"success": 1, "failure": 1}} and "start_mid_episode" not in info

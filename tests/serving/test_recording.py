@@ -307,9 +307,11 @@ class _Flaky:
 
 
 def test_tick_recording_rides_out_an_outage_and_never_records_a_hole(tiny_checkpoint, tmp_path):
-    """A short outage is retried and loses nothing; a long one loses its ticks, and the ticks after it start a new
-    episode (SESSION~1) instead of being appended after a gap: every recorded episode is contiguous in time."""
+    """A short outage is retried and loses nothing; a long one loses its ticks, and the server ends the recorded
+    episode where the tick numbers jump (ended_by gap) instead of appending the ticks after it: every recorded
+    episode is contiguous in time, and the part before the gap counts with the robot's outcome."""
     from rfm.client import RFMClient, TickRecorder
+    from rfm.data.recording import robot_outcomes
     from serving.config import ServerConfig
     from serving.server import ServerThread
     from tests.serving.helpers import load_tiny
@@ -344,11 +346,12 @@ def test_tick_recording_rides_out_an_outage_and_never_records_a_hole(tiny_checkp
             for t in range(9, 16):
                 tick(rec, t)
             rec.end_episode(success=True)
-            assert rec.sent == 4 + 8 and rec.session(1) == "cell~1"
-    server.stop()  # closes "cell", which lost its tail, as an episode of its own
+            assert rec.sent == 4 + 8
+    server.stop()
     ds = LeRobotDataset(tmp_path / "rec")
-    runs = sorted(ds.states[e.start:e.start + e.length, 2].tolist() for e in ds.episodes)
-    assert runs == sorted([list(range(4)), list(range(8, 16)), list(range(10))])
+    runs = sorted((ds.states[e.start:e.start + e.length, 2].tolist(), e.meta["ended_by"]) for e in ds.episodes)
+    assert runs == sorted([(list(range(4)), "gap"), (list(range(8, 16)), "robot"), (list(range(10)), "robot")])
+    assert set(robot_outcomes(ds).values()) == {"success"}
 
 
 def test_ticks_the_recorder_has_no_room_for_are_refused_whole_and_sent_again(tiny_checkpoint, tmp_path):
@@ -435,9 +438,11 @@ def test_a_recording_says_how_each_episode_went_and_a_fine_tune_keeps_what_to_le
 
 def test_a_tick_the_server_would_refuse_is_lost_alone(tiny_checkpoint, tmp_path):
     """The server refuses a batch of ticks whole when one is malformed (a sensor's NaN, a state of another length):
-    the recorder leaves such a tick out instead, counted lost, and the episode goes on as SESSION~1 after it, so the
-    good ticks of its batch are recorded and no episode has a hole."""
+    the recorder leaves such a tick out instead, counted lost, and the server ends the recorded episode where the
+    tick numbers jump, so the good ticks of its batch are recorded, no episode has a hole, and both parts count
+    with the robot's outcome."""
     from rfm.client import RFMClient, TickRecorder
+    from rfm.data.recording import robot_outcomes
     from serving.config import ServerConfig
     from serving.server import ServerThread
     from tests.serving.helpers import load_tiny
@@ -457,8 +462,9 @@ def test_a_tick_the_server_would_refuse_is_lost_alone(tiny_checkpoint, tmp_path)
         assert rec.lost == 2 and rec.sent == 8 and rec.errors == 0 and "state has 2 values" in rec.last_error
     server.stop()
     ds = LeRobotDataset(tmp_path / "rec")
-    runs = {e.meta["session"]: (ds.states[e.start:e.stop, 2].tolist(), e.meta["outcome"]) for e in ds.episodes}
-    assert runs == {"arm": ([0.0, 1.0, 2.0, 3.0], "unknown"), "arm~1": ([6.0, 7.0, 8.0, 9.0], "success")}
+    runs = [(e.meta["session"], ds.states[e.start:e.stop, 2].tolist(), e.meta["ended_by"]) for e in ds.episodes]
+    assert runs == [("arm", [0.0, 1.0, 2.0, 3.0], "gap"), ("arm", [6.0, 7.0, 8.0, 9.0], "robot")]
+    assert robot_outcomes(ds) == {0: "success", 1: "success"}
 
 
 class _AnswerLost(_Flaky):
@@ -629,3 +635,57 @@ def test_a_stale_episode_end_does_not_end_the_next_episode(tiny_checkpoint, tmp_
         post(1, [2, 3], end=True)
     ds = LeRobotDataset(tmp_path / "rec")
     assert [ds.states[e.start:e.stop, 2].tolist() for e in ds.episodes] == [[0, 1], [0, 1, 2, 3]]
+
+
+def test_a_batch_sent_again_that_breaks_the_contract_is_refused_not_taken_for_the_recorded_one(tiny_checkpoint,
+                                                                                                tmp_path):
+    """The tick ledger drops a batch whose ticks were recorded before it is checked (fitting its frames again would
+    be wasted): schemathesis found a batch with a 3-value label (the model has 2 actions) answered 200 because its
+    stream, episode and indices matched one recorded. Values that cost nothing to check are checked first."""
+    from rfm.client.wire import encode_ticks
+    from serving.config import ServerConfig
+    from serving.server import ServerThread
+    from tests.serving.helpers import load_tiny
+
+    cfg = ServerConfig(max_batch=2, warmup_batch_sizes=(1,), record_dir=str(tmp_path / "rec"), record_images="image")
+    obs = observation()
+    with ServerThread(load_tiny(tiny_checkpoint), cfg) as server:
+        def post(**extra):
+            ticks = [{**obs, "action": [0.1, 0.2], "index": i, **extra} for i in range(2)]
+            return httpx.post(server.url + "/v1/ticks", content=encode_ticks(ticks, "arm", "msgpack", None, False,
+                                                                              None, "stream-1", 0),
+                              headers={"content-type": "application/msgpack"})
+
+        assert post().json()["ticks"] == 2
+        assert post().json()["ticks"] == 0  # the same batch again: recorded once
+        bad = post(label=[1.0, 2.0, 3.0])
+        assert bad.status_code == 422 and "ticks[0]: label has 3 values, expected 2" in bad.text
+
+
+def test_an_episode_whose_end_was_lost_is_not_given_the_next_ones_outcome(tiny_checkpoint, tmp_path):
+    """The ticks jump back to 0 when the robot starts its next episode, or restarts: the server took that for a gap
+    in the episode, and the next episode's outcome became the unfinished one's. It now ends it apart: ended_by
+    next_episode (its end was lost) or restart (a new stream), with its own outcome."""
+    from rfm.client.wire import encode_ticks
+    from rfm.data.recording import robot_outcomes
+    from serving.config import ServerConfig
+    from serving.server import ServerThread
+    from tests.serving.helpers import load_tiny
+
+    cfg = ServerConfig(max_batch=2, warmup_batch_sizes=(1,), record_dir=str(tmp_path / "rec"), record_images="image")
+    obs = observation()
+    with ServerThread(load_tiny(tiny_checkpoint), cfg) as server:
+        def post(stream, episode, n, end=False, success=None):
+            ticks = [{**obs, "action": [0.1, 0.2], "index": i} for i in range(n)]
+            body = encode_ticks(ticks, "arm", "msgpack", None, end, success, stream, episode)
+            r = httpx.post(server.url + "/v1/ticks", content=body, headers={"content-type": "application/msgpack"})
+            assert r.status_code == 200, r.text
+
+        post("s1", 0, 3)  # its end (a failure) never arrived
+        post("s1", 1, 2, end=True, success=True)
+        post("s1", 2, 4)  # the robot restarts mid-episode: a new recorder, a new stream
+        post("s2", 0, 2, end=True, success=True)
+    ds = LeRobotDataset(tmp_path / "rec")
+    assert [(e.length, e.meta["ended_by"]) for e in ds.episodes] == [(3, "next_episode"), (2, "robot"),
+                                                                     (4, "restart"), (2, "robot")]
+    assert robot_outcomes(ds) == {0: "unknown", 1: "success", 2: "unknown", 3: "success"}
