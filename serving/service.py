@@ -12,7 +12,13 @@ import numpy as np
 
 from rfm.runtime import Runner
 from rfm.runtime.limits import ActionLimits
-from rfm.runtime.observation import ObservationError, check_committed, check_observation, check_state
+from rfm.runtime.observation import (
+    ObservationError,
+    check_camera_names,
+    check_committed,
+    check_observation,
+    check_state,
+)
 from rfm.runtime.recorder import Recorder
 from serving.admission import BatchCostModel, DeadlineTooShort, min_deadline_ms
 from serving.audit import AuditLog
@@ -199,6 +205,8 @@ class InferenceService:
         """A tick's state, instruction, action, label and chunk (not its frames): ObservationError naming the field."""
         itf = self.interface
         obs = t.observation
+        if isinstance(obs, dict) and "images" in obs:
+            check_camera_names(obs["images"], itf, where)
         if isinstance(obs, dict) and "state" in obs:
             check_state(obs["state"], itf, where)
         instruction = obs.get("instruction", "") if isinstance(obs, dict) else ""

@@ -145,16 +145,8 @@ def stack_committed(rows: list[np.ndarray | None], prefix_max: int,
     return prefix, lens
 
 
-def check_observation(obs: Mapping[str, Any], interface: RobotInterface, resize: bool = False,
-                      where: str = "") -> tuple[np.ndarray, np.ndarray, str]:
-    """Validate one observation -> (images (N, 3, H, W) uint8, state (D_s,) float32, instruction)."""
-    if not isinstance(obs, Mapping):
-        raise ObservationError(f"{where}observation must be a dict with {IMAGES!r}, {STATE!r}, {INSTRUCTION!r}")
-    for key in (IMAGES, STATE) if interface.state_dim else (IMAGES,):
-        if key not in obs:  # a misspelt key ('states') would otherwise read as an empty one
-            raise ObservationError(f"{where}{key!r} is missing (the observation has {sorted(map(str, obs))})."
-                                   f"{did_you_mean(key, [str(k) for k in obs])}")
-    images = obs.get(IMAGES)
+def check_camera_names(images: Any, interface: RobotInterface, where: str = "") -> Mapping:
+    """`images` as a mapping holding exactly the interface's cameras (their frames are not looked at)."""
     if not isinstance(images, Mapping):
         raise ObservationError(f"{where}{IMAGES!r} must be a dict of camera name -> image; expected cameras "
                                f"{interface.cameras}")
@@ -165,6 +157,19 @@ def check_observation(obs: Mapping[str, Any], interface: RobotInterface, resize:
     missing = [c for c in interface.cameras if c not in images]
     if missing:
         raise ObservationError(f"{where}missing camera(s) {missing}: the model expects {interface.cameras}")
+    return images
+
+
+def check_observation(obs: Mapping[str, Any], interface: RobotInterface, resize: bool = False,
+                      where: str = "") -> tuple[np.ndarray, np.ndarray, str]:
+    """Validate one observation -> (images (N, 3, H, W) uint8, state (D_s,) float32, instruction)."""
+    if not isinstance(obs, Mapping):
+        raise ObservationError(f"{where}observation must be a dict with {IMAGES!r}, {STATE!r}, {INSTRUCTION!r}")
+    for key in (IMAGES, STATE) if interface.state_dim else (IMAGES,):
+        if key not in obs:  # a misspelt key ('states') would otherwise read as an empty one
+            raise ObservationError(f"{where}{key!r} is missing (the observation has {sorted(map(str, obs))})."
+                                   f"{did_you_mean(key, [str(k) for k in obs])}")
+    images = check_camera_names(obs.get(IMAGES), interface, where)
     imgs = np.empty((len(interface.cameras), 3, *interface.image_size), np.uint8)
     for i, cam in enumerate(interface.cameras):
         check_image(cam, images[cam], interface, resize, where, out=imgs[i])

@@ -660,6 +660,8 @@ def test_a_batch_sent_again_that_breaks_the_contract_is_refused_not_taken_for_th
         assert post().json()["ticks"] == 0  # the same batch again: recorded once
         bad = post(label=[1.0, 2.0, 3.0])
         assert bad.status_code == 422 and "ticks[0]: label has 3 values, expected 2" in bad.text
+        bad = post(images={**obs["images"], "side": obs["images"]["front"]})
+        assert bad.status_code == 422 and "ticks[0]: unknown camera 'side'" in bad.text
 
 
 def test_an_episode_whose_end_was_lost_is_not_given_the_next_ones_outcome(tiny_checkpoint, tmp_path):
