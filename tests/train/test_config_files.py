@@ -66,6 +66,7 @@ def test_an_older_rfms_train_config_and_flags_say_what_replaced_them(tmp_path, c
     """A run's train_config.json written before the training aids were split out held scene_shift, env_state_loss
     and keypoint_loss: it was refused ('Did you mean shift_pad?', another option). They are read as the aids they
     became; the old flags are errors naming the field that replaced them."""
+    caplog.set_level("WARNING", logger="rfm.train")  # whatever level an earlier test left the root logger at
     f = tmp_path / "train_config.json"
     f.write_text(json.dumps({"dataset": "d", "out": "o", "scene_shift": 0.05, "env_state_loss": 0.0,
                              "keypoint_loss": 2.0, "aids": {"keypoints": {"sigma": 1.5}}}))
