@@ -691,3 +691,40 @@ def test_an_episode_whose_end_was_lost_is_not_given_the_next_ones_outcome(tiny_c
     assert [(e.length, e.meta["ended_by"]) for e in ds.episodes] == [(3, "next_episode"), (2, "robot"),
                                                                      (4, "restart"), (2, "robot")]
     assert robot_outcomes(ds) == {0: "unknown", 1: "success", 2: "unknown", 3: "success"}
+
+
+def test_a_robot_with_large_frames_rides_out_an_outage_with_its_backlog_fitted(tmp_path):
+    """A TickRecorder held its backlog as native frames: 512 MB was 3.7 s of a 3-camera 480x640 robot at 50 Hz,
+    so a server restart lost ticks. Once the server has said its input size, queued ticks are fitted to it while
+    they wait: here a backlog of 6 MB (13 native ticks of 240x320) holds 40 ticks through the outage."""
+    import time
+
+    from rfm import RFMPolicy
+    from rfm.client import RFMClient, TickRecorder
+    from rfm.config import RobotInterface
+    from serving.config import ServerConfig
+    from serving.server import ServerThread
+    from tests.serving.helpers import INTERFACE, load_tiny
+
+    native = (240, 320)
+    itf = RobotInterface(**{**INTERFACE, "native_sizes": {c: native for c in INTERFACE["cameras"]}})
+    RFMPolicy.build("tiny", interface=itf).save_pretrained(tmp_path / "ck")
+    cfg = ServerConfig(max_batch=2, warmup_batch_sizes=(1,), record_dir=str(tmp_path / "rec"), record_images="image")
+    frame = {c: np.full((*native, 3), 90, np.uint8) for c in INTERFACE["cameras"]}
+    flaky = _Flaky()
+    with ServerThread(load_tiny(tmp_path / "ck"), cfg) as server, RFMClient(server.url) as client, \
+            TickRecorder(client, "arm", batch_ticks=4, max_backlog_mb=6.0, retry_s=30.0) as rec:
+        rec._http = httpx.Client(base_url=server.url, transport=flaky)
+        for t in range(5):  # the server answers: its input size is known
+            rec.add({"images": frame, "state": [0.0, 0.0, float(t)], "instruction": "pick"}, [0.1, -0.1])
+        rec.flush()
+        flaky.down = 10**6  # the server restarts
+        for t in range(5, 45):
+            rec.add({"images": frame, "state": [0.0, 0.0, float(t)], "instruction": "pick"}, [0.1, -0.1])
+            time.sleep(0.01)  # a robot ticks; its backlog is fitted meanwhile
+        assert rec.lost == 0, f"{rec.lost} ticks dropped with the backlog at native size (27 before)"
+        flaky.down = 0  # back
+        rec.end_episode(success=True)
+        assert rec.lost == 0 and rec.errors == 0 and rec.sent == 45, rec.last_error
+    ds = LeRobotDataset(tmp_path / "rec")
+    assert ds.num_frames == 45 and ds.states[:, 2].tolist() == list(range(45))
