@@ -105,8 +105,8 @@ class Recorder:
             raise
         # items waiting to be written hold their frames too: at most a quarter of the budget of them (~1,800
         # ticks of a 3-camera robot at 128 x 128; 4096 of them were 600 MB outside the budget)
-        self._queue: queue.Queue = queue.Queue(
-            maxsize=min(max_queue, max(64, int(max_buffer_mb * 2**20) // 4 // max(1, frame_bytes))))
+        self.max_items = min(max_queue, max(64, int(max_buffer_mb * 2**20) // 4 // max(1, frame_bytes)))
+        self._queue: queue.Queue = queue.Queue()  # bounded to max_items frames by _put; an episode end always fits
         self._put_lock = threading.Lock()
         self._epochs: dict[str, int] = {}  # sessions that lost an item: their frames go to episode SESSION~N
         self._split: dict[str, str] = {}  # session -> the key of its episode before the hole, still to be ended
@@ -184,7 +184,7 @@ class Recorder:
     def room(self, n: int) -> bool:
         """Whether n more items fit in the queue now (the consumer only makes more room): a batch of ticks is taken
         whole or refused whole, so a robot's retry never records a tick twice."""
-        return self._queue.qsize() + n + 1 <= self._queue.maxsize  # + 1: a pending episode split's end marker
+        return self._queue.qsize() + n + 1 <= self.max_items  # + 1: a pending episode split's end marker
 
     def _put(self, item: tuple) -> bool:
         """Enqueue without waiting; False (and a counted drop) when the recorder is behind.
@@ -196,18 +196,17 @@ class Recorder:
         with self._put_lock:
             epoch = self._epochs.get(sid, 0)
             key = sid if epoch == 0 else f"{sid}~{epoch}"
-            try:
+            if kind == "end" or self._queue.qsize() < self.max_items:  # an end holds no frames: never dropped
                 if sid in self._split:
                     self._queue.put_nowait(("end", self._split[sid], None, "gap"))
                     del self._split[sid]
                 self._queue.put_nowait((kind, key, *item[2:]))
                 return True
-            except queue.Full:
-                self.dropped += 1
-                if sid not in self._split:
-                    self._split[sid] = key
-                    self._epochs[sid] = epoch + 1
-                return False
+            self.dropped += 1
+            if sid not in self._split:
+                self._split[sid] = key
+                self._epochs[sid] = epoch + 1
+            return False
 
     def close(self, timeout: float | None = None) -> None:
         """Write everything still queued, flush every open session as an episode, stop the thread.

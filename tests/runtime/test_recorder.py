@@ -165,6 +165,8 @@ def test_a_dropped_frame_ends_its_episode_instead_of_leaving_a_hole(tmp_path):
 
     assert [frame(t) for t in range(6)] == [True] * 4 + [False] * 2 and rec.dropped == 2
     assert not rec.room(1)  # a batch of ticks would be refused whole (503), not cut
+    rec.end_episode("other", success=False)  # an end holds no frames: queued even now (it was dropped)
+    assert rec.dropped == 2
     rec.go.set()
     while rec.backlog:
         time.sleep(0.01)
