@@ -36,6 +36,9 @@ class Metrics:
                                    "encoder failure; see the server log)", registry=r)
         self.recorder_sessions = Gauge("rfm_recorder_open_sessions", "Robot sessions with an episode being recorded",
                                        registry=r)
+        self.recorder_waiting = Gauge("rfm_recorder_episodes_waiting_for_disk", "Episodes that ended while the "
+                                      "recording's disk was full, kept until there is room (ticks are refused "
+                                      "meanwhile)", registry=r)
         self.model_info = Gauge("rfm_model_info", "The model this replica serves and the engine it runs on (always 1)",
                                 ["model_id", "model_version", "engine"], registry=r)
 
@@ -60,6 +63,7 @@ class Metrics:
         self.recorder_episodes.set(recorder.episodes_written)
         self.recorder_lost.set(recorder.episodes_lost)
         self.recorder_sessions.set(recorder.open_sessions)
+        self.recorder_waiting.set(recorder.waiting_for_disk)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

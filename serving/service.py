@@ -185,9 +185,12 @@ class InferenceService:
             return out
 
         checked = await asyncio.to_thread(check)
-        if not recorder.room(len(checked) + (left_open is not None)):  # whole or not at all: the robot's retry must not record a tick twice
-            raise ApiError(503, "recorder_busy", f"the recorder is {recorder.backlog} items behind and has no room "
-                           f"for {len(checked)} ticks; nothing of this batch was recorded, send it again",
+        # whole or not at all: the robot's retry must not record a tick twice
+        if not recorder.room(len(checked) + (left_open is not None)):
+            why = (f"the recording's disk is full ({recorder.waiting_for_disk} episodes wait for room)"
+                   if recorder.waiting_for_disk else
+                   f"the recorder is {recorder.backlog} items behind and has no room for {len(checked)} ticks")
+            raise ApiError(503, "recorder_busy", f"{why}; nothing of this batch was recorded, send it again",
                            {"Retry-After": str(self.config.retry_after_s)})
         if left_open is not None:  # not a gap in this episode (its outcome is not the next one's): ended apart
             recorder.end_episode(key, reason=left_open)

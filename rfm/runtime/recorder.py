@@ -14,6 +14,7 @@ fine-tune can pick episodes by how they went (rfm.data.recording).
 
 from __future__ import annotations
 
+import errno
 import logging
 import queue
 import threading
@@ -114,6 +115,7 @@ class Recorder:
         self.dropped = self.episodes_written = self.episodes_lost = 0
         self.max_buffer_bytes, self._buffered = int(max_buffer_mb * 2**20), 0  # frame bytes held in open sessions
         self._spills = 0  # spill files made (their names)
+        self._unwritten: list[tuple[str, _Session, str]] = []  # episodes ended while the disk was full, in order
         self._idle_checked = time.monotonic()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rfm-recorder", daemon=True)
@@ -184,6 +186,8 @@ class Recorder:
     def room(self, n: int) -> bool:
         """Whether n more items fit in the queue now (the consumer only makes more room): a batch of ticks is taken
         whole or refused whole, so a robot's retry never records a tick twice."""
+        if self._unwritten:  # the disk is full: robots hold their ticks (503) until the episodes waiting are written
+            return False
         return self._queue.qsize() + n + 1 <= self.max_items  # + 1: a pending episode split's end marker
 
     def _put(self, item: tuple) -> bool:
@@ -241,6 +245,7 @@ class Recorder:
                 if item[0] == "close":
                     for sid in list(self._sessions):
                         self._write(sid, "shutdown")
+                    self._write_unwritten(final=True)
                     return
                 if item[0] == "end":
                     _, sid, success, reason = item
@@ -331,6 +336,7 @@ class Recorder:
             self._write(sid, "length")
 
     def _flush_idle(self) -> None:
+        self._write_unwritten()
         now = self._idle_checked = time.monotonic()
         for sid, sess in list(self._sessions.items()):
             if now - sess.last_seen > self.idle_timeout_s:
@@ -340,17 +346,43 @@ class Recorder:
         sess = self._sessions.pop(sid, None)
         if sess is None or not sess.frames:
             return
+        if self._unwritten:  # episodes are written in the order they ended
+            self._unwritten.append((sid, sess, reason))
+            return
         self._buffered -= sess.mem_bytes
+        if self._try_save(sid, sess, reason):
+            return
+        self._buffered += sess.mem_bytes
+        self._unwritten.append((sid, sess, reason))
+        log.warning("recorder: the disk of %s is full: episodes that end are kept (in memory) and written once "
+                    "there is room, and robots' ticks are refused (503) meanwhile; free space there", self.root)
+
+    def _try_save(self, sid: str, sess: _Session, reason: str, final: bool = False) -> bool:
+        """Write one episode; False only where the disk is full and it can wait (not `final`). Any other failure
+        (an encoder's) loses this episode alone, counted, and the ones after it are written."""
         try:
             self._save(sid, sess, reason)
-        except Exception:  # a full disk, an encoder failure: this episode is lost, the ones after it are not
-            self.writer.discard_episode()  # else its frames would open the next session's episode
+        except Exception as e:
+            self.writer.discard_episode()  # else its frames would open the next episode
+            if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT) and not final:
+                return False
             self.episodes_lost += 1
             log.exception("recorder: episode of session %r (%d frames) could not be written; recording goes on",
                           sid, len(sess.frames))
-        finally:
-            if sess.spill is not None:
-                sess.spill.remove()
+        if sess.spill is not None:
+            sess.spill.remove()
+        return True
+
+    def _write_unwritten(self, final: bool = False) -> None:
+        """Write the episodes that waited for disk space, oldest first, while there is room (all: `final`)."""
+        while self._unwritten:
+            sid, sess, reason = self._unwritten[0]
+            if not self._try_save(sid, sess, reason, final):
+                return
+            self._unwritten.pop(0)
+            self._buffered -= sess.mem_bytes
+            if not self._unwritten:
+                log.info("recorder: the disk has room again; the episodes that waited are written")
 
     def _save(self, sid: str, sess: _Session, reason: str) -> None:
         spilled = iter(sess.spill.frames() if sess.spill is not None else ())  # in order, as they were moved
@@ -366,6 +398,11 @@ class Recorder:
         self.writer.save_episode(extra=extra, meta={SESSION: str(sid), OUTCOME: sess.outcome, ENDED_BY: reason,
                                                     FIRST_TICK: first, MODEL: self.model or "unknown"})
         self.episodes_written += 1
+
+    @property
+    def waiting_for_disk(self) -> int:
+        """Episodes that ended while the disk was full and wait to be written."""
+        return len(self._unwritten)
 
     @property
     def open_sessions(self) -> int:

@@ -179,9 +179,9 @@ def test_a_dropped_frame_ends_its_episode_instead_of_leaving_a_hole(tmp_path):
 
 
 def test_an_episode_that_cannot_be_written_is_lost_alone(tmp_path, monkeypatch):
-    """A full disk while one episode is written: that episode is lost and counted, the episodes after it are
-    written whole (the failed one's frames do not open the next), and the dataset loads."""
-    import errno
+    """A write failure other than a full disk (an encoder's) while one episode is written: that episode is lost and
+    counted, the episodes after it are written whole (the failed one's frames do not open the next), and the
+    dataset loads."""
     import time
 
     rng = np.random.default_rng(2)
@@ -192,7 +192,7 @@ def test_an_episode_that_cannot_be_written_is_lost_alone(tmp_path, monkeypatch):
     def write_data(*a, **k):
         if fail["next"]:
             fail["next"] = False
-            raise OSError(errno.ENOSPC, "No space left on device")
+            raise RuntimeError("encoder failed")
         return real(*a, **k)
 
     monkeypatch.setattr(rec.writer, "_write_data", write_data)
@@ -208,6 +208,50 @@ def test_an_episode_that_cannot_be_written_is_lost_alone(tmp_path, monkeypatch):
     assert rec.episodes_lost == 1 and rec.episodes_written == 2
     ds = LeRobotDataset(tmp_path / "rec")
     assert [ds.states[e.start:e.start + e.length, 0].tolist() for e in ds.episodes] == [[0, 1, 2], [20, 21, 22, 23, 24]]
+
+
+def test_a_full_disk_keeps_the_episodes_that_end_and_writes_them_once_there_is_room(tmp_path, monkeypatch):
+    """A full record disk lost every episode that ended until space was freed. They now wait in memory, in order,
+    robots' ticks are refused (503: the robot holds them) meanwhile, and they are written once there is room."""
+    import errno
+    import time
+
+    rng = np.random.default_rng(4)
+    rec = Recorder(tmp_path / "rec", ITF, use_videos=False)
+    real = rec.writer._write_data
+    disk = {"full": False}
+
+    def write_data(*a, **k):
+        if disk["full"]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(*a, **k)
+
+    monkeypatch.setattr(rec.writer, "_write_data", write_data)
+
+    def episode(sid, first):
+        for t in range(3):
+            images, state, actions = _step(rng)
+            rec.record_tick(sid, images, np.array([float(first + t), 0.0], np.float32), "pick", actions[0], index=t,
+                            episode_end=t == 2, success=True)
+
+    episode("a", 0)
+    while rec.episodes_written < 1:
+        time.sleep(0.01)
+    disk["full"] = True
+    episode("b", 10)
+    episode("c", 20)
+    deadline = time.monotonic() + 10
+    while rec.room(1) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not rec.room(1) and rec.episodes_written == 1 and rec.episodes_lost == 0
+    disk["full"] = False  # space freed
+    while rec.episodes_written < 3 and time.monotonic() < deadline + 10:
+        time.sleep(0.05)
+    assert rec.room(1)
+    rec.close()
+    assert rec.episodes_lost == 0
+    ds = LeRobotDataset(tmp_path / "rec")
+    assert [ds.states[e.start:e.stop, 0].tolist() for e in ds.episodes] == [[0, 1, 2], [10, 11, 12], [20, 21, 22]]
 
 
 def test_an_episode_cut_by_a_server_restart_counts_as_the_one_the_robot_finished(tmp_path):
