@@ -6,7 +6,7 @@ request (`record`: one frame per request, labelled with the chunk's first action
 for a chunk every tick). One episode per robot session (split by an explicit `episode_end`, a reset, or an idle timeout). Recording never
 blocks inference: `record()` only enqueues; a background thread buffers per session and writes finished episodes
 through the incremental writer, so each finished episode is durable on its own and an unclean stop loses at most
-the unfinished ones. Outcome labels (success) and operator corrections are stored as extra columns, and each
+the unfinished ones and what is still queued. Outcome labels (success) and operator corrections are stored as extra columns, and each
 episode's meta/episodes row says its session, its outcome and what ended it (`ended_by`: the robot, or the server
 cutting it on an idle timeout, a gap of dropped ticks, a new instruction, a length cap or its own stop), so a
 fine-tune can pick episodes by how they went (rfm.data.recording).
