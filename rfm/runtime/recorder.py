@@ -200,7 +200,9 @@ class Recorder:
         with self._put_lock:
             epoch = self._epochs.get(sid, 0)
             key = sid if epoch == 0 else f"{sid}~{epoch}"
-            if kind == "end" or self._queue.qsize() < self.max_items:  # an end holds no frames: never dropped
+            # an end holds no frames: never dropped; a frame is while episodes wait for disk space (a robot that
+            # cannot hold its frames, as ticks are held, must not grow the server's memory until it is killed)
+            if kind == "end" or (self._queue.qsize() < self.max_items and not self._unwritten):
                 if sid in self._split:
                     self._queue.put_nowait(("end", self._split[sid], None, "gap"))
                     del self._split[sid]
