@@ -80,10 +80,11 @@ def test_graceful_shutdown_finishes_in_flight_requests(tiny_runner):
     runner = FaultyRunner(tiny_runner)
     s = ServerThread(runner, ServerConfig(max_batch=4, warmup_batch_sizes=(1,))).start()
     runner.delay_s = 0.5
+    runner.entered.clear()  # (set by the warm-up)
     result = {}
     t = threading.Thread(target=lambda: result.update(r=post(s)))
     t.start()
-    time.sleep(0.2)
+    assert runner.entered.wait(10)  # in flight (a fixed sleep was not always enough on a busy machine)
     s.stop()
     t.join()
     assert result["r"].status_code == 200
