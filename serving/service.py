@@ -205,7 +205,8 @@ class InferenceService:
         return key, len(checked)
 
     def _check_tick_values(self, t, where: str) -> None:
-        """A tick's state, instruction, action, label and chunk (not its frames): ObservationError naming the field."""
+        """A tick's camera names, state, instruction, action, label and chunk (not its frames): ObservationError
+        naming the field."""
         itf = self.interface
         obs = t.observation
         if isinstance(obs, dict) and "images" in obs:

@@ -4,6 +4,7 @@ JSON or YAML (`rfm train --config FILE`): the written train_config.json reproduc
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from dataclasses import asdict, dataclass, field, fields
@@ -12,6 +13,8 @@ from typing import Any
 
 from rfm.config import ConfigError, check_field_types, check_model_fields, did_you_mean
 from rfm.data.recording import parse_kinds
+
+log = logging.getLogger("rfm.train")
 
 BALANCE_MODES = ("none", "tasks")  # how training frames are drawn (see rfm.train.data.make_sampler)
 
@@ -175,8 +178,6 @@ MOVED_FIELDS = {"scene_shift": ("scene_shift", "metres"), "env_state_loss": ("en
 
 
 def _moved_fields(d: dict, where: str) -> dict:
-    import logging
-
     for old, (aid, option) in MOVED_FIELDS.items():
         if old not in d:
             continue
@@ -185,8 +186,7 @@ def _moved_fields(d: dict, where: str) -> dict:
             aids = dict(d.get("aids") or {})
             aids.setdefault(aid, {}).setdefault(option, value)
             d["aids"] = aids
-            logging.getLogger("rfm.train").warning("%s: field %r (an older rfm's) is now aids.%s.%s: read as such",
-                                                   where, old, aid, option)
+            log.warning("%s: field %r (an older rfm's) is now aids.%s.%s: read as such", where, old, aid, option)
     return d
 
 

@@ -230,7 +230,7 @@ def test_a_full_disk_keeps_the_episodes_that_end_and_writes_them_once_there_is_r
 
     def episode(sid, first):
         for t in range(3):
-            images, state, actions = _step(rng)
+            images, _, actions = _step(rng)
             rec.record_tick(sid, images, np.array([float(first + t), 0.0], np.float32), "pick", actions[0], index=t,
                             episode_end=t == 2, success=True)
 
