@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from torch.utils.data import ConcatDataset, Sampler, WeightedRandomSampler
+from torch.utils.data import ConcatDataset, Sampler
 
 from rfm.config import RobotInterface
 from rfm.constants import ACTION, FUTURE_FRAMES, OBS_ENV_STATE, OBS_STATE
@@ -204,12 +204,40 @@ def sampling_weights(tasks: list[str], sizes: list[int], balance: str,
     return torch.cat(parts)
 
 
-def make_sampler(weights: torch.Tensor | None, seed: int) -> Sampler | None:
-    """None (shuffle uniformly over frames) or a weighted sampler drawing one epoch's worth of frames."""
-    if weights is None:
-        return None
-    g = torch.Generator().manual_seed(seed)
-    return WeightedRandomSampler(weights, num_samples=len(weights), replacement=True, generator=g)
+class EpochSampler(Sampler[int]):
+    """One epoch of frame indices drawn from (seed, epoch) alone: a shuffle, or `weights` drawn with replacement.
+
+    An epoch's order depends on nothing but its number, so a resumed run continues the interrupted epoch where it
+    stopped (`skip`) and sees the batches the run would have seen had it not been stopped.
+    """
+
+    def __init__(self, n: int, weights: torch.Tensor | None, seed: int) -> None:
+        self.n, self.weights, self.seed = n, weights, seed
+        self.epoch, self._skip = 0, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def skip(self, count: int) -> None:
+        """Leave out the first `count` indices of the next epoch drawn (those a stopped run already trained on)."""
+        self._skip = count
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = (torch.randperm(self.n, generator=g) if self.weights is None
+                 else torch.multinomial(self.weights, self.n, replacement=True, generator=g))
+        skip, self._skip = self._skip, 0
+        yield from order[skip:].tolist()
+
+
+def make_sampler(weights: torch.Tensor | None, seed: int, n: int | None = None) -> EpochSampler:
+    """Frames shuffled uniformly (weights None: `n` frames) or drawn by `weights`, one epoch's worth per epoch."""
+    if weights is None and n is None:
+        raise ValueError("make_sampler: give the frame weights or the number of frames")
+    return EpochSampler(len(weights) if weights is not None else n, weights, seed)
 
 
 def task_shares(tasks: list[str], weights: torch.Tensor | None) -> dict[str, float]:
@@ -222,5 +250,5 @@ def task_shares(tasks: list[str], weights: torch.Tensor | None) -> dict[str, flo
     return {t: round(v / total, 4) for t, v in shares.items()}
 
 
-__all__ = ["TrainingData", "build_training_data", "feature_dim", "frame_tasks", "make_sampler", "merged_stats",
+__all__ = ["EpochSampler", "TrainingData", "build_training_data", "feature_dim", "frame_tasks", "make_sampler", "merged_stats",
            "open_datasets", "sampling_weights", "split_cache", "task_balanced_weights", "task_shares"]

@@ -51,18 +51,24 @@ def check_coverage(variants: dict[str, list[str]], tasks: list[str], source: str
 
 
 class InstructionVariator:
-    """Replaces each instruction of a batch by one of its variants with probability `prob` (seeded)."""
+    """Replaces each instruction of a batch by one of its variants with probability `prob` (seeded).
+
+    Given the batch's number (`batch_index`), the choice depends on (seed, batch_index) alone, so a resumed run
+    varies its batches as the run would have had it not been stopped.
+    """
 
     def __init__(self, variants: dict[str, list[str]], prob: float, seed: int = 0) -> None:
         self.variants = variants
         self.prob = prob
+        self.seed = seed
         self.rng = random.Random(seed)
 
-    def __call__(self, instructions: list[str]) -> list[str]:
+    def __call__(self, instructions: list[str], batch_index: int | None = None) -> list[str]:
+        rng = self.rng if batch_index is None else random.Random(self.seed * 1_000_003 + batch_index)
         out = []
         for text in instructions:
             options = self.variants.get(text)
-            out.append(self.rng.choice(options) if options and self.rng.random() < self.prob else text)
+            out.append(rng.choice(options) if options and rng.random() < self.prob else text)
         return out
 
 

@@ -122,11 +122,13 @@ def _shut_down_workers(batches, loader: DataLoader) -> None:
     loader._iterator = None
 
 
-def _infinite(loader: DataLoader):
-    epoch = 0
+def _infinite(loader: DataLoader, sampler, epoch: int = 0):
+    """Batches for ever, epoch after epoch from `epoch` (accelerate's loader passes the number on to the sampler)."""
     while True:
-        if hasattr(loader.sampler, "set_epoch"):
-            loader.sampler.set_epoch(epoch)
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(epoch)
+        else:
+            sampler.set_epoch(epoch)
         yield from loader
         epoch += 1
 
@@ -306,8 +308,9 @@ def _train(cfg: TrainConfig, progress: bool) -> Path:
         vary = InstructionVariator(variants, cfg.variant_prob, cfg.seed)
     sizes = [len(part) for part in train_set.datasets]
     frame_weights = sampling_weights(tasks, sizes, cfg.balance, cfg.dataset_weights)
-    sampler = make_sampler(frame_weights, cfg.seed)
-    loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
+    sampler = make_sampler(frame_weights, cfg.seed, len(train_set))  # each epoch's order from (seed, epoch)
+    loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler,
+                        generator=torch.Generator().manual_seed(cfg.seed),  # not the global RNG the steps draw from
                         drop_last=len(train_set) > cfg.batch_size, num_workers=cfg.num_workers,
                         collate_fn=collate_windows, persistent_workers=cfg.num_workers > 0,
                         pin_memory=torch.cuda.is_available(),
@@ -423,7 +426,11 @@ def _train(cfg: TrainConfig, progress: bool) -> Path:
     state_std = torch.as_tensor(np.asarray(policy.stats.get(OBS_STATE, {}).get("std", [0.0] * interface.state_dim),
                                            dtype=np.float32))
     t0 = time.time()
-    batches = _infinite(loader)
+    # a resumed run goes on with the batch the stopped one would have drawn next: the epoch it was in, less the
+    # frames it already trained on
+    epoch, done = divmod(start_step * cfg.grad_accum, max(len(loader), 1))
+    sampler.skip(done * cfg.batch_size * n_proc)
+    batches = _infinite(loader, sampler, epoch)
     bar = tqdm(total=cfg.steps, initial=start_step, disable=not (progress and accelerator.is_main_process),
                desc="train", dynamic_ncols=True)
     window_t, window_samples, loss_avg, loss = time.time(), 0, None, float("nan")
@@ -432,14 +439,15 @@ def _train(cfg: TrainConfig, progress: bool) -> Path:
     stopped: tuple[int, int] | None = None  # (signal, step) when SIGTERM/Ctrl-C ended the run early
     with StopSignals() as stop:
         for step in range(start_step + 1, cfg.steps + 1):
-            for _ in range(cfg.grad_accum):
+            for micro in range(cfg.grad_accum):
                 batch = next(batches)
                 with accelerator.accumulate(module):
                     images = batch["images"].to(accelerator.device, non_blocking=True)
                     offsets = None  # how far augmentation moved each image (points and keypoint targets move with it)
                     if cfg.augment:
                         images, offsets = augment(images, cfg.shift_pad, cfg.color_jitter, with_offsets=True)
-                    instructions = vary(batch["instruction"]) if vary else batch["instruction"]
+                    instructions = (vary(batch["instruction"], (step - 1) * cfg.grad_accum + micro) if vary
+                                    else batch["instruction"])
                     text, text_mask = policy.text.encode_torch(instructions, accelerator.device)
                     tb = _train_batch(batch, accelerator.device, images=images, text=text, text_mask=text_mask,
                                       image_offsets=offsets,

@@ -23,6 +23,10 @@ def test_variator_replaces_at_the_configured_rate_and_keeps_unknown_instructions
     assert out[2000:] == ["close the door"] * 10  # no variants: unchanged
     assert InstructionVariator(table, prob=0.0)(batch) == batch
     assert InstructionVariator(table, prob=0.3, seed=7)(batch) == InstructionVariator(table, prob=0.3, seed=7)(batch)
+    numbered = InstructionVariator(table, prob=0.5, seed=7)
+    runs = [numbered(batch, i) for i in range(6)]
+    assert [numbered(batch, i) for i in reversed(range(6))] == runs[::-1]  # batch i varies alike, whatever came before
+    assert len({tuple(r) for r in runs}) > 1
 
 
 def test_builtin_variants_never_contain_an_evaluation_paraphrase():

@@ -215,6 +215,42 @@ def test_sigterm_finishes_the_step_saves_and_resume_continues(tmp_path, monkeypa
     assert json.loads((out / "checkpoint" / "config.json").read_text())["meta"]["training"]["steps_done"] == 6
 
 
+def test_a_stopped_and_resumed_run_ends_with_the_weights_of_a_run_never_stopped(tmp_path, monkeypatch):
+    """A preempted run resumed goes on with the batches, augmentation and noise the run would have drawn had it
+    not been stopped (stopped mid-epoch, two epochs to go): before, the resumed run began a new epoch order. The
+    weighted order (balance=tasks) is the same sampler's: tests/train/test_training_data.py."""
+    import signal
+
+    from safetensors.numpy import load_file
+
+    from rfm.train import loop
+
+    cfg = {"steps": 24, "save_every": 50, "val_episodes": 1, "state_noise": 0.01}  # 10 batches an epoch
+    whole = tmp_path / "whole"
+    train(_cfg(whole, **cfg), progress=False)
+
+    calls = {"n": 0}
+    real = loop._train_batch
+
+    def preempt_at_step_7(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 7:
+            signal.raise_signal(signal.SIGTERM)
+        return real(*a, **k)
+
+    monkeypatch.setattr(loop, "_train_batch", preempt_at_step_7)
+    parts = tmp_path / "parts"
+    with pytest.raises(loop.TrainingStopped):
+        train(_cfg(parts, **cfg), progress=False)
+    monkeypatch.setattr(loop, "_train_batch", real)
+    train(_cfg(parts, **cfg, resume=True), progress=False)
+
+    a, b = (load_file(str(run / "checkpoint" / "model.safetensors")) for run in (whole, parts))
+    assert a.keys() == b.keys()
+    worst = max(float(np.abs(a[k].astype(np.float64) - b[k]).max()) for k in a)
+    assert worst == 0.0, f"resumed weights differ from the unstopped run's by {worst}"
+
+
 def test_a_second_run_into_an_out_a_running_one_writes_is_refused(tmp_path):
     """Two runs into one --out would interleave their logs and replace each other's checkpoints."""
     from rfm.train.run_lock import run_lock

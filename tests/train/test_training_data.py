@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from rfm.config import ConfigError
 from rfm.data.lerobot import LeRobotDataset, LeRobotDatasetWriter
@@ -86,10 +87,29 @@ def test_task_balanced_sampler_gives_each_task_the_same_share(two):
     tasks = frame_tasks(data.train_set)
     assert Counter(tasks) == {"reach": 10, "door": 40}
     sampler = make_sampler(sampling_weights(tasks, [len(tasks)], "tasks"), seed=0)
-    drawn = Counter(tasks[i] for _ in range(40) for i in sampler)
+    drawn = Counter(tasks[i] for epoch in range(40) for i in _epoch(sampler, epoch))
     share = drawn["reach"] / sum(drawn.values())
     assert 0.45 < share < 0.55  # uniform sampling would give 0.2
-    assert sampling_weights(tasks, [len(tasks)], "none") is None and make_sampler(None, seed=0) is None
+    assert sampling_weights(tasks, [len(tasks)], "none") is None
+    shuffled = make_sampler(None, seed=0, n=len(tasks))
+    assert sorted(_epoch(shuffled, 3)) == list(range(len(tasks)))  # without weights: each frame once an epoch
+
+
+def _epoch(sampler, epoch: int) -> list[int]:
+    sampler.set_epoch(epoch)
+    return list(sampler)
+
+
+def test_an_epochs_order_depends_on_its_number_alone_and_a_resumed_epoch_skips_what_was_trained():
+    """What lets a resumed run see the batches the stopped run would have seen next."""
+    for weights in (None, torch.tensor([1.0, 3.0] * 10, dtype=torch.double)):
+        a, b = make_sampler(weights, seed=5, n=20), make_sampler(weights, seed=5, n=20)
+        first, second = _epoch(a, 0), _epoch(a, 1)
+        assert first != second and len(first) == len(second) == len(a) == 20
+        assert _epoch(b, 1) == second and _epoch(b, 0) == first  # in any order, as after a resume
+        b.skip(8)
+        assert _epoch(b, 1) == second[8:] and _epoch(b, 1) == second  # the skip is for one epoch only
+        assert _epoch(make_sampler(weights, seed=6, n=20), 1) != second
 
 
 def test_dataset_weights_set_each_datasets_share_of_the_samples(two):
@@ -98,7 +118,7 @@ def test_dataset_weights_set_each_datasets_share_of_the_samples(two):
     tasks, sizes = frame_tasks(data.train_set), [len(p) for p in data.train_set.datasets]
     assert sizes == [50, 20]
     sampler = make_sampler(sampling_weights(tasks, sizes, "none", [3, 1]), seed=0)
-    drawn = [i for _ in range(20) for i in sampler]
+    drawn = [i for epoch in range(20) for i in _epoch(sampler, epoch)]
     from_field = sum(i >= 50 for i in drawn) / len(drawn)
     assert 0.22 < from_field < 0.28  # a quarter, where frame counts alone would give 20/70 = 0.29
     # tasks balanced inside each dataset: the demos' three quarters split evenly between reach and door
