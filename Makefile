@@ -36,13 +36,14 @@ wheel: install
 	@ls dist/rfm-*.whl
 
 # Tiers: unit (in-process, fast: under 3 min on 2 cores) and integration (real servers, subprocess CLI runs,
-# MuJoCo rollouts, notebooks, training runs). `make test` runs both; slow and compat tests only in test-all.
+# MuJoCo rollouts, notebooks, training runs). `make test` lints, then runs both; slow and compat tests only in
+# test-all.
 # Test files run in parallel, one worker per core up to 4 (each holds ~1.5 GB); TEST_WORKERS=0 runs them in this
 # process.
 TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -gt 4 ] && n=4; echo $$n)
 PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
-test: install
+test: install lint
 	$(PYTEST) --durations=15
 
 test-unit: install
