@@ -93,7 +93,7 @@ def recover_interrupted(target: Path) -> Path | None:
     if not target.parent.is_dir():
         return None
     for old in sorted(target.parent.glob(f".{target.name}.old-*"), key=lambda p: p.stat().st_mtime, reverse=True):
-        if not _abandoned(old, ".old-"):
+        if not is_abandoned(old, ".old-"):
             continue
         if restored is None and not target.exists():
             os.replace(old, target)  # the newest previous directory comes back
@@ -101,12 +101,12 @@ def recover_interrupted(target: Path) -> Path | None:
         else:
             shutil.rmtree(old, ignore_errors=True)
     for tmp in target.parent.glob(f".{target.name}.tmp-*"):
-        if _abandoned(tmp, ".tmp-"):
+        if is_abandoned(tmp, ".tmp-"):
             shutil.rmtree(tmp, ignore_errors=True)
     return restored
 
 
-def _abandoned(path: Path, marker: str) -> bool:
+def is_abandoned(path: Path, marker: str) -> bool:
     """Left by a writer on this host that is gone: its PID (after `marker` in the name) is not running, or is this
     process, which is not using it."""
     if path in _WRITING:

@@ -31,13 +31,14 @@ COMMANDS = {
     "serve": "rfm.cli.serve",
     "fleet": "rfm.cli.fleet",
     "adapt": "rfm.cli.adapt",
+    "cache": "rfm.cli.cache",
 }
 
 
 # the install extra each command needs (pyproject.toml); rfm without extras is the robot-side client
 EXTRAS = {"serve": "serve", "train": "train", "data": "train,sim", "info": "train", "average": "train",
           "export": "export", "fleet": "sim", "eval": "sim,train", "adapt": "sim,train", "card": "train",
-          "compare": "train"}
+          "compare": "train", "cache": "serve"}
 INSTALL_NOTES = {"serve": " (to serve an `rfm export` directory, without torch: the extras edge,server)"}
 
 

@@ -26,6 +26,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--engine-cache", default=None, metavar="DIR",
                    help="where --engine onnx*/openvino* keeps its exports (default $RFM_CACHE_DIR or "
                         "~/.cache/rfm/engines)")
+    p.add_argument("--engine-cache-max-gb", type=float, default=10.0, metavar="G",
+                   help="at start, delete the least recently used engines and graphs in --engine-cache until it "
+                        "takes at most G GB (default 10; 0: no limit); this checkpoint's engines stay. "
+                        "`rfm cache list|prune` does it by hand")
     p.add_argument("--backend", default=None, choices=list(BACKENDS),
                    help="what --checkpoint holds: torch (a checkpoint; runs on --engine) or an `rfm export` "
                         "directory (onnx, or openvino for its IR); default: detected from the directory (an export "
@@ -140,9 +144,32 @@ def run(args: argparse.Namespace) -> int:
     if not args.action_limits and not (ckpt / STATS_FILE).is_file():  # e.g. an export from an older rfm
         logging.getLogger("rfm.serving").warning("%s has no %s: serving WITHOUT action limits (pass "
                                                  "--action-limits, or export the checkpoint again)", ckpt, STATS_FILE)
+    if backend == "torch" and args.engine_cache_max_gb > 0:
+        _bound_engine_cache(args, ckpt)
     loader = _runner_loader(args, ckpt, backend, is_export, staged=True)
     serve(loader, config, args.host, args.port, checkpoint=ckpt, log_level=args.log_level, sock=sock)
     return 0
+
+
+def _bound_engine_cache(args: argparse.Namespace, ckpt: Path) -> None:
+    """Keep the engine cache within --engine-cache-max-gb, least recently used first: every checkpoint a server
+    starts on adds an engine, and nothing else removes one. This checkpoint's engines stay."""
+    from rfm.export.cache_contents import prune
+    from rfm.export.cache_dir import cache_root, checkpoint_key
+
+    root = cache_root(args.engine_cache)
+    if not root.is_dir():
+        return
+    key = checkpoint_key(ckpt)[:16]
+    try:
+        removed = prune(root, max_bytes=int(args.engine_cache_max_gb * 1e9), keep=root.glob(f"*-{key}*"))
+    except OSError as e:  # a read-only or vanishing cache: serving matters more
+        logging.getLogger("rfm.serving").warning("engine cache %s: could not prune it (%s)", root, e)
+        return
+    if removed:
+        logging.getLogger("rfm.serving").info(
+            "engine cache %s was over --engine-cache-max-gb %g: deleted the %d least recently used entries (%s)",
+            root, args.engine_cache_max_gb, len(removed), ", ".join(e.path.name for e in removed))
 
 
 def _runner_loader(args: argparse.Namespace, ckpt: Path, backend: str, is_export: bool, staged: bool):

@@ -1,15 +1,20 @@
-"""Where rfm keeps what it builds once and reuses: serving engines and traced text encoders."""
+"""Where rfm keeps what it builds once and reuses (serving engines, traced text encoders), and the key an engine is found by."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from functools import lru_cache
 from pathlib import Path
 
+from rfm._version import __version__
+from rfm.runtime.manifest import EXPORT_FORMAT
+
 log = logging.getLogger(__name__)
 
 CACHE_ENV = "RFM_CACHE_DIR"
+KEYED_FILES = ("config.json", "model.safetensors", "stats.json")  # what decides an exported graph
 SHIPPED_ENV = "RFM_ENGINE_PATH"  # read-only caches searched after the writable one (e.g. exports baked into an image)
 
 
@@ -35,3 +40,16 @@ def _shipped_roots(value: str) -> tuple[Path, ...]:
         if not root.is_dir():
             log.warning("$%s names %s, which is not a directory: no engines are read from it", SHIPPED_ENV, root)
     return roots
+
+
+def checkpoint_key(checkpoint: str | Path) -> str:
+    """sha256 over the checkpoint's config, weights and stats, the export format and the rfm version."""
+    h = hashlib.sha256(f"{EXPORT_FORMAT}|{__version__}".encode())
+    for name in KEYED_FILES:
+        path = Path(checkpoint) / name
+        h.update(name.encode())
+        if path.is_file():
+            with path.open("rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+    return h.hexdigest()

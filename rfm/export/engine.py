@@ -16,35 +16,21 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from rfm._version import __version__
 from rfm.constants import ENGINES
-from rfm.export.cache_dir import cache_root, shipped_roots
+from rfm.export.cache_contents import touch
+from rfm.export.cache_dir import cache_root, checkpoint_key, shipped_roots
 from rfm.install import pip_install
 from rfm.runtime.base import Runner, StagedRunner
-from rfm.runtime.manifest import EXPORT_FILE, EXPORT_FORMAT, parity_summary, read_manifest
+from rfm.runtime.manifest import EXPORT_FILE, parity_summary, read_manifest
 
 log = logging.getLogger(__name__)
 
 EXPORTER_LOGGERS = ("onnxscript", "onnx_ir", "torch.onnx", "torch._dynamo", "torch.export")  # chatty at INFO
-KEYED_FILES = ("config.json", "model.safetensors", "stats.json")  # what decides the exported graph
 
 
 class EngineError(ValueError):
     """The requested engine cannot serve this checkpoint (missing package, failed export or parity). A ValueError,
     so the CLI and the server report it in one line, like every other error that says what is wrong."""
-
-
-def checkpoint_key(checkpoint: str | Path) -> str:
-    """sha256 over the checkpoint's config, weights and stats, the export format and the rfm version."""
-    h = hashlib.sha256(f"{EXPORT_FORMAT}|{__version__}".encode())
-    for name in KEYED_FILES:
-        path = Path(checkpoint) / name
-        h.update(name.encode())
-        if path.is_file():
-            with path.open("rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    h.update(block)
-    return h.hexdigest()
 
 
 def precision_of(engine: str) -> str:
@@ -80,6 +66,7 @@ def cached_export(checkpoint: str | Path, precision: str = "fp32", cache_dir: st
                 _export(checkpoint, out, precision, calib_dataset, target, root)
         finally:
             lock.release()
+    touch(out)  # its last use, which `rfm cache prune` goes by
     parity = parity_summary(read_manifest(out).get("parity")) or {}
     if not parity.get("met", False):
         raise EngineError(f"{out}: the {precision} export misses its parity goal against PyTorch "

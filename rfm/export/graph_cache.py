@@ -22,6 +22,7 @@ import torch
 from filelock import FileLock
 
 from rfm._version import __version__
+from rfm.export.cache_contents import touch
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,7 @@ def cached_graph(path: Path, name: str, key: str, cache_dir: Path | None, export
     try:
         if entry.is_file():
             _place(entry, Path(path), cache_dir)
+            touch(entry)  # its last use, which `rfm cache prune` goes by
             return True
         export(path)
         tmp = cache_dir / f".{entry.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}"

@@ -335,3 +335,82 @@ def test_serving_and_training_import_without_posix_only_modules():
     r = subprocess.run([sys.executable, "-W", "ignore", "-c", code], check=False, capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 0, r.stderr
+
+
+def _engine_copy(src: Path, cache: Path, name: str, checkpoint: Path, age_days: float = 0.0) -> Path:
+    """Another engine in `cache`: the export `src` under `name`, recorded as made from `checkpoint`."""
+    dst = shutil.copytree(src, cache / name)
+    manifest = json.loads((dst / EXPORT_FILE).read_text())
+    (dst / EXPORT_FILE).write_text(json.dumps({**manifest, "checkpoint": str(checkpoint)}))
+    then = time.time() - age_days * 86400
+    os.utime(dst, (then, then))
+    return dst
+
+
+def test_rfm_cache_lists_and_prunes_by_last_use_gone_checkpoints_and_size(onnx_engine, tiny_checkpoint,
+                                                                         engine_cache, tmp_path):
+    """Every checkpoint a server starts on adds an engine and nothing removed one: a workstation's cache held
+    970 MB after a few days. `rfm cache prune` deletes by last use, by checkpoint, by size; never an export being
+    made, and always what a killed export left."""
+    from filelock import FileLock
+
+    from rfm.files import writer_tag
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    served = Path(onnx_engine.engine_dir)
+    current = _engine_copy(served, cache, served.name, tiny_checkpoint.resolve())
+    old = _engine_copy(served, cache, f"gone-fp32-{'1' * 16}", tmp_path / "deleted-run", age_days=40)
+    changed_ckpt = shutil.copytree(tiny_checkpoint, tmp_path / "retrained")
+    (changed_ckpt / "stats.json").write_text((changed_ckpt / "stats.json").read_text() + "\n")
+    changed = _engine_copy(served, cache, f"retrained-fp32-{checkpoint_key(tiny_checkpoint)[:16]}", changed_ckpt)
+    dead = writer_tag().replace(str(os.getpid()), "4194303", 1)  # a writer on this host that is gone
+    leftover = cache / f".x-fp32-{'2' * 16}.tmp-{dead}-abc"
+    leftover.mkdir()
+    (leftover / "policy.onnx").write_bytes(b"half an export")
+
+    listed = rfm_cli("cache", "list", "--engine-cache", str(cache), "--json")
+    assert listed.returncode == 0, listed.stderr
+    status = {Path(e["path"]).name: (e["kind"], e["status"]) for e in json.loads(listed.stdout)["entries"]}
+    assert status == {current.name: ("engine", "current"), old.name: ("engine", "missing"),
+                      changed.name: ("engine", "changed"), leftover.name: ("unfinished", "")}
+    table = rfm_cli("cache", "list", "--engine-cache", str(cache)).stdout
+    assert f"{old.name}  {tmp_path / 'deleted-run'} (missing)" in table and "4 entries" in table
+
+    said = rfm_cli("cache", "prune", "--engine-cache", str(cache))
+    assert said.returncode == 2 and "--unused-days N, --max-gb G and/or --stale" in said.stderr
+    dry = rfm_cli("cache", "prune", "--engine-cache", str(cache), "--unused-days", "30", "--dry-run")
+    assert f"would delete engine {old.name}" in dry.stdout and old.is_dir() and leftover.is_dir()
+    rfm_cli("cache", "prune", "--engine-cache", str(cache), "--unused-days", "30")
+    assert not old.exists() and not leftover.exists() and current.is_dir() and changed.is_dir()
+    rfm_cli("cache", "prune", "--engine-cache", str(cache), "--stale")
+    assert not changed.exists() and current.is_dir()
+    with FileLock(cache / f".{current.name}.lock"):  # an export of it running: it stays whatever the size
+        rfm_cli("cache", "prune", "--engine-cache", str(cache), "--max-gb", "0")
+        assert current.is_dir()
+    pruned = rfm_cli("cache", "prune", "--engine-cache", str(cache), "--max-gb", "0", "--json")
+    assert [Path(e["path"]).name for e in json.loads(pruned.stdout)["removed"]] == [current.name]
+    assert list(cache.iterdir()) == []
+
+
+def test_rfm_serve_keeps_the_engine_cache_within_its_bound_least_recently_used_first(onnx_engine, tiny_checkpoint,
+                                                                                   engine_cache, tmp_path):
+    """At start `rfm serve` deletes the least recently used engines past --engine-cache-max-gb, never the one it is
+    about to serve; a server loading an engine marks it used."""
+    import argparse
+
+    from rfm.cli.serve import _bound_engine_cache
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    served = Path(onnx_engine.engine_dir)
+    mine = _engine_copy(served, cache, served.name, tiny_checkpoint.resolve(), age_days=90)
+    cached_export(tiny_checkpoint, cache_dir=cache)  # a server loads it: used now
+    assert time.time() - mine.stat().st_mtime < 60
+    os.utime(mine, (0, 0))  # and long ago again: the bound still keeps it
+    _engine_copy(served, cache, f"a-fp32-{'3' * 16}", tmp_path / "a", age_days=20)
+    newer = _engine_copy(served, cache, f"b-fp32-{'4' * 16}", tmp_path / "b", age_days=10)
+    size = sum(f.stat().st_size for f in newer.rglob("*") if f.is_file())
+    _bound_engine_cache(argparse.Namespace(engine_cache=str(cache), engine_cache_max_gb=2.5 * size / 1e9),
+                        tiny_checkpoint)
+    assert sorted(p.name for p in cache.iterdir() if not p.name.startswith(".")) == sorted([mine.name, newer.name])
