@@ -108,9 +108,12 @@ class Recorder:
         # ticks of a 3-camera robot at 128 x 128; 4096 of them were 600 MB outside the budget)
         self.max_items = min(max_queue, max(64, int(max_buffer_mb * 2**20) // 4 // max(1, frame_bytes)))
         self._queue: queue.Queue = queue.Queue()  # bounded to max_items frames by _put; an episode end always fits
+        self._queued_frames = 0  # items in the queue that hold frames (ends hold none and do not count)
         self._put_lock = threading.Lock()
         self._epochs: dict[str, int] = {}  # sessions that lost an item: their frames go to episode SESSION~N
         self._split: dict[str, str] = {}  # session -> the key of its episode before the hole, still to be ended
+        self._hole_seen: dict[str, float] = {}  # sessions in _epochs -> when they last put; forgotten when idle
+        self._holes_checked = time.monotonic()
         self._sessions: dict[str, _Session] = {}
         self.dropped = self.episodes_written = self.episodes_lost = 0
         self.max_buffer_bytes, self._buffered = int(max_buffer_mb * 2**20), 0  # frame bytes held in open sessions
@@ -188,7 +191,7 @@ class Recorder:
         whole or refused whole, so a robot's retry never records a tick twice."""
         if self._unwritten:  # the disk is full: robots hold their ticks (503) until the episodes waiting are written
             return False
-        return self._queue.qsize() + n + 1 <= self.max_items  # + 1: a pending episode split's end marker
+        return self._queued_frames + n <= self.max_items
 
     def _put(self, item: tuple) -> bool:
         """Enqueue without waiting; False (and a counted drop) when the recorder is behind.
@@ -198,21 +201,44 @@ class Recorder:
         a frame followed by one that did not come next."""
         kind, sid = item[0], item[1]
         with self._put_lock:
+            now = time.monotonic()
+            self._forget_idle_holes(now)
             epoch = self._epochs.get(sid, 0)
             key = sid if epoch == 0 else f"{sid}~{epoch}"
             # an end holds no frames: never dropped; a frame is while episodes wait for disk space (a robot that
             # cannot hold its frames, as ticks are held, must not grow the server's memory until it is killed)
-            if kind == "end" or (self._queue.qsize() < self.max_items and not self._unwritten):
+            if kind == "end" or (self._queued_frames < self.max_items and not self._unwritten):
                 if sid in self._split:
                     self._queue.put_nowait(("end", self._split[sid], None, "gap"))
                     del self._split[sid]
                 self._queue.put_nowait((kind, key, *item[2:]))
+                self._queued_frames += kind != "end"
+                if kind == "end":  # every part of the episode is ended: the next one starts afresh
+                    self._epochs.pop(sid, None)
+                    self._hole_seen.pop(sid, None)
+                elif sid in self._epochs:
+                    self._hole_seen[sid] = now
                 return True
             self.dropped += 1
             if sid not in self._split:
                 self._split[sid] = key
                 self._epochs[sid] = epoch + 1
+            self._hole_seen[sid] = now
             return False
+
+    def _forget_idle_holes(self, now: float) -> None:
+        """Forget the sessions that lost an item and then went quiet (a robot gone, an openpi connection closed):
+        kept, they grew with every session that ever lost a frame. By then their episodes have ended on the idle
+        timeout; a part before a hole still to be ended is ended first, so the session's key is free again."""
+        if now - self._holes_checked < self.idle_timeout_s:
+            return
+        self._holes_checked = now
+        for sid, seen in list(self._hole_seen.items()):
+            if now - seen > 2 * self.idle_timeout_s:
+                if sid in self._split:
+                    self._queue.put_nowait(("end", self._split.pop(sid), None, "gap"))
+                self._epochs.pop(sid, None)
+                del self._hole_seen[sid]
 
     def close(self, timeout: float | None = None) -> None:
         """Write everything still queued, flush every open session as an episode, stop the thread.
@@ -241,6 +267,9 @@ class Recorder:
             except queue.Empty:
                 self._flush_idle()
                 continue
+            if item[0] in ("frame", "tick"):
+                with self._put_lock:
+                    self._queued_frames -= 1
             if time.monotonic() - self._idle_checked > 1.0:  # a busy queue must not keep abandoned sessions open
                 self._flush_idle()
             try:

@@ -178,6 +178,32 @@ def test_a_dropped_frame_ends_its_episode_instead_of_leaving_a_hole(tmp_path):
     assert runs == [[0, 1, 2, 3], [6, 7, 8]]
 
 
+def test_sessions_that_lost_frames_are_forgotten_once_ended_or_gone(tmp_path):
+    """The recorder remembers each session that lost a frame (its frames go on as SESSION~N) until it ends or goes
+    quiet: before, every such session stayed for ever (a real server: 1,388 after 2,000 robots came and went)."""
+    rng = np.random.default_rng(3)
+    rec = _Held(tmp_path / "rec", ITF, max_queue=4, idle_timeout_s=0.05)
+
+    def frame(sid):
+        images, _, actions = _step(rng)
+        return rec.record(sid, images, np.zeros(2, np.float32), "pick", actions)
+
+    assert [frame("arm") for _ in range(4)] == [True] * 4
+    assert not any(frame(f"robot-{i}") for i in range(50)) and not frame("arm")
+    assert len(rec._epochs) == 51  # each of them lost a frame
+    rec.go.set()
+    while rec.backlog:
+        time.sleep(0.01)
+    assert frame("arm")  # arm~1: after its hole
+    rec.end_episode("arm", success=True)
+    assert "arm" not in rec._epochs  # ended: its next episode is "arm" again
+    time.sleep(0.15)  # the 50 robots are gone for twice the idle timeout
+    assert frame("arm") and rec._epochs == {} and rec._split == {}
+    rec.close()
+    sessions = [e.meta["session"] for e in LeRobotDataset(tmp_path / "rec").episodes]
+    assert sessions[:2] == ["arm", "arm~1"] and sessions[-1] == "arm"
+
+
 def test_an_episode_that_cannot_be_written_is_lost_alone(tmp_path, monkeypatch):
     """A write failure other than a full disk (an encoder's) while one episode is written: that episode is lost and
     counted, the episodes after it are written whole (the failed one's frames do not open the next), and the
