@@ -20,6 +20,7 @@ from rfm.runtime import Runner
 from serving.app import create_app
 from serving.config import ServerConfig
 from serving.memory import limit_arenas
+from serving.open_files import fit_connections
 
 log = logging.getLogger("rfm.serving")
 
@@ -181,6 +182,7 @@ def serve(runner: Runner | Callable[[], Runner], config: ServerConfig, host: str
     # The batcher thread re-takes the GIL between torch ops; a busy event loop would hold it for up to the default
     # 5 ms switch interval each time. 1 ms keeps the model running while requests are being decoded.
     sys.setswitchinterval(0.001)
+    config = fit_connections(config)  # a robot's connection is a file: the limit is raised, or the cap lowered
     app = create_app(runner, config, checkpoint)
     if sock is not None:  # uvicorn says where it listens only for sockets it bound itself
         bound_host, bound_port = sock.getsockname()[:2]
