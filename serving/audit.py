@@ -1,9 +1,14 @@
-"""Audit log: one JSON line per answered request, written by a background thread (never on the hot path)."""
+"""Audit log: one JSON line per answered request, written by a background thread (never on the hot path).
+
+The file is reopened when it is moved away (logrotate's rename-and-create, as logging's WatchedFileHandler does),
+and records queued past `max_queued` (a stalled disk) are dropped and counted rather than held in memory.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import queue
 import threading
 import time
@@ -24,17 +29,34 @@ def action_summary(actions: np.ndarray) -> dict:
 class AuditLog:
     """Append-only JSON-lines file. `write(record)` only enqueues; a daemon thread formats and writes."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, max_queued: int = 100_000) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.max_queued, self.dropped = max_queued, 0
         self._thread = threading.Thread(target=self._run, name="rfm-audit", daemon=True)
         self._thread.start()
 
     def write(self, record: dict) -> None:
+        if self._queue.qsize() >= self.max_queued:  # the disk stalls: lose records, not the server's memory
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 10_000 == 0:
+                log.warning("audit log %s: %d records dropped, %d waiting for the disk", self.path, self.dropped,
+                            self._queue.qsize())
+            return
         record.setdefault("time", time.time())
         self._queue.put(record)
+
+    def _reopen_if_moved(self) -> None:
+        """A rotated log (renamed, a new one created or not yet): write to the file at `path` again."""
+        try:
+            moved = self._fh.closed or os.stat(self.path).st_ino != os.fstat(self._fh.fileno()).st_ino
+        except FileNotFoundError:
+            moved = True
+        if moved:
+            self._fh.close()  # (a no-op on one already closed: a reopen that failed is tried again next time)
+            self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
 
     def _run(self) -> None:
         while True:
@@ -55,6 +77,7 @@ class AuditLog:
 
     def _flush(self, records: list[dict]) -> None:
         try:
+            self._reopen_if_moved()
             for rec in records:
                 if isinstance(rec.get("actions"), np.ndarray):
                     rec["actions"] = action_summary(rec["actions"])

@@ -9,6 +9,7 @@ import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import msgpack
@@ -204,6 +205,34 @@ def test_audit_log_records_requests_without_secrets(server):
     assert rec["model_version"] and rec["client_id"] is None and rec["endpoint"] == "/v1/act"
     assert rec["actions"]["shape"] == [8, 2] and len(rec["actions"]["first"]) == 2
     assert rec["clipped_dims"] == ["vy"] and "total_ms" in rec["timings"] and rec["time"].endswith("+00:00")
+
+
+def _audited(path: Path, request_id: str) -> bool:
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if path.exists() and f'"{request_id}"' in path.read_text():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_audit_log_follows_a_rotation_and_drops_rather_than_hoards_when_the_disk_stalls(tiny_runner, tmp_path):
+    """logrotate renames the log and creates a new one (or leaves it to the server): the server opened the file
+    once, so it kept writing into the renamed one for ever. It now writes to the file at the path."""
+    from serving.audit import AuditLog
+
+    path = tmp_path / "audit.jsonl"
+    with ServerThread(tiny_runner, ServerConfig(max_batch=2, warmup_batch_sizes=(1,), audit_log=str(path))) as s:
+        post(s, msgpack_body(observation(), request_id="before"))
+        assert _audited(path, "before")
+        path.rename(tmp_path / "audit.jsonl.1")  # rotated, no new file created
+        post(s, msgpack_body(observation(), request_id="after"))
+        assert _audited(path, "after") and "before" not in path.read_text()
+        assert '"after"' not in (tmp_path / "audit.jsonl.1").read_text()
+    stalled = AuditLog(tmp_path / "stalled.jsonl", max_queued=0)  # a queue that cannot take one more record
+    stalled.write({"request_id": "x"})
+    stalled.close()
+    assert stalled.dropped == 1 and (tmp_path / "stalled.jsonl").read_text() == ""
 
 
 def test_resize_images_option(tiny_runner):
