@@ -42,7 +42,7 @@ class TextEncoder(CachedTextEncoder):
     A BERT-family encoder with a fast tokenizer (the packaged MiniLM) runs as rfm.model.bert with `tokenizers`,
     without importing transformers; any other Hugging Face encoder runs through transformers."""
 
-    def __init__(self, name: str = DEFAULT_TEXT_ENCODER, max_tokens: int = 24, cache_size: int = 4096,
+    def __init__(self, name: str = DEFAULT_TEXT_ENCODER, max_tokens: int = 24, cache_size: int | None = None,
                  device: str | torch.device = "cpu") -> None:
         from rfm.model.bert import BertEncoder, is_bert_dir
 

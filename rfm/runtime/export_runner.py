@@ -35,7 +35,7 @@ def _read_table(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 class ExportTextEncoder(CachedTextEncoder):
     """Tokenise with `tokenizers`, encode with the export's text graph or its instruction table; thread-safe LRU."""
 
-    def __init__(self, export_dir: Path, text: dict, load_graph: GraphLoader, cache_size: int = 4096) -> None:
+    def __init__(self, export_dir: Path, text: dict, load_graph: GraphLoader, cache_size: int | None = None) -> None:
         self.max_tokens, self.dim, self.cache_size = int(text["max_tokens"]), int(text["dim"]), cache_size
         self.table: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         if text.get("instructions"):
@@ -116,7 +116,7 @@ def policy_feed(images, state, text, text_mask, noise, input_names, prefix=None,
 class ExportRunner(Runner):
     """A Runner over an export directory; subclasses load the policy graph and implement `_forward`."""
 
-    def __init__(self, export_dir: str | Path, load_graph: GraphLoader, cache_size: int = 4096,
+    def __init__(self, export_dir: str | Path, load_graph: GraphLoader, cache_size: int | None = None,
                  resize_images: bool = False, seed: int | None = None) -> None:
         self.export_dir = Path(export_dir)
         self.manifest = m = read_manifest(self.export_dir)

@@ -76,7 +76,7 @@ class OnnxRunner(ExportRunner):
         export_dir: str | Path,
         providers: Sequence[str] | str | None = None,
         intra_op_threads: int | None = None,
-        cache_size: int = 4096,
+        cache_size: int | None = None,
         resize_images: bool = False,
         seed: int | None = None,
         allow_spinning: bool = True,

@@ -94,7 +94,7 @@ class OpenVinoRunner(ExportRunner):
         export_dir: str | Path,
         device: str = "CPU",
         intra_op_threads: int | None = None,
-        cache_size: int = 4096,
+        cache_size: int | None = None,
         resize_images: bool = False,
         seed: int | None = None,
     ) -> None:
