@@ -99,6 +99,8 @@ class LeRobotDatasetWriter:
         self.info = lm.new_info(self.fps, robot_type, features, use_videos and bool(self.cameras))
         self.info["data_files_size_in_mb"], self.info["video_files_size_in_mb"] = data_file_mb, video_file_mb
         self.tasks: list[str] = []
+        self._task_index: dict[str, int] = {}  # task -> its index in self.tasks (a fleet's recording may hold many)
+        self._tasks_on_disk = 0  # tasks in meta/tasks.parquet (incremental mode rewrites it only when one is added)
         self._init_episode_index()
         self._files_written = False  # extras may only be declared before the first episode is written
         self._reset_buffer()
@@ -161,6 +163,8 @@ class LeRobotDatasetWriter:
         self.episodes_per_meta_file = lm.EPISODES_PER_META_FILE
         self._lock, self._closed, self._files_written = threading.RLock(), False, True
         self.tasks = list(ds.tasks)
+        self._task_index = {t: i for i, t in enumerate(self.tasks)}
+        self._tasks_on_disk = len(self.tasks)
         files = sorted((self.root / lm.EPISODES_DIR).glob("*/*.parquet"))
         per_file = [lm.read_parquet(f).to_pylist() for f in files]
         rows = sorted((r for fr in per_file for r in fr), key=lambda r: r["episode_index"])
@@ -288,7 +292,8 @@ class LeRobotDatasetWriter:
             ep = self.num_episodes
             start = self.num_frames
             for task in self._buf["task"]:
-                if task not in self.tasks:
+                if task not in self._task_index:
+                    self._task_index[task] = len(self.tasks)
                     self.tasks.append(task)
             cols: dict[str, np.ndarray] = {}
             if self.state_names:
@@ -297,7 +302,7 @@ class LeRobotDatasetWriter:
             cols.update(self._extras(extra or {}, t))
             cols.update({"timestamp": ts.astype(np.float32), "frame_index": np.arange(t, dtype=np.int64),
                          "episode_index": np.full(t, ep, np.int64), "index": np.arange(start, start + t, dtype=np.int64),
-                         "task_index": np.array([self.tasks.index(x) for x in self._buf["task"]], np.int64)})
+                         "task_index": np.array([self._task_index[x] for x in self._buf["task"]], np.int64)})
             frames = {cam: np.stack(v) for cam, v in self._buf["images"].items()}
             row: dict = {"episode_index": ep, "tasks": list(dict.fromkeys(self._buf["task"])), "length": t}
             row.update(self._write_data(cols, frames))
@@ -452,7 +457,9 @@ class LeRobotDatasetWriter:
         info["total_frames"] = self.num_frames
         info["total_tasks"] = len(self.tasks)
         info["splits"] = {"train": f"0:{self.num_episodes}"} if self._saved else {}
-        lm.atomic_write_parquet(base / lm.TASKS_PATH, lm.tasks_table(self.tasks))
+        if not self.incremental or len(self.tasks) != self._tasks_on_disk:
+            lm.atomic_write_parquet(base / lm.TASKS_PATH, lm.tasks_table(self.tasks))
+            self._tasks_on_disk = len(self.tasks)
         if self._saved:
             files: dict[tuple[int, int], list[dict]] = {}
             for r in ([] if self.incremental else self._closed_rows) + self._meta_rows:

@@ -243,12 +243,13 @@ def test_a_full_disk_keeps_the_episodes_that_end_and_writes_them_once_there_is_r
     import time
 
     rng = np.random.default_rng(4)
-    rec = Recorder(tmp_path / "rec", ITF, use_videos=False)
+    rec = _Held(tmp_path / "rec", ITF, use_videos=False)  # all three episodes queued before any is written
     real = rec.writer._write_data
-    disk = {"full": False}
+    disk = {"full": True, "writes": 0}
 
     def write_data(*a, **k):
-        if disk["full"]:
+        disk["writes"] += 1
+        if disk["full"] and disk["writes"] > 1:  # the disk fills up after the first episode
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(*a, **k)
 
@@ -257,15 +258,13 @@ def test_a_full_disk_keeps_the_episodes_that_end_and_writes_them_once_there_is_r
     def episode(sid, first):
         for t in range(3):
             images, _, actions = _step(rng)
-            rec.record_tick(sid, images, np.array([float(first + t), 0.0], np.float32), "pick", actions[0], index=t,
-                            episode_end=t == 2, success=True)
+            assert rec.record_tick(sid, images, np.array([float(first + t), 0.0], np.float32), "pick", actions[0],
+                                   index=t, episode_end=t == 2, success=True)
 
     episode("a", 0)
-    while rec.episodes_written < 1:
-        time.sleep(0.01)
-    disk["full"] = True
     episode("b", 10)
     episode("c", 20)
+    rec.go.set()
     deadline = time.monotonic() + 10
     while rec.room(1) and time.monotonic() < deadline:
         time.sleep(0.01)
