@@ -166,10 +166,15 @@ def _bound_engine_cache(args: argparse.Namespace, ckpt: Path) -> None:
     except OSError as e:  # a read-only or vanishing cache: serving matters more
         logging.getLogger("rfm.serving").warning("engine cache %s: could not prune it (%s)", root, e)
         return
-    if removed:
+    left = [e.path.name for e in removed if e.kind == "unfinished"]
+    pruned = [e.path.name for e in removed if e.kind != "unfinished"]
+    if left:
+        logging.getLogger("rfm.serving").info("engine cache %s: deleted what killed exports left (%s)", root,
+                                              ", ".join(left))
+    if pruned:
         logging.getLogger("rfm.serving").info(
             "engine cache %s was over --engine-cache-max-gb %g: deleted the %d least recently used entries (%s)",
-            root, args.engine_cache_max_gb, len(removed), ", ".join(e.path.name for e in removed))
+            root, args.engine_cache_max_gb, len(pruned), ", ".join(pruned))
 
 
 def _runner_loader(args: argparse.Namespace, ckpt: Path, backend: str, is_export: bool, staged: bool):
