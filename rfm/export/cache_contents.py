@@ -148,7 +148,7 @@ def _unfinished(path: Path) -> bool:
     if path.is_dir() and ".tmp-" in path.name and path.name.startswith("."):
         return is_abandoned(path, ".tmp-")
     m = GRAPH_TEMP.match(path.name)
-    if m and path.is_file():
+    if m and path.is_file() and os.name != "nt":  # (os.kill(pid, 0) would terminate the process there)
         try:
             os.kill(int(m["pid"]), 0)
         except ProcessLookupError:
