@@ -161,9 +161,10 @@ def _bound_engine_cache(args: argparse.Namespace, ckpt: Path) -> None:
     if not root.is_dir():
         return
     key = checkpoint_key(ckpt)[:16]
-    try:
-        removed = prune(root, max_bytes=int(args.engine_cache_max_gb * 1e9), keep=root.glob(f"*-{key}*"))
-    except OSError as e:  # a read-only or vanishing cache: serving matters more
+    try:  # (an engine another server loaded in the last 10 minutes stays: it may be loading it now)
+        removed = prune(root, max_bytes=int(args.engine_cache_max_gb * 1e9), keep=root.glob(f"*-{key}*"),
+                        min_age_s=600)
+    except Exception as e:  # noqa: BLE001 - a read-only, vanishing or odd cache: serving matters more
         logging.getLogger("rfm.serving").warning("engine cache %s: could not prune it (%s)", root, e)
         return
     left = [e.path.name for e in removed if e.kind == "unfinished"]

@@ -8,6 +8,7 @@ use is its directory's modification time, touched each time a server loads it (`
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -18,8 +19,8 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from rfm.files import is_abandoned
-from rfm.runtime.manifest import EXPORT_FILE, read_manifest
+from rfm.files import is_abandoned, writer_tag
+from rfm.runtime.manifest import EXPORT_FILE
 
 ENGINE_NAME = re.compile(r"^(?P<name>.+)-(?P<kind>(?:openvino-)?(?:fp32|fp16|int8))-(?P<key>[0-9a-f]{16})"
                          r"(?:-cal[0-9a-f]{8})?$")
@@ -36,7 +37,7 @@ class CacheEntry:
     bytes: int  # what deleting it frees (files another entry also links count nothing)
     last_used: float  # seconds since the epoch
     checkpoint: str | None = None  # an engine's source checkpoint, as its export.json records it
-    status: str = ""  # an engine's: current, changed (other weights there now), missing (none), unknown
+    status: str = ""  # an engine's: current, changed (other weights there now), missing, unknown, unreadable
 
     def describe(self) -> dict:
         return {"path": str(self.path), "kind": self.kind, "bytes": self.bytes,
@@ -71,29 +72,61 @@ def scan(root: Path, check_checkpoints: bool = True) -> list[CacheEntry]:
 
 
 def prune(root: Path, unused_days: float | None = None, max_bytes: int | None = None, stale: bool = False,
-          keep: Iterable[Path] = (), dry_run: bool = False) -> list[CacheEntry]:
-    """Delete from `root`, and return, what a killed export left; engines and graphs unused for `unused_days`;
-    engines whose checkpoint is missing or holds other weights (`stale`); then the least recently used until the
-    cache takes at most `max_bytes` of disk. Entries in `keep` (the engine a server is about to load) stay, and so
-    does an entry being exported right now (its lock held). `dry_run` deletes nothing and returns the same list."""
+          keep: Iterable[Path] = (), dry_run: bool = False, min_age_s: float = 0.0) -> list[CacheEntry]:
+    """Delete from `root`, and return, what a killed export left; engines unused for `unused_days`; engines whose
+    checkpoint is missing, holds other weights or whose export.json cannot be read (`stale`); then the least
+    recently used until the cache takes at most `max_bytes` of disk.
+
+    An engine goes with the graphs only it links (they free nothing without it, and it frees little without them:
+    the graphs are most of its size), and a graph another engine still links stays. Entries in `keep` (the engine a
+    server is about to load), entries used in the last `min_age_s` (another server loading them) and entries being
+    exported (their lock held) stay. `dry_run` deletes nothing and returns the same list."""
     now = time.time()
     entries = scan(root, check_checkpoints=stale)
     keep = {Path(p).resolve() for p in keep}
     files = {id(e): _inodes(e.path) for e in entries}
-    left = [e for e in entries if e.path.resolve() not in keep]
-    doomed = [e for e in left if e.kind == "unfinished"
-              or (unused_days is not None and now - e.last_used > unused_days * 86400)
-              or (stale and e.kind == "engine" and e.status in ("changed", "missing"))]
-    if max_bytes is not None:
-        remaining = [e for e in entries if e not in doomed]
-        for e in left:  # oldest use first
-            if _disk(remaining, files) <= max_bytes:
-                break
-            if e in doomed or (e.kind == "graph" and _shared(e, remaining, files)):
-                continue  # a graph an engine kept links frees nothing, and speeds that checkpoint's next export
-            doomed.append(e)
+    remaining = list(entries)
+    doomed: list[CacheEntry] = []
+
+    def drop(unit: list[CacheEntry]) -> None:
+        doomed.extend(unit)
+        for e in unit:
             remaining.remove(e)
+
+    def stays(unit: list[CacheEntry]) -> bool:
+        return any(e.path.resolve() in keep or now - e.last_used < min_age_s for e in unit)
+
+    for e in entries:
+        if e.kind == "unfinished":
+            drop([e])
+    for unit in _units(remaining, files):
+        used = max(e.last_used for e in unit)
+        head = unit[0]
+        if stays(unit):
+            continue
+        if (unused_days is not None and now - used > unused_days * 86400) or (
+                stale and head.kind == "engine" and head.status in ("changed", "missing", "unreadable")):
+            drop(unit)
+    while max_bytes is not None and _disk(remaining, files) > max_bytes:
+        units = [u for u in _units(remaining, files) if not stays(u)]
+        if not units:
+            break
+        drop(min(units, key=lambda u: max(e.last_used for e in u)))  # the least recently used
     return [e for e in doomed if dry_run or _remove(e)]
+
+
+def _units(entries: list[CacheEntry], files: dict) -> list[list[CacheEntry]]:
+    """What is deleted together: each engine with the graphs no other engine links (engine first), and each graph no
+    engine links alone. A graph several engines link belongs to none until all but one are gone."""
+    engines = [e for e in entries if e.kind == "engine"]
+    units = {id(e): [e] for e in engines}
+    for g in (e for e in entries if e.kind == "graph"):
+        linked = [e for e in engines if files[id(g)].keys() & files[id(e)].keys()]
+        if len(linked) == 1:
+            units[id(linked[0])].append(g)
+        elif not linked:
+            units[id(g)] = [g]
+    return list(units.values())
 
 
 def disk_usage(entries: list[CacheEntry]) -> int:
@@ -119,17 +152,12 @@ def _disk(entries: list[CacheEntry], files: dict) -> int:
     return sum(seen.values())
 
 
-def _shared(entry: CacheEntry, others: list[CacheEntry], files: dict) -> bool:
-    mine = files[id(entry)].keys()
-    return any(o is not entry and mine & files[id(o)].keys() for o in others)
-
-
 def _engine(path: Path, check_checkpoints: bool) -> CacheEntry:
-    manifest = read_manifest(path)
-    checkpoint = manifest.get("checkpoint")
-    status = ""
-    if check_checkpoints:
-        status = _checkpoint_status(checkpoint, ENGINE_NAME.match(path.name)["key"])
+    try:  # the file alone, not read_manifest's checks: another rfm's export, or a damaged one, is still an entry
+        checkpoint = json.loads((path / EXPORT_FILE).read_text()).get("checkpoint")
+    except (OSError, ValueError, AttributeError):
+        return CacheEntry(path, "engine", _bytes(path), path.stat().st_mtime, None, "unreadable")
+    status = _checkpoint_status(checkpoint, ENGINE_NAME.match(path.name)["key"]) if check_checkpoints else ""
     return CacheEntry(path, "engine", _bytes(path), path.stat().st_mtime, checkpoint, status)
 
 
@@ -179,8 +207,13 @@ def _remove(entry: CacheEntry) -> bool:
     except (Timeout, OSError):
         return False
     try:
-        if entry.path.is_dir():
-            shutil.rmtree(entry.path, ignore_errors=True)
+        if entry.path.is_dir():  # renamed aside first: a deletion that fails half way leaves no broken engine
+            aside = entry.path.parent / f".{entry.path.name}.tmp-{writer_tag()}-pruned"
+            try:
+                os.replace(entry.path, aside)
+            except OSError:
+                return False
+            shutil.rmtree(aside, ignore_errors=True)
         else:
             entry.path.unlink(missing_ok=True)
         return not entry.path.exists()

@@ -14,7 +14,7 @@ import numpy as np
 Features = tuple[np.ndarray, np.ndarray]  # ((L, D_text) float32, (L,) bool) for one instruction
 
 
-MAX_BYTES = 32 << 20  # a fleet's instructions, not a memory sink: ~870 of 24 tokens x 384 dims
+MAX_BYTES = 32 << 20  # a fleet's instructions, not a memory sink: 909 of 24 tokens x 384 dims
 
 
 class InstructionCache:

@@ -414,3 +414,32 @@ def test_rfm_serve_keeps_the_engine_cache_within_its_bound_least_recently_used_f
     _bound_engine_cache(argparse.Namespace(engine_cache=str(cache), engine_cache_max_gb=2.5 * size / 1e9),
                         tiny_checkpoint)
     assert sorted(p.name for p in cache.iterdir() if not p.name.startswith(".")) == sorted([mine.name, newer.name])
+
+
+def test_pruning_to_a_size_takes_an_engine_with_the_graphs_only_it_links_and_an_unreadable_one_is_stale(
+        onnx_engine, tmp_path):
+    """An engine's graphs are hard links to the cached traced graphs: deleting the engine alone freed nothing, so a
+    size bound deleted every engine and kept the graphs. And an export.json another rfm wrote (or a damaged one)
+    stopped the bound, and `rfm serve`, with an error."""
+    from rfm.export.cache_contents import disk_usage, prune, scan
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    served = Path(onnx_engine.engine_dir)
+    a = _engine_copy(served, cache, f"a-fp32-{'5' * 16}", tmp_path / "a", age_days=20)
+    b = _engine_copy(served, cache, f"b-fp32-{'6' * 16}", tmp_path / "b", age_days=10)
+    for engine, key in ((a, "1"), (b, "2")):
+        graph = cache / f"policy-{key * 24}.onnx"
+        os.link(engine / "policy.onnx", graph)  # as rfm.export.graph_cache places them
+        os.utime(graph, (0, 0))  # traced long ago: older than the engine that links it
+    one = disk_usage([e for e in scan(cache) if e.path == b or e.path.name == f"policy-{'2' * 24}.onnx"])
+    removed = prune(cache, max_bytes=one)
+    assert sorted(e.path.name for e in removed) == sorted([a.name, f"policy-{'1' * 24}.onnx"])
+    assert disk_usage(scan(cache)) == one and b.is_dir()
+
+    broken = _engine_copy(served, cache, f"c-fp32-{'7' * 16}", tmp_path / "c", age_days=1)
+    (broken / EXPORT_FILE).write_text('{"format": "rfm-export-v9", ')  # cut short, or another rfm's
+    listed = {Path(e["path"]).name: e["status"] for e in json.loads(
+        rfm_cli("cache", "list", "--engine-cache", str(cache), "--json").stdout)["entries"]}
+    assert listed[broken.name] == "unreadable"
+    assert broken.name in [e.path.name for e in prune(cache, stale=True)] and not broken.exists()
