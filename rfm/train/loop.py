@@ -122,15 +122,19 @@ def _shut_down_workers(batches, loader: DataLoader) -> None:
     loader._iterator = None
 
 
-def _infinite(loader: DataLoader, sampler, epoch: int = 0):
-    """Batches for ever, epoch after epoch from `epoch` (accelerate's loader passes the number on to the sampler)."""
+def _infinite(loader: DataLoader, sampler, position: dict, processes: int = 1):
+    """Batches for ever, epoch after epoch from position["epoch"] (accelerate's loader passes the number on to the
+    sampler). `position` follows what was handed out: the epoch and how many of its frames all processes drew, which
+    a checkpoint keeps so a resumed run, on any batch size or number of processes, goes on from there."""
     while True:
         if hasattr(loader, "set_epoch"):
-            loader.set_epoch(epoch)
+            loader.set_epoch(position["epoch"])
         else:
-            sampler.set_epoch(epoch)
-        yield from loader
-        epoch += 1
+            sampler.set_epoch(position["epoch"])
+        for batch in loader:
+            position["drawn"] += len(batch["instruction"]) * processes
+            yield batch
+        position["epoch"], position["drawn"] = position["epoch"] + 1, 0
 
 
 def _model_config(cfg: TrainConfig, init_config: PolicyConfig | None, interface: RobotInterface):
@@ -369,9 +373,10 @@ def _train(cfg: TrainConfig, progress: bool) -> Path:
     n_proc = accelerator.num_processes
     scheduler = warmup_cosine(optimizer, min(cfg.warmup_steps, cfg.steps // 5) * n_proc, cfg.steps * n_proc)
 
-    start_step = 0
+    start_step, resumed_position = 0, None
     if cfg.resume and (ckpt_dir / STATE_DIR).exists():
         meta = load_training_state(ckpt_dir, net, ema.module if ema else None, optimizer, scheduler, module.aids)
+        resumed_position = meta.get("data_position")
         if ema is not None:
             ema.n_averaged.fill_(max(1, meta["step"]))
         start_step = meta["step"]
@@ -411,7 +416,9 @@ def _train(cfg: TrainConfig, progress: bool) -> Path:
         save_checkpoint(policy, ckpt_dir, weights_dtype=cfg.weights_dtype, state_dict=weights,
                         extra=lambda tmp: save_training_state(tmp, net, ema.module if ema else None, optimizer,
                                                               scheduler, step, {"wall_time_s": time.time() - t0
-                                                                                + prior_time}, aids_module))
+                                                                                + prior_time,
+                                                                                "data_position": dict(position)},
+                                                              aids_module))
 
     data_info = {**data.info, "balance": cfg.balance, "task_shares": task_shares(tasks, frame_weights)}
     if frame_weights is not None and "datasets" in data_info:  # each dataset's expected share of the samples
@@ -426,11 +433,16 @@ def _train(cfg: TrainConfig, progress: bool) -> Path:
     state_std = torch.as_tensor(np.asarray(policy.stats.get(OBS_STATE, {}).get("std", [0.0] * interface.state_dim),
                                            dtype=np.float32))
     t0 = time.time()
+    if len(loader) == 0:  # several processes, fewer full batches than processes: each would wait for ever
+        raise ConfigError(f"{len(train_set)} training frames make no batch of {cfg.batch_size} for each of "
+                          f"{n_proc} processes: lower --batch-size")
     # a resumed run goes on with the batch the stopped one would have drawn next: the epoch it was in, less the
-    # frames it already trained on
-    epoch, done = divmod(start_step * cfg.grad_accum, max(len(loader), 1))
-    sampler.skip(done * cfg.batch_size * n_proc)
-    batches = _infinite(loader, sampler, epoch)
+    # frames it already trained on (as its checkpoint says; an older one's, from its steps)
+    position = resumed_position or dict(zip(("epoch", "drawn"), divmod(start_step * cfg.grad_accum, len(loader))))
+    if not resumed_position:
+        position["drawn"] *= cfg.batch_size * n_proc
+    sampler.skip(position["drawn"])
+    batches = _infinite(loader, sampler, position, n_proc)
     bar = tqdm(total=cfg.steps, initial=start_step, disable=not (progress and accelerator.is_main_process),
                desc="train", dynamic_ncols=True)
     window_t, window_samples, loss_avg, loss = time.time(), 0, None, float("nan")

@@ -242,6 +242,8 @@ def test_a_stopped_and_resumed_run_ends_with_the_weights_of_a_run_never_stopped(
     parts = tmp_path / "parts"
     with pytest.raises(loop.TrainingStopped):
         train(_cfg(parts, **cfg), progress=False)
+    state = json.loads((parts / "checkpoint" / "training_state" / "state.json").read_text())
+    assert state["data_position"] == {"epoch": 0, "drawn": 56}  # 7 batches of 8: where any resume goes on from
     monkeypatch.setattr(loop, "_train_batch", real)
     train(_cfg(parts, **cfg, resume=True), progress=False)
 
