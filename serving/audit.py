@@ -29,7 +29,7 @@ def action_summary(actions: np.ndarray) -> dict:
 class AuditLog:
     """Append-only JSON-lines file. `write(record)` only enqueues; a daemon thread formats and writes."""
 
-    def __init__(self, path: str | Path, max_queued: int = 100_000) -> None:
+    def __init__(self, path: str | Path, max_queued: int = 20_000) -> None:  # (each holds its chunk until written)
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()

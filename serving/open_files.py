@@ -1,6 +1,7 @@
 """Open files for a fleet: raise the process's soft limit to its hard one, and keep --max-connections under it.
 
-Each robot's connection is a file descriptor (two while recording: its open episode may spill to a file). Under the
+Each robot's connection is a file descriptor; while recording, three: its WebSocket, the HTTP connection its
+TickRecorder posts ticks on, and the file its open episode may spill to. Under the
 soft limit many hosts still default to (1024: systemd services, containerd 2), 1,005 WebSockets ran the server out of
 descriptors before --max-connections (1024) refused any: new connections were dropped without an answer and
 /healthz failed with them, so a liveness probe would restart the server and cut every robot.
@@ -25,15 +26,17 @@ def raise_open_file_limit() -> int | None:
     except ImportError:
         return None
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY:
-        hard = 1 << 20  # a finite ceiling: some kernels refuse an infinite soft limit
-    if soft == resource.RLIM_INFINITY or soft >= hard:
-        return None if soft == resource.RLIM_INFINITY else soft
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
-        return hard
-    except (ValueError, OSError):
-        return soft
+    if soft == resource.RLIM_INFINITY:
+        return None
+    # an unlimited hard limit still has a ceiling the kernel enforces (macOS: OPEN_MAX, 10240): try downwards
+    wanted = [hard] if hard != resource.RLIM_INFINITY else [1 << 20, 65536, 10240]
+    for target in (t for t in wanted if t > soft):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            return target
+        except (ValueError, OSError):
+            continue
+    return soft
 
 
 def fit_connections(config: ServerConfig) -> ServerConfig:
@@ -42,14 +45,14 @@ def fit_connections(config: ServerConfig) -> ServerConfig:
     limit = raise_open_file_limit()
     if limit is None:
         return config
-    per_robot = 2 if config.record_dir else 1
+    per_robot = 3 if config.record_dir else 1
     fits = max(1, (limit - RESERVE) // per_robot)
     if config.max_connections <= fits:
         return config
     log.warning("--max-connections %d does not fit this process's open-file limit (%d%s): at most %d WebSockets "
                 "are accepted, the next get 503. Raise the limit (ulimit -n, systemd LimitNOFILE=, docker --ulimit "
                 "nofile=N:N) to serve more robots", config.max_connections, limit,
-                ", two per robot while recording" if per_robot == 2 else "", fits)
+                ", three per robot while recording" if per_robot == 3 else "", fits)
     return replace(config, max_connections=fits)
 
 

@@ -186,7 +186,7 @@ class InferenceService:
 
         checked = await asyncio.to_thread(check)
         # whole or not at all: the robot's retry must not record a tick twice
-        if not recorder.room(len(checked) + (left_open is not None)):
+        if not recorder.room(len(checked)):  # (an episode end holds no frames: it always fits)
             why = (f"the recording's disk is full ({recorder.waiting_for_disk} episodes wait for room)"
                    if recorder.waiting_for_disk else
                    f"the recorder is {recorder.backlog} items behind and has no room for {len(checked)} ticks")

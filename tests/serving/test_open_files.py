@@ -32,7 +32,7 @@ def test_a_server_under_a_low_open_file_limit_caps_its_websockets_and_keeps_answ
     robots = []
     try:
         wait_until_ready(proc, url)
-        fits = (200 - 64) // 2  # two descriptors a robot while recording
+        fits = (200 - 64) // 3  # three descriptors a robot while recording: WebSocket, ticks, spill file
         for _ in range(fits):
             robots.append(wsc.connect(f"ws://127.0.0.1:{port}/v1/ws"))
         with pytest.raises(InvalidStatus) as refused:
@@ -44,6 +44,6 @@ def test_a_server_under_a_low_open_file_limit_caps_its_websockets_and_keeps_answ
             ws.close()
         proc.send_signal(signal.SIGTERM)
         out = proc.communicate(timeout=60)[0].decode()
-    assert f"--max-connections 1024 does not fit this process's open-file limit (200, two per robot while " \
+    assert f"--max-connections 1024 does not fit this process's open-file limit (200, three per robot while " \
            f"recording): at most {fits} WebSockets" in out, out[-3000:]
     assert Path(tmp_path / "rec").is_dir()
