@@ -144,8 +144,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.action_limits and not (ckpt / STATS_FILE).is_file():  # e.g. an export from an older rfm
         logging.getLogger("rfm.serving").warning("%s has no %s: serving WITHOUT action limits (pass "
                                                  "--action-limits, or export the checkpoint again)", ckpt, STATS_FILE)
-    if backend == "torch" and args.engine_cache_max_gb > 0:
-        _bound_engine_cache(args, ckpt)
+    if backend == "torch" and args.engine_cache_max_gb > 0 and (args.engine or os.environ.get("RFM_ENGINE")) != "torch":
+        _bound_engine_cache(args, ckpt)  # (a server on PyTorch adds nothing to the cache)
     loader = _runner_loader(args, ckpt, backend, is_export, staged=True)
     serve(loader, config, args.host, args.port, checkpoint=ckpt, log_level=args.log_level, sock=sock)
     return 0

@@ -218,8 +218,7 @@ def _remove(entry: CacheEntry) -> bool:
             entry.path.unlink(missing_ok=True)
         return not entry.path.exists()
     finally:
-        lock.release()
-        Path(lock.lock_file).unlink(missing_ok=True)
+        lock.release()  # (its file stays: deleting it under a process waiting on it would let two hold the lock)
 
 
 __all__ = ["CacheEntry", "disk_usage", "prune", "scan", "touch"]

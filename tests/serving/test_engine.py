@@ -390,7 +390,7 @@ def test_rfm_cache_lists_and_prunes_by_last_use_gone_checkpoints_and_size(onnx_e
         assert current.is_dir()
     pruned = rfm_cli("cache", "prune", "--engine-cache", str(cache), "--max-gb", "0", "--json")
     assert [Path(e["path"]).name for e in json.loads(pruned.stdout)["removed"]] == [current.name]
-    assert list(cache.iterdir()) == []
+    assert [p for p in cache.iterdir() if not p.name.endswith(".lock")] == []  # (empty lock files stay)
 
 
 def test_rfm_serve_keeps_the_engine_cache_within_its_bound_least_recently_used_first(onnx_engine, tiny_checkpoint,
