@@ -377,6 +377,8 @@ def _train(cfg: TrainConfig, progress: bool) -> Path:
     if cfg.resume and (ckpt_dir / STATE_DIR).exists():
         meta = load_training_state(ckpt_dir, net, ema.module if ema else None, optimizer, scheduler, module.aids)
         resumed_position = meta.get("data_position")
+        if n_proc > 1:  # the saved generators are process 0's: each process draws its own augmentation again
+            _seed_everything(cfg.seed + accelerator.process_index + 1_000_003 * meta["step"])
         if ema is not None:
             ema.n_averaged.fill_(max(1, meta["step"]))
         start_step = meta["step"]

@@ -30,6 +30,8 @@ def save_training_state(dirpath: Path, net: torch.nn.Module, ema: torch.nn.Modul
             if torch.is_tensor(v):
                 tensors[f"optim.{pid}.{k}"] = v.detach().cpu().contiguous().reshape(v.shape)
     tensors["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_available():  # augmentation and noise drawn on the device
+        tensors["rng.cuda"] = torch.cuda.get_rng_state()
     save_file(tensors, str(d / "state.safetensors"))
     meta = {
         "step": step,
@@ -69,6 +71,8 @@ def load_training_state(dirpath: Path, net: torch.nn.Module, ema: torch.nn.Modul
     if scheduler is not None and meta.get("scheduler"):
         scheduler.load_state_dict(meta["scheduler"])
     torch.set_rng_state(tensors["rng.torch"])
+    if "rng.cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["rng.cuda"])
     if "rng_numpy_pos" in meta:  # saved by rfm since the position was kept too
         np.random.set_state(("MT19937", np.asarray(meta["rng_numpy"], np.uint32), meta["rng_numpy_pos"], 0, 0.0))
     if meta.get("rng_python"):
