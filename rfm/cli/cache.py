@@ -55,19 +55,23 @@ def run(args: argparse.Namespace) -> int:
             raise CLIError(f"prune: {flag} {value}: expected a number ≥ 0")
     entries = scan(root, check_checkpoints=False)
     before = disk_usage(entries)
-    removed = prune(root, unused_days=args.unused_days,
-                    max_bytes=None if args.max_gb is None else int(args.max_gb * 1e9), stale=args.stale,
-                    dry_run=args.dry_run)
+    rules = {"unused_days": args.unused_days, "max_bytes": None if args.max_gb is None else int(args.max_gb * 1e9),
+             "stale": args.stale}
+    planned = prune(root, **rules, dry_run=True)
+    removed = planned if args.dry_run else prune(root, **rules)
     gone = {e.path for e in removed}
+    kept = [e for e in planned if e.path not in gone and e.path.exists()]
     after = disk_usage([e for e in entries if e.path not in gone] if args.dry_run
                        else scan(root, check_checkpoints=False))
     if args.json:
         print(json.dumps({"cache": str(root), "dry_run": args.dry_run, "bytes_before": before, "bytes_after": after,
-                          "removed": [e.describe() for e in removed]}))
+                          "removed": [e.describe() for e in removed], "kept": [e.describe() for e in kept]}))
         return 0
     verb = "would delete" if args.dry_run else "deleted"
     for e in removed:
         print(f"{verb} {e.kind} {e.path.name}" + (f" ({e.checkpoint}: {e.status})" if e.status else ""))
+    for e in kept:
+        print(f"kept {e.kind} {e.path.name}: an export of it is running, or it could not be deleted (permissions)")
     print(f"{root}: {verb} {len(removed)} entries; {_size(before)} -> {_size(after)} on disk")
     return 0
 

@@ -386,8 +386,8 @@ def test_rfm_cache_lists_and_prunes_by_last_use_gone_checkpoints_and_size(onnx_e
     rfm_cli("cache", "prune", "--engine-cache", str(cache), "--stale")
     assert not changed.exists() and current.is_dir()
     with FileLock(cache / f".{current.name}.lock"):  # an export of it running: it stays whatever the size
-        rfm_cli("cache", "prune", "--engine-cache", str(cache), "--max-gb", "0")
-        assert current.is_dir()
+        said = rfm_cli("cache", "prune", "--engine-cache", str(cache), "--max-gb", "0").stdout
+        assert current.is_dir() and f"kept engine {current.name}: an export of it is running" in said
     pruned = rfm_cli("cache", "prune", "--engine-cache", str(cache), "--max-gb", "0", "--json")
     assert [Path(e["path"]).name for e in json.loads(pruned.stdout)["removed"]] == [current.name]
     assert [p for p in cache.iterdir() if not p.name.endswith(".lock")] == []  # (empty lock files stay)
