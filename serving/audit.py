@@ -51,7 +51,8 @@ class AuditLog:
     def _reopen_if_moved(self) -> None:
         """A rotated log (renamed, a new one created or not yet): write to the file at `path` again."""
         try:
-            moved = self._fh.closed or os.stat(self.path).st_ino != os.fstat(self._fh.fileno()).st_ino
+            now, open_ = (None, None) if self._fh.closed else (os.stat(self.path), os.fstat(self._fh.fileno()))
+            moved = now is None or (now.st_dev, now.st_ino) != (open_.st_dev, open_.st_ino)
         except FileNotFoundError:
             moved = True
         if moved:
