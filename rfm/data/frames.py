@@ -44,8 +44,14 @@ def column_to_numpy(col: pa.ChunkedArray | pa.Array, ft: dict, key: str, path: P
     return out.astype(dtype) if dtype is not None else out
 
 
+WIDE_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")  # 16/32-bit or float pixels (depth, thermal)
+
+
 def decode_image(cell: dict | None, root: Path, path: Path, key: str) -> np.ndarray:
-    """A {bytes, path} image cell (PNG/JPEG bytes, or a file path relative to root) -> (H, W, 3) uint8."""
+    """A {bytes, path} image cell (PNG/JPEG bytes, or a file path relative to root) -> (H, W, 3) uint8.
+
+    8-bit grey or colour only: converting a 16-bit depth image to RGB clips every value above 255, so a camera of
+    millimetres read as a constant white frame, silently, through training and serving."""
     if cell is None:
         raise DatasetError(path, key, "image cell is null")
     data = cell.get("bytes")
@@ -54,13 +60,21 @@ def decode_image(cell: dict | None, root: Path, path: Path, key: str) -> np.ndar
             if not cell.get("path"):
                 raise DatasetError(path, key, "image cell has neither bytes nor path")
             with Image.open(root / cell["path"]) as im:
-                return np.asarray(im.convert("RGB"))
+                return _rgb(im, path, key)
         with Image.open(io.BytesIO(data)) as im:
-            return np.asarray(im.convert("RGB"))
+            return _rgb(im, path, key)
     except DatasetError:
         raise
     except (OSError, ValueError) as e:
         raise DatasetError(path, key, f"cannot decode image ({e})") from None
+
+
+def _rgb(im: Image.Image, path: Path, key: str) -> np.ndarray:
+    if im.mode in WIDE_MODES:
+        raise DatasetError(path, key, f"holds {im.mode} images (16-bit, 32-bit or float pixels, e.g. depth): rfm's "
+                                      f"cameras are 8-bit grey or colour; leave this camera out (rfm train "
+                                      f"--cameras, the others) or store it as 8-bit")
+    return np.asarray(im.convert("RGB"))
 
 
 def encode_png(img: np.ndarray, compress_level: int = 1) -> bytes:

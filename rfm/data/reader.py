@@ -266,6 +266,8 @@ class LeRobotDataset:
         names = ft.get("names") or []
         if len(names) == 3 and names[0] in ("channel", "channels"):
             return shape[1], shape[2], shape[0]
+        if not names and shape[0] in (1, 3, 4) and shape[2] not in (1, 3, 4):  # (C, H, W) written without names
+            return shape[1], shape[2], shape[0]
         return shape[0], shape[1], shape[2]
 
     @property

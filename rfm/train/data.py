@@ -111,6 +111,10 @@ def build_training_data(paths: list[str], chunk_size: int, image_size: tuple[int
     env_dim = feature_dim(datasets, OBS_ENV_STATE) if OBS_ENV_STATE in features else 0
     interface = interface_from_dataset(datasets[0], chunk_size=chunk_size, image_size=image_size, cameras=cameras,
                                        overrides=interface)
+    for ds in datasets:  # a camera rfm cannot read (16-bit depth) fails now, naming its file and field, not in a
+        for cam in interface.cameras:  # DataLoader worker mid-run
+            if ds.episodes and ds.features[ds.camera_key(cam)]["dtype"] != "video":
+                ds.decode_episode(ds.episodes[0].index, cam)
     first = len(datasets[0].episodes)
     if val_episodes and val_episodes >= first:
         raise ValueError(f"train.val_episodes={val_episodes}: {paths[0]} has {first} episode(s), and at least one must "

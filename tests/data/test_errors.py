@@ -124,6 +124,39 @@ def test_image_cell_corrupt(tmp_path):
         ds.get_frame(1)
 
 
+def test_a_16_bit_depth_camera_is_refused_by_name_not_read_as_white(tmp_path):
+    """Converting a 16-bit PNG (millimetres of depth) to RGB clips every value at 255: the camera read as a constant
+    white frame through training and serving, without a word. It is refused, at the start of training too."""
+    import io
+
+    from PIL import Image
+
+    from rfm.train.data import build_training_data
+
+    w = write_dataset(tmp_path / "img", use_videos=False, lengths=(3, 3), cameras={"c": (16, 16)})
+
+    def depth(t):
+        buf = io.BytesIO()
+        Image.fromarray(np.full((16, 16), 1200, np.uint16)).save(buf, format="PNG")  # mode I;16
+        cells = [{"bytes": buf.getvalue(), "path": None}] * t.num_rows
+        return t.set_column(0, "observation.images.c", pa.array(cells, t.schema.field(0).type))
+    rewrite_data(w.root, depth)
+    with pytest.raises(DatasetError, match=r"field 'observation.images.c': holds I;16 images .*rfm train --cameras"):
+        LeRobotDataset(w.root).get_frame(0)
+    with pytest.raises(DatasetError, match="holds I;16 images"):  # before any step, not in a loader worker
+        build_training_data([str(w.root)], 4, None, None, 0)
+
+
+def test_a_channel_first_camera_shape_without_names_is_read_as_channel_first(ds_copy):
+    """lerobot writes (C, H, W) shapes for some cameras; without `names` rfm read [3, 64, 80] as 3 x 64 pixels."""
+    info = json.loads((ds_copy / "meta" / "info.json").read_text())
+    key = "observation.images.front"
+    h, w, c = info["features"][key]["shape"]
+    info["features"][key].update(shape=[c, h, w], names=None)
+    (ds_copy / "meta" / "info.json").write_text(json.dumps(info))
+    assert LeRobotDataset(ds_copy).image_shape("front") == (h, w, c)
+
+
 def test_non_finite_state_names_the_episodes_and_says_how_to_remove_them(ds_copy):
     """A sensor dropout recorded as NaN would make the stats NaN and training's first loss NaN: refused at load,
     naming the file, the field and the episodes (lengths 12, 15, 9: rows 13 and 30 are in episodes 1 and 2)."""
