@@ -50,6 +50,26 @@ def check_coverage(variants: dict[str, list[str]], tasks: list[str], source: str
                           f"(dataset instructions: {tasks[:5]}{' ...' if len(tasks) > 5 else ''})")
 
 
+def check_task_tokens(tokenize, tasks: list[str], max_tokens: int, source: str) -> None:
+    """An error where the text encoder's cut at `max_tokens` makes distinct tasks one ("... into the blue bin" and
+    "... into the green bin" differing after token 24): the policy could not tell them apart, and nothing said so."""
+    distinct = list(dict.fromkeys(tasks))
+    if len(distinct) < 2:
+        return
+    tok = tokenize(distinct)
+    ids, full = tok["input_ids"], tok["attention_mask"].all(axis=1)  # full: filled every token, maybe cut
+    seen: dict[bytes, str] = {}
+    for text, row, cut in zip(distinct, ids, full):
+        other = seen.setdefault(row.tobytes(), text)
+        if other is not text and cut:
+            raise ConfigError(
+                f"{source}: the tasks {other!r} and {text!r} are the same in their first {max_tokens} tokens, where "
+                f"the text encoder cuts instructions (model.text_max_tokens): the model could not tell them apart. "
+                f"Make them differ earlier, or give the model more tokens (rfm train --model "
+                f"'{{\"text_max_tokens\": 64}}'; fine-tuned from a checkpoint of {max_tokens}, its token positions "
+                f"start afresh)")
+
+
 class InstructionVariator:
     """Replaces each instruction of a batch by one of its variants with probability `prob` (seeded).
 
@@ -72,4 +92,4 @@ class InstructionVariator:
         return out
 
 
-__all__ = ["InstructionVariator", "check_coverage", "load_variants", "register_variants"]
+__all__ = ["InstructionVariator", "check_coverage", "check_task_tokens", "load_variants", "register_variants"]

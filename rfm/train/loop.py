@@ -28,7 +28,7 @@ from rfm.train.aids import TrainBatch, TrainingAid, build_aids
 from rfm.train.augment import augment, state_noise
 from rfm.train.config import TrainConfig
 from rfm.train.init import init_from_checkpoint
-from rfm.train.instructions import InstructionVariator, check_coverage, load_variants
+from rfm.train.instructions import InstructionVariator, check_coverage, check_task_tokens, load_variants
 from rfm.train.launch import cpu_only, first_process, local_processes
 from rfm.train.logs import TrainLogger
 from rfm.train.lora import plain_state_dict
@@ -336,6 +336,7 @@ def _train(cfg: TrainConfig, progress: bool) -> Path:
     for note in dropped:
         accelerator.print(f"--init {cfg.init}: dropped {note}; those layers are left out of the fine-tuned model")
     policy = RFMPolicy(PolicyConfig(model=model_cfg, interface=interface), stats=data.stats)
+    check_task_tokens(policy.text.tokenize, tasks, model_cfg.text_max_tokens, ", ".join(cfg.datasets))
     init_report = init_from_checkpoint(policy.net, cfg.init) if cfg.init and resumed is None else None
     if init_report and init_report["reinitialised"]:  # a new robot's projections; all of them: a mismatched init
         n_new, n_all = len(init_report["reinitialised"]), len(init_report["reinitialised"]) + len(init_report["loaded"])

@@ -10,7 +10,7 @@ import pytest
 
 from rfm.config import ConfigError
 from rfm.sim.instructions import INSTRUCTIONS, TRAINING_VARIANTS, training_variants
-from rfm.train.instructions import InstructionVariator, check_coverage, load_variants
+from rfm.train.instructions import InstructionVariator, check_coverage, check_task_tokens, load_variants
 
 
 def test_variator_replaces_at_the_configured_rate_and_keeps_unknown_instructions():
@@ -48,3 +48,19 @@ def test_a_table_that_fits_no_instruction_or_is_malformed_is_named(tmp_path):
         load_variants(str(bad))
     with pytest.raises(ConfigError, match="missing.json is neither"):
         load_variants(str(tmp_path / "missing.json"))
+
+
+def test_tasks_the_text_encoder_cuts_into_one_are_an_error_that_says_what_to_do():
+    """Two tasks differing only after the 24th token were one instruction to the model, trained and served without
+    a word (a dataset in the wild: '... place it gently into the blue bin' / '... green bin')."""
+    from rfm.model.text import DEFAULT_TEXT_ENCODER, resolve_text_encoder
+    from rfm.model.tokenizer import FastTokenizer
+
+    tokenize = FastTokenizer(resolve_text_encoder(DEFAULT_TEXT_ENCODER), 24)
+    long = "pick up the small red cube from the left side of the table, lift it over the cardboard obstacle and " \
+           "place it gently into the {} bin"
+    tasks = [long.format("blue"), long.format("green")] * 3
+    with pytest.raises(ConfigError, match=r"data/x: the tasks .* same in their first 24 tokens.*text_max_tokens"):
+        check_task_tokens(tokenize, tasks, 24, "data/x")
+    check_task_tokens(FastTokenizer(resolve_text_encoder(DEFAULT_TEXT_ENCODER), 64), tasks, 64, "data/x")  # fits
+    check_task_tokens(tokenize, ["Pick the cube", "pick the cube", "open the drawer"], 24, "data/x")  # short: alike
