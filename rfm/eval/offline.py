@@ -178,13 +178,30 @@ def offline_eval(checkpoint: str | Path | None, dataset: str | Path | LeRobotDat
     check_same_robot(ds, runner.interface, "--dataset")
     chosen, source = choose_episodes(ds, episodes, last, training_meta(checkpoint) if checkpoint is not None else {})
     preds = predict_episodes(runner, ds, chosen, stride, batch_size, progress)
+    limits = _served_limits(checkpoint)
+    for ep in preds:  # scored as a robot gets them: rfm serve clips every chunk to these limits
+        ep.pred = np.clip(ep.pred, limits.low, limits.high) if limits is not None else ep.pred
     std = np.asarray(ds.stats[ACTION]["std"], np.float64)
     results = {"kind": "offline", "checkpoint": None if checkpoint is None else str(checkpoint),
                "backend": runner.backend, "weights_sha256": digest, "dataset": str(ds.root), "episodes": chosen, "episodes_source": source,
                "stride": stride, "chunk_size": runner.interface.chunk_size,
+               "action_limits": limits.source if limits is not None else None,
                **offline_metrics(preds, runner.interface.action_names, std)}
     results["wall_time_s"] = round(time.time() - t0, 1)
     return results, preds
+
+
+def _served_limits(checkpoint: str | Path | None):
+    """The limits `rfm serve` clips this checkpoint's chunks to by default; None where it has no action stats (or
+    there is only a runner, a notebook's model)."""
+    from rfm.runtime.limits import ActionLimits
+
+    if checkpoint is None:
+        return None
+    try:
+        return ActionLimits.for_model(checkpoint)
+    except ValueError:  # no action min/max in its stats: the server serves it unclipped too
+        return None
 
 
 def format_offline(results: dict) -> str:
@@ -193,7 +210,8 @@ def format_offline(results: dict) -> str:
     shown = ",".join(map(str, eps)) if len(eps) <= 12 else f"{','.join(map(str, eps[:12]))},... ({len(eps)})"
     rows = [f"{results['checkpoint']} on {results['dataset']}",
             (f"episodes {shown}: {results['episodes_source']}; {results['frames']} frames, stride "
-             f"{results['stride']}, chunk {results['chunk_size']}"),
+             f"{results['stride']}, chunk {results['chunk_size']}"
+             + ("; chunks clipped to the action limits rfm serve applies" if results.get("action_limits") else "")),
             f"{'action':<20}{'MAE':>12}{'std':>12}{'nMAE':>9}"]
     for name, mae in results["mae"].items():
         nmae = results["nmae"][name]

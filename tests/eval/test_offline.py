@@ -84,6 +84,20 @@ def test_a_runner_and_an_opened_dataset_need_no_paths(run):
         offline_eval(None, IMAGE)
 
 
+def test_chunks_are_scored_as_the_server_clips_them(run, tmp_path):
+    """A dimension the dataset never moves is clipped to its value by rfm serve; offline eval scored the model's
+    raw output there (MAE 0.41 on a dimension the robot always gets at 0)."""
+    import json
+    import shutil
+
+    ckpt = shutil.copytree(run / "checkpoint", tmp_path / "ckpt")
+    stats = json.loads((ckpt / "stats.json").read_text())
+    stats["action"]["min"][0] = stats["action"]["max"][0] = 0.25  # as if dx never moved from 0.25
+    (ckpt / "stats.json").write_text(json.dumps(stats))
+    res, preds = offline_eval(ckpt, IMAGE, episodes=[0], stride=12)
+    assert "stats.json" in res["action_limits"] and all(np.all(p.pred[..., 0] == 0.25) for p in preds)
+
+
 def test_training_reports_the_same_error_on_its_held_out_episode(run):
     """By default the episodes training held out; its val_mae is the offline mean MAE of the same weights."""
     res, _ = offline_eval(run / "checkpoint", IMAGE)
