@@ -80,7 +80,9 @@ def contact_sheet(ds: LeRobotDataset, episode: int, out: str | Path, n_frames: i
         if values.shape[1] and values.shape[1] <= 12:
             ax.legend(fontsize=7, ncol=min(6, values.shape[1]), loc="upper right")
     fig.axes[-1].set_xlabel("time (s)")
-    fig.suptitle(f"{ds.root.name}: episode {episode} ({t} frames) — {ds.instruction(start)!r}", fontsize=10)
+    tasks = list(dict.fromkeys(ds.instruction(start + i) for i in range(t)))  # an episode may change task
+    shown = " → ".join(repr(x) for x in tasks[:3]) + (f" (+{len(tasks) - 3} more)" if len(tasks) > 3 else "")
+    fig.suptitle(f"{ds.root.name}: episode {episode} ({t} frames) — {shown}", fontsize=10)
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
