@@ -59,11 +59,31 @@ def uvicorn_config(app, host: str, port: int, config: ServerConfig, log_level: s
     # No uvicorn limit_concurrency: it counts every open connection, robots' WebSockets and silent sockets too, and
     # answers any request past it with a plain-text 503, health probes and metrics included. WebSockets are capped
     # by --max-connections in serving.ws, inference by the batcher's queue; a socket that sends nothing is closed.
-    return uvicorn.Config(app, host=host, port=port, workers=1, log_level=log_level, access_log=False,
-                          ws_max_size=config.max_ws_message_bytes, ws_ping_interval=20.0, ws_ping_timeout=20.0,
-                          ws_per_message_deflate=False,  # pixels do not compress: deflate cost ~4 ms a request
-                          timeout_graceful_shutdown=int(config.shutdown_drain_s) + 1, server_header=False,
-                          http=_silent_sockets_time_out(), timeout_keep_alive=IDLE_S)
+    cfg = uvicorn.Config(app, host=host, port=port, workers=1, log_level=log_level, access_log=False,
+                         ws_max_size=config.max_ws_message_bytes, ws_ping_interval=20.0, ws_ping_timeout=20.0,
+                         ws_per_message_deflate=False,  # pixels do not compress: deflate cost ~4 ms a request
+                         timeout_graceful_shutdown=int(config.shutdown_drain_s) + 1, server_header=False,
+                         http=_silent_sockets_time_out(), timeout_keep_alive=IDLE_S)
+    error_log = logging.getLogger("uvicorn.error")  # (configured by uvicorn.Config just above)
+    if not any(isinstance(f, _ConnectionLines) for f in error_log.filters):
+        error_log.addFilter(_ConnectionLines())
+    return cfg
+
+
+class _ConnectionLines(logging.Filter):
+    """uvicorn's per-WebSocket lines ('"WebSocket /v1/ws" [accepted]', 'connection open', 'connection closed') at
+    debug level only: a fleet's reconnects made them 6,240 of a server log's 6,252 lines, burying its warnings.
+    rfm_websocket_connections in /metrics counts the connections."""
+
+    NOISE = ("connection open", "connection closed")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.INFO:
+            return True
+        msg = record.getMessage()
+        if msg in self.NOISE or (msg.endswith("[accepted]") and '"WebSocket ' in msg):
+            return logging.getLogger("uvicorn.error").isEnabledFor(logging.DEBUG)
+        return True
 
 
 IDLE_S = 5  # a connection that sends nothing for this long, before its first request or between requests, is closed

@@ -322,3 +322,21 @@ def test_openpi_float_images_are_taken_as_openpi_policies_take_them(server, tiny
     bad = {**obs, "images": {c: img.astype(np.float32) for c, img in obs["images"].items()}}  # 0-255 as floats
     with pytest.raises(Exception, match=r"values in \[0, 1\]"):
         policy.infer(openpi_obs(bad))
+
+
+def test_uvicorns_per_connection_lines_are_debug_only(tiny_runner):
+    """A fleet's reconnects made uvicorn's per-WebSocket lines 6,240 of a server log's 6,252 lines at the default
+    --log-level info, burying its warnings; they show at debug."""
+    import logging
+
+    from serving.app import create_app
+    from serving.server import uvicorn_config
+
+    def shown(msg: str, level: str) -> bool:
+        uvicorn_config(create_app(tiny_runner, ServerConfig()), "127.0.0.1", 0, ServerConfig(), log_level=level)
+        record = logging.LogRecord("uvicorn.error", logging.INFO, __file__, 1, msg, (), None)
+        return logging.getLogger("uvicorn.error").filter(record)
+
+    for noise in ("connection open", "connection closed", '127.0.0.1:5432 - "WebSocket /v1/ws" [accepted]'):
+        assert not shown(noise, "info") and shown(noise, "debug")
+    assert shown("Shutting down", "info") and shown('127.0.0.1:5432 - "WebSocket /v1/ws" 403', "info")
