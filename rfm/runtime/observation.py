@@ -45,8 +45,9 @@ class Batch:
 
 def check_image(cam: str, img: Any, interface: RobotInterface, resize: bool = False, where: str = "",
                 out: np.ndarray | None = None) -> np.ndarray:
-    """(3, h, w) uint8 at the model's input size from an (H, W, 3) or (3, H, W) uint8 frame, written into `out`
-    when given (a slot of the stacked batch: the layout change is then the only copy).
+    """(3, h, w) uint8 at the model's input size from an (H, W, 3) or (3, H, W) uint8 frame, or a grey one ((H, W),
+    (H, W, 1), (1, H, W): its value in all three channels, as training read it), written into `out` when given (a
+    slot of the stacked batch: the layout change is then the only copy).
 
     A frame of the camera's declared native size (interface.native_sizes) or already of the model's size is
     accepted and fitted with rfm.imaging (the path training used); any other size is an error, unless `resize`
@@ -56,6 +57,12 @@ def check_image(cam: str, img: Any, interface: RobotInterface, resize: bool = Fa
     arr = np.asarray(img)
     if arr.dtype != np.uint8:
         raise ObservationError(f"{where}image {cam!r} has dtype {arr.dtype}, expected uint8 (0-255)")
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    elif arr.ndim == 3 and arr.shape[0] == 1 and arr.shape[-1] != 3:
+        arr = arr[0]
+    if arr.ndim == 2:  # a grey (mono) camera: its recorded frames were read as grey RGB for training, so are these
+        arr = np.repeat(arr[..., None], 3, axis=2)
     if arr.ndim != 3 or 3 not in (arr.shape[0], arr.shape[-1]):
         raise ObservationError(f"{where}image {cam!r} has shape {arr.shape}, expected (H, W, 3) = "
                                f"({native[0]}, {native[1]}, 3)")

@@ -29,6 +29,19 @@ def test_native_frames_are_fitted_exactly_as_training_fits_them():
     assert accepted_sizes(itf) == {"front": [(480, 640), (96, 96)], "wrist": [(240, 320), (96, 96)]}
 
 
+def test_a_grey_cameras_frames_are_taken_as_training_read_its_recording():
+    """A mono camera's dataset is read as grey RGB (its value in all three channels) for training; the server
+    refused the same camera's (H, W, 1) frames (422), so each robot had to copy the channel itself."""
+    from PIL import Image
+
+    itf = _interface()
+    grey = np.random.default_rng(1).integers(0, 256, (480, 640), dtype=np.uint8)
+    as_trained = np.asarray(Image.fromarray(grey).convert("RGB"))  # rfm.data.frames reads a grey PNG so
+    want = check_image("front", as_trained, itf)
+    for sent in (grey, grey[..., None], grey[None]):
+        np.testing.assert_array_equal(check_image("front", sent, itf), want)
+
+
 def test_a_frame_of_another_size_is_an_error_naming_the_declared_size():
     itf = _interface()
     with pytest.raises(ObservationError, match=r"image 'wrist' is 480x640 \(H x W\): expected 240x320 "
