@@ -34,7 +34,7 @@ def summary(ds: LeRobotDataset) -> dict:
 def unchanging(ds: LeRobotDataset) -> dict[str, list[str]]:
     """State and action values that hold one value in every frame: a stuck sensor, or a joint the demonstrations
     never moved (a gripper left unmapped). A policy cannot learn to move them, and the served action limits, taken
-    from the data's range, hold them there."""
+    from the data's range, hold them there. And cameras whose frames are one flat colour for a whole episode."""
     out = {}
     for key, values, names in (("state", ds.states, ds.state_names), ("action", ds.actions, ds.action_names)):
         if len(values) and values.shape[1]:
@@ -42,7 +42,26 @@ def unchanging(ds: LeRobotDataset) -> dict[str, list[str]]:
             out[key] = [names[i] if i < len(names) else str(i) for i in still]
         else:
             out[key] = []
+    out["cameras"] = [f"{cam} (episodes {_listed(eps)} of {ds.num_episodes})" for cam, eps in blank_cameras(ds).items()]
     return out
+
+
+def blank_cameras(ds: LeRobotDataset, cameras: list[str] | None = None) -> dict[str, list[int]]:
+    """{camera: episodes} where the camera's frames are one flat colour (their min equals their max in every
+    channel, by the episode's stats in meta/episodes): a camera unplugged or covered while recording, black or
+    white throughout. Episodes without image stats are not judged."""
+    out: dict[str, list[int]] = {}
+    for cam in cameras or ds.cameras:
+        key = ds.camera_key(cam)
+        eps = [e.index for e in ds.episodes if key in e.stats and "min" in e.stats[key] and "max" in e.stats[key]
+               and np.array_equal(np.asarray(e.stats[key]["min"]), np.asarray(e.stats[key]["max"]))]
+        if eps:
+            out[cam] = eps
+    return out
+
+
+def _listed(eps: list[int]) -> str:
+    return ", ".join(map(str, eps[:10])) + (f" ... ({len(eps)})" if len(eps) > 10 else "")
 
 
 def contact_sheet(ds: LeRobotDataset, episode: int, out: str | Path, n_frames: int = 8) -> Path:

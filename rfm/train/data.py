@@ -21,6 +21,7 @@ from rfm.data.reader import LeRobotDataset
 from rfm.data.recording import frame_mask
 from rfm.data.recording import summary as recording_summary
 from rfm.data.stats import aggregate
+from rfm.data.view import blank_cameras
 from rfm.data.windows import WindowDataset, interface_from_dataset
 from rfm.train.config import BALANCE_MODES
 
@@ -35,6 +36,7 @@ class TrainingData:
     stats: dict  # merged {feature: {stat: array}} for observation.state, action (and environment_state)
     info: dict  # recorded in the checkpoint's meta
     feature_dims: dict[str, int] = field(default_factory=dict)  # extra features the batches carry, and their sizes
+    notes: list[str] = field(default_factory=list)  # what the run should say about its data before training
 
 
 def open_datasets(paths: list[str]) -> list[LeRobotDataset]:
@@ -111,10 +113,16 @@ def build_training_data(paths: list[str], chunk_size: int, image_size: tuple[int
     env_dim = feature_dim(datasets, OBS_ENV_STATE) if OBS_ENV_STATE in features else 0
     interface = interface_from_dataset(datasets[0], chunk_size=chunk_size, image_size=image_size, cameras=cameras,
                                        overrides=interface)
+    notes = []
     for ds in datasets:  # a camera rfm cannot read (16-bit depth) fails now, naming its file and field, not in a
         for cam in interface.cameras:  # DataLoader worker mid-run
             if ds.episodes and ds.features[ds.camera_key(cam)]["dtype"] != "video":
                 ds.decode_episode(ds.episodes[0].index, cam)
+        for cam, eps in blank_cameras(ds, interface.cameras).items():
+            notes.append(f"{ds.root}: camera {cam!r} is one flat colour in episode(s) {', '.join(map(str, eps[:10]))}"
+                         f"{' ...' if len(eps) > 10 else ''} of {ds.num_episodes} (unplugged or covered while "
+                         f"recording?); the model learns from those frames: rfm data view {ds.root} --episode "
+                         f"{eps[0]} shows them")
     first = len(datasets[0].episodes)
     if val_episodes and val_episodes >= first:
         raise ValueError(f"train.val_episodes={val_episodes}: {paths[0]} has {first} episode(s), and at least one must "
@@ -161,7 +169,7 @@ def build_training_data(paths: list[str], chunk_size: int, image_size: tuple[int
     if env_dim:
         info["env_state"] = {"dim": env_dim, "datasets": [str(ds.root) for ds in datasets if OBS_ENV_STATE in ds.features]}
     return TrainingData(interface, train_set, ConcatDataset(val_parts) if val_parts else None,
-                        merged_stats(datasets), info, {OBS_ENV_STATE: env_dim} if env_dim else {})
+                        merged_stats(datasets), info, {OBS_ENV_STATE: env_dim} if env_dim else {}, notes)
 
 
 def frame_tasks(train_set: ConcatDataset) -> list[str]:

@@ -292,6 +292,8 @@ def _train(cfg: TrainConfig, progress: bool) -> Path:
                             ee_position=resumed.interface.ee_position or interface.ee_position)
         inherited = []
     train_set = data.train_set
+    for note in data.notes:
+        accelerator.print(note)
     for note in inherited:
         accelerator.print(f"--init {cfg.init}: same robot ({interface.robot_type}), kept its {note}")
     if cfg.warmup_steps >= cfg.steps:

@@ -58,7 +58,32 @@ def test_info_names_values_that_never_change(video_dataset, tmp_path, capsys):
     names = LeRobotDataset(root).action_names
     assert line.split(None, 1)[1] == f"action: {names[1]}"
     assert main(["data", "info", str(video_dataset.root), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["unchanging"] == {"state": [], "action": []}
+    assert json.loads(capsys.readouterr().out)["unchanging"] == {"state": [], "action": [], "cameras": []}
+
+
+def test_info_names_a_camera_that_recorded_one_flat_colour(tmp_path, capsys):
+    """A camera unplugged or covered while recording gives black frames for the episode: nothing but the frames
+    says so, and a model trains on them. `rfm data info` names the camera and the episodes."""
+    from rfm.data.lerobot import LeRobotDatasetWriter
+
+    w = LeRobotDatasetWriter(tmp_path / "ds", fps=10, robot_type="arm", cameras={"top": (16, 16), "wrist": (16, 16)},
+                             state_names=["x"], action_names=["vx"], use_videos=False)
+    rng = np.random.default_rng(0)
+    for ep in range(3):
+        for _ in range(4):
+            top = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+            wrist = np.zeros((16, 16, 3), np.uint8) if ep == 1 else rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+            w.add_frame(images={"top": top, "wrist": wrist}, state=rng.standard_normal(1).astype(np.float32),
+                        action=rng.standard_normal(1).astype(np.float32), task="pick")
+        w.save_episode()
+    w.finalize()
+    assert main(["data", "info", str(tmp_path / "ds")]) == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("unchanging"))
+    assert line.split(None, 1)[1] == "cameras: wrist (episodes 1 of 3)"
+    from rfm.train.data import build_training_data
+
+    notes = build_training_data([str(tmp_path / "ds")], 2, None, None, 0).notes  # rfm train says it too
+    assert len(notes) == 1 and "camera 'wrist' is one flat colour in episode(s) 1 of 3" in notes[0]
 
 
 def test_view_png(image_dataset, tmp_path, capsys):
