@@ -28,6 +28,7 @@ COMMITTED = "committed_actions"  # (P, D_a) the actions the robot executes befor
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 STATS_FILE = "stats.json"
+ACTION_LIMIT_MARGIN = 0.1  # served actions are clipped to the data's min/max widened by this fraction of the range
 MODEL_CARD_FILE = "README.md"
 CHECKPOINT_FORMAT = "rfm-checkpoint-v1"
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import rfm
 from rfm.config import ConfigError
+from rfm.constants import ACTION_LIMIT_MARGIN
 
 DEFAULT_CHECKPOINT_ENV = "RFM_CHECKPOINT"
 
@@ -35,7 +36,7 @@ class ServerConfig:
     api_keys_file: str | None = None  # one key per line; when set, /v1/* and /openpi need a key
     audit_log: str | None = None  # JSON-lines audit log path
     action_limits: str | None = None  # JSON file of per-dimension limits; else stats.json min/max with a margin
-    action_limit_margin: float = 0.1  # margin added to stats min/max, as a fraction of the range
+    action_limit_margin: float = ACTION_LIMIT_MARGIN  # margin added to stats min/max, as a fraction of the range
     openpi_mapping: str | None = None  # JSON file mapping openpi observation keys to cameras / state / prompt
     record_dir: str | None = None  # record served observations + actions into this LeRobot v3.0 dataset
     record_images: str = "video"  # video (h264, compact) | image (lossless PNG: small targets survive)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rfm.constants import ACTION, STATS_FILE
+from rfm.constants import ACTION, ACTION_LIMIT_MARGIN, STATS_FILE
 
 
 @dataclass
@@ -69,7 +69,7 @@ class ActionLimits:
                          f"action {names}, got keys {sorted(data) if isinstance(data, dict) else type(data).__name__}")
 
     @classmethod
-    def for_model(cls, path: str | Path, margin: float = 0.1) -> ActionLimits:
+    def for_model(cls, path: str | Path, margin: float = ACTION_LIMIT_MARGIN) -> ActionLimits:
         """The limits `rfm serve --checkpoint path` clips with by default: the stats' action min/max widened by
         `margin` x range, for a checkpoint or an `rfm export` directory."""
         from rfm.runtime.loader import read_interface
@@ -83,7 +83,7 @@ class ActionLimits:
         return limits
 
     @classmethod
-    def from_stats(cls, checkpoint: str | Path, names: list[str], margin: float = 0.1) -> ActionLimits | None:
+    def from_stats(cls, checkpoint: str | Path, names: list[str], margin: float = ACTION_LIMIT_MARGIN) -> ActionLimits | None:
         """Limits from stats.json (checkpoint or export dir) action min/max plus margin*(max-min); None when the
         directory has no stats.json or the stats have no action min/max."""
         path = Path(checkpoint) / STATS_FILE

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 
 from rfm.checkpoint import read_config, save_checkpoint
 from rfm.config import ConfigError, PolicyConfig, RobotInterface, preset, preset_image_size
-from rfm.constants import OBS_ENV_STATE, OBS_STATE
+from rfm.constants import ACTION, ACTION_LIMIT_MARGIN, OBS_ENV_STATE, OBS_STATE
 from rfm.data.recording import parse_kinds
 from rfm.files import recover_interrupted
 from rfm.model.policy import RFMPolicy
@@ -536,12 +536,17 @@ def _train_batch(batch: dict, device, **fields) -> TrainBatch:
 @torch.no_grad()
 def _validate(module, loader, policy, accelerator) -> tuple[float, float]:
     """(mean action loss, mean absolute action error) over the held-out episodes (no augmentation, no aids'
-    transforms). The error is the predicted chunks' against the recorded actions, in robot units over the steps
-    before the episode end, as `rfm eval --dataset` measures it (rfm.eval.offline)."""
+    transforms). The error is the predicted chunks', clipped as rfm serve clips them, against the recorded actions,
+    in robot units over the steps before the episode end, as `rfm eval --dataset` measures it (rfm.eval.offline)."""
     module.eval()
     net = accelerator.unwrap_model(module).net
     gen = torch.Generator().manual_seed(0)  # the flow head's noise: the same each time, the training RNG untouched
     total, n, abs_err, n_err = 0.0, 0, 0.0, 0
+    act = policy.stats.get(ACTION, {})
+    lo = hi = None
+    if "min" in act and "max" in act:  # scored as served: clipped to the limits rfm serve takes from these stats
+        lo, hi = (torch.as_tensor(np.asarray(act[k], np.float32), device=accelerator.device) for k in ("min", "max"))
+        lo, hi = lo - ACTION_LIMIT_MARGIN * (hi - lo), hi + ACTION_LIMIT_MARGIN * (hi - lo)
     for batch in loader:
         text, mask = policy.text.encode_torch(batch["instruction"], accelerator.device)
         tb = _train_batch(batch, accelerator.device, text=text, text_mask=mask)
@@ -551,6 +556,8 @@ def _validate(module, loader, policy, accelerator) -> tuple[float, float]:
         with accelerator.autocast():
             noise = torch.randn(tb.actions.shape, generator=gen).to(accelerator.device)
             pred = net(tb.images, tb.state, tb.text, tb.text_mask, noise).float()  # (B, H, D_a) robot units
+        if lo is not None:
+            pred = torch.clamp(pred, lo, hi)
         keep = ~tb.action_pad  # (B, H)
         abs_err += ((pred - tb.actions).abs() * keep[..., None]).sum().item()
         n_err += int(keep.sum().item()) * pred.shape[-1]
