@@ -85,6 +85,16 @@ def aggregate(stats_list: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return out
 
 
+def widened_range(stats: dict, margin: float) -> tuple[np.ndarray, np.ndarray] | None:
+    """A feature's (min, max) widened by `margin` x (max - min) on each side, float32; None without min and max.
+    The served action limits (rfm.runtime.limits) and training's validation score clip to it."""
+    if "min" not in stats or "max" not in stats:
+        return None
+    lo, hi = np.asarray(stats["min"], np.float32), np.asarray(stats["max"], np.float32)
+    pad = margin * (hi - lo)
+    return lo - pad, hi + pad
+
+
 def to_json(stats: dict[str, dict[str, np.ndarray]]) -> dict[str, dict[str, list]]:
     """Nested lists for stats.json (ints stay ints for count)."""
     return {feat: {k: np.asarray(v).tolist() for k, v in s.items()} for feat, s in stats.items()}

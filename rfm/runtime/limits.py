@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from rfm.constants import ACTION, ACTION_LIMIT_MARGIN, STATS_FILE
+from rfm.data.stats import widened_range
 
 
 @dataclass
@@ -93,8 +94,5 @@ class ActionLimits:
             stats = json.loads(path.read_text()).get(ACTION) or {}
         except (json.JSONDecodeError, AttributeError) as e:
             raise ValueError(f"{path}: not a JSON object of feature stats ({e})") from e
-        if "min" not in stats or "max" not in stats:
-            return None
-        lo, hi = np.asarray(stats["min"], np.float32), np.asarray(stats["max"], np.float32)
-        pad = margin * (hi - lo)
-        return cls(lo - pad, hi + pad, names, f"{path} (min/max with margin {margin:g})")
+        bounds = widened_range(stats, margin)
+        return None if bounds is None else cls(*bounds, names, f"{path} (min/max with margin {margin:g})")

@@ -22,6 +22,7 @@ from rfm.checkpoint import read_config, save_checkpoint
 from rfm.config import ConfigError, PolicyConfig, RobotInterface, preset, preset_image_size
 from rfm.constants import ACTION, ACTION_LIMIT_MARGIN, OBS_ENV_STATE, OBS_STATE
 from rfm.data.recording import parse_kinds
+from rfm.data.stats import widened_range
 from rfm.files import recover_interrupted
 from rfm.model.policy import RFMPolicy
 from rfm.train.aids import TrainBatch, TrainingAid, build_aids
@@ -542,11 +543,8 @@ def _validate(module, loader, policy, accelerator) -> tuple[float, float]:
     net = accelerator.unwrap_model(module).net
     gen = torch.Generator().manual_seed(0)  # the flow head's noise: the same each time, the training RNG untouched
     total, n, abs_err, n_err = 0.0, 0, 0.0, 0
-    act = policy.stats.get(ACTION, {})
-    lo = hi = None
-    if "min" in act and "max" in act:  # scored as served: clipped to the limits rfm serve takes from these stats
-        lo, hi = (torch.as_tensor(np.asarray(act[k], np.float32), device=accelerator.device) for k in ("min", "max"))
-        lo, hi = lo - ACTION_LIMIT_MARGIN * (hi - lo), hi + ACTION_LIMIT_MARGIN * (hi - lo)
+    bounds = widened_range(policy.stats.get(ACTION, {}), ACTION_LIMIT_MARGIN)  # the limits rfm serve clips to
+    lo, hi = (None, None) if bounds is None else (torch.as_tensor(b, device=accelerator.device) for b in bounds)
     for batch in loader:
         text, mask = policy.text.encode_torch(batch["instruction"], accelerator.device)
         tb = _train_batch(batch, accelerator.device, text=text, text_mask=mask)
