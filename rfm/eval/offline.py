@@ -20,6 +20,7 @@ from rfm.data.reader import LeRobotDataset
 from rfm.eval.card import weights_digest
 from rfm.runtime.base import Runner
 from rfm.runtime.dataset_match import check_same_robot
+from rfm.runtime.limits import ActionLimits
 
 WORST = 5  # episodes listed in worst_episodes
 MIN_STD = 1e-8  # an action dimension with a smaller std (constant in the data) has no normalised error
@@ -178,7 +179,8 @@ def offline_eval(checkpoint: str | Path | None, dataset: str | Path | LeRobotDat
     check_same_robot(ds, runner.interface, "--dataset")
     chosen, source = choose_episodes(ds, episodes, last, training_meta(checkpoint) if checkpoint is not None else {})
     preds = predict_episodes(runner, ds, chosen, stride, batch_size, progress)
-    limits = _served_limits(checkpoint)
+    # the limits rfm serve clips this checkpoint's chunks to (None without action stats, or with only a runner)
+    limits = ActionLimits.from_stats(checkpoint, runner.interface.action_names) if checkpoint is not None else None
     for ep in preds:  # scored as a robot gets them: rfm serve clips every chunk to these limits
         ep.pred = np.clip(ep.pred, limits.low, limits.high) if limits is not None else ep.pred
     std = np.asarray(ds.stats[ACTION]["std"], np.float64)
@@ -189,19 +191,6 @@ def offline_eval(checkpoint: str | Path | None, dataset: str | Path | LeRobotDat
                **offline_metrics(preds, runner.interface.action_names, std)}
     results["wall_time_s"] = round(time.time() - t0, 1)
     return results, preds
-
-
-def _served_limits(checkpoint: str | Path | None):
-    """The limits `rfm serve` clips this checkpoint's chunks to by default; None where it has no action stats (or
-    there is only a runner, a notebook's model)."""
-    from rfm.runtime.limits import ActionLimits
-
-    if checkpoint is None:
-        return None
-    try:
-        return ActionLimits.for_model(checkpoint)
-    except ValueError:  # no action min/max in its stats: the server serves it unclipped too
-        return None
 
 
 def format_offline(results: dict) -> str:

@@ -443,10 +443,12 @@ def _train(cfg: TrainConfig, progress: bool) -> Path:
         raise ConfigError(f"{len(train_set)} training frames make no batch of {cfg.batch_size} for each of "
                           f"{n_proc} processes: lower --batch-size")
     # a resumed run goes on with the batch the stopped one would have drawn next: the epoch it was in, less the
-    # frames it already trained on (as its checkpoint says; an older one's, from its steps)
-    position = resumed_position or dict(zip(("epoch", "drawn"), divmod(start_step * cfg.grad_accum, len(loader))))
-    if not resumed_position:
-        position["drawn"] *= cfg.batch_size * n_proc
+    # frames it already trained on, as its checkpoint says (an older checkpoint's from its steps)
+    if resumed_position:
+        position = resumed_position
+    else:
+        epoch, batches_done = divmod(start_step * cfg.grad_accum, len(loader))
+        position = {"epoch": epoch, "drawn": batches_done * cfg.batch_size * n_proc}
     sampler.skip(position["drawn"])
     batches = _infinite(loader, sampler, position, n_proc)
     bar = tqdm(total=cfg.steps, initial=start_step, disable=not (progress and accelerator.is_main_process),
