@@ -57,10 +57,9 @@ def run(args: argparse.Namespace) -> int:
     before = disk_usage(entries)
     rules = {"unused_days": args.unused_days, "max_bytes": None if args.max_gb is None else int(args.max_gb * 1e9),
              "stale": args.stale}
-    planned = prune(root, **rules, dry_run=True)
-    removed = planned if args.dry_run else prune(root, **rules)
+    kept: list = []
+    removed = prune(root, **rules, dry_run=args.dry_run, refused=kept)
     gone = {e.path for e in removed}
-    kept = [e for e in planned if e.path not in gone and e.path.exists()]
     after = disk_usage([e for e in entries if e.path not in gone] if args.dry_run
                        else scan(root, check_checkpoints=False))
     if args.json:

@@ -25,7 +25,7 @@ from rfm.runtime.manifest import EXPORT_FILE
 ENGINE_NAME = re.compile(r"^(?P<name>.+)-(?P<kind>(?:openvino-)?(?:fp32|fp16|int8))-(?P<key>[0-9a-f]{16})"
                          r"(?:-cal[0-9a-f]{8})?$")
 GRAPH_NAME = re.compile(r"^(?:policy|text-encoder)-[0-9a-f]{24}\.onnx$")
-GRAPH_TEMP = re.compile(r"^\.(?:policy|text-encoder)-[0-9a-f]{24}\.onnx\.(?P<pid>\d+)-[0-9a-f]{8}$")
+GRAPH_TEMP = re.compile(r"^\.(?:policy|text-encoder)-[0-9a-f]{24}\.onnx\.\d+-[0-9a-f]{8}$")  # graph_cache's temp
 
 
 @dataclass
@@ -64,15 +64,15 @@ def scan(root: Path, check_checkpoints: bool = True) -> list[CacheEntry]:
         if path.is_dir() and (path / EXPORT_FILE).is_file() and ENGINE_NAME.match(path.name):
             entries.append(_engine(path, check_checkpoints))
         elif path.is_file() and GRAPH_NAME.match(path.name):
-            st = path.stat()
-            entries.append(CacheEntry(path, "graph", st.st_size if st.st_nlink == 1 else 0, st.st_mtime))
+            entries.append(CacheEntry(path, "graph", _bytes(path), path.stat().st_mtime))
         elif _unfinished(path):
             entries.append(CacheEntry(path, "unfinished", _bytes(path), path.stat().st_mtime))
     return sorted(entries, key=lambda e: e.last_used)
 
 
 def prune(root: Path, unused_days: float | None = None, max_bytes: int | None = None, stale: bool = False,
-          keep: Iterable[Path] = (), dry_run: bool = False, min_age_s: float = 0.0) -> list[CacheEntry]:
+          keep: Iterable[Path] = (), dry_run: bool = False, min_age_s: float = 0.0,
+          refused: list[CacheEntry] | None = None) -> list[CacheEntry]:
     """Delete from `root`, and return, what a killed export left; engines unused for `unused_days`; engines whose
     checkpoint is missing, holds other weights or whose export.json cannot be read (`stale`); then the least
     recently used until the cache takes at most `max_bytes` of disk.
@@ -80,7 +80,8 @@ def prune(root: Path, unused_days: float | None = None, max_bytes: int | None = 
     An engine goes with the graphs only it links (they free nothing without it, and it frees little without them:
     the graphs are most of its size), and a graph another engine still links stays. Entries in `keep` (the engine a
     server is about to load), entries used in the last `min_age_s` (another server loading them) and entries being
-    exported (their lock held) stay. `dry_run` deletes nothing and returns the same list."""
+    exported (their lock held) stay. `dry_run` deletes nothing and returns the same list. Entries meant to go that
+    could not (an export of them running, permissions) are appended to `refused`."""
     now = time.time()
     entries = scan(root, check_checkpoints=stale)
     keep = {Path(p).resolve() for p in keep}
@@ -112,7 +113,10 @@ def prune(root: Path, unused_days: float | None = None, max_bytes: int | None = 
         if not units:
             break
         drop(min(units, key=lambda u: max(e.last_used for e in u)))  # the least recently used
-    return [e for e in doomed if dry_run or _remove(e)]
+    removed = [e for e in doomed if dry_run or _remove(e)]
+    if refused is not None:
+        refused.extend(e for e in doomed if e not in removed)
+    return removed
 
 
 def _units(entries: list[CacheEntry], files: dict) -> list[list[CacheEntry]]:
@@ -175,15 +179,7 @@ def _unfinished(path: Path) -> bool:
     """A temp directory of an export (rfm.files) or a temp graph file whose writer on this host is gone."""
     if path.is_dir() and ".tmp-" in path.name and path.name.startswith("."):
         return is_abandoned(path, ".tmp-")
-    m = GRAPH_TEMP.match(path.name)
-    if m and path.is_file() and os.name != "nt":  # (os.kill(pid, 0) would terminate the process there)
-        try:
-            os.kill(int(m["pid"]), 0)
-        except ProcessLookupError:
-            return True
-        except OSError:
-            return False
-    return False
+    return bool(GRAPH_TEMP.match(path.name)) and path.is_file() and is_abandoned(path, ".onnx.")
 
 
 def _bytes(path: Path) -> int:
