@@ -43,10 +43,27 @@ def _shipped_roots(value: str) -> tuple[Path, ...]:
 
 
 def checkpoint_key(checkpoint: str | Path) -> str:
-    """sha256 over the checkpoint's config, weights and stats, the export format and the rfm version."""
+    """sha256 over the checkpoint's config, weights and stats, the export format and the rfm version. Hashed once
+    per process while the files stay the same ones (a start asks for it up to three times: bounding the cache,
+    finding the engine, exporting it)."""
+    root = Path(checkpoint).resolve()
+    return _hashed(root, tuple(_identity(root / name) for name in KEYED_FILES))
+
+
+def _identity(path: Path) -> tuple[int, int, int] | None:
+    """(inode, size, mtime_ns): another file, or one written again, hashes again."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+@lru_cache(maxsize=32)
+def _hashed(root: Path, identity: tuple) -> str:
     h = hashlib.sha256(f"{EXPORT_FORMAT}|{__version__}".encode())
     for name in KEYED_FILES:
-        path = Path(checkpoint) / name
+        path = root / name
         h.update(name.encode())
         if path.is_file():
             with path.open("rb") as f:
