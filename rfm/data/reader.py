@@ -297,8 +297,9 @@ class LeRobotDataset:
     def instruction(self, i: int) -> str:
         return self.tasks[int(self.task_index[i])]
 
-    def decode_episode(self, ep: int, cam: str) -> np.ndarray:
-        """All frames of one camera in one episode -> (T, H, W, 3) uint8 (not cached)."""
+    def decode_episode(self, ep: int, cam: str, first: int | None = None) -> np.ndarray:
+        """All frames of one camera in one episode -> (T, H, W, 3) uint8 (not cached); of an image camera, only the
+        `first` ones where given (a check that the camera can be read)."""
         e = self.episode(ep)
         key = self.camera_key(cam)
         if self.features[key]["dtype"] == "video":
@@ -311,7 +312,7 @@ class LeRobotDataset:
         cells = table.column(key).to_pylist()
         if len(cells) != e.length:
             raise DatasetError(e.data_file, key, f"episode {ep} has {len(cells)} images, expected {e.length}")
-        return np.stack([decode_image(cells[j], self.root, e.data_file, key) for j in order])
+        return np.stack([decode_image(cells[j], self.root, e.data_file, key) for j in order[:first]])
 
     def episode_frames(self, ep: int, cam: str) -> np.ndarray:
         """Like decode_episode, through the dataset's LRU cache; read-only (a view of the cached frames: writing

@@ -117,7 +117,7 @@ def build_training_data(paths: list[str], chunk_size: int, image_size: tuple[int
     for ds in datasets:  # a camera rfm cannot read (16-bit depth) fails now, naming its file and field, not in a
         for cam in interface.cameras:  # DataLoader worker mid-run
             if ds.episodes and ds.features[ds.camera_key(cam)]["dtype"] != "video":
-                ds.decode_episode(ds.episodes[0].index, cam)
+                ds.decode_episode(ds.episodes[0].index, cam, first=1)
         for cam, eps in blank_cameras(ds, interface.cameras).items():
             notes.append(f"{ds.root}: camera {cam!r} is one flat colour in episode(s) {', '.join(map(str, eps[:10]))}"
                          f"{' ...' if len(eps) > 10 else ''} of {ds.num_episodes} (unplugged or covered while "
