@@ -8,6 +8,8 @@ FROM python:3.11-slim
 
 ARG VARIANT=cpu
 ARG TORCH_VERSION=2.13.0
+# Where the CPU image takes torch from: a mirror of the CPU wheel index where download.pytorch.org is not reachable.
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -23,7 +25,7 @@ WORKDIR /app
 
 # torch first, pinned, from the CPU wheel index for the CPU image (no CUDA libraries: ~1.5 GB smaller).
 RUN if [ "$VARIANT" = "cpu" ]; then \
-      pip install "torch==${TORCH_VERSION}" --index-url https://download.pytorch.org/whl/cpu; \
+      pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}"; \
     elif [ "$VARIANT" = "gpu" ]; then \
       pip install "torch==${TORCH_VERSION}"; \
     else echo "VARIANT must be cpu or gpu, got ${VARIANT}" >&2; exit 1; fi
@@ -34,6 +36,7 @@ RUN if [ "$VARIANT" = "cpu" ]; then \
 # The CPU image ships the default checkpoint's ONNX Runtime engine (~95 MB, in /app/engines, read-only at run time
 # through $RFM_ENGINE_PATH), so every container serves on it from its first request instead of exporting it at
 # start. A checkpoint of your own: build FROM this image and prepare it the same way (docs/DEPLOYMENT.md).
+# What the build leaves in /tmp (ONNX Runtime's ~/.cache, made mode 700 by root) goes: the server runs as `rfm`.
 COPY . .
 RUN pip install -c constraints.txt ".[serve]" \
     && python -c "import torch, serving.server, rfm.runtime.onnx_runner; \
@@ -43,6 +46,7 @@ assert torch.__version__.startswith('${TORCH_VERSION}'), torch.__version__" \
     else \
       rfm serve --checkpoint "$RFM_CHECKPOINT" --engine torch --device cpu --prepare --log-level warning; \
     fi \
+    && rm -rf /tmp/* /tmp/.[!.]* \
     && useradd --create-home --uid 10001 rfm
 ENV RFM_ENGINE_PATH=/app/engines
 

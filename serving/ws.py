@@ -122,6 +122,8 @@ def add_websocket_routes(app: FastAPI, state: ServerState) -> None:
             gauge.dec()
             state.websockets -= 1
 
+    # "/" too: openpi's own examples connect with WebsocketClientPolicy(host, port), which asks for the root path
+    @app.websocket("/")
     @app.websocket("/openpi")
     async def ws_openpi(ws: WebSocket) -> None:
         """openpi WebsocketPolicyServer protocol: metadata on connect, then msgpack-numpy obs -> actions."""

@@ -138,3 +138,25 @@ def test_a_bad_option_value_is_one_line():
     out = rfm_process("adapt", "--task", "reach-v3", "--init", "x", "--out", "y", "--episodes", "0")
     assert out.returncode == 2 and out.stderr.count("\n") == 1
     assert out.stderr.startswith("rfm adapt: error: argument --episodes: '0': expected a whole number >= 1")
+
+
+def test_a_file_this_user_may_not_read_is_a_one_line_error_naming_it(tmp_path):
+    """A dataset or volume of another user's (a container's uid is often not the owner's): one line naming the file
+    and who the process runs as, not a traceback."""
+    import ast
+    import shutil
+
+    from tests.unprivileged import run_unprivileged
+
+    fixture = ROOT.parent / "shared" / "fixtures" / "lerobot-v3.0" / "image"
+    if not fixture.is_dir():  # a clone outside the workspace
+        fixture = Path("/work/shared/fixtures/lerobot-v3.0/image")
+    data = shutil.copytree(fixture, tmp_path / "image")
+    assert rfm("data", "info", str(data)).returncode == 0  # (and what it imports is imported)
+    (data / "meta" / "info.json").chmod(0o000)  # (root reads it anyway: hence the other user)
+    out = run_unprivileged(lambda: vars(rfm("data", "info", str(data))))
+    assert "error" not in out, out
+    result = ast.literal_eval(out["value"])
+    assert result["returncode"] == 2 and "Traceback" not in result["stderr"]
+    assert result["stderr"].startswith(f"rfm data: error: Permission denied: {tmp_path}")  # where it was stopped
+    assert "(this process runs as " in result["stderr"] and result["stderr"].count("\n") == 1

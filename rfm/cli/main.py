@@ -75,6 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, FileExistsError, ValueError, WorkerDied) as e:
         print(f"rfm {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except PermissionError as e:  # an output directory of another user's (a volume mounted into a container)
+        print(f"rfm {args.command}: error: {e.strerror}: {e.filename} (this process runs as {_user()})",
+              file=sys.stderr)
+        return 2
     except ModuleNotFoundError as e:  # a package of an extra this install lacks (pyproject.toml)
         extra = EXTRAS.get(args.command, "all")
         print(f"rfm {args.command}: error: {e}; this command needs {pip_install(extra)}"
@@ -97,6 +101,17 @@ def main(argv: list[str] | None = None) -> int:
               f"kept (rfm writes whole files and directories or nothing); free space (a checkpoint save needs about "
               f"twice a checkpoint's size) and run it again (rfm train --resume continues a run)", file=sys.stderr)
         return 2
+
+
+def _user() -> str:
+    """Who this process runs as, for a permission error: in a container it is often not who owns the volume."""
+    uid = os.getuid() if hasattr(os, "getuid") else None
+    try:
+        import getpass
+
+        return f"user {getpass.getuser()} (uid {uid})" if uid is not None else f"user {getpass.getuser()}"
+    except (KeyError, OSError, ImportError):
+        return f"uid {uid}"
 
 
 def out_of_space(e: BaseException) -> bool:

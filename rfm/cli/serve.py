@@ -155,10 +155,10 @@ def _bound_engine_cache(args: argparse.Namespace, ckpt: Path) -> None:
     """Keep the engine cache within --engine-cache-max-gb, least recently used first: every checkpoint a server
     starts on adds an engine, and nothing else removes one. This checkpoint's engines stay."""
     from rfm.export.cache_contents import prune
-    from rfm.export.cache_dir import cache_root, checkpoint_key
+    from rfm.export.cache_dir import cache_root, checkpoint_key, searchable
 
     root = cache_root(args.engine_cache)
-    if not root.is_dir():
+    if not searchable(root):
         return
     key = checkpoint_key(ckpt)[:16]
     try:  # (an engine another server loaded in the last 10 minutes stays: it may be loading it now)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+from rfm.export.cache_dir import KEYED_FILES, checkpoint_key, searchable
 from rfm.files import is_abandoned, writer_tag
 from rfm.runtime.manifest import EXPORT_FILE
 
@@ -57,7 +58,7 @@ def scan(root: Path, check_checkpoints: bool = True) -> list[CacheEntry]:
     """Everything prunable in `root`, oldest use first. `check_checkpoints` hashes each engine's checkpoint to say
     whether it still holds the weights the engine was made from."""
     root = Path(root)
-    if not root.is_dir():
+    if not searchable(root):
         return []
     entries = []
     for path in root.iterdir():
@@ -166,8 +167,6 @@ def _engine(path: Path, check_checkpoints: bool) -> CacheEntry:
 
 
 def _checkpoint_status(checkpoint: str | None, key: str) -> str:
-    from rfm.export.cache_dir import KEYED_FILES, checkpoint_key
-
     if not checkpoint or not Path(checkpoint).is_absolute():
         return "unknown"  # an export made by an older rfm, which recorded the path as given
     if not all((Path(checkpoint) / f).is_file() for f in KEYED_FILES[:2]):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -28,6 +29,27 @@ def cache_root(cache_dir: str | Path | None = None) -> Path:
     return Path(xdg) / "rfm" / "engines"
 
 
+def searchable(root: Path) -> bool:
+    """Whether `root` is a directory this process can look into. One it may not (another user's cache, a directory
+    a root-run build left mode 700) is skipped with one warning, not raised: serving matters more than a cache."""
+    try:
+        if not root.is_dir():
+            return False
+        if os.access(root, os.R_OK | os.X_OK):
+            return True
+        why = "permission denied"
+    except OSError as e:  # a parent it may not enter: is_dir() raises PermissionError
+        why = e.strerror or str(e)
+    _warn_unsearchable(str(root), why)
+    return False
+
+
+@lru_cache(maxsize=32)
+def _warn_unsearchable(root: str, why: str) -> None:
+    log.warning("engine cache %s cannot be read (%s): no engines are read from it or written to it; pass "
+                "--engine-cache DIR or set $%s to a directory this user may write", root, why, CACHE_ENV)
+
+
 def shipped_roots() -> list[Path]:
     """$RFM_ENGINE_PATH: engine caches made ahead of time (`rfm serve --prepare`), read but never written, in order."""
     return list(_shipped_roots(os.environ.get(SHIPPED_ENV, "")))
@@ -37,8 +59,9 @@ def shipped_roots() -> list[Path]:
 def _shipped_roots(value: str) -> tuple[Path, ...]:
     roots = tuple(Path(d) for d in value.split(os.pathsep) if d)
     for root in roots:  # a mistyped path would silently cost every start its export: say so, once
-        if not root.is_dir():
-            log.warning("$%s names %s, which is not a directory: no engines are read from it", SHIPPED_ENV, root)
+        with contextlib.suppress(OSError):  # (one it may not enter: searchable() says so when it is searched)
+            if not root.is_dir():
+                log.warning("$%s names %s, which is not a directory: no engines are read from it", SHIPPED_ENV, root)
     return roots
 
 

@@ -18,7 +18,7 @@ from filelock import FileLock
 
 from rfm.constants import ENGINES
 from rfm.export.cache_contents import touch
-from rfm.export.cache_dir import cache_root, checkpoint_key, shipped_roots
+from rfm.export.cache_dir import cache_root, checkpoint_key, searchable, shipped_roots
 from rfm.install import pip_install
 from rfm.runtime.base import Runner, StagedRunner
 from rfm.runtime.manifest import EXPORT_FILE, parity_summary, read_manifest
@@ -89,7 +89,7 @@ def _find_export(checkpoint: Path, tail: str, target: str, cache_dir: str | Path
     ($RFM_ENGINE_PATH), else None. It is found by the weights' hash, so an export of other weights never is, and the
     same weights under another directory name (a checkpoint mounted elsewhere) are."""
     for root in [cache_root(cache_dir), *shipped_roots()]:
-        if root.is_dir():
+        if searchable(root):
             for entry in [root / f"{checkpoint.resolve().name}{tail}", *sorted(root.glob(f"*{tail}"))]:
                 # the manifest's target, since "x-openvino-fp32-<hash>" also ends like a CPU export's name
                 if (entry / EXPORT_FILE).is_file() and read_manifest(entry).get("target", "cpu") == target:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import queue
 import threading
 import time
@@ -501,6 +502,7 @@ def check_recording_dir(root: str | Path, interface: RobotInterface) -> None:
     from rfm.data.reader import LeRobotDataset
 
     root = Path(root)
+    _check_writable(root)
     if root.is_dir():
         lock_recording(root).release()  # refused now, before the model loads, if another server records here
     if (root / "meta" / "info.json").is_file() and not empty_recording(root):
@@ -512,6 +514,22 @@ def check_recording_dir(root: str | Path, interface: RobotInterface) -> None:
             and not empty_recording(root):
         raise ValueError(f"{root}: exists and is not a LeRobot dataset; record into a new directory, or into a "
                          f"dataset recorded from this model")
+
+
+def _check_writable(root: Path) -> None:
+    """ValueError naming the directory when this process could not create or write `root`: a volume mounted into
+    a container is often owned by another user than the server's."""
+    for p in [root, *root.parents]:
+        try:
+            if not p.exists():
+                continue
+        except PermissionError:  # a directory above may not be entered: found further up
+            continue
+        if p.is_dir() and not os.access(p, os.W_OK | os.X_OK):
+            uid = f" (uid {os.getuid()})" if hasattr(os, "getuid") else ""
+            raise ValueError(f"--record {root}: this process{uid} may not write into {p}; give it the directory "
+                             f"(a volume mounted into rfm's image: chown it to uid 10001)")
+        return
 
 
 def _check_compatible(root: Path, itf: RobotInterface, cameras: dict, features: dict, state_names: list,

@@ -83,6 +83,24 @@ def test_unclean_stop_keeps_every_finished_episode(tmp_path):
     assert LeRobotDataset(tmp_path / "rec").num_episodes == 3
 
 
+def test_a_recording_directory_this_process_may_not_write_is_refused_before_the_model_loads(tmp_path):
+    """A volume mounted into rfm's image (which serves as uid 10001) owned by root: the start-up thread failed on
+    mkdir with a traceback and the server stayed up unready; now `rfm serve`'s check names the directory."""
+    from rfm.runtime.recorder import check_recording_dir
+    from tests.unprivileged import run_unprivileged
+
+    check_recording_dir(tmp_path / "rec", ITF)  # where it may: no error (and what it imports is imported)
+    volume = tmp_path / "volume"
+    volume.mkdir(mode=0o555)  # read-only to its owner too (root is let through anyway: hence the other user)
+    try:
+        out = run_unprivileged(check_recording_dir, volume / "rec", ITF)
+    finally:
+        volume.chmod(0o755)
+    assert out["error"] == "ValueError", out
+    assert out["message"].startswith(f"--record {volume / 'rec'}: this process (uid ") and "may not write into" \
+        in out["message"]
+
+
 def test_a_recording_stopped_before_its_first_episode_starts_again(tmp_path):
     """A server stopped (or killed) before any robot finished an episode left meta/info.json alone; restarting on
     the same --record directory failed on the missing tasks.parquet, so a restarted pod crash-looped."""

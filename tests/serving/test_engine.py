@@ -218,6 +218,24 @@ def test_a_cache_that_cannot_be_written_still_serves_the_exports_it_holds(onnx_e
         load_engine(tiny_checkpoint, "onnx", device="cpu", cache_dir=cache)
 
 
+def test_an_engine_cache_this_process_may_not_enter_is_skipped_not_raised(tmp_path):
+    """rfm's image, built as root, left $XDG_CACHE_HOME mode 0700 (ONNX Runtime's files): stat() of the cache
+    under it raised PermissionError, so the server, running as uid 10001, failed to load any model."""
+    from rfm.export.cache_contents import scan
+    from rfm.export.cache_dir import searchable
+    from tests.unprivileged import run_unprivileged
+
+    home = tmp_path / "cache-home"
+    (home / "rfm" / "engines").mkdir(parents=True)
+    home.chmod(0o000)  # (root enters it anyway: hence the other user)
+    try:
+        assert run_unprivileged(searchable, home / "rfm" / "engines") == {"value": "False"}
+        assert run_unprivileged(scan, home / "rfm" / "engines") == {"value": "[]"}
+    finally:
+        home.chmod(0o755)
+    assert searchable(home / "rfm" / "engines")
+
+
 def _export_only(cache: Path, engine_dir: str) -> Path:
     """A cache holding just the export named like `engine_dir`, as `rfm serve --prepare` leaves one to ship."""
     name = Path(engine_dir).name

@@ -114,6 +114,18 @@ def test_real_openpi_client_gets_actions(server, tiny_runner):
     assert out2["actions"].shape == (8, 2)
 
 
+def test_openpi_clients_as_openpis_examples_make_them_connect_to_the_root_path(server):
+    """WebsocketClientPolicy(host, port), as openpi's examples call it, asks for "/": the same protocol as /openpi."""
+    from urllib.parse import urlparse
+
+    from openpi_client.websocket_client_policy import WebsocketClientPolicy
+
+    url = urlparse(ws_url(server, "/"))
+    policy = WebsocketClientPolicy(host=url.hostname, port=url.port)
+    assert policy.get_server_metadata()["cameras"] == ["front", "wrist"]
+    assert policy.infer(openpi_obs(observation()))["actions"].shape == (8, 2)
+
+
 def test_openpi_errors_are_a_text_frame_then_close_1011_without_traceback(server):
     from openpi_client.websocket_client_policy import WebsocketClientPolicy
 
