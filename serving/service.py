@@ -58,6 +58,7 @@ class InferenceService:
                  audit: AuditLog | None = None, recorder: Recorder | None = None) -> None:
         self.runner, self.config, self.metrics = runner, config, metrics
         self.recorder = recorder
+        self._told_anonymous = False  # warned that requests naming no robot are recorded into one stream
         self.interface = runner.interface
         self.limits, self.audit = limits, audit
         self.trimmer = HeapTrimmer()
@@ -108,8 +109,10 @@ class InferenceService:
                        "action_limits": self.limits.to_dict() if self.limits else None}
         return d
 
-    async def act(self, req: ActRequest, client_id: str | None, endpoint: str, t0: float) -> ActResult:
-        """Validate -> batch -> clip -> audit. `t0` is time.perf_counter() when the request arrived."""
+    async def act(self, req: ActRequest, client_id: str | None, endpoint: str, t0: float,
+                  connection: str | None = None) -> ActResult:
+        """Validate -> batch -> clip -> audit. `t0` is time.perf_counter() when the request arrived; `connection`
+        names the WebSocket it came on, the recorded stream of a request that names no session or robot."""
         images, state, instruction = check_observation(req.observation, self.interface, self.config.resize_images)
         instruction = self.runner.instruction_for(instruction)
         committed = check_committed(req.observation, self.interface, self.runner.prefix_max)  # (P, D_a) | None
@@ -148,7 +151,12 @@ class InferenceService:
                               "committed_actions": 0 if committed is None else len(committed),
                               "clipped_dims": clipped})
         if self.recorder is not None and req.record:  # enqueue only: recording never slows the answer down
-            self.recorder.record(self.session_key(req, client_id), images, state, instruction, actions,
+            if not (req.session_id or req.robot_id or connection or self._told_anonymous):
+                self._told_anonymous = True  # (HTTP: nothing tells one robot's requests from another's)
+                log.warning("recording %s requests that name no robot_id or session_id into one episode stream "
+                            "(%s): the requests of several such robots are interleaved in it; give each robot a "
+                            "robot_id (RFMClient(url, robot_id=...))", endpoint, client_id or "default")
+            self.recorder.record(self.session_key(req, client_id, connection), images, state, instruction, actions,
                                  success=req.success, correction=req.correction, episode_end=req.episode_end)
         return ActResult(actions, request_id, res.batch_size, timings, clipped)
 
@@ -227,13 +235,15 @@ class InferenceService:
         return snapper([instruction])[0] if snapper is not None else instruction
 
     @staticmethod
-    def session_key(req: ActRequest | TicksRequest | EpisodeEnd, client_id: str | None) -> str:
-        """Which recorded episode stream a request belongs to: session, else robot, else client. A session id
-        given with a robot id is that robot's: two robots sent with one session id (a copied example's "cell-1")
-        were recorded into one episode, their ticks interleaved."""
+    def session_key(req: ActRequest | TicksRequest | EpisodeEnd, client_id: str | None,
+                    connection: str | None = None) -> str:
+        """Which recorded episode stream a request belongs to: session, else robot, else its WebSocket, else client.
+        A session id given with a robot id is that robot's: two robots sent with one session id (a copied example's
+        "cell-1") were recorded into one episode, their ticks interleaved; so were two robots that sent no ids on
+        their own WebSockets."""
         if req.session_id and req.robot_id:
             return f"{req.session_id}@{req.robot_id}"
-        return req.session_id or req.robot_id or client_id or "default"
+        return req.session_id or req.robot_id or connection or client_id or "default"
 
     def close(self) -> None:
         self.batcher.close(self.config.shutdown_drain_s)

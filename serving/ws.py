@@ -68,14 +68,18 @@ def add_websocket_routes(app: FastAPI, state: ServerState) -> None:
         gauge = state.metrics.ws_connections.labels("/v1/ws")
         gauge.inc()
         state.websockets += 1
+        connection = f"ws-{uuid.uuid4().hex[:12]}"  # the recorded episode of frames that name no session or robot
+        anonymous = False  # whether any did: that episode ends with the connection
 
         async def answer(body: bytes, fmt: str, t0: float) -> tuple[bytes | str, int]:
+            nonlocal anonymous
             try:
                 if len(body) > limit:
                     raise PayloadTooLarge(f"message is {len(body)} bytes, the limit is {limit}")
                 service = state.require_service()
                 req = await decode_act(service, body, fmt)
-                result = await service.act(req, client_id, "/v1/ws", t0)
+                anonymous = anonymous or not (req.session_id or req.robot_id)
+                result = await service.act(req, client_id, "/v1/ws", t0, connection)
                 out, status = result.to_wire(service, fmt), 200
             except Exception as e:  # noqa: BLE001 - reported in-band, the connection stays open
                 err = to_api_error(e, state.config.retry_after_s)
@@ -121,6 +125,9 @@ def add_websocket_routes(app: FastAPI, state: ServerState) -> None:
             await replier
             gauge.dec()
             state.websockets -= 1
+            service = state.service
+            if anonymous and service is not None and service.recorder is not None:
+                service.recorder.end_episode(connection, reason="shutdown" if state.draining else "disconnect")
 
     # "/" too: openpi's own examples connect with WebsocketClientPolicy(host, port), which asks for the root path
     @app.websocket("/")

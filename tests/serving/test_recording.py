@@ -3,6 +3,7 @@ that rfm's loader reads; a killed server keeps every finished episode."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -586,6 +587,39 @@ def test_robots_sharing_a_session_id_are_recorded_apart(tiny_checkpoint, tmp_pat
     ds = LeRobotDataset(tmp_path / "rec")
     by_session = {ds.episode_meta(e.index)["session"]: ds.states[e.start:e.stop, 0].tolist() for e in ds.episodes}
     assert by_session == {"cell-1@arm-0": [0.0] * 6, "cell-1@arm-1": [1.0] * 6}
+
+
+def test_robots_that_send_no_ids_on_their_own_websockets_are_recorded_apart(tiny_checkpoint, tmp_path, caplog):
+    """RFMClient(transport="ws") sends no robot or session id unless given one: two such robots were recorded into
+    one episode ("default"), their frames interleaved. Each WebSocket is now its own episode, ended when it closes.
+    Over HTTP nothing tells such robots apart: the server says so, once."""
+    from rfm.client import RFMClient
+    from serving.config import ServerConfig
+    from serving.server import ServerThread
+    from tests.serving.helpers import load_tiny
+
+    cfg = ServerConfig(max_batch=2, warmup_batch_sizes=(1,), record_dir=str(tmp_path / "rec"), record_images="image")
+    obs = observation()
+    with ServerThread(load_tiny(tiny_checkpoint), cfg) as server:
+        robots = [RFMClient(server.url, transport="ws") for _ in range(2)]
+        for t in range(4):
+            for i, robot in enumerate(robots):
+                robot.act({**obs, "state": [float(i), 0.0, float(t)]})
+        for robot in robots:
+            robot.close()
+        deadline = time.monotonic() + 10  # the episodes end as the sockets close, before the server stops
+        while time.monotonic() < deadline and not (tmp_path / "rec" / "meta" / "episodes").is_dir():
+            time.sleep(0.05)
+        with caplog.at_level(logging.WARNING, logger="rfm.serving"), RFMClient(server.url) as http:
+            for _ in range(2):
+                http.act(obs)
+    assert caplog.text.count("name no robot_id or session_id into one episode stream (default)") == 1
+    ds = LeRobotDataset(tmp_path / "rec")
+    ended = {ds.episode_meta(e.index)["session"]: ds.episode_meta(e.index)["ended_by"] for e in ds.episodes}
+    assert ended.pop("default") == "shutdown" and len(ended) == 2 and set(ended.values()) == {"disconnect"}
+    episodes = {ds.episode_meta(e.index)["session"]: ds.states[e.start:e.stop].tolist() for e in ds.episodes}
+    assert all(k.startswith("ws-") for k in ended) and episodes.pop("default") == [list(map(float, obs["state"]))] * 2
+    assert sorted(episodes.values()) == [[[float(i), 0.0, float(t)] for t in range(4)] for i in range(2)]
 
 
 def test_a_robot_ticking_at_another_rate_than_the_models_is_told(tiny_checkpoint, tmp_path, caplog):
