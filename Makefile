@@ -57,6 +57,7 @@ test-all: install
 
 lint: install
 	$(BIN)/ruff check rfm serving tests bench
+	$(BIN)/vermin -q -t=3.10- --violations --no-tips --eval-annotations rfm serving
 
 bench: install
 	$(BIN)/python bench/latency.py

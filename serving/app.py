@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -27,6 +28,11 @@ from serving.schemas import ERROR_RESPONSES, ActResponseBody, EpisodeEndResponse
 from serving.state import BodyBudget, ServerState, decode_act
 from serving.ws import add_websocket_routes
 
+if sys.version_info >= (3, 11):
+    from asyncio import timeout as time_limit  # novermin
+else:  # Python 3.10 (Ubuntu 22.04: ROS 2 Humble, JetPack 6): the same context manager, from async-timeout
+    from async_timeout import timeout as time_limit
+
 ROUTES = ("/v1/act", "/v1/ticks", "/v1/episodes/end", "/v1/models", "/healthz", "/readyz", "/metrics", "/docs", "/redoc", "/openapi.json")
 
 
@@ -47,7 +53,7 @@ async def read_body(request: Request, limit: int, budget: BodyBudget | None = No
         if budget is not None and declared is not None:
             budget.take(int(declared), retry_after_s)
             taken = int(declared)
-        async with asyncio.timeout(BODY_S):
+        async with time_limit(BODY_S):
             async for chunk in request.stream():
                 size += len(chunk)
                 if size > limit:
@@ -56,7 +62,7 @@ async def read_body(request: Request, limit: int, budget: BodyBudget | None = No
                     budget.take(size - taken, retry_after_s)
                     taken = size
                 chunks.append(chunk)
-    except TimeoutError:
+    except (TimeoutError, asyncio.TimeoutError):  # (one class from Python 3.11 on)
         raise ApiError(408, "request_timeout", f"the body did not arrive within {BODY_S} s "
                        f"({size} bytes of {declared or 'an unknown length'} came)") from None
     except ClientDisconnect:  # the client went away mid-body: its problem, not a server error (no 500, no traceback)

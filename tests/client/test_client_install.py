@@ -267,29 +267,37 @@ def test_edge_install_runs_an_export_without_torch(edge_python, default_export, 
 def test_edge_and_server_install_serves_an_export_without_torch(edge_python, default_export):
     """`pip install "rfm[edge,server]"`: a device (or a cell's edge box) serves its export to robots over HTTP and
     WebSocket with `rfm serve`, no torch installed, answering with the checkpoint's actions."""
-    from rfm.runtime import load_runner
-    from serving.server import free_port
 
     root = edge_python.parents[2]  # the fresh install's directory, holding the source copy it installed
     r = _run([edge_python, "-m", "pip", "install", "-q", f"{root / 'src'}[edge,server]"], root, 420)
     assert r.returncode == 0, r.stderr[-3000:]
     r = _run([edge_python, "-c", "import importlib.util as u; print(u.find_spec('torch') is None)"], root, 60)
     assert r.stdout.strip() == "True", r.stdout + r.stderr
+    _serves_the_export(edge_python, root, default_export)
+
+
+def _serves_the_export(python: Path, cwd: Path, export: Path) -> None:
+    """`rfm serve` of the install beside `python` serves `export` with the checkpoint's actions, over HTTP (a body
+    read under the server's time limit) and over a WebSocket."""
+    from rfm.runtime import load_runner
+    from serving.server import free_port
+
     port = free_port()
-    proc = subprocess.Popen([str(edge_python.parent / "rfm"), "serve", "--checkpoint", str(default_export),
-                             "--port", str(port), "--threads", "1", "--log-level", "warning"], cwd=root,
+    proc = subprocess.Popen([str(python.parent / "rfm"), "serve", "--checkpoint", str(export),
+                             "--port", str(port), "--threads", "1", "--log-level", "warning"], cwd=cwd,
                             env=_clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_ready(proc, url)
         obs = _edge_observation()
-        with RFMClient(url, transport="ws") as robot:
+        with RFMClient(url, transport="ws") as robot, RFMClient(url) as http:
             assert robot.models()["backend"] == "onnx"
-            chunk = robot.act(obs)
+            chunks = [robot.act(obs), http.act(obs)]
     finally:
         proc.terminate()
         proc.wait(30)
-    np.testing.assert_allclose(chunk, load_runner(DEFAULT_CHECKPOINT).predict(obs), atol=1e-4)
+    for chunk in chunks:
+        np.testing.assert_allclose(chunk, load_runner(DEFAULT_CHECKPOINT).predict(obs), atol=1e-4)
 
 
 def _interpreter(version: str) -> str | None:
@@ -333,3 +341,8 @@ def test_robot_side_installs_work_on_every_supported_python(version, default_ser
     assert r.returncode == 0, r.stderr[-3000:]
     np.testing.assert_allclose(np.asarray(json.loads(r.stdout)["chunk"], np.float32),
                                load_runner(DEFAULT_CHECKPOINT).predict(obs), atol=1e-4)
+    # a device on this Python serving its export (a Jetson on JetPack 6 runs 3.10): asyncio.timeout, new in 3.11,
+    # made every HTTP request a 500 there
+    r = _run([venv_python, "-m", "pip", "install", "-q", f"{tmp_path / 'src'}[edge,server]"], tmp_path, 420)
+    assert r.returncode == 0, r.stderr[-3000:]
+    _serves_the_export(venv_python, tmp_path, default_export)
