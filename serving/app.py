@@ -107,6 +107,17 @@ def response_format(accept: str | None, default: str) -> str:
     return default
 
 
+WEBSOCKET_PATHS = ("/v1/ws", "/openpi", "/")  # serving.ws
+
+
+def _websocket_path(path: str, scope: dict) -> bool:
+    """Whether `path` (as the client asked for it, a proxy's prefix included) is one of the WebSocket endpoints."""
+    root = scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root):] or "/"
+    return path in WEBSOCKET_PATHS
+
+
 def raw_body(schema: str) -> dict:
     """openapi_extra for a route that reads its body as bytes (JSON or msgpack): the schema FastAPI cannot infer."""
     ref = {"schema": {"$ref": f"#/components/schemas/{schema}"}}
@@ -147,8 +158,15 @@ def create_app(runner: Runner | Callable[[], Runner], config: ServerConfig | Non
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):  # an unknown path or method: JSON too
+        path = request.url.path
+        if exc.status_code == 404 and request.method == "GET" and _websocket_path(path, request.scope):
+            return JSONResponse({"error": "upgrade_required", "detail": (
+                f"GET {path} is a WebSocket endpoint, and this request asked for no upgrade: a proxy in front of the "
+                "server drops the Upgrade and Connection headers (nginx: proxy_http_version 1.1; proxy_set_header "
+                "Upgrade $http_upgrade; proxy_set_header Connection \"upgrade\"; docs/DEPLOYMENT.md)")},
+                426, headers={"Upgrade": "websocket", "Connection": "Upgrade"})
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return JSONResponse({"error": code, "detail": f"{request.method} {request.url.path}: {exc.detail}"},
+        return JSONResponse({"error": code, "detail": f"{request.method} {path}: {exc.detail}"},
                             exc.status_code, headers=getattr(exc, "headers", None))
 
     @app.post("/v1/act", response_model=ActResponseBody, responses=ERROR_RESPONSES,

@@ -49,6 +49,8 @@ class ServerConfig:
     min_deadline_ms: float | None = None  # shortest deadline_ms a request may ask for; None: 5x a warm batch-1 run
     shutdown_drain_s: float = 10.0  # how long graceful shutdown waits for queued work
     max_connections: int = 1024  # open WebSockets (robots) before new ones get 503 (HTTP: bounded by queue_size)
+    root_path: str = ""  # the path prefix a proxy serves this server under (e.g. /rfm): /docs finds its schema there
+    forwarded_allow_ips: str | None = None  # proxies whose X-Forwarded-For names the client; None: 127.0.0.1
 
     def __post_init__(self) -> None:
         def check(cond: bool, name: str, expected: str) -> None:
@@ -66,6 +68,8 @@ class ServerConfig:
               "None or milliseconds in (0, timeout_ms]")
         check(self.retry_after_s >= 0, "retry_after_s", "a non-negative number of seconds")
         check(self.max_connections >= 1, "max_connections", "a positive integer")
+        check(self.root_path == "" or (self.root_path.startswith("/") and not self.root_path.endswith("/")),
+              "root_path", "'' or a path such as /rfm (a leading /, no trailing /)")
         check(self.record_images in ("video", "image"), "record_images", "video or image")
         check(self.record_vcodec in (None, "h264", "av1"), "record_vcodec", "h264, av1 or None")
         check(self.record_memory_mb >= 128, "record_memory_mb", "at least 128 MB")

@@ -63,7 +63,8 @@ def uvicorn_config(app, host: str, port: int, config: ServerConfig, log_level: s
                          ws_max_size=config.max_ws_message_bytes, ws_ping_interval=20.0, ws_ping_timeout=20.0,
                          ws_per_message_deflate=False,  # pixels do not compress: deflate cost ~4 ms a request
                          timeout_graceful_shutdown=int(config.shutdown_drain_s) + 1, server_header=False,
-                         http=_silent_sockets_time_out(), timeout_keep_alive=IDLE_S)
+                         http=_silent_sockets_time_out(), timeout_keep_alive=IDLE_S, root_path=config.root_path,
+                         forwarded_allow_ips=config.forwarded_allow_ips)
     error_log = logging.getLogger("uvicorn.error")  # (configured by uvicorn.Config just above)
     if not any(isinstance(f, _ConnectionLines) for f in error_log.filters):
         error_log.addFilter(_ConnectionLines())

@@ -43,6 +43,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-connections", type=int, default=1024,
                    help="open WebSockets (one per robot) before new ones are answered 503 + Retry-After; HTTP "
                         "inference is bounded by --queue-size, and health probes and metrics always answer")
+    p.add_argument("--root-path", default="", help="the path prefix a reverse proxy serves this server under "
+                   "(e.g. /rfm), so /docs finds its schema behind it (docs/DEPLOYMENT.md)")
+    p.add_argument("--forwarded-allow-ips", default=None,
+                   help="addresses of the proxies whose X-Forwarded-For names the robot in the server's log (a "
+                        "comma-separated list, or *); default $FORWARDED_ALLOW_IPS, else 127.0.0.1")
     p.add_argument("--timeout-ms", type=float, default=10_000.0, help="per-request deadline (504 past it)")
     p.add_argument("--min-deadline-ms", type=float, default=None,
                    help="shortest deadline_ms a request may carry (422 below it); default 5x one warm inference")
@@ -113,7 +118,8 @@ def run(args: argparse.Namespace) -> int:
                           record_images=args.record_images, record_vcodec=args.record_vcodec,
                           record_memory_mb=args.record_memory_mb,
                           snap_instructions=args.snap_instructions, default_instruction=args.default_instruction,
-                          min_deadline_ms=args.min_deadline_ms, max_connections=args.max_connections)
+                          min_deadline_ms=args.min_deadline_ms, max_connections=args.max_connections,
+                          root_path=args.root_path, forwarded_allow_ips=args.forwarded_allow_ips)
     if config.audit_log:  # fail now with the flag's name
         try:
             with open(config.audit_log, "a"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -13,10 +14,14 @@ import httpx
 import numpy as np
 
 from rfm.client.frames import FrameFitter
+from rfm.client.tls import Verify, ssl_context
 from rfm.client.wire import JSON, MSGPACK, check_structure, decode_response, encode_observation
 from rfm.client.ws import Refused, WebSocketChannel
 
-RETRYABLE = (503,)
+RETRYABLE = (503,)  # the server's own answers worth asking again: busy, or starting
+# what a proxy or load balancer in front of the server answers while it restarts or stalls, where a direct
+# connection would be refused, which is retried too (the server's own 504, a missed deadline, is not retried)
+PROXY_RETRYABLE = (429, 502, 503, 504)
 
 
 class RFMError(Exception):
@@ -27,13 +32,37 @@ class RFMError(Exception):
         self.status, self.code, self.detail, self.request_id = status, code, detail, request_id
 
 
+def _retryable(resp: httpx.Response) -> bool:
+    """Whether asking again may be answered: the server's 503, or a proxy's 429/502/503/504 (not JSON: its page)."""
+    if resp.status_code in RETRYABLE:
+        return True
+    return resp.status_code in PROXY_RETRYABLE and not resp.headers.get("content-type", "").startswith(JSON)
+
+
 def _error(resp: httpx.Response) -> RFMError:
     try:
         body = resp.json()
-        return RFMError(resp.status_code, str(body.get("error", "error")), str(body.get("detail", body)),
-                        body.get("request_id"))
     except ValueError:
-        return RFMError(resp.status_code, "error", resp.text[:300])
+        return _foreign_error(resp)
+    if not isinstance(body, dict) or "error" not in body:
+        return _foreign_error(resp)
+    return RFMError(resp.status_code, str(body["error"]), str(body.get("detail", body)), body.get("request_id"))
+
+
+def _foreign_error(resp: httpx.Response) -> RFMError:
+    """An answer that is not rfm's JSON error: a proxy or load balancer in front of the server gave it (its own
+    HTML page). Says so, with the page's title rather than its markup, and what to change for a 413."""
+    text = resp.text
+    title = re.search(r"<title>(.*?)</title>", text, re.IGNORECASE | re.DOTALL)
+    what = " ".join((title.group(1) if title else text).split())[:200]
+    try:
+        sent = f"; the request body was {len(resp.request.content):,} bytes"
+    except (RuntimeError, AttributeError):  # (no request: a refused WebSocket handshake)
+        sent = ""
+    hint = (": raise the proxy's body limit (nginx: client_max_body_size) to the server's max_body_bytes "
+            "(GET /v1/models)") if resp.status_code == 413 else ""
+    return RFMError(resp.status_code, "proxy_error", f"{what!r}, not an rfm answer: something between the robot "
+                                                      f"and the server (a proxy?) answered{sent}{hint}")
 
 
 def _retry_after(resp: httpx.Response | None, attempt: int, cap: float) -> float:
@@ -49,17 +78,20 @@ def _retry_after(resp: httpx.Response | None, attempt: int, cap: float) -> float
 class _Base:
     def __init__(self, url: str = "http://127.0.0.1:8000", api_key: str | None = None, format: str = "msgpack",
                  timeout: float = 10.0, retries: int = 3, max_retry_wait: float = 5.0, robot_id: str | None = None,
-                 session_id: str | None = None, deadline_ms: float | None = None, fit_frames: bool = True) -> None:
+                 session_id: str | None = None, deadline_ms: float | None = None, fit_frames: bool = True,
+                 verify: Verify = True) -> None:
         """`deadline_ms`: each request is answered within it or refused at once with 503 (a robot acting in real
         time would rather act on its next observation than wait for this one). `fit_frames`: fit native-size
         frames to the model's input size here, as the server would (rfm.client.frames; needs Pillow), so they
-        travel small and the shared server does not spend its time resizing."""
+        travel small and the shared server does not spend its time resizing. `verify` (https:// URLs): True for
+        the system's trust store, a CA bundle's path (a fleet's own CA), an ssl.SSLContext, or False (no check)."""
         if format not in ("msgpack", "json"):
             raise ValueError(f"format={format!r}: expected 'msgpack' or 'json'")
         self.url, self.format, self.timeout = url.rstrip("/"), format, timeout
         self.retries, self.max_retry_wait = retries, max_retry_wait
         self.robot_id, self.session_id, self.deadline_ms = robot_id, session_id, deadline_ms
         self.fit_frames = fit_frames
+        self.ssl = ssl_context(verify)  # None: httpx's and websockets' own defaults
         self._fitter: FrameFitter | None = None  # from the served model's description, on the first request
         self._fitter_tried = -math.inf  # when the description was last asked for (again at most once a second)
         self.headers = {"Content-Type": MSGPACK if format == "msgpack" else JSON}
@@ -70,7 +102,7 @@ class _Base:
         """The decoded answer on 200; else seconds to wait before retrying; raises RFMError when not retryable."""
         if resp is not None and resp.status_code == 200:
             return decode_response(resp.content, resp.headers.get("content-type"))
-        if resp is not None and (resp.status_code not in RETRYABLE or attempt == self.retries):
+        if resp is not None and (not _retryable(resp) or attempt == self.retries):
             raise _error(resp)
         return _retry_after(resp, attempt, self.max_retry_wait)
 
@@ -104,8 +136,9 @@ class RFMClient(_Base):
             raise ValueError(f"transport={transport!r}: expected 'http' or 'ws'")
         super().__init__(url, **kw)
         self.transport = transport
-        self._http = httpx.Client(base_url=self.url, timeout=self.timeout)
-        self._ws = WebSocketChannel(self.url, self.headers, self.timeout, self.format) if transport == "ws" else None
+        self._http = httpx.Client(base_url=self.url, timeout=self.timeout, verify=self.ssl or True)
+        self._ws = WebSocketChannel(self.url, self.headers, self.timeout, self.format, self.ssl) \
+            if transport == "ws" else None
 
     def infer(self, obs: Mapping[str, Any], request_id: str | None = None) -> dict:
         if self._wants_description():
@@ -190,7 +223,7 @@ class AsyncRFMClient(_Base):
 
     def __init__(self, url: str = "http://127.0.0.1:8000", **kw: Any) -> None:
         super().__init__(url, **kw)
-        self._http = httpx.AsyncClient(base_url=self.url, timeout=self.timeout)
+        self._http = httpx.AsyncClient(base_url=self.url, timeout=self.timeout, verify=self.ssl or True)
 
     async def infer(self, obs: Mapping[str, Any], request_id: str | None = None) -> dict:
         if self._wants_description():
