@@ -125,7 +125,16 @@ def raw_body(schema: str) -> dict:
 
 
 def error_response(err: ApiError, request_id: str | None = None) -> JSONResponse:
-    return JSONResponse(err.body(request_id), status_code=err.status, headers=err.headers)
+    headers = {**(err.headers or {}), "X-Request-ID": request_id} if request_id else err.headers
+    return JSONResponse(err.body(request_id), status_code=err.status, headers=headers)
+
+
+def proxy_request_id(value: str | None) -> str | None:
+    """An X-Request-ID header (nginx's $request_id, an ingress's) as the request's id when the body names none;
+    one that is not a short printable id is ignored rather than refused: the robot did not send it."""
+    if value and len(value) <= codec.MAX_ID_LEN and all(" " <= c <= "~" for c in value):
+        return value
+    return None
 
 
 def create_app(runner: Runner | Callable[[], Runner], config: ServerConfig | None = None,
@@ -174,15 +183,17 @@ def create_app(runner: Runner | Callable[[], Runner], config: ServerConfig | Non
               summary="Predict one action chunk for one observation")
     async def act(request: Request) -> Response:
         t0 = time.perf_counter()
+        request_id = proxy_request_id(request.headers.get("x-request-id"))  # a proxy's, so their logs join
         try:
             client_id = state.authorize(request.headers.get("authorization"), request.client)
             fmt = codec.body_format(request.headers.get("content-type"))
             service = state.require_service()
             body = await read_body(request, state.config.max_body_bytes, state.bodies, state.config.retry_after_s)
             req = await decode_act(service, body, fmt)
+            req.request_id = request_id = req.request_id or request_id
             result = await service.act(req, client_id, "/v1/act", t0)
         except Exception as e:  # noqa: BLE001 - every failure becomes a clean status + message
-            return error_response(to_api_error(e, state.config.retry_after_s))
+            return error_response(to_api_error(e, state.config.retry_after_s), request_id)
         out = response_format(request.headers.get("accept"), fmt)
         return Response(codec.dumps(result.to_wire(service, out), out),
                         media_type=codec.MSGPACK if out == "msgpack" else codec.JSON,

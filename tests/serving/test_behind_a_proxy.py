@@ -115,3 +115,26 @@ def test_robots_addresses_come_from_the_proxies_the_server_is_told_to_trust(tiny
             seen[trusted] = caplog.text
     assert "refused a request from 192.0.2.7" in seen[None]  # the proxy on loopback is trusted by default
     assert "refused a request from 127.0.0.1" in seen["10.0.0.0/8"]  # a sender outside the list is not believed
+
+
+def test_a_proxys_request_id_names_the_request_in_the_answer_and_the_audit_log(server):
+    """nginx's $request_id (X-Request-ID) was ignored, so its log and the audit log could not be joined, and an
+    error answer carried no id at all. The body's own request_id still wins."""
+    import json
+
+    from tests.serving.helpers import msgpack_body
+
+    msgpack = {"content-type": "application/msgpack"}
+    ok = httpx.post(server.url + "/v1/act", content=msgpack_body(observation()),
+                    headers={**msgpack, "X-Request-ID": "ngx-7f3a"})
+    assert ok.status_code == 200 and ok.headers["x-request-id"] == "ngx-7f3a"
+    assert json.loads(server.audit_path.read_text().splitlines()[-1])["request_id"] == "ngx-7f3a"
+    own = httpx.post(server.url + "/v1/act", content=msgpack_body(observation(), request_id="robot-1"),
+                     headers={**msgpack, "X-Request-ID": "ngx-7f3b"})
+    assert own.headers["x-request-id"] == "robot-1"
+    bad = httpx.post(server.url + "/v1/act", content=b"\x93", headers={**msgpack, "X-Request-ID": "ngx-7f3c"})
+    assert bad.status_code in (400, 422) and bad.headers["x-request-id"] == "ngx-7f3c"
+    assert bad.json()["request_id"] == "ngx-7f3c"
+    odd = httpx.post(server.url + "/v1/act", content=msgpack_body(observation()),
+                     headers={**msgpack, "X-Request-ID": "x" * 500})  # not an id: ignored, not refused
+    assert odd.status_code == 200 and odd.headers["x-request-id"] != "x" * 500
