@@ -18,7 +18,8 @@ of tick s_k, so its action j belongs to tick s_k + j. Two ways to schedule reque
   from the current observation and the call returns when it is there. `delay_ticks=D` simulates inference
   latency in that mode: the chunk becomes usable D ticks after the observation it was computed from, and until
   then the robot keeps executing the previous chunk (naive asynchronous execution), so simulation measures what a
-  robot with that latency would do. The first chunk of an episode is waited for.
+  robot with that latency would do. The first chunk of an episode is waited for. A robot in real time wanting K
+  actions per request uses prefetch_steps=H-K instead: this mode makes every K-th step() wait for a whole request.
 
 With `continuation=True` (delay-aware continuation; the model needs prefix_max > 0) each request carries the
 actions the robot will execute from its tick until the answer is usable (`committed_actions`: the newest chunk's,

@@ -26,7 +26,7 @@ from tests.serving.helpers import wait_until_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CHECKPOINT = ROOT / "checkpoints" / "default"
-BASE_DEPENDENCIES = {"numpy", "httpx", "websockets", "msgpack"}
+BASE_DEPENDENCIES = {"numpy", "httpx", "websockets", "msgpack", "pillow"}
 # Never imported by `import rfm.client`, and never installed by `pip install rfm`.
 HEAVY_MODULES = ("torch", "pyarrow", "fastapi", "uvicorn", "mujoco", "transformers", "onnxruntime")
 RFM_SERVER_SIDE = ("serving", "rfm.runtime", "rfm.model")
