@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
@@ -129,6 +130,11 @@ def error_response(err: ApiError, request_id: str | None = None) -> JSONResponse
     return JSONResponse(err.body(request_id), status_code=err.status, headers=headers)
 
 
+def peer_address(client: Any) -> str | None:
+    """The sender's host as uvicorn saw it (a trusted proxy's X-Forwarded-For already applied)."""
+    return getattr(client, "host", None)
+
+
 def proxy_request_id(value: str | None) -> str | None:
     """An X-Request-ID header (nginx's $request_id, an ingress's) as the request's id when the body names none;
     one that is not a short printable id is ignored rather than refused: the robot did not send it."""
@@ -191,7 +197,7 @@ def create_app(runner: Runner | Callable[[], Runner], config: ServerConfig | Non
             body = await read_body(request, state.config.max_body_bytes, state.bodies, state.config.retry_after_s)
             req = await decode_act(service, body, fmt)
             req.request_id = request_id = req.request_id or request_id
-            result = await service.act(req, client_id, "/v1/act", t0)
+            result = await service.act(req, client_id, "/v1/act", t0, address=peer_address(request.client))
         except Exception as e:  # noqa: BLE001 - every failure becomes a clean status + message
             return error_response(to_api_error(e, state.config.retry_after_s), request_id)
         out = response_format(request.headers.get("accept"), fmt)

@@ -110,9 +110,10 @@ class InferenceService:
         return d
 
     async def act(self, req: ActRequest, client_id: str | None, endpoint: str, t0: float,
-                  connection: str | None = None) -> ActResult:
+                  connection: str | None = None, address: str | None = None) -> ActResult:
         """Validate -> batch -> clip -> audit. `t0` is time.perf_counter() when the request arrived; `connection`
-        names the WebSocket it came on, the recorded stream of a request that names no session or robot."""
+        names the WebSocket it came on, the recorded stream of a request that names no session or robot;
+        `address` is the sender's (a trusted proxy's X-Forwarded-For), for the audit log."""
         images, state, instruction = check_observation(req.observation, self.interface, self.config.resize_images)
         instruction = self.runner.instruction_for(instruction)
         committed = check_committed(req.observation, self.interface, self.runner.prefix_max)  # (P, D_a) | None
@@ -145,6 +146,7 @@ class InferenceService:
         if self.audit is not None:
             self.audit.write({"request_id": request_id, "endpoint": endpoint, "model_id": self.runner.model_id,
                               "model_version": self.runner.model_version, "client_id": client_id,
+                              "address": address,
                               "robot_id": req.robot_id, "session_id": req.session_id, "instruction": instruction,
                               "instruction_run": self.instruction_run(instruction), "actions": actions,
                               "batch_size": res.batch_size, "timings": timings,

@@ -79,7 +79,7 @@ def add_websocket_routes(app: FastAPI, state: ServerState) -> None:
                 service = state.require_service()
                 req = await decode_act(service, body, fmt)
                 anonymous = anonymous or not (req.session_id or req.robot_id)
-                result = await service.act(req, client_id, "/v1/ws", t0, connection)
+                result = await service.act(req, client_id, "/v1/ws", t0, connection, getattr(ws.client, "host", None))
                 out, status = result.to_wire(service, fmt), 200
             except Exception as e:  # noqa: BLE001 - reported in-band, the connection stays open
                 err = to_api_error(e, state.config.retry_after_s)
@@ -174,7 +174,8 @@ def add_websocket_routes(app: FastAPI, state: ServerState) -> None:
                         raise PayloadTooLarge(f"message is {len(body)} bytes, the limit is {limit}")
                     obs = state.openpi.to_observation(openpi.unpack(body), itf.cameras, accepted_sizes(itf),
                                                       state.config.resize_images)
-                    result = await service.act(ActRequest(obs, session_id=session), client_id, "/openpi", t0)
+                    result = await service.act(ActRequest(obs, session_id=session), client_id, "/openpi", t0,
+                                               address=getattr(ws.client, "host", None))
                 except Exception as e:  # noqa: BLE001 - openpi convention: text frame, then close 1011
                     err = to_api_error(e, state.config.retry_after_s)
                     state.metrics.observe_request("/openpi", err.status, time.perf_counter() - t0)

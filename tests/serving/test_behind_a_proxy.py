@@ -119,16 +119,16 @@ def test_robots_addresses_come_from_the_proxies_the_server_is_told_to_trust(tiny
 
 def test_a_proxys_request_id_names_the_request_in_the_answer_and_the_audit_log(server):
     """nginx's $request_id (X-Request-ID) was ignored, so its log and the audit log could not be joined, and an
-    error answer carried no id at all. The body's own request_id still wins."""
-    import json
+    error answer carried no id at all. The body's own request_id still wins. The audit log names the sender."""
 
     from tests.serving.helpers import msgpack_body
 
     msgpack = {"content-type": "application/msgpack"}
     ok = httpx.post(server.url + "/v1/act", content=msgpack_body(observation()),
-                    headers={**msgpack, "X-Request-ID": "ngx-7f3a"})
+                    headers={**msgpack, "X-Request-ID": "ngx-7f3a", "X-Forwarded-For": "192.0.2.9"})
     assert ok.status_code == 200 and ok.headers["x-request-id"] == "ngx-7f3a"
-    assert json.loads(server.audit_path.read_text().splitlines()[-1])["request_id"] == "ngx-7f3a"
+    audited = _audited(server, "ngx-7f3a")
+    assert audited is not None and audited["address"] == "192.0.2.9"  # the robot's, not the proxy's
     own = httpx.post(server.url + "/v1/act", content=msgpack_body(observation(), request_id="robot-1"),
                      headers={**msgpack, "X-Request-ID": "ngx-7f3b"})
     assert own.headers["x-request-id"] == "robot-1"
@@ -138,3 +138,18 @@ def test_a_proxys_request_id_names_the_request_in_the_answer_and_the_audit_log(s
     odd = httpx.post(server.url + "/v1/act", content=msgpack_body(observation()),
                      headers={**msgpack, "X-Request-ID": "x" * 500})  # not an id: ignored, not refused
     assert odd.status_code == 200 and odd.headers["x-request-id"] != "x" * 500
+
+
+def _audited(server, request_id: str, timeout_s: float = 10.0) -> dict | None:
+    """The audit record of `request_id` once the audit thread has written it."""
+    import json
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        lines = server.audit_path.read_text().splitlines() if server.audit_path.exists() else []
+        found = next((json.loads(ln) for ln in lines if f'"{request_id}"' in ln), None)
+        if found is not None:
+            return found
+        time.sleep(0.05)
+    return None
