@@ -222,6 +222,34 @@ def _as_started(cfg: TrainConfig, saved: Path) -> TrainConfig:
     return replace(cfg, **kept)
 
 
+SCHEDULE_FIELDS = ("steps", "batch_size", "grad_accum", "lr", "vision_lr_scale", "weight_decay", "warmup_steps",
+                   "ema_decay", "dataset", "dataset_weights", "balance", "seed")  # what a resumed run goes on with
+
+
+def _resume_changes(cfg: TrainConfig, saved: Path) -> str | None:
+    """A line saying which training settings this command changes from the ones the run started with: a resumed
+    run takes them from the command (its model from the run), and --steps alone reshapes the learning-rate decay."""
+    try:
+        started = json.loads(saved.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(started, dict):
+        return None
+    now = cfg.to_dict()
+
+    def same(key: str) -> bool:
+        a, b = started[key], now[key]
+        if key == "dataset":  # "A,B" or [A, B], relative or absolute: the same directories
+            a, b = ([str(Path(d).resolve()) for d in (v.split(",") if isinstance(v, str) else v)] for v in (a, b))
+        return a == b
+
+    changed = [f"{k} {started[k]} -> {now[k]}" for k in SCHEDULE_FIELDS if k in started and k in now and not same(k)]
+    if not changed:
+        return None
+    return (f"--resume: this command changes the run's settings ({'; '.join(changed)}); the run goes on with the new "
+            f"ones (the learning-rate schedule follows steps, lr and warmup_steps)")
+
+
 def _check_out(ckpt_dir: Path, cfg: TrainConfig) -> None:
     """A checkpoint already in OUT is continued (resume), replaced (overwrite), or an error: a rerun of a command
     must not silently start over and replace hours of training at its first save."""
@@ -335,6 +363,9 @@ def _train(cfg: TrainConfig, progress: bool) -> Path:
                               f"would have built another ({', '.join(changed) or 'image_size'} differ), which is "
                               f"not applied (a new --out starts that one)")
         model_cfg, dropped = resumed.model, []
+        changes = _resume_changes(cfg, out / "train_config.json")
+        if changes:
+            accelerator.print(changes)
         cfg = _as_started(cfg, out / "train_config.json")  # the train_config.json written below reproduces the run
     for note in dropped:
         accelerator.print(f"--init {cfg.init}: dropped {note}; those layers are left out of the fine-tuned model")

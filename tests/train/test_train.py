@@ -55,10 +55,14 @@ def test_checkpoint_serves_predictions(run):
     assert out.shape == (1, 8, 4) and np.all(np.isfinite(out))
 
 
-def test_resume_continues_from_the_saved_step(run, tmp_path):
+def test_resume_continues_from_the_saved_step(run, tmp_path, capsys):
+    """A resume that changes the run's settings says which (--steps alone reshapes the learning-rate decay, and
+    nothing said so); the settings the command repeats are not named."""
     out = tmp_path / "resumed"
     shutil.copytree(run, out)
     train(_cfg(out, steps=15, resume=True), progress=False)
+    said = capsys.readouterr().out
+    assert "--resume: this command changes the run's settings (steps 12 -> 15)" in said
     rows = list(csv.DictReader((out / "logs" / "train.csv").read_text().splitlines()))
     assert [int(r["step"]) for r in rows] == [3, 6, 9, 12, 15]  # appended, not restarted
     meta = json.loads((out / "checkpoint" / "config.json").read_text())["meta"]
