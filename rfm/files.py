@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import getpass
 import os
 from pathlib import Path
 
@@ -195,3 +196,14 @@ class DirectoryLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def process_user() -> str:
+    """Who this process runs as ("uid 10001 (rfm)"), for a permission error: in a container it is often not who owns
+    the volume."""
+    if not hasattr(os, "getuid"):  # Windows
+        return f"user {os.environ.get('USERNAME', '?')}"
+    try:
+        return f"uid {os.getuid()} ({getpass.getuser()})"
+    except (KeyError, OSError):  # a uid with no passwd entry (a container run as an arbitrary uid)
+        return f"uid {os.getuid()}"

@@ -10,7 +10,6 @@ import time
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
@@ -26,8 +25,8 @@ from serving.errors import ApiError, PayloadTooLarge, to_api_error
 from serving.metrics import Metrics
 from serving.openapi import episode_end_request, specialise
 from serving.schemas import ERROR_RESPONSES, ActResponseBody, EpisodeEndResponseBody, TicksResponseBody
-from serving.state import BodyBudget, ServerState, decode_act
-from serving.ws import add_websocket_routes
+from serving.state import BodyBudget, ServerState, decode_act, peer_address
+from serving.ws import WEBSOCKET_PATHS, add_websocket_routes
 
 if sys.version_info >= (3, 11):
     from asyncio import timeout as time_limit  # novermin
@@ -108,9 +107,6 @@ def response_format(accept: str | None, default: str) -> str:
     return default
 
 
-WEBSOCKET_PATHS = ("/v1/ws", "/openpi", "/")  # serving.ws
-
-
 def _websocket_path(path: str, scope: dict) -> bool:
     """Whether `path` (as the client asked for it, a proxy's prefix included) is one of the WebSocket endpoints."""
     root = scope.get("root_path", "")
@@ -130,17 +126,10 @@ def error_response(err: ApiError, request_id: str | None = None) -> JSONResponse
     return JSONResponse(err.body(request_id), status_code=err.status, headers=headers)
 
 
-def peer_address(client: Any) -> str | None:
-    """The sender's host as uvicorn saw it (a trusted proxy's X-Forwarded-For already applied)."""
-    return getattr(client, "host", None)
-
-
 def proxy_request_id(value: str | None) -> str | None:
     """An X-Request-ID header (nginx's $request_id, an ingress's) as the request's id when the body names none;
     one that is not a short printable id is ignored rather than refused: the robot did not send it."""
-    if value and len(value) <= codec.MAX_ID_LEN and all(" " <= c <= "~" for c in value):
-        return value
-    return None
+    return value if codec.is_ident(value) else None
 
 
 def create_app(runner: Runner | Callable[[], Runner], config: ServerConfig | None = None,

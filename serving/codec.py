@@ -278,11 +278,16 @@ def decode_committed(value: Any, what: str = COMMITTED) -> Any:
     return value
 
 
+def is_ident(v: Any) -> bool:
+    """Whether `v` can name a request, robot or session: 1-MAX_ID_LEN printable ASCII characters."""
+    return isinstance(v, str) and 0 < len(v) <= MAX_ID_LEN and all(" " <= c <= "~" for c in v)
+
+
 def _ident(obj: dict, key: str) -> str | None:
     v = obj.get(key)
     if v is None:
         return None
-    if not isinstance(v, str) or not (0 < len(v) <= MAX_ID_LEN) or not all(" " <= c <= "~" for c in v):
+    if not is_ident(v):
         raise PayloadError(f"{key!r} must be a string of 1-{MAX_ID_LEN} printable ASCII characters, got "
                            f"{str(v)[:40]!r}")
     return v

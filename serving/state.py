@@ -31,6 +31,11 @@ JSON_DECODE_IN_THREAD_BYTES = 16 * 1024  # bigger JSON bodies (base64 images) ar
 DECODE_IN_THREAD_BYTES = 1024 * 1024  # msgpack too when this big (nested lists, JPEG/PNG bytes)
 
 
+
+def peer_address(client: Any) -> str | None:
+    """A connection's sender as uvicorn saw it (a trusted proxy's X-Forwarded-For applied), for logs and audit."""
+    return getattr(client, "host", None)
+
 class BodyBudget:
     """Bytes of request bodies being read at once, server-wide. Each body is bounded by --max-body-mb, but HTTP
     connections are not capped (robots and probes must get through), so 64 slow 8 MB uploads held 1 GB; past the
@@ -77,7 +82,7 @@ class ServerState:
         except AuthError as e:
             self.auth_failures += 1
             if self.auth_failures == 1 or self.auth_failures % 100 == 0:
-                host = getattr(peer, "host", None) or "unknown address"
+                host = peer_address(peer) or "unknown address"
                 log.warning("refused a request from %s: %s (%d refused so far)", host, e, self.auth_failures)
             raise
 

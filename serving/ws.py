@@ -13,9 +13,12 @@ from rfm.runtime.observation import accepted_sizes
 from serving import codec, openpi
 from serving.codec import ActRequest
 from serving.errors import ApiError, PayloadTooLarge, to_api_error
-from serving.state import ServerState, decode_act
+from serving.state import ServerState, decode_act, peer_address
 
 POLICY_VIOLATION, MESSAGE_TOO_BIG, INTERNAL_ERROR, TRY_AGAIN_LATER = 1008, 1009, 1011, 1013
+# "/" too for openpi: its own examples connect with WebsocketClientPolicy(host, port), which asks for the root path
+OPENPI_PATHS = ("/openpi", "/")
+WEBSOCKET_PATHS = ("/v1/ws", *OPENPI_PATHS)  # a plain GET of one is a proxy that dropped the upgrade (serving.app)
 WS_PIPELINE = 8  # requests of one /v1/ws socket in flight at once; beyond, the server stops reading it
 
 
@@ -69,6 +72,7 @@ def add_websocket_routes(app: FastAPI, state: ServerState) -> None:
         gauge.inc()
         state.websockets += 1
         connection = f"ws-{uuid.uuid4().hex[:12]}"  # the recorded episode of frames that name no session or robot
+        address = peer_address(ws.client)
         anonymous = False  # whether any did: that episode ends with the connection
 
         async def answer(body: bytes, fmt: str, t0: float) -> tuple[bytes | str, int]:
@@ -79,7 +83,7 @@ def add_websocket_routes(app: FastAPI, state: ServerState) -> None:
                 service = state.require_service()
                 req = await decode_act(service, body, fmt)
                 anonymous = anonymous or not (req.session_id or req.robot_id)
-                result = await service.act(req, client_id, "/v1/ws", t0, connection, getattr(ws.client, "host", None))
+                result = await service.act(req, client_id, "/v1/ws", t0, connection, address)
                 out, status = result.to_wire(service, fmt), 200
             except Exception as e:  # noqa: BLE001 - reported in-band, the connection stays open
                 err = to_api_error(e, state.config.retry_after_s)
@@ -129,9 +133,6 @@ def add_websocket_routes(app: FastAPI, state: ServerState) -> None:
             if anonymous and service is not None and service.recorder is not None:
                 service.recorder.end_episode(connection, reason="shutdown" if state.draining else "disconnect")
 
-    # "/" too: openpi's own examples connect with WebsocketClientPolicy(host, port), which asks for the root path
-    @app.websocket("/")
-    @app.websocket("/openpi")
     async def ws_openpi(ws: WebSocket) -> None:
         """openpi WebsocketPolicyServer protocol: metadata on connect, then msgpack-numpy obs -> actions."""
         # an openpi robot started before the server connects while the model loads: openpi's client waits for the
@@ -145,6 +146,7 @@ def add_websocket_routes(app: FastAPI, state: ServerState) -> None:
         gauge.inc()
         state.websockets += 1
         session = f"openpi-{uuid.uuid4().hex[:12]}"  # one recorded episode per connection
+        address = peer_address(ws.client)
         service = None
         try:
             while state.loading:
@@ -175,7 +177,7 @@ def add_websocket_routes(app: FastAPI, state: ServerState) -> None:
                     obs = state.openpi.to_observation(openpi.unpack(body), itf.cameras, accepted_sizes(itf),
                                                       state.config.resize_images)
                     result = await service.act(ActRequest(obs, session_id=session), client_id, "/openpi", t0,
-                                               address=getattr(ws.client, "host", None))
+                                               address=address)
                 except Exception as e:  # noqa: BLE001 - openpi convention: text frame, then close 1011
                     err = to_api_error(e, state.config.retry_after_s)
                     state.metrics.observe_request("/openpi", err.status, time.perf_counter() - t0)
@@ -203,3 +205,6 @@ def add_websocket_routes(app: FastAPI, state: ServerState) -> None:
             state.websockets -= 1
             if service is not None and service.recorder is not None:  # closed by the server's stop, or the robot
                 service.recorder.end_episode(session, reason="shutdown" if state.draining else "disconnect")
+
+    for path in OPENPI_PATHS:
+        app.add_api_websocket_route(path, ws_openpi)

@@ -9,6 +9,7 @@ import os
 import sys
 
 from rfm.cli.errors import CLIError
+from rfm.files import process_user
 from rfm.install import pip_install
 from rfm.processes import WorkerDied
 from rfm.train.launch import first_process  # the environment only: no torch
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rfm {args.command}: error: {e}", file=sys.stderr)
         return 2
     except PermissionError as e:  # an output directory of another user's (a volume mounted into a container)
-        print(f"rfm {args.command}: error: {e.strerror}: {e.filename} (this process runs as {_user()})",
+        print(f"rfm {args.command}: error: {e.strerror}: {e.filename} (this process runs as {process_user()})",
               file=sys.stderr)
         return 2
     except ModuleNotFoundError as e:  # a package of an extra this install lacks (pyproject.toml)
@@ -101,17 +102,6 @@ def main(argv: list[str] | None = None) -> int:
               f"kept (rfm writes whole files and directories or nothing); free space (a checkpoint save needs about "
               f"twice a checkpoint's size) and run it again (rfm train --resume continues a run)", file=sys.stderr)
         return 2
-
-
-def _user() -> str:
-    """Who this process runs as, for a permission error: in a container it is often not who owns the volume."""
-    uid = os.getuid() if hasattr(os, "getuid") else None
-    try:
-        import getpass
-
-        return f"user {getpass.getuser()} (uid {uid})" if uid is not None else f"user {getpass.getuser()}"
-    except (KeyError, OSError, ImportError):
-        return f"uid {uid}"
 
 
 def out_of_space(e: BaseException) -> bool:

@@ -15,13 +15,11 @@ import numpy as np
 
 from rfm.client.frames import FrameFitter
 from rfm.client.tls import Verify, ssl_context
-from rfm.client.wire import JSON, MSGPACK, check_structure, decode_response, encode_observation
+from rfm.client.wire import JSON, MSGPACK, RETRY_STATUS, check_structure, decode_response, encode_observation
 from rfm.client.ws import Refused, WebSocketChannel
 
-RETRYABLE = (503,)  # the server's own answers worth asking again: busy, or starting
-# what a proxy or load balancer in front of the server answers while it restarts or stalls, where a direct
-# connection would be refused, which is retried too (the server's own 504, a missed deadline, is not retried)
-PROXY_RETRYABLE = (429, 502, 503, 504)
+RETRYABLE = (503,)  # the server's own answers a request is asked again after: busy, or starting (its 504, a
+# missed deadline, is not: a robot acts on its next observation); a proxy's pages of RETRY_STATUS are retried too
 
 
 class RFMError(Exception):
@@ -36,7 +34,7 @@ def _retryable(resp: httpx.Response) -> bool:
     """Whether asking again may be answered: the server's 503, or a proxy's 429/502/503/504 (not JSON: its page)."""
     if resp.status_code in RETRYABLE:
         return True
-    return resp.status_code in PROXY_RETRYABLE and not resp.headers.get("content-type", "").startswith(JSON)
+    return resp.status_code in RETRY_STATUS and not resp.headers.get("content-type", "").startswith(JSON)
 
 
 def _error(resp: httpx.Response) -> RFMError:

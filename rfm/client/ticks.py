@@ -28,10 +28,9 @@ import httpx
 import numpy as np
 
 from rfm.client.frames import FrameFitter
-from rfm.client.wire import encode_ticks
+from rfm.client.wire import RETRY_STATUS, encode_ticks
 
 log = logging.getLogger("rfm.client.ticks")
-RETRY_STATUS = (429, 502, 503, 504)  # a server restarting, draining or overloaded: the batch is posted again
 YIELD_NICE = 10  # the recorder's threads: behind the control loop (nice 0), not starved (19)
 RECHECK_S = 30.0  # a server that said it is not recording is asked again after this long
 

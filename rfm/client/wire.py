@@ -12,6 +12,9 @@ import numpy as np
 
 MSGPACK = "application/msgpack"
 JSON = "application/json"
+# a server restarting, draining or overloaded, or a proxy in front of it answering for it meanwhile (its 502 where
+# a direct connection would be refused): asking again may be answered
+RETRY_STATUS = (429, 502, 503, 504)
 LABEL_FIELDS = ("episode_end", "success", "correction", "record")
 OPTIONAL_FIELDS = ("request_id", "robot_id", "session_id")
 COMMITTED = "committed_actions"  # rfm.constants.COMMITTED (not imported: the SDK stays free of the runtime)

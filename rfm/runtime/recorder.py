@@ -40,7 +40,7 @@ from rfm.constants import (
     SUCCESS,
     image_key,
 )
-from rfm.files import DirectoryLock, LockHeld
+from rfm.files import DirectoryLock, LockHeld, process_user
 from rfm.runtime.frame_spill import SPILL_DIR, FrameSpill, clear_spill
 
 if TYPE_CHECKING:
@@ -526,9 +526,8 @@ def _check_writable(root: Path) -> None:
         except PermissionError:  # a directory above may not be entered: found further up
             continue
         if p.is_dir() and not os.access(p, os.W_OK | os.X_OK):
-            uid = f" (uid {os.getuid()})" if hasattr(os, "getuid") else ""
-            raise ValueError(f"--record {root}: this process{uid} may not write into {p}; give it the directory "
-                             f"(a volume mounted into rfm's image: chown it to uid 10001)")
+            raise ValueError(f"--record {root}: this process ({process_user()}) may not write into {p}; give it the "
+                             f"directory (a volume mounted into rfm's image: chown it to uid 10001)")
         return
 
 

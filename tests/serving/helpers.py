@@ -120,3 +120,17 @@ def gated_loader(runner: Runner, timeout_s: float = 10.0):
         return runner
 
     return load, gate
+
+
+def audit_record(path, request_id: str, timeout_s: float = 10.0) -> dict | None:
+    """The audit log's record of `request_id` once the audit thread has written it (None after timeout_s)."""
+    import json
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        lines = path.read_text().splitlines() if path.exists() else []
+        found = next((json.loads(ln) for ln in lines if f'"{request_id}"' in ln), None)
+        if found is not None:
+            return found
+        time.sleep(0.05)
+    return None

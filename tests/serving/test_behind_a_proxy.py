@@ -14,7 +14,7 @@ import pytest
 from rfm.client import RFMClient, RFMError
 from serving.config import ServerConfig
 from serving.server import ServerThread
-from tests.serving.helpers import observation
+from tests.serving.helpers import audit_record, observation
 from tests.serving.tcp_proxy import TcpProxy, self_signed
 
 pytestmark = pytest.mark.integration  # a real server behind a real socket proxy
@@ -127,7 +127,7 @@ def test_a_proxys_request_id_names_the_request_in_the_answer_and_the_audit_log(s
     ok = httpx.post(server.url + "/v1/act", content=msgpack_body(observation()),
                     headers={**msgpack, "X-Request-ID": "ngx-7f3a", "X-Forwarded-For": "192.0.2.9"})
     assert ok.status_code == 200 and ok.headers["x-request-id"] == "ngx-7f3a"
-    audited = _audited(server, "ngx-7f3a")
+    audited = audit_record(server.audit_path, "ngx-7f3a")
     assert audited is not None and audited["address"] == "192.0.2.9"  # the robot's, not the proxy's
     own = httpx.post(server.url + "/v1/act", content=msgpack_body(observation(), request_id="robot-1"),
                      headers={**msgpack, "X-Request-ID": "ngx-7f3b"})
@@ -139,17 +139,3 @@ def test_a_proxys_request_id_names_the_request_in_the_answer_and_the_audit_log(s
                      headers={**msgpack, "X-Request-ID": "x" * 500})  # not an id: ignored, not refused
     assert odd.status_code == 200 and odd.headers["x-request-id"] != "x" * 500
 
-
-def _audited(server, request_id: str, timeout_s: float = 10.0) -> dict | None:
-    """The audit record of `request_id` once the audit thread has written it."""
-    import json
-    import time
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        lines = server.audit_path.read_text().splitlines() if server.audit_path.exists() else []
-        found = next((json.loads(ln) for ln in lines if f'"{request_id}"' in ln), None)
-        if found is not None:
-            return found
-        time.sleep(0.05)
-    return None

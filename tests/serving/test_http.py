@@ -19,7 +19,7 @@ from PIL import Image
 
 from serving.config import ServerConfig
 from serving.server import ServerThread
-from tests.serving.helpers import gated_loader, json_body, msgpack_body, observation
+from tests.serving.helpers import audit_record, gated_loader, json_body, msgpack_body, observation
 
 pytestmark = pytest.mark.integration  # a real uvicorn server
 
@@ -193,12 +193,7 @@ def test_metrics_reflect_traffic(server):
 def test_audit_log_records_requests_without_secrets(server):
     post(server, msgpack_body(observation(instruction="audit me"), request_id="audit-1", robot_id="arm-3",
                               session_id="s-9"))
-    deadline = time.monotonic() + 5
-    rec = None
-    while rec is None and time.monotonic() < deadline:
-        lines = server.audit_path.read_text().splitlines() if server.audit_path.exists() else []
-        rec = next((json.loads(ln) for ln in lines if '"audit-1"' in ln), None)
-        time.sleep(0.05)
+    rec = audit_record(server.audit_path, "audit-1", timeout_s=5)
     assert rec is not None
     assert rec["robot_id"] == "arm-3" and rec["session_id"] == "s-9" and rec["instruction"] == "audit me"
     assert rec["instruction_run"] == "audit me"  # no --snap-instructions: the model runs what was sent
