@@ -63,17 +63,19 @@ LEROBOT_SIDE = textwrap.dedent('''
     if mode == "read":
         ds = LeRobotDataset("rfm/compat", root=root)
         cams = ds.meta.camera_keys
-        states, actions, eps, tasks, images = [], [], [], [], {k: [] for k in cams}
+        states, actions, eps, tasks, images, ticks = [], [], [], [], {k: [] for k in cams}, []
         for i in range(len(ds)):
             it = ds[i]
             states.append(it["observation.state"].numpy()); actions.append(it["action"].numpy())
+            if "tick_time" in it:  # a recording's real tick times
+                ticks.append(float(it["tick_time"]))
             eps.append(int(it["episode_index"])); tasks.append(it["task"])
             for k in cams:
                 images[k].append((it[k].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
         chunk = LeRobotDataset("rfm/compat", root=root, delta_timestamps={"action": [i / ds.fps for i in range(8)]})
         last = chunk[len(chunk) - 1]
         np.savez(npz, states=np.stack(states), actions=np.stack(actions), episode_index=np.array(eps),
-                 **{"img:" + k: np.stack(v) for k, v in images.items()})
+                 tick_time=np.array(ticks, np.float32), **{"img:" + k: np.stack(v) for k, v in images.items()})
         print(json.dumps({"frames": len(ds), "episodes": ds.num_episodes, "tasks": tasks, "fps": ds.fps,
                           "cameras": cams, "video_backend": ds.video_backend, "chunk_shape": list(last["action"].shape),
                           "chunk_pad": last["action_is_pad"].tolist(), "stats": sorted(ds.meta.stats)}))
@@ -148,7 +150,7 @@ def check_rfm_to_lerobot(py: str, tmp: Path, name: str, use_videos: bool, increm
 
 def check_recording_to_lerobot(py: str, tmp: Path, name: str) -> dict:
     """A server's recording of a robot that reports its ticks (frames at the model's size, the robot's native sizes,
-    aspect and calibration in the metadata, the executed action and chunk columns) loads in lerobot."""
+    aspect and calibration in the metadata, the executed action, chunk and tick-time columns) loads in lerobot."""
     from rfm.config import RobotInterface
     from rfm.runtime.recorder import Recorder
 
@@ -166,7 +168,7 @@ def check_recording_to_lerobot(py: str, tmp: Path, name: str) -> dict:
             images = np.stack([frame(i, ep), frame(i, ep)[::-1]]).transpose(0, 3, 1, 2).copy()
             rec.record_tick(f"robot-{ep}", images, rng.standard_normal(4).astype(np.float32), TASKS[ep],
                             rng.standard_normal(4).astype(np.float32), rng.standard_normal(32).astype(np.float32),
-                            episode_end=i == T - 3 * ep - 1)
+                            episode_end=i == T - 3 * ep - 1, time=100.0 + i / FPS + 0.2 * (i > 5))
     rec.close()
     return compare_in_lerobot(py, tmp, root, name, True)
 
@@ -192,6 +194,8 @@ def compare_in_lerobot(py: str, tmp: Path, root: Path, name: str, use_videos: bo
     np.testing.assert_array_equal(got["states"], ours.states)
     np.testing.assert_array_equal(got["actions"], ours.actions)
     np.testing.assert_array_equal(got["episode_index"], ours.episode_index)
+    if "tick_time" in ours.extras:
+        np.testing.assert_array_equal(got["tick_time"], np.asarray(ours.extras["tick_time"]).reshape(-1))
     assert res["tasks"] == [ours.instruction(i) for i in range(ours.num_frames)], "task strings differ"
     assert res["chunk_shape"] == [8, ours.actions.shape[1]] and res["chunk_pad"][1:] == [True] * 7, res
     errs = {}

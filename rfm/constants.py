@@ -17,6 +17,10 @@ ENDED_BY = "ended_by"  # per episode: robot | instruction | length | idle | gap 
 SESSION = "session"  # per episode: the robot session it was recorded from
 MODEL = "model"  # per episode: the served model that produced it (model_id@model_version)
 FIRST_TICK = "first_tick"  # per episode: the robot's index of its first recorded tick (0: from the start; -1: unknown)
+# per frame: seconds from the episode's first frame when the robot executed the tick (its clock) or the server got the
+# request (the server's); -1 where the robot did not say. `timestamp` stays index / fps, as LeRobot requires of it
+TICK_TIME = "tick_time"
+LATE_TICK_PERIODS = 1.5  # a tick that came more than this many control periods after the one before is late
 
 # Keys of a runtime observation dict (one robot, one timestep).
 IMAGES = "images"  # {camera: (H, W, 3) uint8}

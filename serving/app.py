@@ -24,7 +24,13 @@ from serving.config import ServerConfig
 from serving.errors import ApiError, PayloadTooLarge, to_api_error
 from serving.metrics import Metrics
 from serving.openapi import episode_end_request, specialise
-from serving.schemas import ERROR_RESPONSES, ActResponseBody, EpisodeEndResponseBody, TicksResponseBody
+from serving.schemas import (
+    EPISODE_END_RESPONSES,
+    ERROR_RESPONSES,
+    ActResponseBody,
+    EpisodeEndResponseBody,
+    TicksResponseBody,
+)
 from serving.state import BodyBudget, ServerState, decode_act, peer_address
 from serving.ws import WEBSOCKET_PATHS, add_websocket_routes
 
@@ -212,7 +218,7 @@ def create_app(runner: Runner | Callable[[], Runner], config: ServerConfig | Non
         except Exception as e:  # noqa: BLE001 - becomes a clean status + message
             return error_response(to_api_error(e, state.config.retry_after_s))
 
-    @app.post("/v1/episodes/end", response_model=EpisodeEndResponseBody, responses=ERROR_RESPONSES,
+    @app.post("/v1/episodes/end", response_model=EpisodeEndResponseBody, responses=EPISODE_END_RESPONSES,
               openapi_extra=raw_body("EpisodeEndBody"),
               summary="End a robot session's recorded episode (robot reset), with an optional success label")
     async def end_episode(request: Request):

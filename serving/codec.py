@@ -74,6 +74,7 @@ class Tick:
     chunk: np.ndarray | None = None  # (H * D_a,) the predicted chunk the action came from
     label: np.ndarray | None = None  # (D_a,) the action to learn from instead (operator / expert)
     index: int | None = None  # the tick's number in its episode, counted by the robot from 0 (gaps, retries)
+    time: float | None = None  # seconds on the robot's clock when it executed the tick (any origin: late ticks)
 
 
 @dataclass
@@ -295,7 +296,7 @@ def _ident(obj: dict, key: str) -> str | None:
 
 ACT_FIELDS = frozenset({IMAGES, STATE, INSTRUCTION, COMMITTED, "request_id", "robot_id", "session_id", "episode_end",
                         "success", "correction", "record", "deadline_ms"})
-TICK_FIELDS = frozenset({IMAGES, STATE, INSTRUCTION, "action", "chunk", "label", "index"})
+TICK_FIELDS = frozenset({IMAGES, STATE, INSTRUCTION, "action", "chunk", "label", "index", "time"})
 TICKS_FIELDS = frozenset({"session_id", "robot_id", "ticks", "episode_end", "success", "stream", "episode"})
 
 
@@ -374,6 +375,10 @@ def parse_ticks(obj: Any, cameras: list[str], sizes: dict[str, list[tuple[int, i
         try:
             act = parse_act(t, cameras, sizes, TICK_FIELDS, any_size)
             index = _count(t, "index")
+            when = t.get("time")
+            if when is not None and (isinstance(when, bool) or not isinstance(when, (int, float))
+                                     or not math.isfinite(when)):
+                raise PayloadError(f"'time' must be a number of seconds (the robot's clock), got {str(when)[:40]!r}")
             arrays = {}
             for key in ("action", "chunk", "label"):
                 if key not in t or t[key] is None:
@@ -383,7 +388,8 @@ def parse_ticks(obj: Any, cameras: list[str], sizes: dict[str, list[tuple[int, i
                 arrays[key] = numbers(t[key], repr(key))
         except (PayloadError, TypeError, ValueError) as e:
             raise PayloadError(f"ticks[{i}]: {e}") from e
-        ticks.append(Tick(act.observation, arrays["action"], arrays.get("chunk"), arrays.get("label"), index))
+        ticks.append(Tick(act.observation, arrays["action"], arrays.get("chunk"), arrays.get("label"), index,
+                          None if when is None else float(when)))
     end, success, _ = _labels({k: obj.get(k) for k in ("episode_end", "success") if k in obj})
     return TicksRequest(_ident(obj, "session_id"), _ident(obj, "robot_id"), ticks, end, success,
                         _ident(obj, "stream"), _count(obj, "episode"))

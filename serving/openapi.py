@@ -110,7 +110,11 @@ def ticks_request(itf: RobotInterface, max_body_bytes: int, instruction_required
                            "label": {"anyOf": [_numbers(act, "the action to learn from instead (operator or "
                                                              "expert)"), {"type": "null"}]},
                            "index": _count("the tick's number in its episode, counted by the robot from 0: a jump "
-                                           "ends the recorded episode (nothing is recorded with a hole)")}}
+                                           "ends the recorded episode (nothing is recorded with a hole)"),
+                           "time": {"anyOf": [{"type": "number"}, {"type": "null"}],
+                                    "description": "seconds on the robot's clock (any origin, never going back) "
+                                                   "when it executed the tick: recorded in the tick_time column, "
+                                                   "so ticks that came late show"}}}
     return {"type": "object", "title": "TicksRequestBody", "required": ["ticks"], "additionalProperties": False,
             "description": "control ticks a robot executed, in order (servers started with --record)",
             "properties": {"session_id": _ident("the recorded episode stream, per robot_id where both are given"),

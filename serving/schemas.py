@@ -38,6 +38,8 @@ ERROR_RESPONSES = {code: {"model": ErrorBody, "description": desc} for code, des
     413: "body over the size limit", 415: "unsupported Content-Type",
     422: "observation does not match the model", 500: "inference failed for this request's batch",
     503: "not ready, overloaded (see Retry-After) or shutting down", 504: "deadline exceeded"}.items()}
+EPISODE_END_RESPONSES = {**ERROR_RESPONSES, 404: {"model": ErrorBody, "description": "no recorded episode is open for "
+                                                   "the session (never recorded, already ended, or idle too long)"}}
 
 
 class EpisodeEndResponseBody(BaseModel):

@@ -23,7 +23,7 @@ from rfm.runtime.recorder import Recorder
 from serving.admission import BatchCostModel, DeadlineTooShort, min_deadline_ms
 from serving.audit import AuditLog
 from serving.batcher import Batcher, BatchFailed
-from serving.codec import ActRequest, EpisodeEnd, TicksRequest, encode_actions
+from serving.codec import TICK_FIELDS, ActRequest, EpisodeEnd, TicksRequest, encode_actions
 from serving.config import ServerConfig
 from serving.errors import ApiError
 from serving.memory import HeapTrimmer
@@ -106,7 +106,8 @@ class InferenceService:
                        "resize_images": self.config.resize_images, "recording": self.recorder is not None,
                        "default_instruction": self.default_instruction(),
                        "min_deadline_ms": self.min_deadline_ms, "max_body_bytes": self.config.max_body_bytes,
-                       "action_limits": self.limits.to_dict() if self.limits else None}
+                       "action_limits": self.limits.to_dict() if self.limits else None,
+                       "tick_fields": sorted(TICK_FIELDS)}  # what a POST /v1/ticks tick may hold: newer SDKs ask
         return d
 
     async def act(self, req: ActRequest, client_id: str | None, endpoint: str, t0: float,
@@ -159,7 +160,8 @@ class InferenceService:
                             "(%s): the requests of several such robots are interleaved in it; give each robot a "
                             "robot_id (RFMClient(url, robot_id=...))", endpoint, client_id or "default")
             self.recorder.record(self.session_key(req, client_id, connection), images, state, instruction, actions,
-                                 success=req.success, correction=req.correction, episode_end=req.episode_end)
+                                 success=req.success, correction=req.correction, episode_end=req.episode_end,
+                                 arrived=t0)
         return ActResult(actions, request_id, res.batch_size, timings, clipped)
 
     def _recorder(self) -> Recorder:
@@ -170,7 +172,13 @@ class InferenceService:
     def end_episode(self, req: EpisodeEnd, client_id: str | None) -> str:
         """Close a robot session's recorded episode (POST /v1/episodes/end); returns the session key."""
         key = self.session_key(req, client_id)
-        self._recorder().end_episode(key, success=req.success)
+        recorder = self._recorder()
+        if not recorder.has_open(key):  # a mistyped id would lose the outcome without a word
+            raise ApiError(404, "no_open_episode",
+                           f"no recorded episode is open for session {key[:64]!r}: none was recorded under that id, "
+                           f"or its episode already ended (episode_end, {recorder.idle_timeout_s:g} s without a "
+                           f"request, or a server restart); the outcome was not recorded")
+        recorder.end_episode(key, success=req.success)
         return key
 
     async def record_ticks(self, req: TicksRequest, client_id: str | None) -> tuple[str, int]:
@@ -208,7 +216,7 @@ class InferenceService:
             last = k == len(checked) - 1
             recorder.record_tick(key, images, state, instruction, t.action, t.chunk, t.label,
                                  success=req.success if last else None, episode_end=req.episode_end and last,
-                                 index=t.index)
+                                 index=t.index, time=t.time)
         if req.episode_end and not checked:
             recorder.end_episode(key, success=req.success)
         self.tick_ledger.note(key, req, [t for *_, t in checked])

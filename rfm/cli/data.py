@@ -190,7 +190,23 @@ def _recording_line(rec: dict) -> str:
             + (f"; {rec['start_mid_episode']} start mid-episode (their first ticks were not recorded)"
                if rec.get("start_mid_episode") else "")
             + ("; by model: " + ", ".join(f"{m} ({', '.join(f'{n} {o}' for o, n in by.items())})"
-                                          for m, by in rec["models"].items()) if rec.get("models") else ""))
+                                          for m, by in rec["models"].items()) if rec.get("models") else "")
+            + _timing_words(rec.get("timing")))
+
+
+def _timing_words(timing: dict | None) -> str:
+    """The recording's real tick timing, where the robots said when they ticked (the tick_time column)."""
+    if not timing or not timing["timed_episodes"]:
+        return ""
+    eps = timing["episodes_with_late_ticks"]
+    shown = ", ".join(map(str, eps[:10])) + (" ..." if len(eps) > 10 else "")
+    late = (f"{timing['late_ticks']} late ticks (more than {timing['late_after_periods']:g} control periods after "
+            f"the one before) in episodes {shown}" if eps else "no late ticks")
+    longest, rate = timing["longest_interval_ms"], timing["median_rate_hz"]
+    return (f"; timing: {late}"
+            + (f", longest interval {longest:g} ms (a period is {1000 / timing['fps']:g} ms)" if longest else "")
+            + (f", median rate {rate:g} Hz" if rate else "")
+            + (f", {timing['untimed_episodes']} episodes untimed" if timing["untimed_episodes"] else ""))
 
 
 def run_view(args: argparse.Namespace) -> int:

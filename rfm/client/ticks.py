@@ -15,6 +15,7 @@ and the backlog is bounded in bytes.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 import threading
@@ -54,7 +55,8 @@ class TickRecorder:
     waiting to be posted beyond this are dropped (counted in `lost`) rather than growing without bound while the
     server is unreachable. `retry_s`: how long a batch is retried through connection errors and 429/502/503/504
     before its ticks count as lost. `real_time`: the robot's measured rate is checked against the model's control
-    rate (a warning, once); a simulated robot, which ticks as fast as its simulator, passes False.
+    rate (a warning, once) and each tick's time is recorded; a simulated robot, which ticks as fast as its simulator,
+    passes False (its ticks carry no time unless `add()` is given one: the wall clock says nothing of a simulation's).
 
     A tick the server would refuse (a state or action of another length than GET /v1/models says, a missing camera,
     a NaN) is left out and counted in `lost`, rather than making the server refuse its whole batch.
@@ -72,7 +74,7 @@ class TickRecorder:
         self.session_id, self.robot_id, self.batch_ticks = session_id, robot_id, max(1, batch_ticks)
         self.format, self.headers = client.format, dict(client.headers)
         self.fit_frames, self.max_backlog_bytes = fit_frames, int(max_backlog_mb * 2**20)
-        self.retry_s = retry_s
+        self.retry_s, self.real_time = retry_s, real_time
         self.stream = uuid.uuid4().hex[:16]  # this recorder's ticks, told apart from a restarted robot's
         self._episode = 0  # episodes ended so far (end_episode)
         self._index = 0  # the next tick's number in its episode
@@ -104,8 +106,13 @@ class TickRecorder:
         self._fit_thread = threading.Thread(target=self._fit_backlog, name="rfm-ticks-fit", daemon=True)
         self._fit_thread.start()
 
-    def add(self, obs: Mapping[str, Any], action: np.ndarray, chunk: np.ndarray | None = None) -> None:
-        """This tick's observation and the action executed at it (and the chunk it came from). Never blocks."""
+    def add(self, obs: Mapping[str, Any], action: np.ndarray, chunk: np.ndarray | None = None,
+            t: float | None = None) -> None:
+        """This tick's observation and the action executed at it (and the chunk it came from). `t`: when the robot
+        executed it, in seconds on a clock that only goes forward (a sensor's timestamp; default time.monotonic()
+        now), recorded so a tick that came late shows. Never blocks."""
+        if t is not None and not math.isfinite(t):
+            raise ValueError(f"t={t!r}: a tick's time must be a finite number of seconds")
         # copies: a camera driver may reuse its buffers, and the record must hold what this tick saw
         images = {cam: img if isinstance(img, (bytes, str)) else np.array(img) for cam, img in obs["images"].items()}
         tick = {"images": images, "state": np.asarray(obs["state"], np.float32).copy(),
@@ -117,6 +124,7 @@ class TickRecorder:
                 self._intervals.append(now - self._last_add)
             self._last_add = now
             tick["index"] = self._index
+            tick["time"] = float(t) if t is not None else now if self.real_time else None  # a simulator's: none
             self._index += 1
             self._skipped = False
             if self._backlog_bytes > self.max_backlog_bytes:  # dropped: its number is skipped, the server sees a gap
@@ -278,6 +286,8 @@ class TickRecorder:
                 sum(_image_bytes(t) for t in ticks) * (4 / 3 if self.format == "json" else 1) > self._max_body:
             self._post_halves(ticks, end, success, session, episode)
             return
+        if "time" not in ((self._served or {}).get("server") or {}).get("tick_fields", ()):
+            ticks = [{k: v for k, v in t.items() if k != "time"} for t in ticks]  # an older server refuses it
         body = encode_ticks(ticks, session, self.format, self.robot_id, end, success, self.stream, episode)
         if self._max_body is not None and len(body) > self._max_body and len(ticks) > 1:
             self._post_halves(ticks, end, success, session, episode)

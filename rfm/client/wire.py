@@ -98,7 +98,7 @@ def encode_ticks(ticks: list[Mapping[str, Any]], session_id: str, fmt: str = "ms
                  episode: int | None = None) -> bytes:
     """Control ticks a robot executed -> a POST /v1/ticks body. Each tick: its observation ("images", "state",
     "instruction"), the "action" executed, optionally the "chunk" it came from, a "label" (a correction to
-    learn from instead) and its "index" in the episode; `stream` and `episode` say whose episode (retries of a
+    learn from instead), its "index" in the episode and its "time" (seconds, the robot's clock); `stream` and `episode` say whose episode (retries of a
     batch the server already has are then recorded once)."""
     out = []
     for i, t in enumerate(ticks):
@@ -113,6 +113,8 @@ def encode_ticks(ticks: list[Mapping[str, Any]], session_id: str, fmt: str = "ms
                 item[key] = _floats(t[key], key)
         if t.get("index") is not None:
             item["index"] = int(t["index"])
+        if t.get("time") is not None:
+            item["time"] = float(t["time"])
         out.append(item)
     body: dict[str, Any] = {"session_id": session_id, "ticks": out, "episode_end": bool(episode_end)}
     if robot_id:

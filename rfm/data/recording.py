@@ -14,7 +14,17 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from rfm.constants import CORRECTED, ENDED_BY, FIRST_TICK, MODEL, OUTCOME, SESSION, SUCCESS
+from rfm.constants import (
+    CORRECTED,
+    ENDED_BY,
+    FIRST_TICK,
+    LATE_TICK_PERIODS,
+    MODEL,
+    OUTCOME,
+    SESSION,
+    SUCCESS,
+    TICK_TIME,
+)
 
 if TYPE_CHECKING:
     from rfm.data.episode import Episode
@@ -141,7 +151,39 @@ def summary(ds: LeRobotDataset) -> dict | None:
     mid = sum(1 for g in groups if (by_index[g[0]].meta.get(FIRST_TICK) or 0) > 0)
     if mid:
         out["start_mid_episode"] = mid  # the robot's first ticks were not recorded anywhere (a killed server)
+    timing = tick_timing(ds)
+    if timing is not None:
+        out["timing"] = timing
     return out
+
+
+def tick_timing(ds: LeRobotDataset) -> dict | None:
+    """When the recorded ticks really came (the tick_time column): how many came late, more than LATE_TICK_PERIODS
+    control periods after the one before (a stalled control loop, a robot slower than the model's rate), in which
+    episodes, the longest interval and the median rate; None for a recording without the column."""
+    values = ds.extras.get(TICK_TIME)
+    if values is None:
+        return None
+    times = np.asarray(values, np.float64).reshape(ds.num_frames, -1)[:, 0]
+    period = 1.0 / float(ds.fps)
+    late: dict[int, int] = {}
+    intervals, untimed = [], 0
+    for ep in ds.episodes:
+        t = times[ep.start:ep.stop]
+        if not len(t) or t[0] < 0:  # the robot did not say when it ticked
+            untimed += 1
+            continue
+        gaps = np.diff(t)
+        intervals.append(gaps)
+        n = int((gaps > LATE_TICK_PERIODS * period).sum())
+        if n:
+            late[ep.index] = n
+    gaps = np.concatenate(intervals) if intervals else np.zeros(0)
+    return {"timed_episodes": len(intervals), "untimed_episodes": untimed, "late_ticks": sum(late.values()),
+            "late_after_periods": LATE_TICK_PERIODS, "episodes_with_late_ticks": sorted(late),
+            "longest_interval_ms": round(1000 * float(gaps.max()), 1) if gaps.size else None,
+            "median_rate_hz": round(1.0 / float(np.median(gaps)), 2) if gaps.size and np.median(gaps) > 0 else None,
+            "fps": ds.fps}
 
 
 def _column(ds: LeRobotDataset, key: str) -> np.ndarray | None:

@@ -9,7 +9,9 @@ through the incremental writer, so each finished episode is durable on its own a
 the unfinished ones and what is still queued. Outcome labels (success) and operator corrections are stored as extra columns, and each
 episode's meta/episodes row says its session, its outcome and what ended it (`ended_by`: the robot, or the server
 cutting it on an idle timeout, a gap of dropped ticks, a new instruction, a length cap or its own stop), so a
-fine-tune can pick episodes by how they went (rfm.data.recording).
+fine-tune can pick episodes by how they went (rfm.data.recording). A dataset has one fps and LeRobot requires
+`timestamp` = index / fps, so when each tick really came (the robot's clock; the request's arrival) is its own
+column, `tick_time`: a stalled control loop shows as late ticks instead of a perfect rate.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from rfm.constants import (
     OUTCOME,
     SESSION,
     SUCCESS,
+    TICK_TIME,
     image_key,
 )
 from rfm.files import DirectoryLock, LockHeld, process_user
@@ -61,6 +64,7 @@ class _Frame:
     corrected: bool
     executed: np.ndarray | None = None  # (D_a,) the action the robot executed
     tick: int | None = None  # the robot's index of this tick in its episode (ticks reported with one)
+    time: float | None = None  # seconds on the robot's clock at this tick, or the server's when it got the request
 
 
 @dataclass
@@ -115,6 +119,7 @@ class Recorder:
         self._split: dict[str, str] = {}  # session -> the key of its episode before the hole, still to be ended
         self._hole_seen: dict[str, float] = {}  # sessions in _epochs -> when they last put; forgotten when idle
         self._holes_checked = time.monotonic()
+        self._last_put: dict[str, float] = {}  # session -> when it last put a frame; gone once its episode ended
         self._sessions: dict[str, _Session] = {}
         self.dropped = self.episodes_written = self.episodes_lost = 0
         self.max_buffer_bytes, self._buffered = int(max_buffer_mb * 2**20), 0  # frame bytes held in open sessions
@@ -150,7 +155,8 @@ class Recorder:
                  ACTION_CHUNK: {"dtype": "float32", "shape": [interface.chunk_size * interface.action_dim],
                                 "names": None},
                  ACTION_EXECUTED: {"dtype": "float32", "shape": [interface.action_dim],
-                                   "names": interface.action_names}}
+                                   "names": interface.action_names},
+                 TICK_TIME: {"dtype": "float32", "shape": [1], "names": None}}
         # frames are recorded as the model saw them (its input size); the robot's own geometry (its cameras'
         # native sizes, the aspect policy, their calibration) goes with them, so a model trained on the
         # recording serves the robot's frames as this one does
@@ -167,25 +173,36 @@ class Recorder:
 
     # --- producer side (request handlers): never blocks -----------------------------------------------------
     def record(self, session: str, images: np.ndarray, state: np.ndarray, instruction: str, actions: np.ndarray,
-               success: bool | None = None, correction: np.ndarray | None = None, episode_end: bool = False) -> bool:
-        """Enqueue one served step. images (N_cam, 3, H, W) uint8 as validated; actions (H, D_a).
+               success: bool | None = None, correction: np.ndarray | None = None, episode_end: bool = False,
+               arrived: float | None = None) -> bool:
+        """Enqueue one served step. images (N_cam, 3, H, W) uint8 as validated; actions (H, D_a); `arrived`: when
+        the request came (seconds, any clock that only goes forward), so a robot's late requests show.
 
         Returns False (and counts a drop) when the recorder is behind; inference is never slowed down.
         """
-        return self._put(("frame", session, images, state, instruction, actions, success, correction, episode_end))
+        return self._put(("frame", session, images, state, instruction, actions, success, correction, episode_end,
+                          arrived))
 
     def record_tick(self, session: str, images: np.ndarray, state: np.ndarray, instruction: str, action: np.ndarray,
                     chunk: np.ndarray | None = None, label: np.ndarray | None = None, success: bool | None = None,
-                    episode_end: bool = False, index: int | None = None) -> bool:
+                    episode_end: bool = False, index: int | None = None, time: float | None = None) -> bool:
         """Enqueue one control tick the robot executed: images (N_cam, 3, H, W) uint8, the executed action (D_a,),
         the chunk it came from (H * D_a,) and an optional label (D_a,) to learn from instead; `index`: the tick's
-        number in the robot's episode (a jump ends the recorded episode: ticks are missing). Never blocks."""
+        number in the robot's episode (a jump ends the recorded episode: ticks are missing); `time`: seconds on the
+        robot's clock when it executed the tick (late ticks show in the recording). Never blocks."""
         return self._put(("tick", session, images, state, instruction, action, chunk, label, success, episode_end,
-                          index))
+                          index, time))
 
     def end_episode(self, session: str, success: bool | None = None, reason: str = "robot") -> None:
         """Close the session's current episode (robot reset or task done); `reason` goes into its `ended_by`."""
         self._put(("end", session, success, reason))
+
+    def has_open(self, session: str) -> bool:
+        """Whether `session` has a recorded episode that an end would close: it sent a frame and neither ended its
+        episode since nor went quiet past the idle timeout (which ends it on the server)."""
+        with self._put_lock:
+            seen = self._last_put.get(session)
+            return seen is not None and time.monotonic() - seen <= self.idle_timeout_s
 
     def room(self, n: int) -> bool:
         """Whether n more items fit in the queue now (the consumer only makes more room): a batch of ticks is taken
@@ -204,6 +221,10 @@ class Recorder:
         with self._put_lock:
             now = time.monotonic()
             self._forget_idle_holes(now)
+            if kind == "end":
+                self._last_put.pop(sid, None)
+            else:
+                self._last_put[sid] = now
             epoch = self._epochs.get(sid, 0)
             key = sid if epoch == 0 else f"{sid}~{epoch}"
             # an end holds no frames: never dropped; a frame is while episodes wait for disk space (a robot that
@@ -234,6 +255,9 @@ class Recorder:
         if now - self._holes_checked < self.idle_timeout_s:
             return
         self._holes_checked = now
+        for sid, seen in list(self._last_put.items()):
+            if now - seen > self.idle_timeout_s:
+                del self._last_put[sid]
         for sid, seen in list(self._hole_seen.items()):
             if now - seen > 2 * self.idle_timeout_s:
                 if sid in self._split:
@@ -299,15 +323,17 @@ class Recorder:
         return {c: np.ascontiguousarray(np.asarray(images[i]).transpose(1, 2, 0))
                 for i, c in enumerate(self.interface.cameras)}
 
-    def _add(self, sid, images, state, instruction, actions, success, correction, episode_end) -> None:
+    def _add(self, sid, images, state, instruction, actions, success, correction, episode_end, arrived) -> None:
         itf = self.interface
         cams = self._frames(images)
         actions = np.asarray(actions, np.float32).reshape(itf.chunk_size, itf.action_dim)
         learn = actions[0] if correction is None else np.asarray(correction, np.float32).reshape(itf.action_dim)
         self._append(sid, _Frame(cams, np.asarray(state, np.float32), learn, actions.reshape(-1), instruction,
-                                 bool(success), correction is not None, actions[0]), episode_end, success)
+                                 bool(success), correction is not None, actions[0], time=arrived), episode_end,
+                     success)
 
-    def _add_tick(self, sid, images, state, instruction, action, chunk, label, success, episode_end, index) -> None:
+    def _add_tick(self, sid, images, state, instruction, action, chunk, label, success, episode_end, index,
+                  when) -> None:
         itf = self.interface
         sess = self._sessions.get(sid)
         last = sess.frames[-1].tick if sess is not None and sess.frames else None
@@ -319,7 +345,7 @@ class Recorder:
         chunk = (np.zeros(itf.chunk_size * itf.action_dim, np.float32) if chunk is None
                  else np.asarray(chunk, np.float32).reshape(-1))
         self._append(sid, _Frame(cams, np.asarray(state, np.float32), learn, chunk, instruction, bool(success),
-                                 label is not None, executed, index), episode_end, success)
+                                 label is not None, executed, index, when), episode_end, success)
 
     def _append(self, sid: str, frame: _Frame, episode_end: bool, success: bool | None) -> None:
         sess = self._sessions.setdefault(sid, _Session())
@@ -426,6 +452,8 @@ class Recorder:
                  ACTION_CHUNK: np.stack([f.chunk for f in sess.frames])}
         if ACTION_EXECUTED in self.writer.info["features"]:  # recordings started before this column lack it
             extra[ACTION_EXECUTED] = np.stack([f.executed for f in sess.frames])
+        if TICK_TIME in self.writer.info["features"]:
+            extra[TICK_TIME] = _tick_times(sess.frames)
         first = -1 if sess.frames[0].tick is None else int(sess.frames[0].tick)  # > 0: it starts mid-episode
         self.writer.save_episode(extra=extra, meta={SESSION: str(sid), OUTCOME: sess.outcome, ENDED_BY: reason,
                                                     FIRST_TICK: first, MODEL: self.model or "unknown"})
@@ -455,6 +483,15 @@ def _recorded_calibration(interface: RobotInterface) -> dict | None:
         same = tuple(interface.native_size(cam)) == tuple(interface.image_size)
         out[cam] = {"projection": proj[i].tolist()} if same and proj is not None else interface.calibration[cam]
     return out or None
+
+
+def _tick_times(frames: list[_Frame]) -> np.ndarray:
+    """Each frame's seconds from the episode's first (float64 until then: a robot's clock may read 1.7e9); -1 for
+    all of an episode whose robot did not say when it ticked."""
+    if any(f.time is None for f in frames):
+        return np.full(len(frames), -1.0, np.float32)
+    times = np.array([f.time for f in frames], np.float64)
+    return (times - times[0]).astype(np.float32)
 
 
 def _frame_bytes(frame: _Frame) -> int:

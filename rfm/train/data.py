@@ -18,7 +18,7 @@ from torch.utils.data import ConcatDataset, Sampler
 from rfm.config import RobotInterface
 from rfm.constants import ACTION, FUTURE_FRAMES, OBS_ENV_STATE, OBS_STATE
 from rfm.data.reader import LeRobotDataset
-from rfm.data.recording import frame_mask
+from rfm.data.recording import frame_mask, tick_timing
 from rfm.data.recording import summary as recording_summary
 from rfm.data.stats import aggregate
 from rfm.data.view import blank_cameras
@@ -123,6 +123,14 @@ def build_training_data(paths: list[str], chunk_size: int, image_size: tuple[int
                          f"{' ...' if len(eps) > 10 else ''} of {ds.num_episodes} (unplugged or covered while "
                          f"recording?); the model learns from those frames: rfm data view {ds.root} --episode "
                          f"{eps[0]} shows them")
+        timing = tick_timing(ds)
+        if timing and timing["late_ticks"]:
+            eps = timing["episodes_with_late_ticks"]
+            notes.append(f"{ds.root}: {timing['late_ticks']} recorded ticks came late (more than "
+                         f"{timing['late_after_periods']:g} control periods after the one before; the longest "
+                         f"interval {timing['longest_interval_ms']:g} ms at {ds.fps:g} fps) in episode(s) "
+                         f"{', '.join(map(str, eps[:10]))}{' ...' if len(eps) > 10 else ''}: their actions ran longer "
+                         f"than a period, and the model learns them as one; rfm data info {ds.root} shows the timing")
     first = len(datasets[0].episodes)
     if val_episodes and val_episodes >= first:
         raise ValueError(f"train.val_episodes={val_episodes}: {paths[0]} has {first} episode(s), and at least one must "

@@ -449,3 +449,36 @@ def test_parts_of_one_robot_episode_are_counted_once_whatever_the_session_key(tm
     info = summary(ds)
     assert info["outcomes"] == {"success": 1, "failure": 1, "unknown": 0} and info["parts"] == 3
     assert info["models"] == {"m@1": {"success": 1, "failure": 1}} and "start_mid_episode" not in info
+
+
+def test_a_recording_started_before_tick_times_goes_on_without_them(tmp_path):
+    """A --record directory an older rfm started has no tick_time column: a dataset's columns are the same in
+    every episode, so new episodes are appended without it, and the recording still loads whole."""
+    from rfm.constants import ACTION_CHUNK, ACTION_EXECUTED, CORRECTED, SUCCESS, TICK_TIME
+    from rfm.data.lerobot import LeRobotDatasetWriter
+    from rfm.data.recording import summary
+
+    extra = {SUCCESS: {"dtype": "bool", "shape": [1], "names": None},
+             CORRECTED: {"dtype": "bool", "shape": [1], "names": None},
+             ACTION_CHUNK: {"dtype": "float32", "shape": [12], "names": None},
+             ACTION_EXECUTED: {"dtype": "float32", "shape": [3], "names": ITF.action_names}}
+    old = LeRobotDatasetWriter(tmp_path / "rec", fps=10, robot_type="arm", cameras={"a": (32, 32), "b": (32, 32)},
+                               state_names=ITF.state_names, action_names=ITF.action_names, use_videos=False,
+                               incremental=True, extra_features=extra)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        old.add_frame(images={c: rng.integers(0, 255, (32, 32, 3), dtype=np.uint8) for c in "ab"},
+                      state=np.zeros(2, np.float32), action=np.zeros(3, np.float32), task="pick")
+    old.save_episode(extra={SUCCESS: np.ones(3, bool), CORRECTED: np.zeros(3, bool),
+                            ACTION_CHUNK: np.zeros((3, 12), np.float32), ACTION_EXECUTED: np.zeros((3, 3), np.float32)},
+                     meta={"session": "old", "outcome": "success", "ended_by": "robot"})
+    old.finalize()
+    rec = Recorder(tmp_path / "rec", ITF, use_videos=False)
+    for t in range(4):
+        images, state, actions = _step(rng)
+        rec.record_tick("arm", images, state, "pick", actions[0], index=t, time=100.0 + 0.1 * t,
+                        episode_end=t == 3, success=True)
+    rec.close()
+    ds = LeRobotDataset(tmp_path / "rec")
+    assert ds.num_episodes == 2 and ds.num_frames == 7 and TICK_TIME not in ds.extras
+    assert "timing" not in summary(ds)

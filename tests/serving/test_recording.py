@@ -11,6 +11,7 @@ import sys
 import time
 
 import httpx
+import msgpack
 import numpy as np
 import pytest
 from openpi_client.websocket_client_policy import WebsocketClientPolicy
@@ -60,6 +61,10 @@ def test_served_episodes_are_recorded_and_load(tiny_checkpoint, tmp_path):
             _act(url, rng, robot_id="robot-b", correction=[0.5, -0.5])
         r = httpx.post(url + "/v1/episodes/end", json={"robot_id": "robot-b", "success": False})
         assert r.status_code == 200 and r.json()["session"] == "robot-b"
+        for again in ({"robot_id": "robot-b", "success": True}, {"robot_id": "robot-x", "success": True}):
+            r = httpx.post(url + "/v1/episodes/end", json=again)  # ended already; never recorded (a typo)
+            assert r.status_code == 404 and r.json()["error"] == "no_open_episode", r.text
+            assert "the outcome was not recorded" in r.json()["detail"]
         bad = httpx.post(url + "/v1/act", content=msgpack_body(observation(rng), correction=[1.0]), headers=MSGPACK)
         assert bad.status_code == 422 and "correction has 1 values" in bad.text
         policy = WebsocketClientPolicy(host=f"ws://127.0.0.1:{port}/openpi")  # openpi: one episode per connection
@@ -83,6 +88,9 @@ def test_served_episodes_are_recorded_and_load(tiny_checkpoint, tmp_path):
     assert ds.extras["is_correction"][b0:b1].all()
     assert ds.tasks[:2] == ["open the drawer", "close the drawer"]
     assert ds.get_frame(0)["images"]["front"].shape == (64, 64, 3)
+    for e in ds.episodes:  # when each request came, by the server's clock, from the episode's first
+        when = ds.extras["tick_time"][e.start:e.stop].reshape(-1)
+        assert when[0] == 0.0 and np.all(np.diff(when) >= 0), when
 
 
 def test_lossless_recording_keeps_every_pixel(tiny_checkpoint, tmp_path):
@@ -154,6 +162,10 @@ def test_ticks_errors_name_the_tick_and_field_and_a_server_without_record_says_s
         r = httpx.post(rec.url + "/v1/ticks", content=encode_ticks([{**good, "action": [0.1]}], "s1"),
                        headers=MSGPACK)
         assert r.status_code == 422 and "ticks[0]: action has 1 values, expected 2" in r.json()["detail"]
+        bad_time = msgpack.unpackb(encode_ticks([good], "s1"))
+        bad_time["ticks"][0]["time"] = "now"
+        r = httpx.post(rec.url + "/v1/ticks", content=msgpack.packb(bad_time), headers=MSGPACK)
+        assert r.status_code == 422 and r.json()["detail"].startswith("ticks[0]: 'time' must be a number"), r.text
         r = httpx.post(rec.url + "/v1/ticks", content=encode_ticks([good, good], "s1", episode_end=True),
                        headers=MSGPACK)
         assert r.status_code == 200 and r.json()["ticks"] == 2
@@ -762,3 +774,79 @@ def test_a_robot_with_large_frames_rides_out_an_outage_with_its_backlog_fitted(t
         assert rec.lost == 0 and rec.errors == 0 and rec.sent == 45, rec.last_error
     ds = LeRobotDataset(tmp_path / "rec")
     assert ds.num_frames == 45 and ds.states[:, 2].tolist() == list(range(45))
+
+
+def test_a_recording_keeps_when_each_tick_came_so_a_stalled_loop_shows(tiny_checkpoint, tmp_path, capsys):
+    """A recording's timestamps are index / fps (LeRobot requires it), so a control loop that stalled was stored as
+    a perfect rate. The robot's own tick times go into tick_time, and rfm data info counts the late ticks."""
+    from rfm.cli.main import main
+    from rfm.client import RFMClient, TickRecorder
+    from rfm.data.recording import summary
+    from serving.config import ServerConfig
+    from serving.server import ServerThread
+    from tests.serving.helpers import load_tiny
+
+    runner = load_tiny(tiny_checkpoint)
+    period = 1.0 / runner.interface.control_hz
+    times = 5000.0 + period * np.arange(30)  # a robot's clock: any origin
+    times[12:] += 0.2  # the loop stalled for 200 ms before tick 12
+    times[20:] += 2.5 * period  # and missed two ticks before tick 20
+    cfg = ServerConfig(max_batch=2, warmup_batch_sizes=(1,), record_dir=str(tmp_path / "rec"), record_images="image")
+    obs = observation()
+    with ServerThread(runner, cfg) as server, RFMClient(server.url) as client:
+        with TickRecorder(client, "arm", batch_ticks=8, real_time=False) as rec:
+            for t in times:
+                rec.add(obs, [0.1, 0.2], t=float(t))
+            rec.end_episode(success=True)
+            for _ in range(5):  # a simulated robot's: the wall clock says nothing of it
+                rec.add(obs, [0.1, 0.2])
+            rec.end_episode(success=True)
+            assert rec.sent == 35 and rec.lost == 0
+        with TickRecorder(client, "arm", batch_ticks=8) as rec:
+            for _ in range(5):  # a real robot's own clock, when add() is not told
+                rec.add(obs, [0.1, 0.2])
+                time.sleep(0.002)
+            rec.end_episode(success=True)
+    ds = LeRobotDataset(tmp_path / "rec")
+    when = ds.extras["tick_time"].reshape(-1)
+    np.testing.assert_allclose(when[:30], times - times[0], atol=1e-4)
+    assert ds.timestamps[29] == pytest.approx(29 * period, abs=1e-4)  # LeRobot's column keeps the nominal rate
+    assert np.all(when[30:35] == -1.0)
+    assert when[35] == 0.0 and np.all(np.diff(when[35:40]) > 0.001)
+    timing = summary(ds)["timing"]
+    assert timing["late_ticks"] == 2 and timing["episodes_with_late_ticks"] == [0]
+    assert timing["timed_episodes"] == 2 and timing["untimed_episodes"] == 1
+    assert timing["longest_interval_ms"] == pytest.approx(1000 * np.diff(times).max(), abs=0.1)
+    assert main(["data", "info", str(tmp_path / "rec")]) == 0
+    assert "timing: 2 late ticks (more than 1.5 control periods after the one before) in episodes 0" in \
+        capsys.readouterr().out
+    from rfm.train.data import build_training_data
+
+    notes = build_training_data([str(tmp_path / "rec")], 4, None, None, 0).notes  # rfm train says it too
+    assert any("2 recorded ticks came late" in n and "in episode(s) 0:" in n for n in notes), notes
+
+
+def test_a_robot_recording_against_a_server_that_takes_no_tick_time_sends_none(tiny_checkpoint, tmp_path,
+                                                                                  monkeypatch):
+    """A server of a fleet not yet upgraded refuses a tick field it does not know (422, the whole batch): the SDK
+    sends a tick's time only to servers that list it in GET /v1/models."""
+    import serving.codec
+    import serving.service
+    from rfm.client import RFMClient, TickRecorder
+    from serving.config import ServerConfig
+    from serving.server import ServerThread
+    from tests.serving.helpers import load_tiny
+
+    older = frozenset(serving.codec.TICK_FIELDS - {"time"})
+    monkeypatch.setattr(serving.codec, "TICK_FIELDS", older)
+    monkeypatch.setattr(serving.service, "TICK_FIELDS", older)
+    cfg = ServerConfig(max_batch=2, warmup_batch_sizes=(1,), record_dir=str(tmp_path / "rec"), record_images="image")
+    obs = observation()
+    with ServerThread(load_tiny(tiny_checkpoint), cfg) as server, RFMClient(server.url) as client, \
+            TickRecorder(client, "arm", batch_ticks=4, real_time=False) as rec:
+        for _ in range(10):
+            rec.add(obs, [0.1, 0.2])
+        rec.end_episode(success=True)
+        assert rec.sent == 10 and rec.lost == 0 and rec.errors == 0, rec.last_error
+    ds = LeRobotDataset(tmp_path / "rec")
+    assert ds.num_frames == 10 and np.all(ds.extras["tick_time"] == -1.0)  # untimed, not made up
