@@ -29,7 +29,10 @@ model returns a chunk that starts with them and continues them, so the switch to
 With `ensemble_decay` every usable chunk covering the tick votes (ACT temporal ensembling: weights
 exp(-decay * i), i = 0 for the oldest). With a `recorder` (rfm.client.TickRecorder) every tick's observation and
 executed action are recorded on a side channel and the chunk requests are marked not to be recorded: the
-recording holds what the robot did, one frame per control tick.
+recording holds what the robot did, one frame per control tick. An executor of an RFMClient has a recorder of its
+own by default (`recorder="auto"`), which records only where the server does (`rfm serve --record`): a server that
+recorded the requests of a robot asking every few ticks stored a corrupt episode (40 ticks as 5 frames, each
+labelled with its chunk's first action), so an executor's requests are never recorded as such.
 """
 
 from __future__ import annotations
@@ -84,17 +87,30 @@ def passing(error: BaseException) -> bool:
     return isinstance(error, (ConnectionError, TimeoutError, httpx.TransportError))
 
 
+def _own_recorder(client: Any) -> Any:
+    """The TickRecorder of an executor given none: under the client's session_id (with its robot_id), else its
+    robot_id, else an id of its own; quiet where the server does not record."""
+    import uuid
+
+    from rfm.client.ticks import TickRecorder
+
+    session = client.session_id or client.robot_id or f"robot-{uuid.uuid4().hex[:8]}"
+    return TickRecorder(client, session, client.robot_id if client.session_id else None, optional=True)
+
+
 class ChunkExecutor:
     """Turns a blocking `act(obs) -> (H, D_a)` (e.g. RFMClient.act, Runner.predict) into one action per tick."""
 
     def __init__(self, act: Callable[[Mapping[str, Any]], np.ndarray] | Any, prefetch_steps: int | None = None,
-                 ensemble_decay: float | None = None, recorder: Any = None, action_steps: int | None = None,
+                 ensemble_decay: float | None = None, recorder: Any = "auto", action_steps: int | None = None,
                  delay_ticks: int = 0, continuation: bool = False, prefix_max: int | None = None,
                  max_wait_s: float | None = None) -> None:
         """`act`: a callable or an object with `.act` (RFMClient). `prefetch_steps`: request the next chunk when
         this many actions of the newest chunk remain (default: the chunk less the model's recommended actions per
         request, else half a chunk). `action_steps`, `delay_ticks`: the blocking schedule and its simulated
-        latency (module docstring). `recorder`: a TickRecorder. `continuation`: send committed actions, at most
+        latency (module docstring). `recorder`: a TickRecorder; "auto": one of its own for an RFMClient (its
+        robot_id and session_id), recording where the server records; None: nothing of this robot is recorded.
+        `continuation`: send committed actions, at most
         `prefix_max` (default: the model's, from a Runner's or an RFMClient's model description). `max_wait_s`:
         the longest step() waits for a chunk when the robot has no action (prefetch schedule), then TimeoutError;
         the request stays in flight and the next step() waits for it again (None: as long as the request takes)."""
@@ -108,6 +124,13 @@ class ChunkExecutor:
             raise ValueError("continuation and ensemble_decay are two ways to switch chunks: pick one")
         self._act = act.act if hasattr(act, "act") else act
         self._owner = act
+        client = getattr(act, "__self__", act)
+        self._remote = hasattr(client, "models") and hasattr(client, "url")  # an RFMClient: the server records
+        self._owns_recorder = isinstance(recorder, str) and self._remote
+        if isinstance(recorder, str):
+            if recorder != "auto":
+                raise ValueError(f"recorder={recorder!r}: expected a TickRecorder, 'auto' or None")
+            recorder = _own_recorder(client) if self._remote else None
         self._execution: Any = _UNASKED  # the model's recommended mode, asked for at the first prefetch decision
         self.prefetch_steps, self.ensemble_decay, self.recorder = prefetch_steps, ensemble_decay, recorder
         self.max_wait_s = max_wait_s
@@ -147,8 +170,8 @@ class ChunkExecutor:
         # a driver may reuse its frame and state buffers at the next tick, while the request thread still encodes
         body = {k: (copy.deepcopy(v) if snapshot and isinstance(v, (dict, list, np.ndarray)) else v)
                 for k, v in obs.items()}
-        if self.recorder is not None:
-            body["record"] = False  # the ticks are recorded, not the requests
+        if self.recorder is not None or self._remote:
+            body["record"] = False  # the ticks are recorded (or nothing is), never the requests
         committed = self.committed(ahead) if self.continuation else None
         if committed is not None:
             body["committed_actions"] = committed
@@ -323,6 +346,8 @@ class ChunkExecutor:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._owns_recorder and self.recorder is not None:
+            self.recorder.close()  # what is left goes as an unfinished episode, which the server closes when idle
 
     def __enter__(self) -> ChunkExecutor:  # noqa: PYI034
         return self

@@ -36,11 +36,14 @@ YIELD_NICE = 10  # the recorder's threads: behind the control loop (nice 0), not
 RECHECK_S = 30.0  # a server that said it is not recording is asked again after this long
 
 
+NOT_RECORDING_HINT = "start it with rfm serve --record DIR"
+
+
 class NotRecording(RuntimeError):
     """The server does not record ticks: 409, started without --record; 404, it has no POST /v1/ticks (an rfm
     server older than tick recording). `hint` says what to do."""
 
-    def __init__(self, message: str, hint: str = "start it with rfm serve --record DIR") -> None:
+    def __init__(self, message: str, hint: str = NOT_RECORDING_HINT) -> None:
         super().__init__(message)
         self.hint = hint
 
@@ -57,6 +60,8 @@ class TickRecorder:
     before its ticks count as lost. `real_time`: the robot's measured rate is checked against the model's control
     rate (a warning, once) and each tick's time is recorded; a simulated robot, which ticks as fast as its simulator,
     passes False (its ticks carry no time unless `add()` is given one: the wall clock says nothing of a simulation's).
+    `optional`: record where the server records, and say nothing where it does not (a ChunkExecutor's own recorder);
+    meanwhile add() copies nothing.
 
     A tick the server would refuse (a state or action of another length than GET /v1/models says, a missing camera,
     a NaN) is left out and counted in `lost`, rather than making the server refuse its whole batch.
@@ -70,11 +75,11 @@ class TickRecorder:
 
     def __init__(self, client: Any, session_id: str, robot_id: str | None = None, batch_ticks: int = 8,
                  fit_frames: bool = True, max_backlog_mb: float = 512.0, retry_s: float = 30.0,
-                 real_time: bool = True) -> None:
+                 real_time: bool = True, optional: bool = False) -> None:
         self.session_id, self.robot_id, self.batch_ticks = session_id, robot_id, max(1, batch_ticks)
         self.format, self.headers = client.format, dict(client.headers)
         self.fit_frames, self.max_backlog_bytes = fit_frames, int(max_backlog_mb * 2**20)
-        self.retry_s, self.real_time = retry_s, real_time
+        self.retry_s, self.real_time, self.optional = retry_s, real_time, optional
         self.stream = uuid.uuid4().hex[:16]  # this recorder's ticks, told apart from a restarted robot's
         self._episode = 0  # episodes ended so far (end_episode)
         self._index = 0  # the next tick's number in its episode
@@ -113,6 +118,11 @@ class TickRecorder:
         now), recorded so a tick that came late shows. Never blocks."""
         if t is not None and not math.isfinite(t):
             raise ValueError(f"t={t!r}: a tick's time must be a finite number of seconds")
+        if self._not_recording():  # nothing to copy: the tick is counted, and its number skipped (a gap)
+            with self._cond:
+                self.unrecorded += 1
+                self._index, self._skipped = self._index + 1, True
+            return
         # copies: a camera driver may reuse its buffers, and the record must hold what this tick saw
         images = {cam: img if isinstance(img, (bytes, str)) else np.array(img) for cam, img in obs["images"].items()}
         tick = {"images": images, "state": np.asarray(obs["state"], np.float32).copy(),
@@ -199,14 +209,14 @@ class TickRecorder:
                 self._busy = True
             sent_before = self.sent
             try:
-                if self._not_recording_at is not None and time.monotonic() - self._not_recording_at < RECHECK_S:
+                if self._not_recording():
                     self.unrecorded += len(ticks)  # asked again now and then, not with every batch
                 else:
                     self._post_valid(self._fitted(ticks), end, success, episode)
                     self._check_rate()
                     self._not_recording_at = None
             except NotRecording as e:
-                if self._not_recording_at is None:
+                if self._not_recording_at is None and not (self.optional and e.hint == NOT_RECORDING_HINT):
                     log.warning("%s: ticks are not recorded (%s); asked again every %g s", e, e.hint, RECHECK_S)
                 self._not_recording_at = time.monotonic()
                 self.unrecorded += len(ticks) - (self.sent - sent_before)
@@ -223,6 +233,11 @@ class TickRecorder:
                 self._backlog_bytes -= sum(t["_bytes"] for t in ticks)
                 self._busy = False
                 self._cond.notify_all()
+
+    def _not_recording(self) -> bool:
+        """The server said lately that it does not record (asked again every RECHECK_S)."""
+        said = self._not_recording_at
+        return said is not None and time.monotonic() - said < RECHECK_S
 
     @property
     def tick_hz(self) -> float | None:

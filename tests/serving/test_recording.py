@@ -850,3 +850,37 @@ def test_a_robot_recording_against_a_server_that_takes_no_tick_time_sends_none(t
         assert rec.sent == 10 and rec.lost == 0 and rec.errors == 0, rec.last_error
     ds = LeRobotDataset(tmp_path / "rec")
     assert ds.num_frames == 10 and np.all(ds.extras["tick_time"] == -1.0)  # untimed, not made up
+
+
+def test_a_robot_with_nothing_but_a_client_records_what_it_executed(tiny_checkpoint, tmp_path, caplog):
+    """`ChunkExecutor(client)`, the README's robot line, asks for a chunk every few ticks: a recording server stored
+    its requests, 40 ticks as 5 frames, each labelled with its chunk's first action. The executor records its ticks
+    itself where the server records, and says nothing where it does not."""
+    from rfm.client import ChunkExecutor, RFMClient
+    from rfm.data.recording import summary
+    from serving.config import ServerConfig
+    from serving.server import ServerThread
+    from tests.serving.helpers import load_tiny
+
+    runner = load_tiny(tiny_checkpoint)
+    obs = observation()
+    cfg = ServerConfig(max_batch=2, warmup_batch_sizes=(1,), record_dir=str(tmp_path / "rec"), record_images="image")
+    executed = []
+    with ServerThread(runner, cfg) as server, RFMClient(server.url, robot_id="arm-7") as client, \
+            ChunkExecutor(client) as ex:
+        for t in range(40):
+            executed.append(ex.step({**obs, "state": np.full(3, t, np.float32)}))
+        assert ex.requests < 20  # chunks, not a request a tick
+        ex.end_episode(success=True)
+    ds = LeRobotDataset(tmp_path / "rec")
+    assert ds.num_episodes == 1 and ds.num_frames == 40 and ds.episode_meta(0)["session"] == "arm-7"
+    np.testing.assert_array_equal(ds.states[:, 0], np.arange(40))
+    np.testing.assert_allclose(ds.extras["action_executed"], np.stack(executed), atol=1e-6)
+    assert summary(ds)["outcomes"]["success"] == 1
+    plain = ServerConfig(max_batch=2, warmup_batch_sizes=(1,))
+    with ServerThread(runner, plain) as server, RFMClient(server.url) as client, \
+            caplog.at_level("WARNING", logger="rfm.client.ticks"), ChunkExecutor(client) as ex:
+        for _ in range(30):
+            ex.step(obs)
+    assert ex.recorder.unrecorded == 30 and ex.recorder.lost == 0 and ex.recorder.sent == 0  # closed with ex
+    assert not [r for r in caplog.records if "not recorded" in r.message]
