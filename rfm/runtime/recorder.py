@@ -35,6 +35,7 @@ from rfm.constants import (
     CORRECTED,
     ENDED_BY,
     FIRST_TICK,
+    LATE_TICK_PERIODS,
     MODEL,
     OBS_STATE,
     OUTCOME,
@@ -119,6 +120,7 @@ class Recorder:
         self._split: dict[str, str] = {}  # session -> the key of its episode before the hole, still to be ended
         self._hole_seen: dict[str, float] = {}  # sessions in _epochs -> when they last put; forgotten when idle
         self._holes_checked = time.monotonic()
+        self._told_rate = False  # warned of an episode recorded from requests slower than the control rate
         self._last_put: dict[str, float] = {}  # session -> when it last put a frame; gone once its episode ended
         self._sessions: dict[str, _Session] = {}
         self.dropped = self.episodes_written = self.episodes_lost = 0
@@ -452,12 +454,29 @@ class Recorder:
                  ACTION_CHUNK: np.stack([f.chunk for f in sess.frames])}
         if ACTION_EXECUTED in self.writer.info["features"]:  # recordings started before this column lack it
             extra[ACTION_EXECUTED] = np.stack([f.executed for f in sess.frames])
+        times = _tick_times(sess.frames)
         if TICK_TIME in self.writer.info["features"]:
-            extra[TICK_TIME] = _tick_times(sess.frames)
+            extra[TICK_TIME] = times
+        self._check_request_rate(sid, sess, times)
         first = -1 if sess.frames[0].tick is None else int(sess.frames[0].tick)  # > 0: it starts mid-episode
         self.writer.save_episode(extra=extra, meta={SESSION: str(sid), OUTCOME: sess.outcome, ENDED_BY: reason,
                                                     FIRST_TICK: first, MODEL: self.model or "unknown"})
         self.episodes_written += 1
+
+    def _check_request_rate(self, sid: str, sess: _Session, times: np.ndarray) -> None:
+        """Warn (once per recorder) when an episode recorded from requests came at a fraction of the control rate:
+        a robot that executes several actions per request (openpi's action chunk broker) is stored one frame per
+        request, its episode replayed that many times too fast, with each chunk's first action as the label."""
+        if self._told_rate or sess.frames[0].tick is not None or len(times) < 8 or times[0] < 0:
+            return
+        periods = float(np.median(np.diff(times))) * self.writer.fps
+        if periods > LATE_TICK_PERIODS:
+            self._told_rate = True
+            log.warning("recorder: session %r asked for a chunk every %.1f control periods (median, at %g Hz): its "
+                        "episode holds one frame per request, %.1fx faster than the robot ran, each labelled with its "
+                        "chunk's first action; a robot that executes several actions per request should report its "
+                        "ticks (POST /v1/ticks: the SDK's ChunkExecutor does), or ask every tick",
+                        sid, periods, self.writer.fps, periods)
 
     @property
     def waiting_for_disk(self) -> int:

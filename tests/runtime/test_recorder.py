@@ -482,3 +482,20 @@ def test_a_recording_started_before_tick_times_goes_on_without_them(tmp_path):
     ds = LeRobotDataset(tmp_path / "rec")
     assert ds.num_episodes == 2 and ds.num_frames == 7 and TICK_TIME not in ds.extras
     assert "timing" not in summary(ds)
+
+
+def test_an_episode_recorded_from_requests_at_a_fraction_of_the_rate_is_told(tmp_path, caplog):
+    """openpi's robots execute several actions per request: recorded per request, an episode holds one frame per
+    chunk. The request times show it, and the server's log says so once."""
+    rng = np.random.default_rng(0)
+    with caplog.at_level("WARNING", logger="rfm.recorder"):
+        for name, every in (("every-tick", 1.0), ("every-4", 4.0)):
+            rec = Recorder(tmp_path / name, ITF)
+            for t in range(10):
+                images, state, actions = _step(rng)
+                rec.record("arm", images, state, "pick", actions, episode_end=t == 9, arrived=50.0 + t * every / 10)
+            rec.close()
+            when = LeRobotDataset(tmp_path / name).extras["tick_time"].reshape(-1)
+            np.testing.assert_allclose(when, np.arange(10) * every / 10, atol=1e-5)
+    said = [r.message for r in caplog.records if "asked for a chunk every" in r.message]
+    assert len(said) == 1 and "every 4.0 control periods" in said[0] and "4.0x faster" in said[0]
