@@ -144,9 +144,9 @@ def summary(ds: LeRobotDataset) -> dict | None:
     models: dict[str, Counter] = {}
     for g in groups:  # the model serving where the robot finished the episode
         model = by_index[g[-1]].meta.get(MODEL)
-        if model is not None:
-            models.setdefault(str(model), Counter())[own[g[-1]]] += 1
-    if models:  # the served model that produced them: how each model did in the field
+        models.setdefault("unknown" if model is None else str(model), Counter())[own[g[-1]]] += 1
+    # the served model that produced them, how each did in the field (an older rfm's episodes name none: unknown)
+    if set(models) != {"unknown"}:
         out["models"] = {m: {o: c[o] for o in OUTCOMES if c[o]} for m, c in models.items()}
     mid = sum(1 for g in groups if (by_index[g[0]].meta.get(FIRST_TICK) or 0) > 0)
     if mid:

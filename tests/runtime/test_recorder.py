@@ -473,7 +473,7 @@ def test_a_recording_started_before_tick_times_goes_on_without_them(tmp_path):
                             ACTION_CHUNK: np.zeros((3, 12), np.float32), ACTION_EXECUTED: np.zeros((3, 3), np.float32)},
                      meta={"session": "old", "outcome": "success", "ended_by": "robot"})
     old.finalize()
-    rec = Recorder(tmp_path / "rec", ITF, use_videos=False)
+    rec = Recorder(tmp_path / "rec", ITF, use_videos=False, model="m@2")
     for t in range(4):
         images, state, actions = _step(rng)
         rec.record_tick("arm", images, state, "pick", actions[0], index=t, time=100.0 + 0.1 * t,
@@ -481,7 +481,9 @@ def test_a_recording_started_before_tick_times_goes_on_without_them(tmp_path):
     rec.close()
     ds = LeRobotDataset(tmp_path / "rec")
     assert ds.num_episodes == 2 and ds.num_frames == 7 and TICK_TIME not in ds.extras
-    assert "timing" not in summary(ds)
+    info = summary(ds)
+    assert "timing" not in info
+    assert info["models"] == {"unknown": {"success": 1}, "m@2": {"success": 1}}  # every episode counted
 
 
 def test_an_episode_recorded_from_requests_at_a_fraction_of_the_rate_is_told(tmp_path, caplog):
