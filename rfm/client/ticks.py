@@ -60,8 +60,8 @@ class TickRecorder:
     before its ticks count as lost. `real_time`: the robot's measured rate is checked against the model's control
     rate (a warning, once) and each tick's time is recorded; a simulated robot, which ticks as fast as its simulator,
     passes False (its ticks carry no time unless `add()` is given one: the wall clock says nothing of a simulation's).
-    `optional`: record where the server records, and say nothing where it does not (a ChunkExecutor's own recorder);
-    meanwhile add() copies nothing.
+    `optional`: record where the server records, and say nothing where it does not (a ChunkExecutor's own recorder).
+    While the server says it does not record, add() copies nothing and counts the tick in `unrecorded`.
 
     A tick the server would refuse (a state or action of another length than GET /v1/models says, a missing camera,
     a NaN) is left out and counted in `lost`, rather than making the server refuse its whole batch.
