@@ -86,6 +86,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="in fleet recordings (rfm serve --record), learn from: all (default), or a comma list of "
                         "success, failure, unknown (episodes by the outcome the robot reported) and corrected "
                         "(the ticks an operator corrected), e.g. success,corrected; other datasets are used whole")
+    p.add_argument("--exclude-episodes", metavar="[DATASET:]EPISODES", action="append",
+                   help="leave these episodes of a --dataset out of training and validation, e.g. 3,7,10-12 (with "
+                        "several datasets, name it: data/demos:3,7); repeat for several datasets")
     p.add_argument("--num-workers", type=int)
     p.add_argument("--frame-cache-gb", type=float,
                    help="decoded-frame cache (GiB), shared by the DataLoader workers of all training processes on "
@@ -132,6 +135,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
                 d["model_overrides"] = {**d.get("model_overrides", {}), **json.loads(value)}
             except json.JSONDecodeError as e:
                 raise CLIError(f"--model is not valid JSON: {e}") from e
+        elif key == "exclude_episodes":
+            continue  # once the datasets are known (--config may name them)
         elif key == "interface":
             d["interface"] = {**d.get("interface", {}), **read_config_file(value)}
         else:
@@ -141,6 +146,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     where = f"--config {args.config}" if getattr(args, "config", None) else "the train config"
     if "dataset" not in d or "out" not in d:
         raise CLIError(f"{where}: give --dataset and --out (or dataset and out in the --config file)")
+    for spec in given.get("exclude_episodes") or []:
+        path, episodes = _excluded(spec, d["dataset"])
+        d.setdefault("exclude_episodes", {})
+        d["exclude_episodes"][path] = sorted({*d["exclude_episodes"].get(path, []), *episodes})
     return TrainConfig.from_dict(d, where)
 
 
@@ -157,6 +166,29 @@ def run(args: argparse.Namespace) -> int:
     if first_process():  # one line from a multi-process run
         print(f"checkpoint: {ckpt}")
     return 0
+
+
+def _excluded(spec: str, dataset: str | list) -> tuple[str, list[int]]:
+    """--exclude-episodes [DATASET:]3,7,10-12 -> (dataset, [3, 7, 10, 11, 12]); CLIError saying what is wrong."""
+    datasets = [str(x).strip() for x in (dataset.split(",") if isinstance(dataset, str) else dataset) if str(x).strip()]
+    path, sep, numbers = spec.rpartition(":")
+    if not sep:
+        if len(datasets) != 1:
+            raise CLIError(f"--exclude-episodes {spec}: with several datasets, name the one: DATASET:EPISODES, "
+                           f"DATASET one of {', '.join(datasets)}")
+        path = datasets[0]
+    episodes: list[int] = []
+    for part in numbers.split(","):
+        lo, dash, hi = part.strip().partition("-")
+        try:
+            first, last = int(lo), int(hi) if dash else int(lo)
+        except ValueError:
+            raise CLIError(f"--exclude-episodes {spec}: {part.strip()!r} is not an episode index or a range like "
+                           f"10-12") from None
+        if first < 0 or last < first:
+            raise CLIError(f"--exclude-episodes {spec}: {part.strip()!r}: expected indices >= 0, a range low-high")
+        episodes.extend(range(first, last + 1))
+    return path, episodes
 
 
 def _set(d: dict, item: str) -> None:

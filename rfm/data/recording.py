@@ -157,10 +157,11 @@ def summary(ds: LeRobotDataset) -> dict | None:
     return out
 
 
-def tick_timing(ds: LeRobotDataset) -> dict | None:
+def tick_timing(ds: LeRobotDataset, episodes: set[int] | None = None) -> dict | None:
     """When the recorded ticks really came (the tick_time column): how many came late, more than LATE_TICK_PERIODS
     control periods after the one before (a stalled control loop, a robot slower than the model's rate), in which
-    episodes, the longest interval and the median rate; None for a recording without the column."""
+    episodes, the longest interval and the median rate (of `episodes`, else all); None for a recording without
+    the column."""
     values = ds.extras.get(TICK_TIME)
     if values is None:
         return None
@@ -169,6 +170,8 @@ def tick_timing(ds: LeRobotDataset) -> dict | None:
     late: dict[int, int] = {}
     intervals, untimed = [], 0
     for ep in ds.episodes:
+        if episodes is not None and ep.index not in episodes:
+            continue
         t = times[ep.start:ep.stop]
         if not len(t) or t[0] < 0:  # the robot did not say when it ticked
             untimed += 1

@@ -52,6 +52,8 @@ class TrainConfig:
     dataset_weights: list[float] | None = None  # share of samples per dataset (normalised); None: by frame count
     recorded_episodes: str = "all"  # in fleet recordings, learn from: all | a comma list of success, failure,
     #   unknown (episodes by outcome) and corrected (frames an operator corrected); other datasets are used whole
+    exclude_episodes: dict[str, list[int]] = field(default_factory=dict)  # {dataset, as in `dataset`: episode
+    #   indices} left out of training and validation: a bad demo, a covered camera, a recording's late ticks
     num_workers: int = 2  # DataLoader workers
     frame_cache_gb: float = 4.0  # decoded-frame cache of all DataLoader workers of all processes on this machine
     val_episodes: int = 0  # episodes held out for a validation loss (0 = none)
@@ -92,6 +94,7 @@ class TrainConfig:
             bad = sorted(set(self.interface) - allowed) if isinstance(self.interface, dict) else [self.interface]
             raise ConfigError(f"train.interface has {bad[0]!r}: expected only {', '.join(sorted(allowed))}."
                               f"{did_you_mean(str(bad[0]), sorted(allowed))}")
+        self.exclude_episodes = _episode_lists(self.exclude_episodes, self.datasets)
         try:
             parse_kinds(self.recorded_episodes)
         except ValueError as e:
@@ -208,3 +211,24 @@ def read_config_file(path: str | Path) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of train config fields, got {type(data).__name__}")
     return data
+
+
+def _episode_lists(value: Any, datasets: list[str]) -> dict[str, list[int]]:
+    """train.exclude_episodes checked: each key one of the datasets, each value episode indices >= 0 (sorted)."""
+    if not isinstance(value, dict):
+        raise ConfigError(f"train.exclude_episodes={value!r} is invalid: expected {{dataset: [episode, ...]}}")
+    out = {}
+    for key, episodes in value.items():
+        key = os.fspath(key) if isinstance(key, os.PathLike) else str(key).strip()
+        same = [d for d in datasets if os.path.normpath(d) == os.path.normpath(key)]  # data/demos/ is data/demos
+        key = same[0] if same else key
+        if key not in datasets:
+            raise ConfigError(f"train.exclude_episodes names {key[:200]!r}, which is not one of train.dataset "
+                              f"({', '.join(datasets)}).{did_you_mean(key, datasets)}")
+        items = [episodes] if isinstance(episodes, int) else episodes
+        if not isinstance(items, (list, tuple)) or not all(isinstance(e, int) and not isinstance(e, bool) and e >= 0
+                                                          for e in items):
+            raise ConfigError(f"train.exclude_episodes[{key!r}]={episodes!r} is invalid: expected episode indices "
+                              f">= 0")
+        out[key] = sorted(set(items))
+    return out

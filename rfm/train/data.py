@@ -90,7 +90,8 @@ def build_training_data(paths: list[str], chunk_size: int, image_size: tuple[int
                         features: tuple[str, ...] = (), cache_copies: int = 1,
                         prepare: Callable[[list[LeRobotDataset]], dict] | None = None,
                         interface: dict | None = None, future_steps: int | None = None,
-                        recorded: tuple[str, ...] | None = None) -> TrainingData:
+                        recorded: tuple[str, ...] | None = None,
+                        exclude: list[list[int]] | None = None) -> TrainingData:
     """Window sets over all datasets; validation holds out the last `val_episodes` of the first dataset.
 
     frame_cache_gb is the memory all copies of the window sets may hold decoded (each DataLoader worker process
@@ -113,31 +114,35 @@ def build_training_data(paths: list[str], chunk_size: int, image_size: tuple[int
     env_dim = feature_dim(datasets, OBS_ENV_STATE) if OBS_ENV_STATE in features else 0
     interface = interface_from_dataset(datasets[0], chunk_size=chunk_size, image_size=image_size, cameras=cameras,
                                        overrides=interface)
+    kept = [_kept_episodes(ds, path, drop) for ds, path, drop in zip(datasets, paths, exclude or [[]] * len(paths))]
     notes = []
-    for ds in datasets:  # a camera rfm cannot read (16-bit depth) fails now, naming its file and field, not in a
-        for cam in interface.cameras:  # DataLoader worker mid-run
-            if ds.episodes and ds.features[ds.camera_key(cam)]["dtype"] != "video":
+    for ds, path, eps_kept in zip(datasets, paths, kept):
+        for cam in interface.cameras:  # a camera rfm cannot read (16-bit depth) fails now, naming its file and
+            if ds.episodes and ds.features[ds.camera_key(cam)]["dtype"] != "video":  # field, not in a worker mid-run
                 ds.decode_episode(ds.episodes[0].index, cam, first=1)
         for cam, eps in blank_cameras(ds, interface.cameras).items():
-            notes.append(f"{ds.root}: camera {cam!r} is one flat colour in episode(s) {', '.join(map(str, eps[:10]))}"
-                         f"{' ...' if len(eps) > 10 else ''} of {ds.num_episodes} (unplugged or covered while "
-                         f"recording?); the model learns from those frames: rfm data view {ds.root} --episode "
-                         f"{eps[0]} shows them")
-        timing = tick_timing(ds)
+            eps = [e for e in eps if e in set(eps_kept)]  # (an episode excluded already is not worth a word)
+            if eps:
+                notes.append(f"{ds.root}: camera {cam!r} is one flat colour in episode(s) {_listed(eps)} of "
+                             f"{ds.num_episodes} (unplugged or covered while recording?); the model learns from "
+                             f"those frames: rfm data view {ds.root} --episode {eps[0]} shows them, "
+                             f"--exclude-episodes {path}:{','.join(map(str, eps))} leaves them out")
+        timing = tick_timing(ds, set(eps_kept))
         if timing and timing["late_ticks"]:
             eps = timing["episodes_with_late_ticks"]
             notes.append(f"{ds.root}: {timing['late_ticks']} recorded ticks came late (more than "
                          f"{timing['late_after_periods']:g} control periods after the one before; the longest "
                          f"interval {timing['longest_interval_ms']:g} ms at {ds.fps:g} fps) in episode(s) "
-                         f"{', '.join(map(str, eps[:10]))}{' ...' if len(eps) > 10 else ''}: their actions ran longer "
-                         f"than a period, and the model learns them as one; rfm data info {ds.root} shows the timing")
-    first = len(datasets[0].episodes)
+                         f"{_listed(eps)}: their actions ran longer than a period, and the model learns them as one; "
+                         f"rfm data info {ds.root} shows the timing, --exclude-episodes {path}:"
+                         f"{','.join(map(str, eps))} leaves them out")
+    first = len(kept[0])
     if val_episodes and val_episodes >= first:
-        raise ValueError(f"train.val_episodes={val_episodes}: {paths[0]} has {first} episode(s), and at least one must "
-                         f"stay for training")
+        raise ValueError(f"train.val_episodes={val_episodes}: {paths[0]} has {first} episode(s)"
+                         f"{' not excluded' if exclude and exclude[0] else ''}, and at least one must stay for training")
     splits, masks, chosen = [], [], []
     for i, ds in enumerate(datasets):
-        episodes = [e.index for e in ds.episodes]
+        episodes = kept[i]
         held = episodes[-val_episodes:] if i == 0 and val_episodes else []
         mask = frame_mask(ds, recorded)
         train = [e for e in episodes if e not in held]
@@ -170,7 +175,8 @@ def build_training_data(paths: list[str], chunk_size: int, image_size: tuple[int
     # training set is its first `episodes_then` episodes (paths as typed, in `dataset`, depend on the directory)
     info["datasets"] = [{"path": str(ds.root.resolve()), "episodes_then": ds.num_episodes,
                          "frames_then": ds.num_frames, "frames": len(w)}
-                        for ds, w in zip(datasets, train_parts)]
+                        | ({"excluded_episodes": sorted(drop)} if drop else {})
+                        for ds, w, drop in zip(datasets, train_parts, exclude or [[]] * len(paths))]
     if chosen:
         info["recorded"] = chosen
     info.update(prepared)
@@ -178,6 +184,25 @@ def build_training_data(paths: list[str], chunk_size: int, image_size: tuple[int
         info["env_state"] = {"dim": env_dim, "datasets": [str(ds.root) for ds in datasets if OBS_ENV_STATE in ds.features]}
     return TrainingData(interface, train_set, ConcatDataset(val_parts) if val_parts else None,
                         merged_stats(datasets), info, {OBS_ENV_STATE: env_dim} if env_dim else {}, notes)
+
+
+def _listed(episodes: list[int]) -> str:
+    return ", ".join(map(str, episodes[:10])) + (" ..." if len(episodes) > 10 else "")
+
+
+def _kept_episodes(ds: LeRobotDataset, path: str, drop: list[int]) -> list[int]:
+    """The dataset's episode indices less those excluded; ValueError naming an excluded one it does not have."""
+    episodes = [e.index for e in ds.episodes]
+    missing = sorted(set(drop) - set(episodes))
+    if missing:
+        raise ValueError(f"train.exclude_episodes: {path} has no episode {missing[0]} (its episodes are "
+                         f"{episodes[0]}..{episodes[-1]})" if episodes else f"train.exclude_episodes: {path} has no "
+                         f"episodes")
+    kept = [e for e in episodes if e not in set(drop)]
+    if not kept:
+        raise ValueError(f"train.exclude_episodes leaves no episode of {path} ({len(episodes)} excluded): drop it "
+                         f"from --dataset instead")
+    return kept
 
 
 def frame_tasks(train_set: ConcatDataset) -> list[str]:

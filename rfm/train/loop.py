@@ -314,7 +314,8 @@ def _train(cfg: TrainConfig, progress: bool) -> Path:
                                cfg.val_episodes, cfg.frame_cache_gb, features=features,
                                cache_copies=max(cfg.num_workers, 1) * local_processes(), prepare=prepare,
                                interface=cfg.interface, future_steps=ahead,
-                               recorded=parse_kinds(cfg.recorded_episodes))
+                               recorded=parse_kinds(cfg.recorded_episodes),
+                               exclude=[cfg.exclude_episodes.get(p, []) for p in cfg.datasets])
     interface, inherited = _inherit_geometry(data.interface, init_config)
     if resumed is not None:  # the geometry its model was built for (the dataset does not record it)
         interface = replace(interface, calibration=resumed.interface.calibration or interface.calibration,

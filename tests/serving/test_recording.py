@@ -823,7 +823,9 @@ def test_a_recording_keeps_when_each_tick_came_so_a_stalled_loop_shows(tiny_chec
     from rfm.train.data import build_training_data
 
     notes = build_training_data([str(tmp_path / "rec")], 4, None, None, 0).notes  # rfm train says it too
-    assert any("2 recorded ticks came late" in n and "in episode(s) 0:" in n for n in notes), notes
+    assert any("2 recorded ticks came late" in n and "in episode(s) 0:" in n and
+               f"--exclude-episodes {tmp_path / 'rec'}:0 leaves them out" in n for n in notes), notes
+    assert not build_training_data([str(tmp_path / "rec")], 4, None, None, 0, exclude=[[0]]).notes  # left out
 
 
 def test_a_robot_recording_against_a_server_that_takes_no_tick_time_sends_none(tiny_checkpoint, tmp_path,

@@ -140,6 +140,32 @@ def test_dataset_weights_are_checked_against_the_datasets(two):
         TrainConfig(dataset=f"{demos},{field}", out="x", dataset_weights=[-1, 2])
 
 
+def test_excluded_episodes_are_left_out_of_training_and_validation(two, tmp_path, capsys):
+    """A bad demo (a covered camera, a stalled loop, a fumble) is left out by index, per dataset; the model card
+    says which; indices the dataset does not have, or a dataset that is not trained on, are refused by name."""
+    from rfm.cli.main import main
+
+    demos, field = two
+    data = build_training_data([str(demos), str(field)], 4, None, None, 1, exclude=[[1], [0]])
+    assert [[e.index for e in p.episodes] for p in data.train_set.datasets] == [[0, 2], [1]]  # 3: validation
+    assert [e.index for e in data.val_set.datasets[0].episodes] == [3]
+    assert [d.get("excluded_episodes") for d in data.info["datasets"]] == [[1], [0]]
+    with pytest.raises(ValueError, match=r"demos has no episode 9 \(its episodes are 0..3\)"):
+        build_training_data([str(demos)], 4, None, None, 0, exclude=[[9]])
+    with pytest.raises(ConfigError, match="exclude_episodes names 'elsewhere', which is not one of train.dataset"):
+        TrainConfig(dataset=f"{demos},{field}", out="x", exclude_episodes={"elsewhere": [1]})
+    cfg = TrainConfig(dataset=f"{demos},{field}", out="x", exclude_episodes={f"{field}/": 1})
+    assert cfg.exclude_episodes == {str(field): [1]}  # the same directory, written otherwise
+    out = str(tmp_path / "run")
+    argv = ["train", "--dataset", f"{demos},{field}", "--out", out, "--preset", "tiny", "--steps", "2",
+            "--batch-size", "4", "--chunk-size", "4", "--num-workers", "0", "--warmup-steps", "1", "--no-progress"]
+    assert main([*argv, "--exclude-episodes", f"{demos}:0,2-3", "--exclude-episodes", f"{field}:1"]) == 0
+    meta = json.loads((tmp_path / "run" / "checkpoint" / "config.json").read_text())["meta"]
+    assert [d.get("excluded_episodes") for d in meta["data"]["datasets"]] == [[0, 2, 3], [1]]
+    assert main([*argv, "--overwrite", "--exclude-episodes", "1"]) == 2  # which dataset? said, not guessed
+    assert "with several datasets, name the one: DATASET:EPISODES" in capsys.readouterr().err
+
+
 def test_mismatched_robot_is_refused_with_the_dataset_named(two, tmp_path):
     other = _write(tmp_path / "other_robot", (5,), ["reach"], state_names=("q1", "q2"))
     with pytest.raises(ValueError, match="other_robot.*state_names"):
