@@ -157,6 +157,19 @@ def summary(ds: LeRobotDataset) -> dict | None:
     return out
 
 
+def late_ticks(ds: LeRobotDataset, episode: int) -> np.ndarray | None:
+    """Frame offsets in `episode` whose tick came more than LATE_TICK_PERIODS control periods after the one before;
+    None where the recording holds no tick times for it (not a recording, or its robot did not say)."""
+    values = ds.extras.get(TICK_TIME)
+    if values is None:
+        return None
+    ep = ds.episode(episode)
+    t = np.asarray(values, np.float64).reshape(ds.num_frames, -1)[ep.start:ep.stop, 0]
+    if not len(t) or t[0] < 0:
+        return None
+    return np.flatnonzero(np.diff(t) > LATE_TICK_PERIODS / float(ds.fps)) + 1
+
+
 def tick_timing(ds: LeRobotDataset, episodes: set[int] | None = None) -> dict | None:
     """When the recorded ticks really came (the tick_time column): how many came late, more than LATE_TICK_PERIODS
     control periods after the one before (a stalled control loop, a robot slower than the model's rate), in which

@@ -65,7 +65,8 @@ def _listed(eps: list[int]) -> str:
 
 
 def contact_sheet(ds: LeRobotDataset, episode: int, out: str | Path, n_frames: int = 8) -> Path:
-    """PNG: per camera a row of n_frames evenly spaced frames, then state and action trajectories."""
+    """PNG: per camera a row of n_frames evenly spaced frames, then state and action trajectories (with a
+    recording's late ticks marked in red)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -89,11 +90,14 @@ def contact_sheet(ds: LeRobotDataset, episode: int, out: str | Path, n_frames: i
             if c == 0:
                 ax.set_ylabel(cam, fontsize=9)
     time = np.arange(t) / ds.fps
+    late = recording.late_ticks(ds, episode)  # a recording's ticks that came late: marked on the trajectories
     for r, (name, values, labels) in enumerate((("state", ds.states[start:stop], ds.state_names),
                                                  ("action", ds.actions[start:stop], ds.action_names))):
         ax = fig.add_subplot(grid[len(cams) + r, :])
         for d in range(values.shape[1]):
             ax.plot(time, values[:, d], label=labels[d] if d < len(labels) else str(d), linewidth=1.2)
+        for i in (late if late is not None else [])[:200]:
+            ax.axvline(time[i], color="red", alpha=0.35, linewidth=0.8)
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
         if values.shape[1] and values.shape[1] <= 12:
@@ -101,7 +105,8 @@ def contact_sheet(ds: LeRobotDataset, episode: int, out: str | Path, n_frames: i
     fig.axes[-1].set_xlabel("time (s)")
     tasks = list(dict.fromkeys(ds.instruction(start + i) for i in range(t)))  # an episode may change task
     shown = " → ".join(repr(x) for x in tasks[:3]) + (f" (+{len(tasks) - 3} more)" if len(tasks) > 3 else "")
-    fig.suptitle(f"{ds.root.name}: episode {episode} ({t} frames) — {shown}", fontsize=10)
+    timing = f", {len(late)} late ticks in red" if late is not None and len(late) else ""
+    fig.suptitle(f"{ds.root.name}: episode {episode} ({t} frames{timing}) — {shown}", fontsize=10)
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -826,6 +826,10 @@ def test_a_recording_keeps_when_each_tick_came_so_a_stalled_loop_shows(tiny_chec
     assert any("2 recorded ticks came late" in n and "in episode(s) 0:" in n and
                f"--exclude-episodes {tmp_path / 'rec'}:0 leaves them out" in n for n in notes), notes
     assert not build_training_data([str(tmp_path / "rec")], 4, None, None, 0, exclude=[[0]]).notes  # left out
+    from rfm.data.recording import late_ticks
+
+    assert late_ticks(ds, 0).tolist() == [12, 20] and late_ticks(ds, 1) is None and late_ticks(ds, 2).size == 0
+    assert main(["data", "view", str(tmp_path / "rec"), "--episode", "0", "--out", str(tmp_path / "ep0.png")]) == 0
 
 
 def test_a_robot_recording_against_a_server_that_takes_no_tick_time_sends_none(tiny_checkpoint, tmp_path,
