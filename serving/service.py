@@ -64,6 +64,10 @@ class InferenceService:
         self.trimmer = HeapTrimmer()
         self.min_deadline_ms = 10.0  # set from the warm-up by calibrate (serving.admission.min_deadline_ms)
         self.tick_ledger = TickLedger()  # which ticks of each robot are recorded: a batch sent again is not twice
+        # one batch of a session at a time, from the ledger's look to its note (the frames are checked in a thread
+        # meanwhile): striped, so memory stays bounded however many sessions come and go
+        self._tick_locks = [asyncio.Lock() for _ in range(64)]
+        self._shared_sessions = 0  # second robots found sending ticks under a session id another robot uses
         self.batcher = Batcher(runner.predict_batch, config.max_batch, config.max_wait_ms, config.queue_size,
                                on_batch=metrics.observe_batch, on_idle=self.trimmer.maybe_trim,
                                prefix_max=runner.prefix_max, action_dim=runner.interface.action_dim)
@@ -185,13 +189,26 @@ class InferenceService:
         """Validate a batch of executed ticks and enqueue them for the recorder (one frame per tick); returns the
         session key and the number of ticks recorded (a batch sent again: those it did not have)."""
         recorder = self._recorder()
-        itf = self.interface
         key = self.session_key(req, client_id)
         for i, t in enumerate(req.ticks):  # what costs nothing is checked before the ledger: a batch that breaks the
             self._check_tick_values(t, f"ticks[{i}]: ")  # contract is refused even when its ticks were recorded
+        async with self._tick_locks[hash(key) % len(self._tick_locks)]:
+            key, second = self.tick_ledger.route(key, req)
+            if second:
+                self._shared_sessions += 1
+                if self._shared_sessions == 1 or self._shared_sessions % 100 == 0:
+                    log.warning("two robots send ticks as session %r at once (their recorders' streams differ): one "
+                                "is recorded apart from now on, as %r (%d such so far); give each robot its own "
+                                "robot_id (RFMClient(url, robot_id=...)) or session_id", key.rsplit("~", 1)[0], key,
+                                self._shared_sessions)
+            return key, await self._record_ticks(recorder, key, req)
+
+    async def _record_ticks(self, recorder: Recorder, key: str, req: TicksRequest) -> int:
+        """record_ticks for one session, its lock held: the ledger's look, the frames' check, the record, the note."""
+        itf = self.interface
         fresh = self.tick_ledger.fresh(key, req)
         if fresh is None:
-            return key, 0  # sent again: recorded already
+            return 0  # sent again: recorded already
         left_open = self.tick_ledger.left_open(key, req)
 
         def check() -> list[tuple]:  # fitting frames costs CPU: off the event loop
@@ -220,7 +237,7 @@ class InferenceService:
         if req.episode_end and not checked:
             recorder.end_episode(key, success=req.success)
         self.tick_ledger.note(key, req, [t for *_, t in checked])
-        return key, len(checked)
+        return len(checked)
 
     def _check_tick_values(self, t, where: str) -> None:
         """A tick's camera names, state, instruction, action, label and chunk (not its frames): ObservationError

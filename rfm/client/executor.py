@@ -41,6 +41,7 @@ import copy
 import logging
 import math
 import time
+import weakref
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -131,6 +132,8 @@ class ChunkExecutor:
             if recorder != "auto":
                 raise ValueError(f"recorder={recorder!r}: expected a TickRecorder, 'auto' or None")
             recorder = _own_recorder(client) if self._remote else None
+            if recorder is not None:  # an executor dropped without close() stops its recorder's threads
+                weakref.finalize(self, recorder.close, False)
         self._execution: Any = _UNASKED  # the model's recommended mode, asked for at the first prefetch decision
         self.prefetch_steps, self.ensemble_decay, self.recorder = prefetch_steps, ensemble_decay, recorder
         self.max_wait_s = max_wait_s
@@ -242,8 +245,9 @@ class ChunkExecutor:
         return [c for c in self._chunks if c[0] <= self.tick < c[0] + len(c[2]) and c[1] <= self.tick]
 
     # --- one tick -------------------------------------------------------------------------------------------
-    def step(self, obs: Mapping[str, Any]) -> np.ndarray:
-        """The action (D_a,) to execute at this tick, given the current observation."""
+    def step(self, obs: Mapping[str, Any], t: float | None = None) -> np.ndarray:
+        """The action (D_a,) to execute at this tick, given the current observation. `t`: the tick's time for the
+        recording (seconds on a clock that only goes forward, e.g. the camera's timestamp); default: now."""
         now = time.perf_counter()
         if self._last_step is not None and self.waits == self._waits_then:  # (a tick that stalled is not the rate)
             dt = now - self._last_step
@@ -262,7 +266,10 @@ class ChunkExecutor:
         action = self._action(cover)
         self.source = cover[-1][0]  # the start tick of the newest chunk this action came from (a switch: it changed)
         if self.recorder is not None:
-            self.recorder.add(obs, action, None if self.ensemble_decay is not None else cover[-1][2])
+            chunk = None if self.ensemble_decay is not None else cover[-1][2]
+            self.recorder.add(obs, action, chunk) if t is None else self.recorder.add(obs, action, chunk, t=t)
+        if self.action_steps is None:  # after the tick is recorded: the request thread's encoding would delay it
+            self._prefetch_if_due(obs)
         self.tick += 1
         return action
 
@@ -286,6 +293,8 @@ class ChunkExecutor:
             if not self._covering():  # the chunk arrived after its last action's tick: ask again, now
                 self._submit(obs)
                 self._collect(block=True)
+
+    def _prefetch_if_due(self, obs: Mapping[str, Any]) -> None:
         start, _, newest = self._chunks[-1]
         remaining = start + len(newest) - self.tick
         if self._pending is None and remaining <= self._prefetch_at(len(newest), obs):
@@ -333,15 +342,17 @@ class ChunkExecutor:
         """An operator or expert gave `action` for the latest tick: record it to learn from (`executed`: the robot
         executed it instead of the policy's)."""
         if self.recorder is None:
-            raise RuntimeError("correct() needs a recorder (ChunkExecutor(..., recorder=TickRecorder(...)))")
+            raise RuntimeError("correct() needs a recorder: an executor of an RFMClient has one unless made with "
+                               "recorder=None; else pass recorder=TickRecorder(...)")
         self.recorder.correct(action, executed)
 
     def end_episode(self, success: bool | None = None, wait: bool = True) -> None:
         """The episode is over: with a recorder, its ticks are posted and the episode closed on the server with its
-        outcome; then reset(), so the next episode starts from a chunk asked for its own first observation instead
-        of the rest of this one's (the counters restart too)."""
-        if self.recorder is not None:
-            self.recorder.end_episode(success=success, wait=wait)
+        outcome (`wait`: until the server has them, for a TickRecorder passed in; the executor's own posts them in
+        the background); then reset(), so the next episode starts from a chunk asked for its own first observation
+        instead of the rest of this one's (the counters restart too)."""
+        if self.recorder is not None:  # (its own recorder does not hold the robot up while a server is unreachable)
+            self.recorder.end_episode(success=success, wait=wait and not self._owns_recorder)
         self.reset()
 
     def close(self) -> None:

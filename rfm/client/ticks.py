@@ -14,6 +14,7 @@ and the backlog is bounded in bytes.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import math
 import os
@@ -21,6 +22,7 @@ import sys
 import threading
 import time
 import uuid
+import weakref
 from collections import deque
 from collections.abc import Mapping
 from typing import Any
@@ -105,6 +107,7 @@ class TickRecorder:
         self.last_error: str | None = None
         self._thread = threading.Thread(target=self._run, name="rfm-ticks", daemon=True)
         self._thread.start()
+        _LIVE.add(self)  # what is queued at the process's exit is posted then
         # fits the frames of ticks waiting to be posted as soon as the model's input size is known: a server
         # restart is ridden out with 128 x 128 frames in the backlog, not 480 x 640 ones (3.7 s of a 3-camera
         # 50 Hz robot in 512 MB, instead of 73 s)
@@ -204,6 +207,7 @@ class TickRecorder:
             with self._cond:
                 self._cond.wait_for(lambda: self._outbox or self._closed)
                 if not self._outbox:
+                    self._http.close()
                     return
                 ticks, end, success, episode = self._outbox[0]
                 self._busy = True
@@ -212,7 +216,10 @@ class TickRecorder:
                 if self._not_recording():
                     self.unrecorded += len(ticks)  # asked again now and then, not with every batch
                 else:
-                    self._post_valid(self._fitted(ticks), end, success, episode)
+                    fitted = self._fitted(ticks)
+                    if self._says_not_recording():  # no body posted only to hear 409
+                        raise NotRecording("the server does not record (GET /v1/models: server.recording is false)")
+                    self._post_valid(fitted, end, success, episode)
                     self._check_rate()
                     self._not_recording_at = None
             except NotRecording as e:
@@ -361,12 +368,7 @@ class TickRecorder:
         would; the server's description is asked once, and gives its body limit too."""
         fitter = self._fitter
         if fitter is None:
-            try:
-                resp = self._http.get("/v1/models", headers=self.headers)
-                served = resp.json() if resp.status_code == 200 else None
-            except (httpx.HTTPError, ValueError):
-                served = None  # not up: these ticks go as they are, and the next batch asks again
-            self._served = served or self._served
+            served = self._describe()  # None: not up; these ticks go as they are, and the next batch asks again
             limit = (served or {}).get("server", {}).get("max_body_bytes")
             self._max_body = limit if isinstance(limit, int) else self._max_body
             fitter = FrameFitter(served if served and self.fit_frames else {})
@@ -377,6 +379,23 @@ class TickRecorder:
         if not fitter.active:
             return ticks
         return [t if t.get("_fitted") else {**t, "images": fitter.images(t["images"])} for t in ticks]
+
+    def _describe(self) -> dict | None:
+        """GET /v1/models, kept in _served; None when the server does not answer it."""
+        try:
+            resp = self._http.get("/v1/models", headers=self.headers)
+            served = resp.json() if resp.status_code == 200 else None
+        except (httpx.HTTPError, ValueError):
+            served = None
+        self._served = served or self._served
+        return served
+
+    def _says_not_recording(self) -> bool:
+        """Whether the server's description says it records nothing; asked again where it said so before (its
+        restart may have added --record)."""
+        if self._served is not None and self._not_recording_at is not None:
+            self._describe()
+        return ((self._served or {}).get("server") or {}).get("recording") is False
 
     def _fit_backlog(self) -> None:
         """Fit the frames of the ticks queued to be posted (not the batch being posted), one at a time, once the
@@ -416,23 +435,39 @@ class TickRecorder:
     def _is_posting(self, tick: dict) -> bool:
         return bool(self._busy and self._outbox and any(t is tick for t in self._outbox[0][0]))
 
-    def close(self) -> None:
-        """Post what is left (as an unfinished episode the server closes on idle) and stop the thread."""
+    def close(self, wait: bool = True, timeout: float | None = None) -> None:
+        """Post what is left (as an unfinished episode the server closes on idle) and stop the threads; `wait`: until
+        they are done (at most `timeout` s; False: they finish in the background)."""
         with self._cond:
             if self._ticks:
                 self._outbox.append((self._ticks, False, None, self._episode))
                 self._ticks = []
             self._closed = True
             self._cond.notify_all()
-        self._thread.join()
-        self._fit_thread.join()
-        self._http.close()
+        if wait:
+            self._thread.join(timeout)
+            self._fit_thread.join(timeout)
 
     def __enter__(self) -> TickRecorder:  # noqa: PYI034
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+_LIVE: weakref.WeakSet[TickRecorder] = weakref.WeakSet()
+EXIT_WAIT_S = 5.0  # at the process's exit, how long the ticks still queued may take to post
+
+
+@atexit.register
+def _post_at_exit() -> None:
+    """A robot program that ends (Ctrl-C, the end of its script) without close() posts the ticks still queued: its
+    recorder's threads are daemons, which the interpreter would stop with them. A server that does not answer gets
+    one try each (a SIGKILL loses them, as it loses anything not yet sent)."""
+    deadline = time.monotonic() + EXIT_WAIT_S
+    for rec in list(_LIVE):
+        rec._down = True  # one try per batch: no 30 s of retries on the way out
+        rec.close(timeout=max(0.0, deadline - time.monotonic()))
 
 
 def yield_to_control_loop() -> None:

@@ -183,7 +183,7 @@ class Recorder:
         Returns False (and counts a drop) when the recorder is behind; inference is never slowed down.
         """
         return self._put(("frame", session, images, state, instruction, actions, success, correction, episode_end,
-                          arrived))
+                          arrived), episode_end)
 
     def record_tick(self, session: str, images: np.ndarray, state: np.ndarray, instruction: str, action: np.ndarray,
                     chunk: np.ndarray | None = None, label: np.ndarray | None = None, success: bool | None = None,
@@ -193,7 +193,7 @@ class Recorder:
         number in the robot's episode (a jump ends the recorded episode: ticks are missing); `time`: seconds on the
         robot's clock when it executed the tick (late ticks show in the recording). Never blocks."""
         return self._put(("tick", session, images, state, instruction, action, chunk, label, success, episode_end,
-                          index, time))
+                          index, time), episode_end)
 
     def end_episode(self, session: str, success: bool | None = None, reason: str = "robot") -> None:
         """Close the session's current episode (robot reset or task done); `reason` goes into its `ended_by`."""
@@ -213,7 +213,7 @@ class Recorder:
             return False
         return self._queued_frames + n <= self.max_items
 
-    def _put(self, item: tuple) -> bool:
+    def _put(self, item: tuple, ends: bool = False) -> bool:
         """Enqueue without waiting; False (and a counted drop) when the recorder is behind.
 
         A drop leaves a hole in its session's episode, so the session moves on to a new episode (key SESSION~N):
@@ -223,7 +223,7 @@ class Recorder:
         with self._put_lock:
             now = time.monotonic()
             self._forget_idle_holes(now)
-            if kind == "end":
+            if kind == "end" or ends:  # (a frame that ends its episode leaves none open)
                 self._last_put.pop(sid, None)
             else:
                 self._last_put[sid] = now
@@ -559,8 +559,8 @@ def check_recording_dir(root: str | Path, interface: RobotInterface) -> None:
 
     root = Path(root)
     _check_writable(root)
-    if root.is_dir():
-        lock_recording(root).release()  # refused now, before the model loads, if another server records here
+    if (root / RECORD_LOCK).is_file():  # refused now, before the model loads, if another server records here (a
+        lock_recording(root).release()  # directory without the file has no server: checking leaves nothing in it)
     if (root / "meta" / "info.json").is_file() and not empty_recording(root):
         ds = LeRobotDataset(root)  # a malformed dataset: an error naming the file
         cameras = {c: tuple(ds.image_shape(c)[:2]) for c in ds.cameras}

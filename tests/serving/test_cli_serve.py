@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -73,11 +74,13 @@ def test_rfm_serve_refuses_a_record_dir_it_cannot_append_to(tiny_checkpoint, tmp
 
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "a.txt").write_text("mine")
+    shutil.copytree(FIXTURES / "aloha-480x640", tmp_path / "aloha")  # another robot's dataset, a copy to write in
     for record, says in ((tmp_path / "notes", "exists and is not a LeRobot dataset"),
-                         (FIXTURES / "aloha-480x640", "do not match the model's")):
+                         (tmp_path / "aloha", "do not match the model's")):
         assert main(["serve", "--checkpoint", str(tiny_checkpoint), "--port", "0", "--record", str(record)]) == 2
         err = capsys.readouterr().err
         assert f"{record}: " in err and says in err and "rfm.serving" not in err, err[-500:]
+        assert not (record / ".rfm-record.lock").exists()  # refused, it leaves nothing in the user's directory
 
 
 def test_rfm_serve_checks_its_openpi_mapping_limits_and_audit_files_before_loading(tiny_checkpoint, tmp_path,

@@ -61,8 +61,9 @@ def test_served_episodes_are_recorded_and_load(tiny_checkpoint, tmp_path):
             _act(url, rng, robot_id="robot-b", correction=[0.5, -0.5])
         r = httpx.post(url + "/v1/episodes/end", json={"robot_id": "robot-b", "success": False})
         assert r.status_code == 200 and r.json()["session"] == "robot-b"
-        for again in ({"robot_id": "robot-b", "success": True}, {"robot_id": "robot-x", "success": True}):
-            r = httpx.post(url + "/v1/episodes/end", json=again)  # ended already; never recorded (a typo)
+        for again in ({"robot_id": "robot-b", "success": True}, {"robot_id": "robot-x", "success": True},
+                      {"robot_id": "robot-a", "success": False}):  # ended already (a request's episode_end too);
+            r = httpx.post(url + "/v1/episodes/end", json=again)  # never recorded (a typo)
             assert r.status_code == 404 and r.json()["error"] == "no_open_episode", r.text
             assert "the outcome was not recorded" in r.json()["detail"]
         bad = httpx.post(url + "/v1/act", content=msgpack_body(observation(rng), correction=[1.0]), headers=MSGPACK)
@@ -193,7 +194,8 @@ def test_a_robot_recording_against_a_server_without_record_is_told_once(server, 
     assert rec.unrecorded == 20 and rec.lost == 0 and rec.errors == 0 and RECHECK_S >= 10
 
 
-def test_a_robot_recording_against_a_server_older_than_tick_recording_is_told_once(tiny_checkpoint, caplog):
+def test_a_robot_recording_against_a_server_older_than_tick_recording_is_told_once(tiny_checkpoint, tmp_path,
+                                                                                     caplog):
     """A fleet is upgraded robot by robot: a new TickRecorder against a server with no POST /v1/ticks (404) was
     taken for lost ticks, cut an episode per batch (~1, ~2, ...) and warned each time. It is told once, as for a
     server that does not record, and the ticks count as unrecorded."""
@@ -204,7 +206,8 @@ def test_a_robot_recording_against_a_server_older_than_tick_recording_is_told_on
     from serving.server import ServerThread
     from tests.serving.helpers import load_tiny
 
-    older = ServerThread(load_tiny(tiny_checkpoint), ServerConfig(max_batch=2, warmup_batch_sizes=(1,)))
+    older = ServerThread(load_tiny(tiny_checkpoint), ServerConfig(max_batch=2, warmup_batch_sizes=(1,),
+                                                                 record_dir=str(tmp_path / "rec")))
     older.app.router.routes[:] = [r for r in older.app.router.routes if getattr(r, "path", "") != "/v1/ticks"]
     obs = observation()
     with older, caplog.at_level(logging.WARNING, logger="rfm.client.ticks"), RFMClient(older.url) as client, \
@@ -890,3 +893,41 @@ def test_a_robot_with_nothing_but_a_client_records_what_it_executed(tiny_checkpo
             ex.step(obs)
     assert ex.recorder.unrecorded == 30 and ex.recorder.lost == 0 and ex.recorder.sent == 0  # closed with ex
     assert not [r for r in caplog.records if "not recorded" in r.message]
+
+
+def test_two_robots_sending_ticks_under_one_session_id_are_recorded_apart(tiny_checkpoint, tmp_path, caplog):
+    """Two robots given one session_id (a copied example's) and no robot_id posted their ticks under one session:
+    each new stream ended the other's episode as a restart (2 x 150 ticks came out as 62 episodes), and batches
+    racing in the server mixed the robots in one episode. Once a displaced stream posts again, it is recorded apart
+    as SESSION~STREAM, and the server says so."""
+    from rfm.client import RFMClient, TickRecorder
+    from serving.config import ServerConfig
+    from serving.server import ServerThread
+    from tests.serving.helpers import load_tiny
+
+    cfg = ServerConfig(max_batch=2, warmup_batch_sizes=(1,), record_dir=str(tmp_path / "rec"), record_images="image")
+    obs = observation()
+    with ServerThread(load_tiny(tiny_checkpoint), cfg) as server, RFMClient(server.url) as client, \
+            caplog.at_level("WARNING", logger="serving"), \
+            TickRecorder(client, "cell-1", batch_ticks=2, real_time=False) as a, \
+            TickRecorder(client, "cell-1", batch_ticks=2, real_time=False) as b:
+        for t in range(60):
+            for robot, rec in enumerate((a, b)):
+                rec.add({**obs, "state": np.array([robot, t, 0], np.float32)}, [0.1, 0.2])
+        a.end_episode(success=True, wait=False)
+        b.end_episode(success=False)
+        a.flush()
+        assert a.sent == b.sent == 60
+    ds = LeRobotDataset(tmp_path / "rec")
+    sessions = {ds.episode_meta(e.index)["session"] for e in ds.episodes}
+    assert sessions in ({"cell-1", f"cell-1~{a.stream[:8]}"}, {"cell-1", f"cell-1~{b.stream[:8]}"}), sessions
+    ticks: dict[int, list[int]] = {0: [], 1: []}
+    for e in ds.episodes:  # no episode mixes the robots or skips a tick; each robot's ticks are recorded once
+        states = ds.states[e.start:e.stop]
+        robot = int(states[0, 0])
+        assert set(states[:, 0].tolist()) == {robot} and np.all(np.diff(states[:, 1]) == 1), states[:, :2]
+        ticks[robot] += states[:, 1].astype(int).tolist()
+    assert sorted(ticks[0]) == sorted(ticks[1]) == list(range(60))
+    assert len(ds.episodes) <= 4  # one cut at most, where the second robot's ticks began
+    said = [r.message for r in caplog.records if "two robots send ticks as session 'cell-1'" in r.message]
+    assert len(said) == 1, said
