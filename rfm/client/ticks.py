@@ -149,6 +149,7 @@ class TickRecorder:
             tick["_bytes"] = _image_bytes(tick)  # what it holds now; less once fitted
             self._backlog_bytes += tick["_bytes"]
             self._ticks.append(tick)
+            self._cond.notify_all()
             if len(self._ticks) > self.batch_ticks:  # all but the newest are final
                 self._outbox.append((self._ticks[:-1], False, None, self._episode))
                 self._ticks = self._ticks[-1:]
@@ -398,8 +399,9 @@ class TickRecorder:
         return ((self._served or {}).get("server") or {}).get("recording") is False
 
     def _fit_backlog(self) -> None:
-        """Fit the frames of the ticks queued to be posted (not the batch being posted), one at a time, once the
-        server has said its model's input size; the backlog then holds them at that size."""
+        """Fit the frames of the ticks queued to be posted (not the batch being posted), one at a time as they come,
+        once the server has said its model's input size: the backlog holds them at that size, and the posting
+        thread has no batch of them to fit at once (24 resizes that held up the control loop's tick)."""
         yield_to_control_loop()
         while True:
             with self._cond:
@@ -430,6 +432,9 @@ class TickRecorder:
             for t in ticks:
                 if not t.get("_fit_tried"):
                     return t
+        for t in self._ticks:
+            if not t.get("_fit_tried"):
+                return t
         return None
 
     def _is_posting(self, tick: dict) -> bool:

@@ -439,3 +439,25 @@ def test_a_round_trip_longer_than_the_prefetch_lead_moves_the_request_earlier_in
     # more while the moving averages settle (a busy machine only makes ticks slower, which helps)
     assert waits <= 2 and requests >= 10, (waits, requests)
     assert "asking for the next one" in caplog.text and "not 4" in caplog.text
+
+
+def test_an_executor_dropped_without_close_stops_its_recorders_threads():
+    """An executor of an RFMClient has a recorder of its own, with two threads and a connection: executors made and
+    dropped without close() (one per episode) kept them all."""
+    import gc
+    import threading
+
+    from rfm.client import ChunkExecutor, RFMClient
+
+    def recorders() -> int:
+        return sum(t.name.startswith("rfm-ticks") for t in threading.enumerate())
+
+    before = recorders()
+    with RFMClient("http://127.0.0.1:9") as client:
+        for _ in range(5):
+            ChunkExecutor(client)
+        gc.collect()
+        deadline = time.monotonic() + 10
+        while recorders() > before and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert recorders() == before

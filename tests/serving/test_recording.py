@@ -892,6 +892,7 @@ def test_a_robot_with_nothing_but_a_client_records_what_it_executed(tiny_checkpo
         for _ in range(30):
             ex.step(obs)
     assert ex.recorder.unrecorded == 30 and ex.recorder.lost == 0 and ex.recorder.sent == 0  # closed with ex
+    assert "server.recording is false" in ex.recorder.last_error  # told by its description: no body posted
     assert not [r for r in caplog.records if "not recorded" in r.message]
 
 
