@@ -909,7 +909,7 @@ def test_two_robots_sending_ticks_under_one_session_id_are_recorded_apart(tiny_c
     cfg = ServerConfig(max_batch=2, warmup_batch_sizes=(1,), record_dir=str(tmp_path / "rec"), record_images="image")
     obs = observation()
     with ServerThread(load_tiny(tiny_checkpoint), cfg) as server, RFMClient(server.url) as client, \
-            caplog.at_level("WARNING", logger="serving"), \
+            caplog.at_level("WARNING", logger="rfm.serving"), \
             TickRecorder(client, "cell-1", batch_ticks=2, real_time=False) as a, \
             TickRecorder(client, "cell-1", batch_ticks=2, real_time=False) as b:
         for t in range(60):
