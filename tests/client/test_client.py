@@ -461,3 +461,26 @@ def test_an_executor_dropped_without_close_stops_its_recorders_threads():
         while recorders() > before and time.monotonic() < deadline:
             time.sleep(0.05)
         assert recorders() == before
+
+
+def test_a_tick_is_recorded_before_its_prefetch_goes_out():
+    """The request thread's frame fitting held the GIL between a prefetch and the tick's record, so every tick that
+    sent a request was stamped 8-15 ms late and a recording showed stalls the loop never had."""
+    events = []
+
+    class Recorder:
+        def add(self, obs, action, chunk, t=None):
+            events.append(("add", obs["t"], t))
+
+        def end_episode(self, success=None, wait=True):
+            pass
+
+    with ChunkExecutor(fake_act, prefetch_steps=2, recorder=Recorder()) as ex:
+        submit = ex._submit
+        ex._submit = lambda obs: (events.append(("submit", obs["t"], None)), submit(obs))[1]
+        for t in range(6):
+            ex.step({"t": t}, t=100.0 + t) if t == 5 else ex.step({"t": t})
+    prefetches = [t for kind, t, _ in events if kind == "submit" and t > 0]
+    assert prefetches and all(events.index(("add", t, None)) < events.index(("submit", t, None))
+                              for t in prefetches if t != 5), events
+    assert ("add", 5, 105.0) in events  # a camera's timestamp goes through step()
