@@ -21,6 +21,7 @@ FIRST_TICK = "first_tick"  # per episode: the robot's index of its first recorde
 # request (the server's); -1 where the robot did not say. `timestamp` stays index / fps, as LeRobot requires of it
 TICK_TIME = "tick_time"
 LATE_TICK_PERIODS = 1.5  # a tick that came more than this many control periods after the one before is late
+EARLY_TICK_PERIODS = 0.5  # one that came within this many is early (a loop catching up in a burst)
 
 # Keys of a runtime observation dict (one robot, one timestep).
 IMAGES = "images"  # {camera: (H, W, 3) uint8}

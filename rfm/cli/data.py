@@ -206,6 +206,8 @@ def _timing_words(timing: dict | None) -> str:
     return (f"; timing: {late}"
             + (f", longest interval {longest:g} ms (a period is {1000 / timing['fps']:g} ms)" if longest else "")
             + (f", median rate {rate:g} Hz" if rate else "")
+            + (f", {timing['early_ticks']} early ticks (within {timing['early_within_periods']:g} of a period: a loop "
+               f"catching up)" if timing.get("early_ticks") else "")
             + (f", {timing['untimed_episodes']} episodes untimed" if timing["untimed_episodes"] else ""))
 
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from rfm.constants import (
     CORRECTED,
+    EARLY_TICK_PERIODS,
     ENDED_BY,
     FIRST_TICK,
     LATE_TICK_PERIODS,
@@ -181,7 +182,7 @@ def tick_timing(ds: LeRobotDataset, episodes: set[int] | None = None) -> dict | 
     times = np.asarray(values, np.float64).reshape(ds.num_frames, -1)[:, 0]
     period = 1.0 / float(ds.fps)
     late: dict[int, int] = {}
-    intervals, untimed = [], 0
+    intervals, untimed, early = [], 0, 0
     for ep in ds.episodes:
         if episodes is not None and ep.index not in episodes:
             continue
@@ -194,9 +195,11 @@ def tick_timing(ds: LeRobotDataset, episodes: set[int] | None = None) -> dict | 
         n = int((gaps > LATE_TICK_PERIODS * period).sum())
         if n:
             late[ep.index] = n
+        early += int((gaps < EARLY_TICK_PERIODS * period).sum())  # a loop catching up after a stall
     gaps = np.concatenate(intervals) if intervals else np.zeros(0)
     return {"timed_episodes": len(intervals), "untimed_episodes": untimed, "late_ticks": sum(late.values()),
             "late_after_periods": LATE_TICK_PERIODS, "episodes_with_late_ticks": sorted(late),
+            "early_ticks": early, "early_within_periods": EARLY_TICK_PERIODS,
             "longest_interval_ms": round(1000 * float(gaps.max()), 1) if gaps.size else None,
             "median_rate_hz": round(1.0 / float(np.median(gaps)), 2) if gaps.size and np.median(gaps) > 0 else None,
             "fps": ds.fps}

@@ -794,6 +794,7 @@ def test_a_recording_keeps_when_each_tick_came_so_a_stalled_loop_shows(tiny_chec
     times = 5000.0 + period * np.arange(30)  # a robot's clock: any origin
     times[12:] += 0.2  # the loop stalled for 200 ms before tick 12
     times[20:] += 2.5 * period  # and missed two ticks before tick 20
+    times[28:] -= 0.6 * period  # and caught up in a burst at tick 28
     cfg = ServerConfig(max_batch=2, warmup_batch_sizes=(1,), record_dir=str(tmp_path / "rec"), record_images="image")
     obs = observation()
     with ServerThread(runner, cfg) as server, RFMClient(server.url) as client:
@@ -819,6 +820,7 @@ def test_a_recording_keeps_when_each_tick_came_so_a_stalled_loop_shows(tiny_chec
     timing = summary(ds)["timing"]
     assert timing["late_ticks"] == 2 and timing["episodes_with_late_ticks"] == [0]
     assert timing["timed_episodes"] == 2 and timing["untimed_episodes"] == 1
+    assert timing["early_ticks"] == 1 + 4  # the burst; and the real-time robot's 5 ticks, far above the model's rate
     assert timing["longest_interval_ms"] == pytest.approx(1000 * np.diff(times).max(), abs=0.1)
     assert main(["data", "info", str(tmp_path / "rec")]) == 0
     assert "timing: 2 late ticks (more than 1.5 control periods after the one before) in episodes 0" in \
