@@ -198,10 +198,11 @@ def _timing_words(timing: dict | None) -> str:
     """The recording's real tick timing, where the robots said when they ticked (the tick_time column)."""
     if not timing or not timing["timed_episodes"]:
         return ""
+    from rfm.data.view import listed_episodes
+
     eps = timing["episodes_with_late_ticks"]
-    shown = ", ".join(map(str, eps[:10])) + (" ..." if len(eps) > 10 else "")
     late = (f"{timing['late_ticks']} late ticks (more than {timing['late_after_periods']:g} control periods after "
-            f"the one before) in episodes {shown}" if eps else "no late ticks")
+            f"the one before) in episodes {listed_episodes(eps)}" if eps else "no late ticks")
     longest, rate = timing["longest_interval_ms"], timing["median_rate_hz"]
     return (f"; timing: {late}"
             + (f", longest interval {longest:g} ms (a period is {1000 / timing['fps']:g} ms)" if longest else "")

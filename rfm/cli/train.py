@@ -15,7 +15,7 @@ from dataclasses import fields
 from rfm.cli.args import checkpoint_dir, positive_int
 from rfm.cli.errors import CLIError
 from rfm.config import did_you_mean
-from rfm.train.config import BALANCE_MODES, TrainConfig, read_config_file
+from rfm.train.config import BALANCE_MODES, TrainConfig, dataset_dirs, read_config_file
 
 NOT_CONFIG = ("config", "set", "threads", "no_progress", "func", "command")  # flags that are not TrainConfig fields
 # flags of older rfm versions -> the config field that replaced them (--set FIELD=VALUE or --config FILE)
@@ -170,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _excluded(spec: str, dataset: str | list) -> tuple[str, list[int]]:
     """--exclude-episodes [DATASET:]3,7,10-12 -> (dataset, [3, 7, 10, 11, 12]); CLIError saying what is wrong."""
-    datasets = [str(x).strip() for x in (dataset.split(",") if isinstance(dataset, str) else dataset) if str(x).strip()]
+    datasets = dataset_dirs(dataset)
     path, sep, numbers = spec.rpartition(":")
     if not sep:
         if len(datasets) != 1:

@@ -267,7 +267,7 @@ class ChunkExecutor:
         self.source = cover[-1][0]  # the start tick of the newest chunk this action came from (a switch: it changed)
         if self.recorder is not None:
             chunk = None if self.ensemble_decay is not None else cover[-1][2]
-            self.recorder.add(obs, action, chunk) if t is None else self.recorder.add(obs, action, chunk, t=t)
+            self.recorder.add(obs, action, chunk, **({} if t is None else {"t": t}))  # (a robot's own may take none)
         if self.action_steps is None:  # after the tick is recorded: the request thread's encoding would delay it
             self._prefetch_if_due(obs)
         self.tick += 1

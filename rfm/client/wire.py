@@ -98,8 +98,8 @@ def encode_ticks(ticks: list[Mapping[str, Any]], session_id: str, fmt: str = "ms
                  episode: int | None = None) -> bytes:
     """Control ticks a robot executed -> a POST /v1/ticks body. Each tick: its observation ("images", "state",
     "instruction"), the "action" executed, optionally the "chunk" it came from, a "label" (a correction to
-    learn from instead), its "index" in the episode and its "time" (seconds, the robot's clock); `stream` and `episode` say whose episode (retries of a
-    batch the server already has are then recorded once)."""
+    learn from instead), its "index" in the episode and its "time" (seconds, the robot's clock); `stream` and
+    `episode` say whose episode (retries of a batch the server already has are then recorded once)."""
     out = []
     for i, t in enumerate(ticks):
         check_structure(t, f"ticks[{i}]: ")

@@ -161,14 +161,9 @@ def summary(ds: LeRobotDataset) -> dict | None:
 def late_ticks(ds: LeRobotDataset, episode: int) -> np.ndarray | None:
     """Frame offsets in `episode` whose tick came more than LATE_TICK_PERIODS control periods after the one before;
     None where the recording holds no tick times for it (not a recording, or its robot did not say)."""
-    values = ds.extras.get(TICK_TIME)
-    if values is None:
-        return None
-    ep = ds.episode(episode)
-    t = np.asarray(values, np.float64).reshape(ds.num_frames, -1)[ep.start:ep.stop, 0]
-    if not len(t) or t[0] < 0:
-        return None
-    return np.flatnonzero(np.diff(t) > LATE_TICK_PERIODS / float(ds.fps)) + 1
+    times = _tick_times(ds)
+    t = None if times is None else _episode_times(times, ds.episode(episode))
+    return None if t is None else np.flatnonzero(np.diff(t) > LATE_TICK_PERIODS / float(ds.fps)) + 1
 
 
 def tick_timing(ds: LeRobotDataset, episodes: set[int] | None = None) -> dict | None:
@@ -176,18 +171,17 @@ def tick_timing(ds: LeRobotDataset, episodes: set[int] | None = None) -> dict | 
     control periods after the one before (a stalled control loop, a robot slower than the model's rate), in which
     episodes, the longest interval and the median rate (of `episodes`, else all); None for a recording without
     the column."""
-    values = ds.extras.get(TICK_TIME)
-    if values is None:
+    times = _tick_times(ds)
+    if times is None:
         return None
-    times = np.asarray(values, np.float64).reshape(ds.num_frames, -1)[:, 0]
     period = 1.0 / float(ds.fps)
     late: dict[int, int] = {}
     intervals, untimed, early = [], 0, 0
     for ep in ds.episodes:
         if episodes is not None and ep.index not in episodes:
             continue
-        t = times[ep.start:ep.stop]
-        if not len(t) or t[0] < 0:  # the robot did not say when it ticked
+        t = _episode_times(times, ep)
+        if t is None:
             untimed += 1
             continue
         gaps = np.diff(t)
@@ -203,6 +197,18 @@ def tick_timing(ds: LeRobotDataset, episodes: set[int] | None = None) -> dict | 
             "longest_interval_ms": round(1000 * float(gaps.max()), 1) if gaps.size else None,
             "median_rate_hz": round(1.0 / float(np.median(gaps)), 2) if gaps.size and np.median(gaps) > 0 else None,
             "fps": ds.fps}
+
+
+def _tick_times(ds: LeRobotDataset) -> np.ndarray | None:
+    """The tick_time column, one float64 a frame; None for a dataset without it."""
+    values = ds.extras.get(TICK_TIME)
+    return None if values is None else np.asarray(values, np.float64).reshape(ds.num_frames, -1)[:, 0]
+
+
+def _episode_times(times: np.ndarray, ep: Episode) -> np.ndarray | None:
+    """One episode's tick times; None where its robot did not say when it ticked (-1)."""
+    t = times[ep.start:ep.stop]
+    return t if len(t) and t[0] >= 0 else None
 
 
 def _column(ds: LeRobotDataset, key: str) -> np.ndarray | None:

@@ -42,7 +42,7 @@ def unchanging(ds: LeRobotDataset) -> dict[str, list[str]]:
             out[key] = [names[i] if i < len(names) else str(i) for i in still]
         else:
             out[key] = []
-    out["cameras"] = [f"{cam} (episodes {_listed(eps)} of {ds.num_episodes})" for cam, eps in blank_cameras(ds).items()]
+    out["cameras"] = [f"{cam} (episodes {listed_episodes(eps)} of {ds.num_episodes})" for cam, eps in blank_cameras(ds).items()]
     return out
 
 
@@ -60,7 +60,8 @@ def blank_cameras(ds: LeRobotDataset, cameras: list[str] | None = None) -> dict[
     return out
 
 
-def _listed(eps: list[int]) -> str:
+def listed_episodes(eps: list[int]) -> str:
+    """Episode indices for a message: the first ten, and how many there are past them."""
     return ", ".join(map(str, eps[:10])) + (f" ... ({len(eps)})" if len(eps) > 10 else "")
 
 

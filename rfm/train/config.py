@@ -135,8 +135,7 @@ class TrainConfig:
     @property
     def datasets(self) -> list[str]:
         """The dataset directories, first one defining the robot interface."""
-        items = self.dataset.split(",") if isinstance(self.dataset, str) else list(self.dataset)
-        return [str(d).strip() for d in items if str(d).strip()]
+        return dataset_dirs(self.dataset)
 
     def action_weights(self, action_names: list[str]) -> list[float] | None:
         """One loss weight per action dimension of this robot (named ones as given, the rest 1); None: all equal."""
@@ -211,6 +210,12 @@ def read_config_file(path: str | Path) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of train config fields, got {type(data).__name__}")
     return data
+
+
+def dataset_dirs(dataset: str | list) -> list[str]:
+    """train.dataset ("a,b" or a list) -> its directories, in order."""
+    items = dataset.split(",") if isinstance(dataset, str) else list(dataset)
+    return [str(d).strip() for d in items if str(d).strip()]
 
 
 def _episode_lists(value: Any, datasets: list[str]) -> dict[str, list[int]]:

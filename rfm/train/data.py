@@ -21,7 +21,7 @@ from rfm.data.reader import LeRobotDataset
 from rfm.data.recording import frame_mask, tick_timing
 from rfm.data.recording import summary as recording_summary
 from rfm.data.stats import aggregate
-from rfm.data.view import blank_cameras
+from rfm.data.view import blank_cameras, listed_episodes
 from rfm.data.windows import WindowDataset, interface_from_dataset
 from rfm.train.config import BALANCE_MODES
 
@@ -123,7 +123,7 @@ def build_training_data(paths: list[str], chunk_size: int, image_size: tuple[int
         for cam, eps in blank_cameras(ds, interface.cameras).items():
             eps = [e for e in eps if e in set(eps_kept)]  # (an episode excluded already is not worth a word)
             if eps:
-                notes.append(f"{ds.root}: camera {cam!r} is one flat colour in episode(s) {_listed(eps)} of "
+                notes.append(f"{ds.root}: camera {cam!r} is one flat colour in episode(s) {listed_episodes(eps)} of "
                              f"{ds.num_episodes} (unplugged or covered while recording?); the model learns from "
                              f"those frames: rfm data view {ds.root} --episode {eps[0]} shows them, "
                              f"--exclude-episodes {path}:{','.join(map(str, eps))} leaves them out")
@@ -133,7 +133,7 @@ def build_training_data(paths: list[str], chunk_size: int, image_size: tuple[int
             notes.append(f"{ds.root}: {timing['late_ticks']} recorded ticks came late (more than "
                          f"{timing['late_after_periods']:g} control periods after the one before; the longest "
                          f"interval {timing['longest_interval_ms']:g} ms at {ds.fps:g} fps) in episode(s) "
-                         f"{_listed(eps)}: their actions ran longer than a period, and the model learns them as one; "
+                         f"{listed_episodes(eps)}: their actions ran longer than a period, and the model learns them as one; "
                          f"rfm data info {ds.root} shows the timing, --exclude-episodes {path}:"
                          f"{','.join(map(str, eps))} leaves them out")
     first = len(kept[0])
@@ -184,10 +184,6 @@ def build_training_data(paths: list[str], chunk_size: int, image_size: tuple[int
         info["env_state"] = {"dim": env_dim, "datasets": [str(ds.root) for ds in datasets if OBS_ENV_STATE in ds.features]}
     return TrainingData(interface, train_set, ConcatDataset(val_parts) if val_parts else None,
                         merged_stats(datasets), info, {OBS_ENV_STATE: env_dim} if env_dim else {}, notes)
-
-
-def _listed(episodes: list[int]) -> str:
-    return ", ".join(map(str, episodes[:10])) + (" ..." if len(episodes) > 10 else "")
 
 
 def _kept_episodes(ds: LeRobotDataset, path: str, drop: list[int]) -> list[int]:
