@@ -506,8 +506,9 @@ def _recorded_calibration(interface: RobotInterface) -> dict | None:
 
 def _tick_times(frames: list[_Frame]) -> np.ndarray:
     """Each frame's seconds from the episode's first (float64 until then: a robot's clock may read 1.7e9); -1 for
-    all of an episode whose robot did not say when it ticked."""
-    if any(f.time is None for f in frames):
+    all of an episode whose robot did not say when it ticked, or that mixes requests (the server's clock) with
+    ticks (the robot's)."""
+    if any(f.time is None for f in frames) or len({f.tick is None for f in frames}) > 1:
         return np.full(len(frames), -1.0, np.float32)
     times = np.array([f.time for f in frames], np.float64)
     return (times - times[0]).astype(np.float32)

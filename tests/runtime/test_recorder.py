@@ -501,3 +501,18 @@ def test_an_episode_recorded_from_requests_at_a_fraction_of_the_rate_is_told(tmp
             np.testing.assert_allclose(when, np.arange(10) * every / 10, atol=1e-5)
     said = [r.message for r in caplog.records if "asked for a chunk every" in r.message]
     assert len(said) == 1 and "every 4.0 control periods" in said[0] and "4.0x faster" in said[0]
+
+
+def test_an_episode_mixing_requests_and_ticks_is_untimed(tmp_path):
+    """A request's time is the server's clock and a tick's the robot's: an episode holding both has no one clock,
+    and its intervals would be nonsense (a robot's client.act() then its executor's ticks showed a 152 ms stall)."""
+    rng = np.random.default_rng(0)
+    rec = Recorder(tmp_path / "rec", ITF)
+    images, state, actions = _step(rng)
+    rec.record("arm", images, state, "pick", actions, arrived=5.0)
+    for t in range(3):
+        images, state, actions = _step(rng)
+        rec.record_tick("arm", images, state, "pick", actions[0], index=t, time=9000.0 + 0.1 * t, episode_end=t == 2)
+    rec.close()
+    ds = LeRobotDataset(tmp_path / "rec")
+    assert ds.num_frames == 4 and np.all(ds.extras["tick_time"] == -1.0)
