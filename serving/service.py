@@ -62,6 +62,7 @@ class InferenceService:
         self.interface = runner.interface
         self.limits, self.audit = limits, audit
         self.trimmer = HeapTrimmer()
+        self.engine_next: str | None = None  # the engine a first start is building to move onto (serving.state)
         self.min_deadline_ms = 10.0  # set from the warm-up by calibrate (serving.admission.min_deadline_ms)
         self.tick_ledger = TickLedger()  # which ticks of each robot are recorded: a batch sent again is not twice
         # one batch of a session at a time, from the ledger's look to its note (the frames are checked in a thread
@@ -89,6 +90,7 @@ class InferenceService:
         self.batcher.predict = runner.predict_batch
         self.calibrate(costs)
         self.runner = runner
+        self.engine_next = None
 
     def instruction_required(self) -> bool:
         """Whether a request must carry an instruction (the model was trained on several and no default is set):
@@ -111,7 +113,8 @@ class InferenceService:
                        "default_instruction": self.default_instruction(),
                        "min_deadline_ms": self.min_deadline_ms, "max_body_bytes": self.config.max_body_bytes,
                        "action_limits": self.limits.to_dict() if self.limits else None,
-                       "tick_fields": sorted(TICK_FIELDS)}  # what a POST /v1/ticks tick may hold: newer SDKs ask
+                       "tick_fields": sorted(TICK_FIELDS),
+                       "engine_next": self.engine_next}  # what a POST /v1/ticks tick may hold: newer SDKs ask
         return d
 
     async def act(self, req: ActRequest, client_id: str | None, endpoint: str, t0: float,

@@ -126,8 +126,10 @@ class ServerState:
                                     use_videos=self.config.record_images == "video",
                                     vcodec=self.config.record_vcodec,
                                     model=f"{runner.model_id}@{runner.model_version}")
-            self.service = InferenceService(runner, self.config, self.metrics, limits, self.audit, recorder)
-            self.service.calibrate(costs)
+            service = InferenceService(runner, self.config, self.metrics, limits, self.audit, recorder)
+            service.engine_next = staged.engine if staged else None  # said from the first answer on
+            service.calibrate(costs)
+            self.service = service
             self.metrics.serving(runner.model_id, runner.model_version, runner.runs_on)
             self.metrics.ready.set(1)
             log.info("model %s@%s ready on %s%s (warm-up %.1f s, batch sizes %s, limits %s)", runner.model_id,
@@ -174,6 +176,7 @@ class ServerState:
             log.info("now serving on %s (built and warmed in %.1f s beside the serving engine)",
                      runner.runs_on, time.perf_counter() - t)
         except Exception as e:  # noqa: BLE001 - the server keeps serving on the first runner
+            self.service.engine_next = None
             log.warning("staying on %s: %s", staged.first.runs_on,
                         f"{type(e).__name__}: {str(e)[:300]}")
 

@@ -130,3 +130,4 @@ class StagedRunner:
     first: Runner
     then: Callable[[], Runner]  # builds the runner to switch to; raises when it cannot (the server keeps `first`)
     what: str  # what `then` builds, for the log
+    engine: str = "onnx"  # the engine `then` serves on: GET /v1/models says it is coming (server.engine_next)

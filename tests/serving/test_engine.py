@@ -157,7 +157,8 @@ def test_a_first_start_serves_on_pytorch_at_once_then_on_the_exported_engine(onn
     loader = engine_loader(tiny_checkpoint, "auto", device="cpu", threads=1, cache_dir=cache, seed=0)
     with caplog.at_level(logging.INFO, logger="rfm.serving"), \
             ServerThread(loader, ServerConfig(warmup_batch_sizes=(1, 2))) as s:
-        assert httpx.get(s.url + "/v1/models").json()["engine"] == "torch"
+        first = httpx.get(s.url + "/v1/models").json()
+        assert (first["engine"], first["server"]["engine_next"]) == ("torch", "onnx")  # and says what comes
         assert 'engine="torch"' in _model_info(s.url)
         assert _deadline_minimum(s.url) == httpx.get(s.url + "/v1/models").json()["server"]["min_deadline_ms"]
         expected = tiny_runner.predict(observation())  # the chunk head: no noise, the same chunk every time
@@ -171,6 +172,7 @@ def test_a_first_start_serves_on_pytorch_at_once_then_on_the_exported_engine(onn
         np.testing.assert_allclose(_post_act(s.url), expected, atol=1e-4)  # ONNX Runtime, within the parity goal
         models = httpx.get(s.url + "/v1/models").json()
         assert models["engine_dir"] == str(cache / Path(onnx_engine.engine_dir).name)
+        assert models["server"]["engine_next"] is None
         info = _model_info(s.url)  # one series, the engine serving now
         assert info.count("rfm_model_info{") == 1 and 'engine="onnx"' in info
         assert f'model_version="{models["model_version"]}"' in info
@@ -197,7 +199,8 @@ def test_an_engine_that_cannot_be_built_leaves_the_server_on_pytorch(onnx_engine
         while "staying on torch" not in caplog.text:
             assert time.monotonic() < deadline, caplog.text
             time.sleep(0.1)
-        assert "FancyConv" in caplog.text and httpx.get(s.url + "/v1/models").json()["engine"] == "torch"
+        models = httpx.get(s.url + "/v1/models").json()
+        assert "FancyConv" in caplog.text and (models["engine"], models["server"]["engine_next"]) == ("torch", None)
         assert _post_act(s.url).shape == (8, 2)
 
 

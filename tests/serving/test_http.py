@@ -160,6 +160,7 @@ def test_models_health_ready_docs(server):
     assert m["state_dim"] == 3 and m["action_dim"] == 2 and m["chunk_size"] == 8 and m["control_hz"] == 10.0
     assert m["state_names"] == ["x", "y", "z"] and m["action_names"] == ["vx", "vy"]
     assert m["model_id"] == "tiny" and m["server"]["max_batch"] == 8
+    assert m["server"]["engine_next"] is None  # a runner given as such: no engine is coming
     assert m["server"]["action_limits"]["max"] == [100.0, 0.01]
     assert httpx.get(server.url + "/healthz").json()["status"] == "ok"
     assert httpx.get(server.url + "/readyz").json()["status"] == "ready"
