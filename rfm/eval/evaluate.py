@@ -30,9 +30,10 @@ def _run(runner: Runner, work: list[tuple[str, int, str]], opts: dict, video_dir
          progress: bool, filmed: set[tuple[str, int]] | None = None) -> list[RolloutResult]:
     """Roll out `work`; with `video_dir`, a GIF of each task's first episode (or of the episodes in `filmed`: with
     workers, each task's first episode is filmed by whichever worker holds it)."""
-    from tqdm.auto import tqdm
-
+    from rfm.progress import progress_bar
     from rfm.sim.metaworld import MetaWorldEnv
+
+    tqdm = progress_bar()
 
     itf = runner.interface
     if opts.get("snap_instructions") is not None and runner.snapper is None:

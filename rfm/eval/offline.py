@@ -92,10 +92,12 @@ def predict_episodes(runner: Runner, ds: LeRobotDataset, episodes: list[int], st
                      batch_size: int = 32, progress: bool = False) -> list[EpisodePrediction]:
     """The runner's chunk at every `stride`-th frame of each episode (frames 0, K, 2K, ...)."""
     import torch
-    from tqdm.auto import tqdm
 
     from rfm.data.windows import WindowDataset, collate_windows
+    from rfm.progress import progress_bar
     from rfm.runtime.observation import Batch
+
+    tqdm = progress_bar()
 
     itf = runner.interface
     if stride < 1:

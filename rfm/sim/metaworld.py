@@ -218,8 +218,13 @@ def camera_projections(tasks: list[str] | str, cameras: list[str]) -> dict[str, 
 
 
 def _expert(task: str):
+    """Meta-World's scripted expert for `task` (one per process). Its proportional controller warns on every step
+    it saturates ("Constant(s) may be too high"): intended, the env clips to [-1, 1], so that warning is dropped."""
+    import warnings
+
     from metaworld.policies import ENV_POLICY_MAP
 
+    warnings.filterwarnings("ignore", message=r"Constant\(s\) may be too high", module=r"metaworld\.policies")
     if task not in _EXPERTS:
         _EXPERTS[task] = ENV_POLICY_MAP[task]()
     return _EXPERTS[task]
@@ -334,8 +339,9 @@ def generate_episodes(tasks: list[str] | str, episodes_per_task: int, cameras: l
     Seeds seed, seed+1, ... are tried per task (failures are skipped and replaced by the next seed); all stay below
     TRAIN_SEED_LIMIT. Work runs in `workers` spawned processes, each with its own renderer.
     """
-    from tqdm.auto import tqdm
+    from rfm.progress import progress_bar
 
+    tqdm = progress_bar()
     tasks = expand_tasks(tasks)
     if episodes_per_task < 1:
         raise ValueError(f"episodes_per_task={episodes_per_task}: expected >= 1")

@@ -281,10 +281,12 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
 
 def _train(cfg: TrainConfig, progress: bool) -> Path:
     from accelerate import Accelerator
-    from tqdm.auto import tqdm
 
     from rfm.data.windows import collate_windows
+    from rfm.progress import progress_bar
     from rfm.train.data import build_training_data, frame_tasks, make_sampler, sampling_weights, task_shares
+
+    tqdm = progress_bar()
 
     out = Path(cfg.out)
     ckpt_dir = out / CHECKPOINT_DIR
