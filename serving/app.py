@@ -185,6 +185,8 @@ def create_app(runner: Runner | Callable[[], Runner], config: ServerConfig | Non
     async def act(request: Request) -> Response:
         t0 = time.perf_counter()
         request_id = proxy_request_id(request.headers.get("x-request-id"))  # a proxy's, so their logs join
+        client_id = req = None
+        address = peer_address(request.client)
         try:
             client_id = state.authorize(request.headers.get("authorization"), request.client)
             fmt = codec.body_format(request.headers.get("content-type"))
@@ -192,9 +194,11 @@ def create_app(runner: Runner | Callable[[], Runner], config: ServerConfig | Non
             body = await read_body(request, state.config.max_body_bytes, state.bodies, state.config.retry_after_s)
             req = await decode_act(service, body, fmt)
             req.request_id = request_id = req.request_id or request_id
-            result = await service.act(req, client_id, "/v1/act", t0, address=peer_address(request.client))
+            result = await service.act(req, client_id, "/v1/act", t0, address=address)
         except Exception as e:  # noqa: BLE001 - every failure becomes a clean status + message
-            return error_response(to_api_error(e, state.config.retry_after_s), request_id)
+            err = to_api_error(e, state.config.retry_after_s)
+            state.audit_refused("/v1/act", err, t0, client_id, address, request_id, req)
+            return error_response(err, request_id)
         out = response_format(request.headers.get("accept"), fmt)
         return Response(codec.dumps(result.to_wire(service, out), out),
                         media_type=codec.MSGPACK if out == "msgpack" else codec.JSON,

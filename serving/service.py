@@ -152,7 +152,8 @@ class InferenceService:
                    "inference_ms": round(res.inference_ms, 3),
                    "total_ms": round(1000 * (time.perf_counter() - t0), 3)}
         if self.audit is not None:
-            self.audit.write({"request_id": request_id, "endpoint": endpoint, "model_id": self.runner.model_id,
+            self.audit.write({"request_id": request_id, "endpoint": endpoint, "status": 200,
+                              "model_id": self.runner.model_id,
                               "model_version": self.runner.model_version, "client_id": client_id,
                               "address": address,
                               "robot_id": req.robot_id, "session_id": req.session_id, "instruction": instruction,

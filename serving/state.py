@@ -86,6 +86,23 @@ class ServerState:
                 log.warning("refused a request from %s: %s (%d refused so far)", host, e, self.auth_failures)
             raise
 
+    def audit_refused(self, endpoint: str, err: ApiError, t0: float, client_id: str | None = None,
+                      address: str | None = None, request_id: str | None = None, req: Any = None,
+                      session_id: str | None = None) -> None:
+        """One audit line for an action request (or WebSocket) refused with `err`, beside the answered ones, so the
+        log says why a robot got no actions when. Not for a missing or wrong key: a sender without one must not grow
+        the audit log (those are in the server log, rate-limited)."""
+        if self.audit is None or err.status == 401:
+            return
+        runner = self.service.runner if self.service is not None else None
+        self.audit.write({"request_id": request_id or getattr(req, "request_id", None), "endpoint": endpoint,
+                          "status": err.status, "error": err.code, "detail": err.message[:300],
+                          "model_id": getattr(runner, "model_id", None),
+                          "model_version": getattr(runner, "model_version", None), "client_id": client_id,
+                          "address": address, "robot_id": getattr(req, "robot_id", None),
+                          "session_id": getattr(req, "session_id", None) or session_id,
+                          "timings": {"total_ms": round(1000 * (time.perf_counter() - t0), 3)}})
+
     @property
     def loading(self) -> bool:
         """The model is still loading and warming up (not failed, the server not stopping)."""

@@ -27,6 +27,7 @@ async def _admit(ws: WebSocket, state: ServerState, endpoint: str, loading_ok: b
     the HTTP status (401, or 503 with Retry-After while the model loads) and the JSON error body, as over HTTP, where
     the ASGI server can send one (uvicorn can); else a bare 403. `loading_ok`: a model still loading is no reason
     to refuse (the caller waits for it)."""
+    client_id = None
     try:
         client_id = state.authorize(ws.headers.get("authorization"), ws.client)
         if not (loading_ok and state.loading):
@@ -38,6 +39,7 @@ async def _admit(ws: WebSocket, state: ServerState, endpoint: str, loading_ok: b
     except Exception as e:  # noqa: BLE001 - becomes a clean status + message
         err = to_api_error(e, state.config.retry_after_s)
         state.metrics.observe_request(endpoint, err.status, 0.0)
+        state.audit_refused(endpoint, err, time.perf_counter(), client_id, peer_address(ws.client))
         if "websocket.http.response" in ws.scope.get("extensions", {}):
             await ws.send_denial_response(JSONResponse(err.body(), err.status, err.headers))
         else:
@@ -77,6 +79,7 @@ def add_websocket_routes(app: FastAPI, state: ServerState) -> None:
 
         async def answer(body: bytes, fmt: str, t0: float) -> tuple[bytes | str, int]:
             nonlocal anonymous
+            req = None
             try:
                 if len(body) > limit:
                     raise PayloadTooLarge(f"message is {len(body)} bytes, the limit is {limit}")
@@ -88,6 +91,7 @@ def add_websocket_routes(app: FastAPI, state: ServerState) -> None:
             except Exception as e:  # noqa: BLE001 - reported in-band, the connection stays open
                 err = to_api_error(e, state.config.retry_after_s)
                 out, status = {**err.body(), "status": err.status}, err.status
+                state.audit_refused("/v1/ws", err, t0, client_id, address, req=req)
             state.metrics.observe_request("/v1/ws", status, time.perf_counter() - t0)
             return (codec.dumps(out, "msgpack") if fmt == "msgpack" else codec.dumps(out, "json").decode()), status
 
@@ -181,6 +185,7 @@ def add_websocket_routes(app: FastAPI, state: ServerState) -> None:
                 except Exception as e:  # noqa: BLE001 - openpi convention: text frame, then close 1011
                     err = to_api_error(e, state.config.retry_after_s)
                     state.metrics.observe_request("/openpi", err.status, time.perf_counter() - t0)
+                    state.audit_refused("/openpi", err, t0, client_id, address, session_id=session)
                     try:
                         await ws.send_text(f"{err.status} {err.code}: {err.message}")
                         await ws.close(code=INTERNAL_ERROR, reason=err.code)

@@ -203,6 +203,52 @@ def test_audit_log_records_requests_without_secrets(server):
     assert rec["clipped_dims"] == ["vy"] and "total_ms" in rec["timings"] and rec["time"].endswith("+00:00")
 
 
+def test_refused_requests_are_audited_with_why_and_unkeyed_ones_are_not(server, tiny_runner, tmp_path):
+    """Why a robot got no actions, and when, is in the audit log beside the answered requests; a sender without a
+    valid key cannot grow it."""
+    import websockets.sync.client as wsc
+
+    r = post(server, msgpack_body({**observation(), "state": np.zeros(5)}, request_id="refused-1", robot_id="arm-4",
+                                  session_id="s-4"))
+    assert r.status_code == 422
+    rec = audit_record(server.audit_path, "refused-1", timeout_s=5)
+    assert rec is not None and (rec["status"], rec["error"], rec["endpoint"]) == (422, "invalid_observation", "/v1/act")
+    assert (rec["robot_id"], rec["session_id"]) == ("arm-4", "s-4") and "state has 5 values" in rec["detail"]
+    assert rec["model_id"] == "tiny" and rec["timings"]["total_ms"] > 0 and "actions" not in rec
+    assert post(server, b"\xc1 not msgpack", headers={**MP, "X-Request-ID": "proxy-refused"}).status_code == 422
+    rec = audit_record(server.audit_path, "proxy-refused", timeout_s=5)  # undecodable: the proxy's id names it
+    assert rec is not None and rec["error"] == "invalid_payload" and rec["robot_id"] is None
+    ws_url = server.url.replace("http://", "ws://")
+    with wsc.connect(ws_url + "/v1/ws", max_size=None) as ws:
+        ws.send(msgpack_body({**observation(), "state": np.zeros(5)}, request_id="ws-refused", robot_id="arm-5"))
+        assert msgpack.unpackb(ws.recv())["status"] == 422
+    rec = audit_record(server.audit_path, "ws-refused", timeout_s=5)
+    assert rec is not None and (rec["endpoint"], rec["robot_id"], rec["status"]) == ("/v1/ws", "arm-5", 422)
+    with wsc.connect(ws_url + "/openpi", max_size=None) as ws:
+        ws.recv()  # the server's metadata
+        ws.send("not a msgpack frame")
+        assert ws.recv().startswith("422 invalid_payload")
+    deadline = time.monotonic() + 5
+    while not (openpi := [json.loads(ln) for ln in server.audit_path.read_text().splitlines()
+                          if '"/openpi"' in ln]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert openpi and openpi[-1]["status"] == 422 and openpi[-1]["session_id"].startswith("openpi-")
+    assert post(server, msgpack_body(observation(), request_id="answered")).status_code == 200
+    assert audit_record(server.audit_path, "answered")["status"] == 200  # the answered ones say so too
+
+    (tmp_path / "keys.txt").write_text("fleet-key-0123456789abcdef\n")
+    cfg = ServerConfig(api_keys_file=str(tmp_path / "keys.txt"), audit_log=str(tmp_path / "audit.jsonl"),
+                       warmup_batch_sizes=(1,))
+    with ServerThread(tiny_runner, cfg) as keyed:
+        bad = {**observation(), "state": np.zeros(5)}
+        assert post(keyed, msgpack_body(bad, request_id="no-key")).status_code == 401
+        keyed_headers = {**MP, "authorization": "Bearer fleet-key-0123456789abcdef"}
+        assert post(keyed, msgpack_body(bad, request_id="keyed"), headers=keyed_headers).status_code == 422
+        rec = audit_record(tmp_path / "audit.jsonl", "keyed", timeout_s=5)
+        assert rec is not None and rec["client_id"].startswith("key-")
+    assert '"no-key"' not in (tmp_path / "audit.jsonl").read_text()
+
+
 def _audited(path: Path, request_id: str) -> bool:
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:

@@ -156,12 +156,13 @@ def test_openpi_object_arrays_are_refused_not_unpickled(server):
         assert isinstance(msg, str) and "not allowed" in msg
 
 
-def test_websockets_beyond_max_connections_are_refused_with_503_and_retry_after(tiny_runner):
-    """A flood of sockets cannot exhaust the server: past --max-connections a handshake gets 503 + Retry-After,
-    and a place frees up when a robot disconnects."""
+def test_websockets_beyond_max_connections_are_refused_with_503_and_retry_after(tiny_runner, tmp_path):
+    """A flood of sockets cannot exhaust the server: past --max-connections a handshake gets 503 + Retry-After (and
+    an audit line), and a place frees up when a robot disconnects."""
     from websockets.exceptions import InvalidStatus
 
-    with ServerThread(tiny_runner, ServerConfig(max_batch=2, warmup_batch_sizes=(1,), max_connections=2)) as s:
+    cfg = ServerConfig(max_batch=2, warmup_batch_sizes=(1,), max_connections=2, audit_log=str(tmp_path / "a.jsonl"))
+    with ServerThread(tiny_runner, cfg) as s:
         first, second = wsc.connect(ws_url(s, "/v1/ws")), wsc.connect(ws_url(s, "/openpi"))
         second.recv(timeout=10)  # openpi's metadata
         with pytest.raises(InvalidStatus) as info:
@@ -169,6 +170,11 @@ def test_websockets_beyond_max_connections_are_refused_with_503_and_retry_after(
         resp = info.value.response
         assert resp.status_code == 503 and resp.headers["Retry-After"] == "1"
         assert b"--max-connections" in resp.body
+        deadline = time.monotonic() + 5
+        while '"overloaded"' not in (tmp_path / "a.jsonl").read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        refused = json.loads((tmp_path / "a.jsonl").read_text().splitlines()[-1])
+        assert (refused["endpoint"], refused["status"], refused["address"]) == ("/v1/ws", 503, "127.0.0.1")
         first.close()
         deadline = time.monotonic() + 10
         while s.state.websockets >= 2 and time.monotonic() < deadline:  # the server has seen it go
