@@ -27,7 +27,8 @@ for `delay_ticks` ticks, or in the prefetch schedule for as many ticks as the me
 model returns a chunk that starts with them and continues them, so the switch to the new chunk is not a jump.
 
 With `ensemble_decay` every usable chunk covering the tick votes (ACT temporal ensembling: weights
-exp(-decay * i), i = 0 for the oldest). With a `recorder` (rfm.client.TickRecorder) every tick's observation and
+exp(-decay * i), i = 0 for the oldest). With a `recorder` (rfm.client.TickRecorder; a robot running its model
+itself: rfm.runtime.LocalRecorder, to a dataset on its disk) every tick's observation and
 executed action are recorded on a side channel and the chunk requests are marked not to be recorded: the
 recording holds what the robot did, one frame per control tick. An executor of an RFMClient has a recorder of its
 own by default (`recorder="auto"`), which records only where the server does (`rfm serve --record`): a server that
@@ -106,15 +107,15 @@ class ChunkExecutor:
                  ensemble_decay: float | None = None, recorder: Any = "auto", action_steps: int | None = None,
                  delay_ticks: int = 0, continuation: bool = False, prefix_max: int | None = None,
                  max_wait_s: float | None = None) -> None:
-        """`act`: a callable or an object with `.act` (RFMClient). `prefetch_steps`: request the next chunk when
+        """`act`: an RFMClient, a Runner (its predict), or a callable observation -> chunk. `prefetch_steps`: request the next chunk when
         this many actions of the newest chunk remain (default: the chunk less the model's recommended actions per
         request, else half a chunk). `action_steps`, `delay_ticks`: the blocking schedule and its simulated
-        latency (module docstring). `recorder`: a TickRecorder; "auto": one of its own for an RFMClient (its
-        robot_id and session_id), recording where the server records; None: nothing of this robot is recorded.
-        `continuation`: send committed actions, at most
-        `prefix_max` (default: the model's, from a Runner's or an RFMClient's model description). `max_wait_s`:
-        the longest step() waits for a chunk when the robot has no action (prefetch schedule), then TimeoutError;
-        the request stays in flight and the next step() waits for it again (None: as long as the request takes)."""
+        latency (module docstring). `recorder`: a TickRecorder or LocalRecorder; "auto": one of its own for an
+        RFMClient (its robot_id and session_id), recording where the server records; None: nothing of this robot is
+        recorded. `continuation`: send committed actions, at most `prefix_max` (default: the model's, from a
+        Runner's or an RFMClient's model description). `max_wait_s`: the longest step() waits for a chunk when
+        the robot has no action (prefetch schedule), then TimeoutError; the request stays in flight and the next
+        step() waits for it again (None: as long as the request takes)."""
         if max_wait_s is not None and max_wait_s < 0:
             raise ValueError(f"max_wait_s={max_wait_s}: expected seconds >= 0, or None to wait for the request")
         if action_steps is not None and action_steps < 1:
@@ -123,14 +124,18 @@ class ChunkExecutor:
             raise ValueError(f"delay_ticks={delay_ticks}: a simulated delay needs action_steps (it is >= 0)")
         if continuation and ensemble_decay is not None:
             raise ValueError("continuation and ensemble_decay are two ways to switch chunks: pick one")
-        self._act = act.act if hasattr(act, "act") else act
+        if not callable(act) and not hasattr(act, "act") and not hasattr(act, "predict"):
+            raise TypeError(f"act={type(act).__name__}: expected an RFMClient, a Runner, or a callable "
+                            f"observation -> (H, D_a) chunk")
+        # an RFMClient's act, a Runner's predict (a robot running its model itself), or the callable given
+        self._act = act.act if hasattr(act, "act") else act.predict if not callable(act) else act
         self._owner = act
         client = getattr(act, "__self__", act)
         self._remote = hasattr(client, "models") and hasattr(client, "url")  # an RFMClient: the server records
         self._owns_recorder = isinstance(recorder, str) and self._remote
         if isinstance(recorder, str):
             if recorder != "auto":
-                raise ValueError(f"recorder={recorder!r}: expected a TickRecorder, 'auto' or None")
+                raise ValueError(f"recorder={recorder!r}: expected a TickRecorder, a LocalRecorder, 'auto' or None")
             recorder = _own_recorder(client) if self._remote else None
             if recorder is not None:  # an executor dropped without close() stops its recorder's threads
                 weakref.finalize(self, recorder.close, False)
@@ -343,7 +348,7 @@ class ChunkExecutor:
         executed it instead of the policy's)."""
         if self.recorder is None:
             raise RuntimeError("correct() needs a recorder: an executor of an RFMClient has one unless made with "
-                               "recorder=None; else pass recorder=TickRecorder(...)")
+                               "recorder=None; else pass recorder=TickRecorder(...) or LocalRecorder(...)")
         self.recorder.correct(action, executed)
 
     def end_episode(self, success: bool | None = None, wait: bool = True) -> None:

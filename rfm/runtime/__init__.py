@@ -4,7 +4,8 @@ from rfm.runtime.base import Runner
 from rfm.runtime.limits import ActionLimits
 from rfm.runtime.observation import Batch, ObservationError, make_batch
 
-__all__ = ["ActionLimits", "Batch", "ObservationError", "Runner", "TorchRunner", "load_runner", "make_batch"]
+__all__ = ["ActionLimits", "Batch", "LocalRecorder", "ObservationError", "Runner", "TorchRunner", "load_runner",
+           "make_batch"]
 
 
 def __getattr__(name: str):
@@ -12,6 +13,10 @@ def __getattr__(name: str):
         from rfm.runtime.torch_runner import TorchRunner
 
         return TorchRunner
+    if name == "LocalRecorder":  # pyarrow and PyAV (rfm[record]), imported only where a robot records
+        from rfm.runtime.local_recorder import LocalRecorder
+
+        return LocalRecorder
     if name == "load_runner":
         from rfm.runtime.loader import load_runner
 

@@ -59,7 +59,9 @@ def test_dependencies_are_the_client_and_extras_hold_the_rest():
             names |= set().union(*(expand(e.strip()) for e in ref.group(1).split(","))) if ref else {_name(r)}
         return names
 
-    assert expand("all") == set().union(*(expand(e) for e in extras if e not in ("all", "dev")))
+    # `all` is every part of rfm; `dev` (the tests') and `notebooks` (Jupyter, on top of all) are tools around it
+    assert expand("all") == set().union(*(expand(e) for e in extras if e not in ("all", "dev", "notebooks")))
+    assert expand("notebooks") - expand("all") == {"jupyterlab", "ipywidgets"}
     # torch, wherever an extra needs it, is the one pinned version that constraints.txt holds too
     assert {r for reqs in extras.values() for r in reqs if _name(r) == "torch"} == {"torch==2.13.0"}
     assert "torch==2.13.0" in (ROOT / "constraints.txt").read_text().split()
@@ -261,6 +263,52 @@ def test_edge_install_runs_an_export_without_torch(edge_python, default_export, 
     assert not {"fastapi", "uvicorn"} & set(out["installed"])  # the server is rfm[server]'s
     np.testing.assert_allclose(np.asarray(out["chunk"], np.float32), load_runner(DEFAULT_CHECKPOINT).predict(obs),
                                atol=1e-4)
+
+
+RECORD_SCRIPT = """
+import json, sys
+import numpy as np
+from rfm.client import ChunkExecutor
+from rfm.runtime import ActionLimits, LocalRecorder, load_runner
+
+export_dir, obs_file, out = sys.argv[1:4]
+runner = load_runner(export_dir, backend="onnx")  # docs/EDGE.md's loop
+limits = ActionLimits.for_model(export_dir)
+act = lambda obs: limits.clip(runner.predict(obs))[0]
+with np.load(obs_file) as f:
+    obs = {"images": {"corner": f["corner"], "topview": f["topview"]}, "state": f["state"],
+           "instruction": "close the window"}
+executed = []
+with LocalRecorder(out, runner, session_id="cell-3") as rec, ChunkExecutor(act, recorder=rec) as executor:
+    for tick in range(12):
+        executed.append(executor.step(obs, t=0.0125 * tick).tolist())
+    executor.end_episode(success=True)
+print(json.dumps({"executed": executed, "torch": "torch" in sys.modules}))
+"""
+
+
+@pytest.mark.integration
+def test_edge_install_records_what_the_robot_ran_without_torch(edge_python, default_export, tmp_path):
+    """`pip install "rfm[edge,record]"`: a robot running the export itself records its ticks into the LeRobot dataset
+    a recording server writes (one frame per tick, the action it executed), no torch installed or imported."""
+    from rfm.constants import ACTION_EXECUTED
+    from rfm.data.lerobot import LeRobotDataset
+
+    root = edge_python.parents[2]
+    r = _run([edge_python, "-m", "pip", "install", "-q", f"{root / 'src'}[edge,record]"], root, 420)
+    assert r.returncode == 0, r.stderr[-3000:]
+    obs = _edge_observation()
+    np.savez(tmp_path / "obs.npz", state=obs["state"], **obs["images"])
+    (tmp_path / "robot.py").write_text(RECORD_SCRIPT)
+    r = _run([edge_python, tmp_path / "robot.py", default_export, tmp_path / "obs.npz", tmp_path / "field"], tmp_path,
+             180)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout)
+    assert not out["torch"]
+    ds = LeRobotDataset(tmp_path / "field")
+    assert ds.num_episodes == 1 and ds.num_frames == 12 and ds.episode_meta(0)["session"] == "cell-3"
+    np.testing.assert_allclose(ds.extras[ACTION_EXECUTED], np.asarray(out["executed"]), atol=1e-6)
+    assert ds.get_frame(11)["images"]["corner"].shape == (128, 128, 3)
 
 
 @pytest.mark.integration
