@@ -36,7 +36,7 @@ LAYERS = [  # top to bottom; "a.*" is package a and everything under it, a bare 
     "rfm.data.* | rfm rfm.checkpoint rfm.model.*",
     "rfm.config rfm.calibration | rfm.client.*",
     "rfm.imaging",
-    "rfm.constants rfm._version rfm.processes rfm.install rfm.files",
+    "rfm.constants rfm._version rfm.processes rfm.install rfm.files rfm.progress",
 ]
 ISOLATED = {"rfm.client.*": ("rfm.client.*", "rfm.imaging", "rfm.constants")}  # these may import nothing else of ours
 FORBIDDEN = {"serving.*": ("rfm.train.*", "rfm.sim.*", "rfm.eval.*", "rfm.export.*")}  # below, but not for them
