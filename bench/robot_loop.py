@@ -4,11 +4,12 @@
 
 A fake robot (three native 480 x 640 cameras whose frames change each tick, 14 joints, 50 Hz) runs
 `ChunkExecutor(RFMClient(url))` in its own process, pinned to one core where the OS allows; `rfm serve` runs on the
-other. Episodes alternate between four arms, `rounds` times each: a server started with `--record` or without, and
-the executor's own recorder (`recorder="auto"`, the default) or none (`recorder=None`). Per arm: step() p50/p99/max,
-the tick's start against its schedule (jitter), ticks more than 10 ms late, and what the recording holds against
-the ticks run. Without --checkpoint a tiny model is fine-tuned on the ALOHA-shaped fixture (20 steps, for its
-interface: the numbers are the SDK's, not the model's).
+other. Episodes alternate between six arms, `rounds` times each: a server started with `--record` or without, and
+the executor's own recorder (`recorder="auto"`, the default) or none (`recorder=None`); and a robot running the
+model's ONNX export itself on its core (`ChunkExecutor(runner)`), recording to its disk (`LocalRecorder`) or not.
+Per arm: step() p50/p99/max, the tick's start against its schedule (jitter), ticks more than 10 ms late, and what
+each recording holds against the ticks run. Without --checkpoint a tiny model is fine-tuned on the ALOHA-shaped
+fixture (20 steps, for its interface: the numbers are the SDK's, not the model's).
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "bench" / "results" / "robot_loop.json"
 FIXTURE = ROOT.parent / "shared" / "fixtures" / "lerobot-v3.0" / "aloha-480x640"
 HZ = 50.0
-ARMS = [("record", "auto"), ("record", "none"), ("plain", "auto"), ("plain", "none")]
+ARMS = [("record", "auto"), ("record", "none"), ("plain", "auto"), ("plain", "none"), ("device", "local"),
+        ("device", "none")]
 
 
 def _pin(core: int) -> list[str]:
@@ -40,8 +42,11 @@ def _pin(core: int) -> list[str]:
     return ["taskset", "-c", str(core)] if shutil.which("taskset") and (os.cpu_count() or 1) > 1 else []
 
 
-def robot(url: str, arm: str, ticks: int, episode: int) -> dict:
-    """One episode of the fake robot (run in its own process): per-tick start, schedule and step() time."""
+def robot(target: str, arm: str, ticks: int, episode: int, record_dir: str) -> dict:
+    """One episode of the fake robot (run in its own process): per-tick start, schedule and step() time. `target`:
+    the server's URL, or the export the robot runs itself (arm "local": recording into `record_dir`)."""
+    from contextlib import ExitStack
+
     from rfm.client import ChunkExecutor, RFMClient
 
     rng = np.random.default_rng(episode)
@@ -49,8 +54,17 @@ def robot(url: str, arm: str, ticks: int, episode: int) -> dict:
     cams = ["cam_high", "cam_left_wrist", "cam_right_wrist"]
     state = np.zeros(14, np.float32)
     t_start, sched, step_s = [], [], []
-    with RFMClient(url, robot_id=f"bench-{episode}") as client, \
-            ChunkExecutor(client, **({} if arm == "auto" else {"recorder": None})) as ex:
+    with ExitStack() as stack:
+        if target.startswith("http"):
+            policy = stack.enter_context(RFMClient(target, robot_id=f"bench-{episode}"))
+            recorder = "auto" if arm == "auto" else None
+        else:
+            from rfm.runtime import LocalRecorder, load_runner
+
+            policy = load_runner(target, backend="onnx", intra_op_threads=1)
+            recorder = (stack.enter_context(LocalRecorder(record_dir, policy, session_id=f"bench-{episode}"))
+                        if arm == "local" else None)
+        ex = stack.enter_context(ChunkExecutor(policy, recorder=recorder))
         next_t = time.monotonic() + 0.2
         for k in range(ticks):
             if next_t > time.monotonic():
@@ -103,11 +117,11 @@ def main() -> int:
     p.add_argument("--ticks", type=int, default=300, help="ticks per episode")
     p.add_argument("--rounds", type=int, default=2, help="episodes per arm, the arms alternating")
     p.add_argument("--out", type=Path, default=RESULTS)
-    p.add_argument("--_robot", nargs=3, metavar=("URL", "ARM", "EPISODE"), help=argparse.SUPPRESS)
+    p.add_argument("--_robot", nargs=4, metavar=("TARGET", "ARM", "EPISODE", "RECORD_DIR"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args._robot:  # the robot's process
-        url, arm, episode = args._robot
-        print(json.dumps(robot(url, arm, args.ticks, int(episode))))
+        target, arm, episode, record_dir = args._robot
+        print(json.dumps(robot(target, arm, args.ticks, int(episode), record_dir)))
         return 0
     work = Path(tempfile.mkdtemp(prefix="rfm-robot-loop-"))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -125,12 +139,16 @@ def main() -> int:
         servers = {"record": serve(ckpt, ports["record"], work / "rec", work / "record.log"),
                    "plain": serve(ckpt, ports["plain"], None, work / "plain.log")}
         urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+        subprocess.run([sys.executable, "-m", "rfm.cli.main", "export", "--checkpoint", ckpt, "--out",
+                        str(work / "export")], check=True, capture_output=True)
+        urls["device"] = str(work / "export")  # the robot runs the fp32 export on its own core
         runs: dict[tuple[str, str], list[dict]] = {a: [] for a in ARMS}
         episode = 0
         for _ in range(args.rounds):
             for server, arm in ARMS:
                 out = subprocess.run([*_pin(1), sys.executable, __file__, "--ticks", str(args.ticks), "--_robot",
-                                      urls[server], arm, str(episode)], check=True, capture_output=True, text=True)
+                                      urls[server], arm, str(episode), str(work / "local")], check=True,
+                                     capture_output=True, text=True)
                 runs[(server, arm)].append(json.loads(out.stdout.strip().splitlines()[-1]))
                 episode += 1
         for proc in servers.values():
@@ -139,11 +157,13 @@ def main() -> int:
         from rfm.data.reader import LeRobotDataset
 
         recorded = LeRobotDataset(work / "rec").num_frames
-        rows = [{"server": "--record" if s == "record" else "no --record", "recorder": a, **stats(runs[(s, a)])}
-                for s, a in ARMS]
+        recorded_local = LeRobotDataset(work / "local").num_frames
+        where = {"record": "--record", "plain": "no --record", "device": "none: the export on the robot"}
+        rows = [{"server": where[s], "recorder": a, **stats(runs[(s, a)])} for s, a in ARMS]
         expected = args.rounds * args.ticks
         print(f"robot: 3 x 480x640 cameras, 14 joints, {HZ:g} Hz, {args.rounds} x {args.ticks} ticks per arm; "
-              f"the recording holds {recorded} frames for {expected} ticks executed with recorder=auto")
+              f"the server's recording holds {recorded} frames for the {expected} ticks executed with recorder=auto, "
+              f"the robot's own {recorded_local} for the {expected} with recorder=local")
         print("| server | recorder | step() p50 / p99 / max ms | tick jitter p50 / p99 ms | ticks > 10 ms late |")
         print("|---|---|---|---|---|")
         for r in rows:
@@ -151,7 +171,8 @@ def main() -> int:
                   f"{r['step_ms_max']:.1f} | {r['jitter_ms_p50']:.2f} / {r['jitter_ms_p99']:.2f} | "
                   f"{r['late_over_10ms']} |")
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"rows": rows, "recorded_frames": recorded, "ticks_recorded_arm": expected,
+        args.out.write_text(json.dumps({"rows": rows, "recorded_frames": recorded,
+                                        "recorded_frames_local": recorded_local, "ticks_recorded_arm": expected,
                                         "hz": HZ, "ticks": args.ticks, "rounds": args.rounds,
                                         "checkpoint": args.checkpoint or "tiny fine-tune on aloha-480x640",
                                         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
