@@ -24,6 +24,7 @@ from rfm.runtime.observation import check_observation
 log = logging.getLogger("rfm.runtime")
 
 _END = object()  # queued by close(): the fitting thread stops after what came before it
+CLOSED = "closed"  # ended_by of an episode the robot's program left open when it closed its recorder
 
 
 class LocalRecorder:
@@ -142,7 +143,8 @@ class LocalRecorder:
 
     def close(self, timeout: float | None = None) -> None:
         """Record what is left and write the dataset: an episode not ended is written as the robot left it
-        (`ended_by: shutdown`). The dataset is whole once this returns."""
+        (`ended_by: closed`, its outcome unknown unless the robot reported one). The dataset is whole once this
+        returns."""
         with self._lock:
             if self._closed:
                 return
@@ -150,6 +152,9 @@ class LocalRecorder:
             self._closed = True
         self._queue.put(_END)
         self._thread.join(timeout)
+        # not the server's "shutdown", which says the robot went on with the episode after a restart: the robot's
+        # own program stopped here, and its next run's first episode is another one
+        self.recorder.end_episode(self.session_id, None, reason=CLOSED)
         self.recorder.close(timeout)
 
     def __enter__(self) -> LocalRecorder:  # noqa: PYI034

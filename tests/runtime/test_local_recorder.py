@@ -8,7 +8,7 @@ import pytest
 from rfm.client import ChunkExecutor
 from rfm.constants import ACTION_EXECUTED, CORRECTED, TICK_TIME
 from rfm.data.lerobot import LeRobotDataset
-from rfm.data.recording import tick_timing
+from rfm.data.recording import robot_outcomes, tick_timing
 from rfm.runtime import LocalRecorder
 from tests.serving.helpers import load_tiny, make_checkpoint
 
@@ -49,12 +49,19 @@ def test_a_robot_running_its_own_model_records_each_tick_it_executed(runner, tmp
     assert np.flatnonzero(ds.extras[CORRECTED].reshape(-1)).tolist() == [7]
     meta = [ds.episode_meta(e) for e in (0, 1)]
     assert [m["session"] for m in meta] == ["arm-1", "arm-1"]
-    assert [m["ended_by"] for m in meta] == ["robot", "shutdown"] and meta[0]["model"].startswith(runner.model_id + "@")
+    assert [m["ended_by"] for m in meta] == ["robot", "closed"] and meta[0]["model"].startswith(runner.model_id + "@")
     assert ds.extras["next.success"].reshape(-1)[:21].tolist() == [False] * 20 + [True]
     times = ds.extras[TICK_TIME].reshape(-1)
     np.testing.assert_allclose(times[:21], [0.1 * t + (0.25 if t >= 15 else 0.0) for t in range(21)], atol=1e-5)
     assert tick_timing(ds)["late_ticks"] == 1
     assert ds.get_frame(0)["images"]["front"].shape == (64, 64, 3)
+    # the robot's next run adds to the recording; its first episode is its own, not the rest of the one left open
+    with LocalRecorder(tmp_path / "field", runner, session_id="arm-1", real_time=False) as rec:
+        for _ in range(3):
+            rec.add(_obs(rng), np.zeros(2, np.float32))
+        rec.end_episode(success=True)
+    ds = LeRobotDataset(tmp_path / "field")
+    assert ds.num_episodes == 3 and robot_outcomes(ds) == {0: "success", 1: "unknown", 2: "success"}
 
 
 def test_a_tick_the_robot_held_ends_the_recorded_episode_and_nothing_bridges_it(runner, tmp_path):
