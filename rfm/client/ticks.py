@@ -141,6 +141,7 @@ class TickRecorder:
             self._index += 1
             self._skipped = False
             if self._backlog_bytes > self.max_backlog_bytes:  # dropped: its number is skipped, the server sees a gap
+                self._skipped = True  # executed() and correct() for it must not land on the tick before
                 self.lost += 1
                 if self.lost == 1 or self.lost % 1000 == 0:
                     log.warning("tick recording is %d MB behind (server unreachable or slow?): %d ticks dropped",

@@ -370,6 +370,29 @@ def test_tick_recording_rides_out_an_outage_and_never_records_a_hole(tiny_checkp
     assert set(robot_outcomes(ds).values()) == {"success"}
 
 
+def test_a_dropped_tick_s_executed_action_and_correction_do_not_land_on_the_tick_before(tiny_checkpoint, tmp_path):
+    """A tick dropped for a full backlog is not recorded; what the robot says it executed at it, or an operator's
+    correction of it, changed the tick before it (still held, since it may be corrected)."""
+    from rfm.client import RFMClient, TickRecorder
+    from rfm.constants import ACTION_EXECUTED, CORRECTED
+    from serving.config import ServerConfig
+    from serving.server import ServerThread
+    from tests.serving.helpers import load_tiny
+
+    cfg = ServerConfig(max_batch=2, warmup_batch_sizes=(1,), record_dir=str(tmp_path / "rec"), record_images="image")
+    with ServerThread(load_tiny(tiny_checkpoint), cfg) as server, RFMClient(server.url) as client:
+        with TickRecorder(client, "arm", batch_ticks=64, max_backlog_mb=0.01) as rec:  # one 24 kB tick fills it
+            rec.add(observation(), [0.1, 0.2])
+            rec.add(observation(), [0.3, 0.4])  # dropped
+            rec.executed([0.9, 0.9])
+            rec.correct([-0.5, -0.5], executed=True)
+            rec.end_episode(success=True)
+            assert rec.lost == 1
+    ds = LeRobotDataset(tmp_path / "rec")
+    assert ds.num_frames == 1 and not ds.extras[CORRECTED].any()
+    np.testing.assert_allclose(ds.extras[ACTION_EXECUTED], [[0.1, 0.2]], atol=1e-6)
+
+
 def test_ticks_the_recorder_has_no_room_for_are_refused_whole_and_sent_again(tiny_checkpoint, tmp_path):
     """A recorder that has fallen behind answers 503 + Retry-After for the whole batch (nothing of it queued), and
     the TickRecorder sends it again: every tick recorded once."""
