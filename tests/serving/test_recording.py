@@ -380,14 +380,14 @@ def test_a_dropped_tick_s_executed_action_and_correction_do_not_land_on_the_tick
     from tests.serving.helpers import load_tiny
 
     cfg = ServerConfig(max_batch=2, warmup_batch_sizes=(1,), record_dir=str(tmp_path / "rec"), record_images="image")
-    with ServerThread(load_tiny(tiny_checkpoint), cfg) as server, RFMClient(server.url) as client:
-        with TickRecorder(client, "arm", batch_ticks=64, max_backlog_mb=0.01) as rec:  # one 24 kB tick fills it
-            rec.add(observation(), [0.1, 0.2])
-            rec.add(observation(), [0.3, 0.4])  # dropped
-            rec.executed([0.9, 0.9])
-            rec.correct([-0.5, -0.5], executed=True)
-            rec.end_episode(success=True)
-            assert rec.lost == 1
+    with ServerThread(load_tiny(tiny_checkpoint), cfg) as server, RFMClient(server.url) as client, \
+            TickRecorder(client, "arm", batch_ticks=64, max_backlog_mb=0.01) as rec:  # one 24 kB tick fills it
+        rec.add(observation(), [0.1, 0.2])
+        rec.add(observation(), [0.3, 0.4])  # dropped
+        rec.executed([0.9, 0.9])
+        rec.correct([-0.5, -0.5], executed=True)
+        rec.end_episode(success=True)
+        assert rec.lost == 1
     ds = LeRobotDataset(tmp_path / "rec")
     assert ds.num_frames == 1 and not ds.extras[CORRECTED].any()
     np.testing.assert_allclose(ds.extras[ACTION_EXECUTED], [[0.1, 0.2]], atol=1e-6)
