@@ -8,11 +8,13 @@ to the model's input and handed to the recorder's writing thread by a thread of 
 
 from __future__ import annotations
 
+import atexit
 import logging
 import math
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -60,6 +62,7 @@ class LocalRecorder:
         self.last_error: str | None = None
         self._thread = threading.Thread(target=self._run, name="rfm-local-recorder", daemon=True)
         self._thread.start()
+        _LIVE.add(self)  # a program that ends without close() still writes what it recorded
 
     # --- what the ChunkExecutor calls ----------------------------------------------------------------------------
     def add(self, obs: Mapping[str, Any], action: np.ndarray, chunk: np.ndarray | None = None,
@@ -208,3 +211,14 @@ class LocalRecorder:
         self.recorder.record_tick(self.session_id, images, state, instruction, tick["action"], tick["chunk"],
                                   tick["label"], tick.get("success"), bool(tick.get("end")), tick["index"],
                                   tick["time"])
+
+
+_LIVE: weakref.WeakSet[LocalRecorder] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_at_exit() -> None:
+    """A robot program that ends (Ctrl-C, the end of its script) without close() writes what it recorded: the
+    recorder's threads are daemons, which the interpreter would stop with the episodes in them."""
+    for rec in list(_LIVE):
+        rec.close()

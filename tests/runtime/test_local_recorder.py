@@ -89,3 +89,33 @@ def test_recording_the_wrong_robot_loses_the_tick_not_the_robot(runner, tmp_path
     with pytest.raises(RuntimeError, match="closed"):
         rec.add(_obs(rng), np.zeros(2, np.float32))
     assert LeRobotDataset(tmp_path / "field").num_frames == 1
+
+
+def test_a_program_that_ends_without_closing_its_recorder_still_writes_what_it_recorded(tmp_path):
+    """The recorder's threads are daemons: a script that ended after end_episode() (no close, no with) lost the
+    episode still being written, and the one it left open."""
+    import subprocess
+    import sys
+    import textwrap
+
+    from tests.serving.helpers import make_checkpoint
+
+    ckpt = make_checkpoint(tmp_path / "tiny")
+    script = textwrap.dedent(f"""
+        import numpy as np
+        from rfm.runtime import LocalRecorder, load_runner
+        runner = load_runner({str(ckpt)!r}, backend="torch", device="cpu")
+        rec = LocalRecorder({str(tmp_path / "field")!r}, runner, use_videos=True)
+        obs = {{"images": {{c: np.zeros((64, 64, 3), np.uint8) for c in ("front", "wrist")}},
+                "state": np.zeros(3, np.float32), "instruction": "pick up the cube"}}
+        for episode in range(2):
+            for _ in range(30):
+                rec.add(obs, np.zeros(2, np.float32))
+            if episode == 0:
+                rec.end_episode(success=True)
+    """)
+    r = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    ds = LeRobotDataset(tmp_path / "field")
+    assert [(e.length, e.meta["ended_by"]) for e in ds.episodes] == [(30, "robot"), (30, "closed")]
