@@ -46,7 +46,7 @@ def test_two_servers_never_record_into_one_directory(tmp_path):
     """Two servers appending to one recording each numbered their files from what they read at start-up: one
     overwrote the other's episodes and their videos were mixed. The second is refused; the first's close frees it."""
     first = Recorder(tmp_path / "rec", ITF, use_videos=False)
-    with pytest.raises(FileExistsError, match="another rfm serve is recording into it"):
+    with pytest.raises(FileExistsError, match="another rfm serve is recording into it, or a robot"):
         Recorder(tmp_path / "rec", ITF, use_videos=False)
     first.record("r", np.zeros((1, 3, 16, 16), np.uint8), np.zeros(1), "push", np.zeros((2, 1)), episode_end=True)
     first.close()

@@ -182,8 +182,8 @@ def run_info(args: argparse.Namespace) -> int:
 def _recording_line(rec: dict) -> str:
     outcomes = ", ".join(f"{n} {o}" for o, n in rec["outcomes"].items())
     ended = ", ".join(f"{why} {n}" for why, n in rec.get("ended_by", {}).items())
-    parts = (f" (recorded as {rec['parts']} episodes: the server cut some, each part counts with the robot's "
-             f"outcome)") if rec.get("parts") else ""
+    parts = (f" (recorded as {rec['parts']} episodes: some were cut, at lost ticks, a server's restart or a length "
+             f"cap, and each part counts with the robot's outcome)") if rec.get("parts") else ""
     return (f"episodes by outcome: {outcomes}{parts}; {rec['corrected_frames']} corrected frames in "
             f"{rec['episodes_with_corrections']} episodes; {rec['sessions']} sessions"
             + (f"; ended by {ended}" if ended else "")

@@ -106,7 +106,7 @@ class ChunkExecutor:
     def __init__(self, act: Callable[[Mapping[str, Any]], np.ndarray] | Any, prefetch_steps: int | None = None,
                  ensemble_decay: float | None = None, recorder: Any = "auto", action_steps: int | None = None,
                  delay_ticks: int = 0, continuation: bool = False, prefix_max: int | None = None,
-                 max_wait_s: float | None = None) -> None:
+                 max_wait_s: float | None = None, limits: Any = None) -> None:
         """`act`: an RFMClient, a Runner (its predict), or a callable observation -> chunk. `prefetch_steps`: request the next chunk when
         this many actions of the newest chunk remain (default: the chunk less the model's recommended actions per
         request, else half a chunk). `action_steps`, `delay_ticks`: the blocking schedule and its simulated
@@ -115,7 +115,9 @@ class ChunkExecutor:
         recorded. `continuation`: send committed actions, at most `prefix_max` (default: the model's, from a
         Runner's or an RFMClient's model description). `max_wait_s`: the longest step() waits for a chunk when
         the robot has no action (prefetch schedule), then TimeoutError; the request stays in flight and the next
-        step() waits for it again (None: as long as the request takes)."""
+        step() waits for it again (None: as long as the request takes). `limits`: an ActionLimits
+        (rfm.runtime.ActionLimits.for_model) every chunk is clipped to as it arrives, for a robot running its model
+        itself (a server clips its answers already); `clipped` counts the chunks it changed."""
         if max_wait_s is not None and max_wait_s < 0:
             raise ValueError(f"max_wait_s={max_wait_s}: expected seconds >= 0, or None to wait for the request")
         if action_steps is not None and action_steps < 1:
@@ -142,6 +144,7 @@ class ChunkExecutor:
         self._execution: Any = _UNASKED  # the model's recommended mode, asked for at the first prefetch decision
         self.prefetch_steps, self.ensemble_decay, self.recorder = prefetch_steps, ensemble_decay, recorder
         self.max_wait_s = max_wait_s
+        self.limits = limits
         self.action_steps, self.delay_ticks = action_steps, delay_ticks
         self.continuation = continuation
         if prefix_max is None and continuation:
@@ -168,6 +171,7 @@ class ChunkExecutor:
         self.requests = 0
         self.waits = 0  # ticks that had to block for a chunk (the robot would stall)
         self.failures = 0  # prefetches that failed while the robot still had actions (asked again the next tick)
+        self.clipped = 0  # chunks `limits` changed
         self.last_error: BaseException | None = None
         self._last_step = None
 
@@ -241,6 +245,9 @@ class ChunkExecutor:
         episode is waited for); chunks that can no longer cover a tick are dropped."""
         usable = start + delay if self._chunks else start
         chunk = np.asarray(chunk, dtype=np.float32)
+        if self.limits is not None:  # what the robot executes and what its recorder keeps: the clipped chunk
+            chunk, dims = self.limits.clip(chunk)
+            self.clipped += bool(dims)
         if self.action_steps is not None and self.action_steps > len(chunk):
             raise ValueError(f"action_steps={self.action_steps} is more than the model's chunk of {len(chunk)} actions: "
                              f"the robot would run out of actions before it asks again")

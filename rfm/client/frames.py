@@ -14,6 +14,18 @@ from typing import Any
 import numpy as np
 
 
+def snapshot(img: Any) -> Any:
+    """A copy of a camera's frame that its driver may overwrite at the next tick. A channel-reversed view (the BGR ->
+    RGB of `frame[..., ::-1]`) is copied as the buffer under it and viewed reversed again: numpy's copy of the view
+    itself walks it byte by byte (2.3 ms for 480 x 640, against 0.02 ms)."""
+    if isinstance(img, (bytes, str)):  # encoded frames are immutable
+        return img
+    arr = np.asarray(img)
+    if arr.ndim == 3 and arr.strides[-1] < 0:
+        return np.array(arr[..., ::-1])[..., ::-1]
+    return np.array(arr)
+
+
 class FrameFitter:
     """From a `GET /v1/models` description: fits frames of a camera's declared native size, leaves others be
     (frames already at the model's size, encoded JPEG/PNG bytes, and wrong sizes the server should refuse)."""

@@ -30,7 +30,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from rfm.client.frames import FrameFitter
+from rfm.client.frames import FrameFitter, snapshot
 from rfm.client.wire import RETRY_STATUS, encode_ticks
 
 log = logging.getLogger("rfm.client.ticks")
@@ -127,7 +127,7 @@ class TickRecorder:
                 self._index, self._skipped = self._index + 1, True
             return
         # copies: a camera driver may reuse its buffers, and the record must hold what this tick saw
-        images = {cam: img if isinstance(img, (bytes, str)) else np.array(img) for cam, img in obs["images"].items()}
+        images = {cam: snapshot(img) for cam, img in obs["images"].items()}
         tick = {"images": images, "state": np.asarray(obs["state"], np.float32).copy(),
                 "instruction": obs.get("instruction", ""), "action": np.asarray(action, np.float32).copy(),
                 "chunk": None if chunk is None else np.asarray(chunk, np.float32).copy()}

@@ -90,7 +90,7 @@ class LeRobotDataset:
         if self.version.startswith("v3"):
             if self.info.get("total_episodes") == 0 and not (self.root / lm.TASKS_PATH).exists():
                 raise DatasetError(info_path, "total_episodes", "the dataset has no episodes yet (a recording "
-                                   "stopped before it saved one: `rfm serve --record` starts it afresh)")
+                                   "stopped before it saved one: its recorder starts it afresh)")
             self.tasks = lm.read_tasks(self.root / lm.TASKS_PATH)
             self.episodes = self._read_episodes_v30()
         elif self.version in ("v2.0", "v2.1"):

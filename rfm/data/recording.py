@@ -84,13 +84,17 @@ def _base_session(session: str) -> str:
 def robot_episodes(ds: LeRobotDataset) -> list[list[int]]:
     """The recording's episodes grouped as the robot lived them, in order: an episode the server cut at its own
     stop (ended_by "shutdown"), where ticks went missing ("gap") or at its length cap ("length") is followed, under
-    the same session (SESSION~N after lost ticks), by the part the robot went on with."""
+    the same session (SESSION~N after lost ticks), by the part the robot went on with. A part that starts at the
+    robot's tick 0 is not that: it is the robot's next episode (a robot that restarted after the cut), and the cut
+    one ends there with its own outcome."""
     groups: list[list[int]] = []
     open_group: dict[str, list[int]] = {}  # session -> its group still going on (its last part was cut)
     for ep in sorted(ds.episodes, key=lambda e: e.index):
         session = ep.meta.get(SESSION)
         key = None if session is None else _base_session(str(session))
         group = open_group.pop(key, None) if key is not None else None
+        if group is not None and ep.meta.get(FIRST_TICK) == 0:  # the robot began again: not a continuation
+            group = None
         if group is None:
             group = []
             groups.append(group)

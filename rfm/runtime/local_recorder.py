@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from rfm.client.frames import snapshot
 from rfm.runtime.observation import check_observation
 
 log = logging.getLogger("rfm.runtime")
@@ -37,17 +38,23 @@ class LocalRecorder:
     instruction is stored as the one it ran. `real_time`: each tick's time is the robot's clock when add() came
     (or add()'s `t`); a simulated robot, which ticks as fast as its simulator, passes False. `max_backlog_mb`: ticks
     waiting to be fitted beyond this are dropped (counted in `lost`; the recorded episode ends there rather than
-    bridge the hole). `use_videos`: MP4 per camera (PyAV), else PNG frames. Needs pyarrow and PyAV
+    bridge the hole), as is a tick whose observation the runner would refuse (a frame of another size, a state of
+    another length: `last_error` says which, and it is logged). An episode is never ended for being idle: a robot
+    paused for an hour goes on with the same episode. `use_videos`: MP4 per camera (PyAV), else PNG frames. Needs pyarrow and PyAV
     (`pip install "rfm[edge,record]"`), no torch."""
 
     def __init__(self, root: str | Path, runner: Any, session_id: str = "robot", real_time: bool = True,
                  use_videos: bool = True, vcodec: str | None = None, max_buffer_mb: float = 512.0,
-                 max_backlog_mb: float = 256.0, idle_timeout_s: float = 300.0) -> None:
-        from rfm.runtime.recorder import Recorder
+                 max_backlog_mb: float = 256.0) -> None:
+        from rfm.runtime.recorder import Recorder, check_recording_dir
 
         self.runner, self.session_id, self.real_time = runner, session_id, real_time
         self.interface = runner.interface
-        self.recorder = Recorder(root, self.interface, idle_timeout_s=idle_timeout_s, use_videos=use_videos,
+        # refused with a message naming the directory (another robot's cameras, not a dataset), before the lock
+        # file would go into it
+        check_recording_dir(root, self.interface, option="LocalRecorder")
+        # no idle timeout: the server's ends the episode of a robot gone quiet; this robot only paused
+        self.recorder = Recorder(root, self.interface, idle_timeout_s=math.inf, use_videos=use_videos,
                                  vcodec=vcodec, model=f"{runner.model_id}@{runner.model_version}",
                                  max_buffer_mb=max_buffer_mb)
         self.max_backlog_bytes = int(max_backlog_mb * 2**20)
@@ -72,7 +79,7 @@ class LocalRecorder:
         if t is not None and not math.isfinite(t):
             raise ValueError(f"t={t!r}: a tick's time must be a finite number of seconds")
         # copies: a camera driver may reuse its buffers, and the record must hold what this tick saw
-        tick = {"images": {cam: np.array(img) for cam, img in obs["images"].items()},
+        tick = {"images": {cam: snapshot(img) for cam, img in obs["images"].items()},
                 "state": np.asarray(obs.get("state", ()), np.float32).copy(),
                 "instruction": obs.get("instruction", ""), "action": np.asarray(action, np.float32).copy(),
                 "chunk": None if chunk is None else np.asarray(chunk, np.float32).copy(), "label": None,
@@ -206,7 +213,9 @@ class LocalRecorder:
         with self._lock:
             self._backlog_bytes -= tick["bytes"]
         obs = {"images": tick["images"], "state": tick["state"], "instruction": tick["instruction"]}
-        images, state, instruction = check_observation(obs, self.interface, resize=True)
+        # the frames the runner takes (native or input size; any size where it resizes), fitted as it fits them
+        images, state, instruction = check_observation(obs, self.interface,
+                                                       resize=getattr(self.runner, "resize_images", False))
         instruction = self.runner.instruction_for(instruction)
         self.recorder.record_tick(self.session_id, images, state, instruction, tick["action"], tick["chunk"],
                                   tick["label"], tick.get("success"), bool(tick.get("end")), tick["index"],

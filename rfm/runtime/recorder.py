@@ -530,9 +530,9 @@ def lock_recording(root: Path) -> DirectoryLock:
     try:
         lock.acquire()
     except LockHeld as e:
-        raise FileExistsError(f"{root}: another rfm serve is recording into it ({e.holder}); give each server its "
-                              f"own --record directory (replicas: one each, e.g. --record /data/field/$HOSTNAME; "
-                              f"rfm train takes them together)") from None
+        raise FileExistsError(f"{root}: another rfm serve is recording into it, or a robot's LocalRecorder "
+                              f"({e.holder}); give each its own directory (server replicas: one each, e.g. --record "
+                              f"/data/field/$HOSTNAME; rfm train takes them together)") from None
     return lock
 
 
@@ -552,14 +552,15 @@ def empty_recording(root: str | Path) -> bool:
     return all(p.name in ("meta", "data", "videos", "images", RECORD_LOCK, SPILL_DIR) for p in root.iterdir())
 
 
-def check_recording_dir(root: str | Path, interface: RobotInterface) -> None:
-    """Before a server starts: ValueError naming the directory when `--record root` cannot hold this model's
-    recording (an existing dataset of other cameras, sizes or dims, or a directory that is not a dataset).
-    Reads only: appending, which tidies the dataset, waits for the server's start-up."""
+def check_recording_dir(root: str | Path, interface: RobotInterface, option: str = "--record") -> None:
+    """Before a server starts (or a LocalRecorder): ValueError naming the directory when `--record root` cannot hold
+    this model's recording (an existing dataset of other cameras, sizes or dims, or a directory that is not a
+    dataset). Reads only: appending, which tidies the dataset, waits for the server's start-up. `option`: what the
+    messages call the directory's setting."""
     from rfm.data.reader import LeRobotDataset
 
     root = Path(root)
-    _check_writable(root)
+    _check_writable(root, option)
     if (root / RECORD_LOCK).is_file():  # refused now, before the model loads, if another server records here (a
         lock_recording(root).release()  # directory without the file has no server: checking leaves nothing in it)
     if (root / "meta" / "info.json").is_file() and not empty_recording(root):
@@ -573,7 +574,7 @@ def check_recording_dir(root: str | Path, interface: RobotInterface) -> None:
                          f"dataset recorded from this model")
 
 
-def _check_writable(root: Path) -> None:
+def _check_writable(root: Path, option: str = "--record") -> None:
     """ValueError naming the directory when this process could not create or write `root`: a volume mounted into
     a container is often owned by another user than the server's."""
     for p in [root, *root.parents]:
@@ -583,7 +584,7 @@ def _check_writable(root: Path) -> None:
         except PermissionError:  # a directory above may not be entered: found further up
             continue
         if p.is_dir() and not os.access(p, os.W_OK | os.X_OK):
-            raise ValueError(f"--record {root}: this process ({process_user()}) may not write into {p}; give it the "
+            raise ValueError(f"{option} {root}: this process ({process_user()}) may not write into {p}; give it the "
                              f"directory (a volume mounted into rfm's image: chown it to uid 10001)")
         return
 

@@ -274,12 +274,12 @@ from rfm.runtime import ActionLimits, LocalRecorder, load_runner
 export_dir, obs_file, out = sys.argv[1:4]
 runner = load_runner(export_dir, backend="onnx")  # docs/EDGE.md's loop
 limits = ActionLimits.for_model(export_dir)
-act = lambda obs: limits.clip(runner.predict(obs))[0]
 with np.load(obs_file) as f:
     obs = {"images": {"corner": f["corner"], "topview": f["topview"]}, "state": f["state"],
            "instruction": "close the window"}
 executed = []
-with LocalRecorder(out, runner, session_id="cell-3") as rec, ChunkExecutor(act, recorder=rec) as executor:
+with LocalRecorder(out, runner, session_id="cell-3") as rec, \\
+        ChunkExecutor(runner, limits=limits, recorder=rec) as executor:
     for tick in range(12):
         executed.append(executor.step(obs, t=0.0125 * tick).tolist())
     executor.end_episode(success=True)

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from rfm.client import ChunkExecutor
-from rfm.constants import ACTION_EXECUTED, CORRECTED, TICK_TIME
+from rfm.constants import ACTION_CHUNK, ACTION_EXECUTED, CORRECTED, TICK_TIME
 from rfm.data.lerobot import LeRobotDataset
-from rfm.data.recording import robot_outcomes, tick_timing
+from rfm.data.recording import robot_episodes, robot_outcomes, tick_timing
 from rfm.runtime import LocalRecorder
 from tests.serving.helpers import load_tiny, make_checkpoint
 
@@ -119,3 +119,114 @@ def test_a_program_that_ends_without_closing_its_recorder_still_writes_what_it_r
     assert r.returncode == 0, r.stderr[-2000:]
     ds = LeRobotDataset(tmp_path / "field")
     assert [(e.length, e.meta["ended_by"]) for e in ds.episodes] == [(30, "robot"), (30, "closed")]
+
+
+def test_a_frame_the_model_would_refuse_is_not_recorded_stretched(runner, tmp_path):
+    """The recorder fitted any frame size (the server's --resize-images): a 2x2 frame was stored as a black 64 x 64
+    one. It takes the frames the runner takes; another is lost, and the recorded episode ends there."""
+    rng = np.random.default_rng(3)
+    with LocalRecorder(tmp_path / "field", runner, real_time=False) as rec:
+        rec.add(_obs(rng), np.zeros(2, np.float32))
+        rec.add({**_obs(rng), "images": {**_obs(rng)["images"], "wrist": np.zeros((2, 2, 3), np.uint8)}},
+                np.zeros(2, np.float32))
+        rec.add(_obs(rng), np.zeros(2, np.float32))
+        rec.end_episode(success=True)
+        assert rec.lost == 1 and "'wrist' is 2x2" in rec.last_error
+    ds = LeRobotDataset(tmp_path / "field")
+    assert [(e.length, e.meta["ended_by"]) for e in ds.episodes] == [(1, "gap"), (1, "robot")]
+
+
+def test_a_robot_that_crashed_mid_episode_does_not_lend_its_cut_part_the_next_run_s_outcome(runner, tmp_path):
+    """An episode cut at a held tick (gap), whose program then died, was taken for the first part of the next run's
+    first episode, and trained on as that episode's success."""
+    import subprocess
+    import sys
+    import textwrap
+
+    from tests.serving.helpers import make_checkpoint
+
+    ckpt = make_checkpoint(tmp_path / "tiny")
+    script = textwrap.dedent(f"""
+        import os, time
+        import numpy as np
+        from rfm.runtime import LocalRecorder, load_runner
+        runner = load_runner({str(ckpt)!r}, backend="torch", device="cpu")
+        rec = LocalRecorder({str(tmp_path / "field")!r}, runner, real_time=False)
+        obs = {{"images": {{c: np.zeros((64, 64, 3), np.uint8) for c in ("front", "wrist")}},
+                "state": np.zeros(3, np.float32), "instruction": "pick up the cube"}}
+        for _ in range(3):
+            rec.add(obs, np.zeros(2, np.float32))
+        rec.skip()  # held
+        rec.add(obs, np.zeros(2, np.float32))
+        rec.flush()
+        while rec.episodes_written < 1:  # the part before the hole is written
+            time.sleep(0.01)
+        os._exit(1)  # killed: the part after the hole is lost with the process
+    """)
+    r = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1, r.stderr[-2000:]
+    rng = np.random.default_rng(4)
+    with LocalRecorder(tmp_path / "field", runner, real_time=False) as rec:  # the next run, from its tick 0
+        for _ in range(2):
+            rec.add(_obs(rng), np.zeros(2, np.float32))
+        rec.end_episode(success=True)
+    ds = LeRobotDataset(tmp_path / "field")
+    assert [(e.length, e.meta["ended_by"]) for e in ds.episodes] == [(3, "gap"), (2, "robot")]
+    assert robot_episodes(ds) == [[0], [1]] and robot_outcomes(ds) == {0: "unknown", 1: "success"}
+
+
+
+
+def test_a_directory_it_cannot_record_into_is_refused_by_name_and_left_as_it_was(runner, tmp_path):
+    """A directory of other files, or another robot's dataset, is refused with a message for a LocalRecorder (not the
+    server's --record), and no lock file is left in it; two recorders on one directory: the second is refused."""
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "readme.txt").write_text("not a dataset")
+    with pytest.raises(ValueError, match="notes: exists and is not a LeRobot dataset"):
+        LocalRecorder(other, runner)
+    assert sorted(p.name for p in other.iterdir()) == ["readme.txt"]
+    with LocalRecorder(tmp_path / "field", runner), \
+            pytest.raises(FileExistsError, match="or a robot's LocalRecorder"):
+        LocalRecorder(tmp_path / "field", runner)
+
+
+def test_a_bgr_frame_s_rgb_view_is_recorded_as_that_view(runner, tmp_path):
+    """ROBOTS.md's BGR fix, frame[..., ::-1], is a view numpy copies byte by byte (2.3 ms a 480 x 640 frame in the
+    control loop); it is copied as its buffer and recorded as the view shows it."""
+    from rfm.client.frames import snapshot
+
+    bgr = np.random.default_rng(5).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    expected = bgr[..., ::-1].copy()
+    copy = snapshot(bgr[..., ::-1])
+    bgr[:] = 0  # the driver's next frame
+    np.testing.assert_array_equal(copy, expected)
+    rgb = np.random.default_rng(6).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    with LocalRecorder(tmp_path / "field", runner, real_time=False, use_videos=False) as rec:
+        rec.add({"images": {"front": rgb[..., ::-1][..., ::-1], "wrist": rgb.copy()[..., ::-1]},
+                 "state": np.zeros(3, np.float32), "instruction": "pick"}, np.zeros(2, np.float32))
+    frame = LeRobotDataset(tmp_path / "field").get_frame(0)["images"]
+    np.testing.assert_array_equal(frame["front"], rgb)
+    np.testing.assert_array_equal(frame["wrist"], rgb[..., ::-1])
+
+
+def test_an_executor_of_a_runner_clips_to_the_limits_and_follows_the_cards_actions_per_request(tmp_path):
+    """A robot running its model itself clipped with a lambda around predict, behind which the executor could not
+    see the card's recommended actions per request; given the runner and the limits, it does both."""
+    from rfm.checkpoint import update_meta
+    from rfm.runtime import ActionLimits
+
+    ckpt = make_checkpoint(tmp_path / "tiny")
+    update_meta(ckpt, "execution", {"action_steps": 2})
+    runner = load_tiny(ckpt)
+    limits = ActionLimits(np.full(2, -0.001), np.full(2, 0.001), ["vx", "vy"], "test")
+    rng = np.random.default_rng(7)
+    with LocalRecorder(tmp_path / "field", runner, real_time=False) as rec, \
+            ChunkExecutor(runner, limits=limits, recorder=rec) as executor:
+        actions = [executor.step(_obs(rng)) for _ in range(12)]
+        assert executor._execution["action_steps"] == 2 and executor.clipped >= 1  # the card, read off the runner
+        executor.end_episode(success=True)
+    assert np.abs(np.stack(actions)).max() <= 0.001 + 1e-7
+    ds = LeRobotDataset(tmp_path / "field")
+    assert np.abs(ds.extras[ACTION_EXECUTED]).max() <= 0.001 + 1e-7
+    assert np.abs(ds.extras[ACTION_CHUNK]).max() <= 0.001 + 1e-7  # the chunk as clipped, as a server records it
