@@ -530,7 +530,8 @@ def _train(cfg: TrainConfig, progress: bool) -> Path:
             bar.update(1)
             if step % cfg.log_every == 0 or step == cfg.steps:
                 sps = window_samples / max(time.time() - window_t, 1e-9)
-                val, val_mae = _validate(module, val_loader, policy, accelerator) if val_loader and (
+                val, val_mae = _validate(module, val_loader, policy, accelerator,
+                                         ema.module if ema is not None else None) if val_loader and (
                     step % (cfg.log_every * 10) == 0 or step == cfg.steps) else (None, None)
                 bar.set_postfix(loss=f"{loss_avg:.4f}", samples_s=f"{sps:.1f}",
                                 **({"val": f"{val:.4f}", "val_mae": f"{val_mae:.4g}"} if val is not None else {}),
@@ -571,12 +572,26 @@ def _train_batch(batch: dict, device, **fields) -> TrainBatch:
 
 
 @torch.no_grad()
-def _validate(module, loader, policy, accelerator) -> tuple[float, float]:
+def _validate(module, loader, policy, accelerator, ema_net=None) -> tuple[float, float]:
     """(mean action loss, mean absolute action error) over the held-out episodes (no augmentation, no aids'
     transforms). The error is the predicted chunks', clipped as rfm serve clips them, against the recorded actions,
-    in robot units over the steps before the episode end, as `rfm eval --dataset` measures it (rfm.eval.offline)."""
+    in robot units over the steps before the episode end, as `rfm eval --dataset` measures it (rfm.eval.offline).
+    `ema_net`: the EMA weights, which the checkpoint holds, are the ones scored (the raw ones scored 0.50 where the
+    checkpoint's scored 0.29)."""
+    inner = accelerator.unwrap_model(module)  # (not the DDP wrapper: no gradient sync, and its net may be swapped)
+    trained = inner.net
+    if ema_net is not None:
+        inner.net = ema_net
+    try:
+        return _validate_net(inner, loader, policy, accelerator)
+    finally:
+        inner.net = trained
+        inner.train()
+
+
+def _validate_net(module, loader, policy, accelerator) -> tuple[float, float]:
     module.eval()
-    net = accelerator.unwrap_model(module).net
+    net = module.net
     gen = torch.Generator().manual_seed(0)  # the flow head's noise: the same each time, the training RNG untouched
     total, n, abs_err, n_err = 0.0, 0, 0.0, 0
     bounds = widened_range(policy.stats.get(ACTION, {}), ACTION_LIMIT_MARGIN)  # the limits rfm serve clips to
@@ -595,5 +610,4 @@ def _validate(module, loader, policy, accelerator) -> tuple[float, float]:
         keep = ~tb.action_pad  # (B, H)
         abs_err += ((pred - tb.actions).abs() * keep[..., None]).sum().item()
         n_err += int(keep.sum().item()) * pred.shape[-1]
-    module.train()
     return total / max(n, 1), abs_err / max(n_err, 1)
