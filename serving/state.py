@@ -142,7 +142,7 @@ class ServerState:
                                     max_buffer_mb=self.config.record_memory_mb,
                                     use_videos=self.config.record_images == "video",
                                     vcodec=self.config.record_vcodec,
-                                    model=f"{runner.model_id}@{runner.model_version}")
+                                    model=runner.recorded_name)
             service = InferenceService(runner, self.config, self.metrics, limits, self.audit, recorder)
             service.engine_next = staged.engine if staged else None  # said from the first answer on
             service.calibrate(costs)

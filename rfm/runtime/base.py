@@ -103,6 +103,13 @@ class Runner(ABC):
                 "state": np.zeros(self.interface.state_dim, np.float32), "instruction": instruction}
 
     @property
+    def recorded_name(self) -> str:
+        """What a recording names this model by (each episode's `model`, `rfm data info`'s by-model counts):
+        id@version, and an export's precision where it is not fp32, so a fleet's int8 and fp32 runs compare."""
+        precision = getattr(self, "precision", "fp32")
+        return f"{self.model_id}@{self.model_version}" + ("" if precision in (None, "fp32") else f"/{precision}")
+
+    @property
     def runs_on(self) -> str:
         """The engine serving this runner, for logs and metrics: its engine where `rfm serve` chose one, else its
         backend."""

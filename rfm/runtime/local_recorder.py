@@ -55,7 +55,7 @@ class LocalRecorder:
         check_recording_dir(root, self.interface, option="LocalRecorder")
         # no idle timeout: the server's ends the episode of a robot gone quiet; this robot only paused
         self.recorder = Recorder(root, self.interface, idle_timeout_s=math.inf, use_videos=use_videos,
-                                 vcodec=vcodec, model=f"{runner.model_id}@{runner.model_version}",
+                                 vcodec=vcodec, model=runner.recorded_name,
                                  max_buffer_mb=max_buffer_mb)
         self.max_backlog_bytes = int(max_backlog_mb * 2**20)
         self._queue: queue.Queue = queue.Queue()

@@ -230,3 +230,16 @@ def test_an_executor_of_a_runner_clips_to_the_limits_and_follows_the_cards_actio
     ds = LeRobotDataset(tmp_path / "field")
     assert np.abs(ds.extras[ACTION_EXECUTED]).max() <= 0.001 + 1e-7
     assert np.abs(ds.extras[ACTION_CHUNK]).max() <= 0.001 + 1e-7  # the chunk as clipped, as a server records it
+
+
+def test_episodes_name_an_export_s_precision_so_fp32_and_int8_runs_compare(tmp_path):
+    """An fp32 and an int8 export of one checkpoint recorded the same model name: rfm data info's by-model counts
+    could not tell the two apart in the field."""
+    runner = load_tiny(make_checkpoint(tmp_path / "tiny"))
+    runner.precision = "int8"  # as an int8 export's runner says (rfm.runtime.export_runner)
+    rng = np.random.default_rng(8)
+    with LocalRecorder(tmp_path / "field", runner, real_time=False) as rec:
+        rec.add(_obs(rng), np.zeros(2, np.float32))
+        rec.end_episode(success=True)
+    model = LeRobotDataset(tmp_path / "field").episode_meta(0)["model"]
+    assert model == f"{runner.model_id}@{runner.model_version}/int8"
