@@ -55,23 +55,34 @@ def test_takeover_lets_the_expert_drive_when_the_policy_strays(tmp_path):
         Takeover(error=0)
 
 
-def test_a_robot_executing_8_actions_per_request_records_every_tick_it_executed(tmp_path):
-    """Through a real recording server: a simulated robot runs the SDK's ChunkExecutor (8 actions per request) and
-    reports its ticks. The recorded episode has one frame per tick run, its actions are the executed ones tick by
-    tick, and replaying them open loop from the episode's seed reproduces the recorded states."""
+@pytest.mark.parametrize("where", ["server", "device"])
+def test_a_robot_executing_8_actions_per_request_records_every_tick_it_executed(tmp_path, where):
+    """A simulated robot runs the SDK's ChunkExecutor (8 actions per request) and records its ticks: through a real
+    recording server (a TickRecorder), or running the model itself (a LocalRecorder on its disk). The recorded
+    episode has one frame per tick run, its actions are the executed ones tick by tick, and replaying them open loop
+    from the episode's seed reproduces the recorded states."""
+    from contextlib import ExitStack
+
     from rfm.client import ChunkExecutor, RFMClient, TickRecorder
+    from rfm.runtime import LocalRecorder
     from rfm.sim.metaworld import MetaWorldEnv
 
     itf = RobotInterface(cameras=["corner2"], image_size=(32, 32), state_names=STATE_NAMES, action_names=ACTION_NAMES,
                          chunk_size=16, control_hz=CONTROL_HZ)
     RFMPolicy.build("tiny", interface=itf).save_pretrained(tmp_path / "ck")
-    cfg = ServerConfig(max_batch=2, warmup_batch_sizes=(1,), record_dir=str(tmp_path / "rec"))
     seed, ticks = 1_000_007, 30
     executed, states = [], []
     env = MetaWorldEnv("reach-v3", ["corner2"], 32, max_steps=ticks)
-    server = ServerThread(load_runner(tmp_path / "ck", device="cpu"), cfg)
-    with server, RFMClient(server.url) as client, TickRecorder(client, "robot-1") as recorder, \
-            ChunkExecutor(client, action_steps=8, recorder=recorder) as executor:
+    runner = load_runner(tmp_path / "ck", device="cpu")
+    with ExitStack() as stack:
+        if where == "server":
+            cfg = ServerConfig(max_batch=2, warmup_batch_sizes=(1,), record_dir=str(tmp_path / "rec"))
+            server = stack.enter_context(ServerThread(runner, cfg))
+            policy = stack.enter_context(RFMClient(server.url))
+            recorder = stack.enter_context(TickRecorder(policy, "robot-1"))
+        else:
+            policy, recorder = runner, stack.enter_context(LocalRecorder(tmp_path / "rec", runner))
+        executor = stack.enter_context(ChunkExecutor(policy, action_steps=8, recorder=recorder))
         obs = env.reset(seed)
         while True:
             states.append(np.asarray(obs["state"], np.float32))
@@ -82,7 +93,7 @@ def test_a_robot_executing_8_actions_per_request_records_every_tick_it_executed(
             if done:
                 break
         recorder.end_episode(success=False)
-        assert recorder.errors == 0 and executor.requests == -(-len(executed) // 8)
+        assert getattr(recorder, "errors", 0) == recorder.lost == 0 and executor.requests == -(-len(executed) // 8)
     ds = LeRobotDataset(tmp_path / "rec")
     assert ds.num_episodes == 1 and ds.num_frames == len(executed) == ticks  # one frame per control tick
     assert ds.fps == round(CONTROL_HZ)
