@@ -28,6 +28,7 @@ log = logging.getLogger("rfm.runtime")
 
 _END = object()  # queued by close(): the fitting thread stops after what came before it
 CLOSED = "closed"  # ended_by of an episode the robot's program left open when it closed its recorder
+WRITER_WAIT_S = 30.0  # how long a tick waits for room in the writer's queue before it is dropped
 
 
 class LocalRecorder:
@@ -129,8 +130,8 @@ class LocalRecorder:
                 self._latest["action"] = self._latest["label"]
 
     def end_episode(self, success: bool | None = None, wait: bool = True) -> None:
-        """The episode is over, with the outcome the robot reports; with `wait`, until its ticks are handed to the
-        writing thread (which writes the episode next)."""
+        """The episode is over, with the outcome the robot reports; with `wait`, until it is written (`rfm data info`
+        shows it)."""
         with self._lock:
             self._check_open()
             if self._latest is not None:
@@ -143,13 +144,14 @@ class LocalRecorder:
             self.flush()
 
     def flush(self, timeout: float = 60.0) -> None:
-        """Wait until every tick added so far is with the writing thread (or lost). The latest tick goes too: an
-        executed() or correct() after this does nothing."""
+        """Wait until every tick added so far is recorded (or lost), and every episode ended so far is written. The
+        latest tick goes too: an executed() or correct() after this does nothing."""
         with self._lock:
             self._push_latest()
         deadline = time.monotonic() + timeout
         while self._queue.unfinished_tasks and time.monotonic() < deadline:
             time.sleep(0.005)
+        self.recorder.sync(max(0.0, deadline - time.monotonic()))
 
     def close(self, timeout: float | None = None) -> None:
         """Record what is left and write the dataset: an episode not ended is written as the robot left it
@@ -217,9 +219,14 @@ class LocalRecorder:
         images, state, instruction = check_observation(obs, self.interface,
                                                        resize=getattr(self.runner, "resize_images", False))
         instruction = self.runner.instruction_for(instruction)
-        self.recorder.record_tick(self.session_id, images, state, instruction, tick["action"], tick["chunk"],
-                                  tick["label"], tick.get("success"), bool(tick.get("end")), tick["index"],
-                                  tick["time"])
+        waited = time.monotonic()  # the writer is behind (a slow disk): wait, the ticks queue here meanwhile (add()
+        while not self.recorder.room(1) and time.monotonic() - waited < WRITER_WAIT_S:  # drops past max_backlog_mb)
+            time.sleep(0.005)
+        if not self.recorder.record_tick(self.session_id, images, state, instruction, tick["action"], tick["chunk"],
+                                         tick["label"], tick.get("success"), bool(tick.get("end")), tick["index"],
+                                         tick["time"]):
+            self._count_lost(f"tick {tick['index']} not recorded: the writer has been behind for {WRITER_WAIT_S:g} s "
+                             f"(a full disk?)")
 
 
 _LIVE: weakref.WeakSet[LocalRecorder] = weakref.WeakSet()

@@ -199,6 +199,15 @@ class Recorder:
         """Close the session's current episode (robot reset or task done); `reason` goes into its `ended_by`."""
         self._put(("end", session, success, reason))
 
+    def sync(self, timeout: float | None = None) -> bool:
+        """Wait until everything enqueued before this call is handled (an ended episode written); False on timeout.
+        For a robot's own loop (rfm.runtime.LocalRecorder), which may read its recording next."""
+        if self._stop.is_set():
+            return True
+        done = threading.Event()
+        self._queue.put(("sync", done))
+        return done.wait(timeout)
+
     def has_open(self, session: str) -> bool:
         """Whether `session` has a recorded episode that an end would close: it sent a frame and neither ended its
         episode since nor went quiet past the idle timeout (which ends it on the server)."""
@@ -293,6 +302,9 @@ class Recorder:
                 item = self._queue.get(timeout=1.0)
             except queue.Empty:
                 self._flush_idle()
+                continue
+            if item[0] == "sync":
+                item[1].set()
                 continue
             if item[0] in ("frame", "tick"):
                 with self._put_lock:

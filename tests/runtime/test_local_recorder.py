@@ -243,3 +243,43 @@ def test_episodes_name_an_export_s_precision_so_fp32_and_int8_runs_compare(tmp_p
         rec.end_episode(success=True)
     model = LeRobotDataset(tmp_path / "field").episode_meta(0)["model"]
     assert model == f"{runner.model_id}@{runner.model_version}/int8"
+
+
+def test_an_ended_episode_is_on_disk_when_end_episode_returns(runner, tmp_path):
+    """A notebook or a robot program that reads its recording after end_episode() found the episode missing: the
+    writer had it, not yet the disk."""
+    rng = np.random.default_rng(9)
+    with LocalRecorder(tmp_path / "field", runner, real_time=False) as rec:
+        for episode in range(2):
+            for _ in range(4):
+                rec.add(_obs(rng), np.zeros(2, np.float32))
+            rec.end_episode(success=True)
+            assert LeRobotDataset(tmp_path / "field").num_episodes == episode + 1
+
+
+def test_a_writer_that_falls_behind_holds_the_robot_s_ticks_rather_than_dropping_them(runner, tmp_path, monkeypatch):
+    """The server's recorder drops what its queue has no room for (the robot holds its ticks and sends them again);
+    on the robot there is no sending again, so the ticks wait for the writer, in the robot's backlog."""
+    import rfm.runtime.local_recorder as local
+
+    rng = np.random.default_rng(10)
+    with LocalRecorder(tmp_path / "field", runner, real_time=False) as rec:
+        busy = {"calls": 0}
+        room = rec.recorder.room
+
+        def slow_writer(n):  # no room for the first 50 looks (a slow disk), then room again
+            busy["calls"] += 1
+            return busy["calls"] > 50 and room(n)
+
+        monkeypatch.setattr(rec.recorder, "room", slow_writer)
+        for _ in range(6):
+            rec.add(_obs(rng), np.zeros(2, np.float32))
+        rec.end_episode(success=True)
+        assert rec.lost == 0 and busy["calls"] > 50
+        monkeypatch.setattr(local, "WRITER_WAIT_S", 0.05)
+        monkeypatch.setattr(rec.recorder, "room", lambda n: False)  # a full disk: given up on after the wait
+        monkeypatch.setattr(rec.recorder, "record_tick", lambda *a, **k: False)
+        rec.add(_obs(rng), np.zeros(2, np.float32))
+        rec.flush(timeout=5)
+        assert rec.lost == 1 and "writer has been behind" in rec.last_error
+    assert LeRobotDataset(tmp_path / "field").episode_range(0) == (0, 6)
