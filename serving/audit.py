@@ -1,4 +1,5 @@
-"""Audit log: one JSON line per answered request, written by a background thread (never on the hot path).
+"""Audit log: one JSON line per answered or refused action request, written by a background thread (never on the hot
+path).
 
 The file is reopened when it is moved away (logrotate's rename-and-create, as logging's WatchedFileHandler does),
 and records queued past `max_queued` (a stalled disk) are dropped and counted rather than held in memory.

@@ -73,8 +73,8 @@ class ServerState:
 
     def authorize(self, authorization: str | None, peer: Any = None) -> str | None:
         """Key id of the caller, None when keys are off; raises AuthError, logged with the caller's address (the
-        first refusal, then every 100th: a scan must not flood the log) since the audit log holds answered
-        requests only."""
+        first refusal, then every 100th: a scan must not flood the log), since the audit log leaves out requests
+        without a valid key."""
         if self.keys is None:
             return None
         try:

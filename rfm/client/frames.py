@@ -3,7 +3,7 @@
 A server fits each camera's native-size frame to the model's input size (rfm.imaging) before inference and
 recording. Doing it on the robot instead sends 147 kB instead of 2.8 MB for three 480x640 cameras and takes
 that work off the server that a fleet shares; the pixels are the same, since both sides run `fit_frame`. It needs
-Pillow, which the bare SDK install does not bring: without it frames go as they are.
+Pillow, which the SDK installs; where it is missing (a hand-made install), frames go as they are.
 """
 
 from __future__ import annotations
