@@ -5,7 +5,8 @@ within a latency budget.
 
 Each simulated robot sends one request per period (1/rate, +-10% jitter) whether or not its previous answer came
 back (open loop), so a saturated server shows up as growing latency, 504s, refusals (503) and timeouts rather than
-as a slower robot. For every configuration (engine x batching on/off x transport) the number of robots grows
+as a slower robot. For every configuration (engine x batching x transport; batching on: --batching on, auto:
+the server's default, which batches where its warm-up shows a batch pays, off: --max-batch 1) the number of robots grows
 until the server is clearly saturated (p99 over twice the largest budget, or more than 5% of requests failed or
 refused), then --past-saturation more counts (admission by deadline at work), each configuration on a fresh server started with --timeout-ms = the largest budget. Load generators are separate processes (asyncio inside, --robots-per-proc
 robots each) on the same machine; their CPU share, their scheduling lag and the server's CPU are reported
@@ -508,19 +509,23 @@ def run_configs(ckpt: Path, args: argparse.Namespace) -> dict:
     obs = None
     unavailable: dict[str, str] = {}  # engine -> why
     for engine in args.engines:
-        for batching, max_batch in (("on", args.max_batch), ("off", 1)):
+        for batching, max_batch in (("on", args.max_batch), ("auto", args.max_batch), ("off", 1)):
             if batching not in args.batching:
                 continue
+            flags = () if batching == "off" else ("--batching", batching)
             for tr in args.transports:
                 key, load = f"{engine}/batching_{batching}/{tr}", os.getloadavg()
                 base = {"engine": engine, "batching": batching, "max_batch": max_batch, "transport": tr,
                         "loadavg_before": [round(x, 2) for x in load]}
                 print(f"{key} (--max-batch {max_batch}); load average {load[0]:.1f}", flush=True)
                 server, note = (None, unavailable[engine]) if engine in unavailable else \
-                    start_server(ckpt, engine, max_batch, args, timeout_ms=max(args.budgets))
+                    start_server(ckpt, engine, max_batch, args, timeout_ms=max(args.budgets), extra=flags)
+                if server is None and "--batching" in note and batching == "on":  # an older server: it always batches
+                    server, note = start_server(ckpt, engine, max_batch, args, timeout_ms=max(args.budgets))
                 if server is None:
                     print(f"  unavailable: {note}", flush=True)
-                    unavailable[engine] = note
+                    if "--batching" not in note:  # (an older server without the flag still runs the others)
+                        unavailable[engine] = note
                     configs[key] = {**base, "available": False, "note": note}
                     continue
                 try:
@@ -531,6 +536,7 @@ def run_configs(ckpt: Path, args: argparse.Namespace) -> dict:
                     cells = sweep(server, tr, obs, robots, args)
                     configs[key] = {**base, "available": True, "note": note, "server_cmd": " ".join(server.cmd[3:]),
                                     "served_engine": model.get("engine", model.get("backend")),
+                                    "served_batching": model.get("server", {}).get("batching"),
                                     "cells": cells, "served": {str(b): served(cells, b) for b in args.budgets},
                                     "saturated_at": next((c["robots"] for c in cells if c.get("saturated")), None),
                                     "server_rss_after": server.rss_mb()}
@@ -612,7 +618,8 @@ def main(argv: list[str] | None = None) -> int:
     add_common_args(p)
     p.add_argument("--engines", type=csv, default=["torch", "onnx"], help=f"comma-separated, of {', '.join(ENGINES)}")
     p.add_argument("--transports", type=csv, default=["ws", "http"], help=f"comma-separated, of {', '.join(TRANSPORTS)}")
-    p.add_argument("--batching", type=csv, default=["on", "off"], help="on (--max-batch), off (--max-batch 1)")
+    p.add_argument("--batching", type=csv, default=["on", "auto", "off"],
+                   help="on (--batching on), auto (the server's default: batches where a batch pays), off (--max-batch 1)")
     p.add_argument("--robots", type=int, nargs="+", default=None, help=f"robot counts (default {' '.join(map(str, ROBOTS))})")
     p.add_argument("--rate", type=float, default=10.0, help="requests per second per robot")
     p.add_argument("--jitter", type=float, default=0.1, help="each period is 1/rate times 1 +- this")
@@ -628,7 +635,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--plot", default=None, help="PNG path (default: --out with .png)")
     args = p.parse_args(argv)
     for name, values, allowed in (("--engines", args.engines, ENGINES), ("--transports", args.transports, TRANSPORTS),
-                                  ("--batching", args.batching, ("on", "off"))):
+                                  ("--batching", args.batching, ("on", "auto", "off"))):
         bad = [v for v in values if v not in allowed]
         if bad or not values:
             p.error(f"{name} {','.join(values)}: expected a comma-separated list of {', '.join(allowed)}")

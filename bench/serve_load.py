@@ -320,7 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     obs_all = observations(first["interface"], max(args.robots))
     # Both servers run side by side (an idle server costs no CPU) and each on/off pair of cells is measured
     # back to back, so a busy neighbour on a shared machine skews both sides of a comparison alike.
-    servers = {"batching_on": Server(ckpt, args.max_batch, args.threads, args.max_wait_ms, extra=("--engine", "torch")),
+    servers = {"batching_on": Server(ckpt, args.max_batch, args.threads, args.max_wait_ms,
+                                     extra=("--engine", "torch", "--batching", "on")),
                "batching_off": Server(ckpt, 1, args.threads, args.max_wait_ms, extra=("--engine", "torch"))}
     try:
         for tr in dict.fromkeys(args.transports + args.off_transports):

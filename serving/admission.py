@@ -102,6 +102,21 @@ class ArrivalRate:
         return (len(times) - 1) / max(now - times[0], 1e-3)
 
 
+BATCH_GAIN = 1.5  # --batching auto: a batch must serve its requests this much faster than one at a time
+
+
+def batch_gain(costs: dict[int, float]) -> tuple[float, int] | None:
+    """(gain, B): how much faster per request the best warmed batch size B runs than batch 1, B x cost(1) /
+    cost(B); None without batch 1 and a larger size. On a CPU a batch of a conv encoder costs about B batch-1 runs
+    (gain ~1); on an accelerator a batch costs little more than one request."""
+    one = costs.get(1)
+    sizes = [b for b in costs if b > 1 and costs[b] > 0]
+    if not one or not sizes:
+        return None
+    best = max(sizes, key=lambda b: b * one / costs[b])
+    return best * one / costs[best], best
+
+
 def expected_finish(model: BatchCostModel, now: float, running: tuple[float, int] | None, queued: int,
                     max_batch: int, arrivals_per_s: float = 0.0) -> float | None:
     """When a request submitted now would finish: the running batch's rest, the full batches queued ahead of it,

@@ -88,6 +88,7 @@ class Batcher:
         self._cond = threading.Condition()
         self._closing = False
         self._company = False  # did the previous batch have company (size > 1, or requests queued meanwhile)?
+        self.solo = False  # one request per run, taken at once: batching does not pay on this engine (or is off)
         self.cost = BatchCostModel()  # seconds per batch size, for admission by deadline
         self.arrivals = ArrivalRate()  # requests joining a batch before it starts make it slower
         self._running: tuple[float, int] | None = None  # (start, size) of the batch being run
@@ -120,7 +121,7 @@ class Batcher:
             idle = not self._queue and self._running is None
             self.arrivals.add(now)
             finish = None if idle else expected_finish(self.cost, now, self._running, len(self._queue),
-                                                       self.max_batch, self.arrivals.rate(now))
+                                                       1 if self.solo else self.max_batch, self.arrivals.rate(now))
             if finish is not None and finish > item.deadline:
                 raise WouldMissDeadline(
                     f"the server expects to answer in {1000 * (finish - now):.0f} ms ({len(self._queue)} requests "
@@ -154,6 +155,8 @@ class Batcher:
                     return None
                 if not self._cond.wait(self.idle_s) and self.on_idle is not None:
                     return []  # idle for idle_s: the caller runs on_idle outside the lock
+            if self.solo:  # no company to wait for: the oldest runs alone, at once
+                return [self._queue.popleft()]
             wait = self.max_wait if (self._company or len(self._queue) > 1) else 0.0
             until = self._queue[0].enqueued + wait
             while len(self._queue) < self.max_batch and not self._closing:

@@ -27,6 +27,7 @@ class ServerConfig:
 
     max_batch: int = 32  # most requests run in one forward pass; 1 turns batching off
     max_wait_ms: float = 2.0  # longest a request waits for others to join its batch
+    batching: str = "auto"  # auto: batch where the engine's warm-up shows a batch pays (serving.admission.BATCH_GAIN)
     queue_size: int = 256  # requests waiting for inference; beyond this, 503 + Retry-After
     timeout_ms: float = 10_000.0  # per-request deadline from arrival (504 past it)
     warmup_batch_sizes: tuple[int, ...] | None = None  # None: 1 and max_batch (and the powers of two between)
@@ -59,6 +60,7 @@ class ServerConfig:
 
         check(1 <= self.max_batch <= 1024, "max_batch", "an integer in [1, 1024]")
         check(0 <= self.max_wait_ms <= 1000, "max_wait_ms", "milliseconds in [0, 1000]")
+        check(self.batching in ("auto", "on", "off"), "batching", "auto, on or off")
         check(self.queue_size >= 1, "queue_size", "a positive integer")
         check(self.timeout_ms > 0, "timeout_ms", "a positive number of milliseconds")
         check(self.max_body_bytes >= 1024, "max_body_bytes", "at least 1024 bytes")
@@ -82,6 +84,8 @@ class ServerConfig:
         """1, the powers of two below max_batch, and max_batch: the shapes traffic will produce most."""
         if self.warmup_batch_sizes is not None:
             return sorted(set(self.warmup_batch_sizes))
+        if self.batching == "off":
+            return [1]
         sizes, b = {1, self.max_batch}, 2
         while b < self.max_batch:
             sizes.add(b)

@@ -20,7 +20,7 @@ from rfm.runtime.observation import (
     check_state,
 )
 from rfm.runtime.recorder import Recorder
-from serving.admission import BatchCostModel, DeadlineTooShort, min_deadline_ms
+from serving.admission import BATCH_GAIN, BatchCostModel, DeadlineTooShort, batch_gain, min_deadline_ms
 from serving.audit import AuditLog
 from serving.batcher import Batcher, BatchFailed
 from serving.codec import TICK_FIELDS, ActRequest, EpisodeEnd, TicksRequest, encode_actions
@@ -64,6 +64,7 @@ class InferenceService:
         self.trimmer = HeapTrimmer()
         self.engine_next: str | None = None  # the engine a first start is building to move onto (serving.state)
         self.min_deadline_ms = 10.0  # set from the warm-up by calibrate (serving.admission.min_deadline_ms)
+        self.batch_gain: tuple[float, int] | None = None  # (per-request speed-up, batch size) measured by calibrate
         self.tick_ledger = TickLedger()  # which ticks of each robot are recorded: a batch sent again is not twice
         # one batch of a session at a time, from the ledger's look to its note (the frames are checked in a thread
         # meanwhile): striped, so memory stays bounded however many sessions come and go
@@ -75,12 +76,22 @@ class InferenceService:
 
     def calibrate(self, costs: dict[int, float]) -> None:
         """Start the admission model from the served runner's warm-up: `costs`, seconds per batch size, and
-        min_deadline_ms (--min-deadline-ms, else from batch 1)."""
+        min_deadline_ms (--min-deadline-ms, else from batch 1); and, with --batching auto, whether to batch on it."""
         cost = BatchCostModel()
         for b, seconds in costs.items():
             cost.observe(b, seconds)
         self.batcher.cost = cost
         self.min_deadline_ms = self.config.min_deadline_ms or min_deadline_ms(costs.get(1))
+        self.batch_gain = batch_gain(costs)
+        mode = self.config.batching
+        batches = self.config.max_batch > 1 and mode != "off" and (
+            mode == "on" or self.batch_gain is None or self.batch_gain[0] >= BATCH_GAIN)
+        self.batcher.solo = not batches
+        if mode == "auto" and self.batch_gain is not None:
+            gain, size = self.batch_gain
+            log.info("batching %s on %s: a batch of %d serves its requests %.2fx as fast as one at a time (measured at "
+                     "warm-up; --batching auto batches from %.1fx, --batching on forces it)", "on" if batches else "off",
+                     self.runner.runs_on, size, gain, BATCH_GAIN)
 
     def switch_runner(self, runner: Runner, costs: dict[int, float]) -> None:
         """Serve on `runner` (warm, the same model on another engine) from the next batch on; `costs`, its warm-up
@@ -107,7 +118,11 @@ class InferenceService:
 
     def describe(self) -> dict:
         d = self.runner.describe()
+        gain = self.batch_gain
         d["server"] = {"max_batch": self.config.max_batch, "max_wait_ms": self.config.max_wait_ms,
+                       "batching": {"mode": self.config.batching, "batches": not self.batcher.solo,
+                                    "gain": None if gain is None else round(gain[0], 3),
+                                    "gain_batch_size": None if gain is None else gain[1]},
                        "queue_size": self.config.queue_size, "timeout_ms": self.config.timeout_ms,
                        "resize_images": self.config.resize_images, "recording": self.recorder is not None,
                        "default_instruction": self.default_instruction(),

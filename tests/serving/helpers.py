@@ -46,9 +46,10 @@ class FaultyRunner(Runner):
 
     backend = "torch-faulty"
 
-    def __init__(self, inner: Runner, delay_s: float = 0.0) -> None:
+    def __init__(self, inner: Runner, delay_s: float = 0.0, per_item_s: float = 0.0) -> None:
         super().__init__(inner.interface, inner.head, inner.model_id, inner.model_version)
         self.inner, self.delay_s, self.failures = inner, delay_s, 0
+        self.per_item_s = per_item_s  # a batch costs this per request more: a CPU, where a batch of B ~ B runs
         self.prefix_max = inner.prefix_max
         self.batch_sizes: list[int] = []
         self.entered = threading.Event()  # set when a batch reaches the model
@@ -72,8 +73,8 @@ class FaultyRunner(Runner):
             self.failures -= int(fail)
         if fail:
             raise RuntimeError("injected failure: /secret/path/model.py line 42")
-        if self.delay_s:
-            time.sleep(self.delay_s)
+        if self.delay_s or self.per_item_s:
+            time.sleep(self.delay_s + self.per_item_s * images.shape[0])
         return self.inner._forward(images, state, text, text_mask, noise, prefix, prefix_len)
 
 

@@ -166,3 +166,45 @@ def test_server_refuses_with_503_and_retry_after_and_honours_deadline_ms(tiny_ru
         runner.delay_s = 0.0
         ok = httpx.post(s.url + "/v1/act", content=msgpack_body(observation(), deadline_ms=5000), headers=MP)
         assert ok.status_code == 200 and ok.json()["timings"]["decode_ms"] >= 0
+
+
+def test_batch_gain_is_how_much_faster_a_batch_serves_its_requests():
+    from serving.admission import batch_gain
+
+    assert batch_gain({1: 0.010, 8: 0.080, 32: 0.330}) == pytest.approx((1.0, 8))  # a CPU: a batch of B ~ B runs
+    assert batch_gain({1: 0.010, 8: 0.012, 32: 0.020}) == pytest.approx((16.0, 32))  # an accelerator
+    assert batch_gain({1: 0.010}) is None and batch_gain({}) is None
+
+
+@pytest.mark.parametrize("mode", ["auto", "on", "off"])
+def test_auto_batching_runs_requests_alone_where_a_batch_costs_its_size_in_single_runs(tiny_runner, mode, caplog):
+    """ONNX Runtime on a CPU runs a batch of B in about B batch-1 times: there batching served 12 robots where one
+    request per run served 16 (docs/BENCHMARKS.md), the batch waiting for company and its first requests for the
+    rest. --batching auto measures it at warm-up and runs requests one at a time there; on forces batches."""
+    import logging
+
+    runner = FaultyRunner(tiny_runner, per_item_s=0.04)  # a batch of B costs B x 40 ms: no gain
+    cfg = ServerConfig(max_batch=8, max_wait_ms=20, warmup_batch_sizes=(1, 8), batching=mode)
+    with caplog.at_level(logging.INFO, logger="rfm.serving"), ServerThread(runner, cfg) as server:
+        described = httpx.get(server.url + "/v1/models").json()["server"]["batching"]
+        runner.batch_sizes.clear()
+        with ThreadPoolExecutor(6) as pool:
+            sizes = list(pool.map(lambda _: httpx.post(server.url + "/v1/act", content=msgpack_body(observation()),
+                                                       headers=MP, timeout=30).json()["batch_size"], range(6)))
+    assert described["mode"] == mode and described["batches"] == (mode == "on")
+    if mode != "off":
+        assert described["gain"] < 1.5 and described["gain_batch_size"] == 8
+    assert (max(sizes) > 1) == (mode == "on"), sizes
+    assert ("batching off on" in caplog.text) == (mode == "auto")
+
+
+def test_auto_batching_batches_where_a_batch_costs_little_more_than_one_request(tiny_runner):
+    runner = FaultyRunner(tiny_runner, delay_s=0.05)  # a batch of any size costs 50 ms: an accelerator
+    cfg = ServerConfig(max_batch=8, max_wait_ms=20, warmup_batch_sizes=(1, 8))
+    with ServerThread(runner, cfg) as server:
+        described = httpx.get(server.url + "/v1/models").json()["server"]["batching"]
+        with ThreadPoolExecutor(6) as pool:
+            sizes = list(pool.map(lambda _: httpx.post(server.url + "/v1/act", content=msgpack_body(observation()),
+                                                       headers=MP, timeout=30).json()["batch_size"], range(6)))
+    assert described["mode"] == "auto" and described["batches"] and described["gain"] > 4
+    assert max(sizes) > 1, sizes
