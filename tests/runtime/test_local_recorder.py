@@ -23,6 +23,26 @@ def _obs(rng, size=(64, 64)) -> dict:
             "state": rng.standard_normal(3).astype(np.float32), "instruction": "pick up the cube"}
 
 
+def _robot_program(tmp_path, body: str, **recorder_kw):
+    """Run a robot program in its own process: a tiny runner, `rec` a LocalRecorder into tmp_path/field, `obs` an
+    observation, then `body`; the finished process."""
+    import subprocess
+    import sys
+    import textwrap
+
+    ckpt = make_checkpoint(tmp_path / "tiny")
+    script = textwrap.dedent(f"""
+        import os, time
+        import numpy as np
+        from rfm.runtime import LocalRecorder, load_runner
+        runner = load_runner({str(ckpt)!r}, backend="torch", device="cpu")
+        rec = LocalRecorder({str(tmp_path / "field")!r}, runner, **{recorder_kw!r})
+        obs = {{"images": {{c: np.zeros((64, 64, 3), np.uint8) for c in ("front", "wrist")}},
+                "state": np.zeros(3, np.float32), "instruction": "pick up the cube"}}
+    """) + textwrap.dedent(body)
+    return subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=120)
+
+
 def test_a_robot_running_its_own_model_records_each_tick_it_executed(runner, tmp_path):
     rng = np.random.default_rng(0)
     executed, states, corrected = [], [], {}
@@ -94,28 +114,13 @@ def test_recording_the_wrong_robot_loses_the_tick_not_the_robot(runner, tmp_path
 def test_a_program_that_ends_without_closing_its_recorder_still_writes_what_it_recorded(tmp_path):
     """The recorder's threads are daemons: a script that ended after end_episode() (no close, no with) lost the
     episode still being written, and the one it left open."""
-    import subprocess
-    import sys
-    import textwrap
-
-    from tests.serving.helpers import make_checkpoint
-
-    ckpt = make_checkpoint(tmp_path / "tiny")
-    script = textwrap.dedent(f"""
-        import numpy as np
-        from rfm.runtime import LocalRecorder, load_runner
-        runner = load_runner({str(ckpt)!r}, backend="torch", device="cpu")
-        rec = LocalRecorder({str(tmp_path / "field")!r}, runner, use_videos=True)
-        obs = {{"images": {{c: np.zeros((64, 64, 3), np.uint8) for c in ("front", "wrist")}},
-                "state": np.zeros(3, np.float32), "instruction": "pick up the cube"}}
+    r = _robot_program(tmp_path, """
         for episode in range(2):
             for _ in range(30):
                 rec.add(obs, np.zeros(2, np.float32))
             if episode == 0:
                 rec.end_episode(success=True)
-    """)
-    r = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True,
-                       timeout=120)
+    """, use_videos=True)
     assert r.returncode == 0, r.stderr[-2000:]
     ds = LeRobotDataset(tmp_path / "field")
     assert [(e.length, e.meta["ended_by"]) for e in ds.episodes] == [(30, "robot"), (30, "closed")]
@@ -139,21 +144,7 @@ def test_a_frame_the_model_would_refuse_is_not_recorded_stretched(runner, tmp_pa
 def test_a_robot_that_crashed_mid_episode_does_not_lend_its_cut_part_the_next_run_s_outcome(runner, tmp_path):
     """An episode cut at a held tick (gap), whose program then died, was taken for the first part of the next run's
     first episode, and trained on as that episode's success."""
-    import subprocess
-    import sys
-    import textwrap
-
-    from tests.serving.helpers import make_checkpoint
-
-    ckpt = make_checkpoint(tmp_path / "tiny")
-    script = textwrap.dedent(f"""
-        import os, time
-        import numpy as np
-        from rfm.runtime import LocalRecorder, load_runner
-        runner = load_runner({str(ckpt)!r}, backend="torch", device="cpu")
-        rec = LocalRecorder({str(tmp_path / "field")!r}, runner, real_time=False)
-        obs = {{"images": {{c: np.zeros((64, 64, 3), np.uint8) for c in ("front", "wrist")}},
-                "state": np.zeros(3, np.float32), "instruction": "pick up the cube"}}
+    r = _robot_program(tmp_path, """
         for _ in range(3):
             rec.add(obs, np.zeros(2, np.float32))
         rec.skip()  # held
@@ -162,8 +153,7 @@ def test_a_robot_that_crashed_mid_episode_does_not_lend_its_cut_part_the_next_ru
         while rec.episodes_written < 1:  # the part before the hole is written
             time.sleep(0.01)
         os._exit(1)  # killed: the part after the hole is lost with the process
-    """)
-    r = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=120)
+    """, real_time=False)
     assert r.returncode == 1, r.stderr[-2000:]
     rng = np.random.default_rng(4)
     with LocalRecorder(tmp_path / "field", runner, real_time=False) as rec:  # the next run, from its tick 0
