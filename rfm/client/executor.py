@@ -134,6 +134,7 @@ class ChunkExecutor:
         self._owner = act
         client = getattr(act, "__self__", act)
         self._remote = hasattr(client, "models") and hasattr(client, "url")  # an RFMClient: the server records
+        self._check = None if self._remote else getattr(client, "check_observation", None)  # a Runner's
         self._owns_recorder = isinstance(recorder, str) and self._remote
         if isinstance(recorder, str):
             if recorder != "auto":
@@ -179,6 +180,8 @@ class ChunkExecutor:
     def _request(self, obs: Mapping[str, Any], snapshot: bool, ahead: int = 0) -> dict:
         """The request body's observation; a snapshot (copied) when another thread sends it while the robot moves on.
         With continuation, the actions committed for the next `ahead` ticks go with it."""
+        if self._check is not None:  # a model run here (a Runner): a bad frame raises on its own tick, not the next
+            self._check(obs)
         # a driver may reuse its frame and state buffers at the next tick, while the request thread still encodes
         body = {k: (copy.deepcopy(v) if snapshot and isinstance(v, (dict, list, np.ndarray)) else v)
                 for k, v in obs.items()}

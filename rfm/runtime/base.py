@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from rfm.config import RobotInterface
-from rfm.runtime.observation import Batch, make_batch, resolve_instruction
+from rfm.runtime.observation import Batch, check_observation_shape, make_batch, resolve_instruction
 from rfm.runtime.snap import InstructionSnapper
 
 
@@ -95,6 +95,11 @@ class Runner(ABC):
             noise = noise[None]
         out = self.predict_batch(batch, noise)
         return out[0] if single else out
+
+    def check_observation(self, obs: Mapping[str, Any]) -> None:
+        """ObservationError for an observation predict() would refuse, without fitting its frames (microseconds):
+        ChunkExecutor asks on the tick that requests a chunk, so a bad frame raises on its own tick."""
+        check_observation_shape(obs, self.interface, self.resize_images)
 
     def dummy_observation(self, instruction: str = "warm up") -> dict:
         """A valid observation of zeros, for warm-up and smoke tests."""

@@ -53,6 +53,21 @@ def check_image(cam: str, img: Any, interface: RobotInterface, resize: bool = Fa
     accepted and fitted with rfm.imaging (the path training used); any other size is an error, unless `resize`
     (the server's --resize-images) fits it anyway.
     """
+    arr, chw, hw = _frame_layout(cam, img, interface, resize, where)
+    size = tuple(interface.image_size)
+    out = np.empty((3, *size), np.uint8) if out is None else out
+    if hw == size:
+        np.copyto(out, arr if chw else arr.transpose(2, 0, 1))
+        return out
+    fitted = fit_frame(np.ascontiguousarray(arr.transpose(1, 2, 0)) if chw else arr, size, interface.aspect)
+    np.copyto(out, fitted.transpose(2, 0, 1))
+    return out
+
+
+def _frame_layout(cam: str, img: Any, interface: RobotInterface, resize: bool = False,
+                  where: str = "") -> tuple[np.ndarray, bool, tuple[int, int]]:
+    """(frame, channels first, (H, W)) of a frame check_image takes; ObservationError naming what is wrong. Looks
+    at the dtype and shape only: microseconds, whatever the frame's size."""
     size, native = tuple(interface.image_size), tuple(interface.native_size(cam))
     arr = np.asarray(img)
     if arr.dtype != np.uint8:
@@ -68,17 +83,29 @@ def check_image(cam: str, img: Any, interface: RobotInterface, resize: bool = Fa
                                f"({native[0]}, {native[1]}, 3)")
     chw = arr.shape[0] == 3 and arr.shape[-1] != 3
     hw = tuple(arr.shape[1:] if chw else arr.shape[:2])
-    out = np.empty((3, *size), np.uint8) if out is None else out
-    if hw == size:
-        np.copyto(out, arr if chw else arr.transpose(2, 0, 1))
-        return out
-    if hw != native and not resize:
+    if hw not in (size, native) and not resize:
         expected = f"{native[0]}x{native[1]} (interface.native_sizes.{cam})" if native != size else ""
         raise ObservationError(f"{where}image {cam!r} is {hw[0]}x{hw[1]} (H x W): expected "
                                f"{expected + ' or ' if expected else ''}the model's input size {size[0]}x{size[1]}")
-    fitted = fit_frame(np.ascontiguousarray(arr.transpose(1, 2, 0)) if chw else arr, size, interface.aspect)
-    np.copyto(out, fitted.transpose(2, 0, 1))
-    return out
+    return arr, chw, hw
+
+
+def check_observation_shape(obs: Mapping[str, Any], interface: RobotInterface, resize: bool = False) -> None:
+    """What check_observation refuses, found without fitting a frame: camera names, each frame's dtype and size, the
+    state's length and values, the instruction's type. A robot running its model itself calls it (through
+    Runner.check_observation) on the tick that asks for a chunk, so a bad frame raises there."""
+    if not isinstance(obs, Mapping):
+        raise ObservationError(f"observation must be a dict with {IMAGES!r}, {STATE!r}, {INSTRUCTION!r}")
+    for key in (IMAGES, STATE) if interface.state_dim else (IMAGES,):
+        if key not in obs:
+            raise ObservationError(f"{key!r} is missing (the observation has {sorted(map(str, obs))})."
+                                   f"{did_you_mean(key, [str(k) for k in obs])}")
+    images = check_camera_names(obs.get(IMAGES), interface)
+    for cam in interface.cameras:
+        _frame_layout(cam, images[cam], interface, resize)
+    check_state(obs.get(STATE, []), interface)
+    if not isinstance(obs.get(INSTRUCTION, ""), str):
+        raise ObservationError(f"{INSTRUCTION!r} must be a string, got {type(obs.get(INSTRUCTION)).__name__}")
 
 
 def accepted_sizes(interface: RobotInterface) -> dict[str, list[tuple[int, int]]]:

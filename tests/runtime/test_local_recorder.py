@@ -273,3 +273,28 @@ def test_a_writer_that_falls_behind_holds_the_robot_s_ticks_rather_than_dropping
         rec.flush(timeout=5)
         assert rec.lost == 1 and "writer has been behind" in rec.last_error
     assert LeRobotDataset(tmp_path / "field").episode_range(0) == (0, 6)
+
+
+def test_a_bad_frame_raises_on_its_own_tick_not_the_next_good_one(runner, tmp_path):
+    """A robot running its model itself sent a bad frame with a prefetch: step() returned normally at that tick and
+    raised the model's error at the next, whose frame was fine, so the robot held on a good tick."""
+    import time
+
+    from rfm.runtime import ObservationError
+
+    rng = np.random.default_rng(11)
+    with LocalRecorder(tmp_path / "field", runner, real_time=False) as rec, \
+            ChunkExecutor(runner, recorder=rec, prefetch_steps=4) as executor:  # chunk 8: prefetches at tick 4
+        for _ in range(4):
+            executor.step(_obs(rng))
+            time.sleep(0.05)  # a 20 Hz robot: the round trip is well inside the 4 ticks of lead
+        bad = {**_obs(rng), "images": {**_obs(rng)["images"], "front": np.zeros((32, 32, 3), np.uint8)}}
+        with pytest.raises(ObservationError, match="'front' is 32x32"):
+            executor.step(bad)  # tick 4 sends the prefetch: refused here, not at tick 5
+        assert executor.requests == 1
+        for _ in range(3):
+            executor.step(_obs(rng))  # the good ticks after it run
+            time.sleep(0.05)
+        executor.end_episode(success=True)
+    ds = LeRobotDataset(tmp_path / "field")
+    assert [(e.length, e.meta["ended_by"]) for e in ds.episodes] == [(4, "gap"), (3, "robot")]

@@ -64,7 +64,10 @@ def test_describe_has_the_robot_interface(runner):
 ])
 def test_bad_observations_get_clear_errors(runner, rng, mutate, pattern):
     obs = random_obs(runner.interface, rng)
+    runner.check_observation(obs)  # a good one passes the check without a frame fitted
     mutate(obs)
+    with pytest.raises(ObservationError, match=pattern):
+        runner.check_observation(obs)  # (what ChunkExecutor asks on a tick that requests a chunk)
     with pytest.raises(ObservationError, match=pattern):
         runner.predict(obs)
 
