@@ -164,8 +164,9 @@ class ServerState:
             self.load_error = f"model failed to load: {type(e).__name__}: {str(e)[:300]}"
 
     def _warm(self, runner: Runner) -> dict[int, float]:
-        """Warm every configured batch size; seconds per batch size (the faster of the second and third calls: one
-        stall of the machine must not decide --batching auto), the admission model's first estimate."""
+        """Warm every configured batch size; seconds per batch size (the second call of each; for batch 1 the fastest
+        of three, since a stall there would make every batch look worth it to --batching auto, and they cost
+        little), the admission model's first estimate."""
         runner.default_instruction = self.config.default_instruction
         if self.config.snap_instructions is not None:
             runner.snap_instructions(self.config.snap_instructions)
@@ -173,9 +174,9 @@ class ServerState:
         trim()  # so the resident peak is the model plus one batch, not the sum of transients
         costs = {}
         for b in self.config.batch_sizes_to_warm():
-            runner.warmup([b])  # the first call of a shape pays one-time costs: time the next two
+            runner.warmup([b])  # the first call of a shape pays one-time costs: time the next
             timed = []
-            for _ in range(2):
+            for _ in range(3 if b == 1 else 1):
                 tb = time.perf_counter()
                 runner.warmup([b])
                 timed.append(time.perf_counter() - tb)
