@@ -94,18 +94,11 @@ def check_observation_shape(obs: Mapping[str, Any], interface: RobotInterface, r
     """What check_observation refuses, found without fitting a frame: camera names, each frame's dtype and size, the
     state's length and values, the instruction's type. A robot running its model itself calls it (through
     Runner.check_observation) on the tick that asks for a chunk, so a bad frame raises there."""
-    if not isinstance(obs, Mapping):
-        raise ObservationError(f"observation must be a dict with {IMAGES!r}, {STATE!r}, {INSTRUCTION!r}")
-    for key in (IMAGES, STATE) if interface.state_dim else (IMAGES,):
-        if key not in obs:
-            raise ObservationError(f"{key!r} is missing (the observation has {sorted(map(str, obs))})."
-                                   f"{did_you_mean(key, [str(k) for k in obs])}")
-    images = check_camera_names(obs.get(IMAGES), interface)
+    images = _check_keys(obs, interface)
     for cam in interface.cameras:
         _frame_layout(cam, images[cam], interface, resize)
     check_state(obs.get(STATE, []), interface)
-    if not isinstance(obs.get(INSTRUCTION, ""), str):
-        raise ObservationError(f"{INSTRUCTION!r} must be a string, got {type(obs.get(INSTRUCTION)).__name__}")
+    _check_instruction(obs)
 
 
 def accepted_sizes(interface: RobotInterface) -> dict[str, list[tuple[int, int]]]:
@@ -197,17 +190,28 @@ def check_camera_names(images: Any, interface: RobotInterface, where: str = "") 
 def check_observation(obs: Mapping[str, Any], interface: RobotInterface, resize: bool = False,
                       where: str = "") -> tuple[np.ndarray, np.ndarray, str]:
     """Validate one observation -> (images (N, 3, H, W) uint8, state (D_s,) float32, instruction)."""
+    images = _check_keys(obs, interface, where)
+    imgs = np.empty((len(interface.cameras), 3, *interface.image_size), np.uint8)
+    for i, cam in enumerate(interface.cameras):
+        check_image(cam, images[cam], interface, resize, where, out=imgs[i])
+    state = check_state(obs.get(STATE, []), interface, where)
+    return imgs, state, _check_instruction(obs, where)
+
+
+def _check_keys(obs: Any, interface: RobotInterface, where: str = "") -> Mapping:
+    """The observation's camera -> frame mapping, after checking it is a dict holding the keys and cameras the
+    interface needs (its frames are not looked at)."""
     if not isinstance(obs, Mapping):
         raise ObservationError(f"{where}observation must be a dict with {IMAGES!r}, {STATE!r}, {INSTRUCTION!r}")
     for key in (IMAGES, STATE) if interface.state_dim else (IMAGES,):
         if key not in obs:  # a misspelt key ('states') would otherwise read as an empty one
             raise ObservationError(f"{where}{key!r} is missing (the observation has {sorted(map(str, obs))})."
                                    f"{did_you_mean(key, [str(k) for k in obs])}")
-    images = check_camera_names(obs.get(IMAGES), interface, where)
-    imgs = np.empty((len(interface.cameras), 3, *interface.image_size), np.uint8)
-    for i, cam in enumerate(interface.cameras):
-        check_image(cam, images[cam], interface, resize, where, out=imgs[i])
-    state = check_state(obs.get(STATE, []), interface, where)
+    return check_camera_names(obs.get(IMAGES), interface, where)
+
+
+def _check_instruction(obs: Mapping, where: str = "") -> str:
+    """The observation's instruction: a string of valid Unicode ("" when it sends none)."""
     instruction = obs.get(INSTRUCTION, "")
     if not isinstance(instruction, str):
         raise ObservationError(f"{where}{INSTRUCTION!r} must be a string, got {type(instruction).__name__}")
@@ -216,7 +220,7 @@ def check_observation(obs: Mapping[str, Any], interface: RobotInterface, resize:
     except UnicodeEncodeError as e:  # a lone surrogate ("\ud800" is valid JSON): the tokenizer and the dataset fail
         raise ObservationError(f"{where}{INSTRUCTION!r} is not valid Unicode text ({e.reason} at character "
                                f"{e.start})") from None
-    return imgs, state, instruction
+    return instruction
 
 
 def resolve_instruction(text: str, trained: Sequence[str], default: str | None = None, where: str = "") -> str:
