@@ -128,8 +128,8 @@ class InferenceService:
                        "default_instruction": self.default_instruction(),
                        "min_deadline_ms": self.min_deadline_ms, "max_body_bytes": self.config.max_body_bytes,
                        "action_limits": self.limits.to_dict() if self.limits else None,
-                       "tick_fields": sorted(TICK_FIELDS),
-                       "engine_next": self.engine_next}  # what a POST /v1/ticks tick may hold: newer SDKs ask
+                       "tick_fields": sorted(TICK_FIELDS),  # what a POST /v1/ticks tick may hold: newer SDKs ask
+                       "engine_next": self.engine_next}
         return d
 
     async def act(self, req: ActRequest, client_id: str | None, endpoint: str, t0: float,

@@ -111,23 +111,19 @@ class LocalRecorder:
     def executed(self, action: np.ndarray) -> None:
         """The robot executed `action` at the latest tick (e.g. after its own clipping): record that one."""
         with self._lock:
-            if self._latest is None:
-                if self._skipped or self._index:
-                    return  # skipped, dropped or already written: nothing to change
-                raise RuntimeError("executed() before any add(): no tick to update")
-            self._latest["action"] = np.asarray(action, np.float32).copy()
+            tick = self._changeable("executed")
+            if tick is not None:
+                tick["action"] = np.asarray(action, np.float32).copy()
 
     def correct(self, action: np.ndarray, executed: bool = False) -> None:
         """Label the latest tick with the action to learn from (an operator's or expert's); `executed`: the robot
         also executed it instead of the policy's (a takeover)."""
         with self._lock:
-            if self._latest is None:
-                if self._skipped or self._index:
-                    return  # skipped, dropped or already written: nothing to label
-                raise RuntimeError("correct() before any add(): nothing to label")
-            self._latest["label"] = np.asarray(action, np.float32).copy()
-            if executed:
-                self._latest["action"] = self._latest["label"]
+            tick = self._changeable("correct")
+            if tick is not None:
+                tick["label"] = np.asarray(action, np.float32).copy()
+                if executed:
+                    tick["action"] = tick["label"]
 
     def end_episode(self, success: bool | None = None, wait: bool = True) -> None:
         """The episode is over, with the outcome the robot reports; with `wait`, until it is written (`rfm data info`
@@ -183,6 +179,13 @@ class LocalRecorder:
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError(f"LocalRecorder({self.recorder.root}) is closed")
+
+    def _changeable(self, call: str) -> dict | None:
+        """The latest tick, which executed() and correct() change (the lock held); None where it was skipped, dropped
+        or already handed on; RuntimeError before any add()."""
+        if self._latest is None and not (self._skipped or self._index):
+            raise RuntimeError(f"{call}() before any add(): no tick to change")
+        return self._latest
 
     def _push_latest(self) -> None:
         """Hand the newest tick to the fitting thread (the lock held): final from now on."""

@@ -102,6 +102,9 @@ def test_a_tick_the_robot_held_ends_the_recorded_episode_and_nothing_bridges_it(
 def test_recording_the_wrong_robot_loses_the_tick_not_the_robot(runner, tmp_path):
     rng = np.random.default_rng(2)
     with LocalRecorder(tmp_path / "field", runner) as rec:
+        for call in (lambda: rec.executed(np.zeros(2)), lambda: rec.correct(np.zeros(2))):
+            with pytest.raises(RuntimeError, match=r"\(\) before any add\(\): no tick to change"):
+                call()
         rec.add({**_obs(rng), "state": np.zeros(5, np.float32)}, np.zeros(2, np.float32))
         rec.add(_obs(rng), np.zeros(2, np.float32))
         rec.flush()
